@@ -1,0 +1,15 @@
+//! Key material for kagi.
+//!
+//! * [`Key`] is the one type that holds secret key bytes anywhere in kagi: it zeroizes on drop,
+//!   prints as `Key(<redacted N bytes>)` in `Debug` and `Display`, and compares in constant time.
+//! * [`its_mac`] is the Wegman–Carter information-theoretically secure MAC (polynomial hash over
+//!   GF(2^128), tag one-time-padded) used for relay messages, classical post-processing messages and
+//!   storage shares.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod key;
+pub mod its_mac;
+
+pub use its_mac::{MacKey, Tag, TAG_LEN, MAC_KEY_LEN};
+pub use key::Key;

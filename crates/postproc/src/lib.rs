@@ -1,0 +1,1 @@
+//! kagi-postproc
