@@ -1,1 +1,10 @@
-//! kagi-control
+//! The control layer: the network topology every node reads, and routing over it.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod builtin;
+pub mod routing;
+pub mod topology;
+
+pub use routing::Routes;
+pub use topology::{LinkSpec, NodeSpec, Topology, TopologyError};

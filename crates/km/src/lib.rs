@@ -1,1 +1,2 @@
 //! kagi-km
+pub mod app;

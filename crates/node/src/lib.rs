@@ -1,1 +1,6 @@
-//! kagi-node
+//! Runtime adapters around kagi's key manager core (`kagi-km`): the tokio driver, mutual TLS,
+//! the ETSI GS QKD 014 HTTP server, the SQLite store, peer connections and simulated link sources.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod service;

@@ -1,0 +1,58 @@
+//! The built-in topology, modelled on a metropolitan QKD network (after the Tokyo QKD Network:
+//! trusted nodes in Koganei, central Tokyo and the northern wards, 10–50 km fibre links).
+
+use crate::{LinkSpec, NodeSpec, Topology};
+
+/// Six trusted nodes, eight fibre links of 10–50 km, two SAEs per node.
+pub fn tokyo() -> Topology {
+    let nodes = ["koganei", "chofu", "shinjuku", "otemachi", "hakusan", "ueno"];
+    let links: [(&str, &str, f64); 8] = [
+        ("koganei", "chofu", 12.0),
+        ("koganei", "shinjuku", 28.0),
+        ("chofu", "shinjuku", 18.0),
+        ("shinjuku", "otemachi", 15.0),
+        ("otemachi", "hakusan", 13.0),
+        ("hakusan", "ueno", 10.5),
+        ("otemachi", "ueno", 16.0),
+        ("chofu", "otemachi", 41.0),
+    ];
+    Topology {
+        name: "tokyo-metro".into(),
+        seed: 0x6b61_6769,
+        epoch_unix: 0,
+        rate_multiplier: 1.0,
+        nodes: nodes
+            .iter()
+            .map(|n| NodeSpec {
+                id: n.to_string(),
+                saes: vec![format!("sae-{n}-a"), format!("sae-{n}-b")],
+                peer_addr: None,
+                etsi014_addr: None,
+            })
+            .collect(),
+        links: links
+            .iter()
+            .map(|(a, b, l)| LinkSpec {
+                a: a.to_string(),
+                b: b.to_string(),
+                length_km: *l,
+                cost: None,
+                seed: None,
+                source: None,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn builtin_is_valid_and_metro_sized() {
+        let t = super::tokyo();
+        t.validate().unwrap();
+        assert!(t.nodes.len() >= 6);
+        assert!(t.links.len() >= 7);
+        assert!(t.links.iter().all(|l| (10.0..=50.0).contains(&l.length_km)));
+        assert!(t.nodes.iter().all(|n| n.saes.len() >= 2));
+    }
+}

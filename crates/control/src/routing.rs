@@ -1,0 +1,109 @@
+//! Shortest-path routing (Dijkstra over link cost, hop count by default), deterministic: ties go
+//! to the lexicographically smaller node ID so every node computes the same paths.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use crate::Topology;
+
+/// Paths from one node to every reachable node.
+#[derive(Debug, Clone, Default)]
+pub struct Routes {
+    paths: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(PartialEq)]
+struct Item(f64, String);
+impl Eq for Item {}
+impl PartialOrd for Item {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Item {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Min-heap on (cost, id).
+        other.0.total_cmp(&self.0).then_with(|| other.1.cmp(&self.1))
+    }
+}
+
+impl Routes {
+    /// Computes shortest paths from `src`, skipping nodes in `down`.
+    pub fn compute(topo: &Topology, src: &str, down: &[String]) -> Self {
+        let mut dist: BTreeMap<String, f64> = BTreeMap::new();
+        let mut prev: BTreeMap<String, String> = BTreeMap::new();
+        let mut heap = BinaryHeap::new();
+        dist.insert(src.to_string(), 0.0);
+        heap.push(Item(0.0, src.to_string()));
+        while let Some(Item(d, u)) = heap.pop() {
+            if d > dist[&u] {
+                continue;
+            }
+            let mut next: Vec<(&str, f64)> = topo
+                .neighbours(&u)
+                .filter(|(v, _)| !down.iter().any(|x| x == v))
+                .map(|(v, l)| (v, l.cost.unwrap_or(1.0)))
+                .collect();
+            next.sort_by(|a, b| a.0.cmp(b.0));
+            for (v, c) in next {
+                let nd = d + c;
+                let better = match dist.get(v) {
+                    None => true,
+                    Some(&old) => nd < old || (nd == old && prev.get(v).is_some_and(|p| u < *p)),
+                };
+                if better {
+                    dist.insert(v.to_string(), nd);
+                    prev.insert(v.to_string(), u.clone());
+                    heap.push(Item(nd, v.to_string()));
+                }
+            }
+        }
+        let mut paths = BTreeMap::new();
+        for dst in dist.keys() {
+            let mut p = vec![dst.clone()];
+            let mut cur = dst.clone();
+            while let Some(pr) = prev.get(&cur) {
+                p.push(pr.clone());
+                cur = pr.clone();
+            }
+            p.reverse();
+            paths.insert(dst.clone(), p);
+        }
+        Self { paths }
+    }
+
+    /// The full path `[src, ..., dst]`, if `dst` is reachable.
+    pub fn path(&self, dst: &str) -> Option<&[String]> {
+        self.paths.get(dst).map(|v| v.as_slice())
+    }
+
+    /// Number of hops to `dst`.
+    pub fn hops(&self, dst: &str) -> Option<usize> {
+        self.path(dst).map(|p| p.len() - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builtin;
+
+    #[test]
+    fn builtin_has_three_hop_pair() {
+        let t = builtin::tokyo();
+        let r = Routes::compute(&t, "koganei", &[]);
+        assert_eq!(r.hops("hakusan"), Some(3));
+        assert_eq!(r.path("koganei").unwrap().len(), 1);
+        for n in &t.nodes {
+            assert!(r.path(&n.id).is_some(), "{} unreachable", n.id);
+        }
+    }
+
+    #[test]
+    fn avoids_down_nodes() {
+        let t = builtin::tokyo();
+        let r = Routes::compute(&t, "koganei", &["shinjuku".to_string()]);
+        let p = r.path("otemachi").unwrap();
+        assert!(!p.iter().any(|n| n == "shinjuku"), "{p:?}");
+    }
+}

@@ -1,0 +1,258 @@
+//! The topology file: nodes with their SAEs, fibre links with their length. Every node of a
+//! network reads the same file.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// A trusted node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Node (KME) ID, unique in the network.
+    pub id: String,
+    /// SAEs attached to this node.
+    #[serde(default)]
+    pub saes: Vec<String>,
+    /// Where the node listens for other nodes (mutual TLS), e.g. `127.0.0.1:7001`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_addr: Option<String>,
+    /// Where the node serves ETSI GS QKD 014, e.g. `127.0.0.1:8001`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etsi014_addr: Option<String>,
+}
+
+/// A QKD link over fibre between two nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSpec {
+    /// One end (node ID).
+    pub a: String,
+    /// The other end (node ID).
+    pub b: String,
+    /// Fibre length in km.
+    pub length_km: f64,
+    /// Routing cost; hop count (1) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+    /// Seed of the simulated quantum channel; derived from the network seed and the ends when
+    /// absent. Both ends derive identical key blocks from it (this stands in for the quantum
+    /// channel and post-processing; see `kagi-node`'s link source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Key source: `"rate"` (rate-level simulation, default) or `"photon"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// A whole network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    /// Network name.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Network-wide seed for simulated links.
+    #[serde(default)]
+    pub seed: u64,
+    /// Unix time (seconds) of block 0 of every simulated link; both ends of a link produce block
+    /// `n` at `epoch + n * block_interval`.
+    #[serde(default)]
+    pub epoch_unix: u64,
+    /// Demo speed-up applied to every simulated link's key rate.
+    #[serde(default = "default_multiplier")]
+    pub rate_multiplier: f64,
+    /// Nodes.
+    pub nodes: Vec<NodeSpec>,
+    /// Links.
+    #[serde(default)]
+    pub links: Vec<LinkSpec>,
+}
+
+fn default_name() -> String {
+    "kagi".into()
+}
+fn default_multiplier() -> f64 {
+    1.0
+}
+
+/// What is wrong with a topology.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TopologyError {
+    /// The file is not valid TOML for a topology.
+    #[error("topology is not valid: {0}")]
+    Parse(String),
+    /// Two nodes share an ID.
+    #[error("node id {0:?} appears twice")]
+    DuplicateNode(String),
+    /// An SAE ID appears twice.
+    #[error("SAE id {0:?} appears twice")]
+    DuplicateSae(String),
+    /// A link names a node that is not in the topology.
+    #[error("link {0}-{1} names unknown node {2:?}")]
+    UnknownNode(String, String, String),
+    /// A link joins a node to itself or repeats another link.
+    #[error("link {0}-{1} is a loop or a duplicate")]
+    BadLink(String, String),
+    /// A length or cost is negative or not finite.
+    #[error("link {0}-{1}: length and cost must be finite and non-negative")]
+    BadNumber(String, String),
+    /// An ID is empty or has characters outside `[A-Za-z0-9._-]`.
+    #[error("id {0:?} must be non-empty and use only letters, digits, '.', '_' and '-'")]
+    BadId(String),
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
+}
+
+impl Topology {
+    /// Parses and validates a topology from TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, TopologyError> {
+        let t: Topology = toml::from_str(text).map_err(|e| TopologyError::Parse(e.to_string()))?;
+        t.validate()?;
+        Ok(t)
+    }
+
+    /// Serializes to TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("topology serializes")
+    }
+
+    /// Checks IDs, links and numbers.
+    pub fn validate(&self) -> Result<(), TopologyError> {
+        let mut ids = BTreeSet::new();
+        let mut saes = BTreeSet::new();
+        for n in &self.nodes {
+            if !valid_id(&n.id) {
+                return Err(TopologyError::BadId(n.id.clone()));
+            }
+            if !ids.insert(n.id.as_str()) {
+                return Err(TopologyError::DuplicateNode(n.id.clone()));
+            }
+            for s in &n.saes {
+                if !valid_id(s) {
+                    return Err(TopologyError::BadId(s.clone()));
+                }
+                if !saes.insert(s.as_str()) {
+                    return Err(TopologyError::DuplicateSae(s.clone()));
+                }
+            }
+        }
+        let mut pairs = BTreeSet::new();
+        for l in &self.links {
+            for end in [&l.a, &l.b] {
+                if !ids.contains(end.as_str()) {
+                    return Err(TopologyError::UnknownNode(l.a.clone(), l.b.clone(), end.clone()));
+                }
+            }
+            let key = if l.a < l.b { (&l.a, &l.b) } else { (&l.b, &l.a) };
+            if l.a == l.b || !pairs.insert(key) {
+                return Err(TopologyError::BadLink(l.a.clone(), l.b.clone()));
+            }
+            let cost_ok = l.cost.is_none_or(|c| c.is_finite() && c >= 0.0);
+            if !(l.length_km.is_finite() && l.length_km >= 0.0 && cost_ok) {
+                return Err(TopologyError::BadNumber(l.a.clone(), l.b.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The node with this ID.
+    pub fn node(&self, id: &str) -> Option<&NodeSpec> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// The node an SAE is attached to.
+    pub fn node_of_sae(&self, sae: &str) -> Option<&NodeSpec> {
+        self.nodes.iter().find(|n| n.saes.iter().any(|s| s == sae))
+    }
+
+    /// Map from SAE ID to node ID.
+    pub fn sae_map(&self) -> BTreeMap<String, String> {
+        self.nodes
+            .iter()
+            .flat_map(|n| n.saes.iter().map(move |s| (s.clone(), n.id.clone())))
+            .collect()
+    }
+
+    /// The link between two nodes, either way round.
+    pub fn link(&self, x: &str, y: &str) -> Option<&LinkSpec> {
+        self.links
+            .iter()
+            .find(|l| (l.a == x && l.b == y) || (l.a == y && l.b == x))
+    }
+
+    /// Neighbours of a node with their links.
+    pub fn neighbours<'a>(&'a self, id: &'a str) -> impl Iterator<Item = (&'a str, &'a LinkSpec)> + 'a {
+        self.links.iter().filter_map(move |l| {
+            if l.a == id {
+                Some((l.b.as_str(), l))
+            } else if l.b == id {
+                Some((l.a.as_str(), l))
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The seed of a link's simulated quantum channel.
+    pub fn link_seed(&self, l: &LinkSpec) -> u64 {
+        if let Some(s) = l.seed {
+            return s;
+        }
+        let (x, y) = if l.a < l.b { (&l.a, &l.b) } else { (&l.b, &l.a) };
+        // FNV-1a over the network seed and the ordered ends: stable across processes.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ self.seed;
+        for b in x.bytes().chain([0u8]).chain(y.bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: &str = r#"
+        [[nodes]]
+        id = "a"
+        saes = ["sa"]
+        [[nodes]]
+        id = "b"
+        saes = ["sb"]
+        [[links]]
+        a = "a"
+        b = "b"
+        length_km = 10.0
+    "#;
+
+    #[test]
+    fn parses_and_finds() {
+        let t = Topology::from_toml(T).unwrap();
+        assert_eq!(t.node_of_sae("sb").unwrap().id, "b");
+        assert!(t.link("b", "a").is_some());
+        assert_eq!(t.link_seed(&t.links[0]), t.link_seed(&t.links[0]));
+        let back = Topology::from_toml(&t.to_toml()).unwrap();
+        assert_eq!(back, t);
+    }
+
+    #[test]
+    fn rejects_bad_topologies() {
+        let dup = T.replace("id = \"b\"", "id = \"a\"");
+        assert!(matches!(Topology::from_toml(&dup), Err(TopologyError::DuplicateNode(_))));
+        let unknown = T.replace("b = \"b\"", "b = \"zz\"");
+        assert!(matches!(Topology::from_toml(&unknown), Err(TopologyError::UnknownNode(..))));
+        let neg = T.replace("10.0", "-1.0");
+        assert!(matches!(Topology::from_toml(&neg), Err(TopologyError::BadNumber(..))));
+        let badid = T.replace("\"sa\"", "\"s a/\"");
+        assert!(matches!(Topology::from_toml(&badid), Err(TopologyError::BadId(_))));
+        assert!(matches!(Topology::from_toml("nodes = 3"), Err(TopologyError::Parse(_))));
+    }
+}

@@ -1,0 +1,113 @@
+//! `node.toml`: what one `kagi node` process needs to know.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Configuration of one key manager node. Relative paths are relative to the config file's
+/// directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's ID in the topology.
+    pub node_id: String,
+    /// The topology file every node of the network reads (nodes carry `peer_addr` and
+    /// `etsi014_addr`).
+    pub topology: PathBuf,
+    /// Directory for this node's SQLite database.
+    pub data_dir: PathBuf,
+    /// TLS material.
+    pub tls: TlsConfig,
+    /// ETSI GS QKD 014 parameters.
+    #[serde(default)]
+    pub etsi014: Etsi014Config,
+    /// End-to-end key pool policy.
+    #[serde(default)]
+    pub pool: PoolConfig,
+}
+
+/// Certificates and keys (PEM files).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The CA that signs node and SAE certificates; clients and peers are verified against it.
+    pub ca: PathBuf,
+    /// This node's certificate (server for ETSI 014 and peers, client towards peers).
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+}
+
+/// ETSI GS QKD 014 limits and SAE identity mapping.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Etsi014Config {
+    /// Default key size in bits.
+    pub key_size: u64,
+    /// Smallest key size in bits.
+    pub min_key_size: u64,
+    /// Largest key size in bits.
+    pub max_key_size: u64,
+    /// Most keys per request.
+    pub max_key_per_request: u64,
+    /// Most additional slaves per request (0 disables multicast).
+    pub max_sae_id_count: u64,
+    /// Certificate subject CN → SAE ID. A CN absent here maps to itself.
+    pub sae_map: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for Etsi014Config {
+    fn default() -> Self {
+        Self {
+            key_size: 256,
+            min_key_size: 64,
+            max_key_size: 8192,
+            max_key_per_request: 1024,
+            max_sae_id_count: 8,
+            sae_map: Default::default(),
+        }
+    }
+}
+
+/// End-to-end key pool policy, per destination node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Bytes of end-to-end key to keep ready per destination.
+    pub target_bytes: u64,
+    /// Start refilling when the pool drops below this fraction of the target.
+    pub low_water: f64,
+    /// Bytes of key per relay message.
+    pub relay_chunk_bytes: u64,
+    /// Relays in flight per destination.
+    pub max_in_flight: u32,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self { target_bytes: 64 * 1024, low_water: 0.5, relay_chunk_bytes: 4096, max_in_flight: 4 }
+    }
+}
+
+impl NodeConfig {
+    /// Reads a config file and resolves relative paths against its directory.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let mut cfg: NodeConfig =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut cfg.topology,
+            &mut cfg.data_dir,
+            &mut cfg.tls.ca,
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+}
