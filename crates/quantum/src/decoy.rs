@@ -112,7 +112,13 @@ impl DecoyBb84Params {
 
     /// Overall transmittance η = η_Bob · 10^(−αL/10) · dead-time factor at `length_km`.
     pub fn overall_transmittance(&self, length_km: f64) -> f64 {
-        let eta = self.eta_bob * fibre_transmittance(self.alpha_db_per_km, length_km);
+        self.overall_from_channel(fibre_transmittance(self.alpha_db_per_km, length_km))
+    }
+
+    /// Overall transmittance η = η_Bob · `channel` · dead-time factor for a channel (fibre or
+    /// free-space) transmittance `channel`.
+    pub fn overall_from_channel(&self, channel: f64) -> f64 {
+        let eta = self.eta_bob * channel;
         if self.dead_time_s > 0.0 {
             let (q, _) = self.gain_and_error_gain(self.mu, eta);
             eta / (1.0 + q * self.rep_rate_hz * self.dead_time_s)
@@ -191,8 +197,18 @@ impl DecoyBb84 {
     }
 
     pub(crate) fn terms(&self, length_km: f64) -> DecoyTerms {
+        self.terms_channel(fibre_transmittance(self.params.alpha_db_per_km, length_km))
+    }
+
+    /// Secret key bits per pulse for a channel of transmittance `channel` in [0, 1] (fibre or
+    /// free space; Bob's efficiency η_Bob is applied on top). Used by the satellite model.
+    pub fn rate_per_pulse_at_channel(&self, channel: f64) -> f64 {
+        self.terms_channel(channel.clamp(0.0, 1.0)).rate
+    }
+
+    pub(crate) fn terms_channel(&self, channel: f64) -> DecoyTerms {
         let p = &self.params;
-        let eta = p.overall_transmittance(length_km);
+        let eta = p.overall_from_channel(channel);
         let (q_mu, eq_mu) = p.gain_and_error_gain(p.mu, eta);
         let e_mu = if q_mu > 0.0 { eq_mu / q_mu } else { 0.5 };
         let (q_nu, eq_nu) = p.gain_and_error_gain(p.nu, eta);

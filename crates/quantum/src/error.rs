@@ -93,7 +93,6 @@ pub(crate) fn probability(name: &'static str, value: f64) -> Result<f64> {
     }
 }
 
-#[allow(dead_code)]
 pub(crate) fn open_probability(name: &'static str, value: f64) -> Result<f64> {
     probability(name, value)?;
     if value == 0.0 || value == 1.0 {

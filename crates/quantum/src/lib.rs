@@ -15,12 +15,20 @@
 //! Lengths are in km, attenuations in dB/km, intensities in mean photons per pulse.
 //! `docs/LINK-MODELS.md` lists every parameter, default, unit and the paper each model follows.
 
+mod cv;
 mod decoy;
 mod error;
+mod finite;
 pub mod photon;
+pub mod repeater;
+pub mod satellite;
+mod tf;
 
+pub use cv::{CvGg02, CvGg02Params, Detection};
 pub use decoy::{DecoyBb84, DecoyBb84Params, DecoyMethod};
 pub use error::{ModelError, Result};
+pub use finite::{FiniteDecoyBb84, FiniteDecoyBb84Params};
+pub use tf::{TfSns, TfSnsParams};
 
 /// The rate of a link model at one length, with the model's intermediate quantities.
 #[derive(Debug, Clone, PartialEq)]
