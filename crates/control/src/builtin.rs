@@ -5,7 +5,9 @@ use crate::{LinkSpec, NodeSpec, Topology};
 
 /// Six trusted nodes, eight fibre links of 10–50 km, two SAEs per node.
 pub fn tokyo() -> Topology {
-    let nodes = ["koganei", "chofu", "shinjuku", "otemachi", "hakusan", "ueno"];
+    let nodes = [
+        "koganei", "chofu", "shinjuku", "otemachi", "hakusan", "ueno",
+    ];
     let links: [(&str, &str, f64); 8] = [
         ("koganei", "chofu", 12.0),
         ("koganei", "shinjuku", 28.0),

@@ -147,10 +147,18 @@ impl Topology {
         for l in &self.links {
             for end in [&l.a, &l.b] {
                 if !ids.contains(end.as_str()) {
-                    return Err(TopologyError::UnknownNode(l.a.clone(), l.b.clone(), end.clone()));
+                    return Err(TopologyError::UnknownNode(
+                        l.a.clone(),
+                        l.b.clone(),
+                        end.clone(),
+                    ));
                 }
             }
-            let key = if l.a < l.b { (&l.a, &l.b) } else { (&l.b, &l.a) };
+            let key = if l.a < l.b {
+                (&l.a, &l.b)
+            } else {
+                (&l.b, &l.a)
+            };
             if l.a == l.b || !pairs.insert(key) {
                 return Err(TopologyError::BadLink(l.a.clone(), l.b.clone()));
             }
@@ -188,7 +196,10 @@ impl Topology {
     }
 
     /// Neighbours of a node with their links.
-    pub fn neighbours<'a>(&'a self, id: &'a str) -> impl Iterator<Item = (&'a str, &'a LinkSpec)> + 'a {
+    pub fn neighbours<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a LinkSpec)> + 'a {
         self.links.iter().filter_map(move |l| {
             if l.a == id {
                 Some((l.b.as_str(), l))
@@ -205,7 +216,11 @@ impl Topology {
         if let Some(s) = l.seed {
             return s;
         }
-        let (x, y) = if l.a < l.b { (&l.a, &l.b) } else { (&l.b, &l.a) };
+        let (x, y) = if l.a < l.b {
+            (&l.a, &l.b)
+        } else {
+            (&l.b, &l.a)
+        };
         // FNV-1a over the network seed and the ordered ends: stable across processes.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ self.seed;
         for b in x.bytes().chain([0u8]).chain(y.bytes()) {
@@ -246,13 +261,28 @@ mod tests {
     #[test]
     fn rejects_bad_topologies() {
         let dup = T.replace("id = \"b\"", "id = \"a\"");
-        assert!(matches!(Topology::from_toml(&dup), Err(TopologyError::DuplicateNode(_))));
+        assert!(matches!(
+            Topology::from_toml(&dup),
+            Err(TopologyError::DuplicateNode(_))
+        ));
         let unknown = T.replace("b = \"b\"", "b = \"zz\"");
-        assert!(matches!(Topology::from_toml(&unknown), Err(TopologyError::UnknownNode(..))));
+        assert!(matches!(
+            Topology::from_toml(&unknown),
+            Err(TopologyError::UnknownNode(..))
+        ));
         let neg = T.replace("10.0", "-1.0");
-        assert!(matches!(Topology::from_toml(&neg), Err(TopologyError::BadNumber(..))));
+        assert!(matches!(
+            Topology::from_toml(&neg),
+            Err(TopologyError::BadNumber(..))
+        ));
         let badid = T.replace("\"sa\"", "\"s a/\"");
-        assert!(matches!(Topology::from_toml(&badid), Err(TopologyError::BadId(_))));
-        assert!(matches!(Topology::from_toml("nodes = 3"), Err(TopologyError::Parse(_))));
+        assert!(matches!(
+            Topology::from_toml(&badid),
+            Err(TopologyError::BadId(_))
+        ));
+        assert!(matches!(
+            Topology::from_toml("nodes = 3"),
+            Err(TopologyError::Parse(_))
+        ));
     }
 }

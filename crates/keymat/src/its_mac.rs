@@ -81,7 +81,13 @@ impl Mac {
     /// Starts a MAC with a one-time key (consumed).
     pub fn new(key: MacKey) -> Self {
         let hash = Polyval::new(&key.h.into());
-        Self { hash, buf: [0; 16], buf_len: 0, total: 0, key }
+        Self {
+            hash,
+            buf: [0; 16],
+            buf_len: 0,
+            total: 0,
+            key,
+        }
     }
 
     /// Feeds more message bytes.
@@ -147,7 +153,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn key(seed: u8) -> MacKey {
-        let b: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(31).wrapping_add(seed)).collect();
+        let b: Vec<u8> = (0..32u8)
+            .map(|i| i.wrapping_mul(31).wrapping_add(seed))
+            .collect();
         MacKey::from_bytes(&b).unwrap()
     }
 
@@ -172,7 +180,10 @@ mod tests {
 
     #[test]
     fn bad_key_length_is_an_error() {
-        assert_eq!(MacKey::from_bytes(&[0; 31]).unwrap_err(), BadMacKeyLength(31));
+        assert_eq!(
+            MacKey::from_bytes(&[0; 31]).unwrap_err(),
+            BadMacKeyLength(31)
+        );
     }
 
     proptest! {

@@ -22,12 +22,16 @@ impl Key {
 
     /// Copies `bytes` into a new key. The caller remains responsible for its own copy.
     pub fn from_slice(bytes: &[u8]) -> Self {
-        Self { bytes: bytes.to_vec() }
+        Self {
+            bytes: bytes.to_vec(),
+        }
     }
 
     /// A key of `len` zero bytes, to be filled in place.
     pub fn zeroed(len: usize) -> Self {
-        Self { bytes: vec![0; len] }
+        Self {
+            bytes: vec![0; len],
+        }
     }
 
     /// Length in bytes.
@@ -63,7 +67,11 @@ impl Key {
 
     /// XORs `pad` into the key in place. Panics only if the lengths differ, which is a caller bug.
     pub fn xor_in_place(&mut self, pad: &[u8]) {
-        assert_eq!(self.bytes.len(), pad.len(), "pad length must equal key length");
+        assert_eq!(
+            self.bytes.len(),
+            pad.len(),
+            "pad length must equal key length"
+        );
         for (b, p) in self.bytes.iter_mut().zip(pad) {
             *b ^= p;
         }

@@ -8,8 +8,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod key;
 pub mod its_mac;
+mod key;
 
-pub use its_mac::{MacKey, Tag, TAG_LEN, MAC_KEY_LEN};
+pub use its_mac::{MacKey, Tag, MAC_KEY_LEN, TAG_LEN};
 pub use key::Key;

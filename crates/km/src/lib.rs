@@ -1,2 +1,26 @@
-//! kagi-km
+//! kagi's key manager as a deterministic, sans-I/O state machine.
+//!
+//! [`KeyManager`] takes [`Input`]s (link key blocks, peer messages, application calls, store
+//! acknowledgements, timer ticks) and produces [`Action`]s (send, persist, answer). It has no
+//! tokio, sockets or SQLite dependency: `kagi-node` drives it over real TLS and SQLite, and
+//! `kagi-sim` drives the very same code on a virtual network with virtual time and injected
+//! faults.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod app;
+pub mod config;
+pub mod keybuf;
+mod manager;
+pub mod msgs;
+pub mod record;
+mod relay;
+mod supply;
+pub mod time;
+
+pub use app::{AppCall, AppReply, DeliveredKey, Refusal, SaeId, StatusInfo};
+pub use config::{KmConfig, Limits, Policy};
+pub use manager::{Action, Input, KeyManager, NodeStats, ReqId, WriteId};
+pub use msgs::{NodeId, PeerMsg};
+pub use record::{Record, Snapshot};
+pub use time::Instant;

@@ -1,0 +1,147 @@
+//! Messages between key managers, and their binary codec.
+//!
+//! Relay hops travel only over QKD links (neighbour to neighbour) and carry one-time-pad
+//! ciphertext plus a Wegman–Carter tag; everything else (acknowledgements, assignments) carries
+//! metadata only and may travel over any authenticated node-to-node channel.
+
+use kagi_keymat::Tag;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::app::SaeId;
+
+/// A node ID.
+pub type NodeId = String;
+
+/// A byte range of one link key block half (or pool chunk): `(block or chunk id, start, len)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    /// Block (link key) or chunk (pool) id.
+    pub id: u64,
+    /// First byte.
+    pub start: u32,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+/// Identifies one relay: the node that made the key and its relay counter.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RelayId {
+    /// Originating node (it generated the key).
+    pub origin: NodeId,
+    /// Origin's relay counter (never reused, survives restarts).
+    pub seq: u64,
+}
+
+/// How a slave's node obtains the bytes of one assigned key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeySource {
+    /// The bytes sit in the end-to-end pool the origin relayed to this node: these spans.
+    Pool(Vec<Span>),
+    /// The bytes are `ct ⊕ pad`, the pad taken from the pool at these spans; the first 32 pool
+    /// bytes are the one-time MAC key for `tag` (used for multicast to a second slave node).
+    Otp {
+        /// Pool spans: MAC key (32 bytes) then the pad.
+        pad: Vec<Span>,
+        /// Ciphertext.
+        ct: Vec<u8>,
+        /// Tag over `key_id ‖ ct`.
+        tag: Tag,
+    },
+}
+
+/// One key in an assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignedKey {
+    /// The key ID handed to the master.
+    pub id: Uuid,
+    /// Where its bytes come from.
+    pub source: KeySource,
+}
+
+/// Node-to-node message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMsg {
+    /// One hop of a key relay: `ct = K ⊕ pad`, pad and MAC key from the link key of this hop.
+    RelayHop {
+        /// Which relay.
+        relay: RelayId,
+        /// Full path, origin first.
+        path: Vec<NodeId>,
+        /// Link key spans of the sender's half: 32 bytes of MAC key, then `ct.len()` bytes of pad.
+        pad: Vec<Span>,
+        /// One-time-pad ciphertext of the relayed key.
+        ct: Vec<u8>,
+        /// Wegman–Carter tag over the header and `ct`.
+        tag: Tag,
+    },
+    /// The destination stored a relayed key (sent to the origin after it is durable).
+    RelayAck {
+        /// Which relay.
+        relay: RelayId,
+    },
+    /// The origin's node tells a slave's node which key IDs now belong to (master, slaves).
+    Assign {
+        /// Assignment counter at the origin (never reused).
+        seq: u64,
+        /// The master SAE.
+        master: SaeId,
+        /// Slaves served by the receiving node.
+        slaves: Vec<SaeId>,
+        /// The keys.
+        keys: Vec<AssignedKey>,
+    },
+    /// The slave's node made an assignment durable (`ok`) or refused it.
+    AssignAck {
+        /// Assignment counter.
+        seq: u64,
+        /// Whether the assignment is durable at the slave's node.
+        ok: bool,
+    },
+    /// The origin gave up on an assignment: drop its keys.
+    Revoke {
+        /// Assignment counter.
+        seq: u64,
+    },
+}
+
+/// A peer message could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed peer message: {0}")]
+pub struct DecodeError(String);
+
+/// Largest encoded peer message accepted (bytes).
+pub const MAX_MSG_LEN: usize = 16 << 20;
+
+impl PeerMsg {
+    /// Encodes for the wire.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("peer messages always encode")
+    }
+
+    /// Decodes from the wire; never panics on hostile input.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_MSG_LEN {
+            return Err(DecodeError("too long".into()));
+        }
+        postcard::from_bytes(bytes).map_err(|e| DecodeError(e.to_string()))
+    }
+
+    /// The bytes a relay hop's tag covers, apart from `ct`.
+    pub fn relay_header(relay: &RelayId, path: &[NodeId], pad: &[Span], ct_len: usize) -> Vec<u8> {
+        postcard::to_allocvec(&(relay, path, pad, ct_len as u64)).expect("header encodes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_garbage() {
+        let m = PeerMsg::AssignAck { seq: 7, ok: true };
+        assert_eq!(PeerMsg::decode(&m.encode()).unwrap(), m);
+        assert!(PeerMsg::decode(&[0xff, 0xff, 0xff]).is_err());
+        assert!(PeerMsg::decode(&[]).is_err());
+    }
+}

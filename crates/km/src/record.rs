@@ -1,0 +1,290 @@
+//! What the key manager persists: records without SQL. The store adapter writes each
+//! [`Store`](crate::Action::Store) batch atomically and hands back a [`Snapshot`] at restart.
+
+use std::collections::BTreeMap;
+
+use kagi_keymat::Key;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::app::SaeId;
+use crate::keybuf::KeyBufParts;
+use crate::msgs::NodeId;
+
+/// Which half of a link's key a buffer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Half {
+    /// This node spends it for messages it sends on the link.
+    Tx,
+    /// The neighbour spends it for messages it sends to us.
+    Rx,
+}
+
+/// Which end-to-end pool a chunk belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Pool {
+    /// Keys this node made and relayed to `dest` (for masters here).
+    Out(NodeId),
+    /// Keys `origin` made and relayed to this node (for slaves here).
+    In(NodeId),
+}
+
+/// A key held at a slave's node, waiting for its slaves to fetch it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlaveKey {
+    /// The master SAE.
+    pub master: SaeId,
+    /// Slaves here that have not fetched it yet.
+    pub pending: Vec<SaeId>,
+    /// The node that assigned it.
+    pub origin: NodeId,
+    /// The origin's assignment counter.
+    pub assign_seq: u64,
+    /// Key bytes.
+    #[serde(with = "key_serde")]
+    pub key: Key,
+}
+
+impl std::fmt::Debug for SlaveKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlaveKey")
+            .field("master", &self.master)
+            .field("pending", &self.pending)
+            .field("origin", &self.origin)
+            .field("assign_seq", &self.assign_seq)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+/// One persisted change. `*Gone` variants delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// A link key block half (upsert).
+    LinkBlock {
+        /// Neighbour.
+        peer: NodeId,
+        /// Which half.
+        half: Half,
+        /// Block id.
+        block: u64,
+        /// Bytes and spent ranges.
+        buf: KeyBufParts,
+    },
+    /// A link key block half fully spent (delete).
+    LinkBlockGone {
+        /// Neighbour.
+        peer: NodeId,
+        /// Which half.
+        half: Half,
+        /// Block id.
+        block: u64,
+    },
+    /// Highest link key block ingested from a link (upsert).
+    LinkHighWater {
+        /// Neighbour.
+        peer: NodeId,
+        /// Block id.
+        block: u64,
+    },
+    /// A pool chunk (upsert).
+    Chunk {
+        /// Which pool.
+        pool: Pool,
+        /// Chunk id (the relay counter of the origin).
+        chunk: u64,
+        /// Bytes and spent ranges.
+        buf: KeyBufParts,
+    },
+    /// A pool chunk fully spent or abandoned (delete).
+    ChunkGone {
+        /// Which pool.
+        pool: Pool,
+        /// Chunk id.
+        chunk: u64,
+    },
+    /// A relay this node started and that is not acknowledged yet (upsert).
+    PendingRelay {
+        /// Relay counter.
+        seq: u64,
+        /// Destination node.
+        dest: NodeId,
+        /// The relayed key.
+        #[serde(with = "key_serde")]
+        key: Key,
+    },
+    /// The relay ended (acknowledged or abandoned) (delete).
+    PendingRelayGone {
+        /// Relay counter.
+        seq: u64,
+    },
+    /// An assignment this node (the master's) started and has not finished (upsert).
+    PendingAssign {
+        /// Assignment counter.
+        seq: u64,
+        /// Slave nodes told about it.
+        nodes: Vec<NodeId>,
+    },
+    /// The assignment finished or was revoked (delete).
+    PendingAssignGone {
+        /// Assignment counter.
+        seq: u64,
+    },
+    /// A key held for slaves here (upsert).
+    SlaveKey {
+        /// Key ID.
+        id: Uuid,
+        /// The key and who may fetch it.
+        key: SlaveKey,
+    },
+    /// A key fetched by all its slaves here, or revoked (delete).
+    SlaveKeyGone {
+        /// Key ID.
+        id: Uuid,
+    },
+    /// A counter's high-water mark (upsert): ids are never reused after a restart.
+    Counter {
+        /// Which counter.
+        name: Counter,
+        /// Next value to use.
+        next: u64,
+    },
+}
+
+/// Persisted counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Counter {
+    /// Relay ids.
+    Relay,
+    /// Assignment ids.
+    Assign,
+}
+
+impl Record {
+    /// The store key of the entity this record writes or deletes: upserts and deletes of the same
+    /// entity share it, so a key-value store can apply records in order.
+    pub fn entity(&self) -> (&'static str, String) {
+        fn hk(h: &Half) -> &'static str {
+            match h {
+                Half::Tx => "tx",
+                Half::Rx => "rx",
+            }
+        }
+        fn pk(p: &Pool) -> String {
+            match p {
+                Pool::Out(n) => format!("out/{n}"),
+                Pool::In(n) => format!("in/{n}"),
+            }
+        }
+        match self {
+            Record::LinkBlock {
+                peer, half, block, ..
+            }
+            | Record::LinkBlockGone { peer, half, block } => {
+                ("link_block", format!("{peer}/{}/{block:020}", hk(half)))
+            }
+            Record::LinkHighWater { peer, .. } => ("link_hw", peer.clone()),
+            Record::Chunk { pool, chunk, .. } | Record::ChunkGone { pool, chunk } => {
+                ("chunk", format!("{}/{chunk:020}", pk(pool)))
+            }
+            Record::PendingRelay { seq, .. } | Record::PendingRelayGone { seq } => {
+                ("pending_relay", format!("{seq:020}"))
+            }
+            Record::PendingAssign { seq, .. } | Record::PendingAssignGone { seq } => {
+                ("pending_assign", format!("{seq:020}"))
+            }
+            Record::SlaveKey { id, .. } | Record::SlaveKeyGone { id } => {
+                ("slave_key", id.to_string())
+            }
+            Record::Counter { name, .. } => ("counter", format!("{name:?}")),
+        }
+    }
+
+    /// True for records that delete their entity.
+    pub fn is_delete(&self) -> bool {
+        matches!(
+            self,
+            Record::LinkBlockGone { .. }
+                | Record::ChunkGone { .. }
+                | Record::PendingRelayGone { .. }
+                | Record::PendingAssignGone { .. }
+                | Record::SlaveKeyGone { .. }
+        )
+    }
+
+    /// Encodes for storage.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("records always encode")
+    }
+
+    /// Decodes from storage.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        postcard::from_bytes(bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// Everything durable, as the store hands it back at restart: the latest upsert of every entity
+/// that has not been deleted.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The records, in any order.
+    pub records: Vec<Record>,
+}
+
+impl Snapshot {
+    /// Applies a batch the way a key-value store would (used by the simulator's virtual store).
+    pub fn apply(map: &mut BTreeMap<(&'static str, String), Record>, batch: &[Record]) {
+        for r in batch {
+            let k = r.entity();
+            if r.is_delete() {
+                map.remove(&k);
+            } else {
+                map.insert(k, r.clone());
+            }
+        }
+    }
+}
+
+/// Serde for [`Key`] inside records: the only place key bytes are serialized (for the store).
+pub mod key_serde {
+    use kagi_keymat::Key;
+    use serde::{Deserializer, Serializer};
+
+    /// Serializes the key bytes.
+    pub fn serialize<S: Serializer>(k: &Key, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(k.expose())
+    }
+
+    /// Deserializes key bytes.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        let v: Vec<u8> = serde_bytes_vec(d)?;
+        Ok(Key::from_vec(v))
+    }
+
+    fn serde_bytes_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(b) = a.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}

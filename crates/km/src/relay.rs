@@ -1,0 +1,601 @@
+//! Link key intake and hop-by-hop one-time-pad relay with Wegman–Carter tags.
+//!
+//! Each link block is split in two halves: the node whose ID sorts first spends the first half
+//! for what it sends, the other node the second half, so the two ends never spend the same bits.
+//! A hop spends 32 bytes of MAC key plus as many pad bytes as the relayed key is long.
+
+use kagi_keymat::its_mac::{Mac, MacKey, MAC_KEY_LEN};
+use kagi_keymat::{Key, Tag};
+
+use crate::keybuf::{KeyBuf, KeyBufParts, TakeError};
+use crate::manager::{Action, After, KeyManager, PendingRelay, WaitingHop};
+use crate::msgs::{NodeId, PeerMsg, RelayId, Span};
+use crate::record::{Counter, Half, Pool, Record};
+use crate::time::Instant;
+
+/// Why a relay hop could not be taken from the link key.
+enum HopFault {
+    /// The link key it references has not arrived here yet (may come soon).
+    NotYet,
+    /// Already spent or never existed: a replay or a broken peer.
+    Spent,
+}
+
+/// Largest relayed key accepted (bytes).
+const MAX_RELAY_BYTES: usize = 1 << 20;
+
+impl KeyManager {
+    pub(crate) fn on_link_keys(&mut self, now: Instant, peer: NodeId, block: u64, key: Key) {
+        let me_first = self.me() < peer.as_str();
+        let Some(link) = self.links.get_mut(&peer) else {
+            tracing::warn!(%peer, "link keys for a node that is not a neighbour; ignored");
+            return;
+        };
+        if link.high_water.is_some_and(|hw| block <= hw) {
+            return; // duplicate delivery
+        }
+        let mut key = key;
+        let half = key.len() / 2;
+        let first = key.take_front(half);
+        let second = key.take_front(half); // an odd last byte is dropped
+        let (tx, rx) = if me_first {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        self.stats.link_key_in += (tx.len() + rx.len()) as u64;
+        let tx = KeyBuf::new(tx);
+        let rx = KeyBuf::new(rx);
+        let batch = vec![
+            Record::LinkBlock {
+                peer: peer.clone(),
+                half: Half::Tx,
+                block,
+                buf: KeyBufParts::from(&tx),
+            },
+            Record::LinkBlock {
+                peer: peer.clone(),
+                half: Half::Rx,
+                block,
+                buf: KeyBufParts::from(&rx),
+            },
+            Record::LinkHighWater {
+                peer: peer.clone(),
+                block,
+            },
+        ];
+        link.tx.insert(block, tx);
+        link.rx.insert(block, rx);
+        link.high_water = Some(block);
+        self.store(batch, vec![]);
+        self.retry_waiting_hops(now);
+    }
+
+    /// Free bytes of this node's half of the link to `peer`.
+    pub(crate) fn link_tx_free(&self, peer: &str) -> u64 {
+        self.links
+            .get(peer)
+            .map_or(0, |l| l.tx.values().map(|b| u64::from(b.tail_free())).sum())
+    }
+
+    /// Spends `n` bytes of this node's half of the link to `peer`, oldest blocks first.
+    fn alloc_tx(
+        &mut self,
+        peer: &str,
+        n: usize,
+        batch: &mut Vec<Record>,
+    ) -> Option<(Vec<Span>, Key)> {
+        if (self.link_tx_free(peer) as usize) < n {
+            return None;
+        }
+        let link = self.links.get_mut(peer)?;
+        let mut spans = Vec::new();
+        let mut out = Key::zeroed(0);
+        let mut need = n as u32;
+        let mut gone = Vec::new();
+        for (&id, buf) in link.tx.iter_mut() {
+            if need == 0 {
+                break;
+            }
+            let take = buf.tail_free().min(need);
+            if take == 0 {
+                continue;
+            }
+            let start = buf.tail();
+            let k = buf.take(start, take).expect("tail range is free");
+            out.extend_from(&k);
+            spans.push(Span {
+                id,
+                start,
+                len: take,
+            });
+            need -= take;
+            if buf.tail_free() == 0 {
+                gone.push(id);
+            } else {
+                batch.push(Record::LinkBlock {
+                    peer: peer.to_string(),
+                    half: Half::Tx,
+                    block: id,
+                    buf: KeyBufParts::from(&*buf),
+                });
+            }
+        }
+        for id in gone {
+            link.tx.remove(&id);
+            batch.push(Record::LinkBlockGone {
+                peer: peer.to_string(),
+                half: Half::Tx,
+                block: id,
+            });
+        }
+        self.stats.link_key_spent += n as u64;
+        Some((spans, out))
+    }
+
+    /// Checks that the neighbour's half holds every span, unspent.
+    fn check_rx(&self, peer: &str, spans: &[Span]) -> Result<(), HopFault> {
+        let link = self.links.get(peer).ok_or(HopFault::Spent)?;
+        for s in spans {
+            match link.rx.get(&s.id) {
+                Some(buf) => buf.can_take(s.start, s.len).map_err(|e| match e {
+                    TakeError::OutOfBounds | TakeError::AlreadySpent => HopFault::Spent,
+                })?,
+                None if link.high_water.is_none_or(|hw| s.id > hw) => return Err(HopFault::NotYet),
+                None => return Err(HopFault::Spent),
+            }
+        }
+        // Spans must not overlap each other either.
+        for (i, a) in spans.iter().enumerate() {
+            for b in &spans[i + 1..] {
+                if a.id == b.id
+                    && a.start < b.start.saturating_add(b.len)
+                    && b.start < a.start.saturating_add(a.len)
+                {
+                    return Err(HopFault::Spent);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Spends the spans of the neighbour's half (after [`check_rx`](Self::check_rx) passed).
+    fn take_rx(&mut self, peer: &str, spans: &[Span], batch: &mut Vec<Record>) -> Key {
+        let link = self.links.get_mut(peer).expect("checked");
+        let mut out = Key::zeroed(0);
+        for s in spans {
+            let buf = link.rx.get_mut(&s.id).expect("checked");
+            let k = buf.take(s.start, s.len).expect("checked");
+            out.extend_from(&k);
+            if buf.exhausted() {
+                link.rx.remove(&s.id);
+                batch.push(Record::LinkBlockGone {
+                    peer: peer.to_string(),
+                    half: Half::Rx,
+                    block: s.id,
+                });
+            } else {
+                batch.push(Record::LinkBlock {
+                    peer: peer.to_string(),
+                    half: Half::Rx,
+                    block: s.id,
+                    buf: KeyBufParts::from(&*buf),
+                });
+            }
+        }
+        out
+    }
+
+    /// Encrypts `key` for the hop to `next` with fresh link key. `None` if the link lacks key.
+    fn seal_hop(
+        &mut self,
+        relay: &RelayId,
+        path: &[NodeId],
+        key: &Key,
+        next: &str,
+        batch: &mut Vec<Record>,
+    ) -> Option<PeerMsg> {
+        let (pad_spans, mut material) = self.alloc_tx(next, MAC_KEY_LEN + key.len(), batch)?;
+        let mac_key = material.take_front(MAC_KEY_LEN);
+        let mut ct = key.clone();
+        ct.xor_in_place(material.expose());
+        let ct = ct.expose().to_vec(); // one-time-pad ciphertext: safe to send
+        let header = PeerMsg::relay_header(relay, path, &pad_spans, ct.len());
+        let mut mac = Mac::new(MacKey::from_key(&mac_key).expect("32 bytes"));
+        mac.update(&header);
+        mac.update(&ct);
+        let tag = mac.finalize();
+        Some(PeerMsg::RelayHop {
+            relay: relay.clone(),
+            path: path.to_vec(),
+            pad: pad_spans,
+            ct,
+            tag,
+        })
+    }
+
+    /// Starts relays so that every reachable destination's pool approaches its target.
+    pub(crate) fn refill(&mut self, _now: Instant) {
+        let topo = self.topology();
+        let p = self.cfg.policy.clone();
+        for node in &topo.nodes {
+            let dest = node.id.as_str();
+            if dest == self.me() || self.down.contains(dest) {
+                continue;
+            }
+            let Some(path) = self.routes.path(dest).map(|p| p.to_vec()) else {
+                continue;
+            };
+            loop {
+                let in_flight = self
+                    .pending_relays
+                    .values()
+                    .filter(|r| r.dest == dest)
+                    .count() as u64;
+                let have = self.pool_free(dest) + in_flight * u64::from(p.relay_chunk_bytes);
+                if have >= p.pool_target_bytes {
+                    self.refilling.remove(dest);
+                    break;
+                }
+                let low = (p.pool_target_bytes as f64 * p.pool_low_water) as u64;
+                if !self.refilling.contains(dest) && have >= low {
+                    break;
+                }
+                if in_flight >= u64::from(p.max_relays_in_flight) {
+                    break;
+                }
+                self.refilling.insert(dest.to_string());
+                if !self.start_relay(dest, &path, _now) {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn start_relay(&mut self, dest: &str, path: &[NodeId], now: Instant) -> bool {
+        let len = self.cfg.policy.relay_chunk_bytes as usize;
+        if (self.link_tx_free(&path[1]) as usize) < len + MAC_KEY_LEN {
+            return false;
+        }
+        let seq = self.next_relay;
+        let relay = self.relay_id(seq);
+        let key = self.fresh_key(len);
+        let mut batch = Vec::new();
+        let Some(msg) = self.seal_hop(&relay, path, &key, &path[1], &mut batch) else {
+            return false;
+        };
+        self.next_relay += 1;
+        batch.push(Record::Counter {
+            name: Counter::Relay,
+            next: self.next_relay,
+        });
+        batch.push(Record::PendingRelay {
+            seq,
+            dest: dest.to_string(),
+            key: key.clone(),
+        });
+        self.pending_relays.insert(
+            seq,
+            PendingRelay {
+                dest: dest.to_string(),
+                key,
+                deadline: now + self.cfg.policy.relay_timeout,
+            },
+        );
+        self.stats.relays_started += 1;
+        self.store(
+            batch,
+            vec![After::Act(Action::Send {
+                to: path[1].clone(),
+                msg,
+            })],
+        );
+        true
+    }
+
+    pub(crate) fn on_peer(&mut self, now: Instant, from: NodeId, msg: PeerMsg) {
+        match msg {
+            PeerMsg::RelayHop { .. } => self.on_hop(now, from, msg),
+            PeerMsg::RelayAck { relay } => self.on_relay_ack(from, relay),
+            PeerMsg::Assign {
+                seq,
+                master,
+                slaves,
+                keys,
+            } => self.on_assign(from, seq, master, slaves, keys),
+            PeerMsg::AssignAck { seq, ok } => self.on_assign_ack(from, seq, ok),
+            PeerMsg::Revoke { seq } => self.on_revoke(from, seq),
+        }
+    }
+
+    fn on_hop(&mut self, now: Instant, from: NodeId, msg: PeerMsg) {
+        let PeerMsg::RelayHop {
+            relay,
+            path,
+            pad,
+            ct,
+            tag,
+        } = &msg
+        else {
+            return;
+        };
+        // The path must name the authenticated sender right before us, start at the origin, and
+        // have no repeated node.
+        let Some(pos) = path.iter().position(|n| n == self.me()) else {
+            return;
+        };
+        let valid = pos >= 1
+            && path[pos - 1] == from
+            && path[0] == relay.origin
+            && ct.len() <= MAX_RELAY_BYTES
+            && !ct.is_empty()
+            && pad.iter().map(|s| u64::from(s.len)).sum::<u64>() == (MAC_KEY_LEN + ct.len()) as u64
+            && path.iter().enumerate().all(|(i, n)| !path[..i].contains(n));
+        if !valid {
+            tracing::warn!(%from, "malformed relay hop dropped");
+            return;
+        }
+        let is_dest = pos == path.len() - 1;
+        if is_dest
+            && self
+                .in_pools
+                .get(&relay.origin)
+                .is_some_and(|p| p.contains_key(&relay.seq))
+        {
+            // Already stored (a duplicate after our ack was lost): acknowledge again.
+            self.send(
+                relay.origin.clone(),
+                PeerMsg::RelayAck {
+                    relay: relay.clone(),
+                },
+            );
+            return;
+        }
+        match self.check_rx(&from, pad) {
+            Ok(()) => {}
+            Err(HopFault::NotYet) => {
+                self.waiting_hops.push(WaitingHop {
+                    deadline: now + self.cfg.policy.hop_wait,
+                    from,
+                    msg,
+                });
+                return;
+            }
+            Err(HopFault::Spent) => {
+                self.stats.replays_rejected += 1;
+                return;
+            }
+        }
+        let next = if is_dest {
+            None
+        } else {
+            Some(path[pos + 1].clone())
+        };
+        if let Some(next) = &next {
+            if (self.link_tx_free(next) as usize) < MAC_KEY_LEN + ct.len() {
+                self.waiting_hops.push(WaitingHop {
+                    deadline: now + self.cfg.policy.hop_wait,
+                    from,
+                    msg,
+                });
+                return;
+            }
+        }
+        let mut batch = Vec::new();
+        let mut material = self.take_rx(&from, pad, &mut batch);
+        let mac_key = material.take_front(MAC_KEY_LEN);
+        let header = PeerMsg::relay_header(relay, path, pad, ct.len());
+        let mut mac = Mac::new(MacKey::from_key(&mac_key).expect("32 bytes"));
+        mac.update(&header);
+        mac.update(ct);
+        if !mac.finalize().ct_eq(tag) {
+            self.stats.bad_tags += 1;
+            tracing::warn!(%from, origin = %relay.origin, seq = relay.seq, "relay hop failed its tag; dropped");
+            self.store(batch, vec![]); // the link key is spent either way
+            return;
+        }
+        let mut key = Key::from_slice(ct);
+        key.xor_in_place(material.expose());
+        match next {
+            None => {
+                self.stats.relays_received += 1;
+                let buf = KeyBuf::new(key);
+                batch.push(Record::Chunk {
+                    pool: Pool::In(relay.origin.clone()),
+                    chunk: relay.seq,
+                    buf: KeyBufParts::from(&buf),
+                });
+                self.in_pools
+                    .entry(relay.origin.clone())
+                    .or_default()
+                    .insert(relay.seq, buf);
+                let ack = Action::Send {
+                    to: relay.origin.clone(),
+                    msg: PeerMsg::RelayAck {
+                        relay: relay.clone(),
+                    },
+                };
+                self.store(batch, vec![After::Act(ack)]);
+            }
+            Some(next) => {
+                let fwd = self
+                    .seal_hop(relay, path, &key, &next, &mut batch)
+                    .expect("checked link key");
+                self.stats.hops_forwarded += 1;
+                self.store(batch, vec![After::Act(Action::Send { to: next, msg: fwd })]);
+            }
+        }
+    }
+
+    fn on_relay_ack(&mut self, from: NodeId, relay: RelayId) {
+        if relay.origin != self.me() {
+            return;
+        }
+        let Some(p) = self.pending_relays.get(&relay.seq) else {
+            return;
+        };
+        if p.dest != from {
+            return;
+        }
+        let p = self.pending_relays.remove(&relay.seq).expect("present");
+        let buf = KeyBuf::new(p.key);
+        let batch = vec![
+            Record::Chunk {
+                pool: Pool::Out(p.dest.clone()),
+                chunk: relay.seq,
+                buf: KeyBufParts::from(&buf),
+            },
+            Record::PendingRelayGone { seq: relay.seq },
+        ];
+        self.out_pools
+            .entry(p.dest)
+            .or_default()
+            .insert(relay.seq, buf);
+        self.stats.relays_acked += 1;
+        self.store(batch, vec![]);
+    }
+
+    pub(crate) fn expire_relays(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .pending_relays
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(s, _)| *s)
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        let mut batch = Vec::new();
+        for seq in expired {
+            self.pending_relays.remove(&seq);
+            self.stats.relays_abandoned += 1;
+            batch.push(Record::PendingRelayGone { seq });
+        }
+        self.store(batch, vec![]);
+    }
+
+    pub(crate) fn expire_hops(&mut self, now: Instant) {
+        self.waiting_hops.retain(|h| h.deadline > now);
+        self.retry_waiting_hops(now);
+    }
+
+    fn retry_waiting_hops(&mut self, now: Instant) {
+        if self.waiting_hops.is_empty() {
+            return;
+        }
+        let hops = std::mem::take(&mut self.waiting_hops);
+        for h in hops {
+            if h.deadline > now {
+                let before = self.waiting_hops.len();
+                self.on_hop(now, h.from, h.msg);
+                // Keep the original deadline when it goes back to waiting.
+                if self.waiting_hops.len() > before {
+                    if let Some(last) = self.waiting_hops.last_mut() {
+                        last.deadline = h.deadline;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes `n` bytes from the out-pool for `dest`, oldest chunks first.
+    pub(crate) fn take_pool(
+        &mut self,
+        dest: &str,
+        n: usize,
+        batch: &mut Vec<Record>,
+    ) -> Option<(Vec<Span>, Key)> {
+        if (self.pool_free(dest) as usize) < n {
+            return None;
+        }
+        let pool = self.out_pools.get_mut(dest)?;
+        let mut spans = Vec::new();
+        let mut out = Key::zeroed(0);
+        let mut need = n as u32;
+        let mut gone = Vec::new();
+        for (&id, buf) in pool.iter_mut() {
+            if need == 0 {
+                break;
+            }
+            let take = buf.tail_free().min(need);
+            if take == 0 {
+                continue;
+            }
+            let start = buf.tail();
+            out.extend_from(&buf.take(start, take).expect("tail range is free"));
+            spans.push(Span {
+                id,
+                start,
+                len: take,
+            });
+            need -= take;
+            if buf.tail_free() == 0 {
+                gone.push(id);
+            } else {
+                batch.push(Record::Chunk {
+                    pool: Pool::Out(dest.to_string()),
+                    chunk: id,
+                    buf: KeyBufParts::from(&*buf),
+                });
+            }
+        }
+        for id in gone {
+            pool.remove(&id);
+            batch.push(Record::ChunkGone {
+                pool: Pool::Out(dest.to_string()),
+                chunk: id,
+            });
+        }
+        Some((spans, out))
+    }
+
+    /// Takes spans from the in-pool relayed by `origin`; all or nothing.
+    pub(crate) fn take_in_pool(
+        &mut self,
+        origin: &str,
+        spans: &[Span],
+        batch: &mut Vec<Record>,
+    ) -> Option<Key> {
+        let pool = self.in_pools.get_mut(origin)?;
+        for s in spans {
+            pool.get(&s.id)?.can_take(s.start, s.len).ok()?;
+        }
+        for (i, a) in spans.iter().enumerate() {
+            for b in &spans[i + 1..] {
+                if a.id == b.id
+                    && a.start < b.start.saturating_add(b.len)
+                    && b.start < a.start.saturating_add(a.len)
+                {
+                    return None;
+                }
+            }
+        }
+        let mut out = Key::zeroed(0);
+        for s in spans {
+            let buf = pool.get_mut(&s.id).expect("checked");
+            out.extend_from(&buf.take(s.start, s.len).expect("checked"));
+            if buf.exhausted() {
+                pool.remove(&s.id);
+                batch.push(Record::ChunkGone {
+                    pool: Pool::In(origin.to_string()),
+                    chunk: s.id,
+                });
+            } else {
+                batch.push(Record::Chunk {
+                    pool: Pool::In(origin.to_string()),
+                    chunk: s.id,
+                    buf: KeyBufParts::from(&*buf),
+                });
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Tags an end-to-end one-time-pad message (multicast key delivery).
+pub(crate) fn otp_tag(mac_key: &Key, id: &uuid::Uuid, ct: &[u8]) -> Tag {
+    let mut mac = Mac::new(MacKey::from_key(mac_key).expect("32 bytes"));
+    mac.update(id.as_bytes());
+    mac.update(ct);
+    mac.finalize()
+}

@@ -1,0 +1,555 @@
+//! Key supply: ETSI GS QKD 014 semantics without HTTP, and the assignment exchange between the
+//! master's node and the slaves' nodes.
+//!
+//! On `enc_keys` the master's node takes keys from its pool for the slave's node, persists the
+//! spend, tells every slave node which key IDs now belong to (master, slaves) — each persists that
+//! before acknowledging — and only then answers the master. A key is served once to its master
+//! and once to each slave, then erased.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kagi_keymat::its_mac::MAC_KEY_LEN;
+use kagi_keymat::Key;
+use uuid::Uuid;
+
+use crate::app::{AppCall, AppReply, DeliveredKey, Refusal, SaeId, StatusInfo};
+use crate::manager::{Action, After, KeyManager, MasterAssign, ReqId};
+use crate::msgs::{AssignedKey, KeySource, NodeId, PeerMsg};
+use crate::record::{Counter, Record, SlaveKey};
+use crate::relay::otp_tag;
+use crate::time::Instant;
+
+fn bad(m: impl Into<String>) -> Refusal {
+    Refusal::BadRequest(m.into())
+}
+
+impl KeyManager {
+    pub(crate) fn on_app(&mut self, now: Instant, req: ReqId, call: AppCall) {
+        let reply = match call {
+            AppCall::Status { master, slave } => self.status(&master, &slave).map(AppReply::Status),
+            AppCall::EncKeys {
+                master,
+                slave,
+                number,
+                size_bits,
+                additional_slaves,
+            } => {
+                match self.enc_keys(
+                    now,
+                    req,
+                    master,
+                    slave,
+                    number,
+                    size_bits,
+                    additional_slaves,
+                ) {
+                    Ok(()) => return, // answered later (or already)
+                    Err(r) => Err(r),
+                }
+            }
+            AppCall::DecKeys {
+                slave,
+                master,
+                key_ids,
+            } => match self.dec_keys(req, &slave, &master, key_ids) {
+                Ok(()) => return,
+                Err(r) => Err(r),
+            },
+        };
+        self.answer(req, reply);
+    }
+
+    fn sae_node(&self, sae: &str) -> Option<String> {
+        self.cfg.topology.node_of_sae(sae).map(|n| n.id.clone())
+    }
+
+    fn require_local(&self, sae: &str, role: &str) -> Result<(), Refusal> {
+        match self.sae_node(sae) {
+            Some(n) if n == self.me() => Ok(()),
+            Some(n) => Err(Refusal::Unauthorized(format!(
+                "{role} SAE {sae} is attached to KME {n}, not to this KME"
+            ))),
+            None => Err(Refusal::Unauthorized(format!(
+                "SAE {sae} is not known to this network"
+            ))),
+        }
+    }
+
+    fn status(&self, master: &str, slave: &str) -> Result<StatusInfo, Refusal> {
+        self.require_local(master, "master")?;
+        let target = self
+            .sae_node(slave)
+            .ok_or_else(|| bad(format!("unknown slave SAE ID {slave}")))?;
+        let l = &self.cfg.limits;
+        let unit = (l.key_size / 8).max(1);
+        let max_key_count = self.cfg.policy.pool_target_bytes / unit;
+        let stored = if target == self.me() {
+            max_key_count
+        } else {
+            self.pool_free(&target) / unit
+        };
+        Ok(StatusInfo {
+            source_kme_id: self.me().to_string(),
+            target_kme_id: target,
+            master_sae_id: master.to_string(),
+            slave_sae_id: slave.to_string(),
+            key_size: l.key_size,
+            stored_key_count: stored,
+            max_key_count,
+            max_key_per_request: l.max_key_per_request,
+            max_key_size: l.max_key_size,
+            min_key_size: l.min_key_size,
+            max_sae_id_count: l.max_sae_id_count,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn enc_keys(
+        &mut self,
+        now: Instant,
+        req: ReqId,
+        master: SaeId,
+        slave: SaeId,
+        number: Option<u64>,
+        size_bits: Option<u64>,
+        additional: Vec<SaeId>,
+    ) -> Result<(), Refusal> {
+        self.require_local(&master, "master")?;
+        let l = self.cfg.limits.clone();
+        let number = number.unwrap_or(1);
+        let size = size_bits.unwrap_or(l.key_size);
+        if number < 1 || number > l.max_key_per_request {
+            return Err(bad(format!(
+                "number shall be between 1 and {}",
+                l.max_key_per_request
+            )));
+        }
+        if !size.is_multiple_of(8) {
+            return Err(bad(Refusal::SIZE_NOT_MULTIPLE_OF_8));
+        }
+        if size < l.min_key_size || size > l.max_key_size {
+            return Err(bad(format!(
+                "size shall be between {} and {} bits",
+                l.min_key_size, l.max_key_size
+            )));
+        }
+        if additional.len() as u64 > l.max_sae_id_count {
+            return Err(bad(format!(
+                "at most {} additional_slave_SAE_IDs are allowed",
+                l.max_sae_id_count
+            )));
+        }
+        let mut slaves = vec![slave.clone()];
+        for s in additional {
+            if slaves.contains(&s) {
+                return Err(bad(format!("slave SAE ID {s} is named twice")));
+            }
+            slaves.push(s);
+        }
+        if slaves.contains(&master) {
+            return Err(bad("the master SAE cannot be its own slave"));
+        }
+        // Group slaves by the node that serves them; the main slave's node comes first.
+        let mut by_node: BTreeMap<NodeId, Vec<SaeId>> = BTreeMap::new();
+        let mut order: Vec<NodeId> = Vec::new();
+        for s in &slaves {
+            let n = self
+                .sae_node(s)
+                .ok_or_else(|| bad(format!("unknown slave SAE ID {s}")))?;
+            if !by_node.contains_key(&n) {
+                order.push(n.clone());
+            }
+            by_node.entry(n).or_default().push(s.clone());
+        }
+        let bytes = (size / 8) as usize;
+        let n = number as usize;
+        let primary = order[0].clone();
+        let me = self.me().to_string();
+        // Check every pool first, so a refusal spends nothing.
+        for (i, node) in order.iter().enumerate() {
+            if *node == me {
+                continue;
+            }
+            let need = if i == 0 {
+                n * bytes
+            } else {
+                n * (bytes + MAC_KEY_LEN)
+            };
+            if (self.pool_free(node) as usize) < need {
+                self.stats.refused_no_key += 1;
+                return Err(Refusal::Unavailable(format!(
+                    "not enough key material for slave KME {node} right now ({} of {} bytes ready); retry shortly",
+                    self.pool_free(node),
+                    need
+                )));
+            }
+        }
+        let mut batch = Vec::new();
+        let mut keys = Vec::with_capacity(n);
+        let mut per_node: BTreeMap<NodeId, Vec<AssignedKey>> = BTreeMap::new();
+        for _ in 0..n {
+            let id = self.new_uuid();
+            let key = if primary == me {
+                self.fresh_key(bytes)
+            } else {
+                let (spans, k) = self
+                    .take_pool(&primary, bytes, &mut batch)
+                    .expect("checked");
+                per_node
+                    .entry(primary.clone())
+                    .or_default()
+                    .push(AssignedKey {
+                        id,
+                        source: KeySource::Pool(spans),
+                    });
+                k
+            };
+            for node in order.iter().skip(1) {
+                if *node == me {
+                    continue;
+                }
+                let (spans, mut material) = self
+                    .take_pool(node, MAC_KEY_LEN + bytes, &mut batch)
+                    .expect("checked");
+                let mac_key = material.take_front(MAC_KEY_LEN);
+                let mut ct = key.clone();
+                ct.xor_in_place(material.expose());
+                let ct = ct.expose().to_vec();
+                let tag = otp_tag(&mac_key, &id, &ct);
+                per_node.entry(node.clone()).or_default().push(AssignedKey {
+                    id,
+                    source: KeySource::Otp {
+                        pad: spans,
+                        ct,
+                        tag,
+                    },
+                });
+            }
+            keys.push(DeliveredKey { id, key });
+        }
+        let seq = self.next_assign;
+        self.next_assign += 1;
+        batch.push(Record::Counter {
+            name: Counter::Assign,
+            next: self.next_assign,
+        });
+        // Slaves attached to this very node: hold the keys here.
+        if let Some(local) = by_node.get(&me) {
+            for k in &keys {
+                let sk = SlaveKey {
+                    master: master.clone(),
+                    pending: local.clone(),
+                    origin: me.clone(),
+                    assign_seq: seq,
+                    key: k.key.clone(),
+                };
+                batch.push(Record::SlaveKey {
+                    id: k.id,
+                    key: sk.clone(),
+                });
+                self.slave_keys.insert(k.id, sk);
+            }
+        }
+        let remote: Vec<NodeId> = order.iter().filter(|n| **n != me).cloned().collect();
+        if remote.is_empty() {
+            self.stats.keys_served_master += n as u64;
+            self.store(
+                batch,
+                vec![After::Act(Action::Answer {
+                    req,
+                    reply: Ok(AppReply::Keys(keys)),
+                })],
+            );
+            return Ok(());
+        }
+        batch.push(Record::PendingAssign {
+            seq,
+            nodes: remote.clone(),
+        });
+        let mut msgs = BTreeMap::new();
+        let mut after = vec![After::AssignDurable(seq)];
+        for node in &remote {
+            let msg = PeerMsg::Assign {
+                seq,
+                master: master.clone(),
+                slaves: by_node[node].clone(),
+                keys: per_node.remove(node).unwrap_or_default(),
+            };
+            after.push(After::Act(Action::Send {
+                to: node.clone(),
+                msg: msg.clone(),
+            }));
+            msgs.insert(node.clone(), msg);
+        }
+        let p = &self.cfg.policy;
+        self.assigns.insert(
+            seq,
+            MasterAssign {
+                req,
+                keys,
+                nodes: remote.clone(),
+                waiting: remote.into_iter().collect(),
+                msgs,
+                durable: false,
+                deadline: now + p.assign_timeout,
+                next_retry: now + p.assign_retry,
+            },
+        );
+        self.store(batch, after);
+        Ok(())
+    }
+
+    fn dec_keys(
+        &mut self,
+        req: ReqId,
+        slave: &str,
+        master: &str,
+        ids: Vec<Uuid>,
+    ) -> Result<(), Refusal> {
+        self.require_local(slave, "slave")?;
+        if self.sae_node(master).is_none() {
+            return Err(bad(format!("unknown master SAE ID {master}")));
+        }
+        if ids.is_empty() {
+            return Err(bad("key_IDs shall name at least one key"));
+        }
+        if ids.len() as u64 > self.cfg.limits.max_key_per_request {
+            return Err(bad(format!(
+                "at most {} key IDs per request",
+                self.cfg.limits.max_key_per_request
+            )));
+        }
+        let unique: BTreeSet<&Uuid> = ids.iter().collect();
+        if unique.len() != ids.len() {
+            return Err(bad("a key ID is repeated in the request"));
+        }
+        // Unknown (or already fetched by this slave) → 400; someone else's key → 401.
+        for id in &ids {
+            match self.slave_keys.get(id) {
+                None => return Err(bad(Refusal::KEYS_NOT_FOUND)),
+                Some(k) if k.master == master && !k.pending.iter().any(|s| s == slave) => {
+                    return Err(bad(Refusal::KEYS_NOT_FOUND))
+                }
+                Some(_) => {}
+            }
+        }
+        for id in &ids {
+            let k = &self.slave_keys[id];
+            if k.master != master || !k.pending.iter().any(|s| s == slave) {
+                return Err(Refusal::Unauthorized(
+                    "the caller is not a slave of one or more of these keys for this master".into(),
+                ));
+            }
+        }
+        let mut batch = Vec::new();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let k = self.slave_keys.get_mut(&id).expect("checked");
+            k.pending.retain(|s| s != slave);
+            out.push(DeliveredKey {
+                id,
+                key: k.key.clone(),
+            });
+            if k.pending.is_empty() {
+                self.slave_keys.remove(&id);
+                batch.push(Record::SlaveKeyGone { id });
+            } else {
+                batch.push(Record::SlaveKey { id, key: k.clone() });
+            }
+        }
+        self.stats.keys_served_slave += out.len() as u64;
+        self.store(
+            batch,
+            vec![After::Act(Action::Answer {
+                req,
+                reply: Ok(AppReply::Keys(out)),
+            })],
+        );
+        Ok(())
+    }
+
+    pub(crate) fn on_assign(
+        &mut self,
+        origin: NodeId,
+        seq: u64,
+        master: SaeId,
+        slaves: Vec<SaeId>,
+        keys: Vec<AssignedKey>,
+    ) {
+        let ack_ok = |ok| Action::Send {
+            to: origin.clone(),
+            msg: PeerMsg::AssignAck { seq, ok },
+        };
+        if let Some(state) = self.applied_assigns.get(&(origin.clone(), seq)) {
+            // A retransmission: acknowledge once the original is durable.
+            match *state {
+                None => self.actions_push(ack_ok(true)),
+                Some(w) => self.hold_after(w, After::Act(ack_ok(true))),
+            }
+            return;
+        }
+        let me = self.me().to_string();
+        let valid = !keys.is_empty()
+            && !slaves.is_empty()
+            && self.sae_node(&master).is_some_and(|n| n == origin)
+            && slaves
+                .iter()
+                .all(|s| self.sae_node(s).as_deref() == Some(me.as_str()))
+            && keys.iter().all(|k| !self.slave_keys.contains_key(&k.id));
+        if !valid {
+            self.actions_push(ack_ok(false));
+            return;
+        }
+        let mut batch = Vec::new();
+        let mut got: Vec<(Uuid, Key)> = Vec::new();
+        for k in &keys {
+            let key = match &k.source {
+                KeySource::Pool(spans) => self.take_in_pool(&origin, spans, &mut batch),
+                KeySource::Otp { pad, ct, tag } => {
+                    let total: u64 = pad.iter().map(|s| u64::from(s.len)).sum();
+                    if total != (MAC_KEY_LEN + ct.len()) as u64 {
+                        None
+                    } else {
+                        self.take_in_pool(&origin, pad, &mut batch)
+                            .and_then(|mut m| {
+                                let mac_key = m.take_front(MAC_KEY_LEN);
+                                if !otp_tag(&mac_key, &k.id, ct).ct_eq(tag) {
+                                    self.stats.bad_tags += 1;
+                                    return None;
+                                }
+                                let mut key = Key::from_slice(ct);
+                                key.xor_in_place(m.expose());
+                                Some(key)
+                            })
+                    }
+                }
+            };
+            match key {
+                Some(key) => got.push((k.id, key)),
+                None => {
+                    // Whatever was spent stays spent; the assignment is refused as a whole.
+                    if !batch.is_empty() {
+                        self.store(batch, vec![After::Act(ack_ok(false))]);
+                    } else {
+                        self.actions_push(ack_ok(false));
+                    }
+                    return;
+                }
+            }
+        }
+        for (id, key) in got {
+            let sk = SlaveKey {
+                master: master.clone(),
+                pending: slaves.clone(),
+                origin: origin.clone(),
+                assign_seq: seq,
+                key,
+            };
+            batch.push(Record::SlaveKey {
+                id,
+                key: sk.clone(),
+            });
+            self.slave_keys.insert(id, sk);
+        }
+        let next_w = self.peek_write();
+        self.applied_assigns
+            .insert((origin.clone(), seq), Some(next_w));
+        self.store(
+            batch,
+            vec![
+                After::SlaveAssignDurable(origin.clone(), seq),
+                After::Act(ack_ok(true)),
+            ],
+        );
+    }
+
+    pub(crate) fn on_assign_ack(&mut self, from: NodeId, seq: u64, ok: bool) {
+        let Some(a) = self.assigns.get_mut(&seq) else {
+            return;
+        };
+        if !a.waiting.contains(&from) || !a.durable {
+            return;
+        }
+        if !ok {
+            self.fail_assign(seq, format!("slave KME {from} refused the keys; retry"));
+            return;
+        }
+        a.waiting.remove(&from);
+        if a.waiting.is_empty() {
+            let a = self.assigns.remove(&seq).expect("present");
+            self.stats.keys_served_master += a.keys.len() as u64;
+            self.store(
+                vec![Record::PendingAssignGone { seq }],
+                vec![After::Act(Action::Answer {
+                    req: a.req,
+                    reply: Ok(AppReply::Keys(a.keys)),
+                })],
+            );
+        }
+    }
+
+    fn fail_assign(&mut self, seq: u64, why: String) {
+        let Some(a) = self.assigns.remove(&seq) else {
+            return;
+        };
+        for n in &a.nodes {
+            self.send(n.clone(), PeerMsg::Revoke { seq });
+        }
+        // Local slave copies of these keys go too.
+        let ids: Vec<Uuid> = a.keys.iter().map(|k| k.id).collect();
+        let mut batch = vec![Record::PendingAssignGone { seq }];
+        for id in ids {
+            if self.slave_keys.remove(&id).is_some() {
+                batch.push(Record::SlaveKeyGone { id });
+            }
+        }
+        self.store(batch, vec![]);
+        self.answer(a.req, Err(Refusal::Unavailable(why)));
+    }
+
+    pub(crate) fn on_revoke(&mut self, origin: NodeId, seq: u64) {
+        let ids: Vec<Uuid> = self
+            .slave_keys
+            .iter()
+            .filter(|(_, k)| k.origin == origin && k.assign_seq == seq)
+            .map(|(id, _)| *id)
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let mut batch = Vec::new();
+        for id in ids {
+            self.slave_keys.remove(&id);
+            batch.push(Record::SlaveKeyGone { id });
+        }
+        self.store(batch, vec![]);
+    }
+
+    pub(crate) fn expire_assigns(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .assigns
+            .iter()
+            .filter(|(_, a)| a.deadline <= now)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in expired {
+            self.fail_assign(
+                seq,
+                "a slave KME did not confirm the keys in time; retry".into(),
+            );
+        }
+        let retry = self.cfg.policy.assign_retry;
+        let mut resend = Vec::new();
+        for a in self.assigns.values_mut() {
+            if a.durable && a.next_retry <= now {
+                a.next_retry = now + retry;
+                for n in &a.waiting {
+                    resend.push((n.clone(), a.msgs[n].clone()));
+                }
+            }
+        }
+        for (to, msg) in resend {
+            self.send(to, msg);
+        }
+    }
+}
