@@ -2,5 +2,9 @@
 //! the ETSI GS QKD 014 HTTP server, the SQLite store, peer connections and simulated link sources.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod config;
+pub mod etsi014;
+pub mod pki;
 pub mod service;
+pub mod tls;

@@ -1,0 +1,423 @@
+//! One ETSI 014 request → one [`AppCall`] → one response. Every answer is built here, and the
+//! mapping from [`Refusal`] to HTTP status happens in exactly one place ([`refusal`]).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use kagi_control::Topology;
+use kagi_km::app::{AppCall, AppReply, DeliveredKey, Refusal, StatusInfo};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::path::{self, parse_u64, show, Method};
+use super::wire;
+use crate::config::Etsi014Config;
+use crate::service::KeyService;
+
+/// Largest request body accepted (bytes); a larger one is answered 400.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Shared state of one server.
+pub(crate) struct Ctx<S> {
+    pub(crate) params: Etsi014Config,
+    pub(crate) topology: Arc<Topology>,
+    pub(crate) service: S,
+}
+
+/// Who is calling, fixed per TLS connection.
+#[derive(Debug)]
+pub(crate) enum Caller {
+    /// A known SAE.
+    Sae(String),
+    /// The certificate has no usable CN, or its SAE is not in the topology.
+    Unknown(Option<String>),
+}
+
+impl Caller {
+    /// Maps a certificate CN to an SAE through `sae_map` (default: the CN itself) and checks the
+    /// topology.
+    pub(crate) fn resolve(cn: Option<String>, params: &Etsi014Config, topo: &Topology) -> Self {
+        let Some(cn) = cn else {
+            return Self::Unknown(None);
+        };
+        let sae = params
+            .sae_map
+            .get(&cn)
+            .cloned()
+            .unwrap_or_else(|| cn.clone());
+        if topo.node_of_sae(&sae).is_some() {
+            Self::Sae(sae)
+        } else {
+            Self::Unknown(Some(cn))
+        }
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Resp {
+    let bytes = match serde_json::to_vec(body) {
+        Ok(b) => b,
+        Err(_) => {
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"message": "internal error: cannot encode the answer"}),
+            )
+        }
+    };
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Resp {
+    json_response(
+        status,
+        &wire::Error {
+            message: message.into(),
+            details: None,
+        },
+    )
+}
+
+fn bad(message: impl Into<String>) -> Resp {
+    error(StatusCode::BAD_REQUEST, message)
+}
+
+fn bad_with(message: &str, detail: String) -> Resp {
+    json_response(
+        StatusCode::BAD_REQUEST,
+        &wire::Error {
+            message: message.to_owned(),
+            details: Some(vec![json!({ "reason": detail })]),
+        },
+    )
+}
+
+/// The one place where a key manager refusal becomes an HTTP answer.
+fn refusal(r: &Refusal) -> Resp {
+    let status = match r {
+        Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+        Refusal::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, r.message())
+}
+
+fn internal(what: &str) -> Resp {
+    tracing::error!("ETSI 014: {what}");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("internal error: {what}"),
+    )
+}
+
+/// Handles one request; never panics on client input and answers only 200/400/401/503.
+pub(crate) async fn handle<S: KeyService>(
+    ctx: &Ctx<S>,
+    caller: &Caller,
+    req: Request<Incoming>,
+) -> Resp {
+    let caller = match caller {
+        Caller::Sae(s) => s.clone(),
+        Caller::Unknown(None) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "client certificate has no usable subject CN",
+            )
+        }
+        Caller::Unknown(Some(cn)) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "client certificate CN {} does not map to any SAE of this network",
+                    show(cn)
+                ),
+            )
+        }
+    };
+    let (id, method) = match path::parse_path(req.uri().path()) {
+        Ok(x) => x,
+        Err(e) => return bad(e),
+    };
+    let is_post = match (req.method(), method) {
+        (&hyper::Method::GET, _) => false,
+        (&hyper::Method::POST, Method::EncKeys | Method::DecKeys) => true,
+        (m, Method::Status) => return bad(format!("method {m} not allowed: status takes GET")),
+        (m, _) => return bad(format!("method {m} not allowed: use GET or POST")),
+    };
+    if ctx.topology.node_of_sae(&id).is_none() {
+        return bad(format!("unknown SAE ID {}", show(&id)));
+    }
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let body = if is_post {
+        if !query.is_empty() {
+            return bad("query parameters are not allowed with POST; put them in the JSON body");
+        }
+        match Limited::new(req.into_body(), MAX_BODY_BYTES)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    return bad(format!(
+                        "request body is larger than {MAX_BODY_BYTES} bytes"
+                    ));
+                }
+                return bad("could not read the request body");
+            }
+        }
+    } else {
+        Bytes::new()
+    };
+    match method {
+        Method::Status => status(ctx, caller, id, &query).await,
+        Method::EncKeys => enc_keys(ctx, caller, id, is_post, &query, &body).await,
+        Method::DecKeys => dec_keys(ctx, caller, id, is_post, &query, &body).await,
+    }
+}
+
+async fn status<S: KeyService>(ctx: &Ctx<S>, master: String, slave: String, query: &str) -> Resp {
+    if !query.is_empty() {
+        return bad("status takes no query parameters");
+    }
+    match ctx.service.call(AppCall::Status { master, slave }).await {
+        Ok(AppReply::Status(s)) => json_response(StatusCode::OK, &status_wire(s)),
+        Ok(_) => internal("key manager answered status with keys"),
+        Err(r) => refusal(&r),
+    }
+}
+
+fn status_wire(s: StatusInfo) -> wire::Status {
+    wire::Status {
+        source_KME_ID: s.source_kme_id,
+        target_KME_ID: s.target_kme_id,
+        master_SAE_ID: s.master_sae_id,
+        slave_SAE_ID: s.slave_sae_id,
+        key_size: s.key_size,
+        stored_key_count: s.stored_key_count,
+        max_key_count: s.max_key_count,
+        max_key_per_request: s.max_key_per_request,
+        max_key_size: s.max_key_size,
+        min_key_size: s.min_key_size,
+        max_SAE_ID_count: s.max_sae_id_count,
+        status_extension: None,
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Resp> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| bad(format!("malformed JSON: {e}")))
+}
+
+fn parse_enc_query(query: &str) -> Result<wire::KeyRequest, Resp> {
+    let mut req = wire::KeyRequest::default();
+    for (k, v) in path::parse_query(query).map_err(bad)? {
+        match k.as_str() {
+            "number" => req.number = Some(parse_u64("number", &v).map_err(bad)?),
+            "size" => req.size = Some(parse_u64("size", &v).map_err(bad)?),
+            _ => {
+                return Err(bad(format!(
+                    "unknown query parameter {} (GET enc_keys takes only number and size; use POST for more)",
+                    show(&k)
+                )))
+            }
+        }
+    }
+    Ok(req)
+}
+
+async fn enc_keys<S: KeyService>(
+    ctx: &Ctx<S>,
+    master: String,
+    slave: String,
+    is_post: bool,
+    query: &str,
+    body: &[u8],
+) -> Resp {
+    let req = if is_post {
+        parse_json::<wire::KeyRequest>(body)
+    } else {
+        parse_enc_query(query)
+    };
+    let req = match req {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let p = &ctx.params;
+    let size = req.size.unwrap_or(p.key_size);
+    let number = req.number.unwrap_or(1);
+    if size % 8 != 0 {
+        return bad(Refusal::SIZE_NOT_MULTIPLE_OF_8);
+    }
+    if req
+        .extension_mandatory
+        .as_ref()
+        .is_some_and(|v| !v.is_empty())
+    {
+        return bad(Refusal::EXT_MANDATORY_UNSUPPORTED);
+    }
+    if number < 1 || number > p.max_key_per_request {
+        return bad(format!(
+            "number must be between 1 and {} (got {number})",
+            p.max_key_per_request
+        ));
+    }
+    if size < p.min_key_size || size > p.max_key_size {
+        return bad(format!(
+            "size must be between {} and {} bits (got {size})",
+            p.min_key_size, p.max_key_size
+        ));
+    }
+    let additional = req.additional_slave_sae_ids.unwrap_or_default();
+    if additional.len() as u64 > p.max_sae_id_count {
+        return bad(format!(
+            "too many additional_slave_SAE_IDs: {} given, at most {}",
+            additional.len(),
+            p.max_sae_id_count
+        ));
+    }
+    for s in &additional {
+        if ctx.topology.node_of_sae(s).is_none() {
+            return bad(format!(
+                "unknown SAE ID {} in additional_slave_SAE_IDs",
+                show(s)
+            ));
+        }
+    }
+    let call = AppCall::EncKeys {
+        master,
+        slave,
+        number: req.number,
+        size_bits: req.size,
+        additional_slaves: additional,
+    };
+    match ctx.service.call(call).await {
+        Ok(AppReply::Keys(keys)) => {
+            let n = usize::try_from(number).unwrap_or(usize::MAX);
+            let bytes = usize::try_from(size / 8).unwrap_or(usize::MAX);
+            if keys.len() != n || keys.iter().any(|k| k.key.len() != bytes) {
+                return internal("key manager returned keys that do not match the request");
+            }
+            keys_response(&keys)
+        }
+        Ok(_) => internal("key manager answered enc_keys with a status"),
+        Err(r) => refusal(&r),
+    }
+}
+
+fn keys_response(keys: &[DeliveredKey]) -> Resp {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let container = wire::KeyContainer {
+        keys: keys
+            .iter()
+            .map(|k| wire::KeyEntry {
+                key_ID: k.id.as_hyphenated().to_string(),
+                key_ID_extension: None,
+                key: b64.encode(k.key.expose()),
+                key_extension: None,
+            })
+            .collect(),
+        key_container_extension: None,
+    };
+    json_response(StatusCode::OK, &container)
+}
+
+/// Parses a key ID: a UUID in hyphenated form, any case.
+fn parse_key_id(s: &str) -> Result<Uuid, Resp> {
+    match Uuid::try_parse(s) {
+        Ok(u) if s.len() == 36 => Ok(u),
+        _ => Err(bad_with(
+            Refusal::KEYS_NOT_FOUND,
+            format!("key_ID {} is not a UUID", show(s)),
+        )),
+    }
+}
+
+async fn dec_keys<S: KeyService>(
+    ctx: &Ctx<S>,
+    slave: String,
+    master: String,
+    is_post: bool,
+    query: &str,
+    body: &[u8],
+) -> Resp {
+    let raw_ids: Vec<String> =
+        if is_post {
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return bad("dec_keys needs a JSON body with key_IDs");
+            }
+            match serde_json::from_slice::<wire::KeyIds>(body) {
+                Ok(k) => k.key_IDs.into_iter().map(|e| e.key_ID).collect(),
+                Err(e) => return bad(format!("malformed JSON: {e}")),
+            }
+        } else {
+            let q = match path::parse_query(query) {
+                Ok(q) => q,
+                Err(e) => return bad(e),
+            };
+            match q.as_slice() {
+                [(k, v)] if k == "key_ID" => vec![v.clone()],
+                _ => return bad(
+                    "GET dec_keys takes exactly one query parameter, key_ID (use POST for more)",
+                ),
+            }
+        };
+    if raw_ids.is_empty() {
+        return bad("key_IDs must name at least one key");
+    }
+    if raw_ids.len() as u64 > ctx.params.max_key_per_request {
+        return bad(format!(
+            "too many key_IDs: {} given, at most {}",
+            raw_ids.len(),
+            ctx.params.max_key_per_request
+        ));
+    }
+    let mut key_ids = Vec::with_capacity(raw_ids.len());
+    let mut seen = BTreeSet::new();
+    for s in &raw_ids {
+        let id = match parse_key_id(s) {
+            Ok(id) => id,
+            Err(resp) => return resp,
+        };
+        if !seen.insert(id) {
+            return bad_with(
+                Refusal::KEYS_NOT_FOUND,
+                format!("key_ID {id} appears more than once"),
+            );
+        }
+        key_ids.push(id);
+    }
+    let n = key_ids.len();
+    match ctx
+        .service
+        .call(AppCall::DecKeys {
+            slave,
+            master,
+            key_ids: key_ids.clone(),
+        })
+        .await
+    {
+        Ok(AppReply::Keys(keys)) => {
+            if keys.len() != n || keys.iter().zip(&key_ids).any(|(k, id)| k.id != *id) {
+                return internal("key manager returned keys that do not match the request");
+            }
+            keys_response(&keys)
+        }
+        Ok(_) => internal("key manager answered dec_keys with a status"),
+        Err(r) => refusal(&r),
+    }
+}

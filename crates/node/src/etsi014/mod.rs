@@ -1,0 +1,147 @@
+//! ETSI GS QKD 014 key delivery over mutual TLS: the HTTP adapter between applications (SAEs)
+//! and the key manager ([`KeyService`]).
+//!
+//! [`serve`] runs its own accept loop: a tokio-rustls handshake (client certificate required,
+//! see [`crate::tls::etsi_server_config`]), then HTTP/1.1 served by hyper on that connection with
+//! the caller's identity fixed for the connection's lifetime. The caller's SAE ID is the subject
+//! CN of its certificate, mapped through [`Etsi014Config::sae_map`] (a CN absent there is its own
+//! SAE ID); a caller whose SAE is not in the topology gets 401 on every request.
+//!
+//! Routes (base `/api/v1/keys/`): `{slave}/status` (GET), `{slave}/enc_keys` (GET with only
+//! `number`/`size` query parameters, or POST with a Key request body), `{master}/dec_keys` (GET
+//! with exactly one `key_ID`, or POST with a Key IDs body). Only 200, 400, 401 and 503 are ever
+//! answered, always with a JSON body; errors carry `message` (the standard's fixed messages
+//! verbatim where it fixes one) and sometimes `details`.
+//!
+//! What is checked where: syntax (path, query, JSON shape, `size` a multiple of 8, mandatory
+//! extensions — kagi supports none yet — and the configured ranges of `number` and `size`, IDs
+//! known to the topology) here; who may fetch which key, pool contents and the relay in the key
+//! manager behind [`KeyService`]. Requests whose head hyper cannot parse are answered by hyper
+//! itself (400, or 431/414 for oversized heads, without a JSON body).
+
+mod handler;
+mod path;
+pub mod wire;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use kagi_control::Topology;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Etsi014Config;
+use crate::service::KeyService;
+
+pub use handler::MAX_BODY_BYTES;
+
+/// Most connections served at once; further connections are closed at once.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Time allowed for a TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed to receive a request head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time given to open connections to finish after shutdown is requested.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves ETSI GS QKD 014 on `listener` until `shutdown` completes, then stops accepting and
+/// gives open connections [`SHUTDOWN_GRACE`] to finish.
+///
+/// * `tls`: normally [`crate::tls::etsi_server_config`]; it must require client certificates.
+/// * `params`: key size limits and the certificate → SAE mapping.
+/// * `topology`: the SAEs that exist (callers and SAE IDs in paths are checked against it).
+/// * `service`: the key manager.
+///
+/// Returns an error only if the listener itself fails fatally; per-connection errors are logged
+/// and never stop the server.
+pub async fn serve<S: KeyService>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    params: Etsi014Config,
+    topology: Arc<Topology>,
+    service: S,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let ctx = Arc::new(handler::Ctx {
+        params,
+        topology,
+        service,
+    });
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, "ETSI GS QKD 014 listening");
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            () = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "ETSI 014 accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, "ETSI 014: too many connections, closing");
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let ctx = ctx.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = tcp.set_nodelay(true);
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "ETSI 014 TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "ETSI 014 TLS handshake timed out");
+                    return;
+                }
+            };
+            let (_, conn) = stream.get_ref();
+            let cn = crate::tls::peer_identity(conn.peer_certificates());
+            let caller = Arc::new(handler::Caller::resolve(cn, &ctx.params, &ctx.topology));
+            tracing::debug!(
+                %remote,
+                caller = ?caller,
+                group = ?conn.negotiated_key_exchange_group().map(|g| g.name()),
+                "ETSI 014 connection"
+            );
+            let svc = hyper::service::service_fn(move |req| {
+                let ctx = ctx.clone();
+                let caller = caller.clone();
+                async move { Ok::<_, Infallible>(handler::handle(&ctx, &caller, req).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%remote, error = %e, "ETSI 014 connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+            tracing::warn!("ETSI 014: connections still open after the shutdown grace period");
+        }
+    }
+    Ok(())
+}
