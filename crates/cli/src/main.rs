@@ -17,11 +17,27 @@ struct Cli {
 enum Command {
     /// Secret key rate against distance for a QKD protocol (analytic link models).
     LinkRate(cmd::link_rate::Args),
+    /// Run one trusted node's key manager (`--config node.toml`).
+    Node(cmd::node::Args),
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default level (info).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::LinkRate(a) => cmd::link_rate::run(a),
+        Command::Node(a) => {
+            init_tracing();
+            cmd::node::run(a)
+        }
     }
 }

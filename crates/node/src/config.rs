@@ -85,7 +85,12 @@ pub struct PoolConfig {
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        Self { target_bytes: 64 * 1024, low_water: 0.5, relay_chunk_bytes: 4096, max_in_flight: 4 }
+        Self {
+            target_bytes: 64 * 1024,
+            low_water: 0.5,
+            relay_chunk_bytes: 4096,
+            max_in_flight: 4,
+        }
     }
 }
 

@@ -4,7 +4,14 @@
 
 pub mod client;
 pub mod config;
+pub mod driver;
 pub mod etsi014;
+pub mod link_source;
+pub mod peer;
 pub mod pki;
+pub mod run;
 pub mod service;
+pub mod store;
 pub mod tls;
+
+pub use run::run_node;

@@ -1,0 +1,241 @@
+//! The tokio driver: one task owns the [`KeyManager`]; HTTP handlers, peer readers, link sources
+//! and the store writer talk to it through one inbox.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kagi_km::{Action, AppCall, AppReply, Input, KeyManager, KmConfig, NodeStats, Refusal, ReqId};
+use rand::RngCore;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::peer::Peers;
+use crate::service::KeyService;
+use crate::store::{writer_loop, SqliteStore, StoreError};
+
+/// What the driver's inbox carries.
+pub enum DriverMsg {
+    /// An input for the core.
+    Input(Input),
+    /// An application call and where to send its answer.
+    App(AppCall, oneshot::Sender<Result<AppReply, Refusal>>),
+    /// A request for the core's counters.
+    Stats(oneshot::Sender<NodeStats>),
+}
+
+/// A cloneable handle to a running driver; implements [`KeyService`].
+#[derive(Clone)]
+pub struct DriverHandle {
+    inbox: mpsc::UnboundedSender<DriverMsg>,
+}
+
+impl DriverHandle {
+    /// The inbox, for adapters that feed inputs.
+    pub fn inbox(&self) -> mpsc::UnboundedSender<DriverMsg> {
+        self.inbox.clone()
+    }
+
+    /// The core's counters.
+    pub async fn stats(&self) -> Option<NodeStats> {
+        let (tx, rx) = oneshot::channel();
+        self.inbox.send(DriverMsg::Stats(tx)).ok()?;
+        rx.await.ok()
+    }
+}
+
+impl KeyService for DriverHandle {
+    async fn call(&self, call: AppCall) -> Result<AppReply, Refusal> {
+        let (tx, rx) = oneshot::channel();
+        let unavailable = || Refusal::Unavailable("key manager is not running".into());
+        self.inbox
+            .send(DriverMsg::App(call, tx))
+            .map_err(|_| unavailable())?;
+        match tokio::time::timeout(Duration::from_secs(30), rx).await {
+            Ok(Ok(r)) => r,
+            _ => Err(unavailable()),
+        }
+    }
+}
+
+/// Everything the driver needs at start.
+pub struct Driver {
+    cfg: KmConfig,
+    db_path: std::path::PathBuf,
+    inbox_tx: mpsc::UnboundedSender<DriverMsg>,
+    inbox_rx: mpsc::UnboundedReceiver<DriverMsg>,
+}
+
+impl Driver {
+    /// A driver for `cfg` with its store at `db_path`.
+    pub fn new(cfg: KmConfig, db_path: &Path) -> Self {
+        let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
+        Self {
+            cfg,
+            db_path: db_path.to_path_buf(),
+            inbox_tx,
+            inbox_rx,
+        }
+    }
+
+    /// A handle for HTTP handlers and adapters.
+    pub fn handle(&self) -> DriverHandle {
+        DriverHandle {
+            inbox: self.inbox_tx.clone(),
+        }
+    }
+
+    /// The store's snapshot, read before the core starts (link sources need the high-water marks).
+    pub fn snapshot(&self) -> Result<kagi_km::Snapshot, StoreError> {
+        SqliteStore::open(&self.db_path)?.snapshot()
+    }
+
+    /// Runs the core until `shutdown` resolves.
+    pub async fn run(
+        mut self,
+        peers: Peers,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let origin = std::time::Instant::now();
+        let now = move || kagi_km::Instant(origin.elapsed().as_nanos() as u64);
+        let (store_tx, store_rx) = std::sync::mpsc::channel();
+        let store = SqliteStore::open(&self.db_path)?;
+        let snap = store.snapshot()?;
+        let inbox = self.inbox_tx.clone();
+        std::thread::Builder::new()
+            .name("kagi-store".into())
+            .spawn(move || {
+                writer_loop(store, store_rx, move |i| {
+                    let _ = inbox.send(DriverMsg::Input(i));
+                })
+            })?;
+        let mut km = KeyManager::restore(self.cfg.clone(), snap, os_seed(), now());
+        let mut waiting: BTreeMap<ReqId, oneshot::Sender<Result<AppReply, Refusal>>> =
+            BTreeMap::new();
+        let mut next_req: ReqId = 1;
+        tokio::pin!(shutdown);
+        loop {
+            flush(&mut km, &peers, &store_tx, &mut waiting);
+            if km.is_fenced() {
+                // Restart the core from what the store acknowledged.
+                tracing::error!("storage fault: restarting the key manager from the store");
+                for (_, tx) in std::mem::take(&mut waiting) {
+                    let _ = tx.send(Err(Refusal::Unavailable(
+                        "key manager restarted after a storage fault; retry".into(),
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let snap = SqliteStore::open(&self.db_path)?.snapshot()?;
+                km = KeyManager::restore(self.cfg.clone(), snap, os_seed(), now());
+                continue;
+            }
+            let deadline = km.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(t) => {
+                        let wait = t.saturating_since(now());
+                        tokio::time::sleep(wait).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                msg = self.inbox_rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    let t = now();
+                    deliver(&mut km, t, msg, &mut waiting, &mut next_req);
+                    // Take whatever else is queued before draining actions.
+                    for _ in 0..1024 {
+                        match self.inbox_rx.try_recv() {
+                            Ok(m) => deliver(&mut km, t, m, &mut waiting, &mut next_req),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = sleep => {}
+            }
+            // Compare with the clock rather than trusting the sleep (quinn's drive_timer).
+            if km.poll_timeout().is_some_and(|t| t <= now()) {
+                km.handle_timeout(now());
+            }
+        }
+        drop(store_tx);
+        Ok(())
+    }
+}
+
+fn deliver(
+    km: &mut KeyManager,
+    now: kagi_km::Instant,
+    msg: DriverMsg,
+    waiting: &mut BTreeMap<ReqId, oneshot::Sender<Result<AppReply, Refusal>>>,
+    next_req: &mut ReqId,
+) {
+    match msg {
+        DriverMsg::Input(i) => km.handle(now, i),
+        DriverMsg::App(call, tx) => {
+            let req = *next_req;
+            *next_req += 1;
+            waiting.insert(req, tx);
+            km.handle(now, Input::App { req, call });
+        }
+        DriverMsg::Stats(tx) => {
+            let _ = tx.send(km.stats());
+        }
+    }
+}
+
+fn flush(
+    km: &mut KeyManager,
+    peers: &Peers,
+    store: &std::sync::mpsc::Sender<(kagi_km::WriteId, Vec<kagi_km::Record>)>,
+    waiting: &mut BTreeMap<ReqId, oneshot::Sender<Result<AppReply, Refusal>>>,
+) {
+    while let Some(a) = km.poll_action() {
+        match a {
+            Action::Send { to, msg } => peers.send(&to, msg),
+            Action::Store { write, batch } => {
+                if store.send((write, batch)).is_err() {
+                    tracing::error!("store writer is gone");
+                }
+            }
+            Action::Answer { req, reply } => {
+                if let Some(tx) = waiting.remove(&req) {
+                    let _ = tx.send(reply);
+                }
+            }
+        }
+    }
+}
+
+fn os_seed() -> [u8; 32] {
+    let mut s = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut s);
+    s
+}
+
+/// The core's configuration from a node config and topology.
+pub fn km_config(cfg: &crate::config::NodeConfig, topo: Arc<kagi_control::Topology>) -> KmConfig {
+    let e = &cfg.etsi014;
+    let p = &cfg.pool;
+    KmConfig {
+        node_id: cfg.node_id.clone(),
+        topology: topo,
+        limits: kagi_km::Limits {
+            key_size: e.key_size,
+            min_key_size: e.min_key_size,
+            max_key_size: e.max_key_size,
+            max_key_per_request: e.max_key_per_request,
+            max_sae_id_count: e.max_sae_id_count,
+        },
+        policy: kagi_km::Policy {
+            pool_target_bytes: p.target_bytes,
+            pool_low_water: p.low_water,
+            relay_chunk_bytes: p.relay_chunk_bytes.clamp(32, 1 << 20) as u32,
+            max_relays_in_flight: p.max_in_flight.max(1),
+            ..kagi_km::Policy::default()
+        },
+    }
+}

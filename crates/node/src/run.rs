@@ -1,0 +1,143 @@
+//! `kagi node`: wires the driver, store, peers, link sources and the ETSI 014 server together.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use kagi_control::Topology;
+use kagi_km::record::Record;
+use kagi_km::Input;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::NodeConfig;
+use crate::driver::{km_config, Driver, DriverMsg};
+use crate::link_source::SimulatedLink;
+use crate::peer::{accept_loop, Peers};
+use crate::{etsi014, tls};
+
+/// Runs one key manager node until `shutdown` resolves.
+pub async fn run_node(
+    cfg: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&cfg.topology)
+        .map_err(|e| anyhow::anyhow!("cannot read topology {}: {e}", cfg.topology.display()))?;
+    let topo = Arc::new(Topology::from_toml(&text)?);
+    let me = topo
+        .node(&cfg.node_id)
+        .ok_or_else(|| anyhow::anyhow!("node {} is not in the topology", cfg.node_id))?
+        .clone();
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let db = cfg.data_dir.join(format!("{}.db", cfg.node_id));
+    let driver = Driver::new(km_config(&cfg, topo.clone()), &db);
+    let handle = driver.handle();
+    let inbox = handle.inbox();
+
+    // Peers: listen, and one outbound channel per other node.
+    let peer_addr = me
+        .peer_addr
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("node {} has no peer_addr", me.id))?;
+    let peer_listener = TcpListener::bind(&peer_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("bind {peer_addr}: {e}"))?;
+    let known: Arc<Vec<String>> = Arc::new(topo.nodes.iter().map(|n| n.id.clone()).collect());
+    tokio::spawn(accept_loop(
+        peer_listener,
+        tls::peer_server_config(&cfg.tls)?,
+        known,
+        inbox.clone(),
+    ));
+    let others: Vec<(String, String)> = topo
+        .nodes
+        .iter()
+        .filter(|n| n.id != me.id)
+        .filter_map(|n| n.peer_addr.clone().map(|a| (n.id.clone(), a)))
+        .collect();
+    let peers = Peers::start(others, tls::peer_client_config(&cfg.tls)?, inbox.clone());
+
+    // Simulated links, resuming after the highest stored block.
+    let snap = driver.snapshot()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    for spec in topo
+        .neighbours(&me.id)
+        .map(|(_, l)| l.clone())
+        .collect::<Vec<_>>()
+    {
+        let link = SimulatedLink::new(&topo, &me.id, &spec);
+        let hw = snap.records.iter().find_map(|r| match r {
+            Record::LinkHighWater { peer, block } if *peer == link.peer => Some(*block),
+            _ => None,
+        });
+        tracing::info!(peer = %link.peer, km = spec.length_km, rate_bps = link.rate_bps, "simulated QKD link");
+        tokio::spawn(feed_link(link, hw, inbox.clone(), stop_rx.clone()));
+    }
+
+    // ETSI GS QKD 014.
+    let etsi_addr = me
+        .etsi014_addr
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("node {} has no etsi014_addr", me.id))?;
+    let etsi_listener = TcpListener::bind(&etsi_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("bind {etsi_addr}: {e}"))?;
+    let (sd_tx, sd_rx) = watch::channel(false);
+    let mut sd_rx2 = sd_rx.clone();
+    let etsi = tokio::spawn(etsi014::serve(
+        etsi_listener,
+        tls::etsi_server_config(&cfg.tls)?,
+        cfg.etsi014.clone(),
+        topo.clone(),
+        handle.clone(),
+        async move {
+            let _ = sd_rx2.wait_for(|v| *v).await;
+        },
+    ));
+    tracing::info!(node = %me.id, etsi014 = %etsi_addr, peers = %peer_addr, "kagi node up");
+
+    let mut sd_rx3 = sd_rx;
+    let result = driver
+        .run(peers, async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = sd_rx3.wait_for(|v| *v) => {}
+            }
+        })
+        .await;
+    let _ = sd_tx.send(true);
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), etsi).await;
+    result
+}
+
+async fn feed_link(
+    link: SimulatedLink,
+    hw: Option<u64>,
+    inbox: mpsc::UnboundedSender<DriverMsg>,
+    mut stop: watch::Receiver<bool>,
+) {
+    if link.block_bytes == 0 {
+        tracing::warn!(peer = %link.peer, "link yields no key at this length");
+        return;
+    }
+    let mut next = link.first_block(hw, SystemTime::now());
+    loop {
+        let due = link.block_time(next);
+        let wait = due
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+        let msg = DriverMsg::Input(Input::LinkKeys {
+            peer: link.peer.clone(),
+            block: next,
+            key: link.block(next),
+        });
+        if inbox.send(msg).is_err() {
+            return;
+        }
+        next += 1;
+    }
+}
