@@ -62,14 +62,11 @@ impl Caller {
 type Resp = Response<Full<Bytes>>;
 
 fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Resp {
-    let bytes = match serde_json::to_vec(body) {
-        Ok(b) => b,
-        Err(_) => {
-            return json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &json!({"message": "internal error: cannot encode the answer"}),
-            )
-        }
+    let Ok(bytes) = serde_json::to_vec(body) else {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"message": "internal error: cannot encode the answer"}),
+        );
     };
     let mut r = Response::new(Full::new(Bytes::from(bytes)));
     *r.status_mut() = status;
@@ -216,24 +213,24 @@ fn status_wire(s: StatusInfo) -> wire::Status {
     }
 }
 
-fn parse_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Resp> {
+fn parse_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| bad(format!("malformed JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))
 }
 
-fn parse_enc_query(query: &str) -> Result<wire::KeyRequest, Resp> {
+fn parse_enc_query(query: &str) -> Result<wire::KeyRequest, String> {
     let mut req = wire::KeyRequest::default();
-    for (k, v) in path::parse_query(query).map_err(bad)? {
+    for (k, v) in path::parse_query(query)? {
         match k.as_str() {
-            "number" => req.number = Some(parse_u64("number", &v).map_err(bad)?),
-            "size" => req.size = Some(parse_u64("size", &v).map_err(bad)?),
+            "number" => req.number = Some(parse_u64("number", &v)?),
+            "size" => req.size = Some(parse_u64("size", &v)?),
             _ => {
-                return Err(bad(format!(
+                return Err(format!(
                     "unknown query parameter {} (GET enc_keys takes only number and size; use POST for more)",
                     show(&k)
-                )))
+                ))
             }
         }
     }
@@ -255,7 +252,7 @@ async fn enc_keys<S: KeyService>(
     };
     let req = match req {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return bad(e),
     };
     let p = &ctx.params;
     let size = req.size.unwrap_or(p.key_size);
@@ -336,15 +333,11 @@ fn keys_response(keys: &[DeliveredKey]) -> Resp {
     json_response(StatusCode::OK, &container)
 }
 
-/// Parses a key ID: a UUID in hyphenated form, any case.
-fn parse_key_id(s: &str) -> Result<Uuid, Resp> {
-    match Uuid::try_parse(s) {
-        Ok(u) if s.len() == 36 => Ok(u),
-        _ => Err(bad_with(
-            Refusal::KEYS_NOT_FOUND,
-            format!("key_ID {} is not a UUID", show(s)),
-        )),
-    }
+/// Parses a key ID: a UUID in hyphenated form, any case. A malformed ID cannot name a key on
+/// this KME, so the caller answers with the standard's "not found" message and the reason in
+/// `details`.
+fn parse_key_id(s: &str) -> Option<Uuid> {
+    Uuid::try_parse(s).ok().filter(|_| s.len() == 36)
 }
 
 async fn dec_keys<S: KeyService>(
@@ -389,9 +382,11 @@ async fn dec_keys<S: KeyService>(
     let mut key_ids = Vec::with_capacity(raw_ids.len());
     let mut seen = BTreeSet::new();
     for s in &raw_ids {
-        let id = match parse_key_id(s) {
-            Ok(id) => id,
-            Err(resp) => return resp,
+        let Some(id) = parse_key_id(s) else {
+            return bad_with(
+                Refusal::KEYS_NOT_FOUND,
+                format!("key_ID {} is not a UUID", show(s)),
+            );
         };
         if !seen.insert(id) {
             return bad_with(
