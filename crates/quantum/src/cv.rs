@@ -180,8 +180,13 @@ impl CvGg02 {
         let disc2 = (c * c - 4.0 * d).max(0.0).sqrt();
         let l3 = (0.5 * (c + disc2)).max(1.0).sqrt();
         let l4 = (0.5 * (c - disc2)).max(1.0).sqrt();
-        let chi_be = g_sym(l1) + g_sym(l2) - g_sym(l3) - g_sym(l4);
-        let rate = (p.beta * i_ab - chi_be).max(0.0);
+        let g = [g_sym(l1), g_sym(l2), g_sym(l3), g_sym(l4)];
+        let chi_be = g[0] + g[1] - g[2] - g[3];
+        let rate = p.beta * i_ab - chi_be;
+        // χ_BE is a difference of O(1) entropies: below ~1e-13 of their sum the result is
+        // rounding noise (beyond ≈ 130 dB of loss), so report no key there.
+        let noise_floor = 1e-13 * g.iter().sum::<f64>().max(1.0);
+        let rate = if rate > noise_floor { rate } else { 0.0 };
         CvTerms {
             t,
             snr,
@@ -284,6 +289,8 @@ mod tests {
         assert!(base > 0.0);
         assert!(noisy.secret_key_rate_per_pulse(10.0) < base);
         assert!(lossy.secret_key_rate_per_pulse(10.0) < base);
+        // Past ≈ 130 dB the entropy difference is rounding noise: reported as no key.
+        assert_eq!(CvGg02::default().secret_key_rate_per_pulse(1000.0), 0.0);
         // Reverse reconciliation has no 3 dB limit: an ideal system keeps a key at 30 dB.
         assert!(ideal(Detection::Homodyne, 20.0).terms_at(1e-3).rate > 0.0);
     }
