@@ -19,6 +19,10 @@ enum Command {
     LinkRate(cmd::link_rate::Args),
     /// Run one trusted node's key manager (`--config node.toml`).
     Node(cmd::node::Args),
+    /// Start a whole local network (certificates, configs, one `kagi node` per trusted node).
+    Up(cmd::up::Args),
+    /// Fetch keys over ETSI GS QKD 014 from a network started by `kagi up`.
+    Keys(cmd::keys::Args),
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default level (info).
@@ -35,6 +39,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::LinkRate(a) => cmd::link_rate::run(a),
+        Command::Up(a) => cmd::up::run(a),
+        Command::Keys(a) => cmd::keys::run(a),
         Command::Node(a) => {
             init_tracing();
             cmd::node::run(a)

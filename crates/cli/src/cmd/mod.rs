@@ -1,4 +1,6 @@
 //! One module per subcommand; each has `Args` (clap) and `run`.
 
+pub mod keys;
 pub mod link_rate;
 pub mod node;
+pub mod up;

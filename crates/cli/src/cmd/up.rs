@@ -1,0 +1,704 @@
+//! `kagi up`: a whole local kagi network in one command.
+//!
+//! In the data directory (`./kagi-data` by default) it creates or reuses:
+//!
+//! ```text
+//! pki/ca.pem, pki/nodes/*.pem, pki/saes/*.pem   local CA, node and SAE certificates
+//! topology.toml                                  the topology every node reads, with addresses
+//! nodes/<id>/node.toml, node.log, node.pid      one node's config, log and process id
+//! nodes/<id>/<id>.db                             its SQLite store (kept across runs)
+//! network.json                                   written once every node answers
+//! ```
+//!
+//! Then it starts one `kagi node --config nodes/<id>/node.toml` child process per node, waits
+//! until each node's ETSI 014 endpoint answers, writes `network.json`, prints the endpoints and
+//! a copy-paste curl pair, and runs until Ctrl-C or SIGTERM, when it stops every node with
+//! SIGTERM (SIGKILL after a grace period). A re-run on the same directory keeps certificates,
+//! ports (when still free), the link epoch and the stored keys.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use kagi_control::{Routes, Topology};
+use kagi_node::client::{ClientError, Etsi014Client};
+use kagi_node::config::{Etsi014Config, NodeConfig, PoolConfig, TlsConfig};
+use kagi_node::pki::Pki;
+use serde::{Deserialize, Serialize};
+
+/// Arguments of `kagi up`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Directory for certificates, configs, node databases, logs and network.json.
+    #[arg(long, default_value = "./kagi-data")]
+    pub data_dir: PathBuf,
+    /// Topology file (TOML); default: the built-in Tokyo metropolitan network.
+    #[arg(long)]
+    pub topology: Option<PathBuf>,
+    /// Speed-up of every simulated link's key rate (demo); default: the topology's value, or
+    /// the value of the previous run on this directory.
+    #[arg(long)]
+    pub rate_multiplier: Option<f64>,
+    /// First port to use: node i gets ETSI 014 on BASE+2i and its peer port on BASE+2i+1.
+    /// Default: ports of the previous run if free, otherwise any free ports.
+    #[arg(long)]
+    pub base_port: Option<u16>,
+    /// Seconds to wait for every node to answer.
+    #[arg(long, default_value_t = 60)]
+    pub wait_secs: u64,
+}
+
+/// `DIR/network.json`: what scripts and tests rely on. Paths are relative to DIR.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NetworkFile {
+    /// CA certificate (PEM).
+    pub ca: String,
+    /// Nodes with their ETSI 014 endpoint and SAE credentials.
+    pub nodes: Vec<NetworkNode>,
+    /// Fibre links.
+    pub links: Vec<NetworkLink>,
+}
+
+/// A node in `network.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NetworkNode {
+    /// Node ID.
+    pub id: String,
+    /// `https://127.0.0.1:PORT`.
+    pub etsi014_url: String,
+    /// SAEs attached to the node.
+    pub saes: Vec<NetworkSae>,
+}
+
+/// An SAE in `network.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NetworkSae {
+    /// SAE ID.
+    pub id: String,
+    /// Client certificate (PEM), relative to DIR.
+    pub cert: String,
+    /// Private key (PEM), relative to DIR.
+    pub key: String,
+}
+
+/// A link in `network.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NetworkLink {
+    /// One end.
+    pub a: String,
+    /// Other end.
+    pub b: String,
+    /// Fibre length.
+    pub length_km: f64,
+}
+
+impl NetworkFile {
+    /// Reads `DIR/network.json`.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let p = dir.join("network.json");
+        let text = std::fs::read_to_string(&p).with_context(|| {
+            format!(
+                "cannot read {} (is `kagi up --data-dir {}` running?)",
+                p.display(),
+                dir.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid", p.display()))
+    }
+
+    /// The node an SAE is attached to, and the SAE's entry.
+    pub fn find_sae(&self, sae: &str) -> Option<(&NetworkNode, &NetworkSae)> {
+        self.nodes
+            .iter()
+            .find_map(|n| n.saes.iter().find(|s| s.id == sae).map(|s| (n, s)))
+    }
+}
+
+fn rel(p: &Path, dir: &Path) -> String {
+    p.strip_prefix(dir)
+        .unwrap_or(p)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
+}
+
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn free_port(taken: &[u16]) -> anyhow::Result<u16> {
+    for _ in 0..100 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let p = l.local_addr()?.port();
+        if !taken.contains(&p) {
+            return Ok(p);
+        }
+    }
+    bail!("no free port on 127.0.0.1")
+}
+
+fn addr_port(addr: &Option<String>) -> Option<u16> {
+    addr.as_ref()?.rsplit_once(':')?.1.parse().ok()
+}
+
+/// Builds the topology for this run: addresses and epoch from the previous run where possible.
+fn plan_topology(args: &Args, dir: &Path) -> anyhow::Result<Topology> {
+    let mut topo = match &args.topology {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
+            Topology::from_toml(&text).with_context(|| format!("topology {}", p.display()))?
+        }
+        None => kagi_control::builtin::tokyo(),
+    };
+    let prev_path = dir.join("topology.toml");
+    let prev = match std::fs::read_to_string(&prev_path) {
+        Ok(text) => {
+            Some(Topology::from_toml(&text).with_context(|| format!("{}", prev_path.display()))?)
+        }
+        Err(_) => None,
+    };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    topo.epoch_unix = match &prev {
+        Some(p) if p.epoch_unix != 0 => p.epoch_unix,
+        _ if topo.epoch_unix != 0 => topo.epoch_unix,
+        _ => now,
+    };
+    if let Some(m) = args.rate_multiplier {
+        if !(m.is_finite() && m > 0.0) {
+            bail!("--rate-multiplier must be a positive number");
+        }
+        topo.rate_multiplier = m;
+    } else if let Some(p) = &prev {
+        if args.topology.is_none() {
+            topo.rate_multiplier = p.rate_multiplier;
+        }
+    }
+    let mut taken: Vec<u16> = Vec::new();
+    for (i, node) in topo.nodes.iter_mut().enumerate() {
+        let before = prev.as_ref().and_then(|p| p.node(&node.id));
+        for (which, slot) in [(0u16, &mut node.etsi014_addr), (1u16, &mut node.peer_addr)] {
+            let port = if let Some(base) = args.base_port {
+                let off = u16::try_from(2 * i).ok().map(|o| o + which);
+                let p = off
+                    .and_then(|o| base.checked_add(o))
+                    .context("--base-port too high for this many nodes")?;
+                Some(p)
+            } else if let Some(p) = addr_port(slot) {
+                Some(p) // the user's topology names it
+            } else {
+                let old = before.and_then(|b| {
+                    addr_port(if which == 0 {
+                        &b.etsi014_addr
+                    } else {
+                        &b.peer_addr
+                    })
+                });
+                old.filter(|p| !taken.contains(p) && port_free(*p))
+            };
+            let port = match port {
+                Some(p) => p,
+                None => free_port(&taken)?,
+            };
+            taken.push(port);
+            *slot = Some(format!("127.0.0.1:{port}"));
+        }
+    }
+    topo.validate()?;
+    Ok(topo)
+}
+
+/// What `prepare` produced for each node.
+struct Prepared {
+    topo: Topology,
+    configs: BTreeMap<String, PathBuf>,
+    network: NetworkFile,
+}
+
+/// Certificates, topology file and node configs in `dir`.
+fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
+    let topo = plan_topology(args, dir)?;
+    let pki = Pki::open_or_create(&dir.join("pki"))?;
+    let mut configs = BTreeMap::new();
+    let mut nodes = Vec::new();
+    for n in &topo.nodes {
+        let certs = pki.ensure_node(&n.id)?;
+        let node_dir = dir.join("nodes").join(&n.id);
+        std::fs::create_dir_all(&node_dir)?;
+        let up = Path::new("../..");
+        let cfg = NodeConfig {
+            node_id: n.id.clone(),
+            topology: up.join("topology.toml"),
+            data_dir: PathBuf::from("."),
+            tls: TlsConfig {
+                ca: up.join(rel(&pki.ca_cert_path(), dir)),
+                cert: up.join(rel(&certs.cert, dir)),
+                key: up.join(rel(&certs.key, dir)),
+            },
+            etsi014: Etsi014Config::default(),
+            pool: PoolConfig::default(),
+        };
+        let cfg_path = node_dir.join("node.toml");
+        // Keep a config the user edited (limits, pool policy), refreshing only what kagi up owns.
+        let cfg = match NodeConfig::load(&cfg_path) {
+            Ok(old) => NodeConfig {
+                etsi014: old.etsi014,
+                pool: old.pool,
+                ..cfg
+            },
+            Err(_) => cfg,
+        };
+        write_atomic(&cfg_path, &toml::to_string_pretty(&cfg)?)?;
+        configs.insert(n.id.clone(), cfg_path);
+        let mut saes = Vec::new();
+        for s in &n.saes {
+            let p = pki.ensure_sae(s)?;
+            saes.push(NetworkSae {
+                id: s.clone(),
+                cert: rel(&p.cert, dir),
+                key: rel(&p.key, dir),
+            });
+        }
+        let port = addr_port(&n.etsi014_addr).context("etsi014 address")?;
+        nodes.push(NetworkNode {
+            id: n.id.clone(),
+            etsi014_url: format!("https://127.0.0.1:{port}"),
+            saes,
+        });
+    }
+    write_atomic(&dir.join("topology.toml"), &topo.to_toml())?;
+    let network = NetworkFile {
+        ca: rel(&pki.ca_cert_path(), dir),
+        nodes,
+        links: topo
+            .links
+            .iter()
+            .map(|l| NetworkLink {
+                a: l.a.clone(),
+                b: l.b.clone(),
+                length_km: l.length_km,
+            })
+            .collect(),
+    };
+    Ok(Prepared {
+        topo,
+        configs,
+        network,
+    })
+}
+
+/// A `kagi node` from an earlier run that is still alive (its pid file names a live process
+/// whose command line mentions the config).
+fn stale_node(pid_file: &Path, cfg: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    let name = cfg.file_name()?.to_string_lossy().into_owned();
+    let parent = cfg.parent()?.file_name()?.to_string_lossy().into_owned();
+    (cmdline.contains(&name) && cmdline.contains(&parent) && cmdline.contains("node"))
+        .then_some(pid)
+}
+
+struct Child {
+    id: String,
+    proc: tokio::process::Child,
+    pid_file: PathBuf,
+    log: PathBuf,
+    exited: bool,
+}
+
+fn signal(pid: u32, sig: &str) {
+    // No `unsafe` (libc::kill) in this workspace: the `kill` utility does it.
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+async fn stop_all(children: &mut [Child]) {
+    for c in children.iter().filter(|c| !c.exited) {
+        if let Some(pid) = c.proc.id() {
+            signal(pid, "TERM");
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for c in children.iter_mut() {
+        if !c.exited {
+            match tokio::time::timeout_at(deadline, c.proc.wait()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    eprintln!("kagi up: node {} did not stop in time; killing it", c.id);
+                    let _ = c.proc.start_kill();
+                    let _ = c.proc.wait().await;
+                }
+            }
+            c.exited = true;
+        }
+        let _ = std::fs::remove_file(&c.pid_file);
+    }
+}
+
+async fn spawn_nodes(dir: &Path, prep: &Prepared) -> anyhow::Result<Vec<Child>> {
+    let exe = std::env::current_exe().context("cannot find the kagi executable")?;
+    let mut children = Vec::new();
+    for (id, cfg) in &prep.configs {
+        let node_dir = dir.join("nodes").join(id);
+        let pid_file = node_dir.join("node.pid");
+        if let Some(pid) = stale_node(&pid_file, cfg) {
+            stop_all(&mut children).await;
+            bail!(
+                "node {id} from an earlier `kagi up` is still running (pid {pid}); stop it first \
+                 (kill {pid})"
+            );
+        }
+        let log = node_dir.join("node.log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let err = out.try_clone()?;
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.arg("node")
+            .arg("--config")
+            .arg(cfg)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true);
+        // Own process group: a terminal Ctrl-C reaches only `kagi up`, which then stops the
+        // nodes in order.
+        #[cfg(unix)]
+        cmd.process_group(0);
+        let proc = match cmd.spawn() {
+            Ok(p) => p,
+            Err(e) => {
+                stop_all(&mut children).await;
+                return Err(e).context(format!("cannot start node {id}"));
+            }
+        };
+        if let Some(pid) = proc.id() {
+            std::fs::write(&pid_file, format!("{pid}\n"))?;
+        }
+        children.push(Child {
+            id: id.clone(),
+            proc,
+            pid_file,
+            log,
+            exited: false,
+        });
+    }
+    Ok(children)
+}
+
+/// Waits until every node's ETSI 014 endpoint answers an authenticated status call.
+async fn wait_ready(
+    dir: &Path,
+    prep: &Prepared,
+    children: &mut [Child],
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let ca = dir.join(&prep.network.ca);
+    let all_saes: Vec<&str> = prep
+        .network
+        .nodes
+        .iter()
+        .flat_map(|n| n.saes.iter().map(|s| s.id.as_str()))
+        .collect();
+    for node in &prep.network.nodes {
+        let Some(sae) = node.saes.first() else {
+            continue; // a node without SAEs has nothing to ask; it is checked by its peers
+        };
+        let slave = all_saes
+            .iter()
+            .find(|s| **s != sae.id)
+            .copied()
+            .unwrap_or(&sae.id);
+        let client = Etsi014Client::from_files(
+            &node.etsi014_url,
+            &ca,
+            &dir.join(&sae.cert),
+            &dir.join(&sae.key),
+        )?
+        .with_timeout(Duration::from_secs(5));
+        loop {
+            match client.status(slave).await {
+                Ok(_) | Err(ClientError::Refused { .. }) => break,
+                Err(e) => {
+                    for c in children.iter_mut() {
+                        if let Ok(Some(st)) = c.proc.try_wait() {
+                            c.exited = true;
+                            bail!(
+                                "node {} exited during start-up ({st}); see {}",
+                                c.id,
+                                c.log.display()
+                            );
+                        }
+                    }
+                    if start.elapsed() > limit {
+                        bail!("node {} did not answer within {limit:?}: {e}", node.id);
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The curl pair: a master at the first node (koganei in the built-in network) and a slave at
+/// the node farthest from it (at least 3 hops in the built-in network).
+fn curl_pair(dir: &Path, topo: &Topology, net: &NetworkFile) -> Option<String> {
+    let master_node = net
+        .nodes
+        .iter()
+        .find(|n| n.id == "koganei" && !n.saes.is_empty())
+        .or_else(|| net.nodes.iter().find(|n| !n.saes.is_empty()))?;
+    let routes = Routes::compute(topo, &master_node.id, &[]);
+    let slave_node = net
+        .nodes
+        .iter()
+        .filter(|n| n.id != master_node.id && !n.saes.is_empty())
+        .max_by_key(|n| routes.hops(&n.id).unwrap_or(0))?;
+    let hops = routes.hops(&slave_node.id).unwrap_or(0);
+    let (m, s) = (&master_node.saes[0], &slave_node.saes[0]);
+    let abs = |p: &str| dir.join(p).display().to_string();
+    let ca = abs(&net.ca);
+    Some(format!(
+        "# {m_id} at {m_node} asks for a key shared with {s_id} at {s_node} ({hops} hops away):\n\
+         R=$(curl -sS --cacert {ca} --cert {m_cert} --key {m_key} \\\n  \
+         '{m_url}/api/v1/keys/{s_id}/enc_keys?number=1&size=256'); echo \"$R\"\n\
+         KEY_ID=$(echo \"$R\" | sed -E 's/.*\"key_ID\":\"([^\"]+)\".*/\\1/')\n\
+         # {s_id} fetches the same key by its ID:\n\
+         curl -sS --cacert {ca} --cert {s_cert} --key {s_key} \\\n  \
+         \"{s_url}/api/v1/keys/{m_id}/dec_keys?key_ID=$KEY_ID\"; echo",
+        m_id = m.id,
+        m_node = master_node.id,
+        s_id = s.id,
+        s_node = slave_node.id,
+        m_cert = abs(&m.cert),
+        m_key = abs(&m.key),
+        s_cert = abs(&s.cert),
+        s_key = abs(&s.key),
+        m_url = master_node.etsi014_url,
+        s_url = slave_node.etsi014_url,
+    ))
+}
+
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "Ctrl-C",
+                _ = term.recv() => "SIGTERM",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "Ctrl-C"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}
+
+async fn supervise(children: &mut [Child]) -> anyhow::Result<()> {
+    let sig = shutdown_signal();
+    tokio::pin!(sig);
+    loop {
+        if children.iter().all(|c| c.exited) {
+            bail!("every node has exited");
+        }
+        tokio::select! {
+            s = &mut sig => {
+                eprintln!("kagi up: {s}, stopping {} nodes", children.iter().filter(|c| !c.exited).count());
+                return Ok(());
+            }
+            () = tokio::time::sleep(Duration::from_millis(250)) => {
+                for c in children.iter_mut().filter(|c| !c.exited) {
+                    if let Ok(Some(st)) = c.proc.try_wait() {
+                        c.exited = true;
+                        let _ = std::fs::remove_file(&c.pid_file);
+                        eprintln!(
+                            "kagi up: node {} exited unexpectedly ({st}); see {}. The other nodes keep running.",
+                            c.id,
+                            c.log.display()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs `kagi up`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let dir = args.data_dir.canonicalize()?;
+    let prep = prepare(&args, &dir)?;
+    let _ = std::fs::remove_file(dir.join("network.json"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut children = spawn_nodes(&dir, &prep).await?;
+        println!(
+            "kagi up: starting {} nodes of {:?} in {} (rate multiplier {})",
+            children.len(),
+            prep.topo.name,
+            dir.display(),
+            prep.topo.rate_multiplier
+        );
+        let ready = tokio::select! {
+            r = wait_ready(&dir, &prep, &mut children, Duration::from_secs(args.wait_secs)) => r,
+            s = shutdown_signal() => Err(anyhow::anyhow!("{s} during start-up")),
+        };
+        if let Err(e) = ready {
+            stop_all(&mut children).await;
+            return Err(e);
+        }
+        let json = serde_json::to_string_pretty(&prep.network)?;
+        write_atomic(&dir.join("network.json"), &json)?;
+        print_banner(&dir, &prep);
+        let result = supervise(&mut children).await;
+        stop_all(&mut children).await;
+        let _ = std::fs::remove_file(dir.join("network.json"));
+        println!("kagi up: all nodes stopped; keys stay in {}", dir.display());
+        result
+    })
+}
+
+fn print_banner(dir: &Path, prep: &Prepared) {
+    println!(
+        "\nETSI GS QKD 014 endpoints (mutual TLS, CA {}):",
+        dir.join(&prep.network.ca).display()
+    );
+    for n in &prep.network.nodes {
+        let saes: Vec<&str> = n.saes.iter().map(|s| s.id.as_str()).collect();
+        println!(
+            "  {:<12} {:<24} SAEs: {}",
+            n.id,
+            n.etsi014_url,
+            saes.join(", ")
+        );
+    }
+    println!("\nLinks:");
+    for l in &prep.network.links {
+        println!("  {} — {} ({} km)", l.a, l.b, l.length_km);
+    }
+    println!("\nWrote {}", dir.join("network.json").display());
+    if let Some(curl) = curl_pair(dir, &prep.topo, &prep.network) {
+        println!(
+            "\nFetch a key with curl (pools fill in the background; a 503 means not yet):\n{curl}"
+        );
+    }
+    println!(
+        "\nOr with kagi: kagi keys status --data-dir {d} --sae SAE --slave SAE  (see kagi keys --help)",
+        d = dir.display()
+    );
+    println!(
+        "Logs: {}/nodes/<id>/node.log.  Ctrl-C stops the network.\n",
+        dir.display()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp() -> PathBuf {
+        let p =
+            std::env::temp_dir().join(format!("kagi-up-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+    fn rand_suffix() -> u128 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    }
+
+    fn args(dir: &Path) -> Args {
+        Args {
+            data_dir: dir.to_owned(),
+            topology: None,
+            rate_multiplier: None,
+            base_port: None,
+            wait_secs: 5,
+        }
+    }
+
+    #[test]
+    fn prepare_writes_everything_and_keeps_it_on_rerun() {
+        let dir = tmp();
+        let a = args(&dir);
+        let p1 = prepare(&a, &dir).unwrap();
+        assert_eq!(p1.topo.nodes.len(), 6);
+        assert!(p1.topo.epoch_unix > 0);
+        for n in &p1.network.nodes {
+            for s in &n.saes {
+                assert!(dir.join(&s.cert).exists() && dir.join(&s.key).exists());
+                assert!(!Path::new(&s.cert).is_absolute());
+            }
+            let cfg = NodeConfig::load(&p1.configs[&n.id]).unwrap();
+            assert!(cfg.tls.cert.exists(), "{}", cfg.tls.cert.display());
+            assert!(cfg.topology.exists());
+        }
+        let cert = std::fs::read(dir.join(&p1.network.nodes[0].saes[0].cert)).unwrap();
+        let p2 = prepare(&a, &dir).unwrap();
+        assert_eq!(p2.topo.epoch_unix, p1.topo.epoch_unix);
+        assert_eq!(p2.network, p1.network, "same ports and paths on re-run");
+        assert_eq!(
+            std::fs::read(dir.join(&p2.network.nodes[0].saes[0].cert)).unwrap(),
+            cert
+        );
+        // The curl pair spans at least 3 hops in the built-in network.
+        let curl = curl_pair(&dir, &p2.topo, &p2.network).unwrap();
+        assert!(
+            curl.contains("koganei") && curl.contains("3 hops"),
+            "{curl}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn base_port_lays_ports_out() {
+        let dir = tmp();
+        let mut a = args(&dir);
+        a.base_port = Some(40000);
+        let p = prepare(&a, &dir).unwrap();
+        assert_eq!(
+            p.topo.nodes[0].etsi014_addr.as_deref(),
+            Some("127.0.0.1:40000")
+        );
+        assert_eq!(
+            p.topo.nodes[0].peer_addr.as_deref(),
+            Some("127.0.0.1:40001")
+        );
+        assert_eq!(
+            p.topo.nodes[1].etsi014_addr.as_deref(),
+            Some("127.0.0.1:40002")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
