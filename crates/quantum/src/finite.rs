@@ -36,6 +36,9 @@ pub struct FiniteDecoyBb84Params {
     pub eps_sec: f64,
     /// Correctness parameter ε_cor (default 1e-15).
     pub eps_cor: f64,
+    /// Secrecy per key bit κ: when set, ε_sec = κ·ℓ (solved self-consistently) instead of
+    /// `eps_sec`, as in the evaluation of Lim et al. 2014 (κ = 1e-15). Default `None`.
+    pub kappa: Option<f64>,
     /// Optimise μ1, μ2, p_X, p1, p2 per distance (default true).
     pub optimize: bool,
     /// Repetition rate, Hz (default 1e9).
@@ -57,6 +60,7 @@ impl Default for FiniteDecoyBb84Params {
             n_x: 1e9,
             eps_sec: 1e-10,
             eps_cor: 1e-15,
+            kappa: None,
             optimize: true,
             rep_rate_hz: 1e9,
         }
@@ -110,6 +114,16 @@ impl FiniteDecoyBb84Params {
         error::positive("n_x", self.n_x)?;
         error::open_probability("eps_sec", self.eps_sec)?;
         error::open_probability("eps_cor", self.eps_cor)?;
+        if let Some(k) = self.kappa {
+            error::positive("kappa", k)?;
+            if k >= 1e-3 {
+                return Err(ModelError::OutOfRange {
+                    name: "kappa",
+                    value: k,
+                    reason: "secrecy per key bit must be far below 1",
+                });
+            }
+        }
         error::positive("rep_rate", self.rep_rate_hz)?;
         Ok(())
     }
@@ -173,6 +187,33 @@ impl FiniteDecoyBb84 {
         pk: [f64; 3],
         p_x: f64,
     ) -> FiniteTerms {
+        match self.params.kappa {
+            None => self.terms_eps(eta, mu, pk, p_x, self.params.eps_sec),
+            Some(kappa) => {
+                // ε_sec = κ ℓ: fixed-point iteration from a generous first guess.
+                let mut eps = (kappa * self.params.n_x).min(0.1);
+                let mut t = self.terms_eps(eta, mu, pk, p_x, eps);
+                for _ in 0..8 {
+                    let next = (kappa * t.key_bits.max(1.0)).min(0.1);
+                    if (next / eps - 1.0).abs() < 1e-3 {
+                        break;
+                    }
+                    eps = next;
+                    t = self.terms_eps(eta, mu, pk, p_x, eps);
+                }
+                t
+            }
+        }
+    }
+
+    fn terms_eps(
+        &self,
+        eta: f64,
+        mu: [f64; 3],
+        pk: [f64; 3],
+        p_x: f64,
+        eps_sec: f64,
+    ) -> FiniteTerms {
         let p = &self.params;
         let p_z = 1.0 - p_x;
         let mut r = [0.0; 3];
@@ -193,7 +234,7 @@ impl FiniteDecoyBb84 {
         let n_z: f64 = nz.iter().sum();
         let m_x: f64 = mx.iter().sum();
         let m_z: f64 = mz.iter().sum();
-        let ln21 = (21.0 / p.eps_sec).ln();
+        let ln21 = (21.0 / eps_sec).ln();
         let dev = |n: f64| (n / 2.0 * ln21).sqrt();
         let pm = |counts: &[f64; 3], total: f64, sign: f64| -> [f64; 3] {
             std::array::from_fn(|k| mu[k].exp() / pk[k] * (counts[k] + sign * dev(total)))
@@ -219,7 +260,7 @@ impl FiniteDecoyBb84 {
         let v_z1 = (tau1 * (mz_plus[1] - mz_minus[2]) / (m2 - m3)).max(0.0);
         let phi_x = if s_z1 > 0.0 && s_x1 > 0.0 {
             let b = (v_z1 / s_z1).min(0.5);
-            (b + gamma(p.eps_sec, b, s_z1, s_x1)).min(0.5)
+            (b + gamma(eps_sec, b, s_z1, s_x1)).min(0.5)
         } else {
             0.5
         };
@@ -227,7 +268,7 @@ impl FiniteDecoyBb84 {
         let lambda_ec = p.f * n_x * binary_entropy(qber);
         let key_bits = s_x0 + s_x1 * (1.0 - binary_entropy(phi_x))
             - lambda_ec
-            - 6.0 * (21.0 / p.eps_sec).log2()
+            - 6.0 * (21.0 / eps_sec).log2()
             - (2.0 / p.eps_cor).log2();
         let rate = if key_bits > 0.0 && n_pulses.is_finite() {
             key_bits / n_pulses
@@ -276,20 +317,26 @@ impl FiniteDecoyBb84 {
             clamp_valid(x).map(|(mu, pk, px)| self.terms_fixed(eta, mu, pk, px))
         };
         let mut x = [p.mu[0], p.mu[1], p.p_x, p.p_mu[0], p.p_mu[1]];
-        // Start from a few seeds to avoid the zero-rate plateau.
-        for seed in [
-            [0.5, 0.1, 0.9, 0.7, 0.2],
-            [0.4, 0.15, 0.7, 0.5, 0.3],
-            [0.6, 0.2, 0.95, 0.8, 0.15],
-        ] {
-            if let Some(t) = eval(seed) {
-                if t.rate > best.rate {
-                    best = t;
-                    x = seed;
+        // Coarse grid of starting points: small blocks need large decoy probabilities.
+        for m1 in [0.3, 0.45, 0.6, 0.8] {
+            for m2 in [0.05, 0.1, 0.2, 0.3] {
+                for px in [0.1, 0.2, 0.35, 0.5, 0.7, 0.85, 0.95] {
+                    for p1 in [0.05, 0.15, 0.3, 0.5, 0.7, 0.85] {
+                        for p2f in [0.2, 0.5, 0.8] {
+                            let p2 = (1.0 - p1) * p2f;
+                            let seed = [m1, m2, px, p1, p2];
+                            if let Some(t) = eval(seed) {
+                                if t.rate > best.rate {
+                                    best = t;
+                                    x = seed;
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }
-        let mut step = [0.1, 0.04, 0.05, 0.1, 0.05];
+        let mut step = [0.1, 0.04, 0.05, 0.05, 0.05];
         for _ in 0..60 {
             let mut improved = false;
             for i in 0..5 {
@@ -390,6 +437,53 @@ mod tests {
         let want = ((c + d) * (1.0 - b) * b / (c * d * 2f64.ln()) * inner).sqrt();
         assert!((gamma(a, b, c, d) / want - 1.0).abs() < 1e-14);
         assert!(gamma(a, b, c, d) > 0.0 && gamma(a, b, c, d) < 0.01);
+    }
+
+    fn lim2014(n_x: f64) -> FiniteDecoyBb84 {
+        // The evaluation of Lim et al. 2014, Sec. IV: ε_sec = κ ℓ with κ = 1e-15,
+        // ε_cor = 1e-15, e_mis = 5e-3, f_EC = 1.16, η_Bob = 10 %, p_dc = 6e-7, p_ap = 4 %,
+        // μ3 = 2e-4, 0.2 dB/km, {q_x, p_μ1, p_μ2, μ1, μ2} optimised.
+        FiniteDecoyBb84::new(FiniteDecoyBb84Params {
+            n_x,
+            kappa: Some(1e-15),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn reach(m: &FiniteDecoyBb84) -> f64 {
+        let (mut lo, mut hi) = (0.0, 300.0);
+        while hi - lo > 0.5 {
+            let mid = 0.5 * (lo + hi);
+            if m.secret_key_rate_per_pulse(mid) > 0.0 {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    #[test]
+    fn lim_2014_published_values() {
+        // Lim et al. 2014, Sec. IV: "at a fiber length of 100 km, the secret key rate obtained
+        // with n_X = 1e9 is about 1.75 times the one based on n_X = 1e7" (we get 1.79).
+        let ratio = lim2014(1e9).secret_key_rate_per_pulse(100.0)
+            / lim2014(1e7).secret_key_rate_per_pulse(100.0);
+        assert!((ratio / 1.75 - 1.0).abs() < 0.05, "ratio {ratio}");
+        // Abstract and Sec. IV: "even if we use a block size of 1e4, cryptographic keys can
+        // still be distributed over a fiber length of 135 km" (we reach 128 km: our
+        // optimiser or a modelling detail differs by ~5 % in reach at this block size).
+        let d = reach(&lim2014(1e4));
+        assert!((120.0..=140.0).contains(&d), "reach at n_X = 1e4: {d} km");
+        // Fig. 1: curves for n_X = 1e4 … 1e9 lie left to right below the asymptotic curve,
+        // which ends short of 200 km.
+        let reaches: Vec<f64> = [1e4, 1e6, 1e9, 1e15]
+            .iter()
+            .map(|&n| reach(&lim2014(n)))
+            .collect();
+        assert!(reaches.windows(2).all(|w| w[0] < w[1]), "{reaches:?}");
+        assert!(reaches[3] < 200.0, "{reaches:?}");
     }
 
     #[test]

@@ -127,6 +127,9 @@ pub struct Args {
     /// Correctness parameter ε_cor.
     #[arg(long)]
     eps_cor: Option<f64>,
+    /// Secrecy per key bit κ: ε_sec = κ·ℓ (Lim et al. 2014 use 1e-15); overrides --eps-sec.
+    #[arg(long)]
+    kappa: Option<f64>,
     /// X-basis probability p_X (fixes it for bb84-finite).
     #[arg(long)]
     p_x: Option<f64>,
@@ -263,6 +266,7 @@ fn flag_users(a: &Args) -> Vec<(&'static str, bool, &'static [Protocol])> {
         ("--n-x", a.n_x.is_some(), &[Bb84Finite]),
         ("--eps-sec", a.eps_sec.is_some(), &[Bb84Finite]),
         ("--eps-cor", a.eps_cor.is_some(), &[Bb84Finite]),
+        ("--kappa", a.kappa.is_some(), &[Bb84Finite]),
         ("--p-x", a.p_x.is_some(), &[Bb84Finite]),
         ("--va", a.va.is_some(), &[CvGg02]),
         ("--xi", a.xi.is_some(), &[CvGg02]),
@@ -375,6 +379,9 @@ fn model(proto: Protocol, a: &Args) -> Result<Box<dyn LinkModel>> {
             set(&mut p.n_x, a.n_x);
             set(&mut p.eps_sec, a.eps_sec);
             set(&mut p.eps_cor, a.eps_cor);
+            if a.kappa.is_some() {
+                p.kappa = a.kappa;
+            }
             set(&mut p.rep_rate_hz, a.rep_rate);
             // Fixing an intensity or p_X by hand turns the optimiser off.
             if a.mu.is_some() || a.nu.is_some() || a.p_x.is_some() {
