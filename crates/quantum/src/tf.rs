@@ -285,6 +285,42 @@ mod tests {
     }
 
     #[test]
+    fn wang_yu_hu_2018_fig1_reach_with_large_misalignment() {
+        // Wang, Yu, Hu 2018, Fig. 1 (p_d = 1e-11, η_d = 80 %, f = 1.1, 0.2 dB/km): SNS keeps
+        // a key to ≈ 700 km with misalignment e_d = 15 % and to ≈ 500 km with e_d = 35 %,
+        // its headline tolerance of large misalignment (values as read off the figure).
+        let reach = |e_d: f64| {
+            let m = TfSns::new(TfSnsParams {
+                p_d: 1e-11,
+                eta_d: 0.8,
+                f: 1.1,
+                e_d,
+                ..Default::default()
+            })
+            .unwrap();
+            let (mut lo, mut hi) = (0.0, 1000.0);
+            while hi - lo > 1.0 {
+                let mid = 0.5 * (lo + hi);
+                if m.secret_key_rate_per_pulse(mid) > 0.0 {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            lo
+        };
+        let (r15, r35) = (reach(0.15), reach(0.35));
+        assert!(
+            (680.0..=750.0).contains(&r15),
+            "reach at e_d = 15 %: {r15} km"
+        );
+        assert!(
+            (490.0..=560.0).contains(&r35),
+            "reach at e_d = 35 %: {r35} km"
+        );
+    }
+
+    #[test]
     fn rate_scales_with_square_root_of_transmittance() {
         // Lucamarini et al., Nature 557, 400 (2018): TF rates scale as √η. 100 km at
         // 0.2 dB/km is 20 dB, so the rate drops by 10 dB (a factor ≈ 10) where PLOB drops 100×.
