@@ -16,12 +16,17 @@ pub enum Backend {
     Scalar,
     /// AVX2 `vpshufb` split-nibble lookups, 32 bytes per instruction (x86-64 only).
     Avx2,
+    /// GFNI `vgf2p8mulb` on 256-bit vectors: one instruction multiplies 32 byte pairs in this
+    /// very field (the AES polynomial), on CPUs that have it (x86-64 only).
+    Gfni,
 }
 
 impl Backend {
     /// The fastest backend this CPU supports (detected at run time).
     pub fn detect() -> Backend {
-        if avx2_available() {
+        if gfni_available() {
+            Backend::Gfni
+        } else if avx2_available() {
             Backend::Avx2
         } else {
             Backend::Scalar
@@ -31,7 +36,8 @@ impl Backend {
     /// `self` if this CPU supports it, otherwise [`Backend::Scalar`].
     pub fn or_supported(self) -> Backend {
         match self {
-            Backend::Avx2 if avx2_available() => Backend::Avx2,
+            Backend::Gfni if gfni_available() => Backend::Gfni,
+            Backend::Gfni | Backend::Avx2 if avx2_available() => Backend::Avx2,
             _ => Backend::Scalar,
         }
     }
@@ -42,8 +48,18 @@ fn avx2_available() -> bool {
     crate::simd_unsafe_avx2::available()
 }
 
+#[cfg(target_arch = "x86_64")]
+fn gfni_available() -> bool {
+    crate::simd_unsafe_avx2::gfni_available()
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 fn avx2_available() -> bool {
+    false
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn gfni_available() -> bool {
     false
 }
 
@@ -55,6 +71,10 @@ pub(crate) struct MatTables {
     pub(crate) nib: Vec<[[u8; 16]; 2]>,
     /// The same tables repeated in both 128-bit lanes, for 256-bit shuffles.
     pub(crate) wide: Vec<[[u8; 32]; 2]>,
+    /// The coefficient repeated 32 times, for GFNI multiplies.
+    pub(crate) bcast: Vec<[u8; 32]>,
+    /// 0 for a zero coefficient (skip), 1 for a one (plain XOR), 2 otherwise (multiply).
+    pub(crate) kind: Vec<u8>,
 }
 
 impl MatTables {
@@ -63,6 +83,8 @@ impl MatTables {
         assert_eq!(matrix.len(), rows * cols, "matrix shape");
         let mut nib = Vec::with_capacity(matrix.len());
         let mut wide = Vec::with_capacity(matrix.len());
+        let bcast = matrix.iter().map(|&c| [c; 32]).collect();
+        let kind = matrix.iter().map(|&c| c.min(2)).collect();
         for &c in matrix {
             let mut lo = [0u8; 16];
             let mut hi = [0u8; 16];
@@ -84,6 +106,8 @@ impl MatTables {
             cols,
             nib,
             wide,
+            bcast,
+            kind,
         }
     }
 }
@@ -110,7 +134,9 @@ pub(crate) fn mat_mul(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if backend == Backend::Avx2 && crate::simd_unsafe_avx2::mat_mul(t, inputs, outputs, len) {
+    if backend != Backend::Scalar
+        && crate::simd_unsafe_avx2::mat_mul(backend == Backend::Gfni, t, inputs, outputs, len)
+    {
         return;
     }
     let _ = backend;
@@ -198,7 +224,11 @@ mod tests {
                     .collect();
                 let want = reference(&matrix, cols, &inputs, len);
                 let t = MatTables::new(&matrix, rows, cols);
-                for backend in [Backend::Scalar, Backend::Avx2.or_supported()] {
+                for backend in [
+                    Backend::Scalar,
+                    Backend::Avx2.or_supported(),
+                    Backend::Gfni.or_supported(),
+                ] {
                     // Pre-fill outputs with garbage: the kernel must overwrite, not accumulate.
                     let mut outs: Vec<Vec<u8>> = (0..rows).map(|_| vec![0xA5; len]).collect();
                     let ins: Vec<&[u8]> = inputs.iter().map(|v| v.as_slice()).collect();

@@ -68,11 +68,10 @@ pub fn recover_correcting(shares: &[Share]) -> Result<Corrected> {
         }
     }
     bad.sort_unstable();
-    let good: Vec<Share> = shares
+    let good: Vec<&Share> = shares
         .iter()
         .filter(|s| !bad.contains(&s.index()))
         .take(k)
-        .cloned()
         .collect();
     let mut secret = Key::zeroed(len);
     interpolate_at(backend, &good, 0, secret.expose_mut());

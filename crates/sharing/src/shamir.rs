@@ -19,7 +19,9 @@ use crate::rng::RandomSource;
 
 /// Bytes of secret processed per block while splitting: the random coefficients of one block stay
 /// in cache while all `n` shares of the block are computed.
-const SPLIT_BLOCK: usize = 8 * 1024;
+const SPLIT_BLOCK: usize = 4 * 1024;
+/// Padding between coefficient rows (three cache lines).
+const ROW_PAD: usize = 192;
 
 /// Validated sharing parameters: threshold `k` and share count `n`, `1 <= k <= n <= 255`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -264,19 +266,21 @@ pub fn split_into_with(
     let k = params.k();
     let tables = MatTables::new(&vandermonde(params, 1..=params.n), params.n(), k);
     let block = SPLIT_BLOCK.min(secret.len().max(1));
-    // Random coefficients for one block: (k − 1) rows. Wiped on drop (with the shares they
-    // reveal the secret).
-    let mut coeffs = Key::zeroed((k - 1) * block);
+    // Random coefficients for one block: (k − 1) rows, each `stride` bytes apart. The padding
+    // puts the rows in different L1 cache sets (rows exactly 8 KiB apart would all compete for
+    // the same sets). Wiped on drop: with the shares they reveal the secret.
+    let stride = block + ROW_PAD;
+    let mut coeffs = Key::zeroed((k - 1) * stride);
     let mut start = 0;
     while start < secret.len() {
         let end = (start + block).min(secret.len());
         let len = end - start;
         let cbuf = coeffs.expose_mut();
-        rng.fill(&mut cbuf[..(k - 1) * len])?;
         let mut inputs: Vec<&[u8]> = Vec::with_capacity(k);
         inputs.push(&secret[start..end]);
-        for c in cbuf[..(k - 1) * len].chunks_exact(len) {
-            inputs.push(c);
+        for row in cbuf.chunks_exact_mut(stride) {
+            rng.fill(&mut row[..len])?;
+            inputs.push(&row[..len]);
         }
         let mut outs: Vec<&mut [u8]> = outputs.iter_mut().map(|o| &mut o[start..end]).collect();
         mat_mul(backend, &tables, &inputs, &mut outs, len);
@@ -353,13 +357,14 @@ pub fn recover_into_with(backend: Backend, shares: &[Share], out: &mut [u8]) -> 
             got: out.len(),
         });
     }
-    interpolate_at(backend.or_supported(), &shares[..params.k()], 0, out);
+    let basis: Vec<&Share> = shares[..params.k()].iter().collect();
+    interpolate_at(backend.or_supported(), &basis, 0, out);
     Ok(())
 }
 
 /// Evaluates the sharing polynomial at `at` from exactly the given (distinct, checked) shares:
 /// `out = Σ λ_i(at) · y_i`.
-pub(crate) fn interpolate_at(backend: Backend, shares: &[Share], at: u8, out: &mut [u8]) {
+pub(crate) fn interpolate_at(backend: Backend, shares: &[&Share], at: u8, out: &mut [u8]) {
     let xs: Vec<u8> = shares.iter().map(|s| s.index).collect();
     let w = gf256::lagrange_weights(&xs, at);
     let tables = MatTables::new(&w, 1, w.len());
@@ -499,7 +504,13 @@ mod tests {
         let secret: Vec<u8> = (0..100_003u32).map(|i| (i * 7 + i / 255) as u8).collect();
         let a = split_with(Backend::Scalar, &secret, p, &mut rng(9)).unwrap();
         let b = split_with(Backend::Avx2, &secret, p, &mut rng(9)).unwrap();
+        let c = split_with(Backend::Gfni, &secret, p, &mut rng(9)).unwrap();
         assert_eq!(a, b);
+        assert_eq!(a, c);
+        assert_eq!(
+            recover_with(Backend::Gfni, &a[1..6]).unwrap().expose(),
+            &secret[..]
+        );
         assert_eq!(
             recover_with(Backend::Scalar, &a[2..7]).unwrap().expose(),
             &secret[..]
@@ -520,12 +531,15 @@ mod tests {
 
     /// Feeds the coefficient bytes of a 1-byte (k = 3) split from a counter, so that a test can
     /// run the real `split` over every possible coefficient pair.
-    struct Enumerate(u16);
+    struct Enumerate(u32);
     impl RandomSource for Enumerate {
         fn fill(&mut self, dest: &mut [u8]) -> Result<()> {
-            assert_eq!(dest.len(), 2);
-            dest.copy_from_slice(&self.0.to_le_bytes());
-            self.0 = self.0.wrapping_add(1);
+            // Byte stream: lo(0), hi(0), lo(1), hi(1), … — consecutive splits see every pair.
+            for d in dest {
+                let i = (self.0 / 2) as u16;
+                *d = i.to_le_bytes()[(self.0 % 2) as usize];
+                self.0 += 1;
+            }
             Ok(())
         }
     }
