@@ -53,6 +53,9 @@ pub struct Policy {
     pub assign_retry: Duration,
     /// A relay hop that arrives before its link key (or before key to forward it) waits this long.
     pub hop_wait: Duration,
+    /// Most link key bytes held per link (both halves); further blocks are dropped until key is
+    /// spent, which bounds memory and disk when demand is low.
+    pub link_buffer_cap_bytes: u64,
 }
 
 impl Default for Policy {
@@ -67,6 +70,7 @@ impl Default for Policy {
             assign_timeout: Duration::from_secs(5),
             assign_retry: Duration::from_millis(500),
             hop_wait: Duration::from_secs(3),
+            link_buffer_cap_bytes: 8 << 20,
         }
     }
 }

@@ -99,6 +99,8 @@ pub enum Action {
 pub struct NodeStats {
     /// Link key bytes received from QKD links.
     pub link_key_in: u64,
+    /// Link key blocks dropped because the link's buffer was full.
+    pub link_blocks_dropped: u64,
     /// Link key bytes spent on relay hops (pads and MAC keys).
     pub link_key_spent: u64,
     /// Relays started here.

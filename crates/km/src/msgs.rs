@@ -98,6 +98,17 @@ pub enum PeerMsg {
         /// Whether the assignment is durable at the slave's node.
         ok: bool,
     },
+    /// The receiver of a relay hop no longer holds these blocks of the sender's half of the link
+    /// key (evicted, or skipped while it was down): the sender stops spending them.
+    LinkMissing {
+        /// Block ids.
+        blocks: Vec<u64>,
+    },
+    /// A relay could not be forwarded; its origin stops waiting for it.
+    RelayFailed {
+        /// Which relay.
+        relay: RelayId,
+    },
     /// The origin gave up on an assignment: drop its keys.
     Revoke {
         /// Assignment counter.

@@ -17,7 +17,9 @@ use crate::time::Instant;
 enum HopFault {
     /// The link key it references has not arrived here yet (may come soon).
     NotYet,
-    /// Already spent or never existed: a replay or a broken peer.
+    /// A block we no longer (or never) held: evicted, skipped while down, or fully spent.
+    Missing(u64),
+    /// Already spent: a replay or a broken peer.
     Spent,
 }
 
@@ -38,34 +40,26 @@ impl KeyManager {
         let half = key.len() / 2;
         let first = key.take_front(half);
         let second = key.take_front(half); // an odd last byte is dropped
-        let (tx, rx) = if me_first {
-            (first, second)
-        } else {
-            (second, first)
-        };
+        let (tx, rx) = if me_first { (first, second) } else { (second, first) };
         self.stats.link_key_in += (tx.len() + rx.len()) as u64;
+        // Buffer bounds. This node alone decides what its own half keeps (the neighbour learns
+        // it from the spans we reference, oldest first). The neighbour's half is kept until the
+        // neighbour references a later block (see `gc_rx`), with a hard bound for memory.
+        let cap = self.cfg.policy.link_buffer_cap_bytes;
+        let mut batch = Vec::with_capacity(4);
+        // Buffer bounds: each end keeps the newest key, evicting its oldest blocks. Both ends
+        // see the same blocks at the same times, so the neighbour's window of our half (twice as
+        // large) covers what we still hold; a miss is reported back with `LinkMissing`.
+        let dropped = evict_oldest(&mut link.tx, cap / 2, tx.len() as u64, &peer, Half::Tx, &mut batch)
+            + evict_oldest(&mut link.rx, cap, rx.len() as u64, &peer, Half::Rx, &mut batch);
+        self.stats.link_blocks_dropped += dropped;
         let tx = KeyBuf::new(tx);
-        let rx = KeyBuf::new(rx);
-        let batch = vec![
-            Record::LinkBlock {
-                peer: peer.clone(),
-                half: Half::Tx,
-                block,
-                buf: KeyBufParts::from(&tx),
-            },
-            Record::LinkBlock {
-                peer: peer.clone(),
-                half: Half::Rx,
-                block,
-                buf: KeyBufParts::from(&rx),
-            },
-            Record::LinkHighWater {
-                peer: peer.clone(),
-                block,
-            },
-        ];
+        batch.push(Record::LinkBlock { peer: peer.clone(), half: Half::Tx, block, buf: KeyBufParts::from(&tx) });
         link.tx.insert(block, tx);
+        let rx = KeyBuf::new(rx);
+        batch.push(Record::LinkBlock { peer: peer.clone(), half: Half::Rx, block, buf: KeyBufParts::from(&rx) });
         link.rx.insert(block, rx);
+        batch.push(Record::LinkHighWater { peer: peer.clone(), block });
         link.high_water = Some(block);
         self.store(batch, vec![]);
         self.retry_waiting_hops(now);
@@ -142,7 +136,7 @@ impl KeyManager {
                     TakeError::OutOfBounds | TakeError::AlreadySpent => HopFault::Spent,
                 })?,
                 None if link.high_water.is_none_or(|hw| s.id > hw) => return Err(HopFault::NotYet),
-                None => return Err(HopFault::Spent),
+                None => return Err(HopFault::Missing(s.id)),
             }
         }
         // Spans must not overlap each other either.
@@ -184,6 +178,32 @@ impl KeyManager {
             }
         }
         out
+    }
+
+    /// The neighbour lacks these blocks of our half: stop spending them.
+    fn on_link_missing(&mut self, peer: NodeId, blocks: Vec<u64>) {
+        let Some(link) = self.links.get_mut(&peer) else { return };
+        let mut batch = Vec::new();
+        for b in blocks {
+            if link.tx.remove(&b).is_some() {
+                batch.push(Record::LinkBlockGone { peer: peer.clone(), half: Half::Tx, block: b });
+            }
+        }
+        if !batch.is_empty() {
+            self.store(batch, vec![]);
+        }
+    }
+
+    /// The neighbour spends its half oldest block first, so once it references block `n` it
+    /// holds nothing older: our copies of its half before `n` can go.
+    fn gc_rx(&mut self, peer: &str, spans: &[Span], batch: &mut Vec<Record>) {
+        let Some(floor) = spans.iter().map(|s| s.id).min() else { return };
+        let Some(link) = self.links.get_mut(peer) else { return };
+        let old: Vec<u64> = link.rx.range(..floor).map(|(id, _)| *id).collect();
+        for id in old {
+            link.rx.remove(&id);
+            batch.push(Record::LinkBlockGone { peer: peer.to_string(), half: Half::Rx, block: id });
+        }
     }
 
     /// Encrypts `key` for the hop to `next` with fresh link key. `None` if the link lacks key.
@@ -295,6 +315,13 @@ impl KeyManager {
 
     pub(crate) fn on_peer(&mut self, now: Instant, from: NodeId, msg: PeerMsg) {
         match msg {
+            PeerMsg::LinkMissing { blocks } => self.on_link_missing(from, blocks),
+            PeerMsg::RelayFailed { relay } => {
+                if relay.origin == self.me() && self.pending_relays.remove(&relay.seq).is_some() {
+                    self.stats.relays_abandoned += 1;
+                    self.store(vec![Record::PendingRelayGone { seq: relay.seq }], vec![]);
+                }
+            }
             PeerMsg::RelayHop { .. } => self.on_hop(now, from, msg),
             PeerMsg::RelayAck { relay } => self.on_relay_ack(from, relay),
             PeerMsg::Assign {
@@ -361,6 +388,13 @@ impl KeyManager {
                 });
                 return;
             }
+            Err(HopFault::Missing(block)) => {
+                // Tell the neighbour to stop spending that block, and the origin to stop waiting.
+                self.stats.replays_rejected += 1;
+                self.send(from, PeerMsg::LinkMissing { blocks: vec![block] });
+                self.send(relay.origin.clone(), PeerMsg::RelayFailed { relay: relay.clone() });
+                return;
+            }
             Err(HopFault::Spent) => {
                 self.stats.replays_rejected += 1;
                 return;
@@ -394,6 +428,7 @@ impl KeyManager {
             self.store(batch, vec![]); // the link key is spent either way
             return;
         }
+        self.gc_rx(&from, pad, &mut batch);
         let mut key = Key::from_slice(ct);
         key.xor_in_place(material.expose());
         match next {
@@ -598,4 +633,24 @@ pub(crate) fn otp_tag(mac_key: &Key, id: &uuid::Uuid, ct: &[u8]) -> Tag {
     mac.update(id.as_bytes());
     mac.update(ct);
     mac.finalize()
+}
+
+/// Evicts the oldest blocks of `m` until `incoming` more bytes fit under `cap`; returns how many.
+fn evict_oldest(
+    m: &mut std::collections::BTreeMap<u64, KeyBuf>,
+    cap: u64,
+    incoming: u64,
+    peer: &str,
+    half: Half,
+    batch: &mut Vec<Record>,
+) -> u64 {
+    let mut held: u64 = m.values().map(|b| u64::from(b.free())).sum();
+    let mut n = 0;
+    while held + incoming > cap {
+        let Some((id, buf)) = m.pop_first() else { break };
+        held -= u64::from(buf.free());
+        batch.push(Record::LinkBlockGone { peer: peer.to_string(), half, block: id });
+        n += 1;
+    }
+    n
 }

@@ -114,7 +114,26 @@ impl Driver {
             BTreeMap::new();
         let mut next_req: ReqId = 1;
         tokio::pin!(shutdown);
+        let mut next_report = now() + Duration::from_secs(5);
         loop {
+            if now() >= next_report {
+                next_report = now() + Duration::from_secs(5);
+                let s = km.stats();
+                tracing::info!(
+                    link_key_in = s.link_key_in,
+                    link_bytes = s.link_bytes,
+                    pool_bytes = s.pool_bytes,
+                    relays_started = s.relays_started,
+                    relays_acked = s.relays_acked,
+                    relays_abandoned = s.relays_abandoned,
+                    hops_forwarded = s.hops_forwarded,
+                    replays_rejected = s.replays_rejected,
+                    bad_tags = s.bad_tags,
+                    served_master = s.keys_served_master,
+                    served_slave = s.keys_served_slave,
+                    "key manager stats"
+                );
+            }
             flush(&mut km, &peers, &store_tx, &mut waiting);
             if km.is_fenced() {
                 // Restart the core from what the store acknowledged.

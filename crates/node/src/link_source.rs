@@ -3,7 +3,7 @@
 //! This stands in for the quantum channel and the link's post-processing: both ends of a link
 //! derive the identical block stream from the link's seed (in the topology every node reads) and
 //! the block counter, without talking to each other. Block `n` appears at both ends at
-//! `epoch + n · interval` (wall-clock), holding `rate · interval` bits, where `rate` is the secret
+//! `epoch + (n+1) · interval` (wall-clock), holding `rate · interval` bits, where `rate` is the secret
 //! key rate the link model (decoy-state BB84, `kagi-quantum`) gives for the fibre length, times the
 //! network's demo `rate_multiplier`.
 
@@ -15,10 +15,13 @@ use kagi_quantum::{DecoyBb84, LinkModel};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-/// Interval between link key blocks.
-pub const BLOCK_INTERVAL: Duration = Duration::from_millis(100);
-/// Blocks a QKD device buffers while its key manager is down.
-pub const DEVICE_BACKLOG_BLOCKS: u64 = 100;
+/// Longest interval between link key blocks.
+pub const MAX_BLOCK_INTERVAL: Duration = Duration::from_millis(100);
+/// Largest block (both halves): fast links deliver more blocks, not bigger ones, so spending a
+/// few bytes never rewrites a large record.
+pub const MAX_BLOCK_BYTES: usize = 8192;
+/// How long a QKD device buffers key while its key manager is down.
+pub const DEVICE_BACKLOG: Duration = Duration::from_secs(10);
 
 /// One simulated link as seen from one end.
 #[derive(Debug, Clone)]
@@ -31,6 +34,8 @@ pub struct SimulatedLink {
     pub block_bytes: usize,
     /// Secret key rate in bit/s (after the multiplier).
     pub rate_bps: f64,
+    /// Time between blocks.
+    pub interval: Duration,
 }
 
 impl SimulatedLink {
@@ -43,14 +48,20 @@ impl SimulatedLink {
         };
         let rate_bps = DecoyBb84::default().secret_key_rate_bps(spec.length_km)
             * topo.rate_multiplier.max(0.0);
-        let bits = rate_bps * BLOCK_INTERVAL.as_secs_f64();
-        let block_bytes = ((bits / 8.0) as usize) & !1;
+        let bits = rate_bps * MAX_BLOCK_INTERVAL.as_secs_f64();
+        let block_bytes = ((bits / 8.0) as usize).min(MAX_BLOCK_BYTES) & !1;
+        let interval = if block_bytes == 0 {
+            MAX_BLOCK_INTERVAL
+        } else {
+            Duration::from_secs_f64((block_bytes * 8) as f64 / rate_bps).min(MAX_BLOCK_INTERVAL)
+        };
         Self {
             peer,
             seed: topo.link_seed(spec),
             epoch_unix: topo.epoch_unix,
             block_bytes,
             rate_bps,
+            interval,
         }
     }
 
@@ -72,7 +83,7 @@ impl SimulatedLink {
             .duration_since(UNIX_EPOCH)
             .ok()?
             .checked_sub(Duration::from_secs(self.epoch_unix))?;
-        let n = since.as_nanos() / BLOCK_INTERVAL.as_nanos();
+        let n = since.as_nanos() / self.interval.as_nanos().max(1);
         n.checked_sub(1).map(|n| n as u64)
     }
 
@@ -81,17 +92,20 @@ impl SimulatedLink {
         UNIX_EPOCH
             + Duration::from_secs(self.epoch_unix)
             + Duration::from_nanos(
-                (BLOCK_INTERVAL.as_nanos() as u64).saturating_mul(n.saturating_add(1)),
+                (self.interval.as_nanos() as u64).saturating_mul(n.saturating_add(1)),
             )
     }
 
     /// First block to ingest after a (re)start, given the highest block stored.
     pub fn first_block(&self, high_water: Option<u64>, now: SystemTime) -> u64 {
         let cur = self.current_block(now).unwrap_or(0);
-        let oldest_buffered = cur.saturating_sub(DEVICE_BACKLOG_BLOCKS);
+        let backlog = (DEVICE_BACKLOG.as_nanos() / self.interval.as_nanos().max(1)) as u64;
+        let oldest_buffered = cur.saturating_sub(backlog);
         match high_water {
             Some(hw) => (hw + 1).max(oldest_buffered),
-            None => cur,
+            // First start: what the device buffered since the network's epoch (both ends of a
+            // link started close together then agree on where the link key begins).
+            None => oldest_buffered,
         }
     }
 }
@@ -110,7 +124,11 @@ mod tests {
         assert_eq!(a.peer, l.b);
         assert_eq!(a.block(7), b.block(7));
         assert_ne!(a.block(7), a.block(8));
-        assert!(a.block_bytes > 0 && a.block_bytes % 2 == 0);
+        assert!(a.block_bytes > 0 && a.block_bytes % 2 == 0 && a.block_bytes <= MAX_BLOCK_BYTES);
+        assert!(a.interval <= MAX_BLOCK_INTERVAL);
+        // Rate is honoured: bytes per second match the model's rate within rounding.
+        let bps = (a.block_bytes * 8) as f64 / a.interval.as_secs_f64();
+        assert!((bps - a.rate_bps).abs() / a.rate_bps < 0.01, "{bps} vs {}", a.rate_bps);
         // A longer link yields less key.
         let long = t
             .links
@@ -135,7 +153,8 @@ mod tests {
         let now = l.block_time(1000);
         assert_eq!(l.current_block(now), Some(1000));
         assert_eq!(l.first_block(Some(995), now), 996);
-        assert_eq!(l.first_block(Some(10), now), 900);
-        assert_eq!(l.first_block(None, now), 1000);
+        let backlog = (DEVICE_BACKLOG.as_nanos() / l.interval.as_nanos()) as u64;
+        assert_eq!(l.first_block(Some(10), now), 1000 - backlog);
+        assert_eq!(l.first_block(None, now), 1000 - backlog);
     }
 }

@@ -43,7 +43,7 @@ fn network(dir: &Path) -> (Topology, Vec<NodeConfig>) {
             .unwrap()
             .as_secs()
             - 1,
-        rate_multiplier: 50.0,
+        rate_multiplier: 5.0,
         nodes: ids
             .iter()
             .map(|n| NodeSpec {
