@@ -1,0 +1,311 @@
+//! The data owner's side: put, get, list, refresh and repair, driving the sites. The owner
+//! routes the sites' sealed messages to each other but cannot read them (they are padded with
+//! keys shared between the sites).
+
+use kagi_keymat::its_mac::{tag, MacKey, MAC_KEY_LEN};
+use kagi_keymat::Key;
+use kagi_sharing::{recover, recover_correcting, split, OsRandom, Params, RandomSource, Share};
+use serde::Serialize;
+
+use crate::envelope::{open, seal, Envelope};
+use crate::error::{Result, VaultError};
+use crate::keys::KeySupply;
+use crate::site::{check_object_id, Manifest, Site};
+
+/// What a put did.
+#[derive(Clone, Debug, Serialize)]
+pub struct PutReport {
+    /// The new object's ID.
+    pub object: String,
+    /// Object bytes.
+    pub len: u64,
+    /// Sites holding shares, in share order.
+    pub sites: Vec<String>,
+    /// QKD key the owner spent (one-time pads and MAC keys).
+    pub key_bytes: u64,
+}
+
+/// What a get did.
+#[derive(Debug)]
+pub struct GetReport {
+    /// The object.
+    pub data: Key,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Sites that answered with a share.
+    pub answered: Vec<String>,
+    /// Sites that did not (wiped, unreachable, unknown object).
+    pub missing: Vec<String>,
+    /// Sites whose share was found corrupted by Reed–Solomon decoding.
+    pub corrupted: Vec<String>,
+    /// QKD key spent by the owner and the sites together.
+    pub key_bytes: u64,
+}
+
+fn object_tag(key: &[u8], object: &str, data: &[u8]) -> Result<String> {
+    let mk = MacKey::from_bytes(key).map_err(|e| VaultError::Keys(e.to_string()))?;
+    let mut msg = Vec::with_capacity(object.len() + data.len());
+    msg.extend_from_slice(object.as_bytes());
+    msg.extend_from_slice(data);
+    Ok(tag(mk, &msg).0.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn total_keys<K: KeySupply, S: KeySupply>(owner: &K, sites: &[Site<S>]) -> u64 {
+    owner.key_bytes_used() + sites.iter().map(|s| s.key_bytes_used()).sum::<u64>()
+}
+
+/// Splits `data` k-of-n over the first `n` of `sites` and stores one share at each, every
+/// transfer one-time-pad encrypted and authenticated. Nothing becomes visible unless every
+/// site stored its share.
+pub fn put<K: KeySupply, S: KeySupply>(
+    owner: &mut K,
+    sites: &mut [Site<S>],
+    name: &str,
+    data: &[u8],
+    k: usize,
+    n: usize,
+) -> Result<PutReport> {
+    let params = Params::new(k, n)?;
+    if sites.len() < n {
+        return Err(VaultError::NotEnoughSites {
+            object: name.to_string(),
+            needed: n,
+            got: sites.len(),
+        });
+    }
+    let before = owner.key_bytes_used();
+    let object = uuid::Uuid::new_v4().to_string();
+    // The whole-object MAC key is shared along with the data: data ‖ key.
+    let mut secret = Key::zeroed(data.len() + MAC_KEY_LEN);
+    secret.expose_mut()[..data.len()].copy_from_slice(data);
+    OsRandom::default().fill(&mut secret.expose_mut()[data.len()..])?;
+    let manifest = Manifest {
+        object: object.clone(),
+        name: name.to_string(),
+        len: data.len() as u64,
+        k: k as u8,
+        n: n as u8,
+        sites: sites[..n].iter().map(|s| s.id().to_string()).collect(),
+        object_tag: object_tag(&secret.expose()[data.len()..], &object, data)?,
+        epoch: 0,
+    };
+    let shares = split(secret.expose(), params, &mut OsRandom::default())?;
+    drop(secret);
+    let info = serde_json::to_value(&manifest).map_err(|e| VaultError::Malformed(e.to_string()))?;
+    for (share, site) in shares.iter().zip(sites.iter_mut()) {
+        let env = seal(
+            owner,
+            site.id(),
+            "put-share",
+            &object,
+            info.clone(),
+            share.to_bytes().expose(),
+        )?;
+        site.receive_share(&env)?;
+    }
+    for site in sites[..n].iter_mut() {
+        site.commit(&object)?;
+    }
+    Ok(PutReport {
+        object,
+        len: data.len() as u64,
+        sites: manifest.sites,
+        key_bytes: owner.key_bytes_used() - before,
+    })
+}
+
+/// Gathers shares of `object` from every site that has it, checks them (Reed–Solomon when more
+/// than k answer), rebuilds the object and checks its whole-object MAC.
+pub fn get<K: KeySupply, S: KeySupply>(
+    owner: &mut K,
+    sites: &mut [Site<S>],
+    object: &str,
+) -> Result<GetReport> {
+    check_object_id(object)?;
+    let before = total_keys(owner, sites);
+    let mut got: Vec<(Manifest, Share, String)> = Vec::new();
+    let mut missing = Vec::new();
+    for site in sites.iter_mut() {
+        let id = site.id().to_string();
+        let Ok(env) = site.send_share(object, owner.sae()) else {
+            missing.push(id);
+            continue;
+        };
+        let (h, payload) = open(owner, &env.0)?;
+        let manifest: Manifest =
+            serde_json::from_value(h.info).map_err(|e| VaultError::Malformed(e.to_string()))?;
+        match Share::from_bytes(payload.expose()) {
+            Ok(s) if manifest.index_of(&id) == Some(s.index() as usize) => {
+                got.push((manifest, s, id))
+            }
+            _ => missing.push(id),
+        }
+    }
+    // Use the newest refresh epoch that enough sites have.
+    let mut epochs: Vec<u64> = got.iter().map(|(m, _, _)| m.epoch).collect();
+    epochs.sort_unstable();
+    epochs.dedup();
+    let mut chosen = None;
+    for &e in epochs.iter().rev() {
+        let group: Vec<&(Manifest, Share, String)> =
+            got.iter().filter(|(m, _, _)| m.epoch == e).collect();
+        if group.len() >= group[0].0.k as usize {
+            chosen = Some(e);
+            break;
+        }
+    }
+    let Some(epoch) = chosen else {
+        let needed = got.first().map_or(1, |(m, _, _)| m.k as usize);
+        return Err(VaultError::NotEnoughSites {
+            object: object.to_string(),
+            needed,
+            got: got.len(),
+        });
+    };
+    let group: Vec<(Manifest, Share, String)> = got
+        .into_iter()
+        .filter(|(m, _, _)| m.epoch == epoch)
+        .collect();
+    let manifest = group[0].0.clone();
+    let shares: Vec<Share> = group.iter().map(|(_, s, _)| s.clone()).collect();
+    let (secret, bad) = if shares.len() > manifest.k as usize {
+        let c = recover_correcting(&shares)?;
+        (c.secret, c.bad)
+    } else {
+        (recover(&shares)?, Vec::new())
+    };
+    let len = manifest.len as usize;
+    if secret.len() != len + MAC_KEY_LEN {
+        return Err(VaultError::ObjectCorrupt(object.to_string()));
+    }
+    let t = object_tag(&secret.expose()[len..], object, &secret.expose()[..len])?;
+    if t != manifest.object_tag {
+        return Err(VaultError::ObjectCorrupt(object.to_string()));
+    }
+    let data = Key::from_slice(&secret.expose()[..len]);
+    let corrupted = bad
+        .iter()
+        .map(|&i| manifest.sites[i as usize - 1].clone())
+        .collect();
+    Ok(GetReport {
+        data,
+        answered: group.iter().map(|(_, _, id)| id.clone()).collect(),
+        missing,
+        corrupted,
+        key_bytes: total_keys(owner, sites) - before,
+        manifest,
+    })
+}
+
+/// Every object any site holds, by the site's manifest (newest epoch wins).
+pub fn list<S: KeySupply>(sites: &[Site<S>]) -> Result<Vec<(Manifest, Vec<String>)>> {
+    let mut all: Vec<(Manifest, Vec<String>)> = Vec::new();
+    for site in sites {
+        for m in site.list()? {
+            match all.iter_mut().find(|(x, _)| x.object == m.object) {
+                Some((x, holders)) => {
+                    holders.push(site.id().to_string());
+                    if m.epoch > x.epoch {
+                        *x = m;
+                    }
+                }
+                None => all.push((m, vec![site.id().to_string()])),
+            }
+        }
+    }
+    Ok(all)
+}
+
+fn holders<S: KeySupply>(sites: &[Site<S>], object: &str) -> Result<Manifest> {
+    list(sites)?
+        .into_iter()
+        .find(|(m, _)| m.object == object)
+        .map(|(m, _)| m)
+        .ok_or_else(|| VaultError::UnknownObject(object.to_string()))
+}
+
+fn site_index<S: KeySupply>(sites: &[Site<S>], id: &str) -> Result<usize> {
+    sites
+        .iter()
+        .position(|s| s.id() == id)
+        .ok_or_else(|| VaultError::UnknownSite(id.to_string()))
+}
+
+/// Proactive refresh of `object` among all its sites (all must be present). Returns the key
+/// spent by the sites.
+pub fn refresh<S: KeySupply>(sites: &mut [Site<S>], object: &str) -> Result<u64> {
+    let manifest = holders(sites, object)?;
+    let before: u64 = sites.iter().map(|s| s.key_bytes_used()).sum();
+    let idx = manifest
+        .sites
+        .iter()
+        .map(|id| site_index(sites, id))
+        .collect::<Result<Vec<_>>>()?;
+    let mut inbox: Vec<Vec<Envelope>> = vec![Vec::new(); sites.len()];
+    for &i in &idx {
+        for env in sites[i].refresh_deal(object)? {
+            let to = crate::envelope::peek(&env.0)?.to;
+            inbox[site_index(sites, &to)?].push(env);
+        }
+    }
+    for &i in &idx {
+        let msgs = std::mem::take(&mut inbox[i]);
+        sites[i].refresh_apply(object, &msgs)?;
+    }
+    for &i in &idx {
+        sites[i].refresh_commit(object)?;
+    }
+    Ok(sites.iter().map(|s| s.key_bytes_used()).sum::<u64>() - before)
+}
+
+/// Rebuilds the share of site `target` (e.g. after its data was destroyed) from `k` other sites
+/// without reconstructing the object anywhere. Returns the key spent by the sites.
+pub fn repair<S: KeySupply>(sites: &mut [Site<S>], object: &str, target: &str) -> Result<u64> {
+    let before: u64 = sites.iter().map(|s| s.key_bytes_used()).sum();
+    let all = list(sites)?;
+    let (manifest, holders) = all
+        .into_iter()
+        .find(|(m, _)| m.object == object)
+        .ok_or_else(|| VaultError::UnknownObject(object.to_string()))?;
+    let t_index = manifest
+        .index_of(target)
+        .ok_or_else(|| VaultError::UnknownSite(target.to_string()))?;
+    let helper_ids: Vec<String> = manifest
+        .sites
+        .iter()
+        .filter(|s| *s != target && holders.contains(s))
+        .take(manifest.k as usize)
+        .cloned()
+        .collect();
+    if helper_ids.len() < manifest.k as usize {
+        return Err(VaultError::NotEnoughSites {
+            object: object.to_string(),
+            needed: manifest.k as usize,
+            got: helper_ids.len(),
+        });
+    }
+    let hs: Vec<u8> = helper_ids
+        .iter()
+        .filter_map(|h| manifest.index_of(h))
+        .map(|i| i as u8)
+        .collect();
+    let hidx = helper_ids
+        .iter()
+        .map(|id| site_index(sites, id))
+        .collect::<Result<Vec<_>>>()?;
+    let target_i = site_index(sites, target)?;
+    let mut inbox: Vec<Vec<Envelope>> = vec![Vec::new(); sites.len()];
+    for &i in &hidx {
+        for env in sites[i].repair_contribute(object, t_index, &hs)? {
+            let to = crate::envelope::peek(&env.0)?.to;
+            inbox[site_index(sites, &to)?].push(env);
+        }
+    }
+    let mut sums = Vec::new();
+    for &i in &hidx {
+        let msgs = std::mem::take(&mut inbox[i]);
+        sums.push(sites[i].repair_aggregate(object, &msgs)?);
+    }
+    sites[target_i].repair_receive(&manifest, &sums)?;
+    Ok(sites.iter().map(|s| s.key_bytes_used()).sum::<u64>() - before)
+}

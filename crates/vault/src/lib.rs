@@ -1,0 +1,23 @@
+//! kagi's long-term secure storage ("vault"), after Fujiwara et al., Sci. Rep. 6:28988 (2016):
+//! an object is split into Shamir shares ([`kagi_sharing`]), each share is stored at a
+//! different site, and every transfer — owner to site, site to owner, site to site during
+//! refresh and repair — is one-time-pad encrypted with QKD keys and authenticated with a
+//! Wegman–Carter MAC ([`envelope`]). Any `k` sites rebuild the object; fewer learn nothing,
+//! whatever their computing power.
+//!
+//! * [`client`]: the owner's put / get / list / refresh / repair;
+//! * [`site`]: a storage site's durable store and protocol steps;
+//! * [`keys`]: the ETSI 014 key calls as a trait, with an in-memory network for tests.
+//!
+//! The logic here is transport-agnostic: [`site::Site`] methods take and return sealed
+//! envelopes, so the same code runs in one process (tests, `kagi vault` with local sites) and
+//! behind a network server.
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod envelope;
+mod error;
+pub mod keys;
+pub mod site;
+
+pub use error::{Result, VaultError};
