@@ -193,16 +193,17 @@ impl Etsi014Client {
         Ok(sender)
     }
 
-    async fn sender(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+    /// A ready connection: a kept-alive one if any (`true`), else a new one (`false`).
+    async fn sender(&self) -> Result<(SendRequest<Full<Bytes>>, bool), ClientError> {
         loop {
             let next = self.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
             match next {
                 Some(mut s) => {
                     if !s.is_closed() && s.ready().await.is_ok() {
-                        return Ok(s);
+                        return Ok((s, true));
                     }
                 }
-                None => return self.connect().await,
+                None => return Ok((self.connect().await?, false)),
             }
         }
     }
@@ -250,8 +251,21 @@ impl Etsi014Client {
             req.headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
-        let mut sender = self.sender().await?;
-        let resp = sender.send_request(req).await?;
+        let (mut sender, reused) = self.sender().await?;
+        let retry = reused.then(|| clone_request(&req));
+        let resp = match sender.send_request(req).await {
+            Ok(r) => r,
+            // The server closed a kept-alive connection (idle timeout) just as the request
+            // went out; it never saw the request, so sending it again on a new one is safe.
+            Err(e) if e.is_canceled() || e.is_incomplete_message() => match retry {
+                Some(again) => {
+                    sender = self.connect().await?;
+                    sender.send_request(again).await?
+                }
+                None => return Err(e.into()),
+            },
+            Err(e) => return Err(e.into()),
+        };
         let status = resp.status().as_u16();
         let content_type = resp
             .headers()
@@ -397,6 +411,14 @@ impl Etsi014Client {
         let resp = self.call_json("GET", &target, None).await?;
         decode_keys(&resp)
     }
+}
+
+fn clone_request(req: &hyper::Request<Full<Bytes>>) -> hyper::Request<Full<Bytes>> {
+    let mut r = hyper::Request::new(req.body().clone());
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.headers_mut() = req.headers().clone();
+    r
 }
 
 /// Decodes a Key container into IDs and keys.

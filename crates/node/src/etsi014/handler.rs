@@ -22,6 +22,8 @@ use crate::service::KeyService;
 
 /// Largest request body accepted (bytes); a larger one is answered 400.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Time allowed to receive a request body once its head has arrived.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Shared state of one server.
 pub(crate) struct Ctx<S> {
@@ -159,10 +161,14 @@ pub(crate) async fn handle<S: KeyService>(
         if !query.is_empty() {
             return bad("query parameters are not allowed with POST; put them in the JSON body");
         }
-        match Limited::new(req.into_body(), MAX_BODY_BYTES)
-            .collect()
-            .await
-        {
+        let read = Limited::new(req.into_body(), MAX_BODY_BYTES).collect();
+        let Ok(read) = tokio::time::timeout(BODY_TIMEOUT, read).await else {
+            return bad(format!(
+                "request body not received within {} s",
+                BODY_TIMEOUT.as_secs()
+            ));
+        };
+        match read {
             Ok(b) => b.to_bytes(),
             Err(e) => {
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
