@@ -84,6 +84,67 @@ pub trait LinkModel: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// Names of the fibre protocols that [`default_model`] knows, as used by
+/// `kagi link-rate --protocol`.
+pub const PROTOCOLS: [&str; 5] = [
+    "bb84-decoy",
+    "bb84-decoy-inf",
+    "bb84-finite",
+    "cv-gg02",
+    "tf-sns",
+];
+
+/// The fibre link model of a protocol with its documented default parameters and fibre
+/// attenuation `alpha_db_per_km` (None keeps the model's default), for topologies that name
+/// a link technology. `None` for an unknown name; see [`PROTOCOLS`].
+///
+/// # Errors
+/// [`ModelError`] if `alpha_db_per_km` is negative or not finite.
+pub fn default_model(
+    name: &str,
+    alpha_db_per_km: Option<f64>,
+) -> Result<Option<Box<dyn LinkModel>>> {
+    if let Some(a) = alpha_db_per_km {
+        error::non_negative("alpha", a)?;
+    }
+    Ok(Some(match name {
+        "bb84-decoy" | "bb84-decoy-inf" => {
+            let mut p = DecoyBb84Params::default();
+            if let Some(a) = alpha_db_per_km {
+                p.alpha_db_per_km = a;
+            }
+            let method = if name == "bb84-decoy" {
+                DecoyMethod::VacuumWeak
+            } else {
+                DecoyMethod::Infinite
+            };
+            Box::new(DecoyBb84::new(p, method)?)
+        }
+        "bb84-finite" => {
+            let mut p = FiniteDecoyBb84Params::default();
+            if let Some(a) = alpha_db_per_km {
+                p.alpha_db_per_km = a;
+            }
+            Box::new(FiniteDecoyBb84::new(p)?)
+        }
+        "cv-gg02" => {
+            let mut p = CvGg02Params::default();
+            if let Some(a) = alpha_db_per_km {
+                p.alpha_db_per_km = a;
+            }
+            Box::new(CvGg02::new(p)?)
+        }
+        "tf-sns" => {
+            let mut p = TfSnsParams::default();
+            if let Some(a) = alpha_db_per_km {
+                p.alpha_db_per_km = a;
+            }
+            Box::new(TfSns::new(p)?)
+        }
+        _ => return Ok(None),
+    }))
+}
+
 /// Fibre transmittance 10^(−α·L/10) for attenuation `alpha_db_per_km` and length `length_km`.
 pub fn fibre_transmittance(alpha_db_per_km: f64, length_km: f64) -> f64 {
     10f64.powf(-alpha_db_per_km * length_km / 10.0)
@@ -127,6 +188,19 @@ mod tests {
         assert!((p / (eta / std::f64::consts::LN_2) - 1.0).abs() < 1e-9);
         assert!(plob_bound(1.0).is_infinite());
         assert!(plob_bound(-0.1).is_nan());
+    }
+
+    #[test]
+    fn default_models_by_name() {
+        for name in PROTOCOLS {
+            let m = default_model(name, None).unwrap().unwrap();
+            assert_eq!(m.name(), name);
+            assert!(m.secret_key_rate_bps(20.0) > 0.0, "{name}");
+        }
+        let ull = default_model("tf-sns", Some(0.16)).unwrap().unwrap();
+        assert_eq!(ull.alpha_db_per_km(), 0.16);
+        assert!(default_model("bb84", None).unwrap().is_none());
+        assert!(default_model("cv-gg02", Some(-0.2)).is_err());
     }
 
     #[test]
