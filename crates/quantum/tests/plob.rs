@@ -112,3 +112,27 @@ fn link_model_is_object_safe_and_send() {
     assert_send_sync(&m);
     assert!(m.secret_key_rate_bps(45.0) > 1e5);
 }
+
+mod photon_props {
+    use kagi_quantum::photon::{PhotonParams, PhotonSim};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// The same seed gives the same records for any thread count and any run length
+        /// (including lengths that are not multiples of the 64-bit words or chunks).
+        #[test]
+        fn photon_runs_are_reproducible(seed in any::<u64>(), pulses in 1usize..200_000, t1 in 1usize..4, t2 in 1usize..4) {
+            let p = PhotonParams { length_km: 0.0, ..Default::default() };
+            let a = PhotonSim::new(PhotonParams { threads: t1, ..p }, seed).unwrap().run(pulses);
+            let b = PhotonSim::new(PhotonParams { threads: t2, ..p }, seed).unwrap().run(pulses);
+            prop_assert_eq!(&a, &b);
+            prop_assert_eq!(a.intensity.len(), pulses);
+            prop_assert_eq!(a.alice_bit.len(), pulses);
+            // Tail bits past the run are zero, and Bob's bits exist only where he detected.
+            prop_assert!(a.bob_bit.ones().all(|i| a.bob_detected.get(i)));
+            prop_assert_eq!(a.alice_bit.words().len(), pulses.div_ceil(64));
+        }
+    }
+}
