@@ -104,7 +104,24 @@ pub async fn serve<S: KeyService>(
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    tracing::debug!(%remote, error = %e, "ETSI 014 TLS handshake failed");
+                    // A refused or unverifiable client certificate is an authentication
+                    // failure worth an operator's attention; anything else (scanners, resets)
+                    // is noise.
+                    let auth = e
+                        .get_ref()
+                        .and_then(|i| i.downcast_ref::<rustls::Error>())
+                        .is_some_and(|r| {
+                            matches!(
+                                r,
+                                rustls::Error::InvalidCertificate(_)
+                                    | rustls::Error::NoCertificatesPresented
+                            )
+                        });
+                    if auth {
+                        tracing::warn!(%remote, error = %e, "ETSI 014 client certificate refused");
+                    } else {
+                        tracing::debug!(%remote, error = %e, "ETSI 014 TLS handshake failed");
+                    }
                     return;
                 }
                 Err(_) => {
@@ -115,12 +132,18 @@ pub async fn serve<S: KeyService>(
             let (_, conn) = stream.get_ref();
             let cn = crate::tls::peer_identity(conn.peer_certificates());
             let caller = Arc::new(handler::Caller::resolve(cn, &ctx.params, &ctx.topology));
-            tracing::debug!(
-                %remote,
-                caller = ?caller,
-                group = ?conn.negotiated_key_exchange_group().map(|g| g.name()),
-                "ETSI 014 connection"
-            );
+            let group = conn.negotiated_key_exchange_group().map(|g| g.name());
+            match &*caller {
+                handler::Caller::Unknown(cn) => {
+                    tracing::warn!(%remote, cn = ?cn, "ETSI 014 certificate maps to no SAE; answering 401");
+                }
+                handler::Caller::Sae(sae) if group != Some(rustls::NamedGroup::X25519MLKEM768) => {
+                    tracing::warn!(%remote, %sae, group = ?group, "ETSI 014 client without post-quantum key exchange");
+                }
+                handler::Caller::Sae(sae) => {
+                    tracing::debug!(%remote, %sae, group = ?group, "ETSI 014 connection");
+                }
+            }
             let svc = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
                 let caller = caller.clone();
