@@ -34,6 +34,8 @@ pub enum Pool {
 pub struct SlaveKey {
     /// The master SAE.
     pub master: SaeId,
+    /// Every slave served by this node (named in the `enc_keys` call).
+    pub slaves: Vec<SaeId>,
     /// Slaves here that have not fetched it yet.
     pub pending: Vec<SaeId>,
     /// The node that assigned it.
@@ -49,6 +51,7 @@ impl std::fmt::Debug for SlaveKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SlaveKey")
             .field("master", &self.master)
+            .field("slaves", &self.slaves)
             .field("pending", &self.pending)
             .field("origin", &self.origin)
             .field("assign_seq", &self.assign_seq)

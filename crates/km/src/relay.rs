@@ -40,7 +40,11 @@ impl KeyManager {
         let half = key.len() / 2;
         let first = key.take_front(half);
         let second = key.take_front(half); // an odd last byte is dropped
-        let (tx, rx) = if me_first { (first, second) } else { (second, first) };
+        let (tx, rx) = if me_first {
+            (first, second)
+        } else {
+            (second, first)
+        };
         self.stats.link_key_in += (tx.len() + rx.len()) as u64;
         // Buffer bounds. This node alone decides what its own half keeps (the neighbour learns
         // it from the spans we reference, oldest first). The neighbour's half is kept until the
@@ -50,16 +54,42 @@ impl KeyManager {
         // Buffer bounds: each end keeps the newest key, evicting its oldest blocks. Both ends
         // see the same blocks at the same times, so the neighbour's window of our half (twice as
         // large) covers what we still hold; a miss is reported back with `LinkMissing`.
-        let dropped = evict_oldest(&mut link.tx, cap / 2, tx.len() as u64, &peer, Half::Tx, &mut batch)
-            + evict_oldest(&mut link.rx, cap, rx.len() as u64, &peer, Half::Rx, &mut batch);
+        let dropped = evict_oldest(
+            &mut link.tx,
+            cap / 2,
+            tx.len() as u64,
+            &peer,
+            Half::Tx,
+            &mut batch,
+        ) + evict_oldest(
+            &mut link.rx,
+            cap,
+            rx.len() as u64,
+            &peer,
+            Half::Rx,
+            &mut batch,
+        );
         self.stats.link_blocks_dropped += dropped;
         let tx = KeyBuf::new(tx);
-        batch.push(Record::LinkBlock { peer: peer.clone(), half: Half::Tx, block, buf: KeyBufParts::from(&tx) });
+        batch.push(Record::LinkBlock {
+            peer: peer.clone(),
+            half: Half::Tx,
+            block,
+            buf: KeyBufParts::from(&tx),
+        });
         link.tx.insert(block, tx);
         let rx = KeyBuf::new(rx);
-        batch.push(Record::LinkBlock { peer: peer.clone(), half: Half::Rx, block, buf: KeyBufParts::from(&rx) });
+        batch.push(Record::LinkBlock {
+            peer: peer.clone(),
+            half: Half::Rx,
+            block,
+            buf: KeyBufParts::from(&rx),
+        });
         link.rx.insert(block, rx);
-        batch.push(Record::LinkHighWater { peer: peer.clone(), block });
+        batch.push(Record::LinkHighWater {
+            peer: peer.clone(),
+            block,
+        });
         link.high_water = Some(block);
         self.store(batch, vec![]);
         self.retry_waiting_hops(now);
@@ -182,11 +212,17 @@ impl KeyManager {
 
     /// The neighbour lacks these blocks of our half: stop spending them.
     fn on_link_missing(&mut self, peer: NodeId, blocks: Vec<u64>) {
-        let Some(link) = self.links.get_mut(&peer) else { return };
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
         let mut batch = Vec::new();
         for b in blocks {
             if link.tx.remove(&b).is_some() {
-                batch.push(Record::LinkBlockGone { peer: peer.clone(), half: Half::Tx, block: b });
+                batch.push(Record::LinkBlockGone {
+                    peer: peer.clone(),
+                    half: Half::Tx,
+                    block: b,
+                });
             }
         }
         if !batch.is_empty() {
@@ -197,12 +233,20 @@ impl KeyManager {
     /// The neighbour spends its half oldest block first, so once it references block `n` it
     /// holds nothing older: our copies of its half before `n` can go.
     fn gc_rx(&mut self, peer: &str, spans: &[Span], batch: &mut Vec<Record>) {
-        let Some(floor) = spans.iter().map(|s| s.id).min() else { return };
-        let Some(link) = self.links.get_mut(peer) else { return };
+        let Some(floor) = spans.iter().map(|s| s.id).min() else {
+            return;
+        };
+        let Some(link) = self.links.get_mut(peer) else {
+            return;
+        };
         let old: Vec<u64> = link.rx.range(..floor).map(|(id, _)| *id).collect();
         for id in old {
             link.rx.remove(&id);
-            batch.push(Record::LinkBlockGone { peer: peer.to_string(), half: Half::Rx, block: id });
+            batch.push(Record::LinkBlockGone {
+                peer: peer.to_string(),
+                half: Half::Rx,
+                block: id,
+            });
         }
     }
 
@@ -391,8 +435,18 @@ impl KeyManager {
             Err(HopFault::Missing(block)) => {
                 // Tell the neighbour to stop spending that block, and the origin to stop waiting.
                 self.stats.replays_rejected += 1;
-                self.send(from, PeerMsg::LinkMissing { blocks: vec![block] });
-                self.send(relay.origin.clone(), PeerMsg::RelayFailed { relay: relay.clone() });
+                self.send(
+                    from,
+                    PeerMsg::LinkMissing {
+                        blocks: vec![block],
+                    },
+                );
+                self.send(
+                    relay.origin.clone(),
+                    PeerMsg::RelayFailed {
+                        relay: relay.clone(),
+                    },
+                );
                 return;
             }
             Err(HopFault::Spent) => {
@@ -647,9 +701,15 @@ fn evict_oldest(
     let mut held: u64 = m.values().map(|b| u64::from(b.free())).sum();
     let mut n = 0;
     while held + incoming > cap {
-        let Some((id, buf)) = m.pop_first() else { break };
+        let Some((id, buf)) = m.pop_first() else {
+            break;
+        };
         held -= u64::from(buf.free());
-        batch.push(Record::LinkBlockGone { peer: peer.to_string(), half, block: id });
+        batch.push(Record::LinkBlockGone {
+            peer: peer.to_string(),
+            half,
+            block: id,
+        });
         n += 1;
     }
     n

@@ -238,6 +238,7 @@ impl KeyManager {
             for k in &keys {
                 let sk = SlaveKey {
                     master: master.clone(),
+                    slaves: local.clone(),
                     pending: local.clone(),
                     origin: me.clone(),
                     assign_seq: seq,
@@ -323,23 +324,24 @@ impl KeyManager {
         if unique.len() != ids.len() {
             return Err(bad("a key ID is repeated in the request"));
         }
-        // Unknown (or already fetched by this slave) → 400; someone else's key → 401.
-        for id in &ids {
-            match self.slave_keys.get(id) {
-                None => return Err(bad(Refusal::KEYS_NOT_FOUND)),
-                Some(k) if k.master == master && !k.pending.iter().any(|s| s == slave) => {
-                    return Err(bad(Refusal::KEYS_NOT_FOUND))
-                }
-                Some(_) => {}
-            }
+        // Unknown → 400; not a named slave of the key, or the wrong master → 401; a named slave
+        // that already fetched it → 400 (the key is gone for that slave).
+        if ids.iter().any(|id| !self.slave_keys.contains_key(id)) {
+            return Err(bad(Refusal::KEYS_NOT_FOUND));
         }
-        for id in &ids {
+        if ids.iter().any(|id| {
             let k = &self.slave_keys[id];
-            if k.master != master || !k.pending.iter().any(|s| s == slave) {
-                return Err(Refusal::Unauthorized(
-                    "the caller is not a slave of one or more of these keys for this master".into(),
-                ));
-            }
+            k.master != master || !k.slaves.iter().any(|s| s == slave)
+        }) {
+            return Err(Refusal::Unauthorized(
+                "the caller is not a slave of one or more of these keys for this master".into(),
+            ));
+        }
+        if ids
+            .iter()
+            .any(|id| !self.slave_keys[id].pending.iter().any(|s| s == slave))
+        {
+            return Err(bad(Refusal::KEYS_NOT_FOUND));
         }
         let mut batch = Vec::new();
         let mut out = Vec::with_capacity(ids.len());
@@ -440,6 +442,7 @@ impl KeyManager {
         for (id, key) in got {
             let sk = SlaveKey {
                 master: master.clone(),
+                slaves: slaves.clone(),
                 pending: slaves.clone(),
                 origin: origin.clone(),
                 assign_seq: seq,
