@@ -115,7 +115,10 @@ pub struct PassSummary {
     pub loss_db_range: (f64, f64),
     /// Smallest and largest slant range, km.
     pub range_km_range: (f64, f64),
-    /// Expected secret key bits per day: passes × (1 − outage) × key per pass.
+    /// Mean key bits of a pass over random pass geometry: culmination points spread
+    /// uniformly across the visibility circle (cross-track angle uniform in [0, ψ_max]).
+    pub mean_key_bits_per_pass: f64,
+    /// Expected secret key bits per day: passes × (1 − outage) × mean key per pass.
     pub key_bits_per_day: f64,
     /// Samples of the pass (every `time_step_s`), culmination first then outwards.
     pub samples: Vec<PassSample>,
@@ -197,10 +200,34 @@ impl SatelliteLink {
 
     /// Simulates one pass.
     pub fn pass(&self) -> PassSummary {
+        let mut s = self.pass_at(self.params.max_elevation_deg);
+        // Mean over pass geometry: cross-track central angle uniform in [0, ψ_max).
+        let r = EARTH_RADIUS_KM + self.params.altitude_km;
+        let psi_max = central_angle(self.params.min_elevation_deg.to_radians(), r);
+        const K: usize = 16;
+        let mean = (0..K)
+            .map(|i| {
+                let psi = psi_max * (i as f64 + 0.5) / K as f64;
+                let el = ((psi.cos() - EARTH_RADIUS_KM / r) / psi.sin()).atan();
+                if el.to_degrees() <= self.params.min_elevation_deg {
+                    0.0
+                } else {
+                    self.pass_at(el.to_degrees()).key_bits
+                }
+            })
+            .sum::<f64>()
+            / K as f64;
+        s.mean_key_bits_per_pass = mean;
+        s.key_bits_per_day = mean * self.params.passes_per_day * (1.0 - self.params.weather_outage);
+        s
+    }
+
+    /// One pass culminating at `max_elevation_deg`.
+    fn pass_at(&self, max_elevation_deg: f64) -> PassSummary {
         let p = &self.params;
         let r = EARTH_RADIUS_KM + p.altitude_km;
         let omega = (GM_EARTH_KM3_S2 / r.powi(3)).sqrt();
-        let psi_c = central_angle(p.max_elevation_deg.to_radians(), r);
+        let psi_c = central_angle(max_elevation_deg.to_radians(), r);
         let el_min = p.min_elevation_deg.to_radians();
         let mut samples = Vec::new();
         let mut key = 0.0;
@@ -247,10 +274,27 @@ impl SatelliteLink {
             key_bits: key,
             loss_db_range,
             range_km_range,
+            mean_key_bits_per_pass: key,
             key_bits_per_day: key * p.passes_per_day * (1.0 - p.weather_outage),
             samples,
         }
     }
+}
+
+/// Average number of passes per day above `min_elevation_deg` of a circular polar
+/// (or sun-synchronous) orbit of altitude `altitude_km`, seen from a station at
+/// `latitude_deg` (|latitude| < 90°). Each orbit crosses the station's latitude twice and
+/// Earth's rotation spreads the crossings evenly in longitude, so a crossing is visible when
+/// it falls within the station's visibility circle of angular radius ψ:
+/// passes/day ≈ 2 N_orbits ψ / (π cos φ), capped at 2 N_orbits. Half of them are at night on
+/// a sun-synchronous dawn/dusk-free orbit. An approximation for planning, not an ephemeris.
+pub fn polar_passes_per_day(altitude_km: f64, min_elevation_deg: f64, latitude_deg: f64) -> f64 {
+    let r = EARTH_RADIUS_KM + altitude_km;
+    let period = 2.0 * std::f64::consts::PI * (r.powi(3) / GM_EARTH_KM3_S2).sqrt();
+    let orbits = 86_400.0 / period;
+    let psi = central_angle(min_elevation_deg.to_radians(), r);
+    let cos_lat = latitude_deg.to_radians().cos().max(1e-6);
+    (2.0 * orbits * psi / (std::f64::consts::PI * cos_lat)).min(2.0 * orbits)
 }
 
 /// Expected key per day between two ground stations relayed by a trusted satellite that
@@ -324,6 +368,9 @@ mod tests {
         .unwrap()
         .pass();
         assert!(low.key_bits < high.key_bits && low.duration_s < high.duration_s);
+        // Random geometry: the mean pass is poorer than an overhead one, better than none.
+        assert!(high.mean_key_bits_per_pass < high.key_bits);
+        assert!(high.mean_key_bits_per_pass > 0.1 * high.key_bits);
         let cloudy = SatelliteLink::new(SatelliteParams {
             weather_outage: 0.8,
             ..Default::default()
@@ -335,6 +382,16 @@ mod tests {
             trusted_relay_key_per_day(&high, &cloudy),
             cloudy.key_bits_per_day
         );
+    }
+
+    #[test]
+    fn passes_per_day_estimate() {
+        // 500 km, 15° minimum elevation: 15.24 orbits a day (period 94.5 min), ψ = 0.1995 rad; at 40° latitude
+        // 2·15.2·0.1995/(π·cos 40°) ≈ 2.5 passes a day; more towards the poles.
+        let n40 = polar_passes_per_day(500.0, 15.0, 40.0);
+        assert!((n40 - 2.52).abs() < 0.05, "{n40}");
+        assert!(polar_passes_per_day(500.0, 15.0, 70.0) > n40);
+        assert!(polar_passes_per_day(500.0, 15.0, 89.9) <= 2.0 * 15.25);
     }
 
     #[test]

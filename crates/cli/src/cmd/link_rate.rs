@@ -116,6 +116,13 @@ pub struct Args {
     /// Repetition (symbol) rate, Hz.
     #[arg(long)]
     rep_rate: Option<f64>,
+    /// Dark-count rate per detector, Hz; with --time-window sets Y0 (two detectors),
+    /// p_dc or p_d per window.
+    #[arg(long, requires = "time_window")]
+    dark_count_rate: Option<f64>,
+    /// Detection time window (gate width), s.
+    #[arg(long, requires = "dark_count_rate")]
+    time_window: Option<f64>,
 
     // ---- finite key ----
     /// Block size n_X (detected X-basis events per block).
@@ -191,8 +198,12 @@ pub struct Args {
     #[arg(long)]
     fixed_loss: Option<f64>,
     /// Usable passes per day.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "latitude")]
     passes_per_day: Option<f64>,
+    /// Ground-station latitude, degrees: passes per day from polar-orbit geometry (night
+    /// passes only: half of them).
+    #[arg(long)]
+    latitude: Option<f64>,
     /// Probability that a pass is lost to weather.
     #[arg(long)]
     weather_outage: Option<f64>,
@@ -291,6 +302,12 @@ fn flag_users(a: &Args) -> Vec<(&'static str, bool, &'static [Protocol])> {
         ("--fixed-loss", a.fixed_loss.is_some(), &[Satellite]),
         ("--passes-per-day", a.passes_per_day.is_some(), &[Satellite]),
         ("--weather-outage", a.weather_outage.is_some(), &[Satellite]),
+        ("--latitude", a.latitude.is_some(), &[Satellite]),
+        (
+            "--dark-count-rate",
+            a.dark_count_rate.is_some(),
+            &[Bb84Decoy, Bb84DecoyInf, Bb84Finite, TfSns, Satellite],
+        ),
         ("--eta-emit", a.eta_emit.is_some(), &[Repeater]),
         (
             "--max-attempt-rate",
@@ -344,8 +361,19 @@ pub fn parse_distances(s: &str) -> Result<Vec<f64>> {
     }
 }
 
+/// Dark-count probability per detector per window from --dark-count-rate × --time-window.
+fn p_dark(a: &Args) -> Option<f64> {
+    match (a.dark_count_rate, a.time_window) {
+        (Some(r), Some(w)) => Some(r * w),
+        _ => None,
+    }
+}
+
 fn decoy_params(a: &Args) -> DecoyBb84Params {
     let mut p = DecoyBb84Params::default();
+    if let Some(pd) = p_dark(a) {
+        p.y0 = 1.0 - (1.0 - pd.clamp(0.0, 1.0)).powi(2);
+    }
     set(&mut p.alpha_db_per_km, a.alpha);
     set(&mut p.eta_bob, a.eta_bob);
     set(&mut p.y0, a.y0);
@@ -369,6 +397,7 @@ fn model(proto: Protocol, a: &Args) -> Result<Box<dyn LinkModel>> {
             let mut p = FiniteDecoyBb84Params::default();
             set(&mut p.alpha_db_per_km, a.alpha);
             set(&mut p.eta_bob, a.eta_bob);
+            set(&mut p.p_dc, p_dark(a));
             set(&mut p.p_dc, a.p_dc);
             set(&mut p.p_ap, a.p_ap);
             set(&mut p.e_mis, a.e_d);
@@ -410,6 +439,7 @@ fn model(proto: Protocol, a: &Args) -> Result<Box<dyn LinkModel>> {
             let mut p = TfSnsParams::default();
             set(&mut p.alpha_db_per_km, a.alpha);
             set(&mut p.eta_d, a.eta_d);
+            set(&mut p.p_d, p_dark(a));
             set(&mut p.p_d, a.p_d);
             set(&mut p.e_d, a.e_d);
             set(&mut p.f, a.f);
@@ -605,6 +635,20 @@ fn run_satellite(a: &Args) -> Result<()> {
     set(&mut p.passes_per_day, a.passes_per_day);
     set(&mut p.weather_outage, a.weather_outage);
     set(&mut p.link.eta_bob, a.eta_bob);
+    if let Some(pd) = p_dark(a) {
+        p.link.y0 = 1.0 - (1.0 - pd.clamp(0.0, 1.0)).powi(2);
+    }
+    if let Some(lat) = a.latitude {
+        if !(lat.is_finite() && lat.abs() < 90.0) {
+            bail!("--latitude must lie strictly between -90 and 90 degrees, got {lat}");
+        }
+        p.passes_per_day = 0.5
+            * kagi_quantum::satellite::polar_passes_per_day(
+                p.altitude_km,
+                p.min_elevation_deg,
+                lat,
+            );
+    }
     set(&mut p.link.y0, a.y0);
     set(&mut p.link.e_d, a.e_d);
     set(&mut p.link.f, a.f);
@@ -644,6 +688,7 @@ fn run_satellite(a: &Args) -> Result<()> {
             "protocol": "satellite",
             "pass_duration_s": s.duration_s,
             "key_bits_per_pass": s.key_bits,
+            "mean_key_bits_per_pass": s.mean_key_bits_per_pass,
             "key_bits_per_day": s.key_bits_per_day,
             "passes_per_day": p.passes_per_day,
             "weather_outage": p.weather_outage,
@@ -668,8 +713,8 @@ fn run_satellite(a: &Args) -> Result<()> {
         s.loss_db_range.0, s.loss_db_range.1, s.range_km_range.0, s.range_km_range.1
     );
     println!(
-        "# key per pass {:.4e} bit; per day {:.4e} bit ({} passes, weather outage {})",
-        s.key_bits, s.key_bits_per_day, p.passes_per_day, p.weather_outage
+        "# key this pass {:.4e} bit; mean pass {:.4e} bit; per day {:.4e} bit ({:.2} passes, weather outage {})",
+        s.key_bits, s.mean_key_bits_per_pass, s.key_bits_per_day, p.passes_per_day, p.weather_outage
     );
     println!(
         "{:>8} {:>13} {:>9} {:>8} {:>12}",

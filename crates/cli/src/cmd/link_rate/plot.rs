@@ -176,6 +176,17 @@ fn esc(s: &str) -> String {
 }
 
 impl Plot {
+    /// Left edge of the legend: far enough from the right edge for the longest label.
+    fn legend_x(&self) -> i32 {
+        let longest = self
+            .series
+            .iter()
+            .map(|s| s.label.chars().count())
+            .max()
+            .unwrap_or(0) as i32;
+        W - RIGHT - 50 - 12 * longest
+    }
+
     /// The plot as an SVG document.
     pub fn to_svg(&self) -> String {
         let f = Frame::new(self);
@@ -233,7 +244,7 @@ impl Plot {
             }
             // Legend.
             let ly = pt + 20 + 20 * i as i32;
-            let lx = pr - 250;
+            let lx = self.legend_x();
             let _ = writeln!(
                 s,
                 r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="rgb({r},{g},{b})" stroke-width="2"{dash}/><text x="{}" y="{}" font-size="14">{}</text>"#,
@@ -309,7 +320,7 @@ impl Plot {
                 }
             }
             let ly = (pt as i32 + 20 + 20 * i as i32) as f64;
-            let lx = pr - 250.0;
+            let lx = self.legend_x() as f64;
             c.line(lx, ly, lx + 30.0, ly, col, 2, ser.dashed);
             c.text(lx as i32 + 38, ly as i32 - 7, &ser.label, 2, (0, 0, 0));
         }
