@@ -78,6 +78,9 @@ pub struct Args {
     /// Draw rate against distance (log axis) into FILE.svg or FILE.png.
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
+    /// Plot bit/s instead of bit per pulse (PLOB drawn at the first protocol's pulse rate).
+    #[arg(long, requires = "plot")]
+    plot_bps: bool,
 
     // ---- fibre and detector ----
     /// Fibre attenuation α, dB/km.
@@ -532,16 +535,34 @@ pub fn run(a: Args) -> Result<()> {
     let mut rows = Vec::new();
     let mut series = Vec::new();
     let mut plob = Vec::new();
+    let mut plob_label = String::new();
     for &proto in &protos {
         let m = model(proto, &a)?;
+        let scale = if a.plot_bps {
+            m.repetition_rate_hz()
+        } else {
+            1.0
+        };
         let mut pts = Vec::new();
+        let first = plob.is_empty();
         for &d in &distances {
             let p = m.evaluate(d)?;
-            pts.push((d, p.rate_per_pulse));
-            if plob.len() < distances.len() {
-                plob.push((d, p.plob_per_use));
+            pts.push((d, p.rate_per_pulse * scale));
+            if first {
+                plob.push((d, p.plob_per_use * scale));
             }
             rows.push((m.name(), p));
+        }
+        if first {
+            plob_label = if a.plot_bps {
+                format!(
+                    "PLOB ({} dB/km, {:.3e} Hz)",
+                    m.alpha_db_per_km(),
+                    m.repetition_rate_hz()
+                )
+            } else {
+                format!("PLOB bound ({} dB/km)", m.alpha_db_per_km())
+            };
         }
         series.push(plot::Series {
             label: m.name().to_string(),
@@ -551,14 +572,18 @@ pub fn run(a: Args) -> Result<()> {
     }
     if let Some(path) = &a.plot {
         series.push(plot::Series {
-            label: "PLOB bound".into(),
+            label: plob_label,
             points: plob,
             dashed: true,
         });
         let p = plot::Plot {
             title: "Secret key rate against distance".into(),
             x_label: "distance (km)".into(),
-            y_label: "secret key rate (bit per pulse)".into(),
+            y_label: if a.plot_bps {
+                "secret key rate (bit/s)".into()
+            } else {
+                "secret key rate (bit per pulse)".into()
+            },
             series,
         };
         write_plot(path, &p)?;
