@@ -289,6 +289,20 @@ mod tests {
         assert!(base > 0.0);
         assert!(noisy.secret_key_rate_per_pulse(10.0) < base);
         assert!(lossy.secret_key_rate_per_pulse(10.0) < base);
+        // Excess noise limits the range: ξ = 0.05 ends the key before 200 km, ξ = 0.1
+        // before 100 km, while ξ = 0.01 still has a key at 200 km.
+        let at = |xi: f64, l: f64| {
+            CvGg02::new(CvGg02Params {
+                xi,
+                ..Default::default()
+            })
+            .unwrap()
+            .secret_key_rate_per_pulse(l)
+        };
+        assert!(at(0.01, 200.0) > 0.0);
+        assert_eq!(at(0.05, 200.0), 0.0);
+        assert_eq!(at(0.1, 100.0), 0.0);
+        assert!(at(0.05, 100.0) > 0.0);
         // Past ≈ 130 dB the entropy difference is rounding noise: reported as no key.
         assert_eq!(CvGg02::default().secret_key_rate_per_pulse(1000.0), 0.0);
         // Reverse reconciliation has no 3 dB limit: an ideal system keeps a key at 30 dB.
