@@ -836,5 +836,8 @@ mod tests {
         }
         assert_eq!(b.ones().collect::<Vec<_>>(), vec![0, 63, 64, 130, 199]);
         assert_eq!(b.count_ones(), 5);
+        let empty = PhotonSim::new(PhotonParams::default(), 1).unwrap().run(0);
+        assert_eq!(empty.pulses, 0);
+        assert!(empty.bob_detected.is_empty() && empty.intensity.is_empty());
     }
 }
