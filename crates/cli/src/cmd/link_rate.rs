@@ -492,11 +492,11 @@ fn sci(v: f64) -> String {
     }
 }
 
-/// Runs the subcommand.
-pub fn run(a: Args) -> Result<()> {
+/// Checks the flag combination; returns the protocols, deduplicated.
+fn validate(a: &Args) -> Result<Vec<Protocol>> {
     let mut protos = a.protocol.clone();
     protos.dedup();
-    for (flag, given, users) in flag_users(&a) {
+    for (flag, given, users) in flag_users(a) {
         if given && !protos.iter().any(|p| users.contains(p)) {
             let names: Vec<String> = users
                 .iter()
@@ -521,6 +521,12 @@ pub fn run(a: Args) -> Result<()> {
             "--protocol satellite and repeater cannot be combined with other protocols in one run"
         );
     }
+    Ok(protos)
+}
+
+/// Runs the subcommand.
+pub fn run(a: Args) -> Result<()> {
+    let protos = validate(&a)?;
     match protos[0] {
         Protocol::Satellite => return run_satellite(&a),
         Protocol::Repeater => return run_repeater(&a),
@@ -839,6 +845,90 @@ fn run_repeater(a: &Args) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: Args,
+    }
+
+    /// JSON rows as `--json` prints them, for fibre protocols.
+    fn rows(args: &[&str]) -> Result<Vec<Value>> {
+        let mut argv = vec!["kagi-link-rate"];
+        argv.extend_from_slice(args);
+        let a = T::try_parse_from(argv)?.a;
+        let protos = validate(&a)?;
+        let distances = parse_distances(a.distance.as_deref().unwrap_or("0:100:50"))?;
+        let mut out = Vec::new();
+        for p in protos {
+            let m = model(p, &a)?;
+            for &d in &distances {
+                out.push(row_json(m.name(), &m.evaluate(d)?));
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn json_rows_have_the_documented_fields() {
+        let r = rows(&[
+            "--protocol",
+            "bb84-decoy,bb84-decoy-inf,bb84-finite,cv-gg02,tf-sns",
+        ])
+        .unwrap();
+        assert_eq!(r.len(), 5 * 3);
+        for row in &r {
+            for k in [
+                "protocol",
+                "distance_km",
+                "rate_per_pulse",
+                "rate_bps",
+                "plob_per_use",
+            ] {
+                assert!(row.get(k).is_some(), "{k} missing in {row}");
+            }
+            let d = row["distance_km"].as_f64().unwrap();
+            // PLOB is infinite at 0 km and written as null; elsewhere a number.
+            assert_eq!(row["plob_per_use"].is_null(), d == 0.0, "{row}");
+        }
+        let bb84 = &r[1];
+        assert_eq!(bb84["protocol"], "bb84-decoy");
+        for k in ["gain", "qber", "y1_lower", "e1_upper"] {
+            assert!(bb84[k].as_f64().unwrap() > 0.0, "{k}");
+        }
+        // rate_bps = rate_per_pulse × 1 GHz for the default BB84 link.
+        let (rp, rb) = (
+            bb84["rate_per_pulse"].as_f64().unwrap(),
+            bb84["rate_bps"].as_f64().unwrap(),
+        );
+        assert!((rb / rp - 1e9).abs() < 1.0);
+    }
+
+    #[test]
+    fn flags_reach_the_models_and_bad_input_is_an_error() {
+        let base = rows(&["--protocol", "bb84-decoy", "--distance", "50"]).unwrap();
+        let lossy = rows(&[
+            "--protocol",
+            "bb84-decoy",
+            "--distance",
+            "50",
+            "--alpha",
+            "0.3",
+        ])
+        .unwrap();
+        assert!(lossy[0]["rate_per_pulse"].as_f64() < base[0]["rate_per_pulse"].as_f64());
+        let e = rows(&["--protocol", "bb84-decoy", "--mu", "0.1", "--nu", "0.2"]).unwrap_err();
+        assert!(e.to_string().contains("mu > nu"), "{e}");
+        let e = rows(&["--protocol", "bb84-decoy", "--alpha", "-0.2"]).unwrap_err();
+        assert!(e.to_string().contains("alpha"), "{e}");
+        let e = rows(&["--protocol", "bb84-decoy", "--va", "4"]).unwrap_err();
+        assert!(e.to_string().contains("--va"), "{e}");
+        let e = rows(&["--protocol", "tf-sns", "--eps", "1.5"]).unwrap_err();
+        assert!(e.to_string().contains("eps"), "{e}");
+        assert!(rows(&["--protocol", "satellite,bb84-decoy"]).is_err());
+        assert!(rows(&["--protocol", "nonsense"]).is_err());
+    }
 
     #[test]
     fn distance_ranges() {
