@@ -310,6 +310,31 @@ fn stale_node(pid_file: &Path, cfg: &Path) -> Option<u32> {
         .then_some(pid)
 }
 
+/// Refuses to touch a directory whose network is still running (another `kagi up`, or nodes
+/// left behind by one that was killed).
+fn check_no_live_nodes(dir: &Path) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir.join("nodes")) else {
+        return Ok(());
+    };
+    let mut live = Vec::new();
+    for e in entries.flatten() {
+        let cfg = e.path().join("node.toml");
+        if let Some(pid) = stale_node(&e.path().join("node.pid"), &cfg) {
+            live.push(format!("{} (pid {pid})", e.file_name().to_string_lossy()));
+        }
+    }
+    if live.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "nodes of a network in {} are still running: {}; stop that `kagi up` (Ctrl-C) or \
+             the nodes first",
+            dir.display(),
+            live.join(", ")
+        )
+    }
+}
+
 struct Child {
     id: String,
     proc: tokio::process::Child,
@@ -553,6 +578,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let dir = args.data_dir.canonicalize()?;
+    check_no_live_nodes(&dir)?;
     let prep = prepare(&args, &dir)?;
     let _ = std::fs::remove_file(dir.join("network.json"));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -678,6 +704,48 @@ mod tests {
             curl.contains("koganei") && curl.contains("3 hops"),
             "{curl}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn user_topology_with_its_own_addresses() {
+        let dir = tmp();
+        let topo = r#"
+            name = "line"
+            [[nodes]]
+            id = "n1"
+            saes = ["s1"]
+            etsi014_addr = "127.0.0.1:45001"
+            [[nodes]]
+            id = "n2"
+            [[nodes]]
+            id = "n3"
+            saes = ["s3"]
+            [[links]]
+            a = "n1"
+            b = "n2"
+            length_km = 20.0
+            [[links]]
+            a = "n2"
+            b = "n3"
+            length_km = 30.0
+        "#;
+        let file = dir.join("line.toml");
+        std::fs::write(&file, topo).unwrap();
+        let mut a = args(&dir);
+        a.topology = Some(file);
+        a.rate_multiplier = Some(3.0);
+        let p = prepare(&a, &dir).unwrap();
+        assert_eq!(p.topo.rate_multiplier, 3.0);
+        assert_eq!(p.network.nodes[0].etsi014_url, "https://127.0.0.1:45001");
+        assert!(p.network.nodes[1].saes.is_empty());
+        let curl = curl_pair(&dir, &p.topo, &p.network).unwrap();
+        assert!(
+            curl.contains("s1 at n1") && curl.contains("s3 at n3") && curl.contains("2 hops"),
+            "{curl}"
+        );
+        a.rate_multiplier = Some(-1.0);
+        assert!(prepare(&a, &dir).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
