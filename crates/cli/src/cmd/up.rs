@@ -402,6 +402,8 @@ async fn spawn_nodes(dir: &Path, prep: &Prepared) -> anyhow::Result<Vec<Child>> 
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
+            // Logs go to a file: no terminal colour codes in it.
+            .env("NO_COLOR", "1")
             .kill_on_drop(true);
         // Own process group: a terminal Ctrl-C reaches only `kagi up`, which then stops the
         // nodes in order.
