@@ -29,6 +29,7 @@ const PAR_MIN: usize = 1 << 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Kernels {
     simd: bool,
+    wide: bool,
 }
 
 impl Kernels {
@@ -36,17 +37,30 @@ impl Kernels {
     pub(crate) fn best() -> Self {
         Self {
             simd: clmul_unsafe::available(),
+            wide: true,
         }
     }
 
     /// Portable kernels only (reference for tests).
     #[cfg(test)]
     pub(crate) fn portable() -> Self {
-        Self { simd: false }
+        Self {
+            simd: false,
+            wide: false,
+        }
+    }
+
+    /// 128-bit PCLMULQDQ kernels only (no AVX-512), for tests.
+    #[cfg(test)]
+    pub(crate) fn narrow() -> Self {
+        Self {
+            simd: clmul_unsafe::available(),
+            wide: false,
+        }
     }
 
     fn bfly_fwd(self, a: &mut [u64], b: &mut [u64], s: u64) {
-        if self.simd && clmul_unsafe::bfly_fwd(a, b, s) {
+        if self.simd && clmul_unsafe::bfly_fwd(a, b, s, self.wide) {
             return;
         }
         for (x, y) in a.iter_mut().zip(b.iter_mut()) {
@@ -56,7 +70,7 @@ impl Kernels {
     }
 
     fn bfly_inv(self, a: &mut [u64], b: &mut [u64], s: u64) {
-        if self.simd && clmul_unsafe::bfly_inv(a, b, s) {
+        if self.simd && clmul_unsafe::bfly_inv(a, b, s, self.wide) {
             return;
         }
         for (x, y) in a.iter_mut().zip(b.iter_mut()) {
@@ -66,7 +80,7 @@ impl Kernels {
     }
 
     fn leaf_fwd(self, data: &mut [u64], tw: &[u64], c0: usize) {
-        if self.simd && clmul_unsafe::fft_block_fwd(data, tw, c0) {
+        if self.simd && clmul_unsafe::fft_block_fwd(data, tw, c0, self.wide) {
             return;
         }
         let m = data.len().trailing_zeros();
@@ -81,7 +95,7 @@ impl Kernels {
     }
 
     fn leaf_inv(self, data: &mut [u64], tw: &[u64], c0: usize) {
-        if self.simd && clmul_unsafe::fft_block_inv(data, tw, c0) {
+        if self.simd && clmul_unsafe::fft_block_inv(data, tw, c0, self.wide) {
             return;
         }
         let m = data.len().trailing_zeros();
@@ -96,7 +110,7 @@ impl Kernels {
     }
 
     fn pointwise(self, a: &mut [u64], b: &[u64]) {
-        if self.simd && clmul_unsafe::pointwise(a, b) {
+        if self.simd && clmul_unsafe::pointwise(a, b, self.wide) {
             return;
         }
         for (x, y) in a.iter_mut().zip(b) {
@@ -593,38 +607,76 @@ fn fft_inv_big(data: &mut [u64], tw: &[u64], kern: Kernels, threads: usize) {
     top_layers_par(data, tw, kern, threads, true, data.len());
 }
 
-/// Multiplies two polynomials over GF(2^64) given by coefficient vectors (whose products
-/// must not need reduction to be meaningful as binary products — see the module doc);
-/// returns `a.len() + b.len() − 1` coefficients (empty if either is empty).
-pub(crate) fn mul_gf64_poly(a: Vec<u64>, b: Vec<u64>, kern: Kernels, threads: usize) -> Vec<u64> {
-    if a.is_empty() || b.is_empty() {
-        return Vec::new();
+/// Reusable big buffers: fresh 64 MiB allocations cost more in page faults than the memset.
+static POOL: std::sync::Mutex<Vec<Vec<u64>>> = std::sync::Mutex::new(Vec::new());
+
+/// A zero-filled buffer of `len` words, reused from the pool when possible.
+pub(crate) fn take_zeroed(len: usize) -> Vec<u64> {
+    if len >= PAR_MIN {
+        if let Ok(mut p) = POOL.lock() {
+            if let Some(i) = p.iter().position(|v| v.capacity() >= len) {
+                let mut v = p.swap_remove(i);
+                v.clear();
+                v.resize(len, 0);
+                return v;
+            }
+        }
     }
-    let out_len = a.len() + b.len() - 1;
-    let l = out_len.next_power_of_two().max(2);
+    vec![0; len]
+}
+
+/// Wipes a buffer (it held key-derived data) and returns it to the pool.
+pub(crate) fn recycle(mut v: Vec<u64>) {
+    use zeroize::Zeroize;
+    v.zeroize();
+    if v.capacity() >= PAR_MIN {
+        if let Ok(mut p) = POOL.lock() {
+            if p.len() < 3 {
+                p.push(v);
+            }
+        }
+    }
+}
+
+/// Transform length (power of two ≥ 2) for a product with `out_len` coefficients.
+pub(crate) fn transform_len(out_len: usize) -> usize {
+    out_len.next_power_of_two().max(2)
+}
+
+/// Multiplies two polynomials over GF(2^64) held zero-padded in buffers of the transform length
+/// `l` (see [`transform_len`]), with `ext_a`/`ext_b` leading coefficients possibly non-zero and
+/// `ext_a + ext_b − 1 ≤ l`. The products must not need reduction to be meaningful as binary
+/// products (see the module doc). Consumes both buffers; returns the `l` product coefficients.
+pub(crate) fn mul_padded(
+    a: Vec<u64>,
+    ext_a: usize,
+    b: Vec<u64>,
+    ext_b: usize,
+    kern: Kernels,
+    threads: usize,
+) -> Vec<u64> {
+    let l = a.len();
+    debug_assert!(l.is_power_of_two() && b.len() == l && ext_a + ext_b <= l + 1);
     let k = l.trailing_zeros();
     let tw = gf64::twiddles(l / 2);
-    let transform = |mut v: Vec<u64>, th: usize| {
-        let ext = v.len();
-        v.resize(l, 0);
+    let transform = |mut v: Vec<u64>, ext: usize, th: usize| {
         novel_fwd_big(&mut v, k, th, ext);
         fft_fwd_big(&mut v, &tw, kern, th, ext);
         v
     };
     let (mut fa, fb) = if threads > 1 {
         std::thread::scope(|s| {
-            let h = s.spawn(|| transform(a, threads / 2));
-            let fb = transform(b, threads - threads / 2);
+            let h = s.spawn(|| transform(a, ext_a, threads / 2));
+            let fb = transform(b, ext_b, threads - threads / 2);
             (h.join().expect("transform thread panicked"), fb)
         })
     } else {
-        (transform(a, 1), transform(b, 1))
+        (transform(a, ext_a, 1), transform(b, ext_b, 1))
     };
     par_pointwise(&mut fa, &fb, threads, kern);
-    drop(fb);
+    recycle(fb);
     fft_inv_big(&mut fa, &tw, kern, threads);
     novel_inv_big(&mut fa, k, threads);
-    fa.truncate(out_len);
     fa
 }
 
@@ -690,7 +742,7 @@ mod tests {
             let n = 1usize << k;
             let nov: Vec<u64> = (0..n).map(|_| rng.gen()).collect();
             let tw = gf64::twiddles(n / 2);
-            for kern in [Kernels::portable(), Kernels::best()] {
+            for kern in [Kernels::portable(), Kernels::narrow(), Kernels::best()] {
                 let mut v = nov.clone();
                 fft_fwd(&mut v, &tw, 0, kern, 1);
                 for (u, &val) in v.iter().enumerate() {
@@ -713,6 +765,14 @@ mod tests {
         fft_fwd(&mut a, &tw, 0, Kernels::portable(), 1);
         fft_fwd(&mut b, &tw, 0, Kernels::best(), 2);
         assert_eq!(a, b);
+        let mut n2 = data.clone();
+        fft_fwd(&mut n2, &tw, 0, Kernels::narrow(), 1);
+        assert_eq!(a, n2);
+        let mut p = a.clone();
+        Kernels::portable().pointwise(&mut p, &data);
+        let mut w = a.clone();
+        Kernels::best().pointwise(&mut w, &data);
+        assert_eq!(p, w);
         let mut c = data.clone();
         to_novel(&mut c, 14, 1, 2);
         let mut d = data;

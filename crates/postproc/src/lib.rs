@@ -13,3 +13,4 @@ pub mod gf64;
 pub mod toeplitz;
 
 pub use bits::BitVec;
+pub mod cascade;

@@ -134,35 +134,62 @@ pub(crate) fn schoolbook(a: &[u64], b: &[u64]) -> Vec<u64> {
     out
 }
 
-/// Splits packed words into 32-bit chunks as GF(2^64) coefficients.
-fn to_chunks(words: &[u64]) -> Vec<u64> {
-    let mut v = Vec::with_capacity(2 * words.len());
-    for &w in words {
-        v.push(w & 0xffff_ffff);
-        v.push(w >> 32);
+/// Number of 32-bit chunks that hold the non-zero part of a packed polynomial.
+fn chunk_len(words: &[u64]) -> usize {
+    let mut n = 2 * words.len();
+    while n > 1 && (words[(n - 1) / 2] >> (32 * ((n - 1) % 2))) & 0xffff_ffff == 0 {
+        n -= 1;
     }
-    while v.last() == Some(&0) && v.len() > 1 {
-        v.pop();
-    }
-    v
+    n.max(1)
 }
 
-/// Product via the additive FFT; returns packed words.
-pub(crate) fn fft_product(a: &[u64], b: &[u64], kern: Kernels, threads: usize) -> Vec<u64> {
-    let ca = to_chunks(a);
-    let cb = to_chunks(b);
-    let prod = additive_fft::mul_gf64_poly(ca, cb, kern, threads);
-    // Coefficient m (≤ 63 bits) sits at bit 32·m.
-    let mut out = vec![0u64; prod.len() / 2 + 2];
-    for (m, &p) in prod.iter().enumerate() {
-        let w = m / 2;
-        if m % 2 == 0 {
-            out[w] ^= p;
-        } else {
-            out[w] ^= p << 32;
-            out[w + 1] ^= p >> 32;
+/// Splits packed words into 32-bit chunks (GF(2^64) coefficients) in a zeroed buffer.
+fn fill_chunks(words: &[u64], buf: &mut [u64], threads: usize) {
+    let n = chunk_len(words).min(buf.len());
+    let fill = |dst: &mut [u64], first: usize| {
+        for (i, d) in dst.iter_mut().enumerate() {
+            let m = first + i;
+            *d = (words[m / 2] >> (32 * (m % 2))) & 0xffff_ffff;
         }
+    };
+    if threads > 1 && n > 1 << 16 {
+        let (d0, d1) = buf[..n].split_at_mut(n / 2);
+        std::thread::scope(|s| {
+            s.spawn(|| fill(d0, 0));
+            fill(d1, n / 2);
+        });
+    } else {
+        fill(&mut buf[..n], 0);
     }
+}
+
+/// Product via the additive FFT; returns packed words (at least enough for the product).
+pub(crate) fn fft_product(a: &[u64], b: &[u64], kern: Kernels, threads: usize) -> Vec<u64> {
+    let (ea, eb) = (chunk_len(a), chunk_len(b));
+    let l = additive_fft::transform_len(ea + eb - 1);
+    let mut pa = additive_fft::take_zeroed(l);
+    let mut pb = additive_fft::take_zeroed(l);
+    fill_chunks(a, &mut pa, threads);
+    fill_chunks(b, &mut pb, threads);
+    let prod = additive_fft::mul_padded(pa, ea, pb, eb, kern, threads);
+    // Coefficient m (≤ 63 bits) sits at bit 32·m.
+    let used = ea + eb - 1;
+    let mut out = vec![0u64; used / 2 + 2];
+    for (w, o) in out.iter_mut().enumerate() {
+        let even = prod.get(2 * w).copied().unwrap_or(0);
+        let odd_here = if 2 * w + 1 < used {
+            prod[2 * w + 1] << 32
+        } else {
+            0
+        };
+        let odd_prev = if w > 0 && 2 * w - 1 < used {
+            prod[2 * w - 1] >> 32
+        } else {
+            0
+        };
+        *o = even ^ odd_here ^ odd_prev;
+    }
+    additive_fft::recycle(prod);
     out
 }
 
