@@ -865,3 +865,118 @@ async fn shutdown_stops_the_server() {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert!(net.client("sae-a").status("sae-b").await.is_err());
 }
+
+/// Random paths, queries and bodies (seeded, so a failure reproduces): every answer is a JSON
+/// 400 (or 401/503 from the service), never a 5xx, a panic or a dropped connection.
+#[tokio::test]
+async fn random_requests_never_break_the_server() {
+    use rand::{Rng, SeedableRng};
+    let net = start(Mem::with_pool(1_000_000)).await;
+    let a = net.client("sae-a");
+    let seed: u64 = std::env::var("KAGI_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x6b616769);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut sent = 0;
+    let pieces = [
+        "/api/v1/keys/",
+        "sae-b",
+        "sae-a",
+        "/",
+        "status",
+        "enc_keys",
+        "dec_keys",
+        "%",
+        "%2F",
+        "%00",
+        "%zz",
+        "%C3%A9",
+        "..",
+        "?",
+        "&",
+        "=",
+        "number",
+        "size",
+        "key_ID",
+        "-1",
+        "0",
+        "8",
+        "18446744073709551616",
+        "1e9",
+        "sae-c",
+        "%E2%80%AE",
+        "//",
+        ";",
+        "+",
+    ];
+    let json_bits = [
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ":",
+        "\"number\"",
+        "\"size\"",
+        "\"key_IDs\"",
+        "\"key_ID\"",
+        "\"additional_slave_SAE_IDs\"",
+        "\"extension_mandatory\"",
+        "\"extension_optional\"",
+        "1",
+        "-1",
+        "0.5",
+        "1e999",
+        "null",
+        "true",
+        "\"sae-c\"",
+        "\"\\u0000\"",
+        "\"\\ud800\"",
+        "99999999999999999999",
+        "\"0b5c7a4e-0d8e-4b44-9c1e-1f7f3b0e2d11\"",
+        " ",
+    ];
+    for i in 0..400 {
+        let mut target = String::from("/api/v1/keys/");
+        for _ in 0..rng.gen_range(0..8) {
+            target.push_str(pieces[rng.gen_range(0..pieces.len())]);
+        }
+        let method = ["GET", "POST", "PUT", "HEAD"][rng.gen_range(0..4)];
+        let body: Option<Vec<u8>> = (method == "POST").then(|| {
+            let mut b = String::new();
+            for _ in 0..rng.gen_range(0..24) {
+                b.push_str(json_bits[rng.gen_range(0..json_bits.len())]);
+            }
+            let mut bytes = b.into_bytes();
+            if rng.gen_bool(0.1) {
+                bytes.push(rng.gen());
+            }
+            bytes
+        });
+        // Targets the HTTP layer itself refuses to send are not the server's concern.
+        let Ok(r) = a.request(method, &target, body.clone(), false).await else {
+            continue;
+        };
+        sent += 1;
+        assert!(
+            [200, 400, 401, 503].contains(&r.status),
+            "seed {seed} case {i}: {method} {target} {:?} -> {}",
+            body.as_deref().map(String::from_utf8_lossy),
+            r.status
+        );
+        if method != "HEAD" {
+            assert_eq!(
+                r.content_type.as_deref(),
+                Some("application/json"),
+                "seed {seed} case {i}"
+            );
+            let v: Value = serde_json::from_slice(&r.body).unwrap();
+            if r.status != 200 {
+                assert!(v["message"].is_string(), "seed {seed} case {i}: {v}");
+            }
+        }
+    }
+    assert!(sent > 300, "only {sent} requests were sent");
+    assert!(a.status("sae-b").await.is_ok());
+}
