@@ -980,3 +980,49 @@ async fn random_requests_never_break_the_server() {
     assert!(sent > 300, "only {sent} requests were sent");
     assert!(a.status("sae-b").await.is_ok());
 }
+
+/// Adapter overhead, not a correctness test: enc_keys + dec_keys pairs (one 256-bit key each)
+/// through TLS and HTTP against the in-memory service, 8 concurrent keep-alive clients per side.
+/// `cargo test --release -p kagi-node --test etsi014_adapter -- --ignored --nocapture throughput`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run by hand in release mode"]
+async fn throughput_of_the_adapter() {
+    let net = Arc::new(start(Mem::with_pool(u64::MAX)).await);
+    let per_client = 2000;
+    let clients = 8;
+    let t0 = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let net = net.clone();
+        tasks.push(tokio::spawn(async move {
+            let a = net.client("sae-a");
+            let b = net.client("sae-b");
+            let mut lat = Vec::with_capacity(per_client);
+            for _ in 0..per_client {
+                let t = std::time::Instant::now();
+                let k = a
+                    .enc_keys("sae-b", &wire::KeyRequest::default())
+                    .await
+                    .unwrap();
+                let got = b.dec_keys("sae-a", &[k[0].id]).await.unwrap();
+                assert_eq!(got, k);
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    lat.sort();
+    let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize];
+    println!(
+        "{} keys delivered to master and slave in {secs:.2} s: {:.0} keys/s; pair latency p50 {:?} p99 {:?}",
+        lat.len(),
+        lat.len() as f64 / secs,
+        p(0.5),
+        p(0.99)
+    );
+}
