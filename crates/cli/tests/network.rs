@@ -642,3 +642,57 @@ fn printed_curl_pair_fetches_the_same_key_three_hops_apart() {
     assert_eq!(lines[1], lines[0], "slave 3 hops away got the master's key");
     up.stop();
 }
+
+/// If `kagi up` itself dies, its nodes keep running; a new `kagi up` on the directory refuses to
+/// start a second network over them, and `kagi up --stop` stops them.
+#[test]
+fn left_over_nodes_are_detected_and_stopped() {
+    let _serial = ONE_AT_A_TIME.blocking_lock();
+    let tmp = TempDir::new();
+    let mut up = Up::start(&tmp.0);
+    let pids: Vec<u32> = std::fs::read_dir(tmp.0.join("nodes"))
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path().join("node.pid");
+            std::fs::read_to_string(p).unwrap().trim().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(pids.len(), 6);
+    up.child.kill().unwrap(); // SIGKILL: no chance to stop its children
+    up.child.wait().unwrap();
+    // Exists and has not exited (an unreaped zombie has exited).
+    let alive = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|st| st.rsplit_once(')').map(|(_, r)| r.trim_start().to_owned()))
+            .is_some_and(|r| !r.starts_with('Z') && !r.starts_with('X'))
+    };
+    assert!(pids.iter().all(alive), "nodes outlive a killed kagi up");
+    let kagi = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kagi"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&tmp.0)
+            .output()
+            .unwrap()
+    };
+    let again = kagi(&["up"]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("still running") && err.contains("--stop"),
+        "{err}"
+    );
+    assert!(pids.iter().all(alive), "the refused run touched nothing");
+    let stop = kagi(&["up", "--stop"]);
+    assert!(
+        stop.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    let start = Instant::now();
+    while pids.iter().any(alive) && start.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!pids.iter().any(alive), "kagi up --stop stopped every node");
+}

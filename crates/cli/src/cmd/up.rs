@@ -48,6 +48,10 @@ pub struct Args {
     /// Seconds to wait for every node to answer.
     #[arg(long, default_value_t = 60)]
     pub wait_secs: u64,
+    /// Stop nodes of this directory left running (e.g. after `kagi up` itself was killed),
+    /// then exit.
+    #[arg(long)]
+    pub stop: bool,
 }
 
 /// `DIR/network.json`: what scripts and tests rely on. Paths are relative to DIR.
@@ -313,26 +317,73 @@ fn stale_node(pid_file: &Path, cfg: &Path) -> Option<u32> {
 /// Refuses to touch a directory whose network is still running (another `kagi up`, or nodes
 /// left behind by one that was killed).
 fn check_no_live_nodes(dir: &Path) -> anyhow::Result<()> {
-    let Ok(entries) = std::fs::read_dir(dir.join("nodes")) else {
+    let live = live_nodes(dir);
+    if live.is_empty() {
         return Ok(());
+    }
+    let names: Vec<String> = live
+        .iter()
+        .map(|(id, pid, _)| format!("{id} (pid {pid})"))
+        .collect();
+    bail!(
+        "nodes of a network in {d} are still running: {}; stop that `kagi up` (Ctrl-C), or run \
+         `kagi up --stop --data-dir {d}`",
+        names.join(", "),
+        d = dir.display(),
+    )
+}
+
+/// Nodes of `dir` that are alive: (node ID, pid, pid file).
+fn live_nodes(dir: &Path) -> Vec<(String, u32, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir.join("nodes")) else {
+        return Vec::new();
     };
     let mut live = Vec::new();
     for e in entries.flatten() {
-        let cfg = e.path().join("node.toml");
-        if let Some(pid) = stale_node(&e.path().join("node.pid"), &cfg) {
-            live.push(format!("{} (pid {pid})", e.file_name().to_string_lossy()));
+        let pid_file = e.path().join("node.pid");
+        if let Some(pid) = stale_node(&pid_file, &e.path().join("node.toml")) {
+            live.push((e.file_name().to_string_lossy().into_owned(), pid, pid_file));
         }
     }
+    live.sort();
+    live
+}
+
+/// Whether a process exists and has not exited (a zombie that nobody reaped has exited).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|st| {
+            st.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_owned())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+}
+
+/// `kagi up --stop`: SIGTERM to every live node of `dir`, SIGKILL after 10 s.
+fn stop_left_over(dir: &Path) -> anyhow::Result<()> {
+    let live = live_nodes(dir);
     if live.is_empty() {
-        Ok(())
-    } else {
-        bail!(
-            "nodes of a network in {} are still running: {}; stop that `kagi up` (Ctrl-C) or \
-             the nodes first",
-            dir.display(),
-            live.join(", ")
-        )
+        println!("kagi up: no running nodes in {}", dir.display());
+        return Ok(());
     }
+    for (id, pid, _) in &live {
+        println!("kagi up: stopping node {id} (pid {pid})");
+        signal(*pid, "TERM");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (id, pid, pid_file) in &live {
+        while running(*pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if running(*pid) {
+            eprintln!("kagi up: node {id} did not stop in time; killing it");
+            signal(*pid, "KILL");
+        }
+        let _ = std::fs::remove_file(pid_file);
+    }
+    let _ = std::fs::remove_file(dir.join("network.json"));
+    Ok(())
 }
 
 struct Child {
@@ -580,6 +631,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let dir = args.data_dir.canonicalize()?;
+    if args.stop {
+        return stop_left_over(&dir);
+    }
     check_no_live_nodes(&dir)?;
     let prep = prepare(&args, &dir)?;
     let _ = std::fs::remove_file(dir.join("network.json"));
@@ -673,6 +727,7 @@ mod tests {
             rate_multiplier: None,
             base_port: None,
             wait_secs: 5,
+            stop: false,
         }
     }
 
