@@ -14,3 +14,7 @@ pub mod toeplitz;
 
 pub use bits::BitVec;
 pub mod cascade;
+pub mod finite_key;
+pub mod protocol;
+pub mod toy;
+pub mod wire;
