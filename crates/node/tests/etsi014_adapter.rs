@@ -1026,3 +1026,49 @@ async fn throughput_of_the_adapter() {
         p(0.99)
     );
 }
+
+/// Raw bytes that no HTTP client library would send in a request target. Targets that the HTTP
+/// parser itself rejects get hyper's bare 400 (no body: the request never reaches kagi's code);
+/// everything that parses gets kagi's JSON 400.
+#[tokio::test]
+async fn raw_odd_bytes_in_the_request_target_get_400() {
+    let net = start(Mem::with_pool(10)).await;
+    let cases: [(&[u8], u16, bool); 7] = [
+        (b"/api/v1/keys/\xff\xfe/status", 400, false),
+        (b"/api/v1/keys/sae-b\x7f/status", 400, false),
+        (b"/api/v1/keys/s\"ae/status", 400, true),
+        (b"/api/v1/keys/%C3%28/status", 400, true),
+        (b"/api/v1/keys/sae-b/enc_keys?number=%FF", 400, true),
+        (b"*", 400, true),
+        // Absolute form (RFC 9112 3.2.2): servers accept it.
+        (b"http://kme.example/api/v1/keys/sae-b/status", 200, true),
+    ];
+    for (target, status, json) in cases {
+        let mut tls = raw_tls(&net, "sae-a").await;
+        let mut req = b"GET ".to_vec();
+        req.extend_from_slice(target);
+        req.extend_from_slice(b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        tls.write_all(&req).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_to_end(&mut out))
+            .await;
+        let text = String::from_utf8_lossy(&out);
+        let shown = String::from_utf8_lossy(target);
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{shown}: {text}"
+        );
+        let body = &text[text.find("\r\n\r\n").map_or(text.len(), |i| i + 4)..];
+        if json {
+            let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{shown}: {text}"));
+            assert!(status == 200 || v["message"].is_string(), "{shown}: {text}");
+        } else {
+            assert!(body.is_empty(), "{shown}: {text}");
+        }
+    }
+    assert_eq!(
+        net.mem.calls(),
+        1,
+        "only the absolute-form request reached the key manager"
+    );
+}
