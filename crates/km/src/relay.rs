@@ -233,7 +233,12 @@ impl KeyManager {
     /// The neighbour spends its half oldest block first, so once it references block `n` it
     /// holds nothing older: our copies of its half before `n` can go.
     fn gc_rx(&mut self, peer: &str, spans: &[Span], batch: &mut Vec<Record>) {
-        let Some(floor) = spans.iter().map(|s| s.id).min() else {
+        // Hops from this neighbour still waiting here reference older blocks: keep those.
+        let waiting = self.waiting_hops.iter().filter(|h| h.from == peer).filter_map(|h| match &h.msg {
+            PeerMsg::RelayHop { pad, .. } => pad.iter().map(|s| s.id).min(),
+            _ => None,
+        });
+        let Some(floor) = spans.iter().map(|s| s.id).chain(waiting).min() else {
             return;
         };
         let Some(link) = self.links.get_mut(peer) else {
@@ -572,7 +577,13 @@ impl KeyManager {
         if self.waiting_hops.is_empty() {
             return;
         }
-        let hops = std::mem::take(&mut self.waiting_hops);
+        let mut hops = std::mem::take(&mut self.waiting_hops);
+        // Oldest link key first, so garbage collection of the neighbour's half (`gc_rx`) never
+        // overtakes a hop that is still to be retried.
+        hops.sort_by_key(|h| match &h.msg {
+            PeerMsg::RelayHop { pad, .. } => pad.iter().map(|s| s.id).min().unwrap_or(0),
+            _ => 0,
+        });
         for h in hops {
             if h.deadline > now {
                 let before = self.waiting_hops.len();

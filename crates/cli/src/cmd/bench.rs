@@ -1,0 +1,337 @@
+//! `kagi bench`: throughput and latency benchmarks whose results go in `docs/PERFORMANCE.md`.
+//!
+//! * `kagi bench etsi`: a real network in this process (real TLS, SQLite, peers, ETSI 014 over
+//!   loopback), warm pools, concurrent clients doing `enc_keys` at the master's node and
+//!   `dec_keys` at the slave's node; keys/s and p50/p99 latency over 1 and 3 hops.
+//! * `kagi bench relay`: the key manager core alone (no I/O), relaying key over an intermediate
+//!   node: verify the Wegman–Carter tag, decrypt, re-encrypt, tag again.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use kagi_control::{LinkSpec, NodeSpec, Topology};
+use kagi_keymat::Key;
+use kagi_km::{Action, Input, KeyManager, KmConfig, Limits, Policy, Snapshot};
+use kagi_node::client::Etsi014Client;
+use kagi_node::config::{Etsi014Config, NodeConfig, PoolConfig, TlsConfig};
+use kagi_node::etsi014::wire::KeyRequest;
+use kagi_node::pki::Pki;
+
+/// Arguments of `kagi bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(clap::Subcommand)]
+enum What {
+    /// ETSI 014 enc_keys + dec_keys throughput and latency on a local network.
+    Etsi(EtsiArgs),
+    /// Raw relay throughput of the key manager core at an intermediate node.
+    Relay(RelayArgs),
+}
+
+/// Arguments of `kagi bench etsi`.
+#[derive(clap::Args)]
+struct EtsiArgs {
+    /// Concurrent clients (each a master/slave pair of connections).
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Seconds to measure, per hop count.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Keys per request.
+    #[arg(long, default_value_t = 1)]
+    number: u64,
+    /// Key size in bits.
+    #[arg(long, default_value_t = 256)]
+    size: u64,
+    /// Hop counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    hops: Vec<usize>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `kagi bench relay`.
+#[derive(clap::Args)]
+struct RelayArgs {
+    /// Bytes of key per relay.
+    #[arg(long, default_value_t = 4096)]
+    chunk: u32,
+    /// Megabytes of key to relay.
+    #[arg(long, default_value_t = 256)]
+    megabytes: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.what {
+        What::Etsi(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(etsi(a))
+        }
+        What::Relay(a) => relay(a),
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
+    let dir: PathBuf = std::env::temp_dir().join(format!("kagi-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let ids = ["a", "b", "c", "d"];
+    let topo = Topology {
+        name: "bench".into(),
+        seed: 1,
+        epoch_unix: SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
+        rate_multiplier: 200.0,
+        nodes: ids
+            .iter()
+            .map(|n| {
+                Ok(NodeSpec {
+                    id: n.to_string(),
+                    saes: (0..a.clients).map(|i| format!("sae-{n}-{i}")).collect(),
+                    peer_addr: Some(format!("127.0.0.1:{}", free_port()?)),
+                    etsi014_addr: Some(format!("127.0.0.1:{}", free_port()?)),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?,
+        links: ids
+            .windows(2)
+            .map(|w| LinkSpec { a: w[0].into(), b: w[1].into(), length_km: 20.0, cost: None, seed: None, source: None })
+            .collect(),
+    };
+    std::fs::write(dir.join("topology.toml"), topo.to_toml())?;
+    let pki = Pki::open_or_create(&dir.join("pki"))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for n in ids {
+        let p = pki.ensure_node(n)?;
+        for i in 0..a.clients {
+            pki.ensure_sae(&format!("sae-{n}-{i}"))?;
+        }
+        let cfg = NodeConfig {
+            node_id: n.to_string(),
+            topology: dir.join("topology.toml"),
+            data_dir: dir.join("db"),
+            tls: TlsConfig { ca: pki.ca_cert_path(), cert: p.cert, key: p.key },
+            etsi014: Etsi014Config { max_key_per_request: 4096, ..Etsi014Config::default() },
+            pool: PoolConfig { target_bytes: 8 << 20, relay_chunk_bytes: 32 << 10, max_in_flight: 8, ..PoolConfig::default() },
+        };
+        let mut rx = stop_rx.clone();
+        tasks.push(tokio::spawn(kagi_node::run_node(cfg, async move {
+            let _ = rx.wait_for(|v| *v).await;
+        })));
+    }
+    let client = |node: &str, sae: &str| -> anyhow::Result<Etsi014Client> {
+        let p = pki.sae_paths(sae);
+        let addr = topo.node(node).and_then(|n| n.etsi014_addr.clone()).context("node address")?;
+        Ok(Etsi014Client::from_files(&format!("https://{addr}"), &pki.ca_cert_path(), &p.cert, &p.key)?)
+    };
+    let mut results = BTreeMap::new();
+    for &hops in &a.hops {
+        let slave_node = ids.get(hops).context("hops must be 1..=3")?;
+        // Warm the pool: wait until it holds what the run will use (or 8 MiB).
+        let probe = client("a", "sae-a-0")?;
+        let want = (8u64 << 20) / (a.size / 8) * 9 / 10;
+        let t0 = Instant::now();
+        loop {
+            let s = probe.status(&format!("sae-{slave_node}-0")).await?;
+            if s.stored_key_count >= want || t0.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs_f64(a.duration);
+        let mut joins = Vec::new();
+        for i in 0..a.clients {
+            let m = Arc::new(client("a", &format!("sae-a-{i}"))?);
+            let s = Arc::new(client(slave_node, &format!("sae-{slave_node}-{i}"))?);
+            let master_id = format!("sae-a-{i}");
+            let slave_id = format!("sae-{slave_node}-{i}");
+            let (number, size) = (a.number, a.size);
+            joins.push(tokio::spawn(async move {
+                let mut enc = Vec::new();
+                let mut dec = Vec::new();
+                let mut keys = 0u64;
+                let mut refused = 0u64;
+                let req = KeyRequest { number: Some(number), size: Some(size), additional_slave_sae_ids: None, extension_mandatory: None, extension_optional: None };
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let Ok(got) = m.enc_keys(&slave_id, &req).await else {
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    };
+                    enc.push(t.elapsed());
+                    let ids: Vec<_> = got.iter().map(|k| k.id).collect();
+                    let t = Instant::now();
+                    let back = m_dec(&s, &master_id, &ids).await;
+                    dec.push(t.elapsed());
+                    match back {
+                        Some(b) if b.len() == got.len() && b.iter().zip(&got).all(|(x, y)| x.key == y.key) => keys += got.len() as u64,
+                        _ => refused += 1,
+                    }
+                }
+                (enc, dec, keys, refused)
+            }));
+        }
+        let start = Instant::now();
+        let mut enc = Vec::new();
+        let mut dec = Vec::new();
+        let mut keys = 0;
+        let mut refused = 0;
+        for j in joins {
+            let (e, d, k, r) = j.await?;
+            enc.extend(e);
+            dec.extend(d);
+            keys += k;
+            refused += r;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        enc.sort();
+        dec.sort();
+        let pct = |v: &[Duration], p: f64| v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1))).map_or(0.0, |d| d.as_secs_f64() * 1e3);
+        let r = serde_json::json!({
+            "hops": hops,
+            "clients": a.clients,
+            "keys_per_request": a.number,
+            "key_bits": a.size,
+            "keys_per_s": keys as f64 / secs,
+            "requests": enc.len(),
+            "refused_or_mismatched": refused,
+            "enc_p50_ms": pct(&enc, 0.5), "enc_p99_ms": pct(&enc, 0.99),
+            "dec_p50_ms": pct(&dec, 0.5), "dec_p99_ms": pct(&dec, 0.99),
+        });
+        if !a.json {
+            println!(
+                "{hops} hop(s): {:.0} keys/s delivered to master and slave ({} clients, {} x {}-bit keys/request); enc_keys p50 {:.2} ms p99 {:.2} ms; dec_keys p50 {:.2} ms p99 {:.2} ms; refused {}",
+                keys as f64 / secs, a.clients, a.number, a.size, pct(&enc, 0.5), pct(&enc, 0.99), pct(&dec, 0.5), pct(&dec, 0.99), refused
+            );
+        }
+        results.insert(format!("{hops}"), r);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    }
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+async fn m_dec(s: &Etsi014Client, master: &str, ids: &[uuid::Uuid]) -> Option<Vec<kagi_km::DeliveredKey>> {
+    s.dec_keys(master, ids).await.ok()
+}
+
+/// Relays `megabytes` of key from `a` to `c` through `b`, with link keys fed as needed and every
+/// store batch acknowledged at once; reports what `b` forwards per second.
+fn relay(a: RelayArgs) -> anyhow::Result<()> {
+    let ids = ["a", "b", "c"];
+    let topo = Arc::new(Topology {
+        name: "relay".into(),
+        seed: 3,
+        epoch_unix: 0,
+        rate_multiplier: 1.0,
+        nodes: ids.iter().map(|n| NodeSpec { id: n.to_string(), saes: vec![format!("sae-{n}")], peer_addr: None, etsi014_addr: None }).collect(),
+        links: ids.windows(2).map(|w| LinkSpec { a: w[0].into(), b: w[1].into(), length_km: 10.0, cost: None, seed: None, source: None }).collect(),
+    });
+    let total = a.megabytes << 20;
+    let policy = Policy {
+        pool_target_bytes: total,
+        relay_chunk_bytes: a.chunk,
+        max_relays_in_flight: 64,
+        link_buffer_cap_bytes: 1 << 30,
+        refill_interval: Duration::from_millis(1),
+        ..Policy::default()
+    };
+    let mut kms: BTreeMap<&str, KeyManager> = ids
+        .iter()
+        .map(|n| {
+            let cfg = KmConfig { node_id: n.to_string(), topology: topo.clone(), limits: Limits::default(), policy: policy.clone() };
+            (*n, KeyManager::restore(cfg, Snapshot::default(), [7; 32], kagi_km::Instant(0)))
+        })
+        .collect();
+    let block = 64 * 1024;
+    let mut next_block = [0u64; 2];
+    let mut now = kagi_km::Instant(1);
+    let start = Instant::now();
+    let mut queue: Vec<(String, String, kagi_km::PeerMsg)> = Vec::new();
+    let mut relayed_at_b = 0u64;
+    let mut link_fed = 0u64;
+    while kms["a"].pool_free("c") < total {
+        now = kagi_km::Instant(now.0 + 1_000_000);
+        // Keep link key ahead of demand on both links.
+        for (li, (x, y)) in [("a", "b"), ("b", "c")].into_iter().enumerate() {
+            while kms[x].stats().link_bytes < 4 * block as u64 {
+                let bytes = Key::from_vec(vec![li as u8 + 1; block]);
+                let n = next_block[li];
+                next_block[li] += 1;
+                link_fed += block as u64;
+                kms.get_mut(x).expect("node").handle(now, Input::LinkKeys { peer: y.into(), block: n, key: bytes.clone() });
+                kms.get_mut(y).expect("node").handle(now, Input::LinkKeys { peer: x.into(), block: n, key: bytes });
+            }
+        }
+        kms.get_mut("a").expect("node").handle_timeout(now);
+        // Drain every node, acknowledging writes at once and delivering messages in order.
+        loop {
+            let mut progressed = false;
+            for id in ids {
+                let km = kms.get_mut(id).expect("node");
+                while let Some(act) = km.poll_action() {
+                    progressed = true;
+                    match act {
+                        Action::Send { to, msg } => queue.push((id.to_string(), to, msg)),
+                        Action::Store { write, .. } => km.handle(now, Input::Stored { write, ok: true }),
+                        Action::Answer { .. } => {}
+                    }
+                }
+            }
+            for (from, to, msg) in std::mem::take(&mut queue) {
+                progressed = true;
+                if from == "b" && matches!(msg, kagi_km::PeerMsg::RelayHop { .. }) {
+                    relayed_at_b += u64::from(a.chunk);
+                }
+                kms.get_mut(to.as_str()).expect("node").handle(now, Input::Peer { from, msg });
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let gbps = relayed_at_b as f64 * 8.0 / secs / 1e9;
+    let out = serde_json::json!({
+        "relayed_bytes": relayed_at_b,
+        "seconds": secs,
+        "gbit_per_s_through_intermediate": gbps,
+        "chunk_bytes": a.chunk,
+        "link_key_fed_bytes": link_fed,
+        "link_key_per_relayed_byte": (kms["b"].stats().link_key_spent as f64) / relayed_at_b.max(1) as f64,
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "relay through one intermediate node: {:.2} Gbit/s of key ({} MiB in {:.2} s, {}-byte relays; core only: tags, one-time pads, records, no I/O)",
+            gbps,
+            relayed_at_b >> 20,
+            secs,
+            a.chunk
+        );
+    }
+    Ok(())
+}
