@@ -73,8 +73,8 @@ pub enum ClientError {
     Protocol(String),
 }
 
-/// An undecoded HTTP answer.
-#[derive(Debug, Clone)]
+/// An undecoded HTTP answer. `Debug` shows the body's length, not the body (it may hold keys).
+#[derive(Clone)]
 pub struct RawResponse {
     /// HTTP status code.
     pub status: u16,
@@ -84,6 +84,17 @@ pub struct RawResponse {
     pub close: bool,
     /// The body.
     pub body: Bytes,
+}
+
+impl std::fmt::Debug for RawResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawResponse")
+            .field("status", &self.status)
+            .field("content_type", &self.content_type)
+            .field("close", &self.close)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
 }
 
 impl RawResponse {

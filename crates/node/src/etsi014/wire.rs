@@ -60,8 +60,8 @@ pub struct KeyRequest {
     pub extension_optional: Option<Vec<Map<String, Value>>>,
 }
 
-/// One entry of a "Key container".
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One entry of a "Key container". `Debug` shows the key ID but never the key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(non_snake_case)]
 pub struct KeyEntry {
     /// Key ID (UUID, lowercase with hyphens).
@@ -74,6 +74,15 @@ pub struct KeyEntry {
     /// Vendor extension of the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_extension: Option<Value>,
+}
+
+impl std::fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyEntry")
+            .field("key_ID", &self.key_ID)
+            .field("key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 /// "Key container" data format (answer of `enc_keys` and `dec_keys`).
@@ -118,4 +127,42 @@ pub struct Error {
     /// More detail, one object per item.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<Vec<Value>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_key_material() {
+        let c = KeyContainer {
+            keys: vec![KeyEntry {
+                key_ID: "0b5c7a4e-0d8e-4b44-9c1e-1f7f3b0e2d11".into(),
+                key_ID_extension: None,
+                key: "c2VjcmV0IGtleSBieXRlcw==".into(),
+                key_extension: None,
+            }],
+            key_container_extension: None,
+        };
+        let shown = format!("{c:?} {c:#?}");
+        assert!(shown.contains("0b5c7a4e"));
+        assert!(!shown.contains("c2VjcmV0"), "{shown}");
+    }
+
+    #[test]
+    fn names_follow_the_standard() {
+        let s = serde_json::to_value(KeyRequest {
+            number: Some(1),
+            additional_slave_sae_ids: Some(vec!["x".into()]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            s,
+            serde_json::json!({"number": 1, "additional_slave_SAE_IDs": ["x"]})
+        );
+        let ids: KeyIds =
+            serde_json::from_str(r#"{"key_IDs":[{"key_ID":"a"}],"key_IDs_extension":{}}"#).unwrap();
+        assert_eq!(ids.key_IDs[0].key_ID, "a");
+    }
 }
