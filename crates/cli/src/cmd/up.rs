@@ -190,7 +190,7 @@ fn plan_topology(args: &Args, dir: &Path) -> anyhow::Result<Topology> {
         let before = prev.as_ref().and_then(|p| p.node(&node.id));
         for (which, slot) in [(0u16, &mut node.etsi014_addr), (1u16, &mut node.peer_addr)] {
             let port = if let Some(base) = args.base_port {
-                let off = u16::try_from(2 * i).ok().map(|o| o + which);
+                let off = u16::try_from(2 * i).ok().and_then(|o| o.checked_add(which));
                 let p = off
                     .and_then(|o| base.checked_add(o))
                     .context("--base-port too high for this many nodes")?;
