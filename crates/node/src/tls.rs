@@ -298,6 +298,38 @@ pub(crate) mod tests {
         assert_eq!(who, "node-a");
     }
 
+    /// Deployed clients (OpenSSL 3.0 curl, TLS 1.2 encryptors) still get in on the ETSI surface,
+    /// with a classical group; peers never do (see `classical_only_peer_is_refused`).
+    #[tokio::test]
+    async fn etsi_server_falls_back_for_classical_and_tls12_clients() {
+        let (_d, ta, tb) = setup();
+        for (version, group) in [
+            (&rustls::version::TLS13, aws_lc_rs::kx_group::X25519),
+            (&rustls::version::TLS12, aws_lc_rs::kx_group::SECP256R1),
+        ] {
+            let (addr, server) = serve_once(etsi_server_config(&tb).unwrap()).await;
+            let mut p = aws_lc_rs::default_provider();
+            p.kx_groups = vec![group];
+            let cfg = ClientConfig::builder_with_provider(Arc::new(p))
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(load_roots(&ta.ca).unwrap())
+                .with_client_auth_cert(load_certs(&ta.cert).unwrap(), load_key(&ta.key).unwrap())
+                .unwrap();
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let mut tls = TlsConnector::from(Arc::new(cfg))
+                .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+                .await
+                .unwrap();
+            let mut buf = Vec::new();
+            tls.read_to_end(&mut buf).await.unwrap();
+            assert_eq!(buf, b"hi");
+            let (got, who) = server.await.unwrap().unwrap();
+            assert_eq!(got, format!("{:?}", group.name()));
+            assert_eq!(who, "node-a");
+        }
+    }
+
     /// A tiny self-deleting temporary directory (no extra dependency).
     pub(crate) mod tempdir {
         use std::path::{Path, PathBuf};
