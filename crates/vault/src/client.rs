@@ -216,14 +216,6 @@ pub fn list<S: KeySupply>(sites: &[Site<S>]) -> Result<Vec<(Manifest, Vec<String
     Ok(all)
 }
 
-fn holders<S: KeySupply>(sites: &[Site<S>], object: &str) -> Result<Manifest> {
-    list(sites)?
-        .into_iter()
-        .find(|(m, _)| m.object == object)
-        .map(|(m, _)| m)
-        .ok_or_else(|| VaultError::UnknownObject(object.to_string()))
-}
-
 fn site_index<S: KeySupply>(sites: &[Site<S>], id: &str) -> Result<usize> {
     sites
         .iter()
@@ -231,10 +223,20 @@ fn site_index<S: KeySupply>(sites: &[Site<S>], id: &str) -> Result<usize> {
         .ok_or_else(|| VaultError::UnknownSite(id.to_string()))
 }
 
-/// Proactive refresh of `object` among all its sites (all must be present). Returns the key
-/// spent by the sites.
+/// Proactive refresh of `object` among all its sites (all must hold their share: repair lost
+/// ones first). Returns the key spent by the sites.
 pub fn refresh<S: KeySupply>(sites: &mut [Site<S>], object: &str) -> Result<u64> {
-    let manifest = holders(sites, object)?;
+    let (manifest, holding) = list(sites)?
+        .into_iter()
+        .find(|(m, _)| m.object == object)
+        .ok_or_else(|| VaultError::UnknownObject(object.to_string()))?;
+    if holding.len() < manifest.sites.len() {
+        return Err(VaultError::NotEnoughSites {
+            object: object.to_string(),
+            needed: manifest.sites.len(),
+            got: holding.len(),
+        });
+    }
     let before: u64 = sites.iter().map(|s| s.key_bytes_used()).sum();
     let idx = manifest
         .sites

@@ -30,7 +30,8 @@ pub trait KeySupply {
     fn enc_keys(&mut self, peer_sae: &str, bytes: usize) -> Result<KeyBatch>;
     /// The keys `master_sae` obtained for this SAE, by ID, concatenated (slave side).
     fn dec_keys(&mut self, master_sae: &str, ids: &[Uuid]) -> Result<Key>;
-    /// Bytes of key this party has drawn so far (both sides).
+    /// Bytes of key this party has had made as the sender (`enc_keys`). Each transfer's key is
+    /// counted once, at its sender, so summing over all parties gives the network's spend.
     fn key_bytes_used(&self) -> u64;
 }
 
@@ -139,7 +140,6 @@ impl KeySupply for MemoryKeySupply {
                 out.extend_from(&Key::from_vec(bytes));
             }
         }
-        self.used += out.len() as u64;
         Ok(out)
     }
 
