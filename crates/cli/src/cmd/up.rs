@@ -496,9 +496,12 @@ async fn wait_ready(
         .iter()
         .flat_map(|n| n.saes.iter().map(|s| s.id.as_str()))
         .collect();
+    let any_sae = prep.network.nodes.iter().find_map(|n| n.saes.first());
     for node in &prep.network.nodes {
-        let Some(sae) = node.saes.first() else {
-            continue; // a node without SAEs has nothing to ask; it is checked by its peers
+        // A node without SAEs of its own still answers any SAE of the network (a 4xx is an
+        // answer too); with no SAE at all there is nothing to ask.
+        let Some(sae) = node.saes.first().or(any_sae) else {
+            continue;
         };
         let slave = all_saes
             .iter()
@@ -675,7 +678,10 @@ fn print_banner(dir: &Path, prep: &Prepared) {
         dir.join(&prep.network.ca).display()
     );
     for n in &prep.network.nodes {
-        let saes: Vec<&str> = n.saes.iter().map(|s| s.id.as_str()).collect();
+        let mut saes: Vec<&str> = n.saes.iter().map(|s| s.id.as_str()).collect();
+        if saes.is_empty() {
+            saes.push("(none: a relay-only trusted node)");
+        }
         println!(
             "  {:<12} {:<24} SAEs: {}",
             n.id,
