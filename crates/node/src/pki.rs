@@ -5,8 +5,8 @@
 //!
 //! ```text
 //! ca.pem, ca-key.pem                  the network CA
-//! nodes/<node>.pem, nodes/<node>-key.pem   CN = node ID, SANs localhost, 127.0.0.1 and the node
-//!                                     ID; usable as TLS server and client (peers, ETSI 014)
+//! nodes/<node>.pem, nodes/<node>-key.pem   CN = node ID, SANs localhost, 127.0.0.1, ::1 and
+//!                                     the node ID; TLS server and client (peers, ETSI 014)
 //! saes/<sae>.pem, saes/<sae>-key.pem  CN = SAE ID; TLS client (ETSI 014 callers)
 //! ```
 //!
@@ -210,11 +210,15 @@ impl Pki {
         }
     }
 
-    /// Issues a node certificate: CN = `node_id`, SANs `localhost`, `127.0.0.1` and `node_id`,
+    /// Issues a node certificate: CN = `node_id`, SANs `localhost`, `127.0.0.1`, `::1` and `node_id`,
     /// extended key usage server and client authentication.
     pub fn issue_node(&self, node_id: &str) -> Result<IssuedCert, PkiError> {
         check_id(node_id)?;
-        let mut sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let mut sans = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
         if node_id != "localhost" {
             sans.push(node_id.to_owned());
         }
