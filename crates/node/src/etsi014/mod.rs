@@ -16,9 +16,11 @@
 //! What is checked where: syntax (path, query, JSON shape, `size` a multiple of 8, mandatory
 //! extensions — kagi supports none yet — and the configured ranges of `number` and `size`, IDs
 //! known to the topology) here; who may fetch which key, pool contents and the relay in the key
-//! manager behind [`KeyService`]. Requests whose head hyper cannot parse are answered by hyper
-//! itself (400, or 431/414 for oversized heads, without a JSON body).
+//! manager behind [`KeyService`]. Requests whose head hyper cannot parse (invalid bytes, too many
+//! or too large headers, an over-long target) never reach the handler; the answer hyper writes
+//! for them is rewritten on its way out into a JSON 400 (see `bare_errors`).
 
+mod bare_errors;
 mod handler;
 mod path;
 pub mod wire;
@@ -153,7 +155,7 @@ pub async fn serve<S: KeyService>(
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc);
+                .serve_connection(TokioIo::new(bare_errors::JsonErrors::new(stream)), svc);
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%remote, error = %e, "ETSI 014 connection ended with an error");
             }
