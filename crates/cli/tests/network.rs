@@ -562,9 +562,6 @@ fn kagi_keys_cli_round_trip() {
 /// shares a node with a named slave (sae-ueno-a), so its KME holds the key and knows the caller
 /// was not named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "expected failure: kagi-km supply.rs dec_keys answers 400 (not found) instead of 401 \
-            when the caller was never a named slave but the master matches; it cannot tell \
-            'never named' from 'already fetched' because it keeps only the pending slaves"]
 async fn a_stranger_at_a_named_slaves_node_gets_401() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let tmp = TempDir::new();
