@@ -23,6 +23,8 @@ enum Command {
     Up(cmd::up::Args),
     /// Fetch keys over ETSI GS QKD 014 from a network started by `kagi up`.
     Keys(cmd::keys::Args),
+    /// Long-term secure storage: k-of-n shares at separate sites, one-time-pad QKD transfers.
+    Vault(cmd::vault::Args),
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default level (info).
@@ -41,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         Command::LinkRate(a) => cmd::link_rate::run(a),
         Command::Up(a) => cmd::up::run(a),
         Command::Keys(a) => cmd::keys::run(a),
+        Command::Vault(a) => cmd::vault::run(a),
         Command::Node(a) => {
             init_tracing();
             cmd::node::run(a)

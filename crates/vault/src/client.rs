@@ -141,6 +141,9 @@ pub fn get<K: KeySupply, S: KeySupply>(
             _ => missing.push(id),
         }
     }
+    if got.is_empty() {
+        return Err(VaultError::UnknownObject(object.to_string()));
+    }
     // Use the newest refresh epoch that enough sites have.
     let mut epochs: Vec<u64> = got.iter().map(|(m, _, _)| m.epoch).collect();
     epochs.sort_unstable();

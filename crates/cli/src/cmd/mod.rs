@@ -4,3 +4,4 @@ pub mod keys;
 pub mod link_rate;
 pub mod node;
 pub mod up;
+pub mod vault;
