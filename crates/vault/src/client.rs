@@ -122,6 +122,7 @@ pub fn get<K: KeySupply, S: KeySupply>(
     object: &str,
 ) -> Result<GetReport> {
     check_object_id(object)?;
+    roll_forward(sites, object)?;
     let before = total_keys(owner, sites);
     let mut got: Vec<(Manifest, Share, String)> = Vec::new();
     let mut missing = Vec::new();
@@ -226,9 +227,38 @@ fn site_index<S: KeySupply>(sites: &[Site<S>], id: &str) -> Result<usize> {
         .ok_or_else(|| VaultError::UnknownSite(id.to_string()))
 }
 
+/// Settles a refresh of `object` that was interrupted. If some site already committed the
+/// prepared epoch, or every holder prepared it, the refresh is finished (the protocol commits only
+/// after all sites prepared, so this is safe); otherwise the partial preparation is discarded and
+/// the old shares stay valid. Returns the number of sites changed.
+pub fn roll_forward<S: KeySupply>(sites: &mut [Site<S>], object: &str) -> Result<usize> {
+    let prepared: Vec<usize> = (0..sites.len())
+        .filter(|&i| sites[i].has_prepared_refresh(object).is_some())
+        .collect();
+    if prepared.is_empty() {
+        return Ok(0);
+    }
+    let next = prepared
+        .iter()
+        .filter_map(|&i| sites[i].has_prepared_refresh(object))
+        .max();
+    let committed: Vec<Option<u64>> = sites.iter().map(|s| s.committed_epoch(object)).collect();
+    let holders = committed.iter().filter(|e| e.is_some()).count();
+    let finish = committed.iter().any(|e| e.is_some() && *e == next) || prepared.len() == holders;
+    for &i in &prepared {
+        if finish {
+            sites[i].refresh_commit(object)?;
+        } else {
+            sites[i].refresh_abort(object)?;
+        }
+    }
+    Ok(prepared.len())
+}
+
 /// Proactive refresh of `object` among all its sites (all must hold their share: repair lost
 /// ones first). Returns the key spent by the sites.
 pub fn refresh<S: KeySupply>(sites: &mut [Site<S>], object: &str) -> Result<u64> {
+    roll_forward(sites, object)?;
     let (manifest, holding) = list(sites)?
         .into_iter()
         .find(|(m, _)| m.object == object)

@@ -4,14 +4,19 @@
 //! Layout under the site's directory (all writes: temporary file, fsync, rename, fsync dir):
 //!
 //! ```text
-//! pending/<object>/{manifest.json, share.bin}   received, not yet committed by the owner
-//! objects/<object>/{manifest.json, share.bin}   committed: what `get`, `ls`, refresh see
-//! objects/<object>/{manifest.next, share.next}  a prepared refresh, until its commit
+//! pending/<object>/{manifest.json, share.E.bin}   received, not yet committed by the owner
+//! objects/<object>/{manifest.json, share.E.bin}   committed: what `get`, `ls`, refresh see
+//! objects/<object>/{manifest.next, share.E+1.bin} a prepared refresh, until its commit
 //! ```
 //!
-//! A put becomes visible only when the owner commits it at every site, after every site has
-//! stored its share; a site killed half-way leaves at most a `pending/` entry, which nobody
-//! reads and a retry overwrites.
+//! `E` is the refresh epoch named in the manifest. A put becomes visible only when the owner
+//! commits it at every site, after every site has stored its share; a site killed half-way
+//! leaves at most a `pending/` entry, which nobody reads and a retry overwrites. A refresh is
+//! prepared at every site before any site commits; a commit is one rename of `manifest.next`
+//! over `manifest.json` (the switch), after which the old share file is deleted — a site never
+//! keeps a share of an earlier epoch. A refresh interrupted between commits is rolled forward
+//! ([`Site::has_prepared_refresh`], [`crate::client::roll_forward`]): once any site has
+//! committed, every site had prepared.
 
 use std::collections::HashMap;
 use std::fs;
@@ -138,7 +143,10 @@ impl<K: KeySupply> Site<K> {
             ));
         }
         let dir = self.dir.join("pending").join(&h.object);
-        write_atomic(&dir.join("share.bin"), payload.expose())?;
+        if dir.exists() {
+            fs::remove_dir_all(&dir)?; // a retry after a failed put
+        }
+        write_atomic(&dir.join(share_name(manifest.epoch)), payload.expose())?;
         write_atomic(&dir.join("manifest.json"), &to_json(&manifest)?)?;
         Ok(())
     }
@@ -168,8 +176,36 @@ impl<K: KeySupply> Site<K> {
             .map_err(|_| VaultError::UnknownObject(object.to_string()))?;
         let manifest: Manifest =
             serde_json::from_slice(&m).map_err(|e| VaultError::Malformed(e.to_string()))?;
-        let bytes = Key::from_vec(fs::read(d.join("share.bin"))?);
+        let bytes = Key::from_vec(fs::read(d.join(share_name(manifest.epoch)))?);
         Ok((manifest, Share::from_bytes(bytes.expose())?))
+    }
+
+    /// Path of the committed share file of `object` (for operators and tests).
+    pub fn share_path(&self, object: &str) -> Result<PathBuf> {
+        let (m, _) = self.load(object)?;
+        Ok(self.obj_dir(object).join(share_name(m.epoch)))
+    }
+
+    /// The epoch of the committed share of `object`, if this site holds one.
+    pub fn committed_epoch(&self, object: &str) -> Option<u64> {
+        self.load(object).ok().map(|(m, _)| m.epoch)
+    }
+
+    /// Discards a prepared, uncommitted refresh of `object`.
+    pub fn refresh_abort(&mut self, object: &str) -> Result<()> {
+        if let Some(e) = self.has_prepared_refresh(object) {
+            let d = self.obj_dir(object);
+            fs::remove_file(d.join("manifest.next"))?;
+            let _ = fs::remove_file(d.join(share_name(e)));
+        }
+        Ok(())
+    }
+
+    /// The epoch of a refresh of `object` prepared here but not committed, if any.
+    pub fn has_prepared_refresh(&self, object: &str) -> Option<u64> {
+        check_object_id(object).ok()?;
+        let m = fs::read(self.obj_dir(object).join("manifest.next")).ok()?;
+        serde_json::from_slice::<Manifest>(&m).ok().map(|m| m.epoch)
     }
 
     /// Get: seals this site's share of `object` for SAE `to`.
@@ -256,18 +292,22 @@ impl<K: KeySupply> Site<K> {
         refresh::refresh_apply(&mut share, &all)?;
         manifest.epoch += 1;
         let d = self.obj_dir(object);
-        write_atomic(&d.join("share.next"), share.to_bytes().expose())?;
+        write_atomic(
+            &d.join(share_name(manifest.epoch)),
+            share.to_bytes().expose(),
+        )?;
         write_atomic(&d.join("manifest.next"), &to_json(&manifest)?)?;
         Ok(())
     }
 
-    /// Refresh, step 3: switches to the prepared share (the old one is overwritten).
+    /// Refresh, step 3: switches to the prepared share (one rename) and deletes the old one.
     pub fn refresh_commit(&mut self, object: &str) -> Result<()> {
         check_object_id(object)?;
         let d = self.obj_dir(object);
-        fs::rename(d.join("share.next"), d.join("share.bin"))?;
+        let old = self.load(object)?.0.epoch;
         fs::rename(d.join("manifest.next"), d.join("manifest.json"))?;
         fs::File::open(&d)?.sync_all()?;
+        let _ = fs::remove_file(d.join(share_name(old)));
         Ok(())
     }
 
@@ -324,10 +364,20 @@ impl<K: KeySupply> Site<K> {
             ));
         }
         let d = self.dir.join("pending").join(&manifest.object);
-        write_atomic(&d.join("share.bin"), share.to_bytes().expose())?;
+        if d.exists() {
+            fs::remove_dir_all(&d)?;
+        }
+        write_atomic(
+            &d.join(share_name(manifest.epoch)),
+            share.to_bytes().expose(),
+        )?;
         write_atomic(&d.join("manifest.json"), &to_json(manifest)?)?;
         self.commit(&manifest.object)
     }
+}
+
+fn share_name(epoch: u64) -> String {
+    format!("share.{epoch}.bin")
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {

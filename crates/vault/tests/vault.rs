@@ -110,7 +110,94 @@ fn store_records_destroy_two_sites_restore_everything() {
 }
 
 fn share_file(site: &Site<MemoryKeySupply>, object: &str) -> PathBuf {
-    site.dir().join("objects").join(object).join("share.bin")
+    site.share_path(object).unwrap()
+}
+
+fn share_files(site: &Site<MemoryKeySupply>, object: &str) -> usize {
+    std::fs::read_dir(site.dir().join("objects").join(object))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("share.")
+        })
+        .count()
+}
+
+#[test]
+fn interrupted_refresh_is_finished_or_discarded() {
+    let root = tempdir("interrupted");
+    let kms = MemoryKms::new(256, None);
+    let mut owner = kms.party("owner");
+    let mut s = sites(&kms, &root, 5);
+    let data = b"a record that outlives its sites".to_vec();
+    let r = put(&mut owner, &mut s, "r", &data, 3, 5).unwrap();
+    let o = r.object.as_str();
+
+    // Everyone prepared, two committed, then the coordinator died.
+    let mut inbox: Vec<Vec<kagi_vault::envelope::Envelope>> = vec![Vec::new(); 5];
+    for site in s.iter_mut() {
+        for env in site.refresh_deal(o).unwrap() {
+            let to = kagi_vault::envelope::peek(&env.0).unwrap().to;
+            inbox[to
+                .trim_start_matches("vault-site-")
+                .parse::<usize>()
+                .unwrap()
+                - 1]
+            .push(env);
+        }
+    }
+    for i in 0..5 {
+        let m = std::mem::take(&mut inbox[i]);
+        s[i].refresh_apply(o, &m).unwrap();
+    }
+    s[0].refresh_commit(o).unwrap();
+    s[1].refresh_commit(o).unwrap();
+    // Sites 3-5 still hold epoch 0; a get rolls them forward and reads epoch 1 from all five.
+    let g = get(&mut owner, &mut s, o).unwrap();
+    assert_eq!(g.data.expose(), &data[..]);
+    assert_eq!(g.manifest.epoch, 1);
+    assert_eq!(g.answered.len(), 5);
+    for site in &s {
+        assert_eq!(share_files(site, o), 1, "no share of an old epoch is kept");
+    }
+
+    // Only three sites prepared and nobody committed: the preparation is discarded.
+    let before: Vec<Vec<u8>> = s
+        .iter()
+        .map(|x| std::fs::read(share_file(x, o)).unwrap())
+        .collect();
+    for site in s.iter_mut() {
+        for env in site.refresh_deal(o).unwrap() {
+            let to = kagi_vault::envelope::peek(&env.0).unwrap().to;
+            inbox[to
+                .trim_start_matches("vault-site-")
+                .parse::<usize>()
+                .unwrap()
+                - 1]
+            .push(env);
+        }
+    }
+    for i in 0..3 {
+        let m = std::mem::take(&mut inbox[i]);
+        s[i].refresh_apply(o, &m).unwrap();
+        assert_eq!(s[i].has_prepared_refresh(o), Some(2));
+    }
+    let g = get(&mut owner, &mut s, o).unwrap();
+    assert_eq!(g.data.expose(), &data[..]);
+    assert_eq!(g.manifest.epoch, 1);
+    for (site, b) in s.iter().zip(&before) {
+        assert!(site.has_prepared_refresh(o).is_none());
+        assert_eq!(&std::fs::read(share_file(site, o)).unwrap(), b);
+        assert_eq!(share_files(site, o), 1);
+    }
+    refresh(&mut s, o).unwrap(); // a full refresh still works afterwards
+    let g = get(&mut owner, &mut s, o).unwrap();
+    assert_eq!(g.data.expose(), &data[..]);
+    assert_eq!(g.manifest.epoch, 2);
+    std::fs::remove_dir_all(&root).unwrap();
 }
 
 #[test]
