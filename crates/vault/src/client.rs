@@ -114,8 +114,26 @@ pub fn put<K: KeySupply, S: KeySupply>(
     })
 }
 
-/// Gathers shares of `object` from every site that has it, checks them (Reed–Solomon when more
-/// than k answer), rebuilds the object and checks its whole-object MAC.
+/// Fetches one site's share of `object`, sealed for the owner.
+fn fetch<K: KeySupply, S: KeySupply>(
+    owner: &mut K,
+    site: &mut Site<S>,
+    object: &str,
+) -> Result<(Manifest, Share)> {
+    let env = site.send_share(object, owner.sae())?;
+    let (h, payload) = open(owner, &env.0)?;
+    let manifest: Manifest =
+        serde_json::from_value(h.info).map_err(|e| VaultError::Malformed(e.to_string()))?;
+    let share = Share::from_bytes(payload.expose())?;
+    if manifest.index_of(site.id()) != Some(share.index() as usize) || h.from != site.id() {
+        return Err(VaultError::Malformed("share from the wrong site".into()));
+    }
+    Ok((manifest, share))
+}
+
+/// Rebuilds `object`. Key is scarce, so it first fetches only `k` shares (of the newest refresh
+/// epoch that at least `k` sites hold) and checks the whole-object MAC; only if that fails does it
+/// fetch the remaining shares and let Reed–Solomon decoding find and correct the bad ones.
 pub fn get<K: KeySupply, S: KeySupply>(
     owner: &mut K,
     sites: &mut [Site<S>],
@@ -124,76 +142,117 @@ pub fn get<K: KeySupply, S: KeySupply>(
     check_object_id(object)?;
     roll_forward(sites, object)?;
     let before = total_keys(owner, sites);
-    let mut got: Vec<(Manifest, Share, String)> = Vec::new();
-    let mut missing = Vec::new();
-    for site in sites.iter_mut() {
-        let id = site.id().to_string();
-        let Ok(env) = site.send_share(object, owner.sae()) else {
-            missing.push(id);
-            continue;
-        };
-        let (h, payload) = open(owner, &env.0)?;
-        let manifest: Manifest =
-            serde_json::from_value(h.info).map_err(|e| VaultError::Malformed(e.to_string()))?;
-        match Share::from_bytes(payload.expose()) {
-            Ok(s) if manifest.index_of(&id) == Some(s.index() as usize) => {
-                got.push((manifest, s, id))
-            }
-            _ => missing.push(id),
-        }
-    }
-    if got.is_empty() {
+    // Metadata first (no key spent): who holds which epoch.
+    let manifests: Vec<Option<Manifest>> = sites.iter().map(|s| s.manifest(object)).collect();
+    let mut epochs: Vec<u64> = manifests.iter().flatten().map(|m| m.epoch).collect();
+    if epochs.is_empty() {
         return Err(VaultError::UnknownObject(object.to_string()));
     }
-    // Use the newest refresh epoch that enough sites have.
-    let mut epochs: Vec<u64> = got.iter().map(|(m, _, _)| m.epoch).collect();
     epochs.sort_unstable();
     epochs.dedup();
-    let mut chosen = None;
-    for &e in epochs.iter().rev() {
-        let group: Vec<&(Manifest, Share, String)> =
-            got.iter().filter(|(m, _, _)| m.epoch == e).collect();
-        if group.len() >= group[0].0.k as usize {
-            chosen = Some(e);
+    let holders_of = |e: u64| -> Vec<usize> {
+        (0..manifests.len())
+            .filter(|&i| manifests[i].as_ref().is_some_and(|m| m.epoch == e))
+            .collect()
+    };
+    let k = manifests
+        .iter()
+        .flatten()
+        .map(|m| m.k as usize)
+        .max()
+        .unwrap_or(1);
+    let Some(epoch) = epochs
+        .iter()
+        .rev()
+        .copied()
+        .find(|&e| holders_of(e).len() >= k)
+    else {
+        let best = epochs
+            .iter()
+            .map(|&e| holders_of(e).len())
+            .max()
+            .unwrap_or(0);
+        return Err(VaultError::NotEnoughSites {
+            object: object.to_string(),
+            needed: k,
+            got: best,
+        });
+    };
+    let holders = holders_of(epoch);
+    let mut manifest: Option<Manifest> = None;
+    let mut fetched: Vec<(Share, String)> = Vec::new();
+    let mut failed: Vec<String> = Vec::new();
+    let mut next = 0;
+    let mut result = None;
+    let mut corrupted = Vec::new();
+    for round in 0..2 {
+        // Round 0: just enough shares; round 1: all the rest.
+        while next < holders.len() && (round == 1 || fetched.len() < k) {
+            let i = holders[next];
+            next += 1;
+            match fetch(owner, &mut sites[i], object) {
+                Ok((m, s)) if m.epoch == epoch => {
+                    manifest.get_or_insert(m);
+                    fetched.push((s, sites[i].id().to_string()));
+                }
+                _ => failed.push(sites[i].id().to_string()),
+            }
+        }
+        let Some(m) = manifest.as_ref() else { break };
+        if fetched.len() < k {
+            break;
+        }
+        let shares: Vec<Share> = fetched.iter().map(|(s, _)| s.clone()).collect();
+        let (secret, bad) = if shares.len() > k {
+            match recover_correcting(&shares) {
+                Ok(c) => (c.secret, c.bad),
+                Err(_) => continue,
+            }
+        } else {
+            (recover(&shares)?, Vec::new())
+        };
+        let len = m.len as usize;
+        if secret.len() == len + MAC_KEY_LEN
+            && object_tag(&secret.expose()[len..], object, &secret.expose()[..len])? == m.object_tag
+        {
+            corrupted = bad
+                .iter()
+                .map(|&i| m.sites[i as usize - 1].clone())
+                .collect();
+            result = Some(Key::from_slice(&secret.expose()[..len]));
+            break;
+        }
+        if next >= holders.len() {
             break;
         }
     }
-    let Some(epoch) = chosen else {
-        let needed = got.first().map_or(1, |(m, _, _)| m.k as usize);
+    let Some(manifest) = manifest else {
         return Err(VaultError::NotEnoughSites {
             object: object.to_string(),
-            needed,
-            got: got.len(),
+            needed: k,
+            got: 0,
         });
     };
-    let group: Vec<(Manifest, Share, String)> = got
-        .into_iter()
-        .filter(|(m, _, _)| m.epoch == epoch)
-        .collect();
-    let manifest = group[0].0.clone();
-    let shares: Vec<Share> = group.iter().map(|(_, s, _)| s.clone()).collect();
-    let (secret, bad) = if shares.len() > manifest.k as usize {
-        let c = recover_correcting(&shares)?;
-        (c.secret, c.bad)
-    } else {
-        (recover(&shares)?, Vec::new())
+    let Some(data) = result else {
+        if fetched.len() < k {
+            return Err(VaultError::NotEnoughSites {
+                object: object.to_string(),
+                needed: k,
+                got: fetched.len(),
+            });
+        }
+        return Err(VaultError::ObjectCorrupt(object.to_string()));
     };
-    let len = manifest.len as usize;
-    if secret.len() != len + MAC_KEY_LEN {
-        return Err(VaultError::ObjectCorrupt(object.to_string()));
-    }
-    let t = object_tag(&secret.expose()[len..], object, &secret.expose()[..len])?;
-    if t != manifest.object_tag {
-        return Err(VaultError::ObjectCorrupt(object.to_string()));
-    }
-    let data = Key::from_slice(&secret.expose()[..len]);
-    let corrupted = bad
+    let answered: Vec<String> = fetched.iter().map(|(_, id)| id.clone()).collect();
+    let missing = manifest
+        .sites
         .iter()
-        .map(|&i| manifest.sites[i as usize - 1].clone())
+        .filter(|s| !holders.iter().any(|&i| sites[i].id() == s.as_str()) || failed.contains(s))
+        .cloned()
         .collect();
     Ok(GetReport {
         data,
-        answered: group.iter().map(|(_, _, id)| id.clone()).collect(),
+        answered,
         missing,
         corrupted,
         key_bytes: total_keys(owner, sites) - before,

@@ -186,6 +186,11 @@ impl<K: KeySupply> Site<K> {
         Ok(self.obj_dir(object).join(share_name(m.epoch)))
     }
 
+    /// The committed manifest of `object`, if this site holds a share of it.
+    pub fn manifest(&self, object: &str) -> Option<Manifest> {
+        self.load(object).ok().map(|(m, _)| m)
+    }
+
     /// The epoch of the committed share of `object`, if this site holds one.
     pub fn committed_epoch(&self, object: &str) -> Option<u64> {
         self.load(object).ok().map(|(m, _)| m.epoch)
