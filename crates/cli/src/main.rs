@@ -25,6 +25,8 @@ enum Command {
     Keys(cmd::keys::Args),
     /// Long-term secure storage: k-of-n shares at separate sites, one-time-pad QKD transfers.
     Vault(cmd::vault::Args),
+    /// Benchmarks (ETSI 014 delivery over a local network, relay throughput).
+    Bench(cmd::bench::Args),
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default level (info).
@@ -44,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         Command::Up(a) => cmd::up::run(a),
         Command::Keys(a) => cmd::keys::run(a),
         Command::Vault(a) => cmd::vault::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
         Command::Node(a) => {
             init_tracing();
             cmd::node::run(a)

@@ -60,6 +60,7 @@ impl Net {
                 tls: TlsConfig { ca: pki.ca_cert_path(), cert: p.cert, key: p.key },
                 etsi014: Etsi014Config::default(),
                 pool: PoolConfig { target_bytes: 4096, relay_chunk_bytes: 512, ..PoolConfig::default() },
+                store: Default::default(),
             };
             std::fs::write(dir.join(format!("{n}.toml")), toml::to_string(&cfg).unwrap()).unwrap();
         }

@@ -210,6 +210,8 @@ pub struct KeyManager {
     pub(crate) sched_rng: ChaCha20Rng,
     pub(crate) next_refill: Instant,
     pub(crate) refilling: BTreeSet<NodeId>,
+    /// Pool chunks cut since the last store batch (see `flush_touched`).
+    pub(crate) touched: BTreeSet<(Pool, u64)>,
     pub(crate) stats: NodeStats,
 }
 
@@ -242,6 +244,7 @@ impl KeyManager {
             sched_rng: ChaCha20Rng::from_seed(sched_seed),
             next_refill: now,
             refilling: BTreeSet::new(),
+            touched: BTreeSet::new(),
             stats: NodeStats::default(),
             cfg,
         };
@@ -254,7 +257,6 @@ impl KeyManager {
         for n in neighbours {
             km.links.entry(n).or_default();
         }
-        let mut orphan_assigns = Vec::new();
         for r in snap.records {
             match r {
                 Record::LinkBlock {
@@ -291,7 +293,6 @@ impl KeyManager {
                         },
                     );
                 }
-                Record::PendingAssign { seq, nodes } => orphan_assigns.push((seq, nodes)),
                 Record::SlaveKey { id, key } => {
                     km.applied_assigns
                         .insert((key.origin.clone(), key.assign_seq), None);
@@ -308,20 +309,8 @@ impl KeyManager {
                 Record::LinkBlockGone { .. }
                 | Record::ChunkGone { .. }
                 | Record::PendingRelayGone { .. }
-                | Record::PendingAssignGone { .. }
                 | Record::SlaveKeyGone { .. } => {}
             }
-        }
-        // An assignment that was in progress when the node stopped never reached its master:
-        // revoke it at the slave nodes so its keys cannot be fetched.
-        for (seq, nodes) in orphan_assigns {
-            for n in nodes {
-                km.actions.push_back(Action::Send {
-                    to: n,
-                    msg: PeerMsg::Revoke { seq },
-                });
-            }
-            km.store(vec![Record::PendingAssignGone { seq }], vec![]);
         }
         km
     }

@@ -121,18 +121,6 @@ pub enum Record {
         /// Relay counter.
         seq: u64,
     },
-    /// An assignment this node (the master's) started and has not finished (upsert).
-    PendingAssign {
-        /// Assignment counter.
-        seq: u64,
-        /// Slave nodes told about it.
-        nodes: Vec<NodeId>,
-    },
-    /// The assignment finished or was revoked (delete).
-    PendingAssignGone {
-        /// Assignment counter.
-        seq: u64,
-    },
     /// A key held for slaves here (upsert).
     SlaveKey {
         /// Key ID.
@@ -193,9 +181,6 @@ impl Record {
             Record::PendingRelay { seq, .. } | Record::PendingRelayGone { seq } => {
                 ("pending_relay", format!("{seq:020}"))
             }
-            Record::PendingAssign { seq, .. } | Record::PendingAssignGone { seq } => {
-                ("pending_assign", format!("{seq:020}"))
-            }
             Record::SlaveKey { id, .. } | Record::SlaveKeyGone { id } => {
                 ("slave_key", id.to_string())
             }
@@ -210,7 +195,6 @@ impl Record {
             Record::LinkBlockGone { .. }
                 | Record::ChunkGone { .. }
                 | Record::PendingRelayGone { .. }
-                | Record::PendingAssignGone { .. }
                 | Record::SlaveKeyGone { .. }
         )
     }

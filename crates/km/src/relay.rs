@@ -96,7 +96,7 @@ impl KeyManager {
     }
 
     /// Free bytes of this node's half of the link to `peer`.
-    pub(crate) fn link_tx_free(&self, peer: &str) -> u64 {
+    pub fn link_tx_free(&self, peer: &str) -> u64 {
         self.links
             .get(peer)
             .map_or(0, |l| l.tx.values().map(|b| u64::from(b.tail_free())).sum())
@@ -284,7 +284,7 @@ impl KeyManager {
     }
 
     /// Starts relays so that every reachable destination's pool approaches its target.
-    pub(crate) fn refill(&mut self, _now: Instant) {
+    pub(crate) fn refill(&mut self, now: Instant) {
         let topo = self.topology();
         let p = self.cfg.policy.clone();
         for node in &topo.nodes {
@@ -295,18 +295,15 @@ impl KeyManager {
             let Some(path) = self.routes.path(dest).map(|p| p.to_vec()) else {
                 continue;
             };
+            // Computed once per destination: the pool can hold thousands of chunks.
+            let mut in_flight = self.pending_relays.values().filter(|r| r.dest == dest).count() as u64;
+            let mut have = self.pool_free(dest) + in_flight * u64::from(p.relay_chunk_bytes);
+            let low = (p.pool_target_bytes as f64 * p.pool_low_water) as u64;
             loop {
-                let in_flight = self
-                    .pending_relays
-                    .values()
-                    .filter(|r| r.dest == dest)
-                    .count() as u64;
-                let have = self.pool_free(dest) + in_flight * u64::from(p.relay_chunk_bytes);
                 if have >= p.pool_target_bytes {
                     self.refilling.remove(dest);
                     break;
                 }
-                let low = (p.pool_target_bytes as f64 * p.pool_low_water) as u64;
                 if !self.refilling.contains(dest) && have >= low {
                     break;
                 }
@@ -314,9 +311,11 @@ impl KeyManager {
                     break;
                 }
                 self.refilling.insert(dest.to_string());
-                if !self.start_relay(dest, &path, _now) {
+                if !self.start_relay(dest, &path, now) {
                     break;
                 }
+                in_flight += 1;
+                have += u64::from(p.relay_chunk_bytes);
             }
         }
     }
@@ -599,12 +598,7 @@ impl KeyManager {
     }
 
     /// Takes `n` bytes from the out-pool for `dest`, oldest chunks first.
-    pub(crate) fn take_pool(
-        &mut self,
-        dest: &str,
-        n: usize,
-        batch: &mut Vec<Record>,
-    ) -> Option<(Vec<Span>, Key)> {
+    pub(crate) fn take_pool(&mut self, dest: &str, n: usize) -> Option<(Vec<Span>, Key)> {
         if (self.pool_free(dest) as usize) < n {
             return None;
         }
@@ -612,7 +606,6 @@ impl KeyManager {
         let mut spans = Vec::new();
         let mut out = Key::zeroed(0);
         let mut need = n as u32;
-        let mut gone = Vec::new();
         for (&id, buf) in pool.iter_mut() {
             if need == 0 {
                 break;
@@ -623,39 +616,15 @@ impl KeyManager {
             }
             let start = buf.tail();
             out.extend_from(&buf.take(start, take).expect("tail range is free"));
-            spans.push(Span {
-                id,
-                start,
-                len: take,
-            });
+            spans.push(Span { id, start, len: take });
             need -= take;
-            if buf.tail_free() == 0 {
-                gone.push(id);
-            } else {
-                batch.push(Record::Chunk {
-                    pool: Pool::Out(dest.to_string()),
-                    chunk: id,
-                    buf: KeyBufParts::from(&*buf),
-                });
-            }
-        }
-        for id in gone {
-            pool.remove(&id);
-            batch.push(Record::ChunkGone {
-                pool: Pool::Out(dest.to_string()),
-                chunk: id,
-            });
+            self.touched.insert((Pool::Out(dest.to_string()), id));
         }
         Some((spans, out))
     }
 
     /// Takes spans from the in-pool relayed by `origin`; all or nothing.
-    pub(crate) fn take_in_pool(
-        &mut self,
-        origin: &str,
-        spans: &[Span],
-        batch: &mut Vec<Record>,
-    ) -> Option<Key> {
+    pub(crate) fn take_in_pool(&mut self, origin: &str, spans: &[Span]) -> Option<Key> {
         let pool = self.in_pools.get_mut(origin)?;
         for s in spans {
             pool.get(&s.id)?.can_take(s.start, s.len).ok()?;
@@ -674,21 +643,32 @@ impl KeyManager {
         for s in spans {
             let buf = pool.get_mut(&s.id).expect("checked");
             out.extend_from(&buf.take(s.start, s.len).expect("checked"));
-            if buf.exhausted() {
-                pool.remove(&s.id);
-                batch.push(Record::ChunkGone {
-                    pool: Pool::In(origin.to_string()),
-                    chunk: s.id,
-                });
-            } else {
-                batch.push(Record::Chunk {
-                    pool: Pool::In(origin.to_string()),
-                    chunk: s.id,
-                    buf: KeyBufParts::from(&*buf),
-                });
-            }
+            self.touched.insert((Pool::In(origin.to_string()), s.id));
         }
         Some(out)
+    }
+
+    /// Writes the final state of every pool chunk touched since the last call (one record per
+    /// chunk, however many keys were cut from it), dropping exhausted chunks.
+    pub(crate) fn flush_touched(&mut self, batch: &mut Vec<Record>) {
+        for (pool, id) in std::mem::take(&mut self.touched) {
+            let map = match &pool {
+                Pool::Out(d) => self.out_pools.get_mut(d),
+                Pool::In(o) => self.in_pools.get_mut(o),
+            };
+            let Some(map) = map else { continue };
+            match map.get(&id) {
+                Some(buf) if buf.exhausted() || matches!(pool, Pool::Out(_)) && buf.tail_free() == 0 => {
+                    map.remove(&id);
+                    batch.push(Record::ChunkGone { pool, chunk: id });
+                }
+                Some(buf) => {
+                    let parts = KeyBufParts::from(buf);
+                    batch.push(Record::Chunk { pool, chunk: id, buf: parts });
+                }
+                None => batch.push(Record::ChunkGone { pool, chunk: id }),
+            }
+        }
     }
 }
 
@@ -709,6 +689,10 @@ fn evict_oldest(
     half: Half,
     batch: &mut Vec<Record>,
 ) -> u64 {
+    // Blocks of one link have one size: skip the sum while the count alone shows room.
+    if (m.len() as u64 + 1).saturating_mul(incoming.max(1)) <= cap {
+        return 0;
+    }
     let mut held: u64 = m.values().map(|b| u64::from(b.free())).sum();
     let mut n = 0;
     while held + incoming > cap {

@@ -193,7 +193,7 @@ impl KeyManager {
                 self.fresh_key(bytes)
             } else {
                 let (spans, k) = self
-                    .take_pool(&primary, bytes, &mut batch)
+                    .take_pool(&primary, bytes)
                     .expect("checked");
                 per_node
                     .entry(primary.clone())
@@ -209,7 +209,7 @@ impl KeyManager {
                     continue;
                 }
                 let (spans, mut material) = self
-                    .take_pool(node, MAC_KEY_LEN + bytes, &mut batch)
+                    .take_pool(node, MAC_KEY_LEN + bytes)
                     .expect("checked");
                 let mac_key = material.take_front(MAC_KEY_LEN);
                 let mut ct = key.clone();
@@ -227,6 +227,7 @@ impl KeyManager {
             }
             keys.push(DeliveredKey { id, key });
         }
+        self.flush_touched(&mut batch);
         let seq = self.next_assign;
         self.next_assign += 1;
         batch.push(Record::Counter {
@@ -263,10 +264,6 @@ impl KeyManager {
             );
             return Ok(());
         }
-        batch.push(Record::PendingAssign {
-            seq,
-            nodes: remote.clone(),
-        });
         let mut msgs = BTreeMap::new();
         let mut after = vec![After::AssignDurable(seq)];
         for node in &remote {
@@ -406,13 +403,13 @@ impl KeyManager {
         let mut got: Vec<(Uuid, Key)> = Vec::new();
         for k in &keys {
             let key = match &k.source {
-                KeySource::Pool(spans) => self.take_in_pool(&origin, spans, &mut batch),
+                KeySource::Pool(spans) => self.take_in_pool(&origin, spans),
                 KeySource::Otp { pad, ct, tag } => {
                     let total: u64 = pad.iter().map(|s| u64::from(s.len)).sum();
                     if total != (MAC_KEY_LEN + ct.len()) as u64 {
                         None
                     } else {
-                        self.take_in_pool(&origin, pad, &mut batch)
+                        self.take_in_pool(&origin, pad)
                             .and_then(|mut m| {
                                 let mac_key = m.take_front(MAC_KEY_LEN);
                                 if !otp_tag(&mac_key, &k.id, ct).ct_eq(tag) {
@@ -430,6 +427,7 @@ impl KeyManager {
                 Some(key) => got.push((k.id, key)),
                 None => {
                     // Whatever was spent stays spent; the assignment is refused as a whole.
+                    self.flush_touched(&mut batch);
                     if !batch.is_empty() {
                         self.store(batch, vec![After::Act(ack_ok(false))]);
                     } else {
@@ -454,6 +452,7 @@ impl KeyManager {
             });
             self.slave_keys.insert(id, sk);
         }
+        self.flush_touched(&mut batch);
         let next_w = self.peek_write();
         self.applied_assigns
             .insert((origin.clone(), seq), Some(next_w));
@@ -481,13 +480,10 @@ impl KeyManager {
         if a.waiting.is_empty() {
             let a = self.assigns.remove(&seq).expect("present");
             self.stats.keys_served_master += a.keys.len() as u64;
-            self.store(
-                vec![Record::PendingAssignGone { seq }],
-                vec![After::Act(Action::Answer {
-                    req: a.req,
-                    reply: Ok(AppReply::Keys(a.keys)),
-                })],
-            );
+            // Every slave node holds the keys durably and this node's spend is durable: the
+            // master may have them. (Nothing more to persist: at this node the keys exist only
+            // in the answer.)
+            self.answer(a.req, Ok(AppReply::Keys(a.keys)));
         }
     }
 
@@ -500,13 +496,15 @@ impl KeyManager {
         }
         // Local slave copies of these keys go too.
         let ids: Vec<Uuid> = a.keys.iter().map(|k| k.id).collect();
-        let mut batch = vec![Record::PendingAssignGone { seq }];
+        let mut batch = Vec::new();
         for id in ids {
             if self.slave_keys.remove(&id).is_some() {
                 batch.push(Record::SlaveKeyGone { id });
             }
         }
-        self.store(batch, vec![]);
+        if !batch.is_empty() {
+            self.store(batch, vec![]);
+        }
         self.answer(a.req, Err(Refusal::Unavailable(why)));
     }
 

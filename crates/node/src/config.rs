@@ -24,6 +24,18 @@ pub struct NodeConfig {
     /// End-to-end key pool policy.
     #[serde(default)]
     pub pool: PoolConfig,
+    /// Key store durability.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// Key store settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `"full"` (default: fsync per commit, survives power loss) or `"normal"` (survives
+    /// `kill -9`; a power loss may roll back the latest commits).
+    pub synchronous: crate::store::Sync,
 }
 
 /// Certificates and keys (PEM files).

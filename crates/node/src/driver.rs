@@ -62,17 +62,19 @@ impl KeyService for DriverHandle {
 pub struct Driver {
     cfg: KmConfig,
     db_path: std::path::PathBuf,
+    sync: crate::store::Sync,
     inbox_tx: mpsc::UnboundedSender<DriverMsg>,
     inbox_rx: mpsc::UnboundedReceiver<DriverMsg>,
 }
 
 impl Driver {
-    /// A driver for `cfg` with its store at `db_path`.
-    pub fn new(cfg: KmConfig, db_path: &Path) -> Self {
+    /// A driver for `cfg` with its store at `db_path`, committed with `sync`.
+    pub fn new(cfg: KmConfig, db_path: &Path, sync: crate::store::Sync) -> Self {
         let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
         Self {
             cfg,
             db_path: db_path.to_path_buf(),
+            sync,
             inbox_tx,
             inbox_rx,
         }
@@ -99,7 +101,7 @@ impl Driver {
         let origin = std::time::Instant::now();
         let now = move || kagi_km::Instant(origin.elapsed().as_nanos() as u64);
         let (store_tx, store_rx) = std::sync::mpsc::channel();
-        let store = SqliteStore::open(&self.db_path)?;
+        let store = SqliteStore::open_with(&self.db_path, self.sync)?;
         let snap = store.snapshot()?;
         let inbox = self.inbox_tx.clone();
         std::thread::Builder::new()

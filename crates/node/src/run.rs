@@ -29,7 +29,7 @@ pub async fn run_node(
         .clone();
     std::fs::create_dir_all(&cfg.data_dir)?;
     let db = cfg.data_dir.join(format!("{}.db", cfg.node_id));
-    let driver = Driver::new(km_config(&cfg, topo.clone()), &db);
+    let driver = Driver::new(km_config(&cfg, topo.clone()), &db, cfg.store.synchronous);
     let handle = driver.handle();
     let inbox = handle.inbox();
 

@@ -28,17 +28,41 @@ pub enum StoreError {
     },
 }
 
+/// How hard a commit is pushed to disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sync {
+    /// fsync the WAL at every commit: a committed batch survives process crash and power loss.
+    #[default]
+    Full,
+    /// WAL without fsync per commit: survives `kill -9` (the OS has the pages) but a power loss
+    /// may roll back the latest commits.
+    Normal,
+}
+
 /// An open key store.
 pub struct SqliteStore {
     conn: Connection,
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the store at `path`.
+    /// Opens (creating if needed) the store at `path` with `synchronous=FULL`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, Sync::Full)
+    }
+
+    /// Opens the store with a chosen durability.
+    pub fn open_with(path: &Path, sync: Sync) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match sync {
+                Sync::Full => "FULL",
+                Sync::Normal => "NORMAL",
+            },
+        )?;
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS records (
@@ -139,14 +163,15 @@ mod tests {
                     name: Counter::Relay,
                     next: 5,
                 },
-                Record::PendingAssign {
+                Record::PendingRelay {
                     seq: 3,
-                    nodes: vec!["b".into()],
+                    dest: "b".into(),
+                    key: kagi_keymat::Key::from_slice(&[7; 32]),
                 },
             ]])
             .unwrap();
             s.write(&[&[
-                Record::PendingAssignGone { seq: 3 },
+                Record::PendingRelayGone { seq: 3 },
                 Record::Counter {
                     name: Counter::Relay,
                     next: 9,

@@ -87,6 +87,7 @@ fn network(dir: &Path) -> (Topology, Vec<NodeConfig>) {
                     relay_chunk_bytes: 1024,
                     ..PoolConfig::default()
                 },
+                store: Default::default(),
             }
         })
         .collect();

@@ -53,9 +53,28 @@ struct EtsiArgs {
     /// Hop counts to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,3")]
     hops: Vec<usize>,
+    /// Store durability: `full` (fsync per commit, the default) or `normal`.
+    #[arg(long, value_enum, default_value = "full")]
+    sync: SyncArg,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// Store durability for the benchmark's nodes.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SyncArg {
+    Full,
+    Normal,
+}
+
+impl From<SyncArg> for kagi_node::store::Sync {
+    fn from(s: SyncArg) -> Self {
+        match s {
+            SyncArg::Full => Self::Full,
+            SyncArg::Normal => Self::Normal,
+        }
+    }
 }
 
 /// Arguments of `kagi bench relay`.
@@ -127,7 +146,8 @@ async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
             data_dir: dir.join("db"),
             tls: TlsConfig { ca: pki.ca_cert_path(), cert: p.cert, key: p.key },
             etsi014: Etsi014Config { max_key_per_request: 4096, ..Etsi014Config::default() },
-            pool: PoolConfig { target_bytes: 8 << 20, relay_chunk_bytes: 32 << 10, max_in_flight: 8, ..PoolConfig::default() },
+            pool: PoolConfig { target_bytes: 8 << 20, relay_chunk_bytes: 4096, max_in_flight: 32, ..PoolConfig::default() },
+            store: kagi_node::config::StoreConfig { synchronous: a.sync.into() },
         };
         let mut rx = stop_rx.clone();
         tasks.push(tokio::spawn(kagi_node::run_node(cfg, async move {
@@ -258,14 +278,17 @@ fn relay(a: RelayArgs) -> anyhow::Result<()> {
         refill_interval: Duration::from_millis(1),
         ..Policy::default()
     };
+    // Only `a` fills a pool (for `c`); `b` just forwards.
     let mut kms: BTreeMap<&str, KeyManager> = ids
         .iter()
         .map(|n| {
-            let cfg = KmConfig { node_id: n.to_string(), topology: topo.clone(), limits: Limits::default(), policy: policy.clone() };
+            let policy = if *n == "a" { policy.clone() } else { Policy { pool_target_bytes: 0, ..policy.clone() } };
+            let cfg = KmConfig { node_id: n.to_string(), topology: topo.clone(), limits: Limits::default(), policy };
             (*n, KeyManager::restore(cfg, Snapshot::default(), [7; 32], kagi_km::Instant(0)))
         })
         .collect();
-    let block = 64 * 1024;
+    // Link key blocks as the node's simulated links deliver them (8 KiB, two 4 KiB halves).
+    let block = 8 * 1024;
     let mut next_block = [0u64; 2];
     let mut now = kagi_km::Instant(1);
     let start = Instant::now();
@@ -276,7 +299,7 @@ fn relay(a: RelayArgs) -> anyhow::Result<()> {
         now = kagi_km::Instant(now.0 + 1_000_000);
         // Keep link key ahead of demand on both links.
         for (li, (x, y)) in [("a", "b"), ("b", "c")].into_iter().enumerate() {
-            while kms[x].stats().link_bytes < 4 * block as u64 {
+            while kms[x].link_tx_free(y) < 4 * block as u64 {
                 let bytes = Key::from_vec(vec![li as u8 + 1; block]);
                 let n = next_block[li];
                 next_block[li] += 1;
@@ -285,7 +308,9 @@ fn relay(a: RelayArgs) -> anyhow::Result<()> {
                 kms.get_mut(y).expect("node").handle(now, Input::LinkKeys { peer: x.into(), block: n, key: bytes });
             }
         }
-        kms.get_mut("a").expect("node").handle_timeout(now);
+        for id in ids {
+            kms.get_mut(id).expect("node").handle_timeout(now);
+        }
         // Drain every node, acknowledging writes at once and delivering messages in order.
         loop {
             let mut progressed = false;

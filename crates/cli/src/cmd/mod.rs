@@ -1,5 +1,6 @@
 //! One module per subcommand; each has `Args` (clap) and `run`.
 
+pub mod bench;
 pub mod keys;
 pub mod link_rate;
 pub mod node;

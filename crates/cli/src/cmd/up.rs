@@ -248,6 +248,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             },
             etsi014: Etsi014Config::default(),
             pool: PoolConfig::default(),
+            store: Default::default(),
         };
         let cfg_path = node_dir.join("node.toml");
         // Keep a config the user edited (limits, pool policy), refreshing only what kagi up owns.
@@ -255,6 +256,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             Ok(old) => NodeConfig {
                 etsi014: old.etsi014,
                 pool: old.pool,
+                store: old.store,
                 ..cfg
             },
             Err(_) => cfg,
