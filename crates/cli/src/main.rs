@@ -17,6 +17,8 @@ struct Cli {
 enum Command {
     /// Secret key rate against distance for a QKD protocol (analytic link models).
     LinkRate(cmd::link_rate::Args),
+    /// Photon-level link simulation through the whole post-processing pipeline.
+    LinkSim(cmd::link_sim::Args),
     /// Run one trusted node's key manager (`--config node.toml`).
     Node(cmd::node::Args),
     /// Start a whole local network (certificates, configs, one `kagi node` per trusted node).
@@ -43,6 +45,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::LinkRate(a) => cmd::link_rate::run(a),
+        Command::LinkSim(a) => cmd::link_sim::run(a),
         Command::Up(a) => cmd::up::run(a),
         Command::Keys(a) => cmd::keys::run(a),
         Command::Vault(a) => cmd::vault::run(a),

@@ -687,8 +687,11 @@ impl Alice {
     ) -> Result<Vec<u8>, ProtocolError> {
         let (ell, phi) = secret_length(&self.cfg, &counts, leaked)?;
         if ell == 0 {
+            let kl = self.cfg.decoy.key_length(&counts, leaked + VERIFY_BITS)?;
             return Err(ProtocolError::NoKey(format!(
-                "finite-key length is 0 after {leaked} bits of error-correction leakage"
+                "finite-key length is 0 after {leaked} bits of error-correction leakage \
+                 (n_K = {n_key}, s_K0 >= {:.0}, s_K1 >= {:.0}, phase error <= {:.4})",
+                kl.s_k0, kl.s_k1, kl.phi_k
             )));
         }
         let mut hk = [0u8; MAC_KEY_LEN];
