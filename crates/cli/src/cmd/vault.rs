@@ -467,11 +467,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         "k": m.k, "n": m.n, "epoch": m.epoch, "sites": m.sites, "holding": h})
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                print_out(&(serde_json::to_string_pretty(&v)? + "\n"))?;
             } else {
                 for (m, h) in &all {
-                    println!(
-                        "{}  {:<24} {:>10}  {}-of-{}  refreshed {}x  held by {}/{}",
+                    print_out(&format!(
+                        "{}  {:<24} {:>10}  {}-of-{}  refreshed {}x  held by {}/{}\n",
                         m.object,
                         m.name,
                         fmt_bytes(m.len),
@@ -480,7 +480,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         m.epoch,
                         h.len(),
                         m.n
-                    );
+                    ))?;
                 }
             }
         }
@@ -574,6 +574,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         VaultCommand::Sites | VaultCommand::DemoRecords { .. } => {}
     }
     Ok(())
+}
+
+/// Writes to stdout; a closed pipe (`kagi vault ls | head`) ends the output quietly.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
