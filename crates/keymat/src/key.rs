@@ -59,9 +59,9 @@ impl Key {
     pub fn take_front(&mut self, n: usize) -> Key {
         let n = n.min(self.bytes.len());
         let front = Key::from_slice(&self.bytes[..n]);
-        let rest = self.bytes[n..].to_vec();
-        self.bytes.zeroize();
-        self.bytes = rest;
+        // Shift the rest down in place; the stale tail left in spare capacity is wiped on drop
+        // (zeroize clears the whole capacity of a Vec).
+        self.bytes.drain(..n);
         front
     }
 

@@ -264,13 +264,12 @@ impl KeyManager {
         next: &str,
         batch: &mut Vec<Record>,
     ) -> Option<PeerMsg> {
-        let (pad_spans, mut material) = self.alloc_tx(next, MAC_KEY_LEN + key.len(), batch)?;
-        let mac_key = material.take_front(MAC_KEY_LEN);
-        let mut ct = key.clone();
-        ct.xor_in_place(material.expose());
-        let ct = ct.expose().to_vec(); // one-time-pad ciphertext: safe to send
+        let (pad_spans, material) = self.alloc_tx(next, MAC_KEY_LEN + key.len(), batch)?;
+        let (mac_key, pad) = material.expose().split_at(MAC_KEY_LEN);
+        // One-time-pad ciphertext: safe to send.
+        let ct: Vec<u8> = key.expose().iter().zip(pad).map(|(k, p)| k ^ p).collect();
         let header = PeerMsg::relay_header(relay, path, &pad_spans, ct.len());
-        let mut mac = Mac::new(MacKey::from_key(&mac_key).expect("32 bytes"));
+        let mut mac = Mac::new(MacKey::from_bytes(mac_key).expect("32 bytes"));
         mac.update(&header);
         mac.update(&ct);
         let tag = mac.finalize();
@@ -474,10 +473,10 @@ impl KeyManager {
             }
         }
         let mut batch = Vec::new();
-        let mut material = self.take_rx(&from, pad, &mut batch);
-        let mac_key = material.take_front(MAC_KEY_LEN);
+        let material = self.take_rx(&from, pad, &mut batch);
+        let (mac_key, pad_bytes) = material.expose().split_at(MAC_KEY_LEN);
         let header = PeerMsg::relay_header(relay, path, pad, ct.len());
-        let mut mac = Mac::new(MacKey::from_key(&mac_key).expect("32 bytes"));
+        let mut mac = Mac::new(MacKey::from_bytes(mac_key).expect("32 bytes"));
         mac.update(&header);
         mac.update(ct);
         if !mac.finalize().ct_eq(tag) {
@@ -488,7 +487,7 @@ impl KeyManager {
         }
         self.gc_rx(&from, pad, &mut batch);
         let mut key = Key::from_slice(ct);
-        key.xor_in_place(material.expose());
+        key.xor_in_place(pad_bytes);
         match next {
             None => {
                 self.stats.relays_received += 1;
