@@ -330,16 +330,6 @@ fn fmt_bytes(b: u64) -> String {
 /// Runs `kagi vault`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let dir = &args.data_dir;
-    let net = NetworkFile::load(dir)?;
-    let owner_sae = match &args.sae {
-        Some(s) => s.clone(),
-        None => net
-            .nodes
-            .iter()
-            .find_map(|n| n.saes.first())
-            .map(|s| s.id.clone())
-            .context("network.json lists no SAE")?,
-    };
     if let VaultCommand::DemoRecords {
         out,
         patients,
@@ -361,6 +351,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    let net = NetworkFile::load(dir)?;
+    let owner_sae = match &args.sae {
+        Some(s) => s.clone(),
+        None => net
+            .nodes
+            .iter()
+            .find_map(|n| n.saes.first())
+            .map(|s| s.id.clone())
+            .context("network.json lists no SAE")?,
+    };
     let specs = site_specs(dir, &net, &owner_sae)?;
     if let VaultCommand::Sites = args.command {
         for s in &specs {
