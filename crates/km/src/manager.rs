@@ -192,6 +192,9 @@ pub struct KeyManager {
     pub(crate) down: BTreeSet<NodeId>,
     pub(crate) links: BTreeMap<NodeId, Link>,
     pub(crate) out_pools: BTreeMap<NodeId, BTreeMap<u64, KeyBuf>>,
+    /// Unspent bytes of each out-pool (kept in step with `out_pools`; pools hold thousands of
+    /// chunks and this is read on every request and refill tick).
+    pub(crate) out_free: BTreeMap<NodeId, u64>,
     pub(crate) in_pools: BTreeMap<NodeId, BTreeMap<u64, KeyBuf>>,
     pub(crate) pending_relays: BTreeMap<u64, PendingRelay>,
     pub(crate) slave_keys: BTreeMap<Uuid, SlaveKey>,
@@ -227,6 +230,7 @@ impl KeyManager {
             down: BTreeSet::new(),
             links: BTreeMap::new(),
             out_pools: BTreeMap::new(),
+            out_free: BTreeMap::new(),
             in_pools: BTreeMap::new(),
             pending_relays: BTreeMap::new(),
             slave_keys: BTreeMap::new(),
@@ -312,6 +316,16 @@ impl KeyManager {
                 | Record::SlaveKeyGone { .. } => {}
             }
         }
+        km.out_free = km
+            .out_pools
+            .iter()
+            .map(|(d, p)| {
+                (
+                    d.clone(),
+                    p.values().map(|b| u64::from(b.tail_free())).sum(),
+                )
+            })
+            .collect();
         km
     }
 
@@ -345,9 +359,7 @@ impl KeyManager {
 
     /// Bytes of end-to-end key ready for masters here with slaves at `dest`.
     pub fn pool_free(&self, dest: &str) -> u64 {
-        self.out_pools
-            .get(dest)
-            .map_or(0, |p| p.values().map(|b| u64::from(b.tail_free())).sum())
+        self.out_free.get(dest).copied().unwrap_or(0)
     }
 
     /// Feeds one input. Drain [`poll_action`](Self::poll_action) afterwards.

@@ -234,10 +234,14 @@ impl KeyManager {
     /// holds nothing older: our copies of its half before `n` can go.
     fn gc_rx(&mut self, peer: &str, spans: &[Span], batch: &mut Vec<Record>) {
         // Hops from this neighbour still waiting here reference older blocks: keep those.
-        let waiting = self.waiting_hops.iter().filter(|h| h.from == peer).filter_map(|h| match &h.msg {
-            PeerMsg::RelayHop { pad, .. } => pad.iter().map(|s| s.id).min(),
-            _ => None,
-        });
+        let waiting = self
+            .waiting_hops
+            .iter()
+            .filter(|h| h.from == peer)
+            .filter_map(|h| match &h.msg {
+                PeerMsg::RelayHop { pad, .. } => pad.iter().map(|s| s.id).min(),
+                _ => None,
+            });
         let Some(floor) = spans.iter().map(|s| s.id).chain(waiting).min() else {
             return;
         };
@@ -295,7 +299,11 @@ impl KeyManager {
                 continue;
             };
             // Computed once per destination: the pool can hold thousands of chunks.
-            let mut in_flight = self.pending_relays.values().filter(|r| r.dest == dest).count() as u64;
+            let mut in_flight = self
+                .pending_relays
+                .values()
+                .filter(|r| r.dest == dest)
+                .count() as u64;
             let mut have = self.pool_free(dest) + in_flight * u64::from(p.relay_chunk_bytes);
             let low = (p.pool_target_bytes as f64 * p.pool_low_water) as u64;
             loop {
@@ -539,6 +547,7 @@ impl KeyManager {
             },
             Record::PendingRelayGone { seq: relay.seq },
         ];
+        *self.out_free.entry(p.dest.clone()).or_default() += u64::from(buf.tail_free());
         self.out_pools
             .entry(p.dest)
             .or_default()
@@ -615,9 +624,16 @@ impl KeyManager {
             }
             let start = buf.tail();
             out.extend_from(&buf.take(start, take).expect("tail range is free"));
-            spans.push(Span { id, start, len: take });
+            spans.push(Span {
+                id,
+                start,
+                len: take,
+            });
             need -= take;
             self.touched.insert((Pool::Out(dest.to_string()), id));
+        }
+        if let Some(f) = self.out_free.get_mut(dest) {
+            *f -= n as u64;
         }
         Some((spans, out))
     }
@@ -657,13 +673,19 @@ impl KeyManager {
             };
             let Some(map) = map else { continue };
             match map.get(&id) {
-                Some(buf) if buf.exhausted() || matches!(pool, Pool::Out(_)) && buf.tail_free() == 0 => {
+                Some(buf)
+                    if buf.exhausted() || matches!(pool, Pool::Out(_)) && buf.tail_free() == 0 =>
+                {
                     map.remove(&id);
                     batch.push(Record::ChunkGone { pool, chunk: id });
                 }
                 Some(buf) => {
                     let parts = KeyBufParts::from(buf);
-                    batch.push(Record::Chunk { pool, chunk: id, buf: parts });
+                    batch.push(Record::Chunk {
+                        pool,
+                        chunk: id,
+                        buf: parts,
+                    });
                 }
                 None => batch.push(Record::ChunkGone { pool, chunk: id }),
             }

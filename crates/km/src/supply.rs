@@ -192,9 +192,7 @@ impl KeyManager {
             let key = if primary == me {
                 self.fresh_key(bytes)
             } else {
-                let (spans, k) = self
-                    .take_pool(&primary, bytes)
-                    .expect("checked");
+                let (spans, k) = self.take_pool(&primary, bytes).expect("checked");
                 per_node
                     .entry(primary.clone())
                     .or_default()
@@ -208,9 +206,8 @@ impl KeyManager {
                 if *node == me {
                     continue;
                 }
-                let (spans, mut material) = self
-                    .take_pool(node, MAC_KEY_LEN + bytes)
-                    .expect("checked");
+                let (spans, mut material) =
+                    self.take_pool(node, MAC_KEY_LEN + bytes).expect("checked");
                 let mac_key = material.take_front(MAC_KEY_LEN);
                 let mut ct = key.clone();
                 ct.xor_in_place(material.expose());
@@ -409,17 +406,16 @@ impl KeyManager {
                     if total != (MAC_KEY_LEN + ct.len()) as u64 {
                         None
                     } else {
-                        self.take_in_pool(&origin, pad)
-                            .and_then(|mut m| {
-                                let mac_key = m.take_front(MAC_KEY_LEN);
-                                if !otp_tag(&mac_key, &k.id, ct).ct_eq(tag) {
-                                    self.stats.bad_tags += 1;
-                                    return None;
-                                }
-                                let mut key = Key::from_slice(ct);
-                                key.xor_in_place(m.expose());
-                                Some(key)
-                            })
+                        self.take_in_pool(&origin, pad).and_then(|mut m| {
+                            let mac_key = m.take_front(MAC_KEY_LEN);
+                            if !otp_tag(&mac_key, &k.id, ct).ct_eq(tag) {
+                                self.stats.bad_tags += 1;
+                                return None;
+                            }
+                            let mut key = Key::from_slice(ct);
+                            key.xor_in_place(m.expose());
+                            Some(key)
+                        })
                     }
                 }
             };

@@ -124,11 +124,19 @@ mod tests {
         assert_eq!(a.peer, l.b);
         assert_eq!(a.block(7), b.block(7));
         assert_ne!(a.block(7), a.block(8));
-        assert!(a.block_bytes > 0 && a.block_bytes.is_multiple_of(2) && a.block_bytes <= MAX_BLOCK_BYTES);
+        assert!(
+            a.block_bytes > 0
+                && a.block_bytes.is_multiple_of(2)
+                && a.block_bytes <= MAX_BLOCK_BYTES
+        );
         assert!(a.interval <= MAX_BLOCK_INTERVAL);
         // Rate is honoured: bytes per second match the model's rate within rounding.
         let bps = (a.block_bytes * 8) as f64 / a.interval.as_secs_f64();
-        assert!((bps - a.rate_bps).abs() / a.rate_bps < 0.01, "{bps} vs {}", a.rate_bps);
+        assert!(
+            (bps - a.rate_bps).abs() / a.rate_bps < 0.01,
+            "{bps} vs {}",
+            a.rate_bps
+        );
         // A longer link yields less key.
         let long = t
             .links

@@ -59,6 +59,16 @@ fn faults(p: f64) -> Faults {
 /// Asks for keys at `a` for `sae-d` (and extra slaves), then fetches them at every slave's node.
 /// Returns true if the exchange completed, false if the master was refused (503) cleanly.
 fn exchange(sim: &mut Sim, extra: &[(&str, &str)], n: u64) -> bool {
+    // The cached per-destination pool sizes agree with the chunks actually held.
+    if let Some(a) = sim.node("a") {
+        let cached: u64 = ["b", "c", "d", "e"].iter().map(|d| a.pool_free(d)).sum();
+        assert_eq!(
+            cached,
+            a.stats().pool_bytes,
+            "seed {}: pool accounting drifted",
+            sim.seed()
+        );
+    }
     let req = sim.call(
         "a",
         AppCall::EncKeys {

@@ -53,6 +53,9 @@ struct EtsiArgs {
     /// Hop counts to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,3")]
     hops: Vec<usize>,
+    /// Demo speed-up of the simulated links (enough key to refill pools during the run).
+    #[arg(long, default_value_t = 20.0)]
+    rate_multiplier: f64,
     /// Store durability: `full` (fsync per commit, the default) or `normal`.
     #[arg(long, value_enum, default_value = "full")]
     sync: SyncArg,
@@ -95,7 +98,9 @@ struct RelayArgs {
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.what {
         What::Etsi(a) => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(etsi(a))
         }
         What::Relay(a) => relay(a),
@@ -103,7 +108,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
@@ -114,7 +121,7 @@ async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
         name: "bench".into(),
         seed: 1,
         epoch_unix: SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
-        rate_multiplier: 200.0,
+        rate_multiplier: a.rate_multiplier,
         nodes: ids
             .iter()
             .map(|n| {
@@ -128,7 +135,14 @@ async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?,
         links: ids
             .windows(2)
-            .map(|w| LinkSpec { a: w[0].into(), b: w[1].into(), length_km: 20.0, cost: None, seed: None, source: None })
+            .map(|w| LinkSpec {
+                a: w[0].into(),
+                b: w[1].into(),
+                length_km: 20.0,
+                cost: None,
+                seed: None,
+                source: None,
+            })
             .collect(),
     };
     std::fs::write(dir.join("topology.toml"), topo.to_toml())?;
@@ -144,10 +158,24 @@ async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
             node_id: n.to_string(),
             topology: dir.join("topology.toml"),
             data_dir: dir.join("db"),
-            tls: TlsConfig { ca: pki.ca_cert_path(), cert: p.cert, key: p.key },
-            etsi014: Etsi014Config { max_key_per_request: 4096, ..Etsi014Config::default() },
-            pool: PoolConfig { target_bytes: 8 << 20, relay_chunk_bytes: 4096, max_in_flight: 32, ..PoolConfig::default() },
-            store: kagi_node::config::StoreConfig { synchronous: a.sync.into() },
+            tls: TlsConfig {
+                ca: pki.ca_cert_path(),
+                cert: p.cert,
+                key: p.key,
+            },
+            etsi014: Etsi014Config {
+                max_key_per_request: 4096,
+                ..Etsi014Config::default()
+            },
+            pool: PoolConfig {
+                target_bytes: 4 << 20,
+                relay_chunk_bytes: 4096,
+                max_in_flight: 32,
+                ..PoolConfig::default()
+            },
+            store: kagi_node::config::StoreConfig {
+                synchronous: a.sync.into(),
+            },
         };
         let mut rx = stop_rx.clone();
         tasks.push(tokio::spawn(kagi_node::run_node(cfg, async move {
@@ -156,15 +184,23 @@ async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
     }
     let client = |node: &str, sae: &str| -> anyhow::Result<Etsi014Client> {
         let p = pki.sae_paths(sae);
-        let addr = topo.node(node).and_then(|n| n.etsi014_addr.clone()).context("node address")?;
-        Ok(Etsi014Client::from_files(&format!("https://{addr}"), &pki.ca_cert_path(), &p.cert, &p.key)?)
+        let addr = topo
+            .node(node)
+            .and_then(|n| n.etsi014_addr.clone())
+            .context("node address")?;
+        Ok(Etsi014Client::from_files(
+            &format!("https://{addr}"),
+            &pki.ca_cert_path(),
+            &p.cert,
+            &p.key,
+        )?)
     };
     let mut results = BTreeMap::new();
     for &hops in &a.hops {
         let slave_node = ids.get(hops).context("hops must be 1..=3")?;
-        // Warm the pool: wait until it holds what the run will use (or 8 MiB).
+        // Warm the pool: wait until it is 90 % full (4 MiB target) or a minute has passed.
         let probe = client("a", "sae-a-0")?;
-        let want = (8u64 << 20) / (a.size / 8) * 9 / 10;
+        let want = (4u64 << 20) / (a.size / 8) * 9 / 10;
         let t0 = Instant::now();
         loop {
             let s = probe.status(&format!("sae-{slave_node}-0")).await?;
@@ -186,7 +222,13 @@ async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
                 let mut dec = Vec::new();
                 let mut keys = 0u64;
                 let mut refused = 0u64;
-                let req = KeyRequest { number: Some(number), size: Some(size), additional_slave_sae_ids: None, extension_mandatory: None, extension_optional: None };
+                let req = KeyRequest {
+                    number: Some(number),
+                    size: Some(size),
+                    additional_slave_sae_ids: None,
+                    extension_mandatory: None,
+                    extension_optional: None,
+                };
                 while Instant::now() < deadline {
                     let t = Instant::now();
                     let Ok(got) = m.enc_keys(&slave_id, &req).await else {
@@ -200,7 +242,12 @@ async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
                     let back = m_dec(&s, &master_id, &ids).await;
                     dec.push(t.elapsed());
                     match back {
-                        Some(b) if b.len() == got.len() && b.iter().zip(&got).all(|(x, y)| x.key == y.key) => keys += got.len() as u64,
+                        Some(b)
+                            if b.len() == got.len()
+                                && b.iter().zip(&got).all(|(x, y)| x.key == y.key) =>
+                        {
+                            keys += got.len() as u64
+                        }
                         _ => refused += 1,
                     }
                 }
@@ -222,7 +269,10 @@ async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
         let secs = start.elapsed().as_secs_f64();
         enc.sort();
         dec.sort();
-        let pct = |v: &[Duration], p: f64| v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1))).map_or(0.0, |d| d.as_secs_f64() * 1e3);
+        let pct = |v: &[Duration], p: f64| {
+            v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+                .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        };
         let r = serde_json::json!({
             "hops": hops,
             "clients": a.clients,
@@ -253,7 +303,11 @@ async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn m_dec(s: &Etsi014Client, master: &str, ids: &[uuid::Uuid]) -> Option<Vec<kagi_km::DeliveredKey>> {
+async fn m_dec(
+    s: &Etsi014Client,
+    master: &str,
+    ids: &[uuid::Uuid],
+) -> Option<Vec<kagi_km::DeliveredKey>> {
     s.dec_keys(master, ids).await.ok()
 }
 
@@ -266,8 +320,26 @@ fn relay(a: RelayArgs) -> anyhow::Result<()> {
         seed: 3,
         epoch_unix: 0,
         rate_multiplier: 1.0,
-        nodes: ids.iter().map(|n| NodeSpec { id: n.to_string(), saes: vec![format!("sae-{n}")], peer_addr: None, etsi014_addr: None }).collect(),
-        links: ids.windows(2).map(|w| LinkSpec { a: w[0].into(), b: w[1].into(), length_km: 10.0, cost: None, seed: None, source: None }).collect(),
+        nodes: ids
+            .iter()
+            .map(|n| NodeSpec {
+                id: n.to_string(),
+                saes: vec![format!("sae-{n}")],
+                peer_addr: None,
+                etsi014_addr: None,
+            })
+            .collect(),
+        links: ids
+            .windows(2)
+            .map(|w| LinkSpec {
+                a: w[0].into(),
+                b: w[1].into(),
+                length_km: 10.0,
+                cost: None,
+                seed: None,
+                source: None,
+            })
+            .collect(),
     });
     let total = a.megabytes << 20;
     let policy = Policy {
@@ -282,9 +354,24 @@ fn relay(a: RelayArgs) -> anyhow::Result<()> {
     let mut kms: BTreeMap<&str, KeyManager> = ids
         .iter()
         .map(|n| {
-            let policy = if *n == "a" { policy.clone() } else { Policy { pool_target_bytes: 0, ..policy.clone() } };
-            let cfg = KmConfig { node_id: n.to_string(), topology: topo.clone(), limits: Limits::default(), policy };
-            (*n, KeyManager::restore(cfg, Snapshot::default(), [7; 32], kagi_km::Instant(0)))
+            let policy = if *n == "a" {
+                policy.clone()
+            } else {
+                Policy {
+                    pool_target_bytes: 0,
+                    ..policy.clone()
+                }
+            };
+            let cfg = KmConfig {
+                node_id: n.to_string(),
+                topology: topo.clone(),
+                limits: Limits::default(),
+                policy,
+            };
+            (
+                *n,
+                KeyManager::restore(cfg, Snapshot::default(), [7; 32], kagi_km::Instant(0)),
+            )
         })
         .collect();
     // Link key blocks as the node's simulated links deliver them (8 KiB, two 4 KiB halves).
@@ -304,8 +391,22 @@ fn relay(a: RelayArgs) -> anyhow::Result<()> {
                 let n = next_block[li];
                 next_block[li] += 1;
                 link_fed += block as u64;
-                kms.get_mut(x).expect("node").handle(now, Input::LinkKeys { peer: y.into(), block: n, key: bytes.clone() });
-                kms.get_mut(y).expect("node").handle(now, Input::LinkKeys { peer: x.into(), block: n, key: bytes });
+                kms.get_mut(x).expect("node").handle(
+                    now,
+                    Input::LinkKeys {
+                        peer: y.into(),
+                        block: n,
+                        key: bytes.clone(),
+                    },
+                );
+                kms.get_mut(y).expect("node").handle(
+                    now,
+                    Input::LinkKeys {
+                        peer: x.into(),
+                        block: n,
+                        key: bytes,
+                    },
+                );
             }
         }
         for id in ids {
@@ -320,7 +421,9 @@ fn relay(a: RelayArgs) -> anyhow::Result<()> {
                     progressed = true;
                     match act {
                         Action::Send { to, msg } => queue.push((id.to_string(), to, msg)),
-                        Action::Store { write, .. } => km.handle(now, Input::Stored { write, ok: true }),
+                        Action::Store { write, .. } => {
+                            km.handle(now, Input::Stored { write, ok: true })
+                        }
                         Action::Answer { .. } => {}
                     }
                 }
@@ -330,7 +433,9 @@ fn relay(a: RelayArgs) -> anyhow::Result<()> {
                 if from == "b" && matches!(msg, kagi_km::PeerMsg::RelayHop { .. }) {
                     relayed_at_b += u64::from(a.chunk);
                 }
-                kms.get_mut(to.as_str()).expect("node").handle(now, Input::Peer { from, msg });
+                kms.get_mut(to.as_str())
+                    .expect("node")
+                    .handle(now, Input::Peer { from, msg });
             }
             if !progressed {
                 break;
