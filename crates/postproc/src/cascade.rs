@@ -60,8 +60,8 @@ pub struct CascadeParams {
 impl Default for CascadeParams {
     fn default() -> Self {
         Self {
-            alpha: 0.73,
-            passes: 8,
+            alpha: 1.4,
+            passes: 12,
         }
     }
 }
