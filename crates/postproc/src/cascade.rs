@@ -51,7 +51,7 @@ use crate::bits::BitVec;
 /// Tunable Cascade parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CascadeParams {
-    /// First-pass block size is the power of two nearest to `alpha / qber`.
+    /// First-pass block size is `alpha / qber` rounded (at least 4, at most n/2).
     pub alpha: f64,
     /// Total number of passes (the first two with small blocks, the rest with two blocks).
     pub passes: usize,
@@ -196,7 +196,7 @@ impl Layout {
     }
 
     /// The layout for `n` bits, block sizes `ks` and permutation `seed` (cached: the two ends
-    /// of a link simulated in one process build it once).
+    /// of a link simulated in one process build it once; only the latest layout is kept).
     pub fn get(n: usize, ks: &[usize], seed: u64) -> Arc<Layout> {
         static CACHE: LayoutCache = Mutex::new(Vec::new());
         if let Ok(c) = CACHE.lock() {
@@ -206,7 +206,7 @@ impl Layout {
         }
         let l = Arc::new(Self::build(n, ks, seed));
         if let Ok(mut c) = CACHE.lock() {
-            if c.len() >= 2 {
+            if !c.is_empty() {
                 c.remove(0);
             }
             c.push((n, ks.to_vec(), seed, l.clone()));

@@ -1,7 +1,7 @@
-//! Arithmetic in GF(2^64) = GF(2)[z]/(z^64 + z^4 + z^3 + z + 1) and its Cantor basis.
+//! Arithmetic in GF(2^64) = GF(2)\[z\]/(z^64 + z^4 + z^3 + z + 1) and its Cantor basis.
 //!
 //! Elements are `u64`s: bit `i` is the coefficient of `z^i`. Addition is XOR. This module is the
-//! portable (safe) reference; [`crate::clmul_unsafe`] has the PCLMULQDQ kernels used on x86-64.
+//! portable (safe) reference; the crate-private `clmul_unsafe` module has the PCLMULQDQ kernels used on x86-64.
 
 use std::sync::OnceLock;
 

@@ -1,20 +1,27 @@
 //! kagi-postproc: QKD post-processing as pure libraries (no I/O).
 //!
 //! From raw detections to identical secret keys at both ends:
+//! * [`protocol`]: the two-party protocol, sans-I/O (sifting, parameter estimation, Cascade,
+//!   verification, privacy amplification), every message framed and authenticated with the
+//!   Wegman–Carter MAC of `kagi_keymat`, authentication key accounted and replenished.
+//! * [`finite_key`]: finite-key length from observed counts (Lim et al. 2014).
+//! * [`cascade`]: batched Cascade error reconciliation.
 //! * [`toeplitz`]: privacy amplification by Toeplitz hashing, exact and fast (additive FFT over
 //!   GF(2^64) with carry-less multiplication).
-//! * [`bits`]: packed bit vectors for key material.
+//! * [`gf64`]: GF(2^64) arithmetic and its Cantor basis.
+//! * [`bits`]: packed bit vectors for key material; [`wire`]: message encoding.
+//! * [`toy`]: a small decoy-BB84 channel for tests and benchmarks.
 #![warn(missing_docs)]
 
 mod additive_fft;
 pub mod bits;
-mod clmul_unsafe;
-pub mod gf64;
-pub mod toeplitz;
-
-pub use bits::BitVec;
 pub mod cascade;
+mod clmul_unsafe;
 pub mod finite_key;
+pub mod gf64;
 pub mod protocol;
+pub mod toeplitz;
 pub mod toy;
 pub mod wire;
+
+pub use bits::BitVec;

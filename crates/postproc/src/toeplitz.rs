@@ -3,9 +3,9 @@
 //! For an input `x` of `n` bits, an output length `r` and a seed `t` of `n + r − 1` bits, the
 //! Toeplitz matrix is `T[i][j] = t[n − 1 + i − j]` (`i < r`, `j < n`) and the hash is
 //! `y = T·x` over GF(2): `y_i = ⊕_j t[n−1+i−j]·x_j`. That is exactly coefficients
-//! `n−1 .. n−1+r` of the product `t(z)·x(z)` in GF(2)[z], which is computed by
+//! `n−1 .. n−1+r` of the product `t(z)·x(z)` in GF(2)\[z\], which is computed by
 //! - schoolbook carry-less multiplication for small sizes, or
-//! - an additive FFT over GF(2^64) ([`crate::additive_fft`]) for large ones: O(N log N) field
+//! - an additive FFT over GF(2^64) (the crate-private `additive_fft` module) for large ones: O(N log N) field
 //!   operations with PCLMULQDQ, all exact (no floating point).
 //!
 //! The family {x ↦ T·x} over uniformly random seeds is 2-universal, so by the leftover hash
