@@ -12,7 +12,11 @@ use kagi_node::etsi014::wire::KeyRequest;
 use kagi_node::pki::Pki;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Net {
@@ -26,13 +30,20 @@ impl Net {
         let dir = std::env::temp_dir().join(format!(
             "kagi-crash-{}-{}",
             std::process::id(),
-            SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let topo = Topology {
             name: "crash".into(),
             seed: 5,
-            epoch_unix: SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - 1,
+            epoch_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                - 1,
             rate_multiplier: 5.0,
             nodes: ids
                 .iter()
@@ -45,7 +56,14 @@ impl Net {
                 .collect(),
             links: ids
                 .windows(2)
-                .map(|w| LinkSpec { a: w[0].into(), b: w[1].into(), length_km: 20.0, cost: None, seed: None, source: None })
+                .map(|w| LinkSpec {
+                    a: w[0].into(),
+                    b: w[1].into(),
+                    length_km: 20.0,
+                    cost: None,
+                    seed: None,
+                    source: None,
+                })
                 .collect(),
         };
         std::fs::write(dir.join("topology.toml"), topo.to_toml()).unwrap();
@@ -57,14 +75,30 @@ impl Net {
                 node_id: n.to_string(),
                 topology: dir.join("topology.toml"),
                 data_dir: dir.join("db"),
-                tls: TlsConfig { ca: pki.ca_cert_path(), cert: p.cert, key: p.key },
+                tls: TlsConfig {
+                    ca: pki.ca_cert_path(),
+                    cert: p.cert,
+                    key: p.key,
+                },
                 etsi014: Etsi014Config::default(),
-                pool: PoolConfig { target_bytes: 4096, relay_chunk_bytes: 512, ..PoolConfig::default() },
+                pool: PoolConfig {
+                    target_bytes: 4096,
+                    relay_chunk_bytes: 512,
+                    ..PoolConfig::default()
+                },
                 store: Default::default(),
             };
-            std::fs::write(dir.join(format!("{n}.toml")), toml::to_string(&cfg).unwrap()).unwrap();
+            std::fs::write(
+                dir.join(format!("{n}.toml")),
+                toml::to_string(&cfg).unwrap(),
+            )
+            .unwrap();
         }
-        let mut net = Net { dir, topo, procs: Default::default() };
+        let mut net = Net {
+            dir,
+            topo,
+            procs: Default::default(),
+        };
         for n in ids {
             net.start(n);
         }
@@ -75,9 +109,18 @@ impl Net {
         let child = Command::new(env!("CARGO_BIN_EXE_kagi"))
             .args(["node", "--config"])
             .arg(self.dir.join(format!("{id}.toml")))
-            .env("RUST_LOG", std::env::var("KAGI_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("KAGI_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{id}.log"))).unwrap())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join(format!("{id}.log")))
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         self.procs.insert(id.to_string(), child);
@@ -95,9 +138,14 @@ impl Net {
         let pki = Pki::open_or_create(&self.dir.join("pki")).unwrap();
         let p = pki.sae_paths(&format!("sae-{node}"));
         let addr = self.topo.node(node).unwrap().etsi014_addr.clone().unwrap();
-        Etsi014Client::from_files(&format!("https://{addr}"), &pki.ca_cert_path(), &p.cert, &p.key)
-            .unwrap()
-            .with_timeout(Duration::from_secs(10))
+        Etsi014Client::from_files(
+            &format!("https://{addr}"),
+            &pki.ca_cert_path(),
+            &p.cert,
+            &p.key,
+        )
+        .unwrap()
+        .with_timeout(Duration::from_secs(10))
     }
 
     fn dir(&self) -> &Path {
@@ -118,7 +166,13 @@ impl Drop for Net {
 }
 
 fn req(n: u64) -> KeyRequest {
-    KeyRequest { number: Some(n), size: Some(256), additional_slave_sae_ids: None, extension_mandatory: None, extension_optional: None }
+    KeyRequest {
+        number: Some(n),
+        size: Some(256),
+        additional_slave_sae_ids: None,
+        extension_mandatory: None,
+        extension_optional: None,
+    }
 }
 
 async fn wait_for_pool(master: &Etsi014Client, slave: &str, at_least: u64) {
@@ -140,9 +194,16 @@ async fn round(a: &Etsi014Client, d: &Etsi014Client) -> Option<bool> {
     // The slave side may be briefly unreachable; retry a few times.
     for _ in 0..50 {
         if let Ok(got) = d.dec_keys("sae-a", &ids).await {
-            let same = got.len() == keys.len() && keys.iter().zip(&got).all(|(m, s)| m.id == s.id && m.key == s.key);
+            let same = got.len() == keys.len()
+                && keys
+                    .iter()
+                    .zip(&got)
+                    .all(|(m, s)| m.id == s.id && m.key == s.key);
             // Served once: a second fetch must fail.
-            assert!(d.dec_keys("sae-a", &ids).await.is_err(), "a key was served twice to its slave");
+            assert!(
+                d.dec_keys("sae-a", &ids).await.is_err(),
+                "a key was served twice to its slave"
+            );
             return Some(same);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -198,14 +259,23 @@ async fn restarted_slave_node_keeps_assigned_keys() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let got = got.expect("restarted node serves its stored keys");
-    assert!(keys.iter().zip(&got).all(|(m, s)| m.id == s.id && m.key == s.key));
+    assert!(keys
+        .iter()
+        .zip(&got)
+        .all(|(m, s)| m.id == s.id && m.key == s.key));
     // And the master's node, restarted, still refuses to hand those keys to anyone again, while
     // its pool (durable) still serves new keys.
     net.kill9("a");
     net.start("a");
     let a = net.client("a");
     wait_for_pool(&a, "sae-d", 1).await;
-    let fresh = a.enc_keys("sae-d", &req(1)).await.expect("enc_keys after restart");
+    let fresh = a
+        .enc_keys("sae-d", &req(1))
+        .await
+        .expect("enc_keys after restart");
     assert!(!ids.contains(&fresh[0].id));
-    assert!(keys.iter().all(|k| k.key != fresh[0].key), "a pool key was handed out twice");
+    assert!(
+        keys.iter().all(|k| k.key != fresh[0].key),
+        "a pool key was handed out twice"
+    );
 }
