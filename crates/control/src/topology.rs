@@ -111,6 +111,42 @@ fn valid_id(id: &str) -> bool {
 }
 
 impl Topology {
+    /// A chain of nodes `ids[0] — ids[1] — …` joined by links of `length_km`, each node with the
+    /// SAEs `saes(id)` and no addresses (tests, benchmarks, small demos).
+    pub fn line(
+        name: &str,
+        ids: &[&str],
+        length_km: f64,
+        saes: impl Fn(&str) -> Vec<String>,
+    ) -> Self {
+        Topology {
+            name: name.to_string(),
+            seed: 1,
+            epoch_unix: 0,
+            rate_multiplier: 1.0,
+            nodes: ids
+                .iter()
+                .map(|n| NodeSpec {
+                    id: n.to_string(),
+                    saes: saes(n),
+                    peer_addr: None,
+                    etsi014_addr: None,
+                })
+                .collect(),
+            links: ids
+                .windows(2)
+                .map(|w| LinkSpec {
+                    a: w[0].to_string(),
+                    b: w[1].to_string(),
+                    length_km,
+                    cost: None,
+                    seed: None,
+                    source: None,
+                })
+                .collect(),
+        }
+    }
+
     /// Parses and validates a topology from TOML text.
     pub fn from_toml(text: &str) -> Result<Self, TopologyError> {
         let t: Topology = toml::from_str(text).map_err(|e| TopologyError::Parse(e.to_string()))?;
@@ -256,6 +292,15 @@ mod tests {
         assert_eq!(t.link_seed(&t.links[0]), t.link_seed(&t.links[0]));
         let back = Topology::from_toml(&t.to_toml()).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn line_is_a_valid_chain() {
+        let t = Topology::line("l", &["a", "b", "c"], 12.5, |n| vec![format!("sae-{n}")]);
+        t.validate().unwrap();
+        assert_eq!(t.links.len(), 2);
+        assert!(t.link("b", "c").is_some() && t.link("a", "c").is_none());
+        assert_eq!(t.node_of_sae("sae-c").unwrap().id, "c");
     }
 
     #[test]

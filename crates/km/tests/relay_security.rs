@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kagi_control::{LinkSpec, NodeSpec, Topology};
+use kagi_control::Topology;
 use kagi_keymat::Key;
 use kagi_km::record::Record;
 use kagi_km::{
@@ -14,33 +14,9 @@ use kagi_km::{
 };
 
 fn topo() -> Arc<Topology> {
-    let ids = ["a", "b", "c"];
-    Arc::new(Topology {
-        name: "t".into(),
-        seed: 1,
-        epoch_unix: 0,
-        rate_multiplier: 1.0,
-        nodes: ids
-            .iter()
-            .map(|n| NodeSpec {
-                id: n.to_string(),
-                saes: vec![format!("sae-{n}"), format!("sae-{n}2")],
-                peer_addr: None,
-                etsi014_addr: None,
-            })
-            .collect(),
-        links: ids
-            .windows(2)
-            .map(|w| LinkSpec {
-                a: w[0].into(),
-                b: w[1].into(),
-                length_km: 10.0,
-                cost: None,
-                seed: None,
-                source: None,
-            })
-            .collect(),
-    })
+    Arc::new(Topology::line("t", &["a", "b", "c"], 10.0, |n| {
+        vec![format!("sae-{n}"), format!("sae-{n}2")]
+    }))
 }
 
 struct Net {

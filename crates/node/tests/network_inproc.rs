@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kagi_control::{LinkSpec, NodeSpec, Topology};
+use kagi_control::Topology;
 use kagi_node::client::Etsi014Client;
 use kagi_node::config::{Etsi014Config, NodeConfig, PoolConfig, TlsConfig};
 use kagi_node::etsi014::wire::KeyRequest;
@@ -35,36 +35,18 @@ fn tempdir(tag: &str) -> PathBuf {
 
 fn network(dir: &Path) -> (Topology, Vec<NodeConfig>) {
     let ids = ["a", "b", "c", "d"];
-    let topo = Topology {
-        name: "line4".into(),
-        seed: 11,
-        epoch_unix: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            - 1,
-        rate_multiplier: 5.0,
-        nodes: ids
-            .iter()
-            .map(|n| NodeSpec {
-                id: n.to_string(),
-                saes: vec![format!("sae-{n}")],
-                peer_addr: Some(format!("127.0.0.1:{}", free_port())),
-                etsi014_addr: Some(format!("127.0.0.1:{}", free_port())),
-            })
-            .collect(),
-        links: ids
-            .windows(2)
-            .map(|w| LinkSpec {
-                a: w[0].into(),
-                b: w[1].into(),
-                length_km: 20.0,
-                cost: None,
-                seed: None,
-                source: None,
-            })
-            .collect(),
-    };
+    let mut topo = Topology::line("line4", &ids, 20.0, |n| vec![format!("sae-{n}")]);
+    topo.seed = 11;
+    topo.epoch_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 1;
+    topo.rate_multiplier = 5.0;
+    for n in &mut topo.nodes {
+        n.peer_addr = Some(format!("127.0.0.1:{}", free_port()));
+        n.etsi014_addr = Some(format!("127.0.0.1:{}", free_port()));
+    }
     let pki = Pki::open_or_create(&dir.join("pki")).unwrap();
     std::fs::write(dir.join("topology.toml"), topo.to_toml()).unwrap();
     let cfgs = ids

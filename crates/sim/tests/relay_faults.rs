@@ -4,39 +4,17 @@
 
 use std::time::Duration;
 
-use kagi_control::{LinkSpec, NodeSpec, Topology};
+use kagi_control::Topology;
 use kagi_km::{AppCall, AppReply, Policy, Refusal};
 use kagi_sim::{seeds, Faults, LinkSupply, Sim};
 
 /// A line a-b-c-d-e (a→d is three hops) with one SAE per node.
 fn line() -> Topology {
-    let ids = ["a", "b", "c", "d", "e"];
-    Topology {
-        name: "line".into(),
-        seed: 7,
-        epoch_unix: 0,
-        rate_multiplier: 1.0,
-        nodes: ids
-            .iter()
-            .map(|n| NodeSpec {
-                id: n.to_string(),
-                saes: vec![format!("sae-{n}"), format!("sae-{n}2")],
-                peer_addr: None,
-                etsi014_addr: None,
-            })
-            .collect(),
-        links: ids
-            .windows(2)
-            .map(|w| LinkSpec {
-                a: w[0].into(),
-                b: w[1].into(),
-                length_km: 20.0,
-                cost: None,
-                seed: None,
-                source: None,
-            })
-            .collect(),
-    }
+    let mut t = Topology::line("line", &["a", "b", "c", "d", "e"], 20.0, |n| {
+        vec![format!("sae-{n}"), format!("sae-{n}2")]
+    });
+    t.seed = 7;
+    t
 }
 
 fn policy() -> Policy {

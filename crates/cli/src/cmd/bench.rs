@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use kagi_control::{LinkSpec, NodeSpec, Topology};
+use kagi_control::Topology;
 use kagi_keymat::Key;
 use kagi_km::{Action, Input, KeyManager, KmConfig, Limits, Policy, Snapshot};
 use kagi_node::client::Etsi014Client;
@@ -117,34 +117,16 @@ async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
     let dir: PathBuf = std::env::temp_dir().join(format!("kagi-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let ids = ["a", "b", "c", "d"];
-    let topo = Topology {
-        name: "bench".into(),
-        seed: 1,
-        epoch_unix: SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
-        rate_multiplier: a.rate_multiplier,
-        nodes: ids
-            .iter()
-            .map(|n| {
-                Ok(NodeSpec {
-                    id: n.to_string(),
-                    saes: (0..a.clients).map(|i| format!("sae-{n}-{i}")).collect(),
-                    peer_addr: Some(format!("127.0.0.1:{}", free_port()?)),
-                    etsi014_addr: Some(format!("127.0.0.1:{}", free_port()?)),
-                })
-            })
-            .collect::<anyhow::Result<_>>()?,
-        links: ids
-            .windows(2)
-            .map(|w| LinkSpec {
-                a: w[0].into(),
-                b: w[1].into(),
-                length_km: 20.0,
-                cost: None,
-                seed: None,
-                source: None,
-            })
-            .collect(),
-    };
+    let clients = a.clients;
+    let mut topo = Topology::line("bench", &ids, 20.0, |n| {
+        (0..clients).map(|i| format!("sae-{n}-{i}")).collect()
+    });
+    topo.epoch_unix = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    topo.rate_multiplier = a.rate_multiplier;
+    for n in &mut topo.nodes {
+        n.peer_addr = Some(format!("127.0.0.1:{}", free_port()?));
+        n.etsi014_addr = Some(format!("127.0.0.1:{}", free_port()?));
+    }
     std::fs::write(dir.join("topology.toml"), topo.to_toml())?;
     let pki = Pki::open_or_create(&dir.join("pki"))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -315,32 +297,9 @@ async fn m_dec(
 /// store batch acknowledged at once; reports what `b` forwards per second.
 fn relay(a: RelayArgs) -> anyhow::Result<()> {
     let ids = ["a", "b", "c"];
-    let topo = Arc::new(Topology {
-        name: "relay".into(),
-        seed: 3,
-        epoch_unix: 0,
-        rate_multiplier: 1.0,
-        nodes: ids
-            .iter()
-            .map(|n| NodeSpec {
-                id: n.to_string(),
-                saes: vec![format!("sae-{n}")],
-                peer_addr: None,
-                etsi014_addr: None,
-            })
-            .collect(),
-        links: ids
-            .windows(2)
-            .map(|w| LinkSpec {
-                a: w[0].into(),
-                b: w[1].into(),
-                length_km: 10.0,
-                cost: None,
-                seed: None,
-                source: None,
-            })
-            .collect(),
-    });
+    let mut topo = Topology::line("relay", &ids, 10.0, |n| vec![format!("sae-{n}")]);
+    topo.seed = 3;
+    let topo = Arc::new(topo);
     let total = a.megabytes << 20;
     let policy = Policy {
         pool_target_bytes: total,
