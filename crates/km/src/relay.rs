@@ -113,45 +113,24 @@ impl KeyManager {
             return None;
         }
         let link = self.links.get_mut(peer)?;
-        let mut spans = Vec::new();
-        let mut out = Key::zeroed(0);
-        let mut need = n as u32;
-        let mut gone = Vec::new();
-        for (&id, buf) in link.tx.iter_mut() {
-            if need == 0 {
-                break;
-            }
-            let take = buf.tail_free().min(need);
-            if take == 0 {
-                continue;
-            }
-            let start = buf.tail();
-            let k = buf.take(start, take).expect("tail range is free");
-            out.extend_from(&k);
-            spans.push(Span {
-                id,
-                start,
-                len: take,
-            });
-            need -= take;
-            if buf.tail_free() == 0 {
-                gone.push(id);
-            } else {
-                batch.push(Record::LinkBlock {
+        let (spans, out) = take_sequential(&mut link.tx, n as u32);
+        for s in &spans {
+            match link.tx.get(&s.id) {
+                Some(buf) if buf.tail_free() > 0 => batch.push(Record::LinkBlock {
                     peer: peer.to_string(),
                     half: Half::Tx,
-                    block: id,
-                    buf: KeyBufParts::from(&*buf),
-                });
+                    block: s.id,
+                    buf: KeyBufParts::from(buf),
+                }),
+                _ => {
+                    link.tx.remove(&s.id);
+                    batch.push(Record::LinkBlockGone {
+                        peer: peer.to_string(),
+                        half: Half::Tx,
+                        block: s.id,
+                    });
+                }
             }
-        }
-        for id in gone {
-            link.tx.remove(&id);
-            batch.push(Record::LinkBlockGone {
-                peer: peer.to_string(),
-                half: Half::Tx,
-                block: id,
-            });
         }
         self.stats.link_key_spent += n as u64;
         Some((spans, out))
@@ -170,15 +149,8 @@ impl KeyManager {
             }
         }
         // Spans must not overlap each other either.
-        for (i, a) in spans.iter().enumerate() {
-            for b in &spans[i + 1..] {
-                if a.id == b.id
-                    && a.start < b.start.saturating_add(b.len)
-                    && b.start < a.start.saturating_add(a.len)
-                {
-                    return Err(HopFault::Spent);
-                }
-            }
+        if spans_overlap(spans) {
+            return Err(HopFault::Spent);
         }
         Ok(())
     }
@@ -611,26 +583,9 @@ impl KeyManager {
             return None;
         }
         let pool = self.out_pools.get_mut(dest)?;
-        let mut spans = Vec::new();
-        let mut out = Key::zeroed(0);
-        let mut need = n as u32;
-        for (&id, buf) in pool.iter_mut() {
-            if need == 0 {
-                break;
-            }
-            let take = buf.tail_free().min(need);
-            if take == 0 {
-                continue;
-            }
-            let start = buf.tail();
-            out.extend_from(&buf.take(start, take).expect("tail range is free"));
-            spans.push(Span {
-                id,
-                start,
-                len: take,
-            });
-            need -= take;
-            self.touched.insert((Pool::Out(dest.to_string()), id));
+        let (spans, out) = take_sequential(pool, n as u32);
+        for s in &spans {
+            self.touched.insert((Pool::Out(dest.to_string()), s.id));
         }
         if let Some(f) = self.out_free.get_mut(dest) {
             *f -= n as u64;
@@ -644,15 +599,8 @@ impl KeyManager {
         for s in spans {
             pool.get(&s.id)?.can_take(s.start, s.len).ok()?;
         }
-        for (i, a) in spans.iter().enumerate() {
-            for b in &spans[i + 1..] {
-                if a.id == b.id
-                    && a.start < b.start.saturating_add(b.len)
-                    && b.start < a.start.saturating_add(a.len)
-                {
-                    return None;
-                }
-            }
+        if spans_overlap(spans) {
+            return None;
         }
         let mut out = Key::zeroed(0);
         for s in spans {
@@ -729,4 +677,41 @@ fn evict_oldest(
         n += 1;
     }
     n
+}
+
+/// Spends `n` bytes from the front of a sequentially spent buffer map (link half or out-pool),
+/// oldest entry first; the caller has checked that enough is free. Returns the spans taken.
+fn take_sequential(m: &mut std::collections::BTreeMap<u64, KeyBuf>, n: u32) -> (Vec<Span>, Key) {
+    let mut spans = Vec::new();
+    let mut out = Key::zeroed(0);
+    let mut need = n;
+    for (&id, buf) in m.iter_mut() {
+        if need == 0 {
+            break;
+        }
+        let take = buf.tail_free().min(need);
+        if take == 0 {
+            continue;
+        }
+        let start = buf.tail();
+        out.extend_from(&buf.take(start, take).expect("tail range is free"));
+        spans.push(Span {
+            id,
+            start,
+            len: take,
+        });
+        need -= take;
+    }
+    (spans, out)
+}
+
+/// True when two spans of the same block or chunk overlap (a message spending a byte twice).
+fn spans_overlap(spans: &[Span]) -> bool {
+    spans.iter().enumerate().any(|(i, a)| {
+        spans[i + 1..].iter().any(|b| {
+            a.id == b.id
+                && a.start < b.start.saturating_add(b.len)
+                && b.start < a.start.saturating_add(a.len)
+        })
+    })
 }
