@@ -7,17 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kagi_control::Topology;
 use kagi_node::client::Etsi014Client;
-use kagi_node::config::{Etsi014Config, NodeConfig, PoolConfig, TlsConfig};
+use kagi_node::config::PoolConfig;
 use kagi_node::etsi014::wire::KeyRequest;
 use kagi_node::pki::Pki;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Net {
     dir: PathBuf,
@@ -44,34 +36,17 @@ impl Net {
             .as_secs()
             - 1;
         topo.rate_multiplier = 5.0;
-        for n in &mut topo.nodes {
-            n.peer_addr = Some(format!("127.0.0.1:{}", free_port()));
-            n.etsi014_addr = Some(format!("127.0.0.1:{}", free_port()));
-        }
-        std::fs::write(dir.join("topology.toml"), topo.to_toml()).unwrap();
-        let pki = Pki::open_or_create(&dir.join("pki")).unwrap();
-        for n in ids {
-            let p = pki.ensure_node(n).unwrap();
-            pki.ensure_sae(&format!("sae-{n}")).unwrap();
-            let cfg = NodeConfig {
-                node_id: n.to_string(),
-                topology: dir.join("topology.toml"),
-                data_dir: dir.join("db"),
-                tls: TlsConfig {
-                    ca: pki.ca_cert_path(),
-                    cert: p.cert,
-                    key: p.key,
-                },
-                etsi014: Etsi014Config::default(),
-                pool: PoolConfig {
-                    target_bytes: 4096,
-                    relay_chunk_bytes: 512,
-                    ..PoolConfig::default()
-                },
-                store: Default::default(),
+        let cfgs = kagi_node::loopback::prepare(&dir, &mut topo, |c| {
+            c.pool = PoolConfig {
+                target_bytes: 4096,
+                relay_chunk_bytes: 512,
+                ..PoolConfig::default()
             };
+        })
+        .unwrap();
+        for cfg in cfgs {
             std::fs::write(
-                dir.join(format!("{n}.toml")),
+                dir.join(format!("{}.toml", cfg.node_id)),
                 toml::to_string(&cfg).unwrap(),
             )
             .unwrap();

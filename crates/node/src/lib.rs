@@ -7,6 +7,7 @@ pub mod config;
 pub mod driver;
 pub mod etsi014;
 pub mod link_source;
+pub mod loopback;
 pub mod peer;
 pub mod pki;
 pub mod run;

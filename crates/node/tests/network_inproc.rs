@@ -8,17 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kagi_control::Topology;
 use kagi_node::client::Etsi014Client;
-use kagi_node::config::{Etsi014Config, NodeConfig, PoolConfig, TlsConfig};
+use kagi_node::config::{NodeConfig, PoolConfig};
 use kagi_node::etsi014::wire::KeyRequest;
 use kagi_node::pki::Pki;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn tempdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(
@@ -34,8 +26,9 @@ fn tempdir(tag: &str) -> PathBuf {
 }
 
 fn network(dir: &Path) -> (Topology, Vec<NodeConfig>) {
-    let ids = ["a", "b", "c", "d"];
-    let mut topo = Topology::line("line4", &ids, 20.0, |n| vec![format!("sae-{n}")]);
+    let mut topo = Topology::line("line4", &["a", "b", "c", "d"], 20.0, |n| {
+        vec![format!("sae-{n}")]
+    });
     topo.seed = 11;
     topo.epoch_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -43,36 +36,14 @@ fn network(dir: &Path) -> (Topology, Vec<NodeConfig>) {
         .as_secs()
         - 1;
     topo.rate_multiplier = 5.0;
-    for n in &mut topo.nodes {
-        n.peer_addr = Some(format!("127.0.0.1:{}", free_port()));
-        n.etsi014_addr = Some(format!("127.0.0.1:{}", free_port()));
-    }
-    let pki = Pki::open_or_create(&dir.join("pki")).unwrap();
-    std::fs::write(dir.join("topology.toml"), topo.to_toml()).unwrap();
-    let cfgs = ids
-        .iter()
-        .map(|n| {
-            let p = pki.ensure_node(n).unwrap();
-            pki.ensure_sae(&format!("sae-{n}")).unwrap();
-            NodeConfig {
-                node_id: n.to_string(),
-                topology: dir.join("topology.toml"),
-                data_dir: dir.join("db"),
-                tls: TlsConfig {
-                    ca: pki.ca_cert_path(),
-                    cert: p.cert,
-                    key: p.key,
-                },
-                etsi014: Etsi014Config::default(),
-                pool: PoolConfig {
-                    target_bytes: 8192,
-                    relay_chunk_bytes: 1024,
-                    ..PoolConfig::default()
-                },
-                store: Default::default(),
-            }
-        })
-        .collect();
+    let cfgs = kagi_node::loopback::prepare(dir, &mut topo, |c| {
+        c.pool = PoolConfig {
+            target_bytes: 8192,
+            relay_chunk_bytes: 1024,
+            ..PoolConfig::default()
+        };
+    })
+    .unwrap();
     (topo, cfgs)
 }
 

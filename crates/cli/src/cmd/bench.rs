@@ -16,7 +16,7 @@ use kagi_control::Topology;
 use kagi_keymat::Key;
 use kagi_km::{Action, Input, KeyManager, KmConfig, Limits, Policy, Snapshot};
 use kagi_node::client::Etsi014Client;
-use kagi_node::config::{Etsi014Config, NodeConfig, PoolConfig, TlsConfig};
+use kagi_node::config::PoolConfig;
 use kagi_node::etsi014::wire::KeyRequest;
 use kagi_node::pki::Pki;
 
@@ -107,12 +107,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
     let dir: PathBuf = std::env::temp_dir().join(format!("kagi-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -123,42 +117,21 @@ async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
     });
     topo.epoch_unix = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     topo.rate_multiplier = a.rate_multiplier;
-    for n in &mut topo.nodes {
-        n.peer_addr = Some(format!("127.0.0.1:{}", free_port()?));
-        n.etsi014_addr = Some(format!("127.0.0.1:{}", free_port()?));
-    }
-    std::fs::write(dir.join("topology.toml"), topo.to_toml())?;
+    let sync = a.sync.into();
+    let cfgs = kagi_node::loopback::prepare(&dir, &mut topo, |c| {
+        c.etsi014.max_key_per_request = 4096;
+        c.pool = PoolConfig {
+            target_bytes: 4 << 20,
+            relay_chunk_bytes: 4096,
+            max_in_flight: 32,
+            ..PoolConfig::default()
+        };
+        c.store.synchronous = sync;
+    })?;
     let pki = Pki::open_or_create(&dir.join("pki"))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
-    for n in ids {
-        let p = pki.ensure_node(n)?;
-        for i in 0..a.clients {
-            pki.ensure_sae(&format!("sae-{n}-{i}"))?;
-        }
-        let cfg = NodeConfig {
-            node_id: n.to_string(),
-            topology: dir.join("topology.toml"),
-            data_dir: dir.join("db"),
-            tls: TlsConfig {
-                ca: pki.ca_cert_path(),
-                cert: p.cert,
-                key: p.key,
-            },
-            etsi014: Etsi014Config {
-                max_key_per_request: 4096,
-                ..Etsi014Config::default()
-            },
-            pool: PoolConfig {
-                target_bytes: 4 << 20,
-                relay_chunk_bytes: 4096,
-                max_in_flight: 32,
-                ..PoolConfig::default()
-            },
-            store: kagi_node::config::StoreConfig {
-                synchronous: a.sync.into(),
-            },
-        };
+    for cfg in cfgs {
         let mut rx = stop_rx.clone();
         tasks.push(tokio::spawn(kagi_node::run_node(cfg, async move {
             let _ = rx.wait_for(|v| *v).await;
@@ -185,8 +158,12 @@ async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
         let want = (4u64 << 20) / (a.size / 8) * 9 / 10;
         let t0 = Instant::now();
         loop {
-            let s = probe.status(&format!("sae-{slave_node}-0")).await?;
-            if s.stored_key_count >= want || t0.elapsed() > Duration::from_secs(60) {
+            // Nodes may still be binding their listeners: an error just means "not yet".
+            let ready = probe
+                .status(&format!("sae-{slave_node}-0"))
+                .await
+                .is_ok_and(|s| s.stored_key_count >= want);
+            if ready || t0.elapsed() > Duration::from_secs(60) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

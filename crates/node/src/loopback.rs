@@ -1,0 +1,57 @@
+//! A whole network on 127.0.0.1 in one directory, for tests, benchmarks and demos that start
+//! nodes themselves (`kagi up` does the same with its own re-run rules).
+
+use std::path::Path;
+
+use kagi_control::Topology;
+
+use crate::config::{NodeConfig, TlsConfig};
+use crate::pki::Pki;
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Gives every node of `topo` fresh loopback addresses, writes `dir/topology.toml`, issues the
+/// CA and every node and SAE certificate under `dir/pki`, and returns one config per node (stores
+/// under `dir/db`, default settings adjusted by `tune`).
+pub fn prepare(
+    dir: &Path,
+    topo: &mut Topology,
+    tune: impl Fn(&mut NodeConfig),
+) -> anyhow::Result<Vec<NodeConfig>> {
+    std::fs::create_dir_all(dir)?;
+    for n in &mut topo.nodes {
+        n.peer_addr = Some(format!("127.0.0.1:{}", free_port()?));
+        n.etsi014_addr = Some(format!("127.0.0.1:{}", free_port()?));
+    }
+    let topo_path = dir.join("topology.toml");
+    std::fs::write(&topo_path, topo.to_toml())?;
+    let pki = Pki::open_or_create(&dir.join("pki"))?;
+    let mut cfgs = Vec::with_capacity(topo.nodes.len());
+    for n in &topo.nodes {
+        let p = pki.ensure_node(&n.id)?;
+        for s in &n.saes {
+            pki.ensure_sae(s)?;
+        }
+        let mut cfg = NodeConfig {
+            node_id: n.id.clone(),
+            topology: topo_path.clone(),
+            data_dir: dir.join("db"),
+            tls: TlsConfig {
+                ca: pki.ca_cert_path(),
+                cert: p.cert,
+                key: p.key,
+            },
+            etsi014: Default::default(),
+            pool: Default::default(),
+            store: Default::default(),
+        };
+        tune(&mut cfg);
+        cfgs.push(cfg);
+    }
+    Ok(cfgs)
+}
