@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -44,9 +44,9 @@ impl std::hash::Hasher for FastHasher {
 }
 
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
-type LayoutCache = Mutex<Vec<(usize, Vec<usize>, u64, Arc<Layout>)>>;
 
 use crate::bits::BitVec;
+use crate::simd_unsafe::{gather_bits, Rounds};
 
 /// Tunable Cascade parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -153,6 +153,55 @@ impl Bijection {
         y as usize
     }
 
+    /// The bits of `src` in this permutation's order: bit `pos` of the result is bit
+    /// `forward(pos)` of `src`. The rounds of 64 positions at a time run in 32-bit lanes
+    /// (identical values: only the low `m ≤ 31` bits matter), then one gather per bit.
+    fn permute(&self, src: &[u64]) -> Vec<u64> {
+        let n = self.n as usize;
+        let mut out = vec![0u64; n.div_ceil(64)];
+        let bit = |v: usize| (src[v / 64] >> (v % 64)) & 1;
+        if self.m > 31 {
+            for (w, o) in out.iter_mut().enumerate() {
+                let len = (n - 64 * w).min(64);
+                *o = (0..len).fold(0, |acc, i| acc | bit(self.forward(64 * w + i)) << i);
+            }
+            return out;
+        }
+        let rounds = Rounds {
+            mask: self.mask as u32,
+            shift: self.m.div_ceil(2),
+            mul: self.mul.map(|c| c as u32),
+            add: self.add.map(|c| c as u32),
+        };
+        let n32 = self.n as u32;
+        let round = |x: u32| rounds.apply(x);
+        let mut y = [0u32; 64];
+        for (w, o) in out.iter_mut().enumerate() {
+            let base = (64 * w) as u32;
+            rounds.block(base, &mut y);
+            // Cycle walking for the few values past n (about one in ten at most), found
+            // with a branch-free scan.
+            // Only lanes of real positions (< n): a lane past n may sit on a cycle that never
+            // comes back below n.
+            let len = (n - 64 * w).min(64);
+            let mut past = y[..len]
+                .iter()
+                .enumerate()
+                .fold(0u64, |m, (i, &v)| m | ((v >= n32) as u64) << i);
+            while past != 0 {
+                let i = past.trailing_zeros() as usize;
+                past &= past - 1;
+                let mut v = round(y[i]);
+                while v >= n32 {
+                    v = round(v);
+                }
+                y[i] = v;
+            }
+            *o = gather_bits(src, &y, len);
+        }
+        out
+    }
+
     #[inline]
     fn backward(&self, y: usize) -> usize {
         let mut x = self.round_back(y as u64);
@@ -164,54 +213,34 @@ impl Bijection {
 }
 
 /// The public structure shared by both sides: block sizes and per-pass permutations.
+///
+/// Holds no tables: each pass's permutation is a [`Bijection`] evaluated on the fly (a few
+/// multiply/xorshift rounds per position), which is cheaper than reading tens of MB of
+/// position tables and makes a layout free to build.
 #[derive(Debug)]
 pub struct Layout {
     n: usize,
     ks: Vec<usize>,
-    /// `perm[p][pos]` = original index at position `pos` of pass `p` (pass 0: identity, empty).
-    perm: Vec<Vec<u32>>,
-    /// The bijections behind `perm` (for the inverse direction).
+    /// The bijection of each pass (`None` for pass 0: the identity). Position `pos` of pass
+    /// `p` holds original bit `bij[p].forward(pos)`.
     bij: Vec<Option<Bijection>>,
 }
 
 impl Layout {
-    fn build(n: usize, ks: &[usize], seed: u64) -> Self {
-        let bij: Vec<Option<Bijection>> = (0..ks.len())
+    /// The layout for `n` bits, block sizes `ks` and permutation `seed`.
+    pub fn get(n: usize, ks: &[usize], seed: u64) -> Arc<Layout> {
+        let bij = (0..ks.len())
             .map(|p| {
                 (p > 0).then(|| {
                     Bijection::new(n, seed ^ (p as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
                 })
             })
             .collect();
-        let perm = par_map(&bij, |b| match b {
-            None => Vec::new(),
-            Some(b) => (0..n).map(|pos| b.forward(pos) as u32).collect(),
-        });
-        Self {
+        Arc::new(Self {
             n,
             ks: ks.to_vec(),
-            perm,
             bij,
-        }
-    }
-
-    /// The layout for `n` bits, block sizes `ks` and permutation `seed` (cached: the two ends
-    /// of a link simulated in one process build it once; only the latest layout is kept).
-    pub fn get(n: usize, ks: &[usize], seed: u64) -> Arc<Layout> {
-        static CACHE: LayoutCache = Mutex::new(Vec::new());
-        if let Ok(c) = CACHE.lock() {
-            if let Some(e) = c.iter().find(|e| e.0 == n && e.1 == ks && e.2 == seed) {
-                return e.3.clone();
-            }
-        }
-        let l = Arc::new(Self::build(n, ks, seed));
-        if let Ok(mut c) = CACHE.lock() {
-            if !c.is_empty() {
-                c.remove(0);
-            }
-            c.push((n, ks.to_vec(), seed, l.clone()));
-        }
-        l
+        })
     }
 
     /// Number of passes.
@@ -228,19 +257,24 @@ impl Layout {
         (b * self.ks[p], ((b + 1) * self.ks[p]).min(self.n))
     }
 
-    fn permuted(&self, key: &BitVec, p: usize) -> BitVec {
-        if p == 0 {
-            return key.clone();
+    /// The key in the order of every pass (pass 0 is the key itself), passes spread over the
+    /// available cores.
+    fn permuted_all(&self, key: &BitVec) -> Vec<BitVec> {
+        par_map(&self.bij, |b| match b {
+            None => key.clone(),
+            Some(b) => BitVec::from_words(b.permute(key.words()), self.n),
+        })
+    }
+
+    /// Top-level block parities of pass `p` for a key in that pass's order.
+    fn top(&self, p: usize, key: &BitVec) -> BitVec {
+        let nb = self.blocks(p);
+        let mut words = vec![0u64; nb.div_ceil(64)];
+        for b in 0..nb {
+            let (lo, hi) = self.block_range(p, b);
+            words[b / 64] |= (key.parity_range(lo, hi) as u64) << (b % 64);
         }
-        let mut words = vec![0u64; self.n.div_ceil(64)];
-        for (w, chunk) in words.iter_mut().zip(self.perm[p].chunks(64)) {
-            let mut acc = 0u64;
-            for (i, &o) in chunk.iter().enumerate() {
-                acc |= (key.get(o as usize) as u64) << i;
-            }
-            *w = acc;
-        }
-        BitVec::from_words(words, self.n)
+        BitVec::from_words(words, nb)
     }
 
     fn pos(&self, p: usize, orig: usize) -> usize {
@@ -251,10 +285,9 @@ impl Layout {
     }
 
     fn orig(&self, p: usize, pos: usize) -> usize {
-        if p == 0 {
-            pos
-        } else {
-            self.perm[p][pos] as usize
+        match &self.bij[p] {
+            None => pos,
+            Some(b) => b.forward(pos),
         }
     }
 }
@@ -318,22 +351,20 @@ pub struct CascadeAlice {
 impl CascadeAlice {
     /// Prepares Alice's permuted keys.
     pub fn new(key: &BitVec, layout: Arc<Layout>) -> Self {
-        let keys = (0..layout.passes())
-            .map(|p| layout.permuted(key, p))
-            .collect();
+        let keys = layout.permuted_all(key);
         Self { layout, keys }
     }
 
     /// Top-level block parities of every pass, concatenated pass by pass.
     pub fn top_parities(&self) -> BitVec {
-        let mut out = BitVec::zeros(0);
-        for p in 0..self.layout.passes() {
-            for b in 0..self.layout.blocks(p) {
-                let (lo, hi) = self.layout.block_range(p, b);
-                out.push(self.keys[p].parity_range(lo, hi));
-            }
+        let mut words = Vec::new();
+        let mut len = 0;
+        for (p, key) in self.keys.iter().enumerate() {
+            let t = self.layout.top(p, key);
+            append_bits(&mut words, len, t.words(), t.len());
+            len += t.len();
         }
-        out
+        BitVec::from_words(words, len)
     }
 
     /// Parities of the queried ranges.
@@ -341,24 +372,123 @@ impl CascadeAlice {
     /// # Errors
     /// [`CascadeError::BadQuery`] for a pass or range outside the layout.
     pub fn answer(&self, queries: &[Query]) -> Result<BitVec, CascadeError> {
-        let mut out = BitVec::zeros(queries.len());
+        let mut words = vec![0u64; queries.len().div_ceil(64)];
         for (i, q) in queries.iter().enumerate() {
             let p = q.pass as usize;
             if p >= self.keys.len() || q.lo >= q.hi || q.hi as usize > self.layout.n {
                 return Err(CascadeError::BadQuery);
             }
-            out.set(i, self.keys[p].parity_range(q.lo as usize, q.hi as usize));
+            let v = self.keys[p].parity_range(q.lo as usize, q.hi as usize);
+            words[i / 64] |= (v as u64) << (i % 64);
         }
-        Ok(out)
+        Ok(BitVec::from_words(words, queries.len()))
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+/// Appends the first `n` bits of `src` to a packed array holding `len` bits.
+fn append_bits(dst: &mut Vec<u64>, len: usize, src: &[u64], n: usize) {
+    dst.resize((len + n).div_ceil(64), 0);
+    let sh = len % 64;
+    for (i, &w) in src.iter().enumerate().take(n.div_ceil(64)) {
+        let at = len / 64 + i;
+        dst[at] |= w << sh;
+        if sh != 0 && at + 1 < dst.len() {
+            dst[at + 1] |= w >> (64 - sh);
+        }
+    }
+}
+
+/// An open binary search (one per top-level block at most).
+#[derive(Debug, Clone, Copy, Default)]
 struct Search {
-    pass: usize,
-    lo: usize,
-    hi: usize,
+    lo: u32,
+    hi: u32,
+    /// Heap index of `lo..hi` in the block's binary-search tree (the block is node 1; the
+    /// halves of node v are 2v and 2v + 1).
+    node: u32,
+    pass: u8,
+    /// Alice's parity of `lo..hi`.
     alice: bool,
+    /// The search is in progress.
+    active: bool,
+    /// The block is in `CascadeBob::listed`.
+    listed: bool,
+}
+
+/// Alice's parities learned so far, by pass, block and tree node: a dense bit array per block
+/// for small blocks (one cache line or two per block), a hash map for the few big ones.
+#[derive(Debug)]
+struct Known {
+    /// Per pass: words per block for the "known" bits (as many again for the values);
+    /// 0 when the pass's blocks use `sparse`.
+    stride: Vec<usize>,
+    /// Per pass: index in `dense` of its first block.
+    base: Vec<usize>,
+    dense: Vec<u64>,
+    sparse: FastMap<u64, bool>,
+}
+
+/// Largest tree (heap indices) stored densely.
+const DENSE_NODES: usize = 4096;
+
+impl Known {
+    fn new(layout: &Layout) -> Self {
+        let mut stride = Vec::with_capacity(layout.passes());
+        let mut base = Vec::with_capacity(layout.passes());
+        let mut total = 0;
+        for p in 0..layout.passes() {
+            // Node indices of a block of k bits are below 2^(⌈log2 k⌉ + 1).
+            let nodes = 2 * layout.ks[p].max(1).next_power_of_two();
+            let s = if nodes <= DENSE_NODES {
+                nodes.div_ceil(64)
+            } else {
+                0
+            };
+            stride.push(s);
+            base.push(total);
+            total += 2 * s * layout.blocks(p);
+        }
+        Self {
+            stride,
+            base,
+            dense: vec![0; total],
+            sparse: FastMap::default(),
+        }
+    }
+
+    /// Word of the "known" bit of `node` of block `b` of pass `p`, or `None` if sparse.
+    #[inline]
+    fn word(&self, p: usize, b: usize, node: u32) -> Option<usize> {
+        let s = self.stride[p];
+        (s != 0).then(|| self.base[p] + 2 * s * b + node as usize / 64)
+    }
+
+    #[inline]
+    fn get(&self, p: usize, b: usize, g: usize, node: u32) -> Option<bool> {
+        match self.word(p, b, node) {
+            Some(w) => {
+                let bit = 1u64 << (node % 64);
+                (self.dense[w] & bit != 0).then(|| self.dense[w + self.stride[p]] & bit != 0)
+            }
+            None => self.sparse.get(&((g as u64) << 32 | node as u64)).copied(),
+        }
+    }
+
+    #[inline]
+    fn set(&mut self, p: usize, b: usize, g: usize, node: u32, v: bool) {
+        match self.word(p, b, node) {
+            Some(w) => {
+                let bit = 1u64 << (node % 64);
+                self.dense[w] |= bit;
+                if v {
+                    self.dense[w + self.stride[p]] |= bit;
+                }
+            }
+            None => {
+                self.sparse.insert((g as u64) << 32 | node as u64, v);
+            }
+        }
+    }
 }
 
 /// Statistics of one reconciliation.
@@ -373,18 +503,27 @@ pub struct CascadeStats {
 }
 
 /// Bob's side: corrects his key by binary searches on blocks whose parity differs from Alice's.
+///
+/// Blocks are numbered globally (pass 0's first, then pass 1's, …); per block there is at most
+/// one search, kept in a flat array, and Bob's top-level parities are updated on every flip.
 #[derive(Debug)]
 pub struct CascadeBob {
     layout: Arc<Layout>,
     key: BitVec,
     keys: Vec<BitVec>,
     alice_top: Vec<BitVec>,
-    known: FastMap<(usize, usize, usize), bool>,
-    searches: FastMap<(usize, usize), Search>,
-    pending: Vec<(usize, usize)>,
-    dirty: Vec<(usize, usize)>,
+    bob_top: Vec<BitVec>,
+    /// Global index of the first block of each pass, then the total.
+    goff: Vec<usize>,
+    known: Known,
+    search: Vec<Search>,
+    /// Blocks with a search (possibly finished: pruned when the next queries are collected).
+    listed: Vec<u32>,
+    pending: Vec<u32>,
+    dirty: Vec<u32>,
+    spare: Vec<u32>,
     pass: usize,
-    asked: Vec<Query>,
+    asked: Vec<u32>,
     stats: CascadeStats,
 }
 
@@ -394,32 +533,40 @@ impl CascadeBob {
     /// # Errors
     /// [`CascadeError::Count`] if the number of parities does not match the layout.
     pub fn new(key: BitVec, layout: Arc<Layout>, top: &BitVec) -> Result<Self, CascadeError> {
-        let expected: usize = (0..layout.passes()).map(|p| layout.blocks(p)).sum();
+        let mut goff = vec![0];
+        for p in 0..layout.passes() {
+            goff.push(goff[p] + layout.blocks(p));
+        }
+        let expected = goff[layout.passes()];
         if top.len() != expected {
             return Err(CascadeError::Count {
                 expected,
                 got: top.len(),
             });
         }
-        let keys: Vec<BitVec> = (0..layout.passes())
-            .map(|p| layout.permuted(&key, p))
+        let keys = layout.permuted_all(&key);
+        let bob_top = keys
+            .iter()
+            .enumerate()
+            .map(|(p, k)| layout.top(p, k))
             .collect();
-        let mut alice_top = Vec::new();
-        let mut off = 0;
-        for p in 0..layout.passes() {
-            let nb = layout.blocks(p);
-            alice_top.push(top.slice(off, nb));
-            off += nb;
-        }
+        let alice_top = (0..layout.passes())
+            .map(|p| top.slice(goff[p], goff[p + 1] - goff[p]))
+            .collect();
+        let known = Known::new(&layout);
         let mut bob = Self {
             layout,
             key,
             keys,
             alice_top,
-            known: FastMap::default(),
-            searches: FastMap::default(),
+            bob_top,
+            goff,
+            known,
+            search: vec![Search::default(); expected],
+            listed: Vec::new(),
             pending: Vec::new(),
             dirty: Vec::new(),
+            spare: Vec::new(),
             pass: 0,
             asked: Vec::new(),
             stats: CascadeStats {
@@ -432,13 +579,8 @@ impl CascadeBob {
     }
 
     fn start_pass(&mut self, p: usize) {
-        for b in 0..self.layout.blocks(p) {
-            self.dirty.push((p, b));
-        }
-    }
-
-    fn bob_parity(&self, p: usize, lo: usize, hi: usize) -> bool {
-        self.keys[p].parity_range(lo, hi)
+        self.dirty
+            .extend(self.goff[p] as u32..self.goff[p + 1] as u32);
     }
 
     fn flip(&mut self, orig: usize) {
@@ -447,48 +589,58 @@ impl CascadeBob {
         for p in 0..self.layout.passes() {
             let pos = self.layout.pos(p, orig);
             self.keys[p].flip(pos);
+            let b = pos / self.layout.ks[p];
+            self.bob_top[p].flip(b);
             if p <= self.pass {
-                self.dirty.push((p, pos / self.layout.ks[p]));
+                self.dirty.push((self.goff[p] + b) as u32);
             }
         }
+    }
+
+    /// Advances the search of global block `g` as far as known parities allow; flips the
+    /// error it finds, or puts the block back on the dirty list if its range became even.
+    fn advance(&mut self, g: usize) {
+        let mut s = self.search[g];
+        if !s.active {
+            return;
+        }
+        let p = s.pass as usize;
+        let b = g - self.goff[p];
+        let key = &self.keys[p];
+        if key.parity_range(s.lo as usize, s.hi as usize) == s.alice {
+            // A flip found elsewhere made this range even; re-examine the whole block.
+            self.search[g].active = false;
+            self.dirty.push(g as u32);
+            return;
+        }
+        while s.hi - s.lo > 1 {
+            let mid = s.lo + (s.hi - s.lo) / 2;
+            let Some(a) = self.known.get(p, b, g, 2 * s.node) else {
+                self.search[g] = s;
+                return;
+            };
+            if a != key.parity_range(s.lo as usize, mid as usize) {
+                s.hi = mid;
+                s.alice = a;
+                s.node *= 2;
+            } else {
+                s.lo = mid;
+                s.alice ^= a;
+                s.node = 2 * s.node + 1;
+            }
+        }
+        s.active = false;
+        self.search[g] = s;
+        let orig = self.layout.orig(p, s.lo as usize);
+        self.flip(orig);
     }
 
     /// The next batch of parity queries for Alice, or `None` when reconciliation is finished.
     pub fn next_queries(&mut self) -> Option<Vec<Query>> {
         loop {
             // Work list: searches to advance as far as known parities allow.
-            while let Some(key) = self.pending.pop() {
-                let Some(mut s) = self.searches.get(&key).copied() else {
-                    continue;
-                };
-                if self.bob_parity(s.pass, s.lo, s.hi) == s.alice {
-                    // A flip found elsewhere made this range even; re-examine the whole block.
-                    self.searches.remove(&key);
-                    self.dirty.push(key);
-                    continue;
-                }
-                let mut waiting = false;
-                while s.hi - s.lo > 1 {
-                    let mid = s.lo + (s.hi - s.lo) / 2;
-                    let Some(&a) = self.known.get(&(s.pass, s.lo, mid)) else {
-                        waiting = true;
-                        break;
-                    };
-                    if a != self.bob_parity(s.pass, s.lo, mid) {
-                        s.hi = mid;
-                        s.alice = a;
-                    } else {
-                        s.lo = mid;
-                        s.alice ^= a;
-                    }
-                }
-                if waiting {
-                    self.searches.insert(key, s);
-                } else {
-                    self.searches.remove(&key);
-                    let orig = self.layout.orig(s.pass, s.lo);
-                    self.flip(orig);
-                }
+            while let Some(g) = self.pending.pop() {
+                self.advance(g as usize);
                 if self.pending.is_empty() {
                     self.process_dirty();
                 }
@@ -497,17 +649,26 @@ impl CascadeBob {
             if !self.pending.is_empty() {
                 continue;
             }
-            if !self.searches.is_empty() {
-                let queries: Vec<Query> = self
-                    .searches
-                    .values()
-                    .map(|s| Query {
-                        pass: s.pass as u8,
-                        lo: s.lo as u32,
-                        hi: (s.lo + (s.hi - s.lo) / 2) as u32,
+            let search = &mut self.search;
+            self.listed.retain(|&g| {
+                let s = &mut search[g as usize];
+                s.listed = s.active;
+                s.active
+            });
+            if !self.listed.is_empty() {
+                let queries = self
+                    .listed
+                    .iter()
+                    .map(|&g| {
+                        let s = &self.search[g as usize];
+                        Query {
+                            pass: s.pass,
+                            lo: s.lo,
+                            hi: s.lo + (s.hi - s.lo) / 2,
+                        }
                     })
                     .collect();
-                self.asked = queries.clone();
+                self.asked.clone_from(&self.listed);
                 self.stats.rounds += 1;
                 return Some(queries);
             }
@@ -532,27 +693,36 @@ impl CascadeBob {
     /// Blocks touched by flips (or a new pass): re-check searches in them, open searches on
     /// blocks that became odd.
     fn process_dirty(&mut self) {
-        for key in std::mem::take(&mut self.dirty) {
-            if self.searches.contains_key(&key) {
-                self.pending.push(key);
+        let mut dirty = std::mem::replace(&mut self.dirty, std::mem::take(&mut self.spare));
+        for &g in &dirty {
+            let g = g as usize;
+            if self.search[g].active {
+                self.pending.push(g as u32);
                 continue;
             }
-            let (p, b) = key;
-            let (lo, hi) = self.layout.block_range(p, b);
+            let p = self.goff.partition_point(|&o| o <= g) - 1;
+            let b = g - self.goff[p];
             let alice = self.alice_top[p].get(b);
-            if self.bob_parity(p, lo, hi) != alice {
-                self.searches.insert(
-                    key,
-                    Search {
-                        pass: p,
-                        lo,
-                        hi,
-                        alice,
-                    },
-                );
-                self.pending.push(key);
+            if self.bob_top[p].get(b) != alice {
+                let (lo, hi) = self.layout.block_range(p, b);
+                let s = &mut self.search[g];
+                if !s.listed {
+                    self.listed.push(g as u32);
+                }
+                *s = Search {
+                    lo: lo as u32,
+                    hi: hi as u32,
+                    node: 1,
+                    pass: p as u8,
+                    alice,
+                    active: true,
+                    listed: true,
+                };
+                self.pending.push(g as u32);
             }
         }
+        dirty.clear();
+        self.spare = dirty;
     }
 
     /// Records Alice's answers to the last batch of queries.
@@ -566,20 +736,21 @@ impl CascadeBob {
                 got: answers.len(),
             });
         }
-        for (i, q) in std::mem::take(&mut self.asked).iter().enumerate() {
-            self.known.insert(
-                (q.pass as usize, q.lo as usize, q.hi as usize),
-                answers.get(i),
-            );
-            self.stats.leaked_bits += 1;
+        for (i, &g) in self.asked.iter().enumerate() {
+            let g = g as usize;
+            let s = self.search[g];
+            let p = s.pass as usize;
+            self.known
+                .set(p, g - self.goff[p], g, 2 * s.node, answers.get(i));
         }
-        self.pending.extend(self.searches.keys().copied());
+        self.stats.leaked_bits += self.asked.len();
+        self.pending.append(&mut self.asked);
         Ok(())
     }
 
     /// Bob's corrected key and the statistics.
     pub fn finish(self) -> (BitVec, CascadeStats) {
-        (self.key.clone(), self.stats)
+        (self.key, self.stats)
     }
 }
 
@@ -640,6 +811,19 @@ mod tests {
                 assert!(y < n && !seen[y]);
                 seen[y] = true;
                 assert_eq!(b.backward(y), x);
+            }
+        }
+    }
+
+    #[test]
+    fn permute_matches_forward_bit_by_bit() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        for n in [1usize, 2, 63, 64, 65, 1000, 4097, 100_003] {
+            let key = BitVec::random(n, &mut rng);
+            let b = Bijection::new(n, n as u64 ^ 5);
+            let got = BitVec::from_words(b.permute(key.words()), n);
+            for pos in 0..n {
+                assert_eq!(got.get(pos), key.get(b.forward(pos)), "n={n} pos={pos}");
             }
         }
     }

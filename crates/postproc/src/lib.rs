@@ -20,6 +20,8 @@ mod clmul_unsafe;
 pub mod finite_key;
 pub mod gf64;
 pub mod protocol;
+mod sifting;
+mod simd_unsafe;
 pub mod toeplitz;
 pub mod toy;
 pub mod wire;

@@ -36,6 +36,7 @@ use zeroize::Zeroize;
 use crate::bits::BitVec;
 use crate::cascade::{self, CascadeAlice, CascadeBob, CascadeError, CascadeParams, Layout, Query};
 use crate::finite_key::{BlockCounts, DecoySettings, FiniteKeyError};
+use crate::sifting;
 use crate::toeplitz::{self, ToeplitzError};
 use crate::wire::{DecodeError, Reader, Writer};
 
@@ -44,7 +45,7 @@ pub const PAD_LEN: usize = 16;
 /// Bits disclosed by the verification hash (counted as leakage).
 pub const VERIFY_BITS: u64 = 8 * TAG_LEN as u64;
 const MAGIC: [u8; 2] = *b"KP";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// Largest block accepted from the wire (pulses, detections, bits).
 const MAX_ITEMS: usize = 1 << 31;
 
@@ -346,61 +347,6 @@ fn peer_abort(r: &mut Reader<'_>) -> ProtocolError {
     }
 }
 
-/// Counts per intensity for key and test bases and the sifted key, from both sides' records.
-struct Sifted {
-    counts: BlockCounts,
-    key_idx: Vec<u32>,
-}
-
-fn sift(
-    alice_basis: &BitVec,
-    intensity: &[u8],
-    bob_basis: &BitVec,
-) -> Result<Sifted, ProtocolError> {
-    let nd = bob_basis.len();
-    if intensity.len() < nd || alice_basis.len() < nd {
-        return Err(DecodeError("sift lengths").into());
-    }
-    if intensity[..nd].iter().any(|&k| k > 2) {
-        return Err(DecodeError("intensity class").into());
-    }
-    // Word-parallel: 64 detections at a time, no data-dependent branches but the bit walk.
-    let mut counts = BlockCounts::default();
-    let mut key_idx = Vec::with_capacity(nd / 2);
-    for (w, (&aw, &bw)) in alice_basis
-        .words()
-        .iter()
-        .zip(bob_basis.words())
-        .enumerate()
-    {
-        let lo = 64 * w;
-        let hi = (lo + 64).min(nd);
-        let (mut m0, mut m1) = (0u64, 0u64);
-        for (j, &k) in intensity[lo..hi].iter().enumerate() {
-            m0 |= ((k == 0) as u64) << j;
-            m1 |= ((k == 1) as u64) << j;
-        }
-        let valid = if hi - lo == 64 {
-            !0u64
-        } else {
-            (1u64 << (hi - lo)) - 1
-        };
-        let m2 = valid & !m0 & !m1;
-        let key = !aw & !bw & valid;
-        let test = aw & bw & valid;
-        for (k, m) in [m0, m1, m2].into_iter().enumerate() {
-            counts.n_key[k] += (key & m).count_ones() as u64;
-            counts.n_test[k] += (test & m).count_ones() as u64;
-        }
-        let mut x = key;
-        while x != 0 {
-            key_idx.push((lo + x.trailing_zeros() as usize) as u32);
-            x &= x - 1;
-        }
-    }
-    Ok(Sifted { counts, key_idx })
-}
-
 /// Leaked bits and key length for the block, identical at both ends.
 fn secret_length(
     cfg: &ProtocolConfig,
@@ -610,67 +556,23 @@ impl Alice {
         pool: &mut AuthKeyPool,
         r: &mut Reader<'_>,
     ) -> Result<Vec<u8>, ProtocolError> {
-        let pulses = r.var()? as usize;
-        if pulses != self.raw.intensity.len() {
-            return Err(ProtocolError::Sequence(
-                "block length differs from Alice's records",
-            ));
-        }
-        let nd = r.var()? as usize;
-        if nd > pulses {
-            return Err(DecodeError("more detections than pulses").into());
-        }
-        let mut detected = Vec::with_capacity(nd);
-        let mut prev = 0u64;
-        for i in 0..nd {
-            let d = r.var()?;
-            let idx = if i == 0 { d } else { prev + d + 1 };
-            if idx >= pulses as u64 {
-                return Err(DecodeError("detection index").into());
-            }
-            detected.push(idx as u32);
-            prev = idx;
-        }
-        let bob_basis = r.bits(nd)?;
-        let test_bits = r.bits(nd)?;
-        r.finish()?;
-        if bob_basis.len() != nd || test_bits.len() != bob_basis.count_ones() {
-            return Err(DecodeError("sift lengths").into());
-        }
-        // Alice's view of the detections.
-        let mut a_basis = BitVec::zeros(nd);
-        let mut a_int = Vec::with_capacity(nd);
-        for (i, &p) in detected.iter().enumerate() {
-            a_basis.set(i, self.raw.basis.get(p as usize));
-            a_int.push(self.raw.intensity[p as usize]);
-        }
-        let mut s = sift(&a_basis, &a_int, &bob_basis)?;
-        // Test-basis errors: Bob's test bits are in detection order among his test-basis ones.
-        let mut j = 0;
-        for (i, &p) in detected.iter().enumerate() {
-            if bob_basis.get(i) {
-                if a_basis.get(i) && test_bits.get(j) != self.raw.bit.get(p as usize) {
-                    s.counts.m_test[a_int[i] as usize] += 1;
-                }
-                j += 1;
-            }
-        }
-        let n_key = s.key_idx.len();
+        let sifting::AliceSift {
+            basis: a_basis,
+            counts,
+            key,
+        } = sifting::alice_sift(r, &self.raw)?;
+        let n_key = key.len();
         // Early parameter estimation: with no leakage at all, is there any key?
-        let (best, _) = secret_length(&self.cfg, &s.counts, 0)?;
+        let (best, _) = secret_length(&self.cfg, &counts, 0)?;
         if n_key < 64 || best == 0 {
             return Err(ProtocolError::NoKey(format!(
                 "test-basis QBER {:.4} over {} sifted bits leaves no finite-key length",
-                qber_of(&s.counts),
+                qber_of(&counts),
                 n_key
             )));
         }
-        let mut key = BitVec::zeros(n_key);
-        for (i, &d) in s.key_idx.iter().enumerate() {
-            key.set(i, self.raw.bit.get(detected[d as usize] as usize));
-        }
         let Reconciliation::Cascade(cp) = self.cfg.reconciliation;
-        let ks = cascade::block_sizes(n_key, cascade_qber(&s.counts), &cp);
+        let ks = cascade::block_sizes(n_key, cascade_qber(&counts), &cp);
         let seed = self.rng.next_u64();
         let layout = Layout::get(n_key, &ks, seed);
         let ca = CascadeAlice::new(&key, layout);
@@ -678,11 +580,10 @@ impl Alice {
         let mut w = Writer::default();
         w.u8(T_SIFT_REPLY);
         w.bits(&a_basis);
-        for &k in &a_int {
-            w.u8(k);
-        }
-        for m in s.counts.m_test {
-            w.var(m);
+        for c in [counts.n_key, counts.n_test, counts.m_test] {
+            for v in c {
+                w.var(v);
+            }
         }
         w.u64(seed);
         w.var(ks.len() as u64);
@@ -693,7 +594,7 @@ impl Alice {
         let out = self.framer.seal(pool, &w.buf)?;
         self.state = AliceState::Cascade {
             cascade: ca,
-            counts: s.counts,
+            counts,
             n_key,
             key,
             answered: 0,
@@ -859,25 +760,7 @@ impl Bob {
         }
         let mut w = Writer::default();
         w.u8(T_SIFT);
-        w.var(self.raw.pulses as u64);
-        w.var(self.raw.detected.len() as u64);
-        let mut prev = 0u32;
-        for (i, &d) in self.raw.detected.iter().enumerate() {
-            w.var(if i == 0 {
-                d as u64
-            } else {
-                (d - prev - 1) as u64
-            });
-            prev = d;
-        }
-        w.bits(&self.raw.basis);
-        let mut test = BitVec::zeros(0);
-        for i in 0..self.raw.detected.len() {
-            if self.raw.basis.get(i) {
-                test.push(self.raw.bit.get(i));
-            }
-        }
-        w.bits(&test);
+        sifting::write_sift(&mut w, &self.raw);
         match self.framer.seal(pool, &w.buf) {
             Ok(f) => {
                 self.state = BobState::AwaitSiftReply;
@@ -971,13 +854,11 @@ impl Bob {
         if a_basis.len() != nd {
             return Err(DecodeError("basis count").into());
         }
-        let mut a_int = Vec::with_capacity(nd);
-        for _ in 0..nd {
-            a_int.push(r.u8()?);
-        }
-        let mut m_test = [0u64; 3];
-        for m in &mut m_test {
-            *m = r.var()?;
+        let mut counts = BlockCounts::default();
+        for c in [&mut counts.n_key, &mut counts.n_test, &mut counts.m_test] {
+            for v in c.iter_mut() {
+                *v = r.var()?;
+            }
         }
         let seed = r.u64()?;
         let np = r.var()? as usize;
@@ -994,19 +875,20 @@ impl Bob {
         }
         let top = r.bits(MAX_ITEMS)?;
         r.finish()?;
-        let mut s = sift(&a_basis, &a_int, &self.raw.basis)?;
-        s.counts.m_test = m_test;
-        let n_key = s.key_idx.len();
+        let (key, n_test) = sifting::bob_sift(&self.raw, &a_basis);
+        let n_key = key.len();
+        if counts.n_key.iter().sum::<u64>() != n_key as u64
+            || counts.n_test.iter().sum::<u64>() != n_test
+            || counts.m_test.iter().zip(&counts.n_test).any(|(m, n)| m > n)
+        {
+            return Err(DecodeError("counts differ from the sifted bits").into());
+        }
         if ks.iter().any(|&k| k > n_key.max(1)) {
             return Err(DecodeError("block size above key length").into());
         }
-        let mut key = BitVec::zeros(n_key);
-        for (i, &d) in s.key_idx.iter().enumerate() {
-            key.set(i, self.raw.bit.get(d as usize));
-        }
         let layout = Layout::get(n_key, &ks, seed);
         let cb = CascadeBob::new(key, layout, &top)?;
-        self.cascade_step(pool, Box::new(cb), s.counts)
+        self.cascade_step(pool, Box::new(cb), counts)
     }
 
     fn cascade_step(

@@ -93,7 +93,14 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(a))
     }
     /// LEB128 varint.
+    #[inline]
     pub fn var(&mut self) -> Result<u64, DecodeError> {
+        if let Some(&b) = self.buf.first() {
+            if b < 0x80 {
+                self.buf = &self.buf[1..];
+                return Ok(b as u64);
+            }
+        }
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.u8()?;
