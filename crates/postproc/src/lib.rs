@@ -6,6 +6,7 @@
 //!   Wegman–Carter MAC of `kagi_keymat`, authentication key accounted and replenished.
 //! * [`finite_key`]: finite-key length from observed counts (Lim et al. 2014).
 //! * [`cascade`]: batched Cascade error reconciliation.
+//! * [`ldpc`]: rate-adaptive (and blind) LDPC reconciliation with a fast min-sum decoder.
 //! * [`toeplitz`]: privacy amplification by Toeplitz hashing, exact and fast (additive FFT over
 //!   GF(2^64) with carry-less multiplication).
 //! * [`gf64`]: GF(2^64) arithmetic and its Cantor basis.
@@ -19,6 +20,8 @@ pub mod cascade;
 mod clmul_unsafe;
 pub mod finite_key;
 pub mod gf64;
+pub mod ldpc;
+mod ldpc_simd_unsafe;
 pub mod protocol;
 mod sifting;
 mod simd_unsafe;

@@ -1,0 +1,543 @@
+use super::*;
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Alice's random key and Bob's copy through a BSC with crossover `q`.
+fn pair(n: usize, q: f64, seed: u64) -> (BitVec, BitVec) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let a = BitVec::random(n, &mut rng);
+    let mut b = a.clone();
+    for i in 0..n {
+        if rng.gen_bool(q) {
+            b.flip(i);
+        }
+    }
+    (a, b)
+}
+
+#[test]
+fn decodes_to_alices_key_across_the_qber_range() {
+    let params = LdpcParams::default();
+    for (i, q) in [0.005, 0.01, 0.03, 0.05, 0.08].into_iter().enumerate() {
+        let (a, b) = pair(150_000, q, i as u64);
+        let (fixed, st) = reconcile_local(&a, &b, q, &params, 2).unwrap();
+        assert_eq!(fixed, a, "qber {q}");
+        assert_eq!(st.corrected, a.hamming(&b));
+        let f = st.leaked_bits as f64 / (a.len() as f64 * h2(q));
+        assert!(f < 1.5, "qber {q}: f = {f}");
+    }
+}
+
+#[test]
+fn one_shot_frames_decode_at_their_design_rate() {
+    for (frame_bits, q) in [(1 << 14, 0.02), (1 << 15, 0.04), (1 << 16, 0.01)] {
+        let params = LdpcParams {
+            frame_bits,
+            efficiency: 1.45,
+            blind_rounds: 0,
+            ..LdpcParams::default()
+        };
+        let (a, b) = pair(3 * frame_bits, q, frame_bits as u64);
+        let (fixed, st) = reconcile_local(&a, &b, q, &params, 1).unwrap();
+        assert_eq!(fixed, a);
+        assert_eq!(st.rounds, 1);
+        // Disclosure: the plan's rate, within one frame's rounding.
+        let f = st.leaked_bits as f64 / (a.len() as f64 * h2(q));
+        assert!((1.4..1.5).contains(&f), "f = {f}");
+    }
+}
+
+#[test]
+fn undecodable_frames_are_reported_not_returned() {
+    // Actual error rate far above the estimate: one-shot and blind both give up.
+    let (a, b) = pair(100_000, 0.10, 9);
+    for rounds in [0, 3] {
+        let params = LdpcParams {
+            blind_rounds: rounds,
+            ..LdpcParams::default()
+        };
+        let r = reconcile_local(&a, &b, 0.01, &params, 2);
+        match r {
+            Err(LdpcError::DecodeFailed {
+                failed,
+                frames,
+                rounds: used,
+            }) => {
+                assert!(failed > 0 && failed <= frames);
+                assert_eq!(used, rounds + 1);
+            }
+            other => panic!("expected DecodeFailed, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn ends_agree_on_leakage_and_reject_malformed_messages() {
+    let q = 0.03;
+    let (a, b) = pair(70_000, q, 4);
+    let params = LdpcParams::default();
+    let plan = Plan::new(a.len(), q, &params).unwrap();
+    let (mut al, synd) = LdpcAlice::new(&a, plan.clone()).unwrap();
+    let short = synd.slice(0, synd.len() - 1);
+    assert!(matches!(
+        LdpcBob::new(b.clone(), plan.clone(), &short),
+        Err(LdpcError::SyndromeLength { .. })
+    ));
+    let mut bob = LdpcBob::new(b, plan, &synd).unwrap();
+    assert_eq!(al.leaked_bits(), bob.leaked_bits());
+    assert!(al.reveal(&[1, 0]).is_err());
+    assert!(al.reveal(&[99]).is_err());
+    let r = al.reveal(&[0]).unwrap();
+    assert!(bob.apply_reveal(&[0], &r.slice(0, r.len() - 1)).is_err());
+    bob.apply_reveal(&[0], &r).unwrap();
+    assert_eq!(al.leaked_bits(), bob.leaked_bits());
+}
+
+#[test]
+fn simd_kernels_match_the_portable_kernel() {
+    let q = 0.04;
+    let params = LdpcParams::default();
+    let (a, b) = pair(60_000, q, 5);
+    let plan = Plan::new(a.len(), q, &params).unwrap();
+    let (_, synd) = LdpcAlice::new(&a, plan.clone()).unwrap();
+    let bob = LdpcBob::new(b.clone(), plan.clone(), &synd).unwrap();
+    let mut reference = None;
+    for simd in [Simd::Portable, Simd::Avx2, Simd::Avx512] {
+        if !simd.available() {
+            continue;
+        }
+        // Few iterations too, so that unfinished states are compared as well.
+        for iters in [3, 60] {
+            let mut plan = plan.clone();
+            plan.max_iterations = iters;
+            let mut dec = Decoder::default();
+            let mut llr = Vec::new();
+            let r = decode_frame(&plan, &b, &bob.frames[0], 0, &mut dec, &mut llr, simd);
+            let got = (iters, r.map(|(k, it)| (k.to_bytes(), it)), dec.app.clone());
+            match &reference {
+                None if iters == 3 => reference = Some(vec![got]),
+                Some(v) if v.len() < 2 => reference.as_mut().unwrap().push(got),
+                Some(v) => assert!(v.contains(&got), "{simd:?} differs at {iters} iterations"),
+                None => unreachable!(),
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    /// Reconciliation ends with Alice's key or reports failure, whatever the true error rate
+    /// and the estimate.
+    #[test]
+    fn identical_or_reported(q in 0.002f64..0.12, est in 0.002f64..0.1, seed in 0u64..1000,
+                             blind in 0usize..4) {
+        let (a, b) = pair(40_000, q, seed);
+        let params = LdpcParams { blind_rounds: blind, frame_bits: 1 << 14, ..LdpcParams::default() };
+        match reconcile_local(&a, &b, est, &params, 2) {
+            Ok((fixed, st)) => {
+                prop_assert_eq!(&fixed, &a);
+                prop_assert_eq!(st.corrected, a.hamming(&b));
+            }
+            Err(LdpcError::DecodeFailed { .. }) => {}
+            Err(e) => prop_assert!(false, "unexpected error {e}"),
+        }
+    }
+}
+
+/// Frame error rate of mother codes without shortening or puncturing (tuning aid):
+/// `cargo test --release -p kagi-postproc ldpc::tests::fer_probe -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn fer_probe() {
+    let frames = 10;
+    for (mb, qs) in [
+        (128usize, [0.07f64, 0.08, 0.09]),
+        (64, [0.030, 0.036, 0.042]),
+        (26, [0.010, 0.012, 0.014]),
+        (13, [0.003, 0.004, 0.005]),
+    ] {
+        let code = mother_code(1 << 16, mb);
+        let n = code.n();
+        let rate = 1.0 - mb as f64 / 256.0;
+        for q in qs {
+            let plan = Plan {
+                code: code.clone(),
+                frames: vec![FramePlan {
+                    offset: 0,
+                    key: n,
+                    punctured: 0,
+                    shortened: 0,
+                    step: 1,
+                }],
+                llr: (((1.0 - q) / q).ln() * LLR_SCALE).round() as i16,
+                rounds: 0,
+                max_iterations: 100,
+            };
+            let (mut fail, mut its) = (0, 0);
+            let t = std::time::Instant::now();
+            for s in 0..frames {
+                let (a, b) = pair(n, q, s);
+                let (_, synd) = LdpcAlice::new(&a, plan.clone()).unwrap();
+                let mut bob = LdpcBob::new(b, plan.clone(), &synd).unwrap();
+                if bob.decode(1).is_empty() {
+                    its += bob.frames[0].iterations;
+                } else {
+                    fail += 1;
+                }
+            }
+            println!(
+                "R={rate:.3} q={q} f={:.3} FER {fail}/{frames} iters {:.1} {:.1} Mb/s punct_avail {}",
+                (1.0 - rate) / h2(q),
+                its as f64 / (frames - fail).max(1) as f64,
+                (n * frames as usize) as f64 / t.elapsed().as_secs_f64() / 1e6,
+                code.punct.len()
+            );
+        }
+    }
+}
+
+/// Flooding sum-product in f64 (reference for tuning): true when it meets the syndrome.
+fn spa_reference(code: &QcCode, llr: &[f64], synd: &[u64], iters: usize) -> (bool, usize) {
+    let (z, n, m) = (code.z, code.n(), code.m());
+    let mut check_vars: Vec<Vec<usize>> = vec![Vec::new(); m];
+    for r in 0..code.mb {
+        for e in code.row_start[r]..code.row_start[r + 1] {
+            let (j, s) = (code.cols[e] as usize, code.shifts[e] as usize);
+            for q in 0..z {
+                check_vars[r * z + q].push(j * z + (q + s) % z);
+            }
+        }
+    }
+    let mut c2v: Vec<Vec<f64>> = check_vars.iter().map(|v| vec![0.0; v.len()]).collect();
+    let mut app = llr.to_vec();
+    for it in 1..=iters {
+        let mut new_app = llr.to_vec();
+        for c in 0..m {
+            let sbit = (synd[c / 64] >> (c % 64)) & 1 == 1;
+            let ts: Vec<f64> = check_vars[c]
+                .iter()
+                .zip(&c2v[c])
+                .map(|(&v, &r)| ((app[v] - r) / 2.0).tanh())
+                .collect();
+            for (k, &v) in check_vars[c].iter().enumerate() {
+                let mut p = if sbit { -1.0 } else { 1.0 };
+                for (k2, &t) in ts.iter().enumerate() {
+                    if k2 != k {
+                        p *= t;
+                    }
+                }
+                let p = p.clamp(-0.999_999_999, 0.999_999_999);
+                c2v[c][k] = 2.0 * p.atanh();
+                new_app[v] += c2v[c][k];
+            }
+        }
+        app = new_app;
+        let ok = (0..m).all(|c| {
+            let par = check_vars[c].iter().filter(|&&v| app[v] < 0.0).count() % 2 == 1;
+            par == ((synd[c / 64] >> (c % 64)) & 1 == 1)
+        });
+        if ok {
+            return (true, it);
+        }
+    }
+    let _ = n;
+    (false, iters)
+}
+
+#[test]
+#[ignore]
+fn spa_probe() {
+    let design: Vec<f64> = std::env::var("LDPC_DESIGN")
+        .unwrap_or("0.15,6,3,1".into())
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    for (mb, q) in [(128usize, 0.07f64), (64, 0.03), (26, 0.01)] {
+        let code = QcCode::build_with(
+            64,
+            mb,
+            1,
+            design[0],
+            design[1] as usize,
+            design[2] as usize,
+            design[3] > 0.0,
+        );
+        let n = code.n();
+        let mut fails = 0;
+        for s in 0..4 {
+            let (a, b) = pair(n, q, s);
+            let synd = code.syndrome(a.words());
+            let l = ((1.0 - q) / q).ln();
+            let llr: Vec<f64> = (0..n).map(|i| if b.get(i) { -l } else { l }).collect();
+            let (ok, _) = spa_reference(&code, &llr, &synd, 100);
+
+            fails += (!ok) as usize;
+        }
+        println!("mb={mb} q={q} SPA fails {fails}/4");
+    }
+}
+
+/// Highest QBER (on a grid) at which a design decodes all of `frames` frames (tuning aid).
+fn design_threshold(code: &QcCode, qs: &[f64], frames: u64) -> f64 {
+    let n = code.n();
+    let code = Arc::new(QcCode {
+        z: code.z,
+        mb: code.mb,
+        row_start: code.row_start.clone(),
+        cols: code.cols.clone(),
+        shifts: code.shifts.clone(),
+        punct: Vec::new(),
+        order: (0..n as u32).collect(),
+        max_row_deg: code.max_row_deg,
+    });
+    let mut best = 0.0;
+    for &q in qs {
+        let plan = Plan {
+            code: code.clone(),
+            frames: vec![FramePlan {
+                offset: 0,
+                key: n,
+                punctured: 0,
+                shortened: 0,
+                step: 1,
+            }],
+            llr: (((1.0 - q) / q).ln() * LLR_SCALE).round() as i16,
+            rounds: 0,
+            max_iterations: 100,
+        };
+        for s in 0..frames {
+            let (a, b) = pair(n, q, s + 77);
+            let (_, synd) = LdpcAlice::new(&a, plan.clone()).unwrap();
+            let mut bob = LdpcBob::new(b, plan.clone(), &synd).unwrap();
+            if !bob.decode(2).is_empty() {
+                return best;
+            }
+        }
+        best = q;
+    }
+    best
+}
+
+/// `LDPC_MB=26 cargo test --release -p kagi-postproc ldpc::tests::design_search -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn design_search() {
+    let mb: usize = std::env::var("LDPC_MB").map_or(26, |v| v.parse().unwrap());
+    let rate = 1.0 - mb as f64 / 256.0;
+    // q grid from f = 1.5 down to f = 1.0.
+    let qs: Vec<f64> = (0..26)
+        .map(|i| {
+            let f = 1.5 - 0.02 * i as f64;
+            let target = (1.0 - rate) / f;
+            // invert h2 by bisection
+            let (mut lo, mut hi) = (1e-6, 0.5);
+            for _ in 0..60 {
+                let mid = (lo + hi) / 2.0;
+                if h2(mid) < target {
+                    lo = mid
+                } else {
+                    hi = mid
+                }
+            }
+            lo
+        })
+        .collect();
+    for stair in [true, false] {
+        for dl in [2usize, 3] {
+            if dl == 2 && stair {
+                continue;
+            }
+            for dh in [5usize, 6, 8, 10, 12, 16] {
+                for frac in [0.1, 0.2, 0.3, 0.4] {
+                    let code = QcCode::build_with(128, mb, 3, frac, dh, dl, stair);
+                    let q = design_threshold(&code, &qs, 6);
+                    println!(
+                        "mb={mb} stair={stair} dl={dl} dh={dh} frac={frac} q*={q:.4} f*={:.3}",
+                        if q > 0.0 { (1.0 - rate) / h2(q) } else { 9.0 }
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore]
+fn spa_vs_minsum_probe() {
+    let design: Vec<f64> = std::env::var("LDPC_DESIGN")
+        .unwrap_or("0,3,3,0".into())
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let mb: usize = std::env::var("LDPC_MB").map_or(26, |v| v.parse().unwrap());
+    let code = QcCode::build_with(
+        64,
+        mb,
+        1,
+        design[0],
+        design[1] as usize,
+        design[2] as usize,
+        design[3] > 0.0,
+    );
+    let n = code.n();
+    let qs: Vec<f64> = std::env::var("LDPC_QS")
+        .unwrap_or("0.004,0.006,0.008,0.01".into())
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    for q in qs {
+        let mut spa_ok = 0;
+        for s in 0..4 {
+            let (a, b) = pair(n, q, s);
+            let synd = code.syndrome(a.words());
+            let l = ((1.0 - q) / q).ln();
+            let llr: Vec<f64> = (0..n).map(|i| if b.get(i) { -l } else { l }).collect();
+            spa_ok += spa_reference(&code, &llr, &synd, 100).0 as usize;
+        }
+        let t = design_threshold(&code, &[q], 4);
+        println!("q={q} SPA ok {spa_ok}/4, min-sum all ok: {}", t > 0.0);
+    }
+}
+
+/// Population-dynamics density evolution of BP on the BSC (tuning aid): whether the bit
+/// error probability dies out for variable degrees `dv` (edge-perspective weights) and
+/// check degree `dc`.
+fn de_converges(
+    q: f64,
+    lambda: &[(usize, f64)],
+    rho: &[(usize, f64)],
+    rng: &mut ChaCha8Rng,
+) -> bool {
+    let pop = 8_000;
+    let l0 = ((1.0 - q) / q).ln();
+    let ch = |rng: &mut ChaCha8Rng| if rng.gen_bool(q) { -l0 } else { l0 };
+    let pick = |w: &[(usize, f64)], rng: &mut ChaCha8Rng| {
+        let mut u: f64 = rng.gen();
+        for &(d, p) in w {
+            if u < p {
+                return d;
+            }
+            u -= p;
+        }
+        w[w.len() - 1].0
+    };
+    let mut v2c: Vec<f64> = (0..pop).map(|_| ch(rng)).collect();
+    let mut c2v = vec![0.0; pop];
+    for _ in 0..200 {
+        for m in c2v.iter_mut() {
+            let dc = pick(rho, rng);
+            let mut p = 1.0;
+            for _ in 0..dc - 1 {
+                p *= (v2c[rng.gen_range(0..pop)] / 2.0).tanh();
+            }
+            *m = 2.0 * p.clamp(-0.999_999_999_999, 0.999_999_999_999).atanh();
+        }
+        let mut errs = 0;
+        for m in v2c.iter_mut() {
+            let dv = pick(lambda, rng);
+            let mut s = ch(rng);
+            for _ in 0..dv - 1 {
+                s += c2v[rng.gen_range(0..pop)];
+            }
+            *m = s;
+            errs += (s <= 0.0) as usize;
+        }
+        if errs == 0 {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+#[ignore]
+fn de_probe() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    // (lambda, rho, rate)
+    type Degrees = Vec<(usize, f64)>;
+    let cases: Vec<(Degrees, Degrees)> = vec![
+        (vec![(3, 1.0)], vec![(6, 1.0)]),
+        (vec![(3, 1.0)], vec![(30, 1.0)]),
+        (vec![(2, 0.1), (3, 0.6), (10, 0.3)], vec![(34, 1.0)]),
+    ];
+    for (lambda, rho) in cases {
+        let il: f64 = lambda.iter().map(|&(d, w)| w / d as f64).sum();
+        let ir: f64 = rho.iter().map(|&(d, w)| w / d as f64).sum();
+        let rate = 1.0 - ir / il;
+        let mut best = 0.0;
+        for i in 1..60 {
+            let q = 0.002 * i as f64;
+            if de_converges(q, &lambda, &rho, &mut rng) {
+                best = q;
+            } else {
+                break;
+            }
+        }
+        println!(
+            "{lambda:?} {rho:?} R={rate:.3} q*={best} f*={:.3}",
+            (1.0 - rate) / h2(best)
+        );
+    }
+}
+
+/// DE search over the construction's design (staircase, a fraction `frac` of the
+/// information columns at degree `dh`, the rest at degree 3):
+/// `LDPC_MB=26 cargo test --release -p kagi-postproc ldpc::tests::de_search -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn de_search() {
+    let mb: usize = std::env::var("LDPC_MB").map_or(26, |v| v.parse().unwrap());
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let rate = 1.0 - mb as f64 / 256.0;
+    let k = 256 - mb;
+    let q_of_f = |f: f64| {
+        let target = (1.0 - rate) / f;
+        let (mut lo, mut hi) = (1e-6, 0.5);
+        for _ in 0..60 {
+            let mid = (lo + hi) / 2.0;
+            if h2(mid) < target {
+                lo = mid
+            } else {
+                hi = mid
+            }
+        }
+        lo
+    };
+    let dhs: Vec<usize> = std::env::var("LDPC_DH").map_or(vec![8, 12, 20], |v| {
+        v.split(',').map(|x| x.parse().unwrap()).collect()
+    });
+    let fracs: Vec<f64> = std::env::var("LDPC_FRAC").map_or(vec![0.1, 0.2, 0.3], |v| {
+        v.split(',').map(|x| x.parse().unwrap()).collect()
+    });
+    for &dh in &dhs {
+        for &frac in &fracs {
+            let heavy = (frac * k as f64).round();
+            let e2 = 2.0 * mb as f64;
+            let eh = heavy * dh as f64;
+            let e3 = (k as f64 - heavy) * 3.0;
+            let e = e2 + eh + e3;
+            let lambda = vec![(2, e2 / e), (3, e3 / e), (dh, eh / e)];
+            let dc = e / mb as f64;
+            let lo = dc.floor() as usize;
+            let w_hi = dc - lo as f64; // fraction of checks at lo+1 (node perspective)
+            let (el, eh2) = ((1.0 - w_hi) * lo as f64, w_hi * (lo + 1) as f64);
+            let rho = vec![(lo, el / (el + eh2)), (lo + 1, eh2 / (el + eh2))];
+            // Bisection on f in [1.0, 1.8].
+            let (mut good, mut bad) = (1.8, 1.0);
+            if !de_converges(q_of_f(good), &lambda, &rho, &mut rng) {
+                println!("mb={mb} dh={dh} frac={frac} f*>1.8");
+                continue;
+            }
+            for _ in 0..6 {
+                let mid = (good + bad) / 2.0;
+                if de_converges(q_of_f(mid), &lambda, &rho, &mut rng) {
+                    good = mid
+                } else {
+                    bad = mid
+                }
+            }
+            println!("mb={mb} dh={dh} frac={frac} f*={good:.3}");
+        }
+    }
+}
