@@ -36,6 +36,7 @@ use zeroize::Zeroize;
 use crate::bits::BitVec;
 use crate::cascade::{self, CascadeAlice, CascadeBob, CascadeError, CascadeParams, Layout, Query};
 use crate::finite_key::{BlockCounts, DecoySettings, FiniteKeyError};
+use crate::ldpc::{LdpcAlice, LdpcBob, LdpcError, LdpcParams, Plan as LdpcPlan};
 use crate::sifting;
 use crate::toeplitz::{self, ToeplitzError};
 use crate::wire::{DecodeError, Reader, Writer};
@@ -54,6 +55,10 @@ const MAX_ITEMS: usize = 1 << 31;
 pub enum Reconciliation {
     /// Cascade with these parameters.
     Cascade(CascadeParams),
+    /// Rate-adaptive (blind) LDPC syndrome coding with these parameters ([`crate::ldpc`]):
+    /// Alice's `SiftReply` carries the syndromes of all frames; Bob answers `EcDone`, or
+    /// `LdpcRetry` naming the frames that failed, which Alice answers with `LdpcReveal`.
+    Ldpc(LdpcParams),
 }
 
 /// Settings both ends must share.
@@ -99,6 +104,9 @@ pub enum ProtocolError {
     /// Cascade input error.
     #[error(transparent)]
     Cascade(#[from] CascadeError),
+    /// LDPC reconciliation error (including frames that failed to decode).
+    #[error(transparent)]
+    Ldpc(#[from] LdpcError),
     /// Privacy amplification argument error.
     #[error(transparent)]
     Toeplitz(#[from] ToeplitzError),
@@ -152,6 +160,12 @@ impl AuthKeyPool {
     /// Pad bytes spent since creation.
     pub fn spent_bytes(&self) -> u64 {
         self.spent
+    }
+
+    /// The unused pads (what was left plus what was replenished), ending the pool; a runtime
+    /// that reserves pads per block keeps them for later blocks.
+    pub fn into_pads(mut self) -> Key {
+        std::mem::replace(&mut self.pads, Key::zeroed(0))
     }
 
     /// Adds pad bytes (from produced secret key).
@@ -332,6 +346,19 @@ const T_EC_DONE: u8 = 5;
 const T_VERIFY: u8 = 6;
 const T_CONFIRM: u8 = 7;
 const T_ABORT: u8 = 8;
+const T_LDPC_RETRY: u8 = 9;
+const T_LDPC_REVEAL: u8 = 10;
+
+/// A list of LDPC frame indices (count, then each index).
+fn read_frame_list(r: &mut Reader<'_>) -> Result<Vec<u32>, ProtocolError> {
+    let n = r.var()? as usize;
+    let mut v = Vec::with_capacity(n.min(1 << 16));
+    for _ in 0..n {
+        let i = r.var()?;
+        v.push(u32::try_from(i).map_err(|_| DecodeError("frame index"))?);
+    }
+    Ok(v)
+}
 
 fn abort_payload(reason: &str) -> Vec<u8> {
     let mut w = Writer::default();
@@ -381,6 +408,12 @@ enum AliceState {
         key: BitVec,
         answered: u64,
         top: u64,
+    },
+    Ldpc {
+        ldpc: LdpcAlice,
+        counts: BlockCounts,
+        n_key: usize,
+        key: BitVec,
     },
     AwaitConfirm {
         key: Key,
@@ -532,6 +565,43 @@ impl Alice {
                 self.on_ec_done(pool, counts, n_key, key, answered + top)
                     .map(Some)
             }
+            (
+                AliceState::Ldpc {
+                    mut ldpc,
+                    counts,
+                    n_key,
+                    key,
+                },
+                T_LDPC_RETRY,
+            ) => {
+                let frames = read_frame_list(&mut r)?;
+                r.finish()?;
+                let bits = ldpc.reveal(&frames)?;
+                let mut w = Writer::default();
+                w.u8(T_LDPC_REVEAL);
+                w.bits(&bits);
+                let out = self.framer.seal(pool, &w.buf)?;
+                self.state = AliceState::Ldpc {
+                    ldpc,
+                    counts,
+                    n_key,
+                    key,
+                };
+                Ok(Some(out))
+            }
+            (
+                AliceState::Ldpc {
+                    ldpc,
+                    counts,
+                    n_key,
+                    key,
+                },
+                T_EC_DONE,
+            ) => {
+                r.finish()?;
+                let leaked = ldpc.leaked_bits();
+                self.on_ec_done(pool, counts, n_key, key, leaked).map(Some)
+            }
             (AliceState::AwaitConfirm { key, stats }, T_CONFIRM) => {
                 let ok = r.u8()? == 1;
                 r.finish()?;
@@ -571,12 +641,6 @@ impl Alice {
                 n_key
             )));
         }
-        let Reconciliation::Cascade(cp) = self.cfg.reconciliation;
-        let ks = cascade::block_sizes(n_key, cascade_qber(&counts), &cp);
-        let seed = self.rng.next_u64();
-        let layout = Layout::get(n_key, &ks, seed);
-        let ca = CascadeAlice::new(&key, layout);
-        let top = ca.top_parities();
         let mut w = Writer::default();
         w.u8(T_SIFT_REPLY);
         w.bits(&a_basis);
@@ -585,6 +649,27 @@ impl Alice {
                 w.var(v);
             }
         }
+        let cp = match self.cfg.reconciliation {
+            Reconciliation::Cascade(cp) => cp,
+            Reconciliation::Ldpc(lp) => {
+                let plan = LdpcPlan::new(n_key, qber_of(&counts), &lp)?;
+                let (ldpc, synd) = LdpcAlice::new(&key, plan)?;
+                w.bits(&synd);
+                let out = self.framer.seal(pool, &w.buf)?;
+                self.state = AliceState::Ldpc {
+                    ldpc,
+                    counts,
+                    n_key,
+                    key,
+                };
+                return Ok(out);
+            }
+        };
+        let ks = cascade::block_sizes(n_key, cascade_qber(&counts), &cp);
+        let seed = self.rng.next_u64();
+        let layout = Layout::get(n_key, &ks, seed);
+        let ca = CascadeAlice::new(&key, layout);
+        let top = ca.top_parities();
         w.u64(seed);
         w.var(ks.len() as u64);
         for &k in &ks {
@@ -687,6 +772,12 @@ enum BobState {
     Cascade {
         cascade: Box<CascadeBob>,
         counts: BlockCounts,
+    },
+    Ldpc {
+        ldpc: Box<LdpcBob>,
+        counts: BlockCounts,
+        /// Frames named in the last `LdpcRetry`.
+        pending: Vec<u32>,
     },
     AwaitVerify {
         key: BitVec,
@@ -829,6 +920,19 @@ impl Bob {
                 self.cascade_step(pool, cascade, counts).map(Some)
             }
             (
+                BobState::Ldpc {
+                    mut ldpc,
+                    counts,
+                    pending,
+                },
+                T_LDPC_REVEAL,
+            ) => {
+                let bits = r.bits(MAX_ITEMS)?;
+                r.finish()?;
+                ldpc.apply_reveal(&pending, &bits)?;
+                self.ldpc_step(pool, ldpc, counts).map(Some)
+            }
+            (
                 BobState::AwaitVerify {
                     key,
                     counts,
@@ -860,6 +964,14 @@ impl Bob {
                 *v = r.var()?;
             }
         }
+        if let Reconciliation::Ldpc(lp) = self.cfg.reconciliation {
+            let synd = r.bits(MAX_ITEMS)?;
+            r.finish()?;
+            let (key, counts) = self.sifted_key(&a_basis, counts)?;
+            let plan = LdpcPlan::new(key.len(), qber_of(&counts), &lp)?;
+            let ldpc = LdpcBob::new(key, plan, &synd)?;
+            return self.ldpc_step(pool, Box::new(ldpc), counts);
+        }
         let seed = r.u64()?;
         let np = r.var()? as usize;
         if np == 0 || np > 64 {
@@ -875,20 +987,73 @@ impl Bob {
         }
         let top = r.bits(MAX_ITEMS)?;
         r.finish()?;
-        let (key, n_test) = sifting::bob_sift(&self.raw, &a_basis);
+        let (key, counts) = self.sifted_key(&a_basis, counts)?;
         let n_key = key.len();
-        if counts.n_key.iter().sum::<u64>() != n_key as u64
-            || counts.n_test.iter().sum::<u64>() != n_test
-            || counts.m_test.iter().zip(&counts.n_test).any(|(m, n)| m > n)
-        {
-            return Err(DecodeError("counts differ from the sifted bits").into());
-        }
         if ks.iter().any(|&k| k > n_key.max(1)) {
             return Err(DecodeError("block size above key length").into());
         }
         let layout = Layout::get(n_key, &ks, seed);
         let cb = CascadeBob::new(key, layout, &top)?;
         self.cascade_step(pool, Box::new(cb), counts)
+    }
+
+    /// Bob's sifted key, after checking Alice's counts against it.
+    fn sifted_key(
+        &self,
+        a_basis: &BitVec,
+        counts: BlockCounts,
+    ) -> Result<(BitVec, BlockCounts), ProtocolError> {
+        let (key, n_test) = sifting::bob_sift(&self.raw, a_basis);
+        if counts.n_key.iter().sum::<u64>() != key.len() as u64
+            || counts.n_test.iter().sum::<u64>() != n_test
+            || counts.m_test.iter().zip(&counts.n_test).any(|(m, n)| m > n)
+        {
+            return Err(DecodeError("counts differ from the sifted bits").into());
+        }
+        Ok((key, counts))
+    }
+
+    /// Decodes the LDPC frames not yet decoded; asks for a reveal round, reports success,
+    /// or aborts when the rounds are spent.
+    fn ldpc_step(
+        &mut self,
+        pool: &mut AuthKeyPool,
+        mut ldpc: Box<LdpcBob>,
+        counts: BlockCounts,
+    ) -> Result<Vec<u8>, ProtocolError> {
+        let failed = ldpc.decode(self.cfg.threads);
+        let mut w = Writer::default();
+        if failed.is_empty() {
+            let (key, st) = ldpc.finish()?;
+            w.u8(T_EC_DONE);
+            let f = self.framer.seal(pool, &w.buf)?;
+            self.state = BobState::AwaitVerify {
+                key,
+                counts,
+                leaked: st.leaked_bits,
+                corrected: st.corrected as u64,
+            };
+            return Ok(f);
+        }
+        if !ldpc.can_retry() {
+            return Err(ldpc
+                .finish()
+                .err()
+                .unwrap_or(LdpcError::Reveal("no frame failed"))
+                .into());
+        }
+        w.u8(T_LDPC_RETRY);
+        w.var(failed.len() as u64);
+        for &i in &failed {
+            w.var(i as u64);
+        }
+        let f = self.framer.seal(pool, &w.buf)?;
+        self.state = BobState::Ldpc {
+            ldpc,
+            counts,
+            pending: failed,
+        };
+        Ok(f)
     }
 
     fn cascade_step(

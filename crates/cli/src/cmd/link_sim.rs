@@ -1,6 +1,6 @@
 //! `kagi link-sim`: the photon-level decoy-BB84 simulator (`kagi_quantum::photon`) through the
 //! whole post-processing pipeline (`kagi_postproc::protocol`): sifting, finite-key decoy
-//! estimation, Cascade, verification, Toeplitz privacy amplification, Wegman–Carter
+//! estimation, Cascade or LDPC reconciliation, verification, Toeplitz privacy amplification, Wegman–Carter
 //! authentication of every message. Both ends run in this process over an in-memory channel;
 //! the keys of both ends are compared at the end.
 
@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use kagi_keymat::Key;
 use kagi_postproc::cascade::CascadeParams;
 use kagi_postproc::finite_key::DecoySettings;
+use kagi_postproc::ldpc::LdpcParams;
 use kagi_postproc::protocol::{
     run_block, Alice, AliceRaw, AuthKeyPool, Bob, BobRaw, Outcome, PerfectChannel, ProtocolConfig,
     Reconciliation,
@@ -22,7 +23,7 @@ use kagi_quantum::DecoyBb84Params;
 pub enum Method {
     /// Cascade (batched, Martinez-Mateo et al. block sizes).
     Cascade,
-    /// Rate-adaptive LDPC (not built yet).
+    /// Rate-adaptive blind LDPC (QC codes, min-sum decoder): few messages, fast.
     Ldpc,
 }
 
@@ -31,7 +32,8 @@ pub enum Method {
 #[command(
     after_help = "Examples:\n  kagi link-sim --distance 25 --pulses 2e8\n  \
     kagi link-sim --distance 50 --pulses 5e8 --block-bits 1e6 --json\n  \
-    kagi link-sim --distance 10 --pulses 1e8 --eve-intercept 0.5\n\n\
+    kagi link-sim --distance 10 --pulses 1e8 --eve-intercept 0.5\n  \
+    kagi link-sim --distance 5 --pulses 2e9 --block-bits 4e6 --reconciliation ldpc\n\n\
     throughput_sifted_bps is sifted key bits per second of post-processing (both ends, this \
     process); elapsed_s includes the photon simulation."
 )]
@@ -107,6 +109,15 @@ pub struct Args {
     /// Cascade passes.
     #[arg(long, default_value_t = CascadeParams::default().passes)]
     cascade_passes: usize,
+    /// LDPC frame length in bits (16384, 32768 or 65536).
+    #[arg(long, default_value_t = LdpcParams::default().frame_bits)]
+    ldpc_frame: usize,
+    /// LDPC target efficiency f of the first decoding attempt.
+    #[arg(long, default_value_t = LdpcParams::default().efficiency)]
+    ldpc_efficiency: f64,
+    /// LDPC blind reveal rounds after the first attempt (0: one attempt).
+    #[arg(long, default_value_t = LdpcParams::default().blind_rounds)]
+    ldpc_rounds: usize,
     /// Worker threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -196,9 +207,6 @@ struct Totals {
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.reconciliation == Method::Ldpc {
-        bail!("--reconciliation ldpc is not built yet; use cascade");
-    }
     if !(0.0..=1.0).contains(&args.eve_intercept) {
         bail!("--eve-intercept must be a fraction in [0, 1]");
     }
@@ -263,10 +271,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             eps_sec: args.eps_sec,
             eps_cor: args.eps_cor,
         },
-        reconciliation: Reconciliation::Cascade(CascadeParams {
-            alpha: args.cascade_alpha,
-            passes: args.cascade_passes,
-        }),
+        reconciliation: match args.reconciliation {
+            Method::Cascade => Reconciliation::Cascade(CascadeParams {
+                alpha: args.cascade_alpha,
+                passes: args.cascade_passes,
+            }),
+            Method::Ldpc => {
+                let p = LdpcParams {
+                    frame_bits: args.ldpc_frame,
+                    efficiency: args.ldpc_efficiency,
+                    blind_rounds: args.ldpc_rounds,
+                    ..LdpcParams::default()
+                };
+                p.validate().context("LDPC parameters")?;
+                Reconciliation::Ldpc(p)
+            }
+        },
         threads,
     };
     cfg.decoy.validate().context("decoy settings")?;
