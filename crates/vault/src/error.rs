@@ -2,6 +2,7 @@
 
 /// What can go wrong storing, fetching, refreshing or repairing an object.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum VaultError {
     /// Secret sharing failed (bad parameters, too few or inconsistent shares…).
     #[error(transparent)]
@@ -36,7 +37,7 @@ pub enum VaultError {
     #[error("unknown site {0}")]
     UnknownSite(String),
     /// Fewer sites hold the object than needed.
-    #[error("object {object}: only {got} of the {needed} needed sites answered")]
+    #[error("object {object}: only {got} of the {needed} needed sites answered{}", if detail.is_empty() { String::new() } else { format!(" ({detail})") })]
     NotEnoughSites {
         /// Object ID.
         object: String,
@@ -44,6 +45,16 @@ pub enum VaultError {
         needed: usize,
         /// Sites that answered with a valid share.
         got: usize,
+        /// What the other sites said (empty when nothing to add).
+        detail: String,
+    },
+    /// A storage site could not be reached, or answered with an error it did not explain.
+    #[error("site {site}: {reason}")]
+    Site {
+        /// The site's SAE ID.
+        site: String,
+        /// Why.
+        reason: String,
     },
     /// Storage I/O at a site.
     #[error("site storage: {0}")]

@@ -7,17 +7,22 @@
 //!
 //! * [`client`]: the owner's put / get / list / refresh / repair;
 //! * [`site`]: a storage site's durable store and protocol steps;
-//! * [`keys`]: the ETSI 014 key calls as a trait, with an in-memory network for tests.
+//! * [`keys`]: the ETSI 014 key calls as a trait, with an in-memory network for tests;
+//! * [`api`]: the site steps as a trait, implemented by [`site::Site`] in this process and by
+//!   [`net::RemoteSite`] for a site process;
+//! * [`net`]: sites as separate processes (mutual TLS, HTTP/1.1) and the ETSI 014 key supply.
 //!
-//! The logic here is transport-agnostic: [`site::Site`] methods take and return sealed
-//! envelopes, so the same code runs in one process (tests, `kagi vault` with local sites) and
-//! behind a network server.
+//! The protocol logic is transport-agnostic: [`site::Site`] methods take and return sealed
+//! envelopes, so the same code runs in one process (library tests) and behind the site server
+//! (`kagi up --vault`, `kagi vault`).
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod client;
 pub mod envelope;
 mod error;
 pub mod keys;
+pub mod net;
 pub mod site;
 
 pub use error::{Result, VaultError};

@@ -51,6 +51,10 @@ pub struct Manifest {
     pub object_tag: String,
     /// Number of proactive refreshes so far.
     pub epoch: u64,
+    /// The SAE that stored the object: the only one a site serves it to. Authenticated: a site
+    /// accepts a share only in a transfer whose one-time MAC keys it shares with this SAE.
+    #[serde(default)]
+    pub owner: String,
 }
 
 impl Manifest {
@@ -95,6 +99,7 @@ pub struct Site<K: KeySupply> {
     /// This site's own refresh sub-share or repair piece between the protocol's steps.
     held: HashMap<(String, &'static str), Share>,
     held_pieces: HashMap<String, RepairPiece>,
+    held_sums: HashMap<String, RepairPiece>,
 }
 
 impl<K: KeySupply> Site<K> {
@@ -105,6 +110,7 @@ impl<K: KeySupply> Site<K> {
             keys,
             held: HashMap::new(),
             held_pieces: HashMap::new(),
+            held_sums: HashMap::new(),
         }
     }
 
@@ -135,6 +141,7 @@ impl<K: KeySupply> Site<K> {
             serde_json::from_value(h.info).map_err(|e| VaultError::Malformed(e.to_string()))?;
         let share = Share::from_bytes(payload.expose())?;
         if manifest.object != h.object
+            || manifest.owner != h.from
             || manifest.index_of(self.id()) != Some(share.index() as usize)
             || share.params() != manifest.params()?
         {
@@ -168,6 +175,39 @@ impl<K: KeySupply> Site<K> {
         Ok(())
     }
 
+    /// Forgets `object` entirely (pending or committed): the owner's rollback of a put that did
+    /// not reach every site. Removing what is not there is not an error.
+    pub fn abort(&mut self, object: &str) -> Result<()> {
+        check_object_id(object)?;
+        for d in [self.dir.join("pending").join(object), self.obj_dir(object)] {
+            match fs::remove_dir_all(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops every uncommitted put (at start-up: a put in flight when the site stopped can no
+    /// longer commit here, so its owner's commit fails and it rolls back). Returns how many.
+    pub fn clear_pending(&mut self) -> Result<usize> {
+        let pending = self.dir.join("pending");
+        let n = fs::read_dir(&pending).map(|rd| rd.count()).unwrap_or(0);
+        match fs::remove_dir_all(&pending) {
+            Ok(()) => Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The manifest of a put received here and not yet committed.
+    pub fn pending_manifest(&self, object: &str) -> Option<Manifest> {
+        check_object_id(object).ok()?;
+        let m = fs::read(self.dir.join("pending").join(object).join("manifest.json")).ok()?;
+        serde_json::from_slice(&m).ok()
+    }
+
     /// Reads a committed share and its manifest.
     fn load(&self, object: &str) -> Result<(Manifest, Share)> {
         check_object_id(object)?;
@@ -187,13 +227,16 @@ impl<K: KeySupply> Site<K> {
     }
 
     /// The committed manifest of `object`, if this site holds a share of it.
+    /// Reads only the manifest (no share bytes): a damaged share shows up when it is sent.
     pub fn manifest(&self, object: &str) -> Option<Manifest> {
-        self.load(object).ok().map(|(m, _)| m)
+        check_object_id(object).ok()?;
+        let m = fs::read(self.obj_dir(object).join("manifest.json")).ok()?;
+        serde_json::from_slice(&m).ok()
     }
 
     /// The epoch of the committed share of `object`, if this site holds one.
     pub fn committed_epoch(&self, object: &str) -> Option<u64> {
-        self.load(object).ok().map(|(m, _)| m.epoch)
+        self.manifest(object).map(|m| m.epoch)
     }
 
     /// Discards a prepared, uncommitted refresh of `object`.
@@ -216,6 +259,10 @@ impl<K: KeySupply> Site<K> {
     /// Get: seals this site's share of `object` for SAE `to`.
     pub fn send_share(&mut self, object: &str, to: &str) -> Result<Envelope> {
         let (manifest, share) = self.load(object)?;
+        if manifest.owner != to {
+            // Only the owner gets a share back; to anyone else the object does not exist.
+            return Err(VaultError::UnknownObject(object.to_string()));
+        }
         let info =
             serde_json::to_value(&manifest).map_err(|e| VaultError::Malformed(e.to_string()))?;
         seal(
@@ -292,6 +339,7 @@ impl<K: KeySupply> Site<K> {
                 object: object.to_string(),
                 needed: manifest.n as usize,
                 got: all.len(),
+                detail: "refresh updates missing".into(),
             });
         }
         refresh::refresh_apply(&mut share, &all)?;
@@ -325,6 +373,7 @@ impl<K: KeySupply> Site<K> {
         helpers: &[u8],
     ) -> Result<Vec<Envelope>> {
         let (manifest, share) = self.load(object)?;
+        self.held_sums.remove(object);
         let pieces = repair::repair_contribute(&share, target, helpers, &mut rand_core::OsRng)?;
         let mut out = Vec::new();
         for p in pieces {
@@ -342,16 +391,31 @@ impl<K: KeySupply> Site<K> {
     /// for the target site.
     pub fn repair_aggregate(&mut self, object: &str, received: &[Envelope]) -> Result<Envelope> {
         let (manifest, share) = self.load(object)?;
-        let own = self.held_pieces.remove(object).ok_or_else(|| {
-            VaultError::Malformed("repair_aggregate before repair_contribute".into())
-        })?;
-        let mut pieces = vec![own];
-        for env in received {
-            pieces.push(open_piece(&mut self.keys, object, env)?);
-        }
-        let sum = repair::repair_aggregate(share.index(), &pieces)?;
+        // A sum whose sealing ran out of key is kept: the received pieces' keys were served
+        // once, so the owner's retry (with the same pieces) must not open them again.
+        let sum = match self.held_sums.remove(object) {
+            Some(sum) => sum,
+            None => {
+                let own = self.held_pieces.remove(object).ok_or_else(|| {
+                    VaultError::Malformed("repair_aggregate before repair_contribute".into())
+                })?;
+                let mut pieces = vec![own];
+                for env in received {
+                    pieces.push(open_piece(&mut self.keys, object, env)?);
+                }
+                repair::repair_aggregate(share.index(), &pieces)?
+            }
+        };
         let to = manifest.sites[sum.target as usize - 1].clone();
-        seal_piece(&mut self.keys, &to, object, &sum)
+        match seal_piece(&mut self.keys, &to, object, &sum) {
+            Ok(env) => Ok(env),
+            Err(e) => {
+                if matches!(e, VaultError::KeyShortage { .. }) {
+                    self.held_sums.insert(object.to_string(), sum);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Repair, step 3 (at the rebuilt site): combines the helpers' sums into its share and

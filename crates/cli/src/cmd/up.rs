@@ -8,7 +8,16 @@
 //! nodes/<id>/node.toml, node.log, node.pid      one node's config, log and process id
 //! nodes/<id>/<id>.db                             its SQLite store (kept across runs)
 //! network.json                                   written once every node answers
+//! vault/<SAE>.json, <SAE>.log, <SAE>.pid          with --vault: one storage site's config,
+//!                                                log and process id
+//! vault/sites/<SAE>/                              its shares (network.json `vault_sites`)
+//! pki/vault/<SAE>.pem                             its TLS server certificate
 //! ```
+//!
+//! With `--vault` it also starts one `kagi vault site` process beside every node but the first
+//! (as the node's second SAE), waits until each listens, and lists them in `network.json` as
+//! `vault_sites`. A site that exits (even by `kill -9`) is restarted on the same port and
+//! directory; sites stop before the nodes, and exit on their own if `kagi up` disappears.
 //!
 //! Then it starts one `kagi node --config nodes/<id>/node.toml` child process per node, waits
 //! until each node's ETSI 014 endpoint answers, writes `network.json`, prints the endpoints and
@@ -52,6 +61,10 @@ pub struct Args {
     /// then exit.
     #[arg(long)]
     pub stop: bool,
+    /// Also start a storage site (`kagi vault site`) beside every node but the first, as the
+    /// node's second SAE (its first if it has one): see `kagi vault --help`.
+    #[arg(long)]
+    pub vault: bool,
 }
 
 /// `DIR/network.json`: what scripts and tests rely on. Paths are relative to DIR.
@@ -63,6 +76,22 @@ pub struct NetworkFile {
     pub nodes: Vec<NetworkNode>,
     /// Fibre links.
     pub links: Vec<NetworkLink>,
+    /// Storage sites (`kagi up --vault`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vault_sites: Vec<VaultSite>,
+}
+
+/// A storage site in `network.json` (`kagi up --vault`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VaultSite {
+    /// The site's SAE ID.
+    pub id: String,
+    /// The trusted node it sits beside.
+    pub node: String,
+    /// Its share store, relative to DIR: deleting it destroys the site's data.
+    pub data_dir: String,
+    /// Where it listens (`https://127.0.0.1:PORT`, mutual TLS).
+    pub url: String,
 }
 
 /// A node in `network.json`.
@@ -292,6 +321,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
                 length_km: l.length_km,
             })
             .collect(),
+        vault_sites: Vec::new(),
     };
     Ok(Prepared {
         topo,
@@ -394,6 +424,8 @@ struct Child {
     pid_file: PathBuf,
     log: PathBuf,
     exited: bool,
+    /// For a storage site: restarted when it exits (its data is on disk; `kill -9` included).
+    site: bool,
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -478,6 +510,7 @@ async fn spawn_nodes(dir: &Path, prep: &Prepared) -> anyhow::Result<Vec<Child>> 
             pid_file,
             log,
             exited: false,
+            site: false,
         });
     }
     Ok(children)
@@ -606,7 +639,7 @@ async fn supervise(children: &mut [Child]) -> anyhow::Result<()> {
     let sig = shutdown_signal();
     tokio::pin!(sig);
     loop {
-        if children.iter().all(|c| c.exited) {
+        if children.iter().all(|c| c.exited || c.site) {
             bail!("every node has exited");
         }
         tokio::select! {
@@ -617,6 +650,10 @@ async fn supervise(children: &mut [Child]) -> anyhow::Result<()> {
             () = tokio::time::sleep(Duration::from_millis(250)) => {
                 for c in children.iter_mut().filter(|c| !c.exited) {
                     if let Ok(Some(st)) = c.proc.try_wait() {
+                        if c.site {
+                            restart_site(c, st).await;
+                            continue;
+                        }
                         c.exited = true;
                         let _ = std::fs::remove_file(&c.pid_file);
                         eprintln!(
@@ -663,15 +700,236 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             stop_all(&mut children).await;
             return Err(e);
         }
-        let json = serde_json::to_string_pretty(&prep.network)?;
+        let mut network = prep.network.clone();
+        if args.vault {
+            let sites = match start_vault_sites(&dir, &prep).await {
+                Ok(s) => s,
+                Err(e) => {
+                    stop_all(&mut children).await;
+                    return Err(e);
+                }
+            };
+            network.vault_sites = sites.iter().map(|(v, _)| v.clone()).collect();
+            // Sites stop before the nodes they draw key from.
+            let nodes = std::mem::take(&mut children);
+            children.extend(sites.into_iter().map(|(_, c)| c));
+            children.extend(nodes);
+        }
+        let json = serde_json::to_string_pretty(&network)?;
         write_atomic(&dir.join("network.json"), &json)?;
         print_banner(&dir, &prep);
+        print_vault_banner(&dir, &network);
         let result = supervise(&mut children).await;
         stop_all(&mut children).await;
         let _ = std::fs::remove_file(dir.join("network.json"));
         println!("kagi up: all nodes stopped; keys stay in {}", dir.display());
         result
     })
+}
+
+// ---- `kagi up --vault`: storage sites as separate processes ----------------------------------
+
+/// Where a site's files live: config, log and pid file under `vault/`, shares under
+/// `vault/sites/<SAE>/` (the `data_dir` of network.json: deleting it destroys the site's data).
+fn site_paths(dir: &Path, sae: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let v = dir.join("vault");
+    (
+        v.join(format!("{sae}.json")),
+        v.join(format!("{sae}.log")),
+        v.join(format!("{sae}.pid")),
+    )
+}
+
+/// One site beside every node but the first (the default owner's), as the node's second SAE
+/// (its first when it has only one): (site SAE, node, node's ETSI 014 URL).
+fn vault_site_plan(net: &NetworkFile) -> Vec<(String, String, String)> {
+    net.nodes
+        .iter()
+        .skip(1)
+        .filter_map(|n| {
+            let sae = n.saes.get(1).or(n.saes.first())?;
+            Some((sae.id.clone(), n.id.clone(), n.etsi014_url.clone()))
+        })
+        .collect()
+}
+
+/// Writes each site's config and server certificate, starts `kagi vault site` per site and
+/// waits until each listens.
+async fn start_vault_sites(dir: &Path, prep: &Prepared) -> anyhow::Result<Vec<(VaultSite, Child)>> {
+    let pki = Pki::open_or_create(&dir.join("pki"))?;
+    let mut taken: Vec<u16> = prep
+        .topo
+        .nodes
+        .iter()
+        .flat_map(|n| [addr_port(&n.etsi014_addr), addr_port(&n.peer_addr)])
+        .flatten()
+        .collect();
+    let mut out: Vec<(VaultSite, Child)> = Vec::new();
+    for (sae, node, url) in vault_site_plan(&prep.network) {
+        let (cfg_path, log, pid_file) = site_paths(dir, &sae);
+        let entry = prep
+            .network
+            .find_sae(&sae)
+            .map(|(_, e)| e.clone())
+            .context("site SAE")?;
+        let old_port = kagi_vault::net::SiteConfig::load(&cfg_path)
+            .ok()
+            .and_then(|c| addr_port(&Some(c.listen)))
+            .filter(|p| !taken.contains(p) && port_free(*p));
+        let port = match old_port {
+            Some(p) => p,
+            None => free_port(&taken)?,
+        };
+        taken.push(port);
+        let server = kagi_vault::net::issue_site_cert(&pki, &sae)?;
+        let data_dir = PathBuf::from("vault").join("sites").join(&sae);
+        std::fs::create_dir_all(dir.join(&data_dir))?;
+        let cfg = kagi_vault::net::SiteConfig {
+            id: sae.clone(),
+            node: node.clone(),
+            etsi014_url: url,
+            listen: format!("127.0.0.1:{port}"),
+            data_dir: data_dir.clone(),
+            ca: PathBuf::from(&prep.network.ca),
+            cert: PathBuf::from(&entry.cert),
+            key: PathBuf::from(&entry.key),
+            server_cert: PathBuf::from(rel(&server.cert, dir)),
+            server_key: PathBuf::from(rel(&server.key, dir)),
+            key_wait_ms: 3000,
+        };
+        write_atomic(&cfg_path, &serde_json::to_string_pretty(&cfg)?)?;
+        let child = match spawn_site(dir, &sae, &log, &pid_file) {
+            Ok(c) => c,
+            Err(e) => {
+                let mut started: Vec<Child> = out.into_iter().map(|(_, c)| c).collect();
+                stop_all(&mut started).await;
+                return Err(e);
+            }
+        };
+        out.push((
+            VaultSite {
+                id: sae,
+                node,
+                data_dir: data_dir.to_string_lossy().into_owned(),
+                url: format!("https://127.0.0.1:{port}"),
+            },
+            child,
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0..out.len() {
+        let port = addr_port(&Some(out[i].0.url.clone())).unwrap_or(0);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            let failed = match out[i].1.proc.try_wait() {
+                Ok(Some(st)) => Some(format!("exited ({st})")),
+                _ if Instant::now() > deadline => Some("did not listen within 30 s".into()),
+                _ => None,
+            };
+            if let Some(why) = failed {
+                let log = out[i].1.log.display().to_string();
+                let id = out[i].0.id.clone();
+                let mut started: Vec<Child> = out.into_iter().map(|(_, c)| c).collect();
+                stop_all(&mut started).await;
+                bail!("vault site {id} {why}; see {log}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(out)
+}
+
+fn spawn_site(dir: &Path, sae: &str, log: &Path, pid_file: &Path) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("cannot find the kagi executable")?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let err = out.try_clone()?;
+    let mut cmd = tokio::process::Command::new(&exe);
+    cmd.args([
+        "vault",
+        "site",
+        "--exit-with-parent",
+        "--id",
+        sae,
+        "--data-dir",
+    ])
+    .arg(dir)
+    .stdin(Stdio::null())
+    .stdout(out)
+    .stderr(err)
+    .env("NO_COLOR", "1")
+    .kill_on_drop(true);
+    #[cfg(unix)]
+    cmd.process_group(0);
+    let proc = cmd
+        .spawn()
+        .with_context(|| format!("cannot start vault site {sae}"))?;
+    if let Some(pid) = proc.id() {
+        std::fs::write(pid_file, format!("{pid}\n"))?;
+    }
+    Ok(Child {
+        id: sae.to_string(),
+        proc,
+        pid_file: pid_file.to_owned(),
+        log: log.to_owned(),
+        exited: false,
+        site: true,
+    })
+}
+
+/// A site exited (crash, `kill -9`): start it again on the same port and directory. Puts in
+/// flight at it fail and roll back; its committed shares are on disk.
+async fn restart_site(c: &mut Child, st: std::process::ExitStatus) {
+    eprintln!(
+        "kagi up: vault site {} exited ({st}); restarting it (log {})",
+        c.id,
+        c.log.display()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let Some(dir) = c
+        .pid_file
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_owned)
+    else {
+        c.exited = true;
+        return;
+    };
+    match spawn_site(&dir, &c.id, &c.log, &c.pid_file) {
+        Ok(new) => *c = new,
+        Err(e) => {
+            eprintln!("kagi up: cannot restart vault site {}: {e:#}", c.id);
+            c.exited = true;
+        }
+    }
+}
+
+fn print_vault_banner(dir: &Path, net: &NetworkFile) {
+    if net.vault_sites.is_empty() {
+        return;
+    }
+    println!("\nStorage sites (kagi vault; one process each, mutual TLS):");
+    for s in &net.vault_sites {
+        println!(
+            "  {:<20} beside {:<12} {:<24} data {}",
+            s.id,
+            s.node,
+            s.url,
+            dir.join(&s.data_dir).display()
+        );
+    }
+    println!(
+        "Store a file: kagi vault put FILE --k 3 --n {} --data-dir {}",
+        net.vault_sites.len(),
+        dir.display()
+    );
 }
 
 fn print_banner(dir: &Path, prep: &Prepared) {
@@ -736,6 +994,7 @@ mod tests {
             base_port: None,
             wait_secs: 5,
             stop: false,
+            vault: false,
         }
     }
 

@@ -4,26 +4,24 @@
 //! is one-time-pad encrypted with QKD keys fetched over ETSI GS QKD 014 and tagged with a
 //! Wegman–Carter MAC (crates/vault).
 //!
-//! Sites: the `vault_sites` list of `network.json` when present (`[{"id", "node", "data_dir"}]`,
-//! paths relative to the data directory); otherwise one site per other node, acting as that
-//! node's first SAE, storing under `vault/sites/<SAE>/`. In this version the sites' protocol steps
-//! run inside the `kagi vault` process (each with its own SAE certificate, its own node and its
-//! own directory); the key flows are the network's real ones.
+//! Sites are separate processes (`kagi vault site`, started by `kagi up --vault`), listed in
+//! `network.json` as `vault_sites` (`[{"id", "node", "data_dir", "url"}]`, paths relative to the
+//! data directory). `kagi vault` talks to them over mutual TLS (kagi's node-to-node profile:
+//! TLS 1.3, X25519MLKEM768) as the owner's SAE; each share travels sealed (one-time pad and
+//! Wegman–Carter tag with keys the owner and the site get from their own nodes over ETSI 014).
 
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use kagi_keymat::Key;
-use kagi_node::client::{ClientError, Etsi014Client};
-use kagi_node::etsi014::wire;
+use kagi_node::config::TlsConfig;
 use kagi_vault::client;
-use kagi_vault::keys::{KeyBatch, KeySupply};
+use kagi_vault::keys::KeySupply;
+use kagi_vault::net::{serve_site, EtsiKeys, Progress, RemoteSite, SiteConfig, SiteServer};
 use kagi_vault::site::Site;
-use kagi_vault::VaultError;
-use uuid::Uuid;
+use tokio::runtime::Handle;
 
 use super::up::NetworkFile;
 
@@ -85,6 +83,15 @@ pub enum VaultCommand {
     },
     /// Show the storage sites.
     Sites,
+    /// Run one storage site (normally started by `kagi up --vault`; reads `vault/ID.json`).
+    Site {
+        /// The site's SAE ID.
+        #[arg(long)]
+        id: String,
+        /// Exit when the parent process (`kagi up`) goes away.
+        #[arg(long)]
+        exit_with_parent: bool,
+    },
     /// Store every file under DIR (one object each); writes an index (path → object ID) as JSON.
     PutDir {
         /// Directory to store.
@@ -121,179 +128,45 @@ pub enum VaultCommand {
     },
 }
 
-/// A party's ETSI 014 access to its own node, as the vault's key supply. Waits (with progress on
-/// stderr) while the node has too little key, up to a deadline; never substitutes anything else.
-struct EtsiKeys {
-    sae: String,
-    client: Etsi014Client,
-    rt: Rc<tokio::runtime::Runtime>,
-    used: u64,
-    wait: Duration,
-    spent: Rc<RefCell<u64>>,
-    /// Per peer: (min key bits, max key bits, max keys per request), from ETSI 014 status.
-    limits: std::collections::HashMap<String, (u64, u64, u64)>,
-}
-
-impl EtsiKeys {
-    fn refused(e: ClientError) -> VaultError {
-        VaultError::Keys(e.to_string())
-    }
-}
-
-impl KeySupply for EtsiKeys {
-    fn sae(&self) -> &str {
-        &self.sae
-    }
-
-    fn enc_keys(&mut self, peer: &str, bytes: usize) -> Result<KeyBatch, VaultError> {
-        let rt = self.rt.clone();
-        let (min_size, max_size, max_per_request) = match self.limits.get(peer) {
-            Some(l) => *l,
-            None => {
-                let st = rt
-                    .block_on(self.client.status(peer))
-                    .map_err(Self::refused)?;
-                let l = (st.min_key_size, st.max_key_size, st.max_key_per_request);
-                self.limits.insert(peer.to_string(), l);
-                l
-            }
-        };
-        // Keys sized to the transfer (whole bytes, within the node's limits), so that small
-        // transfers do not waste a large key.
-        let max_bits = (max_size.min(8192) / 8 * 8).max(8);
-        let min_bits = min_size.div_ceil(8) * 8;
-        let size_bits =
-            ((bytes as u64 * 8).div_ceil(8) * 8).clamp(min_bits.min(max_bits), max_bits);
-        let key_len = (size_bits / 8).max(1) as usize;
-        let per_request = max_per_request.max(1) as usize;
-        let wanted = bytes.div_ceil(key_len);
-        let mut ids = Vec::with_capacity(wanted);
-        let mut key = Key::default();
-        let deadline = Instant::now() + self.wait;
-        let mut last_note = Instant::now();
-        while ids.len() < wanted {
-            // Modest requests (16 KiB): a node keeps a bounded end-to-end pool per peer and
-            // refuses requests larger than what is ready; small ones drain it as it refills.
-            let number = (wanted - ids.len())
-                .min(per_request)
-                .min((16384 / key_len).max(1)) as u64;
-            let req = wire::KeyRequest {
-                number: Some(number),
-                size: Some(size_bits),
-                ..Default::default()
-            };
-            match rt.block_on(self.client.enc_keys(peer, &req)) {
-                Ok(keys) => {
-                    for k in keys {
-                        ids.push(k.id);
-                        key.extend_from(&k.key);
-                    }
-                }
-                Err(ClientError::Refused {
-                    status: 503,
-                    message,
-                }) => {
-                    if Instant::now() >= deadline {
-                        return Err(VaultError::KeyShortage {
-                            needed: bytes as u64,
-                            available: key.len() as u64,
-                        });
-                    }
-                    if last_note.elapsed() >= Duration::from_secs(5) {
-                        eprintln!(
-                            "waiting for QKD key {} -> {peer}: {} of {} bytes ({message})",
-                            self.sae,
-                            key.len(),
-                            wanted * key_len
-                        );
-                        last_note = Instant::now();
-                    }
-                    std::thread::sleep(Duration::from_millis(250));
-                }
-                Err(e) => return Err(Self::refused(e)),
-            }
-        }
-        self.used += key.len() as u64;
-        *self.spent.borrow_mut() += key.len() as u64;
-        Ok(KeyBatch { ids, key })
-    }
-
-    fn dec_keys(&mut self, master: &str, ids: &[Uuid]) -> Result<Key, VaultError> {
-        let rt = self.rt.clone();
-        let mut out = Key::default();
-        for chunk in ids.chunks(256) {
-            let keys = rt
-                .block_on(self.client.dec_keys(master, chunk))
-                .map_err(Self::refused)?;
-            for id in chunk {
-                let k = keys
-                    .iter()
-                    .find(|k| k.id == *id)
-                    .ok_or_else(|| VaultError::Keys(format!("node did not return key {id}")))?;
-                out.extend_from(&k.key);
-            }
-        }
-        Ok(out)
-    }
-
-    fn key_bytes_used(&self) -> u64 {
-        self.used
-    }
-}
-
-/// A storage site: its SAE and directory.
+/// A storage site as listed in `network.json`.
 struct SiteSpec {
     sae: String,
     node: String,
+    url: String,
     dir: PathBuf,
 }
 
-fn site_specs(dir: &Path, net: &NetworkFile, owner: &str) -> anyhow::Result<Vec<SiteSpec>> {
-    let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("network.json"))?)?;
-    if let Some(list) = raw.get("vault_sites").and_then(|v| v.as_array()) {
-        let mut out = Vec::new();
-        for s in list {
-            let id = s
-                .get("id")
-                .and_then(|v| v.as_str())
-                .context("vault_sites[].id")?;
-            let node = s
-                .get("node")
-                .and_then(|v| v.as_str())
-                .context("vault_sites[].node")?;
-            let d = s
-                .get("data_dir")
-                .and_then(|v| v.as_str())
-                .context("vault_sites[].data_dir")?;
-            out.push(SiteSpec {
-                sae: id.to_string(),
-                node: node.to_string(),
-                dir: dir.join(d),
-            });
-        }
-        return Ok(out);
+fn site_specs(dir: &Path, net: &NetworkFile) -> anyhow::Result<Vec<SiteSpec>> {
+    if net.vault_sites.is_empty() {
+        bail!(
+            "{} lists no storage sites: start the network with `kagi up --vault --data-dir {}`",
+            dir.join("network.json").display(),
+            dir.display()
+        );
     }
-    let owner_node = net.find_sae(owner).map(|(n, _)| n.id.clone());
     Ok(net
-        .nodes
+        .vault_sites
         .iter()
-        .filter(|n| Some(&n.id) != owner_node.as_ref())
-        .filter_map(|n| n.saes.first().map(|s| (n, s)))
-        .map(|(n, s)| SiteSpec {
+        .map(|s| SiteSpec {
             sae: s.id.clone(),
-            node: n.id.clone(),
-            dir: dir.join("vault").join("sites").join(&s.id),
+            node: s.node.clone(),
+            url: s.url.clone(),
+            dir: dir.join(&s.data_dir),
         })
         .collect())
 }
 
-fn keys_for(
+fn progress() -> Progress {
+    Arc::new(|line: &str| eprintln!("{line}"))
+}
+
+/// The owner's ETSI 014 key supply (at its own node).
+fn owner_keys(
     dir: &Path,
     net: &NetworkFile,
     sae: &str,
-    rt: &Rc<tokio::runtime::Runtime>,
+    handle: &Handle,
     wait: Duration,
-    spent: &Rc<RefCell<u64>>,
 ) -> anyhow::Result<EtsiKeys> {
     let (node, entry) = net.find_sae(sae).with_context(|| {
         format!(
@@ -301,20 +174,120 @@ fn keys_for(
             dir.join("network.json").display()
         )
     })?;
-    let client = Etsi014Client::from_files(
+    Ok(EtsiKeys::new(
+        sae,
         &node.etsi014_url,
         &dir.join(&net.ca),
         &dir.join(&entry.cert),
         &dir.join(&entry.key),
-    )?;
-    Ok(EtsiKeys {
-        sae: sae.to_string(),
-        client,
-        rt: rt.clone(),
-        used: 0,
+        handle.clone(),
         wait,
-        spent: spent.clone(),
-        limits: Default::default(),
+    )?
+    .with_progress(progress()))
+}
+
+/// The sites as remote handles, authenticated as the owner's SAE.
+fn remote_sites(
+    dir: &Path,
+    net: &NetworkFile,
+    specs: &[SiteSpec],
+    owner: &str,
+    handle: &Handle,
+    wait: Duration,
+) -> anyhow::Result<Vec<RemoteSite>> {
+    let (_, entry) = net.find_sae(owner).context("owner SAE")?;
+    let tls = kagi_node::tls::peer_client_config(&TlsConfig {
+        ca: dir.join(&net.ca),
+        cert: dir.join(&entry.cert),
+        key: dir.join(&entry.key),
+    })?;
+    specs
+        .iter()
+        .map(|s| {
+            Ok(
+                RemoteSite::new(&s.sae, &s.url, tls.clone(), handle.clone(), wait)?
+                    .with_progress(progress()),
+            )
+        })
+        .collect()
+}
+
+/// `kagi vault site --id SAE`: one storage site process (normally started by `kagi up --vault`).
+fn run_site(dir: &Path, id: &str, exit_with_parent: bool) -> anyhow::Result<()> {
+    let cfg_path = dir.join("vault").join(format!("{id}.json"));
+    let cfg = SiteConfig::load(&cfg_path).with_context(|| {
+        format!(
+            "no site config {} (sites are set up by `kagi up --vault`)",
+            cfg_path.display()
+        )
+    })?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let keys = EtsiKeys::new(
+        &cfg.id,
+        &cfg.etsi014_url,
+        &dir.join(&cfg.ca),
+        &dir.join(&cfg.cert),
+        &dir.join(&cfg.key),
+        rt.handle().clone(),
+        Duration::from_millis(cfg.key_wait_ms),
+    )?
+    .with_progress(progress());
+    let mut site = Site::new(dir.join(&cfg.data_dir), keys);
+    let dropped = site.clear_pending()?;
+    if dropped > 0 {
+        eprintln!(
+            "vault site {}: dropped {dropped} uncommitted put(s) from before the restart",
+            cfg.id
+        );
+    }
+    let tls = kagi_node::tls::peer_server_config(&TlsConfig {
+        ca: dir.join(&cfg.ca),
+        cert: dir.join(&cfg.server_cert),
+        key: dir.join(&cfg.server_key),
+    })?;
+    let server = SiteServer::new(site);
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        eprintln!(
+            "vault site {} (node {}) listening on https://{}, storing under {}",
+            cfg.id,
+            cfg.node,
+            cfg.listen,
+            dir.join(&cfg.data_dir).display()
+        );
+        let parent = std::os::unix::process::parent_id();
+        let stop = async move {
+            let parent_gone = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if exit_with_parent && std::os::unix::process::parent_id() != parent {
+                        return;
+                    }
+                }
+            };
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let term = async move {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = term => {}
+                () = parent_gone => {}
+            }
+        };
+        serve_site(listener, tls, server, stop).await?;
+        anyhow::Ok(())
     })
 }
 
@@ -351,6 +324,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    // A site starts before network.json exists (kagi up writes it once the sites listen).
+    if let VaultCommand::Site {
+        id,
+        exit_with_parent,
+    } = &args.command
+    {
+        return run_site(dir, id, *exit_with_parent);
+    }
     let net = NetworkFile::load(dir)?;
     let owner_sae = match &args.sae {
         Some(s) => s.clone(),
@@ -361,33 +342,51 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map(|s| s.id.clone())
             .context("network.json lists no SAE")?,
     };
-    let specs = site_specs(dir, &net, &owner_sae)?;
+    if net.find_sae(&owner_sae).is_none() {
+        bail!(
+            "unknown SAE {owner_sae:?}: {} lists {}",
+            dir.join("network.json").display(),
+            net.nodes
+                .iter()
+                .flat_map(|n| n.saes.iter().map(|s| s.id.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let specs = site_specs(dir, &net)?;
     if let VaultCommand::Sites = args.command {
         for s in &specs {
-            println!("{:<24} node {:<12} {}", s.sae, s.node, s.dir.display());
+            println!(
+                "{:<24} node {:<12} {:<24} {}",
+                s.sae,
+                s.node,
+                s.url,
+                s.dir.display()
+            );
         }
         return Ok(());
     }
-    let rt = Rc::new(
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let wait = Duration::from_secs(args.wait_secs);
-    let spent = Rc::new(RefCell::new(0u64));
-    let mut owner = keys_for(dir, &net, &owner_sae, &rt, wait, &spent)?;
-    let mut sites = specs
-        .iter()
-        .map(|s| {
-            Ok(Site::new(
-                s.dir.clone(),
-                keys_for(dir, &net, &s.sae, &rt, wait, &spent)?,
-            ))
-        })
+    // One key-supply handle per site, so that a put's share transfers run at once.
+    let mut owners = (0..specs.len().max(1))
+        .map(|_| owner_keys(dir, &net, &owner_sae, rt.handle(), wait))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut sites = remote_sites(dir, &net, &specs, &owner_sae, rt.handle(), wait)?;
+    let spent = |owners: &[EtsiKeys], sites: &[RemoteSite]| -> u64 {
+        owners.iter().map(KeySupply::key_bytes_used).sum::<u64>()
+            + sites
+                .iter()
+                .map(kagi_vault::api::SiteApi::key_bytes_used)
+                .sum::<u64>()
+    };
     let started = Instant::now();
     match args.command {
         VaultCommand::Put { file, k, n } => {
+            kagi_sharing::Params::new(k, n)?;
             if n > sites.len() {
                 bail!(
                     "n = {n} sites asked for, the network has {} (see `kagi vault sites`)",
@@ -401,14 +400,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .file_name()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let r = client::put(&mut owner, &mut sites, &name, data.expose(), k, n)?;
+            let r = client::put_with(&mut owners, &mut sites, &name, data.expose(), k, n)?;
             let secs = started.elapsed().as_secs_f64();
             if args.json {
                 println!(
                     "{}",
                     serde_json::json!({
                         "object": r.object, "bytes": r.len, "k": k, "n": n, "sites": r.sites,
-                        "qkd_key_bytes": *spent.borrow(), "seconds": secs,
+                        "qkd_key_bytes": spent(&owners, &sites), "seconds": secs,
                     })
                 );
             } else {
@@ -417,15 +416,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     name,
                     fmt_bytes(r.len),
                     r.sites.join(", "),
-                    fmt_bytes(*spent.borrow()),
-                    *spent.borrow() as f64 / r.len.max(1) as f64,
+                    fmt_bytes(spent(&owners, &sites)),
+                    spent(&owners, &sites) as f64 / r.len.max(1) as f64,
                     secs
                 );
                 println!("{}", r.object);
             }
         }
         VaultCommand::Get { id, output } => {
-            let g = client::get(&mut owner, &mut sites, &id)?;
+            let g = client::get(&mut owners[0], &mut sites, &id)?;
             let tmp = output.with_extension("kagi-tmp");
             std::fs::write(&tmp, g.data.expose())
                 .with_context(|| format!("write {}", tmp.display()))?;
@@ -436,7 +435,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     "{}",
                     serde_json::json!({
                         "object": id, "bytes": g.data.len(), "answered": g.answered, "missing": g.missing,
-                        "corrupted": g.corrupted, "qkd_key_bytes": *spent.borrow(), "seconds": secs,
+                        "corrupted": g.corrupted, "qkd_key_bytes": spent(&owners, &sites), "seconds": secs,
                     })
                 );
             } else {
@@ -452,13 +451,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     } else {
                         format!("; corrupted share corrected: {}", g.corrupted.join(", "))
                     },
-                    fmt_bytes(*spent.borrow()),
+                    fmt_bytes(spent(&owners, &sites)),
                     secs
                 );
             }
         }
         VaultCommand::Ls => {
-            let all = client::list(&sites)?;
+            let (all, unreachable) = client::list_reporting(&mut sites)?;
+            for u in &unreachable {
+                eprintln!("warning: site {u}");
+            }
             if args.json {
                 let v: Vec<_> = all
                     .iter()
@@ -488,14 +490,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             client::refresh(&mut sites, &id)?;
             println!(
                 "{id}: every share re-randomised; QKD key spent: {}",
-                fmt_bytes(*spent.borrow())
+                fmt_bytes(spent(&owners, &sites))
             );
         }
         VaultCommand::Repair { id, site } => {
             client::repair(&mut sites, &id, &site)?;
             println!(
                 "{id}: share of {site} rebuilt; QKD key spent: {}",
-                fmt_bytes(*spent.borrow())
+                fmt_bytes(spent(&owners, &sites))
             );
         }
         VaultCommand::PutDir {
@@ -504,6 +506,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             k,
             n,
         } => {
+            kagi_sharing::Params::new(k, n)?;
             if n > sites.len() {
                 bail!(
                     "n = {n} sites asked for, the network has {} (see `kagi vault sites`)",
@@ -522,7 +525,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     .unwrap_or(f)
                     .to_string_lossy()
                     .into_owned();
-                let r = client::put(&mut owner, &mut sites, &rel, data.expose(), k, n)
+                let r = client::put_with(&mut owners, &mut sites, &rel, data.expose(), k, n)
                     .with_context(|| format!("put {rel}"))?;
                 total += r.len;
                 entries.insert(rel, serde_json::Value::String(r.object));
@@ -535,7 +538,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "stored {} files ({}) as {k}-of-{n}; QKD key spent: {}; {:.1} s; index: {}",
                 files.len(),
                 fmt_bytes(total),
-                fmt_bytes(*spent.borrow()),
+                fmt_bytes(spent(&owners, &sites)),
                 started.elapsed().as_secs_f64(),
                 index.display()
             );
@@ -547,7 +550,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let mut missing_sites = std::collections::BTreeSet::new();
             for (rel, id) in &entries {
                 let id = id.as_str().context("index entries are object IDs")?;
-                let g = client::get(&mut owner, &mut sites, id)
+                let g = client::get(&mut owners[0], &mut sites, id)
                     .with_context(|| format!("get {rel}"))?;
                 missing_sites.extend(g.missing.iter().cloned());
                 let path = output.join(rel);
@@ -567,11 +570,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 } else {
                     missing_sites.into_iter().collect::<Vec<_>>().join(", ")
                 },
-                fmt_bytes(*spent.borrow()),
+                fmt_bytes(spent(&owners, &sites)),
                 started.elapsed().as_secs_f64()
             );
         }
-        VaultCommand::Sites | VaultCommand::DemoRecords { .. } => {}
+        VaultCommand::Sites | VaultCommand::Site { .. } | VaultCommand::DemoRecords { .. } => {}
     }
     Ok(())
 }

@@ -1,0 +1,369 @@
+//! A storage site's server: mutual TLS accept loop (tokio-rustls), HTTP/1.1 per connection
+//! (hyper), the caller's SAE ID fixed per connection from its certificate's CN, and each request
+//! run as one blocking step on the [`Site`] (its writes fsync, its key calls wait).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::wire::{decode_envelopes, decode_repair, encode_envelopes};
+use super::{EtsiKeys, KEY_BYTES_HEADER, MAX_BODY_BYTES};
+use crate::api::ObjectState;
+use crate::envelope::{peek, Envelope};
+use crate::error::{Result, VaultError};
+use crate::site::{Manifest, Site};
+
+/// Time allowed for a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A site behind its server: one lock, so that protocol steps on the site's disk and its held
+/// refresh/repair state never interleave.
+#[derive(Clone)]
+pub struct SiteServer {
+    site: Arc<Mutex<Site<EtsiKeys>>>,
+    id: String,
+}
+
+impl SiteServer {
+    /// Wraps a site.
+    pub fn new(site: Site<EtsiKeys>) -> Self {
+        let id = site.id().to_string();
+        Self {
+            site: Arc::new(Mutex::new(site)),
+            id,
+        }
+    }
+}
+
+enum Reply {
+    Json(serde_json::Value),
+    Bytes(Vec<u8>),
+}
+
+/// Serves `server` on `listener` until `shutdown` completes. `tls` must require client
+/// certificates (normally `kagi_node::tls::peer_server_config` with the site's certificate).
+pub async fn serve_site(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    server: SiteServer,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let acceptor = TlsAcceptor::from(tls);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("vault site {}: accept failed: {e}", server.id);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let server = server.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    eprintln!(
+                        "vault site {}: TLS handshake from {remote} failed: {e}",
+                        server.id
+                    );
+                    return;
+                }
+                Err(_) => return,
+            };
+            let caller: Option<Arc<str>> =
+                kagi_node::tls::peer_identity(stream.get_ref().1.peer_certificates())
+                    .map(Arc::from);
+            let svc = hyper::service::service_fn(move |req| {
+                let server = server.clone();
+                let caller = caller.clone();
+                async move { Ok::<_, Infallible>(handle(server, caller, req).await) }
+            });
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn handle(
+    server: SiteServer,
+    caller: Option<Arc<str>>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let Some(caller) = caller else {
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "no client identity",
+            None,
+        );
+    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                &format!("reading the body: {e}"),
+                None,
+            )
+        }
+    };
+    let site = server.site.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut site = match site.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        let before = site.key_bytes_used();
+        let r = route(&mut site, &caller, method.as_str(), &path, &query, &body);
+        (r, site.key_bytes_used() - before)
+    })
+    .await;
+    let (result, spent) = match joined {
+        Ok(x) => x,
+        Err(e) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                &e.to_string(),
+                None,
+            )
+        }
+    };
+    let mut resp = match result {
+        Ok(Reply::Json(v)) => {
+            let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        Ok(Reply::Bytes(b)) => {
+            let mut r = Response::new(Full::new(Bytes::from(b)));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            r
+        }
+        Err(e) => vault_error_response(&e),
+    };
+    resp.headers_mut()
+        .insert(KEY_BYTES_HEADER, HeaderValue::from(spent));
+    resp
+}
+
+fn error_response(
+    status: StatusCode,
+    kind: &str,
+    message: &str,
+    extra: Option<(u64, u64)>,
+) -> Response<Full<Bytes>> {
+    let mut v = serde_json::json!({ "error": kind, "message": message });
+    if let Some((needed, available)) = extra {
+        v["needed"] = needed.into();
+        v["available"] = available.into();
+    }
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// The one place a [`VaultError`] becomes an HTTP answer.
+fn vault_error_response(e: &VaultError) -> Response<Full<Bytes>> {
+    let msg = e.to_string();
+    match e {
+        VaultError::UnknownObject(_) => {
+            error_response(StatusCode::NOT_FOUND, "unknown_object", &msg, None)
+        }
+        VaultError::UnknownSite(_) => {
+            error_response(StatusCode::NOT_FOUND, "unknown_site", &msg, None)
+        }
+        VaultError::KeyShortage { needed, available } => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "key_shortage",
+            &msg,
+            Some((*needed, *available)),
+        ),
+        VaultError::BadTransfer { .. } => {
+            error_response(StatusCode::BAD_REQUEST, "bad_transfer", &msg, None)
+        }
+        VaultError::Malformed(_) | VaultError::Sharing(_) | VaultError::ObjectCorrupt(_) => {
+            error_response(StatusCode::BAD_REQUEST, "malformed", &msg, None)
+        }
+        VaultError::NotEnoughSites { .. } => {
+            error_response(StatusCode::CONFLICT, "not_enough_sites", &msg, None)
+        }
+        VaultError::Keys(_) | VaultError::Site { .. } => {
+            error_response(StatusCode::BAD_GATEWAY, "keys", &msg, None)
+        }
+        _ => error_response(StatusCode::INTERNAL_SERVER_ERROR, "io", &msg, None),
+    }
+}
+
+/// The caller's committed (or, with `pending`, uncommitted) manifest of `object`; an object
+/// the caller does not own does not exist for it.
+fn owned(site: &Site<EtsiKeys>, caller: &str, object: &str, pending: bool) -> Result<Manifest> {
+    let m = site
+        .manifest(object)
+        .or_else(|| pending.then(|| site.pending_manifest(object)).flatten());
+    match m {
+        Some(m) if m.owner == caller => Ok(m),
+        _ => Err(VaultError::UnknownObject(object.to_string())),
+    }
+}
+
+fn one_envelope(body: &[u8]) -> Envelope {
+    Envelope(body.to_vec())
+}
+
+fn route(
+    site: &mut Site<EtsiKeys>,
+    caller: &str,
+    method: &str,
+    path: &str,
+    query: &str,
+    body: &[u8],
+) -> Result<Reply> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let ok = || Ok(Reply::Json(serde_json::json!({})));
+    match (method, parts.as_slice()) {
+        ("GET", ["v1", "health"]) => Ok(Reply::Json(serde_json::json!({ "site": site.id() }))),
+        ("GET", ["v1", "objects"]) => {
+            let mine: Vec<Manifest> = site
+                .list()?
+                .into_iter()
+                .filter(|m| m.owner == caller)
+                .collect();
+            Ok(Reply::Json(json(&mine)?))
+        }
+        ("GET", ["v1", "objects", id]) => {
+            let state = match owned(site, caller, id, false) {
+                Ok(m) => ObjectState {
+                    committed: Some(m),
+                    prepared: site.has_prepared_refresh(id),
+                },
+                Err(_) => ObjectState::default(),
+            };
+            Ok(Reply::Json(json(&state)?))
+        }
+        ("POST", ["v1", "put"]) => {
+            let env = one_envelope(body);
+            if peek(&env.0)?.from != caller {
+                return Err(VaultError::Malformed(
+                    "share sent by another SAE than the caller".into(),
+                ));
+            }
+            site.receive_share(&env)?;
+            ok()
+        }
+        ("POST", ["v1", "objects", id, "commit"]) => {
+            owned(site, caller, id, true)?;
+            site.commit(id)?;
+            ok()
+        }
+        ("POST", ["v1", "objects", id, "abort"]) => {
+            if owned(site, caller, id, true).is_ok() {
+                site.abort(id)?;
+            }
+            ok()
+        }
+        ("POST", ["v1", "objects", id, "share"]) => {
+            Ok(Reply::Bytes(site.send_share(id, caller)?.0))
+        }
+        ("POST", ["v1", "objects", id, "refresh", step]) => {
+            owned(site, caller, id, false)?;
+            match *step {
+                "deal" => Ok(Reply::Bytes(encode_envelopes(&site.refresh_deal(id)?))),
+                "apply" => {
+                    site.refresh_apply(id, &decode_envelopes(body)?)?;
+                    ok()
+                }
+                "commit" => {
+                    site.refresh_commit(id)?;
+                    ok()
+                }
+                "abort" => {
+                    site.refresh_abort(id)?;
+                    ok()
+                }
+                _ => Err(VaultError::Malformed(format!("no route {path}"))),
+            }
+        }
+        ("POST", ["v1", "objects", id, "repair", "contribute"]) => {
+            owned(site, caller, id, false)?;
+            let (target, helpers) = repair_query(query)?;
+            let envs = site.repair_contribute(id, target, &helpers)?;
+            Ok(Reply::Bytes(encode_envelopes(&envs)))
+        }
+        ("POST", ["v1", "objects", id, "repair", "aggregate"]) => {
+            owned(site, caller, id, false)?;
+            let env = site.repair_aggregate(id, &decode_envelopes(body)?)?;
+            Ok(Reply::Bytes(env.0))
+        }
+        ("POST", ["v1", "repair", "receive"]) => {
+            let (manifest, sums) = decode_repair(body)?;
+            if manifest.owner != caller {
+                return Err(VaultError::Malformed(
+                    "repair of an object the caller does not own".into(),
+                ));
+            }
+            site.repair_receive(&manifest, &sums)?;
+            ok()
+        }
+        _ => Err(VaultError::Malformed(format!("no route {method} {path}"))),
+    }
+}
+
+fn repair_query(query: &str) -> Result<(usize, Vec<u8>)> {
+    let bad = || VaultError::Malformed(format!("repair query {query:?}"));
+    let mut target = None;
+    let mut helpers = None;
+    for kv in query.split('&') {
+        match kv.split_once('=') {
+            Some(("target", v)) => target = Some(v.parse::<usize>().map_err(|_| bad())?),
+            Some(("helpers", v)) => {
+                helpers = Some(
+                    v.split(',')
+                        .map(|h| h.parse::<u8>().map_err(|_| bad()))
+                        .collect::<Result<Vec<u8>>>()?,
+                )
+            }
+            _ => {}
+        }
+    }
+    Ok((target.ok_or_else(bad)?, helpers.ok_or_else(bad)?))
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(v).map_err(|e| VaultError::Malformed(e.to_string()))
+}
