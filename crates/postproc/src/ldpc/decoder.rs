@@ -159,7 +159,9 @@ pub(crate) fn decode_impl(code: &QcCode, b: Bufs<'_>, max_iter: usize) -> Option
                     .zip(idx.iter())
                     .zip(sgn.iter())
                 {
-                    let mag = if ix == kk { m2 } else { m1 };
+                    // Branch-free select: a plain `if` here became per-lane loads.
+                    let own = -i16::from(ix == kk);
+                    let mag = (m2 & own) | (m1 & !own);
                     let mag = (mag.min(MSG_MAX) * ALPHA) >> 4;
                     *mo = if (sg ^ t) < 0 { -mag } else { mag };
                 }
