@@ -41,6 +41,7 @@ pub fn tokyo() -> Topology {
                 cost: None,
                 seed: None,
                 source: None,
+                photon: None,
             })
             .collect(),
     }

@@ -7,4 +7,4 @@ pub mod routing;
 pub mod topology;
 
 pub use routing::Routes;
-pub use topology::{LinkSpec, NodeSpec, Topology, TopologyError};
+pub use topology::{KeySource, LinkSpec, NodeSpec, PhotonLinkSpec, Topology, TopologyError};

@@ -40,9 +40,82 @@ pub struct LinkSpec {
     /// channel and post-processing; see `kagi-node`'s link source).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
-    /// Key source: `"rate"` (rate-level simulation, default) or `"photon"`.
+    /// Key source: `"rate"` (rate-level simulation, default) or `"photon"` (photon-level
+    /// simulation run through the post-processing protocol between the two nodes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Settings of a `source = "photon"` link; defaults when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub photon: Option<PhotonLinkSpec>,
+}
+
+/// Settings of a photon-level link (`source = "photon"`). Every field has a default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhotonLinkSpec {
+    /// Sifted key bits per post-processing block (default 4·10^6; finite-size effects leave
+    /// little or no key below a few 10^6 at typical error rates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_bits: Option<f64>,
+    /// Optical misalignment error e_d (default: the link model's, 3.3 %).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e_d: Option<f64>,
+    /// Bob's detection efficiency (default: the link model's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_bob: Option<f64>,
+    /// Probability of the key basis at both ends (default 0.7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_key_basis: Option<f64>,
+    /// Error correction: `"cascade"` (default) or `"ldpc"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconciliation: Option<String>,
+}
+
+/// Where a link's key comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    /// Rate-level simulation: both ends derive identical blocks at the model's rate.
+    Rate,
+    /// Photon-level simulation through the post-processing protocol between the nodes.
+    Photon,
+}
+
+impl LinkSpec {
+    /// The link's key source.
+    ///
+    /// # Errors
+    /// A message naming the unknown source.
+    pub fn key_source(&self) -> Result<KeySource, String> {
+        match self.source.as_deref() {
+            None | Some("rate") => Ok(KeySource::Rate),
+            Some("photon") => Ok(KeySource::Photon),
+            Some(other) => Err(format!(
+                "unknown source {other:?} (expected \"rate\" or \"photon\")"
+            )),
+        }
+    }
+
+    fn check_photon(&self) -> Result<(), String> {
+        let Some(p) = &self.photon else {
+            return Ok(());
+        };
+        let frac = |v: Option<f64>, name: &str, lo: f64, hi: f64| match v {
+            Some(x) if !(x.is_finite() && x > lo && x < hi) => {
+                Err(format!("photon.{name} must be in ({lo}, {hi})"))
+            }
+            _ => Ok(()),
+        };
+        frac(p.e_d, "e_d", -1e-300, 0.5)?;
+        frac(p.eta_bob, "eta_bob", 0.0, 1.0 + 1e-12)?;
+        frac(p.p_key_basis, "p_key_basis", 0.0, 1.0)?;
+        frac(p.block_bits, "block_bits", 9_999.0, 1e9 + 1.0)?;
+        match p.reconciliation.as_deref() {
+            None | Some("cascade" | "ldpc") => Ok(()),
+            Some(o) => Err(format!(
+                "photon.reconciliation {o:?} (expected \"cascade\" or \"ldpc\")"
+            )),
+        }
+    }
 }
 
 /// A whole network.
@@ -94,6 +167,9 @@ pub enum TopologyError {
     /// A link joins a node to itself or repeats another link.
     #[error("link {0}-{1} is a loop or a duplicate")]
     BadLink(String, String),
+    /// A link's key source or photon settings are not valid.
+    #[error("link {0}-{1}: {2}")]
+    BadSource(String, String, String),
     /// A length or cost is negative or not finite.
     #[error("link {0}-{1}: length and cost must be finite and non-negative")]
     BadNumber(String, String),
@@ -142,6 +218,7 @@ impl Topology {
                     cost: None,
                     seed: None,
                     source: None,
+                    photon: None,
                 })
                 .collect(),
         }
@@ -197,6 +274,9 @@ impl Topology {
             };
             if l.a == l.b || !pairs.insert(key) {
                 return Err(TopologyError::BadLink(l.a.clone(), l.b.clone()));
+            }
+            if let Err(why) = l.key_source().and_then(|_| l.check_photon()) {
+                return Err(TopologyError::BadSource(l.a.clone(), l.b.clone(), why));
             }
             let cost_ok = l.cost.is_none_or(|c| c.is_finite() && c >= 0.0);
             if !(l.length_km.is_finite() && l.length_km >= 0.0 && cost_ok) {
@@ -292,6 +372,28 @@ mod tests {
         assert_eq!(t.link_seed(&t.links[0]), t.link_seed(&t.links[0]));
         let back = Topology::from_toml(&t.to_toml()).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn key_source_and_photon_settings_are_checked() {
+        let photon =
+            format!("{T}source = \"photon\"\n[links.photon]\nblock_bits = 2e6\ne_d = 0.01\n");
+        let t = Topology::from_toml(&photon).unwrap();
+        assert_eq!(t.links[0].key_source(), Ok(KeySource::Photon));
+        assert_eq!(t.links[0].photon.as_ref().unwrap().block_bits, Some(2e6));
+        assert_eq!(
+            Topology::from_toml(T).unwrap().links[0].key_source(),
+            Ok(KeySource::Rate)
+        );
+        let bad = format!("{T}source = \"laser\"\n");
+        let err = Topology::from_toml(&bad).unwrap_err().to_string();
+        assert!(err.contains("unknown source \"laser\""), "{err}");
+        let bad_ed = format!("{T}source = \"photon\"\n[links.photon]\ne_d = 0.7\n");
+        let err = Topology::from_toml(&bad_ed).unwrap_err().to_string();
+        assert!(err.contains("photon.e_d"), "{err}");
+        let bad_rec =
+            format!("{T}source = \"photon\"\n[links.photon]\nreconciliation = \"magic\"\n");
+        assert!(Topology::from_toml(&bad_rec).is_err());
     }
 
     #[test]

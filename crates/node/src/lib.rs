@@ -9,6 +9,7 @@ pub mod etsi014;
 pub mod link_source;
 pub mod loopback;
 pub mod peer;
+pub mod photon_link;
 pub mod pki;
 pub mod run;
 pub mod service;

@@ -1,6 +1,8 @@
 //! Node-to-node channels: mutual TLS 1.3 with the X25519MLKEM768 hybrid group only, one
 //! outbound connection per peer for what this node sends and inbound connections for what it
-//! receives. Frames are a 4-byte big-endian length and a postcard-encoded [`PeerMsg`].
+//! receives. Frames are a 4-byte big-endian length, a kind byte and the payload: a
+//! postcard-encoded [`PeerMsg`] for the key manager core, or a photon link's post-processing
+//! message (authenticated by the link protocol itself), which bypasses the core.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,11 +21,35 @@ use crate::tls;
 /// Messages queued per peer while its connection is (re)established; beyond this they are
 /// dropped (the core treats that as loss and times out).
 const QUEUE: usize = 4096;
+/// Largest photon-link frame (a block's sifting message carries every detection).
+pub const MAX_LINK_FRAME: usize = 256 << 20;
+const KIND_CORE: u8 = 0;
+const KIND_LINK: u8 = 1;
+
+/// What goes to a peer.
+pub enum Outgoing {
+    /// A key manager message.
+    Core(PeerMsg),
+    /// A photon link's post-processing frame.
+    Link(Vec<u8>),
+}
+
+impl Outgoing {
+    fn kind_and_bytes(self) -> (u8, Vec<u8>) {
+        match self {
+            Outgoing::Core(m) => (KIND_CORE, m.encode()),
+            Outgoing::Link(b) => (KIND_LINK, b),
+        }
+    }
+}
+
+/// Where inbound photon-link frames go, per peer.
+pub type LinkInboxes = Arc<BTreeMap<String, mpsc::Sender<Vec<u8>>>>;
 
 /// Senders to every peer's outbound task.
 #[derive(Clone)]
 pub struct Peers {
-    out: Arc<BTreeMap<String, mpsc::Sender<PeerMsg>>>,
+    out: Arc<BTreeMap<String, mpsc::Sender<Outgoing>>>,
 }
 
 impl Peers {
@@ -51,6 +77,16 @@ impl Peers {
 
     /// Queues a message for `to` (dropped if the queue is full or the peer unknown).
     pub fn send(&self, to: &str, msg: PeerMsg) {
+        self.queue(to, Outgoing::Core(msg));
+    }
+
+    /// Queues a photon-link frame for `to` (dropped like core messages; the link protocol
+    /// times the block out).
+    pub fn send_link(&self, to: &str, frame: Vec<u8>) {
+        self.queue(to, Outgoing::Link(frame));
+    }
+
+    fn queue(&self, to: &str, msg: Outgoing) {
         match self.out.get(to) {
             Some(tx) => {
                 if tx.try_send(msg).is_err() {
@@ -66,13 +102,13 @@ async fn outbound(
     id: String,
     addr: String,
     client: Arc<rustls::ClientConfig>,
-    mut rx: mpsc::Receiver<PeerMsg>,
+    mut rx: mpsc::Receiver<Outgoing>,
     inbox: mpsc::UnboundedSender<crate::driver::DriverMsg>,
 ) {
     let connector = TlsConnector::from(client);
     let mut backoff = Duration::from_millis(50);
     let mut was_up = false;
-    let mut carry: Option<PeerMsg> = None;
+    let mut carry: Option<Outgoing> = None;
     loop {
         let conn = async {
             let tcp = TcpStream::connect(&addr).await?;
@@ -99,24 +135,30 @@ async fn outbound(
                         peer: id.clone(),
                     }));
                 }
-                let mut w = BufWriter::new(stream);
+                // The peer never writes on this connection; a read that returns means it
+                // closed (e.g. restarted), so reconnect before the next message is lost.
+                let (mut r, w) = tokio::io::split(stream);
+                let mut w = BufWriter::new(w);
+                let mut probe = [0u8; 1];
                 loop {
                     let msg = match carry.take() {
                         Some(m) => m,
-                        None => match rx.recv().await {
-                            Some(m) => m,
-                            None => return,
+                        None => tokio::select! {
+                            m = rx.recv() => match m {
+                                Some(m) => m,
+                                None => return,
+                            },
+                            _ = r.read(&mut probe) => {
+                                tracing::debug!(peer = %id, "peer closed the channel");
+                                break;
+                            }
                         },
                     };
-                    let bytes = msg.encode();
                     let res = async {
-                        w.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
-                        w.write_all(&bytes).await?;
+                        write_frame(&mut w, msg).await?;
                         // Write out everything queued now, then flush once.
                         while let Ok(m) = rx.try_recv() {
-                            let b = m.encode();
-                            w.write_all(&(b.len() as u32).to_be_bytes()).await?;
-                            w.write_all(&b).await?;
+                            write_frame(&mut w, m).await?;
                         }
                         w.flush().await
                     }
@@ -145,12 +187,24 @@ async fn outbound(
     }
 }
 
-/// Accepts inbound peer connections and feeds their messages to the driver.
+async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    msg: Outgoing,
+) -> std::io::Result<()> {
+    let (kind, bytes) = msg.kind_and_bytes();
+    w.write_all(&(bytes.len() as u32 + 1).to_be_bytes()).await?;
+    w.write_all(&[kind]).await?;
+    w.write_all(&bytes).await
+}
+
+/// Accepts inbound peer connections and feeds their messages to the driver (core messages)
+/// or to the photon link of the sending peer (link frames).
 pub async fn accept_loop(
     listener: TcpListener,
     server: Arc<rustls::ServerConfig>,
     known: Arc<Vec<String>>,
     inbox: mpsc::UnboundedSender<crate::driver::DriverMsg>,
+    links: LinkInboxes,
 ) {
     let acceptor = TlsAcceptor::from(server);
     loop {
@@ -161,6 +215,7 @@ pub async fn accept_loop(
         let acceptor = acceptor.clone();
         let known = known.clone();
         let inbox = inbox.clone();
+        let links = links.clone();
         tokio::spawn(async move {
             let Ok(mut tls) = acceptor.accept(tcp).await else {
                 return;
@@ -179,13 +234,36 @@ pub async fn accept_loop(
                     return;
                 }
                 let n = u32::from_be_bytes(len) as usize;
-                if n > MAX_MSG_LEN {
-                    tracing::warn!(%from, n, "oversized peer frame; closing");
+                let mut kind = [0u8; 1];
+                if n == 0 || tls.read_exact(&mut kind).await.is_err() {
+                    return;
+                }
+                let n = n - 1;
+                let max = if kind[0] == KIND_LINK {
+                    MAX_LINK_FRAME
+                } else {
+                    MAX_MSG_LEN
+                };
+                if n > max || kind[0] > KIND_LINK {
+                    tracing::warn!(%from, n, kind = kind[0], "oversized or unknown peer frame; closing");
                     return;
                 }
                 buf.resize(n, 0);
                 if tls.read_exact(&mut buf).await.is_err() {
                     return;
+                }
+                if kind[0] == KIND_LINK {
+                    match links.get(&from) {
+                        Some(tx) => {
+                            if tx.send(std::mem::take(&mut buf)).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => {
+                            tracing::warn!(%from, "photon link frame from a peer with no photon link; dropped")
+                        }
+                    }
+                    continue;
                 }
                 match PeerMsg::decode(&buf) {
                     Ok(msg) => {

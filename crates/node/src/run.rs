@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use kagi_control::Topology;
+use std::collections::BTreeMap;
+
+use kagi_control::{KeySource, LinkSpec, Topology};
 use kagi_km::record::Record;
 use kagi_km::Input;
 use tokio::net::TcpListener;
@@ -13,6 +15,7 @@ use crate::config::NodeConfig;
 use crate::driver::{km_config, Driver, DriverMsg};
 use crate::link_source::SimulatedLink;
 use crate::peer::{accept_loop, Peers};
+use crate::photon_link::{PhotonLink, PhotonLinkConfig};
 use crate::{etsi014, tls};
 
 /// Runs one key manager node until `shutdown` resolves.
@@ -42,11 +45,24 @@ pub async fn run_node(
         .await
         .map_err(|e| anyhow::anyhow!("bind {peer_addr}: {e}"))?;
     let known: Arc<Vec<String>> = Arc::new(topo.nodes.iter().map(|n| n.id.clone()).collect());
-    tokio::spawn(accept_loop(
+    let my_links: Vec<LinkSpec> = topo.neighbours(&me.id).map(|(_, l)| l.clone()).collect();
+    let mut photon = Vec::new();
+    let mut link_inboxes = BTreeMap::new();
+    for spec in &my_links {
+        if spec.key_source().map_err(|e| anyhow::anyhow!(e))? == KeySource::Photon {
+            let pc = PhotonLinkConfig::new(&topo, &me.id, spec)?;
+            let (tx, rx) = mpsc::channel(64);
+            link_inboxes.insert(pc.peer.clone(), tx);
+            photon.push((pc, rx));
+        }
+    }
+    // Aborted at shutdown so the port is free for a restart in the same process.
+    let peer_accept = tokio::spawn(accept_loop(
         peer_listener,
         tls::peer_server_config(&cfg.tls)?,
         known,
         inbox.clone(),
+        Arc::new(link_inboxes),
     ));
     let others: Vec<(String, String)> = topo
         .nodes
@@ -58,19 +74,27 @@ pub async fn run_node(
 
     // Simulated links, resuming after the highest stored block.
     let snap = driver.snapshot()?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    for spec in topo
-        .neighbours(&me.id)
-        .map(|(_, l)| l.clone())
-        .collect::<Vec<_>>()
-    {
-        let link = SimulatedLink::new(&topo, &me.id, &spec);
-        let hw = snap.records.iter().find_map(|r| match r {
-            Record::LinkHighWater { peer, block } if *peer == link.peer => Some(*block),
+    let high_water = |p: &str| {
+        snap.records.iter().find_map(|r| match r {
+            Record::LinkHighWater { peer, block } if peer == p => Some(*block),
             _ => None,
-        });
+        })
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    for spec in &my_links {
+        if spec.key_source().ok() != Some(KeySource::Rate) {
+            continue;
+        }
+        let link = SimulatedLink::new(&topo, &me.id, spec);
+        let hw = high_water(&link.peer);
         tracing::info!(peer = %link.peer, km = spec.length_km, rate_bps = link.rate_bps, "simulated QKD link");
         tokio::spawn(feed_link(link, hw, inbox.clone(), stop_rx.clone()));
+    }
+    let ledger_db = cfg.data_dir.join(format!("{}-photon.db", cfg.node_id));
+    for (pc, rx) in photon {
+        let hw = high_water(&pc.peer);
+        let link = PhotonLink::open(pc, &ledger_db, hw, peers.clone(), inbox.clone(), rx)?;
+        tokio::spawn(link.run(stop_rx.clone()));
     }
 
     // ETSI GS QKD 014.
@@ -106,6 +130,7 @@ pub async fn run_node(
         .await;
     let _ = sd_tx.send(true);
     let _ = stop_tx.send(true);
+    peer_accept.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), etsi).await;
     result
 }

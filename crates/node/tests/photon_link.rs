@@ -1,0 +1,178 @@
+//! A `source = "photon"` link between two real nodes in one process: the post-processing
+//! protocol runs between the nodes over their mutual-TLS channel, and the keys it produces are
+//! what the ETSI 014 interface serves. Restarting one node resumes the link from its ledger.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kagi_control::{PhotonLinkSpec, Topology};
+use kagi_node::client::Etsi014Client;
+use kagi_node::config::{NodeConfig, PoolConfig};
+use kagi_node::etsi014::wire::KeyRequest;
+use kagi_node::pki::Pki;
+use tokio::sync::watch;
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "kagi-{tag}-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn network(dir: &Path) -> (Topology, Vec<NodeConfig>) {
+    let mut topo = Topology::line("photon2", &["a", "b"], 1.0, |n| vec![format!("sae-{n}")]);
+    topo.seed = 5;
+    // A short, clean link so that small blocks (quick in CI) still leave finite-size key.
+    topo.links[0].source = Some("photon".into());
+    topo.links[0].photon = Some(PhotonLinkSpec {
+        block_bits: Some(1e6),
+        e_d: Some(0.01),
+        eta_bob: Some(0.5),
+        ..PhotonLinkSpec::default()
+    });
+    let cfgs = kagi_node::loopback::prepare(dir, &mut topo, |c| {
+        c.pool = PoolConfig {
+            target_bytes: 4096,
+            relay_chunk_bytes: 1024,
+            ..PoolConfig::default()
+        };
+    })
+    .unwrap();
+    (topo, cfgs)
+}
+
+fn client(dir: &Path, topo: &Topology, node: &str, sae: &str) -> Etsi014Client {
+    let pki = Pki::open_or_create(&dir.join("pki")).unwrap();
+    let p = pki.sae_paths(sae);
+    let addr = topo.node(node).unwrap().etsi014_addr.clone().unwrap();
+    Etsi014Client::from_files(
+        &format!("https://{addr}"),
+        &pki.ca_cert_path(),
+        &p.cert,
+        &p.key,
+    )
+    .unwrap()
+}
+
+fn start(
+    cfg: NodeConfig,
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let (tx, mut rx) = watch::channel(false);
+    let t = tokio::spawn(kagi_node::run_node(cfg, async move {
+        let _ = rx.wait_for(|v| *v).await;
+    }));
+    (tx, t)
+}
+
+/// Keys available to `sae-a` for `sae-b` within `secs`.
+async fn wait_for_keys(master: &Etsi014Client, at_least: u64, secs: u64) -> u64 {
+    let mut n = 0;
+    for _ in 0..secs * 5 {
+        if let Ok(s) = master.status("sae-b").await {
+            n = s.stored_key_count;
+            if n >= at_least {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    n
+}
+
+/// The last block number and the newest segment (a block that ended with key) in a ledger.
+fn ledger_state(db: &Path) -> (u64, u64) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let last: i64 = c
+        .query_row("SELECT last_block FROM photon_link", [], |r| r.get(0))
+        .unwrap();
+    let newest: i64 = c
+        .query_row(
+            "SELECT COALESCE(MAX(segment), 0) FROM auth_segment",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    (last as u64, newest as u64)
+}
+
+async fn exchange(master: &Etsi014Client, slave: &Etsi014Client, number: usize) {
+    let req = KeyRequest {
+        number: Some(number as u64),
+        size: Some(256),
+        additional_slave_sae_ids: None,
+        extension_mandatory: None,
+        extension_optional: None,
+    };
+    let keys = master.enc_keys("sae-b", &req).await.expect("enc_keys");
+    assert_eq!(keys.len(), number);
+    let ids: Vec<_> = keys.iter().map(|k| k.id).collect();
+    let got = slave.dec_keys("sae-a", &ids).await.expect("dec_keys");
+    for (m, s) in keys.iter().zip(&got) {
+        assert_eq!(m.id, s.id);
+        assert!(m.key == s.key, "master and slave keys differ");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn photon_link_feeds_the_key_store_over_the_node_channel_and_resumes_after_restart() {
+    // RUST_LOG=info shows every block's statistics.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let dir = tempdir("photon");
+    let (topo, mut cfgs) = network(&dir);
+    let cfg_b = cfgs.pop().unwrap();
+    let cfg_a = cfgs.pop().unwrap();
+    let (stop_a, task_a) = start(cfg_a);
+    let (stop_b, task_b) = start(cfg_b.clone());
+    let master = client(&dir, &topo, "a", "sae-a");
+    let slave = client(&dir, &topo, "b", "sae-b");
+
+    let n = wait_for_keys(&master, 8, 180).await;
+    assert!(n >= 8, "the photon link produced no key ({n} keys)");
+    exchange(&master, &slave, 8).await;
+
+    // Both ends keep their ledgers on disk: the link must resume, not restart its
+    // authentication key from the pre-shared one.
+    let ledger_a = dir.join("db").join("a-photon.db");
+    assert!(ledger_a.exists());
+
+    // Restart b: its ledger and key store survive, and blocks after the restart end with key
+    // (a block that ends with key leaves a new authentication segment named after it).
+    let _ = stop_b.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), task_b).await;
+    let (last_before, _) = ledger_state(&ledger_a);
+    let (stop_b, mut task_b) = start(cfg_b);
+    let mut newest = 0;
+    for _ in 0..900 {
+        if task_b.is_finished() {
+            panic!("b did not restart: {:?}", (&mut task_b).await);
+        }
+        newest = ledger_state(&ledger_a).1;
+        if newest > last_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        newest > last_before,
+        "no block ended with key after restarting b (last block before: {last_before})"
+    );
+    exchange(&master, &slave, 16).await;
+
+    let _ = stop_a.send(true);
+    let _ = stop_b.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), task_a).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), task_b).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
