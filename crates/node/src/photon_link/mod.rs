@@ -34,10 +34,11 @@ use crate::driver::DriverMsg;
 use crate::peer::Peers;
 use ledger::{AuthLedger, Refusal, Reservation};
 
-/// Pads one block reserves: room for 2048 authenticated messages.
-pub const RESERVE_BYTES: u64 = 2048 * kagi_postproc::protocol::PAD_LEN as u64;
+/// Pads one block reserves: room for 1024 authenticated messages (Cascade uses 300–550, LDPC
+/// about 15). A block that fails burns its whole reservation, so this is kept tight.
+pub const RESERVE_BYTES: u64 = 1024 * kagi_postproc::protocol::PAD_LEN as u64;
 /// Pre-shared authentication key of a link (simulated: derived from the link seed).
-pub const BOOTSTRAP_BYTES: usize = 16 + 64 * RESERVE_BYTES as usize;
+pub const BOOTSTRAP_BYTES: usize = 16 + 128 * RESERVE_BYTES as usize;
 /// How long Alice keeps a block in progress without hearing from Bob.
 pub const BLOCK_TIMEOUT: Duration = Duration::from_secs(600);
 /// Bob's wait for the next message of a block, beyond four times his own simulation time of
@@ -499,5 +500,15 @@ mod tests {
         // A link too long for the block size is refused, not left to run for days.
         far.length_km = 400.0;
         assert!(PhotonLinkConfig::new(&t, "x", &far).is_err());
+    }
+
+    #[test]
+    fn the_example_topology_has_a_usable_photon_link() {
+        let t = Topology::from_toml(include_str!("../../../../docs/examples/tokyo-photon.toml"))
+            .unwrap();
+        let l = t.link("hakusan", "ueno").unwrap();
+        assert_eq!(l.key_source(), Ok(kagi_control::KeySource::Photon));
+        let c = PhotonLinkConfig::new(&t, "ueno", l).unwrap();
+        assert!(!c.alice && c.pulses > 1_000_000_000);
     }
 }
