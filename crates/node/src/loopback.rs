@@ -5,6 +5,7 @@ use std::path::Path;
 
 use kagi_control::Topology;
 
+use crate::client::Etsi014Client;
 use crate::config::{NodeConfig, TlsConfig};
 use crate::pki::Pki;
 
@@ -54,4 +55,20 @@ pub fn prepare(
         cfgs.push(cfg);
     }
     Ok(cfgs)
+}
+
+/// An ETSI 014 client for `sae` at its node of a network [`prepare`]d in `dir`.
+pub fn sae_client(dir: &Path, topo: &Topology, sae: &str) -> anyhow::Result<Etsi014Client> {
+    let pki = Pki::open_or_create(&dir.join("pki"))?;
+    let p = pki.sae_paths(sae);
+    let addr = topo
+        .node_of_sae(sae)
+        .and_then(|n| n.etsi014_addr.clone())
+        .ok_or_else(|| anyhow::anyhow!("SAE {sae} has no node with an ETSI 014 address"))?;
+    Ok(Etsi014Client::from_files(
+        &format!("https://{addr}"),
+        &pki.ca_cert_path(),
+        &p.cert,
+        &p.key,
+    )?)
 }

@@ -10,7 +10,6 @@ use kagi_control::Topology;
 use kagi_node::client::Etsi014Client;
 use kagi_node::config::{NodeConfig, PoolConfig};
 use kagi_node::etsi014::wire::KeyRequest;
-use kagi_node::pki::Pki;
 
 fn tempdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(
@@ -47,17 +46,8 @@ fn network(dir: &Path) -> (Topology, Vec<NodeConfig>) {
     (topo, cfgs)
 }
 
-fn client(dir: &Path, topo: &Topology, node: &str, sae: &str) -> Etsi014Client {
-    let pki = Pki::open_or_create(&dir.join("pki")).unwrap();
-    let p = pki.sae_paths(sae);
-    let addr = topo.node(node).unwrap().etsi014_addr.clone().unwrap();
-    Etsi014Client::from_files(
-        &format!("https://{addr}"),
-        &pki.ca_cert_path(),
-        &p.cert,
-        &p.key,
-    )
-    .unwrap()
+fn client(dir: &Path, topo: &Topology, sae: &str) -> Etsi014Client {
+    kagi_node::loopback::sae_client(dir, topo, sae).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,11 +62,11 @@ async fn keys_match_across_three_hops_over_real_tls_and_sqlite() {
             let _ = rx.wait_for(|v| *v).await;
         })));
     }
-    let master = client(&dir, &topo, "a", "sae-a");
-    let slave = client(&dir, &topo, "d", "sae-d");
-    // Wait for the pool a→d to fill.
+    let master = client(&dir, &topo, "sae-a");
+    let slave = client(&dir, &topo, "sae-d");
+    // Wait for the pool a→d to fill (up to 60 s: CI machines may be loaded).
     let mut ready = false;
-    for _ in 0..200 {
+    for _ in 0..600 {
         if let Ok(s) = master.status("sae-d").await {
             assert_eq!(s.target_kme_id, "d");
             if s.stored_key_count >= 8 {

@@ -9,7 +9,6 @@ use kagi_control::{PhotonLinkSpec, Topology};
 use kagi_node::client::Etsi014Client;
 use kagi_node::config::{NodeConfig, PoolConfig};
 use kagi_node::etsi014::wire::KeyRequest;
-use kagi_node::pki::Pki;
 use tokio::sync::watch;
 
 fn tempdir(tag: &str) -> PathBuf {
@@ -47,17 +46,8 @@ fn network(dir: &Path) -> (Topology, Vec<NodeConfig>) {
     (topo, cfgs)
 }
 
-fn client(dir: &Path, topo: &Topology, node: &str, sae: &str) -> Etsi014Client {
-    let pki = Pki::open_or_create(&dir.join("pki")).unwrap();
-    let p = pki.sae_paths(sae);
-    let addr = topo.node(node).unwrap().etsi014_addr.clone().unwrap();
-    Etsi014Client::from_files(
-        &format!("https://{addr}"),
-        &pki.ca_cert_path(),
-        &p.cert,
-        &p.key,
-    )
-    .unwrap()
+fn client(dir: &Path, topo: &Topology, sae: &str) -> Etsi014Client {
+    kagi_node::loopback::sae_client(dir, topo, sae).unwrap()
 }
 
 fn start(
@@ -135,8 +125,8 @@ async fn photon_link_feeds_the_key_store_over_the_node_channel_and_resumes_after
     let cfg_a = cfgs.pop().unwrap();
     let (stop_a, task_a) = start(cfg_a);
     let (stop_b, task_b) = start(cfg_b.clone());
-    let master = client(&dir, &topo, "a", "sae-a");
-    let slave = client(&dir, &topo, "b", "sae-b");
+    let master = client(&dir, &topo, "sae-a");
+    let slave = client(&dir, &topo, "sae-b");
 
     let n = wait_for_keys(&master, 8, 180).await;
     assert!(n >= 8, "the photon link produced no key ({n} keys)");

@@ -18,7 +18,6 @@ use kagi_km::{Action, Input, KeyManager, KmConfig, Limits, Policy, Snapshot};
 use kagi_node::client::Etsi014Client;
 use kagi_node::config::PoolConfig;
 use kagi_node::etsi014::wire::KeyRequest;
-use kagi_node::pki::Pki;
 
 /// Arguments of `kagi bench`.
 #[derive(clap::Args)]
@@ -128,7 +127,6 @@ async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
         };
         c.store.synchronous = sync;
     })?;
-    let pki = Pki::open_or_create(&dir.join("pki"))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for cfg in cfgs {
@@ -137,24 +135,12 @@ async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|v| *v).await;
         })));
     }
-    let client = |node: &str, sae: &str| -> anyhow::Result<Etsi014Client> {
-        let p = pki.sae_paths(sae);
-        let addr = topo
-            .node(node)
-            .and_then(|n| n.etsi014_addr.clone())
-            .context("node address")?;
-        Ok(Etsi014Client::from_files(
-            &format!("https://{addr}"),
-            &pki.ca_cert_path(),
-            &p.cert,
-            &p.key,
-        )?)
-    };
+    let client = |sae: &str| kagi_node::loopback::sae_client(&dir, &topo, sae);
     let mut results = BTreeMap::new();
     for &hops in &a.hops {
         let slave_node = ids.get(hops).context("hops must be 1..=3")?;
         // Warm the pool: wait until it is 90 % full (4 MiB target) or a minute has passed.
-        let probe = client("a", "sae-a-0")?;
+        let probe = client("sae-a-0")?;
         let want = (4u64 << 20) / (a.size / 8) * 9 / 10;
         let t0 = Instant::now();
         loop {
@@ -171,8 +157,8 @@ async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs_f64(a.duration);
         let mut joins = Vec::new();
         for i in 0..a.clients {
-            let m = Arc::new(client("a", &format!("sae-a-{i}"))?);
-            let s = Arc::new(client(slave_node, &format!("sae-{slave_node}-{i}"))?);
+            let m = Arc::new(client(&format!("sae-a-{i}"))?);
+            let s = Arc::new(client(&format!("sae-{slave_node}-{i}"))?);
             let master_id = format!("sae-a-{i}");
             let slave_id = format!("sae-{slave_node}-{i}");
             let (number, size) = (a.number, a.size);
