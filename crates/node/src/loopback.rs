@@ -9,6 +9,18 @@ use crate::client::Etsi014Client;
 use crate::config::{NodeConfig, TlsConfig};
 use crate::pki::Pki;
 
+/// A fresh, empty directory under the system temp dir, unique to this process and call (tests,
+/// benchmarks and demos that set up a network of their own).
+pub fn scratch_dir(tag: &str) -> std::io::Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!(
+        "kagi-{tag}-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

@@ -12,16 +12,7 @@ use kagi_node::config::{NodeConfig, PoolConfig};
 use kagi_node::etsi014::wire::KeyRequest;
 
 fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "kagi-{tag}-{}-{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    kagi_node::loopback::scratch_dir(tag).unwrap()
 }
 
 fn network(dir: &Path) -> (Topology, Vec<NodeConfig>) {

@@ -3,7 +3,7 @@
 //! what the ETSI 014 interface serves. Restarting one node resumes the link from its ledger.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use kagi_control::{PhotonLinkSpec, Topology};
 use kagi_node::client::Etsi014Client;
@@ -12,16 +12,7 @@ use kagi_node::etsi014::wire::KeyRequest;
 use tokio::sync::watch;
 
 fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "kagi-{tag}-{}-{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    kagi_node::loopback::scratch_dir(tag).unwrap()
 }
 
 fn network(dir: &Path) -> (Topology, Vec<NodeConfig>) {

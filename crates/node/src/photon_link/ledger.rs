@@ -476,12 +476,6 @@ mod tests {
     }
 
     fn tempdir() -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "kagi-ledger-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        crate::loopback::scratch_dir("ledger").unwrap()
     }
 }
