@@ -21,6 +21,8 @@ enum Command {
     LinkRate(cmd::link_rate::Args),
     /// Photon-level link simulation through the whole post-processing pipeline.
     LinkSim(cmd::link_sim::Args),
+    /// The links of a topology: technology, mean key rate, satellite pass windows and weather.
+    Links(cmd::links::Args),
     /// Run one trusted node's key manager (`--config node.toml`).
     Node(cmd::node::Args),
     /// Start a whole local network (certificates, configs, one `kagi node` per trusted node).
@@ -48,6 +50,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::LinkRate(a) => cmd::link_rate::run(a),
         Command::LinkSim(a) => cmd::link_sim::run(a),
+        Command::Links(a) => cmd::links::run(a),
         Command::Up(a) => cmd::up::run(a),
         Command::Keys(a) => cmd::keys::run(a),
         Command::Vault(a) => cmd::vault::run(a),

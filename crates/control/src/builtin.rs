@@ -40,8 +40,7 @@ pub fn tokyo() -> Topology {
                 length_km: *l,
                 cost: None,
                 seed: None,
-                source: None,
-                photon: None,
+                ..Default::default()
             })
             .collect(),
     }

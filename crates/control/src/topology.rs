@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use kagi_quantum::supply::{BlockSchedule, KeySupply};
+use kagi_quantum::tech::{LinkTech, ParamValue, TechError};
 use serde::{Deserialize, Serialize};
 
 /// A trusted node.
@@ -22,8 +24,8 @@ pub struct NodeSpec {
     pub etsi014_addr: Option<String>,
 }
 
-/// A QKD link over fibre between two nodes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A QKD link between two nodes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkSpec {
     /// One end (node ID).
@@ -47,6 +49,14 @@ pub struct LinkSpec {
     /// Settings of a `source = "photon"` link; defaults when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub photon: Option<PhotonLinkSpec>,
+    /// QKD technology of the link: `"bb84-decoy"` (default), `"bb84-finite"`, `"cv-gg02"`,
+    /// `"tf-sns"`, `"satellite"` or `"repeater"` (see `kagi_quantum::tech`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// The technology's model parameters, named as the `kagi link-rate` flags
+    /// (`mu = 0.5`, `n-x = 1e8`, `detection = "heterodyne"`; `_` works for `-`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, ParamValue>,
 }
 
 /// Settings of a photon-level link (`source = "photon"`). Every field has a default.
@@ -93,6 +103,19 @@ impl LinkSpec {
                 "unknown source {other:?} (expected \"rate\" or \"photon\")"
             )),
         }
+    }
+
+    /// The protocol name (`bb84-decoy` when none is given).
+    pub fn protocol_name(&self) -> &str {
+        self.protocol.as_deref().unwrap_or("bb84-decoy")
+    }
+
+    /// The link's technology, built and validated from `protocol` and `params`.
+    ///
+    /// # Errors
+    /// [`TechError`] naming the field (`protocol` or `params.<name>`).
+    pub fn technology(&self) -> Result<LinkTech, TechError> {
+        LinkTech::from_params(self.protocol_name(), &self.params)
     }
 
     fn check_photon(&self) -> Result<(), String> {
@@ -170,6 +193,9 @@ pub enum TopologyError {
     /// A link's key source or photon settings are not valid.
     #[error("link {0}-{1}: {2}")]
     BadSource(String, String, String),
+    /// A link's technology field is not valid: names the link, the field and why.
+    #[error("link {0}-{1}: field {2}: {3}")]
+    BadField(String, String, String, String),
     /// A length or cost is negative or not finite.
     #[error("link {0}-{1}: length and cost must be finite and non-negative")]
     BadNumber(String, String),
@@ -217,8 +243,7 @@ impl Topology {
                     length_km,
                     cost: None,
                     seed: None,
-                    source: None,
-                    photon: None,
+                    ..Default::default()
                 })
                 .collect(),
         }
@@ -278,6 +303,26 @@ impl Topology {
             if let Err(why) = l.key_source().and_then(|_| l.check_photon()) {
                 return Err(TopologyError::BadSource(l.a.clone(), l.b.clone(), why));
             }
+            if let Err(e) = l.technology() {
+                return Err(TopologyError::BadField(
+                    l.a.clone(),
+                    l.b.clone(),
+                    e.field,
+                    e.message,
+                ));
+            }
+            if l.key_source() == Ok(KeySource::Photon) && l.protocol_name() != "bb84-decoy" {
+                return Err(TopologyError::BadField(
+                    l.a.clone(),
+                    l.b.clone(),
+                    "protocol".into(),
+                    format!(
+                        "source = \"photon\" runs the decoy-BB84 photon simulator; protocol {:?} \
+                         is only modelled at rate level (drop source or protocol)",
+                        l.protocol_name()
+                    ),
+                ));
+            }
             let cost_ok = l.cost.is_none_or(|c| c.is_finite() && c >= 0.0);
             if !(l.length_km.is_finite() && l.length_km >= 0.0 && cost_ok) {
                 return Err(TopologyError::BadNumber(l.a.clone(), l.b.clone()));
@@ -325,6 +370,33 @@ impl Topology {
                 None
             }
         })
+    }
+
+    /// How key appears on a rate-level link (after the network's `rate_multiplier`), cut into
+    /// numbered blocks of at most `max_bytes`, at most `max_interval_s` apart for constant
+    /// rates. Both ends of the link compute the same schedule.
+    ///
+    /// # Errors
+    /// The link's technology error (validated topologies have none).
+    pub fn link_schedule(
+        &self,
+        l: &LinkSpec,
+        max_bytes: usize,
+        max_interval_s: f64,
+    ) -> Result<BlockSchedule, TechError> {
+        let supply: KeySupply = l.technology()?.supply(
+            l.length_km,
+            self.rate_multiplier,
+            self.link_seed(l),
+            self.epoch_unix as f64,
+        );
+        Ok(BlockSchedule::new(supply, max_bytes, max_interval_s))
+    }
+
+    /// Long-run mean secret key rate of a link, bit/s (0 for an invalid technology), before
+    /// the demo `rate_multiplier`.
+    pub fn link_mean_rate_bps(&self, l: &LinkSpec) -> f64 {
+        l.technology().map_or(0.0, |t| t.mean_rate_bps(l.length_km))
     }
 
     /// The seed of a link's simulated quantum channel.
@@ -394,6 +466,51 @@ mod tests {
         let bad_rec =
             format!("{T}source = \"photon\"\n[links.photon]\nreconciliation = \"magic\"\n");
         assert!(Topology::from_toml(&bad_rec).is_err());
+    }
+
+    #[test]
+    fn link_protocols_and_parameters() {
+        let with = |extra: &str| format!("{T}{extra}");
+        let t = Topology::from_toml(&with(
+            "protocol = \"bb84-finite\"\n[links.params]\nn-x = 1e8\nmu = 0.5\nnu = 0.1\n",
+        ))
+        .unwrap();
+        assert_eq!(t.links[0].technology().unwrap().name(), "bb84-finite");
+        assert!(t.link_mean_rate_bps(&t.links[0]) > 0.0);
+        // Round trip keeps protocol and parameters.
+        assert_eq!(Topology::from_toml(&t.to_toml()).unwrap(), t);
+        for (proto, params) in [
+            ("cv-gg02", "detection = \"heterodyne\"\nva = 5\n"),
+            ("tf-sns", "alpha = 0.16\n"),
+            ("repeater", "modes = 10\ncoherence_time = 0.5\n"),
+            ("satellite", "lat-a = 35.7\nlon-a = 139.5\ncloud-a = 0.3\n"),
+            ("bb84-decoy", "mu = 0.5\n"),
+        ] {
+            let t = Topology::from_toml(&with(&format!(
+                "protocol = \"{proto}\"\n[links.params]\n{params}"
+            )))
+            .unwrap_or_else(|e| panic!("{proto}: {e}"));
+            assert_eq!(t.links[0].protocol_name(), proto);
+        }
+        // Every bad field is named with its link.
+        for (extra, field) in [
+            ("protocol = \"bb85\"\n", "field protocol"),
+            ("protocol = \"cv-gg02\"\n[links.params]\nxi = -1\n", "field params.xi"),
+            ("protocol = \"cv-gg02\"\n[links.params]\nn-x = 1e6\n", "field params.n-x"),
+            ("protocol = \"bb84-finite\"\n[links.params]\nn-x = 0\n", "field params.n-x"),
+            ("protocol = \"bb84-finite\"\n[links.params]\np-mu1 = 1.5\n", "field params.p-mu1"),
+            ("protocol = \"tf-sns\"\n[links.params]\nmu = \"big\"\n", "field params.mu"),
+            ("protocol = \"satellite\"\n[links.params]\nlat-a = 35\n", "field params.lon-a"),
+            ("protocol = \"satellite\"\n[links.params]\nlat-a = 35\nlon-a = 1\ninclination = 190\n", "field params.inclination"),
+            ("protocol = \"repeater\"\n[links.params]\nscheme = \"magic\"\n", "field params.scheme"),
+            ("protocol = \"tf-sns\"\nsource = \"photon\"\n", "field protocol"),
+        ] {
+            let err = Topology::from_toml(&with(extra)).unwrap_err().to_string();
+            assert!(
+                err.starts_with("link a-b: ") && err.contains(field),
+                "{extra}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -85,9 +85,10 @@ pub async fn run_node(
         if spec.key_source().ok() != Some(KeySource::Rate) {
             continue;
         }
-        let link = SimulatedLink::new(&topo, &me.id, spec);
+        let link = SimulatedLink::new(&topo, &me.id, spec)
+            .map_err(|e| anyhow::anyhow!("link {}-{}: {e}", spec.a, spec.b))?;
         let hw = high_water(&link.peer);
-        tracing::info!(peer = %link.peer, km = spec.length_km, rate_bps = link.rate_bps, "simulated QKD link");
+        tracing::info!(peer = %link.peer, km = spec.length_km, protocol = %link.protocol, rate_bps = link.rate_bps, "simulated QKD link");
         tokio::spawn(feed_link(link, hw, inbox.clone(), stop_rx.clone()));
     }
     let ledger_db = cfg.data_dir.join(format!("{}-photon.db", cfg.node_id));
@@ -136,18 +137,23 @@ pub async fn run_node(
 }
 
 async fn feed_link(
-    link: SimulatedLink,
+    mut link: SimulatedLink,
     hw: Option<u64>,
     inbox: mpsc::UnboundedSender<DriverMsg>,
     mut stop: watch::Receiver<bool>,
 ) {
-    if link.block_bytes == 0 {
-        tracing::warn!(peer = %link.peer, "link yields no key at this length");
-        return;
-    }
     let mut next = link.first_block(hw, SystemTime::now());
     loop {
-        let due = link.block_time(next);
+        let Some((n, due)) = link.next_block(next) else {
+            tracing::warn!(peer = %link.peer, protocol = %link.protocol, "link yields no key");
+            return;
+        };
+        if let Some(p) = link.next_pass(SystemTime::now()) {
+            let starts = p.start_unix - SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+            if starts > 1.0 {
+                tracing::info!(peer = %link.peer, in_s = starts as u64, clear = p.clear, "next satellite pass");
+            }
+        }
         let wait = due
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
@@ -157,12 +163,12 @@ async fn feed_link(
         }
         let msg = DriverMsg::Input(Input::LinkKeys {
             peer: link.peer.clone(),
-            block: next,
-            key: link.block(next),
+            block: n,
+            key: link.block(n),
         });
         if inbox.send(msg).is_err() {
             return;
         }
-        next += 1;
+        next = n + 1;
     }
 }

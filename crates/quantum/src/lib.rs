@@ -7,6 +7,9 @@
 //!   [`TfSns`] (sending-or-not-sending twin-field QKD).
 //! * [`satellite`]: LEO downlink passes, key per pass and per day with weather outages.
 //! * [`repeater`]: a memory-based quantum repeater segment (entanglement events per second).
+//! * [`orbit`]: pass windows of a circular orbit over ground stations.
+//! * [`tech`]: a link technology named by protocol and parameters (as in a topology), and
+//!   [`supply`]: when its key appears, cut into numbered blocks both ends derive alike.
 //! * [`photon`]: a seeded photon-level decoy-BB84 simulator whose per-pulse records feed the
 //!   post-processing pipeline.
 //! * [`plob_bound`]: the repeaterless PLOB bound −log2(1−η).
@@ -19,9 +22,12 @@ mod cv;
 mod decoy;
 mod error;
 mod finite;
+pub mod orbit;
 pub mod photon;
 pub mod repeater;
 pub mod satellite;
+pub mod supply;
+pub mod tech;
 mod tf;
 
 pub use cv::{CvGg02, CvGg02Params, Detection};
