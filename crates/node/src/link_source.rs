@@ -113,9 +113,9 @@ impl SimulatedLink {
     /// First block to ingest after a (re)start, given the highest block stored: what the
     /// device buffered over the last [`DEVICE_BACKLOG`], but nothing stored already.
     pub fn first_block(&mut self, high_water: Option<u64>, now: SystemTime) -> u64 {
-        let oldest_buffered = self.first_pending(now - DEVICE_BACKLOG.min(
-            now.duration_since(UNIX_EPOCH).unwrap_or_default(),
-        ));
+        let oldest_buffered = self.first_pending(
+            now - DEVICE_BACKLOG.min(now.duration_since(UNIX_EPOCH).unwrap_or_default()),
+        );
         match high_water {
             Some(hw) => (hw + 1).max(oldest_buffered),
             // First start: what the device buffered since the network's epoch (both ends of a
@@ -186,10 +186,18 @@ mod tests {
         let now = l.block_time(1000).unwrap();
         assert_eq!(l.first_pending(now), 1001);
         assert_eq!(l.first_block(Some(995), now), 996);
-        let interval = l.block_time(1).unwrap().duration_since(l.block_time(0).unwrap()).unwrap();
+        let interval = l
+            .block_time(1)
+            .unwrap()
+            .duration_since(l.block_time(0).unwrap())
+            .unwrap();
         let backlog = (DEVICE_BACKLOG.as_secs_f64() / interval.as_secs_f64()).round() as u64;
         let oldest = l.first_block(Some(10), now);
-        assert!(oldest.abs_diff(1001 - backlog) <= 1, "{oldest} vs {}", 1001 - backlog);
+        assert!(
+            oldest.abs_diff(1001 - backlog) <= 1,
+            "{oldest} vs {}",
+            1001 - backlog
+        );
         assert_eq!(l.first_block(None, now), oldest);
     }
 
@@ -216,8 +224,16 @@ mod tests {
             n += 1;
         }
         let bits = (n as usize * f.block_bytes * 8) as f64;
-        let gap = f.block_time(n).unwrap().duration_since(t0).unwrap().as_secs_f64();
-        assert!((bits / gap / f.rate_bps - 1.0).abs() < 0.01, "{bits} bits per {gap} s");
+        let gap = f
+            .block_time(n)
+            .unwrap()
+            .duration_since(t0)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            (bits / gap / f.rate_bps - 1.0).abs() < 0.01,
+            "{bits} bits per {gap} s"
+        );
         // CV-QKD at the same length has its own rate.
         let cv = spec("cv-gg02", &[]);
         let c = SimulatedLink::new(&t, &cv.a, &cv).unwrap();

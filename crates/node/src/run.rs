@@ -143,15 +143,20 @@ async fn feed_link(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut next = link.first_block(hw, SystemTime::now());
+    let mut announced = f64::NAN;
     loop {
         let Some((n, due)) = link.next_block(next) else {
             tracing::warn!(peer = %link.peer, protocol = %link.protocol, "link yields no key");
             return;
         };
         if let Some(p) = link.next_pass(SystemTime::now()) {
-            let starts = p.start_unix - SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-            if starts > 1.0 {
-                tracing::info!(peer = %link.peer, in_s = starts as u64, clear = p.clear, "next satellite pass");
+            let now = SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            if p.start_unix > now && p.start_unix != announced {
+                announced = p.start_unix;
+                tracing::info!(peer = %link.peer, in_s = p.start_unix - now, clear = p.clear, "next satellite pass");
             }
         }
         let wait = due

@@ -162,8 +162,13 @@ impl PassSchedule {
                 continue;
             }
             out.push((p.start_unix, total));
-            for (t, c) in pass_key(&self.setup.link, &self.setup.orbit, &station, self.epoch_unix, &p)
-            {
+            for (t, c) in pass_key(
+                &self.setup.link,
+                &self.setup.orbit,
+                &station,
+                self.epoch_unix,
+                &p,
+            ) {
                 out.push((t, total + c * self.multiplier));
             }
             total = out.last().map_or(total, |l| l.1);
@@ -260,9 +265,17 @@ const MAX_DARK_PERIODS: u64 = 400;
 #[derive(Debug, Clone)]
 enum Kind {
     Never,
-    Constant { interval_s: f64 },
-    Blocks { per_block: u64, period_s: f64 },
-    Passes { sched: Box<PassSchedule>, cache: Option<(u64, Vec<f64>)> },
+    Constant {
+        interval_s: f64,
+    },
+    Blocks {
+        per_block: u64,
+        period_s: f64,
+    },
+    Passes {
+        sched: Box<PassSchedule>,
+        cache: Option<(u64, Vec<f64>)>,
+    },
 }
 
 /// A link's key stream cut into numbered blocks (see the module documentation).

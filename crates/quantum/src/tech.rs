@@ -214,9 +214,7 @@ pub fn known_params(protocol: &str) -> &'static [&'static str] {
             "detection",
             "rep-rate",
         ],
-        "tf-sns" => &[
-            "alpha", "eta-d", "p-d", "e-d", "f", "mu", "eps", "rep-rate",
-        ],
+        "tf-sns" => &["alpha", "eta-d", "p-d", "e-d", "f", "mu", "eps", "rep-rate"],
         "satellite" => &[
             "altitude",
             "inclination",
@@ -388,9 +386,12 @@ impl LinkTech {
                     }
                 }
             }
-            LinkTech::Satellite(s) => {
-                KeySupply::Passes(Box::new(PassSchedule::new((**s).clone(), m, seed, epoch_unix)))
-            }
+            LinkTech::Satellite(s) => KeySupply::Passes(Box::new(PassSchedule::new(
+                (**s).clone(),
+                m,
+                seed,
+                epoch_unix,
+            ))),
         }
     }
 
@@ -470,12 +471,7 @@ fn finite(p: &mut Params<'_>) -> Result<FiniteDecoyBb84, TechError> {
     }
     let mut fixed = false;
     let [m1, m2, m3] = &mut f.mu;
-    for (name, dst) in [
-        ("mu", m1),
-        ("nu", m2),
-        ("mu3", m3),
-        ("p-x", &mut f.p_x),
-    ] {
+    for (name, dst) in [("mu", m1), ("nu", m2), ("mu3", m3), ("p-x", &mut f.p_x)] {
         if let Some(v) = p.num(name)? {
             *dst = v;
             fixed = true;
@@ -643,7 +639,10 @@ fn repeater(p: &mut Params<'_>) -> Result<RepeaterTech, TechError> {
     p.set("f", &mut f)?;
     p.set("q", &mut q)?;
     if !(f >= 1.0 && f < 10.0) {
-        return Err(TechError::new("params.f", format!("{f} must be in [1, 10)")));
+        return Err(TechError::new(
+            "params.f",
+            format!("{f} must be in [1, 10)"),
+        ));
     }
     if !(q > 0.0 && q <= 1.0) {
         return Err(TechError::new("params.q", format!("{q} must be in (0, 1]")));
@@ -696,7 +695,10 @@ mod tests {
         let ull = LinkTech::from_params("tf-sns", &params(&[("alpha", Num(0.16))])).unwrap();
         let std = LinkTech::from_params("tf-sns", &BTreeMap::new()).unwrap();
         assert!(ull.mean_rate_bps(400.0) > 5.0 * std.mean_rate_bps(400.0));
-        let het = LinkTech::from_params("cv-gg02", &params(&[("detection", Text("heterodyne".into()))]));
+        let het = LinkTech::from_params(
+            "cv-gg02",
+            &params(&[("detection", Text("heterodyne".into()))]),
+        );
         assert!(het.is_ok());
         let a = LinkTech::from_params("repeater", &params(&[("eta_emit", Num(0.9))])).unwrap();
         let b = LinkTech::from_params("repeater", &BTreeMap::new()).unwrap();
@@ -716,13 +718,19 @@ mod tests {
         let e = err("cv-gg02", &[("mu", Num(0.5))]);
         assert_eq!(e.field, "params.mu");
         assert!(e.message.contains("unknown parameter"), "{e}");
-        assert_eq!(err("cv-gg02", &[("xi", Text("big".into()))]).field, "params.xi");
+        assert_eq!(
+            err("cv-gg02", &[("xi", Text("big".into()))]).field,
+            "params.xi"
+        );
         assert_eq!(
             err("cv-gg02", &[("detection", Text("eyes".into()))]).field,
             "params.detection"
         );
         assert_eq!(err("tf-sns", &[("eta-d", Num(2.0))]).field, "params.eta-d");
-        assert_eq!(err("repeater", &[("modes", Num(0.5))]).field, "params.modes");
+        assert_eq!(
+            err("repeater", &[("modes", Num(0.5))]).field,
+            "params.modes"
+        );
         assert_eq!(
             err("repeater", &[("coherence-time", Num(0.0))]).field,
             "params.coherence-time"
@@ -733,18 +741,39 @@ mod tests {
             "params.lat-a"
         );
         assert_eq!(
-            err("satellite", &[("lat-a", Num(35.0)), ("lon-a", Num(0.0)), ("cloud-a", Num(1.2))])
-                .field,
+            err(
+                "satellite",
+                &[
+                    ("lat-a", Num(35.0)),
+                    ("lon-a", Num(0.0)),
+                    ("cloud-a", Num(1.2))
+                ]
+            )
+            .field,
             "params.cloud-a"
         );
         assert_eq!(
-            err("satellite", &[("lat-a", Num(35.0)), ("lon-a", Num(0.0)), ("altitude", Num(-5.0))])
-                .field,
+            err(
+                "satellite",
+                &[
+                    ("lat-a", Num(35.0)),
+                    ("lon-a", Num(0.0)),
+                    ("altitude", Num(-5.0))
+                ]
+            )
+            .field,
             "params.altitude"
         );
         assert_eq!(
-            err("satellite", &[("lat-a", Num(35.0)), ("lon-a", Num(0.0)), ("min-elevation", Num(91.0))])
-                .field,
+            err(
+                "satellite",
+                &[
+                    ("lat-a", Num(35.0)),
+                    ("lon-a", Num(0.0)),
+                    ("min-elevation", Num(91.0))
+                ]
+            )
+            .field,
             "params.max-elevation"
         );
     }
@@ -759,15 +788,13 @@ mod tests {
         assert!(k.segment.events_per_s >= 10.0, "{k:?}");
         assert!(k.key_bps > 0.0 && k.qber < 0.01);
         // A short-lived memory raises the QBER and lowers the key rate.
-        let poor = match LinkTech::from_params(
-            "repeater",
-            &params(&[("coherence-time", Num(1e-4))]),
-        )
-        .unwrap()
-        {
-            LinkTech::Repeater(r) => r.key(10.0).unwrap(),
-            _ => unreachable!(),
-        };
+        let poor =
+            match LinkTech::from_params("repeater", &params(&[("coherence-time", Num(1e-4))]))
+                .unwrap()
+            {
+                LinkTech::Repeater(r) => r.key(10.0).unwrap(),
+                _ => unreachable!(),
+            };
         assert!(poor.qber > k.qber && poor.key_bps < k.key_bps, "{poor:?}");
     }
 

@@ -11,8 +11,10 @@ use serde_json::{json, Value};
 
 /// Arguments of `kagi links`.
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  kagi links --topology docs/examples/mixed.toml\n  \
-    kagi links --data-dir ./kagi-data --hours 12 --json")]
+#[command(
+    after_help = "Examples:\n  kagi links --topology docs/examples/mixed.toml\n  \
+    kagi links --data-dir ./kagi-data --hours 12 --json"
+)]
 pub struct Args {
     /// Topology file (default: DIR/topology.toml of a network started by `kagi up`).
     #[arg(long)]
@@ -130,8 +132,7 @@ pub fn report(topo: &Topology, now_unix: f64, span_s: f64) -> Result<Vec<Value>>
                     continue; // the tail of a pass we started inside of
                 }
                 // With one station the other end is the satellite: name the ground end.
-                let a_is_station =
-                    l.params.contains_key("lat-a") || l.params.contains_key("lat_a");
+                let a_is_station = l.params.contains_key("lat-a") || l.params.contains_key("lat_a");
                 let end = if p.station == 0 && a_is_station {
                     names[0]
                 } else {
