@@ -365,14 +365,13 @@ impl BlockSchedule {
                 period_s,
             } => Some((from, ((from / per_block) as f64 + 1.0) * period_s)),
             Kind::Passes { .. } => {
-                let mut k = from >> PERIOD_SHIFT;
+                let first = from >> PERIOD_SHIFT;
                 let mut j = (from & ((1 << PERIOD_SHIFT) - 1)) as usize;
-                for _ in 0..MAX_DARK_PERIODS {
+                for k in first..first.saturating_add(MAX_DARK_PERIODS) {
                     let times = self.period_times(k);
                     if let Some(&t) = times.get(j) {
                         return Some(((k << PERIOD_SHIFT) | j as u64, t));
                     }
-                    k += 1;
                     j = 0;
                 }
                 None

@@ -581,7 +581,7 @@ fn satellite(p: &mut Params<'_>) -> Result<SatelliteSetup, TechError> {
     }
     let mut speedup = 1.0;
     p.set("clock-speedup", &mut speedup)?;
-    if !(speedup >= 1.0 && speedup <= 10_000.0) {
+    if !(1.0..=10_000.0).contains(&speedup) {
         return Err(TechError::new(
             "params.clock-speedup",
             format!("{speedup} must be in [1, 10000]"),
@@ -604,7 +604,7 @@ fn repeater(p: &mut Params<'_>) -> Result<RepeaterTech, TechError> {
     p.set("max-attempt-rate", &mut r.max_attempt_rate_hz)?;
     p.set("coherence-time", &mut r.coherence_time_s)?;
     if let Some(m) = p.num("modes")? {
-        if !(m >= 1.0 && m <= 1e6 && m.fract() == 0.0) {
+        if !((1.0..=1e6).contains(&m) && m.fract() == 0.0) {
             return Err(TechError::new(
                 "params.modes",
                 format!("{m} must be a whole number in [1, 1000000]"),
@@ -638,7 +638,7 @@ fn repeater(p: &mut Params<'_>) -> Result<RepeaterTech, TechError> {
     let mut q = 0.5;
     p.set("f", &mut f)?;
     p.set("q", &mut q)?;
-    if !(f >= 1.0 && f < 10.0) {
+    if !(1.0..10.0).contains(&f) {
         return Err(TechError::new(
             "params.f",
             format!("{f} must be in [1, 10)"),
@@ -780,9 +780,9 @@ mod tests {
 
     #[test]
     fn repeater_reaches_ten_events_per_second_over_ten_km_with_decoherence() {
-        let r = match LinkTech::from_params("repeater", &BTreeMap::new()).unwrap() {
-            LinkTech::Repeater(r) => r,
-            _ => unreachable!(),
+        let LinkTech::Repeater(r) = LinkTech::from_params("repeater", &BTreeMap::new()).unwrap()
+        else {
+            unreachable!()
         };
         let k = r.key(10.0).unwrap();
         assert!(k.segment.events_per_s >= 10.0, "{k:?}");
