@@ -140,9 +140,18 @@ pub struct Args {
     /// Secrecy per key bit κ: ε_sec = κ·ℓ (Lim et al. 2014 use 1e-15); overrides --eps-sec.
     #[arg(long)]
     kappa: Option<f64>,
-    /// X-basis probability p_X (fixes it for bb84-finite).
+    /// X-basis probability p_X = q_x (fixes it for bb84-finite).
     #[arg(long)]
     p_x: Option<f64>,
+    /// Weakest intensity μ3 (bb84-finite; fixes the intensities).
+    #[arg(long)]
+    mu3: Option<f64>,
+    /// Probability p_μ1 of the signal intensity (bb84-finite; fixes it, p_μ3 = 1 − p_μ1 − p_μ2).
+    #[arg(long)]
+    p_mu1: Option<f64>,
+    /// Probability p_μ2 of the decoy intensity (bb84-finite; fixes it).
+    #[arg(long)]
+    p_mu2: Option<f64>,
 
     // ---- CV-QKD ----
     /// Modulation variance V_A, shot-noise units.
@@ -282,6 +291,9 @@ fn flag_users(a: &Args) -> Vec<(&'static str, bool, &'static [Protocol])> {
         ("--eps-cor", a.eps_cor.is_some(), &[Bb84Finite]),
         ("--kappa", a.kappa.is_some(), &[Bb84Finite]),
         ("--p-x", a.p_x.is_some(), &[Bb84Finite]),
+        ("--mu3", a.mu3.is_some(), &[Bb84Finite]),
+        ("--p-mu1", a.p_mu1.is_some(), &[Bb84Finite]),
+        ("--p-mu2", a.p_mu2.is_some(), &[Bb84Finite]),
         ("--va", a.va.is_some(), &[CvGg02]),
         ("--xi", a.xi.is_some(), &[CvGg02]),
         ("--eta-det", a.eta_det.is_some(), &[CvGg02, Repeater]),
@@ -407,6 +419,10 @@ fn model(proto: Protocol, a: &Args) -> Result<Box<dyn LinkModel>> {
             set(&mut p.f, a.f);
             set(&mut p.mu[0], a.mu);
             set(&mut p.mu[1], a.nu);
+            set(&mut p.mu[2], a.mu3);
+            set(&mut p.p_mu[0], a.p_mu1);
+            set(&mut p.p_mu[1], a.p_mu2);
+            p.p_mu[2] = 1.0 - p.p_mu[0] - p.p_mu[1];
             set(&mut p.p_x, a.p_x);
             set(&mut p.n_x, a.n_x);
             set(&mut p.eps_sec, a.eps_sec);
@@ -416,7 +432,13 @@ fn model(proto: Protocol, a: &Args) -> Result<Box<dyn LinkModel>> {
             }
             set(&mut p.rep_rate_hz, a.rep_rate);
             // Fixing an intensity or p_X by hand turns the optimiser off.
-            if a.mu.is_some() || a.nu.is_some() || a.p_x.is_some() {
+            if a.mu.is_some()
+                || a.nu.is_some()
+                || a.p_x.is_some()
+                || a.mu3.is_some()
+                || a.p_mu1.is_some()
+                || a.p_mu2.is_some()
+            {
                 p.optimize = false;
             }
             Box::new(FiniteDecoyBb84::new(p)?)
@@ -928,6 +950,60 @@ mod tests {
         assert!(e.to_string().contains("eps"), "{e}");
         assert!(rows(&["--protocol", "satellite,bb84-decoy"]).is_err());
         assert!(rows(&["--protocol", "nonsense"]).is_err());
+    }
+
+    #[test]
+    fn finite_key_fixed_parameters_match_the_topology_link() {
+        // μ1, μ2, μ3, p_μ1, p_μ2, q_x fixed by flags give the same rate as a topology link with
+        // the same parameter names (one set of names for planning and for the network).
+        let flags = [
+            ("mu", 0.6),
+            ("nu", 0.15),
+            ("mu3", 3e-4),
+            ("p-mu1", 0.8),
+            ("p-mu2", 0.15),
+            ("p-x", 0.85),
+            ("n-x", 1e9),
+        ];
+        let mut argv = vec![
+            "--protocol".to_string(),
+            "bb84-finite".into(),
+            "--distance".into(),
+            "50".into(),
+        ];
+        for (k, v) in flags {
+            argv.push(format!("--{k}"));
+            argv.push(v.to_string());
+        }
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let r = rows(&argv).unwrap();
+        assert_eq!(r[0]["mu1"].as_f64(), Some(0.6));
+        assert_eq!(r[0]["p_x"].as_f64(), Some(0.85));
+        let cli = r[0]["rate_bps"].as_f64().unwrap();
+        let params = flags
+            .iter()
+            .map(|(k, v)| (k.to_string(), kagi_quantum::tech::ParamValue::Num(*v)))
+            .collect();
+        let topo = kagi_quantum::tech::LinkTech::from_params("bb84-finite", &params)
+            .unwrap()
+            .mean_rate_bps(50.0);
+        // The topology delivers whole key bits per block (ℓ rounded down).
+        assert!(
+            cli > 0.0 && (cli / topo - 1.0).abs() < 1e-6,
+            "{cli} vs {topo}"
+        );
+        let optimised = rows(&["--protocol", "bb84-finite", "--distance", "50"]).unwrap();
+        assert!(optimised[0]["rate_bps"].as_f64().unwrap() >= cli);
+        let e = rows(&[
+            "--protocol",
+            "bb84-finite",
+            "--p-mu1",
+            "0.95",
+            "--p-mu2",
+            "0.1",
+        ]);
+        assert!(e.is_err());
+        assert!(rows(&["--protocol", "bb84-decoy", "--mu3", "0.001"]).is_err());
     }
 
     #[test]
