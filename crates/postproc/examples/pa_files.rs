@@ -32,12 +32,13 @@ fn main() {
     let gpu = a.get(7).is_some_and(|s| s == "gpu");
     let seed = read_bits(&a[0], n + r - 1);
     let input = read_bits(&a[1], n);
+    let mut gpu_hasher = gpu.then(new_gpu);
     let mut out = None;
     for i in 0..reps {
         let c0 = cpu_seconds();
         let t0 = std::time::Instant::now();
-        let y = if gpu {
-            hash_gpu(&seed, &input, r)
+        let y = if let Some(h) = gpu_hasher.as_mut() {
+            hash_gpu(h, &seed, &input, r)
         } else {
             toeplitz_hash_with(&seed, &input, r, Method::Fft, threads).expect("hash")
         };
@@ -56,14 +57,29 @@ fn main() {
 }
 
 #[cfg(feature = "gpu")]
-fn hash_gpu(seed: &BitVec, input: &BitVec, r: usize) -> BitVec {
-    kagi_postproc::gpu::toeplitz_hash_gpu(seed, input, r).expect("GPU hash")
+type Gpu = kagi_postproc::gpu::GpuHasher;
+#[cfg(not(feature = "gpu"))]
+type Gpu = ();
+
+#[cfg(feature = "gpu")]
+fn new_gpu() -> Gpu {
+    kagi_postproc::gpu::GpuHasher::new(0).expect("open GPU 0")
 }
 
 #[cfg(not(feature = "gpu"))]
-fn hash_gpu(_: &BitVec, _: &BitVec, _: usize) -> BitVec {
-    eprintln!("built without the `gpu` feature");
+fn new_gpu() -> Gpu {
+    eprintln!("built without the `gpu` feature: cargo build --release -p kagi-postproc --features gpu --example pa_files");
     std::process::exit(2);
+}
+
+#[cfg(feature = "gpu")]
+fn hash_gpu(h: &mut Gpu, seed: &BitVec, input: &BitVec, r: usize) -> BitVec {
+    h.hash(seed, input, r).expect("GPU hash")
+}
+
+#[cfg(not(feature = "gpu"))]
+fn hash_gpu(_: &mut Gpu, _: &BitVec, _: &BitVec, _: usize) -> BitVec {
+    unreachable!("new_gpu exits in builds without the gpu feature")
 }
 
 /// Process CPU time (user + system, all threads) from /proc/self/stat, in seconds.
