@@ -8,6 +8,7 @@ pub mod driver;
 pub mod etsi014;
 pub mod link_source;
 pub mod loopback;
+pub mod mgmt;
 pub mod peer;
 pub mod photon_link;
 pub mod pki;

@@ -120,6 +120,16 @@ pub fn etsi_server_config(tls: &TlsConfig) -> anyhow::Result<Arc<ServerConfig>> 
     Ok(Arc::new(cfg))
 }
 
+/// Server side of the management listener: client certificate required and verified against
+/// the CA (the role is read from it afterwards, see [`crate::mgmt::role`]); TLS 1.3 only,
+/// X25519MLKEM768 preferred (classical groups stay possible so that stock `curl` works);
+/// ALPN `http/1.1`.
+pub fn mgmt_server_config(tls: &TlsConfig) -> anyhow::Result<Arc<ServerConfig>> {
+    let mut cfg = server_config(tls, etsi_provider(), &[&rustls::version::TLS13])?;
+    cfg.alpn_protocols = vec![ETSI_ALPN.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// Client side of ETSI GS QKD 014 for kagi's own client: trusts `ca`, presents `cert`/`key`,
 /// TLS 1.3 only, X25519MLKEM768 preferred.
 pub fn etsi_client_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<Arc<ClientConfig>> {

@@ -6,4 +6,5 @@ pub mod link_rate;
 pub mod link_sim;
 pub mod node;
 pub mod up;
+pub mod up_mgmt;
 pub mod vault;

@@ -22,6 +22,7 @@
 
 mod bare_errors;
 mod handler;
+mod observed;
 mod path;
 pub mod wire;
 
@@ -69,6 +70,21 @@ pub async fn serve<S: KeyService>(
     service: S,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_observed(listener, tls, params, topology, service, None, shutdown).await
+}
+
+/// [`serve`], reporting every answer to the node's operational state (request counts and
+/// latency by endpoint and status, refusals) and refusing new `enc_keys` with 503 while an
+/// operator drains the node (`dec_keys` for keys already handed out still works).
+pub async fn serve_observed<S: KeyService>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    params: Etsi014Config,
+    topology: Arc<Topology>,
+    service: S,
+    ops: Option<Arc<crate::mgmt::Ops>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let ctx = Arc::new(handler::Ctx {
         params,
         topology,
@@ -100,6 +116,7 @@ pub async fn serve<S: KeyService>(
         let acceptor = acceptor.clone();
         let ctx = ctx.clone();
         let watcher = graceful.watcher();
+        let ops = ops.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _ = tcp.set_nodelay(true);
@@ -149,7 +166,13 @@ pub async fn serve<S: KeyService>(
             let svc = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
                 let caller = caller.clone();
-                async move { Ok::<_, Infallible>(handler::handle(&ctx, &caller, req).await) }
+                let ops = ops.clone();
+                async move {
+                    let Some(ops) = ops else {
+                        return Ok::<_, Infallible>(handler::handle(&ctx, &caller, req).await);
+                    };
+                    Ok(observed::handle(&ctx, &caller, &ops, req).await)
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
