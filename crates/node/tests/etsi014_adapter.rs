@@ -228,6 +228,10 @@ async fn start(mem: Mem) -> Net {
             params(),
             Arc::new(topology()),
             svc,
+            kagi_node::admission::Admission::new(
+                "etsi014",
+                kagi_node::admission::Limits::APPLICATIONS,
+            ),
             async {
                 let _ = stopped.await;
             },

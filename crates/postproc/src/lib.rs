@@ -11,17 +11,21 @@
 //!   GF(2^64) with carry-less multiplication).
 //! * [`gf64`]: GF(2^64) arithmetic and its Cantor basis.
 //! * [`bits`]: packed bit vectors for key material; [`wire`]: message encoding.
+//! * [`block_plan`]: block size from the finite-key model.
+//! * [`photon_records`]: Alice's and Bob's records from photon-simulator detections.
 //! * [`toy`]: a small decoy-BB84 channel for tests and benchmarks.
 #![warn(missing_docs)]
 
 mod additive_fft;
 pub mod bits;
+pub mod block_plan;
 pub mod cascade;
 mod clmul_unsafe;
 pub mod finite_key;
 pub mod gf64;
 pub mod ldpc;
 mod ldpc_simd_unsafe;
+pub mod photon_records;
 pub mod protocol;
 mod sifting;
 mod simd_unsafe;

@@ -23,14 +23,12 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admission::{Admission, Limits};
+
 pub use api::MgmtCtx;
 pub use ops::{AuditEvent, Ops, RefusalEvent};
 pub use role::{Caller, Permission, Role};
 
-/// Most management connections served at once.
-pub const MAX_CONNECTIONS: usize = 256;
-/// Time allowed for a TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed to receive a request head.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -46,39 +44,32 @@ pub async fn serve(
     let app = api::router(ctx);
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // Bounded like every mutual-TLS listener: pending handshakes evicted oldest first,
+    // authenticated slots per identity.
+    let admission = Admission::new("management", Limits::APPLICATIONS);
     tracing::info!(addr = ?listener.local_addr().ok(), "management listening");
     tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {
             () = &mut shutdown => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "management accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            c = admission.accept(&listener) => c,
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%remote, "management: too many connections, closing");
-            continue;
-        };
+        let admission = admission.clone();
         let acceptor = acceptor.clone();
         let app = app.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _permit = permit;
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::warn!(%remote, error = %e, "management TLS handshake refused");
+            let stream = match admission.handshake(acceptor.accept(tcp)).await {
+                Ok(s) => s,
+                Err((_, e)) => {
+                    tracing::debug!(%remote, error = ?e, "management TLS handshake refused");
                     return;
                 }
-                Err(_) => return,
             };
             let caller = Arc::new(Caller::from_certs(stream.get_ref().1.peer_certificates()));
+            let Ok(_slot) = admission.admit(&caller.name) else {
+                return;
+            };
             tracing::debug!(%remote, caller = %caller.name, role = ?caller.role, "management connection");
             let svc = TowerToHyperService::new(app.layer(Extension(caller)));
             let conn = http1::Builder::new()
