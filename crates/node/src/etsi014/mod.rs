@@ -78,6 +78,7 @@ pub async fn serve<S: KeyService>(
 /// [`serve`], reporting every answer to the node's operational state (request counts and
 /// latency by endpoint and status, refusals) and refusing new `enc_keys` with 503 while an
 /// operator drains the node (`dec_keys` for keys already handed out still works).
+#[allow(clippy::too_many_arguments)] // `serve`'s arguments plus the operator's state
 pub async fn serve_observed<S: KeyService>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
