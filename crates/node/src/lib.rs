@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod client;
 pub mod config;
+pub mod dash;
 pub mod driver;
 pub mod etsi014;
 pub mod link_source;

@@ -744,8 +744,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             children.extend(sites.into_iter().map(|(_, c)| c));
             children.extend(nodes);
         }
+        // The dashboard runs in this process; a failure to start it is not fatal.
+        let dash = super::up_dash::start(&dir, &network, &prep.topo.name, 0).await;
+        match &dash {
+            Ok((url, _)) => network.dashboard_url = Some(url.clone()),
+            Err(e) => eprintln!("kagi up: no dashboard: {e:#}"),
+        }
         let json = serde_json::to_string_pretty(&network)?;
         write_atomic(&dir.join("network.json"), &json)?;
+        if let Some(url) = &network.dashboard_url {
+            println!("\nDashboard (live network map; open in a browser on this machine):\n  {url}");
+        }
         print_banner(&dir, &prep);
         print_vault_banner(&dir, &network);
         let result = supervise(&mut children).await;
