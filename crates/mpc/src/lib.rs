@@ -24,9 +24,11 @@ mod error;
 pub mod its;
 pub mod party;
 pub mod prg;
+pub mod query;
 pub mod ring;
 pub mod shares;
 pub mod sim;
+pub mod table;
 pub mod transport;
 pub mod verify;
 
