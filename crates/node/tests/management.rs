@@ -382,6 +382,7 @@ async fn management_roles_actions_metrics_and_openapi() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     check_metrics(&text);
+    grafana_queries_known_metrics(&text);
 
     // --- OpenAPI: served, equal to the checked-in file, and in step with the routes.
     let r = call(&observer, "GET", "/api/v1/openapi.json", None).await;
@@ -501,4 +502,32 @@ print(len(fams))
     );
     let n: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert!(n >= 20, "{n} metric families");
+}
+
+/// Every metric the checked-in Grafana dashboard queries exists in a real scrape.
+fn grafana_queries_known_metrics(scrape: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/grafana-dashboard.json");
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            exprs.push(t["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(exprs.len() >= 10);
+    let mut checked = 0;
+    for e in &exprs {
+        for (i, _) in e.match_indices("kagi_") {
+            let name: String = e[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                scrape.lines().any(|l| l.starts_with(&name)),
+                "Grafana queries {name}, which /metrics does not expose"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= exprs.len());
 }

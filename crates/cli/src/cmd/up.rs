@@ -571,6 +571,7 @@ async fn wait_ready(
         .flat_map(|n| n.saes.iter().map(|s| s.id.as_str()))
         .collect();
     let any_sae = prep.network.nodes.iter().find_map(|n| n.saes.first());
+    //PROGRESS1
     for node in &prep.network.nodes {
         // A node without SAEs of its own still answers any SAE of the network (a 4xx is an
         // answer too); with no SAE at all there is nothing to ask.
@@ -611,6 +612,7 @@ async fn wait_ready(
             }
         }
     }
+    //PROGRESS3
     Ok(())
 }
 
@@ -998,9 +1000,7 @@ fn print_banner(dir: &Path, prep: &Prepared) {
         );
     }
     println!("\nLinks:");
-    for l in &prep.network.links {
-        println!("  {} — {} ({} km)", l.a, l.b, l.length_km);
-    }
+    print!("{}", super::up_mgmt::links_table(&prep.topo));
     println!("\nWrote {}", dir.join("network.json").display());
     if let Some(curl) = curl_pair(dir, &prep.topo, &prep.network) {
         println!(

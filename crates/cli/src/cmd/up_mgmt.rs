@@ -64,3 +64,29 @@ pub fn management_addr(
     taken.push(port);
     Ok(format!("127.0.0.1:{port}"))
 }
+
+/// The links of `topo` as an aligned table: ends, length, key source and modelled secret key
+/// rate (after the rate multiplier).
+pub fn links_table(topo: &kagi_control::Topology) -> String {
+    let rows: Vec<Vec<String>> = topo
+        .links
+        .iter()
+        .map(|l| {
+            let source = l.source.clone().unwrap_or_else(|| "rate".into());
+            let rate = if source == "rate" {
+                let m = kagi_node::link_source::SimulatedLink::new(topo, &l.a, l);
+                format!("{:.2} Mb/s", m.rate_bps / 1e6)
+            } else {
+                "(measured)".into()
+            };
+            vec![
+                format!("{} — {}", l.a, l.b),
+                format!("{:.1}", l.length_km),
+                source,
+                rate,
+            ]
+        })
+        .collect();
+    let t = super::net::table(&["link", "km", "source", "key rate"], &rows);
+    t.lines().map(|l| format!("  {l}\n")).collect()
+}
