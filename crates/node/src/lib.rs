@@ -14,6 +14,7 @@ pub mod mgmt;
 pub mod peer;
 pub mod photon_link;
 pub mod pki;
+pub mod revocation;
 pub mod run;
 pub mod service;
 pub mod store;

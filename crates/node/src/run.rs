@@ -140,7 +140,11 @@ pub async fn run_node(
     };
     let etsi = tokio::spawn(etsi014::serve_observed(
         etsi_listener,
-        tls::etsi_server_config(&cfg.tls)?,
+        if cfg.etsi014.require_pq {
+            tls::etsi_server_config_pq_only(&cfg.tls)?
+        } else {
+            tls::etsi_server_config(&cfg.tls)?
+        },
         cfg.etsi014.clone(),
         topo.clone(),
         handle.clone(),

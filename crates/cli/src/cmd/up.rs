@@ -571,7 +571,6 @@ async fn wait_ready(
         .flat_map(|n| n.saes.iter().map(|s| s.id.as_str()))
         .collect();
     let any_sae = prep.network.nodes.iter().find_map(|n| n.saes.first());
-    //PROGRESS1
     for node in &prep.network.nodes {
         // A node without SAEs of its own still answers any SAE of the network (a 4xx is an
         // answer too); with no SAE at all there is nothing to ask.
@@ -612,7 +611,6 @@ async fn wait_ready(
             }
         }
     }
-    //PROGRESS3
     Ok(())
 }
 
