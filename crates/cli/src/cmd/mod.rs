@@ -8,6 +8,7 @@ pub mod link_sim;
 pub mod net;
 pub mod node;
 pub mod pki;
+pub mod progress;
 pub mod up;
 pub mod up_dash;
 pub mod up_mgmt;

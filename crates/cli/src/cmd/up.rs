@@ -571,6 +571,7 @@ async fn wait_ready(
         .flat_map(|n| n.saes.iter().map(|s| s.id.as_str()))
         .collect();
     let any_sae = prep.network.nodes.iter().find_map(|n| n.saes.first());
+    let bar = super::progress::bar(prep.network.nodes.len() as u64, "nodes answering");
     for node in &prep.network.nodes {
         // A node without SAEs of its own still answers any SAE of the network (a 4xx is an
         // answer too); with no SAE at all there is nothing to ask.
@@ -591,7 +592,10 @@ async fn wait_ready(
         .with_timeout(Duration::from_secs(5));
         loop {
             match client.status(slave).await {
-                Ok(_) | Err(ClientError::Refused { .. }) => break,
+                Ok(_) | Err(ClientError::Refused { .. }) => {
+                    bar.inc(1);
+                    break;
+                }
                 Err(e) => {
                     for c in children.iter_mut() {
                         if let Ok(Some(st)) = c.proc.try_wait() {
@@ -611,6 +615,7 @@ async fn wait_ready(
             }
         }
     }
+    bar.finish_and_clear();
     Ok(())
 }
 
