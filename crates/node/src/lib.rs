@@ -12,6 +12,7 @@ pub mod peer;
 pub mod photon_link;
 pub mod pki;
 pub mod run;
+pub mod seal;
 pub mod service;
 pub mod store;
 pub mod tls;
