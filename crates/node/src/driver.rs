@@ -116,7 +116,7 @@ impl Driver {
         let store = self.open_store()?;
         let snap = store.snapshot()?;
         let inbox = self.inbox_tx.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("kagi-store".into())
             .spawn(move || {
                 writer_loop(store, store_rx, move |i| {
@@ -195,6 +195,9 @@ impl Driver {
             }
         }
         drop(store_tx);
+        // Let the writer finish its last commits and truncate the WAL before the node counts as
+        // stopped.
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         Ok(())
     }
 }

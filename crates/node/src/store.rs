@@ -211,8 +211,9 @@ impl SqliteStore {
     pub fn quarantined(&self) -> Result<u64, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get::<_, i64>(0))?
-            as u64)
+            .query_row("SELECT COUNT(*) FROM quarantine", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
     }
 
     /// Applies several batches in one transaction (all or nothing).
@@ -320,9 +321,9 @@ fn checkpoint(store: &SqliteStore, dirty: &mut bool, last: &mut Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kagi_km::record::{Counter, Half, Pool, SlaveKey};
-    use kagi_km::keybuf::KeyBufParts;
     use kagi_keymat::Key;
+    use kagi_km::keybuf::KeyBufParts;
+    use kagi_km::record::{Counter, Half, Pool, SlaveKey};
 
     fn sealer() -> Arc<Sealer> {
         Arc::new(Sealer::new(&Key::from_slice(&[5; 32]), STORE_LABEL))

@@ -291,9 +291,9 @@ impl AuthLedger {
             for row in rows {
                 let (seg, bytes, wm) = row?;
                 let sk = seg_key(peer, seg as u64);
-                let opened = sealer.open("auth_segment.bytes", &sk, &bytes).and_then(|b| {
-                    Ok((b, sealer.open("auth_segment.watermark", &sk, &wm)?))
-                });
+                let opened = sealer
+                    .open("auth_segment.bytes", &sk, &bytes)
+                    .and_then(|b| Ok((b, sealer.open("auth_segment.watermark", &sk, &wm)?)));
                 match opened {
                     Ok((b, w)) => match u64_of(&w) {
                         Ok(w) => {
@@ -340,8 +340,9 @@ impl AuthLedger {
     pub fn quarantined(&self) -> Result<u64, LedgerError> {
         Ok(self
             .conn
-            .query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get::<_, i64>(0))?
-            as u64)
+            .query_row("SELECT COUNT(*) FROM quarantine", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
     }
 
     fn put_watermark(
@@ -375,6 +376,11 @@ impl AuthLedger {
             ],
         )?;
         Ok(())
+    }
+
+    /// The newest authentication segment (named after the last block that ended with key here).
+    pub fn newest_segment(&self) -> Option<u64> {
+        self.segments.keys().next_back().copied()
     }
 
     /// The last block this end took part in.
@@ -664,6 +670,70 @@ mod tests {
         }
         assert_eq!(bob.propose(100, 0), None);
         assert_eq!(bob.available(), 0);
+    }
+
+    fn flip(db: &Path, sql_select: &str, sql_update: &str) {
+        let c = Connection::open(db).unwrap();
+        let mut v: Vec<u8> = c.query_row(sql_select, [], |r| r.get(0)).unwrap();
+        let i = v.len() / 2;
+        v[i] ^= 1;
+        c.execute(sql_update, params![v]).unwrap();
+    }
+
+    #[test]
+    fn a_flipped_byte_in_any_ledger_value_is_caught() {
+        let seg = "FROM auth_segment WHERE peer = 'a' AND segment = 0";
+        for (col, table, quarantines) in [
+            ("hash_key", "photon_link", false),
+            ("last_block", "photon_link", false),
+            ("bytes", "auth_segment", true),
+            ("watermark", "auth_segment", true),
+        ] {
+            let dir = tempdir();
+            let (_, mut bob) = pair(&dir);
+            let r = bob.propose(100, 0).unwrap();
+            bob.reserve(r).unwrap().unwrap();
+            bob.settle(r, 10, Key::from_slice(&[7u8; 300])).unwrap();
+            drop(bob);
+            let db = dir.join("b.db");
+            let whr = if table == "photon_link" {
+                "FROM photon_link WHERE peer = 'a'".to_string()
+            } else {
+                seg.to_string()
+            };
+            flip(
+                &db,
+                &format!("SELECT {col} {whr}"),
+                &format!(
+                    "UPDATE {table} SET {col} = ?1 {}",
+                    whr.trim_start_matches(&format!("FROM {table} "))
+                ),
+            );
+            let opened = AuthLedger::open(&db, sealer(), "a", || unreachable!());
+            if quarantines {
+                let l = opened.unwrap();
+                assert_eq!(l.quarantined().unwrap(), 1, "{col}");
+                // Segment 0 is gone; only the intact segment 1 is offered.
+                assert_eq!(l.available(), 300, "{col}");
+                assert_eq!(l.propose(10, 0).unwrap().segment, 1, "{col}");
+            } else {
+                let e = opened.unwrap_err().to_string();
+                assert!(e.contains("refusing"), "{col}: {e}");
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    #[test]
+    fn no_pad_bytes_in_the_clear_on_disk() {
+        let dir = tempdir();
+        let (a, b) = pair(&dir);
+        drop((a, b));
+        let boot = boot();
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let bytes = std::fs::read(f.unwrap().path()).unwrap();
+            assert!(!bytes.windows(32).any(|w| w == &boot.expose()[100..132]));
+        }
     }
 
     fn tempdir() -> std::path::PathBuf {

@@ -242,14 +242,26 @@ mod tests {
         let v = s.seal("chunk", "out/b/1", b"secret bytes");
         assert!(!v.windows(6).any(|w| w == b"secret"));
         assert_eq!(&*s.open("chunk", "out/b/1", &v).unwrap(), b"secret bytes");
-        assert!(s.open("chunk", "out/b/2", &v).is_err(), "moved to another key");
-        assert!(s.open("slave_key", "out/b/1", &v).is_err(), "moved to another kind");
+        assert!(
+            s.open("chunk", "out/b/2", &v).is_err(),
+            "moved to another key"
+        );
+        assert!(
+            s.open("slave_key", "out/b/1", &v).is_err(),
+            "moved to another kind"
+        );
         let other = Sealer::new(&Key::from_slice(&[9; 32]), "u");
-        assert!(other.open("chunk", "out/b/1", &v).is_err(), "moved to another file");
+        assert!(
+            other.open("chunk", "out/b/1", &v).is_err(),
+            "moved to another file"
+        );
         for i in 0..v.len() {
             let mut bad = v.clone();
             bad[i] ^= 1;
-            assert!(s.open("chunk", "out/b/1", &bad).is_err(), "byte {i} flipped");
+            assert!(
+                s.open("chunk", "out/b/1", &bad).is_err(),
+                "byte {i} flipped"
+            );
         }
     }
 
@@ -259,7 +271,9 @@ mod tests {
         let v = p.seal("chunk", "k", b"abc");
         assert_eq!(&*p.open("chunk", "k", &v).unwrap(), b"abc");
         assert!(sealer().open("chunk", "k", &v).is_err());
-        assert!(p.open("chunk", "k", &sealer().seal("chunk", "k", b"abc")).is_err());
+        assert!(p
+            .open("chunk", "k", &sealer().seal("chunk", "k", b"abc"))
+            .is_err());
     }
 
     #[test]

@@ -31,7 +31,9 @@ pub fn unseal_node(
 ) -> anyhow::Result<NodeSeals> {
     let seal = &cfg.store.seal;
     if seal.unsealed_for_benchmarks {
-        tracing::warn!("store is NOT sealed (benchmark setting): key bytes are stored in the clear");
+        tracing::warn!(
+            "store is NOT sealed (benchmark setting): key bytes are stored in the clear"
+        );
         return Ok(NodeSeals {
             store: Arc::new(Sealer::plaintext(STORE_LABEL)),
             photon: Some(Arc::new(Sealer::plaintext(PHOTON_LABEL))),
@@ -40,8 +42,8 @@ pub fn unseal_node(
     }
     let conn = open_db(db, cfg.store.synchronous)?;
     let kek = kek::resolve(seal, &cfg.data_dir, &cfg.node_id, &conn, db)?;
-    let (sealer, new_dek) =
-        unseal_db(&conn, &kek, STORE_LABEL).map_err(|e| anyhow::anyhow!("{}: {e}", db.display()))?;
+    let (sealer, new_dek) = unseal_db(&conn, &kek, STORE_LABEL)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", db.display()))?;
     let sealer = Arc::new(sealer);
     let store = SqliteStore::with_conn(conn, sealer.clone())?;
     if new_dek {
@@ -56,7 +58,10 @@ pub fn unseal_node(
                     db.display()
                 );
             }
-            tracing::warn!(records = n, "sealed the records of a store written before sealing");
+            tracing::warn!(
+                records = n,
+                "sealed the records of a store written before sealing"
+            );
         }
     }
     drop(store);
