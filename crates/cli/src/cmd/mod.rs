@@ -5,5 +5,6 @@ pub mod keys;
 pub mod link_rate;
 pub mod link_sim;
 pub mod node;
+pub mod pki;
 pub mod up;
 pub mod vault;
