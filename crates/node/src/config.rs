@@ -27,6 +27,17 @@ pub struct NodeConfig {
     /// Key store durability.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Management listener (roles, metrics); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub management: Option<ManagementConfig>,
+}
+
+/// The management listener: mutual TLS with role certificates, JSON API and `/metrics`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagementConfig {
+    /// Where to listen, e.g. `127.0.0.1:9001`.
+    pub listen: String,
 }
 
 /// Key store settings.
