@@ -4,6 +4,7 @@ pub mod bench;
 pub mod keys;
 pub mod link_rate;
 pub mod link_sim;
+pub mod mpc;
 pub mod node;
 pub mod up;
 pub mod vault;
