@@ -31,6 +31,8 @@ enum Command {
     Vault(cmd::vault::Args),
     /// Computation on shared tables: queries run by three sites on replicated shares.
     Mpc(cmd::mpc::Args),
+    /// Certificates of a network's CA: revoke one, list revoked ones.
+    Pki(cmd::pki::Args),
     /// Benchmarks (ETSI 014 delivery over a local network, relay throughput).
     Bench(cmd::bench::Args),
 }
@@ -55,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::Vault(a) => cmd::vault::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Mpc(a) => cmd::mpc::run(a),
+        Command::Pki(a) => cmd::pki::run(a),
         Command::Node(a) => {
             init_tracing();
             cmd::node::run(a)

@@ -6,5 +6,6 @@ pub mod link_rate;
 pub mod link_sim;
 pub mod mpc;
 pub mod node;
+pub mod pki;
 pub mod up;
 pub mod vault;

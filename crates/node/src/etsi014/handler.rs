@@ -7,7 +7,6 @@ use std::sync::Arc;
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use kagi_control::Topology;
@@ -42,17 +41,17 @@ pub(crate) enum Caller {
 }
 
 impl Caller {
-    /// Maps a certificate CN to an SAE through `sae_map` (default: the CN itself) and checks the
-    /// topology.
+    /// Maps a certificate CN to an SAE through `sae_map` (default: the CN itself, unless the map is
+    /// strict) and checks the topology.
     pub(crate) fn resolve(cn: Option<String>, params: &Etsi014Config, topo: &Topology) -> Self {
         let Some(cn) = cn else {
             return Self::Unknown(None);
         };
-        let sae = params
-            .sae_map
-            .get(&cn)
-            .cloned()
-            .unwrap_or_else(|| cn.clone());
+        let sae = match params.sae_map.get(&cn) {
+            Some(sae) => sae.clone(),
+            None if params.strict_sae_map => return Self::Unknown(Some(cn)),
+            None => cn.clone(),
+        };
         if topo.node_of_sae(&sae).is_some() {
             Self::Sae(sae)
         } else {
@@ -120,11 +119,11 @@ fn internal(what: &str) -> Resp {
 }
 
 /// Handles one request; never panics on client input and answers only 200/400/401/503.
-pub(crate) async fn handle<S: KeyService>(
-    ctx: &Ctx<S>,
-    caller: &Caller,
-    req: Request<Incoming>,
-) -> Resp {
+pub(crate) async fn handle<S: KeyService, B>(ctx: &Ctx<S>, caller: &Caller, req: Request<B>) -> Resp
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let caller = match caller {
         Caller::Sae(s) => s.clone(),
         Caller::Unknown(None) => {
@@ -223,7 +222,18 @@ fn parse_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))
+    parse_object(body)
+}
+
+/// Parses a request body that must be a JSON object: serde would otherwise also accept the
+/// struct's fields as a JSON array (`[3, 512]`), which the standard does not allow.
+fn parse_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
+    if !v.is_object() {
+        return Err("malformed JSON: the request body must be a JSON object".into());
+    }
+    serde_json::from_value(v).map_err(|e| format!("malformed JSON: {e}"))
 }
 
 fn parse_enc_query(query: &str) -> Result<wire::KeyRequest, String> {
@@ -359,9 +369,9 @@ async fn dec_keys<S: KeyService>(
             if body.iter().all(u8::is_ascii_whitespace) {
                 return bad("dec_keys needs a JSON body with key_IDs");
             }
-            match serde_json::from_slice::<wire::KeyIds>(body) {
+            match parse_object::<wire::KeyIds>(body) {
                 Ok(k) => k.key_IDs.into_iter().map(|e| e.key_ID).collect(),
-                Err(e) => return bad(format!("malformed JSON: {e}")),
+                Err(e) => return bad(e),
             }
         } else {
             let q = match path::parse_query(query) {
