@@ -125,6 +125,25 @@ pub fn etsi_server_config(tls: &TlsConfig) -> anyhow::Result<Arc<ServerConfig>> 
     Ok(Arc::new(cfg))
 }
 
+/// Server side of the management listener: client certificate required and verified against
+/// the CA (the role is read from it afterwards, see [`crate::mgmt::role`]); TLS 1.3 only,
+/// X25519MLKEM768 preferred (classical groups stay possible so that stock `curl` works);
+/// ALPN `http/1.1`.
+pub fn mgmt_server_config(tls: &TlsConfig) -> anyhow::Result<Arc<ServerConfig>> {
+    let mut cfg = server_config(tls, etsi_provider(), &[&rustls::version::TLS13])?;
+    cfg.alpn_protocols = vec![ETSI_ALPN.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Server side of ETSI GS QKD 014 for deployments that require post-quantum key exchange
+/// (`[etsi014] require_pq = true`): like [`etsi_server_config`] but TLS 1.3 with X25519MLKEM768
+/// only, so classical-only and TLS 1.2 clients fail the handshake.
+pub fn etsi_server_config_pq_only(tls: &TlsConfig) -> anyhow::Result<Arc<ServerConfig>> {
+    let mut cfg = server_config(tls, peer_provider(), &[&rustls::version::TLS13])?;
+    cfg.alpn_protocols = vec![ETSI_ALPN.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// Client side of ETSI GS QKD 014 for kagi's own client: trusts `ca`, presents `cert`/`key`,
 /// TLS 1.3 only, X25519MLKEM768 preferred.
 pub fn etsi_client_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<Arc<ClientConfig>> {
@@ -394,6 +413,31 @@ pub(crate) mod tests {
             assert_eq!(got, format!("{:?}", group.name()));
             assert_eq!(who, "node-a");
         }
+    }
+
+    #[tokio::test]
+    async fn etsi_server_requiring_pq_refuses_classical_and_tls12_clients() {
+        let (_d, ta, tb) = setup();
+        for (version, group) in [
+            (&rustls::version::TLS13, aws_lc_rs::kx_group::X25519),
+            (&rustls::version::TLS12, aws_lc_rs::kx_group::SECP256R1),
+        ] {
+            let mut p = aws_lc_rs::default_provider();
+            p.kx_groups = vec![group];
+            let cfg = ClientConfig::builder_with_provider(Arc::new(p))
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(load_roots(&ta.ca).unwrap())
+                .with_client_auth_cert(load_certs(&ta.cert).unwrap(), load_key(&ta.key).unwrap())
+                .unwrap();
+            assert!(
+                !handshake_ok(etsi_server_config_pq_only(&tb).unwrap(), Arc::new(cfg)).await,
+                "{version:?} {:?} got through",
+                group.name()
+            );
+        }
+        let ours = etsi_client_config(&ta.ca, &ta.cert, &ta.key).unwrap();
+        assert!(handshake_ok(etsi_server_config_pq_only(&tb).unwrap(), ours).await);
     }
 
     /// A tiny self-deleting temporary directory (no extra dependency).

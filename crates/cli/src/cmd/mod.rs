@@ -1,11 +1,16 @@
 //! One module per subcommand; each has `Args` (clap) and `run`.
 
 pub mod bench;
+pub mod dash;
 pub mod keys;
 pub mod link_rate;
 pub mod link_sim;
 pub mod mpc;
+pub mod net;
 pub mod node;
 pub mod pki;
+pub mod progress;
 pub mod up;
+pub mod up_dash;
+pub mod up_mgmt;
 pub mod vault;
