@@ -35,6 +35,8 @@ enum Command {
     Keys(cmd::keys::Args),
     /// Long-term secure storage: k-of-n shares at separate sites, one-time-pad QKD transfers.
     Vault(cmd::vault::Args),
+    /// Computation on shared tables: queries run by three sites on replicated shares.
+    Mpc(cmd::mpc::Args),
     /// Certificates of a network's CA: revoke one, list revoked ones.
     Pki(cmd::pki::Args),
     /// Benchmarks (ETSI 014 delivery over a local network, relay throughput).
@@ -63,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         Command::Net(a) => cmd::net::run(a),
         Command::Vault(a) => cmd::vault::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Mpc(a) => cmd::mpc::run(a),
         Command::Pki(a) => cmd::pki::run(a),
         Command::Node(a) => {
             init_tracing();
