@@ -122,9 +122,10 @@ async fn no_key_bytes_at_rest_and_a_flipped_byte_is_never_served() {
         .iter()
         .find(|l| l.a == "a" && l.b == "b")
         .unwrap();
-    let link = SimulatedLink::new(&topo, "a", ab);
+    let mut link = SimulatedLink::new(&topo, "a", ab).unwrap();
     let first = link.first_block(None, t0);
-    let last = link.current_block(t1).unwrap();
+    // The newest block that existed at t1.
+    let last = link.first_pending(t1).saturating_sub(1);
     assert!(last > first, "no link blocks during the run");
     let mut needles: Vec<(String, Vec<u8>)> = Vec::new();
     for n in first..=last {
