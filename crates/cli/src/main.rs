@@ -29,6 +29,8 @@ enum Command {
     Keys(cmd::keys::Args),
     /// Long-term secure storage: k-of-n shares at separate sites, one-time-pad QKD transfers.
     Vault(cmd::vault::Args),
+    /// AWS KMS external key store (XKS proxy API v1) with keys secret-shared at vault sites.
+    Xks(cmd::xks::Args),
     /// Benchmarks (ETSI 014 delivery over a local network, relay throughput).
     Bench(cmd::bench::Args),
 }
@@ -52,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::Keys(a) => cmd::keys::run(a),
         Command::Vault(a) => cmd::vault::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Xks(a) => cmd::xks::run(a),
         Command::Node(a) => {
             init_tracing();
             cmd::node::run(a)

@@ -7,3 +7,4 @@ pub mod link_sim;
 pub mod node;
 pub mod up;
 pub mod vault;
+pub mod xks;

@@ -65,6 +65,10 @@ pub struct Args {
     /// node's second SAE (its first if it has one): see `kagi vault --help`.
     #[arg(long)]
     pub vault: bool,
+    /// Also start an AWS KMS external key store proxy (`kagi xks serve`) over the vault sites
+    /// (implies --vault), create one key and list it in network.json as `xks`.
+    #[arg(long)]
+    pub xks: bool,
 }
 
 /// `DIR/network.json`: what scripts and tests rely on. Paths are relative to DIR.
@@ -79,6 +83,9 @@ pub struct NetworkFile {
     /// Storage sites (`kagi up --vault`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vault_sites: Vec<VaultSite>,
+    /// The XKS proxy (`kagi up --xks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xks: Option<super::xks::XksInfo>,
 }
 
 /// A storage site in `network.json` (`kagi up --vault`).
@@ -322,6 +329,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             })
             .collect(),
         vault_sites: Vec::new(),
+        xks: None,
     };
     Ok(Prepared {
         topo,
@@ -701,7 +709,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             return Err(e);
         }
         let mut network = prep.network.clone();
-        if args.vault {
+        if args.vault || args.xks {
             let sites = match start_vault_sites(&dir, &prep).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -715,10 +723,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             children.extend(sites.into_iter().map(|(_, c)| c));
             children.extend(nodes);
         }
+        if args.xks {
+            match super::xks::start_for_up(&dir, &network).await {
+                Ok((info, c)) => {
+                    network.xks = Some(info);
+                    children.insert(
+                        0,
+                        Child {
+                            id: "xks-proxy".into(),
+                            proc: c.proc,
+                            pid_file: c.pid_file,
+                            log: c.log,
+                            exited: false,
+                            site: false,
+                        },
+                    );
+                }
+                Err(e) => {
+                    stop_all(&mut children).await;
+                    return Err(e);
+                }
+            }
+        }
         let json = serde_json::to_string_pretty(&network)?;
         write_atomic(&dir.join("network.json"), &json)?;
         print_banner(&dir, &prep);
         print_vault_banner(&dir, &network);
+        super::xks::print_banner(&dir, &network);
         let result = supervise(&mut children).await;
         stop_all(&mut children).await;
         let _ = std::fs::remove_file(dir.join("network.json"));
@@ -995,6 +1026,7 @@ mod tests {
             wait_secs: 5,
             stop: false,
             vault: false,
+            xks: false,
         }
     }
 
