@@ -161,6 +161,9 @@ pub enum TopologyError {
     /// An SAE ID appears twice.
     #[error("SAE id {0:?} appears twice")]
     DuplicateSae(String),
+    /// An SAE ID equals a node ID: certificates name either, so one could pose as the other.
+    #[error("SAE id {0:?} is also a node id; SAE and node ids must differ")]
+    SaeIsNode(String),
     /// A link names a node that is not in the topology.
     #[error("link {0}-{1} names unknown node {2:?}")]
     UnknownNode(String, String, String),
@@ -255,6 +258,9 @@ impl Topology {
                     return Err(TopologyError::DuplicateSae(s.clone()));
                 }
             }
+        }
+        if let Some(s) = saes.iter().find(|s| ids.contains(*s)) {
+            return Err(TopologyError::SaeIsNode((*s).to_owned()));
         }
         let mut pairs = BTreeSet::new();
         for l in &self.links {
@@ -372,6 +378,14 @@ mod tests {
         assert_eq!(t.link_seed(&t.links[0]), t.link_seed(&t.links[0]));
         let back = Topology::from_toml(&t.to_toml()).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn an_sae_may_not_share_a_node_id() {
+        let clash = T.replace(r#"saes = ["sb"]"#, r#"saes = ["a"]"#);
+        assert_ne!(clash, T);
+        let err = Topology::from_toml(&clash).unwrap_err().to_string();
+        assert!(err.contains("SAE id \"a\" is also a node id"), "{err}");
     }
 
     #[test]

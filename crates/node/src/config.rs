@@ -64,8 +64,12 @@ pub struct Etsi014Config {
     pub max_key_per_request: u64,
     /// Most additional slaves per request (0 disables multicast).
     pub max_sae_id_count: u64,
-    /// Certificate subject CN → SAE ID. A CN absent here maps to itself.
+    /// Certificate subject CN → SAE ID. A CN absent here maps to itself unless
+    /// `strict_sae_map` is set.
     pub sae_map: std::collections::BTreeMap<String, String>,
+    /// Only certificates whose CN is listed in `sae_map` are SAEs; any other CN gets 401 even when
+    /// it equals an SAE ID of the topology.
+    pub strict_sae_map: bool,
 }
 
 impl Default for Etsi014Config {
@@ -77,6 +81,7 @@ impl Default for Etsi014Config {
             max_key_per_request: 1024,
             max_sae_id_count: 8,
             sae_map: Default::default(),
+            strict_sae_map: false,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! the ETSI GS QKD 014 HTTP server, the SQLite store, peer connections and simulated link sources.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod client;
 pub mod config;
 pub mod driver;

@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use crate::admission::{Admission, Refused};
 use crate::tls;
 
 /// Messages queued per peer while its connection is (re)established; beyond this they are
@@ -199,60 +200,54 @@ async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
 
 /// Accepts inbound peer connections and feeds their messages to the driver (core messages)
 /// or to the photon link of the sending peer (link frames).
+///
+/// Connections count against `admission` (pending handshakes evicted oldest-first, a few
+/// authenticated connections per node). A frame's body is read as it arrives, so a length prefix
+/// alone never makes the node allocate; lengths above the limit of the frame's kind close the
+/// connection. Queues to the driver and to photon links apply back-pressure to the sender's TCP
+/// connection instead of growing.
 pub async fn accept_loop(
     listener: TcpListener,
     server: Arc<rustls::ServerConfig>,
     known: Arc<Vec<String>>,
     inbox: mpsc::UnboundedSender<crate::driver::DriverMsg>,
     links: LinkInboxes,
+    admission: Admission,
 ) {
     let acceptor = TlsAcceptor::from(server);
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
+        let (tcp, _) = admission.accept(&listener).await;
         let acceptor = acceptor.clone();
         let known = known.clone();
         let inbox = inbox.clone();
         let links = links.clone();
+        let admission = admission.clone();
         tokio::spawn(async move {
-            let Ok(mut tls) = acceptor.accept(tcp).await else {
+            let Ok(mut tls) = admission.handshake(acceptor.accept(tcp)).await else {
                 return;
             };
             let Some(from) = tls::peer_identity(tls.get_ref().1.peer_certificates()) else {
+                admission.refuse(Refused::UnknownIdentity, "");
                 return;
             };
             if !known.contains(&from) {
-                tracing::warn!(%from, "peer certificate names no node of this network");
+                admission.refuse(Refused::UnknownIdentity, &from);
                 return;
             }
-            let mut len = [0u8; 4];
+            let Ok(_slot) = admission.admit(&from) else {
+                return;
+            };
             let mut buf = Vec::new();
             loop {
-                if tls.read_exact(&mut len).await.is_err() {
-                    return;
-                }
-                let n = u32::from_be_bytes(len) as usize;
-                let mut kind = [0u8; 1];
-                if n == 0 || tls.read_exact(&mut kind).await.is_err() {
-                    return;
-                }
-                let n = n - 1;
-                let max = if kind[0] == KIND_LINK {
-                    MAX_LINK_FRAME
-                } else {
-                    MAX_MSG_LEN
+                let kind = match read_frame(&mut tls, &mut buf).await {
+                    Ok(Some(kind)) => kind,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(%from, error = %e, "bad peer frame; closing");
+                        return;
+                    }
                 };
-                if n > max || kind[0] > KIND_LINK {
-                    tracing::warn!(%from, n, kind = kind[0], "oversized or unknown peer frame; closing");
-                    return;
-                }
-                buf.resize(n, 0);
-                if tls.read_exact(&mut buf).await.is_err() {
-                    return;
-                }
-                if kind[0] == KIND_LINK {
+                if kind == KIND_LINK {
                     match links.get(&from) {
                         Some(tx) => {
                             if tx.send(std::mem::take(&mut buf)).await.is_err() {
@@ -284,5 +279,134 @@ pub async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+/// Why an inbound frame was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix is zero (no kind byte).
+    #[error("empty frame")]
+    Empty,
+    /// The kind byte names no known frame kind.
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    /// The length exceeds the limit for the frame's kind.
+    #[error("frame of {len} bytes exceeds the {max}-byte limit for its kind")]
+    TooLong {
+        /// Announced body length.
+        len: usize,
+        /// Limit for the kind.
+        max: usize,
+    },
+    /// The connection ended inside a frame.
+    #[error("connection ended inside a frame")]
+    Truncated,
+    /// Reading failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Largest body of a frame of `kind`, or `None` for an unknown kind.
+pub fn frame_limit(kind: u8) -> Option<usize> {
+    match kind {
+        KIND_CORE => Some(MAX_MSG_LEN),
+        KIND_LINK => Some(MAX_LINK_FRAME),
+        _ => None,
+    }
+}
+
+/// Reads one frame into `buf` (replacing its contents) and returns its kind, or `None` at a clean
+/// end of stream. The body is read as it arrives, so memory follows the bytes actually received,
+/// never the announced length.
+pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<Option<u8>, FrameError> {
+    let mut head = [0u8; 5];
+    let mut got = 0;
+    while got < head.len() {
+        match r.read(&mut head[got..]).await? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(FrameError::Truncated),
+            n => got += n,
+        }
+    }
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let kind = head[4];
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    let max = frame_limit(kind).ok_or(FrameError::UnknownKind(kind))?;
+    let body = len - 1;
+    if body > max {
+        return Err(FrameError::TooLong { len: body, max });
+    }
+    buf.clear();
+    let read = (&mut *r).take(body as u64).read_to_end(buf).await?;
+    if read != body {
+        return Err(FrameError::Truncated);
+    }
+    Ok(Some(kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+        f.push(kind);
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_and_clean_end_is_none() {
+        let mut bytes = frame(KIND_CORE, b"abc");
+        bytes.extend(frame(KIND_LINK, &[7; 100]));
+        let mut r = &bytes[..];
+        let mut buf = Vec::new();
+        assert_eq!(read_frame(&mut r, &mut buf).await.unwrap(), Some(KIND_CORE));
+        assert_eq!(buf, b"abc");
+        assert_eq!(read_frame(&mut r, &mut buf).await.unwrap(), Some(KIND_LINK));
+        assert_eq!(buf, vec![7; 100]);
+        assert_eq!(read_frame(&mut r, &mut buf).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn announced_length_is_checked_per_kind_and_never_preallocated() {
+        let mut buf = Vec::new();
+        // A core frame announcing just over its limit is refused before any body is read.
+        let over = ((MAX_MSG_LEN + 2) as u32).to_be_bytes();
+        let mut r: &[u8] = &[over[0], over[1], over[2], over[3], KIND_CORE];
+        assert!(matches!(
+            read_frame(&mut r, &mut buf).await,
+            Err(FrameError::TooLong { .. })
+        ));
+        // A link frame may be large, but announcing 200 MiB and sending 3 bytes allocates only
+        // what arrived.
+        let big = (200u32 << 20).to_be_bytes();
+        let mut r: &[u8] = &[big[0], big[1], big[2], big[3], KIND_LINK, 1, 2, 3];
+        assert!(matches!(
+            read_frame(&mut r, &mut buf).await,
+            Err(FrameError::Truncated)
+        ));
+        assert!(buf.capacity() < 1 << 20, "capacity {}", buf.capacity());
+        let mut r: &[u8] = &[0, 0, 0, 0, KIND_CORE];
+        assert!(matches!(
+            read_frame(&mut r, &mut buf).await,
+            Err(FrameError::Empty)
+        ));
+        let mut r: &[u8] = &frame(9, b"x");
+        assert!(matches!(
+            read_frame(&mut r, &mut buf).await,
+            Err(FrameError::UnknownKind(9))
+        ));
+        let mut r: &[u8] = &[0, 0];
+        assert!(matches!(
+            read_frame(&mut r, &mut buf).await,
+            Err(FrameError::Truncated)
+        ));
     }
 }

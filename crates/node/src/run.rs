@@ -11,6 +11,7 @@ use kagi_km::Input;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use crate::admission::{Admission, Limits};
 use crate::config::NodeConfig;
 use crate::driver::{km_config, Driver, DriverMsg};
 use crate::link_source::SimulatedLink;
@@ -51,7 +52,8 @@ pub async fn run_node(
     for spec in &my_links {
         if spec.key_source().map_err(|e| anyhow::anyhow!(e))? == KeySource::Photon {
             let pc = PhotonLinkConfig::new(&topo, &me.id, spec)?;
-            let (tx, rx) = mpsc::channel(64);
+            // A few frames: the link protocol has one or two in flight; more waits in TCP.
+            let (tx, rx) = mpsc::channel(4);
             link_inboxes.insert(pc.peer.clone(), tx);
             photon.push((pc, rx));
         }
@@ -63,6 +65,7 @@ pub async fn run_node(
         known,
         inbox.clone(),
         Arc::new(link_inboxes),
+        Admission::new("peer", Limits::PEERS),
     ));
     let others: Vec<(String, String)> = topo
         .nodes
@@ -113,6 +116,7 @@ pub async fn run_node(
         cfg.etsi014.clone(),
         topo.clone(),
         handle.clone(),
+        Admission::new("etsi014", Limits::APPLICATIONS),
         async move {
             let _ = sd_rx2.wait_for(|v| *v).await;
         },

@@ -193,6 +193,10 @@ fn params() -> Etsi014Config {
 }
 
 async fn start(mem: Mem) -> Net {
+    start_with(mem, params()).await
+}
+
+async fn start_with(mem: Mem, params: Etsi014Config) -> Net {
     let dir = TempDir::new();
     let pki = Pki::open_or_create(&dir.0).unwrap();
     let node = pki.ensure_node("kme-a").unwrap();
@@ -225,9 +229,13 @@ async fn start(mem: Mem) -> Net {
         etsi014::serve(
             listener,
             server_tls,
-            params(),
+            params,
             Arc::new(topology()),
             svc,
+            kagi_node::admission::Admission::new(
+                "etsi014",
+                kagi_node::admission::Limits::APPLICATIONS,
+            ),
             async {
                 let _ = stopped.await;
             },
@@ -633,6 +641,30 @@ async fn unauthorized_callers_get_401() {
 }
 
 #[tokio::test]
+async fn a_strict_sae_map_refuses_unmapped_certificates() {
+    let mut strict = params();
+    strict.strict_sae_map = true;
+    let net = start_with(Mem::with_pool(10), strict).await;
+    // "sae-a" is an SAE of the topology, but its CN is not in the strict map.
+    let msg = expect(
+        &net.client("sae-a"),
+        "GET",
+        "/api/v1/keys/sae-b/status",
+        None,
+        401,
+    )
+    .await;
+    assert!(msg.contains("sae-a"), "{msg}");
+    // The mapped CN still works.
+    let s = net
+        .client_cn("gateway-7.example")
+        .status("sae-a")
+        .await
+        .unwrap();
+    assert_eq!(s.master_sae_id, "sae-c2");
+}
+
+#[tokio::test]
 async fn connections_without_a_valid_client_certificate_are_refused() {
     let net = start(Mem::with_pool(10)).await;
     // Certificate from an unknown CA.
@@ -677,6 +709,7 @@ async fn hostile_input_gets_a_clear_4xx_and_never_reaches_the_key_manager() {
         ("not JSON", "number=1".into()),
         ("truncated", r#"{"number": 1"#.into()),
         ("array", "[1,2]".into()),
+        ("struct fields as an array", "[3,512]".into()),
         ("string", r#""hello""#.into()),
         ("negative", r#"{"number": -1}"#.into()),
         ("fraction", r#"{"number": 1.5}"#.into()),

@@ -416,10 +416,33 @@ enum AliceState {
         key: BitVec,
     },
     AwaitConfirm {
-        key: Key,
+        /// The secret key once privacy amplification has run ([`Alice::work`]).
+        key: Option<Key>,
+        /// Privacy amplification still to run: seed, reconciled key, output length.
+        pending: Option<Box<PendingPa>>,
         stats: BlockStats,
     },
     Done,
+}
+
+/// Alice's privacy amplification, deferred until after her `Verify` frame is sent.
+struct PendingPa {
+    seed: BitVec,
+    key: BitVec,
+    ell: usize,
+}
+
+impl PendingPa {
+    fn run(self, threads: usize) -> Result<Key, ProtocolError> {
+        let out = toeplitz::toeplitz_hash_with(
+            &self.seed,
+            &self.key,
+            self.ell,
+            toeplitz::Method::Auto,
+            threads,
+        )?;
+        Ok(Key::from_vec(out.to_bytes()))
+    }
 }
 
 /// Alice's end of one block.
@@ -475,6 +498,28 @@ impl Alice {
     /// Takes the result once finished.
     pub fn take_outcome(&mut self) -> Option<Outcome> {
         self.outcome.take()
+    }
+
+    /// Runs local work that [`Alice::handle`] deferred (privacy amplification of the
+    /// reconciled key after the `Verify` frame). Call it after sending the frame `handle`
+    /// returned, so that it overlaps Bob's hashing; if it is not called, `handle` does the work
+    /// when Bob's confirmation arrives. Returns whether there was work. Does nothing once the
+    /// block has finished.
+    pub fn work(&mut self) -> bool {
+        let AliceState::AwaitConfirm { key, pending, .. } = &mut self.state else {
+            return false;
+        };
+        let Some(p) = pending.take() else {
+            return false;
+        };
+        match p.run(self.cfg.threads) {
+            Ok(k) => *key = Some(k),
+            Err(e) => {
+                self.state = AliceState::Done;
+                self.outcome = Some(Outcome::Aborted(e));
+            }
+        }
+        true
     }
 
     /// Handles one frame from Bob; returns the reply frame, if any. On error the block is
@@ -602,12 +647,24 @@ impl Alice {
                 let leaked = ldpc.leaked_bits();
                 self.on_ec_done(pool, counts, n_key, key, leaked).map(Some)
             }
-            (AliceState::AwaitConfirm { key, stats }, T_CONFIRM) => {
+            (
+                AliceState::AwaitConfirm {
+                    key,
+                    pending,
+                    stats,
+                },
+                T_CONFIRM,
+            ) => {
                 let ok = r.u8()? == 1;
                 r.finish()?;
                 if !ok {
                     return Err(ProtocolError::VerificationFailed);
                 }
+                let key = match (key, pending) {
+                    (Some(k), _) => k,
+                    (None, Some(p)) => p.run(self.cfg.threads)?,
+                    (None, None) => return Err(ProtocolError::BadInput("no key to amplify")),
+                };
                 let stats = BlockStats {
                     messages: self.framer.messages,
                     bytes: self.framer.bytes,
@@ -712,13 +769,6 @@ impl Alice {
             &key.to_bytes(),
         );
         let seed = BitVec::random(toeplitz::seed_len(n_key, ell as usize), &mut self.rng);
-        let out_bits = toeplitz::toeplitz_hash_with(
-            &seed,
-            &key,
-            ell as usize,
-            toeplitz::Method::Auto,
-            self.cfg.threads,
-        )?;
         let mut w = Writer::default();
         w.u8(T_VERIFY);
         w.buf.extend_from_slice(&hk);
@@ -742,8 +792,15 @@ impl Alice {
             phase_error_bound: phi,
             eps_sec: self.cfg.decoy.eps_sec,
         };
+        // Privacy amplification waits for `work` (or the confirmation): the caller can send
+        // the seed first, so that Bob hashes while Alice does.
         self.state = AliceState::AwaitConfirm {
-            key: Key::from_vec(out_bits.to_bytes()),
+            key: None,
+            pending: Some(Box::new(PendingPa {
+                seed,
+                key,
+                ell: ell as usize,
+            })),
             stats,
         };
         Ok(frame)
@@ -1172,6 +1229,57 @@ impl Channel for PerfectChannel {
     fn transmit(&mut self, _index: usize, _to_alice: bool, frame: Vec<u8>) -> Vec<Vec<u8>> {
         vec![frame]
     }
+}
+
+/// Runs one block with each end on its own thread, over in-memory queues (a faithful
+/// channel), as two nodes would run it: Alice sends her seed before hashing ([`Alice::work`]),
+/// so both ends' privacy amplification runs at the same time. Returns (Alice's outcome, Bob's
+/// outcome), the same outcomes [`run_block`] gives with a [`PerfectChannel`].
+pub fn run_block_parallel(
+    alice: &mut Alice,
+    bob: &mut Bob,
+    pool_a: &mut AuthKeyPool,
+    pool_b: &mut AuthKeyPool,
+) -> (Outcome, Outcome) {
+    use std::sync::mpsc;
+    let (to_alice, from_bob) = mpsc::channel::<Vec<u8>>();
+    let (to_bob, from_alice) = mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|s| {
+        let a = s.spawn(move || {
+            // Frames Bob sent before hanging up are still delivered; then `recv` fails.
+            while let Ok(f) = from_bob.recv() {
+                if let Some(reply) = alice.handle(pool_a, &f) {
+                    // Bob may have finished already: nothing left to tell him then.
+                    let _ = to_bob.send(reply);
+                }
+                alice.work();
+                if alice.outcome().is_some() {
+                    break;
+                }
+            }
+            alice
+        });
+        if let Some(f) = bob.start(pool_b) {
+            let _ = to_alice.send(f);
+        }
+        while bob.outcome().is_none() {
+            let Ok(f) = from_alice.recv() else { break };
+            if let Some(reply) = bob.handle(pool_b, &f) {
+                let _ = to_alice.send(reply);
+            }
+        }
+        drop(to_alice);
+        let alice = a.join().expect("Alice's thread panicked");
+        let stalled = || {
+            Outcome::Aborted(ProtocolError::Sequence(
+                "channel stalled before the block finished",
+            ))
+        };
+        (
+            alice.take_outcome().unwrap_or_else(stalled),
+            bob.take_outcome().unwrap_or_else(stalled),
+        )
+    })
 }
 
 /// Runs one block between two ends in memory, each with its own authentication pool.

@@ -4,8 +4,8 @@ use kagi_keymat::Key;
 use kagi_postproc::cascade::CascadeParams;
 use kagi_postproc::finite_key::{BlockCounts, DecoySettings};
 use kagi_postproc::protocol::{
-    run_block, Alice, AliceRaw, AuthKeyPool, Bob, BobRaw, Channel, Outcome, PerfectChannel,
-    ProtocolConfig, ProtocolError, Reconciliation,
+    run_block, run_block_parallel, Alice, AliceRaw, AuthKeyPool, Bob, BobRaw, Channel, Outcome,
+    PerfectChannel, ProtocolConfig, ProtocolError, Reconciliation,
 };
 use kagi_postproc::toy::ToyChannel;
 use proptest::prelude::*;
@@ -109,6 +109,28 @@ fn honest_block_gives_identical_keys_of_the_finite_key_length() {
     assert!(f > 1.0 && f < 1.2, "f = {f}");
     let q = sb.qber_key.unwrap();
     assert!((q - 0.02).abs() < 0.006, "qber {q}");
+}
+
+#[test]
+fn both_ends_on_their_own_threads_give_the_same_keys_as_in_turn() {
+    let ch = link();
+    let (a, b) = block(&ch, 10_000_000, 5);
+    let cfg = config(12);
+    let (ka, kb) = {
+        let (mut pa, mut pb) = pools();
+        let mut alice = Alice::new(cfg, 7, a.clone(), [5; 32]).unwrap();
+        let mut bob = Bob::new(cfg, 7, b.clone()).unwrap();
+        match run_block_parallel(&mut alice, &mut bob, &mut pa, &mut pb) {
+            (Outcome::Key { key: ka, .. }, Outcome::Key { key: kb, .. }) => (ka, kb),
+            (x, y) => panic!("parallel block aborted: {x:?} / {y:?}"),
+        }
+    };
+    assert_eq!(ka, kb);
+    let (oa, _) = run(cfg, a, b, 5, &mut PerfectChannel);
+    let Outcome::Key { key: k_seq, .. } = oa else {
+        panic!("sequential block aborted")
+    };
+    assert_eq!(ka, k_seq);
 }
 
 #[test]

@@ -293,9 +293,133 @@ pub fn write_to_dir(dir: &Path, cfg: &EmrConfig) -> std::io::Result<EmrSummary> 
     Ok(sum)
 }
 
+/// ICD-10 code of a patient's primary diagnosis, derived from the first drug prescribed (the
+/// generator has no diagnosis segment; this keeps the table consistent with the records).
+fn diagnosis_of(drug: Option<&str>) -> &'static str {
+    match drug {
+        Some("SYN-METF500") => "E11", // type 2 diabetes
+        Some("SYN-AMLO5") => "I10",   // hypertension
+        Some("SYN-ATOR10") => "E78",  // lipid disorder
+        Some("SYN-LOXO60") => "M54",  // back pain
+        Some("SYN-FAMO20") => "K21",  // reflux
+        Some("SYN-LEVO500") => "J18", // pneumonia
+        _ => "Z00",                   // general examination
+    }
+}
+
+/// Age band labels of [`patient_table_csv`].
+pub const AGE_BANDS: &[&str] = &["<60", "60-69", "70-79", "80-89", "90+"];
+
+/// Diagnosis codes of [`patient_table_csv`].
+pub const DIAGNOSES: &[&str] = &["E11", "E78", "I10", "J18", "K21", "M54", "Z00"];
+
+/// The schema of [`patient_table_csv`] for `kagi vault put-table --schema`.
+pub const PATIENT_SCHEMA: &str = "sex:cat(F|M),age:int,age_band:cat(<60|60-69|70-79|80-89|90+),\
+dx:cat(E11|E78|I10|J18|K21|M54|Z00),visits:int,hba1c:fixed(1),glucose:int";
+
+/// One row per patient, read back from the generated records: `patient_id, sex, age` (on
+/// 2026-01-01), `age_band, dx` (primary diagnosis, ICD-10), `visits`, `hba1c` (last result, %,
+/// empty if never measured) and `glucose` (last result, mg/dL, empty if never measured), as CSV
+/// with a header row.
+pub fn patient_table_csv(cfg: &EmrConfig) -> String {
+    let mut out = String::from("patient_id,sex,age,age_band,dx,visits,hba1c,glucose\n");
+    for i in 0..cfg.patients {
+        let files = generate_patient(cfg, i);
+        let (mut sex, mut birth) = (String::new(), String::new());
+        let (mut drug, mut hba1c, mut glucose) = (None::<String>, None::<String>, None::<String>);
+        let mut visits = 0;
+        for f in &files {
+            let text = String::from_utf8_lossy(&f.contents);
+            let kind = f
+                .path
+                .iter()
+                .nth(4)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            for seg in text.split('\r') {
+                let fields: Vec<&str> = seg.split('|').collect();
+                match (kind.as_str(), fields.first().copied()) {
+                    ("ADT-00", Some("PID")) => {
+                        birth = fields.get(7).unwrap_or(&"").to_string();
+                        sex = fields.get(8).unwrap_or(&"").to_string();
+                    }
+                    ("ADT-12", Some("PV1")) => visits += 1,
+                    ("OMP-01", Some("RXE")) if drug.is_none() => {
+                        drug = fields
+                            .get(2)
+                            .and_then(|f| f.split('^').next())
+                            .map(str::to_string);
+                    }
+                    ("OUL-01", Some("OBX")) => {
+                        let code = fields.get(3).and_then(|f| f.split('^').next());
+                        let val = fields.get(5).map(|v| v.to_string());
+                        match code {
+                            Some("SYN-HBA1C") => hba1c = val,
+                            Some("SYN-GLU") => glucose = val,
+                            _ => {}
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let by: i64 = birth.get(..4).and_then(|y| y.parse().ok()).unwrap_or(1970);
+        let md: i64 = birth.get(4..8).and_then(|y| y.parse().ok()).unwrap_or(101);
+        // Age on 2026-01-01: a birthday on 1 January counts as reached.
+        let age = 2026 - by - i64::from(md > 101);
+        let band = match age {
+            a if a < 60 => 0,
+            a if a < 70 => 1,
+            a if a < 80 => 2,
+            a if a < 90 => 3,
+            _ => 4,
+        };
+        let _ = writeln!(
+            out,
+            "99{:08},{sex},{age},{},{},{visits},{},{}",
+            i + 1,
+            AGE_BANDS[band],
+            diagnosis_of(drug.as_deref()),
+            hba1c.unwrap_or_default(),
+            glucose.unwrap_or_default()
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patient_table_is_one_row_per_patient() {
+        let cfg = EmrConfig {
+            patients: 50,
+            seed: 3,
+            max_visits: 4,
+        };
+        let csv = patient_table_csv(&cfg);
+        let rows: Vec<&str> = csv.lines().collect();
+        assert_eq!(rows.len(), 51);
+        assert!(rows[0].starts_with("patient_id,sex,age"));
+        for r in &rows[1..] {
+            let f: Vec<&str> = r.split(',').collect();
+            assert_eq!(f.len(), 8, "{r}");
+            assert!(f[0].starts_with("99"));
+            assert!(["F", "M"].contains(&f[1]));
+            let age: i64 = f[2].parse().unwrap();
+            assert!((18..=115).contains(&age), "{age}");
+            assert!(AGE_BANDS.contains(&f[3]));
+            assert!(DIAGNOSES.contains(&f[4]));
+            assert!(f[5].parse::<u32>().unwrap() >= 1);
+            if !f[6].is_empty() {
+                let h: f64 = f[6].parse().unwrap();
+                assert!((3.0..8.0).contains(&h), "{h}");
+            }
+        }
+        assert!(rows.iter().any(|r| r.split(',').nth(6) == Some("")));
+        assert!(rows.iter().any(|r| r.split(',').nth(4) == Some("E11")));
+    }
 
     #[test]
     fn dates() {

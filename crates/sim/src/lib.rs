@@ -322,6 +322,15 @@ impl Sim {
 
     /// Safety invariant: a key ID always carries the same bytes, and each side gets it once.
     fn check_served(&mut self, node: &str, req: u64, reply: &Result<AppReply, Refusal>) {
+        if let Ok(AppReply::Status(s)) = reply {
+            assert!(
+                s.stored_key_count <= s.max_key_count,
+                "seed {}: status at {node} counts {} stored keys over its maximum {}",
+                self.seed,
+                s.stored_key_count,
+                s.max_key_count
+            );
+        }
         let Ok(AppReply::Keys(keys)) = reply else {
             return;
         };

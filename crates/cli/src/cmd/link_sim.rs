@@ -8,11 +8,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use kagi_keymat::Key;
+use kagi_postproc::block_plan::{BlockModel, KNEE_SHARE};
 use kagi_postproc::cascade::CascadeParams;
 use kagi_postproc::finite_key::DecoySettings;
 use kagi_postproc::ldpc::LdpcParams;
+use kagi_postproc::photon_records::{InterceptResend, RecordBuilder, Side};
 use kagi_postproc::protocol::{
-    run_block, Alice, AliceRaw, AuthKeyPool, Bob, BobRaw, Outcome, PerfectChannel, ProtocolConfig,
+    run_block_parallel, Alice, AliceRaw, AuthKeyPool, Bob, BobRaw, Outcome, ProtocolConfig,
     Reconciliation,
 };
 use kagi_quantum::photon::{Detections, PhotonParams, PhotonSim};
@@ -29,23 +31,24 @@ pub enum Method {
 
 /// Arguments of `kagi link-sim`.
 #[derive(clap::Args, Debug)]
-#[command(
-    after_help = "Examples:\n  kagi link-sim --distance 25 --pulses 2e8\n  \
+#[command(after_help = "Examples:\n  kagi link-sim --distance 45\n  \
+    kagi link-sim --distance 25 --pulses 2e8\n  \
     kagi link-sim --distance 50 --pulses 5e8 --block-bits 1e6 --json\n  \
     kagi link-sim --distance 10 --pulses 1e8 --eve-intercept 0.5\n  \
     kagi link-sim --distance 5 --pulses 2e9 --block-bits 4e6 --reconciliation ldpc\n\n\
     throughput_sifted_bps is sifted key bits per second of post-processing (both ends, this \
-    process); elapsed_s includes the photon simulation."
-)]
+    process); elapsed_s includes the photon simulation.")]
 pub struct Args {
     /// Fibre length, km.
     #[arg(long, default_value_t = 25.0)]
     distance: f64,
-    /// Pulses to simulate (accepts 1e8).
-    #[arg(long, default_value = "1e8")]
+    /// Pulses to simulate (accepts 2e9); `auto`: enough for one block of `--block-bits`.
+    #[arg(long, default_value = "auto")]
     pulses: String,
-    /// Sifted key bits per post-processing block (accepts 1e6).
-    #[arg(long, default_value = "1e6")]
+    /// Sifted key bits per post-processing block (accepts 1e7); `auto`: chosen from the
+    /// finite-key model for this link (the smallest block whose expected secret fraction is
+    /// half the best any block up to 10^8 bits reaches).
+    #[arg(long, default_value = "auto")]
     block_bits: String,
     /// Error-correction method.
     #[arg(long, value_enum, default_value_t = Method::Cascade)]
@@ -86,14 +89,17 @@ pub struct Args {
     /// Repetition rate, Hz.
     #[arg(long)]
     rep_rate: Option<f64>,
-    /// Probability of a signal pulse.
-    #[arg(long, default_value_t = 0.6)]
+    /// Probability of a signal pulse. The defaults (0.5 / 0.3, key basis 0.5) suit blocks of
+    /// a few 10^6 sifted bits, where the finite-key terms of the decoy and test-basis counts
+    /// dominate; with blocks of 10^7–10^8 bits, --p-signal 0.6 --p-decoy 0.25 --p-x 0.7 gives
+    /// more key per pulse.
+    #[arg(long, default_value_t = 0.5)]
     p_signal: f64,
     /// Probability of a decoy pulse (the rest are vacuum).
-    #[arg(long, default_value_t = 0.25)]
+    #[arg(long, default_value_t = 0.3)]
     p_decoy: f64,
     /// Key-basis probability (each end).
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = 0.5)]
     p_x: f64,
     /// Secrecy parameter ε_sec.
     #[arg(long, default_value_t = 1e-10)]
@@ -123,6 +129,18 @@ pub struct Args {
     threads: usize,
 }
 
+/// `auto` or a count.
+fn parse_auto(s: &str, name: &str) -> anyhow::Result<Option<usize>> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        Ok(None)
+    } else {
+        parse_count(s, name).map(Some)
+    }
+}
+
+/// Largest block the automatic choice considers, sifted bits.
+const MAX_AUTO_BLOCK: u64 = 100_000_000;
+
 fn parse_count(s: &str, name: &str) -> anyhow::Result<usize> {
     let v: f64 = s
         .trim()
@@ -134,53 +152,7 @@ fn parse_count(s: &str, name: &str) -> anyhow::Result<usize> {
     Ok(v.round() as usize)
 }
 
-/// One block's records, accumulated from simulator chunks.
-///
-/// Only detected pulses are kept: Alice's records of pulses Bob did not detect cannot influence
-/// the protocol (Bob's sifting message names detected pulses only), so the block is renumbered
-/// over its detections. This keeps a 10^9-pulse run in tens of MB instead of GB; pulse counts
-/// in the report come from the simulator.
-#[derive(Default)]
-struct BlockBuf {
-    alice: AliceRaw,
-    bob: BobRaw,
-    /// Key-basis sifted bits and errors so far (ground truth, for the report only).
-    sifted: u64,
-    errors: u64,
-}
-
-impl BlockBuf {
-    fn append(&mut self, d: &Detections, eve: f64, rng: &mut u64) {
-        for i in d.bob_detected.ones() {
-            let ab = d.alice_basis.get(i);
-            let bb = d.bob_basis.get(i);
-            let mut bit = d.bob_bit.get(i);
-            if eve > 0.0 && ab == bb && uniform(rng) < eve && uniform(rng) < 0.5 {
-                // Eve measured in the other basis and resent: Bob's same-basis result is random.
-                bit = uniform(rng) < 0.5;
-            }
-            if !ab && !bb {
-                self.sifted += 1;
-                self.errors += (bit != d.alice_bit.get(i)) as u64;
-            }
-            let local = self.alice.intensity.len();
-            self.alice.intensity.push(d.intensity[i]);
-            self.alice.basis.push(ab);
-            self.alice.bit.push(d.alice_bit.get(i));
-            self.bob.detected.push(local as u32);
-            self.bob.basis.push(bb);
-            self.bob.bit.push(bit);
-            self.bob.pulses = local + 1;
-        }
-    }
-
-    /// Alice's and Bob's records of the block.
-    fn finish(self) -> (AliceRaw, BobRaw) {
-        (self.alice, self.bob)
-    }
-}
-
-/// SplitMix64 uniform in [0, 1) (Eve's choices only).
+/// SplitMix64 uniform in [0, 1) (the initial authentication key only).
 fn uniform(state: &mut u64) -> f64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let mut z = *state;
@@ -201,6 +173,10 @@ struct Totals {
     blocks_ok: u64,
     identical: bool,
     postproc_s: f64,
+    /// Process CPU time (all threads) spent in post-processing.
+    postproc_cpu_s: f64,
+    /// Sifted Mb/s of each block (for the mean over blocks).
+    block_mbps: Vec<f64>,
     messages: u64,
     aborts: Vec<String>,
 }
@@ -216,8 +192,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     {
         bail!("--cascade-alpha must be positive and --cascade-passes between 1 and 64");
     }
-    let pulses = parse_count(&args.pulses, "pulses")?;
-    let block_bits = parse_count(&args.block_bits, "block-bits")? as u64;
+    let pulses_arg = parse_auto(&args.pulses, "pulses")?;
+    let block_arg = parse_auto(&args.block_bits, "block-bits")?.map(|b| b as u64);
     let threads = if args.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -259,7 +235,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         p_z: args.p_x,
         threads,
     };
-    let mut sim = PhotonSim::new(params, args.seed).context("photon simulator parameters")?;
     let cfg = ProtocolConfig {
         decoy: DecoySettings {
             mu: [link.mu, link.nu, 0.0],
@@ -290,6 +265,67 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         threads,
     };
     cfg.decoy.validate().context("decoy settings")?;
+    params.validate().context("photon simulator parameters")?;
+
+    // The finite-key model of this link: expected counts per pulse, the reconciliation's
+    // typical efficiency and authentication cost per block.
+    let (f_ec, auth_bits) = match args.reconciliation {
+        Method::Cascade => (1.07, 500 * 128),
+        Method::Ldpc => (1.3, 20 * 128),
+    };
+    let model = BlockModel::for_photon_link(&params, cfg.decoy, f_ec, auth_bits);
+    let smallest = model.smallest_with_key(MAX_AUTO_BLOCK);
+    let (block_bits, block_note) = match block_arg {
+        Some(b) => (b, "given".to_string()),
+        None => match model.choose(MAX_AUTO_BLOCK, KNEE_SHARE) {
+            Some(e) => (
+                e.sifted_bits,
+                format!(
+                    "chosen by the finite-key model: expected {:.1} % of it secret",
+                    100.0 * e.fraction
+                ),
+            ),
+            None => (
+                MAX_AUTO_BLOCK,
+                format!(
+                    "the finite-key model expects no key from any block up to {MAX_AUTO_BLOCK} \
+                     sifted bits (expected QBER {:.2} %)",
+                    100.0 * model.qber()
+                ),
+            ),
+        },
+    };
+    let spp = model.sifted_per_pulse();
+    let pulses = match pulses_arg {
+        Some(p) => p,
+        // One block's worth, rounded up to whole simulator words, plus 1 % for fluctuations.
+        None => {
+            let p = (block_bits as f64 / spp.max(1e-12) * 1.01).min(1e12);
+            (p as usize).div_ceil(64) * 64
+        }
+    };
+    let mut notes = Vec::new();
+    match smallest {
+        Some(e) if block_bits < e.sifted_bits => notes.push(format!(
+            "blocks of {block_bits} sifted bits are too small to yield key here: the finite-key \
+             model needs about {} (--block-bits {:.1e}, about {:.2e} pulses per block)",
+            e.sifted_bits, e.sifted_bits as f64, e.pulses
+        )),
+        None => notes.push(format!(
+            "the finite-key model expects no key at {} km with these settings (QBER {:.2} %)",
+            args.distance,
+            100.0 * model.qber()
+        )),
+        _ => {}
+    }
+    let expected_sifted = pulses as f64 * spp;
+    if expected_sifted < 0.9 * block_bits as f64 {
+        notes.push(format!(
+            "{pulses} pulses give about {expected_sifted:.3e} sifted bits, less than one block \
+             of {block_bits}: use --pulses {:.2e} or more",
+            block_bits as f64 / spp.max(1e-12)
+        ));
+    }
 
     // Pre-shared authentication key (both ends, 64 KiB: 4096 message tags), replenished from
     // produced key.
@@ -300,25 +336,47 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut pool_a = AuthKeyPool::new(Key::from_slice(&initial))?;
     let mut pool_b = AuthKeyPool::new(Key::from_slice(&initial))?;
 
+    let mut sim = PhotonSim::new(params, args.seed).context("photon simulator parameters")?;
     let t0 = Instant::now();
     let chunk = (1usize << 22).min(pulses.div_ceil(64) * 64);
     let mut det = Detections::default();
-    let mut buf = BlockBuf::default();
+    let new_buf = |eve: Option<InterceptResend>| {
+        let b = RecordBuilder::new(Side::Both);
+        match eve {
+            Some(e) => b.with_eve(e),
+            None => b,
+        }
+    };
+    let mut buf = new_buf(
+        (args.eve_intercept > 0.0)
+            .then(|| InterceptResend::new(args.eve_intercept, args.seed ^ 0xe5e)),
+    );
     let mut tot = Totals {
         identical: true,
         ..Default::default()
     };
-    let mut eve_rng = args.seed ^ 0xe5e;
     let mut done = 0usize;
     let mut block_id = 0u64;
     while done < pulses {
         let n = chunk.min(pulses - done);
         // Keep block boundaries on whole words of pulses.
         sim.run_into(n, &mut det);
-        buf.append(&det, args.eve_intercept, &mut eve_rng);
+        buf.push(&det);
         done += n;
-        if buf.sifted >= block_bits || done >= pulses {
-            let b = std::mem::take(&mut buf);
+        // Close the block when it is full, unless what is left would make a tail of less than
+        // half a block (then the tail joins this block).
+        let tail = (pulses - done) as f64 * spp;
+        if (buf.sifted_bits() >= block_bits && tail >= block_bits as f64 / 2.0) || done >= pulses {
+            let b = std::mem::replace(&mut buf, RecordBuilder::new(Side::Both));
+            let (sifted, errors) = (b.sifted_bits(), b.errors());
+            let (alice, bob, eve) = b.finish();
+            buf = new_buf(eve);
+            let b = BlockIn {
+                alice,
+                bob,
+                sifted,
+                errors,
+            };
             run_one(
                 &cfg,
                 block_id,
@@ -338,8 +396,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         0.0
     };
     let f = (tot.leak_ideal > 0.0).then(|| tot.leaked as f64 / tot.leak_ideal);
+    let mean_mbps = if tot.block_mbps.is_empty() {
+        0.0
+    } else {
+        tot.block_mbps.iter().sum::<f64>() / tot.block_mbps.len() as f64
+    };
     let obj = serde_json::json!({
         "pulses": pulses,
+        "block_bits": block_bits,
+        "block_bits_choice": block_note,
+        "smallest_block_with_key": smallest.map(|e| e.sifted_bits),
+        "notes": notes,
+        "aborts": tot.aborts,
         "sifted_bits": tot.sifted,
         "qber": qber,
         "ec_efficiency": f,
@@ -348,6 +416,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "keys_identical": tot.identical,
         "auth_key_bits": tot.auth_bits,
         "elapsed_s": elapsed,
+        "postprocessing_s": tot.postproc_s,
+        "postprocessing_cpu_s": tot.postproc_cpu_s,
+        "block_sifted_mbps": tot.block_mbps,
+        "mean_block_sifted_mbps": mean_mbps,
         "throughput_sifted_bps": if tot.postproc_s > 0.0 { tot.sifted as f64 / tot.postproc_s } else { 0.0 },
     });
     if args.json {
@@ -360,6 +432,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let rows = [
         ("pulses", pulses.to_string()),
+        ("block_bits", format!("{block_bits} ({block_note})")),
         ("sifted_bits", tot.sifted.to_string()),
         ("qber", format!("{qber:.5}")),
         ("ec_efficiency", f.map_or("-".into(), |f| format!("{f:.4}"))),
@@ -372,7 +445,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ("auth_key_bits", tot.auth_bits.to_string()),
         ("messages", tot.messages.to_string()),
         ("elapsed_s", format!("{elapsed:.3}")),
-        ("postprocessing_s", format!("{:.3}", tot.postproc_s)),
+        (
+            "postprocessing_s",
+            format!("{:.3} (CPU {:.3})", tot.postproc_s, tot.postproc_cpu_s),
+        ),
+        (
+            "block_sifted_mbps",
+            format!(
+                "mean {mean_mbps:.2} over blocks [{}]",
+                tot.block_mbps
+                    .iter()
+                    .map(|m| format!("{m:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
         (
             "throughput_sifted_bps",
             format!(
@@ -391,13 +478,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for a in &tot.aborts {
         println!("  aborted: {a}");
     }
+    for n in &notes {
+        println!("  note: {n}");
+    }
     Ok(())
+}
+
+/// One block's records and its ground truth.
+struct BlockIn {
+    alice: AliceRaw,
+    bob: BobRaw,
+    sifted: u64,
+    errors: u64,
 }
 
 fn run_one(
     cfg: &ProtocolConfig,
     block_id: u64,
-    b: BlockBuf,
+    b: BlockIn,
     pool_a: &mut AuthKeyPool,
     pool_b: &mut AuthKeyPool,
     tot: &mut Totals,
@@ -408,13 +506,19 @@ fn run_one(
     rs[..8].copy_from_slice(&seed.to_le_bytes());
     rs[8..16].copy_from_slice(&block_id.to_le_bytes());
     let t = Instant::now();
+    let c0 = cpu_seconds();
     let spent_before = pool_b.spent_bytes();
     let (sifted, errors) = (b.sifted, b.errors);
-    let (ar, br) = b.finish();
-    let mut alice = Alice::new(*cfg, block_id, ar, rs)?;
-    let mut bob = Bob::new(*cfg, block_id, br)?;
-    let (oa, ob) = run_block(&mut alice, &mut bob, pool_a, pool_b, &mut PerfectChannel);
-    tot.postproc_s += t.elapsed().as_secs_f64();
+    let b_sifted = sifted;
+    let mut alice = Alice::new(*cfg, block_id, b.alice, rs)?;
+    let mut bob = Bob::new(*cfg, block_id, b.bob)?;
+    // Each end on its own thread, as two nodes: Alice's and Bob's work overlaps where the
+    // protocol allows (both hash at once).
+    let (oa, ob) = run_block_parallel(&mut alice, &mut bob, pool_a, pool_b);
+    let dt = t.elapsed().as_secs_f64();
+    tot.postproc_s += dt;
+    tot.postproc_cpu_s += cpu_seconds() - c0;
+    tot.block_mbps.push(b_sifted as f64 / dt / 1e6);
     tot.sifted += sifted;
     tot.errors += errors;
     tot.auth_bits += (pool_b.spent_bytes() - spent_before) * 8;
@@ -429,7 +533,8 @@ fn run_one(
             tot.leak_ideal += sb.sifted_bits as f64 * kagi_postproc::cascade::h2(q);
         }
         (Outcome::Aborted(ea), Outcome::Aborted(_)) => {
-            tot.aborts.push(format!("block {block_id}: {ea}"));
+            tot.aborts
+                .push(format!("block {block_id} ({sifted} sifted bits): {ea}"));
         }
         (a, b) => {
             // One end has key and the other not: never acceptable.
@@ -449,4 +554,14 @@ fn kind(o: &Outcome) -> String {
         Outcome::Key { .. } => "key".into(),
         Outcome::Aborted(e) => format!("aborted: {e}"),
     }
+}
+
+/// Process CPU time (user + system, all threads) from /proc/self/stat, in seconds (0 where
+/// that file does not exist). Shows the work apart from other load on a shared machine.
+fn cpu_seconds() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = s.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }

@@ -255,6 +255,14 @@ fn plan_topology(args: &Args, dir: &Path) -> anyhow::Result<Topology> {
     Ok(topo)
 }
 
+/// `data_dir` as written in a node config (loading resolves it against the file's directory,
+/// and a relative path must stay relative).
+fn written_data_dir(cfg_path: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(cfg_path).ok()?;
+    let v: toml::Value = toml::from_str(&text).ok()?;
+    v.get("data_dir")?.as_str().map(PathBuf::from)
+}
+
 /// What `prepare` produced for each node.
 struct Prepared {
     topo: Topology,
@@ -287,9 +295,11 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             store: Default::default(),
         };
         let cfg_path = node_dir.join("node.toml");
-        // Keep a config the user edited (limits, pool policy), refreshing only what kagi up owns.
+        // Keep a config the user edited (limits, pool policy, where the store lives), refreshing
+        // only what kagi up owns.
         let cfg = match NodeConfig::load(&cfg_path) {
             Ok(old) => NodeConfig {
+                data_dir: written_data_dir(&cfg_path).unwrap_or(cfg.data_dir),
                 etsi014: old.etsi014,
                 pool: old.pool,
                 store: old.store,
@@ -1047,7 +1057,18 @@ mod tests {
             assert!(cfg.topology.exists());
         }
         let cert = std::fs::read(dir.join(&p1.network.nodes[0].saes[0].cert)).unwrap();
+        // An operator moves one node's store elsewhere: a re-run keeps that.
+        let first = &p1.network.nodes[0].id;
+        let text = std::fs::read_to_string(&p1.configs[first]).unwrap();
+        let edited = text.replace("data_dir = \".\"", "data_dir = \"store-elsewhere\"");
+        assert_ne!(edited, text);
+        std::fs::write(&p1.configs[first], edited).unwrap();
         let p2 = prepare(&a, &dir).unwrap();
+        assert_eq!(
+            written_data_dir(&p2.configs[first]),
+            Some(PathBuf::from("store-elsewhere")),
+            "an edited data_dir was reset"
+        );
         assert_eq!(p2.topo.epoch_unix, p1.topo.epoch_unix);
         assert_eq!(p2.network, p1.network, "same ports and paths on re-run");
         assert_eq!(

@@ -42,17 +42,17 @@ pub(crate) enum Caller {
 }
 
 impl Caller {
-    /// Maps a certificate CN to an SAE through `sae_map` (default: the CN itself) and checks the
-    /// topology.
+    /// Maps a certificate CN to an SAE through `sae_map` (default: the CN itself, unless the map is
+    /// strict) and checks the topology.
     pub(crate) fn resolve(cn: Option<String>, params: &Etsi014Config, topo: &Topology) -> Self {
         let Some(cn) = cn else {
             return Self::Unknown(None);
         };
-        let sae = params
-            .sae_map
-            .get(&cn)
-            .cloned()
-            .unwrap_or_else(|| cn.clone());
+        let sae = match params.sae_map.get(&cn) {
+            Some(sae) => sae.clone(),
+            None if params.strict_sae_map => return Self::Unknown(Some(cn)),
+            None => cn.clone(),
+        };
         if topo.node_of_sae(&sae).is_some() {
             Self::Sae(sae)
         } else {
@@ -223,7 +223,18 @@ fn parse_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))
+    parse_object(body)
+}
+
+/// Parses a request body that must be a JSON object: serde would otherwise also accept the
+/// struct's fields as a JSON array (`[3, 512]`), which the standard does not allow.
+fn parse_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
+    if !v.is_object() {
+        return Err("malformed JSON: the request body must be a JSON object".into());
+    }
+    serde_json::from_value(v).map_err(|e| format!("malformed JSON: {e}"))
 }
 
 fn parse_enc_query(query: &str) -> Result<wire::KeyRequest, String> {
@@ -359,9 +370,9 @@ async fn dec_keys<S: KeyService>(
             if body.iter().all(u8::is_ascii_whitespace) {
                 return bad("dec_keys needs a JSON body with key_IDs");
             }
-            match serde_json::from_slice::<wire::KeyIds>(body) {
+            match parse_object::<wire::KeyIds>(body) {
                 Ok(k) => k.key_IDs.into_iter().map(|e| e.key_ID).collect(),
-                Err(e) => return bad(format!("malformed JSON: {e}")),
+                Err(e) => return bad(e),
             }
         } else {
             let q = match path::parse_query(query) {

@@ -37,15 +37,12 @@ use kagi_control::Topology;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admission::Admission;
 use crate::config::Etsi014Config;
 use crate::service::KeyService;
 
 pub use handler::MAX_BODY_BYTES;
 
-/// Most connections served at once; further connections are closed at once.
-pub const MAX_CONNECTIONS: usize = 4096;
-/// Time allowed for a TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed to receive a request head.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time given to open connections to finish after shutdown is requested.
@@ -58,6 +55,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// * `params`: key size limits and the certificate → SAE mapping.
 /// * `topology`: the SAEs that exist (callers and SAE IDs in paths are checked against it).
 /// * `service`: the key manager.
+/// * `admission`: connection budgets before and after the handshake (see [`crate::admission`]).
 ///
 /// Returns an error only if the listener itself fails fatally; per-connection errors are logged
 /// and never stop the server.
@@ -67,6 +65,7 @@ pub async fn serve<S: KeyService>(
     params: Etsi014Config,
     topology: Arc<Topology>,
     service: S,
+    admission: Admission,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let ctx = Arc::new(handler::Ctx {
@@ -76,36 +75,22 @@ pub async fn serve<S: KeyService>(
     });
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, "ETSI GS QKD 014 listening");
     tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {
             () = &mut shutdown => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "ETSI 014 accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%remote, "ETSI 014: too many connections, closing");
-            continue;
+            c = admission.accept(&listener) => c,
         };
         let acceptor = acceptor.clone();
         let ctx = ctx.clone();
         let watcher = graceful.watcher();
+        let admission = admission.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let _ = tcp.set_nodelay(true);
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
+            let stream = match admission.handshake(acceptor.accept(tcp)).await {
+                Ok(s) => s,
+                Err((_, Some(e))) => {
                     // A refused or unverifiable client certificate is an authentication
                     // failure worth an operator's attention; anything else (scanners, resets)
                     // is noise.
@@ -120,16 +105,11 @@ pub async fn serve<S: KeyService>(
                             )
                         });
                     if auth {
-                        tracing::warn!(%remote, error = %e, "ETSI 014 client certificate refused");
-                    } else {
-                        tracing::debug!(%remote, error = %e, "ETSI 014 TLS handshake failed");
+                        tracing::debug!(%remote, error = %e, "ETSI 014 client certificate refused");
                     }
                     return;
                 }
-                Err(_) => {
-                    tracing::debug!(%remote, "ETSI 014 TLS handshake timed out");
-                    return;
-                }
+                Err((_, None)) => return,
             };
             let (_, conn) = stream.get_ref();
             let cn = crate::tls::peer_identity(conn.peer_certificates());
@@ -146,6 +126,13 @@ pub async fn serve<S: KeyService>(
                     tracing::debug!(%remote, %sae, group = ?group, "ETSI 014 connection");
                 }
             }
+            let slot_name = match &*caller {
+                handler::Caller::Sae(sae) => sae.clone(),
+                handler::Caller::Unknown(cn) => format!("unmapped:{}", cn.as_deref().unwrap_or("")),
+            };
+            let Ok(_slot) = admission.admit(&slot_name) else {
+                return;
+            };
             let svc = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
                 let caller = caller.clone();

@@ -6,6 +6,7 @@
 //! Both ends keep only the detected pulses: Alice learns which those are from Bob's first
 //! message in any case, and a block of 10^9 pulses would not fit in memory otherwise.
 
+use kagi_postproc::photon_records::{RecordBuilder, Side};
 use kagi_postproc::protocol::{AliceRaw, BobRaw};
 use kagi_quantum::photon::{Detections, PhotonParams, PhotonSim};
 
@@ -33,6 +34,20 @@ fn simulate(
     Ok(())
 }
 
+/// One end's records of block `block` (the shared builder of `kagi_postproc::photon_records`).
+fn records(
+    params: PhotonParams,
+    link_seed: u64,
+    block: u64,
+    pulses: usize,
+    side: Side,
+) -> Result<(AliceRaw, BobRaw), kagi_quantum::ModelError> {
+    let mut b = RecordBuilder::new(side);
+    simulate(params, link_seed, block, pulses, |d| b.push(d))?;
+    let (alice, bob, _) = b.finish();
+    Ok((alice, bob))
+}
+
 /// Alice's (transmitter's) records of block `block`.
 ///
 /// # Errors
@@ -43,15 +58,7 @@ pub fn alice_block(
     block: u64,
     pulses: usize,
 ) -> Result<AliceRaw, kagi_quantum::ModelError> {
-    let mut raw = AliceRaw::default();
-    simulate(params, link_seed, block, pulses, |d| {
-        for i in d.bob_detected.ones() {
-            raw.intensity.push(d.intensity[i]);
-            raw.basis.push(d.alice_basis.get(i));
-            raw.bit.push(d.alice_bit.get(i));
-        }
-    })?;
-    Ok(raw)
+    records(params, link_seed, block, pulses, Side::Alice).map(|(a, _)| a)
 }
 
 /// Bob's (detector's) records of block `block`.
@@ -64,16 +71,7 @@ pub fn bob_block(
     block: u64,
     pulses: usize,
 ) -> Result<BobRaw, kagi_quantum::ModelError> {
-    let mut raw = BobRaw::default();
-    simulate(params, link_seed, block, pulses, |d| {
-        for i in d.bob_detected.ones() {
-            raw.detected.push(raw.pulses as u32);
-            raw.pulses += 1;
-            raw.basis.push(d.bob_basis.get(i));
-            raw.bit.push(d.bob_bit.get(i));
-        }
-    })?;
-    Ok(raw)
+    records(params, link_seed, block, pulses, Side::Bob).map(|(_, b)| b)
 }
 
 #[cfg(test)]

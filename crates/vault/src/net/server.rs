@@ -14,6 +14,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use kagi_node::admission::{Admission, Limits, Refused};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -24,24 +25,26 @@ use crate::envelope::{peek, Envelope};
 use crate::error::{Result, VaultError};
 use crate::site::{Manifest, Site};
 
-/// Time allowed for a TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request bodies buffered at once: the site works on one request at a time, so more would only
+/// hold memory (up to [`MAX_BODY_BYTES`] each).
+const BODIES_IN_FLIGHT: usize = 2;
+/// Time allowed to receive a request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A site behind its server: one lock, so that protocol steps on the site's disk and its held
 /// refresh/repair state never interleave.
 #[derive(Clone)]
 pub struct SiteServer {
     site: Arc<Mutex<Site<EtsiKeys>>>,
-    id: String,
+    bodies: Arc<tokio::sync::Semaphore>,
 }
 
 impl SiteServer {
     /// Wraps a site.
     pub fn new(site: Site<EtsiKeys>) -> Self {
-        let id = site.id().to_string();
         Self {
             site: Arc::new(Mutex::new(site)),
-            id,
+            bodies: Arc::new(tokio::sync::Semaphore::new(BODIES_IN_FLIGHT)),
         }
     }
 }
@@ -60,37 +63,30 @@ pub async fn serve_site(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let acceptor = TlsAcceptor::from(tls);
+    let admission = Admission::new("vault-site", Limits::APPLICATIONS);
     tokio::pin!(shutdown);
     loop {
-        let (tcp, remote) = tokio::select! {
+        let (tcp, _remote) = tokio::select! {
             () = &mut shutdown => return Ok(()),
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    eprintln!("vault site {}: accept failed: {e}", server.id);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            c = admission.accept(&listener) => c,
         };
         let acceptor = acceptor.clone();
         let server = server.clone();
+        let admission = admission.clone();
         tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    eprintln!(
-                        "vault site {}: TLS handshake from {remote} failed: {e}",
-                        server.id
-                    );
-                    return;
-                }
-                Err(_) => return,
+            let Ok(stream) = admission.handshake(acceptor.accept(tcp)).await else {
+                return;
             };
             let caller: Option<Arc<str>> =
                 kagi_node::tls::peer_identity(stream.get_ref().1.peer_certificates())
                     .map(Arc::from);
+            let Some(identity) = caller.clone() else {
+                admission.refuse(Refused::UnknownIdentity, "");
+                return;
+            };
+            let Ok(_slot) = admission.admit(&identity) else {
+                return;
+            };
             let svc = hyper::service::service_fn(move |req| {
                 let server = server.clone();
                 let caller = caller.clone();
@@ -122,12 +118,30 @@ async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+    let Ok(_buffering) = server.bodies.clone().acquire_owned().await else {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "site is shutting down",
+            None,
+        );
+    };
+    let collected = tokio::time::timeout(
+        BODY_TIMEOUT,
+        Limited::new(req.into_body(), MAX_BODY_BYTES).collect(),
+    )
+    .await;
+    let body = match collected {
+        Ok(Ok(b)) => b.to_bytes(),
+        Err(_) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                "the request body did not arrive in time",
+                None,
+            )
+        }
+        Ok(Err(e)) => {
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "malformed",
