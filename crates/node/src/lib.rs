@@ -14,6 +14,7 @@ pub mod photon_link;
 pub mod pki;
 pub mod run;
 pub mod service;
+pub mod skip;
 pub mod store;
 pub mod tls;
 

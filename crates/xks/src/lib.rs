@@ -18,6 +18,7 @@ pub mod aead;
 pub mod audit;
 pub mod backend;
 pub mod cache;
+pub mod client;
 pub mod config;
 pub mod creds;
 pub mod proxy;

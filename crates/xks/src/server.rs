@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -133,22 +133,49 @@ fn json_response(status: u16, body: String) -> Response<Full<Bytes>> {
     r
 }
 
+/// Time allowed to receive a request body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// An oversized body is read and thrown away up to this many bytes, so that the client sees the
+/// error answer instead of a reset; past it the connection is closed.
+const MAX_DRAIN_BYTES: usize = 16 * 1024 * 1024;
+
+/// Reads a body of at most [`wire::MAX_BODY_BYTES`].
+async fn read_body(mut body: Incoming) -> Result<Bytes, String> {
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| "request body could not be read".to_string())?;
+        if let Ok(d) = frame.into_data() {
+            seen += d.len();
+            if seen > MAX_DRAIN_BYTES {
+                break;
+            }
+            if seen <= wire::MAX_BODY_BYTES {
+                buf.extend_from_slice(&d);
+            }
+        }
+    }
+    if seen > wire::MAX_BODY_BYTES {
+        return Err(format!(
+            "request body is larger than {} bytes",
+            wire::MAX_BODY_BYTES
+        ));
+    }
+    Ok(Bytes::from(buf))
+}
+
 async fn serve_request(proxy: Arc<Proxy>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     // HTTP/2 carries the host in the URI's authority, not in a Host header.
     let authority = parts.uri.authority().map(|a| a.as_str().to_string());
-    let body = match Limited::new(body, wire::MAX_BODY_BYTES).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            let too_big = e
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some();
-            let msg = if too_big {
-                format!("request body is larger than {} bytes", wire::MAX_BODY_BYTES)
-            } else {
-                "request body could not be read".to_string()
-            };
-            return json_response(400, XksError::validation(msg).body());
+    let body = match tokio::time::timeout(BODY_TIMEOUT, read_body(body)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(msg)) => return json_response(400, XksError::validation(msg).body()),
+        Err(_) => {
+            return json_response(
+                400,
+                XksError::validation("request body not received in time").body(),
+            )
         }
     };
     let mut headers: Vec<(&str, &str)> = Vec::with_capacity(parts.headers.len() + 1);

@@ -110,6 +110,9 @@ pub struct NetworkNode {
     pub etsi014_url: String,
     /// SAEs attached to the node.
     pub saes: Vec<NetworkSae>,
+    /// Cisco SKIP endpoint (TLS 1.3, SAE client certificates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_url: Option<String>,
 }
 
 /// An SAE in `network.json`.
@@ -293,6 +296,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             etsi014: Etsi014Config::default(),
             pool: PoolConfig::default(),
             store: Default::default(),
+            skip_addr: None,
         };
         let cfg_path = node_dir.join("node.toml");
         // Keep a config the user edited (limits, pool policy, where the store lives), refreshing
@@ -307,6 +311,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             },
             Err(_) => cfg,
         };
+        let cfg = super::skip_ports::with_skip_port(cfg, &cfg_path, &topo);
         write_atomic(&cfg_path, &toml::to_string_pretty(&cfg)?)?;
         configs.insert(n.id.clone(), cfg_path);
         let mut saes = Vec::new();
@@ -323,6 +328,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             id: n.id.clone(),
             etsi014_url: format!("https://127.0.0.1:{port}"),
             saes,
+            skip_url: cfg.skip_addr.as_ref().map(|a| format!("https://{a}")),
         });
     }
     write_atomic(&dir.join("topology.toml"), &topo.to_toml())?;
