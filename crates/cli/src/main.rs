@@ -31,6 +31,8 @@ enum Command {
     Vault(cmd::vault::Args),
     /// AWS KMS external key store (XKS proxy API v1) with keys secret-shared at vault sites.
     Xks(cmd::xks::Args),
+    /// Certificates of a network's CA: revoke one, list revoked ones.
+    Pki(cmd::pki::Args),
     /// Benchmarks (ETSI 014 delivery over a local network, relay throughput).
     Bench(cmd::bench::Args),
 }
@@ -55,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::Vault(a) => cmd::vault::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Xks(a) => cmd::xks::run(a),
+        Command::Pki(a) => cmd::pki::run(a),
         Command::Node(a) => {
             init_tracing();
             cmd::node::run(a)

@@ -48,3 +48,15 @@ fn too_small_blocks_are_reported() {
         "{v}"
     );
 }
+
+#[test]
+fn hopeless_links_are_refused_before_simulating() {
+    // At 250 km nothing yields key: auto pulses must not start an endless simulation.
+    let out = Command::new(env!("CARGO_BIN_EXE_kagi"))
+        .args(["link-sim", "--distance", "250"])
+        .output()
+        .expect("run kagi link-sim");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("finite-key model expects no key"), "{err}");
+}

@@ -74,6 +74,10 @@ pub struct Etsi014Config {
     /// Only certificates whose CN is listed in `sae_map` are SAEs; any other CN gets 401 even when
     /// it equals an SAE ID of the topology.
     pub strict_sae_map: bool,
+    /// Refuse applications that cannot do TLS 1.3 with X25519MLKEM768 (classical-only and
+    /// TLS 1.2 clients). Off by default so that deployed encryptors that speak only classical
+    /// TLS keep working; node-to-node and vault traffic always require it.
+    pub require_pq: bool,
 }
 
 impl Default for Etsi014Config {
@@ -86,6 +90,7 @@ impl Default for Etsi014Config {
             max_sae_id_count: 8,
             sae_map: Default::default(),
             strict_sae_map: false,
+            require_pq: false,
         }
     }
 }

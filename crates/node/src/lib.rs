@@ -12,6 +12,7 @@ pub mod loopback;
 pub mod peer;
 pub mod photon_link;
 pub mod pki;
+pub mod revocation;
 pub mod run;
 pub mod service;
 pub mod skip;

@@ -43,6 +43,9 @@ pub enum PkiError {
     /// An ID cannot be used as a certificate name.
     #[error("id {0:?} cannot be used in a certificate")]
     BadId(String),
+    /// Anything else (a file that is not a certificate, an unreadable revocation list).
+    #[error("{0}")]
+    Other(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
@@ -128,6 +131,11 @@ fn check_id(id: &str) -> Result<(), PkiError> {
     }
 }
 
+/// Writes a public (world-readable) file atomically.
+pub(crate) fn write_public(path: &Path, data: &str) -> Result<(), PkiError> {
+    write_file(path, data, false)
+}
+
 /// Writes `data` to `path` atomically (temporary file, then rename); `secret` files get 0600.
 fn write_file(path: &Path, data: &str, secret: bool) -> Result<(), PkiError> {
     if let Some(parent) = path.parent() {
@@ -182,6 +190,14 @@ impl Pki {
             ca: Issuer::new(params, kp),
             fresh_ca: true,
         })
+    }
+
+    /// Signs a certificate revocation list with the CA key (PEM).
+    pub fn sign_crl(
+        &self,
+        params: &rcgen::CertificateRevocationListParams,
+    ) -> Result<String, PkiError> {
+        Ok(params.signed_by(&self.ca)?.pem()?)
     }
 
     /// The directory this PKI lives in.

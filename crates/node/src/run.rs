@@ -112,7 +112,11 @@ pub async fn run_node(
     let mut sd_rx2 = sd_rx.clone();
     let etsi = tokio::spawn(etsi014::serve(
         etsi_listener,
-        tls::etsi_server_config(&cfg.tls)?,
+        if cfg.etsi014.require_pq {
+            tls::etsi_server_config_pq_only(&cfg.tls)?
+        } else {
+            tls::etsi_server_config(&cfg.tls)?
+        },
         cfg.etsi014.clone(),
         topo.clone(),
         handle.clone(),

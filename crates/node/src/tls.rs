@@ -10,18 +10,21 @@
 //!   1.2 or newer and deployed encryptors still speak 1.2) and prefers X25519MLKEM768, then falls
 //!   back to X25519, P-256 and P-384. kagi's own client speaks TLS 1.3 only, hybrid first.
 //!
+//! Every surface checks the CA's revocation list (`crl.pem` beside the CA certificate, see
+//! [`crate::revocation`]) on each handshake.
+//!
 //! Certificates are ECDSA P-256 (see [`crate::pki`]) so that stock `curl`/OpenSSL clients work.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
-use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::TlsConfig;
+use crate::revocation::{crl_path, RevocationClientVerifier, RevocationServerVerifier};
 
 /// ALPN protocol offered and accepted on the ETSI 014 surface.
 pub const ETSI_ALPN: &[u8] = b"http/1.1";
@@ -80,14 +83,16 @@ fn server_config(
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> anyhow::Result<ServerConfig> {
     let roots = load_roots(&tls.ca)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|e| anyhow::anyhow!("client verifier: {e}"))?;
-    let cfg = ServerConfig::builder_with_provider(provider)
+    let verifier = RevocationClientVerifier::new(roots, provider.clone(), crl_path(&tls.ca))?;
+    let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(load_certs(&tls.cert)?, load_key(&tls.key)?)
         .map_err(|e| anyhow::anyhow!("node certificate {}: {e}", tls.cert.display()))?;
+    // No session resumption: a resumed session skips certificate verification, so a revoked
+    // client could keep reconnecting on an old ticket.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
     Ok(cfg)
 }
 
@@ -120,6 +125,15 @@ pub fn etsi_server_config(tls: &TlsConfig) -> anyhow::Result<Arc<ServerConfig>> 
     Ok(Arc::new(cfg))
 }
 
+/// Server side of ETSI GS QKD 014 for deployments that require post-quantum key exchange
+/// (`[etsi014] require_pq = true`): like [`etsi_server_config`] but TLS 1.3 with X25519MLKEM768
+/// only, so classical-only and TLS 1.2 clients fail the handshake.
+pub fn etsi_server_config_pq_only(tls: &TlsConfig) -> anyhow::Result<Arc<ServerConfig>> {
+    let mut cfg = server_config(tls, peer_provider(), &[&rustls::version::TLS13])?;
+    cfg.alpn_protocols = vec![ETSI_ALPN.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// Client side of ETSI GS QKD 014 for kagi's own client: trusts `ca`, presents `cert`/`key`,
 /// TLS 1.3 only, X25519MLKEM768 preferred.
 pub fn etsi_client_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<Arc<ClientConfig>> {
@@ -136,9 +150,11 @@ fn client_config(
     provider: Arc<CryptoProvider>,
 ) -> anyhow::Result<Arc<ClientConfig>> {
     let roots = load_roots(ca)?;
+    let verifier = RevocationServerVerifier::new(roots, provider.clone(), crl_path(ca))?;
     let cfg = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
         .map_err(|e| anyhow::anyhow!("client certificate {}: {e}", cert.display()))?;
     Ok(Arc::new(cfg))
@@ -241,6 +257,65 @@ pub(crate) mod tests {
         assert_eq!(who, "node-a");
     }
 
+    /// Connects `client` to one handshake on a listener with `server`; true if both ends finished
+    /// and the client read the server's greeting.
+    async fn handshake_ok(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> bool {
+        let (addr, srv) = serve_once(server).await;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let client_ok = match TlsConnector::from(client)
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+        {
+            Ok(mut tls) => {
+                let mut buf = Vec::new();
+                let _ = tls.read_to_end(&mut buf).await;
+                buf == b"hi"
+            }
+            Err(_) => false,
+        };
+        let server_ok = srv.await.unwrap().is_some();
+        client_ok && server_ok
+    }
+
+    #[tokio::test]
+    async fn revoked_certificates_are_refused_without_a_restart() {
+        let (d, ta, tb) = setup();
+        let pki = Pki::open_or_create(d.path()).unwrap();
+        let sae = pki.ensure_sae("sae-x").unwrap();
+        // Configurations built once, before any revocation, as a running node holds them.
+        let peer_server = peer_server_config(&tb).unwrap();
+        let etsi_server = etsi_server_config(&tb).unwrap();
+        let a_client = peer_client_config(&ta).unwrap();
+        let b_server_for_a = peer_server_config(&ta).unwrap();
+        let b_client = peer_client_config(&tb).unwrap();
+        let sae_client = etsi_client_config(&ta.ca, &sae.cert, &sae.key).unwrap();
+        assert!(handshake_ok(peer_server.clone(), a_client.clone()).await);
+        assert!(handshake_ok(etsi_server.clone(), sae_client.clone()).await);
+        assert!(handshake_ok(b_server_for_a.clone(), b_client.clone()).await);
+
+        crate::revocation::revoke(&pki, &sae.cert).unwrap();
+        assert!(
+            !handshake_ok(etsi_server.clone(), sae_client.clone()).await,
+            "a revoked SAE certificate still gets in"
+        );
+        assert!(handshake_ok(peer_server.clone(), a_client.clone()).await);
+
+        crate::revocation::revoke(&pki, &ta.cert).unwrap();
+        assert!(
+            !handshake_ok(peer_server.clone(), a_client.clone()).await,
+            "a revoked node certificate is still accepted by its peers"
+        );
+        assert!(
+            !handshake_ok(b_server_for_a, b_client).await,
+            "a peer still connects to a server whose certificate is revoked"
+        );
+        let listed: Vec<crate::revocation::Revoked> =
+            serde_json::from_str(&std::fs::read_to_string(d.path().join("revoked.json")).unwrap())
+                .unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[1].subject, "node-a");
+    }
+
     #[tokio::test]
     async fn classical_only_peer_is_refused() {
         let (_d, ta, tb) = setup();
@@ -328,6 +403,31 @@ pub(crate) mod tests {
             assert_eq!(got, format!("{:?}", group.name()));
             assert_eq!(who, "node-a");
         }
+    }
+
+    #[tokio::test]
+    async fn etsi_server_requiring_pq_refuses_classical_and_tls12_clients() {
+        let (_d, ta, tb) = setup();
+        for (version, group) in [
+            (&rustls::version::TLS13, aws_lc_rs::kx_group::X25519),
+            (&rustls::version::TLS12, aws_lc_rs::kx_group::SECP256R1),
+        ] {
+            let mut p = aws_lc_rs::default_provider();
+            p.kx_groups = vec![group];
+            let cfg = ClientConfig::builder_with_provider(Arc::new(p))
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(load_roots(&ta.ca).unwrap())
+                .with_client_auth_cert(load_certs(&ta.cert).unwrap(), load_key(&ta.key).unwrap())
+                .unwrap();
+            assert!(
+                !handshake_ok(etsi_server_config_pq_only(&tb).unwrap(), Arc::new(cfg)).await,
+                "{version:?} {:?} got through",
+                group.name()
+            );
+        }
+        let ours = etsi_client_config(&ta.ca, &ta.cert, &ta.key).unwrap();
+        assert!(handshake_ok(etsi_server_config_pq_only(&tb).unwrap(), ours).await);
     }
 
     /// A tiny self-deleting temporary directory (no extra dependency).

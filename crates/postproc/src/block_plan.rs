@@ -17,8 +17,9 @@ use kagi_quantum::photon::{Intensity, PhotonParams};
 pub const MIN_BLOCK_BITS: u64 = 100_000;
 /// Default share of the best secret fraction (over blocks up to the cap) the chosen block must
 /// reach: half. The fraction climbs steeply from the first block with key to about half its
-/// asymptote and slowly after that (at 45 km, 3.3 % QBER: 0 at 1.7·10^6 sifted bits, 0.12 at
-/// 3·10^6, 0.24 at 10^8), so this is the smallest block that is not mostly finite-size loss.
+/// asymptote and slowly after that (at 45 km, 3.4 % QBER, `kagi link-sim`'s defaults: 0.011 at
+/// 10^6 sifted bits, 0.13 at 3.2·10^6, 0.24 at 10^8), so this is the smallest block that is not
+/// mostly finite-size loss.
 pub const KNEE_SHARE: f64 = 0.5;
 
 /// What a channel is expected to give, per pulse of each intensity class, and how the block

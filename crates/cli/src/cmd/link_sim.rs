@@ -140,6 +140,8 @@ fn parse_auto(s: &str, name: &str) -> anyhow::Result<Option<usize>> {
 
 /// Largest block the automatic choice considers, sifted bits.
 const MAX_AUTO_BLOCK: u64 = 100_000_000;
+/// Most pulses `--pulses auto` simulates (about 5–15 minutes on 2 cores).
+const MAX_AUTO_PULSES: f64 = 2e11;
 
 fn parse_count(s: &str, name: &str) -> anyhow::Result<usize> {
     let v: f64 = s
@@ -300,7 +302,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(p) => p,
         // One block's worth, rounded up to whole simulator words, plus 1 % for fluctuations.
         None => {
-            let p = (block_bits as f64 / spp.max(1e-12) * 1.01).min(1e12);
+            let p = block_bits as f64 / spp.max(1e-300) * 1.01;
+            if smallest.is_none() || p > MAX_AUTO_PULSES {
+                bail!(
+                    "--pulses auto: the finite-key model expects {} at {} km with these settings \
+                     (expected QBER {:.2} %, {:.3e} sifted bits per pulse; one block of {block_bits} \
+                     sifted bits needs {p:.2e} pulses); give --pulses (and --block-bits) to \
+                     simulate anyway",
+                    if smallest.is_none() {
+                        "no key from any block up to 10^8 sifted bits"
+                    } else {
+                        "key only from blocks too long to simulate by default"
+                    },
+                    args.distance,
+                    100.0 * model.qber(),
+                    spp
+                );
+            }
             (p as usize).div_ceil(64) * 64
         }
     };

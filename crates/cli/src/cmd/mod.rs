@@ -6,6 +6,7 @@ pub mod keys;
 pub mod link_rate;
 pub mod link_sim;
 pub mod node;
+pub mod pki;
 pub mod skip_ports;
 pub mod up;
 pub mod vault;

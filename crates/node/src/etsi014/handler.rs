@@ -7,7 +7,6 @@ use std::sync::Arc;
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use kagi_control::Topology;
@@ -120,11 +119,11 @@ fn internal(what: &str) -> Resp {
 }
 
 /// Handles one request; never panics on client input and answers only 200/400/401/503.
-pub(crate) async fn handle<S: KeyService>(
-    ctx: &Ctx<S>,
-    caller: &Caller,
-    req: Request<Incoming>,
-) -> Resp {
+pub(crate) async fn handle<S: KeyService, B>(ctx: &Ctx<S>, caller: &Caller, req: Request<B>) -> Resp
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let caller = match caller {
         Caller::Sae(s) => s.clone(),
         Caller::Unknown(None) => {

@@ -48,6 +48,30 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time given to open connections to finish after shutdown is requested.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Runs one request through the ETSI 014 handler without a network: the whole syntax check and
+/// answer mapping, with `cert_cn` as the caller's certificate CN. For fuzzing and property tests;
+/// [`serve`] is the server.
+#[doc(hidden)]
+pub async fn handle_one<S: KeyService, B>(
+    params: &Etsi014Config,
+    topology: &Arc<Topology>,
+    service: S,
+    cert_cn: Option<String>,
+    req: hyper::Request<B>,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let ctx = handler::Ctx {
+        params: params.clone(),
+        topology: topology.clone(),
+        service,
+    };
+    let caller = handler::Caller::resolve(cert_cn, params, topology);
+    handler::handle(&ctx, &caller, req).await
+}
+
 /// Serves ETSI GS QKD 014 on `listener` until `shutdown` completes, then stops accepting and
 /// gives open connections [`SHUTDOWN_GRACE`] to finish.
 ///
