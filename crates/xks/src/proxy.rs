@@ -419,7 +419,13 @@ impl Proxy {
         if !crate::registry::check_key_id(id) {
             return Err(not_found());
         }
-        let reg = self.registry.get();
+        let mut reg = self.registry.get();
+        if reg.get(id).is_none() {
+            // A key created a moment ago may not have been picked up by the periodic reload.
+            if let Some(Ok(r)) = self.registry.poll(Registry::load) {
+                reg = r;
+            }
+        }
         let rec = reg.get(id).ok_or_else(not_found)?;
         match (rec.status, r.op) {
             (KeyStatus::Revoked, _) => return Err(not_found()),
