@@ -25,6 +25,10 @@ enum Command {
     Node(cmd::node::Args),
     /// Start a whole local network (certificates, configs, one `kagi node` per trusted node).
     Up(cmd::up::Args),
+    /// The network from the management API (nodes, links, pools); links out of service, drain.
+    Net(cmd::net::Args),
+    /// Live web dashboard of a network started by `kagi up`.
+    Dash(cmd::dash::Args),
     /// Fetch keys over ETSI GS QKD 014 from a network started by `kagi up`.
     Keys(cmd::keys::Args),
     /// Long-term secure storage: k-of-n shares at separate sites, one-time-pad QKD transfers.
@@ -54,6 +58,8 @@ fn main() -> anyhow::Result<()> {
         Command::LinkSim(a) => cmd::link_sim::run(a),
         Command::Up(a) => cmd::up::run(a),
         Command::Keys(a) => cmd::keys::run(a),
+        Command::Dash(a) => cmd::dash::run(a),
+        Command::Net(a) => cmd::net::run(a),
         Command::Vault(a) => cmd::vault::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Xks(a) => cmd::xks::run(a),

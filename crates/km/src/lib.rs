@@ -15,6 +15,7 @@ mod manager;
 pub mod msgs;
 pub mod record;
 mod relay;
+pub mod status;
 mod supply;
 pub mod time;
 
@@ -23,4 +24,5 @@ pub use config::{KmConfig, Limits, Policy};
 pub use manager::{Action, Input, KeyManager, NodeStats, ReqId, WriteId};
 pub use msgs::{NodeId, PeerMsg};
 pub use record::{Record, Snapshot};
+pub use status::{KmStatus, LinkStatus, PoolStatus};
 pub use time::Instant;

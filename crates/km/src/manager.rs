@@ -190,6 +190,8 @@ pub struct KeyManager {
     pub(crate) cfg: KmConfig,
     pub(crate) routes: Routes,
     pub(crate) down: BTreeSet<NodeId>,
+    /// Neighbours whose link an operator took out of service (see `status.rs`).
+    pub(crate) out_of_service: BTreeSet<NodeId>,
     pub(crate) links: BTreeMap<NodeId, Link>,
     pub(crate) out_pools: BTreeMap<NodeId, BTreeMap<u64, KeyBuf>>,
     /// Unspent bytes of each out-pool (kept in step with `out_pools`; pools hold thousands of
@@ -228,6 +230,7 @@ impl KeyManager {
         let mut km = KeyManager {
             routes,
             down: BTreeSet::new(),
+            out_of_service: BTreeSet::new(),
             links: BTreeMap::new(),
             out_pools: BTreeMap::new(),
             out_free: BTreeMap::new(),
@@ -435,7 +438,7 @@ impl KeyManager {
 
     pub(crate) fn recompute_routes(&mut self) {
         let down: Vec<String> = self.down.iter().cloned().collect();
-        self.routes = Routes::compute(&self.cfg.topology, &self.cfg.node_id, &down);
+        self.routes = self.routes_in_service(&down);
     }
 
     /// Emits a store batch; `after` runs once it is durable.

@@ -31,6 +31,17 @@ pub struct NodeConfig {
     /// when absent. See [`crate::skip`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_addr: Option<String>,
+    /// Management listener (roles, metrics); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub management: Option<ManagementConfig>,
+}
+
+/// The management listener: mutual TLS with role certificates, JSON API and `/metrics`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagementConfig {
+    /// Where to listen, e.g. `127.0.0.1:9001`.
+    pub listen: String,
 }
 
 /// Key store settings.

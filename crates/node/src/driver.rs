@@ -22,6 +22,17 @@ pub enum DriverMsg {
     App(AppCall, oneshot::Sender<Result<AppReply, Refusal>>),
     /// A request for the core's counters.
     Stats(oneshot::Sender<NodeStats>),
+    /// A request for the operator's snapshot of the core.
+    Status(oneshot::Sender<kagi_km::KmStatus>),
+    /// Take the link to a neighbour out of service or back; answers whether it is a neighbour.
+    LinkService {
+        /// The neighbour.
+        peer: String,
+        /// `false` takes the link out of service.
+        in_service: bool,
+        /// Whether `peer` is a neighbour.
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// A cloneable handle to a running driver; implements [`KeyService`].
@@ -41,6 +52,33 @@ impl DriverHandle {
         let (tx, rx) = oneshot::channel();
         self.inbox.send(DriverMsg::Stats(tx)).ok()?;
         rx.await.ok()
+    }
+
+    /// The operator's snapshot of the core (`None` when the driver is gone).
+    pub async fn status(&self) -> Option<kagi_km::KmStatus> {
+        let (tx, rx) = oneshot::channel();
+        self.inbox.send(DriverMsg::Status(tx)).ok()?;
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Takes the link to neighbour `peer` out of service (`false`) or back (`true`). `None` when
+    /// the driver is gone, `Some(false)` when `peer` is not a neighbour.
+    pub async fn set_link_in_service(&self, peer: &str, in_service: bool) -> Option<bool> {
+        let (tx, rx) = oneshot::channel();
+        self.inbox
+            .send(DriverMsg::LinkService {
+                peer: peer.to_owned(),
+                in_service,
+                reply: tx,
+            })
+            .ok()?;
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .ok()?
+            .ok()
     }
 }
 
@@ -65,6 +103,7 @@ pub struct Driver {
     sync: crate::store::Sync,
     inbox_tx: mpsc::UnboundedSender<DriverMsg>,
     inbox_rx: mpsc::UnboundedReceiver<DriverMsg>,
+    ops: Option<Arc<crate::mgmt::Ops>>,
 }
 
 impl Driver {
@@ -77,7 +116,15 @@ impl Driver {
             sync,
             inbox_tx,
             inbox_rx,
+            ops: None,
         }
+    }
+
+    /// Reports link intake, peer reachability and store commit latency to `ops`, and applies
+    /// its links-out-of-service set whenever the core (re)starts.
+    pub fn with_ops(mut self, ops: Arc<crate::mgmt::Ops>) -> Self {
+        self.ops = Some(ops);
+        self
     }
 
     /// A handle for HTTP handlers and adapters.
@@ -111,7 +158,12 @@ impl Driver {
                     let _ = inbox.send(DriverMsg::Input(i));
                 })
             })?;
+        let mut hooks = Hooks {
+            ops: self.ops.clone(),
+            stores: BTreeMap::new(),
+        };
         let mut km = KeyManager::restore(self.cfg.clone(), snap, os_seed(), now());
+        hooks.reapply(&mut km);
         let mut waiting: BTreeMap<ReqId, oneshot::Sender<Result<AppReply, Refusal>>> =
             BTreeMap::new();
         let mut next_req: ReqId = 1;
@@ -136,7 +188,7 @@ impl Driver {
                     "key manager stats"
                 );
             }
-            flush(&mut km, &peers, &store_tx, &mut waiting);
+            flush(&mut km, &peers, &store_tx, &mut waiting, &mut hooks);
             if km.is_fenced() {
                 // Restart the core from what the store acknowledged.
                 tracing::error!("storage fault: restarting the key manager from the store");
@@ -148,6 +200,8 @@ impl Driver {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let snap = SqliteStore::open(&self.db_path)?.snapshot()?;
                 km = KeyManager::restore(self.cfg.clone(), snap, os_seed(), now());
+                hooks.stores.clear();
+                hooks.reapply(&mut km);
                 continue;
             }
             let deadline = km.poll_timeout();
@@ -166,11 +220,11 @@ impl Driver {
                 msg = self.inbox_rx.recv() => {
                     let Some(msg) = msg else { break };
                     let t = now();
-                    deliver(&mut km, t, msg, &mut waiting, &mut next_req);
+                    deliver(&mut km, t, msg, &mut waiting, &mut next_req, &mut hooks);
                     // Take whatever else is queued before draining actions.
                     for _ in 0..1024 {
                         match self.inbox_rx.try_recv() {
-                            Ok(m) => deliver(&mut km, t, m, &mut waiting, &mut next_req),
+                            Ok(m) => deliver(&mut km, t, m, &mut waiting, &mut next_req, &mut hooks),
                             Err(_) => break,
                         }
                     }
@@ -187,15 +241,67 @@ impl Driver {
     }
 }
 
+/// What the driver reports to the operator's state (see [`Driver::with_ops`]).
+struct Hooks {
+    ops: Option<Arc<crate::mgmt::Ops>>,
+    /// When each unacknowledged store batch was handed to the writer.
+    stores: BTreeMap<kagi_km::WriteId, std::time::Instant>,
+}
+
+impl Hooks {
+    fn observe(&mut self, input: &Input) {
+        let Some(ops) = &self.ops else { return };
+        match input {
+            Input::LinkKeys { peer, key, .. } => ops.link_key_in(peer, key.len() as u64),
+            Input::PeerUp { peer } => ops.peer(peer, true),
+            Input::PeerDown { peer } => ops.peer(peer, false),
+            Input::Stored { write, .. } => {
+                if let Some(t) = self.stores.remove(write) {
+                    ops.metrics.store_commit(t.elapsed().as_secs_f64());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn reapply(&self, km: &mut KeyManager) {
+        if let Some(ops) = &self.ops {
+            for peer in ops.links_out() {
+                km.set_link_in_service(&peer, false);
+            }
+        }
+    }
+}
+
 fn deliver(
     km: &mut KeyManager,
     now: kagi_km::Instant,
     msg: DriverMsg,
     waiting: &mut BTreeMap<ReqId, oneshot::Sender<Result<AppReply, Refusal>>>,
     next_req: &mut ReqId,
+    hooks: &mut Hooks,
 ) {
     match msg {
-        DriverMsg::Input(i) => km.handle(now, i),
+        DriverMsg::Input(i) => {
+            hooks.observe(&i);
+            km.handle(now, i)
+        }
+        DriverMsg::Status(tx) => {
+            let _ = tx.send(km.km_status());
+        }
+        DriverMsg::LinkService {
+            peer,
+            in_service,
+            reply,
+        } => {
+            let ok = km.set_link_in_service(&peer, in_service);
+            if ok {
+                if let Some(ops) = &hooks.ops {
+                    ops.set_link_out(&peer, !in_service);
+                }
+            }
+            let _ = reply.send(ok);
+        }
         DriverMsg::App(call, tx) => {
             let req = *next_req;
             *next_req += 1;
@@ -213,11 +319,15 @@ fn flush(
     peers: &Peers,
     store: &std::sync::mpsc::Sender<(kagi_km::WriteId, Vec<kagi_km::Record>)>,
     waiting: &mut BTreeMap<ReqId, oneshot::Sender<Result<AppReply, Refusal>>>,
+    hooks: &mut Hooks,
 ) {
     while let Some(a) = km.poll_action() {
         match a {
             Action::Send { to, msg } => peers.send(&to, msg),
             Action::Store { write, batch } => {
+                if hooks.ops.is_some() {
+                    hooks.stores.insert(write, std::time::Instant::now());
+                }
                 if store.send((write, batch)).is_err() {
                     tracing::error!("store writer is gone");
                 }

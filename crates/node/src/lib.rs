@@ -5,10 +5,12 @@
 pub mod admission;
 pub mod client;
 pub mod config;
+pub mod dash;
 pub mod driver;
 pub mod etsi014;
 pub mod link_source;
 pub mod loopback;
+pub mod mgmt;
 pub mod peer;
 pub mod photon_link;
 pub mod pki;

@@ -63,6 +63,7 @@ pub fn prepare(
             pool: Default::default(),
             store: Default::default(),
             skip_addr: None,
+            management: None,
         };
         tune(&mut cfg);
         cfgs.push(cfg);

@@ -8,6 +8,7 @@
 //! nodes/<node>.pem, nodes/<node>-key.pem   CN = node ID, SANs localhost, 127.0.0.1, ::1 and
 //!                                     the node ID; TLS server and client (peers, ETSI 014)
 //! saes/<sae>.pem, saes/<sae>-key.pem  CN = SAE ID; TLS client (ETSI 014 callers)
+//! operators/<role>.pem, <role>-key.pem  OU = kagi-<role>; TLS client (management listener)
 //! ```
 //!
 //! Keys are ECDSA P-256 with SHA-256 signatures so that stock OpenSSL/curl clients can use them;
@@ -268,6 +269,47 @@ impl Pki {
         params.distinguished_name = name(cn);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(params, 10)
+    }
+
+    /// Issues a management client certificate: CN = `name`, subject OU = the role's
+    /// (`kagi-operator`, `kagi-auditor`, `kagi-observer`; see [`crate::mgmt::role`]), extended
+    /// key usage client authentication.
+    pub fn issue_operator(
+        &self,
+        name: &str,
+        role: crate::mgmt::role::Role,
+    ) -> Result<IssuedCert, PkiError> {
+        check_id(name)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "kagi");
+        dn.push(DnType::OrganizationalUnitName, role.ou());
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params, 10)
+    }
+
+    /// Paths of the management certificate for `role` (whether or not they exist yet).
+    pub fn operator_paths(&self, role: crate::mgmt::role::Role) -> CertPaths {
+        CertPaths {
+            cert: self
+                .dir
+                .join("operators")
+                .join(format!("{}.pem", role.name())),
+            key: self
+                .dir
+                .join("operators")
+                .join(format!("{}-key.pem", role.name())),
+        }
+    }
+
+    /// Makes sure the management certificate for `role` exists (CN `kagi-<role>`, kept when
+    /// present) and returns its paths.
+    pub fn ensure_operator(&self, role: crate::mgmt::role::Role) -> Result<CertPaths, PkiError> {
+        self.ensure(self.operator_paths(role), || {
+            self.issue_operator(&role.ou(), role)
+        })
     }
 
     fn issue(&self, mut params: CertificateParams, years: i32) -> Result<IssuedCert, PkiError> {

@@ -33,7 +33,9 @@ pub async fn run_node(
         .clone();
     std::fs::create_dir_all(&cfg.data_dir)?;
     let db = cfg.data_dir.join(format!("{}.db", cfg.node_id));
-    let driver = Driver::new(km_config(&cfg, topo.clone()), &db, cfg.store.synchronous);
+    let ops = Arc::new(crate::mgmt::Ops::new(&cfg.node_id));
+    let driver = Driver::new(km_config(&cfg, topo.clone()), &db, cfg.store.synchronous)
+        .with_ops(ops.clone());
     let handle = driver.handle();
     let inbox = handle.inbox();
 
@@ -84,6 +86,7 @@ pub async fn run_node(
         })
     };
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut model_rates = BTreeMap::new();
     for spec in &my_links {
         if spec.key_source().ok() != Some(KeySource::Rate) {
             continue;
@@ -91,6 +94,7 @@ pub async fn run_node(
         let link = SimulatedLink::new(&topo, &me.id, spec);
         let hw = high_water(&link.peer);
         tracing::info!(peer = %link.peer, km = spec.length_km, rate_bps = link.rate_bps, "simulated QKD link");
+        model_rates.insert(link.peer.clone(), link.rate_bps);
         tokio::spawn(feed_link(link, hw, inbox.clone(), stop_rx.clone()));
     }
     let ledger_db = cfg.data_dir.join(format!("{}-photon.db", cfg.node_id));
@@ -110,7 +114,31 @@ pub async fn run_node(
         .map_err(|e| anyhow::anyhow!("bind {etsi_addr}: {e}"))?;
     let (sd_tx, sd_rx) = watch::channel(false);
     let mut sd_rx2 = sd_rx.clone();
-    let etsi = tokio::spawn(etsi014::serve(
+    let mgmt = match &cfg.management {
+        Some(m) => {
+            let l = TcpListener::bind(&m.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("bind management {}: {e}", m.listen))?;
+            let ctx = Arc::new(crate::mgmt::MgmtCtx {
+                ops: ops.clone(),
+                driver: handle.clone(),
+                topology: topo.clone(),
+                etsi014: cfg.etsi014.clone(),
+                model_rates,
+            });
+            let mut rx = sd_rx.clone();
+            Some(tokio::spawn(crate::mgmt::serve(
+                l,
+                tls::mgmt_server_config(&cfg.tls)?,
+                ctx,
+                async move {
+                    let _ = rx.wait_for(|v| *v).await;
+                },
+            )))
+        }
+        None => None,
+    };
+    let etsi = tokio::spawn(etsi014::serve_observed(
         etsi_listener,
         if cfg.etsi014.require_pq {
             tls::etsi_server_config_pq_only(&cfg.tls)?
@@ -121,6 +149,7 @@ pub async fn run_node(
         topo.clone(),
         handle.clone(),
         Admission::new("etsi014", Limits::APPLICATIONS),
+        Some(ops.clone()),
         async move {
             let _ = sd_rx2.wait_for(|v| *v).await;
         },
@@ -162,6 +191,9 @@ pub async fn run_node(
     let _ = tokio::time::timeout(Duration::from_secs(2), etsi).await;
     if let Some(skip) = skip {
         let _ = tokio::time::timeout(Duration::from_secs(2), skip).await;
+    }
+    if let Some(m) = mgmt {
+        let _ = tokio::time::timeout(Duration::from_secs(2), m).await;
     }
     result
 }

@@ -125,6 +125,16 @@ pub fn etsi_server_config(tls: &TlsConfig) -> anyhow::Result<Arc<ServerConfig>> 
     Ok(Arc::new(cfg))
 }
 
+/// Server side of the management listener: client certificate required and verified against
+/// the CA (the role is read from it afterwards, see [`crate::mgmt::role`]); TLS 1.3 only,
+/// X25519MLKEM768 preferred (classical groups stay possible so that stock `curl` works);
+/// ALPN `http/1.1`.
+pub fn mgmt_server_config(tls: &TlsConfig) -> anyhow::Result<Arc<ServerConfig>> {
+    let mut cfg = server_config(tls, etsi_provider(), &[&rustls::version::TLS13])?;
+    cfg.alpn_protocols = vec![ETSI_ALPN.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// Server side of ETSI GS QKD 014 for deployments that require post-quantum key exchange
 /// (`[etsi014] require_pq = true`): like [`etsi_server_config`] but TLS 1.3 with X25519MLKEM768
 /// only, so classical-only and TLS 1.2 clients fail the handshake.

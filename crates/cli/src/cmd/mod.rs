@@ -2,12 +2,17 @@
 
 pub mod bench;
 pub mod bench_xks;
+pub mod dash;
 pub mod keys;
 pub mod link_rate;
 pub mod link_sim;
+pub mod net;
 pub mod node;
 pub mod pki;
+pub mod progress;
 pub mod skip_ports;
 pub mod up;
+pub mod up_dash;
+pub mod up_mgmt;
 pub mod vault;
 pub mod xks;

@@ -86,6 +86,12 @@ pub struct NetworkFile {
     /// The XKS proxy (`kagi up --xks`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xks: Option<super::xks::XksInfo>,
+    /// The live dashboard (`http://127.0.0.1:PORT/?token=...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard_url: Option<String>,
+    /// Management client certificates, one per role (operator, auditor, observer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operators: Vec<super::up_mgmt::NetworkOperator>,
 }
 
 /// A storage site in `network.json` (`kagi up --vault`).
@@ -108,6 +114,9 @@ pub struct NetworkNode {
     pub id: String,
     /// `https://127.0.0.1:PORT`.
     pub etsi014_url: String,
+    /// The node's management listener, `https://127.0.0.1:PORT` (mutual TLS, role certificates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub management_url: Option<String>,
     /// SAEs attached to the node.
     pub saes: Vec<NetworkSae>,
     /// Cisco SKIP endpoint (TLS 1.3, SAE client certificates).
@@ -159,7 +168,7 @@ impl NetworkFile {
     }
 }
 
-fn rel(p: &Path, dir: &Path) -> String {
+pub(crate) fn rel(p: &Path, dir: &Path) -> String {
     p.strip_prefix(dir)
         .unwrap_or(p)
         .to_string_lossy()
@@ -172,11 +181,11 @@ fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
 }
 
-fn port_free(port: u16) -> bool {
+pub(crate) fn port_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-fn free_port(taken: &[u16]) -> anyhow::Result<u16> {
+pub(crate) fn free_port(taken: &[u16]) -> anyhow::Result<u16> {
     for _ in 0..100 {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         let p = l.local_addr()?.port();
@@ -279,10 +288,24 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
     let pki = Pki::open_or_create(&dir.join("pki"))?;
     let mut configs = BTreeMap::new();
     let mut nodes = Vec::new();
-    for n in &topo.nodes {
+    let mut taken: Vec<u16> = topo
+        .nodes
+        .iter()
+        .flat_map(|n| [addr_port(&n.etsi014_addr), addr_port(&n.peer_addr)])
+        .flatten()
+        .collect();
+    for (i, n) in topo.nodes.iter().enumerate() {
         let certs = pki.ensure_node(&n.id)?;
         let node_dir = dir.join("nodes").join(&n.id);
         std::fs::create_dir_all(&node_dir)?;
+        let old = NodeConfig::load(&node_dir.join("node.toml")).ok();
+        let mgmt_addr = super::up_mgmt::management_addr(
+            old.as_ref(),
+            i,
+            topo.nodes.len(),
+            args.base_port,
+            &mut taken,
+        )?;
         let up = Path::new("../..");
         let cfg = NodeConfig {
             node_id: n.id.clone(),
@@ -297,19 +320,22 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             pool: PoolConfig::default(),
             store: Default::default(),
             skip_addr: None,
+            management: Some(kagi_node::config::ManagementConfig {
+                listen: mgmt_addr.clone(),
+            }),
         };
         let cfg_path = node_dir.join("node.toml");
         // Keep a config the user edited (limits, pool policy, where the store lives), refreshing
         // only what kagi up owns.
-        let cfg = match NodeConfig::load(&cfg_path) {
-            Ok(old) => NodeConfig {
+        let cfg = match old {
+            Some(old) => NodeConfig {
                 data_dir: written_data_dir(&cfg_path).unwrap_or(cfg.data_dir),
                 etsi014: old.etsi014,
                 pool: old.pool,
                 store: old.store,
                 ..cfg
             },
-            Err(_) => cfg,
+            None => cfg,
         };
         let cfg = super::skip_ports::with_skip_port(cfg, &cfg_path, &topo);
         write_atomic(&cfg_path, &toml::to_string_pretty(&cfg)?)?;
@@ -327,6 +353,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
         nodes.push(NetworkNode {
             id: n.id.clone(),
             etsi014_url: format!("https://127.0.0.1:{port}"),
+            management_url: Some(format!("https://{mgmt_addr}")),
             saes,
             skip_url: cfg.skip_addr.as_ref().map(|a| format!("https://{a}")),
         });
@@ -346,6 +373,8 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             .collect(),
         vault_sites: Vec::new(),
         xks: None,
+        dashboard_url: None,
+        operators: super::up_mgmt::operators(&pki, dir)?,
     };
     Ok(Prepared {
         topo,
@@ -556,6 +585,7 @@ async fn wait_ready(
         .flat_map(|n| n.saes.iter().map(|s| s.id.as_str()))
         .collect();
     let any_sae = prep.network.nodes.iter().find_map(|n| n.saes.first());
+    let bar = super::progress::bar(prep.network.nodes.len() as u64, "nodes answering");
     for node in &prep.network.nodes {
         // A node without SAEs of its own still answers any SAE of the network (a 4xx is an
         // answer too); with no SAE at all there is nothing to ask.
@@ -576,7 +606,10 @@ async fn wait_ready(
         .with_timeout(Duration::from_secs(5));
         loop {
             match client.status(slave).await {
-                Ok(_) | Err(ClientError::Refused { .. }) => break,
+                Ok(_) | Err(ClientError::Refused { .. }) => {
+                    bar.inc(1);
+                    break;
+                }
                 Err(e) => {
                     for c in children.iter_mut() {
                         if let Ok(Some(st)) = c.proc.try_wait() {
@@ -596,6 +629,7 @@ async fn wait_ready(
             }
         }
     }
+    bar.finish_and_clear();
     Ok(())
 }
 
@@ -761,8 +795,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
         }
+        // The dashboard runs in this process; a failure to start it is not fatal.
+        let dash = super::up_dash::start(&dir, &network, &prep.topo.name, 0).await;
+        match &dash {
+            Ok((url, _)) => network.dashboard_url = Some(url.clone()),
+            Err(e) => eprintln!("kagi up: no dashboard: {e:#}"),
+        }
         let json = serde_json::to_string_pretty(&network)?;
         write_atomic(&dir.join("network.json"), &json)?;
+        if let Some(url) = &network.dashboard_url {
+            println!("\nDashboard (live network map; open in a browser on this machine):\n  {url}");
+        }
         print_banner(&dir, &prep);
         print_vault_banner(&dir, &network);
         super::xks::print_banner(&dir, &network);
@@ -997,9 +1040,7 @@ fn print_banner(dir: &Path, prep: &Prepared) {
         );
     }
     println!("\nLinks:");
-    for l in &prep.network.links {
-        println!("  {} — {} ({} km)", l.a, l.b, l.length_km);
-    }
+    print!("{}", super::up_mgmt::links_table(&prep.topo));
     println!("\nWrote {}", dir.join("network.json").display());
     if let Some(curl) = curl_pair(dir, &prep.topo, &prep.network) {
         println!(

@@ -76,7 +76,7 @@ fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Resp {
     r
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Resp {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Resp {
     json_response(
         status,
         &wire::Error {

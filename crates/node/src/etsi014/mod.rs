@@ -22,6 +22,7 @@
 
 mod bare_errors;
 mod handler;
+mod observed;
 mod path;
 pub mod wire;
 
@@ -92,6 +93,26 @@ pub async fn serve<S: KeyService>(
     admission: Admission,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_observed(
+        listener, tls, params, topology, service, admission, None, shutdown,
+    )
+    .await
+}
+
+/// [`serve`], reporting every answer to the node's operational state (request counts and
+/// latency by endpoint and status, refusals) and refusing new `enc_keys` with 503 while an
+/// operator drains the node (`dec_keys` for keys already handed out still works).
+#[allow(clippy::too_many_arguments)] // `serve`'s arguments plus the operator's state
+pub async fn serve_observed<S: KeyService>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    params: Etsi014Config,
+    topology: Arc<Topology>,
+    service: S,
+    admission: Admission,
+    ops: Option<Arc<crate::mgmt::Ops>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let ctx = Arc::new(handler::Ctx {
         params,
         topology,
@@ -110,6 +131,7 @@ pub async fn serve<S: KeyService>(
         let acceptor = acceptor.clone();
         let ctx = ctx.clone();
         let watcher = graceful.watcher();
+        let ops = ops.clone();
         let admission = admission.clone();
         tokio::spawn(async move {
             let stream = match admission.handshake(acceptor.accept(tcp)).await {
@@ -160,7 +182,13 @@ pub async fn serve<S: KeyService>(
             let svc = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
                 let caller = caller.clone();
-                async move { Ok::<_, Infallible>(handler::handle(&ctx, &caller, req).await) }
+                let ops = ops.clone();
+                async move {
+                    let Some(ops) = ops else {
+                        return Ok::<_, Infallible>(handler::handle(&ctx, &caller, req).await);
+                    };
+                    Ok(observed::handle(&ctx, &caller, &ops, req).await)
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -1,0 +1,194 @@
+//! A read-only snapshot of the key manager for operators (management API, metrics, dashboard).
+//!
+//! The management layer reads the core only through [`KeyManager::km_status`], so the core's
+//! internals can change without touching it. The snapshot carries counts and byte totals,
+//! never key bytes.
+
+use std::collections::BTreeSet;
+
+use kagi_control::{Routes, Topology};
+
+use crate::manager::{KeyManager, NodeStats};
+use crate::msgs::NodeId;
+
+/// What a node's key manager holds and does now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KmStatus {
+    /// This node.
+    pub node_id: NodeId,
+    /// True after a storage fault until the driver restarts the core.
+    pub fenced: bool,
+    /// One entry per QKD link of this node (neighbours in the topology).
+    pub links: Vec<LinkStatus>,
+    /// One entry per other node of the network: end-to-end pools and relays.
+    pub pools: Vec<PoolStatus>,
+    /// Counters since the core started.
+    pub stats: NodeStats,
+}
+
+/// One QKD link as this end sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkStatus {
+    /// The neighbour at the other end.
+    pub peer: NodeId,
+    /// The core sees the peer's channel as up (not reported down).
+    pub peer_up: bool,
+    /// Not taken out of service by an operator.
+    pub in_service: bool,
+    /// Unspent link key this end may spend (its transmit half), bytes.
+    pub tx_bytes: u64,
+    /// Unspent link key the neighbour spends towards this end (receive half), bytes.
+    pub rx_bytes: u64,
+    /// Highest link key block stored.
+    pub high_water: Option<u64>,
+}
+
+/// End-to-end key between this node and one other node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolStatus {
+    /// The other node.
+    pub peer: NodeId,
+    /// Key ready for masters here with slaves there, bytes.
+    pub out_bytes: u64,
+    /// Key relayed from there, held for slaves here, bytes.
+    pub in_bytes: u64,
+    /// Relays started here towards `peer` and not yet acknowledged.
+    pub relays_in_flight: u64,
+    /// The current relay path `[self, ..., peer]`, empty when unreachable.
+    pub route: Vec<NodeId>,
+}
+
+impl KeyManager {
+    /// A snapshot for operators (no key bytes). Cost: linear in links, pools and relays.
+    pub fn km_status(&self) -> KmStatus {
+        let links = self
+            .links
+            .iter()
+            .map(|(peer, l)| LinkStatus {
+                peer: peer.clone(),
+                peer_up: !self.down.contains(peer),
+                in_service: !self.out_of_service.contains(peer),
+                tx_bytes: l.tx.values().map(|b| u64::from(b.free())).sum(),
+                rx_bytes: l.rx.values().map(|b| u64::from(b.free())).sum(),
+                high_water: l.high_water,
+            })
+            .collect();
+        let pools = self
+            .cfg
+            .topology
+            .nodes
+            .iter()
+            .filter(|n| n.id != self.cfg.node_id)
+            .map(|n| PoolStatus {
+                peer: n.id.clone(),
+                out_bytes: self.pool_free(&n.id),
+                in_bytes: self
+                    .in_pools
+                    .get(&n.id)
+                    .map(|p| p.values().map(|b| u64::from(b.free())).sum())
+                    .unwrap_or(0),
+                relays_in_flight: self
+                    .pending_relays
+                    .values()
+                    .filter(|r| r.dest == n.id)
+                    .count() as u64,
+                route: self
+                    .routes
+                    .path(&n.id)
+                    .map(<[_]>::to_vec)
+                    .unwrap_or_default(),
+            })
+            .collect();
+        KmStatus {
+            node_id: self.cfg.node_id.clone(),
+            fenced: self.is_fenced(),
+            links,
+            pools,
+            stats: self.stats(),
+        }
+    }
+
+    /// Takes the link to neighbour `peer` out of service (`false`) or back (`true`): relays from
+    /// this node stop or resume using it. Returns whether `peer` is a neighbour. Each end of a
+    /// link decides for itself; an operator takes a link out at both ends.
+    pub fn set_link_in_service(&mut self, peer: &str, in_service: bool) -> bool {
+        if !self.links.contains_key(peer) {
+            return false;
+        }
+        let changed = if in_service {
+            self.out_of_service.remove(peer)
+        } else {
+            self.out_of_service.insert(peer.to_string())
+        };
+        if changed {
+            self.recompute_routes();
+        }
+        true
+    }
+
+    /// Routes over the topology without the links this node took out of service.
+    pub(crate) fn routes_in_service(&self, down: &[String]) -> Routes {
+        if self.out_of_service.is_empty() {
+            return Routes::compute(&self.cfg.topology, &self.cfg.node_id, down);
+        }
+        let me = self.cfg.node_id.as_str();
+        let out: &BTreeSet<NodeId> = &self.out_of_service;
+        let mut topo: Topology = (*self.cfg.topology).clone();
+        topo.links
+            .retain(|l| !((l.a == me && out.contains(&l.b)) || (l.b == me && out.contains(&l.a))));
+        Routes::compute(&topo, me, down)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use kagi_control::Topology;
+
+    use crate::config::{KmConfig, Limits, Policy};
+    use crate::manager::KeyManager;
+    use crate::record::Snapshot;
+    use crate::time::Instant;
+
+    fn km(topo: Topology, me: &str) -> KeyManager {
+        let cfg = KmConfig {
+            node_id: me.into(),
+            topology: Arc::new(topo),
+            limits: Limits::default(),
+            policy: Policy::default(),
+        };
+        KeyManager::restore(cfg, Snapshot::default(), [7; 32], Instant(0))
+    }
+
+    /// A ring a-b-c-d-a: taking a-b out of service sends a's relays to b the long way round.
+    #[test]
+    fn link_out_of_service_reroutes_and_comes_back() {
+        let mut topo = Topology::line("ring", &["a", "b", "c", "d"], 10.0, |_| vec![]);
+        let mut back = topo.links[0].clone();
+        back.a = "d".into();
+        back.b = "a".into();
+        topo.links.push(back);
+        let mut k = km(topo, "a");
+        let route = |k: &KeyManager| {
+            k.km_status()
+                .pools
+                .into_iter()
+                .find(|p| p.peer == "b")
+                .unwrap()
+                .route
+        };
+        assert_eq!(route(&k), ["a", "b"]);
+        assert!(k.set_link_in_service("b", false));
+        assert_eq!(route(&k), ["a", "d", "c", "b"]);
+        let st = k.km_status();
+        let l = st.links.iter().find(|l| l.peer == "b").unwrap();
+        assert!(!l.in_service && l.peer_up);
+        assert!(k.set_link_in_service("b", true));
+        assert_eq!(route(&k), ["a", "b"]);
+        assert!(
+            !k.set_link_in_service("c", false),
+            "c is not a neighbour of a"
+        );
+    }
+}

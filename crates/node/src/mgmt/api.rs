@@ -1,0 +1,587 @@
+//! The management API's routes and handlers (JSON over HTTP/1.1, behind mutual TLS).
+//!
+//! Every route is listed once in [`ROUTES`] with the permission it needs; the checked-in
+//! OpenAPI description (`docs/management-openapi.json`, served at `/api/v1/openapi.json`) is
+//! compared against that table by a test. Errors are JSON `{"message": ...}` with 400 (bad
+//! input), 403 (role), 404 (no such route), 405, 501 (action not available in this build) or
+//! 503 (key manager not answering).
+
+// Handlers return their error answer early through `Result<_, Response>`; the answer is built
+// once per failed request, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Extension, Router};
+use kagi_control::Topology;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::ops::{Ops, RefusalEvent};
+use super::role::{Caller, Permission};
+use crate::config::Etsi014Config;
+use crate::driver::DriverHandle;
+
+/// The OpenAPI description of this API, as checked in under `docs/`.
+pub const OPENAPI: &str = include_str!("../../../../docs/management-openapi.json");
+
+/// Largest request body accepted (bytes).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Every route: method, path (OpenAPI template syntax) and the permission it needs.
+pub const ROUTES: &[(&str, &str, Permission)] = &[
+    ("GET", "/api/v1/status", Permission::Read),
+    ("GET", "/api/v1/links", Permission::Read),
+    ("PUT", "/api/v1/links/{peer}/service", Permission::Operate),
+    ("GET", "/api/v1/pools", Permission::Read),
+    ("GET", "/api/v1/relays", Permission::Read),
+    ("GET", "/api/v1/saes", Permission::Read),
+    ("PUT", "/api/v1/saes/{sae}/limits", Permission::Operate),
+    ("GET", "/api/v1/refusals", Permission::Read),
+    ("GET", "/api/v1/audit", Permission::ReadAudit),
+    ("PUT", "/api/v1/drain", Permission::Operate),
+    ("POST", "/api/v1/tamper", Permission::Operate),
+    ("POST", "/api/v1/erase", Permission::Operate),
+    ("GET", "/api/v1/openapi.json", Permission::Read),
+    ("GET", "/metrics", Permission::Read),
+];
+
+/// What the handlers reach.
+pub struct MgmtCtx {
+    /// The node's operational state.
+    pub ops: Arc<Ops>,
+    /// The key manager.
+    pub driver: DriverHandle,
+    /// The network.
+    pub topology: Arc<Topology>,
+    /// ETSI 014 limits served by this node.
+    pub etsi014: Etsi014Config,
+    /// Modelled secret key rate (bit/s) of this node's simulated links, by neighbour.
+    pub model_rates: BTreeMap<String, f64>,
+}
+
+type Ctx = State<Arc<MgmtCtx>>;
+type Who = Extension<Arc<Caller>>;
+
+/// A JSON error answer.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "message": message.into() }))).into_response()
+}
+
+fn ok(v: Value) -> Response {
+    (StatusCode::OK, axum::Json(v)).into_response()
+}
+
+/// Refuses unless the caller's role allows `p`; the refusal is recorded.
+fn need(ctx: &MgmtCtx, who: &Caller, p: Permission, what: &str) -> Result<(), Response> {
+    match who.role {
+        Some(r) if r.may(p) => Ok(()),
+        role => {
+            let message = match role {
+                Some(r) => format!("role {} may not {what}", r.name()),
+                None => "certificate carries no management role (OU kagi-operator, kagi-auditor or kagi-observer)".to_owned(),
+            };
+            ctx.ops.refusal(RefusalEvent {
+                time_ms: 0,
+                endpoint: format!("management/{what}"),
+                status: 403,
+                reason: "forbidden".into(),
+                caller: Some(who.name.clone()),
+                message: message.clone(),
+            });
+            Err(error(StatusCode::FORBIDDEN, message))
+        }
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+    if body.is_empty() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "request body must be a JSON object",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+fn unavailable() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "key manager is not answering; retry",
+    )
+}
+
+/// The router; the caller's identity is added per connection as an `Extension<Arc<Caller>>`.
+pub fn router(ctx: Arc<MgmtCtx>) -> Router {
+    Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/links", get(links))
+        .route("/api/v1/links/{peer}/service", put(link_service))
+        .route("/api/v1/pools", get(pools))
+        .route("/api/v1/relays", get(relays))
+        .route("/api/v1/saes", get(saes))
+        .route("/api/v1/saes/{sae}/limits", put(sae_limits))
+        .route("/api/v1/refusals", get(refusals))
+        .route("/api/v1/audit", get(audit))
+        .route("/api/v1/drain", put(drain))
+        .route("/api/v1/tamper", post(tamper))
+        .route("/api/v1/erase", post(erase))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(ctx)
+}
+
+async fn not_found(State(ctx): Ctx, Extension(who): Who) -> Response {
+    if let Err(r) = need(&ctx, &who, Permission::Read, "read") {
+        return r;
+    }
+    error(
+        StatusCode::NOT_FOUND,
+        "no such management endpoint; see /api/v1/openapi.json",
+    )
+}
+
+async fn not_allowed(State(ctx): Ctx, Extension(who): Who, method: Method) -> Response {
+    if let Err(r) = need(&ctx, &who, Permission::Read, "read") {
+        return r;
+    }
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed here; see /api/v1/openapi.json"),
+    )
+}
+
+fn stats_json(s: &kagi_km::NodeStats) -> Value {
+    json!({
+        "link_key_in_bytes": s.link_key_in,
+        "link_key_spent_bytes": s.link_key_spent,
+        "link_blocks_dropped": s.link_blocks_dropped,
+        "link_bytes": s.link_bytes,
+        "pool_bytes": s.pool_bytes,
+        "relays_started": s.relays_started,
+        "relays_acked": s.relays_acked,
+        "relays_abandoned": s.relays_abandoned,
+        "relays_received": s.relays_received,
+        "hops_forwarded": s.hops_forwarded,
+        "replays_rejected": s.replays_rejected,
+        "bad_tags": s.bad_tags,
+        "keys_served_master": s.keys_served_master,
+        "keys_served_slave": s.keys_served_slave,
+        "refused_no_key": s.refused_no_key,
+    })
+}
+
+/// The state of the links of this node, as JSON (shared by `/links` and `/status`).
+fn links_json(ctx: &MgmtCtx, km: &kagi_km::KmStatus) -> Value {
+    let up = ctx.ops.peers_up();
+    let me = ctx.ops.node_id();
+    let list: Vec<Value> = km
+        .links
+        .iter()
+        .map(|l| {
+            let spec = ctx.topology.link(me, &l.peer);
+            let connected = up.contains(&l.peer);
+            let (key_in, rate) = ctx.ops.link_intake(&l.peer);
+            let state = if !l.in_service {
+                "out_of_service"
+            } else if !connected {
+                "down"
+            } else {
+                "up"
+            };
+            json!({
+                "peer": l.peer,
+                "state": state,
+                "peer_connected": connected,
+                "in_service": l.in_service,
+                "length_km": spec.map(|s| s.length_km),
+                "source": spec.and_then(|s| s.source.clone()).unwrap_or_else(|| "rate".into()),
+                "tx_bytes": l.tx_bytes,
+                "rx_bytes": l.rx_bytes,
+                "key_in_bytes": key_in,
+                "key_rate_bytes_per_second": rate,
+                "model_rate_bps": ctx.model_rates.get(&l.peer),
+                "high_water_block": l.high_water,
+            })
+        })
+        .collect();
+    Value::Array(list)
+}
+
+fn pools_json(km: &kagi_km::KmStatus) -> Value {
+    Value::Array(
+        km.pools
+            .iter()
+            .map(|p| {
+                json!({
+                    "peer": p.peer,
+                    "out_bytes": p.out_bytes,
+                    "in_bytes": p.in_bytes,
+                    "relays_in_flight": p.relays_in_flight,
+                    "route": p.route,
+                })
+            })
+            .collect(),
+    )
+}
+
+async fn status(State(ctx): Ctx, Extension(who): Who) -> Response {
+    if let Err(r) = need(&ctx, &who, Permission::Read, "read") {
+        return r;
+    }
+    let Some(km) = ctx.driver.status().await else {
+        return unavailable();
+    };
+    let up = ctx.ops.peers_up();
+    ok(json!({
+        "node_id": ctx.ops.node_id(),
+        "uptime_seconds": ctx.ops.uptime().as_secs_f64(),
+        "draining": ctx.ops.draining(),
+        "fenced": km.fenced,
+        "peers_up": up,
+        "peers_total": ctx.topology.nodes.len().saturating_sub(1),
+        "saes": ctx.topology.node(ctx.ops.node_id()).map(|n| n.saes.clone()).unwrap_or_default(),
+        "links": links_json(&ctx, &km),
+        "pools": pools_json(&km),
+        "stats": stats_json(&km.stats),
+        "refusals_recent": ctx.ops.recent_refusals().len(),
+    }))
+}
+
+async fn links(State(ctx): Ctx, Extension(who): Who) -> Response {
+    if let Err(r) = need(&ctx, &who, Permission::Read, "read") {
+        return r;
+    }
+    match ctx.driver.status().await {
+        Some(km) => ok(links_json(&ctx, &km)),
+        None => unavailable(),
+    }
+}
+
+async fn pools(State(ctx): Ctx, Extension(who): Who) -> Response {
+    if let Err(r) = need(&ctx, &who, Permission::Read, "read") {
+        return r;
+    }
+    match ctx.driver.status().await {
+        Some(km) => ok(pools_json(&km)),
+        None => unavailable(),
+    }
+}
+
+async fn relays(State(ctx): Ctx, Extension(who): Who) -> Response {
+    if let Err(r) = need(&ctx, &who, Permission::Read, "read") {
+        return r;
+    }
+    let Some(km) = ctx.driver.status().await else {
+        return unavailable();
+    };
+    let s = &km.stats;
+    let in_flight: Vec<Value> = km
+        .pools
+        .iter()
+        .filter(|p| p.relays_in_flight > 0)
+        .map(|p| json!({"dest": p.peer, "count": p.relays_in_flight, "route": p.route}))
+        .collect();
+    ok(json!({
+        "in_flight_total": km.pools.iter().map(|p| p.relays_in_flight).sum::<u64>(),
+        "in_flight": in_flight,
+        "started": s.relays_started,
+        "acked": s.relays_acked,
+        "abandoned": s.relays_abandoned,
+        "received": s.relays_received,
+        "hops_forwarded": s.hops_forwarded,
+    }))
+}
+
+async fn saes(State(ctx): Ctx, Extension(who): Who) -> Response {
+    if let Err(r) = need(&ctx, &who, Permission::Read, "read") {
+        return r;
+    }
+    let e = &ctx.etsi014;
+    let me = ctx.ops.node_id();
+    let list: Vec<Value> = ctx
+        .topology
+        .nodes
+        .iter()
+        .flat_map(|n| n.saes.iter().map(move |s| (n.id.clone(), s.clone())))
+        .map(|(node, sae)| {
+            json!({
+                "sae": sae,
+                "node": node,
+                "local": node == me,
+                "rate_limit": Value::Null,
+            })
+        })
+        .collect();
+    ok(json!({
+        "limits": {
+            "key_size": e.key_size,
+            "min_key_size": e.min_key_size,
+            "max_key_size": e.max_key_size,
+            "max_key_per_request": e.max_key_per_request,
+            "max_sae_id_count": e.max_sae_id_count,
+        },
+        "saes": list,
+    }))
+}
+
+async fn refusals(State(ctx): Ctx, Extension(who): Who) -> Response {
+    if let Err(r) = need(&ctx, &who, Permission::Read, "read") {
+        return r;
+    }
+    ok(json!(ctx.ops.recent_refusals()))
+}
+
+async fn audit(State(ctx): Ctx, Extension(who): Who) -> Response {
+    if let Err(r) = need(&ctx, &who, Permission::ReadAudit, "read the audit trail") {
+        return r;
+    }
+    ok(json!(ctx.ops.recent_audit()))
+}
+
+async fn openapi(State(ctx): Ctx, Extension(who): Who) -> Response {
+    if let Err(r) = need(&ctx, &who, Permission::Read, "read") {
+        return r;
+    }
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn metrics(State(ctx): Ctx, Extension(who): Who) -> Response {
+    if let Err(r) = need(&ctx, &who, Permission::Read, "read") {
+        return r;
+    }
+    let km = ctx.driver.status().await;
+    let text = super::metrics::encode(&ctx.ops, km.as_ref());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Body of `PUT /api/v1/links/{peer}/service`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkServiceBody {
+    in_service: bool,
+    #[serde(default)]
+    reason: String,
+}
+
+fn audit_and(ctx: &MgmtCtx, who: &Caller, action: &str, target: &str, outcome: &str, detail: &str) {
+    let role = who.role.map(|r| r.name()).unwrap_or("none");
+    ctx.ops
+        .audit(&who.name, role, action, target, outcome, detail);
+}
+
+async fn link_service(
+    State(ctx): Ctx,
+    Extension(who): Who,
+    Path(peer): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = need(&ctx, &who, Permission::Operate, "change links") {
+        return r;
+    }
+    let b: LinkServiceBody = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let action = if b.in_service {
+        "link.in_service"
+    } else {
+        "link.out_of_service"
+    };
+    if ctx.topology.node(&peer).is_none() {
+        audit_and(&ctx, &who, action, &peer, "refused", "unknown node");
+        return error(StatusCode::BAD_REQUEST, format!("unknown node {peer:?}"));
+    }
+    match ctx.driver.set_link_in_service(&peer, b.in_service).await {
+        None => {
+            audit_and(
+                &ctx,
+                &who,
+                action,
+                &peer,
+                "error",
+                "key manager not answering",
+            );
+            unavailable()
+        }
+        Some(false) => {
+            audit_and(&ctx, &who, action, &peer, "refused", "not a neighbour");
+            error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "node {peer:?} is not a neighbour of {}: there is no link to it",
+                    ctx.ops.node_id()
+                ),
+            )
+        }
+        Some(true) => {
+            audit_and(&ctx, &who, action, &peer, "ok", &b.reason);
+            ok(json!({"peer": peer, "in_service": b.in_service}))
+        }
+    }
+}
+
+/// Body of `PUT /api/v1/drain`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainBody {
+    draining: bool,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn drain(State(ctx): Ctx, Extension(who): Who, body: Bytes) -> Response {
+    if let Err(r) = need(&ctx, &who, Permission::Operate, "drain the node") {
+        return r;
+    }
+    let b: DrainBody = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let was = ctx.ops.set_draining(b.draining);
+    let action = if b.draining {
+        "node.drain"
+    } else {
+        "node.undrain"
+    };
+    audit_and(&ctx, &who, action, ctx.ops.node_id(), "ok", &b.reason);
+    ok(json!({"node_id": ctx.ops.node_id(), "draining": b.draining, "was_draining": was}))
+}
+
+/// Body of `PUT /api/v1/saes/{sae}/limits`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsBody {
+    /// Keys per second the SAE may take (sustained).
+    keys_per_second: f64,
+    /// Keys it may take at once above the sustained rate.
+    #[serde(default)]
+    burst: Option<f64>,
+}
+
+async fn sae_limits(
+    State(ctx): Ctx,
+    Extension(who): Who,
+    Path(sae): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = need(&ctx, &who, Permission::Operate, "change SAE limits") {
+        return r;
+    }
+    let b: LimitsBody = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if ctx.topology.node_of_sae(&sae).is_none() {
+        audit_and(&ctx, &who, "sae.limits", &sae, "refused", "unknown SAE");
+        return error(StatusCode::BAD_REQUEST, format!("unknown SAE {sae:?}"));
+    }
+    let bad = |v: f64| !v.is_finite() || v < 0.0;
+    if bad(b.keys_per_second) || b.burst.is_some_and(bad) {
+        audit_and(
+            &ctx,
+            &who,
+            "sae.limits",
+            &sae,
+            "refused",
+            "negative or non-finite limit",
+        );
+        return error(
+            StatusCode::BAD_REQUEST,
+            "keys_per_second and burst must be finite and not negative",
+        );
+    }
+    audit_and(
+        &ctx,
+        &who,
+        "sae.limits",
+        &sae,
+        "not_implemented",
+        "per-SAE quotas are not in this build",
+    );
+    error(
+        StatusCode::NOT_IMPLEMENTED,
+        "per-SAE rate limits are not available in this build (the quota engine is not merged yet); the request was valid and has been audited",
+    )
+}
+
+/// Body of `POST /api/v1/tamper` and `POST /api/v1/erase`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfirmBody {
+    /// Must equal this node's ID: a guard against sending it to the wrong node.
+    confirm_node: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn tamper(State(ctx): Ctx, Extension(who): Who, body: Bytes) -> Response {
+    sealed_action(ctx, who, body, "node.tamper").await
+}
+
+async fn erase(State(ctx): Ctx, Extension(who): Who, body: Bytes) -> Response {
+    sealed_action(ctx, who, body, "node.erase").await
+}
+
+async fn sealed_action(ctx: Arc<MgmtCtx>, who: Arc<Caller>, body: Bytes, action: &str) -> Response {
+    if let Err(r) = need(
+        &ctx,
+        &who,
+        Permission::Operate,
+        "trigger tamper response or erase",
+    ) {
+        return r;
+    }
+    let b: ConfirmBody = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if b.confirm_node != ctx.ops.node_id() {
+        audit_and(
+            &ctx,
+            &who,
+            action,
+            &b.confirm_node,
+            "refused",
+            "confirm_node mismatch",
+        );
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "confirm_node {:?} does not name this node ({})",
+                b.confirm_node,
+                ctx.ops.node_id()
+            ),
+        );
+    }
+    audit_and(
+        &ctx,
+        &who,
+        action,
+        ctx.ops.node_id(),
+        "not_implemented",
+        &b.reason,
+    );
+    error(
+        StatusCode::NOT_IMPLEMENTED,
+        "tamper response and erase are not available in this build (the sealed store is not merged yet); the request was valid and has been audited",
+    )
+}
