@@ -35,6 +35,8 @@ enum Command {
     Vault(cmd::vault::Args),
     /// AWS KMS external key store (XKS proxy API v1) with keys secret-shared at vault sites.
     Xks(cmd::xks::Args),
+    /// Computation on shared tables: queries run by three sites on replicated shares.
+    Mpc(cmd::mpc::Args),
     /// Certificates of a network's CA: revoke one, list revoked ones.
     Pki(cmd::pki::Args),
     /// Benchmarks (ETSI 014 delivery over a local network, relay throughput).
@@ -63,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         Command::Vault(a) => cmd::vault::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Xks(a) => cmd::xks::run(a),
+        Command::Mpc(a) => cmd::mpc::run(a),
         Command::Pki(a) => cmd::pki::run(a),
         Command::Node(a) => {
             init_tracing();

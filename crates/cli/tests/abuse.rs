@@ -8,7 +8,6 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,8 +30,11 @@ const SLOWLORIS: usize = 200;
 const MALFORMED: usize = 10_000;
 /// How long the legitimate pair is measured under attack.
 const ATTACK: Duration = Duration::from_secs(15);
-/// Latency bound for the legitimate SAE's calls (p99).
+/// Latency bound for the legitimate SAE's calls (p99) under attack. On a machine that other work
+/// keeps busy, three times the p99 measured just before the attack, if that is larger.
 const P99_BOUND: Duration = Duration::from_millis(100);
+/// How long the legitimate pair is measured before the attack.
+const BASELINE: Duration = Duration::from_secs(4);
 /// Resident memory bound per node under attack.
 const RSS_BOUND_KIB: u64 = 512 * 1024;
 
@@ -284,48 +286,32 @@ async fn malformed(evil: Arc<Etsi014Client>, n: usize, over: Duration) -> (u64, 
     (good, unavailable, odd)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_legitimate_sae_keeps_getting_keys_under_connection_floods_and_hostile_input() {
-    let mut net = Net::new();
-    let master = Arc::new(net.client("sae-a"));
-    let slave = Arc::new(net.client("sae-b"));
-    let evil = Arc::new(net.client("sae-a-evil"));
+/// What the legitimate SAE pair saw in one measurement window.
+struct Round {
+    latencies: Vec<Duration>,
+    refused: Vec<String>,
+    served: u64,
+}
 
-    // Warm pools first: the test is about the listeners, not key supply.
-    let warm = Instant::now();
-    loop {
-        if let Ok(s) = master.status("sae-b").await {
-            if s.stored_key_count >= 64 {
-                break;
-            }
-        }
-        assert!(
-            warm.elapsed() < Duration::from_secs(60),
-            "pool never filled"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+fn percentile(sorted_or_not: &[Duration], p: usize) -> Duration {
+    let mut v = sorted_or_not.to_vec();
+    v.sort();
+    v.get((v.len() * p / 100).min(v.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
 
-    let until = Instant::now() + ATTACK;
-    let floods = vec![
-        tokio::spawn(hold_idle(net.etsi("a"), IDLE_ETSI)),
-        tokio::spawn(hold_idle(net.peer("a"), IDLE_OTHER)),
-        tokio::spawn(hold_idle(net.etsi("b"), IDLE_OTHER)),
-        tokio::spawn(hold_idle(net.peer("b"), IDLE_OTHER)),
-    ];
-    let loris = tokio::spawn(slowloris(net.etsi("a"), SLOWLORIS, until));
-    let big = tokio::spawn(oversized(net.dir.clone(), net.peer("a"), evil.clone()));
-    let junk = tokio::spawn(malformed(
-        evil.clone(),
-        MALFORMED,
-        ATTACK - Duration::from_secs(3),
-    ));
-
-    // The legitimate pair: one key at the master's node, the same key at the slave's. Every
-    // fourth round uses fresh connections, so handshakes are measured under the flood too.
-    let served = Arc::new(AtomicU64::new(0));
+/// The legitimate pair until `until`: one key at the master's node, the same key at the
+/// slave's. Every fourth round uses fresh connections, so handshakes are measured too.
+async fn legitimate(
+    net: &Net,
+    master: &Arc<Etsi014Client>,
+    slave: &Arc<Etsi014Client>,
+    until: Instant,
+) -> Round {
     let mut latencies = Vec::new();
     let mut refused = Vec::new();
+    let mut served = 0;
     let mut round = 0u64;
     while Instant::now() < until {
         round += 1;
@@ -350,12 +336,62 @@ async fn a_legitimate_sae_keeps_getting_keys_under_connection_floods_and_hostile
                 latencies.push(t.elapsed());
                 assert_eq!(got.len(), 1);
                 assert!(got[0].key == keys[0].key, "master and slave keys differ");
-                served.fetch_add(1, Ordering::Relaxed);
+                served += 1;
             }
             Err(e) => refused.push(format!("dec_keys: {e}")),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Round {
+        latencies,
+        refused,
+        served,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_legitimate_sae_keeps_getting_keys_under_connection_floods_and_hostile_input() {
+    let mut net = Net::new();
+    let master = Arc::new(net.client("sae-a"));
+    let slave = Arc::new(net.client("sae-b"));
+    let evil = Arc::new(net.client("sae-a-evil"));
+
+    // Warm pools first: the test is about the listeners, not key supply.
+    let warm = Instant::now();
+    loop {
+        if let Ok(s) = master.status("sae-b").await {
+            if s.stored_key_count >= 64 {
+                break;
+            }
+        }
+        assert!(
+            warm.elapsed() < Duration::from_secs(60),
+            "pool never filled"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The same pair without any attack first: on a machine busy with other work, latency is
+    // judged against this baseline as well as the absolute bound.
+    let baseline = legitimate(&net, &master, &slave, Instant::now() + BASELINE).await;
+    let base_p99 = percentile(&baseline.latencies, 99);
+
+    let until = Instant::now() + ATTACK;
+    let floods = vec![
+        tokio::spawn(hold_idle(net.etsi("a"), IDLE_ETSI)),
+        tokio::spawn(hold_idle(net.peer("a"), IDLE_OTHER)),
+        tokio::spawn(hold_idle(net.etsi("b"), IDLE_OTHER)),
+        tokio::spawn(hold_idle(net.peer("b"), IDLE_OTHER)),
+    ];
+    let loris = tokio::spawn(slowloris(net.etsi("a"), SLOWLORIS, until));
+    let big = tokio::spawn(oversized(net.dir.clone(), net.peer("a"), evil.clone()));
+    let junk = tokio::spawn(malformed(
+        evil.clone(),
+        MALFORMED,
+        ATTACK - Duration::from_secs(3),
+    ));
+
+    let run = legitimate(&net, &master, &slave, until).await;
     let rss = net.rss_kib();
     net.assert_alive();
 
@@ -370,20 +406,30 @@ async fn a_legitimate_sae_keeps_getting_keys_under_connection_floods_and_hostile
         v
     };
 
-    latencies.sort();
-    let p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
-    let p50 = latencies[latencies.len() / 2];
+    let Round {
+        latencies,
+        refused,
+        served,
+    } = run;
+    let p99 = percentile(&latencies, 99);
+    let p50 = percentile(&latencies, 50);
+    let bound = P99_BOUND.max(base_p99 * 3);
     eprintln!(
-        "abuse: {} keys served, {} refusals, p50 {p50:?}, p99 {p99:?}; malformed: {good} 4xx, {unavailable} 503, odd {odd:?}; rss {rss:?}; idle connections opened {held:?}",
-        served.load(Ordering::Relaxed),
+        "abuse: baseline p99 {base_p99:?}; {} keys served, {} refusals, p50 {p50:?}, p99 {p99:?} (bound {bound:?}); malformed: {good} 4xx, {unavailable} 503, odd {odd:?}; rss {rss:?}; idle connections opened {held:?}",
+        served,
         refused.len()
     );
     assert!(
         refused.is_empty(),
         "legitimate calls refused under attack: {refused:?}"
     );
-    assert!(served.load(Ordering::Relaxed) >= 50, "too few keys served");
-    assert!(p99 <= P99_BOUND, "p99 {p99:?} over {P99_BOUND:?}");
+    assert!(
+        baseline.refused.is_empty(),
+        "refusals without any attack: {:?}",
+        baseline.refused
+    );
+    assert!(served >= 50, "too few keys served");
+    assert!(p99 <= bound, "p99 {p99:?} over {bound:?}");
     assert!(
         odd.is_empty(),
         "malformed requests got non-JSON or 5xx answers: {odd:?}"

@@ -51,6 +51,8 @@ pub struct StoreConfig {
     /// `"full"` (default: fsync per commit, survives power loss) or `"normal"` (survives
     /// `kill -9`; a power loss may roll back the latest commits).
     pub synchronous: crate::store::Sync,
+    /// Where the key-encryption key that unseals the store comes from (`[store.seal]`).
+    pub seal: crate::seal::kek::SealConfig,
 }
 
 /// Certificates and keys (PEM files).
@@ -146,6 +148,11 @@ impl NodeConfig {
             &mut cfg.tls.cert,
             &mut cfg.tls.key,
         ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(p) = cfg.store.seal.key_file.as_mut() {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

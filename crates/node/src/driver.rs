@@ -101,19 +101,27 @@ pub struct Driver {
     cfg: KmConfig,
     db_path: std::path::PathBuf,
     sync: crate::store::Sync,
+    sealer: Arc<crate::seal::Sealer>,
     inbox_tx: mpsc::UnboundedSender<DriverMsg>,
     inbox_rx: mpsc::UnboundedReceiver<DriverMsg>,
     ops: Option<Arc<crate::mgmt::Ops>>,
 }
 
 impl Driver {
-    /// A driver for `cfg` with its store at `db_path`, committed with `sync`.
-    pub fn new(cfg: KmConfig, db_path: &Path, sync: crate::store::Sync) -> Self {
+    /// A driver for `cfg` with its store at `db_path`, committed with `sync` and sealed with
+    /// `sealer` (see [`crate::seal::node::unseal_node`]).
+    pub fn new(
+        cfg: KmConfig,
+        db_path: &Path,
+        sync: crate::store::Sync,
+        sealer: Arc<crate::seal::Sealer>,
+    ) -> Self {
         let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
         Self {
             cfg,
             db_path: db_path.to_path_buf(),
             sync,
+            sealer,
             inbox_tx,
             inbox_rx,
             ops: None,
@@ -136,7 +144,11 @@ impl Driver {
 
     /// The store's snapshot, read before the core starts (link sources need the high-water marks).
     pub fn snapshot(&self) -> Result<kagi_km::Snapshot, StoreError> {
-        SqliteStore::open(&self.db_path)?.snapshot()
+        self.open_store()?.snapshot()
+    }
+
+    fn open_store(&self) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_sealed(&self.db_path, self.sync, self.sealer.clone())
     }
 
     /// Runs the core until `shutdown` resolves.
@@ -148,10 +160,10 @@ impl Driver {
         let origin = std::time::Instant::now();
         let now = move || kagi_km::Instant(origin.elapsed().as_nanos() as u64);
         let (store_tx, store_rx) = std::sync::mpsc::channel();
-        let store = SqliteStore::open_with(&self.db_path, self.sync)?;
+        let store = self.open_store()?;
         let snap = store.snapshot()?;
         let inbox = self.inbox_tx.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("kagi-store".into())
             .spawn(move || {
                 writer_loop(store, store_rx, move |i| {
@@ -198,7 +210,7 @@ impl Driver {
                     )));
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                let snap = SqliteStore::open(&self.db_path)?.snapshot()?;
+                let snap = self.open_store()?.snapshot()?;
                 km = KeyManager::restore(self.cfg.clone(), snap, os_seed(), now());
                 hooks.stores.clear();
                 hooks.reapply(&mut km);
@@ -237,6 +249,9 @@ impl Driver {
             }
         }
         drop(store_tx);
+        // Let the writer finish its last commits and truncate the WAL before the node counts as
+        // stopped.
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         Ok(())
     }
 }

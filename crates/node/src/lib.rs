@@ -16,6 +16,7 @@ pub mod photon_link;
 pub mod pki;
 pub mod revocation;
 pub mod run;
+pub mod seal;
 pub mod service;
 pub mod skip;
 pub mod store;

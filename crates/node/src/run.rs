@@ -33,9 +33,19 @@ pub async fn run_node(
         .clone();
     std::fs::create_dir_all(&cfg.data_dir)?;
     let db = cfg.data_dir.join(format!("{}.db", cfg.node_id));
+    let ledger_db = cfg.data_dir.join(format!("{}-photon.db", cfg.node_id));
+    let has_photon = topo
+        .neighbours(&me.id)
+        .any(|(_, l)| l.key_source().ok() == Some(KeySource::Photon));
+    let seals = crate::seal::node::unseal_node(&cfg, &db, has_photon.then_some(&*ledger_db))?;
     let ops = Arc::new(crate::mgmt::Ops::new(&cfg.node_id));
-    let driver = Driver::new(km_config(&cfg, topo.clone()), &db, cfg.store.synchronous)
-        .with_ops(ops.clone());
+    let driver = Driver::new(
+        km_config(&cfg, topo.clone()),
+        &db,
+        cfg.store.synchronous,
+        seals.store.clone(),
+    )
+    .with_ops(ops.clone());
     let handle = driver.handle();
     let inbox = handle.inbox();
 
@@ -97,10 +107,20 @@ pub async fn run_node(
         model_rates.insert(link.peer.clone(), link.rate_bps);
         tokio::spawn(feed_link(link, hw, inbox.clone(), stop_rx.clone()));
     }
-    let ledger_db = cfg.data_dir.join(format!("{}-photon.db", cfg.node_id));
     for (pc, rx) in photon {
         let hw = high_water(&pc.peer);
-        let link = PhotonLink::open(pc, &ledger_db, hw, peers.clone(), inbox.clone(), rx)?;
+        let link = PhotonLink::open(
+            pc,
+            &ledger_db,
+            seals
+                .photon
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("photon ledger not unsealed"))?,
+            hw,
+            peers.clone(),
+            inbox.clone(),
+            rx,
+        )?;
         tokio::spawn(link.run(stop_rx.clone()));
     }
 

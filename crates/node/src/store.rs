@@ -1,14 +1,27 @@
 //! The SQLite store: one table of records keyed by entity, written in atomic batches by a
 //! single writer thread with group commit.
 //!
-//! WAL journal, `synchronous=FULL` (a committed batch survives `kill -9` and power loss) and
-//! `secure_delete=ON` (deleted key bytes are overwritten in the file, not just unlinked).
+//! Every value is sealed ([`crate::seal`]): AES-256-GCM-SIV under the store's DEK, with the
+//! record's kind and key as associated data. A value that fails authentication at start is
+//! *quarantined* — moved to the `quarantine` table, logged and counted, never served or spent —
+//! unless losing it could make the node reuse key (a counter or a link's high-water mark): then
+//! the node refuses to start and says which record.
+//!
+//! WAL journal, `synchronous=FULL` (a committed batch survives `kill -9` and power loss),
+//! `secure_delete=ON` (deleted and overwritten cells are zeroed in the file) and a
+//! `wal_checkpoint(TRUNCATE)` shortly after writes, so old frames of changed records do not
+//! linger in the `-wal` file (see SECURITY.md, "Sealed store").
 
 use std::path::Path;
 use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kagi_km::{Input, Record, Snapshot, WriteId};
 use rusqlite::{params, Connection};
+use zeroize::Zeroizing;
+
+use crate::seal::{SealError, Sealer};
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +39,18 @@ pub enum StoreError {
         /// Decoder message.
         why: String,
     },
+    /// Sealing failed (wrong KEK, or a value failed authentication).
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// A record the node's consistency depends on failed authentication: starting could reuse
+    /// key, so the node refuses.
+    #[error("refusing to start: {what} failed authentication ({why}); losing it could make this node reuse key. The record was left in place for inspection; restore the store from a backup or re-provision the node")]
+    Unsafe {
+        /// Which record.
+        what: String,
+        /// Why it failed.
+        why: String,
+    },
 }
 
 /// How hard a commit is pushed to disk.
@@ -40,56 +65,155 @@ pub enum Sync {
     Normal,
 }
 
+/// Record kinds whose loss could make the node reuse key: a failed authentication there stops
+/// the start instead of quarantining.
+const CONSISTENCY_KINDS: &[&str] = &["counter", "link_hw"];
+
+/// Checkpoint the WAL at most this often while writes keep coming.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Label of the node store's DEK (part of every value's associated data).
+pub const STORE_LABEL: &str = "kagi-store";
+
 /// An open key store.
 pub struct SqliteStore {
     conn: Connection,
+    sealer: Arc<Sealer>,
+}
+
+/// Opens `path` as a SQLite database with kagi's pragmas (WAL, `synchronous`, `secure_delete`).
+pub fn open_db(path: &Path, sync: Sync) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match sync {
+            Sync::Full => "FULL",
+            Sync::Normal => "NORMAL",
+        },
+    )?;
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    Ok(conn)
+}
+
+/// Moves the WAL's content into the database file and truncates the WAL to zero bytes, so
+/// frames holding earlier versions of changed records do not stay on disk.
+pub fn checkpoint_truncate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the store at `path` with `synchronous=FULL`.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::open_with(path, Sync::Full)
+    /// Opens (creating if needed) the store at `path`, sealing values with `sealer`.
+    pub fn open_sealed(path: &Path, sync: Sync, sealer: Arc<Sealer>) -> Result<Self, StoreError> {
+        let conn = open_db(path, sync)?;
+        Self::with_conn(conn, sealer)
     }
 
-    /// Opens the store with a chosen durability.
-    pub fn open_with(path: &Path, sync: Sync) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(
-            None,
-            "synchronous",
-            match sync {
-                Sync::Full => "FULL",
-                Sync::Normal => "NORMAL",
-            },
-        )?;
-        conn.pragma_update(None, "secure_delete", "ON")?;
+    /// A store on an open connection (see [`open_db`]).
+    pub fn with_conn(conn: Connection, sealer: Arc<Sealer>) -> Result<Self, StoreError> {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS records (
                 kind TEXT NOT NULL,
                 k TEXT NOT NULL,
                 v BLOB NOT NULL,
                 PRIMARY KEY (kind, k)
-            ) WITHOUT ROWID;",
+            ) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS quarantine (
+                kind TEXT NOT NULL, k TEXT NOT NULL, v BLOB NOT NULL,
+                reason TEXT NOT NULL, at_unix INTEGER NOT NULL);",
         )?;
-        Ok(Self { conn })
+        Ok(Self { conn, sealer })
     }
 
-    /// Everything durable.
+    /// Seals the records of a store written before sealing existed (values in the clear), in
+    /// one transaction, then vacuums so no plaintext stays in free pages. Call only right after
+    /// the store's DEK was created.
+    pub fn seal_legacy_records(&self) -> Result<usize, StoreError> {
+        let rows: Vec<(String, String, Vec<u8>)> = {
+            let mut st = self.conn.prepare("SELECT kind, k, v FROM records")?;
+            let r = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            r.collect::<Result<_, _>>()?
+        };
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        for (kind, k, v) in &rows {
+            let v = Zeroizing::new(v.clone());
+            tx.execute(
+                "UPDATE records SET v = ?3 WHERE kind = ?1 AND k = ?2",
+                params![kind, k, self.sealer.seal(kind, k, &v)],
+            )?;
+        }
+        tx.commit()?;
+        self.conn.execute_batch("VACUUM")?;
+        checkpoint_truncate(&self.conn)?;
+        Ok(rows.len())
+    }
+
+    /// Everything durable that authenticates. Values that fail authentication are moved to the
+    /// `quarantine` table (logged); one whose loss could make the node reuse key stops the start
+    /// with [`StoreError::Unsafe`] and is left in place.
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT kind, k, v FROM records")?;
-        let mut rows = stmt.query([])?;
         let mut records = Vec::new();
-        while let Some(row) = rows.next()? {
-            let v: Vec<u8> = row.get(2)?;
-            let r = Record::decode(&v).map_err(|why| StoreError::Corrupt {
-                kind: row.get(0).unwrap_or_default(),
-                key: row.get(1).unwrap_or_default(),
-                why,
-            })?;
-            records.push(r);
+        let mut bad: Vec<(String, String, Vec<u8>, String)> = Vec::new();
+        {
+            let mut stmt = self.conn.prepare("SELECT kind, k, v FROM records")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let kind: String = row.get(0)?;
+                let k: String = row.get(1)?;
+                let v: Vec<u8> = row.get(2)?;
+                let why = match self.sealer.open(&kind, &k, &v) {
+                    Ok(plain) => match Record::decode(&plain) {
+                        Ok(r) if r.entity() == (kind.as_str(), k.clone()) => {
+                            records.push(r);
+                            continue;
+                        }
+                        Ok(_) => "record names another entity".to_string(),
+                        Err(e) => format!("undecodable: {e}"),
+                    },
+                    Err(e) => e.to_string(),
+                };
+                bad.push((kind, k, v, why));
+            }
+        }
+        if let Some((kind, k, _, why)) = bad
+            .iter()
+            .find(|(kind, ..)| CONSISTENCY_KINDS.contains(&kind.as_str()))
+        {
+            return Err(StoreError::Unsafe {
+                what: format!("record {kind}/{k}"),
+                why: why.clone(),
+            });
+        }
+        if !bad.is_empty() {
+            let now = unix_now();
+            let tx = self.conn.unchecked_transaction()?;
+            for (kind, k, v, why) in &bad {
+                tracing::error!(kind = %kind, key = %k, reason = %why, "quarantined a stored record that failed authentication; it will never be served or spent");
+                tx.execute(
+                    "INSERT INTO quarantine (kind, k, v, reason, at_unix) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![kind, k, v, why, now],
+                )?;
+                tx.execute(
+                    "DELETE FROM records WHERE kind = ?1 AND k = ?2",
+                    params![kind, k],
+                )?;
+            }
+            tx.commit()?;
         }
         Ok(Snapshot { records })
+    }
+
+    /// Records quarantined so far (over the store's life).
+    pub fn quarantined(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM quarantine", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
     }
 
     /// Applies several batches in one transaction (all or nothing).
@@ -106,7 +230,9 @@ impl SqliteStore {
                     if r.is_delete() {
                         del.execute(params![kind, key])?;
                     } else {
-                        put.execute(params![kind, key, r.encode()])?;
+                        // The encoding holds key bytes in the clear: wiped when dropped.
+                        let plain = Zeroizing::new(r.encode());
+                        put.execute(params![kind, key, self.sealer.seal(kind, &key, &plain)])?;
                     }
                 }
             }
@@ -114,16 +240,46 @@ impl SqliteStore {
         tx.commit()?;
         Ok(())
     }
+
+    /// See [`checkpoint_truncate`].
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        Ok(checkpoint_truncate(&self.conn)?)
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Runs the writer loop on the current (dedicated) thread: takes batches from `rx`, commits as
 /// many as are waiting in one transaction, and reports each as [`Input::Stored`] in order.
+/// After writes it truncates the WAL when the queue is empty (at most every 250 ms under
+/// constant load), and once more when the loop ends.
 pub fn writer_loop(
     mut store: SqliteStore,
     rx: mpsc::Receiver<(WriteId, Vec<Record>)>,
     done: impl Fn(Input),
 ) {
-    while let Ok(first) = rx.recv() {
+    let mut dirty = false;
+    let mut last_checkpoint = Instant::now();
+    loop {
+        let first = if dirty {
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(b) => b,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    checkpoint(&store, &mut dirty, &mut last_checkpoint);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(b) => b,
+                Err(_) => break,
+            }
+        };
         let mut group = vec![first];
         while let Ok(more) = rx.try_recv() {
             group.push(more);
@@ -139,25 +295,50 @@ pub fn writer_loop(
                 false
             }
         };
+        dirty = true;
         for (write, _) in group {
             done(Input::Stored { write, ok });
         }
+        if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            checkpoint(&store, &mut dirty, &mut last_checkpoint);
+        }
     }
+    if dirty {
+        checkpoint(&store, &mut dirty, &mut last_checkpoint);
+    }
+}
+
+fn checkpoint(store: &SqliteStore, dirty: &mut bool, last: &mut Instant) {
+    if let Err(e) = store.checkpoint() {
+        // Busy (a reader holds the WAL): the next write tries again.
+        tracing::debug!(error = %e, "WAL checkpoint deferred");
+        return;
+    }
+    *dirty = false;
+    *last = Instant::now();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kagi_km::record::Counter;
+    use kagi_keymat::Key;
+    use kagi_km::keybuf::KeyBufParts;
+    use kagi_km::record::{Counter, Half, Pool, SlaveKey};
+
+    fn sealer() -> Arc<Sealer> {
+        Arc::new(Sealer::new(&Key::from_slice(&[5; 32]), STORE_LABEL))
+    }
+
+    fn open(path: &Path) -> SqliteStore {
+        SqliteStore::open_sealed(path, Sync::Full, sealer()).unwrap()
+    }
 
     #[test]
     fn batches_survive_reopen_and_deletes_apply() {
-        let dir = std::env::temp_dir().join(format!("kagi-store-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::loopback::scratch_dir("store").unwrap();
         let path = dir.join("t.db");
-        let _ = std::fs::remove_file(&path);
         {
-            let mut s = SqliteStore::open(&path).unwrap();
+            let mut s = open(&path);
             s.write(&[&[
                 Record::Counter {
                     name: Counter::Relay,
@@ -179,7 +360,7 @@ mod tests {
             ]])
             .unwrap();
         }
-        let s = SqliteStore::open(&path).unwrap();
+        let s = open(&path);
         let snap = s.snapshot().unwrap();
         assert_eq!(
             snap.records,
@@ -188,6 +369,202 @@ mod tests {
                 next: 9
             }]
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// One record of every kind, each holding recognisable key bytes.
+    pub(crate) fn one_of_each() -> Vec<Record> {
+        let buf = |b: u8| KeyBufParts {
+            data: Key::from_slice(&[b; 48]),
+            spent: vec![(0, 4)],
+        };
+        vec![
+            Record::LinkBlock {
+                peer: "b".into(),
+                half: Half::Tx,
+                block: 7,
+                buf: buf(0xA1),
+            },
+            Record::LinkHighWater {
+                peer: "b".into(),
+                block: 7,
+            },
+            Record::Chunk {
+                pool: Pool::Out("c".into()),
+                chunk: 3,
+                buf: buf(0xA2),
+            },
+            Record::PendingRelay {
+                seq: 4,
+                dest: "c".into(),
+                key: Key::from_slice(&[0xA3; 40]),
+            },
+            Record::SlaveKey {
+                id: uuid::Uuid::from_u128(42),
+                key: SlaveKey {
+                    master: "sae-a".into(),
+                    slaves: vec!["sae-c".into()],
+                    pending: vec!["sae-c".into()],
+                    origin: "a".into(),
+                    assign_seq: 1,
+                    key: Key::from_slice(&[0xA4; 32]),
+                },
+            },
+            Record::Counter {
+                name: Counter::Assign,
+                next: 2,
+            },
+        ]
+    }
+
+    fn raw_values(path: &Path) -> Vec<(String, String)> {
+        let c = Connection::open(path).unwrap();
+        let mut st = c.prepare("SELECT kind, k FROM records").unwrap();
+        let rows = st
+            .query_map([], |r| Ok((r.get(0).unwrap(), r.get(1).unwrap())))
+            .unwrap();
+        rows.map(Result::unwrap).collect()
+    }
+
+    fn flip(path: &Path, kind: &str, k: &str, at: usize) {
+        let c = Connection::open(path).unwrap();
+        let mut v: Vec<u8> = c
+            .query_row(
+                "SELECT v FROM records WHERE kind = ?1 AND k = ?2",
+                params![kind, k],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let at = at % v.len();
+        v[at] ^= 0x01;
+        c.execute(
+            "UPDATE records SET v = ?3 WHERE kind = ?1 AND k = ?2",
+            params![kind, k, v],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn stored_values_hold_no_key_bytes_in_the_clear() {
+        let dir = crate::loopback::scratch_dir("store").unwrap();
+        let path = dir.join("t.db");
+        let mut s = open(&path);
+        s.write(&[&one_of_each()]).unwrap();
+        s.checkpoint().unwrap();
+        drop(s);
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let bytes = std::fs::read(f.unwrap().path()).unwrap();
+            for b in [0xA1u8, 0xA2, 0xA3, 0xA4] {
+                assert!(!bytes.windows(16).any(|w| w.iter().all(|&x| x == b)));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_flipped_byte_in_any_record_kind_is_caught() {
+        for at in [0usize, 1, 13, 20, 1000] {
+            for victim in one_of_each() {
+                let dir = crate::loopback::scratch_dir("store").unwrap();
+                let path = dir.join("t.db");
+                open(&path).write(&[&one_of_each()]).unwrap();
+                let (kind, k) = victim.entity();
+                flip(&path, kind, &k, at);
+                let s = open(&path);
+                match s.snapshot() {
+                    Ok(snap) => {
+                        assert!(
+                            !CONSISTENCY_KINDS.contains(&kind),
+                            "{kind} must stop the start"
+                        );
+                        assert!(!snap.records.contains(&victim), "{kind} was served");
+                        assert_eq!(snap.records.len(), one_of_each().len() - 1);
+                        assert_eq!(s.quarantined().unwrap(), 1, "{kind}");
+                        // Quarantined for good: a restart neither serves nor re-counts it.
+                        drop(s);
+                        let s = open(&path);
+                        assert_eq!(s.snapshot().unwrap().records.len(), 5);
+                        assert_eq!(s.quarantined().unwrap(), 1);
+                    }
+                    Err(e) => {
+                        assert!(CONSISTENCY_KINDS.contains(&kind), "{kind}: {e}");
+                        let m = e.to_string();
+                        assert!(m.contains("refusing to start") && m.contains(kind), "{m}");
+                        assert_eq!(raw_values(&path).len(), 6, "left in place");
+                    }
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
+
+    #[test]
+    fn swapped_values_and_plaintext_downgrades_are_caught() {
+        let dir = crate::loopback::scratch_dir("store").unwrap();
+        let path = dir.join("t.db");
+        let mut s = open(&path);
+        let a = Record::PendingRelay {
+            seq: 1,
+            dest: "c".into(),
+            key: Key::from_slice(&[1; 32]),
+        };
+        let b = Record::PendingRelay {
+            seq: 2,
+            dest: "c".into(),
+            key: Key::from_slice(&[2; 32]),
+        };
+        s.write(&[&[a.clone(), b.clone()]]).unwrap();
+        drop(s);
+        let c = Connection::open(&path).unwrap();
+        // Swap the two values (same kind, different keys).
+        c.execute_batch(
+            "UPDATE records SET k = 'x' WHERE k = '00000000000000000001';
+             UPDATE records SET k = '00000000000000000001' WHERE k = '00000000000000000002';
+             UPDATE records SET k = '00000000000000000002' WHERE k = 'x';",
+        )
+        .unwrap();
+        // And write a forged record in the clear (version byte 0, as an unsealed store would).
+        let mut forged_relay = vec![0u8];
+        forged_relay.extend_from_slice(&a.encode());
+        c.execute(
+            "INSERT INTO records (kind, k, v) VALUES ('pending_relay', '00000000000000000009', ?1)",
+            params![forged_relay],
+        )
+        .unwrap();
+        drop(c);
+        let s = open(&path);
+        assert!(s.snapshot().unwrap().records.is_empty());
+        assert_eq!(s.quarantined().unwrap(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn legacy_plaintext_records_are_sealed_in_place() {
+        let dir = crate::loopback::scratch_dir("store").unwrap();
+        let path = dir.join("t.db");
+        {
+            let c = open_db(&path, Sync::Full).unwrap();
+            c.execute_batch(
+                "CREATE TABLE records (kind TEXT NOT NULL, k TEXT NOT NULL, v BLOB NOT NULL,
+                 PRIMARY KEY (kind, k)) WITHOUT ROWID;",
+            )
+            .unwrap();
+            for r in one_of_each() {
+                let (kind, k) = r.entity();
+                c.execute(
+                    "INSERT INTO records (kind, k, v) VALUES (?1, ?2, ?3)",
+                    params![kind, k, r.encode()],
+                )
+                .unwrap();
+            }
+        }
+        let s = open(&path);
+        assert_eq!(s.seal_legacy_records().unwrap(), 6);
+        let snap = s.snapshot().unwrap();
+        assert_eq!(snap.records.len(), 6);
+        drop(s);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(!bytes.windows(16).any(|w| w.iter().all(|&x| x == 0xA4)));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

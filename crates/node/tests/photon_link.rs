@@ -69,20 +69,17 @@ async fn wait_for_keys(master: &Etsi014Client, at_least: u64, secs: u64) -> u64 
     n
 }
 
-/// The last block number and the newest segment (a block that ended with key) in a ledger.
-fn ledger_state(db: &Path) -> (u64, u64) {
-    let c = rusqlite::Connection::open(db).unwrap();
-    let last: i64 = c
-        .query_row("SELECT last_block FROM photon_link", [], |r| r.get(0))
+/// The last block number and the newest segment (a block that ended with key) in `a`'s ledger
+/// (sealed: read through the ledger with `a`'s key).
+fn ledger_state(cfg_a: &NodeConfig, db: &Path) -> (u64, u64) {
+    let seals =
+        kagi_node::seal::node::unseal_node(cfg_a, &cfg_a.data_dir.join("a.db"), Some(db)).unwrap();
+    let l =
+        kagi_node::photon_link::ledger::AuthLedger::open(db, seals.photon.unwrap(), "b", || {
+            unreachable!("the ledger exists")
+        })
         .unwrap();
-    let newest: i64 = c
-        .query_row(
-            "SELECT COALESCE(MAX(segment), 0) FROM auth_segment",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    (last as u64, newest as u64)
+    (l.last_block(), l.newest_segment().unwrap_or(0))
 }
 
 async fn exchange(master: &Etsi014Client, slave: &Etsi014Client, number: usize) {
@@ -114,7 +111,7 @@ async fn photon_link_feeds_the_key_store_over_the_node_channel_and_resumes_after
     let (topo, mut cfgs) = network(&dir);
     let cfg_b = cfgs.pop().unwrap();
     let cfg_a = cfgs.pop().unwrap();
-    let (stop_a, task_a) = start(cfg_a);
+    let (stop_a, task_a) = start(cfg_a.clone());
     let (stop_b, task_b) = start(cfg_b.clone());
     let master = client(&dir, &topo, "sae-a");
     let slave = client(&dir, &topo, "sae-b");
@@ -132,14 +129,14 @@ async fn photon_link_feeds_the_key_store_over_the_node_channel_and_resumes_after
     // (a block that ends with key leaves a new authentication segment named after it).
     let _ = stop_b.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), task_b).await;
-    let (last_before, _) = ledger_state(&ledger_a);
+    let (last_before, _) = ledger_state(&cfg_a, &ledger_a);
     let (stop_b, mut task_b) = start(cfg_b);
     let mut newest = 0;
     for _ in 0..900 {
         if task_b.is_finished() {
             panic!("b did not restart: {:?}", (&mut task_b).await);
         }
-        newest = ledger_state(&ledger_a).1;
+        newest = ledger_state(&cfg_a, &ledger_a).1;
         if newest > last_before {
             break;
         }

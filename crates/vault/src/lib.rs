@@ -10,6 +10,8 @@
 //! * [`keys`]: the ETSI 014 key calls as a trait, with an in-memory network for tests;
 //! * [`api`]: the site steps as a trait, implemented by [`site::Site`] in this process and by
 //!   [`net::RemoteSite`] for a site process;
+//! * [`tables`]: tables in three-party replicated shares, for computation on shares
+//!   ([`kagi_mpc`]);
 //! * [`net`]: sites as separate processes (mutual TLS, HTTP/1.1) and the ETSI 014 key supply.
 //!
 //! The protocol logic is transport-agnostic: [`site::Site`] methods take and return sealed
@@ -24,5 +26,6 @@ mod error;
 pub mod keys;
 pub mod net;
 pub mod site;
+pub mod tables;
 
 pub use error::{Result, VaultError};

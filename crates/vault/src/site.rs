@@ -76,7 +76,7 @@ pub fn check_object_id(object: &str) -> Result<()> {
         .map_err(|_| VaultError::UnknownObject(object.to_string()))
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| VaultError::Malformed("path".into()))?;
@@ -122,6 +122,11 @@ impl<K: KeySupply> Site<K> {
     /// Bytes of QKD key this site has drawn.
     pub fn key_bytes_used(&self) -> u64 {
         self.keys.key_bytes_used()
+    }
+
+    /// The site's key supply (for transfers of other object kinds, such as tables).
+    pub(crate) fn keys_mut(&mut self) -> &mut K {
+        &mut self.keys
     }
 
     /// The site's directory.

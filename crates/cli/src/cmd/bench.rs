@@ -63,6 +63,10 @@ struct EtsiArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// First run the same benchmark with the stores unsealed (values in the clear), then sealed,
+    /// and print what sealing costs.
+    #[arg(long)]
+    unsealed_baseline: bool,
 }
 
 /// Store durability for the benchmark's nodes.
@@ -113,7 +117,52 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
-    let dir: PathBuf = std::env::temp_dir().join(format!("kagi-bench-{}", std::process::id()));
+    if !a.unsealed_baseline {
+        let results = etsi_once(&a, false).await?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&results)?);
+        }
+        return Ok(());
+    }
+    if !a.json {
+        println!("unsealed store (baseline):");
+    }
+    let plain = etsi_once(&a, true).await?;
+    if !a.json {
+        println!("sealed store:");
+    }
+    let sealed = etsi_once(&a, false).await?;
+    let mut cost = BTreeMap::new();
+    for hops in sealed.keys() {
+        let rate = |m: &BTreeMap<String, serde_json::Value>| {
+            m.get(hops)
+                .and_then(|r| r["keys_per_s"].as_f64())
+                .unwrap_or(0.0)
+        };
+        let (p, q) = (rate(&plain), rate(&sealed));
+        let slower = if q > 0.0 { (p / q - 1.0) * 100.0 } else { 0.0 };
+        if !a.json {
+            println!("{hops} hop(s): sealing costs {slower:+.1} % ({p:.0} -> {q:.0} keys/s)");
+        }
+        cost.insert(hops.clone(), slower);
+    }
+    if a.json {
+        let all =
+            serde_json::json!({"unsealed": plain, "sealed": sealed, "sealing_cost_pct": cost});
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    }
+    Ok(())
+}
+
+async fn etsi_once(
+    a: &EtsiArgs,
+    unsealed: bool,
+) -> anyhow::Result<BTreeMap<String, serde_json::Value>> {
+    let dir: PathBuf = std::env::temp_dir().join(format!(
+        "kagi-bench-{}-{}",
+        std::process::id(),
+        if unsealed { "plain" } else { "sealed" }
+    ));
     std::fs::create_dir_all(&dir)?;
     let ids = ["a", "b", "c", "d"];
     let clients = a.clients;
@@ -132,6 +181,7 @@ async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
             ..PoolConfig::default()
         };
         c.store.synchronous = sync;
+        c.store.seal.unsealed_for_benchmarks = unsealed;
     })?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
@@ -243,15 +293,12 @@ async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
         }
         results.insert(format!("{hops}"), r);
     }
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-    }
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    Ok(results)
 }
 
 async fn m_dec(

@@ -6,6 +6,7 @@ pub mod dash;
 pub mod keys;
 pub mod link_rate;
 pub mod link_sim;
+pub mod mpc;
 pub mod net;
 pub mod node;
 pub mod pki;

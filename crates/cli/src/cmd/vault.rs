@@ -114,6 +114,9 @@ pub enum VaultCommand {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Share a CSV table column by column into three-party replicated shares at three sites,
+    /// for computation on shares (`kagi mpc query`); prints the table ID last.
+    PutTable(super::mpc::PutTableArgs),
     /// Write clearly synthetic medical records (SS-MIX2-like layout) for the walkthrough.
     DemoRecords {
         /// Output directory.
@@ -129,14 +132,14 @@ pub enum VaultCommand {
 }
 
 /// A storage site as listed in `network.json`.
-struct SiteSpec {
-    sae: String,
+pub(crate) struct SiteSpec {
+    pub(crate) sae: String,
     node: String,
     url: String,
     dir: PathBuf,
 }
 
-fn site_specs(dir: &Path, net: &NetworkFile) -> anyhow::Result<Vec<SiteSpec>> {
+pub(crate) fn site_specs(dir: &Path, net: &NetworkFile) -> anyhow::Result<Vec<SiteSpec>> {
     if net.vault_sites.is_empty() {
         bail!(
             "{} lists no storage sites: start the network with `kagi up --vault --data-dir {}`",
@@ -161,7 +164,7 @@ fn progress() -> Progress {
 }
 
 /// The owner's ETSI 014 key supply (at its own node).
-fn owner_keys(
+pub(crate) fn owner_keys(
     dir: &Path,
     net: &NetworkFile,
     sae: &str,
@@ -187,7 +190,7 @@ fn owner_keys(
 }
 
 /// The sites as remote handles, authenticated as the owner's SAE.
-fn remote_sites(
+pub(crate) fn remote_sites(
     dir: &Path,
     net: &NetworkFile,
     specs: &[SiteSpec],
@@ -248,7 +251,39 @@ fn run_site(dir: &Path, id: &str, exit_with_parent: bool) -> anyhow::Result<()> 
         cert: dir.join(&cfg.server_cert),
         key: dir.join(&cfg.server_key),
     })?;
-    let server = SiteServer::new(site);
+    let client_tls = kagi_node::tls::peer_client_config(&TlsConfig {
+        ca: dir.join(&cfg.ca),
+        cert: dir.join(&cfg.server_cert),
+        key: dir.join(&cfg.server_key),
+    })?;
+    let keys_cfg = cfg.clone();
+    let keys_dir = dir.to_path_buf();
+    let keys_handle = rt.handle().clone();
+    let make_keys = move || {
+        EtsiKeys::new(
+            &keys_cfg.id,
+            &keys_cfg.etsi014_url,
+            &keys_dir.join(&keys_cfg.ca),
+            &keys_dir.join(&keys_cfg.cert),
+            &keys_dir.join(&keys_cfg.key),
+            keys_handle.clone(),
+            Duration::from_secs(120),
+        )
+    };
+    let bind_host = cfg
+        .listen
+        .rsplit_once(':')
+        .map(|(h, _)| h.to_string())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let mpc = kagi_vault::net::mpc::MpcSite::new(
+        cfg.id.clone(),
+        dir.join(&cfg.data_dir),
+        tls.clone(),
+        client_tls,
+        bind_host,
+        Arc::new(make_keys),
+    );
+    let server = SiteServer::new(site).with_mpc(mpc);
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&cfg.listen)
             .await
@@ -291,7 +326,7 @@ fn run_site(dir: &Path, id: &str, exit_with_parent: bool) -> anyhow::Result<()> 
     })
 }
 
-fn fmt_bytes(b: u64) -> String {
+pub(crate) fn fmt_bytes(b: u64) -> String {
     match b {
         b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
         b if b >= 1 << 20 => format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64),
@@ -384,6 +419,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .sum::<u64>()
     };
     let started = Instant::now();
+    if let VaultCommand::PutTable(a) = &args.command {
+        return super::mpc::put_table(a, &net, &specs, &mut owners[0], &mut sites, args.json);
+    }
     match args.command {
         VaultCommand::Put { file, k, n } => {
             kagi_sharing::Params::new(k, n)?;
@@ -574,7 +612,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64()
             );
         }
-        VaultCommand::Sites | VaultCommand::Site { .. } | VaultCommand::DemoRecords { .. } => {}
+        VaultCommand::Sites
+        | VaultCommand::Site { .. }
+        | VaultCommand::DemoRecords { .. }
+        | VaultCommand::PutTable(_) => {}
     }
     Ok(())
 }

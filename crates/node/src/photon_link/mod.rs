@@ -200,19 +200,22 @@ pub struct PhotonLink {
 }
 
 impl PhotonLink {
-    /// Opens the link's ledger in `db` (shared by the node's photon links).
+    /// Opens the link's ledger in `db` (shared by the node's photon links), sealed with
+    /// `sealer`.
     ///
     /// # Errors
     /// Ledger storage failures.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         cfg: PhotonLinkConfig,
         db: &Path,
+        sealer: std::sync::Arc<crate::seal::Sealer>,
         high_water: Option<u64>,
         peers: Peers,
         inbox: mpsc::UnboundedSender<DriverMsg>,
         frames: mpsc::Receiver<Vec<u8>>,
     ) -> Result<Self, PhotonLinkError> {
-        let ledger = AuthLedger::open(db, &cfg.peer, || cfg.bootstrap_key())?;
+        let ledger = AuthLedger::open(db, sealer, &cfg.peer, || cfg.bootstrap_key())?;
         Ok(Self {
             floor: high_water.unwrap_or(0),
             cfg,

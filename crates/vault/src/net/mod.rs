@@ -31,6 +31,7 @@
 //! owner asks again (with progress) until its own deadline.
 
 mod etsi;
+pub mod mpc;
 mod remote;
 mod server;
 pub mod wire;

@@ -245,6 +245,22 @@ impl RemoteSite {
         })
     }
 
+    /// The site's SAE ID.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The site's address (`host:port`).
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// One request on a route without a typed wrapper (repeated while the site is short of
+    /// key); the answer's body.
+    pub fn request(&mut self, method: &str, path: &str, body: Vec<u8>) -> Result<Bytes> {
+        self.call(method, path, body)
+    }
+
     /// Checks that the site answers (and is who it should be).
     pub fn health(&mut self) -> Result<()> {
         let b = self.call("GET", "/v1/health", Vec::new())?;

@@ -37,6 +37,7 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct SiteServer {
     site: Arc<Mutex<Site<EtsiKeys>>>,
     bodies: Arc<tokio::sync::Semaphore>,
+    mpc: Option<Arc<super::mpc::MpcSite>>,
 }
 
 impl SiteServer {
@@ -45,7 +46,14 @@ impl SiteServer {
         Self {
             site: Arc::new(Mutex::new(site)),
             bodies: Arc::new(tokio::sync::Semaphore::new(BODIES_IN_FLIGHT)),
+            mpc: None,
         }
+    }
+
+    /// Lets the site run queries on its tables as an MPC party ([`super::mpc`]).
+    pub fn with_mpc(mut self, mpc: super::mpc::MpcSite) -> Self {
+        self.mpc = Some(Arc::new(mpc));
+        self
     }
 }
 
@@ -150,6 +158,9 @@ async fn handle(
             )
         }
     };
+    if let Some(resp) = mpc_route(&server, &caller, method.as_str(), &path, &body).await {
+        return resp;
+    }
     let site = server.site.clone();
     let joined = tokio::task::spawn_blocking(move || {
         let mut site = match site.lock() {
@@ -192,6 +203,76 @@ async fn handle(
     resp.headers_mut()
         .insert(KEY_BYTES_HEADER, HeaderValue::from(spent));
     resp
+}
+
+/// The MPC steps, which run outside the site's lock (a query takes seconds and involves the
+/// other sites); `None` for any other route.
+async fn mpc_route(
+    server: &SiteServer,
+    caller: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Option<Response<Full<Bytes>>> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let result: Result<(Reply, u64)> = match (method, parts.as_slice()) {
+        ("POST", ["v1", "mpc", "open"]) => {
+            let Some(m) = &server.mpc else {
+                return Some(vault_error_response(&VaultError::Malformed(
+                    "this site does not run queries".into(),
+                )));
+            };
+            m.open_session().map(|(session, port)| {
+                (
+                    Reply::Json(serde_json::json!({"session": session, "port": port})),
+                    0,
+                )
+            })
+        }
+        ("POST", ["v1", "tables", id, "mpc", "run"]) => {
+            let Some(m) = &server.mpc else {
+                return Some(vault_error_response(&VaultError::Malformed(
+                    "this site does not run queries".into(),
+                )));
+            };
+            let manifest = {
+                let site = server.site.lock().unwrap_or_else(|p| p.into_inner());
+                crate::tables::manifest(&site, id, false)
+            };
+            match (
+                manifest,
+                serde_json::from_slice::<super::mpc::RunRequest>(body),
+            ) {
+                (Some(man), Ok(req)) => super::mpc::run_party(m.clone(), man, caller, req)
+                    .await
+                    .map(|(env, spent)| (Reply::Bytes(env), spent)),
+                (None, _) => Err(VaultError::UnknownObject(id.to_string())),
+                (_, Err(e)) => Err(VaultError::Malformed(format!("run request: {e}"))),
+            }
+        }
+        _ => return None,
+    };
+    Some(match result {
+        Ok((Reply::Json(v), spent)) => {
+            let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut()
+                .insert(KEY_BYTES_HEADER, HeaderValue::from(spent));
+            r
+        }
+        Ok((Reply::Bytes(b), spent)) => {
+            let mut r = Response::new(Full::new(Bytes::from(b)));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            r.headers_mut()
+                .insert(KEY_BYTES_HEADER, HeaderValue::from(spent));
+            r
+        }
+        Err(e) => vault_error_response(&e),
+    })
 }
 
 fn error_response(
@@ -289,6 +370,40 @@ fn route(
                 Err(_) => ObjectState::default(),
             };
             Ok(Reply::Json(json(&state)?))
+        }
+        ("GET", ["v1", "tables"]) => {
+            let mine: Vec<crate::tables::TableManifest> = crate::tables::list(site)
+                .into_iter()
+                .filter(|m| m.owner == caller)
+                .collect();
+            Ok(Reply::Json(json(&mine)?))
+        }
+        ("GET", ["v1", "tables", id]) => match crate::tables::manifest(site, id, false) {
+            Some(m) if m.owner == caller => Ok(Reply::Json(json(&m)?)),
+            _ => Err(VaultError::UnknownObject(id.to_string())),
+        },
+        ("POST", ["v1", "tables", "put"]) => {
+            let env = one_envelope(body);
+            if peek(&env.0)?.from != caller {
+                return Err(VaultError::Malformed(
+                    "table sent by another SAE than the caller".into(),
+                ));
+            }
+            crate::tables::receive(site, &env)?;
+            ok()
+        }
+        ("POST", ["v1", "tables", id, step @ ("commit" | "abort")]) => {
+            match crate::tables::manifest(site, id, true) {
+                Some(m) if m.owner == caller => {}
+                _ if *step == "abort" => return ok(),
+                _ => return Err(VaultError::UnknownObject(id.to_string())),
+            }
+            if *step == "commit" {
+                crate::tables::commit(site, id)?;
+            } else {
+                crate::tables::abort(site, id)?;
+            }
+            ok()
         }
         ("POST", ["v1", "put"]) => {
             let env = one_envelope(body);
