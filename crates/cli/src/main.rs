@@ -35,6 +35,8 @@ enum Command {
     Keys(cmd::keys::Args),
     /// Long-term secure storage: k-of-n shares at separate sites, one-time-pad QKD transfers.
     Vault(cmd::vault::Args),
+    /// AWS KMS external key store (XKS proxy API v1) with keys secret-shared at vault sites.
+    Xks(cmd::xks::Args),
     /// Computation on shared tables: queries run by three sites on replicated shares.
     Mpc(cmd::mpc::Args),
     /// Certificates of a network's CA: revoke one, list revoked ones.
@@ -65,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         Command::Net(a) => cmd::net::run(a),
         Command::Vault(a) => cmd::vault::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Xks(a) => cmd::xks::run(a),
         Command::Mpc(a) => cmd::mpc::run(a),
         Command::Pki(a) => cmd::pki::run(a),
         Command::Node(a) => {

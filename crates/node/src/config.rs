@@ -27,6 +27,10 @@ pub struct NodeConfig {
     /// Key store durability.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Where Cisco SKIP is served (`127.0.0.1:PORT`, TLS 1.3 with client certificates); off
+    /// when absent. See [`crate::skip`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_addr: Option<String>,
     /// Management listener (roles, metrics); off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub management: Option<ManagementConfig>,

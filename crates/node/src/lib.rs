@@ -18,6 +18,7 @@ pub mod revocation;
 pub mod run;
 pub mod seal;
 pub mod service;
+pub mod skip;
 pub mod store;
 pub mod tls;
 

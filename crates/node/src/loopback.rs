@@ -62,6 +62,7 @@ pub fn prepare(
             etsi014: Default::default(),
             pool: Default::default(),
             store: Default::default(),
+            skip_addr: None,
             management: None,
         };
         tune(&mut cfg);

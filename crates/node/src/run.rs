@@ -175,7 +175,27 @@ pub async fn run_node(
             let _ = sd_rx2.wait_for(|v| *v).await;
         },
     ));
-    tracing::info!(node = %me.id, etsi014 = %etsi_addr, peers = %peer_addr, "kagi node up");
+    // Cisco SKIP, when configured: the same key service as ETSI 014.
+    let skip = match &cfg.skip_addr {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("bind SKIP {addr}: {e}"))?;
+            let mut sd = sd_rx.clone();
+            Some(tokio::spawn(crate::skip::serve(
+                l,
+                crate::skip::server_config(&cfg.tls)?,
+                cfg.etsi014.clone(),
+                topo.clone(),
+                handle.clone(),
+                async move {
+                    let _ = sd.wait_for(|v| *v).await;
+                },
+            )))
+        }
+        None => None,
+    };
+    tracing::info!(node = %me.id, etsi014 = %etsi_addr, peers = %peer_addr, skip = ?cfg.skip_addr, "kagi node up");
 
     let mut sd_rx3 = sd_rx;
     let result = driver
@@ -190,6 +210,9 @@ pub async fn run_node(
     let _ = stop_tx.send(true);
     peer_accept.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), etsi).await;
+    if let Some(skip) = skip {
+        let _ = tokio::time::timeout(Duration::from_secs(2), skip).await;
+    }
     if let Some(m) = mgmt {
         let _ = tokio::time::timeout(Duration::from_secs(2), m).await;
     }

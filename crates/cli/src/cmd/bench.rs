@@ -32,6 +32,8 @@ enum What {
     Etsi(EtsiArgs),
     /// Raw relay throughput of the key manager core at an intermediate node.
     Relay(RelayArgs),
+    /// XKS proxy requests/s and latency, cached and rebuilt from shares (`kagi up --xks`).
+    Xks(super::bench_xks::XksArgs),
 }
 
 /// Arguments of `kagi bench etsi`.
@@ -107,6 +109,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             rt.block_on(etsi(a))
         }
         What::Relay(a) => relay(a),
+        What::Xks(a) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(super::bench_xks::run(a)),
     }
 }
 

@@ -1,6 +1,7 @@
 //! One module per subcommand; each has `Args` (clap) and `run`.
 
 pub mod bench;
+pub mod bench_xks;
 pub mod dash;
 pub mod keys;
 pub mod link_rate;
@@ -11,7 +12,9 @@ pub mod net;
 pub mod node;
 pub mod pki;
 pub mod progress;
+pub mod skip_ports;
 pub mod up;
 pub mod up_dash;
 pub mod up_mgmt;
 pub mod vault;
+pub mod xks;

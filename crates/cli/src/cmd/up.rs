@@ -65,6 +65,10 @@ pub struct Args {
     /// node's second SAE (its first if it has one): see `kagi vault --help`.
     #[arg(long)]
     pub vault: bool,
+    /// Also start an AWS KMS external key store proxy (`kagi xks serve`) over the vault sites
+    /// (implies --vault), create one key and list it in network.json as `xks`.
+    #[arg(long)]
+    pub xks: bool,
 }
 
 /// `DIR/network.json`: what scripts and tests rely on. Paths are relative to DIR.
@@ -79,6 +83,9 @@ pub struct NetworkFile {
     /// Storage sites (`kagi up --vault`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vault_sites: Vec<VaultSite>,
+    /// The XKS proxy (`kagi up --xks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xks: Option<super::xks::XksInfo>,
     /// The live dashboard (`http://127.0.0.1:PORT/?token=...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dashboard_url: Option<String>,
@@ -112,6 +119,9 @@ pub struct NetworkNode {
     pub management_url: Option<String>,
     /// SAEs attached to the node.
     pub saes: Vec<NetworkSae>,
+    /// Cisco SKIP endpoint (TLS 1.3, SAE client certificates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_url: Option<String>,
 }
 
 /// An SAE in `network.json`.
@@ -309,6 +319,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             etsi014: Etsi014Config::default(),
             pool: PoolConfig::default(),
             store: Default::default(),
+            skip_addr: None,
             management: Some(kagi_node::config::ManagementConfig {
                 listen: mgmt_addr.clone(),
             }),
@@ -326,6 +337,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             },
             None => cfg,
         };
+        let cfg = super::skip_ports::with_skip_port(cfg, &cfg_path, &topo);
         write_atomic(&cfg_path, &toml::to_string_pretty(&cfg)?)?;
         configs.insert(n.id.clone(), cfg_path);
         let mut saes = Vec::new();
@@ -343,6 +355,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             etsi014_url: format!("https://127.0.0.1:{port}"),
             management_url: Some(format!("https://{mgmt_addr}")),
             saes,
+            skip_url: cfg.skip_addr.as_ref().map(|a| format!("https://{a}")),
         });
     }
     write_atomic(&dir.join("topology.toml"), &topo.to_toml())?;
@@ -359,6 +372,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             })
             .collect(),
         vault_sites: Vec::new(),
+        xks: None,
         dashboard_url: None,
         operators: super::up_mgmt::operators(&pki, dir)?,
     };
@@ -745,7 +759,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             return Err(e);
         }
         let mut network = prep.network.clone();
-        if args.vault {
+        if args.vault || args.xks {
             let sites = match start_vault_sites(&dir, &prep).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -758,6 +772,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let nodes = std::mem::take(&mut children);
             children.extend(sites.into_iter().map(|(_, c)| c));
             children.extend(nodes);
+        }
+        if args.xks {
+            match super::xks::start_for_up(&dir, &network).await {
+                Ok((info, c)) => {
+                    network.xks = Some(info);
+                    children.insert(
+                        0,
+                        Child {
+                            id: "xks-proxy".into(),
+                            proc: c.proc,
+                            pid_file: c.pid_file,
+                            log: c.log,
+                            exited: false,
+                            site: false,
+                        },
+                    );
+                }
+                Err(e) => {
+                    stop_all(&mut children).await;
+                    return Err(e);
+                }
+            }
         }
         // The dashboard runs in this process; a failure to start it is not fatal.
         let dash = super::up_dash::start(&dir, &network, &prep.topo.name, 0).await;
@@ -772,6 +808,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         print_banner(&dir, &prep);
         print_vault_banner(&dir, &network);
+        super::xks::print_banner(&dir, &network);
         let result = supervise(&mut children).await;
         stop_all(&mut children).await;
         let _ = std::fs::remove_file(dir.join("network.json"));
@@ -1046,6 +1083,7 @@ mod tests {
             wait_secs: 5,
             stop: false,
             vault: false,
+            xks: false,
         }
     }
 
