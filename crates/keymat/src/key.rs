@@ -1,37 +1,65 @@
 //! The key type.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// Bytes held by every live [`Key`] in this process.
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes held by all [`Key`]s alive in this process now: what a tamper response must bring to
+/// zero (a key's bytes are wiped before its count is released).
+pub fn live_bytes() -> usize {
+    LIVE_BYTES.load(Ordering::Relaxed)
+}
 
 /// Secret key bytes. Zeroized on drop, redacted in `Debug`/`Display`, compared in constant time.
 ///
 /// `Key` deliberately implements neither `Serialize` nor `Clone`-free copying tricks: to move key
 /// bytes into a wire message or a store record, call [`Key::expose`] at the single place that
 /// needs it, so every exposure is greppable.
-#[derive(Clone, Default, Zeroize, ZeroizeOnDrop)]
+#[derive(Default, Zeroize)]
 pub struct Key {
     bytes: Vec<u8>,
+    /// Bytes this key added to [`live_bytes`].
+    #[zeroize(skip)]
+    counted: usize,
+}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+        LIVE_BYTES.fetch_sub(self.counted, Ordering::Relaxed);
+    }
+}
+
+impl ZeroizeOnDrop for Key {}
+
+impl Clone for Key {
+    fn clone(&self) -> Self {
+        Self::from_slice(&self.bytes)
+    }
 }
 
 impl Key {
     /// Takes ownership of `bytes` (the vector is zeroized when the key drops).
     pub fn from_vec(bytes: Vec<u8>) -> Self {
-        Self { bytes }
+        LIVE_BYTES.fetch_add(bytes.len(), Ordering::Relaxed);
+        Self {
+            counted: bytes.len(),
+            bytes,
+        }
     }
 
     /// Copies `bytes` into a new key. The caller remains responsible for its own copy.
     pub fn from_slice(bytes: &[u8]) -> Self {
-        Self {
-            bytes: bytes.to_vec(),
-        }
+        Self::from_vec(bytes.to_vec())
     }
 
     /// A key of `len` zero bytes, to be filled in place.
     pub fn zeroed(len: usize) -> Self {
-        Self {
-            bytes: vec![0; len],
-        }
+        Self::from_vec(vec![0; len])
     }
 
     /// Length in bytes.
@@ -62,6 +90,8 @@ impl Key {
         // Shift the rest down in place; the stale tail left in spare capacity is wiped on drop
         // (zeroize clears the whole capacity of a Vec).
         self.bytes.drain(..n);
+        self.counted -= n;
+        LIVE_BYTES.fetch_sub(n, Ordering::Relaxed);
         front
     }
 
@@ -77,9 +107,19 @@ impl Key {
         }
     }
 
-    /// Appends the bytes of `other`.
+    /// Appends the bytes of `other`. When the buffer must grow, the new one is allocated here and
+    /// the old one wiped, so no copy of the key is left behind in freed memory.
     pub fn extend_from(&mut self, other: &Key) {
+        let need = self.bytes.len() + other.bytes.len();
+        if need > self.bytes.capacity() {
+            let mut grown = Vec::with_capacity(need.max(2 * self.bytes.capacity()));
+            grown.extend_from_slice(&self.bytes);
+            let mut old = std::mem::replace(&mut self.bytes, grown);
+            old.zeroize();
+        }
         self.bytes.extend_from_slice(&other.bytes);
+        self.counted += other.bytes.len();
+        LIVE_BYTES.fetch_add(other.bytes.len(), Ordering::Relaxed);
     }
 }
 

@@ -12,4 +12,4 @@ pub mod its_mac;
 mod key;
 
 pub use its_mac::{MacKey, Tag, MAC_KEY_LEN, TAG_LEN};
-pub use key::Key;
+pub use key::{live_bytes, Key};

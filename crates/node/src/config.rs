@@ -34,6 +34,25 @@ pub struct NodeConfig {
     /// Management listener (roles, metrics); off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub management: Option<ManagementConfig>,
+    /// Tamper signal sources (`[tamper]`).
+    #[serde(default, skip_serializing_if = "TamperConfig::is_default")]
+    pub tamper: TamperConfig,
+}
+
+/// Where tamper signals come from besides the management API (`POST /api/v1/tamper`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TamperConfig {
+    /// A path watched about 5 times a second: when it exists the node erases its keys from
+    /// memory and fences itself. Stands in for an enclosure switch (a udev rule or a GPIO daemon
+    /// creates the file).
+    pub watch_path: Option<PathBuf>,
+}
+
+impl TamperConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// The management listener: mutual TLS with role certificates, JSON API and `/metrics`.
@@ -148,6 +167,11 @@ impl NodeConfig {
             &mut cfg.tls.cert,
             &mut cfg.tls.key,
         ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(p) = cfg.tamper.watch_path.as_mut() {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

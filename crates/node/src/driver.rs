@@ -24,6 +24,8 @@ pub enum DriverMsg {
     Stats(oneshot::Sender<NodeStats>),
     /// A request for the operator's snapshot of the core.
     Status(oneshot::Sender<kagi_km::KmStatus>),
+    /// A tamper signal: zeroize every key, stop the store, wipe the data key, refuse everything.
+    Tamper(TamperSignal),
     /// Take the link to a neighbour out of service or back; answers whether it is a neighbour.
     LinkService {
         /// The neighbour.
@@ -33,6 +35,16 @@ pub enum DriverMsg {
         /// Whether `peer` is a neighbour.
         reply: oneshot::Sender<bool>,
     },
+}
+
+/// A tamper signal for the driver ([`DriverHandle::tamper`]).
+pub struct TamperSignal {
+    /// Where it came from (`management`, `watch_path`, ...).
+    pub source: String,
+    /// What it said.
+    pub reason: String,
+    /// Answered once the keys are gone and the node is fenced.
+    pub reply: oneshot::Sender<()>,
 }
 
 /// A cloneable handle to a running driver; implements [`KeyService`].
@@ -62,6 +74,23 @@ impl DriverHandle {
             .await
             .ok()?
             .ok()
+    }
+
+    /// Delivers a tamper signal and waits until the node is fenced: the key manager (every link,
+    /// pool and waiting key) is dropped and zeroized, the store writer stopped, the data key
+    /// wiped, and every later call refused with 503. False when the driver did not confirm.
+    pub async fn tamper(&self, source: &str, reason: &str) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.inbox.send(DriverMsg::Tamper(TamperSignal {
+            source: source.to_owned(),
+            reason: reason.to_owned(),
+            reply: tx,
+        }));
+        sent.is_ok()
+            && matches!(
+                tokio::time::timeout(Duration::from_secs(10), rx).await,
+                Ok(Ok(()))
+            )
     }
 
     /// Takes the link to neighbour `peer` out of service (`false`) or back (`true`). `None` when
@@ -190,6 +219,7 @@ impl Driver {
         let mut next_req: ReqId = 1;
         tokio::pin!(shutdown);
         let mut next_report = now() + Duration::from_secs(5);
+        let mut tamper: Option<TamperSignal> = None;
         loop {
             if now() >= next_report {
                 next_report = now() + Duration::from_secs(5);
@@ -241,27 +271,95 @@ impl Driver {
                 msg = self.inbox_rx.recv() => {
                     let Some(msg) = msg else { break };
                     let t = now();
-                    deliver(&mut km, t, msg, &mut waiting, &mut next_req, &mut hooks);
+                    tamper = deliver(&mut km, t, msg, &mut waiting, &mut next_req, &mut hooks);
                     // Take whatever else is queued before draining actions.
                     for _ in 0..1024 {
+                        if tamper.is_some() {
+                            break;
+                        }
                         match self.inbox_rx.try_recv() {
-                            Ok(m) => deliver(&mut km, t, m, &mut waiting, &mut next_req, &mut hooks),
+                            Ok(m) => tamper = deliver(&mut km, t, m, &mut waiting, &mut next_req, &mut hooks),
                             Err(_) => break,
                         }
                     }
                 }
                 _ = sleep => {}
             }
+            if tamper.is_some() {
+                break;
+            }
             // Compare with the clock rather than trusting the sleep (quinn's drive_timer).
             if km.poll_timeout().is_some_and(|t| t <= now()) {
                 km.handle_timeout(now());
             }
         }
+        let why = tamper.as_ref().map(|t| {
+            format!(
+                "node {} is fenced after a tamper signal ({}: {}); its keys were erased from \
+                 memory; an operator must restart and unseal it",
+                self.cfg.node_id, t.source, t.reason
+            )
+        });
+        if let Some(why) = &why {
+            // Every link, pool and waiting key lives in the core: dropping it zeroizes them.
+            drop(km);
+            for (_, w) in std::mem::take(&mut waiting) {
+                let _ = w.tx.send(Err(Refusal::Unavailable(why.clone())));
+            }
+            tracing::error!(reason = %why, "tamper signal: key material erased, node fenced");
+        }
         drop(store_tx);
         // Let the writer finish its last commits and truncate the WAL before the node counts as
         // stopped.
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        if let (Some(t), Some(why)) = (tamper, why) {
+            self.sealer.wipe();
+            if let Some(trail) = &self.audit {
+                let _ = trail.record(crate::audit::Event {
+                    event: "node.tamper",
+                    actor: &t.source,
+                    target: &self.cfg.node_id,
+                    outcome: "fenced",
+                    detail: &t.reason,
+                });
+                let _ = trail.checkpoint();
+            }
+            if let Some(ops) = &self.ops {
+                ops.set_tampered(&t.source, &t.reason);
+            }
+            let _ = t.reply.send(());
+            self.fenced(&why, shutdown).await;
+        }
         Ok(())
+    }
+
+    /// After a tamper signal: refuses every call with `why` until `shutdown`. Link key that still
+    /// arrives is dropped (zeroized) unread.
+    async fn fenced(
+        &mut self,
+        why: &str,
+        mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => return,
+                msg = self.inbox_rx.recv() => match msg {
+                    None => return,
+                    Some(DriverMsg::App(_, tx)) => {
+                        let _ = tx.send(Err(Refusal::Unavailable(why.to_owned())));
+                    }
+                    Some(DriverMsg::Tamper(t)) => {
+                        let _ = t.reply.send(());
+                    }
+                    Some(DriverMsg::LinkService { reply, .. }) => {
+                        let _ = reply.send(false);
+                    }
+                    // Stats and status go unanswered (the management API reports the fence).
+                    Some(_) => {}
+                }
+            }
+        }
     }
 }
 
@@ -372,8 +470,9 @@ fn deliver(
     waiting: &mut BTreeMap<ReqId, Waiting>,
     next_req: &mut ReqId,
     hooks: &mut Hooks,
-) {
+) -> Option<TamperSignal> {
     match msg {
+        DriverMsg::Tamper(t) => return Some(t),
         DriverMsg::Input(i) => {
             hooks.observe(&i);
             km.handle(now, i)
@@ -401,7 +500,7 @@ fn deliver(
                 let _ = w.tx.send(Err(Refusal::Unavailable(format!(
                     "audit trail cannot be written ({fault}); key delivery is stopped"
                 ))));
-                return;
+                return None;
             }
             let req = *next_req;
             *next_req += 1;
@@ -412,6 +511,7 @@ fn deliver(
             let _ = tx.send(km.stats());
         }
     }
+    None
 }
 
 fn flush(

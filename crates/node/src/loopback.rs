@@ -64,6 +64,7 @@ pub fn prepare(
             store: Default::default(),
             skip_addr: None,
             management: None,
+            tamper: Default::default(),
         };
         tune(&mut cfg);
         cfgs.push(cfg);

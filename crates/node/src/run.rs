@@ -124,6 +124,7 @@ pub async fn run_node(
         })
     };
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
     let mut model_rates = BTreeMap::new();
     for spec in &my_links {
         if spec.key_source().ok() != Some(KeySource::Rate) {
@@ -229,6 +230,29 @@ pub async fn run_node(
         &me.id,
         &format!("etsi014={etsi_addr}"),
     ))?;
+    // Tamper response outside the driver: link sources stop and the photon ledger's key goes.
+    {
+        let mut fenced = ops.tamper_signal();
+        let stop_tx = stop_tx.clone();
+        let photon = seals.photon.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                r = fenced.wait_for(|v| *v) => {
+                    if r.is_ok() {
+                        let _ = stop_tx.send(true);
+                        if let Some(p) = photon {
+                            p.wipe();
+                        }
+                    }
+                }
+                _ = stop.changed() => {}
+            }
+        });
+    }
+    if let Some(path) = cfg.tamper.watch_path.clone() {
+        tokio::spawn(watch_tamper_path(path, handle.clone(), stop_rx.clone()));
+    }
     // Timed checkpoints.
     let ticker = {
         let trail = trail.clone();
@@ -272,6 +296,27 @@ pub async fn run_node(
         tracing::error!(error = %e, "final audit checkpoint failed");
     }
     result
+}
+
+/// Fences the node when `path` appears (polled every 200 ms; a path present at start fences it
+/// at once).
+async fn watch_tamper_path(
+    path: std::path::PathBuf,
+    driver: crate::driver::DriverHandle,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if path.exists() {
+            let reason = format!("{} appeared", path.display());
+            tracing::error!(%reason, "tamper switch");
+            driver.tamper("watch_path", &reason).await;
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 async fn feed_link(

@@ -323,6 +323,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             management: Some(kagi_node::config::ManagementConfig {
                 listen: mgmt_addr.clone(),
             }),
+            tamper: Default::default(),
         };
         let cfg_path = node_dir.join("node.toml");
         // Keep a config the user edited (limits, pool policy, where the store lives), refreshing

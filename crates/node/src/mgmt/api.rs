@@ -242,6 +242,17 @@ async fn status(State(ctx): Ctx, Extension(who): Who) -> Response {
     if let Err(r) = need(&ctx, &who, Permission::Read, "read") {
         return r;
     }
+    if let Some(t) = ctx.ops.tampered() {
+        // The core is gone: report the fence instead of its state.
+        return ok(json!({
+            "node_id": ctx.ops.node_id(),
+            "uptime_seconds": ctx.ops.uptime().as_secs_f64(),
+            "draining": ctx.ops.draining(),
+            "fenced": true,
+            "tampered": t,
+            "live_key_bytes": kagi_keymat::live_bytes(),
+        }));
+    }
     let Some(km) = ctx.driver.status().await else {
         return unavailable();
     };
@@ -258,6 +269,8 @@ async fn status(State(ctx): Ctx, Extension(who): Who) -> Response {
         "pools": pools_json(&km),
         "stats": stats_json(&km.stats),
         "refusals_recent": ctx.ops.recent_refusals().len(),
+        "tampered": null,
+        "live_key_bytes": kagi_keymat::live_bytes(),
     }))
 }
 
@@ -607,6 +620,26 @@ async fn sealed_action(ctx: Arc<MgmtCtx>, who: Arc<Caller>, body: Bytes, action:
             ),
         );
     }
+    if action == "node.tamper" {
+        let reason = format!("{} (by {})", b.reason, who.name);
+        if !ctx.driver.tamper("management", reason.trim()).await {
+            audit_and(
+                &ctx,
+                &who,
+                action,
+                ctx.ops.node_id(),
+                "error",
+                "key manager not answering",
+            );
+            return unavailable();
+        }
+        audit_and(&ctx, &who, action, ctx.ops.node_id(), "ok", &b.reason);
+        return ok(json!({
+            "node_id": ctx.ops.node_id(),
+            "fenced": true,
+            "tampered": ctx.ops.tampered(),
+        }));
+    }
     audit_and(
         &ctx,
         &who,
@@ -617,6 +650,6 @@ async fn sealed_action(ctx: Arc<MgmtCtx>, who: Arc<Caller>, body: Bytes, action:
     );
     error(
         StatusCode::NOT_IMPLEMENTED,
-        "tamper response and erase are not available in this build (the sealed store is not merged yet); the request was valid and has been audited",
+        "erasing the stored keys is not available in this build; POST /api/v1/tamper fences the node and erases its keys from memory; the request was valid and has been audited",
     )
 }

@@ -130,6 +130,22 @@ pub fn encode(ops: &Ops, km: Option<&KmStatus>) -> String {
         ConstGauge::new(i64::from(ops.draining())),
     );
     r.register(
+        "node_tampered",
+        "1 once a tamper signal fenced the node (keys zeroized, every request refused)",
+        ConstGauge::new(i64::from(ops.tampered().is_some())),
+    );
+    r.register(
+        "audit_trail_writable",
+        "1 while the audit trail can be written (key delivery stops when it cannot)",
+        ConstGauge::new(i64::from(ops.trail().is_some_and(|t| t.fault().is_none()))),
+    );
+    r.register_with_unit(
+        "live_key",
+        "Bytes held by live key objects in this node process",
+        Unit::Bytes,
+        ConstGauge::new(kagi_keymat::live_bytes() as i64),
+    );
+    r.register(
         "etsi014_requests",
         "ETSI GS QKD 014 requests answered, by endpoint and HTTP status",
         m.etsi_requests.clone(),

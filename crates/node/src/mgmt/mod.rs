@@ -26,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::admission::{Admission, Limits};
 
 pub use api::MgmtCtx;
-pub use ops::{AuditEvent, Ops, RefusalEvent};
+pub use ops::{AuditEvent, Ops, RefusalEvent, TamperState};
 pub use role::{Caller, Permission, Role};
 
 /// Time allowed to receive a request head.

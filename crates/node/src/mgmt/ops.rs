@@ -57,6 +57,17 @@ pub struct AuditEvent {
     pub detail: String,
 }
 
+/// Why and when the node was fenced by a tamper signal.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TamperState {
+    /// Where the signal came from (`management`, `watch_path`, ...).
+    pub source: String,
+    /// What it said.
+    pub reason: String,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+}
+
 #[derive(Debug, Default)]
 struct LinkMeter {
     total: u64,
@@ -76,6 +87,8 @@ pub struct Ops {
     peers: Mutex<BTreeMap<String, bool>>,
     link_in: Mutex<BTreeMap<String, LinkMeter>>,
     trail: std::sync::OnceLock<std::sync::Arc<crate::audit::AuditTrail>>,
+    tamper: Mutex<Option<TamperState>>,
+    tamper_tx: tokio::sync::watch::Sender<bool>,
     /// Prometheus metrics maintained as events happen.
     pub metrics: Metrics,
 }
@@ -110,6 +123,8 @@ impl Ops {
             peers: Mutex::new(BTreeMap::new()),
             link_in: Mutex::new(BTreeMap::new()),
             trail: std::sync::OnceLock::new(),
+            tamper: Mutex::new(None),
+            tamper_tx: tokio::sync::watch::channel(false).0,
             metrics: Metrics::new(),
         }
     }
@@ -168,6 +183,29 @@ impl Ops {
             .lock()
             .map(|q| q.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Records that a tamper signal fenced the node (the first one is kept) and wakes
+    /// [`Self::tamper_signal`] watchers.
+    pub fn set_tampered(&self, source: &str, reason: &str) {
+        if let Ok(mut t) = self.tamper.lock() {
+            t.get_or_insert_with(|| TamperState {
+                source: source.to_owned(),
+                reason: reason.to_owned(),
+                time_ms: now_ms(),
+            });
+        }
+        self.tamper_tx.send_replace(true);
+    }
+
+    /// Why the node is fenced, once a tamper signal arrived.
+    pub fn tampered(&self) -> Option<TamperState> {
+        self.tamper.lock().ok().and_then(|t| t.clone())
+    }
+
+    /// Becomes `true` when the node is fenced by a tamper signal.
+    pub fn tamper_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.tamper_tx.subscribe()
     }
 
     /// Sets the node's audit trail (once): management actions are recorded there too.

@@ -55,15 +55,20 @@ pub enum SealError {
 
 /// The DEK of one database file, ready to seal and open values.
 pub struct Sealer {
-    aead: Option<Aes256GcmSiv>,
+    /// `None` for a plaintext (benchmark) sealer.
+    aead: Option<std::sync::RwLock<Option<Aes256GcmSiv>>>,
     label: String,
 }
+
+/// Version byte of values sealed after [`Sealer::wipe`]: they open nowhere.
+const WIPED: u8 = 0xff;
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sealer")
             .field("label", &self.label)
             .field("sealed", &self.aead.is_some())
+            .field("wiped", &self.is_wiped())
             .finish()
     }
 }
@@ -73,7 +78,9 @@ impl Sealer {
     /// value's associated data).
     pub fn new(dek: &Key, label: &str) -> Self {
         Self {
-            aead: Some(Aes256GcmSiv::new_from_slice(dek.expose()).expect("DEK is 32 bytes")),
+            aead: Some(std::sync::RwLock::new(Some(
+                Aes256GcmSiv::new_from_slice(dek.expose()).expect("DEK is 32 bytes"),
+            ))),
             label: label.to_string(),
         }
     }
@@ -92,6 +99,25 @@ impl Sealer {
         self.aead.is_some()
     }
 
+    /// Drops the DEK (its AES key schedule is zeroized on drop): the tamper response. Values
+    /// opened afterwards fail; values sealed afterwards are marked so that they never open.
+    pub fn wipe(&self) {
+        if let Some(l) = &self.aead {
+            let old = match l.write() {
+                Ok(mut g) => g.take(),
+                Err(p) => p.into_inner().take(),
+            };
+            drop(old);
+        }
+    }
+
+    /// True once [`Self::wipe`] ran on a sealing sealer.
+    pub fn is_wiped(&self) -> bool {
+        self.aead
+            .as_ref()
+            .is_some_and(|l| l.read().map(|g| g.is_none()).unwrap_or(true))
+    }
+
     fn aad(&self, kind: &str, key: &str) -> Vec<u8> {
         let mut a = Vec::with_capacity(16 + self.label.len() + kind.len() + key.len());
         a.extend_from_slice(b"kagi-seal-v1\0");
@@ -105,11 +131,16 @@ impl Sealer {
 
     /// Seals `plain` as the value of record `kind`/`key`.
     pub fn seal(&self, kind: &str, key: &str, plain: &[u8]) -> Vec<u8> {
-        let Some(aead) = &self.aead else {
+        let Some(lock) = &self.aead else {
             let mut v = Vec::with_capacity(1 + plain.len());
             v.push(PLAIN_V0);
             v.extend_from_slice(plain);
             return v;
+        };
+        let guard = lock.read().unwrap_or_else(|p| p.into_inner());
+        let Some(aead) = guard.as_ref() else {
+            // Wiped: no key to seal with, and never the plaintext.
+            return vec![WIPED];
         };
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
@@ -143,7 +174,15 @@ impl Sealer {
             why,
         };
         let (&version, rest) = sealed.split_first().ok_or_else(|| fail("empty value"))?;
-        match (&self.aead, version) {
+        let guard = self
+            .aead
+            .as_ref()
+            .map(|l| l.read().unwrap_or_else(|p| p.into_inner()));
+        let aead = match &guard {
+            None => None,
+            Some(g) => Some(g.as_ref().ok_or_else(|| fail("the data key was wiped"))?),
+        };
+        match (aead, version) {
             (None, PLAIN_V0) => Ok(Zeroizing::new(rest.to_vec())),
             (None, _) => Err(fail("sealed value in an unsealed store")),
             (Some(_), PLAIN_V0) => Err(fail("plaintext value in a sealed store")),
@@ -274,6 +313,18 @@ mod tests {
         assert!(p
             .open("chunk", "k", &sealer().seal("chunk", "k", b"abc"))
             .is_err());
+    }
+
+    #[test]
+    fn a_wiped_sealer_opens_nothing_and_seals_nothing_readable() {
+        let s = sealer();
+        let v = s.seal("chunk", "k", b"abc");
+        s.wipe();
+        assert!(s.is_wiped());
+        assert!(s.open("chunk", "k", &v).is_err());
+        let after = s.seal("chunk", "k", b"abc");
+        assert!(!after.windows(3).any(|w| w == b"abc"));
+        assert!(sealer().open("chunk", "k", &after).is_err());
     }
 
     #[test]

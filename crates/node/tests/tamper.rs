@@ -1,0 +1,73 @@
+//! Tamper response on a real node: the watched path (an enclosure switch) appears, and the node
+//! fences itself — every ETSI 014 call gets 503 naming the tamper signal — and records it in its
+//! audit trail, which still verifies.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kagi_control::Topology;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watched_path_fences_the_node_and_is_audited() {
+    let dir = kagi_node::loopback::scratch_dir("tamper").unwrap();
+    let mut topo = Topology::line("pair", &["a", "b"], 10.0, |n| vec![format!("sae-{n}")]);
+    topo.epoch_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 1;
+    let switch = dir.join("enclosure-open");
+    let cfgs = kagi_node::loopback::prepare(&dir, &mut topo, |c| {
+        c.tamper.watch_path = Some(switch.clone());
+    })
+    .unwrap();
+    let cfg = cfgs.into_iter().find(|c| c.node_id == "a").unwrap();
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let node = tokio::spawn(kagi_node::run_node(cfg.clone(), async move {
+        let _ = stop_rx.wait_for(|v| *v).await;
+    }));
+    let sae = kagi_node::loopback::sae_client(&dir, &topo, "sae-a").unwrap();
+    let path = "/api/v1/keys/sae-b/status";
+    let mut up = false;
+    for _ in 0..300 {
+        if let Ok(r) = sae.request("GET", path, None, false).await {
+            if r.status == 200 {
+                up = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "node a never answered");
+
+    std::fs::write(&switch, b"").unwrap();
+    let mut fenced = None;
+    for _ in 0..100 {
+        let r = sae.request("GET", path, None, false).await.unwrap();
+        if r.status == 503 {
+            fenced = Some(String::from_utf8_lossy(&r.body).into_owned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let msg = fenced.expect("node a was not fenced within 5 s of the switch");
+    assert!(
+        msg.contains("tamper signal") && msg.contains("enclosure-open"),
+        "{msg}"
+    );
+    // Still fenced later: it does not recover by itself.
+    let r = sae.request("GET", path, None, false).await.unwrap();
+    assert_eq!(r.status, 503);
+
+    let _ = stop_tx.send(true);
+    let r = tokio::time::timeout(Duration::from_secs(10), node).await;
+    assert!(matches!(r, Ok(Ok(Ok(())))), "{r:?}");
+    let trail = kagi_node::audit::trail_path(&cfg.data_dir, "a");
+    let text = std::fs::read_to_string(&trail).unwrap();
+    assert!(
+        text.contains("\"event\":\"node.tamper\",\"actor\":\"watch_path\""),
+        "tamper not audited"
+    );
+    let report = kagi_node::audit::verify::check_file(&trail);
+    assert!(report.problem.is_none(), "{report:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
