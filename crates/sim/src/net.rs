@@ -5,9 +5,9 @@
 //!   partitions that cut node pairs, with `PeerDown`/`PeerUp` at both ends as the node's peer
 //!   connections would report them.
 //! * Store: a virtual store per node that keeps only what was written. Writes complete in order;
-//!   a write may fail (`Stored { ok: false }`), which fences the core, stops the writer (nothing
-//!   after a failed write is written, as `kagi_node::store::writer_loop` does) and restarts the
-//!   node from what the store holds after [`Faults::restart_delay`], as the node's driver does.
+//!   a write may fail (`Stored { ok: false }`), which fences the core; nothing after a failed
+//!   write is written, and the node restarts from what the store holds after
+//!   [`Faults::restart_delay`], as the node's driver does.
 //! * Crashes: [`Sim::crash`] (each in-flight batch may or may not have reached the disk, as a
 //!   prefix), [`Sim::power_loss`] (no in-flight batch survives; acknowledged ones do, under
 //!   `synchronous = FULL`), and [`Sim::crash_after_actions`] (a crash at any action boundary, for
