@@ -68,19 +68,14 @@ pub struct TlsConfig {
 }
 
 /// ETSI GS QKD 014 limits and SAE identity mapping.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Etsi014Config {
-    /// Default key size in bits.
-    pub key_size: u64,
-    /// Smallest key size in bits.
-    pub min_key_size: u64,
-    /// Largest key size in bits.
-    pub max_key_size: u64,
-    /// Most keys per request.
-    pub max_key_per_request: u64,
-    /// Most additional slaves per request (0 disables multicast).
-    pub max_sae_id_count: u64,
+    /// The key manager core's limits (`key_size`, `min_key_size`, `max_key_size`,
+    /// `max_key_per_request`, `max_sae_id_count`), written directly in `[etsi014]`. The core
+    /// defines and enforces them; the adapter only parses.
+    #[serde(flatten)]
+    pub limits: kagi_km::Limits,
     /// Certificate subject CN → SAE ID. A CN absent here maps to itself unless
     /// `strict_sae_map` is set.
     pub sae_map: std::collections::BTreeMap<String, String>,
@@ -91,21 +86,6 @@ pub struct Etsi014Config {
     /// TLS 1.2 clients). Off by default so that deployed encryptors that speak only classical
     /// TLS keep working; node-to-node and vault traffic always require it.
     pub require_pq: bool,
-}
-
-impl Default for Etsi014Config {
-    fn default() -> Self {
-        Self {
-            key_size: 256,
-            min_key_size: 64,
-            max_key_size: 8192,
-            max_key_per_request: 1024,
-            max_sae_id_count: 8,
-            sae_map: Default::default(),
-            strict_sae_map: false,
-            require_pq: false,
-        }
-    }
 }
 
 /// End-to-end key pool policy, per destination node.
@@ -152,6 +132,10 @@ impl NodeConfig {
                 *p = base.join(&*p);
             }
         }
+        cfg.etsi014
+            .limits
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{}: [etsi014]: {e}", path.display()))?;
         if let Some(p) = cfg.store.seal.key_file.as_mut() {
             if p.is_relative() {
                 *p = base.join(&*p);

@@ -74,8 +74,10 @@ impl KeyService for Mem {
                 size_bits,
                 additional_slaves,
             } => {
-                let n = number.unwrap_or(1);
-                let size = size_bits.unwrap_or(256);
+                // The numbers are judged by the core's own rules (`Limits`), as the real core does.
+                let shape =
+                    test_limits().check_enc_keys(number, size_bits, additional_slaves.len())?;
+                let (n, size) = (shape.number, shape.size_bits);
                 if st.pool < n {
                     return Err(Refusal::Unavailable(format!(
                         "not enough key material for {master} -> {slave}: {} keys ready",
@@ -103,6 +105,7 @@ impl KeyService for Mem {
                 master,
                 key_ids,
             } => {
+                test_limits().check_key_ids(key_ids.len())?;
                 for id in &key_ids {
                     let Some((m, slaves, _)) = st.keys.get(id) else {
                         return Err(Refusal::BadRequest(Refusal::KEYS_NOT_FOUND.into()));
@@ -177,13 +180,20 @@ fn topology() -> Topology {
     }
 }
 
-fn params() -> Etsi014Config {
-    let mut p = Etsi014Config {
+/// The limits of the KME under test; the in-memory core enforces them with the real core's rules.
+fn test_limits() -> kagi_km::Limits {
+    kagi_km::Limits {
         key_size: 256,
         min_key_size: 64,
         max_key_size: 1024,
         max_key_per_request: 16,
         max_sae_id_count: 2,
+    }
+}
+
+fn params() -> Etsi014Config {
+    let mut p = Etsi014Config {
+        limits: test_limits(),
         ..Default::default()
     };
     // A certificate whose CN is not an SAE ID but is mapped to one.
