@@ -89,7 +89,12 @@ impl Graph {
 /// Up to `q.max_paths` node-disjoint paths `[src, ..., dst]` of least total cost, shortest
 /// first (ties by node IDs). Empty when `src == dst`, either end is unknown or avoided, or no
 /// path exists. Link costs are `LinkSpec::cost` (1 per hop when unset), as in [`crate::Routes`].
-pub fn disjoint_paths(topo: &Topology, src: &str, dst: &str, q: &PathQuery<'_>) -> Vec<Vec<String>> {
+pub fn disjoint_paths(
+    topo: &Topology,
+    src: &str,
+    dst: &str,
+    q: &PathQuery<'_>,
+) -> Vec<Vec<String>> {
     let mut ids: Vec<&str> = topo.nodes.iter().map(|n| n.id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
@@ -226,10 +231,20 @@ mod tests {
     fn complete_graph_gives_three_paths_shortest_first() {
         let t = topo(
             &["a", "b", "c", "d"],
-            &[("a", "b"), ("a", "c"), ("a", "d"), ("b", "c"), ("b", "d"), ("c", "d")],
+            &[
+                ("a", "b"),
+                ("a", "c"),
+                ("a", "d"),
+                ("b", "c"),
+                ("b", "d"),
+                ("c", "d"),
+            ],
         );
         let p = disjoint_paths(&t, "a", "d", &q(5));
-        assert_eq!(p, vec![vec!["a", "d"], vec!["a", "b", "d"], vec!["a", "c", "d"]]);
+        assert_eq!(
+            p,
+            vec![vec!["a", "d"], vec!["a", "b", "d"], vec!["a", "c", "d"]]
+        );
         assert_eq!(disjoint_paths(&t, "a", "d", &q(2)).len(), 2);
         assert_eq!(disjoint_paths(&t, "a", "d", &q(1)), vec![vec!["a", "d"]]);
     }
@@ -240,7 +255,15 @@ mod tests {
     fn trap_topology_needs_rerouting() {
         let t = topo(
             &["s", "a", "b", "c", "d", "t"],
-            &[("s", "a"), ("a", "b"), ("b", "t"), ("s", "c"), ("c", "b"), ("a", "d"), ("d", "t")],
+            &[
+                ("s", "a"),
+                ("a", "b"),
+                ("b", "t"),
+                ("s", "c"),
+                ("c", "b"),
+                ("a", "d"),
+                ("d", "t"),
+            ],
         );
         let p = disjoint_paths(&t, "s", "t", &q(2));
         assert_eq!(p.len(), 2, "{p:?}");
@@ -249,18 +272,27 @@ mod tests {
     }
 
     #[test]
-    fn builtin_has_two_disjoint_paths_from_koganei_to_ueno() {
+    fn builtin_has_two_disjoint_paths_from_koganei_to_otemachi_and_one_to_ueno() {
         let t = builtin::tokyo();
-        let p = disjoint_paths(&t, "koganei", "ueno", &q(3));
+        let p = disjoint_paths(&t, "koganei", "otemachi", &q(3));
         assert_eq!(p.len(), 2, "koganei has two links: {p:?}");
-        assert_disjoint(&p, "koganei", "ueno");
+        assert_disjoint(&p, "koganei", "otemachi");
+        // Every way into ueno passes otemachi (hakusan hangs off otemachi).
+        assert_eq!(disjoint_paths(&t, "koganei", "ueno", &q(3)).len(), 1);
     }
 
     #[test]
     fn avoided_nodes_and_edge_cases() {
         let t = topo(
             &["a", "b", "c", "d"],
-            &[("a", "b"), ("a", "c"), ("a", "d"), ("b", "c"), ("b", "d"), ("c", "d")],
+            &[
+                ("a", "b"),
+                ("a", "c"),
+                ("a", "d"),
+                ("b", "c"),
+                ("b", "d"),
+                ("c", "d"),
+            ],
         );
         let avoid = vec!["d".to_string()];
         let p = disjoint_paths(
@@ -275,9 +307,21 @@ mod tests {
         assert_eq!(p, vec![vec!["a", "c"], vec!["a", "b", "c"]]);
         assert!(disjoint_paths(&t, "a", "a", &q(3)).is_empty());
         assert!(disjoint_paths(&t, "a", "zz", &q(3)).is_empty());
-        assert!(disjoint_paths(&t, "a", "d", &PathQuery { max_paths: 3, avoid: &avoid }).is_empty());
+        assert!(disjoint_paths(
+            &t,
+            "a",
+            "d",
+            &PathQuery {
+                max_paths: 3,
+                avoid: &avoid
+            }
+        )
+        .is_empty());
         let line = topo(&["a", "b", "c"], &[("a", "b"), ("b", "c")]);
-        assert_eq!(disjoint_paths(&line, "a", "c", &q(3)), vec![vec!["a", "b", "c"]]);
+        assert_eq!(
+            disjoint_paths(&line, "a", "c", &q(3)),
+            vec![vec!["a", "b", "c"]]
+        );
     }
 
     /// Random graphs: paths are valid walks over links, node-disjoint, and as many as a brute
@@ -314,7 +358,13 @@ mod tests {
     }
 
     fn brute_force_max(t: &Topology, s: &str, d: &str, cap: usize) -> usize {
-        fn all_paths(t: &Topology, cur: &str, d: &str, seen: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        fn all_paths(
+            t: &Topology,
+            cur: &str,
+            d: &str,
+            seen: &mut Vec<String>,
+            out: &mut Vec<Vec<String>>,
+        ) {
             if cur == d {
                 out.push(seen.clone());
                 return;
@@ -336,10 +386,16 @@ mod tests {
             }
             let skip = best(paths, i + 1, used, cap);
             let inner = &paths[i][1..paths[i].len() - 1];
-            if inner.iter().any(|n| used.contains(n)) || (inner.is_empty() && used.contains(&"<direct>".to_string())) {
+            if inner.iter().any(|n| used.contains(n))
+                || (inner.is_empty() && used.contains(&"<direct>".to_string()))
+            {
                 return skip;
             }
-            let mark: Vec<String> = if inner.is_empty() { vec!["<direct>".into()] } else { inner.to_vec() };
+            let mark: Vec<String> = if inner.is_empty() {
+                vec!["<direct>".into()]
+            } else {
+                inner.to_vec()
+            };
             used.extend(mark.iter().cloned());
             let take = 1 + best(paths, i + 1, used, cap - 1);
             used.truncate(used.len() - mark.len());

@@ -81,8 +81,7 @@ impl Limits {
                 self.min_key_size, self.key_size, self.max_key_size
             ));
         }
-        if self.max_key_per_request == 0 || self.max_key_per_request > MAX_CONFIG_KEYS_PER_REQUEST
-        {
+        if self.max_key_per_request == 0 || self.max_key_per_request > MAX_CONFIG_KEYS_PER_REQUEST {
             return err(format!(
                 "max_key_per_request = {} must be between 1 and {MAX_CONFIG_KEYS_PER_REQUEST}",
                 self.max_key_per_request

@@ -124,8 +124,14 @@ impl Links {
         // Buffer bounds: each end keeps the newest key, evicting its oldest blocks. Both ends
         // see the same blocks at the same times, so the neighbour's window of our half (twice as
         // large) covers what we still hold; a miss is reported back with `LinkMissing`.
-        let dropped = evict_oldest(&mut link.tx, cap / 2, tx.len() as u64, peer, Half::Tx, batch)
-            + evict_oldest(&mut link.rx, cap, rx.len() as u64, peer, Half::Rx, batch);
+        let dropped = evict_oldest(
+            &mut link.tx,
+            cap / 2,
+            tx.len() as u64,
+            peer,
+            Half::Tx,
+            batch,
+        ) + evict_oldest(&mut link.rx, cap, rx.len() as u64, peer, Half::Rx, batch);
         for (half, buf, map) in [
             (Half::Tx, KeyBuf::new(tx), &mut link.tx),
             (Half::Rx, KeyBuf::new(rx), &mut link.rx),

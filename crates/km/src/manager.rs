@@ -174,9 +174,12 @@ impl KeyManager {
                     buf,
                 } => km.links.restore_block(peer, half, block, buf.into()),
                 Record::LinkHighWater { peer, block } => km.links.restore_high_water(peer, block),
-                Record::Chunk { pool, chunk, buf } => km.pools.restore_chunk(pool, chunk, buf.into()),
+                Record::Chunk { pool, chunk, buf } => {
+                    km.pools.restore_chunk(pool, chunk, buf.into())
+                }
                 Record::PendingRelay { seq, dest, key } => {
-                    km.relays.restore_pending(seq, dest, key, now + relay_timeout);
+                    km.relays
+                        .restore_pending(seq, dest, key, now + relay_timeout);
                 }
                 Record::SlaveKey { id, key } => km.supply.restore_slave_key(id, key),
                 Record::Counter {

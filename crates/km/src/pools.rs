@@ -84,7 +84,10 @@ impl Pools {
             buf: KeyBufParts::from(&buf),
         };
         *self.out_free.entry(dest.to_string()).or_default() += u64::from(buf.tail_free());
-        self.out.entry(dest.to_string()).or_default().insert(seq, buf);
+        self.out
+            .entry(dest.to_string())
+            .or_default()
+            .insert(seq, buf);
         rec
     }
 
@@ -96,7 +99,10 @@ impl Pools {
             chunk: seq,
             buf: KeyBufParts::from(&buf),
         };
-        self.inp.entry(origin.to_string()).or_default().insert(seq, buf);
+        self.inp
+            .entry(origin.to_string())
+            .or_default()
+            .insert(seq, buf);
         rec
     }
 

@@ -477,4 +477,3 @@ pub(crate) fn otp_tag(mac_key: &Key, id: &uuid::Uuid, ct: &[u8]) -> Tag {
     mac.update(ct);
     mac.finalize()
 }
-

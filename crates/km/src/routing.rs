@@ -33,11 +33,6 @@ impl Routing {
         }
     }
 
-    /// The network.
-    pub(crate) fn topology(&self) -> &Arc<Topology> {
-        &self.topology
-    }
-
     /// The current path `[me, ..., dest]`, if `dest` is reachable.
     pub(crate) fn path(&self, dest: &str) -> Option<&[NodeId]> {
         self.routes.path(dest)

@@ -274,8 +274,10 @@ impl KeyManager {
                 if *node == me {
                     continue;
                 }
-                let (spans, mut material) =
-                    self.pools.take_out(node, MAC_KEY_LEN + bytes).expect("checked");
+                let (spans, mut material) = self
+                    .pools
+                    .take_out(node, MAC_KEY_LEN + bytes)
+                    .expect("checked");
                 let mac_key = material.take_front(MAC_KEY_LEN);
                 let mut ct = key.clone();
                 ct.xor_in_place(material.expose());
@@ -380,7 +382,10 @@ impl KeyManager {
         }
         // Unknown → 400; not a named slave of the key, or the wrong master → 401; a named slave
         // that already fetched it → 400 (the key is gone for that slave).
-        if ids.iter().any(|id| !self.supply.slave_keys.contains_key(id)) {
+        if ids
+            .iter()
+            .any(|id| !self.supply.slave_keys.contains_key(id))
+        {
             return Err(bad(Refusal::KEYS_NOT_FOUND));
         }
         if ids.iter().any(|id| {
@@ -391,10 +396,12 @@ impl KeyManager {
                 "the caller is not a slave of one or more of these keys for this master".into(),
             ));
         }
-        if ids
-            .iter()
-            .any(|id| !self.supply.slave_keys[id].pending.iter().any(|s| s == slave))
-        {
+        if ids.iter().any(|id| {
+            !self.supply.slave_keys[id]
+                .pending
+                .iter()
+                .any(|s| s == slave)
+        }) {
             return Err(bad(Refusal::KEYS_NOT_FOUND));
         }
         let mut batch = Vec::new();
@@ -451,7 +458,9 @@ impl KeyManager {
             && slaves
                 .iter()
                 .all(|s| self.sae_node(s).as_deref() == Some(me.as_str()))
-            && keys.iter().all(|k| !self.supply.slave_keys.contains_key(&k.id));
+            && keys
+                .iter()
+                .all(|k| !self.supply.slave_keys.contains_key(&k.id));
         if !valid {
             self.out.push(ack_ok(false));
             return;
@@ -510,7 +519,8 @@ impl KeyManager {
         }
         self.pools.flush_touched(&mut batch);
         let next_w = self.out.peek_write();
-        self.supply.applied_assigns
+        self.supply
+            .applied_assigns
             .insert((origin.clone(), seq), Some(next_w));
         self.out.store(
             batch,
@@ -566,6 +576,7 @@ impl KeyManager {
 
     pub(crate) fn on_revoke(&mut self, origin: NodeId, seq: u64) {
         let ids: Vec<Uuid> = self
+            .supply
             .slave_keys
             .iter()
             .filter(|(_, k)| k.origin == origin && k.assign_seq == seq)
@@ -584,6 +595,7 @@ impl KeyManager {
 
     pub(crate) fn expire_assigns(&mut self, now: Instant) {
         let expired: Vec<u64> = self
+            .supply
             .assigns
             .iter()
             .filter(|(_, a)| a.deadline <= now)

@@ -144,3 +144,44 @@ impl NodeConfig {
         Ok(cfg)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etsi014_limits_are_the_cores_and_written_flat() {
+        let e: Etsi014Config =
+            toml::from_str("key_size = 512\nmax_key_per_request = 8\nrequire_pq = true").unwrap();
+        assert_eq!(e.limits.key_size, 512);
+        assert_eq!(e.limits.max_key_per_request, 8);
+        assert_eq!(
+            e.limits.min_key_size,
+            kagi_km::Limits::default().min_key_size
+        );
+        assert!(e.require_pq);
+        e.limits.validate().unwrap();
+        // Unknown keys are still refused, next to the flattened limits.
+        let err = toml::from_str::<Etsi014Config>("key_size = 512\nkey_sise = 8").unwrap_err();
+        assert!(err.to_string().contains("key_sise"), "{err}");
+        // Negative or huge values: a clear error, never a panic.
+        let err = toml::from_str::<Etsi014Config>("max_key_per_request = -1").unwrap_err();
+        assert!(err.to_string().contains("-1"), "{err}");
+        let huge: Etsi014Config = toml::from_str("max_key_per_request = 9000000000").unwrap();
+        let err = huge.limits.validate().unwrap_err().to_string();
+        assert!(err.contains("max_key_per_request"), "{err}");
+        let odd: Etsi014Config = toml::from_str("key_size = 100").unwrap();
+        assert!(odd
+            .limits
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("multiple of 8"));
+        let inverted: Etsi014Config = toml::from_str("min_key_size = 512\nkey_size = 256").unwrap();
+        assert!(inverted.limits.validate().is_err());
+        // What `kagi up` writes reads back.
+        let text = toml::to_string(&Etsi014Config::default()).unwrap();
+        let back: Etsi014Config = toml::from_str(&text).unwrap();
+        assert_eq!(back.limits, kagi_km::Limits::default());
+    }
+}
