@@ -191,17 +191,6 @@ pub(crate) fn take_sequential(
     (spans, out)
 }
 
-/// True when two spans of the same block or chunk overlap (a message spending a byte twice).
-pub(crate) fn spans_overlap(spans: &[crate::msgs::Span]) -> bool {
-    spans.iter().enumerate().any(|(i, a)| {
-        spans[i + 1..].iter().any(|b| {
-            a.id == b.id
-                && a.start < b.start.saturating_add(b.len)
-                && b.start < a.start.saturating_add(a.len)
-        })
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

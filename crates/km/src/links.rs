@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use kagi_keymat::Key;
 
-use crate::keybuf::{spans_overlap, take_sequential, KeyBuf, KeyBufParts, TakeError};
+use crate::keybuf::{take_sequential, KeyBuf, KeyBufParts, TakeError};
 use crate::msgs::{NodeId, Span};
 use crate::record::{Half, Record};
 
@@ -195,6 +195,10 @@ impl Links {
     /// Checks that the neighbour's half holds every span, unspent.
     pub(crate) fn check_rx(&self, peer: &str, spans: &[Span]) -> Result<(), HopFault> {
         let link = self.map.get(peer).ok_or(HopFault::Spent)?;
+        // Spans must be non-empty and not overlap each other.
+        if !Span::disjoint(spans) {
+            return Err(HopFault::Spent);
+        }
         for s in spans {
             match link.rx.get(&s.id) {
                 Some(buf) => buf.can_take(s.start, s.len).map_err(|e| match e {
@@ -203,10 +207,6 @@ impl Links {
                 None if link.high_water.is_none_or(|hw| s.id > hw) => return Err(HopFault::NotYet),
                 None => return Err(HopFault::Missing(s.id)),
             }
-        }
-        // Spans must not overlap each other either.
-        if spans_overlap(spans) {
-            return Err(HopFault::Spent);
         }
         Ok(())
     }

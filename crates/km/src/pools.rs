@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kagi_keymat::Key;
 
-use crate::keybuf::{spans_overlap, take_sequential, KeyBuf, KeyBufParts};
+use crate::keybuf::{take_sequential, KeyBuf, KeyBufParts};
 use crate::msgs::{NodeId, Span};
 use crate::record::{Pool, Record};
 
@@ -124,12 +124,12 @@ impl Pools {
 
     /// Takes spans from the in-pool relayed by `origin`; all or nothing.
     pub(crate) fn take_in(&mut self, origin: &str, spans: &[Span]) -> Option<Key> {
+        if !Span::disjoint(spans) {
+            return None;
+        }
         let pool = self.inp.get_mut(origin)?;
         for s in spans {
             pool.get(&s.id)?.can_take(s.start, s.len).ok()?;
-        }
-        if spans_overlap(spans) {
-            return None;
         }
         let mut out = Key::zeroed(0);
         for s in spans {

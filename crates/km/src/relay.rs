@@ -283,8 +283,8 @@ impl KeyManager {
         else {
             return;
         };
-        // The path must name the authenticated sender right before us, start at the origin, and
-        // have no repeated node.
+        // The path must name the authenticated sender right before us, start at the origin,
+        // follow links of the topology and have no repeated node.
         let Some(pos) = path.iter().position(|n| n == self.me()) else {
             return;
         };
@@ -294,7 +294,7 @@ impl KeyManager {
             && ct.len() <= MAX_RELAY_BYTES
             && !ct.is_empty()
             && pad.iter().map(|s| u64::from(s.len)).sum::<u64>() == (MAC_KEY_LEN + ct.len()) as u64
-            && path.iter().enumerate().all(|(i, n)| !path[..i].contains(n));
+            && self.path_follows_links(path);
         if !valid {
             tracing::warn!(%from, "malformed relay hop dropped");
             return;
@@ -398,6 +398,19 @@ impl KeyManager {
                     .store(batch, vec![After::Act(Action::Send { to: next, msg: fwd })]);
             }
         }
+    }
+
+    /// Whether `path` is a simple path over links of the topology. A neighbour holds link key
+    /// only with us, so without this a compromised neighbour could claim a relay from any origin
+    /// over links that do not exist, and plant key under that origin's relay ID.
+    fn path_follows_links(&self, path: &[NodeId]) -> bool {
+        let topo = &self.cfg.topology;
+        if path.len() < 2 || path.len() > topo.nodes.len() {
+            return false;
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        path.iter().all(|n| seen.insert(n.as_str()))
+            && path.windows(2).all(|w| topo.link(&w[0], &w[1]).is_some())
     }
 
     fn on_relay_ack(&mut self, from: NodeId, relay: RelayId) {
