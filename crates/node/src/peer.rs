@@ -1,8 +1,9 @@
 //! Node-to-node channels: mutual TLS 1.3 with the X25519MLKEM768 hybrid group only, one
 //! outbound connection per peer for what this node sends and inbound connections for what it
 //! receives. Frames are a 4-byte big-endian length, a kind byte and the payload: a
-//! postcard-encoded [`PeerMsg`] for the key manager core, or a photon link's post-processing
-//! message (authenticated by the link protocol itself), which bypasses the core.
+//! postcard-encoded [`PeerMsg`] for the key manager core, a photon link's post-processing
+//! message (authenticated by the link protocol itself), which bypasses the core, or a signed audit
+//! checkpoint for the receiving node to witness ([`crate::audit::witness`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ const QUEUE: usize = 4096;
 pub const MAX_LINK_FRAME: usize = 256 << 20;
 const KIND_CORE: u8 = 0;
 const KIND_LINK: u8 = 1;
+const KIND_AUDIT: u8 = 2;
 
 /// What goes to a peer.
 pub enum Outgoing {
@@ -33,6 +35,8 @@ pub enum Outgoing {
     Core(PeerMsg),
     /// A photon link's post-processing frame.
     Link(Vec<u8>),
+    /// An audit checkpoint for the peer to witness.
+    Audit(Vec<u8>),
 }
 
 impl Outgoing {
@@ -40,6 +44,7 @@ impl Outgoing {
         match self {
             Outgoing::Core(m) => (KIND_CORE, m.encode()),
             Outgoing::Link(b) => (KIND_LINK, b),
+            Outgoing::Audit(b) => (KIND_AUDIT, b),
         }
     }
 }
@@ -85,6 +90,11 @@ impl Peers {
     /// times the block out).
     pub fn send_link(&self, to: &str, frame: Vec<u8>) {
         self.queue(to, Outgoing::Link(frame));
+    }
+
+    /// Queues an audit checkpoint frame for `to` to witness (dropped like core messages).
+    pub fn send_audit(&self, to: &str, frame: Vec<u8>) {
+        self.queue(to, Outgoing::Audit(frame));
     }
 
     fn queue(&self, to: &str, msg: Outgoing) {
@@ -213,6 +223,7 @@ pub async fn accept_loop(
     inbox: mpsc::UnboundedSender<crate::driver::DriverMsg>,
     links: LinkInboxes,
     admission: Admission,
+    witness: Option<Arc<crate::audit::witness::Witness>>,
 ) {
     let acceptor = TlsAcceptor::from(server);
     loop {
@@ -222,6 +233,7 @@ pub async fn accept_loop(
         let inbox = inbox.clone();
         let links = links.clone();
         let admission = admission.clone();
+        let witness = witness.clone();
         tokio::spawn(async move {
             let Ok(mut tls) = admission.handshake(acceptor.accept(tcp)).await else {
                 return;
@@ -257,6 +269,17 @@ pub async fn accept_loop(
                         None => {
                             tracing::warn!(%from, "photon link frame from a peer with no photon link; dropped")
                         }
+                    }
+                    continue;
+                }
+                if kind == KIND_AUDIT {
+                    match &witness {
+                        // A signature check and one appended line: done inline, which also
+                        // back-pressures a peer that floods checkpoints.
+                        Some(w) => {
+                            w.receive(&from, &buf);
+                        }
+                        None => tracing::debug!(%from, "audit checkpoint with no witness; dropped"),
                     }
                     continue;
                 }
@@ -312,6 +335,7 @@ pub fn frame_limit(kind: u8) -> Option<usize> {
     match kind {
         KIND_CORE => Some(MAX_MSG_LEN),
         KIND_LINK => Some(MAX_LINK_FRAME),
+        KIND_AUDIT => Some(crate::audit::witness::MAX_FRAME),
         _ => None,
     }
 }
