@@ -1,8 +1,9 @@
 //! Node-to-node channels: mutual TLS 1.3 with the X25519MLKEM768 hybrid group only, one
 //! outbound connection per peer for what this node sends and inbound connections for what it
 //! receives. Frames are a 4-byte big-endian length, a kind byte and the payload: a
-//! postcard-encoded [`PeerMsg`] for the key manager core, or a photon link's post-processing
-//! message (authenticated by the link protocol itself), which bypasses the core.
+//! postcard-encoded [`PeerMsg`] for the key manager core, a photon link's post-processing
+//! message (authenticated by the link protocol itself), or an ETSI 004 key-stream message
+//! (which chunk of a stream is which key ID; no key bytes), the last two bypassing the core.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,8 +25,11 @@ use crate::tls;
 const QUEUE: usize = 4096;
 /// Largest photon-link frame (a block's sifting message carries every detection).
 pub const MAX_LINK_FRAME: usize = 256 << 20;
+/// Largest ETSI 004 key-stream frame (a stream message names SAEs, a stream and a key ID).
+pub const MAX_STREAM_FRAME: usize = 1024;
 const KIND_CORE: u8 = 0;
 const KIND_LINK: u8 = 1;
+const KIND_STREAM: u8 = 2;
 
 /// What goes to a peer.
 pub enum Outgoing {
@@ -33,6 +37,8 @@ pub enum Outgoing {
     Core(PeerMsg),
     /// A photon link's post-processing frame.
     Link(Vec<u8>),
+    /// An ETSI 004 key-stream message (see [`crate::etsi004`]).
+    Stream(Vec<u8>),
 }
 
 impl Outgoing {
@@ -40,12 +46,17 @@ impl Outgoing {
         match self {
             Outgoing::Core(m) => (KIND_CORE, m.encode()),
             Outgoing::Link(b) => (KIND_LINK, b),
+            Outgoing::Stream(b) => (KIND_STREAM, b),
         }
     }
 }
 
 /// Where inbound photon-link frames go, per peer.
 pub type LinkInboxes = Arc<BTreeMap<String, mpsc::Sender<Vec<u8>>>>;
+
+/// Where inbound ETSI 004 key-stream frames go, with the sending node's ID. Full: the frame is
+/// dropped (stream messages are re-sent by whoever waits for an answer).
+pub type StreamInbox = Option<mpsc::Sender<(String, Vec<u8>)>>;
 
 /// Senders to every peer's outbound task.
 #[derive(Clone)]
@@ -85,6 +96,12 @@ impl Peers {
     /// times the block out).
     pub fn send_link(&self, to: &str, frame: Vec<u8>) {
         self.queue(to, Outgoing::Link(frame));
+    }
+
+    /// Queues an ETSI 004 key-stream frame for `to` (dropped like core messages; the waiting
+    /// side re-sends).
+    pub fn send_stream(&self, to: &str, frame: Vec<u8>) {
+        self.queue(to, Outgoing::Stream(frame));
     }
 
     fn queue(&self, to: &str, msg: Outgoing) {
@@ -198,8 +215,9 @@ async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
     w.write_all(&bytes).await
 }
 
-/// Accepts inbound peer connections and feeds their messages to the driver (core messages)
-/// or to the photon link of the sending peer (link frames).
+/// Accepts inbound peer connections and feeds their messages to the driver (core messages),
+/// to the photon link of the sending peer (link frames) or to the ETSI 004 server (stream
+/// frames).
 ///
 /// Connections count against `admission` (pending handshakes evicted oldest-first, a few
 /// authenticated connections per node). A frame's body is read as it arrives, so a length prefix
@@ -212,6 +230,7 @@ pub async fn accept_loop(
     known: Arc<Vec<String>>,
     inbox: mpsc::UnboundedSender<crate::driver::DriverMsg>,
     links: LinkInboxes,
+    streams: StreamInbox,
     admission: Admission,
 ) {
     let acceptor = TlsAcceptor::from(server);
@@ -221,6 +240,7 @@ pub async fn accept_loop(
         let known = known.clone();
         let inbox = inbox.clone();
         let links = links.clone();
+        let streams = streams.clone();
         let admission = admission.clone();
         tokio::spawn(async move {
             let Ok(mut tls) = admission.handshake(acceptor.accept(tcp)).await else {
@@ -256,6 +276,22 @@ pub async fn accept_loop(
                         }
                         None => {
                             tracing::warn!(%from, "photon link frame from a peer with no photon link; dropped")
+                        }
+                    }
+                    continue;
+                }
+                if kind == KIND_STREAM {
+                    match &streams {
+                        Some(tx) => {
+                            if tx
+                                .try_send((from.clone(), std::mem::take(&mut buf)))
+                                .is_err()
+                            {
+                                tracing::debug!(%from, "ETSI 004 stream inbox full; frame dropped");
+                            }
+                        }
+                        None => {
+                            tracing::debug!(%from, "ETSI 004 stream frame but no ETSI 004 server; dropped")
                         }
                     }
                     continue;
@@ -312,6 +348,7 @@ pub fn frame_limit(kind: u8) -> Option<usize> {
     match kind {
         KIND_CORE => Some(MAX_MSG_LEN),
         KIND_LINK => Some(MAX_LINK_FRAME),
+        KIND_STREAM => Some(MAX_STREAM_FRAME),
         _ => None,
     }
 }
