@@ -36,10 +36,13 @@ b = "b"
 length_km = 10.0
 "#;
 
-/// Keys by ID: (master, slave, bytes, served to the slave).
+/// A key handed out: (master, slave, bytes, served to the slave).
+type Issued = (String, String, Vec<u8>, bool);
+
+/// Keys by ID.
 #[derive(Clone, Default)]
 struct Km {
-    keys: Arc<Mutex<HashMap<Uuid, (String, String, Vec<u8>, bool)>>>,
+    keys: Arc<Mutex<HashMap<Uuid, Issued>>>,
     dry: Arc<AtomicBool>,
 }
 
