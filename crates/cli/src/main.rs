@@ -41,6 +41,8 @@ enum Command {
     Mpc(cmd::mpc::Args),
     /// Certificates of a network's CA: revoke one, list revoked ones.
     Pki(cmd::pki::Args),
+    /// Audit trails: verify their hash chains, signed checkpoints and neighbours' copies.
+    Audit(cmd::audit::Args),
     /// Benchmarks (ETSI 014 delivery over a local network, relay throughput).
     Bench(cmd::bench::Args),
 }
@@ -70,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         Command::Xks(a) => cmd::xks::run(a),
         Command::Mpc(a) => cmd::mpc::run(a),
         Command::Pki(a) => cmd::pki::run(a),
+        Command::Audit(a) => cmd::audit::run(a),
         Command::Node(a) => {
             init_tracing();
             cmd::node::run(a)

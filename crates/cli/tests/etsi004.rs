@@ -5,37 +5,13 @@
 //! with 004 statuses in JSON (never a 5xx other than 503 for the retryable statuses), no TLS
 //! session without a client certificate.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::process::Command;
+use std::time::Instant;
+
+use common::{TempDir, Up};
 use serde_json::Value;
-
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Up(Child);
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 const CLIENT: &str = include_str!("etsi004_client.py");
 
@@ -48,45 +24,10 @@ fn applications_at_two_nodes_share_a_key_stream() {
     {
         panic!("python3 is needed for the ETSI 004 client");
     }
-    let dir = std::env::temp_dir().join(format!("kagi-etsi004-net-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let _cleanup = TempDir(dir.clone());
-    let log = std::fs::File::create(dir.join("up.log")).unwrap();
-    let mut up = Up(Command::new(env!("CARGO_BIN_EXE_kagi"))
-        .args(["up", "--data-dir"])
-        .arg(&dir)
-        .args(["--rate-multiplier", "4", "--wait-secs", "300"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap());
-    let start = Instant::now();
-    while !dir.join("network.json").exists() {
-        if let Ok(Some(st)) = up.0.try_wait() {
-            panic!(
-                "kagi up exited ({st}): {}",
-                std::fs::read_to_string(dir.join("up.log")).unwrap()
-            );
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(320),
-            "network did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let net: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("network.json")).unwrap()).unwrap();
-    let node = |id: &str| {
-        net["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["id"] == id)
-            .unwrap()
-            .clone()
-    };
+    let tmp = TempDir::new("etsi004-net");
+    let up = Up::start(tmp.path(), &[]);
+    let (dir, net) = (up.dir.clone(), up.net.clone());
+    let node = |id: &str| up.node(id).clone();
     let (a, b) = (node("koganei"), node("ueno"));
     let url = |n: &Value| n["etsi004_url"].as_str().expect("etsi004_url").to_string();
     let p = |v: &Value| dir.join(v.as_str().unwrap()).display().to_string();
@@ -142,7 +83,7 @@ fn applications_at_two_nodes_share_a_key_stream() {
         "ETSI 004 client: {}\n{}\n{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr),
-        std::fs::read_to_string(dir.join("up.log"))
+        std::fs::read_to_string(&up.log)
             .unwrap_or_default()
             .lines()
             .rev()
@@ -155,5 +96,5 @@ fn applications_at_two_nodes_share_a_key_stream() {
         t.elapsed().as_secs_f64(),
         String::from_utf8_lossy(&o.stdout).trim()
     );
-    drop(up);
+    up.stop();
 }

@@ -6,96 +6,13 @@
 //! The test runs the example with a faster demo clock (more satellite passes per minute) and a
 //! smaller photon block so that it finishes in about a minute.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::Up;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kagi_node::client::Etsi014Client;
 use kagi_node::etsi014::wire;
-use serde_json::Value;
-
-struct Up {
-    child: Child,
-    dir: PathBuf,
-    net: Value,
-}
-
-impl Up {
-    fn start(dir: &Path, topology: &Path) -> Self {
-        let log = std::fs::File::create(dir.join("up.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kagi"))
-            .args(["up", "--data-dir"])
-            .arg(dir)
-            .arg("--topology")
-            .arg(topology)
-            .args(["--rate-multiplier", "4"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut up = Self {
-            child,
-            dir: dir.to_owned(),
-            net: Value::Null,
-        };
-        let start = Instant::now();
-        loop {
-            if let Ok(text) = std::fs::read_to_string(dir.join("network.json")) {
-                if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                    up.net = v;
-                    break;
-                }
-            }
-            if let Ok(Some(st)) = up.child.try_wait() {
-                panic!("kagi up exited early ({st}); logs in {}", dir.display());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "network did not come up; logs in {}",
-                dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        up
-    }
-
-    fn client(&self, sae: &str) -> Etsi014Client {
-        for n in self.net["nodes"].as_array().unwrap() {
-            for s in n["saes"].as_array().unwrap() {
-                if s["id"] == sae {
-                    let p = |k: &str| self.dir.join(s[k].as_str().unwrap());
-                    return Etsi014Client::from_files(
-                        n["etsi014_url"].as_str().unwrap(),
-                        &self.dir.join(self.net["ca"].as_str().unwrap()),
-                        &p("cert"),
-                        &p("key"),
-                    )
-                    .unwrap();
-                }
-            }
-        }
-        panic!("no SAE {sae}")
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One key from `master` for `slave`, retrieved at `slave`: both ends must match.
 async fn one_key_across(up: &Up, master: &str, slave: &str, deadline: Instant) {
@@ -147,7 +64,7 @@ async fn mixed_technology_example_delivers_identical_keys_end_to_end() {
     assert!(protocols.len() >= 6, "{protocols:?}");
     let file = dir.join("mixed.toml");
     std::fs::write(&file, &text).unwrap();
-    let up = Up::start(&dir, &file);
+    let up = Up::start(&dir, &["--topology", file.to_str().unwrap()]);
     let deadline = Instant::now() + Duration::from_secs(150);
     // Repeater, finite-key, two twin-field and a decoy-BB84 hop.
     one_key_across(&up, "sae-umeda", "sae-otemachi", deadline).await;

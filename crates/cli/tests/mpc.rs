@@ -3,40 +3,12 @@
 //! channels; the answers equal the clear; key spent per link is reported; a malformed query
 //! fails before anything runs; a site killed mid-query leaves no result and a retry works.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use common::{err, kagi, ok, read_pid, TempDir, Up};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running `kagi up`, stopped on drop (SIGTERM, then SIGKILL).
-struct Up(Child);
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn kagi() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kagi"))
-}
 
 fn vault(dir: &Path, args: &[&str]) -> Output {
     kagi()
@@ -46,25 +18,6 @@ fn vault(dir: &Path, args: &[&str]) -> Output {
         .arg(dir)
         .output()
         .unwrap()
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn err(o: &Output) -> String {
-    assert!(!o.status.success(), "should have failed: {o:?}");
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn read_pid(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 fn mpc(dir: &Path, args: &[&str]) -> Output {
@@ -88,34 +41,9 @@ fn counts_by(csv: &str, col: usize) -> std::collections::BTreeMap<String, i64> {
 
 #[test]
 fn queries_on_shared_tables_over_a_real_network() {
-    let dir = std::env::temp_dir().join(format!("kagi-mpc-net-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let _cleanup = TempDir(dir.clone());
-    let log = std::fs::File::create(dir.join("up.log")).unwrap();
-    let mut up = Up(kagi()
-        .args(["up", "--vault", "--data-dir"])
-        .arg(&dir)
-        .args(["--rate-multiplier", "4", "--wait-secs", "300"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap());
-    let start = Instant::now();
-    while !dir.join("network.json").exists() {
-        if let Ok(Some(st)) = up.0.try_wait() {
-            panic!(
-                "kagi up exited ({st}): {}",
-                std::fs::read_to_string(dir.join("up.log")).unwrap()
-            );
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(320),
-            "network did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let tmp = TempDir::new("mpc-net");
+    let dir = tmp.0.clone();
+    let _up = Up::start(&dir, &["--vault"]);
     let csv_path = dir.join("patients.csv");
     let schema = ok(mpc(
         &dir,

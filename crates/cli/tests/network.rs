@@ -5,8 +5,11 @@
 //! Everything runs in one test function on one network: starting six nodes is the expensive
 //! part, and the scenarios are independent pairs of SAEs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::{TempDir, Up};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kagi_km::app::DeliveredKey;
@@ -19,137 +22,22 @@ use uuid::Uuid;
 /// Six nodes per network on a small machine: one network at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new() -> Self {
-        let p = std::env::temp_dir().join(format!("kagi-net-{}", Uuid::new_v4()));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running `kagi up`; stopped (SIGTERM, then SIGKILL) on drop.
-struct Up {
-    child: Child,
-    dir: PathBuf,
-    net: Value,
-    /// stdout and stderr of `kagi up`.
-    log: PathBuf,
-}
-
-impl Up {
-    fn start(dir: &Path) -> Self {
-        let _ = std::fs::remove_file(dir.join("network.json"));
-        let log_path = dir.join(format!("up-{}.log", Uuid::new_v4()));
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kagi"))
-            .args(["up", "--data-dir"])
-            .arg(dir)
-            .args(["--rate-multiplier", "4"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut up = Self {
-            child,
-            dir: dir.to_owned(),
-            net: Value::Null,
-            log: log_path,
-        };
-        let start = Instant::now();
-        loop {
-            if let Ok(text) = std::fs::read_to_string(dir.join("network.json")) {
-                if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                    up.net = v;
-                    break;
-                }
-            }
-            if let Ok(Some(st)) = up.child.try_wait() {
-                panic!("kagi up exited early ({st}); logs in {}", dir.display());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "network did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        up
-    }
-
-    fn stop(mut self) {
-        self.terminate();
-    }
-
-    fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn node_of(&self, sae: &str) -> (&Value, &Value) {
-        for n in self.net["nodes"].as_array().unwrap() {
-            for s in n["saes"].as_array().unwrap() {
-                if s["id"] == sae {
-                    return (n, s);
-                }
-            }
-        }
-        panic!("no SAE {sae}")
-    }
-
-    fn client(&self, sae: &str) -> Etsi014Client {
-        let (n, s) = self.node_of(sae);
-        let p = |k: &str| self.dir.join(s[k].as_str().unwrap());
-        Etsi014Client::from_files(
-            n["etsi014_url"].as_str().unwrap(),
-            &self.dir.join(self.net["ca"].as_str().unwrap()),
-            &p("cert"),
-            &p("key"),
-        )
-        .unwrap()
-    }
-
-    /// A client at `sae`'s node with a CA-signed certificate for `cn`.
-    fn client_as(&self, at_sae: &str, cn: &str) -> Etsi014Client {
-        let (n, _) = self.node_of(at_sae);
-        let pki = Pki::open_or_create(&self.dir.join("pki")).unwrap();
-        let c = pki.issue_client(cn).unwrap();
-        let cert = self.dir.join(format!("{cn}.pem"));
-        let key = self.dir.join(format!("{cn}-key.pem"));
-        std::fs::write(&cert, c.cert_pem).unwrap();
-        std::fs::write(&key, c.key_pem).unwrap();
-        Etsi014Client::from_files(
-            n["etsi014_url"].as_str().unwrap(),
-            &self.dir.join(self.net["ca"].as_str().unwrap()),
-            &cert,
-            &key,
-        )
-        .unwrap()
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.terminate();
-        }
-    }
+/// A client at `at_sae`'s node with a CA-signed certificate for `cn`.
+fn client_as(up: &Up, at_sae: &str, cn: &str) -> Etsi014Client {
+    let (n, _) = up.node_of(at_sae);
+    let pki = Pki::open_or_create(&up.dir.join("pki")).unwrap();
+    let c = pki.issue_client(cn).unwrap();
+    let cert = up.dir.join(format!("{cn}.pem"));
+    let key = up.dir.join(format!("{cn}-key.pem"));
+    std::fs::write(&cert, c.cert_pem).unwrap();
+    std::fs::write(&key, c.key_pem).unwrap();
+    Etsi014Client::from_files(
+        n["etsi014_url"].as_str().unwrap(),
+        &up.path(&up.net["ca"]),
+        &cert,
+        &key,
+    )
+    .unwrap()
 }
 
 /// `enc_keys`, retrying while the pool is still filling (503).
@@ -212,8 +100,8 @@ async fn expect(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_network_delivers_identical_keys_and_follows_etsi_014() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let tmp = TempDir::new();
-    let up = Up::start(&tmp.0);
+    let tmp = TempDir::new("net");
+    let up = Up::start(&tmp.0, &[]);
 
     // network.json: the shape issue 2 promises, with paths relative to the data directory.
     assert!(up.dir.join(up.net["ca"].as_str().unwrap()).exists());
@@ -371,7 +259,7 @@ async fn a_local_network_delivers_identical_keys_and_follows_etsi_014() {
         401,
     )
     .await;
-    let mallory = up.client_as("sae-koganei-a", "mallory");
+    let mallory = client_as(&up, "sae-koganei-a", "mallory");
     expect(
         &mallory,
         "GET",
@@ -456,7 +344,7 @@ async fn a_local_network_delivers_identical_keys_and_follows_etsi_014() {
     drop(ka);
     drop(ha);
     up.stop();
-    let up = Up::start(&tmp.0);
+    let up = Up::start(&tmp.0, &[]);
     let ids: Vec<Uuid> = kept.iter().map(|k| k.id).collect();
     let got = up
         .client("sae-ueno-a")
@@ -485,8 +373,8 @@ async fn a_local_network_delivers_identical_keys_and_follows_etsi_014() {
 #[test]
 fn kagi_keys_cli_round_trip() {
     let _serial = ONE_AT_A_TIME.blocking_lock();
-    let tmp = TempDir::new();
-    let up = Up::start(&tmp.0);
+    let tmp = TempDir::new("net");
+    let up = Up::start(&tmp.0, &[]);
     let kagi = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_kagi"))
             .arg("keys")
@@ -564,8 +452,8 @@ fn kagi_keys_cli_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_at_a_named_slaves_node_gets_401() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let tmp = TempDir::new();
-    let up = Up::start(&tmp.0);
+    let tmp = TempDir::new("net");
+    let up = Up::start(&tmp.0, &[]);
     let keys = enc(&up.client("sae-koganei-a"), "sae-ueno-a", &req(1, 256)).await;
     let err = up
         .client("sae-ueno-b")
@@ -595,8 +483,8 @@ fn printed_curl_pair_fetches_the_same_key_three_hops_apart() {
         return;
     }
     let _serial = ONE_AT_A_TIME.blocking_lock();
-    let tmp = TempDir::new();
-    let up = Up::start(&tmp.0);
+    let tmp = TempDir::new("net");
+    let up = Up::start(&tmp.0, &[]);
     // network.json is written before the banner is printed; wait for the banner.
     let start = Instant::now();
     let script = loop {
@@ -645,8 +533,8 @@ fn printed_curl_pair_fetches_the_same_key_three_hops_apart() {
 #[test]
 fn left_over_nodes_are_detected_and_stopped() {
     let _serial = ONE_AT_A_TIME.blocking_lock();
-    let tmp = TempDir::new();
-    let mut up = Up::start(&tmp.0);
+    let tmp = TempDir::new("net");
+    let mut up = Up::start(&tmp.0, &[]);
     let pids: Vec<u32> = std::fs::read_dir(tmp.0.join("nodes"))
         .unwrap()
         .map(|e| {

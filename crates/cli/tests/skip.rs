@@ -7,76 +7,13 @@
 //! the test's directory; when neither works the test says so loudly and runs the same calls
 //! with curl instead.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::{python_with, TempDir, Up};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Up(Child);
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn python_with_skip_qkd(dir: &Path) -> Option<PathBuf> {
-    let works = |py: &Path| {
-        Command::new(py)
-            .args(["-c", "import skip_qkd"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let sys = PathBuf::from("python3");
-    if works(&sys) {
-        return Some(sys);
-    }
-    let venv = dir.join("venv");
-    let made = Command::new("python3")
-        .arg("-m")
-        .arg("venv")
-        .arg(&venv)
-        .status()
-        .is_ok_and(|s| s.success());
-    let py = venv.join("bin/python");
-    if made {
-        let _ = Command::new(&py)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--timeout",
-                "20",
-                "skip-qkd",
-            ])
-            .status();
-        if works(&py) {
-            return Some(py);
-        }
-    }
-    None
-}
 
 const ROUTERS: &str = r#"
 import json, sys, time
@@ -114,34 +51,9 @@ print(json.dumps({"keyId": k["keyId"]}))
 
 #[test]
 fn skip_routers_at_two_nodes_share_keys() {
-    let dir = std::env::temp_dir().join(format!("kagi-skip-net-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let _cleanup = TempDir(dir.clone());
-    let log = std::fs::File::create(dir.join("up.log")).unwrap();
-    let mut up = Up(Command::new(env!("CARGO_BIN_EXE_kagi"))
-        .args(["up", "--data-dir"])
-        .arg(&dir)
-        .args(["--rate-multiplier", "4", "--wait-secs", "300"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap());
-    let start = Instant::now();
-    while !dir.join("network.json").exists() {
-        if let Ok(Some(st)) = up.0.try_wait() {
-            panic!(
-                "kagi up exited ({st}): {}",
-                std::fs::read_to_string(dir.join("up.log")).unwrap()
-            );
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(320),
-            "network did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let tmp = TempDir::new("skip-net");
+    let dir = tmp.0.clone();
+    let up = Up::start(&dir, &[]);
     let net: Value =
         serde_json::from_slice(&std::fs::read(dir.join("network.json")).unwrap()).unwrap();
     let node = |id: &str| {
@@ -217,7 +129,7 @@ fn skip_routers_at_two_nodes_share_keys() {
         .unwrap();
     assert!(!o.status.success());
 
-    match python_with_skip_qkd(&dir) {
+    match python_with(&dir, "skip_qkd", "skip-qkd") {
         Some(py) => {
             let script = dir.join("routers.py");
             std::fs::write(&script, ROUTERS).unwrap();

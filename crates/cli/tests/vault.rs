@@ -4,40 +4,12 @@
 //! of a put leaves no object that reads as valid and a retry completes; key shortage fails
 //! cleanly; bad input gives clear errors.
 
+mod common;
+
+use common::{err, kagi, ok, read_pid, TempDir, Up};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running `kagi up`, stopped on drop (SIGTERM, then SIGKILL).
-struct Up(Child);
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn kagi() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kagi"))
-}
 
 fn vault(dir: &Path, args: &[&str]) -> Output {
     kagi()
@@ -47,21 +19,6 @@ fn vault(dir: &Path, args: &[&str]) -> Output {
         .arg(dir)
         .output()
         .unwrap()
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn err(o: &Output) -> String {
-    assert!(!o.status.success(), "should have failed: {o:?}");
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn pending(site_dir: &Path) -> usize {
@@ -76,10 +33,6 @@ fn committed(site_dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
-fn read_pid(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
 fn ls_count(dir: &Path) -> usize {
     let v: serde_json::Value = serde_json::from_str(&ok(vault(dir, &["ls", "--json"]))).unwrap();
     v.as_array().unwrap().len()
@@ -87,34 +40,9 @@ fn ls_count(dir: &Path) -> usize {
 
 #[test]
 fn vault_over_a_real_network() {
-    let dir = std::env::temp_dir().join(format!("kagi-vault-net-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let _cleanup = TempDir(dir.clone());
-    let log = std::fs::File::create(dir.join("up.log")).unwrap();
-    let mut up = Up(kagi()
-        .args(["up", "--vault", "--data-dir"])
-        .arg(&dir)
-        .args(["--rate-multiplier", "4", "--wait-secs", "300"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap());
-    let start = Instant::now();
-    while !dir.join("network.json").exists() {
-        if let Ok(Some(st)) = up.0.try_wait() {
-            panic!(
-                "kagi up exited ({st}): {}",
-                std::fs::read_to_string(dir.join("up.log")).unwrap()
-            );
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(320),
-            "network did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let tmp = TempDir::new("vault-net");
+    let dir = tmp.0.clone();
+    let up = Up::start(&dir, &["--vault"]);
     let net: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("network.json")).unwrap()).unwrap();
     let sites: Vec<(String, PathBuf, String)> = net["vault_sites"]
@@ -137,7 +65,7 @@ fn vault_over_a_real_network() {
         .iter()
         .map(|(id, _, _)| read_pid(&dir.join("vault").join(format!("{id}.pid"))).unwrap())
         .collect();
-    assert!(pids.iter().all(|&p| p != up.0.id()));
+    assert!(pids.iter().all(|&p| p != up.child.id()));
 
     // Synthetic records; store one file, destroy two sites, get it back identical.
     ok(vault(

@@ -10,41 +10,14 @@
 //! * `kagi xks key disable|enable|revoke`: a revoked key decrypts nothing, even when its registry
 //!   entry is put back, because its shares are gone.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use common::{kagi, python_with, TempDir, Up};
+use std::path::PathBuf;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Up(Child);
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn kagi() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kagi"))
-}
 
 struct Net {
     dir: PathBuf,
@@ -185,45 +158,6 @@ fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
-fn python_with_botocore(dir: &Path) -> Option<PathBuf> {
-    let works = |py: &Path| {
-        Command::new(py)
-            .args(["-c", "import botocore.auth"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let sys = PathBuf::from("python3");
-    if works(&sys) {
-        return Some(sys);
-    }
-    let venv = dir.join("venv");
-    let made = Command::new("python3")
-        .arg("-m")
-        .arg("venv")
-        .arg(&venv)
-        .status()
-        .is_ok_and(|s| s.success());
-    let py = venv.join("bin/python");
-    if made {
-        let _ = Command::new(&py)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--timeout",
-                "20",
-                "botocore",
-            ])
-            .status();
-        if works(&py) {
-            return Some(py);
-        }
-    }
-    None
-}
-
 const BOTOCORE_CLIENT: &str = r#"
 import base64, json, ssl, sys, urllib.request, urllib.error
 from botocore.auth import SigV4Auth
@@ -276,34 +210,9 @@ print(f"botocore: {n} round trips ok")
 
 #[test]
 fn xks_proxy_over_a_live_network() {
-    let dir = std::env::temp_dir().join(format!("kagi-xks-net-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let _cleanup = TempDir(dir.clone());
-    let log = std::fs::File::create(dir.join("up.log")).unwrap();
-    let mut up = Up(kagi()
-        .args(["up", "--xks", "--data-dir"])
-        .arg(&dir)
-        .args(["--rate-multiplier", "4", "--wait-secs", "300"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap());
-    let start = Instant::now();
-    while !dir.join("network.json").exists() {
-        if let Ok(Some(st)) = up.0.try_wait() {
-            panic!(
-                "kagi up exited ({st}): {}",
-                std::fs::read_to_string(dir.join("up.log")).unwrap()
-            );
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(320),
-            "network did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let tmp = TempDir::new("xks-net");
+    let dir = tmp.0.clone();
+    let up = Up::start(&dir, &["--xks"]);
     let netv: Value =
         serde_json::from_slice(&std::fs::read(dir.join("network.json")).unwrap()).unwrap();
     let x = &netv["xks"];
@@ -555,7 +464,7 @@ fn xks_proxy_over_a_live_network() {
     );
 
     // --- botocore ---------------------------------------------------------------------------
-    match python_with_botocore(&dir) {
+    match python_with(&dir, "botocore.auth", "botocore") {
         Some(py) => {
             let script = dir.join("xks_botocore.py");
             std::fs::write(&script, BOTOCORE_CLIENT).unwrap();

@@ -24,6 +24,34 @@ pub struct Span {
     pub len: u32,
 }
 
+/// Most spans one message may name for one key (a pad crosses a handful of blocks or chunks).
+pub const MAX_SPANS: usize = 4096;
+
+impl Span {
+    /// Whether `spans` can be spent together: at most [`MAX_SPANS`], none empty, no two
+    /// overlapping. Sorting makes this `O(n log n)`, so a hostile message cannot stall the core;
+    /// an empty span would slip between the overlap checks of its neighbours.
+    pub fn disjoint(spans: &[Span]) -> bool {
+        if spans.len() > MAX_SPANS || spans.iter().any(|s| s.len == 0) {
+            return false;
+        }
+        let mut sorted: Vec<(u64, u64, u64)> = spans
+            .iter()
+            .map(|s| {
+                (
+                    s.id,
+                    u64::from(s.start),
+                    u64::from(s.start) + u64::from(s.len),
+                )
+            })
+            .collect();
+        sorted.sort_unstable();
+        sorted
+            .windows(2)
+            .all(|w| w[0].0 != w[1].0 || w[0].2 <= w[1].1)
+    }
+}
+
 /// Identifies one relay: the node that made the key and its relay counter.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RelayId {
@@ -154,5 +182,18 @@ mod tests {
         assert_eq!(PeerMsg::decode(&m.encode()).unwrap(), m);
         assert!(PeerMsg::decode(&[0xff, 0xff, 0xff]).is_err());
         assert!(PeerMsg::decode(&[]).is_err());
+    }
+
+    #[test]
+    fn spans_must_be_nonempty_and_disjoint() {
+        let s = |id, start, len| Span { id, start, len };
+        assert!(Span::disjoint(&[s(1, 0, 32), s(1, 32, 8), s(2, 0, 32)]));
+        assert!(!Span::disjoint(&[s(1, 0, 32), s(1, 31, 8)]));
+        assert!(!Span::disjoint(&[s(1, 40, 8), s(2, 0, 1), s(1, 0, 41)]));
+        // An empty span at the start of another one: both pass the pairwise overlap test.
+        assert!(!Span::disjoint(&[s(1, 0, 32), s(1, 0, 0)]));
+        assert!(!Span::disjoint(&vec![s(1, 0, 1); MAX_SPANS + 1]));
+        let many: Vec<Span> = (0..MAX_SPANS as u32).map(|i| s(1, i, 1)).collect();
+        assert!(Span::disjoint(&many));
     }
 }

@@ -139,6 +139,10 @@ impl KeyManager {
     /// Checks that the neighbour's half holds every span, unspent.
     fn check_rx(&self, peer: &str, spans: &[Span]) -> Result<(), HopFault> {
         let link = self.links.get(peer).ok_or(HopFault::Spent)?;
+        // Spans must be non-empty and not overlap each other.
+        if !Span::disjoint(spans) {
+            return Err(HopFault::Spent);
+        }
         for s in spans {
             match link.rx.get(&s.id) {
                 Some(buf) => buf.can_take(s.start, s.len).map_err(|e| match e {
@@ -147,10 +151,6 @@ impl KeyManager {
                 None if link.high_water.is_none_or(|hw| s.id > hw) => return Err(HopFault::NotYet),
                 None => return Err(HopFault::Missing(s.id)),
             }
-        }
-        // Spans must not overlap each other either.
-        if spans_overlap(spans) {
-            return Err(HopFault::Spent);
         }
         Ok(())
     }
@@ -373,8 +373,8 @@ impl KeyManager {
         else {
             return;
         };
-        // The path must name the authenticated sender right before us, start at the origin, and
-        // have no repeated node.
+        // The path must name the authenticated sender right before us, start at the origin,
+        // follow links of the topology and have no repeated node.
         let Some(pos) = path.iter().position(|n| n == self.me()) else {
             return;
         };
@@ -384,7 +384,7 @@ impl KeyManager {
             && ct.len() <= MAX_RELAY_BYTES
             && !ct.is_empty()
             && pad.iter().map(|s| u64::from(s.len)).sum::<u64>() == (MAC_KEY_LEN + ct.len()) as u64
-            && path.iter().enumerate().all(|(i, n)| !path[..i].contains(n));
+            && self.path_follows_links(path);
         if !valid {
             tracing::warn!(%from, "malformed relay hop dropped");
             return;
@@ -499,6 +499,19 @@ impl KeyManager {
         }
     }
 
+    /// Whether `path` is a simple path over links of the topology. A neighbour holds link key
+    /// only with us, so without this a compromised neighbour could claim a relay from any origin
+    /// over links that do not exist, and plant key under that origin's relay ID.
+    fn path_follows_links(&self, path: &[NodeId]) -> bool {
+        let topo = &self.cfg.topology;
+        if path.len() < 2 || path.len() > topo.nodes.len() {
+            return false;
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        path.iter().all(|n| seen.insert(n.as_str()))
+            && path.windows(2).all(|w| topo.link(&w[0], &w[1]).is_some())
+    }
+
     fn on_relay_ack(&mut self, from: NodeId, relay: RelayId) {
         if relay.origin != self.me() {
             return;
@@ -595,12 +608,12 @@ impl KeyManager {
 
     /// Takes spans from the in-pool relayed by `origin`; all or nothing.
     pub(crate) fn take_in_pool(&mut self, origin: &str, spans: &[Span]) -> Option<Key> {
+        if !Span::disjoint(spans) {
+            return None;
+        }
         let pool = self.in_pools.get_mut(origin)?;
         for s in spans {
             pool.get(&s.id)?.can_take(s.start, s.len).ok()?;
-        }
-        if spans_overlap(spans) {
-            return None;
         }
         let mut out = Key::zeroed(0);
         for s in spans {
@@ -703,15 +716,4 @@ fn take_sequential(m: &mut std::collections::BTreeMap<u64, KeyBuf>, n: u32) -> (
         need -= take;
     }
     (spans, out)
-}
-
-/// True when two spans of the same block or chunk overlap (a message spending a byte twice).
-fn spans_overlap(spans: &[Span]) -> bool {
-    spans.iter().enumerate().any(|(i, a)| {
-        spans[i + 1..].iter().any(|b| {
-            a.id == b.id
-                && a.start < b.start.saturating_add(b.len)
-                && b.start < a.start.saturating_add(a.len)
-        })
-    })
 }

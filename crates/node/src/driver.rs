@@ -105,6 +105,7 @@ pub struct Driver {
     inbox_tx: mpsc::UnboundedSender<DriverMsg>,
     inbox_rx: mpsc::UnboundedReceiver<DriverMsg>,
     ops: Option<Arc<crate::mgmt::Ops>>,
+    audit: Option<Arc<crate::audit::AuditTrail>>,
 }
 
 impl Driver {
@@ -125,7 +126,15 @@ impl Driver {
             inbox_tx,
             inbox_rx,
             ops: None,
+            audit: None,
         }
+    }
+
+    /// Records key events (link blocks in, keys served, refusals) in `trail`, and fails closed:
+    /// once the trail cannot be written, every application call is refused with 503.
+    pub fn with_audit(mut self, trail: Arc<crate::audit::AuditTrail>) -> Self {
+        self.audit = Some(trail);
+        self
     }
 
     /// Reports link intake, peer reachability and store commit latency to `ops`, and applies
@@ -173,11 +182,11 @@ impl Driver {
         let mut hooks = Hooks {
             ops: self.ops.clone(),
             stores: BTreeMap::new(),
+            audit: self.audit.clone(),
         };
         let mut km = KeyManager::restore(self.cfg.clone(), snap, os_seed(), now());
         hooks.reapply(&mut km);
-        let mut waiting: BTreeMap<ReqId, oneshot::Sender<Result<AppReply, Refusal>>> =
-            BTreeMap::new();
+        let mut waiting: BTreeMap<ReqId, Waiting> = BTreeMap::new();
         let mut next_req: ReqId = 1;
         tokio::pin!(shutdown);
         let mut next_report = now() + Duration::from_secs(5);
@@ -204,8 +213,8 @@ impl Driver {
             if km.is_fenced() {
                 // Restart the core from what the store acknowledged.
                 tracing::error!("storage fault: restarting the key manager from the store");
-                for (_, tx) in std::mem::take(&mut waiting) {
-                    let _ = tx.send(Err(Refusal::Unavailable(
+                for (_, w) in std::mem::take(&mut waiting) {
+                    let _ = w.tx.send(Err(Refusal::Unavailable(
                         "key manager restarted after a storage fault; retry".into(),
                     )));
                 }
@@ -256,15 +265,83 @@ impl Driver {
     }
 }
 
-/// What the driver reports to the operator's state (see [`Driver::with_ops`]).
+/// An application call waiting for the core's answer.
+struct Waiting {
+    tx: oneshot::Sender<Result<AppReply, Refusal>>,
+    /// `keys.enc`, `keys.dec` or `keys.status` (the audit event).
+    event: &'static str,
+    /// The calling SAE.
+    caller: String,
+    /// The other SAE.
+    other: String,
+}
+
+impl Waiting {
+    fn new(call: &AppCall, tx: oneshot::Sender<Result<AppReply, Refusal>>) -> Self {
+        let (event, caller, other) = match call {
+            AppCall::Status { master, slave } => ("keys.status", master, slave),
+            AppCall::EncKeys { master, slave, .. } => ("keys.enc", master, slave),
+            AppCall::DecKeys { slave, master, .. } => ("keys.dec", slave, master),
+        };
+        Self {
+            tx,
+            event,
+            caller: caller.to_string(),
+            other: other.to_string(),
+        }
+    }
+
+    /// Audits the answer, then sends it; when the trail cannot take the event, a key answer
+    /// becomes a 503 (fail closed: no key leaves unaudited).
+    fn answer(self, audit: Option<&crate::audit::AuditTrail>, reply: Result<AppReply, Refusal>) {
+        let reply = match audit {
+            None => reply,
+            Some(trail) => {
+                let (outcome, detail) = match &reply {
+                    Ok(AppReply::Keys(keys)) => {
+                        let ids: Vec<String> = keys.iter().map(|k| k.id.to_string()).collect();
+                        ("ok", format!("n={} ids={}", keys.len(), ids.join(",")))
+                    }
+                    Ok(AppReply::Status(_)) => ("ok", String::new()),
+                    Err(r) => ("refused", format!("{} {}", r.http_status(), r.message())),
+                };
+                let ev = crate::audit::Event {
+                    event: self.event,
+                    actor: &self.caller,
+                    target: &self.other,
+                    outcome,
+                    detail: &detail,
+                };
+                match trail.record(ev) {
+                    Ok(_) => reply,
+                    Err(e) if reply.is_ok() => Err(Refusal::Unavailable(e.to_string())),
+                    Err(_) => reply,
+                }
+            }
+        };
+        let _ = self.tx.send(reply);
+    }
+}
+
+/// What the driver reports to the operator's state (see [`Driver::with_ops`]) and the audit
+/// trail (see [`Driver::with_audit`]).
 struct Hooks {
     ops: Option<Arc<crate::mgmt::Ops>>,
     /// When each unacknowledged store batch was handed to the writer.
     stores: BTreeMap<kagi_km::WriteId, std::time::Instant>,
+    audit: Option<Arc<crate::audit::AuditTrail>>,
 }
 
 impl Hooks {
     fn observe(&mut self, input: &Input) {
+        if let (Some(trail), Input::LinkKeys { peer, block, key }) = (&self.audit, input) {
+            // A failure closes the trail; the next application call is refused.
+            let _ = trail.record(crate::audit::Event::node(
+                "link.block_in",
+                peer,
+                &format!("block={block} bytes={}", key.len()),
+            ));
+        }
         let Some(ops) = &self.ops else { return };
         match input {
             Input::LinkKeys { peer, key, .. } => ops.link_key_in(peer, key.len() as u64),
@@ -292,7 +369,7 @@ fn deliver(
     km: &mut KeyManager,
     now: kagi_km::Instant,
     msg: DriverMsg,
-    waiting: &mut BTreeMap<ReqId, oneshot::Sender<Result<AppReply, Refusal>>>,
+    waiting: &mut BTreeMap<ReqId, Waiting>,
     next_req: &mut ReqId,
     hooks: &mut Hooks,
 ) {
@@ -318,9 +395,17 @@ fn deliver(
             let _ = reply.send(ok);
         }
         DriverMsg::App(call, tx) => {
+            let w = Waiting::new(&call, tx);
+            if let Some(fault) = hooks.audit.as_ref().and_then(|a| a.fault()) {
+                // Fail closed: nothing is served while the trail cannot record it.
+                let _ = w.tx.send(Err(Refusal::Unavailable(format!(
+                    "audit trail cannot be written ({fault}); key delivery is stopped"
+                ))));
+                return;
+            }
             let req = *next_req;
             *next_req += 1;
-            waiting.insert(req, tx);
+            waiting.insert(req, w);
             km.handle(now, Input::App { req, call });
         }
         DriverMsg::Stats(tx) => {
@@ -333,7 +418,7 @@ fn flush(
     km: &mut KeyManager,
     peers: &Peers,
     store: &std::sync::mpsc::Sender<(kagi_km::WriteId, Vec<kagi_km::Record>)>,
-    waiting: &mut BTreeMap<ReqId, oneshot::Sender<Result<AppReply, Refusal>>>,
+    waiting: &mut BTreeMap<ReqId, Waiting>,
     hooks: &mut Hooks,
 ) {
     while let Some(a) = km.poll_action() {
@@ -348,8 +433,8 @@ fn flush(
                 }
             }
             Action::Answer { req, reply } => {
-                if let Some(tx) = waiting.remove(&req) {
-                    let _ = tx.send(reply);
+                if let Some(w) = waiting.remove(&req) {
+                    w.answer(hooks.audit.as_deref(), reply);
                 }
             }
         }

@@ -2,8 +2,9 @@
 //! outbound connection per peer for what this node sends and inbound connections for what it
 //! receives. Frames are a 4-byte big-endian length, a kind byte and the payload: a
 //! postcard-encoded [`PeerMsg`] for the key manager core, a photon link's post-processing
-//! message (authenticated by the link protocol itself), or an ETSI 004 key-stream message
-//! (which chunk of a stream is which key ID; no key bytes), the last two bypassing the core.
+//! message (authenticated by the link protocol itself), a signed audit checkpoint for the
+//! receiving node to witness ([`crate::audit::witness`]), or an ETSI 004 key-stream message
+//! (which chunk of a stream is which key ID; no key bytes); all but the first bypass the core.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,7 +30,8 @@ pub const MAX_LINK_FRAME: usize = 256 << 20;
 pub const MAX_STREAM_FRAME: usize = 1024;
 const KIND_CORE: u8 = 0;
 const KIND_LINK: u8 = 1;
-const KIND_STREAM: u8 = 2;
+const KIND_AUDIT: u8 = 2;
+const KIND_STREAM: u8 = 3;
 
 /// What goes to a peer.
 pub enum Outgoing {
@@ -37,6 +39,8 @@ pub enum Outgoing {
     Core(PeerMsg),
     /// A photon link's post-processing frame.
     Link(Vec<u8>),
+    /// An audit checkpoint for the peer to witness.
+    Audit(Vec<u8>),
     /// An ETSI 004 key-stream message (see [`crate::etsi004`]).
     Stream(Vec<u8>),
 }
@@ -46,6 +50,7 @@ impl Outgoing {
         match self {
             Outgoing::Core(m) => (KIND_CORE, m.encode()),
             Outgoing::Link(b) => (KIND_LINK, b),
+            Outgoing::Audit(b) => (KIND_AUDIT, b),
             Outgoing::Stream(b) => (KIND_STREAM, b),
         }
     }
@@ -96,6 +101,11 @@ impl Peers {
     /// times the block out).
     pub fn send_link(&self, to: &str, frame: Vec<u8>) {
         self.queue(to, Outgoing::Link(frame));
+    }
+
+    /// Queues an audit checkpoint frame for `to` to witness (dropped like core messages).
+    pub fn send_audit(&self, to: &str, frame: Vec<u8>) {
+        self.queue(to, Outgoing::Audit(frame));
     }
 
     /// Queues an ETSI 004 key-stream frame for `to` (dropped like core messages; the waiting
@@ -224,6 +234,7 @@ async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
 /// alone never makes the node allocate; lengths above the limit of the frame's kind close the
 /// connection. Queues to the driver and to photon links apply back-pressure to the sender's TCP
 /// connection instead of growing.
+#[allow(clippy::too_many_arguments)] // one destination per frame kind, plus the listener's own
 pub async fn accept_loop(
     listener: TcpListener,
     server: Arc<rustls::ServerConfig>,
@@ -232,6 +243,7 @@ pub async fn accept_loop(
     links: LinkInboxes,
     streams: StreamInbox,
     admission: Admission,
+    witness: Option<Arc<crate::audit::witness::Witness>>,
 ) {
     let acceptor = TlsAcceptor::from(server);
     loop {
@@ -242,6 +254,7 @@ pub async fn accept_loop(
         let links = links.clone();
         let streams = streams.clone();
         let admission = admission.clone();
+        let witness = witness.clone();
         tokio::spawn(async move {
             let Ok(mut tls) = admission.handshake(acceptor.accept(tcp)).await else {
                 return;
@@ -277,6 +290,17 @@ pub async fn accept_loop(
                         None => {
                             tracing::warn!(%from, "photon link frame from a peer with no photon link; dropped")
                         }
+                    }
+                    continue;
+                }
+                if kind == KIND_AUDIT {
+                    match &witness {
+                        // A signature check and one appended line: done inline, which also
+                        // back-pressures a peer that floods checkpoints.
+                        Some(w) => {
+                            w.receive(&from, &buf);
+                        }
+                        None => tracing::debug!(%from, "audit checkpoint with no witness; dropped"),
                     }
                     continue;
                 }
@@ -348,6 +372,7 @@ pub fn frame_limit(kind: u8) -> Option<usize> {
     match kind {
         KIND_CORE => Some(MAX_MSG_LEN),
         KIND_LINK => Some(MAX_LINK_FRAME),
+        KIND_AUDIT => Some(crate::audit::witness::MAX_FRAME),
         KIND_STREAM => Some(MAX_STREAM_FRAME),
         _ => None,
     }

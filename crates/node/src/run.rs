@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::admission::{Admission, Limits};
+use crate::audit::{AuditTrail, Event};
 use crate::config::NodeConfig;
 use crate::driver::{km_config, Driver, DriverMsg};
 use crate::link_source::SimulatedLink;
@@ -39,13 +40,27 @@ pub async fn run_node(
         .any(|(_, l)| l.key_source().ok() == Some(KeySource::Photon));
     let seals = crate::seal::node::unseal_node(&cfg, &db, has_photon.then_some(&*ledger_db))?;
     let ops = Arc::new(crate::mgmt::Ops::new(&cfg.node_id));
+    // The audit trail: an existing one that does not verify refuses the start (tampering).
+    let trail = Arc::new(AuditTrail::open(
+        &crate::audit::trail_path(&cfg.data_dir, &cfg.node_id),
+        &cfg.node_id,
+        seals.audit_signer.clone(),
+        crate::audit::Policy::default(),
+    )?);
+    trail.record(Event::node(
+        "seal.unseal",
+        &cfg.node_id,
+        &format!("kek={}", seals.kek_kind),
+    ))?;
+    ops.set_trail(trail.clone());
     let driver = Driver::new(
         km_config(&cfg, topo.clone()),
         &db,
         cfg.store.synchronous,
         seals.store.clone(),
     )
-    .with_ops(ops.clone());
+    .with_ops(ops.clone())
+    .with_audit(trail.clone());
     let handle = driver.handle();
     let inbox = handle.inbox();
 
@@ -82,6 +97,7 @@ pub async fn run_node(
         Arc::new(link_inboxes),
         cfg.etsi004.is_some().then_some(stream_tx),
         Admission::new("peer", Limits::PEERS),
+        Some(Arc::new(crate::audit::witness::Witness::new(trail.clone()))),
     ));
     let others: Vec<(String, String)> = topo
         .nodes
@@ -90,6 +106,18 @@ pub async fn run_node(
         .filter_map(|n| n.peer_addr.clone().map(|a| (n.id.clone(), a)))
         .collect();
     let peers = Peers::start(others, tls::peer_client_config(&cfg.tls)?, inbox.clone());
+    // Every checkpoint goes to the neighbours, who witness it in their own trails.
+    {
+        let neighbours: Vec<String> = topo.neighbours(&me.id).map(|(n, _)| n.to_owned()).collect();
+        let peers = peers.clone();
+        let public = seals.audit_signer.public().to_vec();
+        trail.on_checkpoint(Box::new(move |line| {
+            let frame = crate::audit::witness::frame(line, &public);
+            for n in &neighbours {
+                peers.send_audit(n, frame.clone());
+            }
+        }));
+    }
 
     // Simulated links, resuming after the highest stored block.
     let snap = driver.snapshot()?;
@@ -233,6 +261,28 @@ pub async fn run_node(
         None => None,
     };
     tracing::info!(node = %me.id, etsi014 = %etsi_addr, peers = %peer_addr, skip = ?cfg.skip_addr, etsi004 = ?cfg.etsi004.as_ref().map(|c| &c.listen), "kagi node up");
+    trail.record(Event::node(
+        "node.start",
+        &me.id,
+        &format!("etsi014={etsi_addr}"),
+    ))?;
+    // Timed checkpoints.
+    let ticker = {
+        let trail = trail.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = stop.changed() => return,
+                }
+                if let Err(e) = trail.tick() {
+                    tracing::error!(error = %e, "audit checkpoint failed");
+                }
+            }
+        })
+    };
 
     let mut sd_rx3 = sd_rx;
     let result = driver
@@ -255,6 +305,11 @@ pub async fn run_node(
     }
     if let Some(m) = mgmt {
         let _ = tokio::time::timeout(Duration::from_secs(2), m).await;
+    }
+    let _ = ticker.await;
+    // A clean stop ends the trail with a signed checkpoint.
+    if let Err(e) = trail.close() {
+        tracing::error!(error = %e, "final audit checkpoint failed");
     }
     result
 }

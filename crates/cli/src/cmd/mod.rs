@@ -1,5 +1,6 @@
 //! One module per subcommand; each has `Args` (clap) and `run`.
 
+pub mod audit;
 pub mod bench;
 pub mod bench_xks;
 pub mod dash;

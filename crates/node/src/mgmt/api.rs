@@ -46,6 +46,7 @@ pub const ROUTES: &[(&str, &str, Permission)] = &[
     ("PUT", "/api/v1/saes/{sae}/limits", Permission::Operate),
     ("GET", "/api/v1/refusals", Permission::Read),
     ("GET", "/api/v1/audit", Permission::ReadAudit),
+    ("GET", "/api/v1/audit/trail", Permission::ReadAudit),
     ("PUT", "/api/v1/drain", Permission::Operate),
     ("POST", "/api/v1/tamper", Permission::Operate),
     ("POST", "/api/v1/erase", Permission::Operate),
@@ -131,6 +132,7 @@ pub fn router(ctx: Arc<MgmtCtx>) -> Router {
         .route("/api/v1/saes/{sae}/limits", put(sae_limits))
         .route("/api/v1/refusals", get(refusals))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/audit/trail", get(audit_trail))
         .route("/api/v1/drain", put(drain))
         .route("/api/v1/tamper", post(tamper))
         .route("/api/v1/erase", post(erase))
@@ -348,6 +350,39 @@ async fn audit(State(ctx): Ctx, Extension(who): Who) -> Response {
         return r;
     }
     ok(json!(ctx.ops.recent_audit()))
+}
+
+/// The node's audit trail: its head, signing key, whether it can be written, and its most
+/// recent entries (each with its line hash).
+async fn audit_trail(State(ctx): Ctx, Extension(who): Who) -> Response {
+    if let Err(r) = need(&ctx, &who, Permission::ReadAudit, "read the audit trail") {
+        return r;
+    }
+    let Some(t) = ctx.ops.trail() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node runs without an audit trail",
+        );
+    };
+    let (seq, hash) = t.head();
+    let entries: Vec<Value> = t
+        .recent()
+        .into_iter()
+        .map(|(e, h)| {
+            let mut v = json!(e);
+            v["hash"] = json!(h);
+            v
+        })
+        .collect();
+    ok(json!({
+        "node_id": t.node(),
+        "path": t.path().display().to_string(),
+        "head": {"seq": seq, "hash": hash},
+        "signing_key": {"alg": crate::audit::signer::ALG, "fingerprint": t.signer().fingerprint()},
+        "writable": t.fault().is_none(),
+        "fault": t.fault(),
+        "entries": entries,
+    }))
 }
 
 async fn openapi(State(ctx): Ctx, Extension(who): Who) -> Response {

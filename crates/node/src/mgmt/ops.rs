@@ -75,6 +75,7 @@ pub struct Ops {
     audit_seq: AtomicU64,
     peers: Mutex<BTreeMap<String, bool>>,
     link_in: Mutex<BTreeMap<String, LinkMeter>>,
+    trail: std::sync::OnceLock<std::sync::Arc<crate::audit::AuditTrail>>,
     /// Prometheus metrics maintained as events happen.
     pub metrics: Metrics,
 }
@@ -108,6 +109,7 @@ impl Ops {
             audit_seq: AtomicU64::new(1),
             peers: Mutex::new(BTreeMap::new()),
             link_in: Mutex::new(BTreeMap::new()),
+            trail: std::sync::OnceLock::new(),
             metrics: Metrics::new(),
         }
     }
@@ -168,8 +170,19 @@ impl Ops {
             .unwrap_or_default()
     }
 
+    /// Sets the node's audit trail (once): management actions are recorded there too.
+    pub fn set_trail(&self, trail: std::sync::Arc<crate::audit::AuditTrail>) {
+        let _ = self.trail.set(trail);
+    }
+
+    /// The node's audit trail, when it has one.
+    pub fn trail(&self) -> Option<&std::sync::Arc<crate::audit::AuditTrail>> {
+        self.trail.get()
+    }
+
     /// Audits a management action: a structured log line on target `kagi::audit`, a counter,
-    /// and the bounded in-memory list the management API and dashboard show.
+    /// the bounded in-memory list the management API and dashboard show, and an entry in the
+    /// node's audit trail.
     pub fn audit(
         &self,
         actor: &str,
@@ -202,6 +215,17 @@ impl Ops {
             "management action"
         );
         self.metrics.audit_event(action, outcome);
+        if let Some(t) = self.trail.get() {
+            let detail = format!("role={role} {detail}");
+            // A failure closes the trail (and with it key delivery); the action itself is done.
+            let _ = t.record(crate::audit::Event {
+                event: action,
+                actor,
+                target,
+                outcome,
+                detail: detail.trim_end(),
+            });
+        }
         push_bounded(&self.audit, ev.clone());
         ev
     }

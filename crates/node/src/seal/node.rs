@@ -20,6 +20,19 @@ pub struct NodeSeals {
     pub photon: Option<Arc<Sealer>>,
     /// Where the KEK came from (`file`, `passphrase`, or `none` for an unsealed benchmark).
     pub kek_kind: &'static str,
+    /// The audit trail's signing key, kept sealed in the store.
+    pub audit_signer: Arc<crate::audit::Signer>,
+}
+
+fn audit_signer(
+    cfg: &NodeConfig,
+    conn: &rusqlite::Connection,
+    sealer: &Sealer,
+) -> anyhow::Result<Arc<crate::audit::Signer>> {
+    let pub_path = crate::audit::signer::public_key_path(&cfg.data_dir, &cfg.node_id);
+    Ok(Arc::new(crate::audit::Signer::load_or_create(
+        conn, sealer, &pub_path,
+    )?))
 }
 
 /// Unseals the node's store at `db` and, when given, its photon ledger at `photon_db` (created
@@ -34,16 +47,21 @@ pub fn unseal_node(
         tracing::warn!(
             "store is NOT sealed (benchmark setting): key bytes are stored in the clear"
         );
+        let store = Sealer::plaintext(STORE_LABEL);
+        let conn = open_db(db, cfg.store.synchronous)?;
+        let audit_signer = audit_signer(cfg, &conn, &store)?;
         return Ok(NodeSeals {
-            store: Arc::new(Sealer::plaintext(STORE_LABEL)),
+            store: Arc::new(store),
             photon: Some(Arc::new(Sealer::plaintext(PHOTON_LABEL))),
             kek_kind: "none",
+            audit_signer,
         });
     }
     let conn = open_db(db, cfg.store.synchronous)?;
     let kek = kek::resolve(seal, &cfg.data_dir, &cfg.node_id, &conn, db)?;
     let (sealer, new_dek) = unseal_db(&conn, &kek, STORE_LABEL)
         .map_err(|e| anyhow::anyhow!("{}: {e}", db.display()))?;
+    let audit_signer = audit_signer(cfg, &conn, &sealer)?;
     let sealer = Arc::new(sealer);
     let store = SqliteStore::with_conn(conn, sealer.clone())?;
     if new_dek {
@@ -83,5 +101,6 @@ pub fn unseal_node(
         store: sealer,
         photon,
         kek_kind,
+        audit_signer,
     })
 }

@@ -1,0 +1,374 @@
+//! All faults at once: a seeded run with applications asking for keys while nodes crash (at any
+//! action boundary), lose power, fail store writes and get cut off, messages are lost,
+//! duplicated and reordered, and a hostile neighbour attacks; then everything heals and every
+//! key a master got must still be fetchable by its slaves, with the same bytes.
+//!
+//! [`run`] panics (with the seed) when an invariant breaks; [`replay_hint`] says how to run one
+//! seed again.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kagi_control::{LinkSpec, NodeSpec, Topology};
+use kagi_km::{AppCall, AppReply, Instant, Policy, Refusal};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use uuid::Uuid;
+
+use crate::hostile::Hostile;
+use crate::oracle::Asked;
+use crate::{Answered, FaultCounts, Faults, LinkSupply, Sim};
+
+/// What a chaos run injects.
+#[derive(Debug, Clone)]
+pub struct ChaosConfig {
+    /// Include the hostile neighbour `x` (attached to `c`).
+    pub hostile: bool,
+    /// Probability of a failed store write, per write.
+    pub p_store_fail: f64,
+    /// Probability per tick (20 ms) of a crash of a random node.
+    pub p_crash: f64,
+    /// Probability per tick of a crash armed at a random action boundary.
+    pub p_crash_at_action: f64,
+    /// Probability per tick of a power loss at a random node.
+    pub p_power_loss: f64,
+    /// Probability per tick of a partition.
+    pub p_partition: f64,
+    /// Message loss and duplication probability.
+    pub p_msg: f64,
+    /// Length of the faulty phase.
+    pub chaos: Duration,
+}
+
+impl Default for ChaosConfig {
+    fn default() -> Self {
+        Self {
+            hostile: true,
+            p_store_fail: 0.002,
+            p_crash: 0.02,
+            p_crash_at_action: 0.03,
+            p_power_loss: 0.01,
+            p_partition: 0.02,
+            p_msg: 0.03,
+            chaos: Duration::from_millis(2500),
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct ChaosReport {
+    /// Keys answered to masters.
+    pub delivered: usize,
+    /// (key, slave) fetches.
+    pub fetched: usize,
+    /// enc_keys refused (503 and the like).
+    pub refused: usize,
+    /// (key, slave) pairs whose dec_keys reply was lost in a crash (the delivery window).
+    pub window: usize,
+    /// Of those, how many the slave could not fetch again.
+    pub window_lost: usize,
+    /// Faults injected.
+    pub faults: FaultCounts,
+}
+
+/// The command that replays one seed of the chaos test.
+pub fn replay_hint(seed: u64) -> String {
+    format!(
+        "KAGI_SIM_SEED={seed} KAGI_SIM_RUNS=1 cargo test --release -p kagi-sim --test chaos -- --nocapture"
+    )
+}
+
+/// The chaos network: a line a–b–c–d–e with a chord b–d (two routes a→d), two SAEs per node,
+/// and the node `x` hanging off `c` (hostile when [`ChaosConfig::hostile`]).
+pub fn topology() -> Topology {
+    let mut t = Topology::line("chaos", &["a", "b", "c", "d", "e"], 20.0, |n| {
+        vec![format!("sae-{n}"), format!("sae-{n}2")]
+    });
+    t.seed = 11;
+    for (a, b) in [("b", "d"), ("c", "x")] {
+        t.links.push(LinkSpec {
+            a: a.into(),
+            b: b.into(),
+            length_km: 20.0,
+            ..Default::default()
+        });
+    }
+    t.nodes.push(NodeSpec {
+        id: "x".into(),
+        saes: vec!["sae-x".into()],
+        peer_addr: None,
+        etsi014_addr: None,
+    });
+    t
+}
+
+const HONEST: [&str; 5] = ["a", "b", "c", "d", "e"];
+/// (master SAE, its node, slave SAE, extra slaves) the applications use.
+const PAIRS: [(&str, &str, &str, &[&str]); 5] = [
+    ("sae-a", "a", "sae-d", &[]),
+    ("sae-a", "a", "sae-d", &["sae-e", "sae-a2"]),
+    ("sae-e", "e", "sae-b", &["sae-b2"]),
+    ("sae-c", "c", "sae-a", &[]),
+    ("sae-b", "b", "sae-c", &["sae-d2"]),
+];
+
+struct Req {
+    node: String,
+    asked: Asked,
+}
+
+/// Runs one seed. Panics when an invariant breaks.
+pub fn run(seed: u64, cfg: &ChaosConfig) -> ChaosReport {
+    let policy = Policy {
+        pool_target_bytes: 4 * 1024,
+        relay_chunk_bytes: 512,
+        ..Policy::default()
+    };
+    let faults = Faults {
+        latency: (Duration::from_micros(100), Duration::from_millis(6)),
+        ..Faults::default()
+    };
+    let supply = LinkSupply {
+        interval: Duration::from_millis(20),
+        block_bytes: 8 * 1024,
+    };
+    let hostile: &[&str] = if cfg.hostile { &["x"] } else { &[] };
+    let mut sim = Sim::with_hostile(topology(), hostile, seed, faults, supply, policy);
+    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x00c4_a05c_4a05);
+    let mut x = cfg.hostile.then(|| Hostile::new("x", seed));
+    let mut report = ChaosReport::default();
+    let mut reqs: BTreeMap<u64, Req> = BTreeMap::new();
+    let tick = Duration::from_millis(20);
+
+    // Warm up: pools fill.
+    sim.run_for(Duration::from_millis(1200));
+
+    sim.faults.p_loss = cfg.p_msg;
+    sim.faults.p_dup = cfg.p_msg;
+    sim.faults.p_store_fail = cfg.p_store_fail;
+    let mut down_until: BTreeMap<&str, Instant> = BTreeMap::new();
+    let mut heal_at: Option<Instant> = None;
+    let chaos_end = sim.now + cfg.chaos;
+    while sim.now < chaos_end {
+        workload(&mut sim, &mut rng, &mut reqs);
+        if let Some(x) = x.as_mut() {
+            for _ in 0..rng.gen_range(1..=3) {
+                x.act(&mut sim);
+            }
+        }
+        let victim = *HONEST.choose(&mut rng).expect("nonempty");
+        if rng.gen_bool(cfg.p_crash) {
+            sim.crash(victim);
+        } else if rng.gen_bool(cfg.p_crash_at_action) {
+            sim.crash_after_actions(victim, rng.gen_range(0..40));
+        } else if rng.gen_bool(cfg.p_power_loss) {
+            sim.power_loss(victim);
+        }
+        if heal_at.is_none() && rng.gen_bool(cfg.p_partition) {
+            let side: Vec<&str> = HONEST.iter().copied().filter(|_| rng.gen()).collect();
+            sim.partition(&side);
+            heal_at = Some(sim.now + Duration::from_millis(rng.gen_range(100..800)));
+        }
+        if heal_at.is_some_and(|t| t <= sim.now) {
+            sim.heal();
+            heal_at = None;
+        }
+        for n in HONEST {
+            if !sim.is_up(n) {
+                let t = *down_until
+                    .entry(n)
+                    .or_insert_with(|| sim.now + Duration::from_millis(rng.gen_range(50..600)));
+                if t <= sim.now {
+                    sim.restart(n);
+                    down_until.remove(n);
+                }
+            }
+        }
+        sim.run_for(tick);
+        collect(&mut sim, &mut reqs, &mut report);
+    }
+
+    // Heal: no more faults (the hostile neighbour keeps going), every node back.
+    sim.faults.p_loss = 0.0;
+    sim.faults.p_dup = 0.0;
+    sim.faults.p_store_fail = 0.0;
+    sim.cancel_crashes();
+    sim.heal();
+    for n in HONEST {
+        sim.restart(n);
+    }
+    let settle_end = sim.now + Duration::from_millis(1500);
+    while sim.now < settle_end {
+        if let Some(x) = x.as_mut() {
+            x.act(&mut sim);
+        }
+        sim.run_for(tick);
+        collect(&mut sim, &mut reqs, &mut report);
+    }
+    // Assignments waiting on a slave's node finish within their timeout once the network heals.
+    let answer_by = sim.now + Duration::from_secs(6);
+    while !reqs.is_empty() && sim.now < answer_by {
+        sim.run_for(tick);
+        collect(&mut sim, &mut reqs, &mut report);
+    }
+    assert!(
+        reqs.is_empty(),
+        "seed {seed}: {} requests never answered after healing",
+        reqs.len()
+    );
+
+    // Every key a master got is fetchable by each slave that has not fetched it.
+    let unfetched = sim.oracle().unfetched();
+    let mut by_call: BTreeMap<(String, String, String), Vec<Uuid>> = BTreeMap::new();
+    for (id, master, slave, node) in unfetched {
+        by_call.entry((node, slave, master)).or_default().push(id);
+    }
+    for ((node, slave, master), ids) in by_call {
+        for id in ids {
+            let req = sim.call(
+                &node,
+                AppCall::DecKeys {
+                    slave: slave.clone(),
+                    master: master.clone(),
+                    key_ids: vec![id],
+                },
+            );
+            let ans = sim
+                .run_until_answered(req, Duration::from_secs(5))
+                .unwrap_or_else(|| panic!("seed {seed}: final dec_keys at {node} unanswered"));
+            match ans.reply {
+                Ok(AppReply::Keys(_)) => {}
+                Err(Refusal::BadRequest(m)) if sim.oracle().in_window(&id, &slave) => {
+                    assert_eq!(m, Refusal::KEYS_NOT_FOUND, "seed {seed}");
+                    report.window_lost += 1;
+                }
+                other => panic!(
+                    "seed {seed}: key {id} delivered to {master} is lost for slave {slave} at \
+                     {node}: {other:?}"
+                ),
+            }
+        }
+    }
+
+    // The healed network still serves keys.
+    let mut served = false;
+    for _ in 0..40 {
+        let req = sim.call(
+            "a",
+            AppCall::EncKeys {
+                master: "sae-a".into(),
+                slave: "sae-d".into(),
+                number: Some(1),
+                size_bits: None,
+                additional_slaves: vec![],
+            },
+        );
+        if let Some(Answered {
+            reply: Ok(AppReply::Keys(_)),
+            ..
+        }) = sim.run_until_answered(req, Duration::from_secs(6))
+        {
+            served = true;
+            break;
+        }
+        sim.run_for(Duration::from_millis(100));
+    }
+    assert!(served, "seed {seed}: the healed network serves no keys a→d");
+    report.delivered = sim.oracle().delivered();
+    report.fetched = sim.oracle().fetched();
+    report.window = sim.oracle().window();
+    report.faults = sim.counts.clone();
+    report
+}
+
+/// Issues a few application calls at random.
+fn workload(sim: &mut Sim, rng: &mut ChaCha20Rng, reqs: &mut BTreeMap<u64, Req>) {
+    if rng.gen_bool(0.6) {
+        let (master, node, slave, extra) = *PAIRS.choose(rng).expect("nonempty");
+        let call = AppCall::EncKeys {
+            master: master.into(),
+            slave: slave.into(),
+            number: Some(rng.gen_range(1..=3)),
+            size_bits: None,
+            additional_slaves: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        let asked = Asked::Enc {
+            master: master.into(),
+            slaves: vec![],
+        };
+        let req = sim.call(node, call);
+        reqs.insert(
+            req,
+            Req {
+                node: node.into(),
+                asked,
+            },
+        );
+    }
+    if rng.gen_bool(0.5) {
+        // A slave fetches some of what it is owed (not what it is already asking for).
+        let asking: std::collections::BTreeSet<(Uuid, String)> = reqs
+            .values()
+            .filter_map(|r| match &r.asked {
+                Asked::Dec { slave, ids } => Some(ids.iter().map(move |i| (*i, slave.clone()))),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let owed: Vec<_> = sim
+            .oracle()
+            .unfetched()
+            .into_iter()
+            .filter(|(id, _, s, _)| !asking.contains(&(*id, s.clone())))
+            .collect();
+        if let Some((id, master, slave, node)) = owed.choose(rng).cloned() {
+            let mut ids = vec![id];
+            for (id2, m2, s2, _) in &owed {
+                if ids.len() < 3 && *m2 == master && *s2 == slave && *id2 != id {
+                    ids.push(*id2);
+                }
+            }
+            let req = sim.call(
+                &node,
+                AppCall::DecKeys {
+                    slave: slave.clone(),
+                    master,
+                    key_ids: ids.clone(),
+                },
+            );
+            reqs.insert(
+                req,
+                Req {
+                    node,
+                    asked: Asked::Dec { slave, ids },
+                },
+            );
+        }
+    }
+}
+
+/// Takes the answers that arrived.
+fn collect(sim: &mut Sim, reqs: &mut BTreeMap<u64, Req>, report: &mut ChaosReport) {
+    let done: Vec<u64> = reqs.keys().copied().collect();
+    for req in done {
+        let Some(ans) = sim.answer(req) else { continue };
+        let r = reqs.remove(&req).expect("present");
+        match (&r.asked, ans.reply) {
+            (Asked::Enc { .. }, Err(_)) => report.refused += 1,
+            (Asked::Dec { .. }, Err(Refusal::Unavailable(_))) => {}
+            (Asked::Dec { slave, ids }, Err(e)) => {
+                // A fetch may fail only for keys in the delivery window (fetched by a request
+                // whose reply was lost): anything else is a lost key.
+                let seed = sim.seed();
+                assert!(
+                    ids.iter().any(|id| sim.oracle().in_window(id, slave)),
+                    "seed {seed}: dec_keys at {} for {slave} refused: {e:?}",
+                    r.node
+                );
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,831 @@
+//! The virtual network: one real [`KeyManager`] per node, a discrete-event queue keyed by
+//! `(time, seq)`, and every fault the node runtime meets in the field, injected from a seed.
+//!
+//! * Messages: seeded loss, duplication and latency (reordering falls out of random latency);
+//!   partitions that cut node pairs, with `PeerDown`/`PeerUp` at both ends as the node's peer
+//!   connections would report them.
+//! * Store: a virtual store per node that keeps only what was written. Writes complete in order;
+//!   a write may fail (`Stored { ok: false }`), which fences the core; nothing after a failed
+//!   write is written, and the node restarts from what the store holds after
+//!   [`Faults::restart_delay`], as the node's driver does.
+//! * Crashes: [`Sim::crash`] (each in-flight batch may or may not have reached the disk, as a
+//!   prefix), [`Sim::power_loss`] (no in-flight batch survives; acknowledged ones do, under
+//!   `synchronous = FULL`), and [`Sim::crash_after_actions`] (a crash at any action boundary, for
+//!   instance between a commit and the reply that depended on it).
+//! * A hostile neighbour: a node that runs no core; [`Sim::inject`] sends anything in its name
+//!   and [`Sim::take_hostile_inbox`] shows what the honest nodes sent it (see [`crate::hostile`]).
+//!
+//! Every answer is checked by the [`Oracle`].
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kagi_control::Topology;
+use kagi_keymat::Key;
+use kagi_km::record::Snapshot;
+use kagi_km::{
+    Action, AppCall, AppReply, Input, Instant, KeyManager, KmConfig, Limits, PeerMsg, Policy,
+    Record, Refusal,
+};
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use crate::oracle::{Asked, Oracle};
+
+/// Network and storage fault model.
+#[derive(Debug, Clone)]
+pub struct Faults {
+    /// Probability that a message is lost.
+    pub p_loss: f64,
+    /// Probability that a message is delivered twice.
+    pub p_dup: f64,
+    /// Latency range (uniform).
+    pub latency: (Duration, Duration),
+    /// Latency range of store writes (uniform).
+    pub store_latency: (Duration, Duration),
+    /// Probability that a store write fails (disk full, I/O error).
+    pub p_store_fail: f64,
+    /// How long a fenced node waits before it restarts from its store (the driver waits 200 ms).
+    pub restart_delay: Duration,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            p_loss: 0.0,
+            p_dup: 0.0,
+            latency: (Duration::from_micros(200), Duration::from_millis(2)),
+            store_latency: (Duration::from_micros(50), Duration::from_micros(500)),
+            p_store_fail: 0.0,
+            restart_delay: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Link key production of the simulated QKD links.
+#[derive(Debug, Clone)]
+pub struct LinkSupply {
+    /// Interval between blocks.
+    pub interval: Duration,
+    /// Bytes per block (both halves).
+    pub block_bytes: usize,
+}
+
+impl Default for LinkSupply {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(10),
+            block_bytes: 4 * 8192,
+        }
+    }
+}
+
+/// How many faults a run injected.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Crashes (including those at an action boundary).
+    pub crashes: u64,
+    /// Power losses.
+    pub power_losses: u64,
+    /// Failed store writes.
+    pub store_failures: u64,
+    /// Restarts after a failed write.
+    pub fence_restarts: u64,
+    /// Partitions started.
+    pub partitions: u64,
+    /// Messages sent by a hostile node.
+    pub hostile_msgs: u64,
+    /// Application replies lost with their node.
+    pub lost_replies: u64,
+}
+
+#[derive(Debug)]
+enum Event {
+    Deliver {
+        to: String,
+        from: String,
+        msg: PeerMsg,
+    },
+    StoreDone {
+        node: String,
+        incarnation: u64,
+        write: u64,
+    },
+    Timer {
+        node: String,
+        incarnation: u64,
+    },
+    LinkBlock {
+        link: usize,
+        block: u64,
+    },
+    Restart {
+        node: String,
+        incarnation: u64,
+    },
+}
+
+struct SimNode {
+    km: Option<KeyManager>,
+    hostile: bool,
+    incarnation: u64,
+    durable: BTreeMap<(&'static str, String), Record>,
+    in_flight: BTreeMap<u64, Vec<Record>>,
+    /// A write of this incarnation failed: the writer writes nothing more for it.
+    write_failed: bool,
+    timer_at: Option<Instant>,
+    last_store_at: Instant,
+    /// Crash after this many more actions.
+    crash_after: Option<u32>,
+    /// Application requests waiting for an answer here.
+    waiting: BTreeSet<u64>,
+}
+
+/// An answer an application got.
+#[derive(Debug)]
+pub struct Answered {
+    /// Node that answered.
+    pub node: String,
+    /// The answer.
+    pub reply: Result<AppReply, Refusal>,
+}
+
+/// The simulated network.
+pub struct Sim {
+    topo: Arc<Topology>,
+    /// The current virtual time.
+    pub now: Instant,
+    queue: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    events: BTreeMap<usize, Event>,
+    next_ev: usize,
+    seq: u64,
+    nodes: BTreeMap<String, SimNode>,
+    rng: ChaCha20Rng,
+    seed: u64,
+    /// Fault model (may be changed between steps).
+    pub faults: Faults,
+    supply: LinkSupply,
+    policy: Policy,
+    next_req: u64,
+    answers: BTreeMap<u64, Answered>,
+    asked: BTreeMap<u64, (String, Asked)>,
+    oracle: Oracle,
+    /// Node pairs that cannot reach each other (both orders).
+    cut: BTreeSet<(String, String)>,
+    /// Messages honest nodes sent to hostile ones: `(hostile, from, msg)`.
+    hostile_inbox: Vec<(String, String, PeerMsg)>,
+    /// Newest block produced on each link.
+    last_block: Vec<Option<u64>>,
+    /// Faults injected so far.
+    pub counts: FaultCounts,
+    /// A hash of every event and message, for the determinism check.
+    pub trace_hash: u64,
+}
+
+impl Sim {
+    /// A simulation of `topo` with the given seed, faults, link supply and pool policy.
+    pub fn new(
+        topo: Topology,
+        seed: u64,
+        faults: Faults,
+        supply: LinkSupply,
+        policy: Policy,
+    ) -> Self {
+        Self::with_hostile(topo, &[], seed, faults, supply, policy)
+    }
+
+    /// Like [`new`](Self::new), with the nodes in `hostile` running no core: they only send
+    /// what [`inject`](Self::inject) makes them send.
+    pub fn with_hostile(
+        topo: Topology,
+        hostile: &[&str],
+        seed: u64,
+        faults: Faults,
+        supply: LinkSupply,
+        policy: Policy,
+    ) -> Self {
+        let topo = Arc::new(topo);
+        let mut sim = Sim {
+            topo: topo.clone(),
+            now: Instant(1_000_000),
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            next_ev: 0,
+            seq: 0,
+            nodes: BTreeMap::new(),
+            rng: ChaCha20Rng::seed_from_u64(seed),
+            seed,
+            faults,
+            supply,
+            policy,
+            next_req: 1,
+            answers: BTreeMap::new(),
+            asked: BTreeMap::new(),
+            oracle: Oracle::new(seed),
+            cut: BTreeSet::new(),
+            hostile_inbox: Vec::new(),
+            last_block: vec![None; topo.links.len()],
+            counts: FaultCounts::default(),
+            trace_hash: 0xcbf2_9ce4_8422_2325,
+        };
+        for n in &topo.nodes {
+            sim.nodes.insert(
+                n.id.clone(),
+                SimNode {
+                    km: None,
+                    hostile: hostile.contains(&n.id.as_str()),
+                    incarnation: 0,
+                    durable: BTreeMap::new(),
+                    in_flight: BTreeMap::new(),
+                    write_failed: false,
+                    timer_at: None,
+                    last_store_at: Instant::ZERO,
+                    crash_after: None,
+                    waiting: BTreeSet::new(),
+                },
+            );
+            if !hostile.contains(&n.id.as_str()) {
+                sim.start_node(&n.id);
+            }
+        }
+        for i in 0..topo.links.len() {
+            let at = sim.now + sim.supply.interval;
+            sim.push(at, Event::LinkBlock { link: i, block: 0 });
+        }
+        sim
+    }
+
+    fn km_config(&self, node: &str) -> KmConfig {
+        KmConfig {
+            node_id: node.to_string(),
+            topology: self.topo.clone(),
+            limits: Limits::default(),
+            policy: self.policy.clone(),
+        }
+    }
+
+    fn start_node(&mut self, id: &str) {
+        let cfg = self.km_config(id);
+        let n = self.nodes.get_mut(id).expect("node");
+        n.incarnation += 1;
+        n.write_failed = false;
+        n.crash_after = None;
+        n.in_flight.clear();
+        let snap = Snapshot {
+            records: n.durable.values().cloned().collect(),
+        };
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&self.seed.to_le_bytes());
+        for (i, b) in id.bytes().enumerate() {
+            seed[8 + i % 16] ^= b;
+        }
+        seed[24..].copy_from_slice(&n.incarnation.to_le_bytes());
+        let mut km = KeyManager::restore(cfg, snap, seed, self.now);
+        // The node's peer connections come up only to the nodes it can reach.
+        let unreachable: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|p| p.as_str() != id && !self.reachable(id, p))
+            .cloned()
+            .collect();
+        for peer in unreachable {
+            km.handle(self.now, Input::PeerDown { peer });
+        }
+        let n = self.nodes.get_mut(id).expect("node");
+        n.km = Some(km);
+        n.timer_at = None;
+        self.drain(id);
+        self.tell_peers(id, true);
+    }
+
+    /// Whether `to` is running and not cut off from `from`.
+    fn reachable(&self, from: &str, to: &str) -> bool {
+        let n = &self.nodes[to];
+        (n.km.is_some() || n.hostile) && !self.cut.contains(&(from.to_string(), to.to_string()))
+    }
+
+    /// Reports `node` up or down to every running node that can reach it.
+    fn tell_peers(&mut self, node: &str, up: bool) {
+        let others: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(id, n)| id.as_str() != node && n.km.is_some())
+            .map(|(id, _)| id.clone())
+            .filter(|id| !self.cut.contains(&(id.clone(), node.to_string())))
+            .collect();
+        for o in others {
+            self.peer_event(&o, node, up);
+        }
+    }
+
+    fn peer_event(&mut self, at: &str, peer: &str, up: bool) {
+        let now = self.now;
+        let Some(km) = self.nodes.get_mut(at).and_then(|n| n.km.as_mut()) else {
+            return;
+        };
+        let peer = peer.to_string();
+        km.handle(
+            now,
+            if up {
+                Input::PeerUp { peer }
+            } else {
+                Input::PeerDown { peer }
+            },
+        );
+        self.drain(at);
+    }
+
+    fn push(&mut self, at: Instant, ev: Event) {
+        let id = self.next_ev;
+        self.next_ev += 1;
+        self.seq += 1;
+        self.events.insert(id, ev);
+        self.queue.push(Reverse((at, self.seq, id)));
+    }
+
+    fn latency(&mut self, range: (Duration, Duration)) -> Duration {
+        let (lo, hi) = (range.0.as_nanos() as u64, range.1.as_nanos() as u64);
+        Duration::from_nanos(if hi > lo {
+            self.rng.gen_range(lo..=hi)
+        } else {
+            lo
+        })
+    }
+
+    fn mix(&mut self, x: u64) {
+        self.trace_hash ^= x;
+        self.trace_hash = self.trace_hash.wrapping_mul(0x0100_0000_01b3);
+    }
+
+    fn mix_bytes(&mut self, b: &[u8]) {
+        for x in b {
+            self.mix(u64::from(*x));
+        }
+    }
+
+    /// Drains a node's actions and re-arms its timer.
+    fn drain(&mut self, id: &str) {
+        loop {
+            let act = {
+                let n = self.nodes.get_mut(id).expect("node");
+                let Some(km) = n.km.as_mut() else { return };
+                if let Some(c) = n.crash_after.as_mut() {
+                    if *c == 0 {
+                        // A crash at this action boundary: what is still queued never happens.
+                        self.crash(id);
+                        return;
+                    }
+                    *c -= 1;
+                }
+                km.poll_action()
+            };
+            let Some(act) = act else { break };
+            match act {
+                Action::Send { to, msg } => {
+                    self.mix(1);
+                    self.mix_bytes(&msg.encode());
+                    if self.rng.gen_bool(self.faults.p_loss) {
+                        continue;
+                    }
+                    let copies = if self.rng.gen_bool(self.faults.p_dup) {
+                        2
+                    } else {
+                        1
+                    };
+                    for _ in 0..copies {
+                        let at = self.now + self.latency(self.faults.latency);
+                        self.push(
+                            at,
+                            Event::Deliver {
+                                to: to.clone(),
+                                from: id.to_string(),
+                                msg: msg.clone(),
+                            },
+                        );
+                    }
+                }
+                Action::Store { write, batch } => {
+                    self.mix(2 ^ write);
+                    self.mix(batch.len() as u64);
+                    let lat = self.latency(self.faults.store_latency);
+                    let n = self.nodes.get_mut(id).expect("node");
+                    let inc = n.incarnation;
+                    n.in_flight.insert(write, batch);
+                    // Writes complete in order: never before the previous one.
+                    let at = (self.now + lat).max(n.last_store_at);
+                    n.last_store_at = at;
+                    self.push(
+                        at,
+                        Event::StoreDone {
+                            node: id.to_string(),
+                            incarnation: inc,
+                            write,
+                        },
+                    );
+                }
+                Action::Answer { req, reply } => {
+                    self.mix(3 ^ req);
+                    if let Ok(AppReply::Keys(k)) = &reply {
+                        for k in k {
+                            self.mix_bytes(k.id.as_bytes());
+                        }
+                    }
+                    self.nodes.get_mut(id).expect("node").waiting.remove(&req);
+                    if let Some((_, asked)) = self.asked.get(&req) {
+                        self.oracle.answered(id, asked, &reply);
+                    }
+                    self.answers.insert(
+                        req,
+                        Answered {
+                            node: id.to_string(),
+                            reply,
+                        },
+                    );
+                }
+            }
+        }
+        let n = self.nodes.get_mut(id).expect("node");
+        let t = n.km.as_ref().and_then(|k| k.poll_timeout());
+        if let Some(t) = t {
+            if n.timer_at.is_none_or(|old| t < old || old <= self.now) {
+                n.timer_at = Some(t);
+                let inc = n.incarnation;
+                self.push(
+                    t.max(self.now),
+                    Event::Timer {
+                        node: id.to_string(),
+                        incarnation: inc,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Submits an application call at `node`; returns the request id.
+    pub fn call(&mut self, node: &str, call: AppCall) -> u64 {
+        let req = self.next_req;
+        self.next_req += 1;
+        let asked = match &call {
+            AppCall::EncKeys {
+                master,
+                slave,
+                additional_slaves,
+                ..
+            } => Asked::Enc {
+                master: master.clone(),
+                slaves: std::iter::once(slave)
+                    .chain(additional_slaves)
+                    .map(|s| {
+                        let n = self.topo.node_of_sae(s).map(|n| n.id.clone());
+                        (s.clone(), n.unwrap_or_default())
+                    })
+                    .collect(),
+            },
+            AppCall::DecKeys { slave, key_ids, .. } => Asked::Dec {
+                slave: slave.clone(),
+                ids: key_ids.clone(),
+            },
+            AppCall::Status { .. } => Asked::Other,
+        };
+        self.asked.insert(req, (node.to_string(), asked));
+        let now = self.now;
+        match self.nodes.get_mut(node) {
+            Some(n) if n.km.is_some() => {
+                n.waiting.insert(req);
+                n.km.as_mut()
+                    .expect("running")
+                    .handle(now, Input::App { req, call });
+                self.drain(node);
+            }
+            _ => {
+                self.answers.insert(
+                    req,
+                    Answered {
+                        node: node.to_string(),
+                        reply: Err(Refusal::Unavailable("connection refused: node down".into())),
+                    },
+                );
+            }
+        }
+        req
+    }
+
+    /// The answer to a request, once given.
+    pub fn answer(&mut self, req: u64) -> Option<Answered> {
+        let a = self.answers.remove(&req);
+        if a.is_some() {
+            self.asked.remove(&req);
+        }
+        a
+    }
+
+    /// Runs one event. Returns false when nothing is queued.
+    pub fn step(&mut self) -> bool {
+        let Some(Reverse((at, _, id))) = self.queue.pop() else {
+            return false;
+        };
+        self.now = self.now.max(at);
+        self.mix(self.now.0);
+        let ev = self.events.remove(&id).expect("event");
+        let now = self.now;
+        match ev {
+            Event::Deliver { to, from, msg } => {
+                if self.cut.contains(&(from.clone(), to.clone())) {
+                    return true;
+                }
+                let n = self.nodes.get_mut(&to).expect("node");
+                if n.hostile {
+                    if self.hostile_inbox.len() < 4096 {
+                        self.hostile_inbox.push((to, from, msg));
+                    }
+                } else if let Some(km) = n.km.as_mut() {
+                    km.handle(now, Input::Peer { from, msg });
+                    self.drain(&to);
+                }
+            }
+            Event::StoreDone {
+                node,
+                incarnation,
+                write,
+            } => self.store_done(&node, incarnation, write),
+            Event::Timer { node, incarnation } => {
+                let n = self.nodes.get_mut(&node).expect("node");
+                if n.incarnation != incarnation || n.km.is_none() {
+                    return true;
+                }
+                if n.timer_at.is_some_and(|t| t <= now) {
+                    n.timer_at = None;
+                    n.km.as_mut().expect("running").handle_timeout(now);
+                }
+                self.drain(&node);
+            }
+            Event::LinkBlock { link, block } => {
+                self.last_block[link] = Some(block);
+                let l = self.topo.links[link].clone();
+                let bytes = self.link_block(link, block);
+                for (me, peer) in [(&l.a, &l.b), (&l.b, &l.a)] {
+                    if let Some(km) = self.nodes.get_mut(me.as_str()).and_then(|n| n.km.as_mut()) {
+                        km.handle(
+                            now,
+                            Input::LinkKeys {
+                                peer: peer.clone(),
+                                block,
+                                key: Key::from_slice(&bytes),
+                            },
+                        );
+                        self.drain(me);
+                    }
+                }
+                let at = now + self.supply.interval;
+                self.push(
+                    at,
+                    Event::LinkBlock {
+                        link,
+                        block: block + 1,
+                    },
+                );
+            }
+            Event::Restart { node, incarnation } => {
+                let n = &self.nodes[&node];
+                if n.incarnation == incarnation && n.km.as_ref().is_some_and(|k| k.is_fenced()) {
+                    self.counts.fence_restarts += 1;
+                    self.stop(&node, false);
+                    self.start_node(&node);
+                }
+            }
+        }
+        true
+    }
+
+    fn store_done(&mut self, node: &str, incarnation: u64, write: u64) {
+        let fail = self.rng.gen_bool(self.faults.p_store_fail);
+        let now = self.now;
+        let delay = self.faults.restart_delay;
+        let n = self.nodes.get_mut(node).expect("node");
+        if n.incarnation != incarnation || n.km.is_none() {
+            return;
+        }
+        let Some(batch) = n.in_flight.remove(&write) else {
+            return;
+        };
+        // After a failed write the writer writes nothing more for this core.
+        let ok = !fail && !n.write_failed;
+        if ok {
+            Snapshot::apply(&mut n.durable, &batch);
+        } else if !n.write_failed {
+            n.write_failed = true;
+            self.counts.store_failures += 1;
+            self.push(
+                now + delay,
+                Event::Restart {
+                    node: node.to_string(),
+                    incarnation,
+                },
+            );
+        }
+        let n = self.nodes.get_mut(node).expect("node");
+        n.km.as_mut()
+            .expect("running")
+            .handle(now, Input::Stored { write, ok });
+        self.drain(node);
+    }
+
+    /// Runs events until virtual time passes `d` from now.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while let Some(Reverse((at, _, _))) = self.queue.peek() {
+            if *at > end {
+                break;
+            }
+            self.step();
+        }
+        self.now = self.now.max(end);
+    }
+
+    /// Runs until request `req` is answered or `limit` of virtual time passes.
+    pub fn run_until_answered(&mut self, req: u64, limit: Duration) -> Option<Answered> {
+        let end = self.now + limit;
+        while !self.answers.contains_key(&req) && self.now < end {
+            if !self.step() {
+                break;
+            }
+        }
+        self.answer(req)
+    }
+
+    /// Stops a node's core. After a `crash` each in-flight batch may have reached the disk (a
+    /// prefix, by seeded coins); otherwise none has. Requests waiting there lose their reply.
+    fn stop(&mut self, id: &str, crash: bool) {
+        let coins: Vec<bool> = (0..self.nodes[id].in_flight.len())
+            .map(|_| crash && self.rng.gen_bool(0.5))
+            .collect();
+        let n = self.nodes.get_mut(id).expect("node");
+        if n.km.take().is_none() {
+            return;
+        }
+        let mut keep = !n.write_failed;
+        for ((_, batch), c) in std::mem::take(&mut n.in_flight).into_iter().zip(coins) {
+            keep = keep && c;
+            if keep {
+                Snapshot::apply(&mut n.durable, &batch);
+            }
+        }
+        n.timer_at = None;
+        n.crash_after = None;
+        for req in std::mem::take(&mut n.waiting) {
+            self.counts.lost_replies += 1;
+            // After a crash the commit behind a lost reply may be on disk (a `dec_keys` spent
+            // without its reply: the delivery window). Power loss and a failed write keep
+            // nothing that was not acknowledged, and every acknowledged reply was given.
+            if crash {
+                if let Some((_, asked)) = self.asked.get(&req) {
+                    self.oracle.lost(asked);
+                }
+            }
+            self.answers.insert(
+                req,
+                Answered {
+                    node: id.to_string(),
+                    reply: Err(Refusal::Unavailable(
+                        "connection lost: the node went down".into(),
+                    )),
+                },
+            );
+        }
+        self.tell_peers(id, false);
+    }
+
+    /// Crashes a node: its core, timers and replies not yet given are gone; each in-flight batch
+    /// survives or not by a seeded coin, as a prefix (the disk may have written it).
+    pub fn crash(&mut self, id: &str) {
+        if self.nodes[id].km.is_some() {
+            self.counts.crashes += 1;
+            self.mix(0xc0);
+            self.stop(id, true);
+        }
+    }
+
+    /// Crashes a node after it has emitted `n` more actions (0: before the next one), so a crash
+    /// can fall between any two of them: after a commit and before its reply, between two sends.
+    pub fn crash_after_actions(&mut self, id: &str, n: u32) {
+        if let Some(node) = self.nodes.get_mut(id) {
+            if node.km.is_some() {
+                node.crash_after = Some(n);
+            }
+        }
+    }
+
+    /// Cancels every crash armed with [`crash_after_actions`](Self::crash_after_actions) that
+    /// has not happened yet.
+    pub fn cancel_crashes(&mut self) {
+        for n in self.nodes.values_mut() {
+            n.crash_after = None;
+        }
+    }
+
+    /// Cuts power to a node: like a crash, but no in-flight batch reaches the disk. What the
+    /// store acknowledged survives (`synchronous = FULL`).
+    pub fn power_loss(&mut self, id: &str) {
+        if self.nodes[id].km.is_some() {
+            self.counts.power_losses += 1;
+            self.mix(0xb0);
+            self.stop(id, false);
+        }
+    }
+
+    /// Restarts a stopped node from its durable records.
+    pub fn restart(&mut self, id: &str) {
+        if self.nodes[id].km.is_none() && !self.nodes[id].hostile {
+            self.start_node(id);
+        }
+    }
+
+    /// Whether a node's core is running.
+    pub fn is_up(&self, id: &str) -> bool {
+        self.nodes.get(id).is_some_and(|n| n.km.is_some())
+    }
+
+    /// Cuts every pair of nodes on different sides (`side` against the rest); both ends of each
+    /// cut pair see the other go down.
+    pub fn partition(&mut self, side: &[&str]) {
+        self.counts.partitions += 1;
+        let ids: Vec<String> = self.nodes.keys().cloned().collect();
+        let (left, right): (Vec<&String>, Vec<&String>) =
+            ids.iter().partition(|n| side.contains(&n.as_str()));
+        for l in &left {
+            for r in &right {
+                if self.cut.insert(((*l).clone(), (*r).clone())) {
+                    self.cut.insert(((*r).clone(), (*l).clone()));
+                    self.peer_event(l, r, false);
+                    self.peer_event(r, l, false);
+                }
+            }
+        }
+    }
+
+    /// Heals every partition: the nodes that can now reach each other see each other up.
+    pub fn heal(&mut self) {
+        let cut = std::mem::take(&mut self.cut);
+        for (a, b) in cut {
+            if self.is_up(&b) || self.nodes[&b].hostile {
+                self.peer_event(&a, &b, true);
+            }
+        }
+    }
+
+    /// Sends `msg` in the name of `from` (authenticated as `from` by the transport, as a
+    /// compromised node's messages would be).
+    pub fn inject(&mut self, from: &str, to: &str, msg: PeerMsg) {
+        self.counts.hostile_msgs += 1;
+        let at = self.now + self.latency(self.faults.latency);
+        self.push(
+            at,
+            Event::Deliver {
+                to: to.to_string(),
+                from: from.to_string(),
+                msg,
+            },
+        );
+    }
+
+    /// Messages honest nodes sent to hostile ones since the last call: `(hostile, from, msg)`.
+    pub fn take_hostile_inbox(&mut self) -> Vec<(String, String, PeerMsg)> {
+        std::mem::take(&mut self.hostile_inbox)
+    }
+
+    /// The bytes of block `block` of link number `link` (both halves), as both ends get them.
+    pub fn link_block(&self, link: usize, block: u64) -> Vec<u8> {
+        let seed = self.topo.link_seed(&self.topo.links[link]);
+        let mut r = ChaCha20Rng::seed_from_u64(seed ^ block.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut bytes = vec![0u8; self.supply.block_bytes];
+        r.fill_bytes(&mut bytes);
+        bytes
+    }
+
+    /// The newest block produced on link number `link`.
+    pub fn last_block(&self, link: usize) -> Option<u64> {
+        self.last_block[link]
+    }
+
+    /// The topology.
+    pub fn topology(&self) -> &Topology {
+        &self.topo
+    }
+
+    /// The core of a running node.
+    pub fn node(&self, id: &str) -> Option<&KeyManager> {
+        self.nodes.get(id).and_then(|n| n.km.as_ref())
+    }
+
+    /// The oracle that checked every answer so far.
+    pub fn oracle(&self) -> &Oracle {
+        &self.oracle
+    }
+
+    /// The seed of this run.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+}

@@ -1,0 +1,199 @@
+//! The safety oracle: watches every answer the applications get and checks the key invariants.
+//!
+//! * A key ID always carries the same bytes, wherever and to whoever it is served (so a master
+//!   and each of its slaves get identical bytes).
+//! * A key is served at most once to its master and at most once to each slave.
+//! * Two different key IDs never carry the same bytes (a one-time pad spent twice).
+//! * Every key answered to a master stays fetchable by each of its slaves until that slave
+//!   fetched it ([`Oracle::unfetched`], checked at the end of a run), except where a `dec_keys`
+//!   reply was lost with its node (the delivery window, counted in [`Oracle::window`]).
+//!
+//! A violation panics with the seed, so the failing run can be replayed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kagi_keymat::Key;
+use kagi_km::{AppReply, NodeId, Refusal, SaeId};
+use uuid::Uuid;
+
+/// What an application asked, as far as the oracle cares.
+#[derive(Debug, Clone)]
+pub enum Asked {
+    /// `enc_keys` by `master` for `slaves` (each with the node that serves it).
+    Enc {
+        /// The master SAE.
+        master: SaeId,
+        /// Every slave with its node.
+        slaves: Vec<(SaeId, NodeId)>,
+    },
+    /// `dec_keys` by `slave` for these IDs.
+    Dec {
+        /// The slave SAE.
+        slave: SaeId,
+        /// The key IDs asked for.
+        ids: Vec<Uuid>,
+    },
+    /// Anything else (status).
+    Other,
+}
+
+struct Served {
+    key: Key,
+    master: u32,
+    slaves: BTreeMap<SaeId, u32>,
+}
+
+/// Tracks served keys across a whole run.
+pub struct Oracle {
+    seed: u64,
+    served: BTreeMap<Uuid, Served>,
+    /// Fingerprint of each served key's bytes → its ID (collisions are then compared in full).
+    by_bytes: BTreeMap<u64, Vec<Uuid>>,
+    /// Keys a master got, with the slaves that have not fetched them yet.
+    owed: BTreeMap<Uuid, (SaeId, Vec<(SaeId, NodeId)>)>,
+    /// (key, slave) pairs whose `dec_keys` reply was lost in a crash: maybe consumed.
+    window: BTreeSet<(Uuid, SaeId)>,
+}
+
+impl Oracle {
+    /// An oracle for the run with this seed.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            served: BTreeMap::new(),
+            by_bytes: BTreeMap::new(),
+            owed: BTreeMap::new(),
+            window: BTreeSet::new(),
+        }
+    }
+
+    /// An answer reached the application that asked `asked` at `node`.
+    pub fn answered(&mut self, node: &str, asked: &Asked, reply: &Result<AppReply, Refusal>) {
+        let seed = self.seed;
+        if let Ok(AppReply::Status(s)) = reply {
+            assert!(
+                s.stored_key_count <= s.max_key_count,
+                "seed {seed}: status at {node} counts {} stored keys over its maximum {}",
+                s.stored_key_count,
+                s.max_key_count
+            );
+        }
+        let Ok(AppReply::Keys(keys)) = reply else {
+            return;
+        };
+        for k in keys {
+            self.check_bytes(node, k.id, &k.key);
+            let e = self.served.get_mut(&k.id).expect("recorded by check_bytes");
+            match asked {
+                Asked::Enc { master, slaves } => {
+                    e.master += 1;
+                    assert!(
+                        e.master == 1,
+                        "seed {seed}: key {} served twice to its master (at {node})",
+                        k.id
+                    );
+                    self.owed.insert(k.id, (master.clone(), slaves.clone()));
+                }
+                Asked::Dec { slave, ids } => {
+                    assert!(
+                        ids.contains(&k.id),
+                        "seed {seed}: dec_keys at {node} answered key {} nobody asked for",
+                        k.id
+                    );
+                    let c = e.slaves.entry(slave.clone()).or_insert(0);
+                    *c += 1;
+                    assert!(
+                        *c == 1,
+                        "seed {seed}: key {} served twice to slave {slave} (at {node})",
+                        k.id
+                    );
+                    if let Some((_, owed)) = self.owed.get_mut(&k.id) {
+                        owed.retain(|(s, _)| s != slave);
+                    }
+                    self.window.remove(&(k.id, slave.clone()));
+                }
+                Asked::Other => {}
+            }
+        }
+        self.owed.retain(|_, (_, s)| !s.is_empty());
+    }
+
+    /// The reply to `asked` was lost with its node (a crash between commit and reply).
+    pub fn lost(&mut self, asked: &Asked) {
+        if let Asked::Dec { slave, ids } = asked {
+            for id in ids {
+                self.window.insert((*id, slave.clone()));
+            }
+        }
+    }
+
+    /// Same ID → same bytes; different IDs → different bytes.
+    fn check_bytes(&mut self, node: &str, id: Uuid, key: &Key) {
+        let seed = self.seed;
+        if let Some(e) = self.served.get(&id) {
+            assert!(
+                e.key == *key,
+                "seed {seed}: key {id} served with two different values (at {node})"
+            );
+            return;
+        }
+        let fp = fingerprint(key.expose());
+        let same = self.by_bytes.entry(fp).or_default();
+        for other in same.iter() {
+            assert!(
+                self.served[other].key != *key,
+                "seed {seed}: keys {other} and {id} carry the same bytes (at {node}): key reused"
+            );
+        }
+        same.push(id);
+        self.served.insert(
+            id,
+            Served {
+                key: key.clone(),
+                master: 0,
+                slaves: BTreeMap::new(),
+            },
+        );
+    }
+
+    /// Keys a master got that some slave has not fetched yet: `(id, master, slave, node)`.
+    pub fn unfetched(&self) -> Vec<(Uuid, SaeId, SaeId, NodeId)> {
+        let mut out = Vec::new();
+        for (id, (master, slaves)) in &self.owed {
+            for (s, n) in slaves {
+                out.push((*id, master.clone(), s.clone(), n.clone()));
+            }
+        }
+        out
+    }
+
+    /// Whether the reply of a `dec_keys` for `(id, slave)` was lost in a crash.
+    pub fn in_window(&self, id: &Uuid, slave: &str) -> bool {
+        self.window.contains(&(*id, slave.to_string()))
+    }
+
+    /// How many (key, slave) pairs sit in the delivery window.
+    pub fn window(&self) -> usize {
+        self.window.len()
+    }
+
+    /// Keys served to a master so far.
+    pub fn delivered(&self) -> usize {
+        self.served.values().filter(|s| s.master > 0).count()
+    }
+
+    /// (key, slave) fetches so far.
+    pub fn fetched(&self) -> usize {
+        self.served.values().map(|s| s.slaves.len()).sum()
+    }
+}
+
+/// FNV-1a over the key bytes (an index only; equal fingerprints are compared in full).
+fn fingerprint(b: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for x in b {
+        h ^= u64::from(*x);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

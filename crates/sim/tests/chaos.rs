@@ -1,0 +1,58 @@
+//! Every fault at once over many seeds (see `kagi_sim::chaos`): crashes at any action boundary,
+//! power loss, failed store writes, partitions, lost/duplicated/reordered messages and a hostile
+//! neighbour. `KAGI_SIM_SEED` / `KAGI_SIM_RUNS` choose the seeds (default: 200 from 1); a
+//! failure prints the command that replays its seed.
+
+use kagi_sim::chaos::{self, ChaosConfig, ChaosReport};
+use kagi_sim::seeds;
+
+fn run_seeds(first: u64, runs: u64, cfg: &ChaosConfig) -> ChaosReport {
+    let mut total = ChaosReport::default();
+    let mut failed = Vec::new();
+    for seed in seeds(first, runs) {
+        let r = match std::panic::catch_unwind(|| chaos::run(seed, cfg)) {
+            Ok(r) => r,
+            Err(e) => {
+                let why = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                failed.push(format!(
+                    "seed {seed}: {why}\n  replay: {}",
+                    chaos::replay_hint(seed)
+                ));
+                continue;
+            }
+        };
+        total.delivered += r.delivered;
+        total.fetched += r.fetched;
+        total.refused += r.refused;
+        total.window += r.window;
+        total.window_lost += r.window_lost;
+        let (f, t) = (&r.faults, &mut total.faults);
+        t.crashes += f.crashes;
+        t.power_losses += f.power_losses;
+        t.store_failures += f.store_failures;
+        t.fence_restarts += f.fence_restarts;
+        t.partitions += f.partitions;
+        t.hostile_msgs += f.hostile_msgs;
+        t.lost_replies += f.lost_replies;
+    }
+    assert!(
+        failed.is_empty(),
+        "{} chaos seeds failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+    total
+}
+
+#[test]
+fn every_fault_at_once_keeps_every_key_invariant() {
+    let t = std::time::Instant::now();
+    let r = run_seeds(1, 200, &ChaosConfig::default());
+    eprintln!("chaos: {r:?} in {:.1?}", t.elapsed());
+    assert!(r.delivered > 0 && r.fetched > 0, "{r:?}");
+    assert!(r.faults.crashes > 0 && r.faults.store_failures > 0, "{r:?}");
+}
