@@ -34,6 +34,75 @@ pub struct NodeConfig {
     /// Management listener (roles, metrics); off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub management: Option<ManagementConfig>,
+    /// ETSI GS QKD 004 key streams (`[etsi004]`); off when absent. See [`crate::etsi004`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etsi004: Option<Etsi004Config>,
+}
+
+/// The ETSI GS QKD 004 listener and the bounds on what its callers may hold.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Etsi004Config {
+    /// Where to listen, e.g. `127.0.0.1:9004` (TLS 1.3, SAE client certificates).
+    pub listen: String,
+    /// Most key streams one SAE may have open at this node.
+    #[serde(default = "Etsi004Config::default_streams_per_sae")]
+    pub max_streams_per_sae: usize,
+    /// Most key streams this node tracks in all (its own callers' and its peers').
+    #[serde(default = "Etsi004Config::default_streams")]
+    pub max_streams: usize,
+    /// Most GET_KEY calls one SAE may have waiting at once.
+    #[serde(default = "Etsi004Config::default_waiting")]
+    pub max_waiting_per_sae: usize,
+    /// Largest `key_chunk_size` (bytes).
+    #[serde(default = "Etsi004Config::default_chunk")]
+    pub max_chunk_bytes: u32,
+    /// Longest GET_KEY `timeout` (milliseconds).
+    #[serde(default = "Etsi004Config::default_timeout")]
+    pub max_timeout_ms: u32,
+    /// Longest stream `TTL` (seconds).
+    #[serde(default = "Etsi004Config::default_ttl")]
+    pub max_ttl_s: u32,
+    /// How many chunks one side of a stream may run ahead of the other (key held in memory).
+    #[serde(default = "Etsi004Config::default_window")]
+    pub window: u32,
+}
+
+impl Etsi004Config {
+    /// Defaults for a listener at `listen`.
+    pub fn new(listen: impl Into<String>) -> Self {
+        Self {
+            listen: listen.into(),
+            max_streams_per_sae: Self::default_streams_per_sae(),
+            max_streams: Self::default_streams(),
+            max_waiting_per_sae: Self::default_waiting(),
+            max_chunk_bytes: Self::default_chunk(),
+            max_timeout_ms: Self::default_timeout(),
+            max_ttl_s: Self::default_ttl(),
+            window: Self::default_window(),
+        }
+    }
+    fn default_streams_per_sae() -> usize {
+        16
+    }
+    fn default_streams() -> usize {
+        4096
+    }
+    fn default_waiting() -> usize {
+        8
+    }
+    fn default_chunk() -> u32 {
+        1024
+    }
+    fn default_timeout() -> u32 {
+        10_000
+    }
+    fn default_ttl() -> u32 {
+        86_400
+    }
+    fn default_window() -> u32 {
+        64
+    }
 }
 
 /// The management listener: mutual TLS with role certificates, JSON API and `/metrics`.
