@@ -23,6 +23,9 @@ enum Command {
     LinkSim(cmd::link_sim::Args),
     /// The links of a topology: technology, mean key rate, satellite pass windows and weather.
     Links(cmd::links::Args),
+    /// Flow-level planning: key rate per node pair and SAE pair under a routing and multi-path
+    /// policy, link loads, min-cut bounds (networks of thousands of nodes).
+    Plan(cmd::plan::Args),
     /// Run one trusted node's key manager (`--config node.toml`).
     Node(cmd::node::Args),
     /// Start a whole local network (certificates, configs, one `kagi node` per trusted node).
@@ -63,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         Command::LinkRate(a) => cmd::link_rate::run(a),
         Command::LinkSim(a) => cmd::link_sim::run(a),
         Command::Links(a) => cmd::links::run(a),
+        Command::Plan(a) => cmd::plan::run(a),
         Command::Up(a) => cmd::up::run(a),
         Command::Keys(a) => cmd::keys::run(a),
         Command::Dash(a) => cmd::dash::run(a),

@@ -15,6 +15,7 @@ pub mod chaos;
 pub mod hostile;
 mod net;
 pub mod oracle;
+pub mod plan;
 
 pub use net::{Answered, FaultCounts, Faults, LinkSupply, Sim};
 pub use oracle::Oracle;

@@ -12,6 +12,7 @@ pub mod mpc;
 pub mod net;
 pub mod node;
 pub mod pki;
+pub mod plan;
 pub mod progress;
 pub mod skip_ports;
 pub mod up;

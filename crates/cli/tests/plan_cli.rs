@@ -1,0 +1,57 @@
+//! `kagi plan` from the command line: JSON a planner can script against, a topology written back
+//! that `kagi up` accepts, and clear errors for impossible policies.
+
+mod common;
+
+use common::{err, kagi, ok, TempDir};
+
+#[test]
+fn plan_prints_json_and_writes_the_topology() {
+    let tmp = TempDir::new("plan");
+    let file = tmp.path().join("mesh.toml");
+    let out = ok(kagi()
+        .args([
+            "plan",
+            "--grid-mesh",
+            "30",
+            "--paths",
+            "2",
+            "--json",
+            "--write-topology",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap());
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["nodes"], 30);
+    assert_eq!(v["pairs"], 30 * 29 / 2);
+    assert!(v["delivered_bps"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["pair_rates"].as_array().unwrap().len(), 30 * 29 / 2);
+    assert!(v["mean_cut_gain"].as_f64().unwrap() >= 1.0 - 1e-9);
+    let topo = kagi_control::Topology::from_toml(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(topo.nodes.len(), 30);
+    // The written topology plans the same.
+    let again = ok(kagi()
+        .args(["plan", "--paths", "2", "--json", "--topology"])
+        .arg(&file)
+        .output()
+        .unwrap());
+    let w: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(v["delivered_bps"], w["delivered_bps"]);
+}
+
+#[test]
+fn impossible_policies_and_files_are_refused_clearly() {
+    let e = err(&kagi()
+        .args(["plan", "--paths", "2", "--threshold", "3"])
+        .output()
+        .unwrap());
+    assert!(e.contains("threshold 1..=paths"), "{e}");
+    let e = err(&kagi().args(["plan", "--demand-bps=-5"]).output().unwrap());
+    assert!(e.contains("positive"), "{e}");
+    let e = err(&kagi()
+        .args(["plan", "--topology", "/nonexistent.toml"])
+        .output()
+        .unwrap());
+    assert!(e.contains("/nonexistent.toml"), "{e}");
+}
