@@ -44,6 +44,8 @@ enum Command {
     Mpc(cmd::mpc::Args),
     /// Certificates of a network's CA: revoke one, list revoked ones.
     Pki(cmd::pki::Args),
+    /// A node's seal: status without unsealing, KEK rotation (rewrap) while it runs.
+    Seal(cmd::seal::Args),
     /// Audit trails: verify their hash chains, signed checkpoints and neighbours' copies.
     Audit(cmd::audit::Args),
     /// Benchmarks (ETSI 014 delivery over a local network, relay throughput).
@@ -77,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         Command::Mpc(a) => cmd::mpc::run(a),
         Command::Pki(a) => cmd::pki::run(a),
         Command::Audit(a) => cmd::audit::run(a),
+        Command::Seal(a) => cmd::seal::run(a),
         Command::Node(a) => {
             init_tracing();
             cmd::node::run(a)

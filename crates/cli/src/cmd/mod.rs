@@ -14,6 +14,7 @@ pub mod node;
 pub mod pki;
 pub mod plan;
 pub mod progress;
+pub mod seal;
 pub mod skip_ports;
 pub mod up;
 pub mod up_dash;

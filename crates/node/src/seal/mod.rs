@@ -13,6 +13,7 @@
 //!   treats it as an authentication failure, so nobody can downgrade a record by writing it in
 //!   the clear.
 
+pub mod admin;
 pub mod kek;
 pub mod node;
 

@@ -1,0 +1,249 @@
+//! Operator commands on a node's seal (`kagi seal status`, `kagi seal rewrap`).
+//!
+//! Both work on the files while the node runs: status reads metadata only (no KEK needed), and
+//! a rewrap changes only the wrapped data key in each file, in one transaction per file; the
+//! running node keeps its unwrapped data key in memory, so there is no downtime, and its next
+//! start uses the new KEK.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::OptionalExtension;
+use serde::Serialize;
+
+use super::kek::{self, KekKind};
+use super::node::PHOTON_LABEL;
+use super::{has_dek, meta_get, rewrap_db};
+use crate::config::NodeConfig;
+use crate::store::{open_db, STORE_LABEL};
+
+/// What `kagi seal status` reports about one sealed file.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileStatus {
+    /// The database file.
+    pub path: PathBuf,
+    /// Whether it exists.
+    pub exists: bool,
+    /// Whether it holds a wrapped data key.
+    pub sealed: bool,
+    /// The KEK kind recorded when the data key was last wrapped.
+    pub kek_kind: Option<String>,
+    /// Records quarantined after failing authentication (store only).
+    pub quarantined: Option<u64>,
+}
+
+/// What `kagi seal status` reports about a node.
+#[derive(Debug, Clone, Serialize)]
+pub struct SealStatus {
+    /// The node.
+    pub node_id: String,
+    /// `file` or `passphrase`, as configured.
+    pub kek_source: String,
+    /// The key file, for `file`.
+    pub key_file: Option<PathBuf>,
+    /// Whether the key file passes the permission check (`None` when not a file KEK or absent).
+    pub key_file_ok: Option<Result<(), String>>,
+    /// The key store.
+    pub store: FileStatus,
+    /// The photon ledger.
+    pub photon_ledger: FileStatus,
+    /// Fingerprint of the audit signing key (`<node>-audit.pub`).
+    pub audit_key: Option<String>,
+    /// Entries, checkpoints and first problem of the audit trail.
+    pub audit_trail: Option<String>,
+}
+
+fn file_status(path: &Path, cfg: &NodeConfig, store: bool) -> anyhow::Result<FileStatus> {
+    if !path.exists() {
+        return Ok(FileStatus {
+            path: path.to_owned(),
+            exists: false,
+            sealed: false,
+            kek_kind: None,
+            quarantined: None,
+        });
+    }
+    let conn = open_db(path, cfg.store.synchronous)?;
+    let quarantined = if store {
+        conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'quarantine'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .ok()
+        .filter(|n| *n > 0)
+        .and_then(|_| {
+            conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+            .ok()
+            .flatten()
+        })
+        .map(|n| n as u64)
+    } else {
+        None
+    };
+    Ok(FileStatus {
+        path: path.to_owned(),
+        exists: true,
+        sealed: has_dek(&conn)?,
+        kek_kind: meta_get(&conn, "kek_kind")?.map(|v| String::from_utf8_lossy(&v).into_owned()),
+        quarantined,
+    })
+}
+
+/// The node's paths: key store, photon ledger.
+pub fn db_paths(cfg: &NodeConfig) -> (PathBuf, PathBuf) {
+    (
+        cfg.data_dir.join(format!("{}.db", cfg.node_id)),
+        cfg.data_dir.join(format!("{}-photon.db", cfg.node_id)),
+    )
+}
+
+/// Reports the node's seal without unsealing it.
+pub fn status(cfg: &NodeConfig) -> anyhow::Result<SealStatus> {
+    let (db, photon) = db_paths(cfg);
+    let seal = &cfg.store.seal;
+    let (kek_source, key_file, key_file_ok) = match seal.kek {
+        KekKind::File => {
+            let p = kek::key_file_path(seal, &cfg.data_dir, &cfg.node_id);
+            let ok = p.exists().then(|| {
+                kek::read_key_file(&p)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
+            ("file", Some(p), ok)
+        }
+        KekKind::Passphrase => ("passphrase", None, None),
+    };
+    let pub_path = crate::audit::signer::public_key_path(&cfg.data_dir, &cfg.node_id);
+    let audit_key = crate::audit::signer::read_public_key(&pub_path)
+        .ok()
+        .map(|k| crate::audit::signer::fingerprint(&k));
+    let trail = crate::audit::trail_path(&cfg.data_dir, &cfg.node_id);
+    let audit_trail = trail.exists().then(|| {
+        let r = crate::audit::verify::check_file(&trail);
+        match r.problem {
+            None => format!(
+                "{} entries, {} signed checkpoints, verifies",
+                r.entries, r.checkpoints
+            ),
+            Some(p) => format!("does not verify at entry {}: {}", p.line, p.why),
+        }
+    });
+    Ok(SealStatus {
+        node_id: cfg.node_id.clone(),
+        kek_source: kek_source.into(),
+        key_file,
+        key_file_ok,
+        store: file_status(&db, cfg, true)?,
+        photon_ledger: file_status(&photon, cfg, false)?,
+        audit_key,
+        audit_trail,
+    })
+}
+
+/// What a rewrap did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rewrapped {
+    /// The key file now in use (same path as before).
+    pub key_file: PathBuf,
+    /// Where the previous key file was kept (delete it once the node started with the new one).
+    pub previous: PathBuf,
+    /// The files whose data key was rewrapped.
+    pub files: Vec<PathBuf>,
+}
+
+/// Rotates a node's key-file KEK: a new key file is created beside the old one, every sealed
+/// file's data key is rewrapped under it (one transaction per file), then the old file is
+/// renamed to `<key_file>.old-<unix time>` and the new one takes its place. A crash midway leaves
+/// both keys on disk (`.new` and the old name), so nothing is lost. Passphrase KEKs are not
+/// rotated by this function.
+pub fn rewrap_key_file(cfg: &NodeConfig) -> anyhow::Result<Rewrapped> {
+    let seal = &cfg.store.seal;
+    anyhow::ensure!(
+        seal.kek == KekKind::File,
+        "only a key-file KEK can be rotated here (this node uses a passphrase)"
+    );
+    let path = kek::key_file_path(seal, &cfg.data_dir, &cfg.node_id);
+    anyhow::ensure!(path.exists(), "no key file at {}", path.display());
+    let old = kek::read_key_file(&path)?;
+    let (db, photon) = db_paths(cfg);
+    let mut targets = Vec::new();
+    for (p, label) in [(&db, STORE_LABEL), (&photon, PHOTON_LABEL)] {
+        if p.exists() {
+            let conn = open_db(p, cfg.store.synchronous)?;
+            if has_dek(&conn)? {
+                // Check the old key first, so that a failure leaves nothing half-done.
+                let wrapped = meta_get(&conn, "dek")?.unwrap_or_default();
+                super::Sealer::new(old.key(), &format!("kek-wraps-dek/{label}"))
+                    .open("dek", label, &wrapped)
+                    .map_err(|_| {
+                        anyhow::anyhow!("{}: the current key file does not unseal it", p.display())
+                    })?;
+                targets.push((p.clone(), label, conn));
+            }
+        }
+    }
+    anyhow::ensure!(!targets.is_empty(), "no sealed file to rewrap");
+    let new_path = path.with_extension("kek.new");
+    anyhow::ensure!(
+        !new_path.exists(),
+        "{} exists (an earlier rotation did not finish): check which key unseals the store \
+         with `kagi seal status`, keep that one, remove the other",
+        new_path.display()
+    );
+    let new = kek::create_key_file(&new_path)?;
+    let mut files = Vec::new();
+    for (p, label, conn) in &targets {
+        rewrap_db(conn, &old, &new, label).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        files.push(p.clone());
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let previous = path.with_extension(format!("kek.old-{stamp}"));
+    std::fs::rename(&path, &previous)?;
+    std::fs::rename(&new_path, &path)?;
+    Ok(Rewrapped {
+        key_file: path,
+        previous,
+        files,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrap_moves_the_store_to_a_new_key_and_the_old_one_no_longer_opens_it() {
+        let d = crate::loopback::scratch_dir("rewrap").unwrap();
+        let mut topo =
+            kagi_control::Topology::line("p", &["a", "b"], 5.0, |n| vec![format!("sae-{n}")]);
+        let cfg = crate::loopback::prepare(&d, &mut topo, |_| {})
+            .unwrap()
+            .remove(0);
+        let (db, photon) = db_paths(&cfg);
+        std::fs::create_dir_all(&cfg.data_dir).unwrap();
+        let seals = super::super::node::unseal_node(&cfg, &db, Some(&photon)).unwrap();
+        let v = seals.store.seal("counter", "Relay", b"7");
+        drop(seals);
+        let st = status(&cfg).unwrap();
+        assert!(st.store.sealed && st.photon_ledger.sealed, "{st:?}");
+        assert_eq!(st.key_file_ok, Some(Ok(())));
+
+        let r = rewrap_key_file(&cfg).unwrap();
+        assert_eq!(r.files.len(), 2);
+        // The new key unseals both files and opens what the old data key sealed.
+        let seals = super::super::node::unseal_node(&cfg, &db, Some(&photon)).unwrap();
+        assert_eq!(&*seals.store.open("counter", "Relay", &v).unwrap(), b"7");
+        drop(seals);
+        // The old key does not.
+        let old = kek::read_key_file(&r.previous).unwrap();
+        let conn = open_db(&db, cfg.store.synchronous).unwrap();
+        assert!(super::super::unseal_db(&conn, &old, STORE_LABEL).is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
