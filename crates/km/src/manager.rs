@@ -149,6 +149,9 @@ pub(crate) struct PendingRelay {
     pub(crate) dest: NodeId,
     pub(crate) key: Key,
     pub(crate) deadline: Instant,
+    /// The nodes after this one on the relay's path: the only ones that may report it failed.
+    /// Empty for a relay restored from the store (it then ends by its timeout).
+    pub(crate) path: Vec<NodeId>,
 }
 
 #[derive(Debug)]
@@ -193,6 +196,8 @@ pub struct KeyManager {
     /// Neighbours whose link an operator took out of service (see `status.rs`).
     pub(crate) out_of_service: BTreeSet<NodeId>,
     pub(crate) links: BTreeMap<NodeId, Link>,
+    /// Every link of the topology, both ways round (relay path checks).
+    pub(crate) adjacent: BTreeSet<(NodeId, NodeId)>,
     pub(crate) out_pools: BTreeMap<NodeId, BTreeMap<u64, KeyBuf>>,
     /// Unspent bytes of each out-pool (kept in step with `out_pools`; pools hold thousands of
     /// chunks and this is read on every request and refill tick).
@@ -232,6 +237,12 @@ impl KeyManager {
             down: BTreeSet::new(),
             out_of_service: BTreeSet::new(),
             links: BTreeMap::new(),
+            adjacent: cfg
+                .topology
+                .links
+                .iter()
+                .flat_map(|l| [(l.a.clone(), l.b.clone()), (l.b.clone(), l.a.clone())])
+                .collect(),
             out_pools: BTreeMap::new(),
             out_free: BTreeMap::new(),
             in_pools: BTreeMap::new(),
@@ -297,6 +308,7 @@ impl KeyManager {
                             dest,
                             key,
                             deadline,
+                            path: Vec::new(),
                         },
                     );
                 }

@@ -26,6 +26,9 @@ enum HopFault {
 /// Largest relayed key accepted (bytes).
 const MAX_RELAY_BYTES: usize = 1 << 20;
 
+/// Most relay hops one neighbour may have waiting for link key here.
+pub(crate) const MAX_WAITING_HOPS_PER_PEER: usize = 256;
+
 impl KeyManager {
     pub(crate) fn on_link_keys(&mut self, now: Instant, peer: NodeId, block: u64, key: Key) {
         let me_first = self.me() < peer.as_str();
@@ -327,6 +330,7 @@ impl KeyManager {
                 dest: dest.to_string(),
                 key,
                 deadline: now + self.cfg.policy.relay_timeout,
+                path: path[1..].to_vec(),
             },
         );
         self.stats.relays_started += 1;
@@ -344,7 +348,15 @@ impl KeyManager {
         match msg {
             PeerMsg::LinkMissing { blocks } => self.on_link_missing(from, blocks),
             PeerMsg::RelayFailed { relay } => {
-                if relay.origin == self.me() && self.pending_relays.remove(&relay.seq).is_some() {
+                // Only a node on the relay's path can know it failed; anyone else asking to
+                // cancel it is ignored.
+                let on_path = relay.origin == self.me()
+                    && self
+                        .pending_relays
+                        .get(&relay.seq)
+                        .is_some_and(|p| p.path.contains(&from));
+                if on_path {
+                    self.pending_relays.remove(&relay.seq);
                     self.stats.relays_abandoned += 1;
                     self.store(vec![Record::PendingRelayGone { seq: relay.seq }], vec![]);
                 }
@@ -408,7 +420,7 @@ impl KeyManager {
         match self.check_rx(&from, pad) {
             Ok(()) => {}
             Err(HopFault::NotYet) => {
-                self.waiting_hops.push(WaitingHop {
+                self.wait_hop(WaitingHop {
                     deadline: now + self.cfg.policy.hop_wait,
                     from,
                     msg,
@@ -444,7 +456,7 @@ impl KeyManager {
         };
         if let Some(next) = &next {
             if (self.link_tx_free(next) as usize) < MAC_KEY_LEN + ct.len() {
-                self.waiting_hops.push(WaitingHop {
+                self.wait_hop(WaitingHop {
                     deadline: now + self.cfg.policy.hop_wait,
                     from,
                     msg,
@@ -499,17 +511,36 @@ impl KeyManager {
         }
     }
 
+    /// Parks a hop until its link key arrives; at most [`MAX_WAITING_HOPS_PER_PEER`] per
+    /// neighbour, so a hostile neighbour cannot grow the queue (or the retry scans) without
+    /// bound; beyond that its hops are dropped and its relays time out.
+    fn wait_hop(&mut self, hop: WaitingHop) {
+        let held = self
+            .waiting_hops
+            .iter()
+            .filter(|h| h.from == hop.from)
+            .count();
+        if held >= MAX_WAITING_HOPS_PER_PEER {
+            self.stats.replays_rejected += 1;
+            tracing::warn!(from = %hop.from, "too many relay hops waiting for link key; dropped");
+            return;
+        }
+        self.waiting_hops.push(hop);
+    }
+
     /// Whether `path` is a simple path over links of the topology. A neighbour holds link key
     /// only with us, so without this a compromised neighbour could claim a relay from any origin
     /// over links that do not exist, and plant key under that origin's relay ID.
     fn path_follows_links(&self, path: &[NodeId]) -> bool {
-        let topo = &self.cfg.topology;
-        if path.len() < 2 || path.len() > topo.nodes.len() {
+        if path.len() < 2 || path.len() > self.cfg.topology.nodes.len() {
             return false;
         }
+        // O(n log n) in the path length: a hostile path cannot stall the core.
         let mut seen = std::collections::BTreeSet::new();
         path.iter().all(|n| seen.insert(n.as_str()))
-            && path.windows(2).all(|w| topo.link(&w[0], &w[1]).is_some())
+            && path
+                .windows(2)
+                .all(|w| self.adjacent.contains(&(w[0].clone(), w[1].clone())))
     }
 
     fn on_relay_ack(&mut self, from: NodeId, relay: RelayId) {
