@@ -137,19 +137,14 @@ pub struct TlsConfig {
 }
 
 /// ETSI GS QKD 014 limits and SAE identity mapping.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Etsi014Config {
-    /// Default key size in bits.
-    pub key_size: u64,
-    /// Smallest key size in bits.
-    pub min_key_size: u64,
-    /// Largest key size in bits.
-    pub max_key_size: u64,
-    /// Most keys per request.
-    pub max_key_per_request: u64,
-    /// Most additional slaves per request (0 disables multicast).
-    pub max_sae_id_count: u64,
+    /// The key manager core's limits (`key_size`, `min_key_size`, `max_key_size`,
+    /// `max_key_per_request`, `max_sae_id_count`), written directly in `[etsi014]`. The core
+    /// defines and enforces them; the adapter only parses.
+    #[serde(flatten)]
+    pub limits: kagi_km::Limits,
     /// Certificate subject CN → SAE ID. A CN absent here maps to itself unless
     /// `strict_sae_map` is set.
     pub sae_map: std::collections::BTreeMap<String, String>,
@@ -160,21 +155,6 @@ pub struct Etsi014Config {
     /// TLS 1.2 clients). Off by default so that deployed encryptors that speak only classical
     /// TLS keep working; node-to-node and vault traffic always require it.
     pub require_pq: bool,
-}
-
-impl Default for Etsi014Config {
-    fn default() -> Self {
-        Self {
-            key_size: 256,
-            min_key_size: 64,
-            max_key_size: 8192,
-            max_key_per_request: 1024,
-            max_sae_id_count: 8,
-            sae_map: Default::default(),
-            strict_sae_map: false,
-            require_pq: false,
-        }
-    }
 }
 
 /// End-to-end key pool policy, per destination node.
@@ -221,11 +201,56 @@ impl NodeConfig {
                 *p = base.join(&*p);
             }
         }
+        cfg.etsi014
+            .limits
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{}: [etsi014]: {e}", path.display()))?;
         if let Some(p) = cfg.store.seal.key_file.as_mut() {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
         Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etsi014_limits_are_the_cores_and_written_flat() {
+        let e: Etsi014Config =
+            toml::from_str("key_size = 512\nmax_key_per_request = 8\nrequire_pq = true").unwrap();
+        assert_eq!(e.limits.key_size, 512);
+        assert_eq!(e.limits.max_key_per_request, 8);
+        assert_eq!(
+            e.limits.min_key_size,
+            kagi_km::Limits::default().min_key_size
+        );
+        assert!(e.require_pq);
+        e.limits.validate().unwrap();
+        // Unknown keys are still refused, next to the flattened limits.
+        let err = toml::from_str::<Etsi014Config>("key_size = 512\nkey_sise = 8").unwrap_err();
+        assert!(err.to_string().contains("key_sise"), "{err}");
+        // Negative or huge values: a clear error, never a panic.
+        let err = toml::from_str::<Etsi014Config>("max_key_per_request = -1").unwrap_err();
+        assert!(err.to_string().contains("-1"), "{err}");
+        let huge: Etsi014Config = toml::from_str("max_key_per_request = 9000000000").unwrap();
+        let err = huge.limits.validate().unwrap_err().to_string();
+        assert!(err.contains("max_key_per_request"), "{err}");
+        let odd: Etsi014Config = toml::from_str("key_size = 100").unwrap();
+        assert!(odd
+            .limits
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("multiple of 8"));
+        let inverted: Etsi014Config = toml::from_str("min_key_size = 512\nkey_size = 256").unwrap();
+        assert!(inverted.limits.validate().is_err());
+        // What `kagi up` writes reads back.
+        let text = toml::to_string(&Etsi014Config::default()).unwrap();
+        let back: Etsi014Config = toml::from_str(&text).unwrap();
+        assert_eq!(back.limits, kagi_km::Limits::default());
     }
 }

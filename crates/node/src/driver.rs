@@ -520,13 +520,7 @@ pub fn km_config(cfg: &crate::config::NodeConfig, topo: Arc<kagi_control::Topolo
     KmConfig {
         node_id: cfg.node_id.clone(),
         topology: topo,
-        limits: kagi_km::Limits {
-            key_size: e.key_size,
-            min_key_size: e.min_key_size,
-            max_key_size: e.max_key_size,
-            max_key_per_request: e.max_key_per_request,
-            max_sae_id_count: e.max_sae_id_count,
-        },
+        limits: e.limits.clone(),
         policy: kagi_km::Policy {
             pool_target_bytes: p.target_bytes,
             pool_low_water: p.low_water,
