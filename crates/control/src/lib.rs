@@ -3,8 +3,10 @@
 #![warn(missing_docs)]
 
 pub mod builtin;
+pub mod disjoint;
 pub mod routing;
 pub mod topology;
 
+pub use disjoint::{disjoint_paths, PathQuery};
 pub use routing::Routes;
 pub use topology::{KeySource, LinkSpec, NodeSpec, PhotonLinkSpec, Topology, TopologyError};

@@ -4,9 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kagi_control::Topology;
+use serde::{Deserialize, Serialize};
 
-/// ETSI GS QKD 014 limits the core enforces.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use crate::app::Refusal;
+
+/// ETSI GS QKD 014 limits the core enforces. The node's config file embeds this struct (its
+/// `[etsi014]` table), so the limits are defined and checked in one place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Limits {
     /// Default key size in bits.
     pub key_size: u64,
@@ -29,6 +34,121 @@ impl Default for Limits {
             max_key_per_request: 1024,
             max_sae_id_count: 8,
         }
+    }
+}
+
+/// A configured limit that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid ETSI 014 limits: {0}")]
+pub struct LimitsError(String);
+
+/// Largest key size a configuration may allow, in bits (1 MiB keys; a relay carries at most that).
+pub const MAX_CONFIG_KEY_BITS: u64 = 8 << 20;
+/// Most keys per request a configuration may allow.
+pub const MAX_CONFIG_KEYS_PER_REQUEST: u64 = 1 << 16;
+/// Most additional slaves a configuration may allow.
+pub const MAX_CONFIG_SAE_IDS: u64 = 1024;
+
+/// An `enc_keys` request after its numbers were checked against [`Limits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncKeysShape {
+    /// Number of keys.
+    pub number: u64,
+    /// Size of each key in bits (a multiple of 8).
+    pub size_bits: u64,
+}
+
+impl Limits {
+    /// Checks that the limits are usable: sizes positive multiples of 8 with
+    /// `min ≤ default ≤ max`, and every bound below a sane ceiling.
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        let err = |m: String| Err(LimitsError(m));
+        for (name, v) in [
+            ("key_size", self.key_size),
+            ("min_key_size", self.min_key_size),
+            ("max_key_size", self.max_key_size),
+        ] {
+            if v == 0 || !v.is_multiple_of(8) {
+                return err(format!("{name} = {v} must be a positive multiple of 8"));
+            }
+            if v > MAX_CONFIG_KEY_BITS {
+                return err(format!("{name} = {v} exceeds {MAX_CONFIG_KEY_BITS} bits"));
+            }
+        }
+        if !(self.min_key_size <= self.key_size && self.key_size <= self.max_key_size) {
+            return err(format!(
+                "need min_key_size ≤ key_size ≤ max_key_size (got {} ≤ {} ≤ {})",
+                self.min_key_size, self.key_size, self.max_key_size
+            ));
+        }
+        if self.max_key_per_request == 0 || self.max_key_per_request > MAX_CONFIG_KEYS_PER_REQUEST {
+            return err(format!(
+                "max_key_per_request = {} must be between 1 and {MAX_CONFIG_KEYS_PER_REQUEST}",
+                self.max_key_per_request
+            ));
+        }
+        if self.max_sae_id_count > MAX_CONFIG_SAE_IDS {
+            return err(format!(
+                "max_sae_id_count = {} exceeds {MAX_CONFIG_SAE_IDS}",
+                self.max_sae_id_count
+            ));
+        }
+        Ok(())
+    }
+
+    /// ETSI 014 rules for the numbers of an `enc_keys` request: `number` (default 1) within
+    /// `1..=max_key_per_request`, `size` (default `key_size`) a multiple of 8 within
+    /// `min_key_size..=max_key_size`, at most `max_sae_id_count` additional slaves.
+    pub fn check_enc_keys(
+        &self,
+        number: Option<u64>,
+        size_bits: Option<u64>,
+        additional_slaves: usize,
+    ) -> Result<EncKeysShape, Refusal> {
+        let bad = |m: String| Err(Refusal::BadRequest(m));
+        let size = size_bits.unwrap_or(self.key_size);
+        let number = number.unwrap_or(1);
+        if !size.is_multiple_of(8) {
+            return bad(Refusal::SIZE_NOT_MULTIPLE_OF_8.into());
+        }
+        if number < 1 || number > self.max_key_per_request {
+            return bad(format!(
+                "number must be between 1 and {} (got {number})",
+                self.max_key_per_request
+            ));
+        }
+        if size < self.min_key_size || size > self.max_key_size {
+            return bad(format!(
+                "size must be between {} and {} bits (got {size})",
+                self.min_key_size, self.max_key_size
+            ));
+        }
+        if additional_slaves as u64 > self.max_sae_id_count {
+            return bad(format!(
+                "too many additional_slave_SAE_IDs: {additional_slaves} given, at most {}",
+                self.max_sae_id_count
+            ));
+        }
+        Ok(EncKeysShape {
+            number,
+            size_bits: size,
+        })
+    }
+
+    /// ETSI 014 rule for `dec_keys`: between 1 and `max_key_per_request` key IDs.
+    pub fn check_key_ids(&self, n: usize) -> Result<(), Refusal> {
+        if n == 0 {
+            return Err(Refusal::BadRequest(
+                "key_IDs must name at least one key".into(),
+            ));
+        }
+        if n as u64 > self.max_key_per_request {
+            return Err(Refusal::BadRequest(format!(
+                "too many key_IDs: {n} given, at most {}",
+                self.max_key_per_request
+            )));
+        }
+        Ok(())
     }
 }
 

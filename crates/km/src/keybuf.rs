@@ -162,6 +162,35 @@ impl From<KeyBufParts> for KeyBuf {
     }
 }
 
+/// Spends `n` bytes from the front of a sequentially spent buffer map (link half or out-pool),
+/// oldest entry first; the caller has checked that enough is free. Returns the spans taken.
+pub(crate) fn take_sequential(
+    m: &mut std::collections::BTreeMap<u64, KeyBuf>,
+    n: u32,
+) -> (Vec<crate::msgs::Span>, Key) {
+    let mut spans = Vec::new();
+    let mut out = Key::zeroed(0);
+    let mut need = n;
+    for (&id, buf) in m.iter_mut() {
+        if need == 0 {
+            break;
+        }
+        let take = buf.tail_free().min(need);
+        if take == 0 {
+            continue;
+        }
+        let start = buf.tail();
+        out.extend_from(&buf.take(start, take).expect("tail range is free"));
+        spans.push(crate::msgs::Span {
+            id,
+            start,
+            len: take,
+        });
+        need -= take;
+    }
+    (spans, out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,10 +11,14 @@
 pub mod app;
 pub mod config;
 pub mod keybuf;
+mod links;
 mod manager;
 pub mod msgs;
+mod outbox;
+mod pools;
 pub mod record;
 mod relay;
+mod routing;
 pub mod status;
 mod supply;
 pub mod time;

@@ -1,25 +1,26 @@
 //! The key manager state machine.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use kagi_control::Routes;
 use kagi_keymat::Key;
-use rand::{RngCore, SeedableRng};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use uuid::Uuid;
 
-use crate::app::{AppCall, AppReply, DeliveredKey, Refusal};
+use crate::app::{AppCall, Refusal};
 use crate::config::KmConfig;
-use crate::keybuf::KeyBuf;
-use crate::msgs::{NodeId, PeerMsg, RelayId};
-use crate::record::{Counter, Half, Pool, Record, SlaveKey, Snapshot};
+use crate::links::Links;
+use crate::msgs::{NodeId, PeerMsg};
+use crate::outbox::{After, Outbox};
+use crate::pools::Pools;
+use crate::record::{Counter, Record, Snapshot};
+use crate::relay::Relays;
+use crate::routing::Routing;
+use crate::supply::Supply;
 use crate::time::Instant;
 
-/// Identifies an application request (chosen by the driver).
-pub type ReqId = u64;
-/// Identifies a store batch (chosen by the core, increasing).
-pub type WriteId = u64;
+pub use crate::outbox::{Action, ReqId, WriteId};
 
 /// Input to the key manager.
 #[derive(Debug)]
@@ -67,33 +68,6 @@ pub enum Input {
     },
 }
 
-/// Output of the key manager, drained with [`KeyManager::poll_action`].
-#[must_use]
-#[derive(Debug)]
-pub enum Action {
-    /// Send a message to a peer.
-    Send {
-        /// Destination node.
-        to: NodeId,
-        /// Message.
-        msg: PeerMsg,
-    },
-    /// Persist these records atomically, then report [`Input::Stored`].
-    Store {
-        /// Batch id.
-        write: WriteId,
-        /// Records, applied in order.
-        batch: Vec<Record>,
-    },
-    /// Answer an application request.
-    Answer {
-        /// Which request.
-        req: ReqId,
-        /// The answer.
-        reply: Result<AppReply, Refusal>,
-    },
-}
-
 /// Counters for metrics and benchmarks (no key bytes).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeStats {
@@ -129,47 +103,6 @@ pub struct NodeStats {
     pub link_bytes: u64,
 }
 
-/// What to do once a store batch is durable.
-#[derive(Debug)]
-pub(crate) enum After {
-    Act(Action),
-    AssignDurable(u64),
-    SlaveAssignDurable(NodeId, u64),
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Link {
-    pub(crate) tx: BTreeMap<u64, KeyBuf>,
-    pub(crate) rx: BTreeMap<u64, KeyBuf>,
-    pub(crate) high_water: Option<u64>,
-}
-
-#[derive(Debug)]
-pub(crate) struct PendingRelay {
-    pub(crate) dest: NodeId,
-    pub(crate) key: Key,
-    pub(crate) deadline: Instant,
-}
-
-#[derive(Debug)]
-pub(crate) struct MasterAssign {
-    pub(crate) req: ReqId,
-    pub(crate) keys: Vec<DeliveredKey>,
-    pub(crate) nodes: Vec<NodeId>,
-    pub(crate) waiting: BTreeSet<NodeId>,
-    pub(crate) msgs: BTreeMap<NodeId, PeerMsg>,
-    pub(crate) durable: bool,
-    pub(crate) deadline: Instant,
-    pub(crate) next_retry: Instant,
-}
-
-#[derive(Debug)]
-pub(crate) struct WaitingHop {
-    pub(crate) deadline: Instant,
-    pub(crate) from: NodeId,
-    pub(crate) msg: PeerMsg,
-}
-
 /// The key manager of one trusted node, as a deterministic state machine without I/O.
 ///
 /// The driver's contract, in the manner of quinn-proto's `Connection`:
@@ -188,35 +121,23 @@ pub(crate) struct WaitingHop {
 /// restarts it with [`KeyManager::restore`] from what the store acknowledged.
 pub struct KeyManager {
     pub(crate) cfg: KmConfig,
-    pub(crate) routes: Routes,
-    pub(crate) down: BTreeSet<NodeId>,
-    /// Neighbours whose link an operator took out of service (see `status.rs`).
-    pub(crate) out_of_service: BTreeSet<NodeId>,
-    pub(crate) links: BTreeMap<NodeId, Link>,
-    pub(crate) out_pools: BTreeMap<NodeId, BTreeMap<u64, KeyBuf>>,
-    /// Unspent bytes of each out-pool (kept in step with `out_pools`; pools hold thousands of
-    /// chunks and this is read on every request and refill tick).
-    pub(crate) out_free: BTreeMap<NodeId, u64>,
-    pub(crate) in_pools: BTreeMap<NodeId, BTreeMap<u64, KeyBuf>>,
-    pub(crate) pending_relays: BTreeMap<u64, PendingRelay>,
-    pub(crate) slave_keys: BTreeMap<Uuid, SlaveKey>,
-    pub(crate) assigns: BTreeMap<u64, MasterAssign>,
-    /// Assignments applied here as a slave node; `Some(write)` while not yet durable.
-    pub(crate) applied_assigns: BTreeMap<(NodeId, u64), Option<WriteId>>,
-    pub(crate) waiting_hops: Vec<WaitingHop>,
-    pub(crate) next_relay: u64,
-    pub(crate) next_assign: u64,
-    next_write: WriteId,
-    actions: VecDeque<Action>,
-    held: BTreeMap<WriteId, Vec<After>>,
-    unacked: VecDeque<WriteId>,
+    /// Topology, peer liveness, links in service, and the routes that follow.
+    pub(crate) routing: Routing,
+    /// Link key buffers per neighbour.
+    pub(crate) links: Links,
+    /// End-to-end key pools.
+    pub(crate) pools: Pools,
+    /// Relays in flight from here and hops waiting here.
+    pub(crate) relays: Relays,
+    /// Assignments and keys held for slaves.
+    pub(crate) supply: Supply,
+    /// Output queue and actions held until their write is durable.
+    pub(crate) out: Outbox,
     fenced: bool,
     pub(crate) key_rng: ChaCha20Rng,
     pub(crate) sched_rng: ChaCha20Rng,
     pub(crate) next_refill: Instant,
     pub(crate) refilling: BTreeSet<NodeId>,
-    /// Pool chunks cut since the last store batch (see `flush_touched`).
-    pub(crate) touched: BTreeSet<(Pool, u64)>,
     pub(crate) stats: NodeStats,
 }
 
@@ -224,46 +145,26 @@ impl KeyManager {
     /// Builds a key manager from what the store acknowledged. `seed` seeds the key-material and
     /// scheduling RNGs (the driver takes it from the OS or a QRNG; the simulator derives it).
     pub fn restore(cfg: KmConfig, snap: Snapshot, seed: [u8; 32], now: Instant) -> Self {
-        let routes = Routes::compute(&cfg.topology, &cfg.node_id, &[]);
         let mut sched_seed = seed;
         sched_seed[0] ^= 0x5a;
+        let routing = Routing::new(&cfg.node_id, cfg.topology.clone());
+        let links = Links::new(cfg.topology.neighbours(&cfg.node_id).map(|(n, _)| n));
         let mut km = KeyManager {
-            routes,
-            down: BTreeSet::new(),
-            out_of_service: BTreeSet::new(),
-            links: BTreeMap::new(),
-            out_pools: BTreeMap::new(),
-            out_free: BTreeMap::new(),
-            in_pools: BTreeMap::new(),
-            pending_relays: BTreeMap::new(),
-            slave_keys: BTreeMap::new(),
-            assigns: BTreeMap::new(),
-            applied_assigns: BTreeMap::new(),
-            waiting_hops: Vec::new(),
-            next_relay: 1,
-            next_assign: 1,
-            next_write: 1,
-            actions: VecDeque::new(),
-            held: BTreeMap::new(),
-            unacked: VecDeque::new(),
+            routing,
+            links,
+            pools: Pools::default(),
+            relays: Relays::default(),
+            supply: Supply::default(),
+            out: Outbox::default(),
             fenced: false,
             key_rng: ChaCha20Rng::from_seed(seed),
             sched_rng: ChaCha20Rng::from_seed(sched_seed),
             next_refill: now,
             refilling: BTreeSet::new(),
-            touched: BTreeSet::new(),
             stats: NodeStats::default(),
             cfg,
         };
-        let neighbours: Vec<String> = km
-            .cfg
-            .topology
-            .neighbours(&km.cfg.node_id)
-            .map(|(n, _)| n.to_string())
-            .collect();
-        for n in neighbours {
-            km.links.entry(n).or_default();
-        }
+        let relay_timeout = km.cfg.policy.relay_timeout;
         for r in snap.records {
             match r {
                 Record::LinkBlock {
@@ -271,64 +172,31 @@ impl KeyManager {
                     half,
                     block,
                     buf,
-                } => {
-                    let link = km.links.entry(peer).or_default();
-                    let m = match half {
-                        Half::Tx => &mut link.tx,
-                        Half::Rx => &mut link.rx,
-                    };
-                    m.insert(block, buf.into());
-                }
-                Record::LinkHighWater { peer, block } => {
-                    km.links.entry(peer).or_default().high_water = Some(block);
-                }
+                } => km.links.restore_block(peer, half, block, buf.into()),
+                Record::LinkHighWater { peer, block } => km.links.restore_high_water(peer, block),
                 Record::Chunk { pool, chunk, buf } => {
-                    let m = match pool {
-                        Pool::Out(d) => km.out_pools.entry(d).or_default(),
-                        Pool::In(o) => km.in_pools.entry(o).or_default(),
-                    };
-                    m.insert(chunk, buf.into());
+                    km.pools.restore_chunk(pool, chunk, buf.into())
                 }
                 Record::PendingRelay { seq, dest, key } => {
-                    let deadline = now + km.cfg.policy.relay_timeout;
-                    km.pending_relays.insert(
-                        seq,
-                        PendingRelay {
-                            dest,
-                            key,
-                            deadline,
-                        },
-                    );
+                    km.relays
+                        .restore_pending(seq, dest, key, now + relay_timeout);
                 }
-                Record::SlaveKey { id, key } => {
-                    km.applied_assigns
-                        .insert((key.origin.clone(), key.assign_seq), None);
-                    km.slave_keys.insert(id, key);
-                }
+                Record::SlaveKey { id, key } => km.supply.restore_slave_key(id, key),
                 Record::Counter {
                     name: Counter::Relay,
                     next,
-                } => km.next_relay = km.next_relay.max(next),
+                } => km.relays.restore_counter(next),
                 Record::Counter {
                     name: Counter::Assign,
                     next,
-                } => km.next_assign = km.next_assign.max(next),
+                } => km.supply.restore_counter(next),
                 Record::LinkBlockGone { .. }
                 | Record::ChunkGone { .. }
                 | Record::PendingRelayGone { .. }
                 | Record::SlaveKeyGone { .. } => {}
             }
         }
-        km.out_free = km
-            .out_pools
-            .iter()
-            .map(|(d, p)| {
-                (
-                    d.clone(),
-                    p.values().map(|b| u64::from(b.tail_free())).sum(),
-                )
-            })
-            .collect();
+        km.pools.recount();
         km
     }
 
@@ -345,24 +213,19 @@ impl KeyManager {
     /// Counters (no key bytes).
     pub fn stats(&self) -> NodeStats {
         let mut s = self.stats.clone();
-        s.pool_bytes = self
-            .out_pools
-            .values()
-            .flat_map(|p| p.values())
-            .map(|b| u64::from(b.free()))
-            .sum();
-        s.link_bytes = self
-            .links
-            .values()
-            .flat_map(|l| l.tx.values().chain(l.rx.values()))
-            .map(|b| u64::from(b.free()))
-            .sum();
+        s.pool_bytes = self.pools.total_out();
+        s.link_bytes = self.links.total_bytes();
         s
     }
 
     /// Bytes of end-to-end key ready for masters here with slaves at `dest`.
     pub fn pool_free(&self, dest: &str) -> u64 {
-        self.out_free.get(dest).copied().unwrap_or(0)
+        self.pools.out_free(dest)
+    }
+
+    /// Free bytes of this node's half of the link to `peer`.
+    pub fn link_tx_free(&self, peer: &str) -> u64 {
+        self.links.tx_free(peer)
     }
 
     /// Feeds one input. Drain [`poll_action`](Self::poll_action) afterwards.
@@ -371,7 +234,7 @@ impl KeyManager {
             Input::Stored { write, ok } => self.on_stored(write, ok),
             _ if self.fenced => {
                 if let Input::App { req, .. } = input {
-                    self.answer(
+                    self.out.answer(
                         req,
                         Err(Refusal::Unavailable(
                             "key manager is recovering from a storage fault; retry".into(),
@@ -382,16 +245,8 @@ impl KeyManager {
             Input::LinkKeys { peer, block, key } => self.on_link_keys(now, peer, block, key),
             Input::Peer { from, msg } => self.on_peer(now, from, msg),
             Input::App { req, call } => self.on_app(now, req, call),
-            Input::PeerUp { peer } => {
-                if self.down.remove(&peer) {
-                    self.recompute_routes();
-                }
-            }
-            Input::PeerDown { peer } => {
-                if self.down.insert(peer) {
-                    self.recompute_routes();
-                }
-            }
+            Input::PeerUp { peer } => self.routing.set_up(&peer, true),
+            Input::PeerDown { peer } => self.routing.set_up(&peer, false),
         }
     }
 
@@ -411,7 +266,7 @@ impl KeyManager {
 
     /// The next action, if any. Call until `None` after every `handle*`.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        self.out.pop()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should be called next. Changes after any
@@ -421,90 +276,32 @@ impl KeyManager {
             return None;
         }
         let mut t = self.next_refill;
-        for r in self.pending_relays.values() {
-            t = t.min(r.deadline);
+        if let Some(r) = self.relays.next_deadline() {
+            t = t.min(r);
         }
-        for a in self.assigns.values() {
-            t = t.min(a.deadline);
-            if a.durable {
-                t = t.min(a.next_retry);
-            }
-        }
-        for h in &self.waiting_hops {
-            t = t.min(h.deadline);
+        if let Some(a) = self.supply.next_deadline() {
+            t = t.min(a);
         }
         Some(t)
     }
 
-    pub(crate) fn recompute_routes(&mut self) {
-        let down: Vec<String> = self.down.iter().cloned().collect();
-        self.routes = self.routes_in_service(&down);
-    }
-
-    /// Emits a store batch; `after` runs once it is durable.
-    pub(crate) fn store(&mut self, batch: Vec<Record>, after: Vec<After>) -> WriteId {
-        let write = self.next_write;
-        self.next_write += 1;
-        self.actions.push_back(Action::Store { write, batch });
-        self.unacked.push_back(write);
-        self.held.insert(write, after);
-        write
-    }
-
-    pub(crate) fn actions_push(&mut self, a: Action) {
-        self.actions.push_back(a);
-    }
-
-    /// Adds work to run when write `w` is durable (at once if it already is).
-    pub(crate) fn hold_after(&mut self, w: WriteId, a: After) {
-        match self.held.get_mut(&w) {
-            Some(v) => v.push(a),
-            None => {
-                if let After::Act(act) = a {
-                    self.actions.push_back(act);
-                }
-            }
-        }
-    }
-
-    /// The id the next store batch will get.
-    pub(crate) fn peek_write(&self) -> WriteId {
-        self.next_write
-    }
-
-    pub(crate) fn send(&mut self, to: NodeId, msg: PeerMsg) {
-        self.actions.push_back(Action::Send { to, msg });
-    }
-
-    pub(crate) fn answer(&mut self, req: ReqId, reply: Result<AppReply, Refusal>) {
-        self.actions.push_back(Action::Answer { req, reply });
-    }
-
     fn on_stored(&mut self, write: WriteId, ok: bool) {
-        if self.unacked.front() != Some(&write) {
+        let Ok(after) = self.out.acknowledge(write) else {
             // Out-of-order or unknown acknowledgement: driver misuse. Fence rather than guess.
             tracing::error!(write, "store acknowledgement out of order; fencing");
             self.fence();
             return;
-        }
-        self.unacked.pop_front();
-        let after = self.held.remove(&write).unwrap_or_default();
+        };
         if !ok {
             self.fence();
             return;
         }
         for a in after {
             match a {
-                After::Act(act) => self.actions.push_back(act),
-                After::AssignDurable(seq) => {
-                    if let Some(a) = self.assigns.get_mut(&seq) {
-                        a.durable = true;
-                    }
-                }
+                After::Act(act) => self.out.push(act),
+                After::AssignDurable(seq) => self.supply.assign_durable(seq),
                 After::SlaveAssignDurable(origin, seq) => {
-                    if let Some(w) = self.applied_assigns.get_mut(&(origin, seq)) {
-                        *w = None;
-                    }
+                    self.supply.slave_assign_durable(origin, seq)
                 }
             }
         }
@@ -512,13 +309,10 @@ impl KeyManager {
 
     fn fence(&mut self) {
         self.fenced = true;
-        self.held.clear();
+        self.out.fence();
         // Answer every request still waiting so no client hangs.
-        let reqs: Vec<ReqId> = self.assigns.values().map(|a| a.req).collect();
-        self.assigns.clear();
-        self.actions.retain(|a| matches!(a, Action::Answer { .. }));
-        for req in reqs {
-            self.answer(
+        for req in self.supply.drop_assigns() {
+            self.out.answer(
                 req,
                 Err(Refusal::Unavailable(
                     "key manager storage fault; retry".into(),
@@ -537,13 +331,6 @@ impl KeyManager {
         let mut k = Key::zeroed(len);
         self.key_rng.fill_bytes(k.expose_mut());
         k
-    }
-
-    pub(crate) fn relay_id(&self, seq: u64) -> RelayId {
-        RelayId {
-            origin: self.cfg.node_id.clone(),
-            seq,
-        }
     }
 
     pub(crate) fn me(&self) -> &str {

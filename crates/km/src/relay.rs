@@ -4,231 +4,139 @@
 //! for what it sends, the other node the second half, so the two ends never spend the same bits.
 //! A hop spends 32 bytes of MAC key plus as many pad bytes as the relayed key is long.
 
+use std::collections::BTreeMap;
+
 use kagi_keymat::its_mac::{Mac, MacKey, MAC_KEY_LEN};
 use kagi_keymat::{Key, Tag};
 
-use crate::keybuf::{KeyBuf, KeyBufParts, TakeError};
-use crate::manager::{Action, After, KeyManager, PendingRelay, WaitingHop};
+use crate::links::HopFault;
+use crate::manager::KeyManager;
 use crate::msgs::{NodeId, PeerMsg, RelayId, Span};
-use crate::record::{Counter, Half, Pool, Record};
+use crate::outbox::{Action, After};
+use crate::record::{Counter, Record};
 use crate::time::Instant;
-
-/// Why a relay hop could not be taken from the link key.
-enum HopFault {
-    /// The link key it references has not arrived here yet (may come soon).
-    NotYet,
-    /// A block we no longer (or never) held: evicted, skipped while down, or fully spent.
-    Missing(u64),
-    /// Already spent: a replay or a broken peer.
-    Spent,
-}
 
 /// Largest relayed key accepted (bytes).
 const MAX_RELAY_BYTES: usize = 1 << 20;
 
+/// A relay started here and not yet acknowledged by its destination.
+#[derive(Debug)]
+pub(crate) struct PendingRelay {
+    pub(crate) dest: NodeId,
+    pub(crate) key: Key,
+    pub(crate) deadline: Instant,
+}
+
+/// A relay hop that arrived before its link key, or before key to forward it.
+#[derive(Debug)]
+pub(crate) struct WaitingHop {
+    pub(crate) deadline: Instant,
+    pub(crate) from: NodeId,
+    pub(crate) msg: PeerMsg,
+}
+
+/// Relay state of one node: relays it started, hops waiting here, its relay counter.
+#[derive(Debug)]
+pub(crate) struct Relays {
+    pending: BTreeMap<u64, PendingRelay>,
+    waiting: Vec<WaitingHop>,
+    next_seq: u64,
+}
+
+impl Default for Relays {
+    fn default() -> Self {
+        Self {
+            pending: BTreeMap::new(),
+            waiting: Vec::new(),
+            next_seq: 1,
+        }
+    }
+}
+
+impl Relays {
+    /// Restores a relay in flight from the store.
+    pub(crate) fn restore_pending(&mut self, seq: u64, dest: NodeId, key: Key, deadline: Instant) {
+        self.pending.insert(
+            seq,
+            PendingRelay {
+                dest,
+                key,
+                deadline,
+            },
+        );
+    }
+
+    /// Restores the relay counter from the store (it only moves forward).
+    pub(crate) fn restore_counter(&mut self, next: u64) {
+        self.next_seq = self.next_seq.max(next);
+    }
+
+    /// Relays towards `dest` started here and not yet acknowledged.
+    pub(crate) fn in_flight(&self, dest: &str) -> u64 {
+        self.pending.values().filter(|r| r.dest == dest).count() as u64
+    }
+
+    /// The earliest relay or waiting-hop deadline.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.pending
+            .values()
+            .map(|r| r.deadline)
+            .chain(self.waiting.iter().map(|h| h.deadline))
+            .min()
+    }
+
+    /// The oldest block of `from`'s link half that a waiting hop still references.
+    fn oldest_waiting_block(&self, from: &str) -> Option<u64> {
+        self.waiting
+            .iter()
+            .filter(|h| h.from == from)
+            .filter_map(|h| match &h.msg {
+                PeerMsg::RelayHop { pad, .. } => pad.iter().map(|s| s.id).min(),
+                _ => None,
+            })
+            .min()
+    }
+}
+
 impl KeyManager {
     pub(crate) fn on_link_keys(&mut self, now: Instant, peer: NodeId, block: u64, key: Key) {
-        let me_first = self.me() < peer.as_str();
-        let Some(link) = self.links.get_mut(&peer) else {
+        if !self.links.contains(&peer) {
             tracing::warn!(%peer, "link keys for a node that is not a neighbour; ignored");
             return;
-        };
-        if link.high_water.is_some_and(|hw| block <= hw) {
-            return; // duplicate delivery
         }
-        let mut key = key;
-        let half = key.len() / 2;
-        let first = key.take_front(half);
-        let second = key.take_front(half); // an odd last byte is dropped
-        let (tx, rx) = if me_first {
-            (first, second)
-        } else {
-            (second, first)
-        };
-        self.stats.link_key_in += (tx.len() + rx.len()) as u64;
-        // Buffer bounds. This node alone decides what its own half keeps (the neighbour learns
-        // it from the spans we reference, oldest first). The neighbour's half is kept until the
-        // neighbour references a later block (see `gc_rx`), with a hard bound for memory.
+        let me_first = self.me() < peer.as_str();
         let cap = self.cfg.policy.link_buffer_cap_bytes;
         let mut batch = Vec::with_capacity(4);
-        // Buffer bounds: each end keeps the newest key, evicting its oldest blocks. Both ends
-        // see the same blocks at the same times, so the neighbour's window of our half (twice as
-        // large) covers what we still hold; a miss is reported back with `LinkMissing`.
-        let dropped = evict_oldest(
-            &mut link.tx,
-            cap / 2,
-            tx.len() as u64,
-            &peer,
-            Half::Tx,
-            &mut batch,
-        ) + evict_oldest(
-            &mut link.rx,
-            cap,
-            rx.len() as u64,
-            &peer,
-            Half::Rx,
-            &mut batch,
-        );
+        let Some((taken, dropped)) = self
+            .links
+            .intake(me_first, &peer, block, key, cap, &mut batch)
+        else {
+            return; // duplicate delivery
+        };
+        self.stats.link_key_in += taken;
         self.stats.link_blocks_dropped += dropped;
-        let tx = KeyBuf::new(tx);
-        batch.push(Record::LinkBlock {
-            peer: peer.clone(),
-            half: Half::Tx,
-            block,
-            buf: KeyBufParts::from(&tx),
-        });
-        link.tx.insert(block, tx);
-        let rx = KeyBuf::new(rx);
-        batch.push(Record::LinkBlock {
-            peer: peer.clone(),
-            half: Half::Rx,
-            block,
-            buf: KeyBufParts::from(&rx),
-        });
-        link.rx.insert(block, rx);
-        batch.push(Record::LinkHighWater {
-            peer: peer.clone(),
-            block,
-        });
-        link.high_water = Some(block);
-        self.store(batch, vec![]);
+        self.out.store(batch, vec![]);
         self.retry_waiting_hops(now);
-    }
-
-    /// Free bytes of this node's half of the link to `peer`.
-    pub fn link_tx_free(&self, peer: &str) -> u64 {
-        self.links
-            .get(peer)
-            .map_or(0, |l| l.tx.values().map(|b| u64::from(b.tail_free())).sum())
-    }
-
-    /// Spends `n` bytes of this node's half of the link to `peer`, oldest blocks first.
-    fn alloc_tx(
-        &mut self,
-        peer: &str,
-        n: usize,
-        batch: &mut Vec<Record>,
-    ) -> Option<(Vec<Span>, Key)> {
-        if (self.link_tx_free(peer) as usize) < n {
-            return None;
-        }
-        let link = self.links.get_mut(peer)?;
-        let (spans, out) = take_sequential(&mut link.tx, n as u32);
-        for s in &spans {
-            match link.tx.get(&s.id) {
-                Some(buf) if buf.tail_free() > 0 => batch.push(Record::LinkBlock {
-                    peer: peer.to_string(),
-                    half: Half::Tx,
-                    block: s.id,
-                    buf: KeyBufParts::from(buf),
-                }),
-                _ => {
-                    link.tx.remove(&s.id);
-                    batch.push(Record::LinkBlockGone {
-                        peer: peer.to_string(),
-                        half: Half::Tx,
-                        block: s.id,
-                    });
-                }
-            }
-        }
-        self.stats.link_key_spent += n as u64;
-        Some((spans, out))
-    }
-
-    /// Checks that the neighbour's half holds every span, unspent.
-    fn check_rx(&self, peer: &str, spans: &[Span]) -> Result<(), HopFault> {
-        let link = self.links.get(peer).ok_or(HopFault::Spent)?;
-        // Spans must be non-empty and not overlap each other.
-        if !Span::disjoint(spans) {
-            return Err(HopFault::Spent);
-        }
-        for s in spans {
-            match link.rx.get(&s.id) {
-                Some(buf) => buf.can_take(s.start, s.len).map_err(|e| match e {
-                    TakeError::OutOfBounds | TakeError::AlreadySpent => HopFault::Spent,
-                })?,
-                None if link.high_water.is_none_or(|hw| s.id > hw) => return Err(HopFault::NotYet),
-                None => return Err(HopFault::Missing(s.id)),
-            }
-        }
-        Ok(())
-    }
-
-    /// Spends the spans of the neighbour's half (after [`check_rx`](Self::check_rx) passed).
-    fn take_rx(&mut self, peer: &str, spans: &[Span], batch: &mut Vec<Record>) -> Key {
-        let link = self.links.get_mut(peer).expect("checked");
-        let mut out = Key::zeroed(0);
-        for s in spans {
-            let buf = link.rx.get_mut(&s.id).expect("checked");
-            let k = buf.take(s.start, s.len).expect("checked");
-            out.extend_from(&k);
-            if buf.exhausted() {
-                link.rx.remove(&s.id);
-                batch.push(Record::LinkBlockGone {
-                    peer: peer.to_string(),
-                    half: Half::Rx,
-                    block: s.id,
-                });
-            } else {
-                batch.push(Record::LinkBlock {
-                    peer: peer.to_string(),
-                    half: Half::Rx,
-                    block: s.id,
-                    buf: KeyBufParts::from(&*buf),
-                });
-            }
-        }
-        out
     }
 
     /// The neighbour lacks these blocks of our half: stop spending them.
     fn on_link_missing(&mut self, peer: NodeId, blocks: Vec<u64>) {
-        let Some(link) = self.links.get_mut(&peer) else {
-            return;
-        };
         let mut batch = Vec::new();
-        for b in blocks {
-            if link.tx.remove(&b).is_some() {
-                batch.push(Record::LinkBlockGone {
-                    peer: peer.clone(),
-                    half: Half::Tx,
-                    block: b,
-                });
-            }
-        }
+        self.links.forget_tx(&peer, &blocks, &mut batch);
         if !batch.is_empty() {
-            self.store(batch, vec![]);
+            self.out.store(batch, vec![]);
         }
     }
 
     /// The neighbour spends its half oldest block first, so once it references block `n` it
-    /// holds nothing older: our copies of its half before `n` can go.
+    /// holds nothing older: our copies of its half before `n` can go, except blocks that hops
+    /// still waiting here reference.
     fn gc_rx(&mut self, peer: &str, spans: &[Span], batch: &mut Vec<Record>) {
-        // Hops from this neighbour still waiting here reference older blocks: keep those.
-        let waiting = self
-            .waiting_hops
-            .iter()
-            .filter(|h| h.from == peer)
-            .filter_map(|h| match &h.msg {
-                PeerMsg::RelayHop { pad, .. } => pad.iter().map(|s| s.id).min(),
-                _ => None,
-            });
+        let waiting = self.relays.oldest_waiting_block(peer);
         let Some(floor) = spans.iter().map(|s| s.id).chain(waiting).min() else {
             return;
         };
-        let Some(link) = self.links.get_mut(peer) else {
-            return;
-        };
-        let old: Vec<u64> = link.rx.range(..floor).map(|(id, _)| *id).collect();
-        for id in old {
-            link.rx.remove(&id);
-            batch.push(Record::LinkBlockGone {
-                peer: peer.to_string(),
-                half: Half::Rx,
-                block: id,
-            });
-        }
+        self.links.gc_rx(peer, floor, batch);
     }
 
     /// Encrypts `key` for the hop to `next` with fresh link key. `None` if the link lacks key.
@@ -240,7 +148,9 @@ impl KeyManager {
         next: &str,
         batch: &mut Vec<Record>,
     ) -> Option<PeerMsg> {
-        let (pad_spans, material) = self.alloc_tx(next, MAC_KEY_LEN + key.len(), batch)?;
+        let n = MAC_KEY_LEN + key.len();
+        let (pad_spans, material) = self.links.alloc_tx(next, n, batch)?;
+        self.stats.link_key_spent += n as u64;
         let (mac_key, pad) = material.expose().split_at(MAC_KEY_LEN);
         // One-time-pad ciphertext: safe to send.
         let ct: Vec<u8> = key.expose().iter().zip(pad).map(|(k, p)| k ^ p).collect();
@@ -264,19 +174,15 @@ impl KeyManager {
         let p = self.cfg.policy.clone();
         for node in &topo.nodes {
             let dest = node.id.as_str();
-            if dest == self.me() || self.down.contains(dest) {
+            if dest == self.me() || self.routing.is_down(dest) {
                 continue;
             }
-            let Some(path) = self.routes.path(dest).map(|p| p.to_vec()) else {
+            let Some(path) = self.routing.path(dest).map(|p| p.to_vec()) else {
                 continue;
             };
             // Computed once per destination: the pool can hold thousands of chunks.
-            let mut in_flight = self
-                .pending_relays
-                .values()
-                .filter(|r| r.dest == dest)
-                .count() as u64;
-            let mut have = self.pool_free(dest) + in_flight * u64::from(p.relay_chunk_bytes);
+            let mut in_flight = self.relays.in_flight(dest);
+            let mut have = self.pools.out_free(dest) + in_flight * u64::from(p.relay_chunk_bytes);
             let low = (p.pool_target_bytes as f64 * p.pool_low_water) as u64;
             loop {
                 if have >= p.pool_target_bytes {
@@ -301,27 +207,30 @@ impl KeyManager {
 
     fn start_relay(&mut self, dest: &str, path: &[NodeId], now: Instant) -> bool {
         let len = self.cfg.policy.relay_chunk_bytes as usize;
-        if (self.link_tx_free(&path[1]) as usize) < len + MAC_KEY_LEN {
+        if (self.links.tx_free(&path[1]) as usize) < len + MAC_KEY_LEN {
             return false;
         }
-        let seq = self.next_relay;
-        let relay = self.relay_id(seq);
+        let seq = self.relays.next_seq;
+        let relay = RelayId {
+            origin: self.me().to_string(),
+            seq,
+        };
         let key = self.fresh_key(len);
         let mut batch = Vec::new();
         let Some(msg) = self.seal_hop(&relay, path, &key, &path[1], &mut batch) else {
             return false;
         };
-        self.next_relay += 1;
+        self.relays.next_seq += 1;
         batch.push(Record::Counter {
             name: Counter::Relay,
-            next: self.next_relay,
+            next: self.relays.next_seq,
         });
         batch.push(Record::PendingRelay {
             seq,
             dest: dest.to_string(),
             key: key.clone(),
         });
-        self.pending_relays.insert(
+        self.relays.pending.insert(
             seq,
             PendingRelay {
                 dest: dest.to_string(),
@@ -330,7 +239,7 @@ impl KeyManager {
             },
         );
         self.stats.relays_started += 1;
-        self.store(
+        self.out.store(
             batch,
             vec![After::Act(Action::Send {
                 to: path[1].clone(),
@@ -344,9 +253,10 @@ impl KeyManager {
         match msg {
             PeerMsg::LinkMissing { blocks } => self.on_link_missing(from, blocks),
             PeerMsg::RelayFailed { relay } => {
-                if relay.origin == self.me() && self.pending_relays.remove(&relay.seq).is_some() {
+                if relay.origin == self.me() && self.relays.pending.remove(&relay.seq).is_some() {
                     self.stats.relays_abandoned += 1;
-                    self.store(vec![Record::PendingRelayGone { seq: relay.seq }], vec![]);
+                    self.out
+                        .store(vec![Record::PendingRelayGone { seq: relay.seq }], vec![]);
                 }
             }
             PeerMsg::RelayHop { .. } => self.on_hop(now, from, msg),
@@ -390,14 +300,9 @@ impl KeyManager {
             return;
         }
         let is_dest = pos == path.len() - 1;
-        if is_dest
-            && self
-                .in_pools
-                .get(&relay.origin)
-                .is_some_and(|p| p.contains_key(&relay.seq))
-        {
+        if is_dest && self.pools.has_in(&relay.origin, relay.seq) {
             // Already stored (a duplicate after our ack was lost): acknowledge again.
-            self.send(
+            self.out.send(
                 relay.origin.clone(),
                 PeerMsg::RelayAck {
                     relay: relay.clone(),
@@ -405,10 +310,10 @@ impl KeyManager {
             );
             return;
         }
-        match self.check_rx(&from, pad) {
+        match self.links.check_rx(&from, pad) {
             Ok(()) => {}
             Err(HopFault::NotYet) => {
-                self.waiting_hops.push(WaitingHop {
+                self.relays.waiting.push(WaitingHop {
                     deadline: now + self.cfg.policy.hop_wait,
                     from,
                     msg,
@@ -418,13 +323,13 @@ impl KeyManager {
             Err(HopFault::Missing(block)) => {
                 // Tell the neighbour to stop spending that block, and the origin to stop waiting.
                 self.stats.replays_rejected += 1;
-                self.send(
+                self.out.send(
                     from,
                     PeerMsg::LinkMissing {
                         blocks: vec![block],
                     },
                 );
-                self.send(
+                self.out.send(
                     relay.origin.clone(),
                     PeerMsg::RelayFailed {
                         relay: relay.clone(),
@@ -443,8 +348,8 @@ impl KeyManager {
             Some(path[pos + 1].clone())
         };
         if let Some(next) = &next {
-            if (self.link_tx_free(next) as usize) < MAC_KEY_LEN + ct.len() {
-                self.waiting_hops.push(WaitingHop {
+            if (self.links.tx_free(next) as usize) < MAC_KEY_LEN + ct.len() {
+                self.relays.waiting.push(WaitingHop {
                     deadline: now + self.cfg.policy.hop_wait,
                     from,
                     msg,
@@ -453,7 +358,9 @@ impl KeyManager {
             }
         }
         let mut batch = Vec::new();
-        let material = self.take_rx(&from, pad, &mut batch);
+        let Some(material) = self.links.take_rx(&from, pad, &mut batch) else {
+            return; // checked just above
+        };
         let (mac_key, pad_bytes) = material.expose().split_at(MAC_KEY_LEN);
         let header = PeerMsg::relay_header(relay, path, pad, ct.len());
         let mut mac = Mac::new(MacKey::from_bytes(mac_key).expect("32 bytes"));
@@ -462,7 +369,7 @@ impl KeyManager {
         if !mac.finalize().ct_eq(tag) {
             self.stats.bad_tags += 1;
             tracing::warn!(%from, origin = %relay.origin, seq = relay.seq, "relay hop failed its tag; dropped");
-            self.store(batch, vec![]); // the link key is spent either way
+            self.out.store(batch, vec![]); // the link key is spent either way
             return;
         }
         self.gc_rx(&from, pad, &mut batch);
@@ -471,30 +378,24 @@ impl KeyManager {
         match next {
             None => {
                 self.stats.relays_received += 1;
-                let buf = KeyBuf::new(key);
-                batch.push(Record::Chunk {
-                    pool: Pool::In(relay.origin.clone()),
-                    chunk: relay.seq,
-                    buf: KeyBufParts::from(&buf),
-                });
-                self.in_pools
-                    .entry(relay.origin.clone())
-                    .or_default()
-                    .insert(relay.seq, buf);
+                batch.push(self.pools.add_in(&relay.origin, relay.seq, key));
                 let ack = Action::Send {
                     to: relay.origin.clone(),
                     msg: PeerMsg::RelayAck {
                         relay: relay.clone(),
                     },
                 };
-                self.store(batch, vec![After::Act(ack)]);
+                self.out.store(batch, vec![After::Act(ack)]);
             }
             Some(next) => {
-                let fwd = self
-                    .seal_hop(relay, path, &key, &next, &mut batch)
-                    .expect("checked link key");
+                let Some(fwd) = self.seal_hop(relay, path, &key, &next, &mut batch) else {
+                    // Checked above; spend what was taken rather than panic.
+                    self.out.store(batch, vec![]);
+                    return;
+                };
                 self.stats.hops_forwarded += 1;
-                self.store(batch, vec![After::Act(Action::Send { to: next, msg: fwd })]);
+                self.out
+                    .store(batch, vec![After::Act(Action::Send { to: next, msg: fwd })]);
             }
         }
     }
@@ -516,34 +417,25 @@ impl KeyManager {
         if relay.origin != self.me() {
             return;
         }
-        let Some(p) = self.pending_relays.get(&relay.seq) else {
+        match self.relays.pending.get(&relay.seq) {
+            Some(p) if p.dest == from => {}
+            _ => return,
+        }
+        let Some(p) = self.relays.pending.remove(&relay.seq) else {
             return;
         };
-        if p.dest != from {
-            return;
-        }
-        let p = self.pending_relays.remove(&relay.seq).expect("present");
-        let buf = KeyBuf::new(p.key);
         let batch = vec![
-            Record::Chunk {
-                pool: Pool::Out(p.dest.clone()),
-                chunk: relay.seq,
-                buf: KeyBufParts::from(&buf),
-            },
+            self.pools.add_out(&p.dest, relay.seq, p.key),
             Record::PendingRelayGone { seq: relay.seq },
         ];
-        *self.out_free.entry(p.dest.clone()).or_default() += u64::from(buf.tail_free());
-        self.out_pools
-            .entry(p.dest)
-            .or_default()
-            .insert(relay.seq, buf);
         self.stats.relays_acked += 1;
-        self.store(batch, vec![]);
+        self.out.store(batch, vec![]);
     }
 
     pub(crate) fn expire_relays(&mut self, now: Instant) {
         let expired: Vec<u64> = self
-            .pending_relays
+            .relays
+            .pending
             .iter()
             .filter(|(_, r)| r.deadline <= now)
             .map(|(s, _)| *s)
@@ -553,23 +445,23 @@ impl KeyManager {
         }
         let mut batch = Vec::new();
         for seq in expired {
-            self.pending_relays.remove(&seq);
+            self.relays.pending.remove(&seq);
             self.stats.relays_abandoned += 1;
             batch.push(Record::PendingRelayGone { seq });
         }
-        self.store(batch, vec![]);
+        self.out.store(batch, vec![]);
     }
 
     pub(crate) fn expire_hops(&mut self, now: Instant) {
-        self.waiting_hops.retain(|h| h.deadline > now);
+        self.relays.waiting.retain(|h| h.deadline > now);
         self.retry_waiting_hops(now);
     }
 
     fn retry_waiting_hops(&mut self, now: Instant) {
-        if self.waiting_hops.is_empty() {
+        if self.relays.waiting.is_empty() {
             return;
         }
-        let mut hops = std::mem::take(&mut self.waiting_hops);
+        let mut hops = std::mem::take(&mut self.relays.waiting);
         // Oldest link key first, so garbage collection of the neighbour's half (`gc_rx`) never
         // overtakes a hop that is still to be retried.
         hops.sort_by_key(|h| match &h.msg {
@@ -578,77 +470,14 @@ impl KeyManager {
         });
         for h in hops {
             if h.deadline > now {
-                let before = self.waiting_hops.len();
+                let before = self.relays.waiting.len();
                 self.on_hop(now, h.from, h.msg);
                 // Keep the original deadline when it goes back to waiting.
-                if self.waiting_hops.len() > before {
-                    if let Some(last) = self.waiting_hops.last_mut() {
+                if self.relays.waiting.len() > before {
+                    if let Some(last) = self.relays.waiting.last_mut() {
                         last.deadline = h.deadline;
                     }
                 }
-            }
-        }
-    }
-
-    /// Takes `n` bytes from the out-pool for `dest`, oldest chunks first.
-    pub(crate) fn take_pool(&mut self, dest: &str, n: usize) -> Option<(Vec<Span>, Key)> {
-        if (self.pool_free(dest) as usize) < n {
-            return None;
-        }
-        let pool = self.out_pools.get_mut(dest)?;
-        let (spans, out) = take_sequential(pool, n as u32);
-        for s in &spans {
-            self.touched.insert((Pool::Out(dest.to_string()), s.id));
-        }
-        if let Some(f) = self.out_free.get_mut(dest) {
-            *f -= n as u64;
-        }
-        Some((spans, out))
-    }
-
-    /// Takes spans from the in-pool relayed by `origin`; all or nothing.
-    pub(crate) fn take_in_pool(&mut self, origin: &str, spans: &[Span]) -> Option<Key> {
-        if !Span::disjoint(spans) {
-            return None;
-        }
-        let pool = self.in_pools.get_mut(origin)?;
-        for s in spans {
-            pool.get(&s.id)?.can_take(s.start, s.len).ok()?;
-        }
-        let mut out = Key::zeroed(0);
-        for s in spans {
-            let buf = pool.get_mut(&s.id).expect("checked");
-            out.extend_from(&buf.take(s.start, s.len).expect("checked"));
-            self.touched.insert((Pool::In(origin.to_string()), s.id));
-        }
-        Some(out)
-    }
-
-    /// Writes the final state of every pool chunk touched since the last call (one record per
-    /// chunk, however many keys were cut from it), dropping exhausted chunks.
-    pub(crate) fn flush_touched(&mut self, batch: &mut Vec<Record>) {
-        for (pool, id) in std::mem::take(&mut self.touched) {
-            let map = match &pool {
-                Pool::Out(d) => self.out_pools.get_mut(d),
-                Pool::In(o) => self.in_pools.get_mut(o),
-            };
-            let Some(map) = map else { continue };
-            match map.get(&id) {
-                Some(buf)
-                    if buf.exhausted() || matches!(pool, Pool::Out(_)) && buf.tail_free() == 0 =>
-                {
-                    map.remove(&id);
-                    batch.push(Record::ChunkGone { pool, chunk: id });
-                }
-                Some(buf) => {
-                    let parts = KeyBufParts::from(buf);
-                    batch.push(Record::Chunk {
-                        pool,
-                        chunk: id,
-                        buf: parts,
-                    });
-                }
-                None => batch.push(Record::ChunkGone { pool, chunk: id }),
             }
         }
     }
@@ -660,60 +489,4 @@ pub(crate) fn otp_tag(mac_key: &Key, id: &uuid::Uuid, ct: &[u8]) -> Tag {
     mac.update(id.as_bytes());
     mac.update(ct);
     mac.finalize()
-}
-
-/// Evicts the oldest blocks of `m` until `incoming` more bytes fit under `cap`; returns how many.
-fn evict_oldest(
-    m: &mut std::collections::BTreeMap<u64, KeyBuf>,
-    cap: u64,
-    incoming: u64,
-    peer: &str,
-    half: Half,
-    batch: &mut Vec<Record>,
-) -> u64 {
-    // Blocks of one link have one size: skip the sum while the count alone shows room.
-    if (m.len() as u64 + 1).saturating_mul(incoming.max(1)) <= cap {
-        return 0;
-    }
-    let mut held: u64 = m.values().map(|b| u64::from(b.free())).sum();
-    let mut n = 0;
-    while held + incoming > cap {
-        let Some((id, buf)) = m.pop_first() else {
-            break;
-        };
-        held -= u64::from(buf.free());
-        batch.push(Record::LinkBlockGone {
-            peer: peer.to_string(),
-            half,
-            block: id,
-        });
-        n += 1;
-    }
-    n
-}
-
-/// Spends `n` bytes from the front of a sequentially spent buffer map (link half or out-pool),
-/// oldest entry first; the caller has checked that enough is free. Returns the spans taken.
-fn take_sequential(m: &mut std::collections::BTreeMap<u64, KeyBuf>, n: u32) -> (Vec<Span>, Key) {
-    let mut spans = Vec::new();
-    let mut out = Key::zeroed(0);
-    let mut need = n;
-    for (&id, buf) in m.iter_mut() {
-        if need == 0 {
-            break;
-        }
-        let take = buf.tail_free().min(need);
-        if take == 0 {
-            continue;
-        }
-        let start = buf.tail();
-        out.extend_from(&buf.take(start, take).expect("tail range is free"));
-        spans.push(Span {
-            id,
-            start,
-            len: take,
-        });
-        need -= take;
-    }
-    (spans, out)
 }

@@ -4,10 +4,6 @@
 //! internals can change without touching it. The snapshot carries counts and byte totals,
 //! never key bytes.
 
-use std::collections::BTreeSet;
-
-use kagi_control::{Routes, Topology};
-
 use crate::manager::{KeyManager, NodeStats};
 use crate::msgs::NodeId;
 
@@ -63,14 +59,14 @@ impl KeyManager {
     pub fn km_status(&self) -> KmStatus {
         let links = self
             .links
-            .iter()
-            .map(|(peer, l)| LinkStatus {
+            .held()
+            .map(|(peer, h)| LinkStatus {
                 peer: peer.clone(),
-                peer_up: !self.down.contains(peer),
-                in_service: !self.out_of_service.contains(peer),
-                tx_bytes: l.tx.values().map(|b| u64::from(b.free())).sum(),
-                rx_bytes: l.rx.values().map(|b| u64::from(b.free())).sum(),
-                high_water: l.high_water,
+                peer_up: !self.routing.is_down(peer),
+                in_service: self.routing.in_service(peer),
+                tx_bytes: h.tx_bytes,
+                rx_bytes: h.rx_bytes,
+                high_water: h.high_water,
             })
             .collect();
         let pools = self
@@ -81,19 +77,11 @@ impl KeyManager {
             .filter(|n| n.id != self.cfg.node_id)
             .map(|n| PoolStatus {
                 peer: n.id.clone(),
-                out_bytes: self.pool_free(&n.id),
-                in_bytes: self
-                    .in_pools
-                    .get(&n.id)
-                    .map(|p| p.values().map(|b| u64::from(b.free())).sum())
-                    .unwrap_or(0),
-                relays_in_flight: self
-                    .pending_relays
-                    .values()
-                    .filter(|r| r.dest == n.id)
-                    .count() as u64,
+                out_bytes: self.pools.out_free(&n.id),
+                in_bytes: self.pools.in_bytes(&n.id),
+                relays_in_flight: self.relays.in_flight(&n.id),
                 route: self
-                    .routes
+                    .routing
                     .path(&n.id)
                     .map(<[_]>::to_vec)
                     .unwrap_or_default(),
@@ -112,31 +100,11 @@ impl KeyManager {
     /// this node stop or resume using it. Returns whether `peer` is a neighbour. Each end of a
     /// link decides for itself; an operator takes a link out at both ends.
     pub fn set_link_in_service(&mut self, peer: &str, in_service: bool) -> bool {
-        if !self.links.contains_key(peer) {
+        if !self.links.contains(peer) {
             return false;
         }
-        let changed = if in_service {
-            self.out_of_service.remove(peer)
-        } else {
-            self.out_of_service.insert(peer.to_string())
-        };
-        if changed {
-            self.recompute_routes();
-        }
+        self.routing.set_in_service(peer, in_service);
         true
-    }
-
-    /// Routes over the topology without the links this node took out of service.
-    pub(crate) fn routes_in_service(&self, down: &[String]) -> Routes {
-        if self.out_of_service.is_empty() {
-            return Routes::compute(&self.cfg.topology, &self.cfg.node_id, down);
-        }
-        let me = self.cfg.node_id.as_str();
-        let out: &BTreeSet<NodeId> = &self.out_of_service;
-        let mut topo: Topology = (*self.cfg.topology).clone();
-        topo.links
-            .retain(|l| !((l.a == me && out.contains(&l.b)) || (l.b == me && out.contains(&l.a))));
-        Routes::compute(&topo, me, down)
     }
 }
 

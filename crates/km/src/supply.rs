@@ -13,11 +13,96 @@ use kagi_keymat::Key;
 use uuid::Uuid;
 
 use crate::app::{AppCall, AppReply, DeliveredKey, Refusal, SaeId, StatusInfo};
-use crate::manager::{Action, After, KeyManager, MasterAssign, ReqId};
+use crate::manager::KeyManager;
 use crate::msgs::{AssignedKey, KeySource, NodeId, PeerMsg};
+use crate::outbox::{Action, After, ReqId, WriteId};
 use crate::record::{Counter, Record, SlaveKey};
 use crate::relay::otp_tag;
 use crate::time::Instant;
+
+/// An `enc_keys` answer waiting for every slave node to confirm its keys.
+#[derive(Debug)]
+pub(crate) struct MasterAssign {
+    pub(crate) req: ReqId,
+    pub(crate) keys: Vec<DeliveredKey>,
+    pub(crate) nodes: Vec<NodeId>,
+    pub(crate) waiting: BTreeSet<NodeId>,
+    pub(crate) msgs: BTreeMap<NodeId, PeerMsg>,
+    pub(crate) durable: bool,
+    pub(crate) deadline: Instant,
+    pub(crate) next_retry: Instant,
+}
+
+/// Supply state: assignments in progress here as master node, keys held here for slaves.
+#[derive(Debug)]
+pub(crate) struct Supply {
+    pub(crate) slave_keys: BTreeMap<Uuid, SlaveKey>,
+    pub(crate) assigns: BTreeMap<u64, MasterAssign>,
+    /// Assignments applied here as a slave node; `Some(write)` while not yet durable.
+    pub(crate) applied_assigns: BTreeMap<(NodeId, u64), Option<WriteId>>,
+    pub(crate) next_assign: u64,
+}
+
+impl Default for Supply {
+    fn default() -> Self {
+        Self {
+            slave_keys: BTreeMap::new(),
+            assigns: BTreeMap::new(),
+            applied_assigns: BTreeMap::new(),
+            next_assign: 1,
+        }
+    }
+}
+
+impl Supply {
+    /// Restores a key held for slaves (and marks its assignment applied and durable).
+    pub(crate) fn restore_slave_key(&mut self, id: Uuid, key: SlaveKey) {
+        self.applied_assigns
+            .insert((key.origin.clone(), key.assign_seq), None);
+        self.slave_keys.insert(id, key);
+    }
+
+    /// Restores the assignment counter (it only moves forward).
+    pub(crate) fn restore_counter(&mut self, next: u64) {
+        self.next_assign = self.next_assign.max(next);
+    }
+
+    /// The earliest assignment deadline or retry.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.assigns
+            .values()
+            .map(|a| {
+                if a.durable {
+                    a.deadline.min(a.next_retry)
+                } else {
+                    a.deadline
+                }
+            })
+            .min()
+    }
+
+    /// This node's spend for master assignment `seq` is durable: it may be re-sent.
+    pub(crate) fn assign_durable(&mut self, seq: u64) {
+        if let Some(a) = self.assigns.get_mut(&seq) {
+            a.durable = true;
+        }
+    }
+
+    /// The slave-side assignment `(origin, seq)` is durable: retransmissions are acked at once.
+    pub(crate) fn slave_assign_durable(&mut self, origin: NodeId, seq: u64) {
+        if let Some(w) = self.applied_assigns.get_mut(&(origin, seq)) {
+            *w = None;
+        }
+    }
+
+    /// Drops every master assignment in progress; returns their requests (to be refused).
+    pub(crate) fn drop_assigns(&mut self) -> Vec<ReqId> {
+        std::mem::take(&mut self.assigns)
+            .into_values()
+            .map(|a| a.req)
+            .collect()
+    }
+}
 
 fn bad(m: impl Into<String>) -> Refusal {
     Refusal::BadRequest(m.into())
@@ -56,7 +141,7 @@ impl KeyManager {
                 Err(r) => Err(r),
             },
         };
-        self.answer(req, reply);
+        self.out.answer(req, reply);
     }
 
     fn sae_node(&self, sae: &str) -> Option<String> {
@@ -88,7 +173,7 @@ impl KeyManager {
         } else {
             // A refill overshoots a target that is not a whole number of relay chunks; the
             // standard's count of stored keys never exceeds its maximum.
-            (self.pool_free(&target) / unit).min(max_key_count)
+            (self.pools.out_free(&target) / unit).min(max_key_count)
         };
         Ok(StatusInfo {
             source_kme_id: self.me().to_string(),
@@ -117,30 +202,11 @@ impl KeyManager {
         additional: Vec<SaeId>,
     ) -> Result<(), Refusal> {
         self.require_local(&master, "master")?;
-        let l = self.cfg.limits.clone();
-        let number = number.unwrap_or(1);
-        let size = size_bits.unwrap_or(l.key_size);
-        if number < 1 || number > l.max_key_per_request {
-            return Err(bad(format!(
-                "number shall be between 1 and {}",
-                l.max_key_per_request
-            )));
-        }
-        if !size.is_multiple_of(8) {
-            return Err(bad(Refusal::SIZE_NOT_MULTIPLE_OF_8));
-        }
-        if size < l.min_key_size || size > l.max_key_size {
-            return Err(bad(format!(
-                "size shall be between {} and {} bits",
-                l.min_key_size, l.max_key_size
-            )));
-        }
-        if additional.len() as u64 > l.max_sae_id_count {
-            return Err(bad(format!(
-                "at most {} additional_slave_SAE_IDs are allowed",
-                l.max_sae_id_count
-            )));
-        }
+        let shape = self
+            .cfg
+            .limits
+            .check_enc_keys(number, size_bits, additional.len())?;
+        let (number, size) = (shape.number, shape.size_bits);
         let mut slaves = vec![slave.clone()];
         for s in additional {
             if slaves.contains(&s) {
@@ -177,11 +243,11 @@ impl KeyManager {
             } else {
                 n * (bytes + MAC_KEY_LEN)
             };
-            if (self.pool_free(node) as usize) < need {
+            if (self.pools.out_free(node) as usize) < need {
                 self.stats.refused_no_key += 1;
                 return Err(Refusal::Unavailable(format!(
                     "not enough key material for slave KME {node} right now ({} of {} bytes ready); retry shortly",
-                    self.pool_free(node),
+                    self.pools.out_free(node),
                     need
                 )));
             }
@@ -194,7 +260,7 @@ impl KeyManager {
             let key = if primary == me {
                 self.fresh_key(bytes)
             } else {
-                let (spans, k) = self.take_pool(&primary, bytes).expect("checked");
+                let (spans, k) = self.pools.take_out(&primary, bytes).expect("checked");
                 per_node
                     .entry(primary.clone())
                     .or_default()
@@ -208,8 +274,10 @@ impl KeyManager {
                 if *node == me {
                     continue;
                 }
-                let (spans, mut material) =
-                    self.take_pool(node, MAC_KEY_LEN + bytes).expect("checked");
+                let (spans, mut material) = self
+                    .pools
+                    .take_out(node, MAC_KEY_LEN + bytes)
+                    .expect("checked");
                 let mac_key = material.take_front(MAC_KEY_LEN);
                 let mut ct = key.clone();
                 ct.xor_in_place(material.expose());
@@ -226,12 +294,12 @@ impl KeyManager {
             }
             keys.push(DeliveredKey { id, key });
         }
-        self.flush_touched(&mut batch);
-        let seq = self.next_assign;
-        self.next_assign += 1;
+        self.pools.flush_touched(&mut batch);
+        let seq = self.supply.next_assign;
+        self.supply.next_assign += 1;
         batch.push(Record::Counter {
             name: Counter::Assign,
-            next: self.next_assign,
+            next: self.supply.next_assign,
         });
         // Slaves attached to this very node: hold the keys here.
         if let Some(local) = by_node.get(&me) {
@@ -248,13 +316,13 @@ impl KeyManager {
                     id: k.id,
                     key: sk.clone(),
                 });
-                self.slave_keys.insert(k.id, sk);
+                self.supply.slave_keys.insert(k.id, sk);
             }
         }
         let remote: Vec<NodeId> = order.iter().filter(|n| **n != me).cloned().collect();
         if remote.is_empty() {
             self.stats.keys_served_master += n as u64;
-            self.store(
+            self.out.store(
                 batch,
                 vec![After::Act(Action::Answer {
                     req,
@@ -279,7 +347,7 @@ impl KeyManager {
             msgs.insert(node.clone(), msg);
         }
         let p = &self.cfg.policy;
-        self.assigns.insert(
+        self.supply.assigns.insert(
             seq,
             MasterAssign {
                 req,
@@ -292,7 +360,7 @@ impl KeyManager {
                 next_retry: now + p.assign_retry,
             },
         );
-        self.store(batch, after);
+        self.out.store(batch, after);
         Ok(())
     }
 
@@ -307,56 +375,53 @@ impl KeyManager {
         if self.sae_node(master).is_none() {
             return Err(bad(format!("unknown master SAE ID {master}")));
         }
-        if ids.is_empty() {
-            return Err(bad("key_IDs shall name at least one key"));
-        }
-        if ids.len() as u64 > self.cfg.limits.max_key_per_request {
-            return Err(bad(format!(
-                "at most {} key IDs per request",
-                self.cfg.limits.max_key_per_request
-            )));
-        }
+        self.cfg.limits.check_key_ids(ids.len())?;
         let unique: BTreeSet<&Uuid> = ids.iter().collect();
         if unique.len() != ids.len() {
             return Err(bad("a key ID is repeated in the request"));
         }
         // Unknown → 400; not a named slave of the key, or the wrong master → 401; a named slave
         // that already fetched it → 400 (the key is gone for that slave).
-        if ids.iter().any(|id| !self.slave_keys.contains_key(id)) {
+        if ids
+            .iter()
+            .any(|id| !self.supply.slave_keys.contains_key(id))
+        {
             return Err(bad(Refusal::KEYS_NOT_FOUND));
         }
         if ids.iter().any(|id| {
-            let k = &self.slave_keys[id];
+            let k = &self.supply.slave_keys[id];
             k.master != master || !k.slaves.iter().any(|s| s == slave)
         }) {
             return Err(Refusal::Unauthorized(
                 "the caller is not a slave of one or more of these keys for this master".into(),
             ));
         }
-        if ids
-            .iter()
-            .any(|id| !self.slave_keys[id].pending.iter().any(|s| s == slave))
-        {
+        if ids.iter().any(|id| {
+            !self.supply.slave_keys[id]
+                .pending
+                .iter()
+                .any(|s| s == slave)
+        }) {
             return Err(bad(Refusal::KEYS_NOT_FOUND));
         }
         let mut batch = Vec::new();
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            let k = self.slave_keys.get_mut(&id).expect("checked");
+            let k = self.supply.slave_keys.get_mut(&id).expect("checked");
             k.pending.retain(|s| s != slave);
             out.push(DeliveredKey {
                 id,
                 key: k.key.clone(),
             });
             if k.pending.is_empty() {
-                self.slave_keys.remove(&id);
+                self.supply.slave_keys.remove(&id);
                 batch.push(Record::SlaveKeyGone { id });
             } else {
                 batch.push(Record::SlaveKey { id, key: k.clone() });
             }
         }
         self.stats.keys_served_slave += out.len() as u64;
-        self.store(
+        self.out.store(
             batch,
             vec![After::Act(Action::Answer {
                 req,
@@ -378,11 +443,11 @@ impl KeyManager {
             to: origin.clone(),
             msg: PeerMsg::AssignAck { seq, ok },
         };
-        if let Some(state) = self.applied_assigns.get(&(origin.clone(), seq)) {
+        if let Some(state) = self.supply.applied_assigns.get(&(origin.clone(), seq)) {
             // A retransmission: acknowledge once the original is durable.
             match *state {
-                None => self.actions_push(ack_ok(true)),
-                Some(w) => self.hold_after(w, After::Act(ack_ok(true))),
+                None => self.out.push(ack_ok(true)),
+                Some(w) => self.out.hold_after(w, After::Act(ack_ok(true))),
             }
             return;
         }
@@ -393,22 +458,24 @@ impl KeyManager {
             && slaves
                 .iter()
                 .all(|s| self.sae_node(s).as_deref() == Some(me.as_str()))
-            && keys.iter().all(|k| !self.slave_keys.contains_key(&k.id));
+            && keys
+                .iter()
+                .all(|k| !self.supply.slave_keys.contains_key(&k.id));
         if !valid {
-            self.actions_push(ack_ok(false));
+            self.out.push(ack_ok(false));
             return;
         }
         let mut batch = Vec::new();
         let mut got: Vec<(Uuid, Key)> = Vec::new();
         for k in &keys {
             let key = match &k.source {
-                KeySource::Pool(spans) => self.take_in_pool(&origin, spans),
+                KeySource::Pool(spans) => self.pools.take_in(&origin, spans),
                 KeySource::Otp { pad, ct, tag } => {
                     let total: u64 = pad.iter().map(|s| u64::from(s.len)).sum();
                     if total != (MAC_KEY_LEN + ct.len()) as u64 {
                         None
                     } else {
-                        self.take_in_pool(&origin, pad).and_then(|mut m| {
+                        self.pools.take_in(&origin, pad).and_then(|mut m| {
                             let mac_key = m.take_front(MAC_KEY_LEN);
                             if !otp_tag(&mac_key, &k.id, ct).ct_eq(tag) {
                                 self.stats.bad_tags += 1;
@@ -425,11 +492,11 @@ impl KeyManager {
                 Some(key) => got.push((k.id, key)),
                 None => {
                     // Whatever was spent stays spent; the assignment is refused as a whole.
-                    self.flush_touched(&mut batch);
+                    self.pools.flush_touched(&mut batch);
                     if !batch.is_empty() {
-                        self.store(batch, vec![After::Act(ack_ok(false))]);
+                        self.out.store(batch, vec![After::Act(ack_ok(false))]);
                     } else {
-                        self.actions_push(ack_ok(false));
+                        self.out.push(ack_ok(false));
                     }
                     return;
                 }
@@ -448,13 +515,14 @@ impl KeyManager {
                 id,
                 key: sk.clone(),
             });
-            self.slave_keys.insert(id, sk);
+            self.supply.slave_keys.insert(id, sk);
         }
-        self.flush_touched(&mut batch);
-        let next_w = self.peek_write();
-        self.applied_assigns
+        self.pools.flush_touched(&mut batch);
+        let next_w = self.out.peek_write();
+        self.supply
+            .applied_assigns
             .insert((origin.clone(), seq), Some(next_w));
-        self.store(
+        self.out.store(
             batch,
             vec![
                 After::SlaveAssignDurable(origin.clone(), seq),
@@ -464,7 +532,7 @@ impl KeyManager {
     }
 
     pub(crate) fn on_assign_ack(&mut self, from: NodeId, seq: u64, ok: bool) {
-        let Some(a) = self.assigns.get_mut(&seq) else {
+        let Some(a) = self.supply.assigns.get_mut(&seq) else {
             return;
         };
         if !a.waiting.contains(&from) || !a.durable {
@@ -476,38 +544,39 @@ impl KeyManager {
         }
         a.waiting.remove(&from);
         if a.waiting.is_empty() {
-            let a = self.assigns.remove(&seq).expect("present");
+            let a = self.supply.assigns.remove(&seq).expect("present");
             self.stats.keys_served_master += a.keys.len() as u64;
             // Every slave node holds the keys durably and this node's spend is durable: the
             // master may have them. (Nothing more to persist: at this node the keys exist only
             // in the answer.)
-            self.answer(a.req, Ok(AppReply::Keys(a.keys)));
+            self.out.answer(a.req, Ok(AppReply::Keys(a.keys)));
         }
     }
 
     fn fail_assign(&mut self, seq: u64, why: String) {
-        let Some(a) = self.assigns.remove(&seq) else {
+        let Some(a) = self.supply.assigns.remove(&seq) else {
             return;
         };
         for n in &a.nodes {
-            self.send(n.clone(), PeerMsg::Revoke { seq });
+            self.out.send(n.clone(), PeerMsg::Revoke { seq });
         }
         // Local slave copies of these keys go too.
         let ids: Vec<Uuid> = a.keys.iter().map(|k| k.id).collect();
         let mut batch = Vec::new();
         for id in ids {
-            if self.slave_keys.remove(&id).is_some() {
+            if self.supply.slave_keys.remove(&id).is_some() {
                 batch.push(Record::SlaveKeyGone { id });
             }
         }
         if !batch.is_empty() {
-            self.store(batch, vec![]);
+            self.out.store(batch, vec![]);
         }
-        self.answer(a.req, Err(Refusal::Unavailable(why)));
+        self.out.answer(a.req, Err(Refusal::Unavailable(why)));
     }
 
     pub(crate) fn on_revoke(&mut self, origin: NodeId, seq: u64) {
         let ids: Vec<Uuid> = self
+            .supply
             .slave_keys
             .iter()
             .filter(|(_, k)| k.origin == origin && k.assign_seq == seq)
@@ -518,14 +587,15 @@ impl KeyManager {
         }
         let mut batch = Vec::new();
         for id in ids {
-            self.slave_keys.remove(&id);
+            self.supply.slave_keys.remove(&id);
             batch.push(Record::SlaveKeyGone { id });
         }
-        self.store(batch, vec![]);
+        self.out.store(batch, vec![]);
     }
 
     pub(crate) fn expire_assigns(&mut self, now: Instant) {
         let expired: Vec<u64> = self
+            .supply
             .assigns
             .iter()
             .filter(|(_, a)| a.deadline <= now)
@@ -539,7 +609,7 @@ impl KeyManager {
         }
         let retry = self.cfg.policy.assign_retry;
         let mut resend = Vec::new();
-        for a in self.assigns.values_mut() {
+        for a in self.supply.assigns.values_mut() {
             if a.durable && a.next_retry <= now {
                 a.next_retry = now + retry;
                 for n in &a.waiting {
@@ -548,7 +618,7 @@ impl KeyManager {
             }
         }
         for (to, msg) in resend {
-            self.send(to, msg);
+            self.out.send(to, msg);
         }
     }
 }

@@ -34,6 +34,75 @@ pub struct NodeConfig {
     /// Management listener (roles, metrics); off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub management: Option<ManagementConfig>,
+    /// ETSI GS QKD 004 key streams (`[etsi004]`); off when absent. See [`crate::etsi004`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etsi004: Option<Etsi004Config>,
+}
+
+/// The ETSI GS QKD 004 listener and the bounds on what its callers may hold.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Etsi004Config {
+    /// Where to listen, e.g. `127.0.0.1:9004` (TLS 1.3, SAE client certificates).
+    pub listen: String,
+    /// Most key streams one SAE may have open at this node.
+    #[serde(default = "Etsi004Config::default_streams_per_sae")]
+    pub max_streams_per_sae: usize,
+    /// Most key streams this node tracks in all (its own callers' and its peers').
+    #[serde(default = "Etsi004Config::default_streams")]
+    pub max_streams: usize,
+    /// Most GET_KEY calls one SAE may have waiting at once.
+    #[serde(default = "Etsi004Config::default_waiting")]
+    pub max_waiting_per_sae: usize,
+    /// Largest `key_chunk_size` (bytes).
+    #[serde(default = "Etsi004Config::default_chunk")]
+    pub max_chunk_bytes: u32,
+    /// Longest GET_KEY `timeout` (milliseconds).
+    #[serde(default = "Etsi004Config::default_timeout")]
+    pub max_timeout_ms: u32,
+    /// Longest stream `TTL` (seconds).
+    #[serde(default = "Etsi004Config::default_ttl")]
+    pub max_ttl_s: u32,
+    /// How many chunks one side of a stream may run ahead of the other (key held in memory).
+    #[serde(default = "Etsi004Config::default_window")]
+    pub window: u32,
+}
+
+impl Etsi004Config {
+    /// Defaults for a listener at `listen`.
+    pub fn new(listen: impl Into<String>) -> Self {
+        Self {
+            listen: listen.into(),
+            max_streams_per_sae: Self::default_streams_per_sae(),
+            max_streams: Self::default_streams(),
+            max_waiting_per_sae: Self::default_waiting(),
+            max_chunk_bytes: Self::default_chunk(),
+            max_timeout_ms: Self::default_timeout(),
+            max_ttl_s: Self::default_ttl(),
+            window: Self::default_window(),
+        }
+    }
+    fn default_streams_per_sae() -> usize {
+        16
+    }
+    fn default_streams() -> usize {
+        4096
+    }
+    fn default_waiting() -> usize {
+        8
+    }
+    fn default_chunk() -> u32 {
+        1024
+    }
+    fn default_timeout() -> u32 {
+        10_000
+    }
+    fn default_ttl() -> u32 {
+        86_400
+    }
+    fn default_window() -> u32 {
+        64
+    }
 }
 
 /// The management listener: mutual TLS with role certificates, JSON API and `/metrics`.
@@ -68,19 +137,14 @@ pub struct TlsConfig {
 }
 
 /// ETSI GS QKD 014 limits and SAE identity mapping.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Etsi014Config {
-    /// Default key size in bits.
-    pub key_size: u64,
-    /// Smallest key size in bits.
-    pub min_key_size: u64,
-    /// Largest key size in bits.
-    pub max_key_size: u64,
-    /// Most keys per request.
-    pub max_key_per_request: u64,
-    /// Most additional slaves per request (0 disables multicast).
-    pub max_sae_id_count: u64,
+    /// The key manager core's limits (`key_size`, `min_key_size`, `max_key_size`,
+    /// `max_key_per_request`, `max_sae_id_count`), written directly in `[etsi014]`. The core
+    /// defines and enforces them; the adapter only parses.
+    #[serde(flatten)]
+    pub limits: kagi_km::Limits,
     /// Certificate subject CN → SAE ID. A CN absent here maps to itself unless
     /// `strict_sae_map` is set.
     pub sae_map: std::collections::BTreeMap<String, String>,
@@ -91,21 +155,6 @@ pub struct Etsi014Config {
     /// TLS 1.2 clients). Off by default so that deployed encryptors that speak only classical
     /// TLS keep working; node-to-node and vault traffic always require it.
     pub require_pq: bool,
-}
-
-impl Default for Etsi014Config {
-    fn default() -> Self {
-        Self {
-            key_size: 256,
-            min_key_size: 64,
-            max_key_size: 8192,
-            max_key_per_request: 1024,
-            max_sae_id_count: 8,
-            sae_map: Default::default(),
-            strict_sae_map: false,
-            require_pq: false,
-        }
-    }
 }
 
 /// End-to-end key pool policy, per destination node.
@@ -152,11 +201,56 @@ impl NodeConfig {
                 *p = base.join(&*p);
             }
         }
+        cfg.etsi014
+            .limits
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{}: [etsi014]: {e}", path.display()))?;
         if let Some(p) = cfg.store.seal.key_file.as_mut() {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
         Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etsi014_limits_are_the_cores_and_written_flat() {
+        let e: Etsi014Config =
+            toml::from_str("key_size = 512\nmax_key_per_request = 8\nrequire_pq = true").unwrap();
+        assert_eq!(e.limits.key_size, 512);
+        assert_eq!(e.limits.max_key_per_request, 8);
+        assert_eq!(
+            e.limits.min_key_size,
+            kagi_km::Limits::default().min_key_size
+        );
+        assert!(e.require_pq);
+        e.limits.validate().unwrap();
+        // Unknown keys are still refused, next to the flattened limits.
+        let err = toml::from_str::<Etsi014Config>("key_size = 512\nkey_sise = 8").unwrap_err();
+        assert!(err.to_string().contains("key_sise"), "{err}");
+        // Negative or huge values: a clear error, never a panic.
+        let err = toml::from_str::<Etsi014Config>("max_key_per_request = -1").unwrap_err();
+        assert!(err.to_string().contains("-1"), "{err}");
+        let huge: Etsi014Config = toml::from_str("max_key_per_request = 9000000000").unwrap();
+        let err = huge.limits.validate().unwrap_err().to_string();
+        assert!(err.contains("max_key_per_request"), "{err}");
+        let odd: Etsi014Config = toml::from_str("key_size = 100").unwrap();
+        assert!(odd
+            .limits
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("multiple of 8"));
+        let inverted: Etsi014Config = toml::from_str("min_key_size = 512\nkey_size = 256").unwrap();
+        assert!(inverted.limits.validate().is_err());
+        // What `kagi up` writes reads back.
+        let text = toml::to_string(&Etsi014Config::default()).unwrap();
+        let back: Etsi014Config = toml::from_str(&text).unwrap();
+        assert_eq!(back.limits, kagi_km::Limits::default());
     }
 }

@@ -14,10 +14,26 @@ use crate::peer::Peers;
 use crate::service::KeyService;
 use crate::store::{writer_loop, SqliteStore, StoreError};
 
+/// Wait before restarting the core after a storage fault, doubled on each fault in a row.
+const FIRST_RESTART_DELAY: Duration = Duration::from_millis(200);
+/// Longest wait between restarts while the store keeps failing.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(10);
+
+/// The channel to the store writer.
+type StoreTx = std::sync::mpsc::Sender<(kagi_km::WriteId, Vec<kagi_km::Record>)>;
+
 /// What the driver's inbox carries.
 pub enum DriverMsg {
     /// An input for the core.
     Input(Input),
+    /// A store acknowledgement from the writer of core `generation` (dropped when that core has
+    /// since been restarted).
+    Stored {
+        /// Which core's writer.
+        generation: u64,
+        /// The acknowledgement.
+        input: Input,
+    },
     /// An application call and where to send its answer.
     App(AppCall, oneshot::Sender<Result<AppReply, Refusal>>),
     /// A request for the core's counters.
@@ -160,6 +176,24 @@ impl Driver {
         SqliteStore::open_sealed(&self.db_path, self.sync, self.sealer.clone())
     }
 
+    /// Starts a store writer thread whose acknowledgements carry `generation`.
+    fn spawn_writer(
+        &self,
+        store: SqliteStore,
+        generation: u64,
+    ) -> std::io::Result<(StoreTx, std::thread::JoinHandle<()>)> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let inbox = self.inbox_tx.clone();
+        let writer = std::thread::Builder::new()
+            .name("kagi-store".into())
+            .spawn(move || {
+                writer_loop(store, rx, move |input| {
+                    let _ = inbox.send(DriverMsg::Stored { generation, input });
+                })
+            })?;
+        Ok((tx, writer))
+    }
+
     /// Runs the core until `shutdown` resolves.
     pub async fn run(
         mut self,
@@ -168,17 +202,13 @@ impl Driver {
     ) -> anyhow::Result<()> {
         let origin = std::time::Instant::now();
         let now = move || kagi_km::Instant(origin.elapsed().as_nanos() as u64);
-        let (store_tx, store_rx) = std::sync::mpsc::channel();
         let store = self.open_store()?;
         let snap = store.snapshot()?;
-        let inbox = self.inbox_tx.clone();
-        let writer = std::thread::Builder::new()
-            .name("kagi-store".into())
-            .spawn(move || {
-                writer_loop(store, store_rx, move |i| {
-                    let _ = inbox.send(DriverMsg::Input(i));
-                })
-            })?;
+        // Each core gets its own writer; acknowledgements carry the generation, so a restarted
+        // core never sees those meant for the one before it.
+        let mut generation = 0;
+        let (mut store_tx, mut writer) = self.spawn_writer(store, generation)?;
+        let mut restart_delay = FIRST_RESTART_DELAY;
         let mut hooks = Hooks {
             ops: self.ops.clone(),
             stores: BTreeMap::new(),
@@ -212,14 +242,27 @@ impl Driver {
             flush(&mut km, &peers, &store_tx, &mut waiting, &mut hooks);
             if km.is_fenced() {
                 // Restart the core from what the store acknowledged.
-                tracing::error!("storage fault: restarting the key manager from the store");
+                tracing::error!(
+                    retry_in_ms = restart_delay.as_millis() as u64,
+                    "storage fault: restarting the key manager from the store"
+                );
                 for (_, w) in std::mem::take(&mut waiting) {
                     let _ = w.tx.send(Err(Refusal::Unavailable(
                         "key manager restarted after a storage fault; retry".into(),
                     )));
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let snap = self.open_store()?.snapshot()?;
+                // The writer fails whatever the fenced core still queued and ends: the snapshot
+                // below is then exactly what was acknowledged, and nothing lands after it.
+                drop(store_tx);
+                let old = writer;
+                let _ = tokio::task::spawn_blocking(move || old.join()).await;
+                tokio::time::sleep(restart_delay).await;
+                // A disk that stays full fails again at once: back off instead of spinning.
+                restart_delay = (restart_delay * 2).min(MAX_RESTART_DELAY);
+                generation += 1;
+                let store = self.open_store()?;
+                let snap = store.snapshot()?;
+                (store_tx, writer) = self.spawn_writer(store, generation)?;
                 km = KeyManager::restore(self.cfg.clone(), snap, os_seed(), now());
                 hooks.stores.clear();
                 hooks.reapply(&mut km);
@@ -241,11 +284,18 @@ impl Driver {
                 msg = self.inbox_rx.recv() => {
                     let Some(msg) = msg else { break };
                     let t = now();
-                    deliver(&mut km, t, msg, &mut waiting, &mut next_req, &mut hooks);
+                    let mut ctx = Ctx {
+                        waiting: &mut waiting,
+                        next_req: &mut next_req,
+                        hooks: &mut hooks,
+                        generation,
+                        restart_delay: &mut restart_delay,
+                    };
+                    deliver(&mut km, t, msg, &mut ctx);
                     // Take whatever else is queued before draining actions.
                     for _ in 0..1024 {
                         match self.inbox_rx.try_recv() {
-                            Ok(m) => deliver(&mut km, t, m, &mut waiting, &mut next_req, &mut hooks),
+                            Ok(m) => deliver(&mut km, t, m, &mut ctx),
                             Err(_) => break,
                         }
                     }
@@ -365,18 +415,34 @@ impl Hooks {
     }
 }
 
-fn deliver(
-    km: &mut KeyManager,
-    now: kagi_km::Instant,
-    msg: DriverMsg,
-    waiting: &mut BTreeMap<ReqId, Waiting>,
-    next_req: &mut ReqId,
-    hooks: &mut Hooks,
-) {
+/// The driver's state that [`deliver`] touches.
+struct Ctx<'a> {
+    waiting: &'a mut BTreeMap<ReqId, Waiting>,
+    next_req: &'a mut ReqId,
+    hooks: &'a mut Hooks,
+    /// The running core's generation.
+    generation: u64,
+    /// Reset once the running core's writes succeed again.
+    restart_delay: &'a mut Duration,
+}
+
+fn deliver(km: &mut KeyManager, now: kagi_km::Instant, msg: DriverMsg, ctx: &mut Ctx<'_>) {
+    let (waiting, next_req, hooks) = (&mut *ctx.waiting, &mut *ctx.next_req, &mut *ctx.hooks);
     match msg {
         DriverMsg::Input(i) => {
             hooks.observe(&i);
             km.handle(now, i)
+        }
+        DriverMsg::Stored { generation, input } => {
+            // An earlier core's writer: its acknowledgements would fence this core.
+            if generation != ctx.generation {
+                return;
+            }
+            if matches!(input, Input::Stored { ok: true, .. }) {
+                *ctx.restart_delay = FIRST_RESTART_DELAY;
+            }
+            hooks.observe(&input);
+            km.handle(now, input)
         }
         DriverMsg::Status(tx) => {
             let _ = tx.send(km.km_status());
@@ -417,7 +483,7 @@ fn deliver(
 fn flush(
     km: &mut KeyManager,
     peers: &Peers,
-    store: &std::sync::mpsc::Sender<(kagi_km::WriteId, Vec<kagi_km::Record>)>,
+    store: &StoreTx,
     waiting: &mut BTreeMap<ReqId, Waiting>,
     hooks: &mut Hooks,
 ) {
@@ -454,13 +520,7 @@ pub fn km_config(cfg: &crate::config::NodeConfig, topo: Arc<kagi_control::Topolo
     KmConfig {
         node_id: cfg.node_id.clone(),
         topology: topo,
-        limits: kagi_km::Limits {
-            key_size: e.key_size,
-            min_key_size: e.min_key_size,
-            max_key_size: e.max_key_size,
-            max_key_per_request: e.max_key_per_request,
-            max_sae_id_count: e.max_sae_id_count,
-        },
+        limits: e.limits.clone(),
         policy: kagi_km::Policy {
             pool_target_bytes: p.target_bytes,
             pool_low_water: p.low_water,

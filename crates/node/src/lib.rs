@@ -1,5 +1,5 @@
 //! Runtime adapters around kagi's key manager core (`kagi-km`): the tokio driver, mutual TLS,
-//! the ETSI GS QKD 014 HTTP server, the SQLite store, peer connections and simulated link sources.
+//! the ETSI GS QKD 014 HTTP server, ETSI GS QKD 004 key streams, Cisco SKIP, the SQLite store, peer connections and simulated link sources.
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod dash;
 pub mod driver;
+pub mod etsi004;
 pub mod etsi014;
 pub mod link_source;
 pub mod loopback;

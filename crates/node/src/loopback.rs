@@ -63,6 +63,7 @@ pub fn prepare(
             pool: Default::default(),
             store: Default::default(),
             skip_addr: None,
+            etsi004: None,
             management: None,
         };
         tune(&mut cfg);

@@ -2,8 +2,9 @@
 //! outbound connection per peer for what this node sends and inbound connections for what it
 //! receives. Frames are a 4-byte big-endian length, a kind byte and the payload: a
 //! postcard-encoded [`PeerMsg`] for the key manager core, a photon link's post-processing
-//! message (authenticated by the link protocol itself), which bypasses the core, or a signed audit
-//! checkpoint for the receiving node to witness ([`crate::audit::witness`]).
+//! message (authenticated by the link protocol itself), a signed audit checkpoint for the
+//! receiving node to witness ([`crate::audit::witness`]), or an ETSI 004 key-stream message
+//! (which chunk of a stream is which key ID; no key bytes); all but the first bypass the core.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,9 +26,12 @@ use crate::tls;
 const QUEUE: usize = 4096;
 /// Largest photon-link frame (a block's sifting message carries every detection).
 pub const MAX_LINK_FRAME: usize = 256 << 20;
+/// Largest ETSI 004 key-stream frame (a stream message names SAEs, a stream and a key ID).
+pub const MAX_STREAM_FRAME: usize = 1024;
 const KIND_CORE: u8 = 0;
 const KIND_LINK: u8 = 1;
 const KIND_AUDIT: u8 = 2;
+const KIND_STREAM: u8 = 3;
 
 /// What goes to a peer.
 pub enum Outgoing {
@@ -37,6 +41,8 @@ pub enum Outgoing {
     Link(Vec<u8>),
     /// An audit checkpoint for the peer to witness.
     Audit(Vec<u8>),
+    /// An ETSI 004 key-stream message (see [`crate::etsi004`]).
+    Stream(Vec<u8>),
 }
 
 impl Outgoing {
@@ -45,12 +51,17 @@ impl Outgoing {
             Outgoing::Core(m) => (KIND_CORE, m.encode()),
             Outgoing::Link(b) => (KIND_LINK, b),
             Outgoing::Audit(b) => (KIND_AUDIT, b),
+            Outgoing::Stream(b) => (KIND_STREAM, b),
         }
     }
 }
 
 /// Where inbound photon-link frames go, per peer.
 pub type LinkInboxes = Arc<BTreeMap<String, mpsc::Sender<Vec<u8>>>>;
+
+/// Where inbound ETSI 004 key-stream frames go, with the sending node's ID. Full: the frame is
+/// dropped (stream messages are re-sent by whoever waits for an answer).
+pub type StreamInbox = Option<mpsc::Sender<(String, Vec<u8>)>>;
 
 /// Senders to every peer's outbound task.
 #[derive(Clone)]
@@ -95,6 +106,12 @@ impl Peers {
     /// Queues an audit checkpoint frame for `to` to witness (dropped like core messages).
     pub fn send_audit(&self, to: &str, frame: Vec<u8>) {
         self.queue(to, Outgoing::Audit(frame));
+    }
+
+    /// Queues an ETSI 004 key-stream frame for `to` (dropped like core messages; the waiting
+    /// side re-sends).
+    pub fn send_stream(&self, to: &str, frame: Vec<u8>) {
+        self.queue(to, Outgoing::Stream(frame));
     }
 
     fn queue(&self, to: &str, msg: Outgoing) {
@@ -208,20 +225,23 @@ async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
     w.write_all(&bytes).await
 }
 
-/// Accepts inbound peer connections and feeds their messages to the driver (core messages)
-/// or to the photon link of the sending peer (link frames).
+/// Accepts inbound peer connections and feeds their messages to the driver (core messages),
+/// to the photon link of the sending peer (link frames) or to the ETSI 004 server (stream
+/// frames).
 ///
 /// Connections count against `admission` (pending handshakes evicted oldest-first, a few
 /// authenticated connections per node). A frame's body is read as it arrives, so a length prefix
 /// alone never makes the node allocate; lengths above the limit of the frame's kind close the
 /// connection. Queues to the driver and to photon links apply back-pressure to the sender's TCP
 /// connection instead of growing.
+#[allow(clippy::too_many_arguments)] // one destination per frame kind, plus the listener's own
 pub async fn accept_loop(
     listener: TcpListener,
     server: Arc<rustls::ServerConfig>,
     known: Arc<Vec<String>>,
     inbox: mpsc::UnboundedSender<crate::driver::DriverMsg>,
     links: LinkInboxes,
+    streams: StreamInbox,
     admission: Admission,
     witness: Option<Arc<crate::audit::witness::Witness>>,
 ) {
@@ -232,6 +252,7 @@ pub async fn accept_loop(
         let known = known.clone();
         let inbox = inbox.clone();
         let links = links.clone();
+        let streams = streams.clone();
         let admission = admission.clone();
         let witness = witness.clone();
         tokio::spawn(async move {
@@ -280,6 +301,22 @@ pub async fn accept_loop(
                             w.receive(&from, &buf);
                         }
                         None => tracing::debug!(%from, "audit checkpoint with no witness; dropped"),
+                    }
+                    continue;
+                }
+                if kind == KIND_STREAM {
+                    match &streams {
+                        Some(tx) => {
+                            if tx
+                                .try_send((from.clone(), std::mem::take(&mut buf)))
+                                .is_err()
+                            {
+                                tracing::debug!(%from, "ETSI 004 stream inbox full; frame dropped");
+                            }
+                        }
+                        None => {
+                            tracing::debug!(%from, "ETSI 004 stream frame but no ETSI 004 server; dropped")
+                        }
                     }
                     continue;
                 }
@@ -336,6 +373,7 @@ pub fn frame_limit(kind: u8) -> Option<usize> {
         KIND_CORE => Some(MAX_MSG_LEN),
         KIND_LINK => Some(MAX_LINK_FRAME),
         KIND_AUDIT => Some(crate::audit::witness::MAX_FRAME),
+        KIND_STREAM => Some(MAX_STREAM_FRAME),
         _ => None,
     }
 }

@@ -85,6 +85,9 @@ pub async fn run_node(
             photon.push((pc, rx));
         }
     }
+    // ETSI 004 stream messages from other nodes; a few hundred queued, the rest dropped (the
+    // waiting side re-sends).
+    let (stream_tx, stream_rx) = mpsc::channel(256);
     // Aborted at shutdown so the port is free for a restart in the same process.
     let peer_accept = tokio::spawn(accept_loop(
         peer_listener,
@@ -92,6 +95,7 @@ pub async fn run_node(
         known,
         inbox.clone(),
         Arc::new(link_inboxes),
+        cfg.etsi004.is_some().then_some(stream_tx),
         Admission::new("peer", Limits::PEERS),
         Some(Arc::new(crate::audit::witness::Witness::new(trail.clone()))),
     ));
@@ -223,7 +227,40 @@ pub async fn run_node(
         }
         None => None,
     };
-    tracing::info!(node = %me.id, etsi014 = %etsi_addr, peers = %peer_addr, skip = ?cfg.skip_addr, "kagi node up");
+    // ETSI GS QKD 004 key streams, when configured: the same key service again.
+    let etsi004 = match &cfg.etsi004 {
+        Some(c) => {
+            let l = TcpListener::bind(&c.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("bind ETSI 004 {}: {e}", c.listen))?;
+            let streams = crate::etsi004::Streams::new(
+                me.id.clone(),
+                topo.clone(),
+                c.clone(),
+                handle.clone(),
+                peers.clone(),
+            );
+            let mut sd = sd_rx.clone();
+            Some(tokio::spawn(crate::etsi004::serve(
+                l,
+                if cfg.etsi014.require_pq {
+                    tls::etsi_server_config_pq_only(&cfg.tls)?
+                } else {
+                    tls::etsi_server_config(&cfg.tls)?
+                },
+                cfg.etsi014.clone(),
+                topo.clone(),
+                streams,
+                stream_rx,
+                Admission::new("etsi004", Limits::APPLICATIONS),
+                async move {
+                    let _ = sd.wait_for(|v| *v).await;
+                },
+            )))
+        }
+        None => None,
+    };
+    tracing::info!(node = %me.id, etsi014 = %etsi_addr, peers = %peer_addr, skip = ?cfg.skip_addr, etsi004 = ?cfg.etsi004.as_ref().map(|c| &c.listen), "kagi node up");
     trail.record(Event::node(
         "node.start",
         &me.id,
@@ -262,6 +299,9 @@ pub async fn run_node(
     let _ = tokio::time::timeout(Duration::from_secs(2), etsi).await;
     if let Some(skip) = skip {
         let _ = tokio::time::timeout(Duration::from_secs(2), skip).await;
+    }
+    if let Some(e) = etsi004 {
+        let _ = tokio::time::timeout(Duration::from_secs(2), e).await;
     }
     if let Some(m) = mgmt {
         let _ = tokio::time::timeout(Duration::from_secs(2), m).await;

@@ -257,12 +257,18 @@ fn unix_now() -> i64 {
 /// many as are waiting in one transaction, and reports each as [`Input::Stored`] in order.
 /// After writes it truncates the WAL when the queue is empty (at most every 250 ms under
 /// constant load), and once more when the loop ends.
+///
+/// After a failed write nothing more is written: every later batch is reported failed until `rx`
+/// closes. The core that emitted them is fenced and will be restarted from this store; a later
+/// batch written without the failed one would leave a state no core ever held (a `dec_keys`
+/// spend whose reply was never given, for one).
 pub fn writer_loop(
     mut store: SqliteStore,
     rx: mpsc::Receiver<(WriteId, Vec<Record>)>,
     done: impl Fn(Input),
 ) {
     let mut dirty = false;
+    let mut failed = false;
     let mut last_checkpoint = Instant::now();
     loop {
         let first = if dirty {
@@ -288,13 +294,15 @@ pub fn writer_loop(
             }
         }
         let refs: Vec<&[Record]> = group.iter().map(|(_, b)| b.as_slice()).collect();
-        let ok = match store.write(&refs) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, "store write failed");
-                false
-            }
-        };
+        let ok = !failed
+            && match store.write(&refs) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "store write failed; writing nothing more until the key manager restarts");
+                    false
+                }
+            };
+        failed |= !ok;
         dirty = true;
         for (write, _) in group {
             done(Input::Stored { write, ok });
@@ -369,6 +377,52 @@ mod tests {
                 next: 9
             }]
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn nothing_is_written_after_a_failed_write() {
+        let dir = crate::loopback::scratch_dir("store-fail").unwrap();
+        let path = dir.join("t.db");
+        let store = open(&path);
+        let poison = Record::PendingRelay {
+            seq: 3,
+            dest: "b".into(),
+            key: kagi_keymat::Key::from_slice(&[7; 32]),
+        };
+        // This one record cannot be written (as if the disk were full just then).
+        let (kind, k) = poison.entity();
+        store
+            .conn
+            .execute_batch(&format!(
+                "CREATE TEMP TRIGGER full BEFORE INSERT ON records WHEN NEW.kind = '{kind}' \
+                 AND NEW.k = '{k}' BEGIN SELECT RAISE(ABORT, 'disk full'); END;"
+            ))
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            writer_loop(store, rx, move |i| {
+                if let Input::Stored { write, ok } = i {
+                    done_tx.send((write, ok)).unwrap();
+                }
+            })
+        });
+        let counter = |next| Record::Counter {
+            name: Counter::Relay,
+            next,
+        };
+        // One batch at a time, so each is its own transaction.
+        let mut acks = Vec::new();
+        for (write, batch) in [(1, counter(5)), (2, poison), (3, counter(9))] {
+            tx.send((write, vec![batch])).unwrap();
+            acks.push(done_rx.recv().unwrap());
+        }
+        drop(tx);
+        writer.join().unwrap();
+        assert_eq!(acks, vec![(1, true), (2, false), (3, false)]);
+        let snap = open(&path).snapshot().unwrap();
+        assert_eq!(snap.records, vec![counter(5)], "batch 3 was written");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -74,8 +74,10 @@ impl KeyService for Mem {
                 size_bits,
                 additional_slaves,
             } => {
-                let n = number.unwrap_or(1);
-                let size = size_bits.unwrap_or(256);
+                // The numbers are judged by the core's own rules (`Limits`), as the real core does.
+                let shape =
+                    test_limits().check_enc_keys(number, size_bits, additional_slaves.len())?;
+                let (n, size) = (shape.number, shape.size_bits);
                 if st.pool < n {
                     return Err(Refusal::Unavailable(format!(
                         "not enough key material for {master} -> {slave}: {} keys ready",
@@ -103,6 +105,7 @@ impl KeyService for Mem {
                 master,
                 key_ids,
             } => {
+                test_limits().check_key_ids(key_ids.len())?;
                 for id in &key_ids {
                     let Some((m, slaves, _)) = st.keys.get(id) else {
                         return Err(Refusal::BadRequest(Refusal::KEYS_NOT_FOUND.into()));
@@ -177,13 +180,20 @@ fn topology() -> Topology {
     }
 }
 
-fn params() -> Etsi014Config {
-    let mut p = Etsi014Config {
+/// The limits of the KME under test; the in-memory core enforces them with the real core's rules.
+fn test_limits() -> kagi_km::Limits {
+    kagi_km::Limits {
         key_size: 256,
         min_key_size: 64,
         max_key_size: 1024,
         max_key_per_request: 16,
         max_sae_id_count: 2,
+    }
+}
+
+fn params() -> Etsi014Config {
+    let mut p = Etsi014Config {
+        limits: test_limits(),
         ..Default::default()
     };
     // A certificate whose CN is not an SAE ID but is mapped to one.
@@ -581,8 +591,10 @@ async fn limits_give_400_with_clear_messages() {
         400,
     )
     .await;
-    // None of the refused requests reached the key manager.
-    assert_eq!(net.mem.calls(), 0);
+    // Unknown IDs never reach the key manager; the seven out-of-range requests do, because the
+    // core owns the limits (`kagi_km::Limits`), and it refused them without handing out a key.
+    assert_eq!(net.mem.calls(), 7);
+    assert_eq!(net.mem.0.lock().unwrap().pool, 1000);
 }
 
 #[tokio::test]
@@ -815,10 +827,15 @@ async fn hostile_input_gets_a_clear_4xx_and_never_reaches_the_key_manager() {
         let r = send(&a, m, target, if m == "POST" { Some(b"{}") } else { None }).await;
         assert_eq!(r.status, 400, "{m} {target}: {:?}", r.json());
     }
-    assert_eq!(
-        net.mem.calls(),
-        0,
-        "nothing hostile reached the key manager"
+    // Nothing malformed reached the key manager; only the two key-ID counts out of range
+    // (none, 17) did, since the core owns that limit, and it refused them.
+    let calls = net.mem.0.lock().unwrap().calls.clone();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(
+        calls
+            .iter()
+            .all(|c| matches!(c, AppCall::DecKeys { key_ids, .. } if key_ids.is_empty() || key_ids.len() > 16)),
+        "{calls:?}"
     );
     // The server is still fine.
     assert_eq!(a.status("sae-b").await.unwrap().slave_sae_id, "sae-b");

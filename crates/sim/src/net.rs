@@ -6,8 +6,9 @@
 //!   connections would report them.
 //! * Store: a virtual store per node that keeps only what was written. Writes complete in order;
 //!   a write may fail (`Stored { ok: false }`), which fences the core; nothing after a failed
-//!   write is written, and the node restarts from what the store holds after
-//!   [`Faults::restart_delay`], as the node's driver does.
+//!   write is written (as `kagi_node::store::writer_loop`), and the node restarts from what the
+//!   store holds after [`Faults::restart_delay`] (as the node's driver, which also drops the old
+//!   writer's acknowledgements).
 //! * Crashes: [`Sim::crash`] (each in-flight batch may or may not have reached the disk, as a
 //!   prefix), [`Sim::power_loss`] (no in-flight batch survives; acknowledged ones do, under
 //!   `synchronous = FULL`), and [`Sim::crash_after_actions`] (a crash at any action boundary, for

@@ -173,7 +173,7 @@ async fn etsi_once(
     topo.rate_multiplier = a.rate_multiplier;
     let sync = a.sync.into();
     let cfgs = kagi_node::loopback::prepare(&dir, &mut topo, |c| {
-        c.etsi014.max_key_per_request = 4096;
+        c.etsi014.limits.max_key_per_request = 4096;
         c.pool = PoolConfig {
             target_bytes: 4 << 20,
             relay_chunk_bytes: 4096,

@@ -122,6 +122,9 @@ pub struct NetworkNode {
     /// Cisco SKIP endpoint (TLS 1.3, SAE client certificates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_url: Option<String>,
+    /// ETSI GS QKD 004 key streams (`POST /etsi004/v2/...`, SAE client certificates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etsi004_url: Option<String>,
 }
 
 /// An SAE in `network.json`.
@@ -320,6 +323,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             pool: PoolConfig::default(),
             store: Default::default(),
             skip_addr: None,
+            etsi004: None,
             management: Some(kagi_node::config::ManagementConfig {
                 listen: mgmt_addr.clone(),
             }),
@@ -338,6 +342,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             None => cfg,
         };
         let cfg = super::skip_ports::with_skip_port(cfg, &cfg_path, &topo);
+        let cfg = super::skip_ports::with_etsi004_port(cfg, &cfg_path, &topo);
         write_atomic(&cfg_path, &toml::to_string_pretty(&cfg)?)?;
         configs.insert(n.id.clone(), cfg_path);
         let mut saes = Vec::new();
@@ -356,6 +361,10 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             management_url: Some(format!("https://{mgmt_addr}")),
             saes,
             skip_url: cfg.skip_addr.as_ref().map(|a| format!("https://{a}")),
+            etsi004_url: cfg
+                .etsi004
+                .as_ref()
+                .map(|c| format!("https://{}", c.listen)),
         });
     }
     write_atomic(&dir.join("topology.toml"), &topo.to_toml())?;

@@ -13,10 +13,11 @@
 //! answered, always with a JSON body; errors carry `message` (the standard's fixed messages
 //! verbatim where it fixes one) and sometimes `details`.
 //!
-//! What is checked where: syntax (path, query, JSON shape, `size` a multiple of 8, mandatory
-//! extensions — kagi supports none yet — and the configured ranges of `number` and `size`, IDs
-//! known to the topology) here; who may fetch which key, pool contents and the relay in the key
-//! manager behind [`KeyService`]. Requests whose head hyper cannot parse (invalid bytes, too many
+//! What is checked where: syntax only here (path, query, JSON shape, mandatory extensions —
+//! kagi supports none yet — UUID syntax, IDs known to the topology); the standard's semantics in
+//! the key manager core behind [`KeyService`]: the configured ranges of `number`, `size` and the
+//! slave count ([`kagi_km::Limits`], which the node config embeds), who may fetch which key, pool
+//! contents and the relay. Requests whose head hyper cannot parse (invalid bytes, too many
 //! or too large headers, an over-long target) never reach the handler; the answer hyper writes
 //! for them is rewritten on its way out into a JSON 400 (see `bare_errors`).
 

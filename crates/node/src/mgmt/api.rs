@@ -327,13 +327,7 @@ async fn saes(State(ctx): Ctx, Extension(who): Who) -> Response {
         })
         .collect();
     ok(json!({
-        "limits": {
-            "key_size": e.key_size,
-            "min_key_size": e.min_key_size,
-            "max_key_size": e.max_key_size,
-            "max_key_per_request": e.max_key_per_request,
-            "max_sae_id_count": e.max_sae_id_count,
-        },
+        "limits": e.limits,
         "saes": list,
     }))
 }

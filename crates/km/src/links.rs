@@ -1,0 +1,310 @@
+//! Link key buffers: one per QKD link of this node, split into the half this node spends (tx) and
+//! the half the neighbour spends (rx).
+//!
+//! Each link block is split in two halves: the node whose ID sorts first spends the first half
+//! for what it sends, the other node the second half, so the two ends never spend the same bits.
+//! Every change is written into the caller's store batch.
+
+use std::collections::BTreeMap;
+
+use kagi_keymat::Key;
+
+use crate::keybuf::{take_sequential, KeyBuf, KeyBufParts, TakeError};
+use crate::msgs::{NodeId, Span};
+use crate::record::{Half, Record};
+
+/// Why spans of the neighbour's half cannot be spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HopFault {
+    /// The link key it references has not arrived here yet (may come soon).
+    NotYet,
+    /// A block we no longer (or never) held: evicted, skipped while down, or fully spent.
+    Missing(u64),
+    /// Already spent: a replay or a broken peer.
+    Spent,
+}
+
+/// The two halves of one link's key.
+#[derive(Debug, Default)]
+pub(crate) struct Link {
+    tx: BTreeMap<u64, KeyBuf>,
+    rx: BTreeMap<u64, KeyBuf>,
+    high_water: Option<u64>,
+}
+
+/// What one link holds, for status (no key bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LinkHeld {
+    pub(crate) tx_bytes: u64,
+    pub(crate) rx_bytes: u64,
+    pub(crate) high_water: Option<u64>,
+}
+
+/// The link key buffers of every link of this node.
+#[derive(Debug, Default)]
+pub(crate) struct Links {
+    map: BTreeMap<NodeId, Link>,
+}
+
+impl Links {
+    /// One empty link per neighbour.
+    pub(crate) fn new<'a>(neighbours: impl IntoIterator<Item = &'a str>) -> Self {
+        Self {
+            map: neighbours
+                .into_iter()
+                .map(|n| (n.to_string(), Link::default()))
+                .collect(),
+        }
+    }
+
+    /// Restores one block half from the store.
+    pub(crate) fn restore_block(&mut self, peer: NodeId, half: Half, block: u64, buf: KeyBuf) {
+        let link = self.map.entry(peer).or_default();
+        match half {
+            Half::Tx => link.tx.insert(block, buf),
+            Half::Rx => link.rx.insert(block, buf),
+        };
+    }
+
+    /// Restores a link's high-water mark from the store.
+    pub(crate) fn restore_high_water(&mut self, peer: NodeId, block: u64) {
+        self.map.entry(peer).or_default().high_water = Some(block);
+    }
+
+    /// True when `peer` is a neighbour.
+    pub(crate) fn contains(&self, peer: &str) -> bool {
+        self.map.contains_key(peer)
+    }
+
+    /// What each link holds, neighbour order.
+    pub(crate) fn held(&self) -> impl Iterator<Item = (&NodeId, LinkHeld)> {
+        self.map.iter().map(|(p, l)| {
+            (
+                p,
+                LinkHeld {
+                    tx_bytes: l.tx.values().map(|b| u64::from(b.free())).sum(),
+                    rx_bytes: l.rx.values().map(|b| u64::from(b.free())).sum(),
+                    high_water: l.high_water,
+                },
+            )
+        })
+    }
+
+    /// Unspent bytes over every link, both halves.
+    pub(crate) fn total_bytes(&self) -> u64 {
+        self.held().map(|(_, h)| h.tx_bytes + h.rx_bytes).sum()
+    }
+
+    /// Stores a block delivered by the QKD link to `peer`, evicting the oldest blocks beyond
+    /// `cap` bytes per link. Returns `None` for a non-neighbour or a duplicate, otherwise
+    /// `(bytes taken in, blocks evicted)`.
+    pub(crate) fn intake(
+        &mut self,
+        me_first: bool,
+        peer: &str,
+        block: u64,
+        key: Key,
+        cap: u64,
+        batch: &mut Vec<Record>,
+    ) -> Option<(u64, u64)> {
+        let link = self.map.get_mut(peer)?;
+        if link.high_water.is_some_and(|hw| block <= hw) {
+            return None; // duplicate delivery
+        }
+        let mut key = key;
+        let half = key.len() / 2;
+        let first = key.take_front(half);
+        let second = key.take_front(half); // an odd last byte is dropped
+        let (tx, rx) = if me_first {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        let taken = (tx.len() + rx.len()) as u64;
+        // Buffer bounds: each end keeps the newest key, evicting its oldest blocks. Both ends
+        // see the same blocks at the same times, so the neighbour's window of our half (twice as
+        // large) covers what we still hold; a miss is reported back with `LinkMissing`.
+        let dropped = evict_oldest(
+            &mut link.tx,
+            cap / 2,
+            tx.len() as u64,
+            peer,
+            Half::Tx,
+            batch,
+        ) + evict_oldest(&mut link.rx, cap, rx.len() as u64, peer, Half::Rx, batch);
+        for (half, buf, map) in [
+            (Half::Tx, KeyBuf::new(tx), &mut link.tx),
+            (Half::Rx, KeyBuf::new(rx), &mut link.rx),
+        ] {
+            batch.push(Record::LinkBlock {
+                peer: peer.to_string(),
+                half,
+                block,
+                buf: KeyBufParts::from(&buf),
+            });
+            map.insert(block, buf);
+        }
+        batch.push(Record::LinkHighWater {
+            peer: peer.to_string(),
+            block,
+        });
+        link.high_water = Some(block);
+        Some((taken, dropped))
+    }
+
+    /// Free bytes of this node's half of the link to `peer`.
+    pub(crate) fn tx_free(&self, peer: &str) -> u64 {
+        self.map
+            .get(peer)
+            .map_or(0, |l| l.tx.values().map(|b| u64::from(b.tail_free())).sum())
+    }
+
+    /// Spends `n` bytes of this node's half of the link to `peer`, oldest blocks first.
+    pub(crate) fn alloc_tx(
+        &mut self,
+        peer: &str,
+        n: usize,
+        batch: &mut Vec<Record>,
+    ) -> Option<(Vec<Span>, Key)> {
+        if (self.tx_free(peer) as usize) < n {
+            return None;
+        }
+        let link = self.map.get_mut(peer)?;
+        let (spans, out) = take_sequential(&mut link.tx, n as u32);
+        for s in &spans {
+            match link.tx.get(&s.id) {
+                Some(buf) if buf.tail_free() > 0 => batch.push(Record::LinkBlock {
+                    peer: peer.to_string(),
+                    half: Half::Tx,
+                    block: s.id,
+                    buf: KeyBufParts::from(buf),
+                }),
+                _ => {
+                    link.tx.remove(&s.id);
+                    batch.push(Record::LinkBlockGone {
+                        peer: peer.to_string(),
+                        half: Half::Tx,
+                        block: s.id,
+                    });
+                }
+            }
+        }
+        Some((spans, out))
+    }
+
+    /// Checks that the neighbour's half holds every span, unspent.
+    pub(crate) fn check_rx(&self, peer: &str, spans: &[Span]) -> Result<(), HopFault> {
+        let link = self.map.get(peer).ok_or(HopFault::Spent)?;
+        // Spans must be non-empty and not overlap each other.
+        if !Span::disjoint(spans) {
+            return Err(HopFault::Spent);
+        }
+        for s in spans {
+            match link.rx.get(&s.id) {
+                Some(buf) => buf.can_take(s.start, s.len).map_err(|e| match e {
+                    TakeError::OutOfBounds | TakeError::AlreadySpent => HopFault::Spent,
+                })?,
+                None if link.high_water.is_none_or(|hw| s.id > hw) => return Err(HopFault::NotYet),
+                None => return Err(HopFault::Missing(s.id)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Spends the spans of the neighbour's half. `None` unless [`check_rx`](Self::check_rx)
+    /// passes for them.
+    pub(crate) fn take_rx(
+        &mut self,
+        peer: &str,
+        spans: &[Span],
+        batch: &mut Vec<Record>,
+    ) -> Option<Key> {
+        self.check_rx(peer, spans).ok()?;
+        let link = self.map.get_mut(peer)?;
+        let mut out = Key::zeroed(0);
+        for s in spans {
+            let buf = link.rx.get_mut(&s.id)?;
+            let k = buf.take(s.start, s.len).ok()?;
+            out.extend_from(&k);
+            if buf.exhausted() {
+                link.rx.remove(&s.id);
+                batch.push(Record::LinkBlockGone {
+                    peer: peer.to_string(),
+                    half: Half::Rx,
+                    block: s.id,
+                });
+            } else {
+                batch.push(Record::LinkBlock {
+                    peer: peer.to_string(),
+                    half: Half::Rx,
+                    block: s.id,
+                    buf: KeyBufParts::from(&*buf),
+                });
+            }
+        }
+        Some(out)
+    }
+
+    /// The neighbour lacks these blocks of our half: stop spending them.
+    pub(crate) fn forget_tx(&mut self, peer: &str, blocks: &[u64], batch: &mut Vec<Record>) {
+        let Some(link) = self.map.get_mut(peer) else {
+            return;
+        };
+        for &b in blocks {
+            if link.tx.remove(&b).is_some() {
+                batch.push(Record::LinkBlockGone {
+                    peer: peer.to_string(),
+                    half: Half::Tx,
+                    block: b,
+                });
+            }
+        }
+    }
+
+    /// Drops the neighbour's half below block `floor` (it spends oldest first, so once it
+    /// references `floor` it holds nothing older).
+    pub(crate) fn gc_rx(&mut self, peer: &str, floor: u64, batch: &mut Vec<Record>) {
+        let Some(link) = self.map.get_mut(peer) else {
+            return;
+        };
+        let old: Vec<u64> = link.rx.range(..floor).map(|(id, _)| *id).collect();
+        for id in old {
+            link.rx.remove(&id);
+            batch.push(Record::LinkBlockGone {
+                peer: peer.to_string(),
+                half: Half::Rx,
+                block: id,
+            });
+        }
+    }
+}
+
+/// Evicts the oldest blocks of `m` until `incoming` more bytes fit under `cap`; returns how many.
+fn evict_oldest(
+    m: &mut BTreeMap<u64, KeyBuf>,
+    cap: u64,
+    incoming: u64,
+    peer: &str,
+    half: Half,
+    batch: &mut Vec<Record>,
+) -> u64 {
+    // Blocks of one link have one size: skip the sum while the count alone shows room.
+    if (m.len() as u64 + 1).saturating_mul(incoming.max(1)) <= cap {
+        return 0;
+    }
+    let mut held: u64 = m.values().map(|b| u64::from(b.free())).sum();
+    let mut n = 0;
+    while held + incoming > cap {
+        let Some((id, buf)) = m.pop_first() else {
+            break;
+        };
+        held -= u64::from(buf.free());
+        batch.push(Record::LinkBlockGone {
+            peer: peer.to_string(),
+            half,
+            block: id,
+        });
+        n += 1;
+    }
+    n
+}

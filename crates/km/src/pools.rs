@@ -1,0 +1,171 @@
+//! End-to-end key pools: key this node relayed to each destination (out) and key each origin
+//! relayed to this node (in), held in chunks named by relay sequence number.
+//!
+//! Out-pools are spent from the front, oldest chunk first; in-pools by the spans the origin names
+//! in its assignments. Chunks cut by a request are written once per batch (`flush_touched`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kagi_keymat::Key;
+
+use crate::keybuf::{take_sequential, KeyBuf, KeyBufParts};
+use crate::msgs::{NodeId, Span};
+use crate::record::{Pool, Record};
+
+/// Both directions of end-to-end key of this node.
+#[derive(Debug, Default)]
+pub(crate) struct Pools {
+    out: BTreeMap<NodeId, BTreeMap<u64, KeyBuf>>,
+    /// Unspent bytes of each out-pool (kept in step with `out`; pools hold thousands of chunks
+    /// and this is read on every request and refill tick).
+    out_free: BTreeMap<NodeId, u64>,
+    inp: BTreeMap<NodeId, BTreeMap<u64, KeyBuf>>,
+    /// Chunks cut since the last [`flush_touched`](Self::flush_touched).
+    touched: BTreeSet<(Pool, u64)>,
+}
+
+impl Pools {
+    /// Restores a chunk from the store; call [`recount`](Self::recount) after the last one.
+    pub(crate) fn restore_chunk(&mut self, pool: Pool, chunk: u64, buf: KeyBuf) {
+        let m = match pool {
+            Pool::Out(d) => self.out.entry(d).or_default(),
+            Pool::In(o) => self.inp.entry(o).or_default(),
+        };
+        m.insert(chunk, buf);
+    }
+
+    /// Recomputes the out-pool byte counts after a restore.
+    pub(crate) fn recount(&mut self) {
+        self.out_free = self
+            .out
+            .iter()
+            .map(|(d, p)| {
+                (
+                    d.clone(),
+                    p.values().map(|b| u64::from(b.tail_free())).sum(),
+                )
+            })
+            .collect();
+    }
+
+    /// Bytes of end-to-end key ready for masters here with slaves at `dest`.
+    pub(crate) fn out_free(&self, dest: &str) -> u64 {
+        self.out_free.get(dest).copied().unwrap_or(0)
+    }
+
+    /// Unspent bytes over every out-pool.
+    pub(crate) fn total_out(&self) -> u64 {
+        self.out
+            .values()
+            .flat_map(|p| p.values())
+            .map(|b| u64::from(b.free()))
+            .sum()
+    }
+
+    /// Unspent bytes relayed here by `origin`.
+    pub(crate) fn in_bytes(&self, origin: &str) -> u64 {
+        self.inp
+            .get(origin)
+            .map(|p| p.values().map(|b| u64::from(b.free())).sum())
+            .unwrap_or(0)
+    }
+
+    /// True when the in-pool from `origin` holds chunk `seq` (a relay already received).
+    pub(crate) fn has_in(&self, origin: &str, seq: u64) -> bool {
+        self.inp.get(origin).is_some_and(|p| p.contains_key(&seq))
+    }
+
+    /// Adds a relayed key to the out-pool for `dest`; returns its record.
+    pub(crate) fn add_out(&mut self, dest: &str, seq: u64, key: Key) -> Record {
+        let buf = KeyBuf::new(key);
+        let rec = Record::Chunk {
+            pool: Pool::Out(dest.to_string()),
+            chunk: seq,
+            buf: KeyBufParts::from(&buf),
+        };
+        *self.out_free.entry(dest.to_string()).or_default() += u64::from(buf.tail_free());
+        self.out
+            .entry(dest.to_string())
+            .or_default()
+            .insert(seq, buf);
+        rec
+    }
+
+    /// Adds a key relayed by `origin` to the in-pool; returns its record.
+    pub(crate) fn add_in(&mut self, origin: &str, seq: u64, key: Key) -> Record {
+        let buf = KeyBuf::new(key);
+        let rec = Record::Chunk {
+            pool: Pool::In(origin.to_string()),
+            chunk: seq,
+            buf: KeyBufParts::from(&buf),
+        };
+        self.inp
+            .entry(origin.to_string())
+            .or_default()
+            .insert(seq, buf);
+        rec
+    }
+
+    /// Takes `n` bytes from the out-pool for `dest`, oldest chunks first.
+    pub(crate) fn take_out(&mut self, dest: &str, n: usize) -> Option<(Vec<Span>, Key)> {
+        if (self.out_free(dest) as usize) < n {
+            return None;
+        }
+        let pool = self.out.get_mut(dest)?;
+        let (spans, out) = take_sequential(pool, n as u32);
+        for s in &spans {
+            self.touched.insert((Pool::Out(dest.to_string()), s.id));
+        }
+        if let Some(f) = self.out_free.get_mut(dest) {
+            *f -= n as u64;
+        }
+        Some((spans, out))
+    }
+
+    /// Takes spans from the in-pool relayed by `origin`; all or nothing.
+    pub(crate) fn take_in(&mut self, origin: &str, spans: &[Span]) -> Option<Key> {
+        if !Span::disjoint(spans) {
+            return None;
+        }
+        let pool = self.inp.get_mut(origin)?;
+        for s in spans {
+            pool.get(&s.id)?.can_take(s.start, s.len).ok()?;
+        }
+        let mut out = Key::zeroed(0);
+        for s in spans {
+            let buf = pool.get_mut(&s.id)?;
+            out.extend_from(&buf.take(s.start, s.len).ok()?);
+            self.touched.insert((Pool::In(origin.to_string()), s.id));
+        }
+        Some(out)
+    }
+
+    /// Writes the final state of every pool chunk touched since the last call (one record per
+    /// chunk, however many keys were cut from it), dropping exhausted chunks.
+    pub(crate) fn flush_touched(&mut self, batch: &mut Vec<Record>) {
+        for (pool, id) in std::mem::take(&mut self.touched) {
+            let map = match &pool {
+                Pool::Out(d) => self.out.get_mut(d),
+                Pool::In(o) => self.inp.get_mut(o),
+            };
+            let Some(map) = map else { continue };
+            match map.get(&id) {
+                Some(buf)
+                    if buf.exhausted() || matches!(pool, Pool::Out(_)) && buf.tail_free() == 0 =>
+                {
+                    map.remove(&id);
+                    batch.push(Record::ChunkGone { pool, chunk: id });
+                }
+                Some(buf) => {
+                    let parts = KeyBufParts::from(buf);
+                    batch.push(Record::Chunk {
+                        pool,
+                        chunk: id,
+                        buf: parts,
+                    });
+                }
+                None => batch.push(Record::ChunkGone { pool, chunk: id }),
+            }
+        }
+    }
+}
