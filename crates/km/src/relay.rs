@@ -19,12 +19,18 @@ use crate::time::Instant;
 /// Largest relayed key accepted (bytes).
 const MAX_RELAY_BYTES: usize = 1 << 20;
 
+/// Most relay hops one neighbour may have waiting for link key here.
+pub(crate) const MAX_WAITING_HOPS_PER_PEER: usize = 256;
+
 /// A relay started here and not yet acknowledged by its destination.
 #[derive(Debug)]
 pub(crate) struct PendingRelay {
     pub(crate) dest: NodeId,
     pub(crate) key: Key,
     pub(crate) deadline: Instant,
+    /// The nodes after this one on the relay's path: the only ones that may report it failed.
+    /// Empty for a relay restored from the store (it then ends by its timeout).
+    pub(crate) path: Vec<NodeId>,
 }
 
 /// A relay hop that arrived before its link key, or before key to forward it.
@@ -62,6 +68,7 @@ impl Relays {
                 dest,
                 key,
                 deadline,
+                path: Vec::new(),
             },
         );
     }
@@ -236,6 +243,7 @@ impl KeyManager {
                 dest: dest.to_string(),
                 key,
                 deadline: now + self.cfg.policy.relay_timeout,
+                path: path[1..].to_vec(),
             },
         );
         self.stats.relays_started += 1;
@@ -253,7 +261,16 @@ impl KeyManager {
         match msg {
             PeerMsg::LinkMissing { blocks } => self.on_link_missing(from, blocks),
             PeerMsg::RelayFailed { relay } => {
-                if relay.origin == self.me() && self.relays.pending.remove(&relay.seq).is_some() {
+                // Only a node on the relay's path can know it failed; anyone else asking to
+                // cancel it is ignored.
+                let on_path = relay.origin == self.me()
+                    && self
+                        .relays
+                        .pending
+                        .get(&relay.seq)
+                        .is_some_and(|p| p.path.contains(&from));
+                if on_path {
+                    self.relays.pending.remove(&relay.seq);
                     self.stats.relays_abandoned += 1;
                     self.out
                         .store(vec![Record::PendingRelayGone { seq: relay.seq }], vec![]);
@@ -284,7 +301,9 @@ impl KeyManager {
             return;
         };
         // The path must name the authenticated sender right before us, start at the origin,
-        // follow links of the topology and have no repeated node.
+        // follow links of the topology and have no repeated node. (A neighbour holds link key
+        // only with us: without the link check it could claim a relay from any origin over
+        // links that do not exist, and plant key under that origin's relay ID.)
         let Some(pos) = path.iter().position(|n| n == self.me()) else {
             return;
         };
@@ -294,7 +313,7 @@ impl KeyManager {
             && ct.len() <= MAX_RELAY_BYTES
             && !ct.is_empty()
             && pad.iter().map(|s| u64::from(s.len)).sum::<u64>() == (MAC_KEY_LEN + ct.len()) as u64
-            && self.path_follows_links(path);
+            && self.routing.is_simple_path(path);
         if !valid {
             tracing::warn!(%from, "malformed relay hop dropped");
             return;
@@ -313,7 +332,7 @@ impl KeyManager {
         match self.links.check_rx(&from, pad) {
             Ok(()) => {}
             Err(HopFault::NotYet) => {
-                self.relays.waiting.push(WaitingHop {
+                self.wait_hop(WaitingHop {
                     deadline: now + self.cfg.policy.hop_wait,
                     from,
                     msg,
@@ -349,7 +368,7 @@ impl KeyManager {
         };
         if let Some(next) = &next {
             if (self.links.tx_free(next) as usize) < MAC_KEY_LEN + ct.len() {
-                self.relays.waiting.push(WaitingHop {
+                self.wait_hop(WaitingHop {
                     deadline: now + self.cfg.policy.hop_wait,
                     from,
                     msg,
@@ -400,17 +419,22 @@ impl KeyManager {
         }
     }
 
-    /// Whether `path` is a simple path over links of the topology. A neighbour holds link key
-    /// only with us, so without this a compromised neighbour could claim a relay from any origin
-    /// over links that do not exist, and plant key under that origin's relay ID.
-    fn path_follows_links(&self, path: &[NodeId]) -> bool {
-        let topo = &self.cfg.topology;
-        if path.len() < 2 || path.len() > topo.nodes.len() {
-            return false;
+    /// Parks a hop until its link key arrives; at most [`MAX_WAITING_HOPS_PER_PEER`] per
+    /// neighbour, so a hostile neighbour cannot grow the queue (or the retry scans) without
+    /// bound; beyond that its hops are dropped and its relays time out.
+    fn wait_hop(&mut self, hop: WaitingHop) {
+        let held = self
+            .relays
+            .waiting
+            .iter()
+            .filter(|h| h.from == hop.from)
+            .count();
+        if held >= MAX_WAITING_HOPS_PER_PEER {
+            self.stats.replays_rejected += 1;
+            tracing::warn!(from = %hop.from, "too many relay hops waiting for link key; dropped");
+            return;
         }
-        let mut seen = std::collections::BTreeSet::new();
-        path.iter().all(|n| seen.insert(n.as_str()))
-            && path.windows(2).all(|w| topo.link(&w[0], &w[1]).is_some())
+        self.relays.waiting.push(hop);
     }
 
     fn on_relay_ack(&mut self, from: NodeId, relay: RelayId) {

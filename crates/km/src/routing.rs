@@ -18,19 +18,40 @@ pub(crate) struct Routing {
     down: BTreeSet<NodeId>,
     /// Neighbours whose link an operator took out of service.
     out_of_service: BTreeSet<NodeId>,
+    /// Every link of the topology, both ways round.
+    adjacent: BTreeSet<(NodeId, NodeId)>,
 }
 
 impl Routing {
     /// Routes over the whole topology, every peer assumed up.
     pub(crate) fn new(me: &str, topology: Arc<Topology>) -> Self {
         let routes = Routes::compute(&topology, me, &[]);
+        let adjacent = topology
+            .links
+            .iter()
+            .flat_map(|l| [(l.a.clone(), l.b.clone()), (l.b.clone(), l.a.clone())])
+            .collect();
         Self {
             me: me.to_string(),
             topology,
             routes,
             down: BTreeSet::new(),
             out_of_service: BTreeSet::new(),
+            adjacent,
         }
+    }
+
+    /// Whether `path` is a simple path over links of the topology, checked in `O(n log n)` so
+    /// a hostile path cannot stall the core.
+    pub(crate) fn is_simple_path(&self, path: &[NodeId]) -> bool {
+        if path.len() < 2 || path.len() > self.topology.nodes.len() {
+            return false;
+        }
+        let mut seen = BTreeSet::new();
+        path.iter().all(|n| seen.insert(n.as_str()))
+            && path
+                .windows(2)
+                .all(|w| self.adjacent.contains(&(w[0].clone(), w[1].clone())))
     }
 
     /// The current path `[me, ..., dest]`, if `dest` is reachable.
