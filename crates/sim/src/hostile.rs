@@ -140,8 +140,10 @@ impl Hostile {
             9 => sim.inject(
                 &self.me,
                 &origin.clone(),
-                PeerMsg::RelayFailed {
+                PeerMsg::RelayAborted {
                     relay: RelayId { origin, seq },
+                    share: None,
+                    reason: kagi_km::AbortReason::LinkKeyExhausted,
                 },
             ),
             10 => sim.inject(
@@ -272,12 +274,16 @@ impl Hostile {
                 slaves,
                 keys,
             },
-            PeerMsg::RelayAck { relay } | PeerMsg::RelayFailed { relay } => PeerMsg::RelayFailed {
-                relay: RelayId {
-                    origin: relay.origin,
-                    seq: relay.seq + self.rng.gen_range(0..3),
-                },
-            },
+            PeerMsg::RelayAck { relay } | PeerMsg::RelayAborted { relay, .. } => {
+                PeerMsg::RelayAborted {
+                    relay: RelayId {
+                        origin: relay.origin,
+                        seq: relay.seq + self.rng.gen_range(0..3),
+                    },
+                    share: None,
+                    reason: kagi_km::AbortReason::LinkKeyMissing,
+                }
+            }
             other => other,
         }
     }
