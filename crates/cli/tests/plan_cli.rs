@@ -27,7 +27,7 @@ fn plan_prints_json_and_writes_the_topology() {
     assert_eq!(v["pairs"], 30 * 29 / 2);
     assert!(v["delivered_bps"].as_f64().unwrap() > 0.0);
     assert_eq!(v["pair_rates"].as_array().unwrap().len(), 30 * 29 / 2);
-    assert!(v["mean_cut_gain"].as_f64().unwrap() >= 1.0 - 1e-9);
+    assert!(v["median_cut_gain"].as_f64().unwrap() >= 1.0 - 1e-9);
     let topo = kagi_control::Topology::from_toml(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert_eq!(topo.nodes.len(), 30);
     // The written topology plans the same.
@@ -54,4 +54,30 @@ fn impossible_policies_and_files_are_refused_clearly() {
         .output()
         .unwrap());
     assert!(e.contains("/nonexistent.toml"), "{e}");
+}
+
+#[test]
+fn the_japan_example_plans_and_key_routing_lifts_the_weakest_pair() {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/examples/japan-backbone.toml"
+    );
+    let run = |cost: &str| -> serde_json::Value {
+        let out = ok(kagi()
+            .args(["plan", "--json", "--cost", cost, "--topology", file])
+            .output()
+            .unwrap());
+        serde_json::from_str(&out).unwrap()
+    };
+    let (hops, key) = (run("hops"), run("key"));
+    assert_eq!(hops["nodes"], 39);
+    assert_eq!(hops["unreachable_pairs"], 0);
+    let min = |v: &serde_json::Value| v["pair_bps"]["min"].as_f64().unwrap();
+    // Hop routing sends Tokyo–Fukuoka over the satellite; key routing over the backbone.
+    assert!(
+        min(&key) > 100.0 * min(&hops),
+        "{} vs {}",
+        min(&key),
+        min(&hops)
+    );
 }

@@ -25,6 +25,9 @@ const MAX_PARTIALS: usize = 4096;
 /// Largest relayed key accepted (bytes).
 const MAX_RELAY_BYTES: usize = 1 << 20;
 
+/// Most relay hops one neighbour may have waiting for link key here.
+pub(crate) const MAX_WAITING_HOPS_PER_PEER: usize = 256;
+
 /// A relay started here and not yet acknowledged by its destination.
 #[derive(Debug)]
 pub(crate) struct PendingRelay {
@@ -459,7 +462,9 @@ impl KeyManager {
             _ => return,
         };
         // The path must name the authenticated sender right before us, start at the origin,
-        // follow links of the topology and have no repeated node.
+        // follow links of the topology and have no repeated node. (A neighbour holds link key
+        // only with us: without the link check it could claim a relay from any origin over
+        // links that do not exist, and plant key under that origin's relay ID.)
         let Some(pos) = path.iter().position(|n| n == self.me()) else {
             return;
         };
@@ -470,7 +475,7 @@ impl KeyManager {
             && !ct.is_empty()
             && pad.iter().map(|s| u64::from(s.len)).sum::<u64>() == (MAC_KEY_LEN + ct.len()) as u64
             && share.is_none_or(|s| s.is_valid() && s.count <= MAX_PATHS)
-            && self.path_follows_links(path);
+            && self.routing.is_simple_path(path);
         if !valid {
             tracing::warn!(%from, "malformed relay hop dropped");
             return;
@@ -489,7 +494,7 @@ impl KeyManager {
         match self.links.check_rx(&from, pad) {
             Ok(()) => {}
             Err(HopFault::NotYet) => {
-                self.relays.waiting.push(WaitingHop {
+                self.wait_hop(WaitingHop {
                     deadline: now + self.cfg.policy.hop_wait,
                     from,
                     msg,
@@ -520,7 +525,7 @@ impl KeyManager {
         };
         if let Some(next) = &next {
             if (self.links.tx_free(next) as usize) < MAC_KEY_LEN + ct.len() {
-                self.relays.waiting.push(WaitingHop {
+                self.wait_hop(WaitingHop {
                     deadline: now + self.cfg.policy.hop_wait,
                     from,
                     msg,
@@ -573,142 +578,22 @@ impl KeyManager {
         }
     }
 
-    /// Whether `path` is a simple path over links of the topology. A neighbour holds link key
-    /// only with us, so without this a compromised neighbour could claim a relay from any origin
-    /// over links that do not exist, and plant key under that origin's relay ID.
-    fn path_follows_links(&self, path: &[NodeId]) -> bool {
-        let topo = &self.cfg.topology;
-        if path.len() < 2 || path.len() > topo.nodes.len() {
-            return false;
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        path.iter().all(|n| seen.insert(n.as_str()))
-            && path.windows(2).all(|w| topo.link(&w[0], &w[1]).is_some())
-    }
-
-    /// A share reached its destination: keep it until `threshold` shares rebuild the key, then
-    /// store the key and acknowledge (after the store is durable).
-    fn on_share(
-        &mut self,
-        now: Instant,
-        relay: &RelayId,
-        info: ShareInfo,
-        share: Key,
-        batch: Vec<Record>,
-    ) {
-        if !self.relays.partial.contains_key(relay) && self.relays.partial.len() >= MAX_PARTIALS {
-            tracing::warn!(origin = %relay.origin, seq = relay.seq, "too many relays being rebuilt; share dropped");
-            self.out.store(batch, vec![]);
-            self.abort_to_origin(relay, Some(info.index), AbortReason::SharesInconsistent);
-            return;
-        }
-        let deadline = now + self.cfg.policy.relay_timeout;
-        let p = self
+    /// Parks a hop until its link key arrives; at most [`MAX_WAITING_HOPS_PER_PEER`] per
+    /// neighbour, so a hostile neighbour cannot grow the queue (or the retry scans) without
+    /// bound; beyond that its hops are dropped and its relays time out.
+    fn wait_hop(&mut self, hop: WaitingHop) {
+        let held = self
             .relays
-            .partial
-            .entry(relay.clone())
-            .or_insert_with(|| Partial {
-                threshold: info.threshold,
-                count: info.count,
-                shares: BTreeMap::new(),
-                deadline,
-            });
-        if (p.threshold, p.count) != (info.threshold, info.count) {
-            self.relays.partial.remove(relay);
-            self.out.store(batch, vec![]);
-            self.abort_to_origin(relay, None, AbortReason::SharesInconsistent);
+            .waiting
+            .iter()
+            .filter(|h| h.from == hop.from)
+            .count();
+        if held >= MAX_WAITING_HOPS_PER_PEER {
+            self.stats.replays_rejected += 1;
+            tracing::warn!(from = %hop.from, "too many relay hops waiting for link key; dropped");
             return;
         }
-        p.shares.entry(info.index).or_insert(share);
-        if p.shares.len() < usize::from(p.threshold) {
-            self.out.store(batch, vec![]); // the link key spent on this hop
-            return;
-        }
-        let Some(p) = self.relays.partial.remove(relay) else {
-            return;
-        };
-        let Ok(key) = combine_shares(&p) else {
-            self.out.store(batch, vec![]);
-            self.abort_to_origin(relay, None, AbortReason::SharesInconsistent);
-            return;
-        };
-        self.stats.relays_received += 1;
-        let mut batch = batch;
-        batch.push(self.pools.add_in(&relay.origin, relay.seq, key));
-        let ack = Action::Send {
-            to: relay.origin.clone(),
-            msg: PeerMsg::RelayAck {
-                relay: relay.clone(),
-            },
-        };
-        self.out.store(batch, vec![After::Act(ack)]);
-    }
-
-    /// Tells a relay's origin that this node gave up on it (or on one of its shares).
-    fn abort_to_origin(&mut self, relay: &RelayId, share: Option<u8>, reason: AbortReason) {
-        if relay.origin == self.me() {
-            return;
-        }
-        self.out.send(
-            relay.origin.clone(),
-            PeerMsg::RelayAborted {
-                relay: relay.clone(),
-                share,
-                reason,
-            },
-        );
-    }
-
-    /// A node on a relay's path gave up on it. A multi-path relay survives as long as
-    /// `threshold` shares are still on their way; otherwise the relay is abandoned at once.
-    fn on_relay_aborted(
-        &mut self,
-        from: &str,
-        relay: &RelayId,
-        share: Option<u8>,
-        reason: AbortReason,
-    ) {
-        if relay.origin != self.me() {
-            return;
-        }
-        let Some(p) = self.relays.pending.get_mut(&relay.seq) else {
-            return;
-        };
-        // Only a node on the relay's path (of that share, for a multi-path relay) may abort it.
-        // A relay restored after a restart has no recorded paths: any node on a route to its
-        // destination may then abort it, which at worst abandons it early.
-        let on_path = |path: &Vec<NodeId>| path.iter().skip(1).any(|n| n == from);
-        let allowed = match share {
-            _ if p.paths.is_empty() => true,
-            Some(i) if p.paths.len() > 1 => p
-                .paths
-                .get(usize::from(i).wrapping_sub(1))
-                .is_some_and(on_path),
-            _ => p.paths.iter().any(on_path),
-        };
-        if !allowed {
-            tracing::warn!(%from, seq = relay.seq, "relay abort from a node off the relay's path; ignored");
-            return;
-        }
-        if let Some(i) = share.filter(|_| p.paths.len() > 1) {
-            if p.lost.insert(i) {
-                self.stats.shares_lost += 1;
-            }
-            let left = p.paths.len() - p.lost.len();
-            if left >= usize::from(p.threshold) {
-                tracing::info!(dest = %p.dest, seq = relay.seq, share = i, %reason, "relay share lost; {left} shares still on their way");
-                return;
-            }
-        }
-        let Some(p) = self.relays.pending.remove(&relay.seq) else {
-            return;
-        };
-        tracing::info!(dest = %p.dest, seq = relay.seq, %from, %reason, "relay aborted");
-        self.stats.relays_abandoned += 1;
-        self.stats.relays_aborted += 1;
-        self.stats.abandoned_key_bytes += p.spent_here();
-        self.out
-            .store(vec![Record::PendingRelayGone { seq: relay.seq }], vec![]);
+        self.relays.waiting.push(hop);
     }
 
     fn on_relay_ack(&mut self, from: NodeId, relay: RelayId) {

@@ -32,13 +32,21 @@ pub(crate) struct Routing {
     /// Multi-path plans per `(destination, paths, threshold)`, computed on demand and dropped
     /// whenever routes change.
     plans: BTreeMap<(NodeId, u8, u8), Option<RoutePlan>>,
+    /// Every link of the topology, both ways round.
+    adjacent: BTreeSet<(NodeId, NodeId)>,
 }
 
 impl Routing {
     /// Routes over the whole topology, every peer assumed up.
     pub(crate) fn new(me: &str, topology: Arc<Topology>) -> Self {
         let routes = Routes::compute(&topology, me, &[]);
+        let adjacent = topology
+            .links
+            .iter()
+            .flat_map(|l| [(l.a.clone(), l.b.clone()), (l.b.clone(), l.a.clone())])
+            .collect();
         Self {
+            adjacent,
             me: me.to_string(),
             topology,
             routes,
@@ -116,6 +124,19 @@ impl Routing {
             threshold: t,
             shortfall,
         })
+    }
+
+    /// Whether `path` is a simple path over links of the topology, checked in `O(n log n)` so
+    /// a hostile path cannot stall the core.
+    pub(crate) fn is_simple_path(&self, path: &[NodeId]) -> bool {
+        if path.len() < 2 || path.len() > self.topology.nodes.len() {
+            return false;
+        }
+        let mut seen = BTreeSet::new();
+        path.iter().all(|n| seen.insert(n.as_str()))
+            && path
+                .windows(2)
+                .all(|w| self.adjacent.contains(&(w[0].clone(), w[1].clone())))
     }
 
     /// The current path `[me, ..., dest]`, if `dest` is reachable.

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kagi_control::Topology;
+use kagi_keymat::its_mac::{Mac, MacKey, MAC_KEY_LEN};
 use kagi_keymat::Key;
+use kagi_km::msgs::Span;
 use kagi_km::record::Record;
 use kagi_km::{
     Action, AppCall, AppReply, Input, Instant, KeyManager, KmConfig, Limits, PeerMsg, Policy,
@@ -208,6 +210,11 @@ fn tampered_relay_hop_is_refused() {
             && matches!(m, PeerMsg::RelayHop { relay, .. } if relay.origin == "a")));
 }
 
+/// The b–c link's block 0 as `Net::new` feeds it (link 1).
+fn bc_block0() -> Vec<u8> {
+    (0..4096u32).map(|j| (j as u8) ^ 77).collect()
+}
+
 #[test]
 fn hop_claiming_another_sender_is_dropped() {
     let mut net = Net::new();
@@ -219,15 +226,154 @@ fn hop_claiming_another_sender_is_dropped() {
         .find(|(f, t, m)| f == "a" && t == "b" && to_c(m))
         .cloned()
         .unwrap();
-    // "c" is authenticated by TLS but is not the path's previous hop.
+    let PeerMsg::RelayHop {
+        relay, path, ct, ..
+    } = msg
+    else {
+        unreachable!()
+    };
+    // c (authenticated by TLS, holding real link key with b) re-pads a's hop with its own half
+    // of the b–c link and a valid tag: only the path check (c is not the node before b on
+    // a → b → c) can refuse it. The end of c's half is unspent.
+    let need = MAC_KEY_LEN + ct.len();
+    let block = bc_block0();
+    let c_half = &block[2048..];
+    let start = c_half.len() - need;
+    let material = &c_half[start..];
+    let pad = vec![Span {
+        id: 0,
+        start: start as u32,
+        len: need as u32,
+    }];
+    let plain: Vec<u8> = ct
+        .iter()
+        .zip(&material[MAC_KEY_LEN..])
+        .map(|(c, p)| c ^ p)
+        .collect();
+    let header = PeerMsg::relay_header(&relay, &path, &pad, plain.len());
+    let mut mac = Mac::new(MacKey::from_bytes(&material[..MAC_KEY_LEN]).unwrap());
+    mac.update(&header);
+    mac.update(&plain);
+    let tag = mac.finalize();
+    let before = net.kms["b"].stats();
     net.input(
         "b",
         Input::Peer {
             from: "c".into(),
-            msg,
+            msg: PeerMsg::RelayHop {
+                relay,
+                path,
+                pad,
+                ct: plain,
+                tag,
+            },
         },
     );
-    assert_eq!(net.kms["b"].stats().hops_forwarded, 0);
+    let after = net.kms["b"].stats();
+    assert_eq!(after.bad_tags, before.bad_tags, "the tag is valid");
+    assert_eq!(
+        after.hops_forwarded, before.hops_forwarded,
+        "a hop from a node that is not the previous one on its path is dropped"
+    );
+}
+
+#[test]
+fn relay_failed_from_a_node_off_the_path_is_ignored() {
+    let mut net = Net::new();
+    net.auto_deliver = false;
+    net.tick();
+    // a's relay to b travels a → b; c is not on it.
+    let relay = net
+        .wire
+        .iter()
+        .find_map(|(f, t, m)| match m {
+            PeerMsg::RelayHop { relay, path, .. } if f == "a" && t == "b" && path.len() == 2 => {
+                Some(relay.clone())
+            }
+            _ => None,
+        })
+        .expect("a relays to b");
+    let abandoned = |net: &Net| net.kms["a"].stats().relays_abandoned;
+    let before = abandoned(&net);
+    net.input(
+        "a",
+        Input::Peer {
+            from: "c".into(),
+            msg: PeerMsg::RelayAborted {
+                relay: relay.clone(),
+                share: None,
+                reason: kagi_km::AbortReason::LinkKeyMissing,
+            },
+        },
+    );
+    assert_eq!(
+        abandoned(&net),
+        before,
+        "c may not cancel a relay it is not on"
+    );
+    net.input(
+        "a",
+        Input::Peer {
+            from: "b".into(),
+            msg: PeerMsg::RelayAborted {
+                relay,
+                share: None,
+                reason: kagi_km::AbortReason::LinkKeyMissing,
+            },
+        },
+    );
+    assert_eq!(abandoned(&net), before + 1, "b, on the path, may");
+}
+
+#[test]
+fn hops_waiting_for_link_key_are_bounded_per_neighbour() {
+    let mut net = Net::new();
+    net.auto_deliver = false;
+    net.tick();
+    let (_, _, msg) = net
+        .wire
+        .iter()
+        .find(|(f, t, m)| f == "a" && t == "b" && to_c(m))
+        .cloned()
+        .unwrap();
+    let PeerMsg::RelayHop {
+        relay,
+        path,
+        ct,
+        tag,
+        ..
+    } = msg
+    else {
+        unreachable!()
+    };
+    // Hops naming link blocks that have not arrived yet wait; a flood of them is cut off.
+    let before = net.kms["b"].stats().replays_rejected;
+    let n = 1000u64;
+    for i in 0..n {
+        let pad = vec![Span {
+            id: 10 + i,
+            start: 0,
+            len: (MAC_KEY_LEN + ct.len()) as u32,
+        }];
+        net.input(
+            "b",
+            Input::Peer {
+                from: "a".into(),
+                msg: PeerMsg::RelayHop {
+                    relay: relay.clone(),
+                    path: path.clone(),
+                    pad,
+                    ct: ct.clone(),
+                    tag,
+                },
+            },
+        );
+    }
+    let dropped = net.kms["b"].stats().replays_rejected - before;
+    assert!(
+        dropped >= n - 256,
+        "only {dropped} of {n} hops were refused"
+    );
 }
 
 #[test]

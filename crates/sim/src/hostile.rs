@@ -7,7 +7,7 @@
 //! * replays of messages honest nodes sent it, to their sender or another node;
 //! * garbled copies (flipped ciphertext or tag bytes, moved or zero-length spans, changed ids);
 //! * validly tagged relay hops whose path claims another origin, or another sender before it;
-//! * control messages about other nodes' relays and assignments (`RelayFailed`, `RelayAck`,
+//! * control messages about other nodes' relays and assignments (`RelayAborted`, `RelayAck`,
 //!   `AssignAck`, `Revoke`), forged assignments, and `LinkMissing` for blocks it holds.
 
 use std::collections::BTreeMap;

@@ -736,6 +736,15 @@ impl Sim {
         }
     }
 
+    /// Loses a node's whole database (a disk replaced, or a node re-provisioned) and stops it;
+    /// [`restart`](Self::restart) then starts it empty.
+    pub fn wipe(&mut self, id: &str) {
+        self.stop(id, false);
+        if let Some(n) = self.nodes.get_mut(id) {
+            n.durable.clear();
+        }
+    }
+
     /// Restarts a stopped node from its durable records.
     pub fn restart(&mut self, id: &str) {
         if self.nodes[id].km.is_none() && !self.nodes[id].hostile {

@@ -273,3 +273,42 @@ fn bad_requests_get_clear_errors() {
         Err(PlanError::Topology(_))
     ));
 }
+
+#[test]
+fn a_hopeless_extra_path_is_dropped_above_the_threshold() {
+    // a–b–c over 10 km links, and a detour a–d–c over 250 km links that yield almost nothing.
+    let mut t = topo(
+        &["a", "b", "c", "d"],
+        &[
+            ("a", "b", 10.0),
+            ("b", "c", 10.0),
+            ("a", "d", 250.0),
+            ("d", "c", 250.0),
+        ],
+        1,
+    );
+    t.nodes[1].saes.clear();
+    t.nodes[3].saes.clear();
+    let keep_one = plan(
+        &t,
+        &PlanOptions {
+            paths: 2,
+            threshold: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(keep_one.pair_rates[0].paths, 1);
+    // With threshold 2 both paths are needed, so the detour stays and holds the rate down.
+    let need_two = plan(
+        &t,
+        &PlanOptions {
+            paths: 2,
+            threshold: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(need_two.pair_rates[0].paths, 2);
+    assert!(need_two.delivered_bps < keep_one.delivered_bps / 10.0);
+}

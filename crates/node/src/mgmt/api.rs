@@ -51,6 +51,7 @@ pub const ROUTES: &[(&str, &str, Permission)] = &[
     ("POST", "/api/v1/tamper", Permission::Operate),
     ("POST", "/api/v1/erase", Permission::Operate),
     ("GET", "/api/v1/openapi.json", Permission::Read),
+    ("GET", super::qkdn::PATH, Permission::Read),
     ("GET", "/metrics", Permission::Read),
 ];
 
@@ -137,6 +138,7 @@ pub fn router(ctx: Arc<MgmtCtx>) -> Router {
         .route("/api/v1/tamper", post(tamper))
         .route("/api/v1/erase", post(erase))
         .route("/api/v1/openapi.json", get(openapi))
+        .route(super::qkdn::PATH, get(qkd_node))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(not_allowed)
@@ -262,6 +264,22 @@ async fn status(State(ctx): Ctx, Extension(who): Who) -> Response {
         "stats": stats_json(&km.stats),
         "refusals_recent": ctx.ops.recent_refusals().len(),
     }))
+}
+
+/// The ETSI GS QKD 015-shaped RESTCONF view (see [`super::qkdn`]).
+async fn qkd_node(State(ctx): Ctx, Extension(who): Who) -> Response {
+    if let Err(r) = need(&ctx, &who, Permission::Read, "read") {
+        return r;
+    }
+    let Some(km) = ctx.driver.status().await else {
+        return unavailable();
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, super::qkdn::MEDIA_TYPE)],
+        super::qkdn::view(&ctx, &km).to_string(),
+    )
+        .into_response()
 }
 
 async fn links(State(ctx): Ctx, Extension(who): Who) -> Response {

@@ -4,11 +4,12 @@
 //! comes from its certificate's subject OU ([`role`]), so SAE and node certificates, signed by
 //! the same CA, get 403 on every request. JSON endpoints under `/api/v1/` ([`api::ROUTES`]),
 //! Prometheus text at `/metrics` ([`metrics`]), the OpenAPI description at
-//! `/api/v1/openapi.json`. Every change an operator makes is audited ([`Ops::audit`]).
+//! `/api/v1/openapi.json`, and a read-only ETSI GS QKD 015-shaped RESTCONF view ([`qkdn`]). Every change an operator makes is audited ([`Ops::audit`]).
 
 pub mod api;
 pub mod metrics;
 pub mod ops;
+pub mod qkdn;
 pub mod role;
 
 use std::future::Future;

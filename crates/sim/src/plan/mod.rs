@@ -49,6 +49,10 @@ pub struct PlanOptions {
     pub relay_chunk_bytes: u32,
     /// One-time MAC key bytes per chunk and hop.
     pub mac_key_bytes: u32,
+    /// A disjoint path whose weakest link has less than this share of the best path's weakest
+    /// link is dropped (while more than `threshold` paths remain): one satellite detour must
+    /// not hold a pair's whole rate down.
+    pub min_path_share: f64,
     /// Node pairs for which the min-cut bound is computed (seeded sample).
     pub cut_samples: usize,
     /// Seed of the sample.
@@ -68,6 +72,7 @@ impl Default for PlanOptions {
             demand_bps: None,
             relay_chunk_bytes: 4096,
             mac_key_bytes: 32,
+            min_path_share: 0.1,
             cut_samples: 50,
             seed: 1,
             all_pairs: false,
@@ -200,9 +205,9 @@ pub struct PlanReport {
     pub link_loads: Vec<LinkLoad>,
     /// Min-cut samples.
     pub cut_samples: Vec<CutSample>,
-    /// Mean of `min_cut / policy` over the samples (≥ 1): what coding or fractional routing
+    /// Median of `min_cut / policy` over the samples (≥ 1): what coding or fractional routing
     /// could add for one pair alone.
-    pub mean_cut_gain: f64,
+    pub median_cut_gain: f64,
 }
 
 /// Plans `topo` under `opt`.
@@ -243,7 +248,12 @@ pub fn plan(topo: &Topology, opt: &PlanOptions) -> Result<PlanReport, PlanError>
         .flat_map(|a| ((a + 1)..n as u32).map(move |b| (a, b)))
         .filter(|&(a, b)| saes[a as usize] * saes[b as usize] > 0)
         .collect();
-    let path_sets = path_sets(&g, &costs, &pairs, opt.paths);
+    let mut path_sets = path_sets(&g, &costs, &pairs, opt.paths);
+    for sets in &mut path_sets {
+        for set in sets.iter_mut() {
+            prune_weak_paths(&g, set, opt.threshold, opt.min_path_share);
+        }
+    }
     // Demands: a → b then b → a for every pair with a path.
     let mut demands = Demands::default();
     let mut owner = Vec::new(); // demand → pair index
@@ -349,9 +359,8 @@ pub fn plan(topo: &Topology, opt: &PlanOptions) -> Result<PlanReport, PlanError>
         })
         .cloned();
     let cut_samples = cut_samples(&g, &pairs, &path_sets, &capacity, opt);
-    let mean_cut_gain = if cut_samples.is_empty() {
-        1.0
-    } else {
+    let no_samples = cut_samples.is_empty();
+    let median_cut_gain = spread(
         cut_samples
             .iter()
             .map(|c| {
@@ -361,9 +370,9 @@ pub fn plan(topo: &Topology, opt: &PlanOptions) -> Result<PlanReport, PlanError>
                     1.0
                 }
             })
-            .sum::<f64>()
-            / cut_samples.len() as f64
-    };
+            .collect(),
+    )
+    .median;
     let pair_bps = spread(rates.iter().map(|r| r.delivered_bps).collect());
     let sae_pair_bps = spread(rates.iter().map(|r| r.per_sae_pair_bps).collect());
     let shown = if opt.all_pairs || rates.len() <= 10_000 {
@@ -393,8 +402,31 @@ pub fn plan(topo: &Topology, opt: &PlanOptions) -> Result<PlanReport, PlanError>
         pair_rates: shown,
         link_loads,
         cut_samples,
-        mean_cut_gain,
+        median_cut_gain: if no_samples { 1.0 } else { median_cut_gain },
     })
+}
+
+/// Drops the weakest paths of `set` (weakest link below `share` of the best path's) while more
+/// than `keep` remain.
+fn prune_weak_paths(g: &Graph, set: &mut Vec<Vec<u32>>, keep: usize, share: f64) {
+    let weakest = |p: &Vec<u32>| {
+        p.windows(2)
+            .map(|h| g.links[link_between(g, h[0], h[1]) as usize].rate_bps)
+            .fold(f64::INFINITY, f64::min)
+    };
+    let best = set.iter().map(weakest).fold(0.0, f64::max);
+    while set.len() > keep {
+        let (i, w) = set
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, weakest(p)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("non-empty");
+        if w >= share * best {
+            break;
+        }
+        set.remove(i);
+    }
 }
 
 fn link_between(g: &Graph, u: u32, v: u32) -> u32 {
