@@ -264,3 +264,64 @@ pub async fn serve(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod mtls_tests {
+    use super::*;
+    use kagi_node::pki::Pki;
+    use tokio::io::AsyncWriteExt;
+
+    /// Whether the proxy's TLS (with `server`) accepts a handshake from a client presenting
+    /// `client` (certificate, key), or none.
+    async fn accepted(
+        server: Arc<rustls::ServerConfig>,
+        ca: &Path,
+        client: Option<(&Path, &Path)>,
+    ) -> bool {
+        let cfg = match client {
+            Some((c, k)) => kagi_node::tls::etsi_client_config(ca, c, k).unwrap(),
+            None => Arc::new(
+                rustls::ClientConfig::builder_with_provider(kagi_node::tls::etsi_provider())
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_root_certificates(kagi_node::tls::load_roots(ca).unwrap())
+                    .with_no_client_auth(),
+            ),
+        };
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let connector = tokio_rustls::TlsConnector::from(cfg);
+        let (s, _) = tokio::join!(TlsAcceptor::from(server).accept(b), async {
+            let mut t = connector.connect(name, a).await?;
+            t.write_all(b"x").await?;
+            t.flush().await?;
+            Ok::<_, std::io::Error>(t)
+        });
+        s.is_ok()
+    }
+
+    #[tokio::test]
+    async fn mtls_admits_only_listed_subjects_from_the_ca() {
+        let dir = kagi_node::loopback::scratch_dir("xks-mtls").unwrap();
+        let pki = Pki::open_or_create(&dir.join("pki")).unwrap();
+        let other = Pki::open_or_create(&dir.join("other-pki")).unwrap();
+        let proxy = pki.ensure_node("xks-proxy").unwrap();
+        let kms = pki.ensure_sae("cks.kms.us-east-1.amazonaws.com").unwrap();
+        let stranger = pki.ensure_sae("someone-else").unwrap();
+        let forged = other.ensure_sae("cks.kms.us-east-1.amazonaws.com").unwrap();
+        let ca = pki.ca_cert_path();
+        let mtls = crate::config::MtlsConfig {
+            ca: ca.clone(),
+            subjects: vec!["cks.kms.us-east-1.amazonaws.com".into()],
+        };
+        let with = tls_config(&proxy.cert, &proxy.key, Some(&mtls)).unwrap();
+        let without = tls_config(&proxy.cert, &proxy.key, None).unwrap();
+        assert!(accepted(with.clone(), &ca, Some((&kms.cert, &kms.key))).await);
+        assert!(!accepted(with.clone(), &ca, Some((&stranger.cert, &stranger.key))).await);
+        assert!(!accepted(with.clone(), &ca, Some((&forged.cert, &forged.key))).await);
+        assert!(!accepted(with, &ca, None).await);
+        // mTLS off (the default): any client gets a session; SigV4 is then the only gate.
+        assert!(accepted(without, &ca, None).await);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
