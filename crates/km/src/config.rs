@@ -176,6 +176,69 @@ pub struct Policy {
     /// Most link key bytes held per link (both halves); further blocks are dropped until key is
     /// spent, which bounds memory and disk when demand is low.
     pub link_buffer_cap_bytes: u64,
+    /// Multi-path relay: how each fresh key travels to each destination.
+    pub routing: RoutePolicy,
+}
+
+/// How many node-disjoint paths a relay uses and how many of its shares rebuild the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePolicy {
+    /// Paths (and shares) per relay when the topology has that many node-disjoint paths; 1 is
+    /// plain single-path relay.
+    pub paths: u8,
+    /// Shares that rebuild the key (`1 ≤ threshold ≤ paths`): with `threshold < paths` a relay
+    /// survives `paths − threshold` lost paths; no node on fewer than `threshold` paths learns
+    /// anything about the key.
+    pub threshold: u8,
+    /// Per destination node: `(paths, threshold)` instead of the default.
+    pub per_dest: std::collections::BTreeMap<String, (u8, u8)>,
+}
+
+impl Default for RoutePolicy {
+    /// Single path: the core's default keeps relays observable hop by hop in tests; the node's
+    /// configuration (`[routing]`) defaults to 3 paths, threshold 2.
+    fn default() -> Self {
+        Self {
+            paths: 1,
+            threshold: 1,
+            per_dest: Default::default(),
+        }
+    }
+}
+
+/// Most paths a relay may use.
+pub const MAX_PATHS: u8 = 8;
+
+impl RoutePolicy {
+    /// `(paths, threshold)` for relays to `dest`.
+    pub fn for_dest(&self, dest: &str) -> (u8, u8) {
+        self.per_dest
+            .get(dest)
+            .copied()
+            .unwrap_or((self.paths, self.threshold))
+    }
+
+    /// Checks `1 ≤ threshold ≤ paths ≤ MAX_PATHS`, for the default and every override.
+    pub fn validate(&self) -> Result<(), String> {
+        let one = |what: &str, (p, t): (u8, u8)| {
+            if p == 0 || p > MAX_PATHS {
+                return Err(format!(
+                    "{what}: paths = {p} must be between 1 and {MAX_PATHS}"
+                ));
+            }
+            if t == 0 || t > p {
+                return Err(format!(
+                    "{what}: threshold = {t} must be between 1 and paths ({p})"
+                ));
+            }
+            Ok(())
+        };
+        one("routing", (self.paths, self.threshold))?;
+        for (d, v) in &self.per_dest {
+            one(&format!("routing for {d}"), *v)?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for Policy {
@@ -191,6 +254,7 @@ impl Default for Policy {
             assign_retry: Duration::from_millis(500),
             hop_wait: Duration::from_secs(3),
             link_buffer_cap_bytes: 8 << 20,
+            routing: RoutePolicy::default(),
         }
     }
 }

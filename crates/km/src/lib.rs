@@ -24,9 +24,10 @@ mod supply;
 pub mod time;
 
 pub use app::{AppCall, AppReply, DeliveredKey, Refusal, SaeId, StatusInfo};
-pub use config::{KmConfig, Limits, Policy};
+pub use config::{EncKeysShape, KmConfig, Limits, LimitsError, Policy, RoutePolicy};
 pub use manager::{Action, Input, KeyManager, NodeStats, ReqId, WriteId};
-pub use msgs::{NodeId, PeerMsg};
+pub use msgs::{AbortReason, NodeId, PeerMsg, ShareInfo};
 pub use record::{Record, Snapshot};
+pub use relay::RelayExposure;
 pub use status::{KmStatus, LinkStatus, PoolStatus};
 pub use time::Instant;

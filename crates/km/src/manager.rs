@@ -81,8 +81,19 @@ pub struct NodeStats {
     pub relays_started: u64,
     /// Relays acknowledged by their destination.
     pub relays_acked: u64,
-    /// Relays abandoned after the timeout.
+    /// Relays abandoned: timed out, or aborted by a node on their path.
     pub relays_abandoned: u64,
+    /// Relays abandoned at once because a node on their path reported it could not carry them.
+    pub relays_aborted: u64,
+    /// Link key this node spent on relays it later abandoned (bytes).
+    pub abandoned_key_bytes: u64,
+    /// Relays started here over several node-disjoint paths (key split into shares).
+    pub multipath_relays_started: u64,
+    /// Shares of multi-path relays from here reported lost on their path (the relay survived
+    /// while enough shares remained).
+    pub shares_lost: u64,
+    /// Hops that waited here too long for link key and were failed back to their origin.
+    pub hops_expired: u64,
     /// Relay hops forwarded for others.
     pub hops_forwarded: u64,
     /// Relayed keys received as destination.

@@ -61,6 +61,54 @@ pub struct RelayId {
     pub seq: u64,
 }
 
+/// Which share of a multi-path relay a hop carries: share `index` (1..=`count`) of a key split
+/// `threshold`-of-`count` (XOR when they are equal, Shamir otherwise), each over its own
+/// node-disjoint path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareInfo {
+    /// Share number, `1..=count` (the Shamir evaluation point).
+    pub index: u8,
+    /// Shares needed to rebuild the key.
+    pub threshold: u8,
+    /// Shares made (one per path).
+    pub count: u8,
+}
+
+impl ShareInfo {
+    /// True when the numbers make sense: `1 ≤ index ≤ count`, `1 ≤ threshold ≤ count`.
+    pub fn is_valid(&self) -> bool {
+        (1..=self.count).contains(&self.index) && (1..=self.count).contains(&self.threshold)
+    }
+}
+
+/// Why a node gave up on a relay (sent back to the origin with [`PeerMsg::RelayAborted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AbortReason {
+    /// The hop referenced link key this node no longer holds (evicted or skipped while down).
+    LinkKeyMissing,
+    /// The hop waited here longer than `hop_wait` for link key (to check it, or to forward it).
+    LinkKeyExhausted,
+    /// The hop failed its Wegman–Carter tag.
+    BadTag,
+    /// The destination could not rebuild the key from the shares it received.
+    SharesInconsistent,
+}
+
+impl std::fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AbortReason::LinkKeyMissing => {
+                "a hop referenced link key the next node no longer holds"
+            }
+            AbortReason::LinkKeyExhausted => "no link key to carry the hop within hop_wait",
+            AbortReason::BadTag => "a hop failed its authentication tag",
+            AbortReason::SharesInconsistent => {
+                "the destination could not rebuild the key from its shares"
+            }
+        })
+    }
+}
+
 /// How a slave's node obtains the bytes of one assigned key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeySource {
@@ -103,6 +151,32 @@ pub enum PeerMsg {
         /// Wegman–Carter tag over the header and `ct`.
         tag: Tag,
     },
+    /// One hop of one share of a multi-path relay: exactly like [`PeerMsg::RelayHop`] (one-time
+    /// pad and Wegman–Carter tag from this hop's link key), carrying share `share` of the key.
+    ShareHop {
+        /// Which relay.
+        relay: RelayId,
+        /// Which share.
+        share: ShareInfo,
+        /// This share's full path, origin first.
+        path: Vec<NodeId>,
+        /// Link key spans of the sender's half: 32 bytes of MAC key, then `ct.len()` bytes of pad.
+        pad: Vec<Span>,
+        /// One-time-pad ciphertext of the share.
+        ct: Vec<u8>,
+        /// Wegman–Carter tag over the header (share included) and `ct`.
+        tag: Tag,
+    },
+    /// A node on a relay's path gave up on it (or on one of its shares): the origin learns at
+    /// once instead of waiting for its timeout.
+    RelayAborted {
+        /// Which relay.
+        relay: RelayId,
+        /// The share, for a multi-path relay.
+        share: Option<u8>,
+        /// Why.
+        reason: AbortReason,
+    },
     /// The destination stored a relayed key (sent to the origin after it is durable).
     RelayAck {
         /// Which relay.
@@ -131,11 +205,6 @@ pub enum PeerMsg {
     LinkMissing {
         /// Block ids.
         blocks: Vec<u64>,
-    },
-    /// A relay could not be forwarded; its origin stops waiting for it.
-    RelayFailed {
-        /// Which relay.
-        relay: RelayId,
     },
     /// The origin gave up on an assignment: drop its keys.
     Revoke {
@@ -169,6 +238,19 @@ impl PeerMsg {
     /// The bytes a relay hop's tag covers, apart from `ct`.
     pub fn relay_header(relay: &RelayId, path: &[NodeId], pad: &[Span], ct_len: usize) -> Vec<u8> {
         postcard::to_allocvec(&(relay, path, pad, ct_len as u64)).expect("header encodes")
+    }
+
+    /// The bytes a share hop's tag covers, apart from `ct` (a distinct layout from
+    /// [`relay_header`](Self::relay_header), so a share hop cannot pass for a relay hop).
+    pub fn share_header(
+        relay: &RelayId,
+        share: &ShareInfo,
+        path: &[NodeId],
+        pad: &[Span],
+        ct_len: usize,
+    ) -> Vec<u8> {
+        postcard::to_allocvec(&("share", relay, share, path, pad, ct_len as u64))
+            .expect("header encodes")
     }
 }
 

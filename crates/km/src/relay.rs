@@ -4,17 +4,23 @@
 //! for what it sends, the other node the second half, so the two ends never spend the same bits.
 //! A hop spends 32 bytes of MAC key plus as many pad bytes as the relayed key is long.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kagi_keymat::its_mac::{Mac, MacKey, MAC_KEY_LEN};
 use kagi_keymat::{Key, Tag};
 
+use crate::config::MAX_PATHS;
 use crate::links::HopFault;
 use crate::manager::KeyManager;
-use crate::msgs::{NodeId, PeerMsg, RelayId, Span};
+use crate::msgs::{AbortReason, NodeId, PeerMsg, RelayId, ShareInfo, Span};
 use crate::outbox::{Action, After};
 use crate::record::{Counter, Record};
+use crate::routing::RoutePlan;
 use crate::time::Instant;
+
+/// Most multi-path relays a destination collects shares for at once (bounds what neighbours
+/// can make it hold).
+const MAX_PARTIALS: usize = 4096;
 
 /// Largest relayed key accepted (bytes).
 const MAX_RELAY_BYTES: usize = 1 << 20;
@@ -28,9 +34,64 @@ pub(crate) struct PendingRelay {
     pub(crate) dest: NodeId,
     pub(crate) key: Key,
     pub(crate) deadline: Instant,
-    /// The nodes after this one on the relay's path: the only ones that may report it failed.
-    /// Empty for a relay restored from the store (it then ends by its timeout).
-    pub(crate) path: Vec<NodeId>,
+    /// The path of each share (one path for single-path relay; empty after a restart).
+    pub(crate) paths: Vec<Vec<NodeId>>,
+    /// Shares that rebuild the key.
+    pub(crate) threshold: u8,
+    /// Shares a node on their path reported lost.
+    pub(crate) lost: BTreeSet<u8>,
+}
+
+impl PendingRelay {
+    /// Link key this node spent on it (pad and MAC key on each first hop).
+    fn spent_here(&self) -> u64 {
+        (self.key.len() + MAC_KEY_LEN) as u64 * self.paths.len().max(1) as u64
+    }
+}
+
+/// Shares of a multi-path relay collected at its destination.
+#[derive(Debug)]
+struct Partial {
+    threshold: u8,
+    count: u8,
+    shares: BTreeMap<u8, Key>,
+    deadline: Instant,
+}
+
+/// Which nodes could have seen which shares of one relay started here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayExposure {
+    /// The relay's counter at this node.
+    pub seq: u64,
+    /// Destination node.
+    pub dest: NodeId,
+    /// Shares that rebuild the key (1: the whole key travels on one path).
+    pub threshold: u8,
+    /// Share index → its path `[origin, ..., dest]`.
+    pub shares: Vec<(u8, Vec<NodeId>)>,
+}
+
+impl RelayExposure {
+    /// The shares that pass through `node` as an intermediate (the ends excluded).
+    pub fn shares_seen_by(&self, node: &str) -> Vec<u8> {
+        self.shares
+            .iter()
+            .filter(|(_, p)| p.len() > 2 && p[1..p.len() - 1].iter().any(|n| n == node))
+            .map(|(i, _)| *i)
+            .collect()
+    }
+
+    /// The most shares any one intermediate node sees. Below `threshold`, no single trusted
+    /// node on the way can learn anything about the key.
+    pub fn max_seen_by_one_node(&self) -> usize {
+        let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, p) in &self.shares {
+            for n in p.iter().skip(1).take(p.len().saturating_sub(2)) {
+                *count.entry(n.as_str()).or_default() += 1;
+            }
+        }
+        count.values().copied().max().unwrap_or(0)
+    }
 }
 
 /// A relay hop that arrived before its link key, or before key to forward it.
@@ -41,11 +102,13 @@ pub(crate) struct WaitingHop {
     pub(crate) msg: PeerMsg,
 }
 
-/// Relay state of one node: relays it started, hops waiting here, its relay counter.
+/// Relay state of one node: relays it started, hops waiting here, shares collected here, its
+/// relay counter.
 #[derive(Debug)]
 pub(crate) struct Relays {
     pending: BTreeMap<u64, PendingRelay>,
     waiting: Vec<WaitingHop>,
+    partial: BTreeMap<RelayId, Partial>,
     next_seq: u64,
 }
 
@@ -54,6 +117,7 @@ impl Default for Relays {
         Self {
             pending: BTreeMap::new(),
             waiting: Vec::new(),
+            partial: BTreeMap::new(),
             next_seq: 1,
         }
     }
@@ -68,9 +132,29 @@ impl Relays {
                 dest,
                 key,
                 deadline,
-                path: Vec::new(),
+                paths: Vec::new(),
+                threshold: 1,
+                lost: BTreeSet::new(),
             },
         );
+    }
+
+    /// Which nodes could see which shares, for every relay in flight from here.
+    pub(crate) fn exposures(&self) -> Vec<RelayExposure> {
+        self.pending
+            .iter()
+            .map(|(seq, p)| RelayExposure {
+                seq: *seq,
+                dest: p.dest.clone(),
+                threshold: p.threshold,
+                shares: p
+                    .paths
+                    .iter()
+                    .enumerate()
+                    .map(|(i, path)| (i as u8 + 1, path.clone()))
+                    .collect(),
+            })
+            .collect()
     }
 
     /// Restores the relay counter from the store (it only moves forward).
@@ -89,6 +173,7 @@ impl Relays {
             .values()
             .map(|r| r.deadline)
             .chain(self.waiting.iter().map(|h| h.deadline))
+            .chain(self.partial.values().map(|p| p.deadline))
             .min()
     }
 
@@ -97,11 +182,39 @@ impl Relays {
         self.waiting
             .iter()
             .filter(|h| h.from == from)
-            .filter_map(|h| match &h.msg {
-                PeerMsg::RelayHop { pad, .. } => pad.iter().map(|s| s.id).min(),
-                _ => None,
-            })
+            .filter_map(|h| hop_pad(&h.msg).iter().map(|s| s.id).min())
             .min()
+    }
+}
+
+/// The link key spans a relay or share hop spends (empty for other messages).
+fn hop_pad(msg: &PeerMsg) -> &[Span] {
+    match msg {
+        PeerMsg::RelayHop { pad, .. } | PeerMsg::ShareHop { pad, .. } => pad,
+        _ => &[],
+    }
+}
+
+/// The relay and share a relay or share hop belongs to.
+fn hop_relay(msg: &PeerMsg) -> Option<(&RelayId, Option<u8>)> {
+    match msg {
+        PeerMsg::RelayHop { relay, .. } => Some((relay, None)),
+        PeerMsg::ShareHop { relay, share, .. } => Some((relay, Some(share.index))),
+        _ => None,
+    }
+}
+
+/// The bytes a hop's tag covers apart from the ciphertext.
+fn hop_header(
+    relay: &RelayId,
+    share: Option<&ShareInfo>,
+    path: &[NodeId],
+    pad: &[Span],
+    ct_len: usize,
+) -> Vec<u8> {
+    match share {
+        None => PeerMsg::relay_header(relay, path, pad, ct_len),
+        Some(s) => PeerMsg::share_header(relay, s, path, pad, ct_len),
     }
 }
 
@@ -146,10 +259,12 @@ impl KeyManager {
         self.links.gc_rx(peer, floor, batch);
     }
 
-    /// Encrypts `key` for the hop to `next` with fresh link key. `None` if the link lacks key.
+    /// Encrypts `key` (or one share of it) for the hop to `next` with fresh link key. `None` if
+    /// the link lacks key.
     fn seal_hop(
         &mut self,
         relay: &RelayId,
+        share: Option<ShareInfo>,
         path: &[NodeId],
         key: &Key,
         next: &str,
@@ -161,17 +276,27 @@ impl KeyManager {
         let (mac_key, pad) = material.expose().split_at(MAC_KEY_LEN);
         // One-time-pad ciphertext: safe to send.
         let ct: Vec<u8> = key.expose().iter().zip(pad).map(|(k, p)| k ^ p).collect();
-        let header = PeerMsg::relay_header(relay, path, &pad_spans, ct.len());
+        let header = hop_header(relay, share.as_ref(), path, &pad_spans, ct.len());
         let mut mac = Mac::new(MacKey::from_bytes(mac_key).expect("32 bytes"));
         mac.update(&header);
         mac.update(&ct);
         let tag = mac.finalize();
-        Some(PeerMsg::RelayHop {
-            relay: relay.clone(),
-            path: path.to_vec(),
-            pad: pad_spans,
-            ct,
-            tag,
+        Some(match share {
+            None => PeerMsg::RelayHop {
+                relay: relay.clone(),
+                path: path.to_vec(),
+                pad: pad_spans,
+                ct,
+                tag,
+            },
+            Some(share) => PeerMsg::ShareHop {
+                relay: relay.clone(),
+                share,
+                path: path.to_vec(),
+                pad: pad_spans,
+                ct,
+                tag,
+            },
         })
     }
 
@@ -184,7 +309,8 @@ impl KeyManager {
             if dest == self.me() || self.routing.is_down(dest) {
                 continue;
             }
-            let Some(path) = self.routing.path(dest).map(|p| p.to_vec()) else {
+            let (paths, threshold) = p.routing.for_dest(dest);
+            let Some(plan) = self.routing.plan(dest, paths, threshold) else {
                 continue;
             };
             // Computed once per destination: the pool can hold thousands of chunks.
@@ -203,7 +329,7 @@ impl KeyManager {
                     break;
                 }
                 self.refilling.insert(dest.to_string());
-                if !self.start_relay(dest, &path, now) {
+                if !self.start_relay(dest, &plan, now) {
                     break;
                 }
                 in_flight += 1;
@@ -212,9 +338,15 @@ impl KeyManager {
         }
     }
 
-    fn start_relay(&mut self, dest: &str, path: &[NodeId], now: Instant) -> bool {
+    /// Starts one relay to `dest`: a fresh key over the plan's single path, or split into one
+    /// share per node-disjoint path. All first hops need link key, or nothing starts.
+    fn start_relay(&mut self, dest: &str, plan: &RoutePlan, now: Instant) -> bool {
         let len = self.cfg.policy.relay_chunk_bytes as usize;
-        if (self.links.tx_free(&path[1]) as usize) < len + MAC_KEY_LEN {
+        if plan
+            .paths
+            .iter()
+            .any(|p| (self.links.tx_free(&p[1]) as usize) < len + MAC_KEY_LEN)
+        {
             return false;
         }
         let seq = self.relays.next_seq;
@@ -223,10 +355,41 @@ impl KeyManager {
             seq,
         };
         let key = self.fresh_key(len);
-        let mut batch = Vec::new();
-        let Some(msg) = self.seal_hop(&relay, path, &key, &path[1], &mut batch) else {
-            return false;
+        let n = plan.paths.len();
+        let t = plan.threshold;
+        let shares: Vec<(Option<ShareInfo>, Key)> = if n == 1 {
+            vec![(None, key.clone())]
+        } else {
+            let Ok(parts) = split_key(&key, t, n as u8, &mut self.key_rng) else {
+                return false;
+            };
+            parts
+                .into_iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    let info = ShareInfo {
+                        index: i as u8 + 1,
+                        threshold: t,
+                        count: n as u8,
+                    };
+                    (Some(info), k)
+                })
+                .collect()
         };
+        let mut batch = Vec::new();
+        let mut sends = Vec::with_capacity(n);
+        for (path, (info, share)) in plan.paths.iter().zip(&shares) {
+            // Node-disjoint paths have distinct first hops, so each was checked on its own.
+            let Some(msg) = self.seal_hop(&relay, *info, path, share, &path[1], &mut batch) else {
+                // Unreachable after the check above; what was spent stays spent.
+                self.out.store(batch, vec![]);
+                return false;
+            };
+            sends.push(After::Act(Action::Send {
+                to: path[1].clone(),
+                msg,
+            }));
+        }
         self.relays.next_seq += 1;
         batch.push(Record::Counter {
             name: Counter::Relay,
@@ -243,40 +406,28 @@ impl KeyManager {
                 dest: dest.to_string(),
                 key,
                 deadline: now + self.cfg.policy.relay_timeout,
-                path: path[1..].to_vec(),
+                paths: plan.paths.clone(),
+                threshold: t,
+                lost: BTreeSet::new(),
             },
         );
         self.stats.relays_started += 1;
-        self.out.store(
-            batch,
-            vec![After::Act(Action::Send {
-                to: path[1].clone(),
-                msg,
-            })],
-        );
+        if n > 1 {
+            self.stats.multipath_relays_started += 1;
+        }
+        self.out.store(batch, sends);
         true
     }
 
     pub(crate) fn on_peer(&mut self, now: Instant, from: NodeId, msg: PeerMsg) {
         match msg {
             PeerMsg::LinkMissing { blocks } => self.on_link_missing(from, blocks),
-            PeerMsg::RelayFailed { relay } => {
-                // Only a node on the relay's path can know it failed; anyone else asking to
-                // cancel it is ignored.
-                let on_path = relay.origin == self.me()
-                    && self
-                        .relays
-                        .pending
-                        .get(&relay.seq)
-                        .is_some_and(|p| p.path.contains(&from));
-                if on_path {
-                    self.relays.pending.remove(&relay.seq);
-                    self.stats.relays_abandoned += 1;
-                    self.out
-                        .store(vec![Record::PendingRelayGone { seq: relay.seq }], vec![]);
-                }
-            }
-            PeerMsg::RelayHop { .. } => self.on_hop(now, from, msg),
+            PeerMsg::RelayAborted {
+                relay,
+                share,
+                reason,
+            } => self.on_relay_aborted(&from, &relay, share, reason),
+            PeerMsg::RelayHop { .. } | PeerMsg::ShareHop { .. } => self.on_hop(now, from, msg),
             PeerMsg::RelayAck { relay } => self.on_relay_ack(from, relay),
             PeerMsg::Assign {
                 seq,
@@ -289,16 +440,26 @@ impl KeyManager {
         }
     }
 
+    /// A relay hop or share hop from neighbour `from`: check and spend the link key, then
+    /// forward it, or keep the key (or share) here as its destination.
     fn on_hop(&mut self, now: Instant, from: NodeId, msg: PeerMsg) {
-        let PeerMsg::RelayHop {
-            relay,
-            path,
-            pad,
-            ct,
-            tag,
-        } = &msg
-        else {
-            return;
+        let (relay, share, path, pad, ct, tag) = match &msg {
+            PeerMsg::RelayHop {
+                relay,
+                path,
+                pad,
+                ct,
+                tag,
+            } => (relay, None, path, pad, ct, tag),
+            PeerMsg::ShareHop {
+                relay,
+                share,
+                path,
+                pad,
+                ct,
+                tag,
+            } => (relay, Some(*share), path, pad, ct, tag),
+            _ => return,
         };
         // The path must name the authenticated sender right before us, start at the origin,
         // follow links of the topology and have no repeated node. (A neighbour holds link key
@@ -313,6 +474,7 @@ impl KeyManager {
             && ct.len() <= MAX_RELAY_BYTES
             && !ct.is_empty()
             && pad.iter().map(|s| u64::from(s.len)).sum::<u64>() == (MAC_KEY_LEN + ct.len()) as u64
+            && share.is_none_or(|s| s.is_valid() && s.count <= MAX_PATHS)
             && self.routing.is_simple_path(path);
         if !valid {
             tracing::warn!(%from, "malformed relay hop dropped");
@@ -348,12 +510,7 @@ impl KeyManager {
                         blocks: vec![block],
                     },
                 );
-                self.out.send(
-                    relay.origin.clone(),
-                    PeerMsg::RelayFailed {
-                        relay: relay.clone(),
-                    },
-                );
+                self.abort_to_origin(relay, share.map(|s| s.index), AbortReason::LinkKeyMissing);
                 return;
             }
             Err(HopFault::Spent) => {
@@ -381,7 +538,7 @@ impl KeyManager {
             return; // checked just above
         };
         let (mac_key, pad_bytes) = material.expose().split_at(MAC_KEY_LEN);
-        let header = PeerMsg::relay_header(relay, path, pad, ct.len());
+        let header = hop_header(relay, share.as_ref(), path, pad, ct.len());
         let mut mac = Mac::new(MacKey::from_bytes(mac_key).expect("32 bytes"));
         mac.update(&header);
         mac.update(ct);
@@ -389,13 +546,15 @@ impl KeyManager {
             self.stats.bad_tags += 1;
             tracing::warn!(%from, origin = %relay.origin, seq = relay.seq, "relay hop failed its tag; dropped");
             self.out.store(batch, vec![]); // the link key is spent either way
+            self.abort_to_origin(relay, share.map(|s| s.index), AbortReason::BadTag);
             return;
         }
         self.gc_rx(&from, pad, &mut batch);
         let mut key = Key::from_slice(ct);
         key.xor_in_place(pad_bytes);
-        match next {
-            None => {
+        match (next, share) {
+            (None, Some(info)) => self.on_share(now, relay, info, key, batch),
+            (None, None) => {
                 self.stats.relays_received += 1;
                 batch.push(self.pools.add_in(&relay.origin, relay.seq, key));
                 let ack = Action::Send {
@@ -406,8 +565,8 @@ impl KeyManager {
                 };
                 self.out.store(batch, vec![After::Act(ack)]);
             }
-            Some(next) => {
-                let Some(fwd) = self.seal_hop(relay, path, &key, &next, &mut batch) else {
+            (Some(next), _) => {
+                let Some(fwd) = self.seal_hop(relay, share, path, &key, &next, &mut batch) else {
                     // Checked above; spend what was taken rather than panic.
                     self.out.store(batch, vec![]);
                     return;
@@ -469,15 +628,31 @@ impl KeyManager {
         }
         let mut batch = Vec::new();
         for seq in expired {
-            self.relays.pending.remove(&seq);
+            if let Some(p) = self.relays.pending.remove(&seq) {
+                self.stats.abandoned_key_bytes += p.spent_here();
+            }
             self.stats.relays_abandoned += 1;
             batch.push(Record::PendingRelayGone { seq });
         }
         self.out.store(batch, vec![]);
     }
 
+    /// Hops that waited too long for link key are failed back to their origin (no silent
+    /// drops); shares that never made a threshold are forgotten.
     pub(crate) fn expire_hops(&mut self, now: Instant) {
-        self.relays.waiting.retain(|h| h.deadline > now);
+        let (expired, kept): (Vec<WaitingHop>, Vec<WaitingHop>) =
+            std::mem::take(&mut self.relays.waiting)
+                .into_iter()
+                .partition(|h| h.deadline <= now);
+        self.relays.waiting = kept;
+        for h in expired {
+            if let Some((relay, share)) = hop_relay(&h.msg) {
+                let relay = relay.clone();
+                self.stats.hops_expired += 1;
+                self.abort_to_origin(&relay, share, AbortReason::LinkKeyExhausted);
+            }
+        }
+        self.relays.partial.retain(|_, p| p.deadline > now);
         self.retry_waiting_hops(now);
     }
 
@@ -488,10 +663,7 @@ impl KeyManager {
         let mut hops = std::mem::take(&mut self.relays.waiting);
         // Oldest link key first, so garbage collection of the neighbour's half (`gc_rx`) never
         // overtakes a hop that is still to be retried.
-        hops.sort_by_key(|h| match &h.msg {
-            PeerMsg::RelayHop { pad, .. } => pad.iter().map(|s| s.id).min().unwrap_or(0),
-            _ => 0,
-        });
+        hops.sort_by_key(|h| hop_pad(&h.msg).iter().map(|s| s.id).min().unwrap_or(0));
         for h in hops {
             if h.deadline > now {
                 let before = self.relays.waiting.len();
@@ -513,4 +685,38 @@ pub(crate) fn otp_tag(mac_key: &Key, id: &uuid::Uuid, ct: &[u8]) -> Tag {
     mac.update(id.as_bytes());
     mac.update(ct);
     mac.finalize()
+}
+
+/// Splits `key` into `n` shares, any `t` of which rebuild it: XOR when `t == n` (cheapest),
+/// Shamir over GF(2^8) otherwise. Share `i` (from 0) is share index `i + 1`.
+fn split_key(
+    key: &Key,
+    t: u8,
+    n: u8,
+    rng: &mut rand_chacha::ChaCha20Rng,
+) -> Result<Vec<Key>, kagi_sharing::SharingError> {
+    if t == n {
+        return kagi_sharing::xor_split(key.expose(), usize::from(n), rng);
+    }
+    let params = kagi_sharing::Params::new(usize::from(t), usize::from(n))?;
+    Ok(kagi_sharing::split(key.expose(), params, rng)?
+        .into_iter()
+        .map(kagi_sharing::Share::into_key)
+        .collect())
+}
+
+/// Rebuilds a key from the shares collected at its destination (at least `threshold`).
+fn combine_shares(p: &Partial) -> Result<Key, kagi_sharing::SharingError> {
+    if p.threshold == p.count {
+        let all: Vec<Key> = p.shares.values().cloned().collect();
+        return kagi_sharing::xor_combine(&all);
+    }
+    let params = kagi_sharing::Params::new(usize::from(p.threshold), usize::from(p.count))?;
+    let shares = p
+        .shares
+        .iter()
+        .take(usize::from(p.threshold))
+        .map(|(i, k)| kagi_sharing::Share::new(usize::from(*i), params, k.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    kagi_sharing::recover(&shares)
 }

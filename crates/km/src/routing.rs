@@ -1,12 +1,23 @@
 //! Where relays go: the topology, which peers are down, which links an operator took out of
 //! service, and the paths that follow from them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use kagi_control::{Routes, Topology};
+use kagi_control::{disjoint_paths, PathQuery, Routes, Topology};
 
 use crate::msgs::NodeId;
+
+/// How relays to one destination travel now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RoutePlan {
+    /// Node-disjoint paths `[me, ..., dest]`, shortest first; one path means single-path relay.
+    pub(crate) paths: Vec<Vec<NodeId>>,
+    /// Shares that rebuild the key (1 for single-path relay).
+    pub(crate) threshold: u8,
+    /// Why the plan falls short of the policy (fewer disjoint paths than asked), if it does.
+    pub(crate) shortfall: Option<String>,
+}
 
 /// This node's view of the network and its current routes.
 #[derive(Debug)]
@@ -18,6 +29,9 @@ pub(crate) struct Routing {
     down: BTreeSet<NodeId>,
     /// Neighbours whose link an operator took out of service.
     out_of_service: BTreeSet<NodeId>,
+    /// Multi-path plans per `(destination, paths, threshold)`, computed on demand and dropped
+    /// whenever routes change.
+    plans: BTreeMap<(NodeId, u8, u8), Option<RoutePlan>>,
     /// Every link of the topology, both ways round.
     adjacent: BTreeSet<(NodeId, NodeId)>,
 }
@@ -32,13 +46,84 @@ impl Routing {
             .flat_map(|l| [(l.a.clone(), l.b.clone()), (l.b.clone(), l.a.clone())])
             .collect();
         Self {
+            adjacent,
             me: me.to_string(),
             topology,
             routes,
             down: BTreeSet::new(),
             out_of_service: BTreeSet::new(),
-            adjacent,
+            plans: BTreeMap::new(),
         }
+    }
+
+    /// How relays to `dest` go under policy `(paths, threshold)`: up to `paths` node-disjoint
+    /// paths around down peers and links out of service, threshold capped at the paths found.
+    /// `None` when `dest` is unreachable.
+    pub(crate) fn plan(&mut self, dest: &str, paths: u8, threshold: u8) -> Option<RoutePlan> {
+        let key = (dest.to_string(), paths, threshold);
+        if let Some(p) = self.plans.get(&key) {
+            return p.clone();
+        }
+        let plan = self.compute_plan(dest, paths, threshold);
+        if let Some(p) = &plan {
+            if let Some(why) = &p.shortfall {
+                tracing::info!(me = %self.me, %dest, "multi-path relay: {why}");
+            }
+        }
+        self.plans.insert(key, plan.clone());
+        plan
+    }
+
+    /// Like [`plan`](Self::plan), without caching (for read-only status).
+    pub(crate) fn peek_plan(&self, dest: &str, paths: u8, threshold: u8) -> Option<RoutePlan> {
+        match self.plans.get(&(dest.to_string(), paths, threshold)) {
+            Some(p) => p.clone(),
+            None => self.compute_plan(dest, paths, threshold),
+        }
+    }
+
+    fn compute_plan(&self, dest: &str, paths: u8, threshold: u8) -> Option<RoutePlan> {
+        let single = self.routes.path(dest)?.to_vec();
+        if paths <= 1 {
+            return Some(RoutePlan {
+                paths: vec![single],
+                threshold: 1,
+                shortfall: None,
+            });
+        }
+        let down: Vec<String> = self.down.iter().cloned().collect();
+        let found = disjoint_paths(
+            &self.usable_topology(),
+            &self.me,
+            dest,
+            &PathQuery {
+                max_paths: usize::from(paths),
+                avoid: &down,
+            },
+        );
+        if found.len() <= 1 {
+            return Some(RoutePlan {
+                paths: vec![single],
+                threshold: 1,
+                shortfall: Some(format!(
+                    "only one node-disjoint path to {dest} (policy asks for {paths}); \
+                     relaying over a single path"
+                )),
+            });
+        }
+        let n = found.len() as u8;
+        let t = threshold.min(n);
+        let shortfall = (n < paths).then(|| {
+            format!(
+                "{n} node-disjoint paths to {dest} (policy asks for {paths}); \
+                 threshold {t} of {n}"
+            )
+        });
+        Some(RoutePlan {
+            paths: found,
+            threshold: t,
+            shortfall,
+        })
     }
 
     /// Whether `path` is a simple path over links of the topology, checked in `O(n log n)` so
@@ -95,6 +180,7 @@ impl Routing {
     }
 
     fn recompute(&mut self) {
+        self.plans.clear();
         let down: Vec<String> = self.down.iter().cloned().collect();
         self.routes = Routes::compute(&self.usable_topology(), &self.me, &down);
     }

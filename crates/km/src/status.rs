@@ -52,6 +52,12 @@ pub struct PoolStatus {
     pub relays_in_flight: u64,
     /// The current relay path `[self, ..., peer]`, empty when unreachable.
     pub route: Vec<NodeId>,
+    /// The node-disjoint paths relays to `peer` use now (one: single-path relay).
+    pub paths: Vec<Vec<NodeId>>,
+    /// Shares that rebuild each key relayed to `peer` (1 for single-path relay).
+    pub threshold: u8,
+    /// Why relays to `peer` use fewer paths than the routing policy asks, if they do.
+    pub route_note: Option<String>,
 }
 
 impl KeyManager {
@@ -75,16 +81,23 @@ impl KeyManager {
             .nodes
             .iter()
             .filter(|n| n.id != self.cfg.node_id)
-            .map(|n| PoolStatus {
-                peer: n.id.clone(),
-                out_bytes: self.pools.out_free(&n.id),
-                in_bytes: self.pools.in_bytes(&n.id),
-                relays_in_flight: self.relays.in_flight(&n.id),
-                route: self
-                    .routing
-                    .path(&n.id)
-                    .map(<[_]>::to_vec)
-                    .unwrap_or_default(),
+            .map(|n| {
+                let (p, t) = self.cfg.policy.routing.for_dest(&n.id);
+                let plan = self.routing.peek_plan(&n.id, p, t);
+                PoolStatus {
+                    peer: n.id.clone(),
+                    out_bytes: self.pools.out_free(&n.id),
+                    in_bytes: self.pools.in_bytes(&n.id),
+                    relays_in_flight: self.relays.in_flight(&n.id),
+                    route: self
+                        .routing
+                        .path(&n.id)
+                        .map(<[_]>::to_vec)
+                        .unwrap_or_default(),
+                    threshold: plan.as_ref().map_or(0, |p| p.threshold),
+                    route_note: plan.as_ref().and_then(|p| p.shortfall.clone()),
+                    paths: plan.map(|p| p.paths).unwrap_or_default(),
+                }
             })
             .collect();
         KmStatus {
@@ -94,6 +107,12 @@ impl KeyManager {
             pools,
             stats: self.stats(),
         }
+    }
+
+    /// Which nodes could have seen which shares, for every relay in flight from this node
+    /// (X.1712-style exposure record: no single intermediate node should see `threshold`).
+    pub fn relay_exposures(&self) -> Vec<crate::relay::RelayExposure> {
+        self.relays.exposures()
     }
 
     /// Takes the link to neighbour `peer` out of service (`false`) or back (`true`): relays from

@@ -299,8 +299,10 @@ fn relay_failed_from_a_node_off_the_path_is_ignored() {
         "a",
         Input::Peer {
             from: "c".into(),
-            msg: PeerMsg::RelayFailed {
+            msg: PeerMsg::RelayAborted {
                 relay: relay.clone(),
+                share: None,
+                reason: kagi_km::AbortReason::LinkKeyMissing,
             },
         },
     );
@@ -313,7 +315,11 @@ fn relay_failed_from_a_node_off_the_path_is_ignored() {
         "a",
         Input::Peer {
             from: "b".into(),
-            msg: PeerMsg::RelayFailed { relay },
+            msg: PeerMsg::RelayAborted {
+                relay,
+                share: None,
+                reason: kagi_km::AbortReason::LinkKeyMissing,
+            },
         },
     );
     assert_eq!(abandoned(&net), before + 1, "b, on the path, may");

@@ -24,6 +24,9 @@ pub struct NodeConfig {
     /// End-to-end key pool policy.
     #[serde(default)]
     pub pool: PoolConfig,
+    /// Multi-path relay policy (`[routing]`).
+    #[serde(default)]
+    pub routing: RoutingConfig,
     /// Key store durability.
     #[serde(default)]
     pub store: StoreConfig,
@@ -176,6 +179,57 @@ pub struct Etsi014Config {
     pub require_pq: bool,
 }
 
+/// How relays travel: over up to `paths` node-disjoint paths, the key split so that any
+/// `threshold` shares rebuild it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Node-disjoint paths per relay where the topology has them (1: single-path relay). Where
+    /// it has fewer, relays use those it has and the node logs and reports why.
+    pub paths: u8,
+    /// Shares that rebuild a key (`1 ≤ threshold ≤ paths`); `paths − threshold` paths may fail.
+    pub threshold: u8,
+    /// Per destination node: `[routing.dest.<node>]` with its own `paths` and `threshold`.
+    pub dest: std::collections::BTreeMap<String, PathPolicy>,
+}
+
+/// `paths` and `threshold` for one destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathPolicy {
+    /// Node-disjoint paths.
+    pub paths: u8,
+    /// Shares that rebuild a key.
+    pub threshold: u8,
+}
+
+impl Default for RoutingConfig {
+    /// Three paths, any two of which deliver: no single trusted node on the way learns a key,
+    /// and one failed path does not stop delivery.
+    fn default() -> Self {
+        Self {
+            paths: 3,
+            threshold: 2,
+            dest: Default::default(),
+        }
+    }
+}
+
+impl RoutingConfig {
+    /// The core's routing policy.
+    pub fn to_policy(&self) -> kagi_km::RoutePolicy {
+        kagi_km::RoutePolicy {
+            paths: self.paths,
+            threshold: self.threshold,
+            per_dest: self
+                .dest
+                .iter()
+                .map(|(d, p)| (d.clone(), (p.paths, p.threshold)))
+                .collect(),
+        }
+    }
+}
+
 /// End-to-end key pool policy, per destination node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -229,6 +283,10 @@ impl NodeConfig {
             .limits
             .validate()
             .map_err(|e| anyhow::anyhow!("{}: [etsi014]: {e}", path.display()))?;
+        cfg.routing
+            .to_policy()
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{}: [routing]: {e}", path.display()))?;
         if let Some(p) = cfg.store.seal.key_file.as_mut() {
             if p.is_relative() {
                 *p = base.join(&*p);

@@ -261,6 +261,10 @@ impl Driver {
                     relays_started = s.relays_started,
                     relays_acked = s.relays_acked,
                     relays_abandoned = s.relays_abandoned,
+                    relays_aborted = s.relays_aborted,
+                    abandoned_key_bytes = s.abandoned_key_bytes,
+                    multipath_relays = s.multipath_relays_started,
+                    shares_lost = s.shares_lost,
                     hops_forwarded = s.hops_forwarded,
                     replays_rejected = s.replays_rejected,
                     bad_tags = s.bad_tags,
@@ -631,6 +635,7 @@ pub fn km_config(cfg: &crate::config::NodeConfig, topo: Arc<kagi_control::Topolo
             pool_low_water: p.low_water,
             relay_chunk_bytes: p.relay_chunk_bytes.clamp(32, 1 << 20) as u32,
             max_relays_in_flight: p.max_in_flight.max(1),
+            routing: cfg.routing.to_policy(),
             ..kagi_km::Policy::default()
         },
     }

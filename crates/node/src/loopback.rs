@@ -61,6 +61,7 @@ pub fn prepare(
             },
             etsi014: Default::default(),
             pool: Default::default(),
+            routing: Default::default(),
             store: Default::default(),
             skip_addr: None,
             etsi004: None,

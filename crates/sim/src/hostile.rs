@@ -7,7 +7,7 @@
 //! * replays of messages honest nodes sent it, to their sender or another node;
 //! * garbled copies (flipped ciphertext or tag bytes, moved or zero-length spans, changed ids);
 //! * validly tagged relay hops whose path claims another origin, or another sender before it;
-//! * control messages about other nodes' relays and assignments (`RelayFailed`, `RelayAck`,
+//! * control messages about other nodes' relays and assignments (`RelayAborted`, `RelayAck`,
 //!   `AssignAck`, `Revoke`), forged assignments, and `LinkMissing` for blocks it holds.
 
 use std::collections::BTreeMap;
@@ -140,8 +140,10 @@ impl Hostile {
             9 => sim.inject(
                 &self.me,
                 &origin.clone(),
-                PeerMsg::RelayFailed {
+                PeerMsg::RelayAborted {
                     relay: RelayId { origin, seq },
+                    share: None,
+                    reason: kagi_km::AbortReason::LinkKeyExhausted,
                 },
             ),
             10 => sim.inject(
@@ -272,12 +274,16 @@ impl Hostile {
                 slaves,
                 keys,
             },
-            PeerMsg::RelayAck { relay } | PeerMsg::RelayFailed { relay } => PeerMsg::RelayFailed {
-                relay: RelayId {
-                    origin: relay.origin,
-                    seq: relay.seq + self.rng.gen_range(0..3),
-                },
-            },
+            PeerMsg::RelayAck { relay } | PeerMsg::RelayAborted { relay, .. } => {
+                PeerMsg::RelayAborted {
+                    relay: RelayId {
+                        origin: relay.origin,
+                        seq: relay.seq + self.rng.gen_range(0..3),
+                    },
+                    share: None,
+                    reason: kagi_km::AbortReason::LinkKeyMissing,
+                }
+            }
             other => other,
         }
     }

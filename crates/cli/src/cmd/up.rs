@@ -321,6 +321,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             },
             etsi014: Etsi014Config::default(),
             pool: PoolConfig::default(),
+            routing: Default::default(),
             store: Default::default(),
             skip_addr: None,
             etsi004: None,
@@ -337,6 +338,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
                 data_dir: written_data_dir(&cfg_path).unwrap_or(cfg.data_dir),
                 etsi014: old.etsi014,
                 pool: old.pool,
+                routing: old.routing,
                 store: old.store,
                 ..cfg
             },

@@ -234,6 +234,9 @@ fn pools_json(km: &kagi_km::KmStatus) -> Value {
                     "in_bytes": p.in_bytes,
                     "relays_in_flight": p.relays_in_flight,
                     "route": p.route,
+                    "paths": p.paths,
+                    "threshold": p.threshold,
+                    "route_note": p.route_note,
                 })
             })
             .collect(),
