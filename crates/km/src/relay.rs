@@ -596,6 +596,131 @@ impl KeyManager {
         self.relays.waiting.push(hop);
     }
 
+    /// A share reached its destination: keep it until `threshold` shares rebuild the key, then
+    /// store the key and acknowledge (after the store is durable).
+    fn on_share(
+        &mut self,
+        now: Instant,
+        relay: &RelayId,
+        info: ShareInfo,
+        share: Key,
+        batch: Vec<Record>,
+    ) {
+        if !self.relays.partial.contains_key(relay) && self.relays.partial.len() >= MAX_PARTIALS {
+            tracing::warn!(origin = %relay.origin, seq = relay.seq, "too many relays being rebuilt; share dropped");
+            self.out.store(batch, vec![]);
+            self.abort_to_origin(relay, Some(info.index), AbortReason::SharesInconsistent);
+            return;
+        }
+        let deadline = now + self.cfg.policy.relay_timeout;
+        let p = self
+            .relays
+            .partial
+            .entry(relay.clone())
+            .or_insert_with(|| Partial {
+                threshold: info.threshold,
+                count: info.count,
+                shares: BTreeMap::new(),
+                deadline,
+            });
+        if (p.threshold, p.count) != (info.threshold, info.count) {
+            self.relays.partial.remove(relay);
+            self.out.store(batch, vec![]);
+            self.abort_to_origin(relay, None, AbortReason::SharesInconsistent);
+            return;
+        }
+        p.shares.entry(info.index).or_insert(share);
+        if p.shares.len() < usize::from(p.threshold) {
+            self.out.store(batch, vec![]); // the link key spent on this hop
+            return;
+        }
+        let Some(p) = self.relays.partial.remove(relay) else {
+            return;
+        };
+        let Ok(key) = combine_shares(&p) else {
+            self.out.store(batch, vec![]);
+            self.abort_to_origin(relay, None, AbortReason::SharesInconsistent);
+            return;
+        };
+        self.stats.relays_received += 1;
+        let mut batch = batch;
+        batch.push(self.pools.add_in(&relay.origin, relay.seq, key));
+        let ack = Action::Send {
+            to: relay.origin.clone(),
+            msg: PeerMsg::RelayAck {
+                relay: relay.clone(),
+            },
+        };
+        self.out.store(batch, vec![After::Act(ack)]);
+    }
+
+    /// Tells a relay's origin that this node gave up on it (or on one of its shares).
+    fn abort_to_origin(&mut self, relay: &RelayId, share: Option<u8>, reason: AbortReason) {
+        if relay.origin == self.me() {
+            return;
+        }
+        self.out.send(
+            relay.origin.clone(),
+            PeerMsg::RelayAborted {
+                relay: relay.clone(),
+                share,
+                reason,
+            },
+        );
+    }
+
+    /// A node on a relay's path gave up on it. A multi-path relay survives as long as
+    /// `threshold` shares are still on their way; otherwise the relay is abandoned at once.
+    fn on_relay_aborted(
+        &mut self,
+        from: &str,
+        relay: &RelayId,
+        share: Option<u8>,
+        reason: AbortReason,
+    ) {
+        if relay.origin != self.me() {
+            return;
+        }
+        let Some(p) = self.relays.pending.get_mut(&relay.seq) else {
+            return;
+        };
+        // Only a node on the relay's path (of that share, for a multi-path relay) may abort it.
+        // A relay restored after a restart has no recorded paths: any node on a route to its
+        // destination may then abort it, which at worst abandons it early.
+        let on_path = |path: &Vec<NodeId>| path.iter().skip(1).any(|n| n == from);
+        let allowed = match share {
+            _ if p.paths.is_empty() => true,
+            Some(i) if p.paths.len() > 1 => p
+                .paths
+                .get(usize::from(i).wrapping_sub(1))
+                .is_some_and(on_path),
+            _ => p.paths.iter().any(on_path),
+        };
+        if !allowed {
+            tracing::warn!(%from, seq = relay.seq, "relay abort from a node off the relay's path; ignored");
+            return;
+        }
+        if let Some(i) = share.filter(|_| p.paths.len() > 1) {
+            if p.lost.insert(i) {
+                self.stats.shares_lost += 1;
+            }
+            let left = p.paths.len() - p.lost.len();
+            if left >= usize::from(p.threshold) {
+                tracing::info!(dest = %p.dest, seq = relay.seq, share = i, %reason, "relay share lost; {left} shares still on their way");
+                return;
+            }
+        }
+        let Some(p) = self.relays.pending.remove(&relay.seq) else {
+            return;
+        };
+        tracing::info!(dest = %p.dest, seq = relay.seq, %from, %reason, "relay aborted");
+        self.stats.relays_abandoned += 1;
+        self.stats.relays_aborted += 1;
+        self.stats.abandoned_key_bytes += p.spent_here();
+        self.out
+            .store(vec![Record::PendingRelayGone { seq: relay.seq }], vec![]);
+    }
+
     fn on_relay_ack(&mut self, from: NodeId, relay: RelayId) {
         if relay.origin != self.me() {
             return;
