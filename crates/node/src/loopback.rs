@@ -74,6 +74,34 @@ pub fn prepare(
     Ok(cfgs)
 }
 
+/// A chain of nodes `ids` 20 km apart, each with one SAE `sae-<id>`, its simulated links started
+/// a second ago at five times the real rate (fast enough for tests), [`prepare`]d under `dir`
+/// with pools of `pool_bytes` filled in 1 KiB relays; `tune` adjusts each config further.
+pub fn line_network(
+    dir: &Path,
+    ids: &[&str],
+    seed: u64,
+    pool_bytes: u64,
+    tune: impl Fn(&mut NodeConfig),
+) -> anyhow::Result<(Topology, Vec<NodeConfig>)> {
+    let mut topo = Topology::line("line", ids, 20.0, |n| vec![format!("sae-{n}")]);
+    topo.seed = seed;
+    topo.epoch_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        .saturating_sub(1);
+    topo.rate_multiplier = 5.0;
+    let cfgs = prepare(dir, &mut topo, |c| {
+        c.pool = crate::config::PoolConfig {
+            target_bytes: pool_bytes,
+            relay_chunk_bytes: 1024,
+            ..Default::default()
+        };
+        tune(c);
+    })?;
+    Ok((topo, cfgs))
+}
+
 /// An ETSI 014 client for `sae` at its node of a network [`prepare`]d in `dir`.
 pub fn sae_client(dir: &Path, topo: &Topology, sae: &str) -> anyhow::Result<Etsi014Client> {
     let pki = Pki::open_or_create(&dir.join("pki"))?;

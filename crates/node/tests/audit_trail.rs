@@ -6,37 +6,19 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use kagi_control::Topology;
 use kagi_km::{AppCall, Refusal};
 use kagi_node::audit::verify::{check_file, verify_path};
 use kagi_node::audit::{self, Entry};
-use kagi_node::config::{NodeConfig, PoolConfig};
+use kagi_node::config::NodeConfig;
 use kagi_node::etsi014::wire::KeyRequest;
 use kagi_node::service::KeyService;
 
 fn network(dir: &Path) -> (Topology, Vec<NodeConfig>) {
-    let mut topo = Topology::line("line3", &["a", "b", "c"], 20.0, |n| {
-        vec![format!("sae-{n}")]
-    });
-    topo.seed = 5;
-    topo.epoch_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        - 1;
-    topo.rate_multiplier = 5.0;
-    let cfgs = kagi_node::loopback::prepare(dir, &mut topo, |c| {
-        c.pool = PoolConfig {
-            target_bytes: 4096,
-            relay_chunk_bytes: 1024,
-            ..PoolConfig::default()
-        };
-    })
-    .unwrap();
-    (topo, cfgs)
+    kagi_node::loopback::line_network(dir, &["a", "b", "c"], 5, 4096, |_| {}).unwrap()
 }
 
 fn lines(p: &Path) -> Vec<String> {

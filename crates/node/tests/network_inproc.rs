@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use kagi_control::Topology;
 use kagi_node::client::Etsi014Client;
-use kagi_node::config::{NodeConfig, PoolConfig};
+use kagi_node::config::NodeConfig;
 use kagi_node::etsi014::wire::KeyRequest;
 
 fn tempdir(tag: &str) -> PathBuf {
@@ -16,25 +16,7 @@ fn tempdir(tag: &str) -> PathBuf {
 }
 
 fn network(dir: &Path) -> (Topology, Vec<NodeConfig>) {
-    let mut topo = Topology::line("line4", &["a", "b", "c", "d"], 20.0, |n| {
-        vec![format!("sae-{n}")]
-    });
-    topo.seed = 11;
-    topo.epoch_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        - 1;
-    topo.rate_multiplier = 5.0;
-    let cfgs = kagi_node::loopback::prepare(dir, &mut topo, |c| {
-        c.pool = PoolConfig {
-            target_bytes: 8192,
-            relay_chunk_bytes: 1024,
-            ..PoolConfig::default()
-        };
-    })
-    .unwrap();
-    (topo, cfgs)
+    kagi_node::loopback::line_network(dir, &["a", "b", "c", "d"], 11, 8192, |_| {}).unwrap()
 }
 
 fn client(dir: &Path, topo: &Topology, sae: &str) -> Etsi014Client {

@@ -3,34 +3,16 @@
 //! byte flipped in a stored slave key is caught at restart and that key is never served.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use kagi_control::Topology;
-use kagi_node::config::{NodeConfig, PoolConfig};
+use kagi_node::config::NodeConfig;
 use kagi_node::etsi014::wire::KeyRequest;
 use kagi_node::link_source::SimulatedLink;
 
 fn network(dir: &Path) -> (Topology, Vec<NodeConfig>) {
-    let mut topo = Topology::line("line3", &["a", "b", "c"], 20.0, |n| {
-        vec![format!("sae-{n}")]
-    });
-    topo.seed = 12;
-    topo.epoch_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        - 1;
-    topo.rate_multiplier = 5.0;
-    let cfgs = kagi_node::loopback::prepare(dir, &mut topo, |c| {
-        c.pool = PoolConfig {
-            target_bytes: 8192,
-            relay_chunk_bytes: 1024,
-            ..PoolConfig::default()
-        };
-    })
-    .unwrap();
-    (topo, cfgs)
+    kagi_node::loopback::line_network(dir, &["a", "b", "c"], 12, 8192, |_| {}).unwrap()
 }
 
 type Stop = tokio::sync::watch::Sender<bool>;
