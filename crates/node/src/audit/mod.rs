@@ -399,11 +399,20 @@ impl AuditTrail {
     /// Ends the trail at a clean stop: a `node.stop` entry and a signed checkpoint; later
     /// records (a neighbour's late checkpoint) are refused, so the file ends on the signature.
     pub fn close(&self) -> Result<(), AuditError> {
-        self.record(Event::node("node.stop", &self.node.clone(), ""))?;
-        self.checkpoint()?;
-        if let Ok(mut i) = self.inner.lock() {
+        tracing::info!(target: "kagi::audit", node = %self.node, event = "node.stop", "audit");
+        // One lock for the stop entry, the checkpoint and the closing, so that no record from
+        // another task slips in after the final signature.
+        let line = {
+            let mut i = self
+                .inner
+                .lock()
+                .map_err(|_| AuditError::Closed("lock poisoned".into()))?;
+            self.append(&mut i, Event::node("node.stop", &self.node, ""), false)?;
+            let line = self.checkpoint_locked(&mut i)?;
             i.fault.get_or_insert_with(|| "closed at stop".into());
-        }
+            line
+        };
+        self.call_hook(&line);
         Ok(())
     }
 
