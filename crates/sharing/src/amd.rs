@@ -41,7 +41,7 @@ fn check_value(x: &[u8], msg: &[u8]) -> [u8; BLOCK] {
     lead[..BLOCK].copy_from_slice(&ONE);
     h.update_padded(&lead);
     h.update_padded(msg);
-    if msg.len().div_ceil(BLOCK) % 2 == 0 {
+    if msg.len().div_ceil(BLOCK).is_multiple_of(2) {
         h.update_padded(&[0u8; BLOCK]);
     }
     let mut out = [0u8; BLOCK];
