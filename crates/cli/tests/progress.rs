@@ -31,13 +31,13 @@ fn link_sim_draws_a_bar_on_a_terminal() {
 
 #[test]
 fn link_sim_is_quiet_in_a_pipe() {
-    let out = Command::new(kagi())
-        .args(ARGS.split(' '))
-        .output()
-        .unwrap();
+    let out = Command::new(kagi()).args(ARGS.split(' ')).output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     let all = format!("{}{err}", String::from_utf8_lossy(&out.stdout));
-    assert!(!all.contains("pulses simulated"), "bar drawn into a pipe:\n{all}");
+    assert!(
+        !all.contains("pulses simulated"),
+        "bar drawn into a pipe:\n{all}"
+    );
     assert!(!all.contains('\r'), "terminal control in a pipe:\n{all}");
 }
