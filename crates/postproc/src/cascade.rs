@@ -11,11 +11,12 @@
 //! Rounds: a correction in one pass makes a block of another pass odd, so corrections form
 //! chains (trails in the graph whose vertices are the blocks of the first two passes and
 //! whose edges are the errors), walked one binary search after another; at 10^6 bits and QBER
-//! 3 % the longest chains take ~150 rounds of one search level each. Two of Bob's choices shorten them
-//! at a small cost in disclosed bits (Alice answers any range and counts what she answered):
-//! when few searches are open he asks several levels of each at once
-//! ([`CascadeParams::round_bits`]), and the two-block passes start while the second pass's tail
-//! still runs ([`CascadeParams::late_overlap`]), so their searches start new chains mid-trail.
+//! 3 % the longest chains take ~150 rounds of one search level each. Two of Bob's choices
+//! shorten them at a small cost in disclosed bits (Alice answers any range and counts what she
+//! answered): when few searches are open he asks several levels of each at once
+//! ([`CascadeParams::round_bits`]), and the two-block passes start while the second pass's
+//! tail still runs ([`CascadeParams::late_overlap`]), so their searches start new chains
+//! mid-trail.
 //! Reconciliation alone never guarantees equality: the protocol verifies with a universal hash
 //! afterwards and aborts on mismatch.
 
@@ -72,8 +73,8 @@ pub struct CascadeParams {
     /// authentication key a round costs (two 128-bit tags).
     pub round_bits: usize,
     /// Bob starts the two-block passes (the third on) once the second pass's open searches
-    /// number at most this many (and at most 1/128 of those of its first round, so that small blocks,
-    /// whose tails are relatively longer, are not charged the two-block searches early),
+    /// number at most this many (and at most 1/128 of those of its first round, so that small
+    /// blocks, whose tails are relatively longer, are not charged the two-block searches early),
     /// instead of after the last one: their searches then run alongside the long tail of the
     /// second pass's cascades. 0 runs them strictly after.
     pub late_overlap: usize,
@@ -700,7 +701,7 @@ impl CascadeBob {
                 s.listed = s.active;
                 s.active
             });
-            // The two-block passes join the tail of the second pass (see `CascadeParams::late_overlap`).
+            // The two-block passes join the second pass's tail (`CascadeParams::late_overlap`).
             if self.pass == 1 && self.pass1_start == 0 {
                 self.pass1_start = self.listed.len();
             }
