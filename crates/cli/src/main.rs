@@ -26,6 +26,9 @@ enum Command {
     /// Flow-level planning: key rate per node pair and SAE pair under a routing and multi-path
     /// policy, link loads, min-cut bounds (networks of thousands of nodes).
     Plan(cmd::plan::Args),
+    /// Planning simulation on the real key managers under virtual time: delivered key and
+    /// served share per SAE pair and node pair for a demand model, with node failures.
+    Sim(cmd::sim::Args),
     /// Run one trusted node's key manager (`--config node.toml`).
     Node(cmd::node::Args),
     /// Start a whole local network (certificates, configs, one `kagi node` per trusted node).
@@ -69,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         Command::LinkSim(a) => cmd::link_sim::run(a),
         Command::Links(a) => cmd::links::run(a),
         Command::Plan(a) => cmd::plan::run(a),
+        Command::Sim(a) => cmd::sim::run(a),
         Command::Up(a) => cmd::up::run(a),
         Command::Keys(a) => cmd::keys::run(a),
         Command::Dash(a) => cmd::dash::run(a),

@@ -16,6 +16,7 @@ pub mod hostile;
 mod net;
 pub mod oracle;
 pub mod plan;
+pub mod study;
 
 pub use net::{Answered, FaultCounts, Faults, LinkSupply, Sim};
 pub use oracle::Oracle;

@@ -168,6 +168,8 @@ pub struct Sim {
     /// Fault model (may be changed between steps).
     pub faults: Faults,
     supply: LinkSupply,
+    /// Interval between blocks of each link (the supply's interval unless set per link).
+    link_intervals: Vec<Duration>,
     policy: Policy,
     next_req: u64,
     answers: BTreeMap<u64, Answered>,
@@ -219,6 +221,7 @@ impl Sim {
             rng: ChaCha20Rng::seed_from_u64(seed),
             seed,
             faults,
+            link_intervals: vec![supply.interval; topo.links.len()],
             supply,
             policy,
             next_req: 1,
@@ -579,7 +582,7 @@ impl Sim {
                         self.drain(me);
                     }
                 }
-                let at = now + self.supply.interval;
+                let at = now + self.link_intervals[link];
                 self.push(
                     at,
                     Event::LinkBlock {
@@ -812,6 +815,24 @@ impl Sim {
         let mut bytes = vec![0u8; self.supply.block_bytes];
         r.fill_bytes(&mut bytes);
         bytes
+    }
+
+    /// Sets the interval between blocks of each link (by link number), so that links of the
+    /// same network produce key at their own rates. Takes effect from each link's next block.
+    pub fn set_link_intervals(&mut self, intervals: Vec<Duration>) {
+        if intervals.len() == self.link_intervals.len() {
+            self.link_intervals = intervals;
+        }
+    }
+
+    /// Virtual time now.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Bytes of each link block (both halves: each end gets all of them).
+    pub fn block_bytes(&self) -> usize {
+        self.supply.block_bytes
     }
 
     /// The newest block produced on link number `link`.

@@ -15,6 +15,7 @@ pub mod pki;
 pub mod plan;
 pub mod progress;
 pub mod seal;
+pub mod sim;
 pub mod skip_ports;
 pub mod up;
 pub mod up_dash;

@@ -1,0 +1,156 @@
+//! `kagi sim`: a planning study on the real key managers under virtual time — what each SAE pair
+//! and node pair gets from a demand model, with seeded node failures (`kagi_sim::study`).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use kagi_control::Topology;
+use kagi_sim::study::{study, StudyOptions, StudyReport};
+
+/// Arguments of `kagi sim`.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Examples:\n  kagi sim --hours 1\n  kagi sim --topology docs/examples/japan24.toml --hours 0.5 --saes-per-node 4 --json\n  \
+    kagi sim --hours 6 --diurnal --node-mtbf-hours 2 --repair-minutes 15"
+)]
+pub struct Args {
+    /// Topology file (default: the built-in Tokyo network).
+    #[arg(long)]
+    topology: Option<PathBuf>,
+    /// Simulated hours.
+    #[arg(long, default_value_t = 1.0)]
+    hours: f64,
+    /// SAEs per node (0: the SAEs the topology lists).
+    #[arg(long, default_value_t = 4)]
+    saes_per_node: usize,
+    /// Mean requests per hour of each SAE pair.
+    #[arg(long, default_value_t = 60.0)]
+    requests_per_hour: f64,
+    /// Keys per request.
+    #[arg(long, default_value_t = 1)]
+    keys_per_request: u32,
+    /// Bits per key.
+    #[arg(long, default_value_t = 256)]
+    key_bits: u32,
+    /// Multiplies every link's modelled key rate.
+    #[arg(long, default_value_t = 1.0)]
+    rate_multiplier: f64,
+    /// Demand follows a day (0.5× at 04:00, 1.5× at 16:00).
+    #[arg(long)]
+    diurnal: bool,
+    /// Mean time between failures of each node, hours (default: no failures).
+    #[arg(long)]
+    node_mtbf_hours: Option<f64>,
+    /// How long a failed node stays down, minutes.
+    #[arg(long, default_value_t = 10.0)]
+    repair_minutes: f64,
+    /// Seed of the demand, the failures and the network.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the subcommand.
+pub fn run(a: Args) -> Result<()> {
+    let topo = match &a.topology {
+        Some(p) => Topology::from_toml(
+            &std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?,
+        )
+        .with_context(|| format!("topology {}", p.display()))?,
+        None => kagi_control::builtin::tokyo(),
+    };
+    let opt = StudyOptions {
+        hours: a.hours,
+        saes_per_node: a.saes_per_node,
+        requests_per_hour: a.requests_per_hour,
+        keys_per_request: a.keys_per_request,
+        key_bits: a.key_bits,
+        rate_multiplier: a.rate_multiplier,
+        diurnal: a.diurnal,
+        node_mtbf_hours: a.node_mtbf_hours,
+        repair_minutes: a.repair_minutes,
+        seed: a.seed,
+    };
+    let spin = super::progress::spinner(&format!(
+        "simulating {} h of {} nodes",
+        a.hours,
+        topo.nodes.len()
+    ));
+    let start = Instant::now();
+    let report = study(&topo, &opt);
+    spin.finish_and_clear();
+    let report = report?;
+    let secs = start.elapsed().as_secs_f64();
+    if a.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["topology"] = serde_json::json!(topo.name);
+        v["seconds"] = serde_json::json!(secs);
+        emit(&format!("{}\n", serde_json::to_string_pretty(&v)?))
+    } else {
+        emit(&text(&topo, &report, secs))
+    }
+}
+
+/// Writes the report; a reader that went away (`| head`) is not an error.
+fn emit(s: &str) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(s.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+fn text(topo: &Topology, r: &StudyReport, secs: f64) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    macro_rules! println {
+        () => { out.push('\n') };
+        ($($t:tt)*) => {{ let _ = writeln!(out, $($t)*); }};
+    }
+    println!(
+        "{}: {} nodes, {} links, {} SAE pairs, {} simulated hour(s) in {secs:.1} s",
+        topo.name,
+        topo.nodes.len(),
+        topo.links.len(),
+        r.pairs.len(),
+        r.hours
+    );
+    println!(
+        "availability {:.2} % ({} of {} requests served; {} refused for lack of key or a node \
+         down, {} unanswered); {} node failure(s)",
+        100.0 * r.availability,
+        r.requests - r.refused_unavailable - r.refused_other - r.unanswered,
+        r.requests,
+        r.refused_unavailable,
+        r.unanswered,
+        r.node_failures
+    );
+    println!(
+        "key delivered {} bits; link key spent {} bits ({:.2} per delivered bit)",
+        r.delivered_bits, r.link_key_spent_bits, r.key_spent_per_delivered_bit
+    );
+    println!();
+    println!(
+        "{:<14} {:<14} {:>9} {:>8} {:>14}",
+        "node", "node", "requests", "served", "delivered b/s"
+    );
+    let mut rows = r.node_pairs.clone();
+    rows.sort_by(|x, y| x.served_fraction.total_cmp(&y.served_fraction));
+    for p in rows.iter().take(20) {
+        println!(
+            "{:<14} {:<14} {:>9} {:>7.1}% {:>14.1}",
+            p.a,
+            p.b,
+            p.requests,
+            100.0 * p.served_fraction,
+            p.delivered_bps
+        );
+    }
+    if rows.len() > 20 {
+        println!("({} more node pairs in --json)", rows.len() - 20);
+    }
+    out
+}

@@ -1,0 +1,94 @@
+//! `kagi sim`'s study on the real key managers: what applications get, what failures cost, and
+//! that a study is a function of its seed.
+
+use kagi_sim::study::{study, StudyOptions};
+
+fn small() -> StudyOptions {
+    StudyOptions {
+        hours: 0.05,
+        saes_per_node: 2,
+        requests_per_hour: 1200.0,
+        rate_multiplier: 4.0,
+        seed: 7,
+        ..StudyOptions::default()
+    }
+}
+
+#[test]
+fn a_modest_demand_on_the_builtin_network_is_served() {
+    let topo = kagi_control::builtin::tokyo();
+    let r = study(&topo, &small()).unwrap();
+    assert_eq!(r.pairs.len(), topo.nodes.len() * 2);
+    assert!(r.requests > 500, "{}", r.requests);
+    assert_eq!(
+        r.refused_other, 0,
+        "the demand model asked something malformed"
+    );
+    assert!(r.availability > 0.9, "availability {}", r.availability);
+    let served: u64 = r.pairs.iter().map(|p| p.served).sum();
+    assert_eq!(r.delivered_bits, served * 256);
+    assert!(r.link_key_spent_bits > 0);
+    // Relayed keys cost at least one OTP hop each.
+    assert!(
+        r.key_spent_per_delivered_bit >= 1.0,
+        "{}",
+        r.key_spent_per_delivered_bit
+    );
+    let node_pair_requests: u64 = r.node_pairs.iter().map(|p| p.requests).sum();
+    assert_eq!(node_pair_requests, r.requests);
+}
+
+#[test]
+fn a_study_is_a_function_of_its_seed() {
+    let topo = kagi_control::builtin::tokyo();
+    let a = serde_json::to_string(&study(&topo, &small()).unwrap()).unwrap();
+    let b = serde_json::to_string(&study(&topo, &small()).unwrap()).unwrap();
+    assert_eq!(a, b);
+    let c = study(&topo, &StudyOptions { seed: 8, ..small() }).unwrap();
+    assert_ne!(a, serde_json::to_string(&c).unwrap());
+}
+
+#[test]
+fn failing_nodes_cost_availability() {
+    let topo = kagi_control::builtin::tokyo();
+    let calm = study(&topo, &small()).unwrap();
+    let stormy = study(
+        &topo,
+        &StudyOptions {
+            node_mtbf_hours: Some(0.01),
+            repair_minutes: 0.5,
+            ..small()
+        },
+    )
+    .unwrap();
+    assert!(stormy.node_failures > 0);
+    assert!(
+        stormy.availability < calm.availability,
+        "{} vs {}",
+        stormy.availability,
+        calm.availability
+    );
+}
+
+#[test]
+fn delivered_key_is_bounded_by_what_the_links_make() {
+    let topo = kagi_control::builtin::tokyo();
+    let r = study(
+        &topo,
+        &StudyOptions {
+            hours: 0.02,
+            requests_per_hour: 6000.0,
+            keys_per_request: 32,
+            key_bits: 8192,
+            ..small()
+        },
+    )
+    .unwrap();
+    let made: f64 = r.links.iter().map(|l| l.rate_bps).sum();
+    let got: f64 = r.node_pairs.iter().map(|p| p.delivered_bps).sum();
+    assert!(r.availability < 1.0, "demand above capacity was all served");
+    assert!(
+        got > 0.0 && got <= made,
+        "delivered {got} b/s, links make {made} b/s"
+    );
+}
