@@ -167,15 +167,7 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 }
 
 fn free_port(taken: &[u16]) -> anyhow::Result<u16> {
-    for _ in 0..100 {
-        let p = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        if !taken.contains(&p) {
-            return Ok(p);
-        }
-    }
-    bail!("no free port")
+    Ok(kagi_node::loopback::free_port_except(taken)?)
 }
 
 /// `kagi xks init`: config, credentials and certificate (existing credentials and keys kept).
