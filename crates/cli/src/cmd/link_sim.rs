@@ -252,6 +252,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Method::Cascade => Reconciliation::Cascade(CascadeParams {
                 alpha: args.cascade_alpha,
                 passes: args.cascade_passes,
+                ..CascadeParams::default()
             }),
             Method::Ldpc => {
                 let p = LdpcParams {
