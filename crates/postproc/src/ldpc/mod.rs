@@ -3,8 +3,8 @@
 //! The sifted key is cut into frames of a quasi-cyclic mother code of n = 2^14, 2^15 or 2^16
 //! bits (a family of 12 rates from 0.5 to 0.95, built deterministically from a fixed seed;
 //! see [`LdpcParams::frame_bits`]). Alice sends the syndrome of each frame; Bob decodes with
-//! layered normalized min-sum belief propagation (16-bit fixed point, channel LLRs from the
-//! estimated QBER) and checks the result against the syndrome.
+//! layered belief propagation, normalized min-sum or sum-product ([`CheckRule`]; 16-bit fixed
+//! point, channel LLRs from the estimated QBER) and checks the result against the syndrome.
 //!
 //! **Rate adaptation** (Elkouss, Martinez-Mateo, Martin, "Information reconciliation for
 //! quantum key distribution", QIC 11, 2011): the mother code with the most checks that can
