@@ -322,6 +322,8 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
                 listen: mgmt_addr.clone(),
             }),
             tamper: Default::default(),
+            quotas: Default::default(),
+            source: None,
         };
         let cfg_path = node_dir.join("node.toml");
         // Keep a config the user edited (limits, pool policy, where the store lives), refreshing
@@ -364,6 +366,16 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
         });
     }
     write_atomic(&dir.join("topology.toml"), &topo.to_toml())?;
+    // Every link's secret goes, sealed, into its two nodes' stores only (never the topology).
+    let loaded = configs
+        .values()
+        .map(|p| NodeConfig::load(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let fresh = kagi_node::seal::links::provision(&topo, &loaded)
+        .context("provisioning the per-link secrets")?;
+    if fresh > 0 {
+        println!("kagi up: sealed a new secret for {fresh} links into their two nodes' stores");
+    }
     let network = NetworkFile {
         ca: rel(&pki.ca_cert_path(), dir),
         nodes,
