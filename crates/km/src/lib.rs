@@ -16,6 +16,7 @@ mod manager;
 pub mod msgs;
 mod outbox;
 mod pools;
+pub mod reconcile;
 pub mod record;
 mod relay;
 mod routing;

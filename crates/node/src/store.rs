@@ -468,6 +468,18 @@ mod tests {
                 name: Counter::Assign,
                 next: 2,
             },
+            Record::Identity { store: 0x5eed },
+            Record::PeerSeen {
+                peer: "c".into(),
+                seen: kagi_km::record::PeerMarks {
+                    store: 9,
+                    relay_hw: 3,
+                    assign_hw: 1,
+                    link_rx_hw: Some(7),
+                    relay_floor: 0,
+                    assign_floor: 0,
+                },
+            },
         ]
     }
 
