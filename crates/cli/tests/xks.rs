@@ -246,18 +246,18 @@ fn xks_proxy_over_a_live_network() {
     );
     let enc_body = json!({"requestMetadata": meta("GenerateDataKey"), "plaintext": "SGVsbG8gV29ybGQh", "encryptionAlgorithm": "AES_GCM",
         "additionalAuthenticatedData": "cHJvamVjdD1uaWxlLGRlcGFydG1lbnQ9bWFya2V0aW5n", "ciphertextDataIntegrityValueAlgorithm": "SHA_256"});
-    // The proxy's first encrypt rebuilds the key from three vault sites, which takes QKD key on
-    // three channels that `kagi up` has just drawn from to create the key. KMS retries
-    // DependencyTimeoutException (the spec's retryable 503); so does this first call.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (s, e) = loop {
-        let r = net.curl(&kp("encrypt"), &enc_body.to_string());
-        let retry = r.0 == 503 && err_name(&r.1) == "DependencyTimeoutException";
-        if !retry || Instant::now() > deadline {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    // `kagi up` has the proxy rebuild the key from the vault sites before it reports ready, so
+    // the very first call answers at once (the rebuild would otherwise wait for QKD key on the
+    // channels the key's creation drew from, with a retryable 503).
+    let trail = std::fs::read_to_string(dir.join("xks").join("audit.jsonl")).unwrap();
+    assert!(
+        trail.lines().any(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_default();
+            v["op"] == "material.rebuild" && v["key"] == k.as_str() && v["outcome"] == "ok"
+        }),
+        "kagi up reported ready before the proxy rebuilt its key:\n{trail}"
+    );
+    let (s, e) = net.curl(&kp("encrypt"), &enc_body.to_string());
     assert_eq!(s, 200, "{e}");
     for f in [
         "ciphertext",

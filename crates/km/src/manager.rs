@@ -95,6 +95,16 @@ pub struct NodeStats {
     pub shares_lost: u64,
     /// Hops that waited here too long for link key and were failed back to their origin.
     pub hops_expired: u64,
+    /// Multi-path relays to here whose rebuilt key failed its manipulation check at least once
+    /// (a share was altered on its way); rebuilt from other shares or aborted.
+    pub shares_manipulated: u64,
+    /// Multi-path relays to here aborted because no set of shares passed the manipulation check.
+    pub manipulation_aborts: u64,
+    /// Shares that arrived here after their key was rebuilt and disagreed with it.
+    pub late_shares_inconsistent: u64,
+    /// Link key bytes this node spent on the manipulation-check overhead of the shares it sent
+    /// (the AMD codeword's point and check value, on every hop).
+    pub amd_key_bytes: u64,
     /// Relay hops forwarded for others.
     pub hops_forwarded: u64,
     /// Relayed keys received as destination.

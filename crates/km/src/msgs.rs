@@ -99,6 +99,9 @@ pub enum AbortReason {
     BadTag,
     /// The destination could not rebuild the key from the shares it received.
     SharesInconsistent,
+    /// No set of shares the destination received rebuilt a key that passed the manipulation
+    /// check: a node on some path altered its share.
+    SharesManipulated,
 }
 
 impl std::fmt::Display for AbortReason {
@@ -111,6 +114,9 @@ impl std::fmt::Display for AbortReason {
             AbortReason::BadTag => "a hop failed its authentication tag",
             AbortReason::SharesInconsistent => {
                 "the destination could not rebuild the key from its shares"
+            }
+            AbortReason::SharesManipulated => {
+                "a share was altered on its path: the rebuilt key failed its manipulation check"
             }
         })
     }
@@ -167,6 +173,11 @@ pub enum PeerMsg {
         share: ShareInfo,
         /// This share's full path, origin first.
         path: Vec<NodeId>,
+        /// Every share's path (share `i` on `paths[i - 1]`), the same in every share of a relay:
+        /// the destination checks that each share came along its own path, so a node on one
+        /// path cannot pass its share off as another share (relabelling defeats the
+        /// manipulation check, which only catches added offsets).
+        paths: Vec<Vec<NodeId>>,
         /// Link key spans of the sender's half: 32 bytes of MAC key, then `ct.len()` bytes of pad.
         pad: Vec<Span>,
         /// One-time-pad ciphertext of the share.
@@ -292,10 +303,11 @@ impl PeerMsg {
         relay: &RelayId,
         share: &ShareInfo,
         path: &[NodeId],
+        paths: &[Vec<NodeId>],
         pad: &[Span],
         ct_len: usize,
     ) -> Vec<u8> {
-        postcard::to_allocvec(&("share", relay, share, path, pad, ct_len as u64))
+        postcard::to_allocvec(&("share", relay, share, path, paths, pad, ct_len as u64))
             .expect("header encodes")
     }
 }

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kagi_keymat::its_mac::{Mac, MacKey, MAC_KEY_LEN};
 use kagi_keymat::{Key, Tag};
+use kagi_sharing::amd::{self, AMD_OVERHEAD};
 
 use crate::config::MAX_PATHS;
 use crate::links::HopFault;
@@ -43,19 +44,35 @@ pub(crate) struct PendingRelay {
 }
 
 impl PendingRelay {
-    /// Link key this node spent on it (pad and MAC key on each first hop).
+    /// Link key this node spent on it (pad and MAC key on each first hop; shares are longer
+    /// than the key by the manipulation check's overhead).
     fn spent_here(&self) -> u64 {
-        (self.key.len() + MAC_KEY_LEN) as u64 * self.paths.len().max(1) as u64
+        let share = self.key.len()
+            + if self.paths.len() > 1 {
+                AMD_OVERHEAD
+            } else {
+                0
+            };
+        (share + MAC_KEY_LEN) as u64 * self.paths.len().max(1) as u64
     }
 }
 
-/// Shares of a multi-path relay collected at its destination.
+/// Shares of a multi-path relay collected at its destination. Each share is an XOR or Shamir
+/// share of an AMD codeword of the key ([`kagi_sharing::amd`]), so a rebuilt key that passes
+/// the codeword's check is the origin's key, whatever nodes on fewer than `threshold` paths did.
 #[derive(Debug)]
 struct Partial {
     threshold: u8,
     count: u8,
+    /// Every share's path, as the first share told it; later shares must say the same.
+    paths: Vec<Vec<NodeId>>,
     shares: BTreeMap<u8, Key>,
     deadline: Instant,
+    /// The shares the key was rebuilt from (empty until then). Kept until the other shares
+    /// arrive or the deadline passes, to check that late shares agree.
+    used: Vec<u8>,
+    /// Some set of shares already failed the manipulation check.
+    manipulated: bool,
 }
 
 /// Which nodes could have seen which shares of one relay started here.
@@ -201,6 +218,33 @@ impl Relays {
     }
 }
 
+/// Tries every `threshold`-sized set of the shares at hand that contains share `new` (the sets
+/// without it were tried when they were complete); returns the first rebuilt key that passes
+/// the manipulation check, and the shares it came from.
+fn rebuild(p: &Partial, new: u8) -> Option<(Key, Vec<u8>)> {
+    let others: Vec<u8> = p.shares.keys().copied().filter(|i| *i != new).collect();
+    let want = usize::from(p.threshold).checked_sub(1)?;
+    // At most MAX_PATHS shares, so at most 2^7 masks.
+    for mask in 0u32..(1 << others.len()) {
+        if mask.count_ones() as usize != want {
+            continue;
+        }
+        let mut set: Vec<u8> = (0..others.len())
+            .filter(|b| mask & (1 << b) != 0)
+            .map(|b| others[b])
+            .collect();
+        set.push(new);
+        set.sort_unstable();
+        let Ok(codeword) = combine_shares(p, &set) else {
+            continue;
+        };
+        if let Ok(key) = amd::decode(codeword.expose()) {
+            return Some((key, set));
+        }
+    }
+    None
+}
+
 /// The link key spans a relay or share hop spends (empty for other messages).
 fn hop_pad(msg: &PeerMsg) -> &[Span] {
     match msg {
@@ -223,12 +267,13 @@ fn hop_header(
     relay: &RelayId,
     share: Option<&ShareInfo>,
     path: &[NodeId],
+    paths: &[Vec<NodeId>],
     pad: &[Span],
     ct_len: usize,
 ) -> Vec<u8> {
     match share {
         None => PeerMsg::relay_header(relay, path, pad, ct_len),
-        Some(s) => PeerMsg::share_header(relay, s, path, pad, ct_len),
+        Some(s) => PeerMsg::share_header(relay, s, path, paths, pad, ct_len),
     }
 }
 
@@ -277,13 +322,15 @@ impl KeyManager {
         self.links.gc_rx(peer, floor, batch);
     }
 
-    /// Encrypts `key` (or one share of it) for the hop to `next` with fresh link key. `None` if
-    /// the link lacks key.
+    /// Encrypts `key` (or one share of it, `paths` then naming every share's path) for the hop
+    /// to `next` with fresh link key. `None` if the link lacks key.
+    #[allow(clippy::too_many_arguments)]
     fn seal_hop(
         &mut self,
         relay: &RelayId,
         share: Option<ShareInfo>,
         path: &[NodeId],
+        paths: &[Vec<NodeId>],
         key: &Key,
         next: &str,
         batch: &mut Vec<Record>,
@@ -291,10 +338,13 @@ impl KeyManager {
         let n = MAC_KEY_LEN + key.len();
         let (pad_spans, material) = self.links.alloc_tx(next, n, batch)?;
         self.stats.link_key_spent += n as u64;
+        if share.is_some() {
+            self.stats.amd_key_bytes += AMD_OVERHEAD as u64;
+        }
         let (mac_key, pad) = material.expose().split_at(MAC_KEY_LEN);
         // One-time-pad ciphertext: safe to send.
         let ct: Vec<u8> = key.expose().iter().zip(pad).map(|(k, p)| k ^ p).collect();
-        let header = hop_header(relay, share.as_ref(), path, &pad_spans, ct.len());
+        let header = hop_header(relay, share.as_ref(), path, paths, &pad_spans, ct.len());
         let mut mac = Mac::new(MacKey::from_bytes(mac_key).expect("32 bytes"));
         mac.update(&header);
         mac.update(&ct);
@@ -311,6 +361,7 @@ impl KeyManager {
                 relay: relay.clone(),
                 share,
                 path: path.to_vec(),
+                paths: paths.to_vec(),
                 pad: pad_spans,
                 ct,
                 tag,
@@ -356,14 +407,17 @@ impl KeyManager {
         }
     }
 
-    /// Starts one relay to `dest`: a fresh key over the plan's single path, or split into one
-    /// share per node-disjoint path. All first hops need link key, or nothing starts.
+    /// Starts one relay to `dest`: a fresh key over the plan's single path, or an AMD codeword
+    /// of it split into one share per node-disjoint path (so the destination detects a share
+    /// altered on its way). All first hops need link key, or nothing starts.
     fn start_relay(&mut self, dest: &str, plan: &RoutePlan, now: Instant) -> bool {
         let len = self.cfg.policy.relay_chunk_bytes as usize;
+        let n = plan.paths.len();
+        let share_len = if n == 1 { len } else { len + AMD_OVERHEAD };
         if plan
             .paths
             .iter()
-            .any(|p| (self.links.tx_free(&p[1]) as usize) < len + MAC_KEY_LEN)
+            .any(|p| (self.links.tx_free(&p[1]) as usize) < share_len + MAC_KEY_LEN)
         {
             return false;
         }
@@ -377,12 +431,14 @@ impl KeyManager {
             seq,
         };
         let key = self.fresh_key(len);
-        let n = plan.paths.len();
         let t = plan.threshold;
         let shares: Vec<(Option<ShareInfo>, Key)> = if n == 1 {
             vec![(None, key.clone())]
         } else {
-            let Ok(parts) = split_key(&key, t, n as u8, &mut self.key_rng) else {
+            let Ok(codeword) = amd::encode(key.expose(), &mut self.key_rng) else {
+                return false;
+            };
+            let Ok(parts) = split_key(&codeword, t, n as u8, &mut self.key_rng) else {
                 return false;
             };
             parts
@@ -400,9 +456,11 @@ impl KeyManager {
         };
         let mut batch = Vec::new();
         let mut sends = Vec::with_capacity(n);
+        let all_paths: &[Vec<NodeId>] = if n == 1 { &[] } else { &plan.paths };
         for (path, (info, share)) in plan.paths.iter().zip(&shares) {
             // Node-disjoint paths have distinct first hops, so each was checked on its own.
-            let Some(msg) = self.seal_hop(&relay, *info, path, share, &path[1], &mut batch) else {
+            let sealed = self.seal_hop(&relay, *info, path, all_paths, share, &path[1], &mut batch);
+            let Some(msg) = sealed else {
                 // Unreachable after the check above; what was spent stays spent.
                 self.out.store(batch, vec![]);
                 return false;
@@ -489,22 +547,23 @@ impl KeyManager {
     /// A relay hop or share hop from neighbour `from`: check and spend the link key, then
     /// forward it, or keep the key (or share) here as its destination.
     fn on_hop(&mut self, now: Instant, from: NodeId, msg: PeerMsg) {
-        let (relay, share, path, pad, ct, tag) = match &msg {
+        let (relay, share, path, paths, pad, ct, tag) = match &msg {
             PeerMsg::RelayHop {
                 relay,
                 path,
                 pad,
                 ct,
                 tag,
-            } => (relay, None, path, pad, ct, tag),
+            } => (relay, None, path, &[][..], pad, ct, tag),
             PeerMsg::ShareHop {
                 relay,
                 share,
                 path,
+                paths,
                 pad,
                 ct,
                 tag,
-            } => (relay, Some(*share), path, pad, ct, tag),
+            } => (relay, Some(*share), path, &paths[..], pad, ct, tag),
             _ => return,
         };
         // The path must name the authenticated sender right before us, start at the origin,
@@ -520,7 +579,17 @@ impl KeyManager {
             && ct.len() <= MAX_RELAY_BYTES
             && !ct.is_empty()
             && pad.iter().map(|s| u64::from(s.len)).sum::<u64>() == (MAC_KEY_LEN + ct.len()) as u64
-            && share.is_none_or(|s| s.is_valid() && s.count <= MAX_PATHS)
+            && share.is_none_or(|s| {
+                s.is_valid()
+                    && s.count <= MAX_PATHS
+                    && paths.len() == usize::from(s.count)
+                    && paths.get(usize::from(s.index) - 1) == Some(path)
+                    && paths.iter().all(|p| {
+                        p.first() == path.first()
+                            && p.last() == path.last()
+                            && self.routing.is_simple_path(p)
+                    })
+            })
             && self.routing.is_simple_path(path);
         if !valid {
             tracing::warn!(%from, "malformed relay hop dropped");
@@ -528,7 +597,9 @@ impl KeyManager {
         }
         let is_dest = pos == path.len() - 1;
         let current = self.reconcile.is_current(&relay.origin, relay.epoch);
-        if is_dest && current && self.pools.has_in(&relay.origin, relay.seq) {
+        // A share arriving after its key was rebuilt goes on to be checked against it.
+        let late_share = share.is_some() && self.relays.partial.contains_key(relay);
+        if is_dest && current && self.pools.has_in(&relay.origin, relay.seq) && !late_share {
             // Already stored (a duplicate after our ack was lost): acknowledge again.
             self.out.send(
                 relay.origin.clone(),
@@ -585,7 +656,7 @@ impl KeyManager {
             return; // checked just above
         };
         let (mac_key, pad_bytes) = material.expose().split_at(MAC_KEY_LEN);
-        let header = hop_header(relay, share.as_ref(), path, pad, ct.len());
+        let header = hop_header(relay, share.as_ref(), path, paths, pad, ct.len());
         let mut mac = Mac::new(MacKey::from_bytes(mac_key).expect("32 bytes"));
         mac.update(&header);
         mac.update(ct);
@@ -611,7 +682,10 @@ impl KeyManager {
             return;
         }
         match (next, share) {
-            (None, Some(info)) => self.on_share(now, relay, info, key, batch),
+            (None, Some(info)) => {
+                let paths = paths.to_vec();
+                self.on_share(now, relay, info, paths, key, batch)
+            }
             (None, None) => {
                 self.stats.relays_received += 1;
                 self.saw_relay(&relay.origin, relay.seq, &mut batch);
@@ -625,7 +699,8 @@ impl KeyManager {
                 self.out.store(batch, vec![After::Act(ack)]);
             }
             (Some(next), _) => {
-                let Some(fwd) = self.seal_hop(relay, share, path, &key, &next, &mut batch) else {
+                let sealed = self.seal_hop(relay, share, path, paths, &key, &next, &mut batch);
+                let Some(fwd) = sealed else {
                     // Checked above; spend what was taken rather than panic.
                     self.out.store(batch, vec![]);
                     return;
@@ -655,13 +730,18 @@ impl KeyManager {
         self.relays.waiting.push(hop);
     }
 
-    /// A share reached its destination: keep it until `threshold` shares rebuild the key, then
-    /// store the key and acknowledge (after the store is durable).
+    /// A share reached its destination: keep it until `threshold` shares rebuild a key that
+    /// passes the manipulation check, then store the key and acknowledge (after the store is
+    /// durable). A set of shares that fails the check means a node on one of their paths
+    /// altered its share: other sets are tried as more shares arrive, and if none passes once
+    /// every share is in, the relay is aborted back to its origin. Shares after the rebuild are
+    /// checked against it and counted when they disagree.
     fn on_share(
         &mut self,
         now: Instant,
         relay: &RelayId,
         info: ShareInfo,
+        paths: Vec<Vec<NodeId>>,
         share: Key,
         batch: Vec<Record>,
     ) {
@@ -679,28 +759,71 @@ impl KeyManager {
             .or_insert_with(|| Partial {
                 threshold: info.threshold,
                 count: info.count,
+                paths: paths.clone(),
                 shares: BTreeMap::new(),
                 deadline,
+                used: Vec::new(),
+                manipulated: false,
             });
-        if (p.threshold, p.count) != (info.threshold, info.count) {
+        if (p.threshold, p.count) != (info.threshold, info.count) || p.paths != paths {
+            // Shares that disagree on the relay's shape: some node on a path altered it.
+            let done = !p.used.is_empty();
             self.relays.partial.remove(relay);
             self.out.store(batch, vec![]);
-            self.abort_to_origin(relay, None, AbortReason::SharesInconsistent);
+            if done {
+                self.stats.late_shares_inconsistent += 1;
+            } else {
+                self.abort_to_origin(relay, None, AbortReason::SharesInconsistent);
+            }
             return;
         }
-        p.shares.entry(info.index).or_insert(share);
+        if p.shares.contains_key(&info.index) {
+            self.out.store(batch, vec![]); // the link key spent on this hop
+            return;
+        }
+        p.shares.insert(info.index, share);
+        let complete = p.shares.len() == usize::from(p.count);
+        if !p.used.is_empty() {
+            // Late share: it must rebuild the same key with threshold - 1 of the good shares.
+            let mut set: Vec<u8> = p.used[..p.used.len() - 1].to_vec();
+            set.push(info.index);
+            set.sort_unstable();
+            let agrees = combine_shares(p, &set)
+                .ok()
+                .is_some_and(|cw| amd::decode(cw.expose()).is_ok());
+            if !agrees {
+                self.stats.late_shares_inconsistent += 1;
+                tracing::warn!(origin = %relay.origin, seq = relay.seq, share = info.index, "a share arriving after its key was rebuilt disagrees with it: altered on its path");
+            }
+            if complete {
+                self.relays.partial.remove(relay);
+            }
+            self.out.store(batch, vec![]);
+            return;
+        }
         if p.shares.len() < usize::from(p.threshold) {
             self.out.store(batch, vec![]); // the link key spent on this hop
             return;
         }
-        let Some(p) = self.relays.partial.remove(relay) else {
-            return;
-        };
-        let Ok(key) = combine_shares(&p) else {
+        let Some((key, used)) = rebuild(p, info.index) else {
+            if !p.manipulated {
+                p.manipulated = true;
+                self.stats.shares_manipulated += 1;
+            }
+            tracing::warn!(origin = %relay.origin, seq = relay.seq, shares = p.shares.len(), "shares failed the manipulation check: one was altered on its path");
             self.out.store(batch, vec![]);
-            self.abort_to_origin(relay, None, AbortReason::SharesInconsistent);
+            if complete {
+                self.relays.partial.remove(relay);
+                self.stats.manipulation_aborts += 1;
+                self.abort_to_origin(relay, None, AbortReason::SharesManipulated);
+            }
             return;
         };
+        if complete {
+            self.relays.partial.remove(relay);
+        } else {
+            p.used = used;
+        }
         self.stats.relays_received += 1;
         let mut batch = batch;
         self.saw_relay(&relay.origin, relay.seq, &mut batch);
@@ -890,18 +1013,22 @@ fn split_key(
         .collect())
 }
 
-/// Rebuilds a key from the shares collected at its destination (at least `threshold`).
-fn combine_shares(p: &Partial) -> Result<Key, kagi_sharing::SharingError> {
+/// Rebuilds the AMD codeword from the shares `set` (exactly `threshold` of those collected).
+fn combine_shares(p: &Partial, set: &[u8]) -> Result<Key, kagi_sharing::SharingError> {
+    let pick = |i: &u8| {
+        p.shares
+            .get(i)
+            .cloned()
+            .ok_or(kagi_sharing::SharingError::DuplicateIndex(*i))
+    };
     if p.threshold == p.count {
-        let all: Vec<Key> = p.shares.values().cloned().collect();
+        let all = set.iter().map(pick).collect::<Result<Vec<Key>, _>>()?;
         return kagi_sharing::xor_combine(&all);
     }
     let params = kagi_sharing::Params::new(usize::from(p.threshold), usize::from(p.count))?;
-    let shares = p
-        .shares
+    let shares = set
         .iter()
-        .take(usize::from(p.threshold))
-        .map(|(i, k)| kagi_sharing::Share::new(usize::from(*i), params, k.clone()))
+        .map(|i| kagi_sharing::Share::new(usize::from(*i), params, pick(i)?))
         .collect::<Result<Vec<_>, _>>()?;
     kagi_sharing::recover(&shares)
 }

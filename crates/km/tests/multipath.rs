@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use kagi_control::{LinkSpec, NodeSpec, Topology};
+use kagi_keymat::its_mac::{Mac, MacKey, MAC_KEY_LEN};
 use kagi_keymat::Key;
 use kagi_km::config::RoutePolicy;
 use kagi_km::{
@@ -64,6 +65,11 @@ struct Net {
     /// Nodes whose incoming messages are dropped (a failed node).
     dead: BTreeSet<String>,
     answers: BTreeMap<u64, Result<AppReply, Refusal>>,
+    /// A compromised node: shares it forwards to this next node get one bit flipped and a
+    /// fresh valid tag from its own link key (what a node on the path can do).
+    tamper: Option<(String, String)>,
+    /// The compromised node relabels the share as share 3 instead of altering its bytes.
+    relabel: bool,
 }
 
 impl Net {
@@ -103,6 +109,8 @@ impl Net {
             wire: vec![],
             dead: BTreeSet::new(),
             answers: BTreeMap::new(),
+            tamper: None,
+            relabel: false,
         };
         for (i, l) in t.links.iter().enumerate() {
             if without_link.is_some_and(|(x, y)| (l.a == x && l.b == y) || (l.a == y && l.b == x)) {
@@ -147,7 +155,10 @@ impl Net {
                 }
             }
         }
-        for (from, to, msg) in sends {
+        for (from, to, mut msg) in sends {
+            if self.tamper.as_ref() == Some(&(from.clone(), to.clone())) {
+                flip_and_retag(&mut msg, &from, &to, self.relabel);
+            }
             self.wire.push((from.clone(), to.clone(), msg.clone()));
             self.input(&to, Input::Peer { from, msg });
         }
@@ -187,6 +198,53 @@ impl Net {
         }
         seen
     }
+}
+
+/// The test's link key block 0 of the link between `x` and `y` (as `Net::new` hands it out).
+fn link_block(x: &str, y: &str) -> Vec<u8> {
+    let i = topo()
+        .links
+        .iter()
+        .position(|l| (l.a == x && l.b == y) || (l.a == y && l.b == x))
+        .unwrap();
+    (0..8192u32).map(|j| (j as u8) ^ (i as u8 * 37)).collect()
+}
+
+/// What a compromised `from` can do to a share it forwards to `to`: flip a bit of the share
+/// (one-time pad: flipping the ciphertext flips the plaintext) and tag the result with the MAC
+/// key of its own half of the link, so `to` accepts the hop.
+fn flip_and_retag(msg: &mut PeerMsg, from: &str, to: &str, relabel: bool) {
+    let PeerMsg::ShareHop {
+        relay,
+        share,
+        path,
+        paths,
+        pad,
+        ct,
+        tag,
+    } = msg
+    else {
+        return;
+    };
+    let block = link_block(from, to);
+    let half = if from < to { 0 } else { block.len() / 2 };
+    let material: Vec<u8> = pad
+        .iter()
+        .flat_map(|s| {
+            let start = half + s.start as usize;
+            block[start..start + s.len as usize].to_vec()
+        })
+        .collect();
+    if relabel {
+        share.index = 3;
+    } else {
+        ct[7] ^= 0x10;
+    }
+    let header = PeerMsg::share_header(relay, share, path, paths, pad, ct.len());
+    let mut mac = Mac::new(MacKey::from_bytes(&material[..MAC_KEY_LEN]).unwrap());
+    mac.update(&header);
+    mac.update(ct);
+    *tag = mac.finalize();
 }
 
 fn fetch_pair(net: &mut Net) -> (Key, Key) {
@@ -376,4 +434,94 @@ fn fewer_disjoint_paths_than_asked_falls_back_and_says_so() {
             .contains("2 node-disjoint paths"),
         "{to_z:?}"
     );
+}
+
+#[test]
+fn a_share_altered_on_its_path_is_caught_and_the_key_rebuilt_from_the_others() {
+    // b1 flips a bit of every share it forwards to z. With 3 paths and threshold 2, z finds that
+    // shares {1, 2} fail the manipulation check, waits for share 3, and rebuilds the origin's
+    // key from {2, 3}: master and slave still hold the same key.
+    let mut net = Net::new(3, 2, None);
+    net.tamper = Some(("b1".into(), "z".into()));
+    for _ in 0..10 {
+        net.tick(20);
+    }
+    assert!(net.km("a").pool_free("z") >= 256);
+    let (m, s) = fetch_pair(&mut net);
+    assert_eq!(m, s, "master and slave keys differ");
+    // (z's counters also cover relays from b1, b2, c1 and c2, some with only two paths.)
+    let z = net.km("z").stats();
+    assert!(z.shares_manipulated >= 1, "{z:?}");
+    assert_eq!(z.bad_tags, 0, "the retagged hop passed its link tag: {z:?}");
+    let a = net.km("a").stats();
+    assert!(a.amd_key_bytes >= 3 * 32, "{a:?}");
+}
+
+#[test]
+fn a_late_share_altered_on_its_path_is_counted() {
+    // Shares 1 and 2 rebuild the key; c2 alters share 3, which arrives after: z counts it.
+    let mut net = Net::new(3, 2, None);
+    net.tamper = Some(("c2".into(), "z".into()));
+    for _ in 0..10 {
+        net.tick(20);
+    }
+    let z = net.km("z").stats();
+    assert!(z.late_shares_inconsistent >= 1, "{z:?}");
+    assert!(net.km("a").pool_free("z") >= 256);
+    let (m, s) = fetch_pair(&mut net);
+    assert_eq!(m, s);
+}
+
+#[test]
+fn an_altered_xor_share_aborts_the_relay_and_no_key_is_delivered() {
+    // 3-of-3 XOR: every share is needed, so an altered one leaves nothing to rebuild from. z
+    // aborts the relay back to a, which abandons it: no key enters either pool.
+    let mut net = Net::new(3, 3, None);
+    net.tamper = Some(("b1".into(), "z".into()));
+    for _ in 0..10 {
+        net.tick(20);
+    }
+    let z = net.km("z").stats();
+    assert!(z.manipulation_aborts >= 1, "{z:?}");
+    let a = net.km("a").stats();
+    assert!(a.relays_aborted >= 1, "{a:?}");
+    assert_eq!(net.km("a").pool_free("z"), 0);
+    let st = net.km("z").km_status();
+    assert_eq!(st.pools.iter().find(|p| p.peer == "a").unwrap().in_bytes, 0);
+    let aborts = net
+        .wire
+        .iter()
+        .filter(|(f, t, m)| {
+            f == "z"
+                && t == "a"
+                && matches!(
+                    m,
+                    PeerMsg::RelayAborted {
+                        reason: kagi_km::msgs::AbortReason::SharesManipulated,
+                        ..
+                    }
+                )
+        })
+        .count();
+    assert!(aborts >= 1);
+}
+
+#[test]
+fn a_share_relabelled_on_its_path_is_refused() {
+    // b1 passes share 1 off as share 3 (a relabelled share would shift the rebuilt key by more
+    // than an offset, which the manipulation check is not built for). z knows share 3's path
+    // from every share's list of paths and drops it; shares 2 and 3 still deliver.
+    let mut net = Net::new(3, 2, None);
+    net.tamper = Some(("b1".into(), "z".into()));
+    net.relabel = true;
+    for _ in 0..10 {
+        net.tick(20);
+    }
+    assert!(
+        net.km("a").pool_free("z") >= 256,
+        "{:?}",
+        net.km("a").stats()
+    );
+    let (m, s) = fetch_pair(&mut net);
+    assert_eq!(m, s);
 }

@@ -302,6 +302,8 @@ impl Driver {
                     abandoned_key_bytes = s.abandoned_key_bytes,
                     multipath_relays = s.multipath_relays_started,
                     shares_lost = s.shares_lost,
+                    shares_manipulated = s.shares_manipulated,
+                    manipulation_aborts = s.manipulation_aborts,
                     hops_forwarded = s.hops_forwarded,
                     replays_rejected = s.replays_rejected,
                     bad_tags = s.bad_tags,

@@ -21,11 +21,52 @@ pub fn scratch_dir(tag: &str) -> std::io::Result<std::path::PathBuf> {
     Ok(d)
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1 (see [`free_port_except`]).
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    free_port_except(&[])
+}
+
+/// Whether nothing listens on `port` of 127.0.0.1 right now.
+pub fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// A port for a listener that starts a moment later: free now, not in `taken`, and, where the
+/// system says which ports it hands to outgoing connections, outside that range. A port from
+/// `bind(0)` comes from the same ephemeral range as the source ports of outgoing connections, so
+/// a node that connects to its neighbours while another starts could take the port meant for
+/// that one's listener ("address in use" at start-up). A random pick also keeps networks started
+/// at the same moment by different processes apart.
+pub fn free_port_except(taken: &[u16]) -> std::io::Result<u16> {
+    if let Some((lo, hi)) = listener_port_range() {
+        for _ in 0..256 {
+            let p = rand::Rng::gen_range(&mut rand::thread_rng(), lo..=hi);
+            if !taken.contains(&p) && port_free(p) {
+                return Ok(p);
+            }
+        }
+    }
+    for _ in 0..100 {
+        let p = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        if !taken.contains(&p) {
+            return Ok(p);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no free port on 127.0.0.1",
+    ))
+}
+
+/// Ports below the system's ephemeral range and above the well-known ones, when that leaves a
+/// wide enough choice (Linux: `/proc/sys/net/ipv4/ip_local_port_range`).
+fn listener_port_range() -> Option<(u16, u16)> {
+    const LOWEST: u16 = 10_000;
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let ephemeral_lo: u16 = text.split_whitespace().next()?.parse().ok()?;
+    (ephemeral_lo > LOWEST + 4096).then(|| (LOWEST, ephemeral_lo - 1))
 }
 
 /// Gives every node of `topo` fresh loopback addresses, writes `dir/topology.toml`, issues the

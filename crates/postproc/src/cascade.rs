@@ -7,6 +7,16 @@
 //! Sans-I/O and batched: [`CascadeAlice`] answers parity queries on her key; [`CascadeBob`]
 //! drives the binary searches of all odd blocks of a round at once, so one message pair serves
 //! every search in progress. Both derive the per-pass permutations from a public seed.
+//!
+//! Rounds: a correction in one pass makes a block of another pass odd, so corrections form
+//! chains (trails in the graph whose vertices are the blocks of the first two passes and
+//! whose edges are the errors), walked one binary search after another; at 10^6 bits and QBER
+//! 3 % the longest chains take ~150 rounds of one search level each. Two of Bob's choices
+//! shorten them at a small cost in disclosed bits (Alice answers any range and counts what she
+//! answered): when few searches are open he asks several levels of each at once
+//! ([`CascadeParams::round_bits`]), and the two-block passes start while the second pass's
+//! tail still runs ([`CascadeParams::late_overlap`]), so their searches start new chains
+//! mid-trail.
 //! Reconciliation alone never guarantees equality: the protocol verifies with a universal hash
 //! afterwards and aborts on mismatch.
 
@@ -55,6 +65,19 @@ pub struct CascadeParams {
     pub alpha: f64,
     /// Total number of passes (the first two with small blocks, the rest with two blocks).
     pub passes: usize,
+    /// Extra parity bits Bob may ask per round to settle several levels of his binary searches
+    /// in one round (Bob's choice only: Alice answers any range). With `s` searches open, each
+    /// asks the whole subtree of the deepest `b` levels that fits: `s·(2^b − 1 − b) ≤ round_bits`
+    /// (and all such extra parities stay under 1/32 of the bits disclosed so far).
+    /// 0 is the plain one-level-per-round search. The default, 64, is a quarter of the
+    /// authentication key a round costs (two 128-bit tags).
+    pub round_bits: usize,
+    /// Bob starts the two-block passes (the third on) once the second pass's open searches
+    /// number at most this many (and at most 1/128 of those of its first round, so that small
+    /// blocks, whose tails are relatively longer, are not charged the two-block searches early),
+    /// instead of after the last one: their searches then run alongside the long tail of the
+    /// second pass's cascades. 0 runs them strictly after.
+    pub late_overlap: usize,
 }
 
 impl Default for CascadeParams {
@@ -62,6 +85,8 @@ impl Default for CascadeParams {
         Self {
             alpha: 1.4,
             passes: 12,
+            round_bits: 64,
+            late_overlap: 32,
         }
     }
 }
@@ -523,7 +548,18 @@ pub struct CascadeBob {
     dirty: Vec<u32>,
     spare: Vec<u32>,
     pass: usize,
+    /// Searches that asked in the last round.
     asked: Vec<u32>,
+    /// Block and tree node (a left child) of each query of the last round.
+    asked_nodes: Vec<(u32, u32)>,
+    /// See [`CascadeParams::round_bits`].
+    round_bits: usize,
+    /// See [`CascadeParams::late_overlap`].
+    late_overlap: usize,
+    /// Parities asked beyond one per search and round so far.
+    extra_bits: usize,
+    /// Searches open in the first round of the second pass (0 before it).
+    pass1_start: usize,
     stats: CascadeStats,
 }
 
@@ -532,7 +568,12 @@ impl CascadeBob {
     ///
     /// # Errors
     /// [`CascadeError::Count`] if the number of parities does not match the layout.
-    pub fn new(key: BitVec, layout: Arc<Layout>, top: &BitVec) -> Result<Self, CascadeError> {
+    pub fn new(
+        key: BitVec,
+        layout: Arc<Layout>,
+        top: &BitVec,
+        params: &CascadeParams,
+    ) -> Result<Self, CascadeError> {
         let mut goff = vec![0];
         for p in 0..layout.passes() {
             goff.push(goff[p] + layout.blocks(p));
@@ -569,6 +610,11 @@ impl CascadeBob {
             spare: Vec::new(),
             pass: 0,
             asked: Vec::new(),
+            asked_nodes: Vec::new(),
+            round_bits: params.round_bits,
+            late_overlap: params.late_overlap,
+            extra_bits: 0,
+            pass1_start: 0,
             stats: CascadeStats {
                 leaked_bits: expected,
                 ..Default::default()
@@ -655,21 +701,37 @@ impl CascadeBob {
                 s.listed = s.active;
                 s.active
             });
+            // The two-block passes join the second pass's tail (`CascadeParams::late_overlap`).
+            if self.pass == 1 && self.pass1_start == 0 {
+                self.pass1_start = self.listed.len();
+            }
+            if self.pass == 1
+                && self.layout.passes() > 2
+                && self.listed.len() <= self.late_overlap.min(self.pass1_start / 128)
+            {
+                self.pass = self.layout.passes() - 1;
+                for p in 2..=self.pass {
+                    self.start_pass(p);
+                }
+                self.process_dirty();
+                continue;
+            }
             if !self.listed.is_empty() {
-                let queries = self
-                    .listed
-                    .iter()
-                    .map(|&g| {
-                        let s = &self.search[g as usize];
-                        Query {
-                            pass: s.pass,
-                            lo: s.lo,
-                            hi: s.lo + (s.hi - s.lo) / 2,
-                        }
-                    })
-                    .collect();
+                // The extra parities of all rounds stay under 1/EXTRA_SHARE of the disclosure.
+                let room = (self.stats.leaked_bits / EXTRA_SHARE).saturating_sub(self.extra_bits);
+                let levels = levels_per_round(self.listed.len(), self.round_bits.min(room));
+                let mut queries = Vec::with_capacity(self.listed.len());
+                self.asked_nodes.clear();
+                let listed = std::mem::take(&mut self.listed);
+                for &g in &listed {
+                    let s = self.search[g as usize];
+                    self.subtree_queries(g as usize, &s, s.lo, s.hi, s.node, levels, &mut queries);
+                }
+                self.listed = listed;
+                self.extra_bits += queries.len().saturating_sub(self.listed.len());
                 self.asked.clone_from(&self.listed);
                 self.stats.rounds += 1;
+
                 return Some(queries);
             }
             if self.pass + 1 >= self.layout.passes() {
@@ -688,6 +750,36 @@ impl CascadeBob {
             }
             self.process_dirty();
         }
+    }
+
+    /// Queries for the left children of the nodes of `node`'s subtree down to `levels` levels.
+    ///
+    /// None of them is known yet: a search stops at the first node whose left child is
+    /// unknown, and every earlier query asked whole subtrees from a search's node down, so a
+    /// known node below this one would make this node's left child known too.
+    #[allow(clippy::too_many_arguments)]
+    fn subtree_queries(
+        &mut self,
+        g: usize,
+        s: &Search,
+        lo: u32,
+        hi: u32,
+        node: u32,
+        levels: u32,
+        out: &mut Vec<Query>,
+    ) {
+        if levels == 0 || hi - lo <= 1 {
+            return;
+        }
+        let mid = lo + (hi - lo) / 2;
+        out.push(Query {
+            pass: s.pass,
+            lo,
+            hi: mid,
+        });
+        self.asked_nodes.push((g as u32, 2 * node));
+        self.subtree_queries(g, s, lo, mid, 2 * node, levels - 1, out);
+        self.subtree_queries(g, s, mid, hi, 2 * node + 1, levels - 1, out);
     }
 
     /// Blocks touched by flips (or a new pass): re-check searches in them, open searches on
@@ -730,20 +822,18 @@ impl CascadeBob {
     /// # Errors
     /// [`CascadeError::Count`] if the number of answers differs from the number of queries.
     pub fn answer(&mut self, answers: &BitVec) -> Result<(), CascadeError> {
-        if answers.len() != self.asked.len() {
+        if answers.len() != self.asked_nodes.len() {
             return Err(CascadeError::Count {
-                expected: self.asked.len(),
+                expected: self.asked_nodes.len(),
                 got: answers.len(),
             });
         }
-        for (i, &g) in self.asked.iter().enumerate() {
+        for (i, &(g, node)) in self.asked_nodes.iter().enumerate() {
             let g = g as usize;
-            let s = self.search[g];
-            let p = s.pass as usize;
-            self.known
-                .set(p, g - self.goff[p], g, 2 * s.node, answers.get(i));
+            let p = self.search[g].pass as usize;
+            self.known.set(p, g - self.goff[p], g, node, answers.get(i));
         }
-        self.stats.leaked_bits += self.asked.len();
+        self.stats.leaked_bits += self.asked_nodes.len();
         self.pending.append(&mut self.asked);
         Ok(())
     }
@@ -752,6 +842,21 @@ impl CascadeBob {
     pub fn finish(self) -> (BitVec, CascadeStats) {
         (self.key, self.stats)
     }
+}
+
+/// The parities Bob asks beyond one per search and round never exceed this fraction (1/n) of
+/// all the bits disclosed so far, so that [`CascadeParams::round_bits`] costs at most ≈ 3 % of
+/// efficiency even on small blocks, where a round's fixed budget would weigh more.
+const EXTRA_SHARE: usize = 32;
+
+/// Levels of the binary searches settled per round when `searches` are open and Bob may ask
+/// `round_bits` extra parities: the largest `b` with `searches · (2^b − 1 − b) ≤ round_bits`.
+fn levels_per_round(searches: usize, round_bits: usize) -> u32 {
+    let mut b = 1u32;
+    while b < 24 && searches.saturating_mul((1usize << (b + 1)) - 2 - b as usize) <= round_bits {
+        b += 1;
+    }
+    b
 }
 
 /// Runs both sides in memory (for tests and benchmarks): returns Bob's corrected key.
@@ -765,8 +870,8 @@ pub fn reconcile_local(
     let ks = block_sizes(alice.len(), qber_est, params);
     let layout = Layout::get(alice.len(), &ks, seed);
     let a = CascadeAlice::new(alice, layout.clone());
-    let mut b =
-        CascadeBob::new(bob.clone(), layout, &a.top_parities()).expect("parity count matches");
+    let mut b = CascadeBob::new(bob.clone(), layout, &a.top_parities(), params)
+        .expect("parity count matches");
     while let Some(q) = b.next_queries() {
         let ans = a.answer(&q).expect("queries from Bob are in range");
         b.answer(&ans).expect("answer count matches");
@@ -825,6 +930,81 @@ mod tests {
             for pos in 0..n {
                 assert_eq!(got.get(pos), key.get(b.forward(pos)), "n={n} pos={pos}");
             }
+        }
+    }
+
+    /// Runs both sides, recording every query; returns Bob's key, stats and the queries.
+    fn run_recorded(
+        a: &BitVec,
+        b: &BitVec,
+        q: f64,
+        params: &CascadeParams,
+        seed: u64,
+    ) -> (BitVec, CascadeStats, Vec<Query>, usize) {
+        let ks = block_sizes(a.len(), q, params);
+        let layout = Layout::get(a.len(), &ks, seed);
+        let alice = CascadeAlice::new(a, layout.clone());
+        let top = alice.top_parities();
+        let mut bob = CascadeBob::new(b.clone(), layout, &top, params).unwrap();
+        let mut all = Vec::new();
+        while let Some(qs) = bob.next_queries() {
+            let ans = alice.answer(&qs).unwrap();
+            bob.answer(&ans).unwrap();
+            all.extend(qs);
+        }
+        let (key, st) = bob.finish();
+        (key, st, all, top.len())
+    }
+
+    #[test]
+    fn levels_per_round_spends_at_most_the_round_budget() {
+        assert_eq!(levels_per_round(1, 0), 1);
+        assert_eq!(levels_per_round(1000, 64), 1);
+        // 2 levels cost 1 extra bit per search, 3 levels 4, 4 levels 11.
+        assert_eq!(levels_per_round(64, 64), 2);
+        assert_eq!(levels_per_round(16, 64), 3);
+        assert_eq!(levels_per_round(5, 64), 4);
+        assert_eq!(levels_per_round(1, 64), 6);
+        for s in 1..300 {
+            let b = levels_per_round(s, 64) as usize;
+            assert!(b == 1 || s * ((1 << b) - 1 - b) <= 64, "s={s} b={b}");
+        }
+    }
+
+    #[test]
+    fn several_levels_per_round_and_overlap_fix_the_key_in_fewer_rounds() {
+        // Long chains of corrections need a block of realistic size.
+        let n = 1 << 20;
+        for (q, seed) in [(0.01, 11u64), (0.03, 12), (0.06, 13)] {
+            let (a, b) = noisy(n, q, seed);
+            let plain = CascadeParams {
+                round_bits: 0,
+                late_overlap: 0,
+                ..CascadeParams::default()
+            };
+            let (k0, s0, q0, top) = run_recorded(&a, &b, q, &plain, seed);
+            let (k1, s1, q1, _) = run_recorded(&a, &b, q, &CascadeParams::default(), seed);
+            assert_eq!(k0, a, "q={q}");
+            assert_eq!(k1, a, "q={q}");
+            // Every disclosed bit is counted, and none is asked twice.
+            for (st, qs) in [(s0, &q0), (s1, &q1)] {
+                assert_eq!(st.leaked_bits, top + qs.len());
+                let distinct: std::collections::HashSet<_> = qs.iter().collect();
+                assert_eq!(distinct.len(), qs.len(), "q={q}: a parity asked twice");
+            }
+            assert!(
+                s1.rounds * 4 < s0.rounds * 3,
+                "q={q}: {} rounds against {}",
+                s1.rounds,
+                s0.rounds
+            );
+            // The extra parities stay a small share of the disclosure.
+            assert!(
+                (s1.leaked_bits as f64) < 1.04 * s0.leaked_bits as f64,
+                "q={q}: {} bits against {}",
+                s1.leaked_bits,
+                s0.leaked_bits
+            );
         }
     }
 

@@ -1050,7 +1050,11 @@ impl Bob {
             return Err(DecodeError("block size above key length").into());
         }
         let layout = Layout::get(n_key, &ks, seed);
-        let cb = CascadeBob::new(key, layout, &top)?;
+        let params = match self.cfg.reconciliation {
+            Reconciliation::Cascade(cp) => cp,
+            Reconciliation::Ldpc(_) => CascadeParams::default(),
+        };
+        let cb = CascadeBob::new(key, layout, &top, &params)?;
         self.cascade_step(pool, Box::new(cb), counts)
     }
 

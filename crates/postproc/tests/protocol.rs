@@ -158,6 +158,7 @@ fn intercept_resend_above_threshold_aborts_at_both_ends() {
     cfg.reconciliation = Reconciliation::Cascade(CascadeParams {
         alpha: 0.73,
         passes: 8,
+        ..CascadeParams::default()
     });
     let (oa, ob) = run(cfg, a, b, 3, &mut PerfectChannel);
     assert!(
@@ -292,10 +293,22 @@ fn weak_reconciliation_is_caught_by_verification_never_silent() {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
     #[test]
-    fn identical_keys_or_abort(e_d in 0.005f64..0.08, seed in 0u64..1000, passes in 1usize..6) {
+    fn identical_keys_or_abort(
+        e_d in 0.005f64..0.08,
+        seed in 0u64..1000,
+        passes in 1usize..6,
+        round_bits in prop_oneof![Just(0usize), 0usize..4096],
+        late_overlap in prop_oneof![Just(0usize), 0usize..10_000],
+    ) {
         let ch = ToyChannel { e_d, ..link() };
         let (a, b) = block(&ch, 6_000_000, seed);
-        let (oa, ob) = run(config(passes), a, b, seed as u8, &mut PerfectChannel);
+        // Bob's search strategy (only Bob reads these two).
+        let mut cfg = config(passes);
+        if let Reconciliation::Cascade(cp) = &mut cfg.reconciliation {
+            cp.round_bits = round_bits;
+            cp.late_overlap = late_overlap;
+        }
+        let (oa, ob) = run(cfg, a, b, seed as u8, &mut PerfectChannel);
         match (oa, ob) {
             (Outcome::Key { key: ka, stats: sa }, Outcome::Key { key: kb, stats: sb }) => {
                 prop_assert_eq!(ka, kb);

@@ -94,6 +94,9 @@ pub enum SharingError {
     /// A repair or refresh message was addressed to someone else or is for another operation.
     #[error("message mismatch: {0}")]
     MessageMismatch(&'static str),
+    /// An algebraic-manipulation-detection codeword failed its check: it was altered.
+    #[error("the rebuilt secret failed its manipulation check (a share was altered)")]
+    Manipulated,
     /// The random source failed; nothing was produced.
     #[error("random source failed: {0}")]
     Random(String),

@@ -6,6 +6,8 @@
 //! * [`xor_split`] / [`xor_combine`]: n-of-n XOR sharing;
 //! * [`repair`]: rebuild a lost share from `k` others without reconstructing the secret anywhere;
 //! * [`refresh`]: proactive refresh with sharings of zero;
+//! * [`amd`]: algebraic manipulation detection codes: share an AMD encoding of a secret and the
+//!   rebuilt secret shows whether any share was altered (robust secret sharing);
 //! * [`integrity`]: per-share Wegman–Carter tags, one per verifying party, with the keymat MAC;
 //! * [`recover_correcting`]: Reed–Solomon (Berlekamp–Welch) decoding that names and corrects up to
 //!   ⌊(m − k)/2⌋ corrupted shares;
@@ -15,6 +17,7 @@
 //! The library does no I/O, except [`demo_emr::write_to_dir`], which writes demo files.
 #![warn(missing_docs)]
 
+pub mod amd;
 pub mod demo_emr;
 mod error;
 pub mod gf256;

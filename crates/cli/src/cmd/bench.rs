@@ -193,7 +193,9 @@ async fn etsi_once(
     }
     let client = |sae: &str| kagi_node::loopback::sae_client(&dir, &topo, sae);
     let mut results = BTreeMap::new();
+    let bar = super::progress::bar(a.hops.len() as u64, "benchmark");
     for &hops in &a.hops {
+        bar.set_message(format!("{hops} hop(s): filling pools"));
         let slave_node = ids.get(hops).context("hops must be 1..=3")?;
         // Warm the pool: wait until it is 90 % full (4 MiB target) or a minute has passed.
         let probe = client("sae-a-0")?;
@@ -210,6 +212,7 @@ async fn etsi_once(
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        bar.set_message(format!("{hops} hop(s): measuring {} s", a.duration));
         let deadline = Instant::now() + Duration::from_secs_f64(a.duration);
         let mut joins = Vec::new();
         for i in 0..a.clients {
@@ -285,14 +288,18 @@ async fn etsi_once(
             "enc_p50_ms": pct(&enc, 0.5), "enc_p99_ms": pct(&enc, 0.99),
             "dec_p50_ms": pct(&dec, 0.5), "dec_p99_ms": pct(&dec, 0.99),
         });
-        if !a.json {
-            println!(
-                "{hops} hop(s): {:.0} keys/s delivered to master and slave ({} clients, {} x {}-bit keys/request); enc_keys p50 {:.2} ms p99 {:.2} ms; dec_keys p50 {:.2} ms p99 {:.2} ms; refused {}",
-                keys as f64 / secs, a.clients, a.number, a.size, pct(&enc, 0.5), pct(&enc, 0.99), pct(&dec, 0.5), pct(&dec, 0.99), refused
-            );
-        }
+        bar.inc(1);
+        bar.suspend(|| {
+            if !a.json {
+                println!(
+                    "{hops} hop(s): {:.0} keys/s delivered to master and slave ({} clients, {} x {}-bit keys/request); enc_keys p50 {:.2} ms p99 {:.2} ms; dec_keys p50 {:.2} ms p99 {:.2} ms; refused {}",
+                    keys as f64 / secs, a.clients, a.number, a.size, pct(&enc, 0.5), pct(&enc, 0.99), pct(&dec, 0.5), pct(&dec, 0.99), refused
+                );
+            }
+        });
         results.insert(format!("{hops}"), r);
     }
+    bar.finish_and_clear();
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;

@@ -252,6 +252,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Method::Cascade => Reconciliation::Cascade(CascadeParams {
                 alpha: args.cascade_alpha,
                 passes: args.cascade_passes,
+                ..CascadeParams::default()
             }),
             Method::Ldpc => {
                 let p = LdpcParams {
@@ -375,12 +376,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut done = 0usize;
     let mut block_id = 0u64;
+    let bar = super::progress::counter(pulses as u64, "pulses simulated");
     while done < pulses {
         let n = chunk.min(pulses - done);
         // Keep block boundaries on whole words of pulses.
         sim.run_into(n, &mut det);
         buf.push(&det);
         done += n;
+        bar.set_position(done as u64);
         // Close the block when it is full, unless what is left would make a tail of less than
         // half a block (then the tail joins this block).
         let tail = (pulses - done) as f64 * spp;
@@ -405,8 +408,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 args.seed,
             )?;
             block_id += 1;
+            bar.set_message(format!("pulses simulated, {block_id} block(s)"));
         }
     }
+    bar.finish_and_clear();
     let elapsed = t0.elapsed().as_secs_f64();
     let qber = if tot.sifted > 0 {
         tot.errors as f64 / tot.sifted as f64

@@ -113,7 +113,14 @@ pub fn run(a: Args) -> Result<()> {
         ..PlanOptions::default()
     };
     let start = Instant::now();
-    let report = plan(&topo, &opt)?;
+    let spin = super::progress::spinner(&format!(
+        "planning {} nodes, {} links",
+        topo.nodes.len(),
+        topo.links.len()
+    ));
+    let report = plan(&topo, &opt);
+    spin.finish_and_clear();
+    let report = report?;
     let secs = start.elapsed().as_secs_f64();
     if a.json {
         let mut v = serde_json::to_value(&report)?;

@@ -20,18 +20,8 @@ fn pick(old: Option<u16>, topo: &Topology, also: &[Option<u16>]) -> Option<u16> 
         .filter_map(port_of)
         .collect();
     taken.extend(also.iter().flatten());
-    let free =
-        |p: u16| !taken.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-    old.filter(|p| free(*p)).or_else(|| {
-        (0..100).find_map(|_| {
-            let p = std::net::TcpListener::bind("127.0.0.1:0")
-                .ok()?
-                .local_addr()
-                .ok()?
-                .port();
-            (!taken.contains(&p)).then_some(p)
-        })
-    })
+    old.filter(|p| !taken.contains(p) && kagi_node::loopback::port_free(*p))
+        .or_else(|| kagi_node::loopback::free_port_except(&taken).ok())
 }
 
 /// `cfg` with `skip_addr` set: the port of the config at `cfg_path` from an earlier run if it is

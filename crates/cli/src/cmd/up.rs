@@ -185,18 +185,11 @@ fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 pub(crate) fn port_free(port: u16) -> bool {
-    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+    kagi_node::loopback::port_free(port)
 }
 
 pub(crate) fn free_port(taken: &[u16]) -> anyhow::Result<u16> {
-    for _ in 0..100 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let p = l.local_addr()?.port();
-        if !taken.contains(&p) {
-            return Ok(p);
-        }
-    }
-    bail!("no free port on 127.0.0.1")
+    Ok(kagi_node::loopback::free_port_except(taken)?)
 }
 
 fn addr_port(addr: &Option<String>) -> Option<u16> {
@@ -627,9 +620,10 @@ async fn wait_ready(
                         if let Ok(Some(st)) = c.proc.try_wait() {
                             c.exited = true;
                             bail!(
-                                "node {} exited during start-up ({st}); see {}",
+                                "node {} exited during start-up ({st}); see {}{}",
                                 c.id,
-                                c.log.display()
+                                c.log.display(),
+                                log_tail(&c.log, 12)
                             );
                         }
                     }
@@ -643,6 +637,21 @@ async fn wait_ready(
     }
     bar.finish_and_clear();
     Ok(())
+}
+
+/// The last `lines` lines of a node's log, indented, to show why it stopped (empty when the log
+/// cannot be read).
+fn log_tail(path: &Path, lines: usize) -> String {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return String::new();
+    };
+    let all: Vec<&str> = text.lines().collect();
+    let tail = &all[all.len().saturating_sub(lines)..];
+    tail.iter().fold(String::from(":"), |mut out, l| {
+        out.push_str("\n  ");
+        out.push_str(l);
+        out
+    })
 }
 
 /// The curl pair: a master at the first node (koganei in the built-in network) and a slave at

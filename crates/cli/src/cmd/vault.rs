@@ -438,7 +438,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .file_name()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let r = client::put_with(&mut owners, &mut sites, &name, data.expose(), k, n)?;
+            let spin = super::progress::spinner(&format!(
+                "sharing {name} ({}) as {k}-of-{n}",
+                fmt_bytes(data.len() as u64)
+            ));
+            let r = client::put_with(&mut owners, &mut sites, &name, data.expose(), k, n);
+            spin.finish_and_clear();
+            let r = r?;
             let secs = started.elapsed().as_secs_f64();
             if args.json {
                 println!(
@@ -462,7 +468,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         VaultCommand::Get { id, output } => {
-            let g = client::get(&mut owners[0], &mut sites, &id)?;
+            let spin = super::progress::spinner(&format!("rebuilding {id} from its shares"));
+            let g = client::get(&mut owners[0], &mut sites, &id);
+            spin.finish_and_clear();
+            let g = g?;
             let tmp = output.with_extension("kagi-tmp");
             std::fs::write(&tmp, g.data.expose())
                 .with_context(|| format!("write {}", tmp.display()))?;
@@ -556,7 +565,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             files.sort();
             let mut entries = serde_json::Map::new();
             let mut total = 0u64;
-            for (i, f) in files.iter().enumerate() {
+            let bar = super::progress::bar(files.len() as u64, "files stored");
+            for f in &files {
                 let data = Key::from_vec(std::fs::read(f)?);
                 let rel = f
                     .strip_prefix(&root)
@@ -567,10 +577,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     .with_context(|| format!("put {rel}"))?;
                 total += r.len;
                 entries.insert(rel, serde_json::Value::String(r.object));
-                if (i + 1) % 100 == 0 {
-                    eprintln!("  {} of {} files stored", i + 1, files.len());
-                }
+                bar.inc(1);
             }
+            bar.finish_and_clear();
             std::fs::write(&index, serde_json::to_vec_pretty(&entries)?)?;
             eprintln!(
                 "stored {} files ({}) as {k}-of-{n}; QKD key spent: {}; {:.1} s; index: {}",
@@ -586,7 +595,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 serde_json::from_slice(&std::fs::read(&index)?)?;
             let mut total = 0u64;
             let mut missing_sites = std::collections::BTreeSet::new();
+            let bar = super::progress::bar(entries.len() as u64, "files restored");
             for (rel, id) in &entries {
+                bar.inc(1);
                 let id = id.as_str().context("index entries are object IDs")?;
                 let g = client::get(&mut owners[0], &mut sites, id)
                     .with_context(|| format!("get {rel}"))?;
@@ -598,6 +609,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 std::fs::write(&path, g.data.expose())?;
                 total += g.data.len() as u64;
             }
+            bar.finish_and_clear();
             println!(
                 "restored {} files ({}) under {}; integrity verified for every object; sites without shares: {}; QKD key spent: {}; {:.1} s",
                 entries.len(),

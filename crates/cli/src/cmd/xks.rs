@@ -167,15 +167,7 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 }
 
 fn free_port(taken: &[u16]) -> anyhow::Result<u16> {
-    for _ in 0..100 {
-        let p = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        if !taken.contains(&p) {
-            return Ok(p);
-        }
-    }
-    bail!("no free port")
+    Ok(kagi_node::loopback::free_port_except(taken)?)
 }
 
 /// `kagi xks init`: config, credentials and certificate (existing credentials and keys kept).
@@ -673,6 +665,28 @@ pub async fn start_for_up(dir: &Path, net: &NetworkFile) -> anyhow::Result<(XksI
         }
     }
     let reg = Registry::load(&cfg.registry).map_err(anyhow::Error::msg)?;
+    let enabled: Vec<String> = reg
+        .keys
+        .iter()
+        .filter(|r| r.status == KeyStatus::Enabled)
+        .map(|r| r.id.clone())
+        .collect();
+    let spin = super::progress::spinner("XKS proxy: rebuilding its keys from the vault sites");
+    let warmed = warm(
+        &i.url,
+        &dir.join(&net.ca),
+        &i.region,
+        &i.access_key_id,
+        &i.secret_access_key,
+        &enabled,
+    )
+    .await;
+    spin.finish_and_clear();
+    if let Err(e) = warmed {
+        // The proxy still answers (with the spec's retryable 503 until key arrives): the network
+        // is usable, only the first calls will wait.
+        eprintln!("kagi up: warning: the XKS proxy could not rebuild its keys yet: {e:#}");
+    }
     Ok((
         XksInfo {
             url: i.url,
@@ -692,6 +706,54 @@ pub async fn start_for_up(dir: &Path, net: &NetworkFile) -> anyhow::Result<(XksI
             log: p.log,
         },
     ))
+}
+
+/// How long `kagi up` waits for the proxy to rebuild its keys before reporting ready anyway.
+const WARM_LIMIT: Duration = Duration::from_secs(120);
+
+/// Has the proxy rebuild each of `keys` once (one signed Encrypt each), retrying the spec's
+/// retryable 503 while the vault channels refill. Creating a key draws QKD key on the channels
+/// to every vault site, and the proxy's first rebuild needs key on the same channels; doing it
+/// here means `kagi up` reports ready only once the proxy answers at once, instead of handing
+/// the first callers `DependencyTimeoutException`.
+async fn warm(
+    url: &str,
+    ca: &Path,
+    region: &str,
+    access_key_id: &str,
+    secret: &str,
+    keys: &[String],
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + WARM_LIMIT;
+    let mut c =
+        kagi_xks::client::XksClient::connect(url, ca, region, access_key_id, secret).await?;
+    for key in keys {
+        let body = json!({
+            "requestMetadata": {
+                "awsPrincipalArn": "arn:aws:iam::000000000000:user/kagi-up-warm-up",
+                "kmsKeyArn": format!("arn:aws:kms:{region}:000000000000:key/kagi-up-warm-up"),
+                "kmsOperation": "Encrypt",
+                "kmsRequestId": format!("kagi-up-warm-up-{key}"),
+            },
+            "plaintext": kagi_xks::wire::encode(&[0u8; 32]),
+            "encryptionAlgorithm": "AES_GCM",
+        })
+        .to_string();
+        loop {
+            let (status, answer) = c
+                .call(&format!("/keys/{key}/encrypt"), body.as_bytes())
+                .await?;
+            if status == 200 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&answer);
+            if status != 503 || std::time::Instant::now() > deadline {
+                bail!("key {key}: encrypt answered {status}: {text}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    Ok(())
 }
 
 /// Prints how to call the proxy with curl.
