@@ -23,6 +23,7 @@ pub fn tokyo() -> Topology {
         seed: 0x6b61_6769,
         epoch_unix: 0,
         rate_multiplier: 1.0,
+        insecure_demo_links: false,
         nodes: nodes
             .iter()
             .map(|n| NodeSpec {

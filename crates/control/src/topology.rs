@@ -158,6 +158,11 @@ pub struct Topology {
     /// Demo speed-up applied to every simulated link's key rate.
     #[serde(default = "default_multiplier")]
     pub rate_multiplier: f64,
+    /// INSECURE, demos only: a simulated link without a provisioned per-link secret derives
+    /// its key from `seed`, which every holder of this file knows. Off by default: nodes then
+    /// refuse such links (`kagi up` provisions the secrets).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_demo_links: bool,
     /// Nodes.
     pub nodes: Vec<NodeSpec>,
     /// Links.
@@ -229,6 +234,7 @@ impl Topology {
             seed: 1,
             epoch_unix: 0,
             rate_multiplier: 1.0,
+            insecure_demo_links: false,
             nodes: ids
                 .iter()
                 .map(|n| NodeSpec {

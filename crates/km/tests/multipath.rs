@@ -33,6 +33,7 @@ fn topo() -> Arc<Topology> {
         seed: 1,
         epoch_unix: 0,
         rate_multiplier: 1.0,
+        insecure_demo_links: false,
         nodes: nodes
             .iter()
             .map(|n| NodeSpec {

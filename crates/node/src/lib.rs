@@ -10,6 +10,7 @@ pub mod dash;
 pub mod driver;
 pub mod etsi004;
 pub mod etsi014;
+pub mod link_secret;
 pub mod link_source;
 pub mod loopback;
 pub mod mgmt;

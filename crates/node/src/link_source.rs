@@ -1,8 +1,8 @@
 //! Rate-level simulated QKD links.
 //!
 //! This stands in for the quantum channel and the link's post-processing: both ends of a link
-//! derive the identical block stream from the link's seed (in the topology every node reads) and
-//! the block number, without talking to each other. When each block appears (wall-clock,
+//! derive the identical block stream from the link's secret (which only those two nodes hold,
+//! see [`crate::link_secret`]) and the block number, without talking to each other. When each block appears (wall-clock,
 //! `epoch + t`) follows the link's technology (`protocol` in the topology, through
 //! [`kagi_quantum::supply::BlockSchedule`]): a constant secret key rate for decoy BB84, CV-QKD,
 //! twin-field and repeater links; whole finite-key blocks when each block's detections have
@@ -15,6 +15,8 @@ use kagi_control::{LinkSpec, Topology};
 use kagi_keymat::Key;
 use kagi_quantum::supply::{BlockSchedule, NextPass};
 use kagi_quantum::tech::TechError;
+
+use crate::link_secret::LinkSecret;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -33,7 +35,7 @@ pub struct SimulatedLink {
     pub peer: String,
     /// The link's protocol name.
     pub protocol: String,
-    seed: u64,
+    secret: LinkSecret,
     epoch_unix: u64,
     /// Bytes per block (even, both halves).
     pub block_bytes: usize,
@@ -43,11 +45,17 @@ pub struct SimulatedLink {
 }
 
 impl SimulatedLink {
-    /// The link `spec` seen from `me`.
+    /// The link `spec` seen from `me`, keyed by the link's `secret`. The schedule (when blocks
+    /// appear) follows the public topology; the bytes follow the secret only.
     ///
     /// # Errors
     /// The link's technology is not valid (a validated topology has none).
-    pub fn new(topo: &Topology, me: &str, spec: &LinkSpec) -> Result<Self, TechError> {
+    pub fn new(
+        topo: &Topology,
+        me: &str,
+        spec: &LinkSpec,
+        secret: LinkSecret,
+    ) -> Result<Self, TechError> {
         let peer = if spec.a == me {
             spec.b.clone()
         } else {
@@ -58,7 +66,7 @@ impl SimulatedLink {
         Ok(Self {
             peer,
             protocol: spec.protocol_name().to_string(),
-            seed: topo.link_seed(spec),
+            secret,
             epoch_unix: topo.epoch_unix,
             block_bytes: schedule.block_bytes,
             rate_bps: topo.link_mean_rate_bps(spec) * topo.rate_multiplier.max(0.0),
@@ -68,11 +76,7 @@ impl SimulatedLink {
 
     /// Bytes of block `n` (identical at both ends).
     pub fn block(&self, n: u64) -> Key {
-        let mut seed = [0u8; 32];
-        seed[..8].copy_from_slice(&self.seed.to_le_bytes());
-        seed[8..16].copy_from_slice(&n.to_le_bytes());
-        seed[16..].copy_from_slice(b"kagi-link-block!");
-        let mut rng = ChaCha20Rng::from_seed(seed);
+        let mut rng = ChaCha20Rng::from_seed(*self.secret.derive(b"rate-block", n));
         let mut k = Key::zeroed(self.block_bytes);
         rng.fill_bytes(k.expose_mut());
         k
@@ -135,12 +139,35 @@ mod tests {
     use super::*;
     use kagi_control::builtin;
 
+    fn demo(t: &Topology, l: &LinkSpec) -> LinkSecret {
+        LinkSecret::insecure_demo(t, l)
+    }
+
+    #[test]
+    fn the_public_topology_does_not_give_the_key_stream() {
+        // Someone holding only the topology file builds the link the only way it allows (the
+        // demo derivation from the public seed) and gets other bytes than the two ends.
+        let t = builtin::tokyo();
+        let l = &t.links[0];
+        let secret = LinkSecret::generate();
+        let real = SimulatedLink::new(&t, &l.a, l, secret.clone()).unwrap();
+        let other_end = SimulatedLink::new(&t, &l.b, l, secret).unwrap();
+        let outsider = SimulatedLink::new(&t, &l.a, l, demo(&t, l)).unwrap();
+        let guess = SimulatedLink::new(&t, &l.a, l, LinkSecret::generate()).unwrap();
+        for n in 0..8 {
+            assert_eq!(real.block(n), other_end.block(n));
+            assert_ne!(real.block(n), outsider.block(n));
+            assert_ne!(real.block(n), guess.block(n));
+        }
+    }
+
     #[test]
     fn both_ends_derive_identical_blocks_and_rates() {
         let t = builtin::tokyo();
         let l = &t.links[0];
-        let mut a = SimulatedLink::new(&t, &l.a, l).unwrap();
-        let b = SimulatedLink::new(&t, &l.b, l).unwrap();
+        let s = LinkSecret::generate();
+        let mut a = SimulatedLink::new(&t, &l.a, l, s.clone()).unwrap();
+        let b = SimulatedLink::new(&t, &l.b, l, s.clone()).unwrap();
         assert_eq!(a.peer, l.b);
         assert_eq!(a.block(7), b.block(7));
         assert_ne!(a.block(7), a.block(8));
@@ -174,15 +201,20 @@ mod tests {
             .min_by(|x, y| x.length_km.total_cmp(&y.length_km))
             .unwrap();
         assert!(
-            SimulatedLink::new(&t, &long.a, long).unwrap().rate_bps
-                < SimulatedLink::new(&t, &short.a, short).unwrap().rate_bps
+            SimulatedLink::new(&t, &long.a, long, demo(&t, long))
+                .unwrap()
+                .rate_bps
+                < SimulatedLink::new(&t, &short.a, short, demo(&t, short))
+                    .unwrap()
+                    .rate_bps
         );
     }
 
     #[test]
     fn restart_resumes_after_high_water_within_backlog() {
         let t = builtin::tokyo();
-        let mut l = SimulatedLink::new(&t, &t.links[0].a, &t.links[0]).unwrap();
+        let mut l =
+            SimulatedLink::new(&t, &t.links[0].a, &t.links[0], demo(&t, &t.links[0])).unwrap();
         let now = l.block_time(1000).unwrap();
         assert_eq!(l.first_pending(now), 1001);
         assert_eq!(l.first_block(Some(995), now), 996);
@@ -216,7 +248,7 @@ mod tests {
         };
         // Finite key: blocks come in bursts at the block completion times.
         let fin = spec("bb84-finite", &[("n-x", 1e8)]);
-        let mut f = SimulatedLink::new(&t, &fin.a, &fin).unwrap();
+        let mut f = SimulatedLink::new(&t, &fin.a, &fin, demo(&t, &fin)).unwrap();
         let (t0, t1) = (f.block_time(0).unwrap(), f.block_time(1).unwrap());
         assert_eq!(t0, t1, "a finite-key block arrives whole");
         let mut n = 1;
@@ -236,11 +268,11 @@ mod tests {
         );
         // CV-QKD at the same length has its own rate.
         let cv = spec("cv-gg02", &[]);
-        let c = SimulatedLink::new(&t, &cv.a, &cv).unwrap();
+        let c = SimulatedLink::new(&t, &cv.a, &cv, demo(&t, &cv)).unwrap();
         assert!(c.rate_bps > 0.0 && (c.rate_bps - f.rate_bps).abs() > 1.0);
         // Satellite: key only in passes; the next pass is known.
         let sat = spec("satellite", &[("lat-a", 35.7), ("lon-a", 139.5)]);
-        let mut s = SimulatedLink::new(&t, &sat.a, &sat).unwrap();
+        let mut s = SimulatedLink::new(&t, &sat.a, &sat, demo(&t, &sat)).unwrap();
         let start = UNIX_EPOCH + Duration::from_secs(t.epoch_unix);
         let pass = s.next_pass(start).unwrap();
         let (_, first) = s.next_block(0).unwrap();

@@ -70,8 +70,9 @@ fn listener_port_range() -> Option<(u16, u16)> {
 }
 
 /// Gives every node of `topo` fresh loopback addresses, writes `dir/topology.toml`, issues the
-/// CA and every node and SAE certificate under `dir/pki`, and returns one config per node (stores
-/// under `dir/db`, default settings adjusted by `tune`).
+/// CA and every node and SAE certificate under `dir/pki`, seals a fresh secret per link into its
+/// two nodes' stores, and returns one config per node (stores under `dir/db`, default settings
+/// adjusted by `tune`).
 pub fn prepare(
     dir: &Path,
     topo: &mut Topology,
@@ -112,6 +113,7 @@ pub fn prepare(
         tune(&mut cfg);
         cfgs.push(cfg);
     }
+    crate::seal::links::provision(topo, &cfgs)?;
     Ok(cfgs)
 }
 

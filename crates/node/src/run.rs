@@ -38,7 +38,34 @@ pub async fn run_node(
     let has_photon = topo
         .neighbours(&me.id)
         .any(|(_, l)| l.key_source().ok() == Some(KeySource::Photon));
-    let seals = crate::seal::node::unseal_node(&cfg, &db, has_photon.then_some(&*ledger_db))?;
+    let mut seals = crate::seal::node::unseal_node(&cfg, &db, has_photon.then_some(&*ledger_db))?;
+    // Every simulated link's secret, settled before anything listens: a link without one is
+    // refused (unless the topology is an explicit insecure demo).
+    let mut provisioned = std::mem::take(&mut seals.link_secrets);
+    if topo.insecure_demo_links {
+        tracing::warn!(
+            "insecure_demo_links = true: links without a provisioned secret derive their key \
+             from the topology's public seed, so anyone holding the topology file can compute it"
+        );
+    }
+    let mut link_secrets = BTreeMap::new();
+    for (peer, spec) in topo.neighbours(&me.id) {
+        let secret = provisioned.remove(peer);
+        if secret.is_none() && topo.insecure_demo_links {
+            tracing::warn!(link = %format!("{}-{}", spec.a, spec.b), "no per-link secret: INSECURE demo key");
+        }
+        link_secrets.insert(
+            peer.to_string(),
+            crate::link_secret::for_link(&topo, spec, secret)?,
+        );
+    }
+    drop(provisioned);
+    let mut secret_for = |spec: &LinkSpec| {
+        let peer = if spec.a == me.id { &spec.b } else { &spec.a };
+        link_secrets
+            .remove(peer.as_str())
+            .ok_or_else(|| anyhow::anyhow!("link {}-{} keyed twice", spec.a, spec.b))
+    };
     let ops = Arc::new(crate::mgmt::Ops::new(&cfg.node_id));
     // The audit trail: an existing one that does not verify refuses the start (tampering).
     let trail = Arc::new(AuditTrail::open(
@@ -78,7 +105,7 @@ pub async fn run_node(
     let mut link_inboxes = BTreeMap::new();
     for spec in &my_links {
         if spec.key_source().map_err(|e| anyhow::anyhow!(e))? == KeySource::Photon {
-            let pc = PhotonLinkConfig::new(&topo, &me.id, spec)?;
+            let pc = PhotonLinkConfig::new(&topo, &me.id, spec, secret_for(spec)?)?;
             // A few frames: the link protocol has one or two in flight; more waits in TCP.
             let (tx, rx) = mpsc::channel(4);
             link_inboxes.insert(pc.peer.clone(), tx);
@@ -134,7 +161,7 @@ pub async fn run_node(
         if spec.key_source().ok() != Some(KeySource::Rate) {
             continue;
         }
-        let link = SimulatedLink::new(&topo, &me.id, spec)
+        let link = SimulatedLink::new(&topo, &me.id, spec, secret_for(spec)?)
             .map_err(|e| anyhow::anyhow!("link {}-{}: {e}", spec.a, spec.b))?;
         let hw = high_water(&link.peer);
         tracing::info!(peer = %link.peer, km = spec.length_km, protocol = %link.protocol, rate_bps = link.rate_bps, "simulated QKD link");

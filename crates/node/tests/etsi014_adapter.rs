@@ -171,6 +171,7 @@ fn topology() -> Topology {
         seed: 1,
         epoch_unix: 0,
         rate_multiplier: 1.0,
+        insecure_demo_links: false,
         nodes: vec![
             node("kme-a", &["sae-a"]),
             node("kme-b", &["sae-b"]),

@@ -104,7 +104,9 @@ async fn no_key_bytes_at_rest_and_a_flipped_byte_is_never_served() {
         .iter()
         .find(|l| l.a == "a" && l.b == "b")
         .unwrap();
-    let mut link = SimulatedLink::new(&topo, "a", ab).unwrap();
+    // Only a's own sealed store (unsealed with its KEK) gives the link's secret.
+    let secret = kagi_node::seal::links::read_node(&cfgs[0]).unwrap()["b"].clone();
+    let mut link = SimulatedLink::new(&topo, "a", ab, secret).unwrap();
     let first = link.first_block(None, t0);
     // The newest block that existed at t1.
     let last = link.first_pending(t1).saturating_sub(1);

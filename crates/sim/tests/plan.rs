@@ -12,6 +12,7 @@ fn topo(nodes: &[&str], links: &[(&str, &str, f64)], saes: u32) -> Topology {
         seed: 1,
         epoch_unix: 0,
         rate_multiplier: 1.0,
+        insecure_demo_links: false,
         nodes: nodes
             .iter()
             .map(|n| NodeSpec {

@@ -364,6 +364,16 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
         });
     }
     write_atomic(&dir.join("topology.toml"), &topo.to_toml())?;
+    // Every link's secret goes, sealed, into its two nodes' stores only (never the topology).
+    let loaded = configs
+        .values()
+        .map(|p| NodeConfig::load(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let fresh = kagi_node::seal::links::provision(&topo, &loaded)
+        .context("provisioning the per-link secrets")?;
+    if fresh > 0 {
+        println!("kagi up: sealed a new secret for {fresh} links into their two nodes' stores");
+    }
     let network = NetworkFile {
         ca: rel(&pki.ca_cert_path(), dir),
         nodes,

@@ -31,13 +31,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::driver::DriverMsg;
+use crate::link_secret::LinkSecret;
 use crate::peer::Peers;
 use ledger::{AuthLedger, Refusal, Reservation};
 
 /// Pads one block reserves: room for 1024 authenticated messages (Cascade uses 300–550, LDPC
 /// about 15). A block that fails burns its whole reservation, so this is kept tight.
 pub const RESERVE_BYTES: u64 = 1024 * kagi_postproc::protocol::PAD_LEN as u64;
-/// Pre-shared authentication key of a link (simulated: derived from the link seed).
+/// Pre-shared authentication key of a link (simulated: derived from the link secret).
 pub const BOOTSTRAP_BYTES: usize = 16 + 128 * RESERVE_BYTES as usize;
 /// How long Alice keeps a block in progress without hearing from Bob.
 pub const BLOCK_TIMEOUT: Duration = Duration::from_secs(600);
@@ -57,8 +58,9 @@ pub struct PhotonLinkConfig {
     pub alice: bool,
     /// Simulator parameters.
     pub params: PhotonParams,
-    /// Seed of the simulated channel.
-    pub seed: u64,
+    /// The link's secret (both ends only): seeds the simulated channel and the authentication
+    /// bootstrap.
+    pub secret: LinkSecret,
     /// Pulses per block.
     pub pulses: usize,
     /// Shortest time per block (the source's repetition rate).
@@ -83,7 +85,12 @@ impl PhotonLinkConfig {
     ///
     /// # Errors
     /// Settings the simulator or the protocol reject.
-    pub fn new(topo: &Topology, me: &str, spec: &LinkSpec) -> Result<Self, PhotonLinkError> {
+    pub fn new(
+        topo: &Topology,
+        me: &str,
+        spec: &LinkSpec,
+        secret: LinkSecret,
+    ) -> Result<Self, PhotonLinkError> {
         let peer = if spec.a == me { &spec.b } else { &spec.a }.clone();
         let name = format!("{}-{}", spec.a, spec.b);
         let bad = |why: String| PhotonLinkError::Settings(name.clone(), why);
@@ -150,23 +157,30 @@ impl PhotonLinkConfig {
             alice: me < peer.as_str(),
             peer,
             params,
-            seed: topo.link_seed(spec),
+            secret,
             pulses,
             min_block_time: Duration::from_secs_f64((pulses as f64 / rate).min(3600.0)),
             protocol,
         })
     }
 
-    /// The link's pre-shared authentication key. Simulated like the quantum channel: derived
-    /// from the link seed, which both ends read from the topology. A real deployment installs
-    /// this secret in both nodes out of band.
+    /// The link's pre-shared authentication key, derived from the link secret that only the
+    /// two ends hold (a real deployment installs this key in both nodes out of band).
     pub fn bootstrap_key(&self) -> Key {
-        let mut seed = [0u8; 32];
-        seed[..8].copy_from_slice(&self.seed.to_le_bytes());
-        seed[8..].copy_from_slice(b"kagi-photon-auth-bootstr");
         let mut k = Key::zeroed(BOOTSTRAP_BYTES);
-        ChaCha20Rng::from_seed(seed).fill_bytes(k.expose_mut());
+        ChaCha20Rng::from_seed(*self.secret.derive(b"photon-auth-bootstrap", 0))
+            .fill_bytes(k.expose_mut());
         k
+    }
+
+    /// Seed of the photon simulator for block `block`, from the link secret. The simulator takes
+    /// 64 bits; a fresh value per block means recovering one block's seed by search (2^64
+    /// simulations of the whole block) gives no other block.
+    pub fn sim_seed(&self, block: u64) -> u64 {
+        let d = self.secret.derive(b"photon-records", block);
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&d[..8]);
+        u64::from_le_bytes(b)
     }
 }
 
@@ -267,8 +281,12 @@ impl PhotonLink {
                     continue;
                 }
             };
-            let (params, seed, pulses, block) =
-                (self.cfg.params, self.cfg.seed, self.cfg.pulses, res.block);
+            let (params, seed, pulses, block) = (
+                self.cfg.params,
+                self.cfg.sim_seed(res.block),
+                self.cfg.pulses,
+                res.block,
+            );
             let t_sim = Instant::now();
             let raw = tokio::task::spawn_blocking(move || {
                 records::bob_block(params, seed, block, pulses)
@@ -374,8 +392,12 @@ impl PhotonLink {
                         }
                     };
                     let t0 = Instant::now();
-                    let (params, seed, pulses, block) =
-                        (self.cfg.params, self.cfg.seed, self.cfg.pulses, res.block);
+                    let (params, seed, pulses, block) = (
+                        self.cfg.params,
+                        self.cfg.sim_seed(res.block),
+                        self.cfg.pulses,
+                        res.block,
+                    );
                     let raw = tokio::task::spawn_blocking(move || {
                         records::alice_block(params, seed, block, pulses)
                     })
@@ -489,20 +511,33 @@ mod tests {
             ..PhotonLinkSpec::default()
         });
         let l = t.links[0].clone();
-        let x = PhotonLinkConfig::new(&t, "x", &l).unwrap();
-        let y = PhotonLinkConfig::new(&t, "y", &l).unwrap();
+        let s = LinkSecret::generate();
+        let x = PhotonLinkConfig::new(&t, "x", &l, s.clone()).unwrap();
+        let y = PhotonLinkConfig::new(&t, "y", &l, s.clone()).unwrap();
         assert!(x.alice && !y.alice);
         assert_eq!((x.peer.as_str(), y.peer.as_str()), ("y", "x"));
-        assert_eq!((x.pulses, x.seed), (y.pulses, y.seed));
+        assert_eq!((x.pulses, x.sim_seed(3)), (y.pulses, y.sim_seed(3)));
+        assert_ne!(x.sim_seed(3), x.sim_seed(4));
         assert_eq!(x.bootstrap_key(), y.bootstrap_key());
+        // Someone with the topology only (the demo derivation) has neither the channel nor the
+        // authentication key.
+        let outsider =
+            PhotonLinkConfig::new(&t, "x", &l, LinkSecret::insecure_demo(&t, &l)).unwrap();
+        assert_ne!(outsider.bootstrap_key(), x.bootstrap_key());
+        assert_ne!(outsider.sim_seed(3), x.sim_seed(3));
         assert!(matches!(x.protocol.reconciliation, Reconciliation::Ldpc(_)));
         // Longer fibre: fewer detections per pulse, so more pulses per block.
         let mut far = l.clone();
         far.length_km = 50.0;
-        assert!(PhotonLinkConfig::new(&t, "x", &far).unwrap().pulses > x.pulses);
+        assert!(
+            PhotonLinkConfig::new(&t, "x", &far, s.clone())
+                .unwrap()
+                .pulses
+                > x.pulses
+        );
         // A link too long for the block size is refused, not left to run for days.
         far.length_km = 400.0;
-        assert!(PhotonLinkConfig::new(&t, "x", &far).is_err());
+        assert!(PhotonLinkConfig::new(&t, "x", &far, s).is_err());
     }
 
     #[test]
@@ -511,7 +546,7 @@ mod tests {
             .unwrap();
         let l = t.link("hakusan", "ueno").unwrap();
         assert_eq!(l.key_source(), Ok(kagi_control::KeySource::Photon));
-        let c = PhotonLinkConfig::new(&t, "ueno", l).unwrap();
+        let c = PhotonLinkConfig::new(&t, "ueno", l, LinkSecret::generate()).unwrap();
         assert!(!c.alice && c.pulses > 1_000_000_000);
     }
 }

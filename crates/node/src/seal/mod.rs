@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod kek;
+pub mod links;
 pub mod node;
 
 use aes_gcm_siv::aead::{Aead, KeyInit, Payload};

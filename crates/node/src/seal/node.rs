@@ -1,11 +1,13 @@
 //! Unsealing a node at start: resolve the KEK, unwrap the DEK of the key store and of the photon
 //! ledger, seal what an older, unsealed version left in the clear, and drop the KEK.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use super::{kek, unseal_db, Sealer};
 use crate::config::NodeConfig;
+use crate::link_secret::LinkSecret;
 use crate::store::{open_db, SqliteStore, STORE_LABEL};
 
 /// Label of the photon ledger's DEK.
@@ -22,6 +24,9 @@ pub struct NodeSeals {
     pub kek_kind: &'static str,
     /// The audit trail's signing key, kept sealed in the store.
     pub audit_signer: Arc<crate::audit::Signer>,
+    /// The secrets of this node's simulated links, by peer (see [`crate::link_secret`]); the
+    /// node moves them into its link sources.
+    pub link_secrets: BTreeMap<String, LinkSecret>,
 }
 
 fn audit_signer(
@@ -50,11 +55,14 @@ pub fn unseal_node(
         let store = Sealer::plaintext(STORE_LABEL);
         let conn = open_db(db, cfg.store.synchronous)?;
         let audit_signer = audit_signer(cfg, &conn, &store)?;
+        let link_secrets = super::links::load_all(&conn, &store)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", db.display()))?;
         return Ok(NodeSeals {
             store: Arc::new(store),
             photon: Some(Arc::new(Sealer::plaintext(PHOTON_LABEL))),
             kek_kind: "none",
             audit_signer,
+            link_secrets,
         });
     }
     let conn = open_db(db, cfg.store.synchronous)?;
@@ -62,6 +70,10 @@ pub fn unseal_node(
     let (sealer, new_dek) = unseal_db(&conn, &kek, STORE_LABEL)
         .map_err(|e| anyhow::anyhow!("{}: {e}", db.display()))?;
     let audit_signer = audit_signer(cfg, &conn, &sealer)?;
+    // A link secret that fails authentication stops the start: the link would otherwise run
+    // on a key stream someone else chose.
+    let link_secrets = super::links::load_all(&conn, &sealer)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", db.display()))?;
     let sealer = Arc::new(sealer);
     let store = SqliteStore::with_conn(conn, sealer.clone())?;
     if new_dek {
@@ -102,5 +114,6 @@ pub fn unseal_node(
         photon,
         kek_kind,
         audit_signer,
+        link_secrets,
     })
 }

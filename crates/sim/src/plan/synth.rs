@@ -64,6 +64,7 @@ pub fn grid_mesh(n: usize, seed: u64) -> Topology {
         seed,
         epoch_unix: 0,
         rate_multiplier: 1.0,
+        insecure_demo_links: false,
         nodes: (0..n)
             .map(|i| NodeSpec {
                 id: name(i),
