@@ -1,14 +1,15 @@
 //! LDPC reconciliation sweep: f, attempts, failures and decoder throughput against QBER.
 //!
 //! `cargo run --release -p kagi-postproc --example ldpc_eff -- [n] [efficiency] [blind_rounds]
-//! [blind_step] [frame_bits] [threads] [trials]`
+//! [blind_step] [frame_bits] [threads] [trials] [max_iterations]`; `LDPC_BOX_PLUS=1` decodes
+//! with the sum-product (box-plus) check rule, `LDPC_QS=0.01,0.03` limits the QBERs.
 //!
 //! f = disclosed bits (syndromes + reveals) / (n·h(QBER)) with the actual error rate of each
 //! trial; Mb/s is sifted bits per second of the whole local reconciliation (syndromes, BP
 //! decoding, checks) on `threads` threads.
 use kagi_postproc::bits::BitVec;
 use kagi_postproc::cascade::h2;
-use kagi_postproc::ldpc::{reconcile_local, LdpcParams};
+use kagi_postproc::ldpc::{reconcile_local, CheckRule, LdpcParams};
 use rand::{Rng, SeedableRng};
 
 fn main() {
@@ -21,13 +22,23 @@ fn main() {
         blind_rounds: arg(2).map_or(d.blind_rounds, |v| v as usize),
         blind_step: arg(3).unwrap_or(d.blind_step),
         frame_bits: arg(4).map_or(d.frame_bits, |v| v as usize),
-        max_iterations: d.max_iterations,
+        max_iterations: arg(7).map_or(d.max_iterations, |v| v as usize),
+        check_rule: if std::env::var_os("LDPC_BOX_PLUS").is_some() {
+            CheckRule::BoxPlus
+        } else {
+            CheckRule::MinSum
+        },
     };
     let threads = arg(5).map_or(1, |v| v as usize);
     let trials = arg(6).map_or(4, |v| v as u64);
     println!("n={n} {params:?} threads={threads}");
     println!("qber   f_mean  f_max   attempts  iters/frame  failed/trials  Mb/s");
-    for q in [0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08] {
+    // LDPC_QS=0.01,0.03 limits the sweep.
+    let qs: Vec<f64> = std::env::var("LDPC_QS")
+        .map_or(vec![0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08], |v| {
+            v.split(',').filter_map(|x| x.parse().ok()).collect()
+        });
+    for q in qs {
         let (mut fs, mut fmax, mut att, mut fails, mut secs, mut iters, mut frames) =
             (0.0, 0.0f64, 0usize, 0, 0.0, 0u64, 0usize);
         let mut ok = 0;

@@ -7,7 +7,7 @@
 #![allow(unsafe_code)]
 
 use crate::ldpc::code::QcCode;
-use crate::ldpc::decoder::{decode_impl, Bufs};
+use crate::ldpc::decoder::{decode_impl, Bufs, CheckRule};
 
 /// Instruction set for the decoder kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,26 +51,32 @@ impl Simd {
 }
 
 /// Runs [`decode_impl`] with the requested kernel (falls back to portable code).
-pub(crate) fn decode(simd: Simd, code: &QcCode, b: Bufs<'_>, max_iter: usize) -> Option<usize> {
+pub(crate) fn decode(
+    simd: Simd,
+    code: &QcCode,
+    b: Bufs<'_>,
+    max_iter: usize,
+    rule: CheckRule,
+) -> Option<usize> {
     match simd.resolve() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `resolve` returned Avx512 only after detecting avx512f and avx512bw.
-        Simd::Avx512 => unsafe { decode_avx512(code, b, max_iter) },
+        Simd::Avx512 => unsafe { decode_avx512(code, b, max_iter, rule) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `resolve` returned Avx2 only after detecting avx2.
-        Simd::Avx2 => unsafe { decode_avx2(code, b, max_iter) },
-        _ => decode_impl(code, b, max_iter),
+        Simd::Avx2 => unsafe { decode_avx2(code, b, max_iter, rule) },
+        _ => decode_impl(code, b, max_iter, rule),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn decode_avx2(code: &QcCode, b: Bufs<'_>, max_iter: usize) -> Option<usize> {
-    decode_impl(code, b, max_iter)
+fn decode_avx2(code: &QcCode, b: Bufs<'_>, max_iter: usize, rule: CheckRule) -> Option<usize> {
+    decode_impl(code, b, max_iter, rule)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-fn decode_avx512(code: &QcCode, b: Bufs<'_>, max_iter: usize) -> Option<usize> {
-    decode_impl(code, b, max_iter)
+fn decode_avx512(code: &QcCode, b: Bufs<'_>, max_iter: usize, rule: CheckRule) -> Option<usize> {
+    decode_impl(code, b, max_iter, rule)
 }

@@ -11,7 +11,7 @@ use kagi_keymat::Key;
 use kagi_postproc::block_plan::{BlockModel, KNEE_SHARE};
 use kagi_postproc::cascade::CascadeParams;
 use kagi_postproc::finite_key::DecoySettings;
-use kagi_postproc::ldpc::LdpcParams;
+use kagi_postproc::ldpc::{CheckRule, LdpcParams};
 use kagi_postproc::photon_records::{InterceptResend, RecordBuilder, Side};
 use kagi_postproc::protocol::{
     run_block_parallel, Alice, AliceRaw, AuthKeyPool, Bob, BobRaw, Outcome, ProtocolConfig,
@@ -124,6 +124,10 @@ pub struct Args {
     /// LDPC blind reveal rounds after the first attempt (0: one attempt).
     #[arg(long, default_value_t = LdpcParams::default().blind_rounds)]
     ldpc_rounds: usize,
+    /// LDPC: decode with the sum-product (box-plus) check rule instead of normalized min-sum
+    /// (lower f, several times the CPU).
+    #[arg(long)]
+    ldpc_box_plus: bool,
     /// Worker threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -259,6 +263,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     frame_bits: args.ldpc_frame,
                     efficiency: args.ldpc_efficiency,
                     blind_rounds: args.ldpc_rounds,
+                    check_rule: if args.ldpc_box_plus {
+                        CheckRule::BoxPlus
+                    } else {
+                        CheckRule::MinSum
+                    },
                     ..LdpcParams::default()
                 };
                 p.validate().context("LDPC parameters")?;

@@ -3,8 +3,8 @@
 //! The sifted key is cut into frames of a quasi-cyclic mother code of n = 2^14, 2^15 or 2^16
 //! bits (a family of 12 rates from 0.5 to 0.95, built deterministically from a fixed seed;
 //! see [`LdpcParams::frame_bits`]). Alice sends the syndrome of each frame; Bob decodes with
-//! layered normalized min-sum belief propagation (16-bit fixed point, channel LLRs from the
-//! estimated QBER) and checks the result against the syndrome.
+//! layered belief propagation, normalized min-sum or sum-product ([`CheckRule`]; 16-bit fixed
+//! point, channel LLRs from the estimated QBER) and checks the result against the syndrome.
 //!
 //! **Rate adaptation** (Elkouss, Martinez-Mateo, Martin, "Information reconciliation for
 //! quantum key distribution", QIC 11, 2011): the mother code with the most checks that can
@@ -39,6 +39,7 @@ use crate::bits::BitVec;
 use crate::cascade::h2;
 use crate::ldpc_simd_unsafe::Simd;
 use code::{QcCode, NB};
+pub use decoder::CheckRule;
 use decoder::{Decoder, LLR_KNOWN, LLR_SCALE};
 
 /// Base rows of the mother codes (rate 1 − mb/256), lowest rate first.
@@ -62,6 +63,8 @@ pub struct LdpcParams {
     pub blind_step: f64,
     /// Belief-propagation iterations per attempt.
     pub max_iterations: usize,
+    /// Bob's check-node update (his choice only; Alice's messages do not depend on it).
+    pub check_rule: CheckRule,
 }
 
 impl Default for LdpcParams {
@@ -72,6 +75,7 @@ impl Default for LdpcParams {
             blind_rounds: 8,
             blind_step: 0.05,
             max_iterations: 60,
+            check_rule: CheckRule::MinSum,
         }
     }
 }
@@ -168,6 +172,7 @@ pub struct Plan {
     llr: i16,
     rounds: usize,
     max_iterations: usize,
+    check_rule: CheckRule,
 }
 
 impl Plan {
@@ -238,6 +243,7 @@ impl Plan {
             llr: llr.round().clamp(1.0, 2000.0) as i16,
             rounds: params.blind_rounds,
             max_iterations: params.max_iterations,
+            check_rule: params.check_rule,
         })
     }
 
@@ -645,7 +651,14 @@ fn decode_frame(
     for &(v, b) in &fr.known {
         llr[v as usize] = if b { -LLR_KNOWN } else { LLR_KNOWN };
     }
-    let it = dec.decode(code, llr, &fr.synd, plan.max_iterations, simd)?;
+    let it = dec.decode(
+        code,
+        llr,
+        &fr.synd,
+        plan.max_iterations,
+        simd,
+        plan.check_rule,
+    )?;
     let hard = dec.hard();
     // Independent checks: the full syndrome and every known symbol.
     if code.syndrome(&hard) != fr.synd {

@@ -96,8 +96,17 @@ fn ends_agree_on_leakage_and_reject_malformed_messages() {
 
 #[test]
 fn simd_kernels_match_the_portable_kernel() {
+    for rule in [CheckRule::MinSum, CheckRule::BoxPlus] {
+        simd_kernels_match_for(rule);
+    }
+}
+
+fn simd_kernels_match_for(check_rule: CheckRule) {
     let q = 0.04;
-    let params = LdpcParams::default();
+    let params = LdpcParams {
+        check_rule,
+        ..LdpcParams::default()
+    };
     let (a, b) = pair(60_000, q, 5);
     let plan = Plan::new(a.len(), q, &params).unwrap();
     let (_, synd) = LdpcAlice::new(&a, plan.clone()).unwrap();
@@ -118,7 +127,10 @@ fn simd_kernels_match_the_portable_kernel() {
             match &reference {
                 None if iters == 3 => reference = Some(vec![got]),
                 Some(v) if v.len() < 2 => reference.as_mut().unwrap().push(got),
-                Some(v) => assert!(v.contains(&got), "{simd:?} differs at {iters} iterations"),
+                Some(v) => assert!(
+                    v.contains(&got),
+                    "{check_rule:?} {simd:?} differs at {iters} iterations"
+                ),
                 None => unreachable!(),
             }
         }
@@ -173,6 +185,7 @@ fn fer_probe() {
                 llr: (((1.0 - q) / q).ln() * LLR_SCALE).round() as i16,
                 rounds: 0,
                 max_iterations: 100,
+                check_rule: CheckRule::MinSum,
             };
             let (mut fail, mut its) = (0, 0);
             let t = std::time::Instant::now();
@@ -305,6 +318,7 @@ fn design_threshold(code: &QcCode, qs: &[f64], frames: u64) -> f64 {
             llr: (((1.0 - q) / q).ln() * LLR_SCALE).round() as i16,
             rounds: 0,
             max_iterations: 100,
+            check_rule: CheckRule::MinSum,
         };
         for s in 0..frames {
             let (a, b) = pair(n, q, s + 77);
@@ -540,4 +554,28 @@ fn de_search() {
             println!("mb={mb} dh={dh} frac={frac} f*={good:.3}");
         }
     }
+}
+
+#[test]
+fn box_plus_decodes_frames_min_sum_cannot() {
+    // One shot at f = 1.2 (QBER 3 %, frames of 2^14): near min-sum's limit, well inside
+    // sum-product's.
+    let q = 0.03;
+    let (a, b) = pair(6 << 14, q, 21);
+    let run = |check_rule| {
+        let params = LdpcParams {
+            frame_bits: 1 << 14,
+            efficiency: 1.2,
+            blind_rounds: 0,
+            check_rule,
+            ..LdpcParams::default()
+        };
+        let plan = Plan::new(a.len(), q, &params).unwrap();
+        let (_, synd) = LdpcAlice::new(&a, plan.clone()).unwrap();
+        let mut bob = LdpcBob::new(b.clone(), plan, &synd).unwrap();
+        bob.decode(2).len()
+    };
+    let (min_sum, box_plus) = (run(CheckRule::MinSum), run(CheckRule::BoxPlus));
+    assert_eq!(box_plus, 0, "box-plus failed {box_plus} frames");
+    assert!(min_sum > 0, "min-sum decoded every frame");
 }
