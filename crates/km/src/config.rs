@@ -178,6 +178,9 @@ pub struct Policy {
     pub link_buffer_cap_bytes: u64,
     /// Multi-path relay: how each fresh key travels to each destination.
     pub routing: RoutePolicy,
+    /// Key rate limits per master SAE (changeable at run time with
+    /// [`KeyManager::set_quotas`](crate::KeyManager::set_quotas)).
+    pub quotas: crate::quota::QuotaConfig,
 }
 
 /// How many node-disjoint paths a relay uses and how many of its shares rebuild the key.
@@ -255,6 +258,7 @@ impl Default for Policy {
             hop_wait: Duration::from_secs(3),
             link_buffer_cap_bytes: 8 << 20,
             routing: RoutePolicy::default(),
+            quotas: crate::quota::QuotaConfig::default(),
         }
     }
 }

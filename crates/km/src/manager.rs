@@ -154,6 +154,8 @@ pub struct KeyManager {
     pub(crate) supply: Supply,
     /// Output queue and actions held until their write is durable.
     pub(crate) out: Outbox,
+    /// Key rate limits and usage per master SAE.
+    pub(crate) quotas: crate::quota::Quotas,
     fenced: bool,
     pub(crate) key_rng: ChaCha20Rng,
     pub(crate) sched_rng: ChaCha20Rng,
@@ -177,6 +179,7 @@ impl KeyManager {
             relays: Relays::default(),
             supply: Supply::default(),
             out: Outbox::default(),
+            quotas: crate::quota::Quotas::new(cfg.policy.quotas.clone()),
             fenced: false,
             key_rng: ChaCha20Rng::from_seed(seed),
             sched_rng: ChaCha20Rng::from_seed(sched_seed),

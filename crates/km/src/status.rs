@@ -20,6 +20,10 @@ pub struct KmStatus {
     pub pools: Vec<PoolStatus>,
     /// Counters since the core started.
     pub stats: NodeStats,
+    /// Key rate limits per master SAE in force now.
+    pub quotas: crate::quota::QuotaConfig,
+    /// Key granted to and refused for each master SAE that asked here since the core started.
+    pub sae_usage: std::collections::BTreeMap<crate::app::SaeId, crate::quota::SaeUsage>,
 }
 
 /// One QKD link as this end sees it.
@@ -106,6 +110,8 @@ impl KeyManager {
             links,
             pools,
             stats: self.stats(),
+            quotas: self.quotas.config().clone(),
+            sae_usage: self.quotas.usage().clone(),
         }
     }
 
@@ -124,6 +130,18 @@ impl KeyManager {
         }
         self.routing.set_in_service(peer, in_service);
         true
+    }
+
+    /// Replaces the per-SAE key rate limits (a reload: no restart, buckets keep their level up
+    /// to the new burst). Invalid limits are refused and the old ones stay.
+    pub fn set_quotas(
+        &mut self,
+        quotas: crate::quota::QuotaConfig,
+    ) -> Result<(), crate::quota::QuotaError> {
+        quotas.validate()?;
+        self.cfg.policy.quotas = quotas.clone();
+        self.quotas.set(quotas);
+        Ok(())
     }
 }
 

@@ -252,6 +252,8 @@ impl KeyManager {
                 )));
             }
         }
+        // The master's key rate limit, charged only for a request that is served.
+        self.quotas.charge(now, &master, (n * bytes) as u64)?;
         let mut batch = Vec::new();
         let mut keys = Vec::with_capacity(n);
         let mut per_node: BTreeMap<NodeId, Vec<AssignedKey>> = BTreeMap::new();

@@ -43,6 +43,14 @@ pub struct NodeConfig {
     /// Tamper signal sources (`[tamper]`).
     #[serde(default, skip_serializing_if = "TamperConfig::is_default")]
     pub tamper: TamperConfig,
+    /// Key rate limits per master SAE (`[quotas]`: `default` and `[quotas.sae."<id>"]` with
+    /// `bytes_per_second`, `burst_bytes`, `daily_bytes`); reloaded on SIGHUP.
+    #[serde(default, skip_serializing_if = "kagi_km::QuotaConfig::is_empty")]
+    pub quotas: kagi_km::QuotaConfig,
+    /// The file this config was loaded from (set by [`NodeConfig::load`]; SIGHUP re-reads its
+    /// `[quotas]`).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// The ETSI GS QKD 004 listener and the bounds on what its callers may hold.
@@ -287,6 +295,10 @@ impl NodeConfig {
             .to_policy()
             .validate()
             .map_err(|e| anyhow::anyhow!("{}: [routing]: {e}", path.display()))?;
+        cfg.quotas
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{}: [quotas]: {e}", path.display()))?;
+        cfg.source = Some(path.to_path_buf());
         if let Some(p) = cfg.store.seal.key_file.as_mut() {
             if p.is_relative() {
                 *p = base.join(&*p);

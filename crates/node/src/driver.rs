@@ -51,6 +51,13 @@ pub enum DriverMsg {
         /// Whether `peer` is a neighbour.
         reply: oneshot::Sender<bool>,
     },
+    /// Replace the per-SAE key rate limits; answers the validation result.
+    SetQuotas {
+        /// The new limits.
+        quotas: kagi_km::QuotaConfig,
+        /// `Err` (limits unchanged) when they are invalid.
+        reply: oneshot::Sender<Result<(), kagi_km::QuotaError>>,
+    },
 }
 
 /// A tamper signal for the driver ([`DriverHandle::tamper`]).
@@ -119,6 +126,24 @@ impl DriverHandle {
                 in_service,
                 reply: tx,
             })
+            .ok()?;
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
+impl DriverHandle {
+    /// Replaces the per-SAE key rate limits without a restart (SIGHUP reload and the management
+    /// API). `None` when the driver is gone or fenced.
+    pub async fn set_quotas(
+        &self,
+        quotas: kagi_km::QuotaConfig,
+    ) -> Option<Result<(), kagi_km::QuotaError>> {
+        let (tx, rx) = oneshot::channel();
+        self.inbox
+            .send(DriverMsg::SetQuotas { quotas, reply: tx })
             .ok()?;
         tokio::time::timeout(Duration::from_secs(5), rx)
             .await
@@ -242,6 +267,7 @@ impl Driver {
             ops: self.ops.clone(),
             stores: BTreeMap::new(),
             audit: self.audit.clone(),
+            quotas: None,
         };
         let mut km = KeyManager::restore(self.cfg.clone(), snap, os_seed(), now());
         hooks.reapply(&mut km);
@@ -484,6 +510,8 @@ struct Hooks {
     /// When each unacknowledged store batch was handed to the writer.
     stores: BTreeMap<kagi_km::WriteId, std::time::Instant>,
     audit: Option<Arc<crate::audit::AuditTrail>>,
+    /// Per-SAE limits set at run time, applied again to a core restarted from the store.
+    quotas: Option<kagi_km::QuotaConfig>,
 }
 
 impl Hooks {
@@ -511,6 +539,10 @@ impl Hooks {
     }
 
     fn reapply(&self, km: &mut KeyManager) {
+        if let Some(q) = &self.quotas {
+            // Validated when it was set.
+            let _ = km.set_quotas(q.clone());
+        }
         if let Some(ops) = &self.ops {
             for peer in ops.links_out() {
                 km.set_link_in_service(&peer, false);
@@ -569,6 +601,14 @@ fn deliver(
                 }
             }
             let _ = reply.send(ok);
+        }
+        DriverMsg::SetQuotas { quotas, reply } => {
+            let r = km.set_quotas(quotas.clone());
+            if r.is_ok() {
+                // Kept for a core restarted from the store.
+                hooks.quotas = Some(quotas);
+            }
+            let _ = reply.send(r);
         }
         DriverMsg::App(call, tx) => {
             let w = Waiting::new(&call, tx);
@@ -638,6 +678,7 @@ pub fn km_config(cfg: &crate::config::NodeConfig, topo: Arc<kagi_control::Topolo
             relay_chunk_bytes: p.relay_chunk_bytes.clamp(32, 1 << 20) as u32,
             max_relays_in_flight: p.max_in_flight.max(1),
             routing: cfg.routing.to_policy(),
+            quotas: cfg.quotas.clone(),
             ..kagi_km::Policy::default()
         },
     }

@@ -109,6 +109,8 @@ pub fn prepare(
             etsi004: None,
             management: None,
             tamper: Default::default(),
+            quotas: Default::default(),
+            source: None,
         };
         tune(&mut cfg);
         cfgs.push(cfg);

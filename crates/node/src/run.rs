@@ -90,6 +90,11 @@ pub async fn run_node(
     .with_audit(trail.clone());
     let handle = driver.handle();
     let inbox = handle.inbox();
+    #[cfg(unix)]
+    let reload = cfg
+        .source
+        .clone()
+        .map(|path| tokio::spawn(reload_quotas_on_sighup(path, handle.clone(), trail.clone())));
 
     // Peers: listen, and one outbound channel per other node.
     let peer_addr = me
@@ -347,6 +352,10 @@ pub async fn run_node(
     let _ = sd_tx.send(true);
     let _ = stop_tx.send(true);
     peer_accept.abort();
+    #[cfg(unix)]
+    if let Some(r) = reload {
+        r.abort();
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), etsi).await;
     if let Some(skip) = skip {
         let _ = tokio::time::timeout(Duration::from_secs(2), skip).await;
@@ -425,5 +434,42 @@ async fn feed_link(
             return;
         }
         next = n + 1;
+    }
+}
+
+/// On every SIGHUP, re-reads `[quotas]` from the node's config file and applies it without a
+/// restart; a file that does not load or validate leaves the limits unchanged (and says why).
+#[cfg(unix)]
+async fn reload_quotas_on_sighup(
+    path: std::path::PathBuf,
+    driver: crate::driver::DriverHandle,
+    trail: Arc<AuditTrail>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("no SIGHUP handler: per-SAE limits cannot be reloaded");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let quotas = match NodeConfig::load(&path) {
+            Ok(c) => c.quotas,
+            Err(e) => {
+                tracing::error!("SIGHUP: {e:#}; per-SAE limits unchanged");
+                continue;
+            }
+        };
+        let summary = format!(
+            "default={} saes={}",
+            quotas.default.is_some(),
+            quotas.sae.len()
+        );
+        match driver.set_quotas(quotas).await {
+            Some(Ok(())) => {
+                tracing::info!(%summary, "SIGHUP: per-SAE key rate limits reloaded");
+                let _ = trail.record(Event::node("quotas.reload", "sighup", &summary));
+            }
+            Some(Err(e)) => tracing::error!("SIGHUP: {e}; per-SAE limits unchanged"),
+            None => tracing::error!("SIGHUP: key manager not answering; limits unchanged"),
+        }
     }
 }

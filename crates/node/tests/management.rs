@@ -220,7 +220,7 @@ async fn management_roles_actions_metrics_and_openapi() {
         &observer,
         "PUT",
         "/api/v1/saes/sae-a/limits",
-        Some(json!({"keys_per_second": 5})),
+        Some(json!({"bytes_per_second": 5})),
     )
     .await;
     assert_eq!(r.status, 403, "an observer cannot change limits");
@@ -290,13 +290,23 @@ async fn management_roles_actions_metrics_and_openapi() {
         ),
         (
             "/api/v1/saes/sae-a/limits",
-            json!({"keys_per_second": -1}),
-            "not negative",
+            json!({"bytes_per_second": -1}),
+            "invalid JSON body",
         ),
         (
             "/api/v1/saes/nobody/limits",
-            json!({"keys_per_second": 1}),
+            json!({"bytes_per_second": 1}),
             "unknown SAE",
+        ),
+        (
+            "/api/v1/saes/sae-a/limits",
+            json!({"keys_per_second": 1}),
+            "unknown field",
+        ),
+        (
+            "/api/v1/saes/sae-a/limits",
+            json!({"bytes_per_second": 1, "burst_bytes": 0}),
+            "at least 1",
         ),
         ("/api/v1/drain", json!([1, 2]), "invalid JSON body"),
     ] {
@@ -324,15 +334,47 @@ async fn management_roles_actions_metrics_and_openapi() {
             .status,
         405
     );
-    // Actions whose engine is not in this build: valid input gets a clear 501.
+    // Per-SAE key rate limits change at run time and show in the SAE list.
     let r = call(
         &operator,
         "PUT",
         "/api/v1/saes/sae-a/limits",
-        Some(json!({"keys_per_second": 5})),
+        Some(json!({"bytes_per_second": 100, "burst_bytes": 640, "daily_bytes": 100000})),
     )
     .await;
-    assert_eq!(r.status, 501, "{}", message(&r));
+    assert_eq!(r.status, 200, "{}", message(&r));
+    let saes = call(&observer, "GET", "/api/v1/saes", None).await.json();
+    let a = saes["saes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["sae"] == "sae-a")
+        .unwrap()
+        .clone();
+    assert_eq!(a["rate_limit"]["bytes_per_second"], 100, "{a}");
+    assert_eq!(a["rate_limit"]["burst_bytes"], 640, "{a}");
+    let r = call(
+        &operator,
+        "PUT",
+        "/api/v1/saes/sae-c/limits",
+        Some(json!({"bytes_per_second": 100})),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        message(&r).contains("attached to node c"),
+        "{}",
+        message(&r)
+    );
+    // Back to a limit the rest of this test never reaches.
+    let r = call(
+        &operator,
+        "PUT",
+        "/api/v1/saes/sae-a/limits",
+        Some(json!({"bytes_per_second": 1u64 << 40})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", message(&r));
     let r = call(
         &operator,
         "POST",
@@ -434,7 +476,8 @@ async fn management_roles_actions_metrics_and_openapi() {
         ("link.in_service", "ok"),
         ("node.drain", "ok"),
         ("node.undrain", "ok"),
-        ("sae.limits", "not_implemented"),
+        ("sae.limits", "ok"),
+        ("sae.limits", "refused"),
         ("link.out_of_service", "refused"),
     ] {
         assert!(

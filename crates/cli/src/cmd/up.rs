@@ -322,6 +322,8 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
                 listen: mgmt_addr.clone(),
             }),
             tamper: Default::default(),
+            quotas: Default::default(),
+            source: None,
         };
         let cfg_path = node_dir.join("node.toml");
         // Keep a config the user edited (limits, pool policy, where the store lives), refreshing

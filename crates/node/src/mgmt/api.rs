@@ -344,6 +344,7 @@ async fn saes(State(ctx): Ctx, Extension(who): Who) -> Response {
     if let Err(r) = need(&ctx, &who, Permission::Read, "read") {
         return r;
     }
+    let km = ctx.driver.status().await;
     let e = &ctx.etsi014;
     let me = ctx.ops.node_id();
     let list: Vec<Value> = ctx
@@ -356,7 +357,8 @@ async fn saes(State(ctx): Ctx, Extension(who): Who) -> Response {
                 "sae": sae,
                 "node": node,
                 "local": node == me,
-                "rate_limit": Value::Null,
+                "rate_limit": km.as_ref().filter(|_| node == me).and_then(|k| k.quotas.limit_of(&sae)),
+                "usage": km.as_ref().filter(|_| node == me).and_then(|k| k.sae_usage.get(&sae)),
             })
         })
         .collect();
@@ -529,17 +531,6 @@ async fn drain(State(ctx): Ctx, Extension(who): Who, body: Bytes) -> Response {
     ok(json!({"node_id": ctx.ops.node_id(), "draining": b.draining, "was_draining": was}))
 }
 
-/// Body of `PUT /api/v1/saes/{sae}/limits`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LimitsBody {
-    /// Keys per second the SAE may take (sustained).
-    keys_per_second: f64,
-    /// Keys it may take at once above the sustained rate.
-    #[serde(default)]
-    burst: Option<f64>,
-}
-
 async fn sae_limits(
     State(ctx): Ctx,
     Extension(who): Who,
@@ -549,41 +540,47 @@ async fn sae_limits(
     if let Err(r) = need(&ctx, &who, Permission::Operate, "change SAE limits") {
         return r;
     }
-    let b: LimitsBody = match parse(&body) {
+    // The core's own limit type: `bytes_per_second`, optional `burst_bytes` and `daily_bytes`.
+    let limit: kagi_km::SaeLimit = match parse(&body) {
         Ok(b) => b,
         Err(r) => return r,
     };
-    if ctx.topology.node_of_sae(&sae).is_none() {
-        audit_and(&ctx, &who, "sae.limits", &sae, "refused", "unknown SAE");
-        return error(StatusCode::BAD_REQUEST, format!("unknown SAE {sae:?}"));
+    let refuse = |why: String| {
+        audit_and(&ctx, &who, "sae.limits", &sae, "refused", &why);
+        error(StatusCode::BAD_REQUEST, why)
+    };
+    match ctx.topology.node_of_sae(&sae) {
+        None => return refuse(format!("unknown SAE {sae:?}")),
+        Some(n) if n.id != ctx.ops.node_id() => {
+            return refuse(format!(
+                "SAE {sae:?} is attached to node {}; set its limits there",
+                n.id
+            ))
+        }
+        Some(_) => {}
     }
-    let bad = |v: f64| !v.is_finite() || v < 0.0;
-    if bad(b.keys_per_second) || b.burst.is_some_and(bad) {
-        audit_and(
-            &ctx,
-            &who,
-            "sae.limits",
-            &sae,
-            "refused",
-            "negative or non-finite limit",
-        );
-        return error(
-            StatusCode::BAD_REQUEST,
-            "keys_per_second and burst must be finite and not negative",
-        );
+    if let Err(e) = limit.validate(&format!("SAE {sae}")) {
+        return refuse(e.to_string());
     }
-    audit_and(
-        &ctx,
-        &who,
-        "sae.limits",
-        &sae,
-        "not_implemented",
-        "per-SAE quotas are not in this build",
-    );
-    error(
-        StatusCode::NOT_IMPLEMENTED,
-        "per-SAE rate limits are not available in this build (the quota engine is not merged yet); the request was valid and has been audited",
-    )
+    let Some(status) = ctx.driver.status().await else {
+        return unavailable();
+    };
+    let mut quotas = status.quotas;
+    quotas.sae.insert(sae.clone(), limit);
+    match ctx.driver.set_quotas(quotas).await {
+        Some(Ok(())) => {
+            let detail = format!(
+                "bytes_per_second={} burst_bytes={} daily_bytes={:?}",
+                limit.bytes_per_second,
+                limit.burst(),
+                limit.daily_bytes
+            );
+            audit_and(&ctx, &who, "sae.limits", &sae, "ok", &detail);
+            ok(json!({"sae": sae, "limit": limit, "burst_bytes": limit.burst()}))
+        }
+        Some(Err(e)) => refuse(e.to_string()),
+        None => unavailable(),
+    }
 }
 
 /// Body of `POST /api/v1/tamper` and `POST /api/v1/erase`.

@@ -288,6 +288,16 @@ pub fn encode(ops: &Ops, km: Option<&KmStatus>) -> String {
                 "Link key blocks dropped because the buffer was full",
                 s.link_blocks_dropped,
             ),
+            (
+                "relay_shares_manipulated",
+                "Multi-path relays to here whose shares failed the manipulation check at least once",
+                s.shares_manipulated,
+            ),
+            (
+                "relay_manipulation_aborts",
+                "Multi-path relays to here aborted because no set of shares passed the manipulation check",
+                s.manipulation_aborts,
+            ),
         ] {
             r.register(name, help, ConstCounter::new(v));
         }
@@ -305,6 +315,32 @@ pub fn encode(ops: &Ops, km: Option<&KmStatus>) -> String {
             .get_or_create(&labels(&[("side", "slave")]))
             .inc_by(s.keys_served_slave);
         r.register("keys_served", "Keys delivered to SAEs, by side", served);
+        let granted: Family<Labels, Counter> = Family::default();
+        let refused: Family<Labels, Counter> = Family::default();
+        let limited: Family<Labels, Counter> = Family::default();
+        for (sae, u) in &km.sae_usage {
+            let lab = labels(&[("sae", sae)]);
+            granted.get_or_create(&lab).inc_by(u.granted_bytes);
+            refused.get_or_create(&lab).inc_by(u.refused_bytes);
+            limited.get_or_create(&lab).inc_by(u.refused_requests);
+        }
+        r.register_with_unit(
+            "sae_key_granted",
+            "Key granted to each master SAE here",
+            Unit::Bytes,
+            granted,
+        );
+        r.register_with_unit(
+            "sae_key_refused",
+            "Key asked for by each master SAE in requests refused for its rate limit or quota",
+            Unit::Bytes,
+            refused,
+        );
+        r.register(
+            "sae_rate_limited_requests",
+            "enc_keys requests refused for the master SAE's rate limit or quota",
+            limited,
+        );
     }
     let mut out = String::new();
     if text::encode(&mut out, &r).is_err() {
