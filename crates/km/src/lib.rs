@@ -17,6 +17,7 @@ pub mod msgs;
 mod outbox;
 mod pools;
 pub mod quota;
+pub mod reconcile;
 pub mod record;
 mod relay;
 mod routing;

@@ -279,6 +279,80 @@ impl Links {
     }
 }
 
+impl Links {
+    /// The lowest block held of the link to `peer` (either half), or, holding none, the one
+    /// after the high-water mark; `None` if nothing was ever received.
+    pub(crate) fn lowest_block(&self, peer: &str) -> Option<u64> {
+        let l = self.map.get(peer)?;
+        let low = [l.tx.keys().next(), l.rx.keys().next()]
+            .into_iter()
+            .flatten()
+            .min()
+            .copied();
+        low.or(l.high_water.map(|hw| hw + 1))
+    }
+
+    /// Drops both halves of every block below `low`: the neighbour holds none of them. Returns
+    /// the unspent bytes dropped.
+    pub(crate) fn drop_below(&mut self, peer: &str, low: u64, batch: &mut Vec<Record>) -> u64 {
+        let Some(l) = self.map.get_mut(peer) else {
+            return 0;
+        };
+        drop_where(&mut l.tx, peer, Half::Tx, |id| id < low, batch)
+            + drop_where(&mut l.rx, peer, Half::Rx, |id| id < low, batch)
+    }
+
+    /// Drops both halves of every block up to `hw`. Returns the unspent bytes dropped.
+    pub(crate) fn drop_upto(&mut self, peer: &str, hw: u64, batch: &mut Vec<Record>) -> u64 {
+        let Some(l) = self.map.get_mut(peer) else {
+            return 0;
+        };
+        drop_where(&mut l.tx, peer, Half::Tx, |id| id <= hw, batch)
+            + drop_where(&mut l.rx, peer, Half::Rx, |id| id <= hw, batch)
+    }
+
+    /// Drops this node's half of every block up to `hw`. Returns the unspent bytes dropped.
+    pub(crate) fn drop_tx_upto(&mut self, peer: &str, hw: u64, batch: &mut Vec<Record>) -> u64 {
+        let Some(l) = self.map.get_mut(peer) else {
+            return 0;
+        };
+        drop_where(&mut l.tx, peer, Half::Tx, |id| id <= hw, batch)
+    }
+
+    /// True when the neighbour saw block `seen` of our half spent while this store holds an
+    /// older block of that half, or that very block unspent: we spend oldest first and persist
+    /// before we send, so only an older copy of the store can look like that.
+    pub(crate) fn tx_behind(&self, peer: &str, seen: u64) -> bool {
+        self.map.get(peer).is_some_and(|l| {
+            l.tx.range(..=seen)
+                .any(|(id, b)| *id < seen || b.tail() == 0)
+        })
+    }
+}
+
+/// Drops the blocks of one half whose id matches; returns their unspent bytes.
+fn drop_where(
+    m: &mut BTreeMap<u64, KeyBuf>,
+    peer: &str,
+    half: Half,
+    drop: impl Fn(u64) -> bool,
+    batch: &mut Vec<Record>,
+) -> u64 {
+    let ids: Vec<u64> = m.keys().copied().filter(|id| drop(*id)).collect();
+    let mut bytes = 0;
+    for id in ids {
+        if let Some(b) = m.remove(&id) {
+            bytes += u64::from(b.free());
+        }
+        batch.push(Record::LinkBlockGone {
+            peer: peer.to_string(),
+            half,
+            block: id,
+        });
+    }
+    bytes
+}
+
 /// Evicts the oldest blocks of `m` until `incoming` more bytes fit under `cap`; returns how many.
 fn evict_oldest(
     m: &mut BTreeMap<u64, KeyBuf>,

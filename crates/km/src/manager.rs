@@ -14,6 +14,7 @@ use crate::links::Links;
 use crate::msgs::{NodeId, PeerMsg};
 use crate::outbox::{After, Outbox};
 use crate::pools::Pools;
+use crate::reconcile::Reconcile;
 use crate::record::{Counter, Record, Snapshot};
 use crate::relay::Relays;
 use crate::routing::Routing;
@@ -122,6 +123,19 @@ pub struct NodeStats {
     pub pool_bytes: u64,
     /// Link key bytes held now (both halves).
     pub link_bytes: u64,
+    /// Peers seen to come back with another store (database lost or replaced); the pools shared
+    /// with them were discarded.
+    pub peer_stores_replaced: u64,
+    /// Times this node found its own store older than what a peer had seen (restored from a
+    /// copy) and discarded what it could not prove unused.
+    pub rollbacks_detected: u64,
+    /// Keys held for slaves discarded because the store was found rolled back (they may have
+    /// been fetched before).
+    pub slave_keys_discarded: u64,
+    /// Unspent link key bytes discarded in reconciliation (lost or rolled-back stores).
+    pub link_key_discarded: u64,
+    /// Relays or assignments dropped because they came from an earlier run of their origin.
+    pub stale_dropped: u64,
 }
 
 /// The key manager of one trusted node, as a deterministic state machine without I/O.
@@ -162,6 +176,8 @@ pub struct KeyManager {
     pub(crate) next_refill: Instant,
     pub(crate) refilling: BTreeSet<NodeId>,
     pub(crate) stats: NodeStats,
+    /// Store identity, epoch and what peers saw (see [`crate::reconcile`]).
+    pub(crate) reconcile: Reconcile,
 }
 
 impl KeyManager {
@@ -186,9 +202,12 @@ impl KeyManager {
             next_refill: now,
             refilling: BTreeSet::new(),
             stats: NodeStats::default(),
+            reconcile: Reconcile::new(0, 0, Default::default(), now),
             cfg,
         };
         let relay_timeout = km.cfg.policy.relay_timeout;
+        let mut store = None;
+        let mut marks = std::collections::BTreeMap::new();
         for r in snap.records {
             match r {
                 Record::LinkBlock {
@@ -214,6 +233,10 @@ impl KeyManager {
                     name: Counter::Assign,
                     next,
                 } => km.supply.restore_counter(next),
+                Record::Identity { store: s } => store = Some(s),
+                Record::PeerSeen { peer, seen } => {
+                    marks.insert(peer, seen);
+                }
                 Record::LinkBlockGone { .. }
                 | Record::ChunkGone { .. }
                 | Record::PendingRelayGone { .. }
@@ -221,7 +244,24 @@ impl KeyManager {
             }
         }
         km.pools.recount();
+        km.reconcile = Reconcile::new(0, 0, marks, now);
+        km.start_reconcile(store, now);
         km
+    }
+
+    /// This run's epoch (announced to peers; relays and assignments from here carry it).
+    pub fn epoch(&self) -> u64 {
+        self.reconcile.epoch
+    }
+
+    /// This store's identity (drawn when the database was created).
+    pub fn store_id(&self) -> u64 {
+        self.reconcile.store
+    }
+
+    /// Whether `peer` answered this run's `Hello` (relays and `enc_keys` towards it may go).
+    pub fn is_reconciled(&self, peer: &str) -> bool {
+        self.reconcile.is_reconciled(peer)
     }
 
     /// This node's ID.
@@ -269,7 +309,7 @@ impl KeyManager {
             Input::LinkKeys { peer, block, key } => self.on_link_keys(now, peer, block, key),
             Input::Peer { from, msg } => self.on_peer(now, from, msg),
             Input::App { req, call } => self.on_app(now, req, call),
-            Input::PeerUp { peer } => self.routing.set_up(&peer, true),
+            Input::PeerUp { peer } => self.on_peer_up(peer),
             Input::PeerDown { peer } => self.routing.set_up(&peer, false),
         }
     }
@@ -282,6 +322,7 @@ impl KeyManager {
         self.expire_relays(now);
         self.expire_assigns(now);
         self.expire_hops(now);
+        self.retry_hellos(now);
         if now >= self.next_refill {
             self.next_refill = now + self.cfg.policy.refill_interval;
             self.refill(now);
@@ -306,6 +347,9 @@ impl KeyManager {
         if let Some(a) = self.supply.next_deadline() {
             t = t.min(a);
         }
+        if let Some(h) = self.hello_deadline() {
+            t = t.min(h);
+        }
         Some(t)
     }
 
@@ -327,6 +371,7 @@ impl KeyManager {
                 After::SlaveAssignDurable(origin, seq) => {
                     self.supply.slave_assign_durable(origin, seq)
                 }
+                After::Hellos => self.hello_all(),
             }
         }
     }

@@ -52,12 +52,19 @@ impl Span {
     }
 }
 
-/// Identifies one relay: the node that made the key and its relay counter.
+/// Identifies one relay: the node that made the key, the run of its key manager that made it,
+/// and its relay counter.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RelayId {
     /// Originating node (it generated the key).
     pub origin: NodeId,
-    /// Origin's relay counter (never reused, survives restarts).
+    /// The origin's epoch (a random id of each start of its key manager, announced in
+    /// [`PeerMsg::Hello`]): a destination keeps only relays of the origin's current run, so a
+    /// hop still in flight from before a crash or a restored database cannot land under a
+    /// counter the new run reuses.
+    pub epoch: u64,
+    /// Origin's relay counter (never reused within a store; moved past everything peers saw
+    /// after a restart, see [`PeerMsg::Seen`]).
     pub seq: u64,
 }
 
@@ -195,6 +202,9 @@ pub enum PeerMsg {
     },
     /// The origin's node tells a slave's node which key IDs now belong to (master, slaves).
     Assign {
+        /// The origin's epoch: a slave's node applies assignments only from the origin's current
+        /// run, so one still in flight from an earlier run cannot reuse a counter.
+        epoch: u64,
         /// Assignment counter at the origin (never reused).
         seq: u64,
         /// The master SAE.
@@ -221,6 +231,42 @@ pub enum PeerMsg {
     Revoke {
         /// Assignment counter.
         seq: u64,
+    },
+    /// Sent to every node when the key manager starts, when a peer's channel comes up, and
+    /// until the peer answers with [`PeerMsg::Seen`]: who this node's store is and which run of
+    /// its key manager is speaking.
+    Hello {
+        /// The store's identity, drawn when the database was created: a new value means the
+        /// node lost its database (wiped or replaced), and whatever the receiver holds with it
+        /// from before (pools, link key) is discarded.
+        store: u64,
+        /// This run's epoch (see [`RelayId::epoch`]).
+        epoch: u64,
+        /// Lowest link key block the sender may still hold of its link with the receiver (its
+        /// lowest block, or the one after its high-water mark); the receiver drops its copies of
+        /// older blocks. `None`: the sender never received any (a new store); it greets again
+        /// with its first block.
+        link_low: Option<u64>,
+    },
+    /// The answer to [`PeerMsg::Hello`]: what the receiver has seen of the sender's state, so a
+    /// node restarted from an empty or older database moves its counters past everything already
+    /// used, drops link key its neighbour saw it spend, and detects that it was rolled back.
+    Seen {
+        /// The epoch of the `Hello` this answers (an answer to an earlier run is ignored).
+        epoch: u64,
+        /// Highest relay counter of the `Hello`'s sender (its current store) this node received
+        /// as destination: at or above the sender's own counter, proof of a rollback.
+        relay_hw: u64,
+        /// Highest assignment counter of the `Hello`'s sender (its current store) this node
+        /// applied: at or above the sender's own counter, proof of a rollback.
+        assign_hw: u64,
+        /// Highest relay counter this node received from earlier stores of the sender (before
+        /// it lost its database): the sender moves past it too, but it proves nothing.
+        relay_floor: u64,
+        /// Highest assignment counter this node applied from earlier stores of the sender.
+        assign_floor: u64,
+        /// Highest block of the sender's transmit half of their link that this node saw spent.
+        link_rx_hw: Option<u64>,
     },
 }
 

@@ -50,6 +50,8 @@ pub(crate) enum After {
     AssignDurable(u64),
     /// The slave-side assignment `(origin, seq)` is durable.
     SlaveAssignDurable(NodeId, u64),
+    /// Greet every other node (built when released, so it tells what the node holds then).
+    Hellos,
 }
 
 /// A store acknowledgement that does not match the oldest unacknowledged batch.

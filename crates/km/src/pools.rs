@@ -168,4 +168,46 @@ impl Pools {
             }
         }
     }
+
+    /// Every out-pool chunk held now: `(dest, chunk)`.
+    pub(crate) fn out_chunks(&self) -> Vec<(NodeId, u64)> {
+        self.out
+            .iter()
+            .flat_map(|(d, p)| p.keys().map(move |c| (d.clone(), *c)))
+            .collect()
+    }
+
+    /// Drops these out-pool chunks (those still held).
+    pub(crate) fn drop_out_chunks(&mut self, chunks: &[(NodeId, u64)], batch: &mut Vec<Record>) {
+        for (d, c) in chunks {
+            if let Some(p) = self.out.get_mut(d) {
+                if p.remove(c).is_some() {
+                    batch.push(Record::ChunkGone {
+                        pool: Pool::Out(d.clone()),
+                        chunk: *c,
+                    });
+                }
+            }
+        }
+        self.recount();
+    }
+
+    /// Drops both pools shared with `peer` (it lost its copies).
+    pub(crate) fn drop_pools_with(&mut self, peer: &str, batch: &mut Vec<Record>) {
+        for (pool, map) in [
+            (Pool::Out(peer.to_string()), self.out.remove(peer)),
+            (Pool::In(peer.to_string()), self.inp.remove(peer)),
+        ] {
+            for chunk in map.into_iter().flat_map(|m| m.into_keys()) {
+                batch.push(Record::ChunkGone {
+                    pool: pool.clone(),
+                    chunk,
+                });
+            }
+        }
+        self.touched.retain(|(p, _)| match p {
+            Pool::Out(n) | Pool::In(n) => n != peer,
+        });
+        self.recount();
+    }
 }

@@ -140,6 +140,36 @@ pub enum Record {
         /// Next value to use.
         next: u64,
     },
+    /// The store's identity, drawn when the database is created (upsert, written once).
+    Identity {
+        /// Random store id, announced to peers in `Hello`.
+        store: u64,
+    },
+    /// What this node has seen of another node's state (upsert): reported back to it in `Seen`
+    /// after it restarts, so it never reuses what it already used.
+    PeerSeen {
+        /// The other node.
+        peer: NodeId,
+        /// The marks.
+        seen: PeerMarks,
+    },
+}
+
+/// What one node has seen of another node's state, kept across restarts of either.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerMarks {
+    /// The peer's store identity (0: never heard from it); the marks below are of this store.
+    pub store: u64,
+    /// Highest relay counter of the peer received here as destination.
+    pub relay_hw: u64,
+    /// Highest assignment counter of the peer applied here.
+    pub assign_hw: u64,
+    /// Highest block of the peer's transmit half of our link seen spent here.
+    pub link_rx_hw: Option<u64>,
+    /// Highest relay counter received from the peer's earlier stores.
+    pub relay_floor: u64,
+    /// Highest assignment counter applied from the peer's earlier stores.
+    pub assign_floor: u64,
 }
 
 /// Persisted counters.
@@ -185,6 +215,8 @@ impl Record {
                 ("slave_key", id.to_string())
             }
             Record::Counter { name, .. } => ("counter", format!("{name:?}")),
+            Record::Identity { .. } => ("identity", String::new()),
+            Record::PeerSeen { peer, .. } => ("peer_seen", peer.clone()),
         }
     }
 

@@ -126,7 +126,7 @@ pub(crate) struct Relays {
     pending: BTreeMap<u64, PendingRelay>,
     waiting: Vec<WaitingHop>,
     partial: BTreeMap<RelayId, Partial>,
-    next_seq: u64,
+    pub(crate) next_seq: u64,
 }
 
 impl Default for Relays {
@@ -177,6 +177,20 @@ impl Relays {
     /// Restores the relay counter from the store (it only moves forward).
     pub(crate) fn restore_counter(&mut self, next: u64) {
         self.next_seq = self.next_seq.max(next);
+    }
+
+    /// Forgets every relay in flight to `dest`; returns their counters.
+    pub(crate) fn drop_pending_to(&mut self, dest: &str) -> Vec<u64> {
+        let seqs: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.dest == dest)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in &seqs {
+            self.pending.remove(s);
+        }
+        seqs
     }
 
     /// Relays towards `dest` started here and not yet acknowledged.
@@ -272,12 +286,16 @@ impl KeyManager {
         let me_first = self.me() < peer.as_str();
         let cap = self.cfg.policy.link_buffer_cap_bytes;
         let mut batch = Vec::with_capacity(4);
+        let first = self.links.lowest_block(&peer).is_none();
         let Some((taken, dropped)) = self
             .links
             .intake(me_first, &peer, block, key, cap, &mut batch)
         else {
             return; // duplicate delivery
         };
+        if first {
+            self.first_link_block(peer.clone());
+        }
         self.stats.link_key_in += taken;
         self.stats.link_blocks_dropped += dropped;
         self.out.store(batch, vec![]);
@@ -357,7 +375,7 @@ impl KeyManager {
         let p = self.cfg.policy.clone();
         for node in &topo.nodes {
             let dest = node.id.as_str();
-            if dest == self.me() || self.routing.is_down(dest) {
+            if dest == self.me() || self.routing.is_down(dest) || !self.is_reconciled(dest) {
                 continue;
             }
             let (paths, threshold) = p.routing.for_dest(dest);
@@ -404,8 +422,12 @@ impl KeyManager {
             return false;
         }
         let seq = self.relays.next_seq;
+        if seq == u64::MAX {
+            return false; // counters exhausted (only a lying peer could push them there)
+        }
         let relay = RelayId {
             origin: self.me().to_string(),
+            epoch: self.reconcile.epoch,
             seq,
         };
         let key = self.fresh_key(len);
@@ -488,13 +510,37 @@ impl KeyManager {
             PeerMsg::RelayHop { .. } | PeerMsg::ShareHop { .. } => self.on_hop(now, from, msg),
             PeerMsg::RelayAck { relay } => self.on_relay_ack(from, relay),
             PeerMsg::Assign {
+                epoch,
                 seq,
                 master,
                 slaves,
                 keys,
-            } => self.on_assign(from, seq, master, slaves, keys),
+            } => self.on_assign(from, epoch, seq, master, slaves, keys),
             PeerMsg::AssignAck { seq, ok } => self.on_assign_ack(from, seq, ok),
             PeerMsg::Revoke { seq } => self.on_revoke(from, seq),
+            PeerMsg::Hello {
+                store,
+                epoch,
+                link_low,
+            } => self.on_hello(from, store, epoch, link_low),
+            PeerMsg::Seen {
+                epoch,
+                relay_hw,
+                assign_hw,
+                relay_floor,
+                assign_floor,
+                link_rx_hw,
+            } => self.on_seen(
+                from,
+                crate::reconcile::Seen {
+                    epoch,
+                    relay_hw,
+                    assign_hw,
+                    relay_floor,
+                    assign_floor,
+                    link_rx_hw,
+                },
+            ),
         }
     }
 
@@ -550,9 +596,10 @@ impl KeyManager {
             return;
         }
         let is_dest = pos == path.len() - 1;
+        let current = self.reconcile.is_current(&relay.origin, relay.epoch);
         // A share arriving after its key was rebuilt goes on to be checked against it.
         let late_share = share.is_some() && self.relays.partial.contains_key(relay);
-        if is_dest && self.pools.has_in(&relay.origin, relay.seq) && !late_share {
+        if is_dest && current && self.pools.has_in(&relay.origin, relay.seq) && !late_share {
             // Already stored (a duplicate after our ack was lost): acknowledge again.
             self.out.send(
                 relay.origin.clone(),
@@ -621,8 +668,19 @@ impl KeyManager {
             return;
         }
         self.gc_rx(&from, pad, &mut batch);
+        if let Some(top) = pad.iter().map(|s| s.id).max() {
+            self.saw_link_spend(&from, top, &mut batch);
+        }
         let mut key = Key::from_slice(ct);
         key.xor_in_place(pad_bytes);
+        if next.is_none() && !current {
+            // A relay from an earlier run of its origin (or one this run has not heard from):
+            // its counter may be reused, so it is not kept. The link key stays spent.
+            self.stats.stale_dropped += 1;
+            tracing::info!(origin = %relay.origin, seq = relay.seq, "relay from an earlier run of its origin dropped");
+            self.out.store(batch, vec![]);
+            return;
+        }
         match (next, share) {
             (None, Some(info)) => {
                 let paths = paths.to_vec();
@@ -630,6 +688,7 @@ impl KeyManager {
             }
             (None, None) => {
                 self.stats.relays_received += 1;
+                self.saw_relay(&relay.origin, relay.seq, &mut batch);
                 batch.push(self.pools.add_in(&relay.origin, relay.seq, key));
                 let ack = Action::Send {
                     to: relay.origin.clone(),
@@ -767,6 +826,7 @@ impl KeyManager {
         }
         self.stats.relays_received += 1;
         let mut batch = batch;
+        self.saw_relay(&relay.origin, relay.seq, &mut batch);
         batch.push(self.pools.add_in(&relay.origin, relay.seq, key));
         let ack = Action::Send {
             to: relay.origin.clone(),
@@ -801,7 +861,7 @@ impl KeyManager {
         share: Option<u8>,
         reason: AbortReason,
     ) {
-        if relay.origin != self.me() {
+        if relay.origin != self.me() || relay.epoch != self.reconcile.epoch {
             return;
         }
         let Some(p) = self.relays.pending.get_mut(&relay.seq) else {
@@ -845,7 +905,7 @@ impl KeyManager {
     }
 
     fn on_relay_ack(&mut self, from: NodeId, relay: RelayId) {
-        if relay.origin != self.me() {
+        if relay.origin != self.me() || relay.epoch != self.reconcile.epoch {
             return;
         }
         match self.relays.pending.get(&relay.seq) {

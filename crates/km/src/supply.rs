@@ -251,6 +251,12 @@ impl KeyManager {
                     need
                 )));
             }
+            if !self.is_reconciled(node) {
+                return Err(Refusal::Unavailable(format!(
+                    "this KME has not yet reconciled its state with slave KME {node} since one \
+                     of them (re)started; retry shortly"
+                )));
+            }
         }
         // The master's key rate limit, charged only for a request that is served.
         self.quotas.charge(now, &master, (n * bytes) as u64)?;
@@ -337,6 +343,7 @@ impl KeyManager {
         let mut after = vec![After::AssignDurable(seq)];
         for node in &remote {
             let msg = PeerMsg::Assign {
+                epoch: self.reconcile.epoch,
                 seq,
                 master: master.clone(),
                 slaves: by_node[node].clone(),
@@ -436,6 +443,7 @@ impl KeyManager {
     pub(crate) fn on_assign(
         &mut self,
         origin: NodeId,
+        epoch: u64,
         seq: u64,
         master: SaeId,
         slaves: Vec<SaeId>,
@@ -445,6 +453,12 @@ impl KeyManager {
             to: origin.clone(),
             msg: PeerMsg::AssignAck { seq, ok },
         };
+        if !self.reconcile.is_current(&origin, epoch) {
+            // From an earlier run of the origin (its counter may be reused), or before its
+            // `Hello` reached this run: no answer; the origin times it out.
+            self.stats.stale_dropped += 1;
+            return;
+        }
         if let Some(state) = self.supply.applied_assigns.get(&(origin.clone(), seq)) {
             // A retransmission: acknowledge once the original is durable.
             match *state {
@@ -520,6 +534,7 @@ impl KeyManager {
             self.supply.slave_keys.insert(id, sk);
         }
         self.pools.flush_touched(&mut batch);
+        self.saw_assign(&origin, seq, &mut batch);
         let next_w = self.out.peek_write();
         self.supply
             .applied_assigns
@@ -555,7 +570,7 @@ impl KeyManager {
         }
     }
 
-    fn fail_assign(&mut self, seq: u64, why: String) {
+    pub(crate) fn fail_assign(&mut self, seq: u64, why: String) {
         let Some(a) = self.supply.assigns.remove(&seq) else {
             return;
         };

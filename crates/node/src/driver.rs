@@ -6,9 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kagi_km::{Action, AppCall, AppReply, Input, KeyManager, KmConfig, NodeStats, Refusal, ReqId};
+use kagi_km::{
+    Action, AppCall, AppReply, Input, KeyManager, KmConfig, NodeStats, PeerMsg, Refusal, ReqId,
+};
 use rand::RngCore;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::peer::Peers;
 use crate::service::KeyService;
@@ -70,16 +72,36 @@ pub struct TamperSignal {
     pub reply: oneshot::Sender<()>,
 }
 
+/// Peer messages queued for the core. A peer that sends faster than the core handles them
+/// waits: its connection task blocks on the full queue and stops reading, so TCP flow control
+/// slows the sender and memory stays bounded (`PEER_INBOX` × [`kagi_km::msgs::MAX_MSG_LEN`] at
+/// worst, far less in practice).
+pub const PEER_INBOX: usize = 1024;
+
+/// Application calls (ETSI 014, ETSI 004, vault, management) in flight in the core at once;
+/// beyond this a call is refused at once with 503 instead of queueing.
+pub const MAX_APP_CALLS: usize = 4096;
+
+/// A peer message for the core, with the authenticated sender's node ID.
+pub type PeerInput = (String, PeerMsg);
+
 /// A cloneable handle to a running driver; implements [`KeyService`].
 #[derive(Clone)]
 pub struct DriverHandle {
     inbox: mpsc::UnboundedSender<DriverMsg>,
+    peers: mpsc::Sender<PeerInput>,
+    app_slots: Arc<Semaphore>,
 }
 
 impl DriverHandle {
-    /// The inbox, for adapters that feed inputs.
+    /// The inbox, for trusted adapters that feed inputs (links, peer up/down, the store).
     pub fn inbox(&self) -> mpsc::UnboundedSender<DriverMsg> {
         self.inbox.clone()
+    }
+
+    /// The bounded queue of peer messages ([`PEER_INBOX`]); senders wait when it is full.
+    pub fn peer_inbox(&self) -> mpsc::Sender<PeerInput> {
+        self.peers.clone()
     }
 
     /// The core's counters.
@@ -154,6 +176,12 @@ impl DriverHandle {
 
 impl KeyService for DriverHandle {
     async fn call(&self, call: AppCall) -> Result<AppReply, Refusal> {
+        // Each call holds a slot until answered, so a flood of callers cannot grow the queue.
+        let Ok(_slot) = self.app_slots.try_acquire() else {
+            return Err(Refusal::Unavailable(format!(
+                "key manager busy: {MAX_APP_CALLS} requests in flight; retry shortly"
+            )));
+        };
         let (tx, rx) = oneshot::channel();
         let unavailable = || Refusal::Unavailable("key manager is not running".into());
         self.inbox
@@ -174,6 +202,9 @@ pub struct Driver {
     sealer: Arc<crate::seal::Sealer>,
     inbox_tx: mpsc::UnboundedSender<DriverMsg>,
     inbox_rx: mpsc::UnboundedReceiver<DriverMsg>,
+    peer_tx: mpsc::Sender<PeerInput>,
+    peer_rx: mpsc::Receiver<PeerInput>,
+    app_slots: Arc<Semaphore>,
     ops: Option<Arc<crate::mgmt::Ops>>,
     audit: Option<Arc<crate::audit::AuditTrail>>,
 }
@@ -188,6 +219,7 @@ impl Driver {
         sealer: Arc<crate::seal::Sealer>,
     ) -> Self {
         let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
+        let (peer_tx, peer_rx) = mpsc::channel(PEER_INBOX);
         Self {
             cfg,
             db_path: db_path.to_path_buf(),
@@ -195,6 +227,9 @@ impl Driver {
             sealer,
             inbox_tx,
             inbox_rx,
+            peer_tx,
+            peer_rx,
+            app_slots: Arc::new(Semaphore::new(MAX_APP_CALLS)),
             ops: None,
             audit: None,
         }
@@ -218,6 +253,8 @@ impl Driver {
     pub fn handle(&self) -> DriverHandle {
         DriverHandle {
             inbox: self.inbox_tx.clone(),
+            peers: self.peer_tx.clone(),
+            app_slots: self.app_slots.clone(),
         }
     }
 
@@ -365,6 +402,26 @@ impl Driver {
                         }
                     }
                 }
+                msg = self.peer_rx.recv() => {
+                    let Some((from, msg)) = msg else { break };
+                    let t = now();
+                    let mut ctx = Ctx {
+                        waiting: &mut waiting,
+                        next_req: &mut next_req,
+                        hooks: &mut hooks,
+                        generation,
+                        restart_delay: &mut restart_delay,
+                    };
+                    let mut msg = Some((from, msg));
+                    // A batch at a time; the control inbox goes first on the next turn.
+                    for _ in 0..256 {
+                        let Some((from, m)) = msg.take().or_else(|| self.peer_rx.try_recv().ok())
+                        else {
+                            break;
+                        };
+                        deliver(&mut km, t, DriverMsg::Input(Input::Peer { from, msg: m }), &mut ctx);
+                    }
+                }
                 _ = sleep => {}
             }
             if tamper.is_some() {
@@ -426,6 +483,8 @@ impl Driver {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => return,
+                // Peer messages are read and dropped, so peers never wait on a fenced node.
+                Some(_) = self.peer_rx.recv() => {}
                 msg = self.inbox_rx.recv() => match msg {
                     None => return,
                     Some(DriverMsg::App(_, tx)) => {

@@ -239,7 +239,7 @@ pub async fn accept_loop(
     listener: TcpListener,
     server: Arc<rustls::ServerConfig>,
     known: Arc<Vec<String>>,
-    inbox: mpsc::UnboundedSender<crate::driver::DriverMsg>,
+    inbox: mpsc::Sender<crate::driver::PeerInput>,
     links: LinkInboxes,
     streams: StreamInbox,
     admission: Admission,
@@ -322,13 +322,9 @@ pub async fn accept_loop(
                 }
                 match PeerMsg::decode(&buf) {
                     Ok(msg) => {
-                        if inbox
-                            .send(crate::driver::DriverMsg::Input(Input::Peer {
-                                from: from.clone(),
-                                msg,
-                            }))
-                            .is_err()
-                        {
+                        // Waits while the core's bounded peer queue is full: this connection
+                        // stops reading and TCP slows the sender down.
+                        if inbox.send((from.clone(), msg)).await.is_err() {
                             return;
                         }
                     }

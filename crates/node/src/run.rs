@@ -125,7 +125,7 @@ pub async fn run_node(
         peer_listener,
         tls::peer_server_config(&cfg.tls)?,
         known,
-        inbox.clone(),
+        handle.peer_inbox(),
         Arc::new(link_inboxes),
         cfg.etsi004.is_some().then_some(stream_tx),
         Admission::new("peer", Limits::PEERS),

@@ -66,8 +66,9 @@ pub enum Sync {
 }
 
 /// Record kinds whose loss could make the node reuse key: a failed authentication there stops
-/// the start instead of quarantining.
-const CONSISTENCY_KINDS: &[&str] = &["counter", "link_hw"];
+/// the start instead of quarantining. (`peer_seen` tells restarted peers which counters they
+/// used; `identity` tells them this store is the one they know.)
+const CONSISTENCY_KINDS: &[&str] = &["counter", "link_hw", "peer_seen", "identity"];
 
 /// Checkpoint the WAL at most this often while writes keep coming.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
@@ -468,6 +469,18 @@ mod tests {
                 name: Counter::Assign,
                 next: 2,
             },
+            Record::Identity { store: 0x5eed },
+            Record::PeerSeen {
+                peer: "c".into(),
+                seen: kagi_km::record::PeerMarks {
+                    store: 9,
+                    relay_hw: 3,
+                    assign_hw: 1,
+                    link_rx_hw: Some(7),
+                    relay_floor: 0,
+                    assign_floor: 0,
+                },
+            },
         ]
     }
 
@@ -537,14 +550,18 @@ mod tests {
                         // Quarantined for good: a restart neither serves nor re-counts it.
                         drop(s);
                         let s = open(&path);
-                        assert_eq!(s.snapshot().unwrap().records.len(), 5);
+                        assert_eq!(s.snapshot().unwrap().records.len(), one_of_each().len() - 1);
                         assert_eq!(s.quarantined().unwrap(), 1);
                     }
                     Err(e) => {
                         assert!(CONSISTENCY_KINDS.contains(&kind), "{kind}: {e}");
                         let m = e.to_string();
                         assert!(m.contains("refusing to start") && m.contains(kind), "{m}");
-                        assert_eq!(raw_values(&path).len(), 6, "left in place");
+                        assert_eq!(
+                            raw_values(&path).len(),
+                            one_of_each().len(),
+                            "left in place"
+                        );
                     }
                 }
                 let _ = std::fs::remove_dir_all(&dir);
@@ -613,9 +630,10 @@ mod tests {
             }
         }
         let s = open(&path);
-        assert_eq!(s.seal_legacy_records().unwrap(), 6);
+        let n = one_of_each().len();
+        assert_eq!(s.seal_legacy_records().unwrap(), n);
         let snap = s.snapshot().unwrap();
-        assert_eq!(snap.records.len(), 6);
+        assert_eq!(snap.records.len(), n);
         drop(s);
         let bytes = std::fs::read(&path).unwrap();
         assert!(!bytes.windows(16).any(|w| w.iter().all(|&x| x == 0xA4)));

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::hostile::Hostile;
 use crate::oracle::Asked;
-use crate::{Answered, FaultCounts, Faults, LinkSupply, Sim};
+use crate::{Answered, FaultCounts, Faults, LinkSupply, Sim, StoreCopy};
 
 /// What a chaos run injects.
 #[derive(Debug, Clone)]
@@ -35,6 +35,11 @@ pub struct ChaosConfig {
     pub p_power_loss: f64,
     /// Probability per tick of a partition.
     pub p_partition: f64,
+    /// Probability per tick that a random node loses its whole database.
+    pub p_wipe: f64,
+    /// Probability per tick that a random node is restarted from an earlier copy of its
+    /// database (copies are taken at random ticks).
+    pub p_rollback: f64,
     /// Message loss and duplication probability.
     pub p_msg: f64,
     /// Length of the faulty phase.
@@ -50,6 +55,8 @@ impl Default for ChaosConfig {
             p_crash_at_action: 0.03,
             p_power_loss: 0.01,
             p_partition: 0.02,
+            p_wipe: 0.0,
+            p_rollback: 0.0,
             p_msg: 0.03,
             chaos: Duration::from_millis(2500),
         }
@@ -69,6 +76,8 @@ pub struct ChaosReport {
     pub window: usize,
     /// Of those, how many the slave could not fetch again.
     pub window_lost: usize,
+    /// (key, slave) pairs lost with a wiped or rolled-back database (allowed, counted).
+    pub lost_with_store: usize,
     /// Faults injected.
     pub faults: FaultCounts,
 }
@@ -149,6 +158,7 @@ pub fn run(seed: u64, cfg: &ChaosConfig) -> ChaosReport {
     sim.faults.p_dup = cfg.p_msg;
     sim.faults.p_store_fail = cfg.p_store_fail;
     let mut down_until: BTreeMap<&str, Instant> = BTreeMap::new();
+    let mut copies: BTreeMap<&str, StoreCopy> = BTreeMap::new();
     let mut heal_at: Option<Instant> = None;
     let chaos_end = sim.now + cfg.chaos;
     while sim.now < chaos_end {
@@ -165,6 +175,14 @@ pub fn run(seed: u64, cfg: &ChaosConfig) -> ChaosReport {
             sim.crash_after_actions(victim, rng.gen_range(0..40));
         } else if rng.gen_bool(cfg.p_power_loss) {
             sim.power_loss(victim);
+        } else if rng.gen_bool(cfg.p_wipe) {
+            sim.wipe(victim);
+        } else if rng.gen_bool(cfg.p_rollback) {
+            if let Some(copy) = copies.get(victim) {
+                sim.restore_copy(victim, copy);
+            }
+        } else if rng.gen_bool(0.02) {
+            copies.insert(victim, sim.backup(victim));
         }
         if heal_at.is_none() && rng.gen_bool(cfg.p_partition) {
             let side: Vec<&str> = HONEST.iter().copied().filter(|_| rng.gen()).collect();
@@ -279,6 +297,7 @@ pub fn run(seed: u64, cfg: &ChaosConfig) -> ChaosReport {
     report.delivered = sim.oracle().delivered();
     report.fetched = sim.oracle().fetched();
     report.window = sim.oracle().window();
+    report.lost_with_store = sim.oracle().lost_with_store();
     report.faults = sim.counts.clone();
     report
 }
@@ -362,8 +381,10 @@ fn collect(sim: &mut Sim, reqs: &mut BTreeMap<u64, Req>, report: &mut ChaosRepor
                 // A fetch may fail only for keys in the delivery window (fetched by a request
                 // whose reply was lost): anything else is a lost key.
                 let seed = sim.seed();
+                let o = sim.oracle();
                 assert!(
-                    ids.iter().any(|id| sim.oracle().in_window(id, slave)),
+                    ids.iter()
+                        .any(|id| o.in_window(id, slave) || o.in_lost_store(id, slave)),
                     "seed {seed}: dec_keys at {} for {slave} refused: {e:?}",
                     r.node
                 );

@@ -34,19 +34,32 @@ pub struct Hostile {
     /// Highest relay counter seen per origin.
     relay_seq: BTreeMap<String, u64>,
     sweep: u64,
+    /// Our own store identity and epoch, announced when an honest node greets us.
+    store: u64,
+    epoch: u64,
 }
 
 impl Hostile {
     /// A hostile node `me`, its choices drawn from `seed`.
     pub fn new(me: &str, seed: u64) -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x4057_11e0);
+        let (store, epoch) = (rng.gen(), rng.gen());
         Self {
             me: me.to_string(),
-            rng: ChaCha20Rng::seed_from_u64(seed ^ 0x4057_11e0),
+            rng,
             seen: Vec::new(),
             spent: BTreeMap::new(),
             relay_seq: BTreeMap::new(),
             sweep: 0,
+            store,
+            epoch,
         }
+    }
+
+    /// The current epoch of `node` (a compromised node learns it from the `Hello` every node
+    /// sends it); our own for ourselves.
+    fn epoch_of(&self, sim: &Sim, node: &str) -> u64 {
+        sim.node(node).map_or(self.epoch, |k| k.epoch())
     }
 
     /// Reads what arrived and sends one hostile message.
@@ -58,6 +71,28 @@ impl Hostile {
             if let PeerMsg::RelayHop { relay, .. } = &msg {
                 let s = self.relay_seq.entry(relay.origin.clone()).or_default();
                 *s = (*s).max(relay.seq);
+            }
+            if let PeerMsg::Hello { epoch, .. } = &msg {
+                // Greet back and answer, so honest nodes relay to us and judge our forged
+                // assignments and relays on their merits (holding every block of the link, so
+                // nobody drops link key on our word). A lying `Seen` could only make a node
+                // discard what it restored (a denial of service, see SECURITY.md).
+                let hello = PeerMsg::Hello {
+                    store: self.store,
+                    epoch: self.epoch,
+                    link_low: Some(0),
+                };
+                sim.inject(&self.me, &from, hello);
+                let seen = PeerMsg::Seen {
+                    epoch: *epoch,
+                    relay_hw: 0,
+                    assign_hw: 0,
+                    relay_floor: 0,
+                    assign_floor: 0,
+                    link_rx_hw: None,
+                };
+                sim.inject(&self.me, &from, seen);
+                continue;
             }
             self.seen.push((from, msg));
             if self.seen.len() > 256 {
@@ -91,6 +126,7 @@ impl Hostile {
         };
         let origin = honest.choose(&mut self.rng).cloned().expect("nonempty");
         let seq = self.guess_seq(&origin);
+        let epoch = self.epoch_of(sim, &origin);
         match self.rng.gen_range(0..14) {
             0 | 1 => {
                 // Replay something an honest node sent us.
@@ -141,7 +177,7 @@ impl Hostile {
                 &self.me,
                 &origin.clone(),
                 PeerMsg::RelayAborted {
-                    relay: RelayId { origin, seq },
+                    relay: RelayId { origin, epoch, seq },
                     share: None,
                     reason: kagi_km::AbortReason::LinkKeyExhausted,
                 },
@@ -150,7 +186,7 @@ impl Hostile {
                 &self.me,
                 &origin.clone(),
                 PeerMsg::RelayAck {
-                    relay: RelayId { origin, seq },
+                    relay: RelayId { origin, epoch, seq },
                 },
             ),
             11 => {
@@ -190,6 +226,7 @@ impl Hostile {
                     }]),
                 }];
                 let msg = PeerMsg::Assign {
+                    epoch: self.epoch,
                     seq: self.rng.gen_range(1..64),
                     master,
                     slaves,
@@ -245,8 +282,8 @@ impl Hostile {
                     _ => {
                         return PeerMsg::RelayHop {
                             relay: RelayId {
-                                origin: relay.origin,
                                 seq: relay.seq + 1,
+                                ..relay
                             },
                             path,
                             pad,
@@ -264,11 +301,13 @@ impl Hostile {
                 }
             }
             PeerMsg::Assign {
+                epoch,
                 seq,
                 master,
                 slaves,
                 keys,
             } => PeerMsg::Assign {
+                epoch,
                 seq: seq + 1,
                 master,
                 slaves,
@@ -277,8 +316,8 @@ impl Hostile {
             PeerMsg::RelayAck { relay } | PeerMsg::RelayAborted { relay, .. } => {
                 PeerMsg::RelayAborted {
                     relay: RelayId {
-                        origin: relay.origin,
                         seq: relay.seq + self.rng.gen_range(0..3),
+                        ..relay
                     },
                     share: None,
                     reason: kagi_km::AbortReason::LinkKeyMissing,
@@ -359,7 +398,8 @@ impl Hostile {
             .zip(&material[MAC_KEY_LEN..])
             .map(|(k, p)| k ^ p)
             .collect();
-        let relay = RelayId { origin, seq };
+        let epoch = self.epoch_of(sim, &origin);
+        let relay = RelayId { origin, epoch, seq };
         let header = PeerMsg::relay_header(&relay, &path, &pad, ct.len());
         let mut mac = Mac::new(MacKey::from_bytes(&material[..MAC_KEY_LEN]).ok()?);
         mac.update(&header);

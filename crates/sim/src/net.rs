@@ -100,6 +100,10 @@ pub struct FaultCounts {
     pub hostile_msgs: u64,
     /// Application replies lost with their node.
     pub lost_replies: u64,
+    /// Databases wiped.
+    pub wipes: u64,
+    /// Databases replaced by an earlier copy.
+    pub rollbacks: u64,
 }
 
 #[derive(Debug)]
@@ -143,6 +147,10 @@ struct SimNode {
     /// Application requests waiting for an answer here.
     waiting: BTreeSet<u64>,
 }
+
+/// A copy of one node's store, from [`Sim::backup`].
+#[derive(Clone)]
+pub struct StoreCopy(BTreeMap<(&'static str, String), Record>);
 
 /// An answer an application got.
 #[derive(Debug)]
@@ -740,12 +748,34 @@ impl Sim {
     }
 
     /// Loses a node's whole database (a disk replaced, or a node re-provisioned) and stops it;
-    /// [`restart`](Self::restart) then starts it empty.
+    /// [`restart`](Self::restart) then starts it empty. Keys its slaves had not fetched are lost
+    /// with it (the oracle stops expecting them).
     pub fn wipe(&mut self, id: &str) {
+        self.counts.wipes += 1;
+        self.mix(0xd0);
         self.stop(id, false);
         if let Some(n) = self.nodes.get_mut(id) {
             n.durable.clear();
         }
+        self.oracle.store_lost(id);
+    }
+
+    /// A copy of what a node's store holds now (a backup).
+    pub fn backup(&self, id: &str) -> StoreCopy {
+        StoreCopy(self.nodes[id].durable.clone())
+    }
+
+    /// Stops a node and puts an earlier copy of its store in place; [`restart`](Self::restart)
+    /// then starts it from that copy. Keys its slaves had not fetched may be discarded (the
+    /// node cannot prove which were fetched after the copy was taken).
+    pub fn restore_copy(&mut self, id: &str, copy: &StoreCopy) {
+        self.counts.rollbacks += 1;
+        self.mix(0xd1);
+        self.stop(id, false);
+        if let Some(n) = self.nodes.get_mut(id) {
+            n.durable = copy.0.clone();
+        }
+        self.oracle.store_lost(id);
     }
 
     /// Restarts a stopped node from its durable records.

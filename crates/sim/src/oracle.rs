@@ -53,6 +53,8 @@ pub struct Oracle {
     owed: BTreeMap<Uuid, (SaeId, Vec<(SaeId, NodeId)>)>,
     /// (key, slave) pairs whose `dec_keys` reply was lost in a crash: maybe consumed.
     window: BTreeSet<(Uuid, SaeId)>,
+    /// (key, slave) pairs lost with their node's database (wiped or replaced by an old copy).
+    store_lost: BTreeSet<(Uuid, SaeId)>,
 }
 
 impl Oracle {
@@ -64,7 +66,33 @@ impl Oracle {
             by_bytes: BTreeMap::new(),
             owed: BTreeMap::new(),
             window: BTreeSet::new(),
+            store_lost: BTreeSet::new(),
         }
+    }
+
+    /// `node` lost its database (wiped or rolled back): keys its slaves had not fetched may be
+    /// gone. They must still never be served twice or with other bytes.
+    pub fn store_lost(&mut self, node: &str) {
+        for (id, (_, slaves)) in self.owed.iter_mut() {
+            slaves.retain(|(s, n)| {
+                let lost = n == node;
+                if lost {
+                    self.store_lost.insert((*id, s.clone()));
+                }
+                !lost
+            });
+        }
+        self.owed.retain(|_, (_, s)| !s.is_empty());
+    }
+
+    /// Whether `(id, slave)` was lost with its node's database.
+    pub fn in_lost_store(&self, id: &Uuid, slave: &str) -> bool {
+        self.store_lost.contains(&(*id, slave.to_string()))
+    }
+
+    /// How many (key, slave) pairs were lost with a database.
+    pub fn lost_with_store(&self) -> usize {
+        self.store_lost.len()
     }
 
     /// An answer reached the application that asked `asked` at `node`.

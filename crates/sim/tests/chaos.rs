@@ -30,6 +30,7 @@ fn run_seeds(first: u64, runs: u64, cfg: &ChaosConfig) -> ChaosReport {
         total.refused += r.refused;
         total.window += r.window;
         total.window_lost += r.window_lost;
+        total.lost_with_store += r.lost_with_store;
         let (f, t) = (&r.faults, &mut total.faults);
         t.crashes += f.crashes;
         t.power_losses += f.power_losses;
@@ -38,6 +39,8 @@ fn run_seeds(first: u64, runs: u64, cfg: &ChaosConfig) -> ChaosReport {
         t.partitions += f.partitions;
         t.hostile_msgs += f.hostile_msgs;
         t.lost_replies += f.lost_replies;
+        t.wipes += f.wipes;
+        t.rollbacks += f.rollbacks;
     }
     assert!(
         failed.is_empty(),

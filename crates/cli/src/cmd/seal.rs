@@ -23,8 +23,9 @@ enum SealCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Rotate a key-file KEK: a new key file, every data key rewrapped under it, the old file
-    /// kept as `<key_file>.old-<time>`. Safe while the node runs (it keeps its unwrapped data key;
+    /// Rotate the KEK: for a key file, a new key file, every data key rewrapped under it, the old
+    /// file kept as `<key_file>.old-<time>`; for a PKCS#11 token, a new non-extractable key on
+    /// the token, the old one relabelled `<label>.old-<time>`. Safe while the node runs (it keeps its unwrapped data key;
     /// its next start uses the new KEK).
     Rewrap {
         /// The node's configuration file.
@@ -50,7 +51,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
                 (Some(p), Some(Err(e))) => println!("KEK           key file {}: {e}", p.display()),
                 (Some(p), None) => println!("KEK           key file {} (missing)", p.display()),
-                (None, _) => println!("KEK           {}", st.kek_source),
+                (None, _) => match &st.token {
+                    Some(t) => println!("KEK           pkcs11: {t}"),
+                    None => println!("KEK           {}", st.kek_source),
+                },
             }
             for (name, f) in [("store", &st.store), ("photon ledger", &st.photon_ledger)] {
                 let state = match (f.exists, f.sealed) {
@@ -79,14 +83,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         SealCommand::Rewrap { config } => {
             let cfg = kagi_node::config::NodeConfig::load(&config)?;
-            let r = kagi_node::seal::admin::rewrap_key_file(&cfg)?;
+            let r = kagi_node::seal::admin::rewrap(&cfg)?;
             for f in &r.files {
                 println!("rewrapped     {}", f.display());
             }
-            println!("new key file  {}", r.key_file.display());
+            println!("new KEK       {}", r.kek);
             println!(
                 "previous key  {} (delete it once the node has restarted with the new one)",
-                r.previous.display()
+                r.previous
             );
             Ok(())
         }

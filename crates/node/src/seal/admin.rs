@@ -36,8 +36,10 @@ pub struct FileStatus {
 pub struct SealStatus {
     /// The node.
     pub node_id: String,
-    /// `file` or `passphrase`, as configured.
+    /// `file`, `passphrase` or `pkcs11`, as configured.
     pub kek_source: String,
+    /// For `pkcs11`: the module, token label and key label (status never logs in).
+    pub token: Option<String>,
     /// The key file, for `file`.
     pub key_file: Option<PathBuf>,
     /// Whether the key file passes the permission check (`None` when not a file KEK or absent).
@@ -115,6 +117,7 @@ pub fn status(cfg: &NodeConfig) -> anyhow::Result<SealStatus> {
             ("file", Some(p), ok)
         }
         KekKind::Passphrase => ("passphrase", None, None),
+        KekKind::Pkcs11 => ("pkcs11", None, None),
     };
     let pub_path = crate::audit::signer::public_key_path(&cfg.data_dir, &cfg.node_id);
     let audit_key = crate::audit::signer::read_public_key(&pub_path)
@@ -131,9 +134,22 @@ pub fn status(cfg: &NodeConfig) -> anyhow::Result<SealStatus> {
             Some(p) => format!("does not verify at entry {}: {}", p.line, p.why),
         }
     });
+    let token = seal
+        .pkcs11
+        .as_ref()
+        .filter(|_| seal.kek == KekKind::Pkcs11)
+        .map(|p| {
+            format!(
+                "module {}, token {:?}, key {:?}",
+                p.module.display(),
+                p.token,
+                p.key_label(&cfg.node_id)
+            )
+        });
     Ok(SealStatus {
         node_id: cfg.node_id.clone(),
         kek_source: kek_source.into(),
+        token,
         key_file,
         key_file_ok,
         store: file_status(&db, cfg, true)?,
@@ -146,10 +162,11 @@ pub fn status(cfg: &NodeConfig) -> anyhow::Result<SealStatus> {
 /// What a rewrap did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Rewrapped {
-    /// The key file now in use (same path as before).
-    pub key_file: PathBuf,
-    /// Where the previous key file was kept (delete it once the node started with the new one).
-    pub previous: PathBuf,
+    /// The KEK now in use: the key file (same path as before) or the token key (same label).
+    pub kek: String,
+    /// Where the previous KEK was kept: a renamed key file or token key (delete it once the node
+    /// started with the new one).
+    pub previous: String,
     /// The files whose data key was rewrapped.
     pub files: Vec<PathBuf>,
 }
@@ -168,24 +185,7 @@ pub fn rewrap_key_file(cfg: &NodeConfig) -> anyhow::Result<Rewrapped> {
     let path = kek::key_file_path(seal, &cfg.data_dir, &cfg.node_id);
     anyhow::ensure!(path.exists(), "no key file at {}", path.display());
     let old = kek::read_key_file(&path)?;
-    let (db, photon) = db_paths(cfg);
-    let mut targets = Vec::new();
-    for (p, label) in [(&db, STORE_LABEL), (&photon, PHOTON_LABEL)] {
-        if p.exists() {
-            let conn = open_db(p, cfg.store.synchronous)?;
-            if has_dek(&conn)? {
-                // Check the old key first, so that a failure leaves nothing half-done.
-                let wrapped = meta_get(&conn, "dek")?.unwrap_or_default();
-                super::Sealer::new(old.key(), &format!("kek-wraps-dek/{label}"))
-                    .open("dek", label, &wrapped)
-                    .map_err(|_| {
-                        anyhow::anyhow!("{}: the current key file does not unseal it", p.display())
-                    })?;
-                targets.push((p.clone(), label, conn));
-            }
-        }
-    }
-    anyhow::ensure!(!targets.is_empty(), "no sealed file to rewrap");
+    let targets = sealed_files(cfg, &old)?;
     let new_path = path.with_extension("kek.new");
     anyhow::ensure!(
         !new_path.exists(),
@@ -199,15 +199,95 @@ pub fn rewrap_key_file(cfg: &NodeConfig) -> anyhow::Result<Rewrapped> {
         rewrap_db(conn, &old, &new, label).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
         files.push(p.clone());
     }
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let previous = path.with_extension(format!("kek.old-{stamp}"));
+    let previous = path.with_extension(format!("kek.old-{}", unix_now()));
     std::fs::rename(&path, &previous)?;
     std::fs::rename(&new_path, &path)?;
     Ok(Rewrapped {
-        key_file: path,
+        kek: path.display().to_string(),
+        previous: previous.display().to_string(),
+        files,
+    })
+}
+
+/// The node's sealed files, each checked to unwrap under `old` first, so that a failure leaves
+/// nothing half-done.
+fn sealed_files(
+    cfg: &NodeConfig,
+    old: &kek::Kek,
+) -> anyhow::Result<Vec<(PathBuf, &'static str, rusqlite::Connection)>> {
+    let (db, photon) = db_paths(cfg);
+    let mut targets = Vec::new();
+    for (p, label) in [(&db, STORE_LABEL), (&photon, PHOTON_LABEL)] {
+        if p.exists() {
+            let conn = open_db(p, cfg.store.synchronous)?;
+            if has_dek(&conn)? {
+                let wrapped = meta_get(&conn, "dek")?.unwrap_or_default();
+                anyhow::ensure!(
+                    old.unwrap(label, &wrapped).is_some(),
+                    "{}: the current KEK does not unseal it",
+                    p.display()
+                );
+                targets.push((p.clone(), label, conn));
+            }
+        }
+    }
+    anyhow::ensure!(!targets.is_empty(), "no sealed file to rewrap");
+    Ok(targets)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Rotates the node's KEK, whatever its kind: see [`rewrap_key_file`] and [`rewrap_token`].
+pub fn rewrap(cfg: &NodeConfig) -> anyhow::Result<Rewrapped> {
+    match cfg.store.seal.kek {
+        KekKind::File => rewrap_key_file(cfg),
+        KekKind::Pkcs11 => rewrap_token(cfg),
+        KekKind::Passphrase => anyhow::bail!(
+            "this node's KEK is a passphrase: rotate it with `kagi seal rewrap --new-passphrase-env VAR`"
+        ),
+    }
+}
+
+/// Rotates a PKCS#11 KEK: a new non-extractable key is generated on the token (labelled
+/// `<label>.new`), every sealed file's data key is rewrapped under it (one transaction per
+/// file), then the old key is relabelled `<label>.old-<unix time>` and the new one takes the
+/// label. A crash midway leaves both keys on the token, so nothing is lost.
+pub fn rewrap_token(cfg: &NodeConfig) -> anyhow::Result<Rewrapped> {
+    let seal = &cfg.store.seal;
+    anyhow::ensure!(
+        seal.kek == KekKind::Pkcs11,
+        "this node's KEK is not on a token"
+    );
+    let (db, _) = db_paths(cfg);
+    anyhow::ensure!(db.exists(), "no store at {}", db.display());
+    let conn = open_db(&db, cfg.store.synchronous)?;
+    anyhow::ensure!(has_dek(&conn)?, "{}: not sealed yet", db.display());
+    let mut old = kek::resolve(seal, &cfg.data_dir, &cfg.node_id, &conn, &db)?;
+    let targets = sealed_files(cfg, &old)?;
+    let old_token = old
+        .token_mut()
+        .ok_or_else(|| anyhow::anyhow!("not a token KEK"))?;
+    let label = old_token.label.clone();
+    let mut new = kek::Kek::from_token(old_token.create_next()?, true);
+    let mut files = Vec::new();
+    for (p, flabel, conn) in &targets {
+        rewrap_db(conn, &old, &new, flabel).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        files.push(p.clone());
+    }
+    let previous = format!("{label}.old-{}", unix_now());
+    if let Some(t) = old.token_mut() {
+        t.relabel(&previous)?;
+    }
+    if let Some(t) = new.token_mut() {
+        t.relabel(&label)?;
+    }
+    Ok(Rewrapped {
+        kek: label,
         previous,
         files,
     })
@@ -241,7 +321,7 @@ mod tests {
         assert_eq!(&*seals.store.open("counter", "Relay", &v).unwrap(), b"7");
         drop(seals);
         // The old key does not.
-        let old = kek::read_key_file(&r.previous).unwrap();
+        let old = kek::read_key_file(std::path::Path::new(&r.previous)).unwrap();
         let conn = open_db(&db, cfg.store.synchronous).unwrap();
         assert!(super::super::unseal_db(&conn, &old, STORE_LABEL).is_err());
         let _ = std::fs::remove_dir_all(&d);

@@ -1,5 +1,5 @@
 //! Where the key-encryption key comes from: a key file (default; `kagi up` generates one per
-//! node), a passphrase stretched with Argon2id, or a PKCS#11 token.
+//! node), a passphrase stretched with Argon2id, or a PKCS#11 token ([`super::pkcs11`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,6 +15,13 @@ use super::{has_dek, meta_get, meta_put, SealError};
 /// Environment variable read for the passphrase when the config names none.
 pub const DEFAULT_PASSPHRASE_ENV: &str = "KAGI_SEAL_PASSPHRASE";
 const KEY_FILE_TAG: &str = "kagi-kek-v1:";
+/// Version byte of a data key wrapped by a token (a key wrapped in software starts with the
+/// sealed-value version 1).
+const TOKEN_WRAP_V: u8 = 2;
+
+fn token_aad(label: &str) -> Vec<u8> {
+    format!("kagi-kek-wraps-dek-v1\0{label}").into_bytes()
+}
 
 /// Which KEK source a node uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,13 +32,15 @@ pub enum KekKind {
     File,
     /// A passphrase from the environment or typed at a prompt, stretched with Argon2id.
     Passphrase,
+    /// A non-extractable AES key on a PKCS#11 token (`[store.seal.pkcs11]`).
+    Pkcs11,
 }
 
 /// `[store.seal]` in `node.toml`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SealConfig {
-    /// `"file"` (default) or `"passphrase"`.
+    /// `"file"` (default), `"passphrase"` or `"pkcs11"`.
     pub kek: KekKind,
     /// The key file (default `<data_dir>/<node_id>.kek`, created on a new store's first start).
     /// Keep it on other media than the data directory (a USB key, a tmpfs filled at boot) to
@@ -40,6 +49,9 @@ pub struct SealConfig {
     /// Environment variable holding the passphrase (default `KAGI_SEAL_PASSPHRASE`); when it is
     /// unset and standard input is a terminal, the node asks.
     pub passphrase_env: Option<String>,
+    /// The token, for `kek = "pkcs11"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pkcs11: Option<super::pkcs11::Pkcs11Config>,
     /// Benchmarks only: store values in the clear to measure what sealing costs. Cannot be set
     /// from a config file.
     #[serde(skip)]
@@ -79,6 +91,15 @@ pub enum KekError {
         /// The error.
         err: std::io::Error,
     },
+    /// No PIN for the token.
+    #[error("no PKCS#11 PIN: set {0} or `pin_file` in [store.seal.pkcs11]")]
+    NoPin(String),
+    /// The token or its module failed.
+    #[error("PKCS#11: {0}")]
+    Pkcs11(String),
+    /// `kek = "pkcs11"` without `[store.seal.pkcs11]`.
+    #[error("kek = \"pkcs11\" needs a [store.seal.pkcs11] section (module, token)")]
+    NoPkcs11Config,
     /// Argon2 failed.
     #[error("argon2id: {0}")]
     Argon2(String),
@@ -87,11 +108,17 @@ pub enum KekError {
     Seal(#[from] SealError),
 }
 
-/// An unwrapped key-encryption key. Zeroized on drop: keep it only while DEKs are unwrapped.
+/// A key-encryption key, ready to wrap and unwrap data keys: key bytes in memory (zeroized on
+/// drop: keep it only while DEKs are unwrapped) or a handle to a key that stays on a token.
 pub struct Kek {
-    key: Key,
+    inner: Inner,
     kind: &'static str,
     fresh: bool,
+}
+
+enum Inner {
+    Local(Key),
+    Token(super::pkcs11::TokenKek),
 }
 
 impl std::fmt::Debug for Kek {
@@ -104,9 +131,64 @@ impl Kek {
     /// A KEK from 32 key bytes (`kind` says where they came from, for status).
     pub fn from_key(key: Key, kind: &'static str) -> Self {
         Self {
-            key,
+            inner: Inner::Local(key),
             kind,
             fresh: false,
+        }
+    }
+
+    /// A KEK on a PKCS#11 token.
+    pub fn from_token(t: super::pkcs11::TokenKek, fresh: bool) -> Self {
+        Self {
+            inner: Inner::Token(t),
+            kind: "pkcs11",
+            fresh,
+        }
+    }
+
+    /// The token key, for a token KEK.
+    pub fn token_mut(&mut self) -> Option<&mut super::pkcs11::TokenKek> {
+        match &mut self.inner {
+            Inner::Token(t) => Some(t),
+            Inner::Local(_) => None,
+        }
+    }
+
+    fn local_wrapper(key: &Key, label: &str) -> super::Sealer {
+        super::Sealer::new(key, &format!("kek-wraps-dek/{label}"))
+    }
+
+    /// Wraps the data key `dek` of the database labelled `label`.
+    ///
+    /// # Errors
+    /// The token fails.
+    pub fn wrap(&self, label: &str, dek: &[u8]) -> Result<Vec<u8>, KekError> {
+        match &self.inner {
+            Inner::Local(k) => Ok(Self::local_wrapper(k, label).seal("dek", label, dek)),
+            Inner::Token(t) => {
+                let mut v = vec![TOKEN_WRAP_V];
+                v.extend_from_slice(&t.encrypt(&token_aad(label), dek)?);
+                Ok(v)
+            }
+        }
+    }
+
+    /// Unwraps the data key of the database labelled `label`; `None` when this KEK did not wrap
+    /// it (or the wrapped key was altered).
+    pub fn unwrap(&self, label: &str, wrapped: &[u8]) -> Option<Key> {
+        match &self.inner {
+            Inner::Local(k) => Self::local_wrapper(k, label)
+                .open("dek", label, wrapped)
+                .ok()
+                .map(|d| Key::from_slice(&d)),
+            Inner::Token(t) => {
+                let (&v, rest) = wrapped.split_first()?;
+                if v != TOKEN_WRAP_V {
+                    return None;
+                }
+                t.decrypt(&token_aad(label), rest)
+                    .map(|d| Key::from_slice(&d))
+            }
         }
     }
 
@@ -115,9 +197,12 @@ impl Kek {
         self.fresh
     }
 
-    /// The key bytes.
-    pub fn key(&self) -> &Key {
-        &self.key
+    /// The key bytes (`None` for a token key, which never leaves the token).
+    pub fn key(&self) -> Option<&Key> {
+        match &self.inner {
+            Inner::Local(k) => Some(k),
+            Inner::Token(_) => None,
+        }
     }
 
     /// Where it came from: `file`, `passphrase` or `pkcs11`.
@@ -176,6 +261,12 @@ pub fn resolve(
             let mut k = derive_from_passphrase(pass.expose(), &salt)?;
             k.fresh = fresh;
             Ok(k)
+        }
+        KekKind::Pkcs11 => {
+            let p = cfg.pkcs11.as_ref().ok_or(KekError::NoPkcs11Config)?;
+            // A new key only for a store that has no wrapped data key yet.
+            let (t, fresh) = super::pkcs11::TokenKek::open(p, node_id, !has_dek(store)?)?;
+            Ok(Kek::from_token(t, fresh))
         }
     }
 }
@@ -265,7 +356,7 @@ pub fn write_key_file(path: &Path, key: &Key) -> Result<(), KekError> {
     Ok(())
 }
 
-fn check_permissions(path: &Path) -> Result<(), KekError> {
+pub(crate) fn check_permissions(path: &Path) -> Result<(), KekError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;

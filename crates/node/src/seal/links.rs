@@ -174,12 +174,15 @@ mod tests {
         // A secret edited on disk fails authentication.
         let db = cfgs[0].data_dir.join("a.db");
         let conn = open_db(&db, cfgs[0].store.synchronous).unwrap();
-        conn.execute(
-            "UPDATE seal_meta SET v = CAST(substr(v, 1, 20) || X'00' || substr(v, 22) AS BLOB) \
-             WHERE name = 'link_secret/b'",
-            [],
-        )
-        .unwrap();
+        let mut v: Vec<u8> = conn
+            .query_row(
+                "SELECT v FROM seal_meta WHERE name = 'link_secret/b'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        v[20] ^= 1;
+        meta_put(&conn, "link_secret/b", &v).unwrap();
         drop(conn);
         let e = open_node(&cfgs[0]).err().unwrap().to_string();
         assert!(

@@ -17,6 +17,7 @@ pub mod admin;
 pub mod kek;
 pub mod links;
 pub mod node;
+pub mod pkcs11;
 
 use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce};
@@ -53,6 +54,15 @@ pub enum SealError {
     /// SQLite reported an error.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The KEK could not wrap a data key (a token failed).
+    #[error("{0}")]
+    Wrap(String),
+}
+
+impl From<KekError> for SealError {
+    fn from(e: KekError) -> Self {
+        SealError::Wrap(e.to_string())
+    }
 }
 
 /// The DEK of one database file, ready to seal and open values.
@@ -234,23 +244,18 @@ pub fn has_dek(conn: &Connection) -> Result<bool, SealError> {
     Ok(meta_get(conn, "dek")?.is_some())
 }
 
-fn wrapper(kek: &Kek, label: &str) -> Sealer {
-    Sealer::new(kek.key(), &format!("kek-wraps-dek/{label}"))
-}
-
 /// Unwraps the DEK of the database at `conn` with `kek`, or creates and stores one when the
 /// database has none yet. Returns the sealer and whether the DEK is new.
 pub fn unseal_db(conn: &Connection, kek: &Kek, label: &str) -> Result<(Sealer, bool), SealError> {
-    let w = wrapper(kek, label);
     if let Some(wrapped) = meta_get(conn, "dek")? {
-        let dek = w
-            .open("dek", label, &wrapped)
-            .map_err(|_| SealError::WrongKek(label.to_string()))?;
-        return Ok((Sealer::new(&Key::from_slice(&dek), label), false));
+        let dek = kek
+            .unwrap(label, &wrapped)
+            .ok_or_else(|| SealError::WrongKek(label.to_string()))?;
+        return Ok((Sealer::new(&dek, label), false));
     }
     let mut dek = Key::zeroed(32);
     rand::rngs::OsRng.fill_bytes(dek.expose_mut());
-    meta_put(conn, "dek", &w.seal("dek", label, dek.expose()))?;
+    meta_put(conn, "dek", &kek.wrap(label, dek.expose())?)?;
     meta_put(conn, "kek_kind", kek.kind().as_bytes())?;
     Ok((Sealer::new(&dek, label), true))
 }
@@ -259,11 +264,11 @@ pub fn unseal_db(conn: &Connection, kek: &Kek, label: &str) -> Result<(Sealer, b
 /// they are, only the wrapped DEK changes, in one statement.
 pub fn rewrap_db(conn: &Connection, old: &Kek, new: &Kek, label: &str) -> Result<(), SealError> {
     let wrapped = meta_get(conn, "dek")?.ok_or_else(|| SealError::WrongKek(label.to_string()))?;
-    let dek = wrapper(old, label)
-        .open("dek", label, &wrapped)
-        .map_err(|_| SealError::WrongKek(label.to_string()))?;
+    let dek = old
+        .unwrap(label, &wrapped)
+        .ok_or_else(|| SealError::WrongKek(label.to_string()))?;
     let tx = conn.unchecked_transaction()?;
-    meta_put(&tx, "dek", &wrapper(new, label).seal("dek", label, &dek))?;
+    meta_put(&tx, "dek", &new.wrap(label, dek.expose())?)?;
     meta_put(&tx, "kek_kind", new.kind().as_bytes())?;
     tx.commit()?;
     Ok(())

@@ -1,0 +1,381 @@
+//! Reconciliation with every other node after a start: a node whose database was lost, replaced
+//! or restored from an older copy must never reuse a relay or assignment counter its peers have
+//! seen, never spend link key twice, and never hand a key out again.
+//!
+//! * Each store has an identity (drawn when the database is created) and each start of the key
+//!   manager an epoch. A node announces both in [`PeerMsg::Hello`] to every node, at start, when a
+//!   channel comes up, and every [`HELLO_RETRY`] until the peer answers.
+//! * The peer answers [`PeerMsg::Seen`]: the highest relay and assignment counters of the sender
+//!   it holds, and the highest block of the sender's link key it saw spent. The sender moves its
+//!   counters past them and drops its link key up to that block.
+//! * Seen counters at or above the node's own are proof that its database is older than what it
+//!   already said: it was rolled back. It then discards everything it restored that it cannot
+//!   prove unused: link key, keys held for slaves (they may have been fetched already) and its
+//!   out-pools (each counted in [`NodeStats`](crate::NodeStats)).
+//! * A peer whose store identity changed lost its database: pools with it are useless and go.
+//! * Until a node has the `Seen` of a peer for its current epoch, it relays nothing to it and
+//!   refuses `enc_keys` for slaves there (503). Relays and assignments carry the origin's epoch;
+//!   a destination keeps only those of the origin's current run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::manager::KeyManager;
+use crate::msgs::{NodeId, PeerMsg};
+use crate::outbox::{Action, After};
+use crate::record::{Counter, PeerMarks, Record};
+use crate::time::Instant;
+
+/// The fields of a [`PeerMsg::Seen`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Seen {
+    pub(crate) epoch: u64,
+    pub(crate) relay_hw: u64,
+    pub(crate) assign_hw: u64,
+    pub(crate) relay_floor: u64,
+    pub(crate) assign_floor: u64,
+    pub(crate) link_rx_hw: Option<u64>,
+}
+
+/// How often `Hello` is re-sent to a peer that has not answered.
+pub const HELLO_RETRY: Duration = Duration::from_millis(500);
+
+/// What was restored at start, to discard if the store turns out to be an old copy.
+#[derive(Debug, Default)]
+struct Restored {
+    slave_keys: BTreeSet<Uuid>,
+    link_hw: BTreeMap<NodeId, u64>,
+    out_chunks: Vec<(NodeId, u64)>,
+}
+
+/// Reconciliation state of one run of the key manager.
+#[derive(Debug)]
+pub(crate) struct Reconcile {
+    /// This store's identity.
+    pub(crate) store: u64,
+    /// This run's epoch.
+    pub(crate) epoch: u64,
+    /// What this node saw of each peer (persisted).
+    marks: BTreeMap<NodeId, PeerMarks>,
+    /// Each peer's current epoch, from its latest `Hello`.
+    epochs: BTreeMap<NodeId, u64>,
+    /// Peers that answered this run's `Hello`.
+    reconciled: BTreeSet<NodeId>,
+    next_hello: Instant,
+    restored: Restored,
+    rolled_back: bool,
+}
+
+impl Reconcile {
+    /// State for a run with this store identity and epoch; `marks` as restored.
+    pub(crate) fn new(
+        store: u64,
+        epoch: u64,
+        marks: BTreeMap<NodeId, PeerMarks>,
+        now: Instant,
+    ) -> Self {
+        Self {
+            store,
+            epoch,
+            marks,
+            epochs: BTreeMap::new(),
+            reconciled: BTreeSet::new(),
+            next_hello: now + HELLO_RETRY,
+            restored: Restored::default(),
+            rolled_back: false,
+        }
+    }
+
+    /// Whether `peer` answered this run's `Hello` (relays and assignments to it may go).
+    pub(crate) fn is_reconciled(&self, peer: &str) -> bool {
+        self.reconciled.contains(peer)
+    }
+
+    /// Whether `epoch` is `peer`'s current run as announced to this run.
+    pub(crate) fn is_current(&self, peer: &str, epoch: u64) -> bool {
+        self.epochs.get(peer) == Some(&epoch)
+    }
+
+    /// The next `Hello` retry, while some peer has not answered.
+    pub(crate) fn next_deadline(&self, peers: usize) -> Option<Instant> {
+        (self.reconciled.len() < peers).then_some(self.next_hello)
+    }
+
+    /// Raises one mark of `peer`; returns the record to persist if it moved.
+    fn raise(&mut self, peer: &str, f: impl FnOnce(&mut PeerMarks)) -> Option<Record> {
+        let m = self.marks.entry(peer.to_string()).or_default();
+        let before = *m;
+        f(m);
+        (*m != before).then(|| Record::PeerSeen {
+            peer: peer.to_string(),
+            seen: *m,
+        })
+    }
+}
+
+impl KeyManager {
+    /// Draws the store identity (or keeps the restored one) and this run's epoch, remembers what
+    /// was restored, and greets every node once the identity is durable.
+    pub(crate) fn start_reconcile(&mut self, restored_store: Option<u64>, now: Instant) {
+        let epoch = self.nonzero_u64();
+        let (store, fresh) = match restored_store {
+            Some(s) => (s, false),
+            None => (self.nonzero_u64(), true),
+        };
+        self.reconcile.store = store;
+        self.reconcile.epoch = epoch;
+        self.reconcile.next_hello = now + HELLO_RETRY;
+        let r = &mut self.reconcile.restored;
+        r.slave_keys = self.supply.slave_keys.keys().copied().collect();
+        r.link_hw = self
+            .links
+            .held()
+            .filter_map(|(p, h)| h.high_water.map(|hw| (p.clone(), hw)))
+            .collect();
+        r.out_chunks = self.pools.out_chunks();
+        if fresh {
+            // A new database: nothing restored can be stale, and the identity is durable
+            // before any peer hears of it.
+            self.reconcile.rolled_back = true;
+            self.out
+                .store(vec![Record::Identity { store }], vec![After::Hellos]);
+        } else {
+            self.hello_all();
+        }
+    }
+
+    /// Greets every other node.
+    pub(crate) fn hello_all(&mut self) {
+        for to in self.other_nodes() {
+            let hello = self.hello_to(to);
+            self.out.push(hello);
+        }
+    }
+
+    fn nonzero_u64(&mut self) -> u64 {
+        use rand_chacha::rand_core::RngCore;
+        loop {
+            let v = self.sched_rng.next_u64();
+            if v != 0 {
+                return v;
+            }
+        }
+    }
+
+    fn other_nodes(&self) -> Vec<NodeId> {
+        self.cfg
+            .topology
+            .nodes
+            .iter()
+            .map(|n| n.id.clone())
+            .filter(|n| n != self.me())
+            .collect()
+    }
+
+    fn hello_to(&self, to: NodeId) -> Action {
+        let link_low = self.links.lowest_block(&to);
+        Action::Send {
+            to,
+            msg: PeerMsg::Hello {
+                store: self.reconcile.store,
+                epoch: self.reconcile.epoch,
+                link_low,
+            },
+        }
+    }
+
+    /// The first block of the link to `peer` this store ever received: tell the neighbour, so
+    /// it drops the older blocks this store will never hold (after a lost database).
+    pub(crate) fn first_link_block(&mut self, peer: NodeId) {
+        let hello = self.hello_to(peer);
+        self.out.push(hello);
+    }
+
+    /// A peer's channel came up: greet it (again).
+    pub(crate) fn on_peer_up(&mut self, peer: NodeId) {
+        self.routing.set_up(&peer, true);
+        let hello = self.hello_to(peer);
+        self.out.push(hello);
+    }
+
+    /// Re-sends `Hello` to every reachable peer that has not answered this run's.
+    pub(crate) fn retry_hellos(&mut self, now: Instant) {
+        if now < self.reconcile.next_hello {
+            return;
+        }
+        self.reconcile.next_hello = now + HELLO_RETRY;
+        for to in self.other_nodes() {
+            if !self.reconcile.is_reconciled(&to) && !self.routing.is_down(&to) {
+                let hello = self.hello_to(to);
+                self.out.push(hello);
+            }
+        }
+    }
+
+    /// The next `Hello` retry, if one is due.
+    pub(crate) fn hello_deadline(&self) -> Option<Instant> {
+        self.reconcile
+            .next_deadline(self.cfg.topology.nodes.len().saturating_sub(1))
+    }
+
+    pub(crate) fn on_hello(&mut self, from: NodeId, store: u64, epoch: u64, link_low: Option<u64>) {
+        let mut batch = Vec::new();
+        let known = self.reconcile.epochs.insert(from.clone(), epoch);
+        let before = self.reconcile.marks.get(&from).map_or(0, |m| m.store);
+        if before != store {
+            if before != 0 {
+                tracing::warn!(peer = %from, "peer's store changed (database lost or replaced): discarding the key shared with it");
+                self.stats.peer_stores_replaced += 1;
+                self.forget_peer(&from, &mut batch);
+            }
+            // Marks of the old store only set floors for the new one: they prove nothing
+            // about it.
+            batch.extend(self.reconcile.raise(&from, |m| {
+                *m = PeerMarks {
+                    store,
+                    relay_floor: m.relay_floor.max(m.relay_hw),
+                    assign_floor: m.assign_floor.max(m.assign_hw),
+                    ..PeerMarks::default()
+                }
+            }));
+        }
+        if let Some(low) = link_low.filter(|_| self.links.contains(&from)) {
+            // The neighbour holds nothing of our link below `low`, and never will.
+            self.stats.link_key_discarded += self.links.drop_below(&from, low, &mut batch);
+        }
+        let m = self.reconcile.marks.get(&from).copied().unwrap_or_default();
+        let mut after = vec![After::Act(Action::Send {
+            to: from.clone(),
+            msg: PeerMsg::Seen {
+                epoch,
+                relay_hw: m.relay_hw,
+                assign_hw: m.assign_hw,
+                relay_floor: m.relay_floor,
+                assign_floor: m.assign_floor,
+                link_rx_hw: m.link_rx_hw,
+            },
+        })];
+        if known != Some(epoch) {
+            // A new run of the peer does not know ours either.
+            after.push(After::Act(self.hello_to(from)));
+        }
+        if batch.is_empty() {
+            for a in after {
+                if let After::Act(a) = a {
+                    self.out.push(a);
+                }
+            }
+        } else {
+            self.out.store(batch, after);
+        }
+    }
+
+    /// `peer` lost its database: key shared with it through pools cannot be used any more, and
+    /// assignments waiting on it will never be confirmed.
+    fn forget_peer(&mut self, peer: &str, batch: &mut Vec<Record>) {
+        self.pools.drop_pools_with(peer, batch);
+        for seq in self.relays.drop_pending_to(peer) {
+            self.stats.relays_abandoned += 1;
+            batch.push(Record::PendingRelayGone { seq });
+        }
+        let waiting: Vec<u64> = self
+            .supply
+            .assigns
+            .iter()
+            .filter(|(_, a)| a.waiting.contains(peer))
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in waiting {
+            self.fail_assign(seq, format!("KME {peer} lost its database; retry"));
+        }
+    }
+
+    pub(crate) fn on_seen(&mut self, from: NodeId, seen: Seen) {
+        let Seen {
+            epoch,
+            relay_hw,
+            assign_hw,
+            relay_floor,
+            assign_floor,
+            link_rx_hw,
+        } = seen;
+        if epoch != self.reconcile.epoch {
+            return; // an answer to an earlier run
+        }
+        let mut batch = Vec::new();
+        let behind = relay_hw >= self.relays.next_seq
+            || assign_hw >= self.supply.next_assign
+            || link_rx_hw.is_some_and(|b| self.links.tx_behind(&from, b));
+        if behind && !self.reconcile.rolled_back {
+            tracing::error!(peer = %from, relay_hw, assign_hw, "this node's store is older than what a peer saw (restored from a copy?): discarding what cannot be proven unused");
+            self.reconcile.rolled_back = true;
+            self.stats.rollbacks_detected += 1;
+            self.discard_restored(&mut batch);
+        }
+        let next = relay_hw.max(relay_floor).saturating_add(1);
+        if next > self.relays.next_seq {
+            self.relays.next_seq = next;
+            batch.push(Record::Counter {
+                name: Counter::Relay,
+                next,
+            });
+        }
+        let next = assign_hw.max(assign_floor).saturating_add(1);
+        if next > self.supply.next_assign {
+            self.supply.next_assign = next;
+            batch.push(Record::Counter {
+                name: Counter::Assign,
+                next,
+            });
+        }
+        if let Some(b) = link_rx_hw {
+            // The neighbour saw this block of our half spent: whatever is left of it (or of an
+            // older one) might have been spent before a rollback; never use it again.
+            self.stats.link_key_discarded += self.links.drop_tx_upto(&from, b, &mut batch);
+        }
+        if !batch.is_empty() {
+            self.out.store(batch, vec![]);
+        }
+        self.reconcile.reconciled.insert(from);
+    }
+
+    /// This store is an old copy: drop what it restored that may already have been used.
+    fn discard_restored(&mut self, batch: &mut Vec<Record>) {
+        let r = std::mem::take(&mut self.reconcile.restored);
+        for id in r.slave_keys {
+            if self.supply.slave_keys.remove(&id).is_some() {
+                self.stats.slave_keys_discarded += 1;
+                batch.push(Record::SlaveKeyGone { id });
+            }
+        }
+        for (peer, hw) in r.link_hw {
+            self.stats.link_key_discarded += self.links.drop_upto(&peer, hw, batch);
+        }
+        self.pools.drop_out_chunks(&r.out_chunks, batch);
+    }
+
+    /// A relay from `origin` was stored here: remember its counter.
+    pub(crate) fn saw_relay(&mut self, origin: &str, seq: u64, batch: &mut Vec<Record>) {
+        batch.extend(
+            self.reconcile
+                .raise(origin, |m| m.relay_hw = m.relay_hw.max(seq)),
+        );
+    }
+
+    /// An assignment from `origin` was applied here: remember its counter.
+    pub(crate) fn saw_assign(&mut self, origin: &str, seq: u64, batch: &mut Vec<Record>) {
+        batch.extend(
+            self.reconcile
+                .raise(origin, |m| m.assign_hw = m.assign_hw.max(seq)),
+        );
+    }
+
+    /// `peer` spent its half of our link up to `block`: remember it.
+    pub(crate) fn saw_link_spend(&mut self, peer: &str, block: u64, batch: &mut Vec<Record>) {
+        batch.extend(self.reconcile.raise(peer, |m| {
+            m.link_rx_hw = Some(m.link_rx_hw.map_or(block, |b| b.max(block)))
+        }));
+    }
+}
