@@ -147,8 +147,9 @@ pub struct ManagementConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `"full"` (default: fsync per commit, survives power loss) or `"normal"` (survives
-    /// `kill -9`; a power loss may roll back the latest commits).
+    /// `"full"` (default: fsync per commit, survives power loss) or `"unsafe-normal"` (survives
+    /// `kill -9`; a power loss may roll back the latest commits and re-serve their keys; the
+    /// node warns at start). `"normal"` is refused.
     pub synchronous: crate::store::Sync,
     /// Where the key-encryption key that unseals the store comes from (`[store.seal]`).
     pub seal: crate::seal::kek::SealConfig,
@@ -311,6 +312,32 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_that_can_reserve_key_after_power_loss_is_refused_unless_named_unsafe() {
+        let err = toml::from_str::<StoreConfig>("synchronous = \"normal\"").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("refused") && msg.contains("unsafe-normal"),
+            "{msg}"
+        );
+        let s: StoreConfig = toml::from_str("synchronous = \"unsafe-normal\"").unwrap();
+        assert!(s.synchronous.is_unsafe());
+        let s: StoreConfig = toml::from_str("synchronous = \"full\"").unwrap();
+        assert!(!s.synchronous.is_unsafe());
+        assert!(!StoreConfig::default().synchronous.is_unsafe());
+        assert!(toml::from_str::<StoreConfig>("synchronous = \"off\"").is_err());
+        // What a node writes back reads again.
+        let t = toml::to_string(&StoreConfig {
+            synchronous: crate::store::Sync::Normal,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(toml::from_str::<StoreConfig>(&t)
+            .unwrap()
+            .synchronous
+            .is_unsafe());
+    }
 
     #[test]
     fn etsi014_limits_are_the_cores_and_written_flat() {

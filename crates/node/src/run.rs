@@ -80,6 +80,13 @@ pub async fn run_node(
         &format!("kek={}", seals.kek_kind),
     ))?;
     ops.set_trail(trail.clone());
+    if cfg.store.synchronous.is_unsafe() {
+        tracing::warn!(
+            "[store] synchronous = \"unsafe-normal\": a power loss can roll back commits whose \
+             keys were already delivered, and this node would deliver them again; use \"full\" \
+             outside test rigs"
+        );
+    }
     let driver = Driver::new(
         km_config(&cfg, topo.clone()),
         &db,

@@ -53,16 +53,48 @@ pub enum StoreError {
     },
 }
 
-/// How hard a commit is pushed to disk.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// How hard a commit is pushed to disk (`[store] synchronous`).
+///
+/// Only `"full"` is safe for a key store: the core answers a request only after its commit, so a
+/// commit that a power loss rolls back can be a key already handed out, which the node would then
+/// hand out again. `"normal"` is therefore refused with that reason; `"unsafe-normal"` keeps it
+/// for benchmarks and test rigs, and the node warns at every start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub enum Sync {
     /// fsync the WAL at every commit: a committed batch survives process crash and power loss.
     #[default]
+    #[serde(rename = "full")]
     Full,
     /// WAL without fsync per commit: survives `kill -9` (the OS has the pages) but a power loss
-    /// may roll back the latest commits.
+    /// may roll back the latest commits. Unsafe for keys.
+    #[serde(rename = "unsafe-normal")]
     Normal,
+}
+
+impl Sync {
+    /// Whether a power loss can make the node serve a key twice.
+    pub fn is_unsafe(self) -> bool {
+        self == Sync::Normal
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Sync {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "full" => Ok(Sync::Full),
+            "unsafe-normal" => Ok(Sync::Normal),
+            "normal" => Err(serde::de::Error::custom(
+                "synchronous = \"normal\" is refused for key stores: a power loss can roll back \
+                 commits whose keys were already delivered, and the node would deliver them again; \
+                 use \"full\" (the default), or \"unsafe-normal\" on a test rig where that is \
+                 acceptable",
+            )),
+            other => Err(serde::de::Error::custom(format!(
+                "synchronous = {other:?}: expected \"full\" or \"unsafe-normal\""
+            ))),
+        }
+    }
 }
 
 /// Record kinds whose loss could make the node reuse key: a failed authentication there stops
