@@ -258,7 +258,11 @@ impl KeyManager {
             },
         })];
         if known != Some(epoch) {
-            // A new run of the peer does not know ours either.
+            // A new run of the peer does not know ours either, and until it answers our Hello
+            // it drops our relays and assignments as not current: greet it, and keep greeting
+            // (`retry_hellos`) until it answers, since this first Hello may be lost while our
+            // channel to it comes back.
+            self.reconcile.reconciled.remove(&from);
             after.push(After::Act(self.hello_to(from)));
         }
         if batch.is_empty() {

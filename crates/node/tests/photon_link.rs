@@ -113,9 +113,6 @@ async fn exchange(master: &Etsi014Client, slave: &Etsi014Client, number: usize) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "KNOWN REGRESSION since the peer reconciliation of 3e26b6f (issue 10): after b restarts, \
-            a's pool for b stays at 256 of 512 bytes while photon blocks keep ending with key; \
-            run with --ignored to reproduce"]
 async fn photon_link_feeds_the_key_store_over_the_node_channel_and_resumes_after_restart() {
     // RUST_LOG=info shows every block's statistics.
     let _ = tracing_subscriber::fmt()
