@@ -160,9 +160,21 @@ async fn a_tamper_signal_erases_keys_from_memory_and_fences_the_node() {
     let r = erase(json!({"confirm": eid.clone(), "reason": "x"})).await;
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
     assert!(kek_path.exists());
-    let r = erase(json!({"confirm": format!("erase {eid}"), "reason": "decommissioned"})).await;
-    let body: Value = serde_json::from_slice(&r.body).unwrap();
-    assert_eq!(r.status, 200, "{body}");
+    // The operator's command.
+    let out = kagi()
+        .args(["net", "--json", "--data-dir"])
+        .arg(&up.dir)
+        .args(["erase", &eid, "--confirm", &format!("erase {eid}")])
+        .args(["--reason", "decommissioned"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(body["erased"], true, "{body}");
     assert!(!kek_path.exists(), "key file left: {body}");
     // The slave's keys are gone with the node: 503 naming the erase.
