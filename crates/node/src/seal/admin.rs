@@ -396,8 +396,12 @@ fn rewrap_passphrase(
         }
         let tx = conn.unchecked_transaction()?;
         if !done {
-            rewrap_db(&tx, &old, &new, label)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            // In this file's one transaction (rewrap_db opens its own).
+            let dek = old.unwrap(label, &wrapped).ok_or_else(|| {
+                anyhow::anyhow!("{}: the current KEK does not unseal it", p.display())
+            })?;
+            super::meta_put(&tx, "dek", &new.wrap(label, dek.expose())?)?;
+            super::meta_put(&tx, "kek_kind", new.kind().as_bytes())?;
         }
         if is_store {
             match &salt {
