@@ -258,7 +258,7 @@ impl Proxy {
                     credential_sets = n,
                     "XKS credentials reloaded"
                 );
-                self.audit.record(json!({"op": "credentials.reload", "uri_paths": c.uri_paths.len(), "credential_sets": n}));
+                self.audit_or_log(json!({"op": "credentials.reload", "uri_paths": c.uri_paths.len(), "credential_sets": n}));
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "XKS credentials file unreadable; keeping the previous credentials")
@@ -275,9 +275,9 @@ impl Proxy {
         for id in self.cache.sweep(Instant::now(), self.settings.idle_zeroize) {
             self.stats.zeroized.fetch_add(1, Ordering::Relaxed);
             tracing::info!(key = %id, "idle key material zeroized");
-            self.audit
-                .record(json!({"op": "material.zeroize", "key": id, "reason": "idle"}));
+            self.audit_or_log(json!({"op": "material.zeroize", "key": id, "reason": "idle"}));
         }
+        self.audit.tick();
     }
 
     /// Keys whose material is in memory now.
@@ -311,7 +311,7 @@ impl Proxy {
         let creds = self.creds.get();
         let Some(r) = route(&creds, path) else {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
-            self.audit.record(json!({"op": "unknown", "path": path.chars().take(256).collect::<String>(), "outcome": "InvalidUriPathException"}));
+            self.audit_or_log(json!({"op": "unknown", "path": path.chars().take(256).collect::<String>(), "outcome": "InvalidUriPathException"}));
             return XksError::new(ErrorName::InvalidUriPath, "no XKS API at this path").into();
         };
         if method != "POST" {
@@ -348,7 +348,7 @@ impl Proxy {
             Err(e) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(op = r.op.as_str(), uri_path = %r.uri_path, reason = %e, "XKS request failed authentication");
-                self.audit.record(json!({"op": r.op.as_str(), "key": r.key, "uri_path": r.uri_path, "outcome": "AuthenticationFailedException", "reason": e.to_string()}));
+                self.audit_or_log(json!({"op": r.op.as_str(), "key": r.key, "uri_path": r.uri_path, "outcome": "AuthenticationFailedException", "reason": e.to_string()}));
                 return XksError::new(
                     ErrorName::AuthenticationFailed,
                     "SigV4 authentication failed",
@@ -390,7 +390,7 @@ impl Proxy {
             micros,
             "XKS request"
         );
-        self.audit.record(json!({
+        let audited = self.audit.record(json!({
             "op": r.op.as_str(),
             "key": r.key,
             "uri_path": r.uri_path,
@@ -404,9 +404,22 @@ impl Proxy {
             "outcome": outcome,
             "micros": micros,
         }));
+        // Fail closed: an operation that could not be audited is not answered.
+        if let Err(why) = audited {
+            tracing::error!(error = %why, "XKS audit trail cannot be written; refusing requests");
+            return XksError::new(ErrorName::Internal, "the audit trail cannot be written").into();
+        }
         match result {
             Ok(a) => a,
             Err(e) => e.into(),
+        }
+    }
+
+    /// Records an event outside a request's answer; a failure is logged (and the next request
+    /// is refused, since the trail stays failed).
+    fn audit_or_log(&self, event: serde_json::Value) {
+        if let Err(e) = self.audit.record(event) {
+            tracing::error!(error = %e, "XKS audit trail cannot be written");
         }
     }
 
@@ -536,7 +549,7 @@ impl Proxy {
             }
             Ok(Err(_)) => return Err(XksError::new(ErrorName::Internal, "rebuild task failed")),
             Ok(Ok(Err(BackendError::NotFound(_)))) => {
-                self.audit.record(
+                self.audit_or_log(
                     json!({"op": "material.rebuild", "key": id, "outcome": "not found (revoked?)"}),
                 );
                 return Err(XksError::new(
@@ -574,8 +587,7 @@ impl Proxy {
         self.stats.rebuilds.fetch_add(1, Ordering::Relaxed);
         let ms = started.elapsed().as_millis() as u64;
         tracing::info!(key = %id, ms, "key material rebuilt from shares");
-        self.audit
-            .record(json!({"op": "material.rebuild", "key": id, "outcome": "ok", "ms": ms}));
+        self.audit_or_log(json!({"op": "material.rebuild", "key": id, "outcome": "ok", "ms": ms}));
         Ok(self.cache.put(id, object, key, Instant::now()))
     }
 
@@ -669,5 +681,88 @@ mod tests {
         ] {
             assert!(route(&c, bad).is_none(), "{bad}");
         }
+    }
+
+    /// Fail closed: once the trail cannot be written, a request that would succeed is answered
+    /// 500 InternalException instead of being served unaudited.
+    #[tokio::test]
+    async fn an_operation_that_cannot_be_audited_is_refused() {
+        use crate::backend::MemoryBackend;
+        use crate::creds::{Credential, UriPath};
+        use crate::registry::KeyRecord;
+        let dir = std::env::temp_dir().join(format!("kagi-xks-failclosed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let backend = Arc::new(MemoryBackend::default());
+        let created = backend.create("k1").unwrap();
+        let cred = Credential {
+            access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
+            secret_access_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
+        };
+        let creds = Credentials {
+            uri_paths: vec![UriPath {
+                uri_path: "/kms/xks/v1".into(),
+                credentials: vec![cred.clone()],
+            }],
+        };
+        let reg = Registry {
+            keys: vec![KeyRecord {
+                id: "k1".into(),
+                object: created.object,
+                status: KeyStatus::Enabled,
+                created_unix: 0,
+                changed_unix: 0,
+                k: 1,
+                n: 1,
+                sites: created.sites,
+                qkd_key_bytes: 0,
+            }],
+        };
+        let audit = Audit::open(&crate::audit::trail_path(&dir, "proxy")).unwrap();
+        let proxy = Arc::new(Proxy::new(
+            ProxySettings {
+                region: None,
+                idle_zeroize: Duration::from_secs(60),
+            },
+            creds,
+            None,
+            reg,
+            None,
+            backend,
+            audit,
+        ));
+        let call = || async {
+            let path = "/kms/xks/v1/keys/k1/metadata";
+            let body = br#"{"requestMetadata": {"awsPrincipalArn": "arn:aws:iam::1:user/a", "kmsOperation": "DescribeKey", "kmsRequestId": "r-1"}}"#;
+            let now = crate::time::now_unix();
+            let base = [
+                ("host", "xks.example"),
+                ("content-type", "application/json"),
+            ];
+            let (date, auth) = sigv4::sign(
+                &sigv4::Request {
+                    method: "POST",
+                    path,
+                    query: "",
+                    headers: &base,
+                    body,
+                },
+                now,
+                "us-east-1",
+                &cred.access_key_id,
+                &cred.secret_access_key,
+            );
+            let mut headers = base.to_vec();
+            headers.push(("x-amz-date", &date));
+            headers.push(("authorization", &auth));
+            proxy.handle("POST", path, "", &headers, body, now).await
+        };
+        let a = call().await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        proxy.audit().inject_write_fault();
+        let a = call().await;
+        assert_eq!(a.status, 500, "{}", a.body);
+        assert!(a.body.contains("InternalException"), "{}", a.body);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
