@@ -217,12 +217,31 @@ impl KeyManager {
                     buf,
                 } => km.links.restore_block(peer, half, block, buf.into()),
                 Record::LinkHighWater { peer, block } => km.links.restore_high_water(peer, block),
+                // A chunk from a store that did not record paths: "paths unknown".
                 Record::Chunk { pool, chunk, buf } => {
+                    km.pools.restore_chunk(pool, chunk, buf.into())
+                }
+                Record::RoutedChunk {
+                    pool,
+                    chunk,
+                    buf,
+                    route,
+                } => {
+                    km.pools.restore_route(&pool, chunk, route);
                     km.pools.restore_chunk(pool, chunk, buf.into())
                 }
                 Record::PendingRelay { seq, dest, key } => {
                     km.relays
-                        .restore_pending(seq, dest, key, now + relay_timeout);
+                        .restore_pending(seq, dest, key, None, now + relay_timeout);
+                }
+                Record::RoutedPendingRelay {
+                    seq,
+                    dest,
+                    key,
+                    route,
+                } => {
+                    km.relays
+                        .restore_pending(seq, dest, key, Some(route), now + relay_timeout);
                 }
                 Record::SlaveKey { id, key } => km.supply.restore_slave_key(id, key),
                 Record::Counter {

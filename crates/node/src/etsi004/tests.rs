@@ -69,6 +69,7 @@ impl KeyService for Km {
                 Ok(AppReply::Keys(vec![DeliveredKey {
                     id,
                     key: Key::from_vec(bytes),
+                    paths: None,
                 }]))
             }
             AppCall::DecKeys {
@@ -85,6 +86,7 @@ impl KeyService for Km {
                 Ok(AppReply::Keys(vec![DeliveredKey {
                     id: key_ids[0],
                     key: Key::from_slice(&e.2),
+                    paths: None,
                 }]))
             }
             AppCall::Status { .. } => Err(Refusal::BadRequest("no".into())),
