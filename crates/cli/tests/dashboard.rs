@@ -257,6 +257,18 @@ fn dashboard_shows_the_live_network_in_chromium() {
     assert_eq!(got_nodes, want_nodes);
     assert_eq!(got_edges, want_links);
 
+    // The built-in topology gives coordinates: the map puts nodes where they are, north up
+    // (Koganei west of Ueno, Chofu south of Hakusan), not where a layout would.
+    let pos = cdp.eval(
+        "(() => { const p = (id) => kagiDash.cy.getElementById(id).position(); \
+         return {kx: p('koganei').x, ux: p('ueno').x, cy: p('chofu').y, hy: p('hakusan').y}; })()",
+    );
+    let f = |k: &str| pos[k].as_f64().unwrap_or(f64::NAN);
+    assert!(
+        f("kx") < f("ux") && f("cy") > f("hy"),
+        "nodes not placed from their coordinates: {pos}"
+    );
+
     // A key fetched over ETSI 014 moves the "keys delivered" counter, without a reload.
     let counter = "Number(document.getElementById('keys-delivered').textContent)";
     let before = cdp.eval(counter).as_u64().unwrap();

@@ -5,8 +5,14 @@ use crate::{LinkSpec, NodeSpec, Topology};
 
 /// Six trusted nodes, eight fibre links of 10–50 km, two SAEs per node.
 pub fn tokyo() -> Topology {
-    let nodes = [
-        "koganei", "chofu", "shinjuku", "otemachi", "hakusan", "ueno",
+    // Approximate sites (degrees, WGS 84), for the dashboard's map.
+    let nodes: [(&str, f64, f64); 6] = [
+        ("koganei", 35.710, 139.488),
+        ("chofu", 35.652, 139.541),
+        ("shinjuku", 35.690, 139.700),
+        ("otemachi", 35.686, 139.766),
+        ("hakusan", 35.722, 139.749),
+        ("ueno", 35.714, 139.777),
     ];
     let links: [(&str, &str, f64); 8] = [
         ("koganei", "chofu", 12.0),
@@ -26,11 +32,12 @@ pub fn tokyo() -> Topology {
         insecure_demo_links: false,
         nodes: nodes
             .iter()
-            .map(|n| NodeSpec {
+            .map(|(n, lat, lon)| NodeSpec {
                 id: n.to_string(),
                 saes: vec![format!("sae-{n}-a"), format!("sae-{n}-b")],
-                peer_addr: None,
-                etsi014_addr: None,
+                lat: Some(*lat),
+                lon: Some(*lon),
+                ..Default::default()
             })
             .collect(),
         links: links
@@ -57,5 +64,6 @@ mod tests {
         assert!(t.links.len() >= 7);
         assert!(t.links.iter().all(|l| (10.0..=50.0).contains(&l.length_km)));
         assert!(t.nodes.iter().all(|n| n.saes.len() >= 2));
+        assert!(t.nodes.iter().all(|n| n.lat.is_some() && n.lon.is_some()));
     }
 }

@@ -196,6 +196,7 @@ mod tests {
                     saes: vec![],
                     peer_addr: None,
                     etsi014_addr: None,
+                    ..Default::default()
                 })
                 .collect(),
             links: links

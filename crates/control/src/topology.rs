@@ -8,7 +8,7 @@ use kagi_quantum::tech::{LinkTech, ParamValue, TechError};
 use serde::{Deserialize, Serialize};
 
 /// A trusted node.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
     /// Node (KME) ID, unique in the network.
@@ -22,6 +22,12 @@ pub struct NodeSpec {
     /// Where the node serves ETSI GS QKD 014, e.g. `127.0.0.1:8001`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etsi014_addr: Option<String>,
+    /// Latitude in degrees (WGS 84), for maps; give it together with `lon`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lat: Option<f64>,
+    /// Longitude in degrees (WGS 84), for maps; give it together with `lat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lon: Option<f64>,
 }
 
 /// A QKD link between two nodes.
@@ -207,6 +213,9 @@ pub enum TopologyError {
     /// A length or cost is negative or not finite.
     #[error("link {0}-{1}: length and cost must be finite and non-negative")]
     BadNumber(String, String),
+    /// A node's coordinates are incomplete or out of range.
+    #[error("node {0:?}: lat and lon must be given together, lat within -90..=90 and lon within -180..=180 degrees")]
+    BadCoordinates(String),
     /// An ID is empty or has characters outside `[A-Za-z0-9._-]`.
     #[error("id {0:?} must be non-empty and use only letters, digits, '.', '_' and '-'")]
     BadId(String),
@@ -242,6 +251,7 @@ impl Topology {
                     saes: saes(n),
                     peer_addr: None,
                     etsi014_addr: None,
+                    ..Default::default()
                 })
                 .collect(),
             links: ids
@@ -280,6 +290,16 @@ impl Topology {
             }
             if !ids.insert(n.id.as_str()) {
                 return Err(TopologyError::DuplicateNode(n.id.clone()));
+            }
+            let coordinates_ok = match (n.lat, n.lon) {
+                (None, None) => true,
+                (Some(lat), Some(lon)) => {
+                    (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon)
+                }
+                _ => false,
+            };
+            if !coordinates_ok {
+                return Err(TopologyError::BadCoordinates(n.id.clone()));
             }
             for s in &n.saes {
                 if !valid_id(s) {
@@ -456,6 +476,36 @@ mod tests {
         assert_eq!(t.link_seed(&t.links[0]), t.link_seed(&t.links[0]));
         let back = Topology::from_toml(&t.to_toml()).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn coordinates_come_in_pairs_and_in_range() {
+        let at = |lat: &str, lon: &str| {
+            let mut extra = String::new();
+            if !lat.is_empty() {
+                extra += &format!("lat = {lat}\n");
+            }
+            if !lon.is_empty() {
+                extra += &format!("lon = {lon}\n");
+            }
+            T.replacen(r#"saes = ["sa"]"#, &format!("saes = [\"sa\"]\n{extra}"), 1)
+        };
+        let t = Topology::from_toml(&at("35.7", "139.5")).unwrap();
+        assert_eq!((t.nodes[0].lat, t.nodes[0].lon), (Some(35.7), Some(139.5)));
+        assert_eq!(Topology::from_toml(&t.to_toml()).unwrap(), t);
+        for (lat, lon) in [
+            ("35.7", ""),
+            ("", "139.5"),
+            ("91", "0"),
+            ("0", "-181"),
+            ("nan", "0"),
+        ] {
+            let err = Topology::from_toml(&at(lat, lon)).unwrap_err().to_string();
+            assert!(
+                err.contains("node \"a\": lat and lon must be given together"),
+                "{lat} {lon}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -41,6 +41,7 @@ fn topo() -> Arc<Topology> {
                 saes: vec![format!("sae-{n}")],
                 peer_addr: None,
                 etsi014_addr: None,
+                ..Default::default()
             })
             .collect(),
         links: links

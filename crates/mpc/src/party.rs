@@ -379,17 +379,29 @@ impl<T: Transport> Party<T> {
     /// from the next party; in malicious mode the previous party, which holds the same share,
     /// vouches for it by hash at the next [`Party::check`].
     pub fn open<R: Ring>(&mut self, x: &Shares<R>) -> Result<Vec<u64>> {
+        self.open_owned(x.clone())
+    }
+
+    /// [`Party::open`] on shares the caller no longer needs (no copy of the message).
+    pub fn open_owned<R: Ring>(&mut self, x: Shares<R>) -> Result<Vec<u64>> {
         self.guard()?;
-        self.send(Peer::Prev, x.b.clone())?;
-        let missing = self.recv(Peer::Next, x.len())?;
+        let n = x.len();
+        let (a, b) = (x.a, x.b);
+        let mut out = a.clone();
+        for (o, &q) in out.iter_mut().zip(&b) {
+            *o = R::add(*o, q);
+        }
+        self.send(Peer::Prev, b)?;
+        let missing = self.recv(Peer::Next, n)?;
         self.stats.rounds += 1;
         if self.security == Security::Malicious {
-            self.to_next.update(x.a.as_bytes());
+            self.to_next.update(a.as_bytes());
             self.expect.update(missing.as_bytes());
         }
-        Ok((0..x.len())
-            .map(|k| R::add(R::add(x.a[k], x.b[k]), missing[k]))
-            .collect())
+        for (o, &m) in out.iter_mut().zip(&missing) {
+            *o = R::add(*o, m);
+        }
+        Ok(out)
     }
 
     /// Checks (at the next [`Party::check`], no round of its own) that every element of `w` is

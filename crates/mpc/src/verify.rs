@@ -57,11 +57,23 @@ fn verify_ring<R: Ring, T: Transport>(p: &mut Party<T>, log: MulLog) -> Result<(
     let b = bucket_size(padded);
     let c = b;
     let m = n * b + c;
-    // 1. Triples.
-    let ta = p.random::<R>(m);
-    let tb = p.random::<R>(m);
-    let tc = p.mul_unchecked(&ta, &tb)?;
-    // 2. The coin: 2 words of a fresh random sharing, opened and checked before use.
+    // 1. Triples, generated in chunks and kept as one record each (`[a, a', b, b', c, c']`,
+    // this party's two shares of each), so that the shuffle moves one record per swap instead
+    // of touching six arrays: at millions of triples the random accesses are the cost.
+    let mut trip: Vec<Triple> = Vec::with_capacity(m);
+    let mut at = 0;
+    while at < m {
+        let k = TRIPLE_CHUNK.min(m - at);
+        let ta = p.random::<R>(k);
+        let tb = p.random::<R>(k);
+        let tc = p.mul_unchecked(&ta, &tb)?;
+        for i in 0..k {
+            trip.push([ta.a[i], ta.b[i], tb.a[i], tb.b[i], tc.a[i], tc.b[i]]);
+        }
+        at += k;
+    }
+    // 2. The coin: 2 words of a fresh random sharing, opened and checked before use; the
+    // triples are shuffled with it in place.
     let coin = p.random::<Z64>(2);
     let coin = p.open(&coin)?;
     p.check()?;
@@ -69,51 +81,47 @@ fn verify_ring<R: Ring, T: Transport>(p: &mut Party<T>, log: MulLog) -> Result<(
     seed.extend_from_slice(&coin[0].to_le_bytes());
     seed.extend_from_slice(&coin[1].to_le_bytes());
     let mut prg = Prg::new(&Key::from_vec(seed))?;
-    let perm = shuffle(m, &mut prg);
-    let (ta, tb, tc) = (ta.gather(&perm), tb.gather(&perm), tc.gather(&perm));
-    // Index helpers: opened triples are 0..c; bucket k's j-th triple is c + k*b + j.
-    let first: Vec<usize> = (0..n).map(|k| c + k * b).collect();
-    let mut others = Vec::with_capacity(n * (b - 1));
-    let mut firsts_rep = Vec::with_capacity(n * (b - 1));
-    for k in 0..n {
-        for j in 1..b {
-            others.push(c + k * b + j);
-            firsts_rep.push(c + k * b);
+    shuffle(&mut trip, &mut prg);
+    // Triples 0..c are opened; bucket k is triples c + k·b .. c + (k+1)·b, its first one is
+    // checked against the others and against product k.
+    // Everything opened, in one vector and one round:
+    //   [0, 3c)            a, b, c of the C opened triples;
+    //   [3c, 3c+s)         ρ of the sacrifices (bucket k, triple j ≥ 1: a_first − a_j);
+    //   [3c+s, 3c+2s)      σ of the sacrifices (b_first − b_j);
+    //   [3c+2s, 3c+2s+n)   ρ of the products (x − a_first);
+    //   [3c+2s+n, end)     σ of the products (y − b_first).
+    let s_len = n * (b - 1);
+    let (o_rs, o_ss, o_rp) = (3 * c, 3 * c + s_len, 3 * c + 2 * s_len);
+    let o_sp = o_rp + n;
+    let total = o_sp + n;
+    let mut all_a = vec![0u64; total];
+    let mut all_b = vec![0u64; total];
+    for (k, t) in trip[..c].iter().enumerate() {
+        for (part, off) in [(0, 0), (2, c), (4, 2 * c)] {
+            all_a[off + k] = t[part];
+            all_b[off + k] = t[part + 1];
         }
     }
-    let (a0, b0, c0) = (
-        ta.gather(&firsts_rep),
-        tb.gather(&firsts_rep),
-        tc.gather(&firsts_rep),
-    );
-    let (a1, b1, c1) = (ta.gather(&others), tb.gather(&others), tc.gather(&others));
-    let (fa, fb, fc) = (ta.gather(&first), tb.gather(&first), tc.gather(&first));
-    let x = Shares::<R>::from_parts(log.x.0, log.x.1);
-    let y = Shares::<R>::from_parts(log.y.0, log.y.1);
-    let z = Shares::<R>::from_parts(log.z.0, log.z.1);
-    // 3–5 in one round of openings: the C opened triples, ρ/σ of the sacrifices, ρ/σ of the
-    // products.
-    let opened_idx: Vec<usize> = (0..c).collect();
-    let rho_s = a0.sub(&a1);
-    let sig_s = b0.sub(&b1);
-    let rho_p = x.sub(&fa);
-    let sig_p = y.sub(&fb);
-    let all = Shares::concat(&[
-        &ta.gather(&opened_idx),
-        &tb.gather(&opened_idx),
-        &tc.gather(&opened_idx),
-        &rho_s,
-        &sig_s,
-        &rho_p,
-        &sig_p,
-    ]);
-    let open = p.open(&all)?;
+    let (x, y, z) = (&log.x, &log.y, &log.z);
+    for k in 0..n {
+        let bucket = &trip[c + k * b..c + (k + 1) * b];
+        let f = &bucket[0];
+        for (j, o) in bucket[1..].iter().enumerate() {
+            let at = k * (b - 1) + j;
+            all_a[o_rs + at] = R::sub(f[0], o[0]);
+            all_b[o_rs + at] = R::sub(f[1], o[1]);
+            all_a[o_ss + at] = R::sub(f[2], o[2]);
+            all_b[o_ss + at] = R::sub(f[3], o[3]);
+        }
+        all_a[o_rp + k] = R::sub(x.0[k], f[0]);
+        all_b[o_rp + k] = R::sub(x.1[k], f[1]);
+        all_a[o_sp + k] = R::sub(y.0[k], f[2]);
+        all_b[o_sp + k] = R::sub(y.1[k], f[3]);
+    }
+    // 3. One round of openings; the opened triples are checked in the clear.
+    let open = p.open_owned(Shares::<R>::from_parts(all_a, all_b))?;
     let (oa, rest) = open.split_at(c);
-    let (ob, rest) = rest.split_at(c);
-    let (oc, rest) = rest.split_at(c);
-    let (rs, rest) = rest.split_at(rho_s.len());
-    let (ss, rest) = rest.split_at(sig_s.len());
-    let (rp, sp) = rest.split_at(rho_p.len());
+    let (ob, oc) = rest.split_at(c);
     for k in 0..c {
         if R::mul(oa[k], ob[k]) != oc[k] {
             return Err(MpcError::CheatingDetected(format!(
@@ -122,43 +130,134 @@ fn verify_ring<R: Ring, T: Transport>(p: &mut Party<T>, log: MulLog) -> Result<(
             )));
         }
     }
-    let id = p.id();
-    let sacrifice = zero_test::<R>(id, &c0, &c1, &a1, &b1, rs, ss);
-    let products = zero_test::<R>(id, &z, &fc, &fa, &fb, rp, sp);
-    p.assert_zero(&sacrifice);
-    p.assert_zero(&products);
+    // 4–5. The zero tests `z − c − σ·a − ρ·b − ρσ`, streamed into the view hashes a chunk at a
+    // time: for the sacrifices `(z, c, a, b) = (c_first, c_j, a_j, b_j)`, for the products
+    // `(z, c, a, b) = (z, c_first, a_first, b_first)`.
+    let mut zt = ZeroTests::<R>::new(p.id());
+    for k in 0..n {
+        let bucket = &trip[c + k * b..c + (k + 1) * b];
+        let f = &bucket[0];
+        for (j, o) in bucket[1..].iter().enumerate() {
+            let at = k * (b - 1) + j;
+            zt.push(
+                (f[4], f[5]),
+                (o[4], o[5]),
+                (o[0], o[1]),
+                (o[2], o[3]),
+                open[o_rs + at],
+                open[o_ss + at],
+            );
+            if zt.full() {
+                zt.flush(p);
+            }
+        }
+    }
+    for k in 0..n {
+        let f = &trip[c + k * b];
+        zt.push(
+            (z.0[k], z.1[k]),
+            (f[4], f[5]),
+            (f[0], f[1]),
+            (f[2], f[3]),
+            open[o_rp + k],
+            open[o_sp + k],
+        );
+        if zt.full() {
+            zt.flush(p);
+        }
+    }
+    zt.flush(p);
     Ok(())
 }
 
-/// `z − c − σ·a − ρ·b − ρσ`, zero when `(x, y, z)` and `(a, b, c)` are both correct products and
-/// `ρ = x − a`, `σ = y − b`.
-fn zero_test<R: Ring>(
+/// One party's shares of a triple `(a, b, c = a·b)`: `[a_i, a_{i+1}, b_i, b_{i+1}, c_i, c_{i+1}]`.
+type Triple = [u64; 6];
+
+/// Triples generated per multiplication round (bounds the temporaries; large, because each
+/// call is a network round trip).
+const TRIPLE_CHUNK: usize = 1 << 20;
+
+/// Zero tests gathered a chunk at a time and handed to [`Party::assert_zero`], so that the
+/// values never exist as one big vector.
+struct ZeroTests<R: Ring> {
     party: usize,
-    z: &Shares<R>,
-    c: &Shares<R>,
-    a: &Shares<R>,
-    b: &Shares<R>,
-    rho: &[u64],
-    sigma: &[u64],
-) -> Shares<R> {
-    let rs: Vec<u64> = rho.iter().zip(sigma).map(|(&r, &s)| R::mul(r, s)).collect();
-    z.sub(c)
-        .sub(&a.mul_public(sigma))
-        .sub(&b.mul_public(rho))
-        .add_public(party, &rs.iter().map(|&v| R::neg(v)).collect::<Vec<_>>())
+    w: Shares<R>,
 }
 
-/// A uniformly random permutation of `0..m` (Fisher–Yates) from the coin's stream.
-fn shuffle(m: usize, prg: &mut Prg) -> Vec<usize> {
-    let mut perm: Vec<usize> = (0..m).collect();
-    let r = prg.words(m);
-    for i in (1..m).rev() {
-        // Multiply-shift reduction; its bias (< m / 2^64) is negligible.
-        let j = ((r[i] as u128 * (i as u128 + 1)) >> 64) as usize;
-        perm.swap(i, j);
+/// Zero tests per chunk.
+const ZT_CHUNK: usize = 4096;
+
+impl<R: Ring> ZeroTests<R> {
+    fn new(party: usize) -> Self {
+        Self {
+            party,
+            w: Shares::from_parts(Vec::with_capacity(ZT_CHUNK), Vec::with_capacity(ZT_CHUNK)),
+        }
     }
-    perm
+
+    /// Adds `z − c − σ·a − ρ·b − ρσ` (pairs are this party's two shares).
+    #[inline]
+    fn push(
+        &mut self,
+        z: (u64, u64),
+        c: (u64, u64),
+        a: (u64, u64),
+        b: (u64, u64),
+        rho: u64,
+        sigma: u64,
+    ) {
+        let wa = R::sub(
+            R::sub(R::sub(z.0, c.0), R::mul(sigma, a.0)),
+            R::mul(rho, b.0),
+        );
+        let wb = R::sub(
+            R::sub(R::sub(z.1, c.1), R::mul(sigma, a.1)),
+            R::mul(rho, b.1),
+        );
+        // The public ρσ is carried by share 0: party 0's `a`, party 2's `b`.
+        let rs = R::mul(rho, sigma);
+        let (wa, wb) = match self.party {
+            0 => (R::sub(wa, rs), wb),
+            2 => (wa, R::sub(wb, rs)),
+            _ => (wa, wb),
+        };
+        self.w.a.push(wa);
+        self.w.b.push(wb);
+    }
+
+    fn full(&self) -> bool {
+        self.w.len() >= ZT_CHUNK
+    }
+
+    fn flush<T: Transport>(&mut self, p: &mut Party<T>) {
+        if !self.w.is_empty() {
+            p.assert_zero(&self.w);
+            self.w.a.clear();
+            self.w.b.clear();
+        }
+    }
 }
+
+/// Shuffles `v` uniformly at random (Fisher–Yates) with the coin's stream.
+fn shuffle<X>(v: &mut [X], prg: &mut Prg) {
+    let m = v.len();
+    let mut r = vec![0u64; RAND_CHUNK.min(m)];
+    let mut used = r.len();
+    for i in (1..m).rev() {
+        if used == r.len() {
+            r.fill(0);
+            prg.xor_into(&mut r);
+            used = 0;
+        }
+        // Multiply-shift reduction; its bias (< m / 2^64) is negligible.
+        let j = ((r[used] as u128 * (i as u128 + 1)) >> 64) as usize;
+        used += 1;
+        v.swap(i, j);
+    }
+}
+
+/// Random words drawn at a time while shuffling.
+const RAND_CHUNK: usize = 1 << 14;
 
 #[cfg(test)]
 mod tests {
@@ -175,9 +274,13 @@ mod tests {
     #[test]
     fn shuffle_is_a_permutation() {
         let mut prg = Prg::new(&Key::from_slice(&[3; 16])).unwrap();
-        let mut p = shuffle(1000, &mut prg);
-        assert_ne!(p, (0..1000).collect::<Vec<_>>());
+        let mut p: Vec<usize> = (0..100_000).collect();
+        shuffle(&mut p, &mut prg);
+        assert_ne!(p, (0..100_000).collect::<Vec<_>>());
+        // Uniform enough that no tenth of the positions keeps a tenth of its own values.
+        let kept = p[..10_000].iter().filter(|&&v| v < 10_000).count();
+        assert!((800..1200).contains(&kept), "{kept}");
         p.sort();
-        assert_eq!(p, (0..1000).collect::<Vec<_>>());
+        assert_eq!(p, (0..100_000).collect::<Vec<_>>());
     }
 }

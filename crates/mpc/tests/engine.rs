@@ -366,3 +366,27 @@ fn a_crashed_party_stops_the_others_with_an_error() {
     });
     assert!(out[0].is_err() && out[2].is_err());
 }
+
+#[test]
+fn a_bad_triple_is_caught_by_the_sacrifice() {
+    // `additive_run` makes 11 multiplication calls (skip 0..=10, see above); the 12th and 13th
+    // generate the Z_2^64 and Z_2 triples of the checks. A triple with an error lands, after the
+    // shuffle, in a bucket's tail most of the time, where only the sacrifice against the
+    // bucket's first triple sees it: without that check this test fails with probability
+    // above 1 − 4^-6.
+    for cheater in 0..3 {
+        for skip in [11, 12] {
+            for _ in 0..3 {
+                let out = additive_run(cheater, skip, Security::Malicious);
+                assert!(
+                    out.iter().all(|r| r.is_err()),
+                    "cheater {cheater}, skip {skip}: every party must abort"
+                );
+            }
+        }
+    }
+    // The 14th call does not exist: the same run without a cheat passes.
+    assert!(additive_run(0, 13, Security::Malicious)
+        .iter()
+        .all(|r| r.is_ok()));
+}

@@ -168,6 +168,7 @@ fn topology() -> Topology {
         saes: saes.iter().map(|s| s.to_string()).collect(),
         peer_addr: None,
         etsi014_addr: None,
+        ..Default::default()
     };
     Topology {
         name: "t".into(),

@@ -109,6 +109,7 @@ pub fn topology() -> Topology {
         saes: vec!["sae-x".into()],
         peer_addr: None,
         etsi014_addr: None,
+        ..Default::default()
     });
     t
 }

@@ -20,6 +20,7 @@ fn topo(nodes: &[&str], links: &[(&str, &str, f64)], saes: u32) -> Topology {
                 saes: (0..saes).map(|i| format!("sae-{n}-{i}")).collect(),
                 peer_addr: None,
                 etsi014_addr: None,
+                ..Default::default()
             })
             .collect(),
         links: links

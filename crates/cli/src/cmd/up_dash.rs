@@ -41,11 +41,20 @@ pub fn config(dir: &Path, net: &NetworkFile, name: &str) -> anyhow::Result<DashC
                 length_km: l.length_km,
             })
             .collect(),
-        positions: Default::default(),
+        positions: map_positions(dir),
         ca: dir.join(&net.ca),
         cert: dir.join(&op.cert),
         key: dir.join(&op.key),
     })
+}
+
+/// Node positions from the coordinates in `DIR/topology.toml`, if it has them for every node.
+fn map_positions(dir: &Path) -> std::collections::BTreeMap<String, (f64, f64)> {
+    std::fs::read_to_string(dir.join("topology.toml"))
+        .ok()
+        .and_then(|text| kagi_control::Topology::from_toml(&text).ok())
+        .map(|t| kagi_node::dash::map::positions(&t))
+        .unwrap_or_default()
 }
 
 /// Starts the dashboard on 127.0.0.1:`port` (0: the port of the previous run in `dir` when

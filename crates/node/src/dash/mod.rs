@@ -11,6 +11,7 @@
 //! cannot read the network's state without it.
 
 mod assemble;
+pub mod map;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

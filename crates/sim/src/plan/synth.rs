@@ -71,6 +71,7 @@ pub fn grid_mesh(n: usize, seed: u64) -> Topology {
                 saes: vec![format!("sae-{}", name(i))],
                 peer_addr: None,
                 etsi014_addr: None,
+                ..Default::default()
             })
             .collect(),
         links: links
