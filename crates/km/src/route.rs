@@ -190,7 +190,7 @@ pub fn find_paths(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kagi_control::{LinkSpec, NodeSpec};
+    use kagi_control::LinkSpec;
 
     /// a and f joined over b, c and d (three node-disjoint 2-hop paths) and over e–g (3 hops,
     /// sharing nothing with the others).
@@ -207,16 +207,7 @@ mod tests {
             ("e", "g"),
             ("g", "f"),
         ];
-        let mut t = Topology::line("m", &["a", "f"], 10.0, |_| vec![]);
-        t.nodes = nodes
-            .iter()
-            .map(|n| NodeSpec {
-                id: n.to_string(),
-                saes: vec![],
-                peer_addr: None,
-                etsi014_addr: None,
-            })
-            .collect();
+        let mut t = Topology::line("m", &nodes, 10.0, |_| vec![]);
         let proto = t.links[0].clone();
         t.links = links
             .iter()
