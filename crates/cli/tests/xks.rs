@@ -249,11 +249,13 @@ fn xks_proxy_over_a_live_network() {
     // `kagi up` has the proxy rebuild the key from the vault sites before it reports ready, so
     // the very first call answers at once (the rebuild would otherwise wait for QKD key on the
     // channels the key's creation drew from, with a retryable 503).
-    let trail = std::fs::read_to_string(dir.join("xks").join("audit.jsonl")).unwrap();
+    let trail = std::fs::read_to_string(dir.join("xks").join("proxy-audit.jsonl")).unwrap();
     assert!(
         trail.lines().any(|l| {
             let v: Value = serde_json::from_str(l).unwrap_or_default();
-            v["op"] == "material.rebuild" && v["key"] == k.as_str() && v["outcome"] == "ok"
+            v["event"] == "xks.material.rebuild"
+                && v["target"] == k.as_str()
+                && v["outcome"] == "ok"
         }),
         "kagi up reported ready before the proxy rebuilt its key:\n{trail}"
     );
@@ -543,7 +545,7 @@ fn xks_proxy_over_a_live_network() {
     // --- Audit --------------------------------------------------------------------------------
     let o = net.xks(&["audit-verify"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
-    let trail = std::fs::read_to_string(dir.join("xks/audit.jsonl")).unwrap();
+    let trail = std::fs::read_to_string(dir.join("xks/proxy-audit.jsonl")).unwrap();
     assert!(
         trail.contains("test-GenerateDataKey-4112f4d6")
             && trail.contains("AuthenticationFailedException")

@@ -207,6 +207,16 @@ pub async fn run_node(
         .map_err(|e| anyhow::anyhow!("bind {etsi_addr}: {e}"))?;
     let (sd_tx, sd_rx) = watch::channel(false);
     let mut sd_rx2 = sd_rx.clone();
+    // ETSI 004 key streams (served below), shared with the management view.
+    let streams = cfg.etsi004.as_ref().map(|c| {
+        crate::etsi004::Streams::new(
+            me.id.clone(),
+            topo.clone(),
+            c.clone(),
+            handle.clone(),
+            peers.clone(),
+        )
+    });
     let mgmt = match &cfg.management {
         Some(m) => {
             let l = TcpListener::bind(&m.listen)
@@ -218,6 +228,9 @@ pub async fn run_node(
                 topology: topo.clone(),
                 etsi014: cfg.etsi014.clone(),
                 model_rates,
+                streams: streams
+                    .clone()
+                    .map(|s| s as Arc<dyn crate::etsi004::StreamsView>),
             });
             let mut rx = sd_rx.clone();
             Some(tokio::spawn(crate::mgmt::serve(
@@ -273,13 +286,9 @@ pub async fn run_node(
             let l = TcpListener::bind(&c.listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("bind ETSI 004 {}: {e}", c.listen))?;
-            let streams = crate::etsi004::Streams::new(
-                me.id.clone(),
-                topo.clone(),
-                c.clone(),
-                handle.clone(),
-                peers.clone(),
-            );
+            let streams = streams
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("ETSI 004 streams not set up"))?;
             let mut sd = sd_rx.clone();
             Some(tokio::spawn(crate::etsi004::serve(
                 l,

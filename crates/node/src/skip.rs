@@ -1,7 +1,8 @@
 //! Cisco's Secure Key Integration Protocol (SKIP, draft-cisco-skip) for routers and VPN
 //! gateways, on its own TLS 1.3 listener with certificates (client certificate required,
 //! verified against the network CA; the caller's system ID is its certificate's SAE, as for
-//! ETSI 014).
+//! ETSI 014). The draft's other mode, TLS 1.3 with an external PSK, is not offered: rustls has no
+//! external-PSK API (its PSKs are only its own session tickets); see docs/SECURITY.md.
 //!
 //! ```text
 //! GET /capabilities                          {"entropy", "key", "algorithm", "localSystemID", "remoteSystemID": [...]}

@@ -1,165 +1,230 @@
-//! The proxy's audit trail: one JSON line per operation (every XKS call, allowed or refused, and
-//! every key lifecycle change), each carrying the SHA-256 of the line before it, so that a line
-//! removed or edited breaks the chain ([`verify`]). Never plaintext, ciphertext or key bytes:
-//! the operation, key ID, outcome, `kmsRequestId`, principal and timing.
+//! The proxy's audit trail: kagi's signed audit trail ([`kagi_node::audit`], X.1712 ACC.1–3),
+//! the same format the nodes write. One JSON line per operation (every XKS call, allowed or
+//! refused, every key-material rebuild and zeroization, every key lifecycle change), each
+//! carrying the SHA-256 of the line before it, with ML-DSA-65 signed checkpoints every 1,000
+//! entries or 10 s and at a clean stop. `kagi audit verify` (and `kagi xks audit-verify`) checks
+//! the chain and the signatures and names the first bad entry.
 //!
-//! kagi's network-wide signed audit trail (the hardening work) was not on main when this was
-//! written; this file-level chain is the XKS proxy's own until it can append there.
+//! Trails sit in the proxy's directory as `<name>-audit.jsonl` with the public key beside them
+//! (`<name>-audit.pub`): `proxy` for the server, `keys` for the `kagi xks key` commands. The
+//! signing key is kept sealed (AES-256-GCM-SIV under a data key wrapped by a key-encryption key)
+//! in `xks-seal.db` beside them, the KEK in the 0600 key file `xks.kek`, exactly as a node keeps
+//! its own; whoever can read the directory without the KEK cannot sign a checkpoint.
+//!
+//! Never plaintext, ciphertext or key bytes: the operation, key ID, outcome, `kmsRequestId`,
+//! principal and timing.
 
-use std::io::{BufRead as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
 
-use aws_lc_rs::digest;
-use serde_json::{json, Value};
+use kagi_node::audit::{verify::TrailReport, AuditTrail, Event, Policy, Signer};
+use serde_json::Value;
 
-use crate::sigv4::hex;
+/// Name of the sealed database holding the trails' signing key.
+pub const SEAL_DB: &str = "xks-seal.db";
+/// Label of that database's data key, and the stem of its KEK file (`xks.kek`).
+const SEAL_ID: &str = "xks";
 
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-struct State {
-    file: Option<std::fs::File>,
-    seq: u64,
-    prev: String,
+/// Why a trail cannot be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("XKS audit trail {path}: {why}")]
+pub struct AuditOpenError {
+    /// The trail.
+    pub path: String,
+    /// Why.
+    pub why: String,
 }
 
-/// An append-only, hash-chained JSON-lines file (or only the log, without a path).
+/// An open trail (or only the log, in tests).
 pub struct Audit {
-    path: Option<PathBuf>,
-    state: Mutex<State>,
+    trail: Option<Arc<AuditTrail>>,
 }
 
-fn line_hash(line_without_hash: &str) -> String {
-    hex(digest::digest(&digest::SHA256, line_without_hash.as_bytes()).as_ref())
+/// The trail name of a file `<name>-audit.jsonl`.
+fn name_of(path: &Path) -> Option<&str> {
+    path.file_name()?
+        .to_str()?
+        .strip_suffix("-audit.jsonl")
+        .filter(|n| !n.is_empty())
 }
 
 impl Audit {
-    /// Opens (creating) the trail at `path`, continuing its chain.
-    pub fn open(path: &Path) -> std::io::Result<Self> {
-        let (mut seq, mut prev) = (0u64, GENESIS.to_string());
-        if let Ok(f) = std::fs::File::open(path) {
-            for line in std::io::BufReader::new(f).lines() {
-                let line = line?;
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    seq = v["seq"].as_u64().unwrap_or(seq);
-                    prev = v["hash"].as_str().unwrap_or(&prev).to_string();
-                }
-            }
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+    /// Opens (creating) the signed trail at `path`, which must be named `<name>-audit.jsonl`.
+    /// The signing key is loaded from (or created in) the sealed store beside it. A trail that
+    /// does not verify is refused.
+    pub fn open(path: &Path) -> Result<Self, AuditOpenError> {
+        let err = |why: String| AuditOpenError {
+            path: path.display().to_string(),
+            why,
+        };
+        let name = name_of(path).ok_or_else(|| {
+            err(
+                "the file name must be <name>-audit.jsonl (kagi's signed trail format; \
+                 re-run `kagi xks init` to update an older configuration)"
+                    .into(),
+            )
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let signer = Arc::new(signer(dir, name).map_err(err)?);
+        let trail = AuditTrail::open(path, name, signer, Policy::default())
+            .map_err(|e| err(e.to_string()))?;
         Ok(Self {
-            path: Some(path.to_owned()),
-            state: Mutex::new(State {
-                file: Some(file),
-                seq,
-                prev,
-            }),
+            trail: Some(Arc::new(trail)),
         })
     }
 
     /// A trail that only logs (tests).
     pub fn log_only() -> Self {
-        Self {
-            path: None,
-            state: Mutex::new(State {
-                file: None,
-                seq: 0,
-                prev: GENESIS.into(),
-            }),
-        }
+        Self { trail: None }
     }
 
     /// Where the trail is written.
     pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
+        self.trail.as_ref().map(|t| t.path())
     }
 
-    /// Appends one event (`event` is a JSON object of plain fields) and logs it.
-    pub fn record(&self, event: Value) {
-        tracing::info!(target: "kagi_xks::audit", "{event}");
-        let Ok(mut st) = self.state.lock() else {
-            return;
+    /// Appends one event, a JSON object with `op` and optionally `key`, `outcome` and the
+    /// principal (`awsPrincipalArn`, else `accessKeyId`); its other fields go into the entry's
+    /// detail. Fails, and stays failed, once the trail cannot be written.
+    pub fn record(&self, event: Value) -> Result<(), String> {
+        let Value::Object(mut o) = event else {
+            return Err("an audit event is a JSON object".into());
         };
-        st.seq += 1;
-        let mut v = json!({
-            "seq": st.seq,
-            "time": crate::time::format_rfc3339(crate::time::now_unix()),
-            "prev": st.prev,
-        });
-        if let (Some(o), Value::Object(e)) = (v.as_object_mut(), event) {
-            for (k, x) in e {
-                o.entry(k).or_insert(x);
+        let mut take = |k: &str| match o.remove(k) {
+            Some(Value::String(s)) => Some(s),
+            Some(Value::Null) | None => None,
+            Some(v) => Some(v.to_string()),
+        };
+        let op = format!("xks.{}", take("op").unwrap_or_default());
+        let key = take("key").unwrap_or_default();
+        let outcome = take("outcome").unwrap_or_else(|| "ok".into());
+        let actor = o
+            .get("awsPrincipalArn")
+            .or_else(|| o.get("accessKeyId"))
+            .and_then(Value::as_str)
+            .unwrap_or("proxy")
+            .to_owned();
+        o.retain(|_, v| !v.is_null());
+        let detail = Value::Object(o).to_string();
+        let ev = Event {
+            event: &op,
+            actor: &actor,
+            target: &key,
+            outcome: &outcome,
+            detail: &detail,
+        };
+        match &self.trail {
+            Some(t) => t.record(ev).map(|_| ()).map_err(|e| e.to_string()),
+            None => {
+                tracing::info!(target: "kagi::audit", event = ev.event, actor = ev.actor, target_id = ev.target, outcome = ev.outcome, detail = ev.detail, "audit");
+                Ok(())
             }
         }
-        let body = v.to_string();
-        let hash = line_hash(&body);
-        if let Some(o) = v.as_object_mut() {
-            o.insert("hash".into(), Value::String(hash.clone()));
+    }
+
+    /// Writes a checkpoint when one is due by time (call it about once a second).
+    pub fn tick(&self) {
+        if let Some(Err(e)) = self.trail.as_ref().map(|t| t.tick()) {
+            tracing::error!(error = %e, "XKS audit trail checkpoint failed");
         }
-        st.prev = hash;
-        if let Some(f) = st.file.as_mut() {
-            if let Err(e) = writeln!(f, "{v}") {
-                tracing::error!(error = %e, "cannot append to the XKS audit trail");
-            }
+    }
+
+    /// Ends the trail with a signed checkpoint (a clean stop, or the end of a `kagi xks key`
+    /// command).
+    pub fn close(&self) -> Result<(), String> {
+        match &self.trail {
+            Some(t) => t.close().map_err(|e| e.to_string()),
+            None => Ok(()),
         }
     }
 }
 
-/// Checks a trail: every line's hash is the SHA-256 of the line without it, and names the line
-/// before. Returns the number of lines, or the first broken line (1-based) and why.
-pub fn verify(path: &Path) -> Result<u64, (u64, String)> {
-    let f = std::fs::File::open(path).map_err(|e| (0, e.to_string()))?;
-    let mut prev = GENESIS.to_string();
-    let mut n = 0u64;
-    for line in std::io::BufReader::new(f).lines() {
-        n += 1;
-        let line = line.map_err(|e| (n, e.to_string()))?;
-        let mut v: Value = serde_json::from_str(&line).map_err(|e| (n, e.to_string()))?;
-        let o = v.as_object_mut().ok_or((n, "not an object".to_string()))?;
-        let hash = o
-            .remove("hash")
-            .and_then(|h| h.as_str().map(str::to_owned))
-            .ok_or((n, "no hash".to_string()))?;
-        if o.get("prev").and_then(Value::as_str) != Some(prev.as_str()) {
-            return Err((n, "does not follow the line before it".into()));
-        }
-        if o.get("seq").and_then(Value::as_u64) != Some(n) {
-            return Err((n, "sequence number out of order".into()));
-        }
-        if line_hash(&v.to_string()) != hash {
-            return Err((n, "hash does not match the line".into()));
-        }
-        prev = hash;
-    }
-    Ok(n)
+/// The signing key of trail `name` in `dir`, from the sealed store there (created with its KEK
+/// on first use; every trail in `dir` is signed by the same key). Writes or checks the trail's
+/// public key file.
+fn signer(dir: &Path, name: &str) -> Result<Signer, String> {
+    let db = dir.join(SEAL_DB);
+    let conn = kagi_node::store::open_db(&db, kagi_node::store::Sync::default())
+        .map_err(|e| format!("{}: {e}", db.display()))?;
+    let kek = kagi_node::seal::kek::resolve(&Default::default(), dir, SEAL_ID, &conn, &db)
+        .map_err(|e| e.to_string())?;
+    let (sealer, _) = kagi_node::seal::unseal_db(&conn, &kek, SEAL_ID)
+        .map_err(|e| format!("{}: {e}", db.display()))?;
+    drop(kek);
+    let pub_path = kagi_node::audit::signer::public_key_path(dir, name);
+    Signer::load_or_create(&conn, &sealer, &pub_path).map_err(|e| e.to_string())
+}
+
+/// Checks every trail in `dir` (chain, sequence, checkpoint signatures).
+pub fn verify(dir: &Path) -> Vec<TrailReport> {
+    kagi_node::audit::verify::verify_path(dir)
+}
+
+/// The trail file of `name` in `dir`.
+pub fn trail_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}-audit.jsonl"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
-    fn chain_survives_reopen_and_catches_edits() {
+    fn trails_are_signed_survive_reopen_and_catch_edits() {
         let dir = std::env::temp_dir().join(format!("kagi-xks-audit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("audit.jsonl");
-        let _ = std::fs::remove_file(&p);
+        let p = trail_path(&dir, "proxy");
         let a = Audit::open(&p).unwrap();
-        a.record(json!({"op": "Encrypt", "key": "k1", "outcome": "ok"}));
-        a.record(json!({"op": "Decrypt", "key": "k1", "outcome": "ok"}));
+        a.record(
+            json!({"op": "Encrypt", "key": "k1", "outcome": "ok", "kmsRequestId": "r-1",
+                        "awsPrincipalArn": "arn:aws:iam::1:role/x"}),
+        )
+        .unwrap();
+        a.record(json!({"op": "Decrypt", "key": "k1", "outcome": "ok"}))
+            .unwrap();
+        a.close().unwrap();
         drop(a);
+        let k = Audit::open(&trail_path(&dir, "keys")).unwrap();
+        k.record(json!({"op": "key.revoke", "key": "k1"})).unwrap();
+        k.close().unwrap();
         let a = Audit::open(&p).unwrap();
-        a.record(json!({"op": "key.revoke", "key": "k1"}));
-        assert_eq!(verify(&p), Ok(3));
+        a.record(json!({"op": "Encrypt", "key": "k1", "outcome": "KeyNotFoundException"}))
+            .unwrap();
+        a.close().unwrap();
+        let reports = verify(&dir);
+        assert_eq!(reports.len(), 2, "{reports:?}");
+        assert!(reports.iter().all(|r| r.problem.is_none()), "{reports:?}");
         let text = std::fs::read_to_string(&p).unwrap();
-        std::fs::write(&p, text.replacen("Decrypt", "Encrypt", 1)).unwrap();
-        assert_eq!(verify(&p).unwrap_err().0, 2);
-        let lines: Vec<&str> = text.lines().collect();
-        std::fs::write(&p, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
-        assert_eq!(verify(&p).unwrap_err().0, 2);
+        let first: kagi_node::audit::Entry =
+            serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(
+            (
+                first.event.as_str(),
+                first.actor.as_str(),
+                first.target.as_str()
+            ),
+            ("xks.Encrypt", "arn:aws:iam::1:role/x", "k1")
+        );
+        assert!(first.detail.contains("r-1"), "{}", first.detail);
+        assert!(text.lines().filter(|l| l.contains("ML-DSA-65")).count() >= 2);
+        // An edited entry is named.
+        std::fs::write(&p, text.replacen("xks.Decrypt", "xks.Encrypt", 1)).unwrap();
+        let bad: Vec<_> = verify(&dir).into_iter().filter_map(|r| r.problem).collect();
+        assert_eq!(bad.len(), 1);
+        assert!((2..=3).contains(&bad[0].line), "{bad:?}");
+        assert!(Audit::open(&p).is_err(), "a broken trail is not continued");
+        // Without the KEK no signer: the trail cannot be extended by whoever copies the files.
+        std::fs::write(&p, &text).unwrap();
+        std::fs::remove_file(dir.join("xks.kek")).unwrap();
+        assert!(Audit::open(&p).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_trail_must_be_named_for_its_public_key() {
+        let e = Audit::open(Path::new("/tmp/audit.jsonl")).err().unwrap();
+        assert!(e.why.contains("-audit.jsonl"), "{e}");
     }
 }

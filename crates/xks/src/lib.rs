@@ -10,7 +10,7 @@
 //! * [`backend`], [`vault_backend`]: where material lives;
 //! * [`cache`]: rebuilt material, zeroized when idle or no longer enabled;
 //! * [`proxy`]: request handling; [`server`]: HTTPS;
-//! * [`audit`]: the hash-chained audit trail.
+//! * [`audit`]: the signed audit trail (kagi's node format, ML-DSA-65 checkpoints).
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 

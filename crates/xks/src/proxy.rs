@@ -258,7 +258,7 @@ impl Proxy {
                     credential_sets = n,
                     "XKS credentials reloaded"
                 );
-                self.audit.record(json!({"op": "credentials.reload", "uri_paths": c.uri_paths.len(), "credential_sets": n}));
+                self.audit_or_log(json!({"op": "credentials.reload", "uri_paths": c.uri_paths.len(), "credential_sets": n}));
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "XKS credentials file unreadable; keeping the previous credentials")
@@ -275,9 +275,9 @@ impl Proxy {
         for id in self.cache.sweep(Instant::now(), self.settings.idle_zeroize) {
             self.stats.zeroized.fetch_add(1, Ordering::Relaxed);
             tracing::info!(key = %id, "idle key material zeroized");
-            self.audit
-                .record(json!({"op": "material.zeroize", "key": id, "reason": "idle"}));
+            self.audit_or_log(json!({"op": "material.zeroize", "key": id, "reason": "idle"}));
         }
+        self.audit.tick();
     }
 
     /// Keys whose material is in memory now.
@@ -311,7 +311,7 @@ impl Proxy {
         let creds = self.creds.get();
         let Some(r) = route(&creds, path) else {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
-            self.audit.record(json!({"op": "unknown", "path": path.chars().take(256).collect::<String>(), "outcome": "InvalidUriPathException"}));
+            self.audit_or_log(json!({"op": "unknown", "path": path.chars().take(256).collect::<String>(), "outcome": "InvalidUriPathException"}));
             return XksError::new(ErrorName::InvalidUriPath, "no XKS API at this path").into();
         };
         if method != "POST" {
@@ -348,7 +348,7 @@ impl Proxy {
             Err(e) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(op = r.op.as_str(), uri_path = %r.uri_path, reason = %e, "XKS request failed authentication");
-                self.audit.record(json!({"op": r.op.as_str(), "key": r.key, "uri_path": r.uri_path, "outcome": "AuthenticationFailedException", "reason": e.to_string()}));
+                self.audit_or_log(json!({"op": r.op.as_str(), "key": r.key, "uri_path": r.uri_path, "outcome": "AuthenticationFailedException", "reason": e.to_string()}));
                 return XksError::new(
                     ErrorName::AuthenticationFailed,
                     "SigV4 authentication failed",
@@ -390,7 +390,7 @@ impl Proxy {
             micros,
             "XKS request"
         );
-        self.audit.record(json!({
+        let audited = self.audit.record(json!({
             "op": r.op.as_str(),
             "key": r.key,
             "uri_path": r.uri_path,
@@ -404,9 +404,22 @@ impl Proxy {
             "outcome": outcome,
             "micros": micros,
         }));
+        // Fail closed: an operation that could not be audited is not answered.
+        if let Err(why) = audited {
+            tracing::error!(error = %why, "XKS audit trail cannot be written; refusing requests");
+            return XksError::new(ErrorName::Internal, "the audit trail cannot be written").into();
+        }
         match result {
             Ok(a) => a,
             Err(e) => e.into(),
+        }
+    }
+
+    /// Records an event outside a request's answer; a failure is logged (and the next request
+    /// is refused, since the trail stays failed).
+    fn audit_or_log(&self, event: serde_json::Value) {
+        if let Err(e) = self.audit.record(event) {
+            tracing::error!(error = %e, "XKS audit trail cannot be written");
         }
     }
 
@@ -536,7 +549,7 @@ impl Proxy {
             }
             Ok(Err(_)) => return Err(XksError::new(ErrorName::Internal, "rebuild task failed")),
             Ok(Ok(Err(BackendError::NotFound(_)))) => {
-                self.audit.record(
+                self.audit_or_log(
                     json!({"op": "material.rebuild", "key": id, "outcome": "not found (revoked?)"}),
                 );
                 return Err(XksError::new(
@@ -574,8 +587,7 @@ impl Proxy {
         self.stats.rebuilds.fetch_add(1, Ordering::Relaxed);
         let ms = started.elapsed().as_millis() as u64;
         tracing::info!(key = %id, ms, "key material rebuilt from shares");
-        self.audit
-            .record(json!({"op": "material.rebuild", "key": id, "outcome": "ok", "ms": ms}));
+        self.audit_or_log(json!({"op": "material.rebuild", "key": id, "outcome": "ok", "ms": ms}));
         Ok(self.cache.put(id, object, key, Instant::now()))
     }
 

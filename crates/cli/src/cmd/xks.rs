@@ -7,8 +7,9 @@
 //! proxy.json         listen address, region, TLS, mTLS, idle zeroize time, the vault behind it
 //! credentials.json   SigV4 credentials per URI path (re-read while the proxy runs)
 //! keys.json          the key registry (IDs, states, vault objects; no key bytes)
-//! audit.jsonl        the proxy's hash-chained audit trail (every XKS call)
+//! proxy-audit.jsonl  the proxy's signed audit trail (every XKS call; kagi's trail format)
 //! keys-audit.jsonl   the same for key lifecycle commands
+//! *-audit.pub        the trails' ML-DSA-65 public key; xks-seal.db + xks.kek its sealed private key
 //! proxy.log/.pid     the proxy process started by `kagi up --xks`
 //! ```
 
@@ -237,7 +238,7 @@ pub fn init(
             .map_or_else(|| "us-east-1".to_string(), |c| c.region.clone()),
         credentials: "xks/credentials.json".into(),
         registry: "xks/keys.json".into(),
-        audit: "xks/audit.jsonl".into(),
+        audit: "xks/proxy-audit.jsonl".into(),
         tls_cert: "pki/xks/xks-proxy.pem".into(),
         tls_key: "pki/xks/xks-proxy-key.pem".into(),
         mtls: None,
@@ -304,12 +305,18 @@ pub fn create_key(
     };
     reg.keys.push(rec.clone());
     reg.save(&cfg.registry)?;
-    lifecycle_audit(dir)?.record(json!({"op": "key.create", "key": id, "object": rec.object, "k": rec.k, "n": rec.n, "sites": rec.sites, "qkd_key_bytes": rec.qkd_key_bytes}));
+    lifecycle_record(
+        dir,
+        json!({"op": "key.create", "key": id, "object": rec.object, "k": rec.k, "n": rec.n, "sites": rec.sites, "qkd_key_bytes": rec.qkd_key_bytes}),
+    )?;
     Ok(rec)
 }
 
-fn lifecycle_audit(dir: &Path) -> anyhow::Result<Audit> {
-    Ok(Audit::open(&dir.join("xks").join("keys-audit.jsonl"))?)
+/// Records one key lifecycle event in the signed `keys` trail and closes it with a checkpoint.
+fn lifecycle_record(dir: &Path, event: serde_json::Value) -> anyhow::Result<()> {
+    let audit = Audit::open(&kagi_xks::audit::trail_path(&dir.join("xks"), "keys"))?;
+    audit.record(event).map_err(anyhow::Error::msg)?;
+    audit.close().map_err(anyhow::Error::msg)
 }
 
 fn set_status(dir: &Path, id: &str, to: KeyStatus) -> anyhow::Result<KeyRecord> {
@@ -391,7 +398,12 @@ fn run_serve(dir: &Path, exit_with_parent: bool) -> anyhow::Result<()> {
                 () = parent_gone => {}
             }
         };
-        kagi_xks::server::serve(listener, tls, proxy, stop).await
+        let served = kagi_xks::server::serve(listener, tls, proxy.clone(), stop).await;
+        // A clean stop ends the trail on a signed checkpoint.
+        if let Err(e) = proxy.audit().close() {
+            eprintln!("kagi xks: cannot close the audit trail: {e}");
+        }
+        served
     })
 }
 
@@ -432,22 +444,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         XksCommand::AuditVerify => {
-            let mut bad = false;
-            for f in ["audit.jsonl", "keys-audit.jsonl"] {
-                let p = dir.join("xks").join(f);
-                if !p.exists() {
-                    continue;
-                }
-                match kagi_xks::audit::verify(&p) {
-                    Ok(n) => println!("{}: {n} entries, chain intact", p.display()),
-                    Err((line, why)) => {
+            let reports = kagi_xks::audit::verify(&dir.join("xks"));
+            let mut bad = reports.is_empty();
+            for r in &reports {
+                let p = r.path.as_deref().unwrap_or(Path::new("?")).display();
+                match &r.problem {
+                    None => println!(
+                        "{p}: {} entries, chain intact, {} signed checkpoints verify",
+                        r.entries, r.checkpoints
+                    ),
+                    Some(pr) => {
                         bad = true;
-                        println!("{}: BROKEN at entry {line}: {why}", p.display());
+                        println!("{p}: BROKEN at entry {}: {}", pr.line, pr.why);
                     }
                 }
             }
             if bad {
-                bail!("audit trail tampered with or damaged");
+                bail!("audit trail missing, tampered with or damaged");
             }
             Ok(())
         }
@@ -500,13 +513,13 @@ fn key(dir: &Path, json_out: bool, action: KeyAction) -> anyhow::Result<()> {
         }
         KeyAction::Disable { id } => {
             let r = set_status(dir, &id, KeyStatus::Disabled)?;
-            lifecycle_audit(dir)?.record(json!({"op": "key.disable", "key": id}));
+            lifecycle_record(dir, json!({"op": "key.disable", "key": id}))?;
             print_record(&r, json_out);
             Ok(())
         }
         KeyAction::Enable { id } => {
             let r = set_status(dir, &id, KeyStatus::Enabled)?;
-            lifecycle_audit(dir)?.record(json!({"op": "key.enable", "key": id}));
+            lifecycle_record(dir, json!({"op": "key.enable", "key": id}))?;
             print_record(&r, json_out);
             Ok(())
         }
@@ -524,10 +537,12 @@ fn key(dir: &Path, json_out: bool, action: KeyAction) -> anyhow::Result<()> {
             let res = std::thread::spawn(move || backend.destroy(&object))
                 .join()
                 .map_err(|_| anyhow::anyhow!("revoke panicked"))?;
-            let audit = lifecycle_audit(dir)?;
             match res {
                 Ok(sites) => {
-                    audit.record(json!({"op": "key.revoke", "key": id, "destroyed_at": sites}));
+                    lifecycle_record(
+                        dir,
+                        json!({"op": "key.revoke", "key": id, "destroyed_at": sites}),
+                    )?;
                     if json_out {
                         println!(
                             "{}",
@@ -542,9 +557,10 @@ fn key(dir: &Path, json_out: bool, action: KeyAction) -> anyhow::Result<()> {
                     Ok(())
                 }
                 Err(e) => {
-                    audit.record(
+                    lifecycle_record(
+                        dir,
                         json!({"op": "key.revoke", "key": id, "incomplete": e.to_string()}),
-                    );
+                    )?;
                     bail!("{id}: marked revoked (the proxy refuses it), but not every share was destroyed: {e}; run the revoke again when the sites are back")
                 }
             }

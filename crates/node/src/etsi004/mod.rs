@@ -64,7 +64,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::admission::Admission;
 use crate::config::Etsi014Config;
 use crate::service::KeyService;
-pub use streams::{StreamNet, Streams};
+pub use streams::{StreamInfo, StreamNet, Streams, StreamsView};
 use wire::{Failure, Status};
 
 /// Largest request body (bytes).

@@ -16,8 +16,10 @@
 //! applications open a new stream), while keys already handed out stay handed out once.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use kagi_control::Topology;
 use kagi_keymat::Key;
@@ -155,6 +157,8 @@ struct Stream {
     ksid: Uuid,
     sae: [String; 2],
     node: [String; 2],
+    /// Wall-clock time the stream became known here (shown to operators).
+    created: SystemTime,
     expires: Instant,
     st: tokio::sync::Mutex<State>,
     changed: Notify,
@@ -165,6 +169,39 @@ impl Stream {
         [Role::Source, Role::Destination]
             .into_iter()
             .find(|r| self.sae[r.idx()] == sae)
+    }
+}
+
+/// What operators see of one key stream (no key material): the ETSI 015 view lists each as an
+/// application.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamInfo {
+    /// Key_stream_ID.
+    pub ksid: Uuid,
+    /// Source and destination SAE.
+    pub sae: [String; 2],
+    /// The nodes serving the source and the destination.
+    pub node: [String; 2],
+    /// QoS granted to the sides opened at this node (source, destination).
+    pub local: [Option<Qos>; 2],
+    /// Which sides are open, here or at the other node (source, destination).
+    pub open: [bool; 2],
+    /// When the stream became known at this node.
+    pub created: SystemTime,
+    /// When its TTL runs out.
+    pub expires: SystemTime,
+}
+
+/// A snapshot of a node's key streams, for the management listener (object-safe, so the
+/// listener need not know the key service's type).
+pub trait StreamsView: Send + Sync {
+    /// Every stream tracked here, ordered by Key_stream_ID.
+    fn snapshot(&self) -> Pin<Box<dyn Future<Output = Vec<StreamInfo>> + Send + '_>>;
+}
+
+impl<S: KeyService, N: StreamNet> StreamsView for Streams<S, N> {
+    fn snapshot(&self) -> Pin<Box<dyn Future<Output = Vec<StreamInfo>> + Send + '_>> {
+        Box::pin(self.infos())
     }
 }
 
@@ -269,6 +306,30 @@ impl<S: KeyService, N: StreamNet> Streams<S, N> {
         self.len() == 0
     }
 
+    /// Every stream tracked here, ordered by Key_stream_ID (see [`StreamsView`]).
+    pub async fn infos(&self) -> Vec<StreamInfo> {
+        let mut list: Vec<Arc<Stream>> = self.table().values().cloned().collect();
+        list.sort_by_key(|s| s.ksid);
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut out = Vec::with_capacity(list.len());
+        for s in list {
+            let st = s.st.lock().await;
+            if st.gone {
+                continue;
+            }
+            out.push(StreamInfo {
+                ksid: s.ksid,
+                sae: s.sae.clone(),
+                node: s.node.clone(),
+                local: st.local.clone(),
+                open: [st.open(Role::Source), st.open(Role::Destination)],
+                created: s.created,
+                expires: wall + s.expires.saturating_duration_since(now),
+            });
+        }
+        out
+    }
+
     /// OPEN_CONNECT from application `caller`.
     pub async fn open(&self, caller: &str, req: OpenConnect) -> Result<Opened, OpenFailed> {
         let bad = |m: String| Failure::new(Status::BadRequest, m);
@@ -350,6 +411,7 @@ impl<S: KeyService, N: StreamNet> Streams<S, N> {
                         ksid,
                         sae,
                         node: [src_node.clone(), dst_node.clone()],
+                        created: SystemTime::now(),
                         expires: Instant::now() + Duration::from_secs(qos.ttl.into()),
                         st: tokio::sync::Mutex::new(State::default()),
                         changed: Notify::new(),
@@ -815,6 +877,7 @@ impl<S: KeyService, N: StreamNet> Streams<S, N> {
                                 ksid,
                                 sae,
                                 node,
+                                created: SystemTime::now(),
                                 expires: Instant::now() + Duration::from_secs(ttl.into()),
                                 st: tokio::sync::Mutex::new(State::default()),
                                 changed: Notify::new(),

@@ -12,7 +12,7 @@ use kagi_keymat::Key;
 use kagi_km::app::{AppCall, AppReply, DeliveredKey, Refusal};
 use uuid::Uuid;
 
-use super::msgs::StreamMsg;
+use super::msgs::{Role, StreamMsg};
 use super::streams::{StreamNet, Streams};
 use super::wire::{GetKey, MetadataIn, OpenConnect, QosIn, Status};
 use crate::config::Etsi004Config;
@@ -436,4 +436,119 @@ async fn a_stream_within_one_node_and_ttl_expiry() {
     assert!(a.is_empty());
     let e = a.get_key("sa", get(o.ksid, None)).await.unwrap_err();
     assert_eq!(e.failure.status, Status::UnknownStream);
+}
+
+/// A node speaks only for the applications it serves: node c, which serves neither end of a
+/// stream between a and b, sends every kind of stream message about it, and none has an effect.
+#[tokio::test]
+async fn stream_messages_from_a_node_that_serves_neither_side_are_ignored() {
+    let w = world(|c| c.window = 4);
+    let (a, b) = (w.nodes["a"].clone(), w.nodes["b"].clone());
+    let k = a
+        .open("sa", open("sa", "sb", None, qos_ms(300)))
+        .await
+        .unwrap()
+        .ksid;
+    settle().await;
+    b.open("sb", open("sa", "sb", Some(k), qos_ms(300)))
+        .await
+        .unwrap();
+    settle().await;
+    // A real key ID of the same pair, which c would like b to take for chunk 0.
+    let forged = match w
+        .km
+        .call(AppCall::EncKeys {
+            master: "sa".into(),
+            slave: "sb".into(),
+            number: Some(1),
+            size_bits: Some(256),
+            additional_slaves: Vec::new(),
+        })
+        .await
+        .unwrap()
+    {
+        AppReply::Keys(k) => k[0].id,
+        other => panic!("{other:?}"),
+    };
+    let drawn = w.km.keys.lock().unwrap().len();
+    a.on_msg(
+        "c",
+        StreamMsg::Left {
+            ksid: k,
+            role: Role::Destination,
+        },
+    );
+    b.on_msg(
+        "c",
+        StreamMsg::Left {
+            ksid: k,
+            role: Role::Source,
+        },
+    );
+    b.on_msg(
+        "c",
+        StreamMsg::Assigned {
+            ksid: k,
+            index: 0,
+            key_id: forged,
+        },
+    );
+    b.on_msg(
+        "c",
+        StreamMsg::Refused {
+            ksid: k,
+            index: 1,
+            status: Status::NoQkdConnection.code(),
+        },
+    );
+    a.on_msg(
+        "c",
+        StreamMsg::Want {
+            ksid: k,
+            index: 3,
+            next: 0,
+        },
+    );
+    settle().await;
+    assert_eq!(
+        w.km.keys.lock().unwrap().len(),
+        drawn,
+        "a drew a chunk because c asked for it"
+    );
+    // Both ends still open (no forged Left), chunk 0 is a's (no forged Assigned), chunk 1 is
+    // served (no forged Refused).
+    for i in 0..2 {
+        let s = a.get_key("sa", get(k, Some(i))).await.unwrap();
+        let d = b.get_key("sb", get(k, Some(i))).await.unwrap();
+        assert_eq!((s.key_id, &s.key), (d.key_id, &d.key), "chunk {i}");
+        assert_ne!(d.key_id, forged);
+    }
+    // The destination has read up to 2: the source may read 2..=5, not 6, whatever c says.
+    a.on_msg("c", StreamMsg::Read { ksid: k, next: 50 });
+    settle().await;
+    for i in 2..6 {
+        assert_eq!(a.get_key("sa", get(k, None)).await.unwrap().index, i);
+    }
+    let e = a.get_key("sa", get(k, None)).await.unwrap_err();
+    assert_eq!(e.failure.status, Status::InsufficientKey, "{e:?}");
+    // c cannot open sa's side of a new stream at b.
+    let k2 = Uuid::new_v4();
+    b.on_msg(
+        "c",
+        StreamMsg::Joined {
+            ksid: k2,
+            source: "sa".into(),
+            destination: "sb".into(),
+            role: Role::Source,
+            chunk: 32,
+            ttl: 60,
+            reply: false,
+        },
+    );
+    settle().await;
+    let o = b
+        .open("sb", open("sa", "sb", Some(k2), qos_ms(300)))
+        .await
+        .unwrap();
+    assert_eq!(o.status, Status::PeerNotConnected, "c opened sa's side");
 }

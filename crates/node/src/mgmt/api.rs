@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Extension, Router};
@@ -67,6 +67,8 @@ pub struct MgmtCtx {
     pub etsi014: Etsi014Config,
     /// Modelled secret key rate (bit/s) of this node's simulated links, by neighbour.
     pub model_rates: BTreeMap<String, f64>,
+    /// The node's ETSI 004 key streams, when it serves ETSI 004 (shown in the 015 view).
+    pub streams: Option<Arc<dyn crate::etsi004::StreamsView>>,
 }
 
 type Ctx = State<Arc<MgmtCtx>>;
@@ -83,6 +85,11 @@ fn ok(v: Value) -> Response {
 
 /// Refuses unless the caller's role allows `p`; the refusal is recorded.
 fn need(ctx: &MgmtCtx, who: &Caller, p: Permission, what: &str) -> Result<(), Response> {
+    allowed(ctx, who, p, what).map_err(|m| error(StatusCode::FORBIDDEN, m))
+}
+
+/// Whether `who` may do `what`; a refusal is recorded and its message returned.
+fn allowed(ctx: &MgmtCtx, who: &Caller, p: Permission, what: &str) -> Result<(), String> {
     match who.role {
         Some(r) if r.may(p) => Ok(()),
         role => {
@@ -98,7 +105,7 @@ fn need(ctx: &MgmtCtx, who: &Caller, p: Permission, what: &str) -> Result<(), Re
                 caller: Some(who.name.clone()),
                 message: message.clone(),
             });
-            Err(error(StatusCode::FORBIDDEN, message))
+            Err(message)
         }
     }
 }
@@ -146,24 +153,37 @@ pub fn router(ctx: Arc<MgmtCtx>) -> Router {
         .with_state(ctx)
 }
 
-async fn not_found(State(ctx): Ctx, Extension(who): Who) -> Response {
-    if let Err(r) = need(&ctx, &who, Permission::Read, "read") {
-        return r;
+/// An error in the format of the path's interface: RESTCONF's under `/restconf`, else this API's.
+fn error_for(uri: &Uri, status: StatusCode, message: String) -> Response {
+    if uri.path().starts_with("/restconf") {
+        super::qkdn::error(status, message)
+    } else {
+        error(status, message)
     }
-    error(
-        StatusCode::NOT_FOUND,
-        "no such management endpoint; see /api/v1/openapi.json",
-    )
 }
 
-async fn not_allowed(State(ctx): Ctx, Extension(who): Who, method: Method) -> Response {
-    if let Err(r) = need(&ctx, &who, Permission::Read, "read") {
-        return r;
+async fn not_found(State(ctx): Ctx, Extension(who): Who, uri: Uri) -> Response {
+    if let Err(m) = allowed(&ctx, &who, Permission::Read, "read") {
+        return error_for(&uri, StatusCode::FORBIDDEN, m);
     }
-    error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("method {method} is not allowed here; see /api/v1/openapi.json"),
-    )
+    let m = if uri.path().starts_with("/restconf") {
+        format!("no such resource; this node serves {}", super::qkdn::PATH)
+    } else {
+        "no such management endpoint; see /api/v1/openapi.json".into()
+    };
+    error_for(&uri, StatusCode::NOT_FOUND, m)
+}
+
+async fn not_allowed(State(ctx): Ctx, Extension(who): Who, method: Method, uri: Uri) -> Response {
+    if let Err(m) = allowed(&ctx, &who, Permission::Read, "read") {
+        return error_for(&uri, StatusCode::FORBIDDEN, m);
+    }
+    let m = if uri.path().starts_with("/restconf") {
+        format!("method {method} is not supported: this RESTCONF view is read-only (GET)")
+    } else {
+        format!("method {method} is not allowed here; see /api/v1/openapi.json")
+    };
+    error_for(&uri, StatusCode::METHOD_NOT_ALLOWED, m)
 }
 
 fn stats_json(s: &kagi_km::NodeStats) -> Value {
@@ -279,18 +299,25 @@ async fn status(State(ctx): Ctx, Extension(who): Who) -> Response {
     }))
 }
 
-/// The ETSI GS QKD 015-shaped RESTCONF view (see [`super::qkdn`]).
+/// The ETSI GS QKD 015 RESTCONF view (see [`super::qkdn`]); its errors are RESTCONF's.
 async fn qkd_node(State(ctx): Ctx, Extension(who): Who) -> Response {
-    if let Err(r) = need(&ctx, &who, Permission::Read, "read") {
-        return r;
+    if let Err(m) = allowed(&ctx, &who, Permission::Read, "read") {
+        return super::qkdn::error(StatusCode::FORBIDDEN, m);
     }
     let Some(km) = ctx.driver.status().await else {
-        return unavailable();
+        return super::qkdn::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "key manager is not answering; retry",
+        );
+    };
+    let streams = match &ctx.streams {
+        Some(s) => s.snapshot().await,
+        None => Vec::new(),
     };
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, super::qkdn::MEDIA_TYPE)],
-        super::qkdn::view(&ctx, &km).to_string(),
+        super::qkdn::view(&ctx, &km, &streams).to_string(),
     )
         .into_response()
 }
