@@ -463,6 +463,7 @@ async fn stream_messages_from_a_node_that_serves_neither_side_are_ignored() {
             number: Some(1),
             size_bits: Some(256),
             additional_slaves: Vec::new(),
+            route: None,
         })
         .await
         .unwrap()
