@@ -211,6 +211,25 @@ impl Links {
         Ok(())
     }
 
+    /// Blocks of the neighbour's half from `block` on that this end lacks and will never get:
+    /// the run of ids up to the next block held (or the high-water mark), at most `max`. The
+    /// neighbour spends oldest first, so after a gap (this end was down, or discarded a restored
+    /// copy) it would otherwise learn of the missing blocks one failed hop at a time.
+    pub(crate) fn missing_run(&self, peer: &str, block: u64, max: usize) -> Vec<u64> {
+        let Some(l) = self.map.get(peer) else {
+            return vec![block];
+        };
+        let Some(hw) = l.high_water else {
+            return vec![block];
+        };
+        let end =
+            l.rx.range(block..)
+                .next()
+                .map_or(hw, |(id, _)| id.saturating_sub(1))
+                .min(hw);
+        (block..=end.max(block)).take(max.max(1)).collect()
+    }
+
     /// Spends the spans of the neighbour's half. `None` unless [`check_rx`](Self::check_rx)
     /// passes for them.
     pub(crate) fn take_rx(

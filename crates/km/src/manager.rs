@@ -136,6 +136,11 @@ pub struct NodeStats {
     pub link_key_discarded: u64,
     /// Relays or assignments dropped because they came from an earlier run of their origin.
     pub stale_dropped: u64,
+    /// Pool chunks an assignment named that this node no longer held (reported back to the
+    /// origin with `PoolMissing`).
+    pub pool_chunks_missing: u64,
+    /// Out-pool key bytes dropped because the slave's node reported it no longer held them.
+    pub pool_key_discarded: u64,
 }
 
 /// The key manager of one trusted node, as a deterministic state machine without I/O.
@@ -205,7 +210,7 @@ impl KeyManager {
             reconcile: Reconcile::new(0, 0, Default::default(), now),
             cfg,
         };
-        let relay_timeout = km.cfg.policy.relay_timeout;
+        let mut stale_relays = Vec::new();
         let mut store = None;
         let mut marks = std::collections::BTreeMap::new();
         for r in snap.records {
@@ -230,18 +235,12 @@ impl KeyManager {
                     km.pools.restore_route(&pool, chunk, route);
                     km.pools.restore_chunk(pool, chunk, buf.into())
                 }
-                Record::PendingRelay { seq, dest, key } => {
-                    km.relays
-                        .restore_pending(seq, dest, key, None, now + relay_timeout);
-                }
-                Record::RoutedPendingRelay {
-                    seq,
-                    dest,
-                    key,
-                    route,
-                } => {
-                    km.relays
-                        .restore_pending(seq, dest, key, Some(route), now + relay_timeout);
+                Record::PendingRelay { seq, .. } => {
+                    // A relay of an earlier run: its destination keeps only relays of this
+                    // node's current run and an acknowledgement must name this run's epoch,
+                    // so it can never complete. Forget it now rather than hold one of the
+                    // destination's in-flight slots until it times out.
+                    stale_relays.push(Record::PendingRelayGone { seq });
                 }
                 Record::SlaveKey { id, key } => km.supply.restore_slave_key(id, key),
                 Record::Counter {
@@ -263,6 +262,10 @@ impl KeyManager {
             }
         }
         km.pools.recount();
+        if !stale_relays.is_empty() {
+            km.stats.relays_abandoned += stale_relays.len() as u64;
+            km.out.store(stale_relays, vec![]);
+        }
         km.reconcile = Reconcile::new(0, 0, marks, now);
         km.start_reconcile(store, now);
         km
@@ -329,7 +332,10 @@ impl KeyManager {
             Input::Peer { from, msg } => self.on_peer(now, from, msg),
             Input::App { req, call } => self.on_app(now, req, call),
             Input::PeerUp { peer } => self.on_peer_up(peer),
-            Input::PeerDown { peer } => self.routing.set_up(&peer, false),
+            Input::PeerDown { peer } => {
+                self.routing.set_up(&peer, false);
+                self.abandon_relays_via(&peer, true);
+            }
         }
     }
 

@@ -268,6 +268,13 @@ pub enum PeerMsg {
         /// Highest block of the sender's transmit half of their link that this node saw spent.
         link_rx_hw: Option<u64>,
     },
+    /// An assignment named chunks of the sender's pool for this node that this node does not
+    /// hold (its store was lost or restored from an older copy since they were relayed): the
+    /// sender drops them from its out-pool and relays new key instead.
+    PoolMissing {
+        /// Chunk ids (relay counters of the sender).
+        chunks: Vec<u64>,
+    },
 }
 
 /// A peer message could not be decoded.

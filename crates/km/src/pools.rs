@@ -219,6 +219,49 @@ impl Pools {
         Some((spans, out))
     }
 
+    /// The chunks named by `spans` that the in-pool from `origin` does not hold (at most
+    /// [`crate::msgs::MAX_SPANS`], each once).
+    pub(crate) fn in_missing<'a>(
+        &self,
+        origin: &str,
+        spans: impl Iterator<Item = &'a Span>,
+    ) -> Vec<u64> {
+        let pool = self.inp.get(origin);
+        let missing: BTreeSet<u64> = spans
+            .map(|s| s.id)
+            .filter(|id| pool.is_none_or(|p| !p.contains_key(id)))
+            .take(crate::msgs::MAX_SPANS)
+            .collect();
+        missing.into_iter().collect()
+    }
+
+    /// Drops chunks of the out-pool for `dest` that `dest` reported it lacks; returns the
+    /// unspent bytes dropped.
+    pub(crate) fn drop_missing_out(
+        &mut self,
+        dest: &str,
+        chunks: &[u64],
+        batch: &mut Vec<Record>,
+    ) -> u64 {
+        let Some(p) = self.out.get_mut(dest) else {
+            return 0;
+        };
+        let mut bytes = 0;
+        for c in chunks {
+            if let Some(buf) = p.remove(c) {
+                bytes += u64::from(buf.tail_free());
+                batch.push(Record::ChunkGone {
+                    pool: Pool::Out(dest.to_string()),
+                    chunk: *c,
+                });
+            }
+        }
+        if bytes > 0 || !batch.is_empty() {
+            self.recount();
+        }
+        bytes
+    }
+
     /// Takes spans from the in-pool relayed by `origin`; all or nothing.
     pub(crate) fn take_in(&mut self, origin: &str, spans: &[Span]) -> Option<Key> {
         if !Span::disjoint(spans) {

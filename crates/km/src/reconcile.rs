@@ -245,19 +245,13 @@ impl KeyManager {
             // The neighbour holds nothing of our link below `low`, and never will.
             self.stats.link_key_discarded += self.links.drop_below(&from, low, &mut batch);
         }
-        let m = self.reconcile.marks.get(&from).copied().unwrap_or_default();
         let mut after = vec![After::Act(Action::Send {
             to: from.clone(),
-            msg: PeerMsg::Seen {
-                epoch,
-                relay_hw: m.relay_hw,
-                assign_hw: m.assign_hw,
-                relay_floor: m.relay_floor,
-                assign_floor: m.assign_floor,
-                link_rx_hw: m.link_rx_hw,
-            },
+            msg: self.seen_msg(&from, epoch),
         })];
         if known != Some(epoch) {
+            // What that node held of our relays in flight may be gone with its previous run.
+            self.abandon_relays_via(&from, false);
             // A new run of the peer does not know ours either, and until it answers our Hello
             // it drops our relays and assignments as not current: greet it, and keep greeting
             // (`retry_hellos`) until it answers, since this first Hello may be lost while our
@@ -276,8 +270,35 @@ impl KeyManager {
         }
     }
 
+    /// The `Seen` answering `peer`'s run `epoch`: what this node saw of its store.
+    fn seen_msg(&self, peer: &str, epoch: u64) -> PeerMsg {
+        let m = self.reconcile.marks.get(peer).copied().unwrap_or_default();
+        PeerMsg::Seen {
+            epoch,
+            relay_hw: m.relay_hw,
+            assign_hw: m.assign_hw,
+            relay_floor: m.relay_floor,
+            assign_floor: m.assign_floor,
+            link_rx_hw: m.link_rx_hw,
+        }
+    }
+
+    /// A relay or assignment from `origin` was dropped as not of its current run: tell it
+    /// which run this node takes for current (a `Seen` for that epoch). If that is not its
+    /// current run (a `Hello` of an earlier one arrived late, or ours was lost), the origin
+    /// greets again; otherwise this only repeats what it knows.
+    pub(crate) fn stale_from(&mut self, origin: &str) {
+        self.stats.stale_dropped += 1;
+        if let Some(&epoch) = self.reconcile.epochs.get(origin) {
+            let seen = self.seen_msg(origin, epoch);
+            self.out.send(origin.to_string(), seen);
+        }
+    }
+
     /// `peer` lost its database: key shared with it through pools cannot be used any more, and
-    /// assignments waiting on it will never be confirmed.
+    /// assignments that name it will never be confirmed, or were confirmed by the lost store
+    /// (the keys are gone there): both fail rather than answer the master with keys a slave
+    /// cannot fetch.
     fn forget_peer(&mut self, peer: &str, batch: &mut Vec<Record>) {
         self.pools.drop_pools_with(peer, batch);
         for seq in self.relays.drop_pending_to(peer) {
@@ -288,7 +309,7 @@ impl KeyManager {
             .supply
             .assigns
             .iter()
-            .filter(|(_, a)| a.waiting.contains(peer))
+            .filter(|(_, a)| a.nodes.iter().any(|n| n == peer))
             .map(|(s, _)| *s)
             .collect();
         for seq in waiting {
@@ -306,17 +327,28 @@ impl KeyManager {
             link_rx_hw,
         } = seen;
         if epoch != self.reconcile.epoch {
-            return; // an answer to an earlier run
+            // An answer to an earlier run, or to a `Hello` of ours that arrived late (messages
+            // can be reordered): the peer now takes that run for our current one and would
+            // drop everything we send as stale. If we took it for reconciled, greet it again;
+            // What it dropped of our relays will never be acknowledged.
+            if self.reconcile.is_reconciled(&from) {
+                self.abandon_relays_via(&from, false);
+                let hello = self.hello_to(from);
+                self.out.push(hello);
+            }
+            return;
         }
         let mut batch = Vec::new();
         let behind = relay_hw >= self.relays.next_seq
             || assign_hw >= self.supply.next_assign
             || link_rx_hw.is_some_and(|b| self.links.tx_behind(&from, b));
-        if behind && !self.reconcile.rolled_back {
-            tracing::error!(peer = %from, relay_hw, assign_hw, "this node's store is older than what a peer saw (restored from a copy?): discarding what cannot be proven unused");
+        let renewed = behind && !self.reconcile.rolled_back;
+        if renewed {
+            tracing::error!(peer = %from, relay_hw, assign_hw, "this node's store is older than what a peer saw (restored from a copy?): discarding what cannot be proven unused and taking a new store identity");
             self.reconcile.rolled_back = true;
             self.stats.rollbacks_detected += 1;
             self.discard_restored(&mut batch);
+            self.renew_identity(&mut batch);
         }
         let next = relay_hw.max(relay_floor).saturating_add(1);
         if next > self.relays.next_seq {
@@ -339,10 +371,45 @@ impl KeyManager {
             // older one) might have been spent before a rollback; never use it again.
             self.stats.link_key_discarded += self.links.drop_tx_upto(&from, b, &mut batch);
         }
+        if renewed {
+            // Every node learns the new identity once it is durable (with `link_low` for the
+            // link key discarded here), and answers it before anything goes to it again.
+            self.out.store(batch, vec![After::Hellos]);
+            return;
+        }
         if !batch.is_empty() {
             self.out.store(batch, vec![]);
         }
         self.reconcile.reconciled.insert(from);
+    }
+
+    /// After a rollback is detected: the store takes a new identity and the run a new epoch,
+    /// so that every peer treats this node as one that lost its database (it drops the pools
+    /// it shares with it, fails assignments naming it, and keeps only floors of what it saw).
+    /// Without it, a peer's out-pool would keep chunks relayed after the copy was taken, which
+    /// this store lacks (every assignment from them refused), and a second restart before every
+    /// peer answered would find the peers' marks ahead again and discard keys applied since.
+    /// Pools with every peer go here too, as do relays and assignments of the old epoch.
+    fn renew_identity(&mut self, batch: &mut Vec<Record>) {
+        let store = self.nonzero_u64();
+        self.reconcile.store = store;
+        self.reconcile.epoch = self.nonzero_u64();
+        self.reconcile.reconciled.clear();
+        batch.push(Record::Identity { store });
+        for peer in self.other_nodes() {
+            self.pools.drop_pools_with(&peer, batch);
+            for seq in self.relays.drop_pending_to(&peer) {
+                self.stats.relays_abandoned += 1;
+                batch.push(Record::PendingRelayGone { seq });
+            }
+        }
+        let assigns: Vec<u64> = self.supply.assigns.keys().copied().collect();
+        for seq in assigns {
+            self.fail_assign(
+                seq,
+                "this KME found its database restored from an older copy; retry".into(),
+            );
+        }
     }
 
     /// This store is an old copy: drop what it restored that may already have been used.

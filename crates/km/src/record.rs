@@ -166,19 +166,6 @@ pub enum Record {
         /// The paths its relay travelled over.
         route: RelayRoute,
     },
-    /// A relay in flight with its paths (upsert; same entity as [`Record::PendingRelay`], which
-    /// older stores hold and which restores with its paths unknown).
-    RoutedPendingRelay {
-        /// Relay counter.
-        seq: u64,
-        /// Destination node.
-        dest: NodeId,
-        /// The relayed key.
-        #[serde(with = "key_serde")]
-        key: Key,
-        /// The paths its shares travel over.
-        route: RelayRoute,
-    },
 }
 
 /// The node-disjoint paths one relay's shares travelled over: what a pool chunk records so that
@@ -245,9 +232,9 @@ impl Record {
             Record::Chunk { pool, chunk, .. }
             | Record::RoutedChunk { pool, chunk, .. }
             | Record::ChunkGone { pool, chunk } => ("chunk", format!("{}/{chunk:020}", pk(pool))),
-            Record::PendingRelay { seq, .. }
-            | Record::RoutedPendingRelay { seq, .. }
-            | Record::PendingRelayGone { seq } => ("pending_relay", format!("{seq:020}")),
+            Record::PendingRelay { seq, .. } | Record::PendingRelayGone { seq } => {
+                ("pending_relay", format!("{seq:020}"))
+            }
             Record::SlaveKey { id, .. } | Record::SlaveKeyGone { id } => {
                 ("slave_key", id.to_string())
             }

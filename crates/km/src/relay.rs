@@ -29,13 +29,16 @@ const MAX_RELAY_BYTES: usize = 1 << 20;
 /// Most relay hops one neighbour may have waiting for link key here.
 pub(crate) const MAX_WAITING_HOPS_PER_PEER: usize = 256;
 
+/// Most block ids one `LinkMissing` names.
+const MAX_MISSING_REPORT: usize = 4096;
+
 /// A relay started here and not yet acknowledged by its destination.
 #[derive(Debug)]
 pub(crate) struct PendingRelay {
     pub(crate) dest: NodeId,
     pub(crate) key: Key,
     pub(crate) deadline: Instant,
-    /// The path of each share (one path for single-path relay; empty after a restart).
+    /// The path of each share (one path for single-path relay).
     pub(crate) paths: Vec<Vec<NodeId>>,
     /// Shares that rebuild the key.
     pub(crate) threshold: u8,
@@ -141,29 +144,6 @@ impl Default for Relays {
 }
 
 impl Relays {
-    /// Restores a relay in flight from the store, with its paths when the record has them.
-    pub(crate) fn restore_pending(
-        &mut self,
-        seq: u64,
-        dest: NodeId,
-        key: Key,
-        route: Option<RelayRoute>,
-        deadline: Instant,
-    ) {
-        let (paths, threshold) = route.map_or((Vec::new(), 1), |r| (r.paths, r.threshold));
-        self.pending.insert(
-            seq,
-            PendingRelay {
-                dest,
-                key,
-                deadline,
-                paths,
-                threshold,
-                lost: BTreeSet::new(),
-            },
-        );
-    }
-
     /// Which nodes could see which shares, for every relay in flight from here.
     pub(crate) fn exposures(&self) -> Vec<RelayExposure> {
         self.pending
@@ -199,6 +179,32 @@ impl Relays {
             self.pending.remove(s);
         }
         seqs
+    }
+
+    /// Forgets every relay in flight whose path (after this node) passes through or ends at
+    /// `node`, or, with `first_hop_only`, whose first hop is `node`; returns them.
+    pub(crate) fn drop_pending_via(
+        &mut self,
+        node: &str,
+        first_hop_only: bool,
+    ) -> Vec<(u64, PendingRelay)> {
+        let seqs: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                p.paths.iter().any(|path| {
+                    if first_hop_only {
+                        path.get(1).is_some_and(|n| n == node)
+                    } else {
+                        path.iter().skip(1).any(|n| n == node)
+                    }
+                })
+            })
+            .map(|(s, _)| *s)
+            .collect();
+        seqs.into_iter()
+            .filter_map(|s| self.pending.remove(&s).map(|p| (s, p)))
+            .collect()
     }
 
     /// Relays towards `dest` started here and not yet acknowledged.
@@ -435,11 +441,13 @@ impl KeyManager {
         let len = self.cfg.policy.relay_chunk_bytes as usize;
         let n = plan.paths.len();
         let share_len = if n == 1 { len } else { len + AMD_OVERHEAD };
-        if plan
-            .paths
-            .iter()
-            .any(|p| (self.links.tx_free(&p[1]) as usize) < share_len + MAC_KEY_LEN)
-        {
+        // Link key goes only to a neighbour that told this run what it saw of our half
+        // (`Seen`): before that, a store restored from an older copy would spend pad bytes it
+        // already spent.
+        if plan.paths.iter().any(|p| {
+            !self.is_reconciled(&p[1])
+                || (self.links.tx_free(&p[1]) as usize) < share_len + MAC_KEY_LEN
+        }) {
             return false;
         }
         let seq = self.relays.next_seq;
@@ -496,14 +504,10 @@ impl KeyManager {
             name: Counter::Relay,
             next: self.relays.next_seq,
         });
-        batch.push(Record::RoutedPendingRelay {
+        batch.push(Record::PendingRelay {
             seq,
             dest: dest.to_string(),
             key: key.clone(),
-            route: RelayRoute {
-                paths: plan.paths.clone(),
-                threshold: t,
-            },
         });
         self.relays.pending.insert(
             seq,
@@ -543,6 +547,7 @@ impl KeyManager {
             } => self.on_assign(from, epoch, seq, master, slaves, keys),
             PeerMsg::AssignAck { seq, ok } => self.on_assign_ack(from, seq, ok),
             PeerMsg::Revoke { seq } => self.on_revoke(from, seq),
+            PeerMsg::PoolMissing { chunks } => self.on_pool_missing(from, chunks),
             PeerMsg::Hello {
                 store,
                 epoch,
@@ -647,12 +652,8 @@ impl KeyManager {
             Err(HopFault::Missing(block)) => {
                 // Tell the neighbour to stop spending that block, and the origin to stop waiting.
                 self.stats.replays_rejected += 1;
-                self.out.send(
-                    from,
-                    PeerMsg::LinkMissing {
-                        blocks: vec![block],
-                    },
-                );
+                let blocks = self.links.missing_run(&from, block, MAX_MISSING_REPORT);
+                self.out.send(from, PeerMsg::LinkMissing { blocks });
                 self.abort_to_origin(relay, share.map(|s| s.index), AbortReason::LinkKeyMissing);
                 return;
             }
@@ -667,7 +668,11 @@ impl KeyManager {
             Some(path[pos + 1].clone())
         };
         if let Some(next) = &next {
-            if (self.links.tx_free(next) as usize) < MAC_KEY_LEN + ct.len() {
+            // As in `start_relay`: no link key towards a neighbour this run has not reconciled
+            // with.
+            if !self.is_reconciled(next)
+                || (self.links.tx_free(next) as usize) < MAC_KEY_LEN + ct.len()
+            {
                 self.wait_hop(WaitingHop {
                     deadline: now + self.cfg.policy.hop_wait,
                     from,
@@ -701,7 +706,7 @@ impl KeyManager {
         if next.is_none() && !current {
             // A relay from an earlier run of its origin (or one this run has not heard from):
             // its counter may be reused, so it is not kept. The link key stays spent.
-            self.stats.stale_dropped += 1;
+            self.stale_from(&relay.origin);
             tracing::info!(origin = %relay.origin, seq = relay.seq, "relay from an earlier run of its origin dropped");
             self.out.store(batch, vec![]);
             return;
@@ -893,11 +898,8 @@ impl KeyManager {
             return;
         };
         // Only a node on the relay's path (of that share, for a multi-path relay) may abort it.
-        // A relay restored after a restart has no recorded paths: any node on a route to its
-        // destination may then abort it, which at worst abandons it early.
         let on_path = |path: &Vec<NodeId>| path.iter().skip(1).any(|n| n == from);
         let allowed = match share {
-            _ if p.paths.is_empty() => true,
             Some(i) if p.paths.len() > 1 => p
                 .paths
                 .get(usize::from(i).wrapping_sub(1))
@@ -951,6 +953,25 @@ impl KeyManager {
             Record::PendingRelayGone { seq: relay.seq },
         ];
         self.stats.relays_acked += 1;
+        self.out.store(batch, vec![]);
+    }
+
+    /// Gives up at once on the relays in flight that `node` may have lost: those through or
+    /// to it when a new run of it greets this one (it crashed or was restarted), those whose
+    /// first hop it is when its channel goes down (what was queued to it is gone). Waiting for
+    /// their timeout would hold the destination's in-flight slots and leave its pool dry. A
+    /// relay given up on that still arrives only leaves unused key at its destination.
+    pub(crate) fn abandon_relays_via(&mut self, node: &str, first_hop_only: bool) {
+        let gone = self.relays.drop_pending_via(node, first_hop_only);
+        if gone.is_empty() {
+            return;
+        }
+        let mut batch = Vec::with_capacity(gone.len());
+        for (seq, p) in gone {
+            self.stats.relays_abandoned += 1;
+            self.stats.abandoned_key_bytes += p.spent_here();
+            batch.push(Record::PendingRelayGone { seq });
+        }
         self.out.store(batch, vec![]);
     }
 

@@ -550,8 +550,9 @@ impl KeyManager {
         };
         if !self.reconcile.is_current(&origin, epoch) {
             // From an earlier run of the origin (its counter may be reused), or before its
-            // `Hello` reached this run: no answer; the origin times it out.
-            self.stats.stale_dropped += 1;
+            // `Hello` reached this run: no answer (the origin times it out), but tell the
+            // origin which of its runs this node takes for current.
+            self.stale_from(&origin);
             return;
         }
         if let Some(state) = self.supply.applied_assigns.get(&(origin.clone(), seq)) {
@@ -573,6 +574,23 @@ impl KeyManager {
                 .iter()
                 .all(|k| !self.supply.slave_keys.contains_key(&k.id));
         if !valid {
+            self.out.push(ack_ok(false));
+            return;
+        }
+        let missing = self.pools.in_missing(
+            &origin,
+            keys.iter().flat_map(|k| match &k.source {
+                KeySource::Pool(spans) => spans.iter(),
+                KeySource::Otp { pad, .. } => pad.iter(),
+            }),
+        );
+        if !missing.is_empty() {
+            // Key the origin relayed here that this store no longer holds (lost or restored from
+            // an older copy): tell it to drop those chunks, or it would offer them again and
+            // again. Nothing is spent here.
+            self.stats.pool_chunks_missing += missing.len() as u64;
+            self.out
+                .send(origin.clone(), PeerMsg::PoolMissing { chunks: missing });
             self.out.push(ack_ok(false));
             return;
         }
@@ -684,6 +702,15 @@ impl KeyManager {
             self.out.store(batch, vec![]);
         }
         self.out.answer(a.req, Err(Refusal::Unavailable(why)));
+    }
+
+    /// `from` lacks these chunks of our out-pool for it: drop them (see [`PeerMsg::PoolMissing`]).
+    pub(crate) fn on_pool_missing(&mut self, from: NodeId, chunks: Vec<u64>) {
+        let mut batch = Vec::new();
+        self.stats.pool_key_discarded += self.pools.drop_missing_out(&from, &chunks, &mut batch);
+        if !batch.is_empty() {
+            self.out.store(batch, vec![]);
+        }
     }
 
     pub(crate) fn on_revoke(&mut self, origin: NodeId, seq: u64) {

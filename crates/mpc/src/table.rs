@@ -80,6 +80,25 @@ impl Schema {
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
     }
+
+    /// Names of the stored columns, sorted: what [`encode_csv`] stores and every
+    /// [`TableShare`] holds (a refresh deals a zero-sharing of each).
+    pub fn stored_names(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for c in &self.columns {
+            match &c.ty {
+                ColumnType::Cat(cats) => out.extend(cats.iter().map(|k| onehot_name(&c.name, k))),
+                ColumnType::Int | ColumnType::Fixed(_) => {
+                    out.push(c.name.clone());
+                    if c.nullable {
+                        out.push(valid_name(&c.name));
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
 }
 
 /// Name of the stored one-hot column of category `cat` of `col`.
@@ -520,6 +539,10 @@ mod tests {
         assert_eq!(t.stored["sex=M"], vec![0, 1, 0]);
         let c = t.schema.column("sex").unwrap();
         assert_eq!(c.ty, ColumnType::Cat(vec!["F".into(), "M".into()]));
+        assert_eq!(
+            t.schema.stored_names(),
+            t.stored.keys().cloned().collect::<Vec<_>>()
+        );
         let shares = share_table(&t, &mut os_words());
         let back = TableShare::from_bytes(&shares[1].to_bytes()).unwrap();
         assert_eq!(back, shares[1]);

@@ -1,7 +1,8 @@
 //! All faults at once: a seeded run with applications asking for keys while nodes crash (at any
-//! action boundary), lose power, fail store writes and get cut off, messages are lost,
-//! duplicated and reordered, and a hostile neighbour attacks; then everything heals and every
-//! key a master got must still be fetchable by its slaves, with the same bytes.
+//! action boundary), lose power, fail store writes, lose their whole database or are restored
+//! from an earlier copy of it, and get cut off, messages are lost, duplicated and reordered, and
+//! a hostile neighbour attacks; then everything heals and every key a master got must still be
+//! fetchable by its slaves, with the same bytes (except keys lost with a database, counted).
 //!
 //! [`run`] panics (with the seed) when an invariant breaks; [`replay_hint`] says how to run one
 //! seed again.
@@ -55,8 +56,8 @@ impl Default for ChaosConfig {
             p_crash_at_action: 0.03,
             p_power_loss: 0.01,
             p_partition: 0.02,
-            p_wipe: 0.0,
-            p_rollback: 0.0,
+            p_wipe: 0.002,
+            p_rollback: 0.003,
             p_msg: 0.03,
             chaos: Duration::from_millis(2500),
         }
@@ -80,6 +81,28 @@ pub struct ChaosReport {
     pub lost_with_store: usize,
     /// Faults injected.
     pub faults: FaultCounts,
+}
+
+impl ChaosReport {
+    /// Adds another run's figures to these.
+    pub fn add(&mut self, r: &ChaosReport) {
+        self.delivered += r.delivered;
+        self.fetched += r.fetched;
+        self.refused += r.refused;
+        self.window += r.window;
+        self.window_lost += r.window_lost;
+        self.lost_with_store += r.lost_with_store;
+        let (f, t) = (&r.faults, &mut self.faults);
+        t.crashes += f.crashes;
+        t.power_losses += f.power_losses;
+        t.store_failures += f.store_failures;
+        t.fence_restarts += f.fence_restarts;
+        t.partitions += f.partitions;
+        t.hostile_msgs += f.hostile_msgs;
+        t.lost_replies += f.lost_replies;
+        t.wipes += f.wipes;
+        t.rollbacks += f.rollbacks;
+    }
 }
 
 /// The command that replays one seed of the chaos test.
@@ -273,6 +296,7 @@ pub fn run(seed: u64, cfg: &ChaosConfig) -> ChaosReport {
 
     // The healed network still serves keys.
     let mut served = false;
+    let mut last = None;
     for _ in 0..40 {
         let req = sim.call(
             "a",
@@ -285,23 +309,62 @@ pub fn run(seed: u64, cfg: &ChaosConfig) -> ChaosReport {
                 route: None,
             },
         );
-        if let Some(Answered {
-            reply: Ok(AppReply::Keys(_)),
-            ..
-        }) = sim.run_until_answered(req, Duration::from_secs(6))
-        {
-            served = true;
-            break;
+        match sim.run_until_answered(req, Duration::from_secs(6)) {
+            Some(Answered {
+                reply: Ok(AppReply::Keys(_)),
+                ..
+            }) => {
+                served = true;
+                break;
+            }
+            other => last = other.map(|a| a.reply),
         }
         sim.run_for(Duration::from_millis(100));
     }
-    assert!(served, "seed {seed}: the healed network serves no keys a→d");
+    assert!(
+        served,
+        "seed {seed}: the healed network serves no keys a→d (last answer: {last:?})\n{}",
+        diagnose(&sim)
+    );
     report.delivered = sim.oracle().delivered();
     report.fetched = sim.oracle().fetched();
     report.window = sim.oracle().window();
     report.lost_with_store = sim.oracle().lost_with_store();
     report.faults = sim.counts.clone();
     report
+}
+
+/// What each honest node holds now (for a failure message): reconciled peers, links, pools.
+fn diagnose(sim: &Sim) -> String {
+    let mut out = String::new();
+    for n in HONEST {
+        let Some(km) = sim.node(n) else {
+            out += &format!("{n}: down\n");
+            continue;
+        };
+        let st = km.km_status();
+        let unreconciled: Vec<&str> = HONEST
+            .iter()
+            .copied()
+            .filter(|p| *p != n && !km.is_reconciled(p))
+            .collect();
+        out += &format!("{n}: not reconciled with {unreconciled:?}; links");
+        for l in &st.links {
+            out += &format!(
+                " {}(up {}, tx {}, rx {}, hw {:?})",
+                l.peer, l.peer_up, l.tx_bytes, l.rx_bytes, l.high_water
+            );
+        }
+        out += "; pools";
+        for p in &st.pools {
+            out += &format!(
+                " {}(out {}, in {}, flying {}, route {:?})",
+                p.peer, p.out_bytes, p.in_bytes, p.relays_in_flight, p.route
+            );
+        }
+        out += &format!("\n  {:?}\n", st.stats);
+    }
+    out
 }
 
 /// Issues a few application calls at random.
@@ -388,7 +451,7 @@ fn collect(sim: &mut Sim, reqs: &mut BTreeMap<u64, Req>, report: &mut ChaosRepor
                 assert!(
                     ids.iter()
                         .any(|id| o.in_window(id, slave) || o.in_lost_store(id, slave)),
-                    "seed {seed}: dec_keys at {} for {slave} refused: {e:?}",
+                    "seed {seed}: dec_keys at {} for {slave} refused: {e:?} {ids:?}",
                     r.node
                 );
             }

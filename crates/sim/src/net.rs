@@ -182,6 +182,9 @@ pub struct Sim {
     next_req: u64,
     answers: BTreeMap<u64, Answered>,
     asked: BTreeMap<u64, (String, Asked)>,
+    /// `enc_keys` requests in progress when a slave's node lost its database: the keys they
+    /// are answered with may be gone at that node (it may have confirmed them before).
+    lost_slaves: BTreeMap<u64, BTreeSet<String>>,
     oracle: Oracle,
     /// Node pairs that cannot reach each other (both orders).
     cut: BTreeSet<(String, String)>,
@@ -235,6 +238,7 @@ impl Sim {
             next_req: 1,
             answers: BTreeMap::new(),
             asked: BTreeMap::new(),
+            lost_slaves: BTreeMap::new(),
             oracle: Oracle::new(seed),
             cut: BTreeSet::new(),
             hostile_inbox: Vec::new(),
@@ -447,6 +451,14 @@ impl Sim {
                     self.nodes.get_mut(id).expect("node").waiting.remove(&req);
                     if let Some((_, asked)) = self.asked.get(&req) {
                         self.oracle.answered(id, asked, &reply);
+                    }
+                    if let (Some(nodes), Ok(AppReply::Keys(keys))) =
+                        (self.lost_slaves.remove(&req), &reply)
+                    {
+                        let ids: Vec<_> = keys.iter().map(|k| k.id).collect();
+                        for n in nodes {
+                            self.oracle.lost_with(&ids, &n);
+                        }
                     }
                     self.answers.insert(
                         req,
@@ -757,7 +769,28 @@ impl Sim {
         if let Some(n) = self.nodes.get_mut(id) {
             n.durable.clear();
         }
+        self.store_lost(id);
+    }
+
+    /// `id` lost (part of) its database: keys owed to its slaves may be gone, and so may keys of
+    /// assignments it confirmed whose masters are not yet answered.
+    fn store_lost(&mut self, id: &str) {
         self.oracle.store_lost(id);
+        let waiting: Vec<u64> = self
+            .nodes
+            .values()
+            .flat_map(|n| n.waiting.iter().copied())
+            .collect();
+        for req in waiting {
+            if let Some((_, Asked::Enc { slaves, .. })) = self.asked.get(&req) {
+                if slaves.iter().any(|(_, n)| n == id) {
+                    self.lost_slaves
+                        .entry(req)
+                        .or_default()
+                        .insert(id.to_string());
+                }
+            }
+        }
     }
 
     /// A copy of what a node's store holds now (a backup).
@@ -775,7 +808,7 @@ impl Sim {
         if let Some(n) = self.nodes.get_mut(id) {
             n.durable = copy.0.clone();
         }
-        self.oracle.store_lost(id);
+        self.store_lost(id);
     }
 
     /// Restarts a stopped node from its durable records.

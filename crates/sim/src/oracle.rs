@@ -85,6 +85,24 @@ impl Oracle {
         self.owed.retain(|_, (_, s)| !s.is_empty());
     }
 
+    /// Keys `ids` were answered to their master after `node`, which serves some of their
+    /// slaves, lost its database while the request was in progress: those slaves may never get
+    /// them (allowed, counted as lost with the store).
+    pub fn lost_with(&mut self, ids: &[Uuid], node: &str) {
+        for id in ids {
+            if let Some((_, slaves)) = self.owed.get_mut(id) {
+                slaves.retain(|(s, n)| {
+                    let lost = n == node;
+                    if lost {
+                        self.store_lost.insert((*id, s.clone()));
+                    }
+                    !lost
+                });
+            }
+        }
+        self.owed.retain(|_, (_, s)| !s.is_empty());
+    }
+
     /// Whether `(id, slave)` was lost with its node's database.
     pub fn in_lost_store(&self, id: &Uuid, slave: &str) -> bool {
         self.store_lost.contains(&(*id, slave.to_string()))

@@ -1,6 +1,6 @@
 //! Every fault at once over many seeds (see `kagi_sim::chaos`): crashes at any action boundary,
-//! power loss, failed store writes, partitions, lost/duplicated/reordered messages and a hostile
-//! neighbour. `KAGI_SIM_SEED` / `KAGI_SIM_RUNS` choose the seeds (default: 200 from 1); a
+//! power loss, failed store writes, wiped databases and databases restored from an earlier copy,
+//! partitions, lost/duplicated/reordered messages and a hostile neighbour. `KAGI_SIM_SEED` / `KAGI_SIM_RUNS` choose the seeds (default: 200 from 1); a
 //! failure prints the command that replays its seed.
 
 use kagi_sim::chaos::{self, ChaosConfig, ChaosReport};
@@ -25,22 +25,7 @@ fn run_seeds(first: u64, runs: u64, cfg: &ChaosConfig) -> ChaosReport {
                 continue;
             }
         };
-        total.delivered += r.delivered;
-        total.fetched += r.fetched;
-        total.refused += r.refused;
-        total.window += r.window;
-        total.window_lost += r.window_lost;
-        total.lost_with_store += r.lost_with_store;
-        let (f, t) = (&r.faults, &mut total.faults);
-        t.crashes += f.crashes;
-        t.power_losses += f.power_losses;
-        t.store_failures += f.store_failures;
-        t.fence_restarts += f.fence_restarts;
-        t.partitions += f.partitions;
-        t.hostile_msgs += f.hostile_msgs;
-        t.lost_replies += f.lost_replies;
-        t.wipes += f.wipes;
-        t.rollbacks += f.rollbacks;
+        total.add(&r);
     }
     assert!(
         failed.is_empty(),
@@ -58,4 +43,5 @@ fn every_fault_at_once_keeps_every_key_invariant() {
     eprintln!("chaos: {r:?} in {:.1?}", t.elapsed());
     assert!(r.delivered > 0 && r.fetched > 0, "{r:?}");
     assert!(r.faults.crashes > 0 && r.faults.store_failures > 0, "{r:?}");
+    assert!(r.faults.wipes > 0 && r.faults.rollbacks > 0, "{r:?}");
 }

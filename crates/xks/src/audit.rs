@@ -129,6 +129,14 @@ impl Audit {
         }
     }
 
+    /// Makes every later write fail (tests of the fail-closed path).
+    #[cfg(test)]
+    pub(crate) fn inject_write_fault(&self) {
+        if let Some(t) = &self.trail {
+            t.inject_write_fault();
+        }
+    }
+
     /// Ends the trail with a signed checkpoint (a clean stop, or the end of a `kagi xks key`
     /// command).
     pub fn close(&self) -> Result<(), String> {

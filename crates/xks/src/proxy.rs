@@ -682,4 +682,87 @@ mod tests {
             assert!(route(&c, bad).is_none(), "{bad}");
         }
     }
+
+    /// Fail closed: once the trail cannot be written, a request that would succeed is answered
+    /// 500 InternalException instead of being served unaudited.
+    #[tokio::test]
+    async fn an_operation_that_cannot_be_audited_is_refused() {
+        use crate::backend::MemoryBackend;
+        use crate::creds::{Credential, UriPath};
+        use crate::registry::KeyRecord;
+        let dir = std::env::temp_dir().join(format!("kagi-xks-failclosed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let backend = Arc::new(MemoryBackend::default());
+        let created = backend.create("k1").unwrap();
+        let cred = Credential {
+            access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
+            secret_access_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
+        };
+        let creds = Credentials {
+            uri_paths: vec![UriPath {
+                uri_path: "/kms/xks/v1".into(),
+                credentials: vec![cred.clone()],
+            }],
+        };
+        let reg = Registry {
+            keys: vec![KeyRecord {
+                id: "k1".into(),
+                object: created.object,
+                status: KeyStatus::Enabled,
+                created_unix: 0,
+                changed_unix: 0,
+                k: 1,
+                n: 1,
+                sites: created.sites,
+                qkd_key_bytes: 0,
+            }],
+        };
+        let audit = Audit::open(&crate::audit::trail_path(&dir, "proxy")).unwrap();
+        let proxy = Arc::new(Proxy::new(
+            ProxySettings {
+                region: None,
+                idle_zeroize: Duration::from_secs(60),
+            },
+            creds,
+            None,
+            reg,
+            None,
+            backend,
+            audit,
+        ));
+        let call = || async {
+            let path = "/kms/xks/v1/keys/k1/metadata";
+            let body = br#"{"requestMetadata": {"awsPrincipalArn": "arn:aws:iam::1:user/a", "kmsOperation": "DescribeKey", "kmsRequestId": "r-1"}}"#;
+            let now = crate::time::now_unix();
+            let base = [
+                ("host", "xks.example"),
+                ("content-type", "application/json"),
+            ];
+            let (date, auth) = sigv4::sign(
+                &sigv4::Request {
+                    method: "POST",
+                    path,
+                    query: "",
+                    headers: &base,
+                    body,
+                },
+                now,
+                "us-east-1",
+                &cred.access_key_id,
+                &cred.secret_access_key,
+            );
+            let mut headers = base.to_vec();
+            headers.push(("x-amz-date", &date));
+            headers.push(("authorization", &auth));
+            proxy.handle("POST", path, "", &headers, body, now).await
+        };
+        let a = call().await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        proxy.audit().inject_write_fault();
+        let a = call().await;
+        assert_eq!(a.status, 500, "{}", a.body);
+        assert!(a.body.contains("InternalException"), "{}", a.body);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

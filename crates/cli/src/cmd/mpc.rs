@@ -184,6 +184,60 @@ pub fn put_table(
     Ok(())
 }
 
+/// `kagi vault refresh ID` when ID names a table: re-randomises the table's shares at its three
+/// sites. Returns `false` (and does nothing) if no site holds a table with that ID or name.
+pub fn refresh_table(
+    id: &str,
+    owner: &mut EtsiKeys,
+    sites: &mut Vec<RemoteSite>,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let started = Instant::now();
+    let Some(m) = tables_of(sites)?
+        .into_iter()
+        .find(|m| m.object == id || m.name == id)
+    else {
+        return Ok(false);
+    };
+    let mut chosen: Vec<RemoteSite> = Vec::new();
+    for s in &m.sites {
+        let i = sites
+            .iter()
+            .position(|x| x.id() == s)
+            .with_context(|| format!("site {s} of the table is not in network.json"))?;
+        chosen.push(sites.remove(i));
+    }
+    let before = owner.key_bytes_used() + chosen.iter().map(SiteApi::key_bytes_used).sum::<u64>();
+    let spin = super::progress::spinner(&format!(
+        "refreshing table {} ({} rows) at {}",
+        m.name,
+        m.schema.rows,
+        m.sites.join(", ")
+    ));
+    let r = kagi_vault::net::table_refresh::refresh_table(&mut chosen, owner, &m);
+    spin.finish_and_clear();
+    let epoch = r.context("table refresh failed; the table is unchanged (a retry settles it)")?;
+    let spent =
+        owner.key_bytes_used() + chosen.iter().map(SiteApi::key_bytes_used).sum::<u64>() - before;
+    let secs = started.elapsed().as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"table": m.object, "name": m.name, "epoch": epoch,
+                "qkd_key_bytes": spent, "seconds": secs})
+        );
+    } else {
+        println!(
+            "{} (table {}): every share re-randomised, now refresh epoch {epoch}; QKD key spent: {}; {:.2} s",
+            m.object,
+            m.name,
+            fmt_bytes(spent),
+            secs
+        );
+    }
+    Ok(true)
+}
+
 fn tables_of(sites: &mut [RemoteSite]) -> anyhow::Result<Vec<TableManifest>> {
     let mut all: Vec<TableManifest> = Vec::new();
     for s in sites.iter_mut() {
@@ -310,6 +364,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     .with_context(|| format!("site {s} of the table is not in network.json"))?;
                 chosen.push(sites.remove(i));
             }
+            // The sites compute in one exchange each: a spinner with the time elapsed (on a
+            // terminal only) shows that a key-bound query is waiting, not stuck.
+            let spin = super::progress::spinner(&format!(
+                "{} on {} ({} rows) at {}: {} security, {} channels",
+                expr,
+                m.name,
+                m.schema.rows,
+                m.sites.join(", "),
+                if semi_honest {
+                    "semi-honest"
+                } else {
+                    "malicious"
+                },
+                if channel == Channel::Its {
+                    "one-time-pad"
+                } else {
+                    "TLS"
+                }
+            ));
             let out = query_table(
                 &mut chosen,
                 &mut owner,
@@ -318,7 +391,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 security,
                 channel,
                 min_group,
-            )?;
+            );
+            spin.finish_and_clear();
+            let out = out?;
             let total: u64 = out.key_spent_bytes.values().sum::<u64>() + owner.key_bytes_used();
             let _ = chosen.iter().map(SiteApi::key_bytes_used).sum::<u64>();
             if args.json {
@@ -329,6 +404,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         "key_spent_bytes": out.key_spent_bytes,
                         "bytes_sent": out.bytes_sent,
                         "elapsed_s": out.elapsed_s,
+                        "work": out.work,
                         "security": if semi_honest { "semi-honest" } else { "malicious" },
                         "channel": if channel == Channel::Its { "its" } else { "tls" },
                     })
@@ -349,6 +425,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     },
                     out.elapsed_s,
                     fmt_bytes(total)
+                );
+                eprintln!(
+                    "  work per site: {} AND gates, {} 64-bit multiplications, {} rounds",
+                    out.work.ands, out.work.mults, out.work.rounds
                 );
                 for (link, b) in &out.key_spent_bytes {
                     eprintln!("  {link:<40} {}", fmt_bytes(*b));

@@ -68,9 +68,10 @@ pub enum VaultCommand {
     },
     /// List stored objects.
     Ls,
-    /// Proactive refresh of object ID: every share is re-randomised; the object is unchanged.
+    /// Proactive refresh of object ID (a stored object or a shared table): every share is
+    /// re-randomised; the object is unchanged and earlier shares no longer combine with new ones.
     Refresh {
-        /// Object ID.
+        /// Object ID (or a table's name).
         id: String,
     },
     /// Rebuild site S's share of object ID from k other sites.
@@ -534,6 +535,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         VaultCommand::Refresh { id } => {
+            if super::mpc::refresh_table(&id, &mut owners[0], &mut sites, args.json)? {
+                return Ok(());
+            }
             client::refresh(&mut sites, &id)?;
             println!(
                 "{id}: every share re-randomised; QKD key spent: {}",

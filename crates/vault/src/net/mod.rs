@@ -34,6 +34,7 @@ mod etsi;
 pub mod mpc;
 mod remote;
 mod server;
+pub mod table_refresh;
 pub mod wire;
 
 use std::path::{Path, PathBuf};

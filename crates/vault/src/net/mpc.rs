@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use kagi_keymat::Key;
 use kagi_mpc::its::{ItsTransport, KeyId, PadSupply};
+use kagi_mpc::party::PartyStats;
 use kagi_mpc::query::{decode, execute, plan, Query};
 use kagi_mpc::shares::reconstruct;
 use kagi_mpc::{LinkStats, MpcError, Party, Peer, Security, Shares, Transport, Z64};
@@ -63,6 +64,10 @@ pub struct RunRequest {
     pub channel: Channel,
     /// Minimum rows behind a released aggregate.
     pub min_group: u64,
+    /// The refresh epoch of the shares the owner expects (absent: any). A site at another
+    /// epoch refuses, so that no query mixes shares from before and after a refresh.
+    #[serde(default)]
+    pub epoch: Option<u64>,
 }
 
 /// Largest party message (words) a site accepts from a neighbour.
@@ -303,6 +308,14 @@ pub async fn run_party(
     // Check the query here too: a site never runs what it cannot vouch for.
     let planned = plan(&manifest.schema, &req.query).map_err(mpc_err)?;
     let listener = TcpListener::from_std(m.take_session(&req.session)?)?;
+    // After taking the session, so that the neighbours' connections fail at once.
+    if let Some(e) = req.epoch.filter(|&e| e != manifest.epoch) {
+        return Err(VaultError::Malformed(format!(
+            "table {} is at refresh epoch {} at this site, the query expects {e}: a refresh is \
+             under way or was interrupted (`kagi vault refresh {}` settles it); retry",
+            manifest.object, manifest.epoch, manifest.object
+        )));
+    }
     let next = (party + 1) % 3;
     let prev = (party + 2) % 3;
     let next_name = ServerName::try_from(manifest.sites[next].clone())
@@ -396,13 +409,14 @@ pub async fn run_party(
                 )
             }
         };
-        let (out, stats) = result.map_err(mpc_err)?;
+        let (out, stats, work) = result.map_err(mpc_err)?;
         let mut payload = from_words(&out.a);
         payload.extend_from_slice(&from_words(&out.b));
         let payload = Key::from_vec(payload);
         let info = serde_json::json!({
             "party": party,
             "stats": stats,
+            "work": work,
             "elapsed_s": started.elapsed().as_secs_f64(),
         });
         let mut keys = (mm.keys)()?;
@@ -434,11 +448,11 @@ fn party_run<T: Transport>(
     schema: &kagi_mpc::table::Schema,
     planned: &kagi_mpc::query::Plan,
     min_group: u64,
-) -> kagi_mpc::Result<(Shares<Z64>, LinkStats)> {
+) -> kagi_mpc::Result<(Shares<Z64>, LinkStats, PartyStats)> {
     let mut p = Party::connect(party, t, security)?;
     let o = execute(&mut p, share, schema, planned, min_group)?;
     let o = p.reveal(&o)?;
-    Ok((o, p.link_stats()))
+    Ok((o, p.link_stats(), p.stats()))
 }
 
 /// What a query gave the owner.
@@ -453,6 +467,9 @@ pub struct QueryOutcome {
     pub bytes_sent: std::collections::BTreeMap<String, u64>,
     /// Wall time of the whole query.
     pub elapsed_s: f64,
+    /// What one party computed (AND gates, 64-bit multiplications, rounds; all three do the
+    /// same), so that key spent can be set against gates.
+    pub work: PartyStats,
 }
 
 /// Runs `query` on a table (owner side). `sites` are the table's three sites in party order;
@@ -506,6 +523,7 @@ pub fn query_table(
                     security,
                     channel,
                     min_group,
+                    epoch: Some(manifest.epoch),
                 };
                 let path = path.clone();
                 sc.spawn(move || {
@@ -540,6 +558,7 @@ pub fn query_table(
     }
     let mut parts = Vec::new();
     let mut stats = Vec::new();
+    let mut work: Option<PartyStats> = None;
     for env in &envs {
         let (h, payload) = open(owner, env)?;
         if h.kind != "mpc-result" || h.object != manifest.object {
@@ -553,6 +572,9 @@ pub fn query_table(
         ));
         let st: LinkStats = serde_json::from_value(h.info["stats"].clone()).unwrap_or_default();
         stats.push(st);
+        if work.is_none() {
+            work = serde_json::from_value(h.info["work"].clone()).ok();
+        }
     }
     let parts: [Shares<Z64>; 3] = parts
         .try_into()
@@ -580,5 +602,6 @@ pub fn query_table(
         key_spent_bytes: key_spent,
         bytes_sent,
         elapsed_s: started.elapsed().as_secs_f64(),
+        work: work.unwrap_or_default(),
     })
 }

@@ -405,6 +405,39 @@ fn route(
             }
             ok()
         }
+        ("GET", ["v1", "tables", id, "state"]) => match crate::tables::manifest(site, id, false) {
+            Some(m) if m.owner == caller => Ok(Reply::Json(serde_json::json!({
+                "epoch": m.epoch,
+                "prepared": crate::tables::prepared_epoch(site, id),
+            }))),
+            _ => Err(VaultError::UnknownObject(id.to_string())),
+        },
+        ("POST", ["v1", "tables", id, "refresh"]) => {
+            match crate::tables::manifest(site, id, false) {
+                Some(m) if m.owner == caller => {}
+                _ => return Err(VaultError::UnknownObject(id.to_string())),
+            }
+            let env = one_envelope(body);
+            if peek(&env.0)?.from != caller {
+                return Err(VaultError::Malformed(
+                    "table refresh sent by another SAE than the caller".into(),
+                ));
+            }
+            crate::tables::refresh_receive(site, &env)?;
+            ok()
+        }
+        ("POST", ["v1", "tables", id, step @ ("refresh-commit" | "refresh-abort")]) => {
+            match crate::tables::manifest(site, id, false) {
+                Some(m) if m.owner == caller => {}
+                _ => return Err(VaultError::UnknownObject(id.to_string())),
+            }
+            if *step == "refresh-commit" {
+                crate::tables::refresh_commit(site, id)?;
+            } else {
+                crate::tables::refresh_abort(site, id)?;
+            }
+            ok()
+        }
         ("POST", ["v1", "put"]) => {
             let env = one_envelope(body);
             if peek(&env.0)?.from != caller {
