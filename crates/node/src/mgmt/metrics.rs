@@ -260,8 +260,33 @@ pub fn encode(ops: &Ops, km: Option<&KmStatus>) -> String {
             ),
             (
                 "relays_abandoned",
-                "Relays abandoned after the timeout",
+                "Relays abandoned: timed out, aborted on their path, or lost with a node that restarted",
                 s.relays_abandoned,
+            ),
+            (
+                "peer_stores_replaced",
+                "Peers seen to come back with another store (database lost, replaced or rolled back)",
+                s.peer_stores_replaced,
+            ),
+            (
+                "rollbacks_detected",
+                "Times this node found its own store older than what a peer had seen",
+                s.rollbacks_detected,
+            ),
+            (
+                "slave_keys_discarded",
+                "Keys held for slaves discarded because the store was found rolled back",
+                s.slave_keys_discarded,
+            ),
+            (
+                "stale_dropped",
+                "Relays or assignments dropped as not of their origin's current run",
+                s.stale_dropped,
+            ),
+            (
+                "pool_chunks_missing",
+                "Pool chunks named by an assignment that this node no longer held",
+                s.pool_chunks_missing,
             ),
             (
                 "relay_hops_forwarded",
@@ -301,6 +326,18 @@ pub fn encode(ops: &Ops, km: Option<&KmStatus>) -> String {
         ] {
             r.register(name, help, ConstCounter::new(v));
         }
+        r.register_with_unit(
+            "link_key_discarded",
+            "Unspent link key discarded in reconciliation (lost or rolled-back stores)",
+            Unit::Bytes,
+            ConstCounter::new(s.link_key_discarded),
+        );
+        r.register_with_unit(
+            "pool_key_discarded",
+            "Out-pool key dropped because the slave's node reported it no longer held it",
+            Unit::Bytes,
+            ConstCounter::new(s.pool_key_discarded),
+        );
         r.register_with_unit(
             "link_key_spent",
             "Link key spent on relay hops (pads and MAC keys)",
