@@ -28,6 +28,7 @@ impl KeyService for Answering {
                         .map(|i| DeliveredKey {
                             id: uuid_for(i as u64),
                             key: Key::from_slice(&vec![i as u8; bytes]),
+                            paths: None,
                         })
                         .collect(),
                 ))
@@ -42,6 +43,7 @@ impl KeyService for Answering {
                         .map(|id| DeliveredKey {
                             id,
                             key: Key::from_slice(&[7; 32]),
+                            paths: None,
                         })
                         .collect(),
                 ))

@@ -6,6 +6,9 @@
 use kagi_keymat::Key;
 use uuid::Uuid;
 
+use crate::record::RelayRoute;
+use crate::route::RouteRequest;
+
 /// An SAE (secure application entity) identifier, unique across the network.
 pub type SaeId = String;
 
@@ -33,6 +36,8 @@ pub enum AppCall {
         size_bits: Option<u64>,
         /// `additional_slave_SAE_IDs` (multicast).
         additional_slaves: Vec<SaeId>,
+        /// The `kagi_route` extension: path constraints on the key (None: any key).
+        route: Option<RouteRequest>,
     },
     /// ETSI 014 "Get key with key IDs": `slave` fetches keys that `master` obtained.
     DecKeys {
@@ -79,6 +84,17 @@ pub struct DeliveredKey {
     pub id: Uuid,
     /// The key bytes.
     pub key: Key,
+    /// Over which paths it came (only when the request carried `kagi_route`).
+    pub paths: Option<KeyPaths>,
+}
+
+/// Over which paths a key came from the master's KME to the slave's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPaths {
+    /// The relays whose key makes up this key (usually one), each with the node-disjoint paths
+    /// its shares travelled over; `None` for key stored before paths were recorded. Empty when
+    /// master and slave share a KME: the key never left it.
+    pub relays: Vec<Option<RelayRoute>>,
 }
 
 /// A successful answer.
@@ -113,6 +129,26 @@ impl Refusal {
     /// The ETSI 014 fixed message for unsupported mandatory extensions (status 400).
     pub const EXT_MANDATORY_UNSUPPORTED: &'static str =
         "not all extension_mandatory parameters are supported";
+    /// The ETSI 014 fixed message for mandatory extension options that cannot be met (400).
+    pub const EXT_MANDATORY_UNMET: &'static str =
+        "not all extension_mandatory request options could be met";
+
+    /// A 400 with the standard's "could not be met" message and the reason after it.
+    pub fn unmet(why: impl std::fmt::Display) -> Self {
+        Refusal::BadRequest(format!("{}: {why}", Self::EXT_MANDATORY_UNMET))
+    }
+
+    /// The message split into the standard's fixed text and the reason after it, for adapters
+    /// that report the reason apart (ETSI 014 `details`); `(message, None)` for other messages.
+    pub fn standard_and_reason(&self) -> (&str, Option<&str>) {
+        let m = self.message();
+        for fixed in [Self::EXT_MANDATORY_UNMET, Self::EXT_MANDATORY_UNSUPPORTED] {
+            if let Some(why) = m.strip_prefix(fixed).and_then(|r| r.strip_prefix(": ")) {
+                return (fixed, Some(why));
+            }
+        }
+        (m, None)
+    }
 
     /// The HTTP status code ETSI 014 gives this refusal.
     pub fn http_status(&self) -> u16 {

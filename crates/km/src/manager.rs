@@ -222,7 +222,17 @@ impl KeyManager {
                     buf,
                 } => km.links.restore_block(peer, half, block, buf.into()),
                 Record::LinkHighWater { peer, block } => km.links.restore_high_water(peer, block),
+                // A chunk from a store that did not record paths: "paths unknown".
                 Record::Chunk { pool, chunk, buf } => {
+                    km.pools.restore_chunk(pool, chunk, buf.into())
+                }
+                Record::RoutedChunk {
+                    pool,
+                    chunk,
+                    buf,
+                    route,
+                } => {
+                    km.pools.restore_route(&pool, chunk, route);
                     km.pools.restore_chunk(pool, chunk, buf.into())
                 }
                 Record::PendingRelay { seq, .. } => {

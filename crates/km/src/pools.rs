@@ -10,7 +10,7 @@ use kagi_keymat::Key;
 
 use crate::keybuf::{take_sequential, KeyBuf, KeyBufParts};
 use crate::msgs::{NodeId, Span};
-use crate::record::{Pool, Record};
+use crate::record::{Pool, Record, RelayRoute};
 
 /// Both directions of end-to-end key of this node.
 #[derive(Debug, Default)]
@@ -20,6 +20,9 @@ pub(crate) struct Pools {
     /// and this is read on every request and refill tick).
     out_free: BTreeMap<NodeId, u64>,
     inp: BTreeMap<NodeId, BTreeMap<u64, KeyBuf>>,
+    /// The paths each out-pool chunk was relayed over, where known (chunks stored before paths
+    /// were recorded, or relayed by a run that lost them, have none: "paths unknown").
+    out_routes: BTreeMap<NodeId, BTreeMap<u64, RelayRoute>>,
     /// Chunks cut since the last [`flush_touched`](Self::flush_touched).
     touched: BTreeSet<(Pool, u64)>,
 }
@@ -32,6 +35,77 @@ impl Pools {
             Pool::In(o) => self.inp.entry(o).or_default(),
         };
         m.insert(chunk, buf);
+    }
+
+    /// Restores the paths of an out-pool chunk.
+    pub(crate) fn restore_route(&mut self, pool: &Pool, chunk: u64, route: RelayRoute) {
+        if let Pool::Out(d) = pool {
+            self.out_routes
+                .entry(d.clone())
+                .or_default()
+                .insert(chunk, route);
+        }
+    }
+
+    /// The paths out-pool chunk `chunk` for `dest` was relayed over, if known.
+    pub(crate) fn route_of(&self, dest: &str, chunk: u64) -> Option<&RelayRoute> {
+        self.out_routes.get(dest)?.get(&chunk)
+    }
+
+    /// Unspent bytes for `dest` in chunks whose known paths pass `admit`.
+    pub(crate) fn out_free_where(&self, dest: &str, admit: impl Fn(&RelayRoute) -> bool) -> u64 {
+        let (Some(pool), Some(routes)) = (self.out.get(dest), self.out_routes.get(dest)) else {
+            return 0;
+        };
+        pool.iter()
+            .filter(|(c, _)| routes.get(c).is_some_and(&admit))
+            .map(|(_, b)| u64::from(b.tail_free()))
+            .sum()
+    }
+
+    /// Takes `n` bytes for `dest` from chunks whose known paths pass `admit`, oldest first;
+    /// `None` (nothing taken) when they hold too little.
+    pub(crate) fn take_out_where(
+        &mut self,
+        dest: &str,
+        n: usize,
+        admit: impl Fn(&RelayRoute) -> bool,
+    ) -> Option<(Vec<Span>, Key)> {
+        if (self.out_free_where(dest, &admit) as usize) < n {
+            return None;
+        }
+        let routes = self.out_routes.get(dest)?;
+        let pool = self.out.get_mut(dest)?;
+        let mut spans = Vec::new();
+        let mut out = Key::zeroed(0);
+        let mut need = n as u32;
+        for (&id, buf) in pool.iter_mut() {
+            if need == 0 {
+                break;
+            }
+            if !routes.get(&id).is_some_and(&admit) {
+                continue;
+            }
+            let take = buf.tail_free().min(need);
+            if take == 0 {
+                continue;
+            }
+            let start = buf.tail();
+            out.extend_from(&buf.take(start, take).ok()?);
+            spans.push(Span {
+                id,
+                start,
+                len: take,
+            });
+            need -= take;
+        }
+        for s in &spans {
+            self.touched.insert((Pool::Out(dest.to_string()), s.id));
+        }
+        if let Some(f) = self.out_free.get_mut(dest) {
+            *f -= n as u64;
+        }
+        Some((spans, out))
     }
 
     /// Recomputes the out-pool byte counts after a restore.
@@ -75,13 +149,36 @@ impl Pools {
         self.inp.get(origin).is_some_and(|p| p.contains_key(&seq))
     }
 
-    /// Adds a relayed key to the out-pool for `dest`; returns its record.
-    pub(crate) fn add_out(&mut self, dest: &str, seq: u64, key: Key) -> Record {
+    /// Adds a relayed key to the out-pool for `dest`, with the paths it travelled over when
+    /// known; returns its record.
+    pub(crate) fn add_out(
+        &mut self,
+        dest: &str,
+        seq: u64,
+        key: Key,
+        route: Option<RelayRoute>,
+    ) -> Record {
         let buf = KeyBuf::new(key);
-        let rec = Record::Chunk {
-            pool: Pool::Out(dest.to_string()),
-            chunk: seq,
-            buf: KeyBufParts::from(&buf),
+        let pool = Pool::Out(dest.to_string());
+        let parts = KeyBufParts::from(&buf);
+        let rec = match route {
+            Some(route) => {
+                self.out_routes
+                    .entry(dest.to_string())
+                    .or_default()
+                    .insert(seq, route.clone());
+                Record::RoutedChunk {
+                    pool,
+                    chunk: seq,
+                    buf: parts,
+                    route,
+                }
+            }
+            None => Record::Chunk {
+                pool,
+                chunk: seq,
+                buf: parts,
+            },
         };
         *self.out_free.entry(dest.to_string()).or_default() += u64::from(buf.tail_free());
         self.out
@@ -187,9 +284,9 @@ impl Pools {
     /// chunk, however many keys were cut from it), dropping exhausted chunks.
     pub(crate) fn flush_touched(&mut self, batch: &mut Vec<Record>) {
         for (pool, id) in std::mem::take(&mut self.touched) {
-            let map = match &pool {
-                Pool::Out(d) => self.out.get_mut(d),
-                Pool::In(o) => self.inp.get_mut(o),
+            let (map, routes) = match &pool {
+                Pool::Out(d) => (self.out.get_mut(d), self.out_routes.get_mut(d)),
+                Pool::In(o) => (self.inp.get_mut(o), None),
             };
             let Some(map) = map else { continue };
             match map.get(&id) {
@@ -197,14 +294,25 @@ impl Pools {
                     if buf.exhausted() || matches!(pool, Pool::Out(_)) && buf.tail_free() == 0 =>
                 {
                     map.remove(&id);
+                    if let Some(r) = routes {
+                        r.remove(&id);
+                    }
                     batch.push(Record::ChunkGone { pool, chunk: id });
                 }
                 Some(buf) => {
-                    let parts = KeyBufParts::from(buf);
-                    batch.push(Record::Chunk {
-                        pool,
-                        chunk: id,
-                        buf: parts,
+                    let buf = KeyBufParts::from(buf);
+                    batch.push(match routes.and_then(|r| r.get(&id)).cloned() {
+                        Some(route) => Record::RoutedChunk {
+                            pool,
+                            chunk: id,
+                            buf,
+                            route,
+                        },
+                        None => Record::Chunk {
+                            pool,
+                            chunk: id,
+                            buf,
+                        },
                     });
                 }
                 None => batch.push(Record::ChunkGone { pool, chunk: id }),
@@ -225,6 +333,9 @@ impl Pools {
         for (d, c) in chunks {
             if let Some(p) = self.out.get_mut(d) {
                 if p.remove(c).is_some() {
+                    if let Some(r) = self.out_routes.get_mut(d) {
+                        r.remove(c);
+                    }
                     batch.push(Record::ChunkGone {
                         pool: Pool::Out(d.clone()),
                         chunk: *c,
@@ -237,6 +348,7 @@ impl Pools {
 
     /// Drops both pools shared with `peer` (it lost its copies).
     pub(crate) fn drop_pools_with(&mut self, peer: &str, batch: &mut Vec<Record>) {
+        self.out_routes.remove(peer);
         for (pool, map) in [
             (Pool::Out(peer.to_string()), self.out.remove(peer)),
             (Pool::In(peer.to_string()), self.inp.remove(peer)),
@@ -252,5 +364,48 @@ impl Pools {
             Pool::Out(n) | Pool::In(n) => n != peer,
         });
         self.recount();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_without_recorded_paths_serve_only_unconstrained_requests() {
+        let route = RelayRoute {
+            paths: vec![vec!["a".into(), "b".into(), "z".into()]],
+            threshold: 1,
+        };
+        let mut p = Pools::default();
+        // An old store's chunk (paths unknown) and a chunk relayed here now.
+        p.restore_chunk(
+            Pool::Out("z".into()),
+            1,
+            KeyBuf::new(Key::from_slice(&[1; 8])),
+        );
+        p.recount();
+        let rec = p.add_out("z", 2, Key::from_slice(&[2; 8]), Some(route.clone()));
+        assert!(matches!(rec, Record::RoutedChunk { chunk: 2, .. }));
+        assert_eq!(p.out_free("z"), 16);
+        assert_eq!(p.out_free_where("z", |_| true), 8);
+        let (spans, k) = p.take_out_where("z", 6, |r| r == &route).unwrap();
+        assert_eq!((spans[0].id, k.expose()), (2, &[2u8; 6][..]));
+        assert!(
+            p.take_out_where("z", 3, |_| true).is_none(),
+            "only 2 routed bytes are left"
+        );
+        assert_eq!(p.out_free("z"), 10);
+        // Rewritten chunks keep their paths; the unknown one stays unknown.
+        let (_, k) = p.take_out("z", 5).unwrap();
+        assert_eq!(k.expose(), &[1; 5]);
+        let mut batch = Vec::new();
+        p.flush_touched(&mut batch);
+        assert!(batch
+            .iter()
+            .any(|r| matches!(r, Record::Chunk { chunk: 1, .. })));
+        assert!(batch
+            .iter()
+            .any(|r| matches!(r, Record::RoutedChunk { chunk: 2, route: r2, .. } if *r2 == route)));
     }
 }

@@ -153,6 +153,30 @@ pub enum Record {
         /// The marks.
         seen: PeerMarks,
     },
+    /// A pool chunk with the paths its relay travelled over (upsert; same entity as
+    /// [`Record::Chunk`], which older stores hold and which restores as "paths unknown").
+    /// New variants go last: records are encoded by variant index.
+    RoutedChunk {
+        /// Which pool.
+        pool: Pool,
+        /// Chunk id (the relay counter of the origin).
+        chunk: u64,
+        /// Bytes and spent ranges.
+        buf: KeyBufParts,
+        /// The paths its relay travelled over.
+        route: RelayRoute,
+    },
+}
+
+/// The node-disjoint paths one relay's shares travelled over: what a pool chunk records so that
+/// `enc_keys` can serve key relayed under path constraints (the `kagi_route` extension) and say
+/// over which paths it came.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RelayRoute {
+    /// Each share's path `[origin, ..., dest]` (one path: the whole key on a single path).
+    pub paths: Vec<Vec<NodeId>>,
+    /// Shares that rebuild the key (1 for single-path relay).
+    pub threshold: u8,
 }
 
 /// What one node has seen of another node's state, kept across restarts of either.
@@ -205,9 +229,9 @@ impl Record {
                 ("link_block", format!("{peer}/{}/{block:020}", hk(half)))
             }
             Record::LinkHighWater { peer, .. } => ("link_hw", peer.clone()),
-            Record::Chunk { pool, chunk, .. } | Record::ChunkGone { pool, chunk } => {
-                ("chunk", format!("{}/{chunk:020}", pk(pool)))
-            }
+            Record::Chunk { pool, chunk, .. }
+            | Record::RoutedChunk { pool, chunk, .. }
+            | Record::ChunkGone { pool, chunk } => ("chunk", format!("{}/{chunk:020}", pk(pool))),
             Record::PendingRelay { seq, .. } | Record::PendingRelayGone { seq } => {
                 ("pending_relay", format!("{seq:020}"))
             }
@@ -305,5 +329,38 @@ pub mod key_serde {
             }
         }
         d.deserialize_bytes(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool chunk as stores written before paths were recorded hold it (postcard, variant
+    /// index 3). It must keep decoding to a chunk, read as "paths unknown": new variants go last.
+    #[test]
+    fn chunks_stored_before_paths_were_recorded_still_decode() {
+        let old: &[u8] = &[3, 0, 1, b'z', 7, 3, 1, 2, 3, 1, 0, 1];
+        let r = Record::decode(old).unwrap();
+        let Record::Chunk { pool, chunk, buf } = &r else {
+            panic!("{r:?}")
+        };
+        assert_eq!((pool, *chunk), (&Pool::Out("z".into()), 7));
+        assert_eq!(
+            (buf.data.expose(), &buf.spent[..]),
+            (&[1u8, 2, 3][..], &[(0, 1)][..])
+        );
+        assert_eq!(r.encode(), old);
+        let routed = Record::RoutedChunk {
+            pool: pool.clone(),
+            chunk: 7,
+            buf: buf.clone(),
+            route: RelayRoute {
+                paths: vec![vec!["a".into(), "z".into()]],
+                threshold: 1,
+            },
+        };
+        assert_eq!(routed.entity(), r.entity(), "an upsert of the same chunk");
+        assert_eq!(Record::decode(&routed.encode()).unwrap(), routed);
     }
 }

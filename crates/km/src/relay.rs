@@ -15,7 +15,7 @@ use crate::links::HopFault;
 use crate::manager::KeyManager;
 use crate::msgs::{AbortReason, NodeId, PeerMsg, RelayId, ShareInfo, Span};
 use crate::outbox::{Action, After};
-use crate::record::{Counter, Record};
+use crate::record::{Counter, Record, RelayRoute};
 use crate::routing::RoutePlan;
 use crate::time::Instant;
 
@@ -393,12 +393,25 @@ impl KeyManager {
                 continue;
             }
             let (paths, threshold) = p.routing.for_dest(dest);
-            let Some(plan) = self.routing.plan(dest, paths, threshold) else {
-                continue;
+            // While applications ask for key relayed under a route constraint (`kagi_route`),
+            // relays go under it where they can, and only key that meets it counts as ready.
+            let demand = self.routing.demand(dest, now).and_then(|c| {
+                let plan = self
+                    .routing
+                    .constrained_plan(dest, &c, (paths, threshold))
+                    .ok()?;
+                Some((c, plan))
+            });
+            let (plan, ready) = match demand {
+                Some((c, plan)) => (plan, self.pools.out_free_where(dest, |r| c.admits(r))),
+                None => match self.routing.plan(dest, paths, threshold) {
+                    Some(plan) => (plan, self.pools.out_free(dest)),
+                    None => continue,
+                },
             };
             // Computed once per destination: the pool can hold thousands of chunks.
             let mut in_flight = self.relays.in_flight(dest);
-            let mut have = self.pools.out_free(dest) + in_flight * u64::from(p.relay_chunk_bytes);
+            let mut have = ready + in_flight * u64::from(p.relay_chunk_bytes);
             let low = (p.pool_target_bytes as f64 * p.pool_low_water) as u64;
             loop {
                 if have >= p.pool_target_bytes {
@@ -929,8 +942,14 @@ impl KeyManager {
         let Some(p) = self.relays.pending.remove(&relay.seq) else {
             return;
         };
+        // A relay restored from a store that did not record its paths adds a chunk whose paths
+        // are unknown: it serves requests without route constraints only.
+        let route = (!p.paths.is_empty()).then(|| RelayRoute {
+            paths: p.paths.clone(),
+            threshold: p.threshold,
+        });
         let batch = vec![
-            self.pools.add_out(&p.dest, relay.seq, p.key),
+            self.pools.add_out(&p.dest, relay.seq, p.key, route),
             Record::PendingRelayGone { seq: relay.seq },
         ];
         self.stats.relays_acked += 1;

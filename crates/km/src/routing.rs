@@ -7,6 +7,12 @@ use std::sync::Arc;
 use kagi_control::{disjoint_paths, PathQuery, Routes, Topology};
 
 use crate::msgs::NodeId;
+use crate::route::{find_paths, RouteConstraint};
+use crate::time::Instant;
+
+/// Most cached answers about route constraints (plans and feasibility); the caches are cleared
+/// when full, so requests naming ever new constraints cannot grow them.
+const MAX_CACHED_CONSTRAINTS: usize = 1024;
 
 /// How relays to one destination travel now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +40,13 @@ pub(crate) struct Routing {
     plans: BTreeMap<(NodeId, u8, u8), Option<RoutePlan>>,
     /// Every link of the topology, both ways round.
     adjacent: BTreeSet<(NodeId, NodeId)>,
+    /// Plans meeting a route constraint (`kagi_route`), around the peers down now.
+    constrained: BTreeMap<(NodeId, RouteConstraint), Result<RoutePlan, String>>,
+    /// Whether a constraint can be met at all, on the whole topology (every node up).
+    feasible: BTreeMap<(NodeId, RouteConstraint), Result<(), String>>,
+    /// Per destination, the constraint applications asked for lately and until when refill
+    /// relays under it.
+    demand: BTreeMap<NodeId, (RouteConstraint, Instant)>,
 }
 
 impl Routing {
@@ -53,6 +66,79 @@ impl Routing {
             down: BTreeSet::new(),
             out_of_service: BTreeSet::new(),
             plans: BTreeMap::new(),
+            constrained: BTreeMap::new(),
+            feasible: BTreeMap::new(),
+            demand: BTreeMap::new(),
+        }
+    }
+
+    /// Whether any set of paths on the whole topology (every node up) meets `c` from here to
+    /// `dest`; the error says how many paths exist. Cached.
+    pub(crate) fn feasible(&mut self, dest: &str, c: &RouteConstraint) -> Result<(), String> {
+        let key = (dest.to_string(), c.clone());
+        if let Some(r) = self.feasible.get(&key) {
+            return r.clone();
+        }
+        let r = find_paths(&self.topology, &self.me, dest, c, c.min_paths, &[]).map(|_| ());
+        if self.feasible.len() >= MAX_CACHED_CONSTRAINTS {
+            self.feasible.clear();
+        }
+        self.feasible.insert(key, r.clone());
+        r
+    }
+
+    /// How relays to `dest` meeting `c` go now, around down peers and links out of service:
+    /// `policy` paths where that many meet `c` (at least `c.min_paths`), threshold from the
+    /// policy (for a single-path policy: one share short of the paths, at least 2). Cached until
+    /// routes change.
+    pub(crate) fn constrained_plan(
+        &mut self,
+        dest: &str,
+        c: &RouteConstraint,
+        policy: (u8, u8),
+    ) -> Result<RoutePlan, String> {
+        let key = (dest.to_string(), c.clone());
+        if let Some(p) = self.constrained.get(&key) {
+            return p.clone();
+        }
+        let down: Vec<String> = self.down.iter().cloned().collect();
+        let plan =
+            find_paths(&self.usable_topology(), &self.me, dest, c, policy.0, &down).map(|paths| {
+                let n = paths.len() as u8;
+                let threshold = if n == 1 {
+                    1
+                } else if policy.0 >= 2 {
+                    policy.1.clamp(2, n)
+                } else {
+                    (n - 1).clamp(2, n)
+                };
+                RoutePlan {
+                    paths,
+                    threshold,
+                    shortfall: None,
+                }
+            });
+        if self.constrained.len() >= MAX_CACHED_CONSTRAINTS {
+            self.constrained.clear();
+        }
+        self.constrained.insert(key, plan.clone());
+        plan
+    }
+
+    /// Refill relays to `dest` under `c` until `until` (replacing an earlier constraint).
+    pub(crate) fn note_demand(&mut self, dest: &str, c: &RouteConstraint, until: Instant) {
+        self.demand.insert(dest.to_string(), (c.clone(), until));
+    }
+
+    /// The constraint relays to `dest` are asked to meet now, if any (expired ones go).
+    pub(crate) fn demand(&mut self, dest: &str, now: Instant) -> Option<RouteConstraint> {
+        match self.demand.get(dest) {
+            Some((c, until)) if *until > now => Some(c.clone()),
+            Some(_) => {
+                self.demand.remove(dest);
+                None
+            }
+            None => None,
         }
     }
 
@@ -181,6 +267,7 @@ impl Routing {
 
     fn recompute(&mut self) {
         self.plans.clear();
+        self.constrained.clear();
         let down: Vec<String> = self.down.iter().cloned().collect();
         self.routes = Routes::compute(&self.usable_topology(), &self.me, &down);
     }

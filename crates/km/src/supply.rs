@@ -12,12 +12,13 @@ use kagi_keymat::its_mac::MAC_KEY_LEN;
 use kagi_keymat::Key;
 use uuid::Uuid;
 
-use crate::app::{AppCall, AppReply, DeliveredKey, Refusal, SaeId, StatusInfo};
+use crate::app::{AppCall, AppReply, DeliveredKey, KeyPaths, Refusal, SaeId, StatusInfo};
 use crate::manager::KeyManager;
 use crate::msgs::{AssignedKey, KeySource, NodeId, PeerMsg};
 use crate::outbox::{Action, After, ReqId, WriteId};
 use crate::record::{Counter, Record, SlaveKey};
 use crate::relay::otp_tag;
+use crate::route::{RouteConstraint, RouteRequest};
 use crate::time::Instant;
 
 /// An `enc_keys` answer waiting for every slave node to confirm its keys.
@@ -108,6 +109,16 @@ fn bad(m: impl Into<String>) -> Refusal {
     Refusal::BadRequest(m.into())
 }
 
+/// How long refill keeps relaying under a route constraint after a request asked for it.
+const ROUTE_DEMAND_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A `kagi_route` extension judged for one request.
+#[derive(Debug)]
+struct Routed {
+    c: RouteConstraint,
+    mandatory: bool,
+}
+
 impl KeyManager {
     pub(crate) fn on_app(&mut self, now: Instant, req: ReqId, call: AppCall) {
         let reply = match call {
@@ -118,6 +129,7 @@ impl KeyManager {
                 number,
                 size_bits,
                 additional_slaves,
+                route,
             } => {
                 match self.enc_keys(
                     now,
@@ -127,6 +139,7 @@ impl KeyManager {
                     number,
                     size_bits,
                     additional_slaves,
+                    route,
                 ) {
                     Ok(()) => return, // answered later (or already)
                     Err(r) => Err(r),
@@ -200,6 +213,7 @@ impl KeyManager {
         number: Option<u64>,
         size_bits: Option<u64>,
         additional: Vec<SaeId>,
+        route: Option<RouteRequest>,
     ) -> Result<(), Refusal> {
         self.require_local(&master, "master")?;
         let shape = self
@@ -233,6 +247,10 @@ impl KeyManager {
         let n = number as usize;
         let primary = order[0].clone();
         let me = self.me().to_string();
+        let route = match route {
+            Some(r) => Some(self.judge_route(now, &r, &primary, order.len() > 1)?),
+            None => None,
+        };
         // Check every pool first, so a refusal spends nothing.
         for (i, node) in order.iter().enumerate() {
             if *node == me {
@@ -243,6 +261,27 @@ impl KeyManager {
             } else {
                 n * (bytes + MAC_KEY_LEN)
             };
+            if let Some(Routed {
+                c, mandatory: true, ..
+            }) = route.as_ref().filter(|_| i == 0)
+            {
+                let have = self.pools.out_free_where(node, |r| c.admits(r));
+                if (have as usize) < need {
+                    self.stats.refused_no_key += 1;
+                    let now_why = match self.routing.constrained_plan(
+                        node,
+                        c,
+                        self.cfg.policy.routing.for_dest(node),
+                    ) {
+                        Ok(_) => "relays under them have been started".to_string(),
+                        Err(why) => format!("no relay can meet them now: {why}"),
+                    };
+                    return Err(Refusal::Unavailable(format!(
+                        "not enough key relayed under the kagi_route constraints ({}) for slave                          KME {node} right now ({have} of {need} bytes ready); {now_why}; retry                          shortly",
+                        c.describe()
+                    )));
+                }
+            }
             if (self.pools.out_free(node) as usize) < need {
                 self.stats.refused_no_key += 1;
                 return Err(Refusal::Unavailable(format!(
@@ -265,10 +304,28 @@ impl KeyManager {
         let mut per_node: BTreeMap<NodeId, Vec<AssignedKey>> = BTreeMap::new();
         for _ in 0..n {
             let id = self.new_uuid();
+            let mut paths = route.as_ref().map(|_| KeyPaths { relays: Vec::new() });
             let key = if primary == me {
                 self.fresh_key(bytes)
             } else {
-                let (spans, k) = self.pools.take_out(&primary, bytes).expect("checked");
+                // Key relayed under the constraints first (only such key when mandatory, as
+                // checked above), then any.
+                let routed = route.as_ref().and_then(|r| {
+                    self.pools
+                        .take_out_where(&primary, bytes, |x| r.c.admits(x))
+                });
+                let (spans, k) = match routed {
+                    Some(t) => t,
+                    None => self.pools.take_out(&primary, bytes).expect("checked"),
+                };
+                if let Some(p) = &mut paths {
+                    for s in &spans {
+                        let r = self.pools.route_of(&primary, s.id).cloned();
+                        if !p.relays.contains(&r) {
+                            p.relays.push(r);
+                        }
+                    }
+                }
                 per_node
                     .entry(primary.clone())
                     .or_default()
@@ -300,7 +357,7 @@ impl KeyManager {
                     },
                 });
             }
-            keys.push(DeliveredKey { id, key });
+            keys.push(DeliveredKey { id, key, paths });
         }
         self.pools.flush_touched(&mut batch);
         let seq = self.supply.next_assign;
@@ -373,6 +430,43 @@ impl KeyManager {
         Ok(())
     }
 
+    /// Judges a `kagi_route` extension for key to `dest`: malformed → 400; when mandatory, a
+    /// multicast request, or constraints no set of paths on the whole network can meet → 400
+    /// with the standard's "could not be met" and why. Refill then relays to `dest` under the
+    /// constraints for a while, so key that meets them builds up.
+    fn judge_route(
+        &mut self,
+        now: Instant,
+        r: &RouteRequest,
+        dest: &str,
+        multicast: bool,
+    ) -> Result<Routed, Refusal> {
+        let c = r
+            .check(&self.cfg.topology, self.me(), dest)
+            .map_err(Refusal::BadRequest)?;
+        if dest == self.me() {
+            // Master and slave share this KME: the key never travels.
+            return Ok(Routed {
+                c,
+                mandatory: r.mandatory,
+            });
+        }
+        if r.mandatory && multicast {
+            return Err(Refusal::unmet(
+                "kagi_route constrains the key's route to one slave KME; it cannot be combined                  with additional_slave_SAE_IDs on other KMEs",
+            ));
+        }
+        match self.routing.feasible(dest, &c) {
+            Err(why) if r.mandatory => return Err(Refusal::unmet(why)),
+            Err(_) => {} // optional: honoured where possible
+            Ok(()) => self.routing.note_demand(dest, &c, now + ROUTE_DEMAND_HOLD),
+        }
+        Ok(Routed {
+            c,
+            mandatory: r.mandatory,
+        })
+    }
+
     fn dec_keys(
         &mut self,
         req: ReqId,
@@ -421,6 +515,7 @@ impl KeyManager {
             out.push(DeliveredKey {
                 id,
                 key: k.key.clone(),
+                paths: None,
             });
             if k.pending.is_empty() {
                 self.supply.slave_keys.remove(&id);

@@ -12,7 +12,7 @@ use kagi_keymat::Key;
 use kagi_km::config::RoutePolicy;
 use kagi_km::{
     Action, AppCall, AppReply, Input, Instant, KeyManager, KmConfig, Limits, PeerMsg, Policy,
-    Refusal, Snapshot,
+    Refusal, RouteRequest, Snapshot,
 };
 
 /// a reaches z over three node-disjoint paths: a-b1-z, a-b2-z, a-c1-c2-z (plus a b1-b2 link).
@@ -260,6 +260,7 @@ fn fetch_pair(net: &mut Net) -> (Key, Key) {
                 number: Some(1),
                 size_bits: Some(256),
                 additional_slaves: vec![],
+                route: None,
             },
         },
     );
@@ -526,4 +527,219 @@ fn a_share_relabelled_on_its_path_is_refused() {
     );
     let (m, s) = fetch_pair(&mut net);
     assert_eq!(m, s);
+}
+
+/// Asks a for one key for sae-z under a `kagi_route` constraint; on success also fetches it at
+/// z and checks both ends hold the same key.
+fn fetch_routed(
+    net: &mut Net,
+    min: u64,
+    avoid: &[&str],
+    max_hops: Option<u64>,
+    mandatory: bool,
+) -> Result<kagi_km::KeyPaths, Refusal> {
+    net.input(
+        "a",
+        Input::App {
+            req: 11,
+            call: AppCall::EncKeys {
+                master: "sae-a".into(),
+                slave: "sae-z".into(),
+                number: Some(1),
+                size_bits: Some(256),
+                additional_slaves: vec![],
+                route: Some(RouteRequest {
+                    min_disjoint_paths: min,
+                    avoid_nodes: avoid.iter().map(|s| s.to_string()).collect(),
+                    max_hops,
+                    mandatory,
+                }),
+            },
+        },
+    );
+    let k = match net.answers.remove(&11) {
+        Some(Ok(AppReply::Keys(k))) => k,
+        Some(Err(r)) => return Err(r),
+        other => panic!("enc_keys: {other:?}"),
+    };
+    net.input(
+        "z",
+        Input::App {
+            req: 12,
+            call: AppCall::DecKeys {
+                slave: "sae-z".into(),
+                master: "sae-a".into(),
+                key_ids: vec![k[0].id],
+            },
+        },
+    );
+    let Some(Ok(AppReply::Keys(s))) = net.answers.remove(&12) else {
+        panic!("dec_keys: {:?}", net.answers.get(&12));
+    };
+    assert_eq!(k[0].key, s[0].key, "master and slave keys differ");
+    Ok(k[0]
+        .paths
+        .clone()
+        .expect("paths are reported when kagi_route is asked"))
+}
+
+/// The intermediate nodes of every path, checked pairwise disjoint.
+fn assert_node_disjoint(paths: &[Vec<String>]) {
+    let mut seen = BTreeSet::new();
+    for p in paths {
+        assert_eq!(
+            (p.first().unwrap().as_str(), p.last().unwrap().as_str()),
+            ("a", "z")
+        );
+        for n in &p[1..p.len() - 1] {
+            assert!(seen.insert(n.clone()), "{n} is on two paths: {paths:?}");
+        }
+    }
+}
+
+#[test]
+fn kagi_route_mandatory_three_paths_lists_them_and_keys_match() {
+    let mut net = Net::new(3, 2, None);
+    for _ in 0..10 {
+        net.tick(20);
+    }
+    let paths = fetch_routed(&mut net, 3, &[], None, true).unwrap();
+    let [Some(route)] = &paths.relays[..] else {
+        panic!("one relay with known paths expected: {paths:?}");
+    };
+    assert_eq!(route.paths.len(), 3, "{route:?}");
+    assert_eq!(route.threshold, 2);
+    assert_node_disjoint(&route.paths);
+    // Within the hop limit and around an avoided node, only key that meets it is served.
+    let p = fetch_routed(&mut net, 2, &["b1"], Some(3), true);
+    assert!(
+        matches!(p, Err(Refusal::Unavailable(ref m)) if m.contains("relays under them have been started")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn kagi_route_constraints_no_paths_can_meet_are_refused_with_why() {
+    let mut net = Net::new(3, 2, None);
+    for _ in 0..10 {
+        net.tick(20);
+    }
+    let unmet = Refusal::EXT_MANDATORY_UNMET;
+    for (min, avoid, hops, want) in [
+        (
+            4,
+            &[][..],
+            None,
+            "only 3 node-disjoint path(s) exist between a and z",
+        ),
+        (3, &["c1"][..], None, "only 2 node-disjoint path(s)"),
+        (3, &[][..], Some(2), "only 2 node-disjoint path(s)"),
+    ] {
+        match fetch_routed(&mut net, min, avoid, hops, true) {
+            Err(Refusal::BadRequest(m)) => {
+                assert!(m.starts_with(unmet) && m.contains(want), "{m}")
+            }
+            other => panic!("expected 400 for min {min} avoiding {avoid:?}: {other:?}"),
+        }
+    }
+    for (min, avoid, hops, want) in [
+        (0, &[][..], None, "between 1 and 8"),
+        (9, &[][..], None, "between 1 and 8"),
+        (u64::MAX, &[][..], None, "between 1 and 8"),
+        (2, &["nowhere"][..], None, "unknown node"),
+        (2, &["a"][..], None, "an end of the key's route"),
+        (2, &[][..], Some(u64::MAX), "max_hops must be between 1"),
+    ] {
+        match fetch_routed(&mut net, min, avoid, hops, false) {
+            Err(Refusal::BadRequest(m)) => assert!(m.contains(want), "{m}"),
+            other => panic!("expected 400: {other:?}"),
+        }
+    }
+    // Optional constraints that cannot be met are honoured where possible: key is served.
+    let p = fetch_routed(&mut net, 4, &[], None, false).unwrap();
+    assert_eq!(p.relays.len(), 1);
+    assert_eq!(net.km("a").stats().keys_served_master, 1);
+}
+
+#[test]
+fn kagi_route_demand_makes_refill_relay_under_the_constraint() {
+    // Single-path policy: the pool holds key relayed over one path only.
+    let mut net = Net::new(1, 1, None);
+    for _ in 0..10 {
+        net.tick(20);
+    }
+    assert!(net.km("a").pool_free("z") >= 256);
+    let first = fetch_routed(&mut net, 3, &[], None, true);
+    assert!(
+        matches!(first, Err(Refusal::Unavailable(ref m)) if m.contains("0 of 32 bytes")),
+        "{first:?}"
+    );
+    // The request asked refill to relay under the constraint: key split over 3 paths follows.
+    let mut served = None;
+    for _ in 0..50 {
+        net.tick(20);
+        if let Ok(p) = fetch_routed(&mut net, 3, &[], None, true) {
+            served = Some(p);
+            break;
+        }
+    }
+    let p = served.expect("no key relayed over 3 node-disjoint paths after the request");
+    let Some(route) = &p.relays[0] else {
+        panic!("{p:?}")
+    };
+    assert_eq!(route.paths.len(), 3);
+    assert_eq!(route.threshold, 2);
+    assert_node_disjoint(&route.paths);
+    // The same around b1, over the two other paths.
+    let mut served = None;
+    for _ in 0..50 {
+        if let Ok(p) = fetch_routed(&mut net, 2, &["b1"], None, true) {
+            served = Some(p);
+            break;
+        }
+        net.tick(20);
+    }
+    let p = served.expect("no key relayed around b1");
+    let Some(route) = &p.relays[0] else {
+        panic!("{p:?}")
+    };
+    assert!(
+        route.paths.iter().all(|p| !p.contains(&"b1".to_string())),
+        "{route:?}"
+    );
+    assert_eq!(route.paths.len(), 2);
+}
+
+#[test]
+fn a_mandatory_route_cannot_be_combined_with_slaves_at_other_kmes() {
+    let mut net = Net::new(3, 2, None);
+    for _ in 0..10 {
+        net.tick(20);
+    }
+    net.input(
+        "a",
+        Input::App {
+            req: 21,
+            call: AppCall::EncKeys {
+                master: "sae-a".into(),
+                slave: "sae-z".into(),
+                number: Some(1),
+                size_bits: Some(256),
+                additional_slaves: vec!["sae-c2".into()],
+                route: Some(RouteRequest {
+                    min_disjoint_paths: 2,
+                    avoid_nodes: vec![],
+                    max_hops: None,
+                    mandatory: true,
+                }),
+            },
+        },
+    );
+    match net.answers.remove(&21) {
+        Some(Err(Refusal::BadRequest(m))) => assert!(
+            m.starts_with(Refusal::EXT_MANDATORY_UNMET) && m.contains("additional_slave_SAE_IDs"),
+            "{m}"
+        ),
+        other => panic!("{other:?}"),
+    }
 }

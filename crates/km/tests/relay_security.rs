@@ -442,6 +442,7 @@ fn keys_go_only_to_named_slaves_of_their_master() {
                 number: Some(1),
                 size_bits: Some(256),
                 additional_slaves: vec![],
+                route: None,
             },
         },
     );
@@ -492,6 +493,7 @@ fn keys_go_only_to_named_slaves_of_their_master() {
                 number: None,
                 size_bits: None,
                 additional_slaves: vec![],
+                route: None,
             },
         },
     );

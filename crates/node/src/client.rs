@@ -449,6 +449,7 @@ pub fn decode_keys(body: &[u8]) -> Result<Vec<DeliveredKey>, ClientError> {
             Ok(DeliveredKey {
                 id,
                 key: Key::from_vec(bytes),
+                paths: None,
             })
         })
         .collect()

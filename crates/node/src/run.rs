@@ -67,6 +67,16 @@ pub async fn run_node(
             .ok_or_else(|| anyhow::anyhow!("link {}-{} keyed twice", spec.a, spec.b))
     };
     let ops = Arc::new(crate::mgmt::Ops::new(&cfg.node_id));
+    // The operator's switches come back before the core starts routing.
+    let admin = ops.restore_admin(crate::mgmt::admin_store::AdminStore::open(
+        &crate::mgmt::admin_store::admin_db_path(&cfg.data_dir, &cfg.node_id),
+    )?)?;
+    for peer in &admin.links_out {
+        tracing::warn!(%peer, "link out of service (operator's choice, kept across restarts; `kagi net link` puts it back)");
+    }
+    if admin.draining {
+        tracing::warn!("node is draining (operator's choice, kept across restarts): new enc_keys refused until `kagi net drain {} --undo`", cfg.node_id);
+    }
     // The audit trail: an existing one that does not verify refuses the start (tampering).
     let trail = Arc::new(AuditTrail::open(
         &crate::audit::trail_path(&cfg.data_dir, &cfg.node_id),

@@ -221,6 +221,7 @@ async fn handle<S: KeyService>(
                 number: Some(1),
                 size_bits: size,
                 additional_slaves: Vec::new(),
+                route: None,
             };
             keys(ctx.service.call(call).await)
         }

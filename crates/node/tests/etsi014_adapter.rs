@@ -73,6 +73,7 @@ impl KeyService for Mem {
                 number,
                 size_bits,
                 additional_slaves,
+                ..
             } => {
                 // The numbers are judged by the core's own rules (`Limits`), as the real core does.
                 let shape =
@@ -96,6 +97,7 @@ impl KeyService for Mem {
                     out.push(DeliveredKey {
                         id,
                         key: Key::from_vec(bytes),
+                        paths: None,
                     });
                 }
                 Ok(AppReply::Keys(out))
@@ -123,6 +125,7 @@ impl KeyService for Mem {
                     out.push(DeliveredKey {
                         id,
                         key: Key::from_slice(&entry.2),
+                        paths: None,
                     });
                     if entry.1.is_empty() {
                         st.keys.remove(&id);

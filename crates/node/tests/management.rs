@@ -616,3 +616,93 @@ fn grafana_queries_known_metrics(scrape: &str) {
     }
     assert!(checked >= exprs.len());
 }
+
+/// A link taken out of service and a drain survive a restart of the node: a node restarted
+/// for maintenance does not route over a link whose fibre is being repaired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_out_of_service_and_drain_survive_a_restart() {
+    let dir = kagi_node::loopback::scratch_dir("mgmt-restart").unwrap();
+    let mut topo = Topology::line("line3", &["a", "b", "c"], 20.0, |n| {
+        vec![format!("sae-{n}")]
+    });
+    topo.epoch_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 1;
+    let mut cfg = kagi_node::loopback::prepare(&dir, &mut topo, |_| {})
+        .unwrap()
+        .remove(1);
+    let addr = format!("127.0.0.1:{}", kagi_node::loopback::free_port().unwrap());
+    cfg.management = Some(ManagementConfig {
+        listen: addr.clone(),
+    });
+    let pki = Pki::open_or_create(&dir.join("pki")).unwrap();
+    let client = |role: Role| {
+        let p = pki.ensure_operator(role).unwrap();
+        Etsi014Client::from_files(
+            &format!("https://{addr}"),
+            &pki.ca_cert_path(),
+            &p.cert,
+            &p.key,
+        )
+        .unwrap()
+        .with_timeout(Duration::from_secs(10))
+    };
+    let (operator, observer) = (client(Role::Operator), client(Role::Observer));
+    let run = |cfg: kagi_node::config::NodeConfig| {
+        let (stop, mut rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(kagi_node::run_node(cfg, async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }));
+        (stop, task)
+    };
+    let state_of = |links: &Value, peer: &str| {
+        links
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["peer"] == peer)
+            .map(|l| l["state"].clone())
+            .unwrap()
+    };
+
+    let (stop, task) = run(cfg.clone());
+    for (path, body) in [
+        ("/api/v1/links/c/service", json!({"in_service": false})),
+        ("/api/v1/drain", json!({"draining": true})),
+    ] {
+        let r = call(&operator, "PUT", path, Some(body)).await;
+        assert_eq!(r.status, 200, "{path}: {}", message(&r));
+    }
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("node b stops")
+        .unwrap()
+        .unwrap();
+
+    let (stop, task) = run(cfg.clone());
+    let links = call(&observer, "GET", "/api/v1/links", None).await.json();
+    assert_eq!(state_of(&links, "c"), "out_of_service", "{links}");
+    assert_ne!(state_of(&links, "a"), "out_of_service", "{links}");
+    let status = call(&observer, "GET", "/api/v1/status", None).await.json();
+    assert_eq!(status["draining"], true, "{status}");
+    // Put back, restart once more: back in service and not draining.
+    for (path, body) in [
+        ("/api/v1/links/c/service", json!({"in_service": true})),
+        ("/api/v1/drain", json!({"draining": false})),
+    ] {
+        assert_eq!(call(&operator, "PUT", path, Some(body)).await.status, 200);
+    }
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+    let (stop, task) = run(cfg);
+    let links = call(&observer, "GET", "/api/v1/links", None).await.json();
+    assert_ne!(state_of(&links, "c"), "out_of_service", "{links}");
+    let status = call(&observer, "GET", "/api/v1/status", None).await.json();
+    assert_eq!(status["draining"], false, "{status}");
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -306,6 +306,7 @@ pub fn run(seed: u64, cfg: &ChaosConfig) -> ChaosReport {
                 number: Some(1),
                 size_bits: None,
                 additional_slaves: vec![],
+                route: None,
             },
         );
         match sim.run_until_answered(req, Duration::from_secs(6)) {
@@ -376,6 +377,7 @@ fn workload(sim: &mut Sim, rng: &mut ChaCha20Rng, reqs: &mut BTreeMap<u64, Req>)
             number: Some(rng.gen_range(1..=3)),
             size_bits: None,
             additional_slaves: extra.iter().map(|s| s.to_string()).collect(),
+            route: None,
         };
         let asked = Asked::Enc {
             master: master.into(),

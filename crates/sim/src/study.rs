@@ -286,6 +286,7 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
                         number: Some(u64::from(opt.keys_per_request)),
                         size_bits: Some(u64::from(opt.key_bits)),
                         additional_slaves: vec![],
+                        route: None,
                     },
                 );
                 tally[i].0 += 1;

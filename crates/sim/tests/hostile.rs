@@ -31,6 +31,7 @@ fn exchange_b_to_c(sim: &mut Sim, n: u64) {
             number: Some(n),
             size_bits: Some(256),
             additional_slaves: vec![],
+            route: None,
         },
     );
     let keys = match sim

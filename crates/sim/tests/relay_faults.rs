@@ -55,6 +55,7 @@ fn exchange(sim: &mut Sim, extra: &[(&str, &str)], n: u64) -> bool {
             number: Some(n),
             size_bits: Some(256),
             additional_slaves: extra.iter().map(|(s, _)| s.to_string()).collect(),
+            route: None,
         },
     );
     let ans = sim
@@ -191,6 +192,7 @@ fn empty_pool_is_refused_promptly_not_waited_on() {
             number: Some(1),
             size_bits: None,
             additional_slaves: vec![],
+            route: None,
         },
     );
     let ans = sim

@@ -31,6 +31,7 @@ fn exchange(
             number: Some(2),
             size_bits: Some(size_bits),
             additional_slaves: vec![],
+            route: None,
         },
     );
     let Some(Ok(AppReply::Keys(keys))) = sim
@@ -131,6 +132,7 @@ fn a_node_restored_from_an_older_copy_never_serves_a_key_again() {
                     number: Some(4),
                     size_bits: Some(256),
                     additional_slaves: vec![],
+                    route: None,
                 },
             );
             let Some(Ok(AppReply::Keys(keys))) = sim

@@ -156,14 +156,25 @@ pub fn assemble(cfg: &DashConfig, reports: &[NodeReport], time_ms: u64) -> Value
     for n in &cfg.nodes {
         let Some(s) = status(&n.id) else { continue };
         for p in s["pools"].as_array().into_iter().flatten() {
+            // Multi-path relay: the node-disjoint paths the shares take and how many rebuild
+            // a key; a single-path pool reports its route as its only path.
+            let paths = match p["paths"].as_array() {
+                Some(ps) if !ps.is_empty() => Value::Array(ps.clone()),
+                _ if p["route"].as_array().is_some_and(|r| !r.is_empty()) => {
+                    json!([p["route"].clone()])
+                }
+                _ => json!([]),
+            };
+            let threshold = p["threshold"].as_u64().unwrap_or(1);
             pools.push(
                 json!({"from": n.id, "to": p["peer"], "out_bytes": p["out_bytes"],
-                "in_bytes": p["in_bytes"], "route": p["route"]}),
+                "in_bytes": p["in_bytes"], "route": p["route"], "paths": paths,
+                "threshold": threshold}),
             );
             if u(&p["relays_in_flight"]) > 0 {
                 relays.push(
                     json!({"from": n.id, "to": p["peer"], "count": p["relays_in_flight"],
-                    "route": p["route"]}),
+                    "route": p["route"], "paths": paths, "threshold": threshold}),
                 );
             }
         }
@@ -239,7 +250,8 @@ mod tests {
                 "fenced": false, "draining": false, "peers_up": [],
                 "stats": {"keys_served_master": 2, "keys_served_slave": 1},
                 "links": links,
-                "pools": [{"peer": "z", "out_bytes": 100, "relays_in_flight": 1, "route": ["a", "z"]}],
+                "pools": [{"peer": "z", "out_bytes": 100, "relays_in_flight": 1, "route": ["a", "z"],
+                    "paths": [["a", "z"], ["a", "y", "z"]], "threshold": 2}],
             })),
             refusals: json!([{"time_ms": 5, "reason": "no_key"}]),
             audit: Value::Null,
@@ -283,6 +295,11 @@ mod tests {
         assert_eq!(v["totals"]["keys_delivered"], 4);
         assert_eq!(v["totals"]["refusals"], 2);
         assert_eq!(v["relays"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            v["relays"][0]["paths"],
+            json!([["a", "z"], ["a", "y", "z"]])
+        );
+        assert_eq!(v["relays"][0]["threshold"], 2);
         assert!(v["alerts"]
             .as_array()
             .unwrap()

@@ -676,6 +676,7 @@ impl<S: KeyService, N: StreamNet> Streams<S, N> {
             number: Some(1),
             size_bits: Some(u64::from(chunk) * 8),
             additional_slaves: Vec::new(),
+            route: None,
         };
         match self.service.call(call).await {
             Ok(AppReply::Keys(mut k)) if k.len() == 1 => {

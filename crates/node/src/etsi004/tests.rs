@@ -69,6 +69,7 @@ impl KeyService for Km {
                 Ok(AppReply::Keys(vec![DeliveredKey {
                     id,
                     key: Key::from_vec(bytes),
+                    paths: None,
                 }]))
             }
             AppCall::DecKeys {
@@ -85,6 +86,7 @@ impl KeyService for Km {
                 Ok(AppReply::Keys(vec![DeliveredKey {
                     id: key_ids[0],
                     key: Key::from_slice(&e.2),
+                    paths: None,
                 }]))
             }
             AppCall::Status { .. } => Err(Refusal::BadRequest("no".into())),
@@ -461,6 +463,7 @@ async fn stream_messages_from_a_node_that_serves_neither_side_are_ignored() {
             number: Some(1),
             size_bits: Some(256),
             additional_slaves: Vec::new(),
+            route: None,
         })
         .await
         .unwrap()

@@ -15,6 +15,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::path::{self, parse_u64, show, Method};
+use super::route_ext;
 use super::wire;
 use crate::config::Etsi014Config;
 use crate::service::KeyService;
@@ -100,14 +101,24 @@ fn bad_with(message: &str, detail: String) -> Resp {
     )
 }
 
-/// The one place where a key manager refusal becomes an HTTP answer.
+/// The one place where a key manager refusal becomes an HTTP answer. A message that starts
+/// with one of the standard's fixed texts keeps it verbatim; the reason goes to `details`.
 fn refusal(r: &Refusal) -> Resp {
     let status = match r {
         Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
         Refusal::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
-    error(status, r.message())
+    match r.standard_and_reason() {
+        (fixed, Some(why)) => json_response(
+            status,
+            &wire::Error {
+                message: fixed.to_owned(),
+                details: Some(vec![json!({ "reason": why })]),
+            },
+        ),
+        (m, None) => error(status, m),
+    }
 }
 
 fn internal(what: &str) -> Resp {
@@ -270,14 +281,17 @@ async fn enc_keys<S: KeyService>(
         Ok(r) => r,
         Err(e) => return bad(e),
     };
-    // Numbers (`number`, `size`, how many slaves) are the core's to judge: it owns the limits.
-    if req
-        .extension_mandatory
-        .as_ref()
-        .is_some_and(|v| !v.is_empty())
-    {
-        return bad(Refusal::EXT_MANDATORY_UNSUPPORTED);
-    }
+    // Numbers (`number`, `size`, how many slaves, the route constraint's) are the core's to
+    // judge: it owns the limits. Mandatory extensions other than `kagi_route` are refused here.
+    let route = match route_ext::parse(
+        req.extension_mandatory.as_deref(),
+        req.extension_optional.as_deref(),
+    ) {
+        Ok(r) => r,
+        Err((m, None)) => return bad(m),
+        Err((m, Some(detail))) => return bad_with(&m, detail),
+    };
+    let mandatory = route.as_ref().map(|r| r.mandatory);
     let additional = req.additional_slave_sae_ids.unwrap_or_default();
     for s in &additional {
         if ctx.topology.node_of_sae(s).is_none() {
@@ -293,6 +307,7 @@ async fn enc_keys<S: KeyService>(
         number: req.number,
         size_bits: req.size,
         additional_slaves: additional,
+        route,
     };
     match ctx.service.call(call).await {
         Ok(AppReply::Keys(keys)) => {
@@ -303,11 +318,34 @@ async fn enc_keys<S: KeyService>(
             if keys.len() != n || keys.iter().any(|k| k.key.len() != bytes) {
                 return internal("key manager returned keys that do not match the request");
             }
-            keys_response(&keys)
+            match mandatory {
+                Some(m) => routed_keys_response(m, &keys),
+                None => keys_response(&keys),
+            }
         }
         Ok(_) => internal("key manager answered enc_keys with a status"),
         Err(r) => refusal(&r),
     }
+}
+
+/// A key container that reports the paths each key came over (`kagi_route` asked for).
+fn routed_keys_response(mandatory: bool, keys: &[DeliveredKey]) -> Resp {
+    let (per_key, all) = route_ext::report(mandatory, keys);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let container = wire::KeyContainer {
+        keys: keys
+            .iter()
+            .zip(per_key)
+            .map(|(k, ext)| wire::KeyEntry {
+                key_ID: k.id.as_hyphenated().to_string(),
+                key_ID_extension: None,
+                key: b64.encode(k.key.expose()),
+                key_extension: ext,
+            })
+            .collect(),
+        key_container_extension: Some(all),
+    };
+    json_response(StatusCode::OK, &container)
 }
 
 fn keys_response(keys: &[DeliveredKey]) -> Resp {

@@ -14,7 +14,7 @@
 //! verbatim where it fixes one) and sometimes `details`.
 //!
 //! What is checked where: syntax only here (path, query, JSON shape, mandatory extensions —
-//! kagi supports none yet — UUID syntax, IDs known to the topology); the standard's semantics in
+//! kagi supports `kagi_route` only, see `route_ext` — UUID syntax, IDs known to the topology); the standard's semantics in
 //! the key manager core behind [`KeyService`]: the configured ranges of `number`, `size` and the
 //! slave count ([`kagi_km::Limits`], which the node config embeds), who may fetch which key, pool
 //! contents and the relay. Requests whose head hyper cannot parse (invalid bytes, too many
@@ -25,6 +25,7 @@ mod bare_errors;
 mod handler;
 mod observed;
 mod path;
+mod route_ext;
 pub mod wire;
 
 use std::convert::Infallible;

@@ -525,10 +525,22 @@ async fn link_service(
             )
         }
         Some(true) => {
+            if let Err(e) = ctx.ops.save_admin() {
+                audit_and(&ctx, &who, action, &peer, "error", &e.to_string());
+                return not_saved(e);
+            }
             audit_and(&ctx, &who, action, &peer, "ok", &b.reason);
             ok(json!({"peer": peer, "in_service": b.in_service}))
         }
     }
+}
+
+/// The answer when an action took effect but could not be saved for the next start.
+fn not_saved(e: super::admin_store::AdminStoreError) -> Response {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("applied until the next restart only; saving it failed: {e}"),
+    )
 }
 
 /// Body of `PUT /api/v1/drain`.
@@ -554,6 +566,17 @@ async fn drain(State(ctx): Ctx, Extension(who): Who, body: Bytes) -> Response {
     } else {
         "node.undrain"
     };
+    if let Err(e) = ctx.ops.save_admin() {
+        audit_and(
+            &ctx,
+            &who,
+            action,
+            ctx.ops.node_id(),
+            "error",
+            &e.to_string(),
+        );
+        return not_saved(e);
+    }
     audit_and(&ctx, &who, action, ctx.ops.node_id(), "ok", &b.reason);
     ok(json!({"node_id": ctx.ops.node_id(), "draining": b.draining, "was_draining": was}))
 }

@@ -6,6 +6,7 @@
 //! Prometheus text at `/metrics` ([`metrics`]), the OpenAPI description at
 //! `/api/v1/openapi.json`, and a read-only ETSI GS QKD 015-shaped RESTCONF view ([`qkdn`]). Every change an operator makes is audited ([`Ops::audit`]).
 
+pub mod admin_store;
 pub mod api;
 pub mod metrics;
 pub mod ops;

@@ -89,6 +89,7 @@ pub struct Ops {
     trail: std::sync::OnceLock<std::sync::Arc<crate::audit::AuditTrail>>,
     tamper: Mutex<Option<TamperState>>,
     tamper_tx: tokio::sync::watch::Sender<bool>,
+    admin: std::sync::OnceLock<super::admin_store::AdminStore>,
     /// Prometheus metrics maintained as events happen.
     pub metrics: Metrics,
 }
@@ -125,6 +126,7 @@ impl Ops {
             trail: std::sync::OnceLock::new(),
             tamper: Mutex::new(None),
             tamper_tx: tokio::sync::watch::channel(false).0,
+            admin: std::sync::OnceLock::new(),
             metrics: Metrics::new(),
         }
     }
@@ -148,6 +150,33 @@ impl Ops {
     /// Starts (`true`) or ends draining; returns the previous value.
     pub fn set_draining(&self, on: bool) -> bool {
         self.draining.swap(on, Ordering::SeqCst)
+    }
+
+    /// Takes the operator's switches saved in `store` (links out of service, draining) and
+    /// saves every later change there; returns what was restored.
+    pub fn restore_admin(
+        &self,
+        store: super::admin_store::AdminStore,
+    ) -> Result<super::admin_store::AdminState, super::admin_store::AdminStoreError> {
+        let state = store.load()?;
+        self.draining.store(state.draining, Ordering::SeqCst);
+        if let Ok(mut s) = self.links_out.lock() {
+            s.clone_from(&state.links_out);
+        }
+        let _ = self.admin.set(store);
+        Ok(state)
+    }
+
+    /// Saves the current switches, if a store was given to [`Ops::restore_admin`]. An
+    /// operator action is acknowledged only once this succeeded.
+    pub fn save_admin(&self) -> Result<(), super::admin_store::AdminStoreError> {
+        let Some(store) = self.admin.get() else {
+            return Ok(());
+        };
+        store.save(&super::admin_store::AdminState {
+            links_out: self.links_out(),
+            draining: self.draining(),
+        })
     }
 
     /// Neighbours whose link the operator took out of service (re-applied when the core

@@ -32,6 +32,8 @@ const cy = cytoscape({
       "font-size": 9, "color": "#455a64", "text-rotation": "autorotate", "text-background-color": "#fff",
       "text-background-opacity": 0.85, "text-background-padding": 2, "curve-style": "bezier" } },
     { selector: "edge.oos", style: { "line-style": "dashed" } },
+    // Links that carry relays (or multi-path shares) in flight: a violet halo under the line.
+    { selector: "edge.relay", style: { "underlay-color": "#7b1fa2", "underlay-opacity": 0.35, "underlay-padding": 5 } },
     { selector: "edge.down", style: { "line-style": "dotted" } },
   ],
   elements: [],
@@ -78,6 +80,14 @@ function render(s) {
       el.toggleClass("down", l.state === "down");
     }
   });
+  // Halo every link on a path of a relay in flight.
+  const carrying = new Set();
+  for (const r of s.relays) {
+    for (const p of (r.paths && r.paths.length ? r.paths : [r.route || []])) {
+      for (let i = 0; i + 1 < p.length; i++) { carrying.add(p[i] + "|" + p[i + 1]); carrying.add(p[i + 1] + "|" + p[i]); }
+    }
+  }
+  cy.edges().forEach((e) => e.toggleClass("relay", carrying.has(e.data("source") + "|" + e.data("target"))));
   if (!laidOut) {
     const preset = s.nodes.every((n) => n.x !== undefined);
     cy.layout(preset ? { name: "preset", fit: true, padding: 40 }
@@ -101,12 +111,15 @@ function render(s) {
     `<tr data-node="${esc(n.id)}" data-state="${esc(n.state)}"><td>${esc(n.id)}</td>` +
     `<td class="st-${esc(n.state)}">${esc(n.state)}</td><td>${n.keys_served}</td>` +
     `<td>${bytes(n.pool_out_bytes)}</td><td>${n.relays_in_flight}</td></tr>`).join("");
+  const via = (r) => (r.paths && r.paths.length > 1)
+    ? `${r.paths.length} shares, any ${r.threshold} rebuild: ` + r.paths.map((p) => esc(p.join(" → "))).join(" | ")
+    : "via " + esc((r.route || []).join(" → "));
   $("relays").innerHTML = s.relays.length ? s.relays.map((r) =>
-    `<li>${esc(r.from)} → ${esc(r.to)}: ${r.count} via ${esc((r.route || []).join(" → "))}</li>`).join("")
+    `<li data-paths="${(r.paths || []).length}">${esc(r.from)} → ${esc(r.to)}: ${r.count} ${via(r)}</li>`).join("")
     : "<li>none</li>";
   const pools = s.pools.filter((p) => p.out_bytes > 0).sort((a, b) => b.out_bytes - a.out_bytes);
   $("pools").tBodies[0].innerHTML = pools.map((p) =>
-    `<tr><td>${esc(p.from)} → ${esc(p.to)}</td><td>${bytes(p.out_bytes)}</td><td>${esc((p.route || []).join(" → "))}</td></tr>`).join("");
+    `<tr><td>${esc(p.from)} → ${esc(p.to)}</td><td>${bytes(p.out_bytes)}</td><td>${(p.paths && p.paths.length > 1) ? p.paths.map((x) => esc(x.join(" → "))).join("<br>") + ` (any ${p.threshold} of ${p.paths.length})` : esc((p.route || []).join(" → "))}</td></tr>`).join("");
   $("alerts").innerHTML = s.alerts.length ? s.alerts.map((a) =>
     `<li class="${esc(a.level)}">${esc(a.text)}</li>`).join("") : "<li>none</li>";
   $("refusals").innerHTML = s.refusals.length ? s.refusals.map((r) =>
