@@ -492,8 +492,18 @@ impl KeyManager {
                 0 => self.reconcile.run,
                 r => r.min(self.reconcile.run),
             };
+            let (keys, link) = (
+                self.stats.slave_keys_discarded,
+                self.stats.link_key_discarded,
+            );
             self.discard_restored(fork, &mut batch);
             self.renew_identity(&mut batch);
+            tracing::error!(
+                slave_keys = self.stats.slave_keys_discarded - keys,
+                link_key_bytes = self.stats.link_key_discarded - link,
+                kept_from_run = fork,
+                "discarded what the restored store held from before the copy: keys held for slaves (their slaves get 'not found'), link key and pools"
+            );
         }
         let next = relay_hw.max(relay_floor).saturating_add(1);
         if next > self.relays.next_seq {
