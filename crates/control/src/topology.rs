@@ -167,7 +167,7 @@ impl DeviceLinkSpec {
             return Err(("device.ca".into(), "must be a file path".into()));
         }
         let bits = self.key_bits();
-        if !(64..=8192).contains(&bits) || bits % 8 != 0 {
+        if !(64..=8192).contains(&bits) || !bits.is_multiple_of(8) {
             return Err((
                 "device.key_bits".into(),
                 format!("{bits} is not a multiple of 8 in 64..=8192"),

@@ -268,7 +268,7 @@ impl Ctx {
         if !(1..=MAX_KEYS_PER_CALL).contains(&number) {
             return error(StatusCode::BAD_REQUEST, "number out of range");
         }
-        if !(MIN_KEY_BITS..=MAX_KEY_BITS).contains(&size) || size % 8 != 0 {
+        if !(MIN_KEY_BITS..=MAX_KEY_BITS).contains(&size) || !size.is_multiple_of(8) {
             return error(StatusCode::BAD_REQUEST, "size out of range");
         }
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());

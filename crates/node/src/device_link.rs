@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kagi_control::{DeviceLinkSpec, LinkSpec, Topology};
+use kagi_control::{DeviceLinkSpec, LinkSpec};
 use kagi_keymat::its_mac::{self, MacKey, Tag, MAC_KEY_LEN, TAG_LEN};
 use kagi_keymat::Key;
 use kagi_km::Input;
@@ -205,12 +205,6 @@ impl DeviceLinkConfig {
             max_keys: d.keys_per_call(),
         })
     }
-
-    /// The device link for `spec` in `topo`, when it is one.
-    pub fn is_device(topo: &Topology, spec: &LinkSpec) -> bool {
-        let _ = topo;
-        spec.key_source().ok() == Some(kagi_control::KeySource::Device)
-    }
 }
 
 /// One end of a device link, running until stopped.
@@ -380,9 +374,7 @@ impl DeviceLink {
             });
             let reply = tokio::time::timeout(REPLY_TIMEOUT, async {
                 loop {
-                    let Some(bytes) = self.frames.recv().await else {
-                        return None;
-                    };
+                    let bytes = self.frames.recv().await?;
                     match DeviceFrame::decode(&bytes) {
                         Some(
                             f @ (DeviceFrame::Tag { block: b, .. }
@@ -455,7 +447,7 @@ impl DeviceLink {
                         });
                         continue;
                     }
-                    match self.fetch(block, &ids).await {
+                    match self.fetch(&ids).await {
                         Ok(batch) => {
                             let tag = batch.tag(&self.cfg.peer, &self.cfg.me, block, &ids);
                             self.send(&DeviceFrame::Tag { block, tag: tag.0 });
@@ -498,8 +490,7 @@ impl DeviceLink {
     }
 
     /// The slave's bytes of an offered batch, or the state and reason of the failure.
-    async fn fetch(&self, block: u64, ids: &[[u8; 16]]) -> Result<Batch, (&'static str, String)> {
-        let _ = block;
+    async fn fetch(&self, ids: &[[u8; 16]]) -> Result<Batch, (&'static str, String)> {
         let want: Vec<Uuid> = ids.iter().map(|b| Uuid::from_bytes(*b)).collect();
         let keys = self
             .device
