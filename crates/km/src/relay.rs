@@ -552,7 +552,20 @@ impl KeyManager {
                 store,
                 epoch,
                 link_low,
-            } => self.on_hello(from, store, epoch, link_low),
+                run,
+                next_relay,
+                next_assign,
+            } => self.on_hello(
+                from,
+                crate::reconcile::Hello {
+                    store,
+                    epoch,
+                    link_low,
+                    run,
+                    next_relay,
+                    next_assign,
+                },
+            ),
             PeerMsg::Seen {
                 epoch,
                 relay_hw,
@@ -560,6 +573,7 @@ impl KeyManager {
                 relay_floor,
                 assign_floor,
                 link_rx_hw,
+                fork_run,
             } => self.on_seen(
                 from,
                 crate::reconcile::Seen {
@@ -569,6 +583,7 @@ impl KeyManager {
                     relay_floor,
                     assign_floor,
                     link_rx_hw,
+                    fork_run,
                 },
             ),
         }

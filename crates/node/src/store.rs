@@ -507,17 +507,18 @@ pub(crate) mod tests {
                 dest: "c".into(),
                 key: Key::from_slice(&[0xA3; 40]),
             },
-            Record::SlaveKey {
-                id: uuid::Uuid::from_u128(42),
-                key: SlaveKey {
+            Record::slave_key(
+                uuid::Uuid::from_u128(42),
+                SlaveKey {
                     master: "sae-a".into(),
                     slaves: vec!["sae-c".into()],
                     pending: vec!["sae-c".into()],
                     origin: "a".into(),
                     assign_seq: 1,
                     key: Key::from_slice(&[0xA4; 32]),
+                    run: 3,
                 },
-            },
+            ),
             Record::Counter {
                 name: Counter::Assign,
                 next: 2,
