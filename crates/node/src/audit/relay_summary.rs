@@ -12,9 +12,12 @@ use kagi_km::NodeStats;
 /// At most one summary line per this period (plus one when the core stops).
 pub const EVERY: Duration = Duration::from_secs(10);
 
-/// The counters summarised, by name; the second element says whether a rise is an integrity
-/// alert (the line's outcome is then `alert`).
-const FIELDS: &[(&str, fn(&NodeStats) -> u64, bool)] = &[
+/// A counter's name in the line, how to read it, and whether a rise is an integrity alert (the
+/// line's outcome is then `alert`).
+type Field = (&'static str, fn(&NodeStats) -> u64, bool);
+
+/// The counters summarised.
+const FIELDS: &[Field] = &[
     ("started", |s| s.relays_started, false),
     ("multipath", |s| s.multipath_relays_started, false),
     ("forwarded", |s| s.hops_forwarded, false),
