@@ -97,7 +97,7 @@ pub async fn run_node(
              outside test rigs"
         );
     }
-    let driver = Driver::new(
+    let mut driver = Driver::new(
         km_config(&cfg, topo.clone()),
         &db,
         cfg.store.synchronous,
@@ -105,7 +105,8 @@ pub async fn run_node(
     )
     .with_ops(ops.clone())
     .with_audit(trail.clone())
-    .with_erase(crate::seal::erase::EraseTargets::for_node(&cfg));
+    .with_erase(crate::seal::erase::EraseTargets::for_node(&cfg))
+    .with_integrity_threshold(cfg.tamper.integrity_failures);
     let handle = driver.handle();
     let inbox = handle.inbox();
     #[cfg(unix)]
