@@ -4,8 +4,8 @@
 #   - privacy amplification at 10^8 bits, 2 threads (kagi), and the numpy float-FFT reference
 #     on the same data with the outputs compared bit for bit (skipped when python3 has no
 #     numpy: this script installs nothing);
-#   - LDPC reconciliation (default blind min-sum, and with the decoder state kept across blind
-#     rounds) at QBER 1 / 3 / 5 %: Mb/s and f;
+#   - LDPC reconciliation (default blind min-sum, and with each blind round restarted from the
+#     channel LLRs as before 2026-12-03) at QBER 1 / 3 / 5 %: Mb/s and f;
 #   - Cascade at QBER 1 / 3 / 5 %: Mb/s, f and rounds;
 #   - `kagi link-sim --distance 25`: sifted Mb/s (mean over blocks) with both ends overlapped;
 #     `kagi link-sim --distance 45`: secret bits with the default (auto) block.
@@ -16,44 +16,7 @@
 # cascade link25 link45 to leave out), CARGO_TARGET_DIR as usual.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-reps="${PP_REPS:-3}"
-threads="${PP_THREADS:-2}"
-skip=" ${PP_SKIP:-} "
-want() { [[ "$skip" != *" $1 "* ]]; }
-target="${CARGO_TARGET_DIR:-target}"
-cargo build --release -p kagi-postproc --example line_rate --example pa_files
-cargo build --release -p kagi --bin kagi
-ex="$target/release/examples"
-kagi="$target/release/kagi"
-rows="$(mktemp)"
-trap 'rm -f "$rows"' EXIT
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%FT%TZ)"
-echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "ROW	benchmark	reps	wall_min_s	wall_med_s	cpu_min_s	cpu_med_s	Mbps_best	Mbps_med	note" >"$rows"
 
-# Kagi's own kernels: PA, LDPC (cold and warm-started blind rounds), Cascade.
-what=()
-want pa && what+=(pa)
-want ldpc && what+=(ldpc ldpc-warm)
-want cascade && what+=(cascade)
-if ((${#what[@]})); then
-    PP_THREADS="$threads" "$ex/line_rate" "$reps" "${what[@]}" | tee /dev/stderr | grep '^ROW' | tail -n +2 >>"$rows"
-fi
-
-# numpy reference on the same data (bit-for-bit check inside pa_ref.py).
-if want numpy; then
-    if python3 -c 'import numpy' 2>/dev/null; then
-        nb="${PP_NUMPY_BITS:-1e8}"
-        out="$(PA_THREADS="$threads" PA_REPS="$reps" PA_NUMPY_REPS="${PP_NUMPY_REPS:-1}" \
-            python3 scripts/pa_ref.py "$ex/pa_files" "$nb")"
-        echo "$out" >&2
-        echo "$out" | grep '^SUMMARY' | sed -E 's/.*numpy min ([0-9.]+)s \(([0-9.]+) Mb\/s\) \| outputs identical: (\w+)/ROW\tpa numpy float FFT n='"$nb"'\t'"${PP_NUMPY_REPS:-1}"'\t\1\t-\t-\t-\t\2\t-\tidentical to kagi: \3/' >>"$rows"
-    else
-        printf 'ROW\tpa numpy float FFT\t0\t-\t-\t-\t-\t-\t-\tSKIPPED: python3 has no numpy\n' >>"$rows"
-    fi
-fi
-
-# Whole pipeline through the photon simulator (post-processing timed by link-sim itself).
 linksim() { # distance, label
     local km="$1" label="$2" i j
     local tmp
@@ -83,9 +46,53 @@ print(f"ROW\tlink-sim {km} km (post-processing)\t{len(runs)}\t{w[0]:.3f}\t{w[1]:
 EOF
     rm -rf "$tmp"
 }
-want link25 && linksim 25 "mean over blocks"
-want link45 && linksim 45 "default block"
 
-echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo
-cut -f2- "$rows" | column -t -s $'\t'
+# The whole run is one function, parsed before it starts (editing the file mid-run is safe).
+main() {
+    reps="${PP_REPS:-3}"
+    threads="${PP_THREADS:-2}"
+    skip=" ${PP_SKIP:-} "
+    want() { [[ "$skip" != *" $1 "* ]]; }
+    target="${CARGO_TARGET_DIR:-target}"
+    cargo build --release -p kagi-postproc --example line_rate --example pa_files
+    cargo build --release -p kagi --bin kagi
+    ex="$target/release/examples"
+    kagi="$target/release/kagi"
+    rows="$(mktemp)"
+    trap 'rm -f "$rows"' EXIT
+    echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%FT%TZ)"
+    echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "ROW	benchmark	reps	wall_min_s	wall_med_s	cpu_min_s	cpu_med_s	Mbps_best	Mbps_med	note" >"$rows"
+
+    # Kagi's own kernels: PA, LDPC (default, and cold-restarted blind rounds), Cascade.
+    what=()
+    want pa && what+=(pa)
+    want ldpc && what+=(ldpc ldpc-cold)
+    want cascade && what+=(cascade)
+    if ((${#what[@]})); then
+        PP_THREADS="$threads" "$ex/line_rate" "$reps" "${what[@]}" | tee /dev/stderr | grep '^ROW' | tail -n +2 >>"$rows"
+    fi
+
+    # numpy reference on the same data (bit-for-bit check inside pa_ref.py).
+    if want numpy; then
+        if python3 -c 'import numpy' 2>/dev/null; then
+            nb="${PP_NUMPY_BITS:-1e8}"
+            out="$(PA_THREADS="$threads" PA_REPS="$reps" PA_NUMPY_REPS="${PP_NUMPY_REPS:-1}" \
+                python3 scripts/pa_ref.py "$ex/pa_files" "$nb")"
+            echo "$out" >&2
+            echo "$out" | grep '^SUMMARY' | sed -E 's/.*numpy min ([0-9.]+)s \(([0-9.]+) Mb\/s\) \| outputs identical: (\w+)/ROW\tpa numpy float FFT n='"$nb"'\t'"${PP_NUMPY_REPS:-1}"'\t\1\t-\t-\t-\t\2\t-\tidentical to kagi: \3/' >>"$rows"
+        else
+            printf 'ROW\tpa numpy float FFT\t0\t-\t-\t-\t-\t-\t-\tSKIPPED: python3 has no numpy\n' >>"$rows"
+        fi
+    fi
+
+    # Whole pipeline through the photon simulator (post-processing timed by link-sim itself).
+    want link25 && linksim 25 "mean over blocks"
+    want link45 && linksim 45 "default block"
+
+    echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo
+    cut -f2- "$rows" | column -t -s $'\t'
+}
+
+main "$@"

@@ -3,8 +3,8 @@
 //! CPU figure (`scripts/pp-bench.sh` runs this and `kagi link-sim`).
 //!
 //! `cargo run --release -p kagi-postproc --example line_rate -- [reps] [what ...]`, `what`
-//! among `pa`, `ldpc`, `ldpc-warm` (decoder state kept across blind rounds), `cascade`
-//! (default all). Environment: `PP_PA_BITS` (default 1e8),
+//! among `pa`, `ldpc` (defaults), `ldpc-cold` (blind rounds restart from the channel LLRs),
+//! `cascade` (default all). Environment: `PP_PA_BITS` (default 1e8),
 //! `PP_EC_BITS` (reconciliation block, default 1e6), `PP_THREADS` (default 2).
 //!
 //! Lines starting `ROW` are the table (tab-separated): name, reps, wall min, wall median, CPU
@@ -33,7 +33,7 @@ fn main() {
     if want("pa") {
         pa(pa_bits, threads, reps);
     }
-    for (name, warm) in [("ldpc", false), ("ldpc-warm", true)] {
+    for (name, warm) in [("ldpc-cold", false), ("ldpc", true)] {
         if want(name) {
             for q in [0.01, 0.03, 0.05] {
                 ldpc_row(ec_bits, q, threads, reps, warm);
@@ -82,7 +82,8 @@ fn keys(n: usize, q: f64, seed: u64) -> (BitVec, BitVec, f64) {
     (x, y, e)
 }
 
-/// LDPC reconciliation with the default (blind, min-sum) parameters, both ends in-process
+/// LDPC reconciliation with the default (blind, min-sum) parameters and `warm_start` as
+/// given, both ends in-process
 /// (syndromes, decoding on `threads` threads, reveals); f from the actual error rate.
 fn ldpc_row(n: usize, q: f64, threads: usize, reps: usize, warm_start: bool) {
     let params = LdpcParams {
@@ -112,7 +113,7 @@ fn ldpc_row(n: usize, q: f64, threads: usize, reps: usize, warm_start: bool) {
     row(
         &format!(
             "ldpc{} q={:.0}% threads={threads}",
-            if warm_start { " warm" } else { "" },
+            if warm_start { "" } else { " cold" },
             q * 100.0
         ),
         n,

@@ -70,7 +70,7 @@ pub struct LdpcParams {
     pub check_rule: CheckRule,
     /// Bob keeps each failing frame's decoder state (check messages and a-posteriori LLRs)
     /// and continues from it after a reveal, instead of restarting from the channel LLRs
-    /// (his choice only). An attempt that is not the last then also stops once its count of
+    /// (his choice only; on by default: the same f for less CPU). An attempt that is not the last then also stops once its count of
     /// unsatisfied checks has not fallen for [`STALL_ITERATIONS`] iterations: the reveal that
     /// follows adds information, which iterating alone does not.
     pub warm_start: bool,
@@ -85,7 +85,7 @@ impl Default for LdpcParams {
             blind_step: 0.05,
             max_iterations: 60,
             check_rule: CheckRule::MinSum,
-            warm_start: false,
+            warm_start: true,
         }
     }
 }
