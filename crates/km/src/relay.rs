@@ -555,6 +555,7 @@ impl KeyManager {
                 run,
                 next_relay,
                 next_assign,
+                tx_low,
             } => self.on_hello(
                 from,
                 crate::reconcile::Hello {
@@ -564,6 +565,7 @@ impl KeyManager {
                     run,
                     next_relay,
                     next_assign,
+                    tx_low,
                 },
             ),
             PeerMsg::Seen {
