@@ -44,6 +44,10 @@ pub struct StudyOptions {
     pub repair_minutes: f64,
     /// Seed of the demand, the failures and the network.
     pub seed: u64,
+    /// Node-disjoint paths per relay (1: single-path relay, the core's default).
+    pub paths: u8,
+    /// Shares that rebuild a key (`1 ≤ threshold ≤ paths`).
+    pub threshold: u8,
 }
 
 impl Default for StudyOptions {
@@ -59,6 +63,8 @@ impl Default for StudyOptions {
             node_mtbf_hours: None,
             repair_minutes: 10.0,
             seed: 1,
+            paths: 1,
+            threshold: 1,
         }
     }
 }
@@ -153,6 +159,10 @@ pub struct StudyReport {
     pub key_spent_per_delivered_bit: f64,
     /// Node failures injected.
     pub node_failures: u64,
+    /// Relays started, from the nodes' counters.
+    pub relays_started: u64,
+    /// Relays abandoned (timed out or aborted on their path), from the nodes' counters.
+    pub relays_abandoned: u64,
 }
 
 /// One thing that happens at a virtual time.
@@ -196,7 +206,10 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
         latency: (Duration::from_millis(1), Duration::from_millis(5)),
         ..Faults::default()
     };
-    let mut sim = Sim::new(topo.clone(), opt.seed, faults, supply, Policy::default());
+    let mut policy = Policy::default();
+    policy.routing.paths = opt.paths;
+    policy.routing.threshold = opt.threshold;
+    let mut sim = Sim::new(topo.clone(), opt.seed, faults, supply, policy);
     sim.set_link_intervals(intervals);
 
     let start = sim.now();
@@ -350,12 +363,13 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
     let requests: u64 = tally.iter().map(|t| t.0).sum();
     let served: u64 = tally.iter().map(|t| t.1).sum();
     let delivered_bits: u64 = tally.iter().map(|t| t.2).sum();
-    let link_key_spent_bits: u64 = topo
+    let stats: Vec<_> = topo
         .nodes
         .iter()
         .filter_map(|n| sim.node(&n.id))
-        .map(|km| km.stats().link_key_spent * 8)
-        .sum();
+        .map(|km| km.stats())
+        .collect();
+    let link_key_spent_bits: u64 = stats.iter().map(|s| s.link_key_spent * 8).sum();
     Ok(StudyReport {
         hours: opt.hours,
         pairs: pair_reports,
@@ -383,6 +397,8 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
             0.0
         },
         node_failures,
+        relays_started: stats.iter().map(|s| s.relays_started).sum(),
+        relays_abandoned: stats.iter().map(|s| s.relays_abandoned).sum(),
     })
 }
 
@@ -410,6 +426,12 @@ fn check(opt: &StudyOptions) -> Result<(), StudyError> {
     }
     if !(opt.repair_minutes.is_finite() && opt.repair_minutes >= 0.0) {
         return bad("repair minutes must be finite and not negative");
+    }
+    if opt.paths == 0 || opt.paths > kagi_km::config::MAX_PATHS {
+        return bad("paths must be between 1 and 8");
+    }
+    if opt.threshold == 0 || opt.threshold > opt.paths {
+        return bad("threshold must be between 1 and paths");
     }
     Ok(())
 }

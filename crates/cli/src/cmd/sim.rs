@@ -18,6 +18,15 @@ pub struct Args {
     /// Topology file (default: the built-in Tokyo network).
     #[arg(long)]
     topology: Option<PathBuf>,
+    /// Simulate a synthetic mesh of N nodes (jittered grid, 10–80 km links) instead of a file.
+    #[arg(long, conflicts_with = "topology")]
+    grid_mesh: Option<usize>,
+    /// Node-disjoint paths per relay (1: single path).
+    #[arg(long, default_value_t = 1)]
+    paths: u8,
+    /// Shares that rebuild a key (1 ≤ threshold ≤ paths).
+    #[arg(long, default_value_t = 1)]
+    threshold: u8,
     /// Simulated hours.
     #[arg(long, default_value_t = 1.0)]
     hours: f64,
@@ -55,12 +64,14 @@ pub struct Args {
 
 /// Runs the subcommand.
 pub fn run(a: Args) -> Result<()> {
-    let topo = match &a.topology {
-        Some(p) => Topology::from_toml(
+    let topo = match (&a.topology, a.grid_mesh) {
+        (Some(p), _) => Topology::from_toml(
             &std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?,
         )
         .with_context(|| format!("topology {}", p.display()))?,
-        None => kagi_control::builtin::tokyo(),
+        (None, Some(n)) if (2..=1000).contains(&n) => kagi_sim::plan::synth::grid_mesh(n, a.seed),
+        (None, Some(_)) => anyhow::bail!("--grid-mesh takes 2..=1000 nodes"),
+        (None, None) => kagi_control::builtin::tokyo(),
     };
     let opt = StudyOptions {
         hours: a.hours,
@@ -73,6 +84,8 @@ pub fn run(a: Args) -> Result<()> {
         node_mtbf_hours: a.node_mtbf_hours,
         repair_minutes: a.repair_minutes,
         seed: a.seed,
+        paths: a.paths,
+        threshold: a.threshold,
     };
     let spin = super::progress::spinner(&format!(
         "simulating {} h of {} nodes",
@@ -131,6 +144,12 @@ fn text(topo: &Topology, r: &StudyReport, secs: f64) -> String {
     println!(
         "key delivered {} bits; link key spent {} bits ({:.2} per delivered bit)",
         r.delivered_bits, r.link_key_spent_bits, r.key_spent_per_delivered_bit
+    );
+    println!(
+        "relays started {}, abandoned {} ({:.2} %)",
+        r.relays_started,
+        r.relays_abandoned,
+        100.0 * r.relays_abandoned as f64 / r.relays_started.max(1) as f64
     );
     println!();
     println!(
