@@ -68,8 +68,11 @@ pub struct TamperSignal {
     pub source: String,
     /// What it said.
     pub reason: String,
-    /// Answered once the keys are gone and the node is fenced.
-    pub reply: oneshot::Sender<()>,
+    /// Also crypto-erase the stored keys ([`crate::seal::erase`]) once fenced.
+    pub erase: bool,
+    /// Answered once the keys are gone and the node is fenced: what an erase destroyed (empty
+    /// for a plain tamper signal), or why the erase failed.
+    pub reply: oneshot::Sender<Result<Vec<String>, String>>,
 }
 
 /// Peer messages queued for the core. A peer that sends faster than the core handles them
@@ -125,17 +128,37 @@ impl DriverHandle {
     /// pool and waiting key) is dropped and zeroized, the store writer stopped, the data key
     /// wiped, and every later call refused with 503. False when the driver did not confirm.
     pub async fn tamper(&self, source: &str, reason: &str) -> bool {
+        matches!(self.signal(source, reason, false).await, Some(Ok(_)))
+    }
+
+    /// Fences the node as [`Self::tamper`] does, then crypto-erases its stored keys (see
+    /// [`crate::seal::erase`]); the audit trail records the erase, and is checkpointed, before
+    /// any key is destroyed. Answers what was destroyed, or why the erase failed (the node stays
+    /// fenced either way); `None` when the driver did not answer.
+    pub async fn erase(&self, who: &str, reason: &str) -> Option<Result<Vec<String>, String>> {
+        self.signal(who, reason, true).await
+    }
+
+    async fn signal(
+        &self,
+        source: &str,
+        reason: &str,
+        erase: bool,
+    ) -> Option<Result<Vec<String>, String>> {
         let (tx, rx) = oneshot::channel();
-        let sent = self.inbox.send(DriverMsg::Tamper(TamperSignal {
-            source: source.to_owned(),
-            reason: reason.to_owned(),
-            reply: tx,
-        }));
-        sent.is_ok()
-            && matches!(
-                tokio::time::timeout(Duration::from_secs(10), rx).await,
-                Ok(Ok(()))
-            )
+        self.inbox
+            .send(DriverMsg::Tamper(TamperSignal {
+                source: source.to_owned(),
+                reason: reason.to_owned(),
+                erase,
+                reply: tx,
+            }))
+            .ok()?;
+        // An erase vacuums the store: allow it longer than the fence alone.
+        tokio::time::timeout(Duration::from_secs(60), rx)
+            .await
+            .ok()?
+            .ok()
     }
 
     /// Takes the link to neighbour `peer` out of service (`false`) or back (`true`). `None` when
@@ -207,6 +230,7 @@ pub struct Driver {
     app_slots: Arc<Semaphore>,
     ops: Option<Arc<crate::mgmt::Ops>>,
     audit: Option<Arc<crate::audit::AuditTrail>>,
+    erase: Option<crate::seal::erase::EraseTargets>,
 }
 
 impl Driver {
@@ -232,7 +256,14 @@ impl Driver {
             app_slots: Arc::new(Semaphore::new(MAX_APP_CALLS)),
             ops: None,
             audit: None,
+            erase: None,
         }
+    }
+
+    /// What an erase signal destroys ([`DriverHandle::erase`]); without it an erase is refused.
+    pub fn with_erase(mut self, targets: crate::seal::erase::EraseTargets) -> Self {
+        self.erase = Some(targets);
+        self
     }
 
     /// Records key events (link blocks in, keys served, refusals) in `trail`, and fails closed:
@@ -433,11 +464,19 @@ impl Driver {
             }
         }
         let why = tamper.as_ref().map(|t| {
-            format!(
-                "node {} is fenced after a tamper signal ({}: {}); its keys were erased from \
-                 memory; an operator must restart and unseal it",
-                self.cfg.node_id, t.source, t.reason
-            )
+            if t.erase {
+                format!(
+                    "node {} is fenced and crypto-erased (by {}: {}); its keys were destroyed \
+                     in memory and on disk, and it will not start again",
+                    self.cfg.node_id, t.source, t.reason
+                )
+            } else {
+                format!(
+                    "node {} is fenced after a tamper signal ({}: {}); its keys were erased \
+                     from memory; an operator must restart and unseal it",
+                    self.cfg.node_id, t.source, t.reason
+                )
+            }
         });
         if let Some(why) = &why {
             // Every link, pool and waiting key lives in the core: dropping it zeroizes them.
@@ -455,7 +494,7 @@ impl Driver {
             self.sealer.wipe();
             if let Some(trail) = &self.audit {
                 let _ = trail.record(crate::audit::Event {
-                    event: "node.tamper",
+                    event: if t.erase { "node.erase" } else { "node.tamper" },
                     actor: &t.source,
                     target: &self.cfg.node_id,
                     outcome: "fenced",
@@ -464,12 +503,67 @@ impl Driver {
                 let _ = trail.checkpoint();
             }
             if let Some(ops) = &self.ops {
-                ops.set_tampered(&t.source, &t.reason);
+                // Stops the link sources and wipes the photon ledger's key before an erase.
+                let source = if t.erase { "erase" } else { t.source.as_str() };
+                ops.set_tampered(source, &t.reason);
             }
-            let _ = t.reply.send(());
+            let answer = if t.erase {
+                self.crypto_erase(&t.source, &t.reason)
+            } else {
+                Ok(Vec::new())
+            };
+            let _ = t.reply.send(answer);
             self.fenced(&why, shutdown).await;
         }
         Ok(())
+    }
+
+    /// Crypto-erases the fenced node's store (see [`crate::seal::erase`]). The trail records the
+    /// erase and signs a checkpoint first, so the record survives what it describes; a trail that
+    /// cannot be written refuses the erase (nothing is destroyed unaudited; the node stays
+    /// fenced, with its keys gone from memory).
+    fn crypto_erase(&self, who: &str, reason: &str) -> Result<Vec<String>, String> {
+        let Some(targets) = &self.erase else {
+            return Err("this node was started without erase targets".into());
+        };
+        let node = &self.cfg.node_id;
+        let ev = |outcome, detail| crate::audit::Event {
+            event: "node.erase",
+            actor: who,
+            target: node,
+            outcome,
+            detail,
+        };
+        if let Some(trail) = &self.audit {
+            trail
+                .record(ev("erasing", reason))
+                .and_then(|_| trail.checkpoint())
+                .map_err(|e| {
+                    format!(
+                        "{e}; nothing was erased (the node stays fenced, its keys gone from \
+                         memory)"
+                    )
+                })?;
+        }
+        let result = crate::seal::erase::erase(targets, &crate::seal::erase::note(who, reason));
+        match &result {
+            Ok(done) => tracing::error!(destroyed = ?done, "node crypto-erased"),
+            Err(e) => tracing::error!(error = %e, "crypto-erase failed"),
+        }
+        if let Some(trail) = &self.audit {
+            let (outcome, detail) = match &result {
+                Ok(done) => ("erased", done.join("; ")),
+                Err(e) => ("failed", e.to_string()),
+            };
+            // Signed with the key still in memory; its stored copy is gone.
+            let r = trail
+                .record(ev(outcome, &detail))
+                .and_then(|_| trail.checkpoint());
+            if let Err(e) = r {
+                tracing::error!(error = %e, "audit record of the erase failed");
+            }
+        }
+        result.map_err(|e| format!("erase failed: {e}"))
     }
 
     /// After a tamper signal: refuses every call with `why` until `shutdown`. Link key that still
@@ -491,7 +585,12 @@ impl Driver {
                         let _ = tx.send(Err(Refusal::Unavailable(why.to_owned())));
                     }
                     Some(DriverMsg::Tamper(t)) => {
-                        let _ = t.reply.send(());
+                        let answer = if t.erase {
+                            self.crypto_erase(&t.source, &t.reason)
+                        } else {
+                            Ok(Vec::new())
+                        };
+                        let _ = t.reply.send(answer);
                     }
                     Some(DriverMsg::LinkService { reply, .. }) => {
                         let _ = reply.send(false);

@@ -104,7 +104,8 @@ pub async fn run_node(
         seals.store.clone(),
     )
     .with_ops(ops.clone())
-    .with_audit(trail.clone());
+    .with_audit(trail.clone())
+    .with_erase(crate::seal::erase::EraseTargets::for_node(&cfg));
     let handle = driver.handle();
     let inbox = handle.inbox();
     #[cfg(unix)]

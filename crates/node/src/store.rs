@@ -360,7 +360,7 @@ fn checkpoint(store: &SqliteStore, dirty: &mut bool, last: &mut Instant) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use kagi_keymat::Key;
     use kagi_km::keybuf::KeyBufParts;

@@ -302,14 +302,31 @@ async fn management_roles_actions_metrics_and_openapi() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", message(&r));
+    // An erase must spell out its target: anything else is refused and nothing is erased.
+    for body in [
+        json!({"confirm": "erase b"}),
+        json!({"confirm": "a"}),
+        json!({"confirm_node": "a"}),
+    ] {
+        let r = call(&operator, "POST", "/api/v1/erase", Some(body.clone())).await;
+        assert_eq!(r.status, 400, "{body}: {}", message(&r));
+    }
     let r = call(
         &operator,
         "POST",
         "/api/v1/erase",
-        Some(json!({"confirm_node": "b"})),
+        Some(json!({"confirm": "erase b"})),
     )
     .await;
-    assert_eq!(r.status, 400, "confirm_node must name this node");
+    assert!(message(&r).contains("\"erase a\""), "{}", message(&r));
+    let r = call(
+        &observer,
+        "POST",
+        "/api/v1/erase",
+        Some(json!({"confirm": "erase a"})),
+    )
+    .await;
+    assert_eq!(r.status, 403, "an observer may not erase");
 
     // --- Link out of service: the route to b disappears (line a-b-c), and comes back.
     let route_to = |v: &Value, peer: &str| {

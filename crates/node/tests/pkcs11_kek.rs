@@ -1,7 +1,8 @@
 //! The PKCS#11 KEK against SoftHSM2 (Debian's `softhsm2`; `.ci/run` installs it): a node's store
 //! and link secrets sealed under a non-extractable key on a private token, unsealed again, a
 //! node started on it, a wrong PIN and an extractable key refused, and `kagi seal rewrap`
-//! rotating to a new token key after which the old one no longer opens the store.
+//! rotating to a new token key after which the old one no longer opens the store, and a
+//! crypto-erase destroying the token key only when configured to.
 
 use std::path::Path;
 use std::time::Duration;
@@ -114,6 +115,7 @@ fn a_token_kek_seals_unseals_rotates_and_never_leaves_the_token() {
         key_label: None,
         pin_file: None,
         pin_env: None,
+        destroy_on_erase: false,
     };
     let mut topo =
         kagi_control::Topology::line("p", &["a", "b"], 5.0, |n| vec![format!("sae-{n}")]);
@@ -230,5 +232,34 @@ fn a_token_kek_seals_unseals_rotates_and_never_leaves_the_token() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("does not unseal"), "{e}");
+
+    // Crypto-erase: the token key goes only where the config says so.
+    let b = cfgs[1].clone();
+    let done = kagi_node::seal::erase::erase(
+        &kagi_node::seal::erase::EraseTargets::for_node(&b),
+        "erased by test",
+    )
+    .unwrap();
+    assert!(!done.iter().any(|d| d.contains("token key")), "{done:?}");
+    assert!(labels(module).contains(&"kagi-kek-b".to_string()));
+    let mut a_destroy = a.clone();
+    a_destroy
+        .store
+        .seal
+        .pkcs11
+        .as_mut()
+        .unwrap()
+        .destroy_on_erase = true;
+    let done = kagi_node::seal::erase::erase(
+        &kagi_node::seal::erase::EraseTargets::for_node(&a_destroy),
+        "erased by test",
+    )
+    .unwrap();
+    assert!(done.iter().any(|d| d.contains("token key")), "{done:?}");
+    assert!(!labels(module).contains(&"kagi-kek-a".to_string()));
+    let e = kagi_node::seal::node::unseal_node(&a, &db, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("crypto-erased"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }

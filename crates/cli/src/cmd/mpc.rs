@@ -184,6 +184,23 @@ pub fn put_table(
     Ok(())
 }
 
+/// Moves the table's three sites out of `sites`, in the table's party order.
+fn take_table_sites(
+    sites: &mut Vec<RemoteSite>,
+    m: &TableManifest,
+) -> anyhow::Result<Vec<RemoteSite>> {
+    m.sites
+        .iter()
+        .map(|s| {
+            let i = sites
+                .iter()
+                .position(|x| x.id() == s)
+                .with_context(|| format!("site {s} of the table is not in network.json"))?;
+            Ok(sites.remove(i))
+        })
+        .collect()
+}
+
 /// `kagi vault refresh ID` when ID names a table: re-randomises the table's shares at its three
 /// sites. Returns `false` (and does nothing) if no site holds a table with that ID or name.
 pub fn refresh_table(
@@ -199,14 +216,7 @@ pub fn refresh_table(
     else {
         return Ok(false);
     };
-    let mut chosen: Vec<RemoteSite> = Vec::new();
-    for s in &m.sites {
-        let i = sites
-            .iter()
-            .position(|x| x.id() == s)
-            .with_context(|| format!("site {s} of the table is not in network.json"))?;
-        chosen.push(sites.remove(i));
-    }
+    let mut chosen = take_table_sites(sites, &m)?;
     let before = owner.key_bytes_used() + chosen.iter().map(SiteApi::key_bytes_used).sum::<u64>();
     let spin = super::progress::spinner(&format!(
         "refreshing table {} ({} rows) at {}",
@@ -356,32 +366,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .clone();
             plan(&m.schema, &query)?;
             let mut owner = owner_keys(dir, &net, &owner_sae, rt.handle(), wait)?;
-            let mut chosen: Vec<RemoteSite> = Vec::new();
-            for s in &m.sites {
-                let i = sites
-                    .iter()
-                    .position(|x| x.id() == s)
-                    .with_context(|| format!("site {s} of the table is not in network.json"))?;
-                chosen.push(sites.remove(i));
-            }
+            let mut chosen = take_table_sites(&mut sites, &m)?;
+            let security_name = if semi_honest {
+                "semi-honest"
+            } else {
+                "malicious"
+            };
+            let channel_name = if channel == Channel::Its {
+                "one-time-pad"
+            } else {
+                "TLS"
+            };
             // The sites compute in one exchange each: a spinner with the time elapsed (on a
             // terminal only) shows that a key-bound query is waiting, not stuck.
             let spin = super::progress::spinner(&format!(
-                "{} on {} ({} rows) at {}: {} security, {} channels",
+                "{} on {} ({} rows) at {}: {security_name} security, {channel_name} channels",
                 expr,
                 m.name,
                 m.schema.rows,
                 m.sites.join(", "),
-                if semi_honest {
-                    "semi-honest"
-                } else {
-                    "malicious"
-                },
-                if channel == Channel::Its {
-                    "one-time-pad"
-                } else {
-                    "TLS"
-                }
             ));
             let out = query_table(
                 &mut chosen,
@@ -395,7 +398,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             spin.finish_and_clear();
             let out = out?;
             let total: u64 = out.key_spent_bytes.values().sum::<u64>() + owner.key_bytes_used();
-            let _ = chosen.iter().map(SiteApi::key_bytes_used).sum::<u64>();
             if args.json {
                 println!(
                     "{}",
@@ -405,24 +407,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         "bytes_sent": out.bytes_sent,
                         "elapsed_s": out.elapsed_s,
                         "work": out.work,
-                        "security": if semi_honest { "semi-honest" } else { "malicious" },
+                        "security": security_name,
                         "channel": if channel == Channel::Its { "its" } else { "tls" },
                     })
                 );
             } else {
                 println!("{}", serde_json::to_string_pretty(&out.result)?);
                 eprintln!(
-                    "{} security, {} channels, {:.2} s; QKD key spent: {} in all",
-                    if semi_honest {
-                        "semi-honest"
-                    } else {
-                        "malicious"
-                    },
-                    if channel == Channel::Its {
-                        "one-time-pad"
-                    } else {
-                        "TLS"
-                    },
+                    "{security_name} security, {channel_name} channels, {:.2} s; QKD key spent: {} in all",
                     out.elapsed_s,
                     fmt_bytes(total)
                 );

@@ -1,5 +1,5 @@
 //! `kagi net`: the network as the management API sees it (nodes, links, pools), as aligned
-//! tables or JSON, and the operator's link and drain switches, for a network started by
+//! tables or JSON, and the operator's link, drain and erase actions, for a network started by
 //! `kagi up`.
 
 use std::path::{Path, PathBuf};
@@ -50,6 +50,18 @@ pub enum NetCommand {
         /// End draining.
         #[arg(long)]
         undo: bool,
+        /// Reason recorded in the audit trail.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Crypto-erase a node: fence it and destroy every key it stored, irrecoverably; it will not
+    /// start again (see OPERATIONS.md "Crypto-erase").
+    Erase {
+        /// The node.
+        node: String,
+        /// Must read `erase NODE`, as a guard against erasing the wrong node.
+        #[arg(long)]
+        confirm: String,
         /// Reason recorded in the audit trail.
         #[arg(long, default_value = "")]
         reason: String,
@@ -304,6 +316,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                             "draining (new enc_keys refused)"
                         }
                     );
+                }
+            }
+            NetCommand::Erase {
+                node,
+                confirm,
+                reason,
+            } => {
+                let c = client(&dir, &net, &node, "operator")?;
+                let v = act(
+                    &c,
+                    "POST",
+                    "/api/v1/erase",
+                    json!({"confirm": confirm, "reason": reason}),
+                )
+                .await?;
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    println!("node {node}: fenced and crypto-erased");
+                    for d in v["destroyed"].as_array().into_iter().flatten() {
+                        println!("  {}", d.as_str().unwrap_or_default());
+                    }
                 }
             }
         }

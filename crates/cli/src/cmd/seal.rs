@@ -25,13 +25,29 @@ enum SealCommand {
     },
     /// Rotate the KEK: for a key file, a new key file, every data key rewrapped under it, the old
     /// file kept as `<key_file>.old-<time>`; for a PKCS#11 token, a new non-extractable key on
-    /// the token, the old one relabelled `<label>.old-<time>`. Safe while the node runs (it keeps its unwrapped data key;
-    /// its next start uses the new KEK).
+    /// the token, the old one relabelled `<label>.old-<time>`; for a passphrase, a new
+    /// passphrase (with a new salt). `--to` moves between a key file and a passphrase. Safe
+    /// while the node runs (it keeps its unwrapped data key; its next start uses the new KEK).
     Rewrap {
         /// The node's configuration file.
         #[arg(long)]
         config: PathBuf,
+        /// The new KEK's kind (default: the configured one).
+        #[arg(long, value_enum)]
+        to: Option<KekArg>,
+        /// Environment variable holding the new passphrase (default: asked twice on the
+        /// terminal). The current one comes from `[store.seal] passphrase_env` or the terminal.
+        #[arg(long)]
+        new_passphrase_env: Option<String>,
     },
+}
+
+/// A KEK kind on the command line.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KekArg {
+    File,
+    Passphrase,
+    Pkcs11,
 }
 
 /// Runs `kagi seal`.
@@ -81,9 +97,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        SealCommand::Rewrap { config } => {
+        SealCommand::Rewrap {
+            config,
+            to,
+            new_passphrase_env,
+        } => {
+            use kagi_node::seal::kek::KekKind;
             let cfg = kagi_node::config::NodeConfig::load(&config)?;
-            let r = kagi_node::seal::admin::rewrap(&cfg)?;
+            let to = match to {
+                None => cfg.store.seal.kek,
+                Some(KekArg::File) => KekKind::File,
+                Some(KekArg::Passphrase) => KekKind::Passphrase,
+                Some(KekArg::Pkcs11) => KekKind::Pkcs11,
+            };
+            let r = kagi_node::seal::admin::rewrap_to(&cfg, to, new_passphrase_env.as_deref())?;
             for f in &r.files {
                 println!("rewrapped     {}", f.display());
             }
@@ -92,6 +119,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "previous key  {} (delete it once the node has restarted with the new one)",
                 r.previous
             );
+            if let Some(c) = &r.config_change {
+                println!("now           {c}");
+            }
             Ok(())
         }
     }

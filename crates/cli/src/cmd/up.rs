@@ -276,6 +276,8 @@ struct Prepared {
     topo: Topology,
     configs: BTreeMap<String, PathBuf>,
     network: NetworkFile,
+    /// Every port handed to a node listener (ETSI 014, peer, management, SKIP, ETSI 004).
+    taken: Vec<u16>,
 }
 
 /// Certificates, topology file and node configs in `dir`.
@@ -339,8 +341,8 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             },
             None => cfg,
         };
-        let cfg = super::skip_ports::with_skip_port(cfg, &cfg_path, &topo);
-        let cfg = super::skip_ports::with_etsi004_port(cfg, &cfg_path, &topo);
+        let cfg = super::skip_ports::with_skip_port(cfg, &cfg_path, &mut taken);
+        let cfg = super::skip_ports::with_etsi004_port(cfg, &cfg_path, &mut taken);
         write_atomic(&cfg_path, &toml::to_string_pretty(&cfg)?)?;
         configs.insert(n.id.clone(), cfg_path);
         let mut saes = Vec::new();
@@ -397,6 +399,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
         topo,
         configs,
         network,
+        taken,
     })
 }
 
@@ -651,15 +654,24 @@ async fn wait_ready(
     Ok(())
 }
 
-/// The last `lines` lines of a node's log, indented, to show why it stopped (empty when the log
+/// Why a node stopped, from its log, indented: its `Error:` report without the stack backtrace
+/// that follows it when `RUST_BACKTRACE` is set, else the last `lines` lines (empty when the log
 /// cannot be read).
 fn log_tail(path: &Path, lines: usize) -> String {
     let Ok(text) = std::fs::read_to_string(path) else {
         return String::new();
     };
     let all: Vec<&str> = text.lines().collect();
-    let tail = &all[all.len().saturating_sub(lines)..];
-    tail.iter().fold(String::from(":"), |mut out, l| {
+    let shown: Vec<&str> = match all.iter().rposition(|l| l.starts_with("Error:")) {
+        Some(at) => all[at..]
+            .iter()
+            .take_while(|l| !l.starts_with("Stack backtrace:"))
+            .take(lines)
+            .copied()
+            .collect(),
+        None => all[all.len().saturating_sub(lines)..].to_vec(),
+    };
+    shown.iter().fold(String::from(":"), |mut out, l| {
         out.push_str("\n  ");
         out.push_str(l);
         out
@@ -880,13 +892,7 @@ fn vault_site_plan(net: &NetworkFile) -> Vec<(String, String, String)> {
 /// waits until each listens.
 async fn start_vault_sites(dir: &Path, prep: &Prepared) -> anyhow::Result<Vec<(VaultSite, Child)>> {
     let pki = Pki::open_or_create(&dir.join("pki"))?;
-    let mut taken: Vec<u16> = prep
-        .topo
-        .nodes
-        .iter()
-        .flat_map(|n| [addr_port(&n.etsi014_addr), addr_port(&n.peer_addr)])
-        .flatten()
-        .collect();
+    let mut taken = prep.taken.clone();
     let mut out: Vec<(VaultSite, Child)> = Vec::new();
     for (sae, node, url) in vault_site_plan(&prep.network) {
         let (cfg_path, log, pid_file) = site_paths(dir, &sae);
@@ -1204,6 +1210,25 @@ mod tests {
         a.rate_multiplier = Some(-1.0);
         assert!(prepare(&a, &dir).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_node_is_reported_by_its_error_not_its_backtrace() {
+        let dir = std::env::temp_dir().join(format!("kagi-logtail-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("node.log");
+        let mut text = String::from("starting\nError: bind ETSI 004 on 127.0.0.1:1: in use\n\n");
+        text.push_str("Stack backtrace:\n");
+        for i in 0..40 {
+            text.push_str(&format!("  {i}: frame\n"));
+        }
+        std::fs::write(&log, text).unwrap();
+        let shown = log_tail(&log, 12);
+        assert!(shown.contains("Error: bind ETSI 004"), "{shown}");
+        assert!(!shown.contains("frame"), "{shown}");
+        std::fs::write(&log, "a\nb\nc\n").unwrap();
+        assert_eq!(log_tail(&log, 2), ":\n  b\n  c");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! Every route is listed once in [`ROUTES`] with the permission it needs; the checked-in
 //! OpenAPI description (`docs/management-openapi.json`, served at `/api/v1/openapi.json`) is
 //! compared against that table by a test. Errors are JSON `{"message": ...}` with 400 (bad
-//! input), 403 (role), 404 (no such route), 405, 501 (action not available in this build) or
-//! 503 (key manager not answering).
+//! input), 403 (role), 404 (no such route), 405, 500 (an erase step failed) or 503 (key manager
+//! not answering).
 
 // Handlers return their error answer early through `Result<_, Response>`; the answer is built
 // once per failed request, so its size does not matter.
@@ -633,7 +633,7 @@ async fn sae_limits(
     }
 }
 
-/// Body of `POST /api/v1/tamper` and `POST /api/v1/erase`.
+/// Body of `POST /api/v1/tamper`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfirmBody {
@@ -644,20 +644,60 @@ struct ConfirmBody {
 }
 
 async fn tamper(State(ctx): Ctx, Extension(who): Who, body: Bytes) -> Response {
-    sealed_action(ctx, who, body, "node.tamper").await
+    tamper_action(ctx, who, body, "node.tamper").await
 }
 
+/// Body of `POST /api/v1/erase`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EraseBody {
+    /// Must read `erase <node-id>`: a stray or misdirected request cannot destroy a node.
+    confirm: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// Crypto-erase: fence the node, then destroy its wrapped data keys, link secrets, key tables
+/// and key file (see [`crate::seal::erase`]), audited and checkpointed before anything goes.
 async fn erase(State(ctx): Ctx, Extension(who): Who, body: Bytes) -> Response {
-    sealed_action(ctx, who, body, "node.erase").await
+    const ACTION: &str = "node.erase";
+    if let Err(r) = need(&ctx, &who, Permission::Operate, "erase the node") {
+        return r;
+    }
+    let b: EraseBody = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let node = ctx.ops.node_id();
+    let expected = format!("erase {node}");
+    if b.confirm != expected {
+        audit_and(&ctx, &who, ACTION, node, "refused", "confirmation mismatch");
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "confirm must read {expected:?} (got {:?}): erasing destroys every key this \
+                 node stored, irrecoverably",
+                b.confirm
+            ),
+        );
+    }
+    // The driver records the erase in the signed trail (before and after); the operator's
+    // request is in the operations log here.
+    audit_and(&ctx, &who, ACTION, node, "accepted", &b.reason);
+    match ctx.driver.erase(&who.name, b.reason.trim()).await {
+        None => unavailable(),
+        Some(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Some(Ok(destroyed)) => ok(json!({
+            "node_id": node,
+            "fenced": true,
+            "erased": true,
+            "destroyed": destroyed,
+        })),
+    }
 }
 
-async fn sealed_action(ctx: Arc<MgmtCtx>, who: Arc<Caller>, body: Bytes, action: &str) -> Response {
-    if let Err(r) = need(
-        &ctx,
-        &who,
-        Permission::Operate,
-        "trigger tamper response or erase",
-    ) {
+async fn tamper_action(ctx: Arc<MgmtCtx>, who: Arc<Caller>, body: Bytes, action: &str) -> Response {
+    if let Err(r) = need(&ctx, &who, Permission::Operate, "trigger tamper response") {
         return r;
     }
     let b: ConfirmBody = match parse(&body) {
@@ -682,36 +722,22 @@ async fn sealed_action(ctx: Arc<MgmtCtx>, who: Arc<Caller>, body: Bytes, action:
             ),
         );
     }
-    if action == "node.tamper" {
-        let reason = format!("{} (by {})", b.reason, who.name);
-        if !ctx.driver.tamper("management", reason.trim()).await {
-            audit_and(
-                &ctx,
-                &who,
-                action,
-                ctx.ops.node_id(),
-                "error",
-                "key manager not answering",
-            );
-            return unavailable();
-        }
-        audit_and(&ctx, &who, action, ctx.ops.node_id(), "ok", &b.reason);
-        return ok(json!({
-            "node_id": ctx.ops.node_id(),
-            "fenced": true,
-            "tampered": ctx.ops.tampered(),
-        }));
+    let reason = format!("{} (by {})", b.reason, who.name);
+    if !ctx.driver.tamper("management", reason.trim()).await {
+        audit_and(
+            &ctx,
+            &who,
+            action,
+            ctx.ops.node_id(),
+            "error",
+            "key manager not answering",
+        );
+        return unavailable();
     }
-    audit_and(
-        &ctx,
-        &who,
-        action,
-        ctx.ops.node_id(),
-        "not_implemented",
-        &b.reason,
-    );
-    error(
-        StatusCode::NOT_IMPLEMENTED,
-        "erasing the stored keys is not available in this build; POST /api/v1/tamper fences the node and erases its keys from memory; the request was valid and has been audited",
-    )
+    audit_and(&ctx, &who, action, ctx.ops.node_id(), "ok", &b.reason);
+    ok(json!({
+        "node_id": ctx.ops.node_id(),
+        "fenced": true,
+        "tampered": ctx.ops.tampered(),
+    }))
 }

@@ -3,7 +3,8 @@
 //! Both work on the files while the node runs: status reads metadata only (no KEK needed), and
 //! a rewrap changes only the wrapped data key in each file, in one transaction per file; the
 //! running node keeps its unwrapped data key in memory, so there is no downtime, and its next
-//! start uses the new KEK.
+//! start uses the new KEK. A rewrap rotates a key file, a token key or a passphrase, or moves a
+//! node between a key file and a passphrase ([`rewrap_to`]).
 
 use std::path::{Path, PathBuf};
 
@@ -169,6 +170,8 @@ pub struct Rewrapped {
     pub previous: String,
     /// The files whose data key was rewrapped.
     pub files: Vec<PathBuf>,
+    /// What the operator must change in `node.toml` before the node's next start, if anything.
+    pub config_change: Option<String>,
 }
 
 /// Rotates a node's key-file KEK: a new key file is created beside the old one, every sealed
@@ -206,6 +209,7 @@ pub fn rewrap_key_file(cfg: &NodeConfig) -> anyhow::Result<Rewrapped> {
         kek: path.display().to_string(),
         previous: previous.display().to_string(),
         files,
+        config_change: None,
     })
 }
 
@@ -247,10 +251,205 @@ pub fn rewrap(cfg: &NodeConfig) -> anyhow::Result<Rewrapped> {
     match cfg.store.seal.kek {
         KekKind::File => rewrap_key_file(cfg),
         KekKind::Pkcs11 => rewrap_token(cfg),
-        KekKind::Passphrase => anyhow::bail!(
-            "this node's KEK is a passphrase: rotate it with `kagi seal rewrap --new-passphrase-env VAR`"
-        ),
+        KekKind::Passphrase => rewrap_passphrase(cfg, KekKind::Passphrase, None),
     }
+}
+
+/// Rotates the node's KEK to one of kind `to`: the same kind (a new key file, token key or
+/// passphrase), or between a key file and a passphrase. `new_pass_env` names the environment
+/// variable holding a new passphrase; without it the passphrase is asked for twice on the
+/// terminal. The current passphrase comes from `[store.seal] passphrase_env` (default
+/// `KAGI_SEAL_PASSPHRASE`) or the terminal, as at a start.
+///
+/// # Errors
+/// A move onto or off a token, a KEK that does not unseal the files, a new passphrase equal to
+/// the old one, or a file or token failure.
+pub fn rewrap_to(
+    cfg: &NodeConfig,
+    to: KekKind,
+    new_pass_env: Option<&str>,
+) -> anyhow::Result<Rewrapped> {
+    match (cfg.store.seal.kek, to) {
+        (KekKind::File, KekKind::File) => rewrap_key_file(cfg),
+        (KekKind::Pkcs11, KekKind::Pkcs11) => rewrap_token(cfg),
+        (KekKind::Pkcs11, _) | (_, KekKind::Pkcs11) => anyhow::bail!(
+            "moving a KEK onto or off a PKCS#11 token is not supported: seal a new store on the \
+             token instead"
+        ),
+        _ => rewrap_passphrase(cfg, to, new_pass_env),
+    }
+}
+
+/// `seal_meta` name of the salt a passphrase rotation derives its new KEK with until the store
+/// itself is rewrapped (so that a rotation cut short can be run again to the end).
+const NEXT_SALT: &str = "kek_salt_next";
+
+fn new_passphrase(env: Option<&str>) -> anyhow::Result<kagi_keymat::Key> {
+    if let Some(var) = env {
+        return kek::read_passphrase(var, "")
+            .map_err(|_| anyhow::anyhow!("the new passphrase's variable {var} is not set"));
+    }
+    let var = "KAGI_SEAL_NEW_PASSPHRASE_UNSET_";
+    let a = kek::read_passphrase(var, "new passphrase: ").map_err(|_| {
+        anyhow::anyhow!("no new passphrase: pass --new-passphrase-env VAR or run on a terminal")
+    })?;
+    let b = kek::read_passphrase(var, "new passphrase again: ")?;
+    anyhow::ensure!(a == b, "the two new passphrases differ");
+    Ok(a)
+}
+
+/// Rotates a passphrase KEK, or moves between a key file and a passphrase. The files are
+/// rewrapped photon ledger first, store last; the store's transaction also makes the new salt
+/// the current one, so until it commits the old KEK still opens the store, and a run cut short
+/// is finished by running it again (a file already under the new KEK is skipped).
+fn rewrap_passphrase(
+    cfg: &NodeConfig,
+    to: KekKind,
+    new_pass_env: Option<&str>,
+) -> anyhow::Result<Rewrapped> {
+    let seal = &cfg.store.seal;
+    let (db, photon) = db_paths(cfg);
+    anyhow::ensure!(db.exists(), "no store at {}", db.display());
+    let conn = open_db(&db, cfg.store.synchronous)?;
+    anyhow::ensure!(has_dek(&conn)?, "{}: not sealed yet", db.display());
+    let key_path = kek::key_file_path(seal, &cfg.data_dir, &cfg.node_id);
+    // The current KEK.
+    let (old, old_pass) = match seal.kek {
+        KekKind::File => (kek::read_key_file(&key_path)?, None),
+        KekKind::Passphrase => {
+            let var = seal
+                .passphrase_env
+                .clone()
+                .unwrap_or_else(|| kek::DEFAULT_PASSPHRASE_ENV.to_string());
+            let pass = kek::read_passphrase(&var, "current passphrase: ")?;
+            let salt = meta_get(&conn, "kek_salt")?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: no passphrase salt: not sealed by a passphrase",
+                    db.display()
+                )
+            })?;
+            (
+                kek::derive_from_passphrase(pass.expose(), &salt)?,
+                Some(pass),
+            )
+        }
+        KekKind::Pkcs11 => anyhow::bail!("this node's KEK is on a token"),
+    };
+    // The new KEK.
+    let new_key_path = key_path.with_extension("kek.new");
+    let (new, salt) = match to {
+        KekKind::Passphrase => {
+            let pass = new_passphrase(new_pass_env)?;
+            anyhow::ensure!(
+                old_pass.as_ref() != Some(&pass),
+                "the new passphrase is the current one"
+            );
+            let salt = match meta_get(&conn, NEXT_SALT)? {
+                Some(s) => s,
+                None => {
+                    let mut s = vec![0u8; 16];
+                    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut s);
+                    super::meta_put(&conn, NEXT_SALT, &s)?;
+                    s
+                }
+            };
+            (
+                kek::derive_from_passphrase(pass.expose(), &salt)?,
+                Some(salt),
+            )
+        }
+        KekKind::File => {
+            anyhow::ensure!(
+                !key_path.exists(),
+                "a key file exists at {}: move it away first (or set key_file elsewhere)",
+                key_path.display()
+            );
+            // A run cut short left its new key file: finish with it.
+            let k = if new_key_path.exists() {
+                kek::read_key_file(&new_key_path)?
+            } else {
+                kek::create_key_file(&new_key_path)?
+            };
+            (k, None)
+        }
+        KekKind::Pkcs11 => anyhow::bail!("moving a KEK onto a token is not supported"),
+    };
+    drop(conn);
+    let mut files = Vec::new();
+    for (p, label) in [(&photon, PHOTON_LABEL), (&db, STORE_LABEL)] {
+        if !p.exists() {
+            continue;
+        }
+        let conn = open_db(p, cfg.store.synchronous)?;
+        let Some(wrapped) = meta_get(&conn, "dek")? else {
+            continue;
+        };
+        let is_store = label == STORE_LABEL;
+        let done = new.unwrap(label, &wrapped).is_some();
+        anyhow::ensure!(
+            done || old.unwrap(label, &wrapped).is_some(),
+            "{}: the current KEK does not unseal it",
+            p.display()
+        );
+        if done && !is_store {
+            continue;
+        }
+        let tx = conn.unchecked_transaction()?;
+        if !done {
+            // In this file's one transaction (rewrap_db opens its own).
+            let dek = old.unwrap(label, &wrapped).ok_or_else(|| {
+                anyhow::anyhow!("{}: the current KEK does not unseal it", p.display())
+            })?;
+            super::meta_put(&tx, "dek", &new.wrap(label, dek.expose())?)?;
+            super::meta_put(&tx, "kek_kind", new.kind().as_bytes())?;
+        }
+        if is_store {
+            match &salt {
+                Some(s) => super::meta_put(&tx, "kek_salt", s)?,
+                None => {
+                    tx.execute("DELETE FROM seal_meta WHERE name = 'kek_salt'", [])?;
+                }
+            }
+            tx.execute("DELETE FROM seal_meta WHERE name = ?1", [NEXT_SALT])?;
+        }
+        tx.commit()?;
+        files.push(p.clone());
+    }
+    let (kek_desc, previous) = match (seal.kek, to) {
+        (KekKind::File, _) => {
+            let prev = key_path.with_extension(format!("kek.old-{}", unix_now()));
+            std::fs::rename(&key_path, &prev)?;
+            (String::new(), prev.display().to_string())
+        }
+        _ => (
+            String::new(),
+            "the previous passphrase (it no longer opens the store)".into(),
+        ),
+    };
+    let kek_desc = match to {
+        KekKind::File => {
+            std::fs::rename(&new_key_path, &key_path)?;
+            format!("key file {}", key_path.display())
+        }
+        _ if kek_desc.is_empty() => "the new passphrase".to_string(),
+        _ => kek_desc,
+    };
+    let config_change = (seal.kek != to).then(|| {
+        format!(
+            "set `kek = \"{}\"` under [store.seal] in the node's node.toml before its next start",
+            match to {
+                KekKind::File => "file",
+                KekKind::Passphrase => "passphrase",
+                KekKind::Pkcs11 => "pkcs11",
+            }
+        )
+    });
+    Ok(Rewrapped {
+        kek: kek_desc,
+        previous,
+        files,
+        config_change,
+    })
 }
 
 /// Rotates a PKCS#11 KEK: a new non-extractable key is generated on the token (labelled
@@ -290,12 +489,79 @@ pub fn rewrap_token(cfg: &NodeConfig) -> anyhow::Result<Rewrapped> {
         kek: label,
         previous,
         files,
+        config_change: None,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passphrases_rotate_and_move_to_and_from_a_key_file_and_the_old_one_no_longer_opens() {
+        const CUR: &str = "KAGI_TEST_REWRAP_CURRENT";
+        const NEW: &str = "KAGI_TEST_REWRAP_NEW";
+        std::env::set_var(CUR, "old horse battery");
+        let d = crate::loopback::scratch_dir("rewrap-pass").unwrap();
+        let mut topo =
+            kagi_control::Topology::line("p", &["a", "b"], 5.0, |n| vec![format!("sae-{n}")]);
+        let cfg = crate::loopback::prepare(&d, &mut topo, |c| {
+            c.store.seal.kek = KekKind::Passphrase;
+            c.store.seal.passphrase_env = Some(CUR.into());
+        })
+        .unwrap()
+        .remove(0);
+        let (db, photon) = db_paths(&cfg);
+        let unseal = |c: &NodeConfig| super::super::node::unseal_node(c, &db, Some(&photon));
+        let seals = unseal(&cfg).unwrap();
+        assert_eq!(seals.kek_kind, "passphrase");
+        let v = seals.store.seal("counter", "Relay", b"7");
+        drop(seals);
+        let opens = |c: &NodeConfig| {
+            let s = unseal(c).unwrap();
+            assert_eq!(&*s.store.open("counter", "Relay", &v).unwrap(), b"7");
+        };
+
+        // Passphrase to a new passphrase: both files move, the old one opens nothing.
+        std::env::set_var(NEW, "new staple");
+        let r = rewrap_to(&cfg, KekKind::Passphrase, Some(NEW)).unwrap();
+        assert_eq!(r.files.len(), 2, "{r:?}");
+        assert!(r.config_change.is_none());
+        let e = unseal(&cfg).unwrap_err().to_string();
+        assert!(e.contains("does not unseal"), "{e}");
+        std::env::set_var(CUR, "new staple");
+        opens(&cfg);
+        let e = rewrap_to(&cfg, KekKind::Passphrase, Some(NEW)).unwrap_err();
+        assert!(e.to_string().contains("is the current one"), "{e}");
+
+        // Passphrase to a key file.
+        let r = rewrap_to(&cfg, KekKind::File, None).unwrap();
+        assert!(r
+            .config_change
+            .as_deref()
+            .unwrap()
+            .contains("kek = \"file\""));
+        let mut fcfg = cfg.clone();
+        fcfg.store.seal.kek = KekKind::File;
+        opens(&fcfg);
+        assert!(
+            unseal(&cfg).is_err(),
+            "the passphrase still opens the store"
+        );
+
+        // And back to a passphrase: the key file goes aside and opens nothing.
+        std::env::set_var(NEW, "third time");
+        let r = rewrap_to(&fcfg, KekKind::Passphrase, Some(NEW)).unwrap();
+        assert_eq!(r.files.len(), 2, "{r:?}");
+        assert!(!kek::key_file_path(&fcfg.store.seal, &fcfg.data_dir, "a").exists());
+        let old = kek::read_key_file(std::path::Path::new(&r.previous)).unwrap();
+        let conn = open_db(&db, cfg.store.synchronous).unwrap();
+        assert!(super::super::unseal_db(&conn, &old, STORE_LABEL).is_err());
+        drop(conn);
+        std::env::set_var(CUR, "third time");
+        opens(&cfg);
+        let _ = std::fs::remove_dir_all(&d);
+    }
 
     #[test]
     fn rewrap_moves_the_store_to_a_new_key_and_the_old_one_no_longer_opens_it() {

@@ -283,6 +283,14 @@ pub fn derive_from_passphrase(pass: &[u8], salt: &[u8]) -> Result<Kek, KekError>
 }
 
 fn passphrase(var: &str, node_id: &str) -> Result<Key, KekError> {
+    read_passphrase(var, &format!("passphrase to unseal node {node_id}: "))
+}
+
+/// A passphrase from the environment variable `var`, else typed at a terminal after `prompt`.
+///
+/// # Errors
+/// Neither is available, or the terminal cannot be read.
+pub fn read_passphrase(var: &str, prompt: &str) -> Result<Key, KekError> {
     if let Some(v) = std::env::var_os(var) {
         return Ok(Key::from_vec(v.into_encoded_bytes()));
     }
@@ -290,7 +298,7 @@ fn passphrase(var: &str, node_id: &str) -> Result<Key, KekError> {
     if !std::io::stdin().is_terminal() {
         return Err(KekError::NoPassphrase(var.to_string()));
     }
-    eprint!("passphrase to unseal node {node_id}: ");
+    eprint!("{prompt}");
     let _ = std::io::stderr().flush();
     let mut line = String::new();
     std::io::stdin()

@@ -14,6 +14,7 @@
 //!   the clear.
 
 pub mod admin;
+pub mod erase;
 pub mod kek;
 pub mod links;
 pub mod node;

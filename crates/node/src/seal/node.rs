@@ -48,6 +48,12 @@ pub fn unseal_node(
     photon_db: Option<&Path>,
 ) -> anyhow::Result<NodeSeals> {
     let seal = &cfg.store.seal;
+    // Before any KEK is looked for: an erased store has no wrapped key, and a key-file start
+    // would otherwise make a new key file for it.
+    if db.exists() {
+        let conn = open_db(db, cfg.store.synchronous)?;
+        super::erase::check_not_erased(&cfg.node_id, db, &conn)?;
+    }
     if seal.unsealed_for_benchmarks {
         tracing::warn!(
             "store is NOT sealed (benchmark setting): key bytes are stored in the clear"

@@ -44,6 +44,11 @@ pub struct Pkcs11Config {
     /// `KAGI_PKCS11_PIN`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin_env: Option<String>,
+    /// Whether a crypto-erase (`POST /api/v1/erase`) also destroys the KEK on the token
+    /// (default `false`: the token's keys are the token owner's to destroy; the erase already
+    /// removes every data key it wrapped).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub destroy_on_erase: bool,
 }
 
 impl Pkcs11Config {
@@ -260,6 +265,21 @@ impl TokenKek {
             .update_attributes(self.key, &[Attribute::Label(label.as_bytes().to_vec())])
             .map_err(err("C_SetAttributeValue"))?;
         self.label = label.to_string();
+        Ok(())
+    }
+
+    /// Destroys the key labelled `label` on the token `cfg` names (crypto-erase). A key that is
+    /// not there counts as destroyed.
+    ///
+    /// # Errors
+    /// The module, token or PIN fails, or the token refuses to destroy the key.
+    pub fn destroy(cfg: &Pkcs11Config, label: &str) -> Result<(), KekError> {
+        let (_ctx, _slot, session) = session(cfg)?;
+        if let Some(key) = find(&session, label)? {
+            session
+                .destroy_object(key)
+                .map_err(err("C_DestroyObject"))?;
+        }
         Ok(())
     }
 
