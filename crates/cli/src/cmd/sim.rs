@@ -12,7 +12,8 @@ use kagi_sim::study::{study, StudyOptions, StudyReport};
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Examples:\n  kagi sim --hours 1\n  kagi sim --topology docs/examples/japan24.toml --hours 0.5 --saes-per-node 4 --json\n  \
-    kagi sim --hours 6 --diurnal --node-mtbf-hours 2 --repair-minutes 15"
+    kagi sim --hours 6 --diurnal --node-mtbf-hours 2 --repair-minutes 15\n  \
+    kagi sim --grid-mesh 48 --warmup-minutes 2 --hours 0.1 --far-pair-flood"
 )]
 pub struct Args {
     /// Topology file (default: the built-in Tokyo network).
@@ -30,6 +31,13 @@ pub struct Args {
     /// Simulated hours.
     #[arg(long, default_value_t = 1.0)]
     hours: f64,
+    /// Simulated minutes of demand before the measured hours (pools warm up; not counted).
+    #[arg(long, default_value_t = 0.0)]
+    warmup_minutes: f64,
+    /// Add an SAE pair at the two ends of the farthest node pair that asks for key as fast as
+    /// its nodes have it, both ways, and report its rate against its best route's bottleneck.
+    #[arg(long)]
+    far_pair_flood: bool,
     /// SAEs per node (0: the SAEs the topology lists).
     #[arg(long, default_value_t = 4)]
     saes_per_node: usize,
@@ -86,6 +94,8 @@ pub fn run(a: Args) -> Result<()> {
         seed: a.seed,
         paths: a.paths,
         threshold: a.threshold,
+        warmup_minutes: a.warmup_minutes,
+        far_pair_flood: a.far_pair_flood,
     };
     let spin = super::progress::spinner(&format!(
         "simulating {} h of {} nodes",
@@ -151,6 +161,19 @@ fn text(topo: &Topology, r: &StudyReport, secs: f64) -> String {
         r.relays_abandoned,
         100.0 * r.relays_abandoned as f64 / r.relays_started.max(1) as f64
     );
+    if let Some(f) = &r.far_pair {
+        println!(
+            "farthest pair {}–{} ({} hops): served {:.0} bit/s both ways, relayed {:.0} bit/s: \
+             {:.1} % of its best route's bottleneck ({:.0} bit/s)",
+            f.a,
+            f.b,
+            f.hops,
+            f.delivered_bps,
+            f.relayed_bps,
+            100.0 * f.fraction_of_bottleneck,
+            f.bottleneck_bps
+        );
+    }
     println!();
     println!(
         "{:<14} {:<14} {:>9} {:>8} {:>14}",
