@@ -31,6 +31,9 @@ enum Command {
     Sim(cmd::sim::Args),
     /// Run one trusted node's key manager (`--config node.toml`).
     Node(cmd::node::Args),
+    /// A simulated QKD device pair serving ETSI 014 to the two nodes of a `source = "etsi014"`
+    /// link, with injectable faults.
+    Device(cmd::device::Args),
     /// Start a whole local network (certificates, configs, one `kagi node` per trusted node).
     Up(cmd::up::Args),
     /// The network from the management API (nodes, links, pools); links out of service, drain.
@@ -84,6 +87,10 @@ fn main() -> anyhow::Result<()> {
         Command::Pki(a) => cmd::pki::run(a),
         Command::Audit(a) => cmd::audit::run(a),
         Command::Seal(a) => cmd::seal::run(a),
+        Command::Device(a) => {
+            init_tracing();
+            cmd::device::run(a)
+        }
         Command::Node(a) => {
             init_tracing();
             cmd::node::run(a)

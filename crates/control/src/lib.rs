@@ -9,4 +9,7 @@ pub mod topology;
 
 pub use disjoint::{disjoint_paths, PathQuery};
 pub use routing::Routes;
-pub use topology::{KeySource, LinkSpec, NodeSpec, PhotonLinkSpec, Topology, TopologyError};
+pub use topology::{
+    check_https_url, DeviceLinkSpec, KeySource, LinkSpec, NodeSpec, PhotonLinkSpec, Topology,
+    TopologyError,
+};

@@ -48,13 +48,17 @@ pub struct LinkSpec {
     /// channel and post-processing; see `kagi-node`'s link source).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
-    /// Key source: `"rate"` (rate-level simulation, default) or `"photon"` (photon-level
-    /// simulation run through the post-processing protocol between the two nodes).
+    /// Key source: `"rate"` (rate-level simulation, default), `"photon"` (photon-level
+    /// simulation run through the post-processing protocol between the two nodes) or
+    /// `"etsi014"` (a QKD device pair that each end calls over ETSI GS QKD 014).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// Settings of a `source = "photon"` link; defaults when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub photon: Option<PhotonLinkSpec>,
+    /// Settings of a `source = "etsi014"` link: where each end's QKD device answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceLinkSpec>,
     /// QKD technology of the link: `"bb84-decoy"` (default), `"bb84-finite"`, `"cv-gg02"`,
     /// `"tf-sns"`, `"satellite"` or `"repeater"` (see `kagi_quantum::tech`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,6 +91,99 @@ pub struct PhotonLinkSpec {
     pub reconciliation: Option<String>,
 }
 
+/// Settings of a device-sourced link (`source = "etsi014"`): each end's key manager calls its
+/// own QKD device over ETSI GS QKD 014 with mutual TLS (its node certificate as the client
+/// certificate).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceLinkSpec {
+    /// ETSI 014 base URL of the device at end `a` (`https://HOST:PORT`). Absent: `kagi up`
+    /// starts a simulated device pair (`kagi device`) and fills both URLs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_a: Option<String>,
+    /// ETSI 014 base URL of the device at end `b`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_b: Option<String>,
+    /// PEM file of the CA that signed the devices' server certificates (default: the CA of
+    /// the node's own `[tls]`); relative paths resolve from the node's working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// Bits of each key asked of the device (default 256; a multiple of 8 in 64..=8192).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_bits: Option<u64>,
+    /// Most keys asked per `enc_keys` call (default 64, in 2..=128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_per_call: Option<u64>,
+    /// Set by `kagi up` on the links whose device pair it simulates (`kagi device`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub simulated: bool,
+}
+
+/// Checks an ETSI 014 base URL of the form `https://HOST:PORT`.
+pub fn check_https_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("{url:?} must start with https://"))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{url:?} must name a port (https://HOST:PORT)"))?;
+    if host.is_empty() || host.contains('/') || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(format!("{url:?} is not https://HOST:PORT"));
+    }
+    Ok(())
+}
+
+impl DeviceLinkSpec {
+    /// Default bits per device key.
+    pub const DEFAULT_KEY_BITS: u64 = 256;
+    /// Default keys per `enc_keys` call.
+    pub const DEFAULT_KEYS_PER_CALL: u64 = 64;
+
+    /// Bits per device key.
+    pub fn key_bits(&self) -> u64 {
+        self.key_bits.unwrap_or(Self::DEFAULT_KEY_BITS)
+    }
+
+    /// Keys per `enc_keys` call.
+    pub fn keys_per_call(&self) -> u64 {
+        self.keys_per_call.unwrap_or(Self::DEFAULT_KEYS_PER_CALL)
+    }
+
+    /// Checks every field; the error names the field (`device.url_a`, ...).
+    fn check(&self) -> Result<(), (String, String)> {
+        for (name, url) in [("device.url_a", &self.url_a), ("device.url_b", &self.url_b)] {
+            if let Some(u) = url {
+                check_https_url(u).map_err(|e| (name.to_string(), e))?;
+            }
+        }
+        if self.url_a.is_some() != self.url_b.is_some() {
+            return Err((
+                "device.url_b".into(),
+                "give both device URLs or neither (kagi up then starts a simulated pair)".into(),
+            ));
+        }
+        if self.ca.as_deref().is_some_and(str::is_empty) {
+            return Err(("device.ca".into(), "must be a file path".into()));
+        }
+        let bits = self.key_bits();
+        if !(64..=8192).contains(&bits) || !bits.is_multiple_of(8) {
+            return Err((
+                "device.key_bits".into(),
+                format!("{bits} is not a multiple of 8 in 64..=8192"),
+            ));
+        }
+        let n = self.keys_per_call();
+        if !(2..=128).contains(&n) {
+            return Err((
+                "device.keys_per_call".into(),
+                format!("{n} is not in 2..=128"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Where a link's key comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeySource {
@@ -94,6 +191,8 @@ pub enum KeySource {
     Rate,
     /// Photon-level simulation through the post-processing protocol between the nodes.
     Photon,
+    /// A QKD device pair, called by each end over ETSI GS QKD 014.
+    Device,
 }
 
 impl LinkSpec {
@@ -105,8 +204,9 @@ impl LinkSpec {
         match self.source.as_deref() {
             None | Some("rate") => Ok(KeySource::Rate),
             Some("photon") => Ok(KeySource::Photon),
+            Some("etsi014") => Ok(KeySource::Device),
             Some(other) => Err(format!(
-                "unknown source {other:?} (expected \"rate\" or \"photon\")"
+                "unknown source {other:?} (expected \"rate\", \"photon\" or \"etsi014\")"
             )),
         }
     }
@@ -342,6 +442,30 @@ impl Topology {
                     e.field,
                     e.message,
                 ));
+            }
+            let bad = |field: &str, why: String| {
+                TopologyError::BadField(l.a.clone(), l.b.clone(), field.into(), why)
+            };
+            let source = l.key_source().ok();
+            if l.photon.is_some() && source != Some(KeySource::Photon) {
+                return Err(bad(
+                    "photon",
+                    "[links.photon] needs source = \"photon\"".into(),
+                ));
+            }
+            match (&l.device, source) {
+                (Some(d), Some(KeySource::Device)) => {
+                    if let Err((field, why)) = d.check() {
+                        return Err(bad(&field, why));
+                    }
+                }
+                (Some(_), _) => {
+                    return Err(bad(
+                        "device",
+                        "[links.device] needs source = \"etsi014\"".into(),
+                    ))
+                }
+                _ => {}
             }
             if l.key_source() == Ok(KeySource::Photon) && l.protocol_name() != "bb84-decoy" {
                 return Err(TopologyError::BadField(

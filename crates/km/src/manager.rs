@@ -219,6 +219,8 @@ impl KeyManager {
         let mut stale_relays = Vec::new();
         let mut store = None;
         let mut marks = std::collections::BTreeMap::new();
+        let mut forks = std::collections::BTreeMap::new();
+        let mut next_run = 1;
         for r in snap.records {
             match r {
                 Record::LinkBlock {
@@ -249,6 +251,14 @@ impl KeyManager {
                     stale_relays.push(Record::PendingRelayGone { seq });
                 }
                 Record::SlaveKey { id, key } => km.supply.restore_slave_key(id, key),
+                Record::TaggedSlaveKey { id, mut key, run } => {
+                    key.run = run;
+                    km.supply.restore_slave_key(id, key)
+                }
+                Record::Counter {
+                    name: Counter::Run,
+                    next,
+                } => next_run = next,
                 Record::Counter {
                     name: Counter::Relay,
                     next,
@@ -260,6 +270,21 @@ impl KeyManager {
                 Record::Identity { store: s } => store = Some(s),
                 Record::PeerSeen { peer, seen } => {
                     marks.insert(peer, seen);
+                }
+                Record::PeerFork {
+                    peer,
+                    store,
+                    marks_epoch,
+                    fork_run,
+                } => {
+                    forks.insert(
+                        peer,
+                        crate::reconcile::Fork {
+                            store,
+                            marks_epoch,
+                            fork_run,
+                        },
+                    );
                 }
                 Record::LinkBlockGone { .. }
                 | Record::ChunkGone { .. }
@@ -273,7 +298,8 @@ impl KeyManager {
             km.out.store(stale_relays, vec![]);
         }
         km.reconcile = Reconcile::new(0, 0, marks, now);
-        km.start_reconcile(store, now);
+        km.reconcile.restore_forks(forks);
+        km.start_reconcile(store, next_run, now);
         km
     }
 

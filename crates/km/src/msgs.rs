@@ -247,6 +247,13 @@ pub enum PeerMsg {
         /// older blocks. `None`: the sender never received any (a new store); it greets again
         /// with its first block.
         link_low: Option<u64>,
+        /// This run's number on its store (`Counter::Run`: every start adds one).
+        run: u64,
+        /// The sender's next relay counter: a receiver that already saw this counter or a
+        /// higher one from an earlier run of the same store knows the store was rolled back.
+        next_relay: u64,
+        /// The sender's next assignment counter (same use).
+        next_assign: u64,
     },
     /// The answer to [`PeerMsg::Hello`]: what the receiver has seen of the sender's state, so a
     /// node restarted from an empty or older database moves its counters past everything already
@@ -267,6 +274,10 @@ pub enum PeerMsg {
         assign_floor: u64,
         /// Highest block of the sender's transmit half of their link that this node saw spent.
         link_rx_hw: Option<u64>,
+        /// The first run of the sender's current store whose `Hello` this node judged rolled
+        /// back (0: none): the store forked from an older copy at or before that run, and slave
+        /// keys of that run or later were applied after the restore.
+        fork_run: u64,
     },
     /// An assignment named chunks of the sender's pool for this node that this node does not
     /// hold (its store was lost or restored from an older copy since they were relayed): the

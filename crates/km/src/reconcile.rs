@@ -12,6 +12,13 @@
 //!   already said: it was rolled back. It then discards everything it restored that it cannot
 //!   prove unused: link key, keys held for slaves (they may have been fetched already) and its
 //!   out-pools (each counted in [`NodeStats`](crate::NodeStats)).
+//! * Every start adds one to a persisted run counter (`Counter::Run`) before the node greets
+//!   anyone, and keys held for slaves carry the run that applied them. A peer that gets the first
+//!   `Hello` of a run whose counters it already saw from an earlier run of the same store records
+//!   that run as the store's fork, durably before answering, and reports it in every `Seen`. A
+//!   restored node that restarts before its own detection is durable (a failed write fences it)
+//!   therefore still discards only keys of runs before the fork: those it applied after the
+//!   restore were never fetched anywhere else, and their masters hold them.
 //! * A peer whose store identity changed lost its database: pools with it are useless and go.
 //! * Until a node has the `Seen` of a peer for its current epoch, it relays nothing to it and
 //!   refuses `enc_keys` for slaves there (503). Relays and assignments carry the origin's epoch;
@@ -37,6 +44,30 @@ pub(crate) struct Seen {
     pub(crate) relay_floor: u64,
     pub(crate) assign_floor: u64,
     pub(crate) link_rx_hw: Option<u64>,
+    pub(crate) fork_run: u64,
+}
+
+/// The fields of a [`PeerMsg::Hello`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hello {
+    pub(crate) store: u64,
+    pub(crate) epoch: u64,
+    pub(crate) link_low: Option<u64>,
+    pub(crate) run: u64,
+    pub(crate) next_relay: u64,
+    pub(crate) next_assign: u64,
+}
+
+/// What this node judged of a peer's store from its `Hello`s (persisted as
+/// [`Record::PeerFork`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Fork {
+    /// The peer's store these fields are about.
+    pub(crate) store: u64,
+    /// The peer's run (epoch) whose relays or assignments last raised our marks of it.
+    pub(crate) marks_epoch: u64,
+    /// First run of that store judged rolled back (0: none).
+    pub(crate) fork_run: u64,
 }
 
 /// How often `Hello` is re-sent to a peer that has not answered.
@@ -45,7 +76,8 @@ pub const HELLO_RETRY: Duration = Duration::from_millis(500);
 /// What was restored at start, to discard if the store turns out to be an old copy.
 #[derive(Debug, Default)]
 struct Restored {
-    slave_keys: BTreeSet<Uuid>,
+    /// Each restored slave key with the run that applied it.
+    slave_keys: BTreeMap<Uuid, u64>,
     link_hw: BTreeMap<NodeId, u64>,
     out_chunks: Vec<(NodeId, u64)>,
 }
@@ -57,8 +89,12 @@ pub(crate) struct Reconcile {
     pub(crate) store: u64,
     /// This run's epoch.
     pub(crate) epoch: u64,
+    /// This run's number on its store (`Counter::Run`).
+    pub(crate) run: u64,
     /// What this node saw of each peer (persisted).
     marks: BTreeMap<NodeId, PeerMarks>,
+    /// What this node judged of each peer's store (persisted).
+    forks: BTreeMap<NodeId, Fork>,
     /// Each peer's current epoch, from its latest `Hello`.
     epochs: BTreeMap<NodeId, u64>,
     /// Peers that answered this run's `Hello`.
@@ -79,13 +115,20 @@ impl Reconcile {
         Self {
             store,
             epoch,
+            run: 0,
             marks,
+            forks: BTreeMap::new(),
             epochs: BTreeMap::new(),
             reconciled: BTreeSet::new(),
             next_hello: now + HELLO_RETRY,
             restored: Restored::default(),
             rolled_back: false,
         }
+    }
+
+    /// Restores what this node judged of its peers' stores.
+    pub(crate) fn restore_forks(&mut self, forks: BTreeMap<NodeId, Fork>) {
+        self.forks = forks;
     }
 
     /// Whether `peer` answered this run's `Hello` (relays and assignments to it may go).
@@ -113,12 +156,50 @@ impl Reconcile {
             seen: *m,
         })
     }
+
+    /// `peer`'s current run raised our relay or assignment marks of it: remember which run, so
+    /// that a `Hello` of that same run (late, or repeated after we restarted) is never judged
+    /// rolled back against marks it raised itself.
+    fn marks_raised(&mut self, peer: &str) -> Option<Record> {
+        let epoch = *self.epochs.get(peer)?;
+        let store = self.marks.get(peer).map_or(0, |m| m.store);
+        let f = self.forks.entry(peer.to_string()).or_default();
+        if f.store != store {
+            *f = Fork {
+                store,
+                ..Fork::default()
+            };
+        }
+        (f.marks_epoch != epoch).then(|| {
+            f.marks_epoch = epoch;
+            fork_record(peer, f)
+        })
+    }
+
+    /// The fork run to report to `peer` (of its current store), 0 if none.
+    fn fork_of(&self, peer: &str) -> u64 {
+        let store = self.marks.get(peer).map_or(0, |m| m.store);
+        self.forks
+            .get(peer)
+            .filter(|f| f.store == store && store != 0)
+            .map_or(0, |f| f.fork_run)
+    }
+}
+
+fn fork_record(peer: &str, f: &Fork) -> Record {
+    Record::PeerFork {
+        peer: peer.to_string(),
+        store: f.store,
+        marks_epoch: f.marks_epoch,
+        fork_run: f.fork_run,
+    }
 }
 
 impl KeyManager {
-    /// Draws the store identity (or keeps the restored one) and this run's epoch, remembers what
-    /// was restored, and greets every node once the identity is durable.
-    pub(crate) fn start_reconcile(&mut self, restored_store: Option<u64>, now: Instant) {
+    /// Draws the store identity (or keeps the restored one) and this run's epoch, takes the
+    /// next run number, remembers what was restored, and greets every node once the identity
+    /// and run number are durable.
+    pub(crate) fn start_reconcile(&mut self, restored_store: Option<u64>, run: u64, now: Instant) {
         let epoch = self.nonzero_u64();
         let (store, fresh) = match restored_store {
             Some(s) => (s, false),
@@ -126,24 +207,34 @@ impl KeyManager {
         };
         self.reconcile.store = store;
         self.reconcile.epoch = epoch;
+        self.reconcile.run = run;
         self.reconcile.next_hello = now + HELLO_RETRY;
         let r = &mut self.reconcile.restored;
-        r.slave_keys = self.supply.slave_keys.keys().copied().collect();
+        r.slave_keys = self
+            .supply
+            .slave_keys
+            .iter()
+            .map(|(id, k)| (*id, k.run))
+            .collect();
         r.link_hw = self
             .links
             .held()
             .filter_map(|(p, h)| h.high_water.map(|hw| (p.clone(), hw)))
             .collect();
         r.out_chunks = self.pools.out_chunks();
+        // The run number is durable before any peer hears of it and before any key is applied
+        // under it (batches commit in order).
+        let mut batch = vec![Record::Counter {
+            name: Counter::Run,
+            next: run.saturating_add(1),
+        }];
         if fresh {
             // A new database: nothing restored can be stale, and the identity is durable
             // before any peer hears of it.
             self.reconcile.rolled_back = true;
-            self.out
-                .store(vec![Record::Identity { store }], vec![After::Hellos]);
-        } else {
-            self.hello_all();
+            batch.push(Record::Identity { store });
         }
+        self.out.store(batch, vec![After::Hellos]);
     }
 
     /// Greets every other node.
@@ -182,6 +273,9 @@ impl KeyManager {
                 store: self.reconcile.store,
                 epoch: self.reconcile.epoch,
                 link_low,
+                run: self.reconcile.run,
+                next_relay: self.relays.next_seq,
+                next_assign: self.supply.next_assign,
             },
         }
     }
@@ -220,10 +314,19 @@ impl KeyManager {
             .next_deadline(self.cfg.topology.nodes.len().saturating_sub(1))
     }
 
-    pub(crate) fn on_hello(&mut self, from: NodeId, store: u64, epoch: u64, link_low: Option<u64>) {
+    pub(crate) fn on_hello(&mut self, from: NodeId, hello: Hello) {
+        let Hello {
+            store,
+            epoch,
+            link_low,
+            ..
+        } = hello;
         let mut batch = Vec::new();
         let known = self.reconcile.epochs.insert(from.clone(), epoch);
         let before = self.reconcile.marks.get(&from).map_or(0, |m| m.store);
+        if before == store && known != Some(epoch) {
+            batch.extend(self.judge_fork(&from, &hello));
+        }
         if before != store {
             if before != 0 {
                 tracing::warn!(peer = %from, "peer's store changed (database lost or replaced): discarding the key shared with it");
@@ -270,6 +373,37 @@ impl KeyManager {
         }
     }
 
+    /// The first `Hello` of a run of `peer`'s store, which this node knows: if we already saw
+    /// its counters (or higher ones) from an earlier run, the store was restored from an older
+    /// copy at or before this run. Returns the record of the fork run if it moved; it is
+    /// durable before the `Seen` that reports it goes.
+    fn judge_fork(&mut self, peer: &str, hello: &Hello) -> Option<Record> {
+        let m = self.reconcile.marks.get(peer).copied().unwrap_or_default();
+        let behind = hello.store != 0
+            && (m.relay_hw >= hello.next_relay || m.assign_hw >= hello.next_assign);
+        let f = self.reconcile.forks.entry(peer.to_string()).or_default();
+        if f.store != hello.store {
+            *f = Fork {
+                store: hello.store,
+                ..Fork::default()
+            };
+        }
+        // Marks raised by this very run (its `Hello` arrived late, or again after we
+        // restarted and forgot its epoch) prove nothing against it.
+        if !behind || f.marks_epoch == hello.epoch || hello.run == 0 {
+            return None;
+        }
+        let fork = match f.fork_run {
+            0 => hello.run,
+            r => r.min(hello.run),
+        };
+        (fork != f.fork_run).then(|| {
+            tracing::warn!(%peer, run = hello.run, "peer's store is older than what it already said (restored from a copy?)");
+            f.fork_run = fork;
+            fork_record(peer, f)
+        })
+    }
+
     /// The `Seen` answering `peer`'s run `epoch`: what this node saw of its store.
     fn seen_msg(&self, peer: &str, epoch: u64) -> PeerMsg {
         let m = self.reconcile.marks.get(peer).copied().unwrap_or_default();
@@ -280,6 +414,7 @@ impl KeyManager {
             relay_floor: m.relay_floor,
             assign_floor: m.assign_floor,
             link_rx_hw: m.link_rx_hw,
+            fork_run: self.reconcile.fork_of(peer),
         }
     }
 
@@ -325,6 +460,7 @@ impl KeyManager {
             relay_floor,
             assign_floor,
             link_rx_hw,
+            fork_run,
         } = seen;
         if epoch != self.reconcile.epoch {
             // An answer to an earlier run, or to a `Hello` of ours that arrived late (messages
@@ -339,15 +475,24 @@ impl KeyManager {
             return;
         }
         let mut batch = Vec::new();
+        // A fork the peer recorded is proof too: our counters may have moved past its marks
+        // since the `Hello` it judged, or we restarted before our own detection was durable.
         let behind = relay_hw >= self.relays.next_seq
             || assign_hw >= self.supply.next_assign
+            || fork_run != 0
             || link_rx_hw.is_some_and(|b| self.links.tx_behind(&from, b));
         let renewed = behind && !self.reconcile.rolled_back;
         if renewed {
-            tracing::error!(peer = %from, relay_hw, assign_hw, "this node's store is older than what a peer saw (restored from a copy?): discarding what cannot be proven unused and taking a new store identity");
+            tracing::error!(peer = %from, relay_hw, assign_hw, fork_run, "this node's store is older than what a peer saw (restored from a copy?): discarding what cannot be proven unused and taking a new store identity");
             self.reconcile.rolled_back = true;
             self.stats.rollbacks_detected += 1;
-            self.discard_restored(&mut batch);
+            // Keys of runs from the fork on were applied after the restore; without a fork
+            // run (detected from link key alone) everything restored goes.
+            let fork = match fork_run {
+                0 => self.reconcile.run,
+                r => r.min(self.reconcile.run),
+            };
+            self.discard_restored(fork, &mut batch);
             self.renew_identity(&mut batch);
         }
         let next = relay_hw.max(relay_floor).saturating_add(1);
@@ -412,10 +557,14 @@ impl KeyManager {
         }
     }
 
-    /// This store is an old copy: drop what it restored that may already have been used.
-    fn discard_restored(&mut self, batch: &mut Vec<Record>) {
+    /// This store is an old copy that forked at run `fork`: drop what it restored that may
+    /// already have been used (slave keys of runs before the fork).
+    fn discard_restored(&mut self, fork: u64, batch: &mut Vec<Record>) {
         let r = std::mem::take(&mut self.reconcile.restored);
-        for id in r.slave_keys {
+        for (id, run) in r.slave_keys {
+            if run >= fork {
+                continue;
+            }
             if self.supply.slave_keys.remove(&id).is_some() {
                 self.stats.slave_keys_discarded += 1;
                 batch.push(Record::SlaveKeyGone { id });
@@ -433,6 +582,7 @@ impl KeyManager {
             self.reconcile
                 .raise(origin, |m| m.relay_hw = m.relay_hw.max(seq)),
         );
+        batch.extend(self.reconcile.marks_raised(origin));
     }
 
     /// An assignment from `origin` was applied here: remember its counter.
@@ -441,6 +591,7 @@ impl KeyManager {
             self.reconcile
                 .raise(origin, |m| m.assign_hw = m.assign_hw.max(seq)),
         );
+        batch.extend(self.reconcile.marks_raised(origin));
     }
 
     /// `peer` spent its half of our link up to `block`: remember it.

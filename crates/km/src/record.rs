@@ -45,6 +45,12 @@ pub struct SlaveKey {
     /// Key bytes.
     #[serde(with = "key_serde")]
     pub key: Key,
+    /// The run of the key manager (`Counter::Run`) that applied it: a node that finds its
+    /// store restored from an older copy discards the keys of runs before the copy's fork and
+    /// keeps those applied since (see `reconcile`). Persisted by [`Record::TaggedSlaveKey`];
+    /// 0 for keys of stores that did not record it.
+    #[serde(skip)]
+    pub run: u64,
 }
 
 impl std::fmt::Debug for SlaveKey {
@@ -55,6 +61,7 @@ impl std::fmt::Debug for SlaveKey {
             .field("pending", &self.pending)
             .field("origin", &self.origin)
             .field("assign_seq", &self.assign_seq)
+            .field("run", &self.run)
             .field("key", &self.key)
             .finish()
     }
@@ -166,6 +173,32 @@ pub enum Record {
         /// The paths its relay travelled over.
         route: RelayRoute,
     },
+    /// A key held for slaves here, with the run that applied it (upsert; same entity as
+    /// [`Record::SlaveKey`], which older stores hold and which restores as run 0).
+    TaggedSlaveKey {
+        /// Key ID.
+        id: Uuid,
+        /// The key and who may fetch it.
+        key: SlaveKey,
+        /// [`SlaveKey::run`].
+        run: u64,
+    },
+    /// What this node judged of another node's store from its `Hello`s (upsert): the first run
+    /// of that store whose `Hello` showed counters at or below what this node had already seen
+    /// from earlier runs (the store was restored from an older copy at or before that run).
+    /// Reported back in `Seen` so the restored node discards only what came from the copy,
+    /// even when it restarts before its own detection is durable.
+    PeerFork {
+        /// The other node.
+        peer: NodeId,
+        /// Its store identity these fields are about.
+        store: u64,
+        /// The epoch of that node's run whose messages last raised the [`PeerMarks`] here
+        /// (marks raised by the run that says `Hello` prove nothing about it).
+        marks_epoch: u64,
+        /// The first forked run seen (0: none).
+        fork_run: u64,
+    },
 }
 
 /// The node-disjoint paths one relay's shares travelled over: what a pool chunk records so that
@@ -203,6 +236,9 @@ pub enum Counter {
     Relay,
     /// Assignment ids.
     Assign,
+    /// Starts of the key manager on this store (tags slave keys with the run that applied
+    /// them).
+    Run,
 }
 
 impl Record {
@@ -235,12 +271,13 @@ impl Record {
             Record::PendingRelay { seq, .. } | Record::PendingRelayGone { seq } => {
                 ("pending_relay", format!("{seq:020}"))
             }
-            Record::SlaveKey { id, .. } | Record::SlaveKeyGone { id } => {
-                ("slave_key", id.to_string())
-            }
+            Record::SlaveKey { id, .. }
+            | Record::TaggedSlaveKey { id, .. }
+            | Record::SlaveKeyGone { id } => ("slave_key", id.to_string()),
             Record::Counter { name, .. } => ("counter", format!("{name:?}")),
             Record::Identity { .. } => ("identity", String::new()),
             Record::PeerSeen { peer, .. } => ("peer_seen", peer.clone()),
+            Record::PeerFork { peer, .. } => ("peer_fork", peer.clone()),
         }
     }
 
@@ -253,6 +290,12 @@ impl Record {
                 | Record::PendingRelayGone { .. }
                 | Record::SlaveKeyGone { .. }
         )
+    }
+
+    /// The record that stores a key held for slaves, with its run.
+    pub fn slave_key(id: Uuid, key: SlaveKey) -> Self {
+        let run = key.run;
+        Record::TaggedSlaveKey { id, key, run }
     }
 
     /// Encodes for storage.

@@ -624,7 +624,20 @@ impl KeyManager {
                 store,
                 epoch,
                 link_low,
-            } => self.on_hello(from, store, epoch, link_low),
+                run,
+                next_relay,
+                next_assign,
+            } => self.on_hello(
+                from,
+                crate::reconcile::Hello {
+                    store,
+                    epoch,
+                    link_low,
+                    run,
+                    next_relay,
+                    next_assign,
+                },
+            ),
             PeerMsg::Seen {
                 epoch,
                 relay_hw,
@@ -632,6 +645,7 @@ impl KeyManager {
                 relay_floor,
                 assign_floor,
                 link_rx_hw,
+                fork_run,
             } => self.on_seen(
                 from,
                 crate::reconcile::Seen {
@@ -641,6 +655,7 @@ impl KeyManager {
                     relay_floor,
                     assign_floor,
                     link_rx_hw,
+                    fork_run,
                 },
             ),
         }

@@ -384,11 +384,9 @@ impl KeyManager {
                     origin: me.clone(),
                     assign_seq: seq,
                     key: k.key.clone(),
+                    run: self.reconcile.run,
                 };
-                batch.push(Record::SlaveKey {
-                    id: k.id,
-                    key: sk.clone(),
-                });
+                batch.push(Record::slave_key(k.id, sk.clone()));
                 self.supply.slave_keys.insert(k.id, sk);
             }
         }
@@ -529,7 +527,7 @@ impl KeyManager {
                 self.supply.slave_keys.remove(&id);
                 batch.push(Record::SlaveKeyGone { id });
             } else {
-                batch.push(Record::SlaveKey { id, key: k.clone() });
+                batch.push(Record::slave_key(id, k.clone()));
             }
         }
         self.stats.keys_served_slave += out.len() as u64;
@@ -647,11 +645,9 @@ impl KeyManager {
                 origin: origin.clone(),
                 assign_seq: seq,
                 key,
+                run: self.reconcile.run,
             };
-            batch.push(Record::SlaveKey {
-                id,
-                key: sk.clone(),
-            });
+            batch.push(Record::slave_key(id, sk.clone()));
             self.supply.slave_keys.insert(id, sk);
         }
         self.pools.flush_touched(&mut batch);

@@ -120,13 +120,28 @@ impl Etsi004Config {
 }
 
 /// Where tamper signals come from besides the management API (`POST /api/v1/tamper`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TamperConfig {
     /// A path watched about 5 times a second: when it exists the node erases its keys from
     /// memory and fences itself. Stands in for an enclosure switch (a udev rule or a GPIO daemon
     /// creates the file).
     pub watch_path: Option<PathBuf>,
+    /// Stored records failing authentication in one run of the node (its start and any restart
+    /// of its core) that count as tampering rather than decay: at this many the node fences
+    /// itself as for any tamper signal. Fewer are quarantined and the node runs on. 0 = never.
+    pub integrity_failures: u64,
+}
+
+impl Default for TamperConfig {
+    fn default() -> Self {
+        Self {
+            watch_path: None,
+            // One flipped record is bit rot or a torn sector; three in one start is someone
+            // editing the store.
+            integrity_failures: 3,
+        }
+    }
 }
 
 impl TamperConfig {

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::peer::Peers;
 use crate::service::KeyService;
-use crate::store::{writer_loop, SqliteStore, StoreError};
+use crate::store::{writer_loop, Quarantined, SqliteStore, StoreError};
 
 /// Wait before restarting the core after a storage fault, doubled on each fault in a row.
 const FIRST_RESTART_DELAY: Duration = Duration::from_millis(200);
@@ -231,6 +231,12 @@ pub struct Driver {
     ops: Option<Arc<crate::mgmt::Ops>>,
     audit: Option<Arc<crate::audit::AuditTrail>>,
     erase: Option<crate::seal::erase::EraseTargets>,
+    /// Records failing authentication in one run that count as tampering (0: never).
+    integrity_threshold: u64,
+    /// Records quarantined by [`Self::snapshot`], not yet audited and counted.
+    found_bad: Vec<Quarantined>,
+    /// Records quarantined in this run so far.
+    integrity_failures: u64,
 }
 
 impl Driver {
@@ -257,7 +263,18 @@ impl Driver {
             ops: None,
             audit: None,
             erase: None,
+            integrity_threshold: 0,
+            found_bad: Vec::new(),
+            integrity_failures: 0,
         }
+    }
+
+    /// Treats `n` stored records failing authentication in this run (start and core restarts
+    /// together) as a tamper signal from the source `integrity` (`[tamper] integrity_failures`;
+    /// 0, the default of a bare driver, never).
+    pub fn with_integrity_threshold(mut self, n: u64) -> Self {
+        self.integrity_threshold = n;
+        self
     }
 
     /// What an erase signal destroys ([`DriverHandle::erase`]); without it an erase is refused.
@@ -290,8 +307,42 @@ impl Driver {
     }
 
     /// The store's snapshot, read before the core starts (link sources need the high-water marks).
-    pub fn snapshot(&self) -> Result<kagi_km::Snapshot, StoreError> {
-        self.open_store()?.snapshot()
+    /// Records it quarantines are audited and counted when [`Self::run`] starts.
+    pub fn snapshot(&mut self) -> Result<kagi_km::Snapshot, StoreError> {
+        let (snap, found) = self.open_store()?.snapshot_reporting()?;
+        self.found_bad.extend(found);
+        Ok(snap)
+    }
+
+    /// Audits the records just quarantined (`store.quarantine`) and counts them; once this run
+    /// reaches the threshold, the tamper signal to act on.
+    fn note_quarantined(&mut self, found: Vec<Quarantined>) -> Option<TamperSignal> {
+        if found.is_empty() {
+            return None;
+        }
+        for q in &found {
+            if let Some(trail) = &self.audit {
+                // A failure closes the trail; the next application call is refused.
+                let _ = trail.record(crate::audit::Event {
+                    event: "store.quarantine",
+                    actor: "node",
+                    target: &format!("{}/{}", q.kind, q.key),
+                    outcome: "quarantined",
+                    detail: &q.why,
+                });
+            }
+        }
+        self.integrity_failures += found.len() as u64;
+        let (n, t) = (self.integrity_failures, self.integrity_threshold);
+        (t > 0 && n >= t).then(|| TamperSignal {
+            source: "integrity".into(),
+            reason: format!(
+                "{n} stored records failed authentication in this run (threshold {t}): the store \
+                 was altered"
+            ),
+            erase: false,
+            reply: oneshot::channel().0,
+        })
     }
 
     fn open_store(&self) -> Result<SqliteStore, StoreError> {
@@ -325,7 +376,12 @@ impl Driver {
         let origin = std::time::Instant::now();
         let now = move || kagi_km::Instant(origin.elapsed().as_nanos() as u64);
         let store = self.open_store()?;
-        let snap = store.snapshot()?;
+        let (snap, mut found) = store.snapshot_reporting()?;
+        found.splice(0..0, std::mem::take(&mut self.found_bad));
+        // Fewer than the threshold are quarantined and the node runs on; more fence it at once.
+        let mut tamper: Option<TamperSignal> = self.note_quarantined(found);
+        let mut relay_summary = crate::audit::relay_summary::RelaySummary::default();
+        let mut next_summary = now() + crate::audit::relay_summary::EVERY;
         // Each core gets its own writer; acknowledgements carry the generation, so a restarted
         // core never sees those meant for the one before it.
         let mut generation = 0;
@@ -343,8 +399,14 @@ impl Driver {
         let mut next_req: ReqId = 1;
         tokio::pin!(shutdown);
         let mut next_report = now() + Duration::from_secs(5);
-        let mut tamper: Option<TamperSignal> = None;
         loop {
+            if tamper.is_some() {
+                break;
+            }
+            if now() >= next_summary {
+                next_summary = now() + crate::audit::relay_summary::EVERY;
+                self.audit_relays(&mut relay_summary, &km);
+            }
             if now() >= next_report {
                 next_report = now() + Duration::from_secs(5);
                 let s = km.stats();
@@ -391,11 +453,14 @@ impl Driver {
                 restart_delay = (restart_delay * 2).min(MAX_RESTART_DELAY);
                 generation += 1;
                 let store = self.open_store()?;
-                let snap = store.snapshot()?;
+                let (snap, found) = store.snapshot_reporting()?;
                 (store_tx, writer) = self.spawn_writer(store, generation)?;
+                self.audit_relays(&mut relay_summary, &km);
+                relay_summary.restarted();
                 km = KeyManager::restore(self.cfg.clone(), snap, os_seed(), now());
                 hooks.stores.clear();
                 hooks.reapply(&mut km);
+                tamper = self.note_quarantined(found);
                 continue;
             }
             let deadline = km.poll_timeout();
@@ -463,6 +528,8 @@ impl Driver {
                 km.handle_timeout(now());
             }
         }
+        // What the core relayed since the last summary, before it goes.
+        self.audit_relays(&mut relay_summary, &km);
         let why = tamper.as_ref().map(|t| {
             if t.erase {
                 format!(
@@ -516,6 +583,26 @@ impl Driver {
             self.fenced(&why, shutdown).await;
         }
         Ok(())
+    }
+
+    /// Writes a `relay.summary` line when the core's relay counters moved (see
+    /// [`crate::audit::relay_summary`]).
+    fn audit_relays(
+        &self,
+        summary: &mut crate::audit::relay_summary::RelaySummary,
+        km: &KeyManager,
+    ) {
+        let Some(trail) = &self.audit else { return };
+        if let Some((outcome, detail)) = summary.next(&km.stats()) {
+            // A failure closes the trail; the next application call is refused.
+            let _ = trail.record(crate::audit::Event {
+                event: "relay.summary",
+                actor: "node",
+                target: &self.cfg.node_id,
+                outcome,
+                detail: &detail,
+            });
+        }
     }
 
     /// Crypto-erases the fenced node's store (see [`crate::seal::erase`]). The trail records the

@@ -7,6 +7,8 @@ pub mod audit;
 pub mod client;
 pub mod config;
 pub mod dash;
+pub mod device;
+pub mod device_link;
 pub mod driver;
 pub mod etsi004;
 pub mod etsi014;

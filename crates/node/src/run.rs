@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use crate::admission::{Admission, Limits};
 use crate::audit::{AuditTrail, Event};
 use crate::config::NodeConfig;
+use crate::device_link::{DeviceLink, DeviceLinkConfig};
 use crate::driver::{km_config, Driver, DriverMsg};
 use crate::link_source::SimulatedLink;
 use crate::peer::{accept_loop, Peers};
@@ -97,7 +98,7 @@ pub async fn run_node(
              outside test rigs"
         );
     }
-    let driver = Driver::new(
+    let mut driver = Driver::new(
         km_config(&cfg, topo.clone()),
         &db,
         cfg.store.synchronous,
@@ -105,7 +106,8 @@ pub async fn run_node(
     )
     .with_ops(ops.clone())
     .with_audit(trail.clone())
-    .with_erase(crate::seal::erase::EraseTargets::for_node(&cfg));
+    .with_erase(crate::seal::erase::EraseTargets::for_node(&cfg))
+    .with_integrity_threshold(cfg.tamper.integrity_failures);
     let handle = driver.handle();
     let inbox = handle.inbox();
     #[cfg(unix)]
@@ -125,8 +127,18 @@ pub async fn run_node(
     let known: Arc<Vec<String>> = Arc::new(topo.nodes.iter().map(|n| n.id.clone()).collect());
     let my_links: Vec<LinkSpec> = topo.neighbours(&me.id).map(|(_, l)| l.clone()).collect();
     let mut photon = Vec::new();
+    let mut devices = Vec::new();
     let mut link_inboxes = BTreeMap::new();
     for spec in &my_links {
+        if spec.key_source().map_err(|e| anyhow::anyhow!(e))? == KeySource::Device {
+            let dc = DeviceLinkConfig::new(&me.id, spec).map_err(|e| anyhow::anyhow!(e))?;
+            let tls = crate::device_link::device_tls(spec.device.as_ref(), &cfg.tls)?;
+            // The protocol has one offer in flight; a few frames of slack.
+            let (tx, rx) = mpsc::channel(8);
+            link_inboxes.insert(dc.peer.clone(), tx);
+            devices.push((dc, tls, rx));
+            continue;
+        }
         if spec.key_source().map_err(|e| anyhow::anyhow!(e))? == KeySource::Photon {
             let pc = PhotonLinkConfig::new(&topo, &me.id, spec, secret_for(spec)?)?;
             // A few frames: the link protocol has one or two in flight; more waits in TCP.
@@ -190,6 +202,11 @@ pub async fn run_node(
         tracing::info!(peer = %link.peer, km = spec.length_km, protocol = %link.protocol, rate_bps = link.rate_bps, "simulated QKD link");
         model_rates.insert(link.peer.clone(), link.rate_bps);
         tokio::spawn(feed_link(link, hw, inbox.clone(), stop_rx.clone()));
+    }
+    for (dc, tls, rx) in devices {
+        let hw = high_water(&dc.peer);
+        let link = DeviceLink::new(dc, tls, hw, peers.clone(), inbox.clone(), rx, ops.clone())?;
+        tokio::spawn(link.run(stop_rx.clone()));
     }
     for (pc, rx) in photon {
         let hw = high_water(&pc.peer);

@@ -108,6 +108,17 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// Label of the node store's DEK (part of every value's associated data).
 pub const STORE_LABEL: &str = "kagi-store";
 
+/// A stored value that failed authentication and was moved to the `quarantine` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The record kind (`link_block`, `slave_key`, ...).
+    pub kind: String,
+    /// The record's key within its kind (a peer and block, a key ID: never key bytes).
+    pub key: String,
+    /// Why it failed.
+    pub why: String,
+}
+
 /// An open key store.
 pub struct SqliteStore {
     conn: Connection,
@@ -189,6 +200,12 @@ impl SqliteStore {
     /// `quarantine` table (logged); one whose loss could make the node reuse key stops the start
     /// with [`StoreError::Unsafe`] and is left in place.
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.snapshot_reporting().map(|(snap, _)| snap)
+    }
+
+    /// [`Self::snapshot`], also naming the values it quarantined just now (for the audit trail
+    /// and the tamper threshold; values quarantined by earlier starts are not named again).
+    pub fn snapshot_reporting(&self) -> Result<(Snapshot, Vec<Quarantined>), StoreError> {
         let mut records = Vec::new();
         let mut bad: Vec<(String, String, Vec<u8>, String)> = Vec::new();
         {
@@ -237,7 +254,11 @@ impl SqliteStore {
             }
             tx.commit()?;
         }
-        Ok(Snapshot { records })
+        let found = bad
+            .into_iter()
+            .map(|(kind, key, _, why)| Quarantined { kind, key, why })
+            .collect();
+        Ok((Snapshot { records }, found))
     }
 
     /// Records quarantined so far (over the store's life).
@@ -486,17 +507,18 @@ pub(crate) mod tests {
                 dest: "c".into(),
                 key: Key::from_slice(&[0xA3; 40]),
             },
-            Record::SlaveKey {
-                id: uuid::Uuid::from_u128(42),
-                key: SlaveKey {
+            Record::slave_key(
+                uuid::Uuid::from_u128(42),
+                SlaveKey {
                     master: "sae-a".into(),
                     slaves: vec!["sae-c".into()],
                     pending: vec!["sae-c".into()],
                     origin: "a".into(),
                     assign_seq: 1,
                     key: Key::from_slice(&[0xA4; 32]),
+                    run: 3,
                 },
-            },
+            ),
             Record::Counter {
                 name: Counter::Assign,
                 next: 2,

@@ -152,6 +152,35 @@ async fn trails_verify_and_every_tamper_is_named() {
             "{ev} missing"
         );
     }
+    // Relay-internal events, aggregated (`relay.summary`, at most one line per 10 s and one at
+    // the stop): a started relays to c, b forwarded their hops, c received them.
+    let summed = |node: &str, field: &str| -> u64 {
+        lines(&audit::trail_path(&db, node))
+            .iter()
+            .map(|l| serde_json::from_str::<Entry>(l).unwrap())
+            .filter(|e| e.event == "relay.summary")
+            .flat_map(|e| {
+                e.detail
+                    .split(' ')
+                    .filter_map(|kv| kv.strip_prefix(&format!("{field}=")).map(str::to_owned))
+                    .collect::<Vec<_>>()
+            })
+            .map(|v| v.parse::<u64>().unwrap())
+            .sum()
+    };
+    assert!(summed("a", "started") > 0, "a's relays not in its trail");
+    assert!(
+        summed("b", "forwarded") > 0,
+        "b's forwarded hops not in its trail"
+    );
+    assert!(
+        summed("c", "received") > 0,
+        "c's received relays not in its trail"
+    );
+    assert!(
+        summed("a", "acked") > 0,
+        "a's acknowledged relays not in its trail"
+    );
     let c_text = std::fs::read_to_string(audit::trail_path(&db, "c")).unwrap();
     assert!(c_text.contains(
         "\"event\":\"keys.dec\",\"actor\":\"sae-c\",\"target\":\"sae-a\",\"outcome\":\"refused\""
@@ -302,5 +331,73 @@ async fn key_delivery_stops_when_the_trail_cannot_be_written() {
     );
     let _ = stop_tx.send(());
     let _ = task.await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The erase is recorded and checkpointed before anything is destroyed: with a trail that
+/// cannot be written the erase is refused, naming the trail, and the store, its wrapped data key
+/// and the key file are all still there (the node stays fenced, its keys gone from memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erase_the_trail_cannot_record_destroys_nothing() {
+    let dir = kagi_node::loopback::scratch_dir("audit-erase").unwrap();
+    let (topo, cfgs) = network(&dir);
+    let cfg = cfgs[0].clone();
+    let topo = Arc::new(topo);
+    std::fs::create_dir_all(&cfg.data_dir).unwrap();
+    let db = cfg.data_dir.join("a.db");
+    let seals = kagi_node::seal::node::unseal_node(&cfg, &db, None).unwrap();
+    let trail = Arc::new(
+        audit::AuditTrail::open(
+            &audit::trail_path(&cfg.data_dir, "a"),
+            "a",
+            seals.audit_signer.clone(),
+            audit::Policy::default(),
+        )
+        .unwrap(),
+    );
+    let driver = kagi_node::driver::Driver::new(
+        kagi_node::driver::km_config(&cfg, topo),
+        &db,
+        cfg.store.synchronous,
+        seals.store.clone(),
+    )
+    .with_audit(trail.clone())
+    .with_erase(kagi_node::seal::erase::EraseTargets::for_node(&cfg));
+    let handle = driver.handle();
+    let peers = kagi_node::peer::Peers::start(
+        Vec::new(),
+        kagi_node::tls::peer_client_config(&cfg.tls).unwrap(),
+        handle.inbox(),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(driver.run(peers, async move {
+        let _ = stop_rx.await;
+    }));
+    let key_file = std::fs::read_dir(&cfg.data_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "kek"))
+        .expect("a key file");
+    trail.inject_write_fault();
+    let r = handle.erase("test-operator", "erase a").await;
+    assert!(
+        matches!(&r, Some(Err(m)) if m.contains("nothing was erased") && m.contains("audit trail")),
+        "{r:?}"
+    );
+    // Fenced all the same.
+    let r = handle
+        .call(AppCall::Status {
+            master: "sae-a".into(),
+            slave: "sae-b".into(),
+        })
+        .await;
+    assert!(matches!(&r, Err(Refusal::Unavailable(_))), "{r:?}");
+    let _ = stop_tx.send(());
+    let _ = task.await;
+    // Nothing destroyed: the key file is there and still unwraps the store's data key.
+    assert!(key_file.exists(), "key file removed by an unaudited erase");
+    kagi_node::seal::node::unseal_node(&cfg, &db, None)
+        .expect("the store still opens with its key file after a refused erase");
     let _ = std::fs::remove_dir_all(&dir);
 }

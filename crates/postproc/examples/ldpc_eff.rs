@@ -2,7 +2,9 @@
 //!
 //! `cargo run --release -p kagi-postproc --example ldpc_eff -- [n] [efficiency] [blind_rounds]
 //! [blind_step] [frame_bits] [threads] [trials] [max_iterations]`; `LDPC_BOX_PLUS=1` decodes
-//! with the sum-product (box-plus) check rule, `LDPC_QS=0.01,0.03` limits the QBERs.
+//! with the sum-product (box-plus) check rule, `LDPC_QS=0.01,0.03` limits the QBERs,
+//! `LDPC_WARM=0` restarts each blind round from the channel LLRs instead of keeping the
+//! decoder state (the default).
 //!
 //! f = disclosed bits (syndromes + reveals) / (n·h(QBER)) with the actual error rate of each
 //! trial; Mb/s is sifted bits per second of the whole local reconciliation (syndromes, BP
@@ -28,6 +30,7 @@ fn main() {
         } else {
             CheckRule::MinSum
         },
+        warm_start: std::env::var("LDPC_WARM").map_or(d.warm_start, |v| v != "0"),
     };
     let threads = arg(5).map_or(1, |v| v as usize);
     let trials = arg(6).map_or(4, |v| v as u64);

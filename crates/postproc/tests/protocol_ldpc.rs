@@ -113,11 +113,11 @@ proptest! {
     #[test]
     fn identical_keys_or_abort(e_d in 0.005f64..0.08, seed in 0u64..1000,
                                hidden in prop_oneof![Just(0.0), 0.0f64..0.03],
-                               blind in 0usize..5) {
+                               blind in 0usize..5, warm_start: bool) {
         let ch = link(e_d);
         let (a, mut b) = ch.generate(6_000_000, seed);
         spoil_key_basis(&a, &mut b, hidden, seed);
-        let params = LdpcParams { blind_rounds: blind, ..LdpcParams::default() };
+        let params = LdpcParams { blind_rounds: blind, warm_start, ..LdpcParams::default() };
         let (oa, ob) = run(config(&ch, params), a, b, seed as u8);
         match (oa, ob) {
             (Outcome::Key { key: ka, stats: sa }, Outcome::Key { key: kb, stats: sb }) => {

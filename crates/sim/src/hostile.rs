@@ -81,6 +81,9 @@ impl Hostile {
                     store: self.store,
                     epoch: self.epoch,
                     link_low: Some(0),
+                    run: 1,
+                    next_relay: 1,
+                    next_assign: 1,
                 };
                 sim.inject(&self.me, &from, hello);
                 let seen = PeerMsg::Seen {
@@ -90,6 +93,7 @@ impl Hostile {
                     relay_floor: 0,
                     assign_floor: 0,
                     link_rx_hw: None,
+                    fork_run: 0,
                 };
                 sim.inject(&self.me, &from, seen);
                 continue;

@@ -144,6 +144,8 @@ struct SimNode {
     last_store_at: Instant,
     /// Crash after this many more actions.
     crash_after: Option<u32>,
+    /// The next write holding a record that matches fails (a targeted store fault).
+    fail_when: Option<fn(&Record) -> bool>,
     /// Application requests waiting for an answer here.
     waiting: BTreeSet<u64>,
 }
@@ -256,6 +258,7 @@ impl Sim {
                     durable: BTreeMap::new(),
                     in_flight: BTreeMap::new(),
                     write_failed: false,
+                    fail_when: None,
                     timer_at: None,
                     last_store_at: Instant::ZERO,
                     crash_after: None,
@@ -634,8 +637,12 @@ impl Sim {
         let Some(batch) = n.in_flight.remove(&write) else {
             return;
         };
+        let targeted = n.fail_when.is_some_and(|f| batch.iter().any(f));
+        if targeted {
+            n.fail_when = None;
+        }
         // After a failed write the writer writes nothing more for this core.
-        let ok = !fail && !n.write_failed;
+        let ok = !fail && !targeted && !n.write_failed;
         if ok {
             Snapshot::apply(&mut n.durable, &batch);
         } else if !n.write_failed {
@@ -809,6 +816,14 @@ impl Sim {
             n.durable = copy.0.clone();
         }
         self.store_lost(id);
+    }
+
+    /// Makes the next write of `id` that holds a record matching `f` fail, as a full disk would
+    /// (the core is fenced and restarts from its store).
+    pub fn fail_write_when(&mut self, id: &str, f: fn(&Record) -> bool) {
+        if let Some(n) = self.nodes.get_mut(id) {
+            n.fail_when = Some(f);
+        }
     }
 
     /// Restarts a stopped node from its durable records.

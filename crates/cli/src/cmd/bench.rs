@@ -170,6 +170,19 @@ async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
             v.sort_by(f64::total_cmp);
             v
         };
+        let cpus = |runs: &[Run]| {
+            let mut v: Vec<f64> = runs
+                .iter()
+                .filter_map(|m| m.get(hops).and_then(|r| r["cpu_us_per_key"].as_f64()))
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v
+        };
+        let (pc, qc) = (cpus(&plain), cpus(&sealed));
+        let cpu_cost = (!pc.is_empty() && !qc.is_empty()).then(|| {
+            let (pm, qm) = (pc[pc.len() / 2], qc[qc.len() / 2]);
+            (pm, qm, (qm / pm - 1.0) * 100.0)
+        });
         let (p, q) = (rates(&plain), rates(&sealed));
         let pct = |p: f64, q: f64| if q > 0.0 { (p / q - 1.0) * 100.0 } else { 0.0 };
         let (pb, qb) = (p[p.len() - 1], q[q.len() - 1]);
@@ -178,12 +191,16 @@ async fn etsi(a: EtsiArgs) -> anyhow::Result<()> {
         if !a.json {
             println!(
                 "{hops} hop(s): sealing costs {best:+.1} % best of {rounds} ({pb:.0} -> {qb:.0} \
-                 keys/s), {median:+.1} % median ({pm:.0} -> {qm:.0} keys/s)"
+                 keys/s), {median:+.1} % median ({pm:.0} -> {qm:.0} keys/s){}",
+                cpu_cost.map_or(String::new(), |(p, q, c)| format!(
+                    "; CPU per key {c:+.1} % median ({p:.0} -> {q:.0} µs)"
+                ))
             );
         }
         cost.insert(
             hops.clone(),
-            serde_json::json!({"best": best, "median": median}),
+            serde_json::json!({"best": best, "median": median,
+                "cpu_per_key_median": cpu_cost.map(|(_, _, c)| c)}),
         );
     }
     if a.json {
@@ -299,6 +316,8 @@ async fn etsi_once(
             }));
         }
         let start = Instant::now();
+        let cpu0 = process_cpu_secs();
+        let seal0 = kagi_node::seal::work();
         let mut enc = Vec::new();
         let mut dec = Vec::new();
         let mut keys = 0;
@@ -311,6 +330,22 @@ async fn etsi_once(
             refused += r;
         }
         let secs = start.elapsed().as_secs_f64();
+        // CPU of the whole process (nodes, TLS, clients) per delivered key: unlike keys/s it
+        // hardly moves with what else runs on the machine.
+        let cpu_us_per_key = match (cpu0, process_cpu_secs()) {
+            (Some(a), Some(b)) if keys > 0 => Some((b - a) * 1e6 / keys as f64),
+            _ => None,
+        };
+        let seal1 = kagi_node::seal::work();
+        let (seal_values, seal_bytes, seal_ns) =
+            (seal1.0 - seal0.0, seal1.1 - seal0.1, seal1.2 - seal0.2);
+        let per_key = |x: u64| {
+            if keys > 0 {
+                x as f64 / keys as f64
+            } else {
+                0.0
+            }
+        };
         enc.sort();
         dec.sort();
         let pct = |v: &[Duration], p: f64| {
@@ -327,13 +362,20 @@ async fn etsi_once(
             "refused_or_mismatched": refused,
             "enc_p50_ms": pct(&enc, 0.5), "enc_p99_ms": pct(&enc, 0.99),
             "dec_p50_ms": pct(&dec, 0.5), "dec_p99_ms": pct(&dec, 0.99),
+            "cpu_us_per_key": cpu_us_per_key,
+            // What the seal itself did per delivered key (0 for an unsealed store).
+            "seal_values_per_key": per_key(seal_values),
+            "seal_bytes_per_key": per_key(seal_bytes),
+            "seal_us_per_key": per_key(seal_ns) / 1e3,
         });
         bar.inc(1);
         bar.suspend(|| {
             if !a.json {
                 println!(
-                    "{hops} hop(s): {:.0} keys/s delivered to master and slave ({} clients, {} x {}-bit keys/request); enc_keys p50 {:.2} ms p99 {:.2} ms; dec_keys p50 {:.2} ms p99 {:.2} ms; refused {}",
-                    keys as f64 / secs, a.clients, a.number, a.size, pct(&enc, 0.5), pct(&enc, 0.99), pct(&dec, 0.5), pct(&dec, 0.99), refused
+                    "{hops} hop(s): {:.0} keys/s delivered to master and slave ({} clients, {} x {}-bit keys/request); enc_keys p50 {:.2} ms p99 {:.2} ms; dec_keys p50 {:.2} ms p99 {:.2} ms; refused {}; CPU {} µs/key, of which sealing {:.1} µs ({:.1} values, {:.0} bytes)",
+                    keys as f64 / secs, a.clients, a.number, a.size, pct(&enc, 0.5), pct(&enc, 0.99), pct(&dec, 0.5), pct(&dec, 0.99), refused,
+                    cpu_us_per_key.map_or("?".into(), |c| format!("{c:.0}")),
+                    per_key(seal_ns) / 1e3, per_key(seal_values), per_key(seal_bytes)
                 );
             }
         });
@@ -346,6 +388,18 @@ async fn etsi_once(
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(results)
+}
+
+/// User + system CPU seconds of this process so far (`/proc/self/stat`, in USER_HZ = 100
+/// ticks), or `None` where that file is not there.
+fn process_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces: state is the
+    // first, utime the 12th, stime the 13th.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 async fn m_dec(

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod bench;
 pub mod bench_xks;
 pub mod dash;
+pub mod device;
 pub mod keys;
 pub mod link_rate;
 pub mod link_sim;

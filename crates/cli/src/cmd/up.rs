@@ -259,8 +259,53 @@ fn plan_topology(args: &Args, dir: &Path) -> anyhow::Result<Topology> {
             *slot = Some(format!("127.0.0.1:{port}"));
         }
     }
+    assign_device_ports(&mut topo, prev.as_ref(), &mut taken)?;
     topo.validate()?;
     Ok(topo)
+}
+
+/// Gives every `source = "etsi014"` link without device URLs a simulated device pair on two
+/// fresh loopback ports (the previous run's where still free); `kagi up` starts it.
+fn assign_device_ports(
+    topo: &mut Topology,
+    prev: Option<&Topology>,
+    taken: &mut Vec<u16>,
+) -> anyhow::Result<()> {
+    for l in &mut topo.links {
+        if l.key_source().ok() != Some(kagi_control::KeySource::Device) {
+            continue;
+        }
+        let d = l.device.get_or_insert_with(Default::default);
+        if d.url_a.is_some() || d.url_b.is_some() {
+            continue; // the user's own devices
+        }
+        let before = prev
+            .and_then(|p| p.link(&l.a, &l.b))
+            .filter(|pl| pl.a == l.a)
+            .and_then(|pl| pl.device.clone());
+        let mut urls = Vec::new();
+        for old in [
+            before.as_ref().and_then(|b| b.url_a.clone()),
+            before.as_ref().and_then(|b| b.url_b.clone()),
+        ] {
+            let old = old
+                .and_then(|u| {
+                    u.rsplit_once(':')
+                        .and_then(|(_, p)| p.trim_end_matches('/').parse().ok())
+                })
+                .filter(|p: &u16| !taken.contains(p) && port_free(*p));
+            let port = match old {
+                Some(p) => p,
+                None => free_port(taken)?,
+            };
+            taken.push(port);
+            urls.push(format!("https://127.0.0.1:{port}"));
+        }
+        d.url_b = urls.pop();
+        d.url_a = urls.pop();
+        d.simulated = true;
+    }
+    Ok(())
 }
 
 /// `data_dir` as written in a node config (loading resolves it against the file's directory,
@@ -292,6 +337,17 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
         .flat_map(|n| [addr_port(&n.etsi014_addr), addr_port(&n.peer_addr)])
         .flatten()
         .collect();
+    // Simulated devices' ports too: nothing listens there until the devices start.
+    for d in topo.links.iter().filter_map(|l| l.device.as_ref()) {
+        for u in [&d.url_a, &d.url_b].into_iter().flatten() {
+            if let Some(p) = u
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.trim_end_matches('/').parse().ok())
+            {
+                taken.push(p);
+            }
+        }
+    }
     for (i, n) in topo.nodes.iter().enumerate() {
         let certs = pki.ensure_node(&n.id)?;
         let node_dir = dir.join("nodes").join(&n.id);
@@ -589,6 +645,56 @@ async fn spawn_nodes(dir: &Path, prep: &Prepared) -> anyhow::Result<Vec<Child>> 
     Ok(children)
 }
 
+/// Starts one simulated QKD device pair (`kagi device`) per device link `kagi up` gave ports
+/// to; logs under `devices/`.
+fn spawn_devices(dir: &Path, prep: &Prepared) -> anyhow::Result<Vec<Child>> {
+    let exe = std::env::current_exe().context("cannot find the kagi executable")?;
+    let mut out = Vec::new();
+    for l in &prep.topo.links {
+        if !l.device.as_ref().is_some_and(|d| d.simulated) {
+            continue;
+        }
+        let name = format!("{}-{}", l.a, l.b);
+        let ddir = dir.join("devices");
+        std::fs::create_dir_all(&ddir)?;
+        let log = ddir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let err = file.try_clone()?;
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.arg("device")
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--link")
+            .arg(&name)
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .env("NO_COLOR", "1")
+            .kill_on_drop(true);
+        #[cfg(unix)]
+        cmd.process_group(0);
+        let proc = cmd
+            .spawn()
+            .with_context(|| format!("cannot start the simulated device of link {name}"))?;
+        let pid_file = ddir.join(format!("{name}.pid"));
+        if let Some(pid) = proc.id() {
+            std::fs::write(&pid_file, format!("{pid}\n"))?;
+        }
+        out.push(Child {
+            id: format!("device {name}"),
+            proc,
+            pid_file,
+            log,
+            exited: false,
+            site: false,
+        });
+    }
+    Ok(out)
+}
+
 /// Waits until every node's ETSI 014 endpoint answers an authenticated status call.
 async fn wait_ready(
     dir: &Path,
@@ -787,7 +893,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
+        let devices = spawn_devices(&dir, &prep)?;
         let mut children = spawn_nodes(&dir, &prep).await?;
+        children.extend(devices);
         println!(
             "kagi up: starting {} nodes of {:?} in {} (rate multiplier {})",
             children.len(),

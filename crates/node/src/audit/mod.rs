@@ -18,6 +18,7 @@
 //!
 //! [`verify`] checks a trail offline and names the first bad entry.
 
+pub mod relay_summary;
 pub mod signer;
 pub mod verify;
 pub mod witness;

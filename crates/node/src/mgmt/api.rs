@@ -231,6 +231,7 @@ fn links_json(ctx: &MgmtCtx, km: &kagi_km::KmStatus) -> Value {
                 "in_service": l.in_service,
                 "length_km": spec.map(|s| s.length_km),
                 "source": spec.and_then(|s| s.source.clone()).unwrap_or_else(|| "rate".into()),
+                "source_state": ctx.ops.link_source_state(&l.peer),
                 "tx_bytes": l.tx_bytes,
                 "rx_bytes": l.rx_bytes,
                 "key_in_bytes": key_in,

@@ -86,6 +86,7 @@ pub struct Ops {
     audit_seq: AtomicU64,
     peers: Mutex<BTreeMap<String, bool>>,
     link_in: Mutex<BTreeMap<String, LinkMeter>>,
+    link_source: Mutex<BTreeMap<String, String>>,
     trail: std::sync::OnceLock<std::sync::Arc<crate::audit::AuditTrail>>,
     tamper: Mutex<Option<TamperState>>,
     tamper_tx: tokio::sync::watch::Sender<bool>,
@@ -123,6 +124,7 @@ impl Ops {
             audit_seq: AtomicU64::new(1),
             peers: Mutex::new(BTreeMap::new()),
             link_in: Mutex::new(BTreeMap::new()),
+            link_source: Mutex::new(BTreeMap::new()),
             trail: std::sync::OnceLock::new(),
             tamper: Mutex::new(None),
             tamper_tx: tokio::sync::watch::channel(false).0,
@@ -323,6 +325,24 @@ impl Ops {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The key source of the link to `peer` (a QKD device link) is now in `state` (`up`,
+    /// `device_down`, `keys_differ`, ...); returns whether that is a change.
+    pub fn set_link_source_state(&self, peer: &str, state: &str) -> bool {
+        let Ok(mut m) = self.link_source.lock() else {
+            return false;
+        };
+        if m.get(peer).map(String::as_str) == Some(state) {
+            return false;
+        }
+        m.insert(peer.to_owned(), state.to_owned());
+        true
+    }
+
+    /// The key source state of the link to `peer`, when its source reports one.
+    pub fn link_source_state(&self, peer: &str) -> Option<String> {
+        self.link_source.lock().ok()?.get(peer).cloned()
     }
 
     /// `bytes` of link key arrived from the link to `peer`.

@@ -29,6 +29,30 @@ use zeroize::Zeroizing;
 
 pub use kek::{Kek, KekError};
 
+/// Sealing work done by this process: values sealed or opened by a sealing [`Sealer`], their
+/// plaintext bytes, and the nanoseconds spent (nonce, associated data, AEAD, copies). Read by
+/// `kagi bench etsi` to tell what the seal itself costs per delivered key.
+static WORK: [std::sync::atomic::AtomicU64; 3] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 3];
+
+/// Values, plaintext bytes and nanoseconds of sealing work so far (see [`Sealer::seal`],
+/// [`Sealer::open`]); process-wide.
+pub fn work() -> (u64, u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (
+        WORK[0].load(Relaxed),
+        WORK[1].load(Relaxed),
+        WORK[2].load(Relaxed),
+    )
+}
+
+fn count_work(bytes: usize, since: std::time::Instant) {
+    use std::sync::atomic::Ordering::Relaxed;
+    WORK[0].fetch_add(1, Relaxed);
+    WORK[1].fetch_add(bytes as u64, Relaxed);
+    WORK[2].fetch_add(since.elapsed().as_nanos() as u64, Relaxed);
+}
+
 const SEALED_V1: u8 = 1;
 const PLAIN_V0: u8 = 0;
 const NONCE_LEN: usize = 12;
@@ -155,6 +179,7 @@ impl Sealer {
             // Wiped: no key to seal with, and never the plaintext.
             return vec![WIPED];
         };
+        let t0 = std::time::Instant::now();
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let aad = self.aad(kind, key);
@@ -171,6 +196,7 @@ impl Sealer {
         v.push(SEALED_V1);
         v.extend_from_slice(&nonce);
         v.extend_from_slice(&ct);
+        count_work(plain.len(), t0);
         v
     }
 
@@ -203,11 +229,15 @@ impl Sealer {
                 if rest.len() < NONCE_LEN + TAG_LEN {
                     return Err(fail("truncated"));
                 }
+                let t0 = std::time::Instant::now();
                 let (nonce, ct) = rest.split_at(NONCE_LEN);
                 let aad = self.aad(kind, key);
-                aead.decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
+                let r = aead
+                    .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
                     .map(Zeroizing::new)
-                    .map_err(|_| fail("tag mismatch"))
+                    .map_err(|_| fail("tag mismatch"));
+                count_work(ct.len(), t0);
+                r
             }
             (Some(_), _) => Err(fail("unknown seal version")),
         }

@@ -21,6 +21,10 @@ const ALPHA: i16 = 12;
 /// Reusable decoder state for one code size (one per thread).
 #[derive(Debug, Default)]
 pub(crate) struct Decoder {
+    /// Give an attempt up once this many iterations pass without fewer unsatisfied checks
+    /// than its best so far (0: always run to `max_iter`). Meant for attempts that can be
+    /// resumed ([`Decoder::resume`]): a stalled decode rarely recovers by iterating alone.
+    pub stall: usize,
     pub app: Vec<i16>,
     msgs: Vec<i16>,
     tmp: Vec<i16>,
@@ -43,6 +47,8 @@ pub(crate) struct Bufs<'a> {
     pub idx: &'a mut [i16],
     pub sgn: &'a mut [i16],
     pub synd: &'a [i16],
+    /// [`Decoder::stall`].
+    pub stall: usize,
 }
 
 impl Decoder {
@@ -58,11 +64,57 @@ impl Decoder {
         simd: crate::ldpc_simd_unsafe::Simd,
         rule: CheckRule,
     ) -> Option<usize> {
-        let (n, m, z) = (code.n(), code.m(), code.z);
+        let n = code.n();
         self.app.clear();
         self.app.extend_from_slice(&llr[..n]);
         self.msgs.clear();
-        self.msgs.resize(code.cols.len() * z, 0);
+        self.msgs.resize(code.cols.len() * code.z, 0);
+        self.run(code, synd, max_iter, simd, rule)
+    }
+
+    /// Restores a saved state (`app`, `msgs` of an earlier decode of the same frame, taken
+    /// back with [`Decoder::take_state`]) with `delta` added to the a-posteriori LLRs of
+    /// symbols whose channel LLR changed (revealed bits): `app` stays the channel LLR plus the
+    /// sum of the check messages, as in a fresh decode, so [`Decoder::resume`] carries the
+    /// layers on where the last attempt stopped.
+    pub fn restore(&mut self, state: (Vec<i16>, Vec<i16>), delta: &[(u32, i16)]) {
+        (self.app, self.msgs) = state;
+        for &(v, d) in delta {
+            let a = &mut self.app[v as usize];
+            *a = a.saturating_add(d);
+        }
+    }
+
+    /// Continues decoding from the state [`Decoder::restore`] set.
+    pub fn resume(
+        &mut self,
+        code: &QcCode,
+        synd: &[u64],
+        max_iter: usize,
+        simd: crate::ldpc_simd_unsafe::Simd,
+        rule: CheckRule,
+    ) -> Option<usize> {
+        self.run(code, synd, max_iter, simd, rule)
+    }
+
+    /// Takes the a-posteriori LLRs and check messages of the last decode (to resume it later).
+    pub fn take_state(&mut self) -> (Vec<i16>, Vec<i16>) {
+        (
+            std::mem::take(&mut self.app),
+            std::mem::take(&mut self.msgs),
+        )
+    }
+
+    /// The layers over `app` and `msgs` as they stand.
+    fn run(
+        &mut self,
+        code: &QcCode,
+        synd: &[u64],
+        max_iter: usize,
+        simd: crate::ldpc_simd_unsafe::Simd,
+        rule: CheckRule,
+    ) -> Option<usize> {
+        let (m, z) = (code.m(), code.z);
         self.tmp.resize(code.max_row_deg * z, 0);
         if rule == CheckRule::BoxPlus {
             self.fwd.resize(code.max_row_deg * z, 0);
@@ -83,6 +135,7 @@ impl Decoder {
             idx: &mut self.idx,
             sgn: &mut self.sgn,
             synd: &self.synd,
+            stall: self.stall,
         };
         crate::ldpc_simd_unsafe::decode(simd, code, b, max_iter, rule)
     }
@@ -139,10 +192,12 @@ fn min_sum_impl(code: &QcCode, b: Bufs<'_>, max_iter: usize) -> Option<usize> {
         idx,
         sgn,
         synd,
+        stall,
     } = b;
     if checks_hold(code, app, synd, sgn) {
         return Some(0);
     }
+    let mut progress = Progress::new(stall);
     for it in 1..=max_iter {
         for r in 0..code.mb {
             let (e0, e1) = (code.row_start[r], code.row_start[r + 1]);
@@ -214,6 +269,9 @@ fn min_sum_impl(code: &QcCode, b: Bufs<'_>, max_iter: usize) -> Option<usize> {
         if checks_hold(code, app, synd, sgn) {
             return Some(it);
         }
+        if progress.stalled(it, || unsatisfied(code, app, synd, sgn)) {
+            return None;
+        }
     }
     None
 }
@@ -232,11 +290,13 @@ fn box_plus_impl(code: &QcCode, b: Bufs<'_>, max_iter: usize) -> Option<usize> {
         min2: bwd,
         sgn,
         synd,
+        stall,
         ..
     } = b;
     if checks_hold(code, app, synd, sgn) {
         return Some(0);
     }
+    let mut progress = Progress::new(stall);
     for it in 1..=max_iter {
         for r in 0..code.mb {
             let (e0, e1) = (code.row_start[r], code.row_start[r + 1]);
@@ -316,6 +376,9 @@ fn box_plus_impl(code: &QcCode, b: Bufs<'_>, max_iter: usize) -> Option<usize> {
         if checks_hold(code, app, synd, sgn) {
             return Some(it);
         }
+        if progress.stalled(it, || unsatisfied(code, app, synd, sgn)) {
+            return None;
+        }
     }
     None
 }
@@ -337,6 +400,66 @@ fn abs(t: i16) -> i16 {
 fn boxplus(a: i16, b: i16) -> i16 {
     let corr = |x: i16| (CORR0 - (x >> 2)).max(0);
     (a.min(b) + corr(a.saturating_add(b)) - corr(abs(a.saturating_sub(b)))).max(0)
+}
+
+/// Iterations between counts of unsatisfied checks (a count costs about a third of an
+/// iteration).
+const STALL_PERIOD: usize = 4;
+
+/// Tracks the fewest unsatisfied checks of an attempt, to stop one that no longer improves.
+struct Progress {
+    stall: usize,
+    best: usize,
+    best_it: usize,
+}
+
+impl Progress {
+    fn new(stall: usize) -> Self {
+        Self {
+            stall,
+            best: usize::MAX,
+            best_it: 0,
+        }
+    }
+
+    /// Whether `stall` iterations have passed since the count (`count()`, taken every
+    /// [`STALL_PERIOD`] iterations) last fell.
+    #[inline(always)]
+    fn stalled(&mut self, it: usize, count: impl FnOnce() -> usize) -> bool {
+        if self.stall == 0 || !it.is_multiple_of(STALL_PERIOD) {
+            return false;
+        }
+        let u = count();
+        if u < self.best {
+            self.best = u;
+            self.best_it = it;
+            return false;
+        }
+        it - self.best_it >= self.stall
+    }
+}
+
+/// Number of checks the hard decisions of `app` do not meet (`acc`: z-lane scratch).
+#[inline(always)]
+fn unsatisfied(code: &QcCode, app: &[i16], synd: &[i16], acc: &mut [i16]) -> usize {
+    let z = code.z;
+    let mut count = 0;
+    for r in 0..code.mb {
+        acc.copy_from_slice(&synd[r * z..(r + 1) * z]);
+        for e in code.row_start[r]..code.row_start[r + 1] {
+            let (col, s) = (code.cols[e] as usize, code.shifts[e] as usize);
+            let a = &app[col * z..(col + 1) * z];
+            let (acc_lo, acc_hi) = acc.split_at_mut(z - s);
+            for (x, &a) in acc_lo.iter_mut().zip(&a[s..]) {
+                *x ^= a;
+            }
+            for (x, &a) in acc_hi.iter_mut().zip(&a[..s]) {
+                *x ^= a;
+            }
+        }
+        count += acc.iter().map(|&x| usize::from(x < 0)).sum::<usize>();
+    }
+    count
 }
 
 /// Whether the hard decisions of `app` meet the syndrome (`acc` is a z-lane scratch buffer).

@@ -46,6 +46,9 @@ use decoder::{Decoder, LLR_KNOWN, LLR_SCALE};
 const FAMILY_MB: [usize; 12] = [128, 115, 102, 90, 77, 64, 51, 38, 31, 26, 20, 13];
 /// Seed of the code family (both ends must build identical codes).
 const CODE_SEED: u64 = 0x6b61_6769_6c64_7063;
+/// With [`LdpcParams::warm_start`]: iterations without progress after which an attempt that
+/// can still be resumed stops.
+pub const STALL_ITERATIONS: usize = 12;
 /// Most punctured symbols per frame, as a fraction of the frame.
 const MAX_PUNCTURED: f64 = 0.08;
 
@@ -65,6 +68,12 @@ pub struct LdpcParams {
     pub max_iterations: usize,
     /// Bob's check-node update (his choice only; Alice's messages do not depend on it).
     pub check_rule: CheckRule,
+    /// Bob keeps each failing frame's decoder state (check messages and a-posteriori LLRs)
+    /// and continues from it after a reveal, instead of restarting from the channel LLRs
+    /// (his choice only; on by default: the same f for less CPU). An attempt that is not the last then also stops once its count of
+    /// unsatisfied checks has not fallen for [`STALL_ITERATIONS`] iterations: the reveal that
+    /// follows adds information, which iterating alone does not.
+    pub warm_start: bool,
 }
 
 impl Default for LdpcParams {
@@ -76,6 +85,7 @@ impl Default for LdpcParams {
             blind_step: 0.05,
             max_iterations: 60,
             check_rule: CheckRule::MinSum,
+            warm_start: true,
         }
     }
 }
@@ -173,6 +183,7 @@ pub struct Plan {
     rounds: usize,
     max_iterations: usize,
     check_rule: CheckRule,
+    warm_start: bool,
 }
 
 impl Plan {
@@ -244,6 +255,7 @@ impl Plan {
             rounds: params.blind_rounds,
             max_iterations: params.max_iterations,
             check_rule: params.check_rule,
+            warm_start: params.warm_start,
         })
     }
 
@@ -414,7 +426,13 @@ struct BobFrame {
     known: Vec<(u32, bool)>,
     decoded: Option<BitVec>,
     iterations: usize,
+    /// Decoder state after the last failed attempt, and how many of `known` it includes
+    /// (`LdpcParams::warm_start` only).
+    state: Option<(DecoderState, usize)>,
 }
+
+/// A frame's saved decoder state: a-posteriori LLRs and check messages.
+type DecoderState = (Vec<i16>, Vec<i16>);
 
 /// Bob's end: decodes frames, asks for reveals, returns the corrected key.
 pub struct LdpcBob {
@@ -469,6 +487,7 @@ impl LdpcBob {
                 known: Vec::new(),
                 decoded: None,
                 iterations: 0,
+                state: None,
             });
         }
         Ok(Self {
@@ -491,21 +510,38 @@ impl LdpcBob {
             .collect();
         let threads = threads.clamp(1, pending.len().max(1));
         let chunk = pending.len().div_ceil(threads).max(1);
+        // Saved states move to the threads with their frames and come back with the results.
+        let mut jobs: Vec<(usize, Option<(DecoderState, usize)>)> = pending
+            .iter()
+            .map(|&i| (i, self.frames[i].state.take()))
+            .collect();
         let plan = &self.plan;
         let key = &self.key;
         let simd = self.simd;
         let frames = &self.frames;
-        let results: Vec<(usize, Option<(BitVec, usize)>)> = std::thread::scope(|sc| {
-            let handles: Vec<_> = pending
-                .chunks(chunk)
-                .map(|idx| {
+        // The last attempt runs every iteration: nothing is revealed after it.
+        let stall_after = if plan.warm_start && self.attempts <= plan.rounds {
+            STALL_ITERATIONS
+        } else {
+            0
+        };
+        let mut per_thread = Vec::new();
+        while !jobs.is_empty() {
+            let rest = jobs.split_off(chunk.min(jobs.len()));
+            per_thread.push(std::mem::replace(&mut jobs, rest));
+        }
+        let results: Vec<(usize, Outcome)> = std::thread::scope(|sc| {
+            let handles: Vec<_> = per_thread
+                .into_iter()
+                .map(|jobs| {
                     sc.spawn(move || {
                         let mut dec = Decoder::default();
+                        dec.stall = stall_after;
                         let mut llr = Vec::new();
-                        idx.iter()
-                            .map(|&i| {
+                        jobs.into_iter()
+                            .map(|(i, state)| {
                                 let r = decode_frame(
-                                    plan, key, &frames[i], i, &mut dec, &mut llr, simd,
+                                    plan, key, &frames[i], state, i, &mut dec, &mut llr, simd,
                                 );
                                 (i, r)
                             })
@@ -521,11 +557,14 @@ impl LdpcBob {
         let mut failed = Vec::new();
         for (i, r) in results {
             match r {
-                Some((bits, it)) => {
+                Outcome::Decoded(bits, it) => {
                     self.frames[i].decoded = Some(bits);
                     self.frames[i].iterations = it;
                 }
-                None => failed.push(i as u32),
+                Outcome::Failed(state) => {
+                    self.frames[i].state = state;
+                    failed.push(i as u32);
+                }
             }
         }
         failed.sort_unstable();
@@ -621,16 +660,68 @@ impl LdpcBob {
     }
 }
 
-/// Decodes one frame; the frame's key bits on success (and the iterations used).
+/// What one decoding attempt of a frame gave.
+enum Outcome {
+    /// The frame's key bits and the iterations used.
+    Decoded(BitVec, usize),
+    /// Not decoded; the decoder state to continue from (with `warm_start`).
+    Failed(Option<(DecoderState, usize)>),
+}
+
+/// Decodes one frame, from the channel LLRs or (`warm_start`) from its saved `state`.
+#[allow(clippy::too_many_arguments)] // one frame's inputs, split to share the plan across threads
 fn decode_frame(
     plan: &Plan,
     key: &BitVec,
     fr: &BobFrame,
+    state: Option<(DecoderState, usize)>,
     i: usize,
     dec: &mut Decoder,
     llr: &mut Vec<i16>,
     simd: Simd,
-) -> Option<(BitVec, usize)> {
+) -> Outcome {
+    let it = attempt(plan, key, fr, state, i, dec, llr, simd);
+    let failed = |dec: &mut Decoder| {
+        Outcome::Failed(plan.warm_start.then(|| (dec.take_state(), fr.known.len())))
+    };
+    let Some(it) = it else {
+        return failed(dec);
+    };
+    let f = &plan.frames[i];
+    let code = &plan.code;
+    let order = &code.order;
+    let start = f.punctured + f.shortened;
+    let hard = dec.hard();
+    // Independent checks: the full syndrome and every known symbol.
+    if code.syndrome(&hard) != fr.synd {
+        return failed(dec);
+    }
+    let bit = |v: usize| (hard[v / 64] >> (v % 64)) & 1 == 1;
+    if order[f.punctured..start].iter().any(|&v| bit(v as usize))
+        || fr.known.iter().any(|&(v, b)| bit(v as usize) != b)
+    {
+        return failed(dec);
+    }
+    let mut out = BitVec::zeros(f.key);
+    for (j, &v) in order[start..].iter().enumerate() {
+        out.set(j, bit(v as usize));
+    }
+    Outcome::Decoded(out, it)
+}
+
+/// Runs the decoder on one frame: fresh from the channel LLRs, or continuing `state` with the
+/// bits revealed since it was saved pinned; the iterations used if every check holds.
+#[allow(clippy::too_many_arguments)]
+fn attempt(
+    plan: &Plan,
+    key: &BitVec,
+    fr: &BobFrame,
+    state: Option<(DecoderState, usize)>,
+    i: usize,
+    dec: &mut Decoder,
+    llr: &mut Vec<i16>,
+    simd: Simd,
+) -> Option<usize> {
     let f = &plan.frames[i];
     let code = &plan.code;
     let n = code.n();
@@ -648,33 +739,27 @@ fn decode_frame(
             plan.llr
         };
     }
-    for &(v, b) in &fr.known {
-        llr[v as usize] = if b { -LLR_KNOWN } else { LLR_KNOWN };
+    let known_llr = |b: bool| if b { -LLR_KNOWN } else { LLR_KNOWN };
+    if let Some((saved, applied)) = state {
+        // The new reveals move each symbol's LLR from its channel value to ±LLR_KNOWN.
+        let delta: Vec<(u32, i16)> = fr.known[applied..]
+            .iter()
+            .map(|&(v, b)| (v, known_llr(b).saturating_sub(llr[v as usize])))
+            .collect();
+        dec.restore(saved, &delta);
+        return dec.resume(code, &fr.synd, plan.max_iterations, simd, plan.check_rule);
     }
-    let it = dec.decode(
+    for &(v, b) in &fr.known {
+        llr[v as usize] = known_llr(b);
+    }
+    dec.decode(
         code,
         llr,
         &fr.synd,
         plan.max_iterations,
         simd,
         plan.check_rule,
-    )?;
-    let hard = dec.hard();
-    // Independent checks: the full syndrome and every known symbol.
-    if code.syndrome(&hard) != fr.synd {
-        return None;
-    }
-    let bit = |v: usize| (hard[v / 64] >> (v % 64)) & 1 == 1;
-    if order[f.punctured..start].iter().any(|&v| bit(v as usize))
-        || fr.known.iter().any(|&(v, b)| bit(v as usize) != b)
-    {
-        return None;
-    }
-    let mut out = BitVec::zeros(f.key);
-    for (j, &v) in order[start..].iter().enumerate() {
-        out.set(j, bit(v as usize));
-    }
-    Some((out, it))
+    )
 }
 
 /// Both ends in one process (tests, benchmarks): Alice's and Bob's keys, the QBER estimate
