@@ -1,7 +1,8 @@
 //! The shipped mixed-technology example (`docs/examples/mixed-tech.toml`) under `kagi up`:
 //! decoy BB84, CV-QKD, twin-field, finite-key, repeater and satellite links at rate level, a
-//! photon-level link, and a satellite trusted node that is Fukuoka's only way in. Keys fetched
-//! over ETSI GS QKD 014 across every technology are identical at both ends.
+//! photon-level link, a link whose key comes from a (simulated) QKD device pair over ETSI
+//! GS QKD 014, and a satellite trusted node that is Fukuoka's only way in. Keys fetched over
+//! ETSI GS QKD 014 across every technology are identical at both ends.
 //!
 //! The test runs the example with a faster demo clock (more satellite passes per minute) and a
 //! smaller photon block so that it finishes in about a minute.
@@ -68,6 +69,13 @@ async fn mixed_technology_example_delivers_identical_keys_end_to_end() {
     let deadline = Instant::now() + Duration::from_secs(150);
     // Repeater, finite-key, two twin-field and a decoy-BB84 hop.
     one_key_across(&up, "sae-umeda", "sae-otemachi", deadline).await;
+    // The device-sourced link (osaka–kyoto, `kagi device` started by `kagi up`), then
+    // finite-key and repeater hops.
+    assert!(topo
+        .links
+        .iter()
+        .any(|l| l.key_source() == Ok(kagi_control::KeySource::Device)));
+    one_key_across(&up, "sae-kyoto", "sae-umeda", deadline).await;
     // Decoy BB84, two satellite passes (Tokyo, then Fukuoka) via the satellite as a trusted
     // node, and CV-QKD: Fukuoka's only way in.
     one_key_across(&up, "sae-otemachi", "sae-fukuoka", deadline).await;

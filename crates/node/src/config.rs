@@ -131,6 +131,9 @@ pub struct TamperConfig {
     /// of its core) that count as tampering rather than decay: at this many the node fences
     /// itself as for any tamper signal. Fewer are quarantined and the node runs on. 0 = never.
     pub integrity_failures: u64,
+    /// SIGUSR1 to the node process is a tamper signal (source `signal`): what an intrusion
+    /// sensor's daemon sends. On by default; `false` leaves SIGUSR1 to its default action.
+    pub sigusr1: bool,
 }
 
 impl Default for TamperConfig {
@@ -140,6 +143,7 @@ impl Default for TamperConfig {
             // One flipped record is bit rot or a torn sector; three in one start is someone
             // editing the store.
             integrity_failures: 3,
+            sigusr1: true,
         }
     }
 }

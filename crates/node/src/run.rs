@@ -366,6 +366,10 @@ pub async fn run_node(
     if let Some(path) = cfg.tamper.watch_path.clone() {
         tokio::spawn(watch_tamper_path(path, handle.clone(), stop_rx.clone()));
     }
+    #[cfg(unix)]
+    if cfg.tamper.sigusr1 {
+        tokio::spawn(tamper_on_sigusr1(handle.clone(), stop_rx.clone()));
+    }
     // Timed checkpoints.
     let ticker = {
         let trail = trail.clone();
@@ -416,6 +420,26 @@ pub async fn run_node(
         tracing::error!(error = %e, "final audit checkpoint failed");
     }
     result
+}
+
+/// Fences the node on SIGUSR1 (`[tamper] sigusr1`), the signal an intrusion sensor's daemon
+/// sends; the handler is registered for the node's life, so a second SIGUSR1 is ignored too.
+#[cfg(unix)]
+async fn tamper_on_sigusr1(driver: crate::driver::DriverHandle, mut stop: watch::Receiver<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        tracing::warn!("no SIGUSR1 handler: the tamper signal by SIGUSR1 is not available");
+        return;
+    };
+    tokio::select! {
+        r = usr1.recv() => {
+            if r.is_some() {
+                tracing::error!("tamper signal: SIGUSR1");
+                driver.tamper("signal", "SIGUSR1 received").await;
+            }
+        }
+        _ = stop.changed() => {}
+    }
 }
 
 /// Fences the node when `path` appears (polled every 200 ms; a path present at start fences it
