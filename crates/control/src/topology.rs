@@ -224,14 +224,16 @@ impl LinkSpec {
         LinkTech::from_params(self.protocol_name(), &self.params)
     }
 
-    fn check_photon(&self) -> Result<(), String> {
+    /// Checks `[links.photon]`; the error names the field (`photon.e_d`, ...).
+    fn check_photon(&self) -> Result<(), (String, String)> {
         let Some(p) = &self.photon else {
             return Ok(());
         };
         let frac = |v: Option<f64>, name: &str, lo: f64, hi: f64| match v {
-            Some(x) if !(x.is_finite() && x > lo && x < hi) => {
-                Err(format!("photon.{name} must be in ({lo}, {hi})"))
-            }
+            Some(x) if !(x.is_finite() && x > lo && x < hi) => Err((
+                format!("photon.{name}"),
+                format!("{x} must be in ({lo}, {hi})"),
+            )),
             _ => Ok(()),
         };
         frac(p.e_d, "e_d", -1e-300, 0.5)?;
@@ -240,8 +242,9 @@ impl LinkSpec {
         frac(p.block_bits, "block_bits", 9_999.0, 1e9 + 1.0)?;
         match p.reconciliation.as_deref() {
             None | Some("cascade" | "ldpc") => Ok(()),
-            Some(o) => Err(format!(
-                "photon.reconciliation {o:?} (expected \"cascade\" or \"ldpc\")"
+            Some(o) => Err((
+                "photon.reconciliation".into(),
+                format!("{o:?} (expected \"cascade\" or \"ldpc\")"),
             )),
         }
     }
@@ -304,15 +307,12 @@ pub enum TopologyError {
     /// A link joins a node to itself or repeats another link.
     #[error("link {0}-{1} is a loop or a duplicate")]
     BadLink(String, String),
-    /// A link's key source or photon settings are not valid.
-    #[error("link {0}-{1}: {2}")]
-    BadSource(String, String, String),
     /// A link's technology field is not valid: names the link, the field and why.
     #[error("link {0}-{1}: field {2}: {3}")]
     BadField(String, String, String, String),
-    /// A length or cost is negative or not finite.
-    #[error("link {0}-{1}: length and cost must be finite and non-negative")]
-    BadNumber(String, String),
+    /// A length or cost (the field named) is negative or not finite.
+    #[error("link {0}-{1}: field {2}: must be finite and non-negative")]
+    BadNumber(String, String, String),
     /// A node's coordinates are incomplete or out of range.
     #[error("node {0:?}: lat and lon must be given together, lat within -90..=90 and lon within -180..=180 degrees")]
     BadCoordinates(String),
@@ -432,8 +432,14 @@ impl Topology {
             if l.a == l.b || !pairs.insert(key) {
                 return Err(TopologyError::BadLink(l.a.clone(), l.b.clone()));
             }
-            if let Err(why) = l.key_source().and_then(|_| l.check_photon()) {
-                return Err(TopologyError::BadSource(l.a.clone(), l.b.clone(), why));
+            let field_err = |field: String, why: String| {
+                TopologyError::BadField(l.a.clone(), l.b.clone(), field, why)
+            };
+            if let Err(why) = l.key_source() {
+                return Err(field_err("source".into(), why));
+            }
+            if let Err((field, why)) = l.check_photon() {
+                return Err(field_err(field, why));
             }
             if let Err(e) = l.technology() {
                 return Err(TopologyError::BadField(
@@ -479,9 +485,19 @@ impl Topology {
                     ),
                 ));
             }
-            let cost_ok = l.cost.is_none_or(|c| c.is_finite() && c >= 0.0);
-            if !(l.length_km.is_finite() && l.length_km >= 0.0 && cost_ok) {
-                return Err(TopologyError::BadNumber(l.a.clone(), l.b.clone()));
+            if !(l.length_km.is_finite() && l.length_km >= 0.0) {
+                return Err(TopologyError::BadNumber(
+                    l.a.clone(),
+                    l.b.clone(),
+                    "length_km".into(),
+                ));
+            }
+            if !l.cost.is_none_or(|c| c.is_finite() && c >= 0.0) {
+                return Err(TopologyError::BadNumber(
+                    l.a.clone(),
+                    l.b.clone(),
+                    "cost".into(),
+                ));
             }
         }
         Ok(())
@@ -705,6 +721,46 @@ mod tests {
                 "{extra}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn every_bad_link_field_is_named_with_its_link() {
+        let with = |extra: &str| format!("{T}{extra}");
+        for (extra, field) in [
+            ("cost = -1.0\n", "field cost"),
+            ("cost = nan\n", "field cost"),
+            ("source = \"laser\"\n", "field source"),
+            ("[links.photon]\ne_d = 0.01\n", "field photon"),
+            ("source = \"photon\"\n[links.photon]\ne_d = 0.7\n", "field photon.e_d"),
+            ("source = \"photon\"\n[links.photon]\neta_bob = 0\n", "field photon.eta_bob"),
+            ("source = \"photon\"\n[links.photon]\np_key_basis = 1\n", "field photon.p_key_basis"),
+            ("source = \"photon\"\n[links.photon]\nblock_bits = 10\n", "field photon.block_bits"),
+            ("source = \"photon\"\n[links.photon]\nreconciliation = \"x\"\n", "field photon.reconciliation"),
+            ("[links.device]\nkey_bits = 256\n", "field device"),
+            ("source = \"etsi014\"\n[links.device]\nurl_a = \"http://h:1\"\nurl_b = \"https://h:2\"\n", "field device.url_a"),
+            ("source = \"etsi014\"\n[links.device]\nurl_a = \"https://h:1\"\nurl_b = \"https://h\"\n", "field device.url_b"),
+            ("source = \"etsi014\"\n[links.device]\nurl_a = \"https://h:1\"\n", "field device.url_b"),
+            ("source = \"etsi014\"\n[links.device]\nca = \"\"\n", "field device.ca"),
+            ("source = \"etsi014\"\n[links.device]\nkey_bits = 100\n", "field device.key_bits"),
+            ("source = \"etsi014\"\n[links.device]\nkeys_per_call = 1\n", "field device.keys_per_call"),
+            ("protocol = \"bb85\"\n", "field protocol"),
+            ("[links.params]\nmu = -1\n", "field params.mu"),
+        ] {
+            let err = Topology::from_toml(&with(extra)).unwrap_err().to_string();
+            assert!(
+                err.starts_with("link a-b: ") && err.contains(field),
+                "{extra}: {err}"
+            );
+        }
+        let neg = T.replace("10.0", "-1.0");
+        let err = Topology::from_toml(&neg).unwrap_err().to_string();
+        assert!(err.starts_with("link a-b: field length_km"), "{err}");
+        // A device link without URLs is valid (kagi up fills them in); with both, too.
+        let ok = with("source = \"etsi014\"\n[links.device]\nurl_a = \"https://127.0.0.1:1\"\nurl_b = \"https://127.0.0.1:2\"\n");
+        let t = Topology::from_toml(&ok).unwrap();
+        assert_eq!(t.links[0].key_source(), Ok(KeySource::Device));
+        assert_eq!(Topology::from_toml(&t.to_toml()).unwrap(), t);
+        Topology::from_toml(&with("source = \"etsi014\"\n")).unwrap();
     }
 
     #[test]

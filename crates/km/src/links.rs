@@ -338,6 +338,13 @@ impl Links {
         drop_where(&mut l.tx, peer, Half::Tx, |id| id <= hw, batch)
     }
 
+    /// The lowest block of our half of the link to `peer`, and whether none of it is spent yet
+    /// (sent in `Hello`, so the neighbour can make the test of [`tx_behind`](Self::tx_behind)).
+    pub(crate) fn tx_low(&self, peer: &str) -> Option<(u64, bool)> {
+        let (id, b) = self.map.get(peer)?.tx.iter().next()?;
+        Some((*id, b.tail() == 0))
+    }
+
     /// True when the neighbour saw block `seen` of our half spent while this store holds an
     /// older block of that half, or that very block unspent: we spend oldest first and persist
     /// before we send, so only an older copy of the store can look like that.

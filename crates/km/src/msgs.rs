@@ -254,6 +254,9 @@ pub enum PeerMsg {
         next_relay: u64,
         /// The sender's next assignment counter (same use).
         next_assign: u64,
+        /// The lowest block of the sender's transmit half of their link, and whether it is
+        /// untouched: below or at a block the receiver saw spent, proof of a rollback.
+        tx_low: Option<(u64, bool)>,
     },
     /// The answer to [`PeerMsg::Hello`]: what the receiver has seen of the sender's state, so a
     /// node restarted from an empty or older database moves its counters past everything already

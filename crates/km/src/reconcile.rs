@@ -56,6 +56,7 @@ pub(crate) struct Hello {
     pub(crate) run: u64,
     pub(crate) next_relay: u64,
     pub(crate) next_assign: u64,
+    pub(crate) tx_low: Option<(u64, bool)>,
 }
 
 /// What this node judged of a peer's store from its `Hello`s (persisted as
@@ -267,6 +268,7 @@ impl KeyManager {
 
     fn hello_to(&self, to: NodeId) -> Action {
         let link_low = self.links.lowest_block(&to);
+        let tx_low = self.links.tx_low(&to);
         Action::Send {
             to,
             msg: PeerMsg::Hello {
@@ -276,6 +278,7 @@ impl KeyManager {
                 run: self.reconcile.run,
                 next_relay: self.relays.next_seq,
                 next_assign: self.supply.next_assign,
+                tx_low,
             },
         }
     }
@@ -379,8 +382,13 @@ impl KeyManager {
     /// durable before the `Seen` that reports it goes.
     fn judge_fork(&mut self, peer: &str, hello: &Hello) -> Option<Record> {
         let m = self.reconcile.marks.get(peer).copied().unwrap_or_default();
+        // The same tests as `on_seen` makes with our marks (`Links::tx_behind` for link key).
+        let link_behind = match (m.link_rx_hw, hello.tx_low) {
+            (Some(seen), Some((low, untouched))) => low < seen || (low == seen && untouched),
+            _ => false,
+        };
         let behind = hello.store != 0
-            && (m.relay_hw >= hello.next_relay || m.assign_hw >= hello.next_assign);
+            && (m.relay_hw >= hello.next_relay || m.assign_hw >= hello.next_assign || link_behind);
         let f = self.reconcile.forks.entry(peer.to_string()).or_default();
         if f.store != hello.store {
             *f = Fork {
@@ -475,11 +483,8 @@ impl KeyManager {
             return;
         }
         let mut batch = Vec::new();
-        // A fork the peer recorded is proof too: our counters may have moved past its marks
-        // since the `Hello` it judged, or we restarted before our own detection was durable.
         let behind = relay_hw >= self.relays.next_seq
             || assign_hw >= self.supply.next_assign
-            || fork_run != 0
             || link_rx_hw.is_some_and(|b| self.links.tx_behind(&from, b));
         let renewed = behind && !self.reconcile.rolled_back;
         if renewed {
@@ -492,8 +497,18 @@ impl KeyManager {
                 0 => self.reconcile.run,
                 r => r.min(self.reconcile.run),
             };
+            let (keys, link) = (
+                self.stats.slave_keys_discarded,
+                self.stats.link_key_discarded,
+            );
             self.discard_restored(fork, &mut batch);
             self.renew_identity(&mut batch);
+            tracing::error!(
+                slave_keys = self.stats.slave_keys_discarded - keys,
+                link_key_bytes = self.stats.link_key_discarded - link,
+                kept_from_run = fork,
+                "discarded what the restored store held from before the copy: keys held for slaves (their slaves get 'not found'), link key and pools"
+            );
         }
         let next = relay_hw.max(relay_floor).saturating_add(1);
         if next > self.relays.next_seq {
@@ -599,5 +614,6 @@ impl KeyManager {
         batch.extend(self.reconcile.raise(peer, |m| {
             m.link_rx_hw = Some(m.link_rx_hw.map_or(block, |b| b.max(block)))
         }));
+        batch.extend(self.reconcile.marks_raised(peer));
     }
 }

@@ -627,6 +627,7 @@ impl KeyManager {
                 run,
                 next_relay,
                 next_assign,
+                tx_low,
             } => self.on_hello(
                 from,
                 crate::reconcile::Hello {
@@ -636,6 +637,7 @@ impl KeyManager {
                     run,
                     next_relay,
                     next_assign,
+                    tx_low,
                 },
             ),
             PeerMsg::Seen {

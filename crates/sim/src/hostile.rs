@@ -84,6 +84,7 @@ impl Hostile {
                     run: 1,
                     next_relay: 1,
                     next_assign: 1,
+                    tx_low: None,
                 };
                 sim.inject(&self.me, &from, hello);
                 let seen = PeerMsg::Seen {

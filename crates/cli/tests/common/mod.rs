@@ -236,3 +236,182 @@ pub fn err(o: &Output) -> String {
 pub fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
+
+/// A line of real `kagi node` processes, each started on its own (`kagi node --config`), so a
+/// test can stop one, change its files and start it again. Each node has a management listener
+/// (for `/metrics`). Every process is killed and the directory removed on drop (set
+/// `KAGI_TEST_KEEP` to keep it).
+pub struct Nodes {
+    /// The scratch directory (topology, PKI, `db/`, logs `<id>.log`).
+    pub dir: PathBuf,
+    /// The topology the nodes run.
+    pub topo: kagi_control::Topology,
+    /// Each node's configuration (as written to `<id>.toml`).
+    pub cfgs: Vec<kagi_node::config::NodeConfig>,
+    procs: std::collections::BTreeMap<String, Child>,
+}
+
+impl Nodes {
+    /// Prepares and starts a chain of nodes `ids`, one SAE `sae-<id>` each, with small pools.
+    pub fn line(tag: &str, ids: &[&str]) -> Self {
+        use std::time::{SystemTime, UNIX_EPOCH};
+        let dir = std::env::temp_dir().join(format!("kagi-{tag}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut topo = kagi_control::Topology::line(tag, ids, 20.0, |n| vec![format!("sae-{n}")]);
+        topo.seed = 5;
+        topo.epoch_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 1;
+        topo.rate_multiplier = 5.0;
+        let cfgs = kagi_node::loopback::prepare(&dir, &mut topo, |c| {
+            c.pool = kagi_node::config::PoolConfig {
+                target_bytes: 4096,
+                relay_chunk_bytes: 512,
+                ..kagi_node::config::PoolConfig::default()
+            };
+            c.management = Some(kagi_node::config::ManagementConfig {
+                listen: format!("127.0.0.1:{}", kagi_node::loopback::free_port().unwrap()),
+            });
+        })
+        .unwrap();
+        for cfg in &cfgs {
+            std::fs::write(
+                dir.join(format!("{}.toml", cfg.node_id)),
+                toml::to_string(cfg).unwrap(),
+            )
+            .unwrap();
+        }
+        let mut net = Nodes {
+            dir,
+            topo,
+            cfgs,
+            procs: Default::default(),
+        };
+        for n in ids {
+            net.start(n);
+        }
+        net
+    }
+
+    /// Starts node `id` (its log is appended to `<dir>/<id>.log`).
+    pub fn start(&mut self, id: &str) {
+        let child = kagi()
+            .args(["node", "--config"])
+            .arg(self.dir.join(format!("{id}.toml")))
+            .env(
+                "RUST_LOG",
+                std::env::var("KAGI_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join(format!("{id}.log")))
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        self.procs.insert(id.to_string(), child);
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self, id: &str) {
+        if let Some(mut c) = self.procs.remove(id) {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// The configuration of node `id`.
+    pub fn cfg(&self, id: &str) -> &kagi_node::config::NodeConfig {
+        self.cfgs.iter().find(|c| c.node_id == id).unwrap()
+    }
+
+    /// The files of node `id` in its data directory (`<id>.db`, its WAL, key file, trail...).
+    pub fn files_of(&self, id: &str) -> Vec<PathBuf> {
+        let data = &self.cfg(id).data_dir;
+        let mut out: Vec<PathBuf> = std::fs::read_dir(data)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with(&format!("{id}.")) || n.starts_with(&format!("{id}-"))
+                })
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// An ETSI 014 client for `sae-<node>` at its node.
+    pub fn client(&self, node: &str) -> Etsi014Client {
+        let pki = kagi_node::pki::Pki::open_or_create(&self.dir.join("pki")).unwrap();
+        let p = pki.sae_paths(&format!("sae-{node}"));
+        let addr = self.topo.node(node).unwrap().etsi014_addr.clone().unwrap();
+        Etsi014Client::from_files(
+            &format!("https://{addr}"),
+            &pki.ca_cert_path(),
+            &p.cert,
+            &p.key,
+        )
+        .unwrap()
+        .with_timeout(Duration::from_secs(10))
+    }
+
+    /// `/metrics` of node `id` (read with an observer certificate), retried while it starts.
+    pub async fn metrics(&self, id: &str) -> String {
+        let pki = kagi_node::pki::Pki::open_or_create(&self.dir.join("pki")).unwrap();
+        let p = pki
+            .ensure_operator(kagi_node::mgmt::Role::Observer)
+            .unwrap();
+        let listen = &self.cfg(id).management.as_ref().unwrap().listen;
+        let c = Etsi014Client::from_files(
+            &format!("https://{listen}"),
+            &pki.ca_cert_path(),
+            &p.cert,
+            &p.key,
+        )
+        .unwrap()
+        .with_timeout(Duration::from_secs(10));
+        for _ in 0..100 {
+            if let Ok(r) = c.request("GET", "/metrics", None, false).await {
+                return String::from_utf8_lossy(&r.body).into_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{id}: /metrics never answered");
+    }
+
+    /// The log of node `id` so far.
+    pub fn log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{id}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        let ids: Vec<String> = self.procs.keys().cloned().collect();
+        for id in ids {
+            self.kill9(&id);
+        }
+        if std::env::var_os("KAGI_TEST_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The value of counter `name` (summed over its label sets) in a `/metrics` scrape.
+pub fn metric(scrape: &str, name: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -107,6 +107,36 @@ pub fn read_node(cfg: &NodeConfig) -> anyhow::Result<BTreeMap<String, LinkSecret
     Ok(open_node(cfg)?.secrets)
 }
 
+/// Gives node `cfg`, whose store was lost (a replaced disk), the secrets its neighbours among
+/// `peers` still hold for their links with it, so the neighbours keep their key streams and need
+/// no restart; reconciliation then keeps the new store from spending link key the old one spent.
+/// Returns how many links it got back.
+///
+/// # Errors
+/// A store cannot be unsealed or written.
+pub fn restore_from_neighbours(
+    topo: &Topology,
+    cfg: &NodeConfig,
+    peers: &[NodeConfig],
+) -> anyhow::Result<usize> {
+    let me = open_node(cfg)?;
+    let mut n = 0;
+    for p in peers {
+        let linked = topo.links.iter().any(|l| {
+            (l.a == cfg.node_id && l.b == p.node_id) || (l.b == cfg.node_id && l.a == p.node_id)
+        });
+        if !linked {
+            continue;
+        }
+        if let Some(s) = read_node(p)?.get(&cfg.node_id) {
+            put(&me.conn, &me.sealer, &p.node_id, s)
+                .map_err(|e| anyhow::anyhow!("node {}: link secret: {e}", cfg.node_id))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Gives every link of `topo` whose two nodes are among `cfgs` a secret: a link whose ends
 /// already hold the same one keeps it (a re-run continues the same key streams); any other gets
 /// a fresh random secret, sealed into both ends' stores. Returns how many links got a new one.
