@@ -60,3 +60,27 @@ fn hopeless_links_are_refused_before_simulating() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("finite-key model expects no key"), "{err}");
 }
+
+#[test]
+fn protocols_the_photon_simulator_does_not_model_are_refused() {
+    for (proto, says) in [
+        ("cv-gg02", "models decoy-state BB84 only"),
+        ("tf-sns", "kagi link-rate --protocol tf-sns"),
+        ("bb85", "unknown"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kagi"))
+            .args(["link-sim", "--protocol", proto, "--distance", "250"])
+            .output()
+            .expect("run kagi link-sim");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{proto}: {err}");
+    }
+    // A modelled protocol passes the check (and meets the next one: no key at 250 km).
+    let out = Command::new(env!("CARGO_BIN_EXE_kagi"))
+        .args(["link-sim", "--protocol", "bb84-finite", "--distance", "250"])
+        .output()
+        .expect("run kagi link-sim");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("finite-key model expects no key"), "{err}");
+}

@@ -155,13 +155,27 @@ impl Limits {
 /// End-to-end pool policy and protocol timers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
-    /// Bytes of end-to-end key kept ready per destination node.
+    /// Most bytes of end-to-end key kept ready per destination node (the pool of a busy
+    /// destination; the `demand` module sizes each pool from recent demand).
     pub pool_target_bytes: u64,
+    /// Bytes kept ready for a destination without recent demand (capped at
+    /// `pool_target_bytes`), so a first request is served at once without relaying key to every
+    /// node of a large network ahead of need.
+    pub idle_floor_bytes: u64,
+    /// Most relays in flight from this node towards destinations without recent demand, all
+    /// together: filling their floors (at start-up, on a network of dozens of nodes, one relay
+    /// per node) must not crowd the links that carry key applications are waiting for.
+    pub idle_relays_in_flight: u32,
+    /// A busy destination's pool holds about this long of its recent demand.
+    pub pool_horizon: Duration,
+    /// Demand older than about this counts less and less (exponential decay).
+    pub demand_window: Duration,
     /// Refill starts when a pool drops below this fraction of the target.
     pub pool_low_water: f64,
     /// Bytes of key per relay.
     pub relay_chunk_bytes: u32,
-    /// Relays in flight per destination.
+    /// Most relays in flight per destination; fewer while the path's weakest link or
+    /// abandonments say so (the `pace` module).
     pub max_relays_in_flight: u32,
     /// How often pools are checked.
     pub refill_interval: Duration,
@@ -248,6 +262,10 @@ impl Default for Policy {
     fn default() -> Self {
         Self {
             pool_target_bytes: 64 * 1024,
+            idle_floor_bytes: 4096,
+            idle_relays_in_flight: 2,
+            pool_horizon: Duration::from_secs(30),
+            demand_window: Duration::from_secs(60),
             pool_low_water: 0.5,
             relay_chunk_bytes: 4096,
             max_relays_in_flight: 4,

@@ -10,11 +10,13 @@
 
 pub mod app;
 pub mod config;
+mod demand;
 pub mod keybuf;
 mod links;
 mod manager;
 pub mod msgs;
 mod outbox;
+mod pace;
 mod pools;
 pub mod quota;
 pub mod reconcile;

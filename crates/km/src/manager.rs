@@ -180,6 +180,10 @@ pub struct KeyManager {
     pub(crate) sched_rng: ChaCha20Rng,
     pub(crate) next_refill: Instant,
     pub(crate) refilling: BTreeSet<NodeId>,
+    /// Recent demand per destination: how much key each pool holds.
+    pub(crate) demand: crate::demand::Demand,
+    /// Congestion windows per destination: how many relays may be in flight.
+    pub(crate) pace: crate::pace::Pace,
     pub(crate) stats: NodeStats,
     /// Store identity, epoch and what peers saw (see [`crate::reconcile`]).
     pub(crate) reconcile: Reconcile,
@@ -206,6 +210,8 @@ impl KeyManager {
             sched_rng: ChaCha20Rng::from_seed(sched_seed),
             next_refill: now,
             refilling: BTreeSet::new(),
+            demand: Default::default(),
+            pace: Default::default(),
             stats: NodeStats::default(),
             reconcile: Reconcile::new(0, 0, Default::default(), now),
             cfg,

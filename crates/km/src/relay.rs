@@ -29,6 +29,9 @@ const MAX_RELAY_BYTES: usize = 1 << 20;
 /// Most relay hops one neighbour may have waiting for link key here.
 pub(crate) const MAX_WAITING_HOPS_PER_PEER: usize = 256;
 
+/// Blocks of a neighbour's half kept below the oldest one its latest hop referenced.
+const GC_LAG_BLOCKS: u64 = 2;
+
 /// Most block ids one `LinkMissing` names.
 const MAX_MISSING_REPORT: usize = 4096;
 
@@ -327,13 +330,16 @@ impl KeyManager {
 
     /// The neighbour spends its half oldest block first, so once it references block `n` it
     /// holds nothing older: our copies of its half before `n` can go, except blocks that hops
-    /// still waiting here reference.
+    /// still waiting here reference, and the [`GC_LAG_BLOCKS`] blocks before, which hops the
+    /// network delivered out of order may still reference (dropping them turned every
+    /// reordering on a busy link into an abandoned relay).
     fn gc_rx(&mut self, peer: &str, spans: &[Span], batch: &mut Vec<Record>) {
         let waiting = self.relays.oldest_waiting_block(peer);
         let Some(floor) = spans.iter().map(|s| s.id).chain(waiting).min() else {
             return;
         };
-        self.links.gc_rx(peer, floor, batch);
+        self.links
+            .gc_rx(peer, floor.saturating_sub(GC_LAG_BLOCKS), batch);
     }
 
     /// Encrypts `key` (or one share of it, `paths` then naming every share's path) for the hop
@@ -383,14 +389,49 @@ impl KeyManager {
         })
     }
 
-    /// Starts relays so that every reachable destination's pool approaches its target.
+    /// Starts relays so that every reachable destination's pool approaches its target, which
+    /// recent demand sets (`crate::demand`), within each destination's congestion window
+    /// (`crate::pace`). Destinations with recent demand go first, then the emptiest pools, so
+    /// scarce first-hop key goes where applications wait for it.
     pub(crate) fn refill(&mut self, now: Instant) {
         let topo = self.topology();
         let p = self.cfg.policy.clone();
+        let mut order: Vec<(bool, u64, &str, u64)> = Vec::new();
         for node in &topo.nodes {
             let dest = node.id.as_str();
             if dest == self.me() || self.routing.is_down(dest) || !self.is_reconciled(dest) {
                 continue;
+            }
+            let target = self.demand.target(dest, now, &p);
+            if target == 0 {
+                continue;
+            }
+            let fill = self.pools.out_free(dest).saturating_mul(1000) / target;
+            let idle = !self.demand.is_active(dest, now, &p);
+            order.push((idle, fill, dest, target));
+        }
+        order.sort_unstable();
+        let chunk = u64::from(p.relay_chunk_bytes);
+        let idle_cap = u64::from(p.idle_relays_in_flight);
+        let mut idle_in_flight = self
+            .relays
+            .pending
+            .values()
+            .filter(|r| !self.demand.is_active(&r.dest, now, &p))
+            .count() as u64;
+        for (idle, _, dest, target) in order {
+            let low = (target as f64 * p.pool_low_water) as u64;
+            let constrained = self.routing.has_demand(dest, now);
+            if !constrained {
+                // Most pools are full on most ticks: decide that before planning routes.
+                let have = self.pools.out_free(dest) + self.relays.in_flight(dest) * chunk;
+                if have >= target {
+                    self.refilling.remove(dest);
+                    continue;
+                }
+                if !self.refilling.contains(dest) && have >= low {
+                    continue;
+                }
             }
             let (paths, threshold) = p.routing.for_dest(dest);
             // While applications ask for key relayed under a route constraint (`kagi_route`),
@@ -409,19 +450,20 @@ impl KeyManager {
                     None => continue,
                 },
             };
+            let cap = self.relay_cap(&plan);
+            let allowed = u64::from(self.pace.allowed(dest, now, cap));
             // Computed once per destination: the pool can hold thousands of chunks.
             let mut in_flight = self.relays.in_flight(dest);
-            let mut have = ready + in_flight * u64::from(p.relay_chunk_bytes);
-            let low = (p.pool_target_bytes as f64 * p.pool_low_water) as u64;
+            let mut have = ready + in_flight * chunk;
             loop {
-                if have >= p.pool_target_bytes {
+                if have >= target {
                     self.refilling.remove(dest);
                     break;
                 }
                 if !self.refilling.contains(dest) && have >= low {
                     break;
                 }
-                if in_flight >= u64::from(p.max_relays_in_flight) {
+                if in_flight >= allowed || (idle && idle_in_flight >= idle_cap) {
                     break;
                 }
                 self.refilling.insert(dest.to_string());
@@ -429,8 +471,38 @@ impl KeyManager {
                     break;
                 }
                 in_flight += 1;
-                have += u64::from(p.relay_chunk_bytes);
+                idle_in_flight += u64::from(idle);
+                have += chunk;
             }
+        }
+    }
+
+    /// The most relays to one destination over `plan` that may be in flight: the policy's
+    /// limit, and no more than the plan's weakest link carries for one direction in half a hop
+    /// wait (a relay queued behind more would wait longer than its hops may).
+    fn relay_cap(&self, plan: &RoutePlan) -> u32 {
+        let p = &self.cfg.policy;
+        let share = p.relay_chunk_bytes as usize
+            + MAC_KEY_LEN
+            + if plan.paths.len() > 1 {
+                AMD_OVERHEAD
+            } else {
+                0
+            };
+        crate::pace::bottleneck_cap(
+            plan.bottleneck_bps,
+            share,
+            p.hop_wait / 4,
+            p.max_relays_in_flight,
+        )
+    }
+
+    /// The congestion window's cap for `dest` under the current plan.
+    fn dest_cap(&mut self, dest: &str) -> u32 {
+        let (paths, threshold) = self.cfg.policy.routing.for_dest(dest);
+        match self.routing.plan(dest, paths, threshold) {
+            Some(plan) => self.relay_cap(&plan),
+            None => self.cfg.policy.max_relays_in_flight,
         }
     }
 
@@ -535,7 +607,7 @@ impl KeyManager {
                 relay,
                 share,
                 reason,
-            } => self.on_relay_aborted(&from, &relay, share, reason),
+            } => self.on_relay_aborted(now, &from, &relay, share, reason),
             PeerMsg::RelayHop { .. } | PeerMsg::ShareHop { .. } => self.on_hop(now, from, msg),
             PeerMsg::RelayAck { relay } => self.on_relay_ack(from, relay),
             PeerMsg::Assign {
@@ -903,6 +975,7 @@ impl KeyManager {
     /// `threshold` shares are still on their way; otherwise the relay is abandoned at once.
     fn on_relay_aborted(
         &mut self,
+        now: Instant,
         from: &str,
         relay: &RelayId,
         share: Option<u8>,
@@ -927,10 +1000,20 @@ impl KeyManager {
             tracing::warn!(%from, seq = relay.seq, "relay abort from a node off the relay's path; ignored");
             return;
         }
+        // A hop that waited for link key in vain: the path carries less than was sent.
+        let congested = reason == AbortReason::LinkKeyExhausted;
         if let Some(i) = share.filter(|_| p.paths.len() > 1) {
             if p.lost.insert(i) {
                 self.stats.shares_lost += 1;
+                if congested {
+                    let dest = p.dest.clone();
+                    let cap = self.dest_cap(&dest);
+                    self.pace.on_loss(&dest, now, cap);
+                }
             }
+            let Some(p) = self.relays.pending.get(&relay.seq) else {
+                return;
+            };
             let left = p.paths.len() - p.lost.len();
             if left >= usize::from(p.threshold) {
                 tracing::info!(dest = %p.dest, seq = relay.seq, share = i, %reason, "relay share lost; {left} shares still on their way");
@@ -941,6 +1024,10 @@ impl KeyManager {
             return;
         };
         tracing::info!(dest = %p.dest, seq = relay.seq, %from, %reason, "relay aborted");
+        if congested && share.is_none_or(|_| p.paths.len() <= 1) {
+            let cap = self.dest_cap(&p.dest);
+            self.pace.on_loss(&p.dest, now, cap);
+        }
         self.stats.relays_abandoned += 1;
         self.stats.relays_aborted += 1;
         self.stats.abandoned_key_bytes += p.spent_here();
@@ -970,6 +1057,8 @@ impl KeyManager {
             Record::PendingRelayGone { seq: relay.seq },
         ];
         self.stats.relays_acked += 1;
+        let cap = self.dest_cap(&p.dest);
+        self.pace.on_ack(&p.dest, cap);
         self.out.store(batch, vec![]);
     }
 
@@ -1007,6 +1096,8 @@ impl KeyManager {
         for seq in expired {
             if let Some(p) = self.relays.pending.remove(&seq) {
                 self.stats.abandoned_key_bytes += p.spent_here();
+                let cap = self.dest_cap(&p.dest);
+                self.pace.on_loss(&p.dest, now, cap);
             }
             self.stats.relays_abandoned += 1;
             batch.push(Record::PendingRelayGone { seq });

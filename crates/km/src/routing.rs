@@ -23,6 +23,33 @@ pub(crate) struct RoutePlan {
     pub(crate) threshold: u8,
     /// Why the plan falls short of the policy (fewer disjoint paths than asked), if it does.
     pub(crate) shortfall: Option<String>,
+    /// The modelled key rate (bit/s, both directions) of the weakest link on any of the paths,
+    /// from the topology; `None` where no link states a rate.
+    pub(crate) bottleneck_bps: Option<u64>,
+}
+
+impl RoutePlan {
+    fn new(
+        topo: &Topology,
+        paths: Vec<Vec<NodeId>>,
+        threshold: u8,
+        shortfall: Option<String>,
+    ) -> Self {
+        let bottleneck_bps = paths
+            .iter()
+            .flat_map(|p| p.windows(2))
+            .filter_map(|w| topo.link(&w[0], &w[1]))
+            .map(|l| topo.link_mean_rate_bps(l) * topo.rate_multiplier)
+            .filter(|r| r.is_finite() && *r >= 1.0)
+            .reduce(f64::min)
+            .map(|r| r as u64);
+        Self {
+            paths,
+            threshold,
+            shortfall,
+            bottleneck_bps,
+        }
+    }
 }
 
 /// This node's view of the network and its current routes.
@@ -112,11 +139,7 @@ impl Routing {
                 } else {
                     (n - 1).clamp(2, n)
                 };
-                RoutePlan {
-                    paths,
-                    threshold,
-                    shortfall: None,
-                }
+                RoutePlan::new(&self.topology, paths, threshold, None)
             });
         if self.constrained.len() >= MAX_CACHED_CONSTRAINTS {
             self.constrained.clear();
@@ -128,6 +151,11 @@ impl Routing {
     /// Refill relays to `dest` under `c` until `until` (replacing an earlier constraint).
     pub(crate) fn note_demand(&mut self, dest: &str, c: &RouteConstraint, until: Instant) {
         self.demand.insert(dest.to_string(), (c.clone(), until));
+    }
+
+    /// Whether relays to `dest` are asked to meet a constraint now (without cloning it).
+    pub(crate) fn has_demand(&self, dest: &str, now: Instant) -> bool {
+        self.demand.get(dest).is_some_and(|(_, until)| *until > now)
     }
 
     /// The constraint relays to `dest` are asked to meet now, if any (expired ones go).
@@ -171,11 +199,7 @@ impl Routing {
     fn compute_plan(&self, dest: &str, paths: u8, threshold: u8) -> Option<RoutePlan> {
         let single = self.routes.path(dest)?.to_vec();
         if paths <= 1 {
-            return Some(RoutePlan {
-                paths: vec![single],
-                threshold: 1,
-                shortfall: None,
-            });
+            return Some(RoutePlan::new(&self.topology, vec![single], 1, None));
         }
         let down: Vec<String> = self.down.iter().cloned().collect();
         let found = disjoint_paths(
@@ -188,14 +212,15 @@ impl Routing {
             },
         );
         if found.len() <= 1 {
-            return Some(RoutePlan {
-                paths: vec![single],
-                threshold: 1,
-                shortfall: Some(format!(
+            return Some(RoutePlan::new(
+                &self.topology,
+                vec![single],
+                1,
+                Some(format!(
                     "only one node-disjoint path to {dest} (policy asks for {paths}); \
                      relaying over a single path"
                 )),
-            });
+            ));
         }
         let n = found.len() as u8;
         let t = threshold.min(n);
@@ -205,11 +230,7 @@ impl Routing {
                  threshold {t} of {n}"
             )
         });
-        Some(RoutePlan {
-            paths: found,
-            threshold: t,
-            shortfall,
-        })
+        Some(RoutePlan::new(&self.topology, found, t, shortfall))
     }
 
     /// Whether `path` is a simple path over links of the topology, checked in `O(n log n)` so

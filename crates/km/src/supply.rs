@@ -247,6 +247,14 @@ impl KeyManager {
         let n = number as usize;
         let primary = order[0].clone();
         let me = self.me().to_string();
+        // Demand sizes the pools (served or not: a refused request is demand too).
+        for (i, node) in order.iter().enumerate() {
+            if *node != me {
+                let per_key = if i == 0 { bytes } else { bytes + MAC_KEY_LEN };
+                let policy = &self.cfg.policy;
+                self.demand.note(node, (n * per_key) as u64, now, policy);
+            }
+        }
         let route = match route {
             Some(r) => Some(self.judge_route(now, &r, &primary, order.len() > 1)?),
             None => None,

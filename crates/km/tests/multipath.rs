@@ -81,6 +81,8 @@ impl Net {
             pool_target_bytes: 256,
             relay_chunk_bytes: 128,
             max_relays_in_flight: 1,
+            // Every destination fills at once: these tests watch one among several.
+            idle_relays_in_flight: 64,
             routing: RoutePolicy {
                 paths,
                 threshold,

@@ -44,6 +44,17 @@ pub struct StudyOptions {
     pub repair_minutes: f64,
     /// Seed of the demand, the failures and the network.
     pub seed: u64,
+    /// Node-disjoint paths per relay (1: single-path relay, the core's default).
+    pub paths: u8,
+    /// Shares that rebuild a key (`1 ≤ threshold ≤ paths`).
+    pub threshold: u8,
+    /// Simulated minutes before the measured hours: demand runs, nothing is counted (pools
+    /// warm up).
+    pub warmup_minutes: f64,
+    /// Add one SAE at each end of the farthest node pair (most hops) that asks for key as fast
+    /// as its node has it, both ways, and report what the pair got against the bottleneck of
+    /// its best route.
+    pub far_pair_flood: bool,
 }
 
 impl Default for StudyOptions {
@@ -59,6 +70,10 @@ impl Default for StudyOptions {
             node_mtbf_hours: None,
             repair_minutes: 10.0,
             seed: 1,
+            paths: 1,
+            threshold: 1,
+            warmup_minutes: 0.0,
+            far_pair_flood: false,
         }
     }
 }
@@ -153,11 +168,43 @@ pub struct StudyReport {
     pub key_spent_per_delivered_bit: f64,
     /// Node failures injected.
     pub node_failures: u64,
+    /// Relays started, from the nodes' counters.
+    pub relays_started: u64,
+    /// Relays abandoned (timed out or aborted on their path), from the nodes' counters.
+    pub relays_abandoned: u64,
+    /// Of those, relays a node on their path aborted (the rest timed out or lost a node).
+    pub relays_aborted: u64,
+    /// The flooding farthest pair, when asked for.
+    pub far_pair: Option<FarPairReport>,
+}
+
+/// What the farthest node pair got while asking for key as fast as it could, both ways.
+#[derive(Debug, Clone, Serialize)]
+pub struct FarPairReport {
+    /// One end.
+    pub a: String,
+    /// The other end.
+    pub b: String,
+    /// Hops of the shortest route.
+    pub hops: usize,
+    /// Key delivered a→b plus b→a, bit/s over the measured time.
+    pub delivered_bps: f64,
+    /// Key relayed to the pair's pools, bit/s: what was delivered less what the pools held at
+    /// the end of the warm-up and no longer hold (the steady rate; the pools fill up during the
+    /// warm-up).
+    pub relayed_bps: f64,
+    /// The best route's bottleneck: the largest, over all routes between the two, of the
+    /// route's weakest link rate (bit/s, both directions). Each direction may spend half.
+    pub bottleneck_bps: f64,
+    /// `relayed_bps / bottleneck_bps`.
+    pub fraction_of_bottleneck: f64,
 }
 
 /// One thing that happens at a virtual time.
 enum Happening {
     Request,
+    Warm,
+    FloodTick,
     Down(String),
     Up(String),
 }
@@ -175,6 +222,17 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
     }
     let mut rng = ChaCha20Rng::seed_from_u64(opt.seed ^ 0x5717_d1e5);
     let pairs = demand_pairs(&topo, &mut rng)?;
+    let far = if opt.far_pair_flood {
+        let f = far_pair(&topo)?;
+        for (node, sae) in [(&f.a, FAR_A), (&f.b, FAR_B)] {
+            if let Some(n) = topo.nodes.iter_mut().find(|n| &n.id == node) {
+                n.saes.push(sae.to_string());
+            }
+        }
+        Some(f)
+    } else {
+        None
+    };
 
     let supply = LinkSupply::default();
     // Each block carries both directions' key: the link's whole rate.
@@ -196,11 +254,18 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
         latency: (Duration::from_millis(1), Duration::from_millis(5)),
         ..Faults::default()
     };
-    let mut sim = Sim::new(topo.clone(), opt.seed, faults, supply, Policy::default());
+    let mut policy = Policy::default();
+    policy.routing.paths = opt.paths;
+    policy.routing.threshold = opt.threshold;
+    // The key managers read link rates from the topology (for their congestion limits).
+    let mut sim_topo = topo.clone();
+    sim_topo.rate_multiplier = opt.rate_multiplier;
+    let mut sim = Sim::new(sim_topo, opt.seed, faults, supply, policy);
     sim.set_link_intervals(intervals);
 
     let start = sim.now();
-    let span = Duration::from_secs_f64(opt.hours * 3600.0);
+    let warm = Duration::from_secs_f64(opt.warmup_minutes * 60.0);
+    let span = warm + Duration::from_secs_f64(opt.hours * 3600.0);
     let mut agenda: BTreeMap<(Duration, u64), Happening> = BTreeMap::new();
     let mut seq = 0u64;
     let mut add = |agenda: &mut BTreeMap<_, _>, at: Duration, h: Happening| {
@@ -220,6 +285,14 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
             if rng.gen::<f64>() * peak <= profile(opt.diurnal, t) {
                 add(&mut agenda, Duration::from_secs_f64(t), Happening::Request);
             }
+        }
+    }
+    add(&mut agenda, warm, Happening::Warm);
+    if far.is_some() {
+        let mut t = Duration::ZERO;
+        while t < span {
+            add(&mut agenda, t, Happening::FloodTick);
+            t += FLOOD_TICK;
         }
     }
     let mut node_failures = 0;
@@ -249,11 +322,13 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
 
     let mut tally = vec![(0u64, 0u64, 0u64); pairs.len()];
     let (mut unavailable, mut other) = (0u64, 0u64);
-    let mut open: BTreeMap<u64, usize> = BTreeMap::new();
+    // Request → (pair, counted: made after the warm-up).
+    let mut open: BTreeMap<u64, (usize, bool)> = BTreeMap::new();
     let mut settle =
-        |sim: &mut Sim, open: &mut BTreeMap<u64, usize>, tally: &mut [(u64, u64, u64)]| {
-            open.retain(|req, pair| match sim.answer(*req) {
+        |sim: &mut Sim, open: &mut BTreeMap<u64, (usize, bool)>, tally: &mut [(u64, u64, u64)]| {
+            open.retain(|req, (pair, counted)| match sim.answer(*req) {
                 None => true,
+                Some(_) if !*counted => false,
                 Some(a) => {
                     match a.reply {
                         Ok(AppReply::Keys(keys)) => {
@@ -268,6 +343,11 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
                 }
             });
         };
+    let mut warm_stats = (0u64, 0u64, 0u64);
+    let mut warm_pools = 0u64;
+    let mut warmed = warm.is_zero();
+    // The far pair's two masters: request in flight, key bits delivered after the warm-up.
+    let mut flood: [(Option<u64>, u64); 2] = [(None, 0), (None, 0)];
     for ((at, _), h) in agenda {
         let target = start + at;
         if target > sim.now() {
@@ -289,8 +369,50 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
                         route: None,
                     },
                 );
-                tally[i].0 += 1;
-                open.insert(req, i);
+                if warmed {
+                    tally[i].0 += 1;
+                }
+                open.insert(req, (i, warmed));
+            }
+            Happening::Warm => {
+                warmed = true;
+                warm_stats = relay_counts(&sim, &topo);
+                warm_pools = far.as_ref().map_or(0, |f| far_pools(&sim, f));
+            }
+            Happening::FloodTick => {
+                let Some(f) = &far else { continue };
+                let ends = [(FAR_A, FAR_B, &f.a, &f.b), (FAR_B, FAR_A, &f.b, &f.a)];
+                for (d, (master, slave, node, dest)) in ends.into_iter().enumerate() {
+                    if let Some(req) = flood[d].0 {
+                        match sim.answer(req) {
+                            None => continue,
+                            Some(a) => {
+                                if let (Ok(AppReply::Keys(keys)), true) = (a.reply, warmed) {
+                                    flood[d].1 += keys.len() as u64 * u64::from(opt.key_bits);
+                                }
+                                flood[d].0 = None;
+                            }
+                        }
+                    }
+                    if !sim.is_up(node) {
+                        continue;
+                    }
+                    // As a client that reads `stored_key_count` first: ask for what is there.
+                    let unit = u64::from(opt.key_bits / 8);
+                    let ready = sim.node(node).map_or(0, |km| km.pool_free(dest));
+                    let number = (ready / unit).clamp(1, FLOOD_MAX_KEYS);
+                    flood[d].0 = Some(sim.call(
+                        node,
+                        AppCall::EncKeys {
+                            master: master.into(),
+                            slave: slave.into(),
+                            number: Some(number),
+                            size_bits: Some(u64::from(opt.key_bits)),
+                            additional_slaves: vec![],
+                            route: None,
+                        },
+                    ));
+                }
             }
             Happening::Down(n) => sim.crash(&n),
             Happening::Up(n) => {
@@ -309,7 +431,7 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
     settle(&mut sim, &mut open, &mut tally);
     let unanswered = open.len() as u64;
 
-    let secs = span.as_secs_f64();
+    let secs = (span - warm).as_secs_f64();
     let pair_reports: Vec<PairReport> = pairs
         .iter()
         .zip(&tally)
@@ -350,12 +472,14 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
     let requests: u64 = tally.iter().map(|t| t.0).sum();
     let served: u64 = tally.iter().map(|t| t.1).sum();
     let delivered_bits: u64 = tally.iter().map(|t| t.2).sum();
-    let link_key_spent_bits: u64 = topo
+    let stats: Vec<_> = topo
         .nodes
         .iter()
         .filter_map(|n| sim.node(&n.id))
-        .map(|km| km.stats().link_key_spent * 8)
-        .sum();
+        .map(|km| km.stats())
+        .collect();
+    let link_key_spent_bits: u64 = stats.iter().map(|s| s.link_key_spent * 8).sum();
+    let relays = relay_counts(&sim, &topo);
     Ok(StudyReport {
         hours: opt.hours,
         pairs: pair_reports,
@@ -383,7 +507,112 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
             0.0
         },
         node_failures,
+        relays_started: relays.0.saturating_sub(warm_stats.0),
+        relays_abandoned: relays.1.saturating_sub(warm_stats.1),
+        relays_aborted: relays.2.saturating_sub(warm_stats.2),
+        far_pair: far.map(|f| {
+            let delivered = flood[0].1 + flood[1].1;
+            let delivered_bps = delivered as f64 / secs;
+            let drained = warm_pools.saturating_sub(far_pools(&sim, &f)) * 8;
+            let relayed_bps = delivered.saturating_sub(drained) as f64 / secs;
+            let bottleneck_bps = f.bottleneck_bps * opt.rate_multiplier;
+            FarPairReport {
+                fraction_of_bottleneck: relayed_bps / bottleneck_bps,
+                relayed_bps,
+                a: f.a,
+                b: f.b,
+                hops: f.hops,
+                delivered_bps,
+                bottleneck_bps,
+            }
+        }),
     })
+}
+
+/// The far pair's SAEs (added to the topology's).
+const FAR_A: &str = "far-pair-a";
+const FAR_B: &str = "far-pair-b";
+/// How often the far pair's masters ask again.
+const FLOOD_TICK: Duration = Duration::from_millis(20);
+/// Most keys the far pair asks for at once.
+const FLOOD_MAX_KEYS: u64 = 256;
+
+/// Bytes ready in the far pair's two pools (a for b, b for a).
+fn far_pools(sim: &Sim, f: &FarPairReport) -> u64 {
+    let at = |x: &str, y: &str| sim.node(x).map_or(0, |km| km.pool_free(y));
+    at(&f.a, &f.b) + at(&f.b, &f.a)
+}
+
+/// Relays started, abandoned and aborted, summed over the nodes up now.
+fn relay_counts(sim: &Sim, topo: &Topology) -> (u64, u64, u64) {
+    topo.nodes
+        .iter()
+        .filter_map(|n| sim.node(&n.id))
+        .map(|km| km.stats())
+        .fold((0, 0, 0), |a, s| {
+            (
+                a.0 + s.relays_started,
+                a.1 + s.relays_abandoned,
+                a.2 + s.relays_aborted,
+            )
+        })
+}
+
+/// The node pair with the most hops between them (ties: the first in topology order), and the
+/// best route's bottleneck (before the rate multiplier).
+fn far_pair(topo: &Topology) -> Result<FarPairReport, StudyError> {
+    let mut best: Option<(usize, String, String)> = None;
+    for n in &topo.nodes {
+        let routes = kagi_control::Routes::compute(topo, &n.id, &[]);
+        for m in &topo.nodes {
+            if let Some(h) = routes.hops(&m.id) {
+                if best.as_ref().is_none_or(|b| h > b.0) {
+                    best = Some((h, n.id.clone(), m.id.clone()));
+                }
+            }
+        }
+    }
+    let Some((hops, a, b)) = best.filter(|b| b.0 > 0) else {
+        return Err(StudyError::Topology("no two connected nodes".into()));
+    };
+    let bottleneck_bps = widest_path(topo, &a, &b);
+    Ok(FarPairReport {
+        a,
+        b,
+        hops,
+        delivered_bps: 0.0,
+        relayed_bps: 0.0,
+        bottleneck_bps,
+        fraction_of_bottleneck: 0.0,
+    })
+}
+
+/// The largest, over all routes from `a` to `b`, of the route's smallest link rate (bit/s).
+fn widest_path(topo: &Topology, a: &str, b: &str) -> f64 {
+    let mut width: BTreeMap<&str, f64> = BTreeMap::new();
+    width.insert(a, f64::INFINITY);
+    let mut done = std::collections::BTreeSet::new();
+    loop {
+        let Some((u, w)) = width
+            .iter()
+            .filter(|(n, _)| !done.contains(*n))
+            .max_by(|x, y| x.1.total_cmp(y.1))
+            .map(|(n, w)| (*n, *w))
+        else {
+            return 0.0;
+        };
+        if u == b {
+            return w;
+        }
+        done.insert(u);
+        for (v, l) in topo.neighbours(u) {
+            let through = w.min(topo.link_mean_rate_bps(l));
+            let e = width.entry(v).or_insert(0.0);
+            if through > *e {
+                *e = through;
+            }
+        }
+    }
 }
 
 fn check(opt: &StudyOptions) -> Result<(), StudyError> {
@@ -410,6 +639,15 @@ fn check(opt: &StudyOptions) -> Result<(), StudyError> {
     }
     if !(opt.repair_minutes.is_finite() && opt.repair_minutes >= 0.0) {
         return bad("repair minutes must be finite and not negative");
+    }
+    if !(opt.warmup_minutes.is_finite() && (0.0..=24.0 * 60.0).contains(&opt.warmup_minutes)) {
+        return bad("warm-up minutes must be between 0 and 1440");
+    }
+    if opt.paths == 0 || opt.paths > kagi_km::config::MAX_PATHS {
+        return bad("paths must be between 1 and 8");
+    }
+    if opt.threshold == 0 || opt.threshold > opt.paths {
+        return bad("threshold must be between 1 and paths");
     }
     Ok(())
 }

@@ -39,6 +39,11 @@ pub enum Method {
     throughput_sifted_bps is sifted key bits per second of post-processing (both ends, this \
     process); elapsed_s includes the photon simulation.")]
 pub struct Args {
+    /// QKD protocol, named as in `kagi link-rate`: the photon simulator models decoy-state BB84
+    /// with finite-key post-processing (`bb84-decoy` or `bb84-finite`); the other protocols are
+    /// modelled at rate level only (`kagi link-rate --protocol ...`).
+    #[arg(long, default_value = "bb84-decoy")]
+    protocol: String,
     /// Fibre length, km.
     #[arg(long, default_value_t = 25.0)]
     distance: f64,
@@ -189,6 +194,17 @@ struct Totals {
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.protocol.as_str() {
+        "bb84-decoy" | "bb84-finite" => {}
+        p @ ("cv-gg02" | "tf-sns" | "satellite" | "repeater") => bail!(
+            "--protocol {p}: the photon simulator models decoy-state BB84 only; \
+             `kagi link-rate --protocol {p}` gives this protocol's key rate"
+        ),
+        p => bail!(
+            "--protocol {p:?}: unknown (bb84-decoy, bb84-finite; cv-gg02, tf-sns, satellite and \
+             repeater are rate-level only, see kagi link-rate)"
+        ),
+    }
     if !(0.0..=1.0).contains(&args.eve_intercept) {
         bail!("--eve-intercept must be a fraction in [0, 1]");
     }

@@ -12,15 +12,32 @@ use kagi_sim::study::{study, StudyOptions, StudyReport};
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Examples:\n  kagi sim --hours 1\n  kagi sim --topology docs/examples/japan24.toml --hours 0.5 --saes-per-node 4 --json\n  \
-    kagi sim --hours 6 --diurnal --node-mtbf-hours 2 --repair-minutes 15"
+    kagi sim --hours 6 --diurnal --node-mtbf-hours 2 --repair-minutes 15\n  \
+    kagi sim --grid-mesh 48 --warmup-minutes 2 --hours 0.1 --far-pair-flood"
 )]
 pub struct Args {
     /// Topology file (default: the built-in Tokyo network).
     #[arg(long)]
     topology: Option<PathBuf>,
+    /// Simulate a synthetic mesh of N nodes (jittered grid, 10–80 km links) instead of a file.
+    #[arg(long, conflicts_with = "topology")]
+    grid_mesh: Option<usize>,
+    /// Node-disjoint paths per relay (1: single path).
+    #[arg(long, default_value_t = 1)]
+    paths: u8,
+    /// Shares that rebuild a key (1 ≤ threshold ≤ paths).
+    #[arg(long, default_value_t = 1)]
+    threshold: u8,
     /// Simulated hours.
     #[arg(long, default_value_t = 1.0)]
     hours: f64,
+    /// Simulated minutes of demand before the measured hours (pools warm up; not counted).
+    #[arg(long, default_value_t = 0.0)]
+    warmup_minutes: f64,
+    /// Add an SAE pair at the two ends of the farthest node pair that asks for key as fast as
+    /// its nodes have it, both ways, and report its rate against its best route's bottleneck.
+    #[arg(long)]
+    far_pair_flood: bool,
     /// SAEs per node (0: the SAEs the topology lists).
     #[arg(long, default_value_t = 4)]
     saes_per_node: usize,
@@ -55,12 +72,14 @@ pub struct Args {
 
 /// Runs the subcommand.
 pub fn run(a: Args) -> Result<()> {
-    let topo = match &a.topology {
-        Some(p) => Topology::from_toml(
+    let topo = match (&a.topology, a.grid_mesh) {
+        (Some(p), _) => Topology::from_toml(
             &std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?,
         )
         .with_context(|| format!("topology {}", p.display()))?,
-        None => kagi_control::builtin::tokyo(),
+        (None, Some(n)) if (2..=1000).contains(&n) => kagi_sim::plan::synth::grid_mesh(n, a.seed),
+        (None, Some(_)) => anyhow::bail!("--grid-mesh takes 2..=1000 nodes"),
+        (None, None) => kagi_control::builtin::tokyo(),
     };
     let opt = StudyOptions {
         hours: a.hours,
@@ -73,6 +92,10 @@ pub fn run(a: Args) -> Result<()> {
         node_mtbf_hours: a.node_mtbf_hours,
         repair_minutes: a.repair_minutes,
         seed: a.seed,
+        paths: a.paths,
+        threshold: a.threshold,
+        warmup_minutes: a.warmup_minutes,
+        far_pair_flood: a.far_pair_flood,
     };
     let spin = super::progress::spinner(&format!(
         "simulating {} h of {} nodes",
@@ -132,6 +155,25 @@ fn text(topo: &Topology, r: &StudyReport, secs: f64) -> String {
         "key delivered {} bits; link key spent {} bits ({:.2} per delivered bit)",
         r.delivered_bits, r.link_key_spent_bits, r.key_spent_per_delivered_bit
     );
+    println!(
+        "relays started {}, abandoned {} ({:.2} %)",
+        r.relays_started,
+        r.relays_abandoned,
+        100.0 * r.relays_abandoned as f64 / r.relays_started.max(1) as f64
+    );
+    if let Some(f) = &r.far_pair {
+        println!(
+            "farthest pair {}–{} ({} hops): served {:.0} bit/s both ways, relayed {:.0} bit/s: \
+             {:.1} % of its best route's bottleneck ({:.0} bit/s)",
+            f.a,
+            f.b,
+            f.hops,
+            f.delivered_bps,
+            f.relayed_bps,
+            100.0 * f.fraction_of_bottleneck,
+            f.bottleneck_bps
+        );
+    }
     println!();
     println!(
         "{:<14} {:<14} {:>9} {:>8} {:>14}",

@@ -1,0 +1,134 @@
+//! Demand-driven pools: how much end-to-end key to keep ready for each destination node, from
+//! the demand this node's applications showed lately.
+//!
+//! Refilling every destination's pool to one fixed target relays key towards every node of the
+//! network whether anyone asks for it or not. On a mesh of dozens of nodes that traffic alone is
+//! more than the links produce, so hops wait for link key and relays are abandoned (measured in
+//! `docs/PERFORMANCE.md`). A pool is therefore sized by recent demand: the key requested per
+//! second over the last [`Policy::demand_window`] times [`Policy::pool_horizon`], plus the
+//! largest recent request, between [`Policy::idle_floor_bytes`] (what a destination nobody asked
+//! for lately keeps, so a first request is served at once) and [`Policy::pool_target_bytes`].
+
+use std::collections::BTreeMap;
+
+use crate::config::Policy;
+use crate::msgs::NodeId;
+use crate::time::Instant;
+
+/// Requests towards one destination, decayed exponentially with the demand window.
+#[derive(Debug, Clone, Copy)]
+struct Recent {
+    /// Bytes requested, each weighted by `exp(-age / window)`.
+    bytes: f64,
+    /// The largest request, decayed the same way.
+    peak: f64,
+    /// When `bytes` and `peak` were last brought up to date.
+    at: Instant,
+}
+
+impl Recent {
+    fn decayed(&self, now: Instant, window_s: f64) -> (f64, f64) {
+        let age = now.saturating_since(self.at).as_secs_f64();
+        let f = (-age / window_s).exp();
+        (self.bytes * f, self.peak * f)
+    }
+}
+
+/// Recent demand per destination node (bounded by the topology's node count: only nodes of
+/// the topology are noted).
+#[derive(Debug, Default)]
+pub(crate) struct Demand {
+    per_dest: BTreeMap<NodeId, Recent>,
+}
+
+impl Demand {
+    /// An application asked for `bytes` of key to `dest` (served or not: a refused request is
+    /// demand too).
+    pub(crate) fn note(&mut self, dest: &str, bytes: u64, now: Instant, p: &Policy) {
+        let w = window_s(p);
+        let e = self.per_dest.entry(dest.to_string()).or_insert(Recent {
+            bytes: 0.0,
+            peak: 0.0,
+            at: now,
+        });
+        let (b, peak) = e.decayed(now, w);
+        *e = Recent {
+            bytes: b + bytes as f64,
+            peak: peak.max(bytes as f64),
+            at: now,
+        };
+    }
+
+    /// Whether applications asked for key to `dest` within about one demand window.
+    pub(crate) fn is_active(&self, dest: &str, now: Instant, p: &Policy) -> bool {
+        self.per_dest
+            .get(dest)
+            .is_some_and(|r| now.saturating_since(r.at) < p.demand_window)
+    }
+
+    /// Bytes of key to keep ready for `dest` now.
+    pub(crate) fn target(&self, dest: &str, now: Instant, p: &Policy) -> u64 {
+        let floor = p.idle_floor_bytes.min(p.pool_target_bytes);
+        let Some(r) = self.per_dest.get(dest) else {
+            return floor;
+        };
+        let w = window_s(p);
+        let (bytes, peak) = r.decayed(now, w);
+        let want = bytes / w * p.pool_horizon.as_secs_f64() + peak;
+        (want.ceil() as u64).clamp(floor, p.pool_target_bytes)
+    }
+}
+
+fn window_s(p: &Policy) -> f64 {
+    p.demand_window.as_secs_f64().max(1e-3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn at(s: u64) -> Instant {
+        Instant::ZERO + Duration::from_secs(s)
+    }
+
+    #[test]
+    fn a_destination_nobody_asked_for_keeps_only_the_floor() {
+        let p = Policy::default();
+        let d = Demand::default();
+        assert_eq!(d.target("x", at(5), &p), p.idle_floor_bytes);
+        assert!(!d.is_active("x", at(5), &p));
+    }
+
+    #[test]
+    fn steady_demand_grows_the_pool_up_to_the_target_and_fades_when_it_stops() {
+        let p = Policy::default();
+        let mut d = Demand::default();
+        // 2 KiB/s for a minute: about 2 KiB/s × the horizon, more than the floor.
+        for s in 0..60 {
+            d.note("x", 2048, at(s), &p);
+        }
+        let busy = d.target("x", at(60), &p);
+        assert!(busy > p.idle_floor_bytes * 4, "{busy}");
+        assert!(busy <= p.pool_target_bytes);
+        assert!(d.is_active("x", at(60), &p));
+        // A flood is capped at the policy's target.
+        for s in 60..120 {
+            d.note("x", 1 << 20, at(s), &p);
+        }
+        assert_eq!(d.target("x", at(120), &p), p.pool_target_bytes);
+        // Ten windows later the demand has faded to the floor.
+        let later = at(120) + p.demand_window * 10;
+        assert_eq!(d.target("x", later, &p), p.idle_floor_bytes);
+        assert!(!d.is_active("x", later, &p));
+    }
+
+    #[test]
+    fn the_floor_never_exceeds_the_target() {
+        let p = Policy {
+            pool_target_bytes: 256,
+            ..Policy::default()
+        };
+        assert_eq!(Demand::default().target("x", at(0), &p), 256);
+    }
+}
