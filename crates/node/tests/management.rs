@@ -84,8 +84,10 @@ impl Net {
 }
 
 async fn call(c: &Etsi014Client, method: &str, path: &str, body: Option<Value>) -> RawResponse {
-    // Retry while the listener is still starting.
-    for _ in 0..100 {
+    // Retry while the listener is still starting: a node opening its sealed store and issuing
+    // its checkpoint key can take well over 10 s on a loaded 2-core machine.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(90) {
         match c
             .request(
                 method,
