@@ -2,19 +2,14 @@
 //! fences itself — every ETSI 014 call gets 503 naming the tamper signal — and records it in its
 //! audit trail, which still verifies.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod common;
 
-use kagi_control::Topology;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watched_path_fences_the_node_and_is_audited() {
     let dir = kagi_node::loopback::scratch_dir("tamper").unwrap();
-    let mut topo = Topology::line("pair", &["a", "b"], 10.0, |n| vec![format!("sae-{n}")]);
-    topo.epoch_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        - 1;
+    let mut topo = common::pair_now();
     let switch = dir.join("enclosure-open");
     let cfgs = kagi_node::loopback::prepare(&dir, &mut topo, |c| {
         c.tamper.watch_path = Some(switch.clone());
@@ -27,17 +22,7 @@ async fn the_watched_path_fences_the_node_and_is_audited() {
     }));
     let sae = kagi_node::loopback::sae_client(&dir, &topo, "sae-a").unwrap();
     let path = "/api/v1/keys/sae-b/status";
-    let mut up = false;
-    for _ in 0..300 {
-        if let Ok(r) = sae.request("GET", path, None, false).await {
-            if r.status == 200 {
-                up = true;
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "node a never answered");
+    common::wait_until_answers(&sae, path, "a").await;
 
     std::fs::write(&switch, b"").unwrap();
     let mut fenced = None;
@@ -149,12 +134,7 @@ fn flip_link_blocks(db: &std::path::Path, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_integrity_failures_fence_the_node_and_a_restart_recovers() {
     let dir = kagi_node::loopback::scratch_dir("tamper-integrity").unwrap();
-    let mut topo = Topology::line("pair", &["a", "b"], 10.0, |n| vec![format!("sae-{n}")]);
-    topo.epoch_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        - 1;
+    let mut topo = common::pair_now();
     let cfgs = kagi_node::loopback::prepare(&dir, &mut topo, |c| {
         c.tamper.integrity_failures = 2;
     })

@@ -2,20 +2,15 @@
 //! process (alone in its own test binary, so no other test's node sees the signal) fences
 //! itself, every ETSI 014 call gets 503 naming the signal, and the trail records it.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod common;
 
-use kagi_control::Topology;
+use std::time::Duration;
 
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr1_fences_the_node_and_is_audited() {
     let dir = kagi_node::loopback::scratch_dir("tamper-sigusr1").unwrap();
-    let mut topo = Topology::line("pair", &["a", "b"], 10.0, |n| vec![format!("sae-{n}")]);
-    topo.epoch_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        - 1;
+    let mut topo = common::pair_now();
     let cfgs = kagi_node::loopback::prepare(&dir, &mut topo, |_| {}).unwrap();
     let cfg = cfgs.into_iter().find(|c| c.node_id == "a").unwrap();
     assert!(cfg.tamper.sigusr1, "on by default");
@@ -25,17 +20,7 @@ async fn sigusr1_fences_the_node_and_is_audited() {
     }));
     let sae = kagi_node::loopback::sae_client(&dir, &topo, "sae-a").unwrap();
     let path = "/api/v1/keys/sae-b/status";
-    let mut up = false;
-    for _ in 0..300 {
-        if let Ok(r) = sae.request("GET", path, None, false).await {
-            if r.status == 200 {
-                up = true;
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "node a never answered");
+    common::wait_until_answers(&sae, path, "a").await;
 
     let kill = std::process::Command::new("sh")
         .arg("-c")
