@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod bench;
 pub mod bench_xks;
+pub mod child;
 pub mod dash;
 pub mod device;
 pub mod keys;

@@ -591,7 +591,6 @@ async fn stop_all(children: &mut [Child]) {
 }
 
 async fn spawn_nodes(dir: &Path, prep: &Prepared) -> anyhow::Result<Vec<Child>> {
-    let exe = std::env::current_exe().context("cannot find the kagi executable")?;
     let mut children = Vec::new();
     for (id, cfg) in &prep.configs {
         let node_dir = dir.join("nodes").join(id);
@@ -604,25 +603,8 @@ async fn spawn_nodes(dir: &Path, prep: &Prepared) -> anyhow::Result<Vec<Child>> 
             );
         }
         let log = node_dir.join("node.log");
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let err = out.try_clone()?;
-        let mut cmd = tokio::process::Command::new(&exe);
-        cmd.arg("node")
-            .arg("--config")
-            .arg(cfg)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            // Logs go to a file: no terminal colour codes in it.
-            .env("NO_COLOR", "1")
-            .kill_on_drop(true);
-        // Own process group: a terminal Ctrl-C reaches only `kagi up`, which then stops the
-        // nodes in order.
-        #[cfg(unix)]
-        cmd.process_group(0);
+        let mut cmd = super::child::kagi_child(&log)?;
+        cmd.arg("node").arg("--config").arg(cfg);
         let proc = match cmd.spawn() {
             Ok(p) => p,
             Err(e) => {
@@ -648,7 +630,6 @@ async fn spawn_nodes(dir: &Path, prep: &Prepared) -> anyhow::Result<Vec<Child>> 
 /// Starts one simulated QKD device pair (`kagi device`) per device link `kagi up` gave ports
 /// to; logs under `devices/`.
 fn spawn_devices(dir: &Path, prep: &Prepared) -> anyhow::Result<Vec<Child>> {
-    let exe = std::env::current_exe().context("cannot find the kagi executable")?;
     let mut out = Vec::new();
     for l in &prep.topo.links {
         if !l.device.as_ref().is_some_and(|d| d.simulated) {
@@ -658,24 +639,12 @@ fn spawn_devices(dir: &Path, prep: &Prepared) -> anyhow::Result<Vec<Child>> {
         let ddir = dir.join("devices");
         std::fs::create_dir_all(&ddir)?;
         let log = ddir.join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let err = file.try_clone()?;
-        let mut cmd = tokio::process::Command::new(&exe);
+        let mut cmd = super::child::kagi_child(&log)?;
         cmd.arg("device")
             .arg("--data-dir")
             .arg(dir)
             .arg("--link")
-            .arg(&name)
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(err)
-            .env("NO_COLOR", "1")
-            .kill_on_drop(true);
-        #[cfg(unix)]
-        cmd.process_group(0);
+            .arg(&name);
         let proc = cmd
             .spawn()
             .with_context(|| format!("cannot start the simulated device of link {name}"))?;
@@ -1082,13 +1051,7 @@ async fn start_vault_sites(dir: &Path, prep: &Prepared) -> anyhow::Result<Vec<(V
 }
 
 fn spawn_site(dir: &Path, sae: &str, log: &Path, pid_file: &Path) -> anyhow::Result<Child> {
-    let exe = std::env::current_exe().context("cannot find the kagi executable")?;
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)?;
-    let err = out.try_clone()?;
-    let mut cmd = tokio::process::Command::new(&exe);
+    let mut cmd = super::child::kagi_child(log)?;
     cmd.args([
         "vault",
         "site",
@@ -1097,14 +1060,7 @@ fn spawn_site(dir: &Path, sae: &str, log: &Path, pid_file: &Path) -> anyhow::Res
         sae,
         "--data-dir",
     ])
-    .arg(dir)
-    .stdin(Stdio::null())
-    .stdout(out)
-    .stderr(err)
-    .env("NO_COLOR", "1")
-    .kill_on_drop(true);
-    #[cfg(unix)]
-    cmd.process_group(0);
+    .arg(dir);
     let proc = cmd
         .spawn()
         .with_context(|| format!("cannot start vault site {sae}"))?;

@@ -622,22 +622,9 @@ pub async fn start_for_up(dir: &Path, net: &NetworkFile) -> anyhow::Result<(XksI
     let k = n.min(3);
     let i = init(dir, net, k, n, "/kms/xks/v1", None, &[])?;
     let p = paths(dir);
-    let exe = std::env::current_exe().context("cannot find the kagi executable")?;
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&p.log)?;
-    let err = out.try_clone()?;
-    let mut cmd = tokio::process::Command::new(&exe);
+    let mut cmd = super::child::kagi_child(&p.log)?;
     cmd.args(["xks", "serve", "--exit-with-parent", "--data-dir"])
-        .arg(dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .env("NO_COLOR", "1")
-        .kill_on_drop(true);
-    #[cfg(unix)]
-    cmd.process_group(0);
+        .arg(dir);
     let mut proc = cmd.spawn().context("cannot start the XKS proxy")?;
     if let Some(pid) = proc.id() {
         std::fs::write(&p.pid, format!("{pid}\n"))?;
