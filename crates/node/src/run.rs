@@ -399,20 +399,23 @@ pub async fn run_node(
         .await;
     let _ = sd_tx.send(true);
     let _ = stop_tx.send(true);
+    // Every listener is closed before returning, so a restart in the same process (tests, an
+    // embedding service) can bind the same ports again.
     peer_accept.abort();
+    let _ = peer_accept.await;
     #[cfg(unix)]
     if let Some(r) = reload {
         r.abort();
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), etsi).await;
+    stop_within(etsi, Duration::from_secs(2)).await;
     if let Some(skip) = skip {
-        let _ = tokio::time::timeout(Duration::from_secs(2), skip).await;
+        stop_within(skip, Duration::from_secs(2)).await;
     }
     if let Some(e) = etsi004 {
-        let _ = tokio::time::timeout(Duration::from_secs(2), e).await;
+        stop_within(e, Duration::from_secs(2)).await;
     }
     if let Some(m) = mgmt {
-        let _ = tokio::time::timeout(Duration::from_secs(2), m).await;
+        stop_within(m, Duration::from_secs(2)).await;
     }
     let _ = ticker.await;
     // A clean stop ends the trail with a signed checkpoint.
@@ -420,6 +423,15 @@ pub async fn run_node(
         tracing::error!(error = %e, "final audit checkpoint failed");
     }
     result
+}
+
+/// Lets a server task finish its graceful shutdown within `grace`, then aborts it; returns only
+/// once the task, and the listener it owns, is gone.
+async fn stop_within<T>(mut task: tokio::task::JoinHandle<T>, grace: Duration) {
+    if tokio::time::timeout(grace, &mut task).await.is_err() {
+        task.abort();
+        let _ = task.await;
+    }
 }
 
 /// Fences the node on SIGUSR1 (`[tamper] sigusr1`), the signal an intrusion sensor's daemon

@@ -104,6 +104,29 @@ async fn call(c: &Etsi014Client, method: &str, path: &str, body: Option<Value>) 
     panic!("{method} {path}: management listener never answered");
 }
 
+/// Waits until a node started in this process answers its management API; a node that stops
+/// instead is reported by its own error rather than by a silent 90 s timeout.
+async fn wait_answering(c: &Etsi014Client, task: &mut tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(90) {
+        if task.is_finished() {
+            match task.await {
+                Ok(Ok(())) => panic!("the node stopped before answering its management API"),
+                Ok(Err(e)) => panic!("the node stopped at start-up: {e:#}"),
+                Err(e) => panic!("the node task failed: {e}"),
+            }
+        }
+        if c.request("GET", "/api/v1/status", None, false)
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("management listener never answered");
+}
+
 fn message(r: &RawResponse) -> String {
     r.json()["message"].as_str().unwrap_or_default().to_owned()
 }
@@ -622,7 +645,6 @@ fn grafana_queries_known_metrics(scrape: &str) {
 /// A link taken out of service and a drain survive a restart of the node: a node restarted
 /// for maintenance does not route over a link whose fibre is being repaired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "regressed in session 7: the restarted node's management listener never answers (under investigation, issue 13 reopened)"]
 async fn links_out_of_service_and_drain_survive_a_restart() {
     let dir = kagi_node::loopback::scratch_dir("mgmt-restart").unwrap();
     let mut topo = Topology::line("line3", &["a", "b", "c"], 20.0, |n| {
@@ -670,7 +692,8 @@ async fn links_out_of_service_and_drain_survive_a_restart() {
             .unwrap()
     };
 
-    let (stop, task) = run(cfg.clone());
+    let (stop, mut task) = run(cfg.clone());
+    wait_answering(&observer, &mut task).await;
     for (path, body) in [
         ("/api/v1/links/c/service", json!({"in_service": false})),
         ("/api/v1/drain", json!({"draining": true})),
@@ -685,7 +708,8 @@ async fn links_out_of_service_and_drain_survive_a_restart() {
         .unwrap()
         .unwrap();
 
-    let (stop, task) = run(cfg.clone());
+    let (stop, mut task) = run(cfg.clone());
+    wait_answering(&observer, &mut task).await;
     let links = call(&observer, "GET", "/api/v1/links", None).await.json();
     assert_eq!(state_of(&links, "c"), "out_of_service", "{links}");
     assert_ne!(state_of(&links, "a"), "out_of_service", "{links}");
@@ -700,7 +724,8 @@ async fn links_out_of_service_and_drain_survive_a_restart() {
     }
     let _ = stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
-    let (stop, task) = run(cfg);
+    let (stop, mut task) = run(cfg);
+    wait_answering(&observer, &mut task).await;
     let links = call(&observer, "GET", "/api/v1/links", None).await.json();
     assert_ne!(state_of(&links, "c"), "out_of_service", "{links}");
     let status = call(&observer, "GET", "/api/v1/status", None).await.json();

@@ -14,9 +14,9 @@ pub(crate) const LLR_SCALE: f64 = 16.0;
 /// LLR of a symbol known for sure (shortened or revealed).
 pub(crate) const LLR_KNOWN: i16 = 8000;
 /// Largest check-to-variable message magnitude before normalization.
-const MSG_MAX: i16 = 2047;
+pub(super) const MSG_MAX: i16 = 2047;
 /// Normalization factor α of min-sum, in sixteenths (0.75; 0.625–0.875 tried, 0.75 best).
-const ALPHA: i16 = 12;
+pub(super) const ALPHA: i16 = 12;
 
 /// Reusable decoder state for one code size (one per thread).
 #[derive(Debug, Default)]
@@ -31,7 +31,7 @@ pub(crate) struct Decoder {
     fwd: Vec<i16>,
     min1: Vec<i16>,
     min2: Vec<i16>,
-    idx: Vec<i16>,
+    papp: Vec<i16>,
     sgn: Vec<i16>,
     synd: Vec<i16>,
 }
@@ -44,7 +44,8 @@ pub(crate) struct Bufs<'a> {
     pub fwd: &'a mut [i16],
     pub min1: &'a mut [i16],
     pub min2: &'a mut [i16],
-    pub idx: &'a mut [i16],
+    /// Padded LLRs (min-sum; see `min_sum_impl`).
+    pub papp: &'a mut [i16],
     pub sgn: &'a mut [i16],
     pub synd: &'a [i16],
     /// [`Decoder::stall`].
@@ -119,7 +120,8 @@ impl Decoder {
         if rule == CheckRule::BoxPlus {
             self.fwd.resize(code.max_row_deg * z, 0);
         }
-        for v in [&mut self.min1, &mut self.min2, &mut self.idx, &mut self.sgn] {
+        self.papp.resize(code.n() / z * (z + L), 0);
+        for v in [&mut self.min1, &mut self.min2, &mut self.sgn] {
             v.resize(z, 0);
         }
         self.synd.clear();
@@ -132,7 +134,7 @@ impl Decoder {
             fwd: &mut self.fwd,
             min1: &mut self.min1,
             min2: &mut self.min2,
-            idx: &mut self.idx,
+            papp: &mut self.papp,
             sgn: &mut self.sgn,
             synd: &self.synd,
             stall: self.stall,
@@ -179,6 +181,9 @@ pub(crate) fn decode_impl(
 }
 
 /// Normalized min-sum layers.
+///
+/// Runs over a padded copy of `app` (`papp`: each variable block followed by a copy of its
+/// first [`L`] values), so that every rotated group of `L` lanes is one contiguous load.
 #[inline(always)]
 fn min_sum_impl(code: &QcCode, b: Bufs<'_>, max_iter: usize) -> Option<usize> {
     let z = code.z;
@@ -186,94 +191,148 @@ fn min_sum_impl(code: &QcCode, b: Bufs<'_>, max_iter: usize) -> Option<usize> {
         app,
         msgs,
         tmp,
-        fwd: _,
-        min1,
-        min2,
-        idx,
-        sgn,
+        papp,
         synd,
         stall,
+        ..
     } = b;
-    if checks_hold(code, app, synd, sgn) {
+    let sz = z + L;
+    debug_assert!(z.is_power_of_two() && z.is_multiple_of(L));
+    for (p, a) in papp.chunks_exact_mut(sz).zip(app.chunks_exact(z)) {
+        p[..z].copy_from_slice(a);
+        p[z..].copy_from_slice(&a[..L]);
+    }
+    let result = min_sum_layers(code, msgs, tmp, papp, synd, stall, max_iter);
+    for (a, p) in app.chunks_exact_mut(z).zip(papp.chunks_exact(sz)) {
+        a.copy_from_slice(&p[..z]);
+    }
+    result
+}
+
+/// The iterations of [`min_sum_impl`] on the padded LLRs.
+#[inline(always)]
+fn min_sum_layers(
+    code: &QcCode,
+    msgs: &mut [i16],
+    tmp: &mut [i16],
+    papp: &mut [i16],
+    synd: &[i16],
+    stall: usize,
+    max_iter: usize,
+) -> Option<usize> {
+    let z = code.z;
+    let sz = z + L;
+    // z is a power of two: a mask, not a division, per edge.
+    let zmask = z - 1;
+    if padded_unsatisfied(code, papp, synd, true) == 0 {
         return Some(0);
     }
     let mut progress = Progress::new(stall);
     for it in 1..=max_iter {
         for r in 0..code.mb {
             let (e0, e1) = (code.row_start[r], code.row_start[r + 1]);
-            min1.fill(i16::MAX);
-            min2.fill(i16::MAX);
-            idx.fill(0);
-            sgn.copy_from_slice(&synd[r * z..(r + 1) * z]);
-            for (k, e) in (e0..e1).enumerate() {
-                let (col, s) = (code.cols[e] as usize, code.shifts[e] as usize);
-                let a = &app[col * z..(col + 1) * z];
-                let m = &msgs[e * z..(e + 1) * z];
-                let t = &mut tmp[k * z..(k + 1) * z];
-                // t[q] = app[(q + s) mod z] − msg[q]
-                let (t_lo, t_hi) = t.split_at_mut(z - s);
-                let (m_lo, m_hi) = m.split_at(z - s);
-                for ((t, &a), &m) in t_lo.iter_mut().zip(&a[s..]).zip(m_lo) {
-                    *t = a.saturating_sub(m);
+            // Lane group by lane group: a row's checks touch disjoint variables (one
+            // circulant per base column), so each group of checks can run its whole update,
+            // reads and write-backs, before the next group starts, with the minima, index and
+            // sign in registers and the edge values in an L1-sized scratch.
+            for q0 in (0..z).step_by(L) {
+                let mut m1: Lane = [i16::MAX; L];
+                let mut m2: Lane = [i16::MAX; L];
+                let mut ix: Lane = [0; L];
+                let mut sg: Lane = lane(&synd[r * z + q0..]);
+                for (k, e) in (e0..e1).enumerate() {
+                    let start = (q0 + code.shifts[e] as usize) & zmask;
+                    let col = code.cols[e] as usize;
+                    let mut t = lane(&papp[col * sz + start..]);
+                    let m: Lane = lane(&msgs[e * z + q0..]);
+                    let kk = k as i16;
+                    for i in 0..L {
+                        // t = app[(q + s) mod z] − msg[q]
+                        t[i] = t[i].saturating_sub(m[i]);
+                        let mag = t[i].max(0i16.saturating_sub(t[i]));
+                        let lt = mag < m1[i];
+                        m2[i] = if lt { m1[i] } else { m2[i].min(mag) };
+                        ix[i] = if lt { kk } else { ix[i] };
+                        m1[i] = m1[i].min(mag);
+                        sg[i] ^= t[i];
+                    }
+                    tmp[k * L..(k + 1) * L].copy_from_slice(&t);
                 }
-                for ((t, &a), &m) in t_hi.iter_mut().zip(&a[..s]).zip(m_hi) {
-                    *t = a.saturating_sub(m);
-                }
-                let kk = k as i16;
-                for ((((&t, m1), m2), ix), sg) in t
-                    .iter()
-                    .zip(min1.iter_mut())
-                    .zip(min2.iter_mut())
-                    .zip(idx.iter_mut())
-                    .zip(sgn.iter_mut())
-                {
-                    let mag = t.max(0i16.saturating_sub(t));
-                    let lt = mag < *m1;
-                    *m2 = if lt { *m1 } else { (*m2).min(mag) };
-                    *ix = if lt { kk } else { *ix };
-                    *m1 = (*m1).min(mag);
-                    *sg ^= t;
-                }
-            }
-            for (k, e) in (e0..e1).enumerate() {
-                let (col, s) = (code.cols[e] as usize, code.shifts[e] as usize);
-                let m = &mut msgs[e * z..(e + 1) * z];
-                let t = &tmp[k * z..(k + 1) * z];
-                let kk = k as i16;
-                for (((((mo, &t), &m1), &m2), &ix), &sg) in m
-                    .iter_mut()
-                    .zip(t)
-                    .zip(min1.iter())
-                    .zip(min2.iter())
-                    .zip(idx.iter())
-                    .zip(sgn.iter())
-                {
-                    // Branch-free select: a plain `if` here became per-lane loads.
-                    let own = -i16::from(ix == kk);
-                    let mag = (m2 & own) | (m1 & !own);
-                    let mag = (mag.min(MSG_MAX) * ALPHA) >> 4;
-                    *mo = if (sg ^ t) < 0 { -mag } else { mag };
-                }
-                let a = &mut app[col * z..(col + 1) * z];
-                let (a_lo, a_hi) = a.split_at_mut(s);
-                let (t_lo, t_hi) = t.split_at(z - s);
-                let (m_lo, m_hi) = m.split_at(z - s);
-                for ((a, &t), &m) in a_hi.iter_mut().zip(t_lo).zip(m_lo.iter()) {
-                    *a = t.saturating_add(m);
-                }
-                for ((a, &t), &m) in a_lo.iter_mut().zip(t_hi).zip(m_hi.iter()) {
-                    *a = t.saturating_add(m);
+                for (k, e) in (e0..e1).enumerate() {
+                    let mut t: Lane = lane(&tmp[k * L..]);
+                    let mo: &mut [i16] = &mut msgs[e * z + q0..e * z + q0 + L];
+                    let kk = k as i16;
+                    for i in 0..L {
+                        // Branch-free select: a plain `if` here became per-lane loads.
+                        let own = -i16::from(ix[i] == kk);
+                        let mag = (m2[i] & own) | (m1[i] & !own);
+                        let mag = (mag.min(MSG_MAX) * ALPHA) >> 4;
+                        mo[i] = if (sg[i] ^ t[i]) < 0 { -mag } else { mag };
+                        t[i] = t[i].saturating_add(mo[i]);
+                    }
+                    let start = (q0 + code.shifts[e] as usize) & zmask;
+                    let col = code.cols[e] as usize;
+                    let blk = &mut papp[col * sz..(col + 1) * sz];
+                    blk[start..start + L].copy_from_slice(&t);
+                    // Keep the pad equal to the block's first L values.
+                    let (head, pad) = blk.split_at_mut(z);
+                    if start + L > z {
+                        head[..L].copy_from_slice(pad);
+                    } else if start < L {
+                        pad.copy_from_slice(&head[..L]);
+                    }
                 }
             }
         }
-        if checks_hold(code, app, synd, sgn) {
+        if padded_unsatisfied(code, papp, synd, true) == 0 {
             return Some(it);
         }
-        if progress.stalled(it, || unsatisfied(code, app, synd, sgn)) {
+        if progress.stalled(it, || padded_unsatisfied(code, papp, synd, false)) {
             return None;
         }
     }
     None
+}
+
+/// Checks the hard decisions of the padded LLRs do not meet; with `any`, stops at the first
+/// row group that has one (the count is then only non-zero).
+#[inline(always)]
+fn padded_unsatisfied(code: &QcCode, papp: &[i16], synd: &[i16], any: bool) -> usize {
+    let z = code.z;
+    let sz = z + L;
+    let zmask = z - 1;
+    let mut count = 0;
+    for r in 0..code.mb {
+        for q0 in (0..z).step_by(L) {
+            let mut acc: Lane = lane(&synd[r * z + q0..]);
+            for e in code.row_start[r]..code.row_start[r + 1] {
+                let start = (q0 + code.shifts[e] as usize) & zmask;
+                let a = lane(&papp[code.cols[e] as usize * sz + start..]);
+                for i in 0..L {
+                    acc[i] ^= a[i];
+                }
+            }
+            count += acc.iter().map(|&x| usize::from(x < 0)).sum::<usize>();
+            if any && count > 0 {
+                return count;
+            }
+        }
+    }
+    count
+}
+
+/// Lanes per group in the min-sum kernel: one AVX-512 register of i16 (two AVX2 ones); every
+/// circulant size (64, 128, 256) is a multiple.
+pub(crate) const L: usize = 32;
+/// One lane group.
+type Lane = [i16; L];
+
+/// The first `L` values of `x`.
+#[inline(always)]
+fn lane(x: &[i16]) -> Lane {
+    let mut v = [0; L];
+    v.copy_from_slice(&x[..L]);
+    v
 }
 
 /// Sum-product layers: box-plus sums of the incoming magnitudes, forward partial sums in
@@ -287,13 +346,14 @@ fn box_plus_impl(code: &QcCode, b: Bufs<'_>, max_iter: usize) -> Option<usize> {
         msgs,
         tmp,
         fwd,
+        min1: rot,
         min2: bwd,
         sgn,
         synd,
         stall,
         ..
     } = b;
-    if checks_hold(code, app, synd, sgn) {
+    if checks_hold(code, app, synd, sgn, rot) {
         return Some(0);
     }
     let mut progress = Progress::new(stall);
@@ -303,18 +363,12 @@ fn box_plus_impl(code: &QcCode, b: Bufs<'_>, max_iter: usize) -> Option<usize> {
             let dc = e1 - e0;
             sgn.copy_from_slice(&synd[r * z..(r + 1) * z]);
             for (k, e) in (e0..e1).enumerate() {
-                let (col, s) = (code.cols[e] as usize, code.shifts[e] as usize);
-                let a = &app[col * z..(col + 1) * z];
                 let m = &msgs[e * z..(e + 1) * z];
                 let t = &mut tmp[k * z..(k + 1) * z];
+                rotate_in(t, app, code, e);
                 // t[q] = app[(q + s) mod z] − msg[q]
-                let (t_lo, t_hi) = t.split_at_mut(z - s);
-                let (m_lo, m_hi) = m.split_at(z - s);
-                for ((t, &a), &m) in t_lo.iter_mut().zip(&a[s..]).zip(m_lo) {
-                    *t = a.saturating_sub(m);
-                }
-                for ((t, &a), &m) in t_hi.iter_mut().zip(&a[..s]).zip(m_hi) {
-                    *t = a.saturating_sub(m);
+                for (t, &m) in t.iter_mut().zip(m) {
+                    *t = t.saturating_sub(m);
                 }
                 // Forward partial box-sums of the magnitudes: fwd[k] = |t_0| ⊞ … ⊞ |t_k|.
                 let (done, rest) = fwd.split_at_mut(k * z);
@@ -338,11 +392,11 @@ fn box_plus_impl(code: &QcCode, b: Bufs<'_>, max_iter: usize) -> Option<usize> {
             bwd.fill(INF);
             for k in (0..dc).rev() {
                 let e = e0 + k;
-                let (col, s) = (code.cols[e] as usize, code.shifts[e] as usize);
                 let m = &mut msgs[e * z..(e + 1) * z];
-                let t = &tmp[k * z..(k + 1) * z];
+                let t = &mut tmp[k * z..(k + 1) * z];
                 if k == 0 {
-                    for (((mo, &t), &b), &sg) in m.iter_mut().zip(t).zip(bwd.iter()).zip(sgn.iter())
+                    for (((mo, &t), &b), &sg) in
+                        m.iter_mut().zip(t.iter()).zip(bwd.iter()).zip(sgn.iter())
                     {
                         let mag = b.min(MSG_MAX);
                         *mo = if (sg ^ t) < 0 { -mag } else { mag };
@@ -351,7 +405,7 @@ fn box_plus_impl(code: &QcCode, b: Bufs<'_>, max_iter: usize) -> Option<usize> {
                     let prev = &fwd[(k - 1) * z..k * z];
                     for ((((mo, &t), b), &sg), &p) in m
                         .iter_mut()
-                        .zip(t)
+                        .zip(t.iter())
                         .zip(bwd.iter_mut())
                         .zip(sgn.iter())
                         .zip(prev)
@@ -361,22 +415,16 @@ fn box_plus_impl(code: &QcCode, b: Bufs<'_>, max_iter: usize) -> Option<usize> {
                         *b = boxplus(*b, abs(t));
                     }
                 }
-                let a = &mut app[col * z..(col + 1) * z];
-                let (a_lo, a_hi) = a.split_at_mut(s);
-                let (t_lo, t_hi) = t.split_at(z - s);
-                let (m_lo, m_hi) = m.split_at(z - s);
-                for ((a, &t), &m) in a_hi.iter_mut().zip(t_lo).zip(m_lo.iter()) {
-                    *a = t.saturating_add(m);
+                for (t, &m) in t.iter_mut().zip(m.iter()) {
+                    *t = t.saturating_add(m);
                 }
-                for ((a, &t), &m) in a_lo.iter_mut().zip(t_hi).zip(m_hi.iter()) {
-                    *a = t.saturating_add(m);
-                }
+                rotate_out(app, t, code, e);
             }
         }
-        if checks_hold(code, app, synd, sgn) {
+        if checks_hold(code, app, synd, sgn, rot) {
             return Some(it);
         }
-        if progress.stalled(it, || unsatisfied(code, app, synd, sgn)) {
+        if progress.stalled(it, || unsatisfied(code, app, synd, sgn, rot)) {
             return None;
         }
     }
@@ -384,12 +432,12 @@ fn box_plus_impl(code: &QcCode, b: Bufs<'_>, max_iter: usize) -> Option<usize> {
 }
 
 /// "Infinite" magnitude: the identity of [`boxplus`] (its corrections vanish against it).
-const INF: i16 = 16000;
+pub(super) const INF: i16 = 16000;
 /// ln 2 ≈ 0.625 nats in fixed point: the correction's value at 0.
 const CORR0: i16 = 10;
 
 #[inline(always)]
-fn abs(t: i16) -> i16 {
+pub(super) fn abs(t: i16) -> i16 {
     t.max(0i16.saturating_sub(t))
 }
 
@@ -397,7 +445,7 @@ fn abs(t: i16) -> i16 {
 /// c(x) = ln(1 + e^−x) ≈ max(0, 0.625 − x/4) nats (Hu, Eleftheriou, Arnold 2001), in the
 /// decoder's fixed point (16 per nat).
 #[inline(always)]
-fn boxplus(a: i16, b: i16) -> i16 {
+pub(super) fn boxplus(a: i16, b: i16) -> i16 {
     let corr = |x: i16| (CORR0 - (x >> 2)).max(0);
     (a.min(b) + corr(a.saturating_add(b)) - corr(abs(a.saturating_sub(b)))).max(0)
 }
@@ -439,21 +487,22 @@ impl Progress {
     }
 }
 
-/// Number of checks the hard decisions of `app` do not meet (`acc`: z-lane scratch).
+/// Number of checks the hard decisions of `app` do not meet (`acc`, `rot`: z-lane scratch).
 #[inline(always)]
-fn unsatisfied(code: &QcCode, app: &[i16], synd: &[i16], acc: &mut [i16]) -> usize {
+fn unsatisfied(
+    code: &QcCode,
+    app: &[i16],
+    synd: &[i16],
+    acc: &mut [i16],
+    rot: &mut [i16],
+) -> usize {
     let z = code.z;
     let mut count = 0;
     for r in 0..code.mb {
         acc.copy_from_slice(&synd[r * z..(r + 1) * z]);
         for e in code.row_start[r]..code.row_start[r + 1] {
-            let (col, s) = (code.cols[e] as usize, code.shifts[e] as usize);
-            let a = &app[col * z..(col + 1) * z];
-            let (acc_lo, acc_hi) = acc.split_at_mut(z - s);
-            for (x, &a) in acc_lo.iter_mut().zip(&a[s..]) {
-                *x ^= a;
-            }
-            for (x, &a) in acc_hi.iter_mut().zip(&a[..s]) {
+            rotate_in(rot, app, code, e);
+            for (x, &a) in acc.iter_mut().zip(rot.iter()) {
                 *x ^= a;
             }
         }
@@ -462,20 +511,15 @@ fn unsatisfied(code: &QcCode, app: &[i16], synd: &[i16], acc: &mut [i16]) -> usi
     count
 }
 
-/// Whether the hard decisions of `app` meet the syndrome (`acc` is a z-lane scratch buffer).
+/// Whether the hard decisions of `app` meet the syndrome (`acc`, `rot`: z-lane scratch).
 #[inline(always)]
-fn checks_hold(code: &QcCode, app: &[i16], synd: &[i16], acc: &mut [i16]) -> bool {
+fn checks_hold(code: &QcCode, app: &[i16], synd: &[i16], acc: &mut [i16], rot: &mut [i16]) -> bool {
     let z = code.z;
     for r in 0..code.mb {
         acc.copy_from_slice(&synd[r * z..(r + 1) * z]);
         for e in code.row_start[r]..code.row_start[r + 1] {
-            let (col, s) = (code.cols[e] as usize, code.shifts[e] as usize);
-            let a = &app[col * z..(col + 1) * z];
-            let (acc_lo, acc_hi) = acc.split_at_mut(z - s);
-            for (x, &a) in acc_lo.iter_mut().zip(&a[s..]) {
-                *x ^= a;
-            }
-            for (x, &a) in acc_hi.iter_mut().zip(&a[..s]) {
+            rotate_in(rot, app, code, e);
+            for (x, &a) in acc.iter_mut().zip(rot.iter()) {
                 *x ^= a;
             }
         }
@@ -484,4 +528,24 @@ fn checks_hold(code: &QcCode, app: &[i16], synd: &[i16], acc: &mut [i16]) -> boo
         }
     }
     true
+}
+
+/// `t[q] = app[(q + s) mod z]` for base edge `e` (column j, shift s): the variable block as
+/// its checks see it. Two block copies, so the arithmetic after it runs over whole aligned
+/// z-lane slices: rotated element-wise loops left an odd-length scalar tail in every edge.
+#[inline(always)]
+fn rotate_in(t: &mut [i16], app: &[i16], code: &QcCode, e: usize) {
+    let (z, col, s) = (code.z, code.cols[e] as usize, code.shifts[e] as usize);
+    let a = &app[col * z..(col + 1) * z];
+    t[..z - s].copy_from_slice(&a[s..]);
+    t[z - s..].copy_from_slice(&a[..s]);
+}
+
+/// The inverse of [`rotate_in`]: `app[(q + s) mod z] = t[q]`.
+#[inline(always)]
+fn rotate_out(app: &mut [i16], t: &[i16], code: &QcCode, e: usize) {
+    let (z, col, s) = (code.z, code.cols[e] as usize, code.shifts[e] as usize);
+    let a = &mut app[col * z..(col + 1) * z];
+    a[s..].copy_from_slice(&t[..z - s]);
+    a[..s].copy_from_slice(&t[z - s..]);
 }
