@@ -95,6 +95,7 @@ fn ldpc_row(n: usize, q: f64, threads: usize, reps: usize, warm_start: bool) {
     let _ = ldpc::reconcile_local(&x, &y, q, &params, threads);
     let mut fs = Vec::new();
     let mut attempts = 0;
+    let (mut work, mut frames) = (0u64, 0usize);
     let mut seed = 100;
     let s = timed_with(
         reps,
@@ -108,6 +109,8 @@ fn ldpc_row(n: usize, q: f64, threads: usize, reps: usize, warm_start: bool) {
             assert!(fixed == *x, "LDPC: Bob's key differs from Alice's");
             fs.push(st.leaked_bits as f64 / (n as f64 * h2(*e)));
             attempts = attempts.max(st.rounds);
+            work += st.total_iterations;
+            frames += st.frames;
         },
     );
     row(
@@ -118,7 +121,11 @@ fn ldpc_row(n: usize, q: f64, threads: usize, reps: usize, warm_start: bool) {
         ),
         n,
         &s,
-        format!("f {} attempts<={attempts}", min_med(&mut fs)),
+        format!(
+            "f {} attempts<={attempts} iterations/frame {:.1}",
+            min_med(&mut fs),
+            work as f64 / frames.max(1) as f64
+        ),
     );
 }
 
