@@ -2,10 +2,14 @@
 //! sum-product rule as box-plus sums with a piecewise-linear correction ([`CheckRule`]).
 //!
 //! Messages are stored per base edge as `z` consecutive `i16` lanes (check q of the layer in
-//! lane q), so every step of a layer is a loop over contiguous lanes: the circulant shift
-//! only splits each variable block into two contiguous runs. The loops are written so the
-//! compiler vectorizes them; [`crate::ldpc_simd_unsafe`] compiles the same code for AVX2 and
-//! AVX-512BW and picks one at run time. No allocation happens after [`Decoder::new`].
+//! lane q). Min-sum runs a layer in groups of 32 checks (one AVX-512 register) over a padded
+//! copy of the a-posteriori LLRs, each variable block followed by a copy of its first 32
+//! values, so the rotated run a group reads or writes is always contiguous; sum-product
+//! copies each rotated block into a scratch row first. Either way the arithmetic runs on whole
+//! aligned runs with no scalar tails, and gives the same integers as the plain scalar
+//! definition (`ldpc::tests::kernels_equal_the_scalar_layered_reference`). The loops are
+//! written so the compiler vectorizes them; [`crate::ldpc_simd_unsafe`] compiles the same code
+//! for AVX2 and AVX-512BW and picks one at run time. Buffers are reused between frames.
 
 use super::code::QcCode;
 
