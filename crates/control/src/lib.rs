@@ -4,6 +4,7 @@
 
 pub mod builtin;
 pub mod disjoint;
+mod link_fields;
 pub mod routing;
 pub mod topology;
 

@@ -370,7 +370,11 @@ impl Topology {
 
     /// Parses and validates a topology from TOML text.
     pub fn from_toml(text: &str) -> Result<Self, TopologyError> {
-        let t: Topology = toml::from_str(text).map_err(|e| TopologyError::Parse(e.to_string()))?;
+        let t: Topology = toml::from_str(text).map_err(|e| {
+            // Name the link and field where a `[[links]]` entry is at fault.
+            crate::link_fields::first_bad_link(text)
+                .unwrap_or_else(|| TopologyError::Parse(e.to_string()))
+        })?;
         t.validate()?;
         Ok(t)
     }
