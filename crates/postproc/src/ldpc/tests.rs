@@ -221,6 +221,7 @@ fn fer_probe() {
                 max_iterations: 100,
                 check_rule: CheckRule::MinSum,
                 warm_start: false,
+                stall_iterations: STALL_ITERATIONS,
             };
             let (mut fail, mut its) = (0, 0);
             let t = std::time::Instant::now();
@@ -355,6 +356,7 @@ fn design_threshold(code: &QcCode, qs: &[f64], frames: u64) -> f64 {
             max_iterations: 100,
             check_rule: CheckRule::MinSum,
             warm_start: false,
+            stall_iterations: STALL_ITERATIONS,
         };
         for s in 0..frames {
             let (a, b) = pair(n, q, s + 77);
