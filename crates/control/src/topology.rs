@@ -316,10 +316,20 @@ pub enum TopologyError {
     /// A node's coordinates are incomplete or out of range.
     #[error("node {0:?}: lat and lon must be given together, lat within -90..=90 and lon within -180..=180 degrees")]
     BadCoordinates(String),
+    /// A network-wide number (the field named) is out of range: says why.
+    #[error("field {0}: {1}")]
+    BadSetting(String, String),
     /// An ID is empty or has characters outside `[A-Za-z0-9._-]`.
     #[error("id {0:?} must be non-empty and use only letters, digits, '.', '_' and '-'")]
     BadId(String),
 }
+
+/// Largest demo speed-up of simulated links a topology may ask for (the demos use 4; far more
+/// would make every node generate link key faster than it can store it).
+pub const MAX_RATE_MULTIPLIER: f64 = 1000.0;
+/// Longest link a topology may describe, km (a free-space link to a geostationary satellite is
+/// about 36,000 km; more is a typo).
+pub const MAX_LINK_KM: f64 = 100_000.0;
 
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
@@ -386,6 +396,13 @@ impl Topology {
 
     /// Checks IDs, links and numbers.
     pub fn validate(&self) -> Result<(), TopologyError> {
+        let m = self.rate_multiplier;
+        if !(m.is_finite() && m > 0.0 && m <= MAX_RATE_MULTIPLIER) {
+            return Err(TopologyError::BadSetting(
+                "rate_multiplier".into(),
+                format!("{m} must be above 0 and at most {MAX_RATE_MULTIPLIER}"),
+            ));
+        }
         let mut ids = BTreeSet::new();
         let mut saes = BTreeSet::new();
         for n in &self.nodes {
@@ -494,6 +511,12 @@ impl Topology {
                     l.a.clone(),
                     l.b.clone(),
                     "length_km".into(),
+                ));
+            }
+            if l.length_km > MAX_LINK_KM {
+                return Err(bad(
+                    "length_km",
+                    format!("{} km is longer than {MAX_LINK_KM} km", l.length_km),
                 ));
             }
             if !l.cost.is_none_or(|c| c.is_finite() && c >= 0.0) {
@@ -759,6 +782,20 @@ mod tests {
         let neg = T.replace("10.0", "-1.0");
         let err = Topology::from_toml(&neg).unwrap_err().to_string();
         assert!(err.starts_with("link a-b: field length_km"), "{err}");
+        let huge = T.replace("10.0", "1e12");
+        let err = Topology::from_toml(&huge).unwrap_err().to_string();
+        assert!(
+            err.starts_with("link a-b: field length_km: 1000000000000 km is longer"),
+            "{err}"
+        );
+        // The network-wide speed-up: negative, zero, not a number or huge is refused by name.
+        for m in ["-1.0", "0.0", "nan", "inf", "1e300", "1000.5"] {
+            let text = format!("rate_multiplier = {m}\n{T}");
+            let err = Topology::from_toml(&text).unwrap_err().to_string();
+            assert!(err.starts_with("field rate_multiplier: "), "{m}: {err}");
+        }
+        let text = format!("rate_multiplier = 1000.0\n{T}");
+        assert_eq!(Topology::from_toml(&text).unwrap().rate_multiplier, 1000.0);
         // A device link without URLs is valid (kagi up fills them in); with both, too.
         let ok = with("source = \"etsi014\"\n[links.device]\nurl_a = \"https://127.0.0.1:1\"\nurl_b = \"https://127.0.0.1:2\"\n");
         let t = Topology::from_toml(&ok).unwrap();

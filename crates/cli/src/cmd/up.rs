@@ -220,8 +220,9 @@ fn plan_topology(args: &Args, dir: &Path) -> anyhow::Result<Topology> {
         _ => now,
     };
     if let Some(m) = args.rate_multiplier {
-        if !(m.is_finite() && m > 0.0) {
-            bail!("--rate-multiplier must be a positive number");
+        let max = kagi_control::topology::MAX_RATE_MULTIPLIER;
+        if !(m.is_finite() && m > 0.0 && m <= max) {
+            bail!("--rate-multiplier must be above 0 and at most {max} (got {m})");
         }
         topo.rate_multiplier = m;
     } else if let Some(p) = &prev {
@@ -1271,8 +1272,14 @@ mod tests {
             curl.contains("s1 at n1") && curl.contains("s3 at n3") && curl.contains("2 hops"),
             "{curl}"
         );
-        a.rate_multiplier = Some(-1.0);
-        assert!(prepare(&a, &dir).is_err());
+        for bad in [-1.0, 0.0, f64::NAN, 1e300] {
+            a.rate_multiplier = Some(bad);
+            let err = prepare(&a, &dir).err().expect("refused").to_string();
+            assert!(
+                err.contains("--rate-multiplier must be above 0"),
+                "{bad}: {err}"
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
