@@ -4,13 +4,14 @@
 #   - privacy amplification at 10^8 bits, 2 threads (kagi), and the numpy float-FFT reference
 #     on the same data with the outputs compared bit for bit (skipped when python3 has no
 #     numpy: this script installs nothing);
-#   - LDPC reconciliation (default blind min-sum, and with each blind round restarted from the
-#     channel LLRs as before 2026-12-03) at QBER 1 / 3 / 5 %: Mb/s and f;
+#   - LDPC reconciliation (default blind min-sum; with each blind round restarted from the
+#     channel LLRs as before 2026-12-03; and `ldpc-fast`, first attempt at f = 1.5) at QBER
+#     1 / 3 / 5 %: Mb/s, f and belief-propagation iterations per frame over all attempts;
 #   - Cascade at QBER 1 / 3 / 5 %: Mb/s, f and rounds;
 #   - `kagi link-sim --distance 25`: sifted Mb/s (mean over blocks) with both ends overlapped;
 #     `kagi link-sim --distance 45`: secret bits with the default (auto) block.
 #
-#   scripts/pp-bench.sh               # about 4-6 min on 2 idle cores
+#   scripts/pp-bench.sh               # about 4-6 min on 2 idle cores after the build (3 min at load 8)
 # Environment: PP_REPS (default 3), PP_THREADS (2), PP_NUMPY_BITS (reference size, 1e8),
 # PP_NUMPY_REPS (1 at 10^8: it takes ~1 min and ~10 GB), PP_SKIP (words among pa numpy ldpc
 # cascade link25 link45 to leave out), CARGO_TARGET_DIR as usual.
@@ -67,7 +68,7 @@ main() {
     # Kagi's own kernels: PA, LDPC (default, and cold-restarted blind rounds), Cascade.
     what=()
     want pa && what+=(pa)
-    want ldpc && what+=(ldpc ldpc-cold)
+    want ldpc && what+=(ldpc ldpc-cold ldpc-fast)
     want cascade && what+=(cascade)
     if ((${#what[@]})); then
         PP_THREADS="$threads" "$ex/line_rate" "$reps" "${what[@]}" | tee /dev/stderr | grep '^ROW' | tail -n +2 >>"$rows"

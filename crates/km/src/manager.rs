@@ -282,6 +282,24 @@ impl KeyManager {
                         crate::reconcile::Fork {
                             store,
                             marks_epoch,
+                            marks_run: 0,
+                            fork_run,
+                        },
+                    );
+                }
+                Record::PeerForkRun {
+                    peer,
+                    store,
+                    marks_epoch,
+                    marks_run,
+                    fork_run,
+                } => {
+                    forks.insert(
+                        peer,
+                        crate::reconcile::Fork {
+                            store,
+                            marks_epoch,
+                            marks_run,
                             fork_run,
                         },
                     );

@@ -67,6 +67,9 @@ pub(crate) struct Fork {
     pub(crate) store: u64,
     /// The peer's run (epoch) whose relays or assignments last raised our marks of it.
     pub(crate) marks_epoch: u64,
+    /// That run's number on the peer's store (0: unknown, from an older record). A copy behind
+    /// our marks was taken during that run or before, so the fork is at most one run later.
+    pub(crate) marks_run: u64,
     /// First run of that store judged rolled back (0: none).
     pub(crate) fork_run: u64,
 }
@@ -98,6 +101,8 @@ pub(crate) struct Reconcile {
     forks: BTreeMap<NodeId, Fork>,
     /// Each peer's current epoch, from its latest `Hello`.
     epochs: BTreeMap<NodeId, u64>,
+    /// Each peer's current run number, from the same `Hello`.
+    runs: BTreeMap<NodeId, u64>,
     /// Peers that answered this run's `Hello`.
     reconciled: BTreeSet<NodeId>,
     next_hello: Instant,
@@ -120,6 +125,7 @@ impl Reconcile {
             marks,
             forks: BTreeMap::new(),
             epochs: BTreeMap::new(),
+            runs: BTreeMap::new(),
             reconciled: BTreeSet::new(),
             next_hello: now + HELLO_RETRY,
             restored: Restored::default(),
@@ -171,8 +177,10 @@ impl Reconcile {
                 ..Fork::default()
             };
         }
-        (f.marks_epoch != epoch).then(|| {
+        let run = self.runs.get(peer).copied().unwrap_or(0);
+        (f.marks_epoch != epoch || f.marks_run != run).then(|| {
             f.marks_epoch = epoch;
+            f.marks_run = run;
             fork_record(peer, f)
         })
     }
@@ -188,10 +196,11 @@ impl Reconcile {
 }
 
 fn fork_record(peer: &str, f: &Fork) -> Record {
-    Record::PeerFork {
+    Record::PeerForkRun {
         peer: peer.to_string(),
         store: f.store,
         marks_epoch: f.marks_epoch,
+        marks_run: f.marks_run,
         fork_run: f.fork_run,
     }
 }
@@ -326,6 +335,7 @@ impl KeyManager {
         } = hello;
         let mut batch = Vec::new();
         let known = self.reconcile.epochs.insert(from.clone(), epoch);
+        self.reconcile.runs.insert(from.clone(), hello.run);
         let before = self.reconcile.marks.get(&from).map_or(0, |m| m.store);
         if before == store && known != Some(epoch) {
             batch.extend(self.judge_fork(&from, &hello));
@@ -401,10 +411,17 @@ impl KeyManager {
         if !behind || f.marks_epoch == hello.epoch || hello.run == 0 {
             return None;
         }
-        let fork = match f.fork_run {
-            0 => hello.run,
-            r => r.min(hello.run),
-        };
+        // The store was copied during the run that raised our marks or before: every later
+        // run may have applied keys after the restore, even runs that never greeted this node
+        // (chaos seed 6951: the first run after the restore met this node down, and the
+        // second one's fork alone discarded the keys the first had applied).
+        let mut fork = hello.run;
+        if f.marks_run > 0 {
+            fork = fork.min(f.marks_run + 1);
+        }
+        if f.fork_run > 0 {
+            fork = fork.min(f.fork_run);
+        }
         (fork != f.fork_run).then(|| {
             tracing::warn!(%peer, run = hello.run, "peer's store is older than what it already said (restored from a copy?)");
             f.fork_run = fork;

@@ -199,6 +199,23 @@ pub enum Record {
         /// The first forked run seen (0: none).
         fork_run: u64,
     },
+    /// [`Record::PeerFork`] with the run number of the peer's run whose messages last raised
+    /// the marks here (same entity; written from now on, and the old form restores with run 0).
+    /// A store behind those marks was copied during that run or before, so every run after it
+    /// may hold keys applied after the restore: the fork is at most that run + 1, even when the
+    /// first runs after the restore never greeted this node.
+    PeerForkRun {
+        /// The other node.
+        peer: NodeId,
+        /// Its store identity these fields are about.
+        store: u64,
+        /// As in [`Record::PeerFork`].
+        marks_epoch: u64,
+        /// The run number of the run with epoch `marks_epoch` (0: unknown).
+        marks_run: u64,
+        /// The first forked run seen (0: none).
+        fork_run: u64,
+    },
 }
 
 /// The node-disjoint paths one relay's shares travelled over: what a pool chunk records so that
@@ -277,7 +294,9 @@ impl Record {
             Record::Counter { name, .. } => ("counter", format!("{name:?}")),
             Record::Identity { .. } => ("identity", String::new()),
             Record::PeerSeen { peer, .. } => ("peer_seen", peer.clone()),
-            Record::PeerFork { peer, .. } => ("peer_fork", peer.clone()),
+            Record::PeerFork { peer, .. } | Record::PeerForkRun { peer, .. } => {
+                ("peer_fork", peer.clone())
+            }
         }
     }
 

@@ -579,3 +579,256 @@ fn store_failure_fences_the_node() {
     }
     assert!(refused);
 }
+
+/// The first `Hello` `from` sent to `to`, as on the wire.
+fn hello_on_wire(net: &Net, from: &str, to: &str) -> PeerMsg {
+    net.wire
+        .iter()
+        .find(|(f, t, m)| f == from && t == to && matches!(m, PeerMsg::Hello { .. }))
+        .map(|(_, _, m)| m.clone())
+        .expect("a Hello on the wire")
+}
+
+/// `hello` as the first `Hello` of a later run of its sender (a restart with its store intact).
+fn next_run(hello: PeerMsg) -> PeerMsg {
+    let PeerMsg::Hello {
+        store,
+        epoch,
+        link_low,
+        run,
+        tx_low,
+        ..
+    } = hello
+    else {
+        unreachable!("a Hello")
+    };
+    PeerMsg::Hello {
+        store,
+        epoch: epoch ^ 0x5a5a,
+        link_low,
+        run: run + 1,
+        next_relay: 1_000,
+        next_assign: 1_000,
+        tx_low,
+    }
+}
+
+/// A relay hop from an earlier run of its origin (still in flight when the origin restarted)
+/// is not kept: the new run may reuse its counter, and the destination would then take the
+/// new run's relay for a duplicate of it.
+#[test]
+fn a_hop_from_an_earlier_run_of_its_origin_is_not_kept() {
+    let mut net = Net::new();
+    assert!(net.kms["b"].is_reconciled("a"));
+    net.auto_deliver = false;
+    let mut hop = None;
+    for _ in 0..5 {
+        net.tick();
+        hop = net.wire.iter().find_map(|(f, t, m)| match m {
+            PeerMsg::RelayHop { path, .. } if f == "a" && t == "b" && path.len() == 2 => {
+                Some(m.clone())
+            }
+            _ => None,
+        });
+        if hop.is_some() {
+            break;
+        }
+    }
+    let hop = hop.expect("a relay a→b started");
+    let PeerMsg::RelayHop { relay, .. } = &hop else {
+        unreachable!()
+    };
+    let relay = relay.clone();
+    // a restarts (same store, a new run) before its hop arrives.
+    let hello = next_run(hello_on_wire(&net, "a", "b"));
+    net.input(
+        "b",
+        Input::Peer {
+            from: "a".into(),
+            msg: hello,
+        },
+    );
+    let stale = net.kms["b"].stats().stale_dropped;
+    let sent = net.wire.len();
+    net.input(
+        "b",
+        Input::Peer {
+            from: "a".into(),
+            msg: hop,
+        },
+    );
+    assert!(
+        !net.wire[sent..]
+            .iter()
+            .any(|(f, _, m)| f == "b" && matches!(m, PeerMsg::RelayAck { relay: r } if *r == relay)),
+        "b kept and acknowledged a relay of a's earlier run"
+    );
+    assert_eq!(net.kms["b"].stats().stale_dropped, stale + 1);
+}
+
+/// No link key is spent towards a neighbour that has not answered this run's `Hello`, neither
+/// for a relay's first hop nor to forward one: a store restored from an older copy would reuse
+/// pad bytes the neighbour already saw spent before its `Seen` arrives.
+#[test]
+fn no_link_key_is_spent_towards_a_neighbour_before_it_answers_hello() {
+    // Forwarding: c restarts and b's Hello to its new run is not answered yet.
+    let mut net = Net::new();
+    net.auto_deliver = false;
+    let hello_c = next_run(hello_on_wire(&net, "c", "b"));
+    net.input(
+        "b",
+        Input::Peer {
+            from: "c".into(),
+            msg: hello_c,
+        },
+    );
+    assert!(!net.kms["b"].is_reconciled("c"));
+    let b_to_c = net.kms["b"].link_tx_free("c");
+    let (mut delivered, mut forwarded) = (0, 0);
+    for _ in 0..5 {
+        net.tick();
+        let wire: Vec<_> = net.wire.drain(..).collect();
+        forwarded += wire
+            .iter()
+            .filter(|(f, t, m)| f == "b" && t == "c" && to_c(m))
+            .count();
+        for (from, to, msg) in wire {
+            if from == "a" && to == "b" && to_c(&msg) {
+                delivered += 1;
+                net.input("b", Input::Peer { from, msg });
+            }
+        }
+    }
+    forwarded += net
+        .wire
+        .iter()
+        .filter(|(f, t, m)| f == "b" && t == "c" && to_c(m))
+        .count();
+    assert!(delivered > 0, "no hop a→b→c reached b");
+    assert_eq!(
+        forwarded, 0,
+        "b forwarded a hop to c before c answered its Hello"
+    );
+    assert_eq!(net.kms["b"].link_tx_free("c"), b_to_c);
+
+    // First hop: b restarts and a's Hello to b's new run is not answered; c is reconciled.
+    let mut net = Net::new();
+    net.auto_deliver = false;
+    let hello_b = next_run(hello_on_wire(&net, "b", "a"));
+    net.input(
+        "a",
+        Input::Peer {
+            from: "b".into(),
+            msg: hello_b,
+        },
+    );
+    assert!(!net.kms["a"].is_reconciled("b") && net.kms["a"].is_reconciled("c"));
+    let a_to_b = net.kms["a"].link_tx_free("b");
+    let sent = net.wire.len();
+    for _ in 0..5 {
+        net.tick();
+    }
+    assert!(
+        !net.wire[sent..]
+            .iter()
+            .any(|(f, _, m)| f == "a" && matches!(m, PeerMsg::RelayHop { .. })),
+        "a started a relay over b before b answered its Hello"
+    );
+    assert_eq!(net.kms["a"].link_tx_free("b"), a_to_b);
+}
+
+/// A neighbour's `Seen` says it saw a block of our half spent: what is left of that block is
+/// never spent again (after a rollback this store may hold it as unspent though it was used).
+#[test]
+fn link_key_a_neighbour_saw_spent_is_never_spent_again() {
+    let mut net = Net::new();
+    for _ in 0..3 {
+        net.tick();
+    }
+    let free = net.kms["a"].link_tx_free("b");
+    assert!(
+        free > 0 && free < 4096,
+        "a spent part of block 0 ({free} left)"
+    );
+    let epoch = net.kms["a"].epoch();
+    net.input(
+        "a",
+        Input::Peer {
+            from: "b".into(),
+            msg: PeerMsg::Seen {
+                epoch,
+                relay_hw: 0,
+                assign_hw: 0,
+                relay_floor: 0,
+                assign_floor: 0,
+                link_rx_hw: Some(0),
+                fork_run: 0,
+            },
+        },
+    );
+    assert_eq!(
+        net.kms["a"].link_tx_free("b"),
+        0,
+        "a kept the rest of a block b saw spent"
+    );
+    assert_eq!(net.kms["a"].stats().rollbacks_detected, 0);
+}
+
+/// The same for assignments: one still in flight from an earlier run of the master's node is
+/// neither applied nor acknowledged (its counter may be reused by the new run).
+#[test]
+fn an_assignment_from_an_earlier_run_of_its_origin_is_not_applied() {
+    let mut net = Net::new();
+    for _ in 0..5 {
+        net.tick();
+    }
+    net.auto_deliver = false;
+    let sent = net.wire.len();
+    net.input(
+        "a",
+        Input::App {
+            req: 1,
+            call: AppCall::EncKeys {
+                master: "sae-a".into(),
+                slave: "sae-c".into(),
+                number: Some(1),
+                size_bits: Some(256),
+                additional_slaves: vec![],
+                route: None,
+            },
+        },
+    );
+    let assign = net.wire[sent..]
+        .iter()
+        .find(|(f, t, m)| f == "a" && t == "c" && matches!(m, PeerMsg::Assign { .. }))
+        .map(|(_, _, m)| m.clone())
+        .expect("a sent its assignment to c");
+    let hello = next_run(hello_on_wire(&net, "a", "c"));
+    net.input(
+        "c",
+        Input::Peer {
+            from: "a".into(),
+            msg: hello,
+        },
+    );
+    let sent = net.wire.len();
+    net.input(
+        "c",
+        Input::Peer {
+            from: "a".into(),
+            msg: assign,
+        },
+    );
+    assert!(
+        !net.wire[sent..]
+            .iter()
+            .any(|(f, _, m)| f == "c" && matches!(m, PeerMsg::AssignAck { .. })),
+        "c answered an assignment of a's earlier run"
+    );
+    assert!(
+        !net.written["c"]
+            .iter()
+            .any(|r| matches!(r, Record::TaggedSlaveKey { .. } | Record::SlaveKey { .. })),
+        "c applied an assignment of a's earlier run"
+    );
+}

@@ -31,11 +31,15 @@ fn main() {
             CheckRule::MinSum
         },
         warm_start: std::env::var("LDPC_WARM").map_or(d.warm_start, |v| v != "0"),
+        stall_iterations: std::env::var("LDPC_STALL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d.stall_iterations),
     };
     let threads = arg(5).map_or(1, |v| v as usize);
     let trials = arg(6).map_or(4, |v| v as u64);
     println!("n={n} {params:?} threads={threads}");
-    println!("qber   f_mean  f_max   attempts  iters/frame  failed/trials  Mb/s");
+    println!("qber   f_mean  f_max   attempts  iters/frame  work/frame  failed/trials  Mb/s");
     // LDPC_QS=0.01,0.03 limits the sweep.
     let qs: Vec<f64> = std::env::var("LDPC_QS")
         .map_or(vec![0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08], |v| {
@@ -44,6 +48,7 @@ fn main() {
     for q in qs {
         let (mut fs, mut fmax, mut att, mut fails, mut secs, mut iters, mut frames) =
             (0.0, 0.0f64, 0usize, 0, 0.0, 0u64, 0usize);
+        let mut work = 0u64;
         let mut ok = 0;
         for seed in 0..trials {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed + 100);
@@ -66,6 +71,7 @@ fn main() {
                     fmax = fmax.max(f);
                     att = att.max(st.rounds);
                     iters += st.iterations;
+                    work += st.total_iterations;
                     frames += st.frames;
                     ok += 1;
                 }
@@ -73,9 +79,10 @@ fn main() {
             }
         }
         println!(
-            "{q:<6} {:.4}  {fmax:.4}  {att:>8}  {:>11.1}  {fails}/{trials}  {:>12.1}",
+            "{q:<6} {:.4}  {fmax:.4}  {att:>8}  {:>11.1}  {:>10.1}  {fails}/{trials}  {:>12.1}",
             fs / ok.max(1) as f64,
             iters as f64 / frames.max(1) as f64,
+            work as f64 / frames.max(1) as f64,
             n as f64 * trials as f64 / secs / 1e6
         );
     }

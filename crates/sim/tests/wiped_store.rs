@@ -270,3 +270,59 @@ fn a_restored_node_fenced_before_its_detection_is_durable_keeps_keys_applied_sin
     }
     assert!(kept_total > 0, "no seed got keys after the restore");
 }
+
+/// Seed 6951 of the chaos run, made deterministic: c is restored from an older copy and its
+/// first run after the restore applies keys from a while b (which holds c's newer counters) is
+/// cut off; c then crashes and starts again, and b hears only from that second run. b reported
+/// the second run as the fork, so c discarded the keys its first run had applied, which sae-a
+/// held ("not found" for sae-c). b now bounds the fork by the run after the one that raised its
+/// marks (`Record::PeerForkRun`), so those keys stay fetchable.
+#[test]
+fn a_restored_node_whose_first_run_missed_a_peer_keeps_keys_that_run_applied() {
+    let mut kept_total = 0;
+    for seed in seeds(1, 5) {
+        let mut sim = line(seed);
+        traffic(&mut sim, 3);
+        let copy = sim.backup("c");
+        for _ in 0..4 {
+            exchange(&mut sim, C, B, 4096);
+        }
+        sim.restore_copy("c", &copy);
+        sim.partition(&["b"]);
+        sim.run_for(Duration::from_millis(200));
+        sim.restart("c");
+        sim.run_for(Duration::from_secs(2));
+        let since = enc(&mut sim, A, "sae-c", 2);
+        if since.is_empty() {
+            continue; // refused (allowed); nothing to check on this seed
+        }
+        sim.run_for(Duration::from_millis(200));
+        sim.crash("c");
+        sim.run_for(Duration::from_millis(200));
+        sim.restart("c");
+        sim.run_for(Duration::from_millis(500));
+        sim.heal();
+        sim.run_for(Duration::from_secs(3));
+        let s = sim.node("c").expect("running").stats();
+        assert!(
+            s.rollbacks_detected >= 1,
+            "seed {seed}: c did not detect the rollback after the heal: {s:?}"
+        );
+        let req = sim.call(
+            "c",
+            AppCall::DecKeys {
+                slave: "sae-c".into(),
+                master: "sae-a".into(),
+                key_ids: since.clone(),
+            },
+        );
+        let got = sim.run_until_answered(req, Duration::from_secs(5));
+        assert!(
+            matches!(got.as_ref().map(|a| &a.reply), Some(Ok(AppReply::Keys(_)))),
+            "seed {seed}: keys applied by the first run after the restore were discarded: {:?}",
+            got.map(|a| a.reply)
+        );
+        kept_total += since.len();
+    }
+    assert!(kept_total > 0, "no seed got keys after the restore");
+}

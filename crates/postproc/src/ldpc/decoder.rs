@@ -2,10 +2,14 @@
 //! sum-product rule as box-plus sums with a piecewise-linear correction ([`CheckRule`]).
 //!
 //! Messages are stored per base edge as `z` consecutive `i16` lanes (check q of the layer in
-//! lane q), so every step of a layer is a loop over contiguous lanes: the circulant shift
-//! only splits each variable block into two contiguous runs. The loops are written so the
-//! compiler vectorizes them; [`crate::ldpc_simd_unsafe`] compiles the same code for AVX2 and
-//! AVX-512BW and picks one at run time. No allocation happens after [`Decoder::new`].
+//! lane q). Min-sum runs a layer in groups of 32 checks (one AVX-512 register) over a padded
+//! copy of the a-posteriori LLRs, each variable block followed by a copy of its first 32
+//! values, so the rotated run a group reads or writes is always contiguous; sum-product
+//! copies each rotated block into a scratch row first. Either way the arithmetic runs on whole
+//! aligned runs with no scalar tails, and gives the same integers as the plain scalar
+//! definition (`ldpc::tests::kernels_equal_the_scalar_layered_reference`). The loops are
+//! written so the compiler vectorizes them; [`crate::ldpc_simd_unsafe`] compiles the same code
+//! for AVX2 and AVX-512BW and picks one at run time. Buffers are reused between frames.
 
 use super::code::QcCode;
 
@@ -25,6 +29,8 @@ pub(crate) struct Decoder {
     /// than its best so far (0: always run to `max_iter`). Meant for attempts that can be
     /// resumed ([`Decoder::resume`]): a stalled decode rarely recovers by iterating alone.
     pub stall: usize,
+    /// Iterations the last [`Decoder::decode`] or [`Decoder::resume`] ran, successful or not.
+    pub spent: usize,
     pub app: Vec<i16>,
     msgs: Vec<i16>,
     tmp: Vec<i16>,
@@ -50,6 +56,8 @@ pub(crate) struct Bufs<'a> {
     pub synd: &'a [i16],
     /// [`Decoder::stall`].
     pub stall: usize,
+    /// Set to the iterations run, whether or not the decode succeeds.
+    pub spent: &'a mut usize,
 }
 
 impl Decoder {
@@ -138,7 +146,9 @@ impl Decoder {
             sgn: &mut self.sgn,
             synd: &self.synd,
             stall: self.stall,
+            spent: &mut self.spent,
         };
+        *b.spent = 0;
         crate::ldpc_simd_unsafe::decode(simd, code, b, max_iter, rule)
     }
 
@@ -194,6 +204,7 @@ fn min_sum_impl(code: &QcCode, b: Bufs<'_>, max_iter: usize) -> Option<usize> {
         papp,
         synd,
         stall,
+        spent,
         ..
     } = b;
     let sz = z + L;
@@ -202,7 +213,7 @@ fn min_sum_impl(code: &QcCode, b: Bufs<'_>, max_iter: usize) -> Option<usize> {
         p[..z].copy_from_slice(a);
         p[z..].copy_from_slice(&a[..L]);
     }
-    let result = min_sum_layers(code, msgs, tmp, papp, synd, stall, max_iter);
+    let result = min_sum_layers(code, msgs, tmp, papp, synd, (stall, spent), max_iter);
     for (a, p) in app.chunks_exact_mut(z).zip(papp.chunks_exact(sz)) {
         a.copy_from_slice(&p[..z]);
     }
@@ -217,7 +228,7 @@ fn min_sum_layers(
     tmp: &mut [i16],
     papp: &mut [i16],
     synd: &[i16],
-    stall: usize,
+    (stall, spent): (usize, &mut usize),
     max_iter: usize,
 ) -> Option<usize> {
     let z = code.z;
@@ -229,6 +240,7 @@ fn min_sum_layers(
     }
     let mut progress = Progress::new(stall);
     for it in 1..=max_iter {
+        *spent = it;
         for r in 0..code.mb {
             let (e0, e1) = (code.row_start[r], code.row_start[r + 1]);
             // Lane group by lane group: a row's checks touch disjoint variables (one
@@ -351,6 +363,7 @@ fn box_plus_impl(code: &QcCode, b: Bufs<'_>, max_iter: usize) -> Option<usize> {
         sgn,
         synd,
         stall,
+        spent,
         ..
     } = b;
     if checks_hold(code, app, synd, sgn, rot) {
@@ -358,6 +371,7 @@ fn box_plus_impl(code: &QcCode, b: Bufs<'_>, max_iter: usize) -> Option<usize> {
     }
     let mut progress = Progress::new(stall);
     for it in 1..=max_iter {
+        *spent = it;
         for r in 0..code.mb {
             let (e0, e1) = (code.row_start[r], code.row_start[r + 1]);
             let dc = e1 - e0;

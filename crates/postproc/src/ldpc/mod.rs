@@ -74,6 +74,9 @@ pub struct LdpcParams {
     /// unsatisfied checks has not fallen for [`STALL_ITERATIONS`] iterations: the reveal that
     /// follows adds information, which iterating alone does not.
     pub warm_start: bool,
+    /// With `warm_start`: iterations without fewer unsatisfied checks after which an attempt
+    /// that can still be resumed stops (Bob's choice only; default [`STALL_ITERATIONS`]).
+    pub stall_iterations: usize,
 }
 
 impl Default for LdpcParams {
@@ -86,6 +89,7 @@ impl Default for LdpcParams {
             max_iterations: 60,
             check_rule: CheckRule::MinSum,
             warm_start: true,
+            stall_iterations: STALL_ITERATIONS,
         }
     }
 }
@@ -184,6 +188,7 @@ pub struct Plan {
     max_iterations: usize,
     check_rule: CheckRule,
     warm_start: bool,
+    stall_iterations: usize,
 }
 
 impl Plan {
@@ -256,6 +261,7 @@ impl Plan {
             max_iterations: params.max_iterations,
             check_rule: params.check_rule,
             warm_start: params.warm_start,
+            stall_iterations: params.stall_iterations,
         })
     }
 
@@ -290,6 +296,20 @@ impl Plan {
         }
     }
 
+    /// Channel LLR, before any reveal, of the `k`-th symbol revealed in `f` (see
+    /// [`Plan::reveal_var`]): 0 for a punctured symbol, ±`llr` from Bob's key bit otherwise.
+    fn reveal_channel_llr(&self, f: &FramePlan, key: &BitVec, k: usize) -> i16 {
+        if k < f.punctured {
+            return 0;
+        }
+        let j = self.code.n() - 1 - (k - f.punctured) - (f.punctured + f.shortened);
+        if key.get(f.offset + j) {
+            -self.llr
+        } else {
+            self.llr
+        }
+    }
+
     /// Whether check `c` is the survivor of a symbol punctured in `f` (its bit is not sent).
     fn survivor_skipped(&self, f: &FramePlan) -> Vec<bool> {
         let mut skip = vec![false; self.code.m()];
@@ -315,6 +335,9 @@ pub struct LdpcStats {
     pub corrected: usize,
     /// Belief-propagation iterations summed over successful decodes.
     pub iterations: u64,
+    /// Belief-propagation iterations over every attempt of every frame, failed attempts
+    /// included (the decoder's whole work).
+    pub total_iterations: u64,
 }
 
 /// Alice's end: computes syndromes and answers reveal requests.
@@ -442,6 +465,8 @@ pub struct LdpcBob {
     leaked: u64,
     attempts: usize,
     simd: Simd,
+    /// Iterations over every attempt, failed ones included.
+    spent: u64,
 }
 
 impl std::fmt::Debug for LdpcBob {
@@ -497,6 +522,7 @@ impl LdpcBob {
             leaked: want as u64,
             attempts: 0,
             simd: Simd::Auto,
+            spent: 0,
         })
     }
 
@@ -521,7 +547,7 @@ impl LdpcBob {
         let frames = &self.frames;
         // The last attempt runs every iteration: nothing is revealed after it.
         let stall_after = if plan.warm_start && self.attempts <= plan.rounds {
-            STALL_ITERATIONS
+            plan.stall_iterations
         } else {
             0
         };
@@ -530,7 +556,7 @@ impl LdpcBob {
             let rest = jobs.split_off(chunk.min(jobs.len()));
             per_thread.push(std::mem::replace(&mut jobs, rest));
         }
-        let results: Vec<(usize, Outcome)> = std::thread::scope(|sc| {
+        let results: Vec<(usize, Outcome, usize)> = std::thread::scope(|sc| {
             let handles: Vec<_> = per_thread
                 .into_iter()
                 .map(|jobs| {
@@ -543,7 +569,7 @@ impl LdpcBob {
                                 let r = decode_frame(
                                     plan, key, &frames[i], state, i, &mut dec, &mut llr, simd,
                                 );
-                                (i, r)
+                                (i, r, dec.spent)
                             })
                             .collect::<Vec<_>>()
                     })
@@ -555,7 +581,8 @@ impl LdpcBob {
                 .collect()
         });
         let mut failed = Vec::new();
-        for (i, r) in results {
+        for (i, r, spent) in results {
+            self.spent += spent as u64;
             match r {
                 Outcome::Decoded(bits, it) => {
                     self.frames[i].decoded = Some(bits);
@@ -655,6 +682,7 @@ impl LdpcBob {
                 failed_frames: 0,
                 corrected,
                 iterations,
+                total_iterations: self.spent,
             },
         ))
     }
@@ -724,6 +752,21 @@ fn attempt(
 ) -> Option<usize> {
     let f = &plan.frames[i];
     let code = &plan.code;
+    let known_llr = |b: bool| if b { -LLR_KNOWN } else { LLR_KNOWN };
+    if let Some((saved, applied)) = state {
+        // The new reveals move each symbol's LLR from its channel value to ±LLR_KNOWN; only
+        // their channel values are needed, not the whole frame's.
+        let delta: Vec<(u32, i16)> = fr.known[applied..]
+            .iter()
+            .enumerate()
+            .map(|(j, &(v, b))| {
+                let channel = plan.reveal_channel_llr(f, key, applied + j);
+                (v, known_llr(b).saturating_sub(channel))
+            })
+            .collect();
+        dec.restore(saved, &delta);
+        return dec.resume(code, &fr.synd, plan.max_iterations, simd, plan.check_rule);
+    }
     let n = code.n();
     llr.clear();
     llr.resize(n, 0);
@@ -738,16 +781,6 @@ fn attempt(
         } else {
             plan.llr
         };
-    }
-    let known_llr = |b: bool| if b { -LLR_KNOWN } else { LLR_KNOWN };
-    if let Some((saved, applied)) = state {
-        // The new reveals move each symbol's LLR from its channel value to ±LLR_KNOWN.
-        let delta: Vec<(u32, i16)> = fr.known[applied..]
-            .iter()
-            .map(|&(v, b)| (v, known_llr(b).saturating_sub(llr[v as usize])))
-            .collect();
-        dec.restore(saved, &delta);
-        return dec.resume(code, &fr.synd, plan.max_iterations, simd, plan.check_rule);
     }
     for &(v, b) in &fr.known {
         llr[v as usize] = known_llr(b);
