@@ -296,6 +296,20 @@ impl Plan {
         }
     }
 
+    /// Channel LLR, before any reveal, of the `k`-th symbol revealed in `f` (see
+    /// [`Plan::reveal_var`]): 0 for a punctured symbol, ±`llr` from Bob's key bit otherwise.
+    fn reveal_channel_llr(&self, f: &FramePlan, key: &BitVec, k: usize) -> i16 {
+        if k < f.punctured {
+            return 0;
+        }
+        let j = self.code.n() - 1 - (k - f.punctured) - (f.punctured + f.shortened);
+        if key.get(f.offset + j) {
+            -self.llr
+        } else {
+            self.llr
+        }
+    }
+
     /// Whether check `c` is the survivor of a symbol punctured in `f` (its bit is not sent).
     fn survivor_skipped(&self, f: &FramePlan) -> Vec<bool> {
         let mut skip = vec![false; self.code.m()];
@@ -738,6 +752,21 @@ fn attempt(
 ) -> Option<usize> {
     let f = &plan.frames[i];
     let code = &plan.code;
+    let known_llr = |b: bool| if b { -LLR_KNOWN } else { LLR_KNOWN };
+    if let Some((saved, applied)) = state {
+        // The new reveals move each symbol's LLR from its channel value to ±LLR_KNOWN; only
+        // their channel values are needed, not the whole frame's.
+        let delta: Vec<(u32, i16)> = fr.known[applied..]
+            .iter()
+            .enumerate()
+            .map(|(j, &(v, b))| {
+                let channel = plan.reveal_channel_llr(f, key, applied + j);
+                (v, known_llr(b).saturating_sub(channel))
+            })
+            .collect();
+        dec.restore(saved, &delta);
+        return dec.resume(code, &fr.synd, plan.max_iterations, simd, plan.check_rule);
+    }
     let n = code.n();
     llr.clear();
     llr.resize(n, 0);
@@ -752,16 +781,6 @@ fn attempt(
         } else {
             plan.llr
         };
-    }
-    let known_llr = |b: bool| if b { -LLR_KNOWN } else { LLR_KNOWN };
-    if let Some((saved, applied)) = state {
-        // The new reveals move each symbol's LLR from its channel value to ±LLR_KNOWN.
-        let delta: Vec<(u32, i16)> = fr.known[applied..]
-            .iter()
-            .map(|&(v, b)| (v, known_llr(b).saturating_sub(llr[v as usize])))
-            .collect();
-        dec.restore(saved, &delta);
-        return dec.resume(code, &fr.synd, plan.max_iterations, simd, plan.check_rule);
     }
     for &(v, b) in &fr.known {
         llr[v as usize] = known_llr(b);

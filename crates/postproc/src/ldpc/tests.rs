@@ -747,3 +747,34 @@ fn kernels_equal_the_scalar_layered_reference() {
         }
     }
 }
+
+#[test]
+fn revealed_symbols_channel_llrs_match_the_frame_set_up() {
+    // A warm-started attempt takes each new reveal's channel LLR from its reveal index instead
+    // of building the whole frame's channel LLRs: both must agree for every reveal.
+    let q = 0.03;
+    let (_, b) = pair(200_000, q, 3);
+    let plan = Plan::new(b.len(), q, &LdpcParams::default()).unwrap();
+    let n = plan.code.n();
+    for f in &plan.frames {
+        let mut llr = vec![0i16; n];
+        let order = &plan.code.order;
+        let start = f.punctured + f.shortened;
+        for &v in &order[f.punctured..start] {
+            llr[v as usize] = LLR_KNOWN;
+        }
+        for (j, &v) in order[start..].iter().enumerate() {
+            llr[v as usize] = if b.get(f.offset + j) {
+                -plan.llr
+            } else {
+                plan.llr
+            };
+        }
+        let mut k = 0;
+        while let Some(v) = plan.reveal_var(f, k) {
+            assert_eq!(plan.reveal_channel_llr(f, &b, k), llr[v], "reveal {k}");
+            k += 1;
+        }
+        assert_eq!(k, f.punctured + f.key);
+    }
+}
