@@ -153,6 +153,11 @@ pub struct StudyReport {
     pub availability: f64,
     /// Requests made in all.
     pub requests: u64,
+    /// Share of the requests made while both end nodes were up that were served: what paths
+    /// through the rest of the network decide (a request at a down node fails on any path).
+    pub availability_ends_up: f64,
+    /// Requests made while both end nodes were up.
+    pub requests_ends_up: u64,
     /// Requests refused for lack of key (ETSI 014 503), node down included.
     pub refused_unavailable: u64,
     /// Requests refused as bad or unauthorised (400/401): a demand model error if not 0.
@@ -322,27 +327,31 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
 
     let mut tally = vec![(0u64, 0u64, 0u64); pairs.len()];
     let (mut unavailable, mut other) = (0u64, 0u64);
-    // Request → (pair, counted: made after the warm-up).
-    let mut open: BTreeMap<u64, (usize, bool)> = BTreeMap::new();
-    let mut settle =
-        |sim: &mut Sim, open: &mut BTreeMap<u64, (usize, bool)>, tally: &mut [(u64, u64, u64)]| {
-            open.retain(|req, (pair, counted)| match sim.answer(*req) {
-                None => true,
-                Some(_) if !*counted => false,
-                Some(a) => {
-                    match a.reply {
-                        Ok(AppReply::Keys(keys)) => {
-                            tally[*pair].1 += 1;
-                            tally[*pair].2 += keys.len() as u64 * u64::from(opt.key_bits);
-                        }
-                        Ok(AppReply::Status(_)) => other += 1,
-                        Err(Refusal::Unavailable(_)) => unavailable += 1,
-                        Err(_) => other += 1,
+    // Requests made while both end nodes were up, and of those served.
+    let (mut ends_up, mut ends_up_served) = (0u64, 0u64);
+    // Request → (pair, counted: made after the warm-up, both end nodes up when made).
+    let mut open: BTreeMap<u64, (usize, bool, bool)> = BTreeMap::new();
+    let mut settle = |sim: &mut Sim,
+                      open: &mut BTreeMap<u64, (usize, bool, bool)>,
+                      tally: &mut [(u64, u64, u64)]| {
+        open.retain(|req, (pair, counted, up)| match sim.answer(*req) {
+            None => true,
+            Some(_) if !*counted => false,
+            Some(a) => {
+                match a.reply {
+                    Ok(AppReply::Keys(keys)) => {
+                        ends_up_served += u64::from(*up);
+                        tally[*pair].1 += 1;
+                        tally[*pair].2 += keys.len() as u64 * u64::from(opt.key_bits);
                     }
-                    false
+                    Ok(AppReply::Status(_)) => other += 1,
+                    Err(Refusal::Unavailable(_)) => unavailable += 1,
+                    Err(_) => other += 1,
                 }
-            });
-        };
+                false
+            }
+        });
+    };
     let mut warm_stats = (0u64, 0u64, 0u64);
     let mut warm_pools = 0u64;
     let mut warmed = warm.is_zero();
@@ -357,7 +366,8 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
         match h {
             Happening::Request => {
                 let i = rng.gen_range(0..pairs.len());
-                let (master, slave, node, _) = &pairs[i];
+                let (master, slave, node, slave_node) = &pairs[i];
+                let up = sim.is_up(node) && sim.is_up(slave_node);
                 let req = sim.call(
                     node,
                     AppCall::EncKeys {
@@ -371,8 +381,9 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
                 );
                 if warmed {
                     tally[i].0 += 1;
+                    ends_up += u64::from(up);
                 }
-                open.insert(req, (i, warmed));
+                open.insert(req, (i, warmed, up));
             }
             Happening::Warm => {
                 warmed = true;
@@ -496,6 +507,8 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
             .collect(),
         availability: fraction(served, requests),
         requests,
+        availability_ends_up: fraction(ends_up_served, ends_up),
+        requests_ends_up: ends_up,
         refused_unavailable: unavailable,
         refused_other: other,
         unanswered,

@@ -68,6 +68,17 @@ fn failing_nodes_cost_availability() {
         stormy.availability,
         calm.availability
     );
+    // Requests at a down end node are set apart: fewer requests had both ends up, and those
+    // were served at least as well as all requests.
+    assert_eq!(calm.requests_ends_up, calm.requests);
+    assert_eq!(calm.availability_ends_up, calm.availability);
+    assert!(
+        stormy.requests_ends_up < stormy.requests,
+        "{} of {} requests had both ends up in a storm",
+        stormy.requests_ends_up,
+        stormy.requests
+    );
+    assert!(stormy.availability_ends_up > stormy.availability);
 }
 
 #[test]

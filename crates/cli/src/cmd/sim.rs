@@ -152,6 +152,11 @@ fn text(topo: &Topology, r: &StudyReport, secs: f64) -> String {
         r.node_failures
     );
     println!(
+        "availability with both end nodes up {:.2} % ({} requests)",
+        100.0 * r.availability_ends_up,
+        r.requests_ends_up
+    );
+    println!(
         "key delivered {} bits; link key spent {} bits ({:.2} per delivered bit)",
         r.delivered_bits, r.link_key_spent_bits, r.key_spent_per_delivered_bit
     );
