@@ -38,6 +38,19 @@ fn plan_prints_json_and_writes_the_topology() {
         .unwrap());
     let w: serde_json::Value = serde_json::from_str(&again).unwrap();
     assert_eq!(v["delivered_bps"], w["delivered_bps"]);
+    // The map: every node and link drawn.
+    let map = tmp.path().join("map.svg");
+    ok(kagi()
+        .args(["plan", "--svg"])
+        .arg(&map)
+        .arg("--topology")
+        .arg(&file)
+        .output()
+        .unwrap());
+    let svg = std::fs::read_to_string(&map).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<circle ").count(), 30);
+    assert_eq!(svg.matches("<line ").count(), topo.links.len());
 }
 
 #[test]

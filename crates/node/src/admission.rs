@@ -70,16 +70,20 @@ pub enum Refused {
     Full,
     /// This identity already holds its share of authenticated slots.
     IdentityFull,
+    /// The certificate names a node but lacks the node role (an SAE or management certificate
+    /// on the peer port).
+    NotANode,
 }
 
 impl Refused {
-    const ALL: [Refused; 6] = [
+    const ALL: [Refused; 7] = [
         Refused::Evicted,
         Refused::HandshakeTimeout,
         Refused::HandshakeFailed,
         Refused::UnknownIdentity,
         Refused::Full,
         Refused::IdentityFull,
+        Refused::NotANode,
     ];
 
     /// Stable name, used in logs and metrics labels.
@@ -91,6 +95,7 @@ impl Refused {
             Refused::UnknownIdentity => "unknown_identity",
             Refused::Full => "full",
             Refused::IdentityFull => "identity_full",
+            Refused::NotANode => "not_a_node",
         }
     }
 
@@ -104,7 +109,7 @@ impl Refused {
 pub struct AdmissionStats {
     accepted: AtomicU64,
     authenticated: AtomicU64,
-    refused: [AtomicU64; 6],
+    refused: [AtomicU64; 7],
 }
 
 impl AdmissionStats {
@@ -153,7 +158,7 @@ struct Inner {
     authenticated: Mutex<HashMap<String, usize>>,
     total_authenticated: AtomicU64,
     stats: AdmissionStats,
-    log: Mutex<[LogGate; 6]>,
+    log: Mutex<[LogGate; 7]>,
 }
 
 impl Admission {
@@ -174,7 +179,7 @@ impl Admission {
                 authenticated: Mutex::new(HashMap::new()),
                 total_authenticated: AtomicU64::new(0),
                 stats: AdmissionStats::default(),
-                log: Mutex::new([gate(), gate(), gate(), gate(), gate(), gate()]),
+                log: Mutex::new(std::array::from_fn(|_| gate())),
             }),
         }
     }

@@ -267,6 +267,12 @@ pub async fn accept_loop(
                 admission.refuse(Refused::UnknownIdentity, &from);
                 return;
             }
+            // The role comes from the certificate's extended key usage, not its CN: an SAE
+            // certificate named like a node is not that node.
+            if !tls::has_node_role(tls.get_ref().1.peer_certificates()) {
+                admission.refuse(Refused::NotANode, &from);
+                return;
+            }
             let Ok(_slot) = admission.admit(&from) else {
                 return;
             };

@@ -178,6 +178,23 @@ pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
     common_name(ee)
 }
 
+/// Whether the end-entity certificate of a peer's chain carries the node role: extended key
+/// usage for TLS servers as well as clients, as `kagi pki` issues node certificates. SAE and
+/// management certificates are client-only, so one is refused on the peer port whatever its
+/// CN (the CN alone would let an SAE certificate named like a node speak as that node).
+pub fn has_node_role(certs: Option<&[CertificateDer<'_>]>) -> bool {
+    let Some(ee) = certs.and_then(|c| c.first()) else {
+        return false;
+    };
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(ee.as_ref()) else {
+        return false;
+    };
+    matches!(
+        parsed.extended_key_usage(),
+        Ok(Some(eku)) if eku.value.server_auth && eku.value.client_auth
+    )
+}
+
 /// The subject CN of a DER certificate.
 pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;

@@ -12,6 +12,7 @@ pub mod link_sim;
 pub mod links;
 pub mod mpc;
 pub mod net;
+pub mod netmap;
 pub mod node;
 pub mod pki;
 pub mod plan;

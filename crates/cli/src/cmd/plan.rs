@@ -59,6 +59,9 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Also draw the network map (links by key rate and load) into this SVG file.
+    #[arg(long)]
+    svg: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -122,18 +125,39 @@ pub fn run(a: Args) -> Result<()> {
     spin.finish_and_clear();
     let report = report?;
     let secs = start.elapsed().as_secs_f64();
+    if let Some(path) = &a.svg {
+        let links: Vec<super::netmap::MapLink> = report
+            .link_loads
+            .iter()
+            .map(|l| super::netmap::MapLink {
+                a: l.a.clone(),
+                b: l.b.clone(),
+                rate_bps: l.rate_bps,
+                load: Some(l.utilisation),
+            })
+            .collect();
+        let title = format!(
+            "{}: kagi plan, {} path(s), {} delivered",
+            topo.name,
+            report.paths,
+            bps(report.delivered_bps)
+        );
+        std::fs::write(path, super::netmap::svg(&title, &topo, &links))
+            .with_context(|| format!("write {}", path.display()))?;
+    }
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         v["topology"] = serde_json::json!(topo.name);
         v["seconds"] = serde_json::json!(secs);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print_text(&topo, &report, secs);
+        super::sim::emit(&print_text(&topo, &report, secs))?;
     }
     Ok(())
 }
 
-fn bps(x: f64) -> String {
+/// A bit rate with its unit (`1.20 kb/s`).
+pub(crate) fn bps(x: f64) -> String {
     match x {
         x if x >= 1e6 => format!("{:.2} Mb/s", x / 1e6),
         x if x >= 1e3 => format!("{:.2} kb/s", x / 1e3),
@@ -142,25 +166,31 @@ fn bps(x: f64) -> String {
     }
 }
 
-fn print_text(topo: &Topology, r: &PlanReport, secs: f64) {
-    println!(
+fn print_text(topo: &Topology, r: &PlanReport, secs: f64) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{}: {} nodes, {} links, {} SAEs, {} node pairs with demand (planned in {secs:.2} s)",
         topo.name, r.nodes, r.links, r.saes, r.pairs
     );
-    println!(
+    let _ = writeln!(
+        out,
         "policy: {} path(s), threshold {}, cost {:?}, split {:?}",
         r.paths, r.threshold, r.cost, r.split
     );
     if r.unreachable_pairs > 0 {
-        println!("  {} pair(s) have no path at all", r.unreachable_pairs);
+        let _ = writeln!(out, "  {} pair(s) have no path at all", r.unreachable_pairs);
     }
     if r.fewer_paths_pairs > 0 {
-        println!(
+        let _ = writeln!(
+        out,
             "  {} pair(s) have fewer than {} node-disjoint paths ({} below the threshold: losing one path stops them)",
             r.fewer_paths_pairs, r.paths, r.below_threshold_pairs
         );
     }
-    println!(
+    let _ = writeln!(
+        out,
         "delivered: {} in all; per node pair min {} / p10 {} / median {} / max {}",
         bps(r.delivered_bps),
         bps(r.pair_bps.min),
@@ -168,18 +198,21 @@ fn print_text(topo: &Topology, r: &PlanReport, secs: f64) {
         bps(r.pair_bps.median),
         bps(r.pair_bps.max)
     );
-    println!(
+    let _ = writeln!(
+        out,
         "per SAE pair and direction: min {} / median {} / max {}",
         bps(r.sae_pair_bps.min),
         bps(r.sae_pair_bps.median),
         bps(r.sae_pair_bps.max)
     );
-    println!(
+    let _ = writeln!(
+        out,
         "link key spent per delivered key bit: {:.2}",
         r.link_key_per_delivered_bit
     );
     if let Some(f) = &r.farthest {
-        println!(
+        let _ = writeln!(
+            out,
             "farthest pair {} ↔ {} ({} hops): {} (limited by {})",
             f.a,
             f.b,
@@ -190,9 +223,10 @@ fn print_text(topo: &Topology, r: &PlanReport, secs: f64) {
     }
     let mut busiest: Vec<_> = r.link_loads.iter().collect();
     busiest.sort_by(|x, y| y.utilisation.total_cmp(&x.utilisation));
-    println!("busiest links:");
+    let _ = writeln!(out, "busiest links:");
     for l in busiest.iter().take(5) {
-        println!(
+        let _ = writeln!(
+            out,
             "  {:<28} {:>12} of {:>12}  ({:.0} %)",
             format!("{}-{}", l.a, l.b),
             bps(l.used_bps),
@@ -200,7 +234,8 @@ fn print_text(topo: &Topology, r: &PlanReport, secs: f64) {
             100.0 * l.utilisation
         );
     }
-    println!(
+    let _ = writeln!(
+        out,
         "min-cut bound over {} sampled pair(s): median {:.2}× the policy's own rate (what \
          network coding or split routing could give one pair alone)",
         r.cut_samples.len(),
@@ -208,9 +243,10 @@ fn print_text(topo: &Topology, r: &PlanReport, secs: f64) {
     );
     let mut low: Vec<_> = r.pair_rates.iter().collect();
     low.sort_by(|x, y| x.delivered_bps.total_cmp(&y.delivered_bps));
-    println!("lowest pairs:");
+    let _ = writeln!(out, "lowest pairs:");
     for p in low.iter().take(5) {
-        println!(
+        let _ = writeln!(
+            out,
             "  {:<28} {:>12}  {} path(s), {} hops, limited by {}",
             format!("{} ↔ {}", p.a, p.b),
             bps(p.delivered_bps),
@@ -219,4 +255,5 @@ fn print_text(topo: &Topology, r: &PlanReport, secs: f64) {
             p.limited_by
         );
     }
+    out
 }

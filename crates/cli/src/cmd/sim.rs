@@ -8,6 +8,8 @@ use anyhow::{Context, Result};
 use kagi_control::Topology;
 use kagi_sim::study::{study, StudyOptions, StudyReport};
 
+use super::netmap::MapLink;
+
 /// Arguments of `kagi sim`.
 #[derive(clap::Args, Debug)]
 #[command(
@@ -68,6 +70,9 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Also draw the network map (links by modelled key rate) into this SVG file.
+    #[arg(long)]
+    svg: Option<PathBuf>,
 }
 
 /// Runs the subcommand.
@@ -107,6 +112,27 @@ pub fn run(a: Args) -> Result<()> {
     spin.finish_and_clear();
     let report = report?;
     let secs = start.elapsed().as_secs_f64();
+    if let Some(path) = &a.svg {
+        let links: Vec<MapLink> = report
+            .links
+            .iter()
+            .map(|l| MapLink {
+                a: l.a.clone(),
+                b: l.b.clone(),
+                rate_bps: l.rate_bps,
+                load: None,
+            })
+            .collect();
+        let title = format!(
+            "{}: kagi sim, {} h, {:.1} % of requests served",
+            topo.name,
+            a.hours,
+            100.0 * report.pairs.iter().map(|p| p.served).sum::<u64>() as f64
+                / report.requests.max(1) as f64
+        );
+        std::fs::write(path, super::netmap::svg(&title, &topo, &links))
+            .with_context(|| format!("write {}", path.display()))?;
+    }
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         v["topology"] = serde_json::json!(topo.name);
@@ -118,7 +144,7 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 /// Writes the report; a reader that went away (`| head`) is not an error.
-fn emit(s: &str) -> Result<()> {
+pub(crate) fn emit(s: &str) -> Result<()> {
     use std::io::Write;
     match std::io::stdout().lock().write_all(s.as_bytes()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
