@@ -213,6 +213,44 @@ fn enc(sim: &mut Sim, (mnode, master): (&str, &str), slave: &str, n: u64) -> Vec
     }
 }
 
+/// c restored from an older copy while b, which holds c's newer counters, is cut off; c restarts
+/// and applies new keys from a (whose marks of c prove nothing). Returns the run and the IDs of
+/// those keys, or `None` when a refused them (allowed).
+fn restored_behind_b(seed: u64) -> Option<(Sim, Vec<Uuid>)> {
+    let mut sim = line(seed);
+    traffic(&mut sim, 3);
+    // c's counters, as b sees them, move on after the copy; a sees none of them.
+    let copy = sim.backup("c");
+    for _ in 0..4 {
+        exchange(&mut sim, C, B, 4096);
+    }
+    sim.restore_copy("c", &copy);
+    sim.partition(&["b"]);
+    sim.run_for(Duration::from_millis(200));
+    sim.restart("c");
+    sim.run_for(Duration::from_secs(2));
+    let since = enc(&mut sim, A, "sae-c", 2);
+    (!since.is_empty()).then_some((sim, since))
+}
+
+/// The slave side of keys sae-a holds must still be served to sae-c by c.
+fn assert_fetchable_by_sae_c(sim: &mut Sim, ids: &[Uuid], what: &str, seed: u64) {
+    let req = sim.call(
+        "c",
+        AppCall::DecKeys {
+            slave: "sae-c".into(),
+            master: "sae-a".into(),
+            key_ids: ids.to_vec(),
+        },
+    );
+    let got = sim.run_until_answered(req, Duration::from_secs(5));
+    assert!(
+        matches!(got.as_ref().map(|a| &a.reply), Some(Ok(AppReply::Keys(_)))),
+        "seed {seed}: {what}: {:?}",
+        got.map(|a| a.reply)
+    );
+}
+
 /// Seed 6642 of the chaos run, made deterministic: c is restored from an older copy while b
 /// (which holds c's newer counters) is cut off, applies new keys from a (whose marks of c prove
 /// nothing), then hears from b, detects the rollback, and the write of its new identity fails.
@@ -222,22 +260,9 @@ fn enc(sim: &mut Sim, (mnode, master): (&str, &str), slave: &str, n: u64) -> Vec
 fn a_restored_node_fenced_before_its_detection_is_durable_keeps_keys_applied_since() {
     let mut kept_total = 0;
     for seed in seeds(1, 5) {
-        let mut sim = line(seed);
-        traffic(&mut sim, 3);
-        // c's counters, as b sees them, move on after the copy; a sees none of them.
-        let copy = sim.backup("c");
-        for _ in 0..4 {
-            exchange(&mut sim, C, B, 4096);
-        }
-        sim.restore_copy("c", &copy);
-        sim.partition(&["b"]);
-        sim.run_for(Duration::from_millis(200));
-        sim.restart("c");
-        sim.run_for(Duration::from_secs(2));
-        let since = enc(&mut sim, A, "sae-c", 2);
-        if since.is_empty() {
+        let Some((mut sim, since)) = restored_behind_b(seed) else {
             continue; // refused (allowed); nothing to check on this seed
-        }
+        };
         sim.fail_write_when("c", |r| {
             matches!(r, kagi_km::record::Record::Identity { .. })
         });
@@ -252,19 +277,11 @@ fn a_restored_node_fenced_before_its_detection_is_durable_keeps_keys_applied_sin
             sim.counts.fence_restarts >= 1,
             "seed {seed}: the identity write did not fail"
         );
-        let req = sim.call(
-            "c",
-            AppCall::DecKeys {
-                slave: "sae-c".into(),
-                master: "sae-a".into(),
-                key_ids: since.clone(),
-            },
-        );
-        let got = sim.run_until_answered(req, Duration::from_secs(5));
-        assert!(
-            matches!(got.as_ref().map(|a| &a.reply), Some(Ok(AppReply::Keys(_)))),
-            "seed {seed}: keys applied after the restore were discarded: {:?}",
-            got.map(|a| a.reply)
+        assert_fetchable_by_sae_c(
+            &mut sim,
+            &since,
+            "keys applied after the restore were discarded",
+            seed,
         );
         kept_total += since.len();
     }
@@ -281,21 +298,9 @@ fn a_restored_node_fenced_before_its_detection_is_durable_keeps_keys_applied_sin
 fn a_restored_node_whose_first_run_missed_a_peer_keeps_keys_that_run_applied() {
     let mut kept_total = 0;
     for seed in seeds(1, 5) {
-        let mut sim = line(seed);
-        traffic(&mut sim, 3);
-        let copy = sim.backup("c");
-        for _ in 0..4 {
-            exchange(&mut sim, C, B, 4096);
-        }
-        sim.restore_copy("c", &copy);
-        sim.partition(&["b"]);
-        sim.run_for(Duration::from_millis(200));
-        sim.restart("c");
-        sim.run_for(Duration::from_secs(2));
-        let since = enc(&mut sim, A, "sae-c", 2);
-        if since.is_empty() {
+        let Some((mut sim, since)) = restored_behind_b(seed) else {
             continue; // refused (allowed); nothing to check on this seed
-        }
+        };
         sim.run_for(Duration::from_millis(200));
         sim.crash("c");
         sim.run_for(Duration::from_millis(200));
@@ -308,19 +313,11 @@ fn a_restored_node_whose_first_run_missed_a_peer_keeps_keys_that_run_applied() {
             s.rollbacks_detected >= 1,
             "seed {seed}: c did not detect the rollback after the heal: {s:?}"
         );
-        let req = sim.call(
-            "c",
-            AppCall::DecKeys {
-                slave: "sae-c".into(),
-                master: "sae-a".into(),
-                key_ids: since.clone(),
-            },
-        );
-        let got = sim.run_until_answered(req, Duration::from_secs(5));
-        assert!(
-            matches!(got.as_ref().map(|a| &a.reply), Some(Ok(AppReply::Keys(_)))),
-            "seed {seed}: keys applied by the first run after the restore were discarded: {:?}",
-            got.map(|a| a.reply)
+        assert_fetchable_by_sae_c(
+            &mut sim,
+            &since,
+            "keys applied by the first run after the restore were discarded",
+            seed,
         );
         kept_total += since.len();
     }
