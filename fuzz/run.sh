@@ -3,6 +3,7 @@
 # toolchain (sanitizer-coverage passes through -C flags; no cargo-fuzz, no nightly).
 #
 #   fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]     run (default: 60 s each, every target)
+#   fuzz/run.sh --runs N [TARGET...]                 run each target for N executions
 #   fuzz/run.sh --merge [TARGET...]                  fold new finds into the committed corpora
 #
 # New inputs go to fuzz/work/<target>/ (not committed); crashes to fuzz/artifacts/<target>/.
@@ -11,7 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 all=(etsi014_request peer_messages store_record vault_wire config_text)
 merge=0
-if [ "${1:-}" = "--merge" ]; then merge=1; shift; secs=0; else secs=${1:-60}; shift || true; fi
+budget=()
+if [ "${1:-}" = "--merge" ]; then merge=1; shift
+elif [ "${1:-}" = "--runs" ]; then budget=(-runs="$2"); shift 2
+else budget=(-max_total_time="${1:-60}"); shift || true; fi
 targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 triple=$(rustc -vV | sed -n 's/^host: //p')
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
@@ -27,10 +31,10 @@ for t in "${targets[@]}"; do
     "$bin/$t" -merge=1 "corpus/$t" "work/$t"
     continue
   fi
-  echo "== $t: ${secs}s"
-  "$bin/$t" -max_total_time="$secs" -timeout=1 -rss_limit_mb=2048 -max_len=65536 \
+  echo "== $t: ${budget[*]} $(date -u +%FT%TZ)"
+  "$bin/$t" "${budget[@]}" -timeout=1 -rss_limit_mb=2048 -max_len=65536 \
     -print_final_stats=1 -artifact_prefix="artifacts/$t/" "work/$t" "corpus/$t" 2>&1 \
-    | grep -E "^(#[0-9]+.*(DONE|pulse)|stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+==|SUMMARY|.*(panicked|deadly|Timeout|out-of-memory))" || true
+    | grep -E "^(#[0-9]+.*(DONE|pulse)|stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+==|SUMMARY|stat::average_exec_per_sec|.*(panicked|deadly|Timeout|out-of-memory))" || true
   if compgen -G "artifacts/$t/*" >/dev/null; then
     echo "finding in $t: $(ls artifacts/$t)"; exit 1
   fi

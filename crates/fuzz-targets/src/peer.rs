@@ -1,6 +1,6 @@
 //! Peer messages from a compromised neighbour into the key manager core.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use kagi_control::Topology;
 use kagi_keymat::Key;
@@ -9,38 +9,18 @@ use kagi_km::{Action, Input, Instant, KeyManager, KmConfig, Limits, PeerMsg, Pol
 /// Most actions drained after one input; a core that emits more is looping.
 const MAX_ACTIONS: usize = 100_000;
 
-/// A middle node `b` of the line a–b–c, holding link key to both neighbours, receives a stream
-/// of frames: each is one byte choosing the sender (a, c, or a node that is no neighbour), two
-/// bytes of length and the frame. Frames that decode as peer messages go to the core, every
-/// store write is acknowledged, and time advances between frames so timers fire too. The core
-/// must neither panic nor emit an unbounded stream of actions.
+/// A middle node `b` of the line a–b–c–d, holding link key to both neighbours, receives a
+/// stream of frames: each is one byte choosing the sender (a, c, a node that is no neighbour, or
+/// itself), two bytes of length and the frame. Frames that decode as peer messages go to the
+/// core, every store write is acknowledged, and time advances between frames so timers fire too.
+/// The core must neither panic nor emit an unbounded stream of actions.
+///
+/// Every input starts from a copy of one prepared core (built once per process), so an input's
+/// cost is its frames, not building a key manager.
 pub fn peer_messages(data: &[u8]) {
-    let topo = Arc::new(Topology::line("fuzz", &["a", "b", "c", "d"], 10.0, |n| {
-        vec![format!("sae-{n}")]
-    }));
-    let cfg = KmConfig {
-        node_id: "b".into(),
-        topology: topo,
-        limits: Limits::default(),
-        policy: Policy {
-            pool_target_bytes: 1024,
-            relay_chunk_bytes: 256,
-            ..Policy::default()
-        },
-    };
+    static PREPARED: OnceLock<KeyManager> = OnceLock::new();
+    let mut km = PREPARED.get_or_init(prepared).clone();
     let mut now = Instant(0);
-    let mut km = KeyManager::restore(cfg, Snapshot::default(), [9; 32], now);
-    for (i, peer) in ["a", "c"].iter().enumerate() {
-        km.handle(
-            now,
-            Input::LinkKeys {
-                peer: peer.to_string(),
-                block: 0,
-                key: Key::from_slice(&[i as u8 + 1; 4096]),
-            },
-        );
-        drain(&mut km, now);
-    }
     let mut rest = data;
     while let [who, l0, l1, tail @ ..] = rest {
         let len = usize::from(u16::from_le_bytes([*l0, *l1])).min(tail.len());
@@ -55,6 +35,37 @@ pub fn peer_messages(data: &[u8]) {
         km.handle_timeout(now);
         drain(&mut km, now);
     }
+}
+
+/// Node `b` at time 0 with a block of link key from each neighbour, every write acknowledged.
+fn prepared() -> KeyManager {
+    let topo = Arc::new(Topology::line("fuzz", &["a", "b", "c", "d"], 10.0, |n| {
+        vec![format!("sae-{n}")]
+    }));
+    let cfg = KmConfig {
+        node_id: "b".into(),
+        topology: topo,
+        limits: Limits::default(),
+        policy: Policy {
+            pool_target_bytes: 1024,
+            relay_chunk_bytes: 256,
+            ..Policy::default()
+        },
+    };
+    let now = Instant(0);
+    let mut km = KeyManager::restore(cfg, Snapshot::default(), [9; 32], now);
+    for (i, peer) in ["a", "c"].iter().enumerate() {
+        km.handle(
+            now,
+            Input::LinkKeys {
+                peer: peer.to_string(),
+                block: 0,
+                key: Key::from_slice(&[i as u8 + 1; 4096]),
+            },
+        );
+        drain(&mut km, now);
+    }
+    km
 }
 
 fn drain(km: &mut KeyManager, now: Instant) {

@@ -36,7 +36,7 @@ impl Recent {
 
 /// Recent demand per destination node (bounded by the topology's node count: only nodes of
 /// the topology are noted).
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Demand {
     per_dest: BTreeMap<NodeId, Recent>,
 }

@@ -25,7 +25,7 @@ pub(crate) enum HopFault {
 }
 
 /// The two halves of one link's key.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Link {
     tx: BTreeMap<u64, KeyBuf>,
     rx: BTreeMap<u64, KeyBuf>,
@@ -41,7 +41,7 @@ pub(crate) struct LinkHeld {
 }
 
 /// The link key buffers of every link of this node.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Links {
     map: BTreeMap<NodeId, Link>,
 }

@@ -159,6 +159,10 @@ pub struct NodeStats {
 /// driver reports that write durable with [`Input::Stored`]. Store batches must be acknowledged in
 /// the order emitted; a failed write fences the node (every request gets 503) until the driver
 /// restarts it with [`KeyManager::restore`] from what the store acknowledged.
+///
+/// `Clone` copies the whole state, key material included (fuzzing and the simulator start many
+/// runs from one prepared state).
+#[derive(Clone)]
 pub struct KeyManager {
     pub(crate) cfg: KmConfig,
     /// Topology, peer liveness, links in service, and the routes that follow.

@@ -16,7 +16,7 @@ pub type WriteId = u64;
 
 /// Output of the key manager, drained with [`KeyManager::poll_action`](crate::KeyManager::poll_action).
 #[must_use]
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Action {
     /// Send a message to a peer.
     Send {
@@ -42,7 +42,7 @@ pub enum Action {
 }
 
 /// What to do once a store batch is durable.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum After {
     /// Emit this action.
     Act(Action),
@@ -59,7 +59,7 @@ pub(crate) enum After {
 pub(crate) struct OutOfOrder;
 
 /// Pending output and held follow-ups.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Outbox {
     actions: VecDeque<Action>,
     held: BTreeMap<WriteId, Vec<After>>,

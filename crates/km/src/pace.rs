@@ -48,7 +48,7 @@ impl Default for Window {
 }
 
 /// Congestion windows per destination node.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Pace {
     per_dest: BTreeMap<NodeId, Window>,
 }

@@ -13,7 +13,7 @@ use crate::msgs::{NodeId, Span};
 use crate::record::{Pool, Record, RelayRoute};
 
 /// Both directions of end-to-end key of this node.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Pools {
     out: BTreeMap<NodeId, BTreeMap<u64, KeyBuf>>,
     /// Unspent bytes of each out-pool (kept in step with `out`; pools hold thousands of chunks

@@ -117,7 +117,7 @@ struct Bucket {
 }
 
 /// Per-SAE buckets and counters.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Quotas {
     cfg: QuotaConfig,
     buckets: BTreeMap<SaeId, Bucket>,

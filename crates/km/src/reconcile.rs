@@ -78,7 +78,7 @@ pub(crate) struct Fork {
 pub const HELLO_RETRY: Duration = Duration::from_millis(500);
 
 /// What was restored at start, to discard if the store turns out to be an old copy.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct Restored {
     /// Each restored slave key with the run that applied it.
     slave_keys: BTreeMap<Uuid, u64>,
@@ -87,7 +87,7 @@ struct Restored {
 }
 
 /// Reconciliation state of one run of the key manager.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Reconcile {
     /// This store's identity.
     pub(crate) store: u64,

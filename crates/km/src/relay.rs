@@ -36,7 +36,7 @@ const GC_LAG_BLOCKS: u64 = 2;
 const MAX_MISSING_REPORT: usize = 4096;
 
 /// A relay started here and not yet acknowledged by its destination.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct PendingRelay {
     pub(crate) dest: NodeId,
     pub(crate) key: Key,
@@ -66,7 +66,7 @@ impl PendingRelay {
 /// Shares of a multi-path relay collected at its destination. Each share is an XOR or Shamir
 /// share of an AMD codeword of the key ([`kagi_sharing::amd`]), so a rebuilt key that passes
 /// the codeword's check is the origin's key, whatever nodes on fewer than `threshold` paths did.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Partial {
     threshold: u8,
     count: u8,
@@ -118,7 +118,7 @@ impl RelayExposure {
 }
 
 /// A relay hop that arrived before its link key, or before key to forward it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct WaitingHop {
     pub(crate) deadline: Instant,
     pub(crate) from: NodeId,
@@ -127,7 +127,7 @@ pub(crate) struct WaitingHop {
 
 /// Relay state of one node: relays it started, hops waiting here, shares collected here, its
 /// relay counter.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Relays {
     pending: BTreeMap<u64, PendingRelay>,
     waiting: Vec<WaitingHop>,

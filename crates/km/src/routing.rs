@@ -53,7 +53,7 @@ impl RoutePlan {
 }
 
 /// This node's view of the network and its current routes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Routing {
     me: NodeId,
     topology: Arc<Topology>,

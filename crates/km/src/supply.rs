@@ -22,7 +22,7 @@ use crate::route::{RouteConstraint, RouteRequest};
 use crate::time::Instant;
 
 /// An `enc_keys` answer waiting for every slave node to confirm its keys.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct MasterAssign {
     pub(crate) req: ReqId,
     pub(crate) keys: Vec<DeliveredKey>,
@@ -35,7 +35,7 @@ pub(crate) struct MasterAssign {
 }
 
 /// Supply state: assignments in progress here as master node, keys held here for slaves.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Supply {
     pub(crate) slave_keys: BTreeMap<Uuid, SlaveKey>,
     pub(crate) assigns: BTreeMap<u64, MasterAssign>,
@@ -113,7 +113,7 @@ fn bad(m: impl Into<String>) -> Refusal {
 const ROUTE_DEMAND_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A `kagi_route` extension judged for one request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Routed {
     c: RouteConstraint,
     mandatory: bool,

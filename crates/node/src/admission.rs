@@ -298,19 +298,7 @@ impl Admission {
     /// certificate when there is one.
     pub fn refuse(&self, why: Refused, detail: &str) {
         self.inner.stats.refused[why.index()].fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
-        let report = {
-            let mut gates = lock(&self.inner.log);
-            let g = &mut gates[why.index()];
-            g.unreported += 1;
-            if g.last.is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
-                g.last = Some(now);
-                Some(std::mem::take(&mut g.unreported))
-            } else {
-                None
-            }
-        };
-        if let Some(count) = report {
+        if let Some(count) = self.log_gate(why, Instant::now()) {
             let noisy = matches!(
                 why,
                 Refused::Evicted | Refused::HandshakeTimeout | Refused::HandshakeFailed
@@ -331,6 +319,22 @@ impl Admission {
                     "connections refused (counted since the last line)"
                 );
             }
+        }
+    }
+}
+
+impl Admission {
+    /// Whether a refusal for `why` at `now` gets a log line: at most one per [`LOG_EVERY`] per
+    /// reason, carrying the refusals counted since the last line (`None`: stay quiet).
+    fn log_gate(&self, why: Refused, now: Instant) -> Option<u64> {
+        let mut gates = lock(&self.inner.log);
+        let g = &mut gates[why.index()];
+        g.unreported += 1;
+        if g.last.is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
+            g.last = Some(now);
+            Some(std::mem::take(&mut g.unreported))
+        } else {
+            None
         }
     }
 }
@@ -421,6 +425,28 @@ mod tests {
         assert_eq!(a.stats().refused(Refused::Evicted), 1);
         assert_eq!(a.stats().refused(Refused::HandshakeTimeout), 2);
         assert_eq!(a.pending(), 0);
+    }
+
+    #[test]
+    fn refusals_are_all_counted_and_logged_once_per_interval() {
+        let a = Admission::new("test", tiny());
+        for _ in 0..1000 {
+            a.refuse(Refused::Full, "sae-x");
+        }
+        assert_eq!(a.stats().refused(Refused::Full), 1000);
+        // The burst above spoke once; within the interval every further refusal stays quiet,
+        // and the next line carries the count of those it held back.
+        let t0 = Instant::now();
+        for i in 0..1000 {
+            assert_eq!(
+                a.log_gate(Refused::Full, t0 + Duration::from_millis(i)),
+                None,
+                "refusal {i} logged within {LOG_EVERY:?} of the last line"
+            );
+        }
+        // Each reason has its own gate.
+        assert_eq!(a.log_gate(Refused::IdentityFull, t0), Some(1));
+        assert_eq!(a.log_gate(Refused::Full, t0 + LOG_EVERY), Some(1000 + 999 + 1));
     }
 
     #[test]

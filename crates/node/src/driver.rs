@@ -88,6 +88,12 @@ pub const MAX_APP_CALLS: usize = 4096;
 /// A peer message for the core, with the authenticated sender's node ID.
 pub type PeerInput = (String, PeerMsg);
 
+/// The core's peer queue, bounded at [`PEER_INBOX`] (one constructor, so the flood test checks
+/// the queue the driver really uses).
+pub fn peer_queue() -> (mpsc::Sender<PeerInput>, mpsc::Receiver<PeerInput>) {
+    mpsc::channel(PEER_INBOX)
+}
+
 /// A cloneable handle to a running driver; implements [`KeyService`].
 #[derive(Clone)]
 pub struct DriverHandle {
@@ -249,7 +255,7 @@ impl Driver {
         sealer: Arc<crate::seal::Sealer>,
     ) -> Self {
         let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
-        let (peer_tx, peer_rx) = mpsc::channel(PEER_INBOX);
+        let (peer_tx, peer_rx) = peer_queue();
         Self {
             cfg,
             db_path: db_path.to_path_buf(),

@@ -28,8 +28,13 @@ const QUEUE: usize = 4096;
 pub const MAX_LINK_FRAME: usize = 256 << 20;
 /// Largest ETSI 004 key-stream frame (a stream message names SAEs, a stream and a key ID).
 pub const MAX_STREAM_FRAME: usize = 1024;
+/// Photon-link frames queued per link: the link protocol has one or two in flight, so more only
+/// hold memory (up to [`MAX_LINK_FRAME`] each); a connection whose frame does not fit stops
+/// reading and the rest waits in TCP.
+pub const LINK_INBOX: usize = 4;
 const KIND_CORE: u8 = 0;
-const KIND_LINK: u8 = 1;
+/// Frame kind of photon-link post-processing messages.
+pub const KIND_LINK: u8 = 1;
 const KIND_AUDIT: u8 = 2;
 const KIND_STREAM: u8 = 3;
 
@@ -58,6 +63,11 @@ impl Outgoing {
 
 /// Where inbound photon-link frames go, per peer.
 pub type LinkInboxes = Arc<BTreeMap<String, mpsc::Sender<Vec<u8>>>>;
+
+/// One photon link's inbound frame queue, bounded at [`LINK_INBOX`].
+pub fn link_inbox() -> (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>) {
+    mpsc::channel(LINK_INBOX)
+}
 
 /// Where inbound ETSI 004 key-stream frames go, with the sending node's ID. Full: the frame is
 /// dropped (stream messages are re-sent by whoever waits for an answer).

@@ -141,8 +141,7 @@ pub async fn run_node(
         }
         if spec.key_source().map_err(|e| anyhow::anyhow!(e))? == KeySource::Photon {
             let pc = PhotonLinkConfig::new(&topo, &me.id, spec, secret_for(spec)?)?;
-            // A few frames: the link protocol has one or two in flight; more waits in TCP.
-            let (tx, rx) = mpsc::channel(4);
+            let (tx, rx) = crate::peer::link_inbox();
             link_inboxes.insert(pc.peer.clone(), tx);
             photon.push((pc, rx));
         }

@@ -45,9 +45,14 @@ impl SiteServer {
     pub fn new(site: Site<EtsiKeys>) -> Self {
         Self {
             site: Arc::new(Mutex::new(site)),
-            bodies: Arc::new(tokio::sync::Semaphore::new(BODIES_IN_FLIGHT)),
+            bodies: Self::new_slots(),
             mpc: None,
         }
+    }
+
+    /// The site's body slots ([`BODIES_IN_FLIGHT`]).
+    fn new_slots() -> Arc<tokio::sync::Semaphore> {
+        Arc::new(tokio::sync::Semaphore::new(BODIES_IN_FLIGHT))
     }
 
     /// Lets the site run queries on its tables as an MPC party ([`super::mpc`]).
@@ -110,6 +115,42 @@ pub async fn serve_site(
     }
 }
 
+/// Why a request body was not buffered.
+#[derive(Debug)]
+enum BodyError {
+    /// The site is shutting down (its body slots are closed).
+    Closed,
+    /// The body did not arrive within the deadline.
+    Late,
+    /// The body could not be read, or is longer than the limit.
+    Read(String),
+}
+
+/// Buffers a request body once one of the site's body slots is free: at most `limit` bytes
+/// within `deadline`. The slot is held (returned permit) until the request is answered, so a
+/// site holds at most [`BODIES_IN_FLIGHT`] bodies in memory whatever its callers send.
+async fn buffer_body<B>(
+    slots: &Arc<tokio::sync::Semaphore>,
+    body: B,
+    limit: usize,
+    deadline: Duration,
+) -> std::result::Result<(tokio::sync::OwnedSemaphorePermit, Bytes), BodyError>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let slot = slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| BodyError::Closed)?;
+    match tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await {
+        Ok(Ok(b)) => Ok((slot, b.to_bytes())),
+        Err(_) => Err(BodyError::Late),
+        Ok(Err(e)) => Err(BodyError::Read(e.to_string())),
+    }
+}
+
 async fn handle(
     server: SiteServer,
     caller: Option<Arc<str>>,
@@ -126,22 +167,18 @@ async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let Ok(_buffering) = server.bodies.clone().acquire_owned().await else {
-        return error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "site is shutting down",
-            None,
-        );
-    };
-    let collected = tokio::time::timeout(
-        BODY_TIMEOUT,
-        Limited::new(req.into_body(), MAX_BODY_BYTES).collect(),
-    )
-    .await;
-    let body = match collected {
-        Ok(Ok(b)) => b.to_bytes(),
-        Err(_) => {
+    let buffered = buffer_body(&server.bodies, req.into_body(), MAX_BODY_BYTES, BODY_TIMEOUT);
+    let (_buffering, body) = match buffered.await {
+        Ok(b) => b,
+        Err(BodyError::Closed) => {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "site is shutting down",
+                None,
+            )
+        }
+        Err(BodyError::Late) => {
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "malformed",
@@ -149,7 +186,7 @@ async fn handle(
                 None,
             )
         }
-        Ok(Err(e)) => {
+        Err(BodyError::Read(e)) => {
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "malformed",
@@ -528,4 +565,117 @@ fn repair_query(query: &str) -> Result<(usize, Vec<u8>)> {
 
 fn json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value> {
     serde_json::to_value(v).map_err(|e| VaultError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    use hyper::body::Frame;
+    use tokio::sync::{mpsc, Semaphore};
+
+    use super::*;
+
+    /// A request body fed from a channel that counts how many bodies were ever read from.
+    struct Probe {
+        read: Arc<AtomicUsize>,
+        counted: bool,
+        rx: mpsc::Receiver<Bytes>,
+    }
+
+    impl hyper::body::Body for Probe {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<std::result::Result<Frame<Bytes>, Infallible>>> {
+            if !self.counted {
+                self.counted = true;
+                self.read.fetch_add(1, Ordering::SeqCst);
+            }
+            self.rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    fn probe(read: &Arc<AtomicUsize>) -> (mpsc::Sender<Bytes>, Probe) {
+        let (tx, rx) = mpsc::channel(4);
+        let body = Probe {
+            read: read.clone(),
+            counted: false,
+            rx,
+        };
+        (tx, body)
+    }
+
+    /// Lets spawned tasks run until they block.
+    async fn settle() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    #[tokio::test]
+    async fn at_most_two_bodies_are_buffered_at_once() {
+        let slots = SiteServer::new_slots();
+        let read = Arc::new(AtomicUsize::new(0));
+        let mut senders = Vec::new();
+        let mut tasks = Vec::new();
+        for _ in 0..5 {
+            let (tx, body) = probe(&read);
+            senders.push(tx);
+            let slots = slots.clone();
+            tasks.push(tokio::spawn(async move {
+                buffer_body(&slots, body, MAX_BODY_BYTES, BODY_TIMEOUT)
+                    .await
+                    .map(|(_slot, b)| b.len())
+            }));
+        }
+        settle().await;
+        assert_eq!(
+            read.load(Ordering::SeqCst),
+            BODIES_IN_FLIGHT,
+            "bodies read while {BODIES_IN_FLIGHT} slots were taken by slow senders"
+        );
+        // The first body ends (tasks start in order on the test's one thread, so it holds a
+        // slot): its slot goes back, and exactly one waiting body is read next.
+        senders.remove(0);
+        settle().await;
+        assert_eq!(read.load(Ordering::SeqCst), BODIES_IN_FLIGHT + 1);
+        drop(senders);
+        for t in tasks {
+            assert!(t.await.unwrap().is_ok());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused() {
+        let slots = Arc::new(Semaphore::new(1));
+        let read = Arc::new(AtomicUsize::new(0));
+        let (tx, body) = probe(&read);
+        tx.send(Bytes::from(vec![1; 600])).await.unwrap();
+        tx.send(Bytes::from(vec![2; 600])).await.unwrap();
+        drop(tx);
+        let r = buffer_body(&slots, body, 1000, Duration::from_secs(5))
+            .await
+            .map(|(_slot, b)| b.len());
+        assert!(matches!(r, Err(BodyError::Read(_))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_never_ends_is_cut_off_at_the_deadline() {
+        let slots = Arc::new(Semaphore::new(1));
+        let read = Arc::new(AtomicUsize::new(0));
+        // The sender stays open and sends nothing (the test gives the deadline 10 s).
+        let (_tx, body) = probe(&read);
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            buffer_body(&slots, body, 1000, Duration::from_millis(200)),
+        )
+        .await;
+        assert!(matches!(r, Ok(Err(BodyError::Late))), "{r:?}");
+    }
 }
