@@ -446,7 +446,10 @@ mod tests {
         }
         // Each reason has its own gate.
         assert_eq!(a.log_gate(Refused::IdentityFull, t0), Some(1));
-        assert_eq!(a.log_gate(Refused::Full, t0 + LOG_EVERY), Some(1000 + 999 + 1));
+        assert_eq!(
+            a.log_gate(Refused::Full, t0 + LOG_EVERY),
+            Some(1000 + 999 + 1)
+        );
     }
 
     #[test]

@@ -167,7 +167,12 @@ async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let buffered = buffer_body(&server.bodies, req.into_body(), MAX_BODY_BYTES, BODY_TIMEOUT);
+    let buffered = buffer_body(
+        &server.bodies,
+        req.into_body(),
+        MAX_BODY_BYTES,
+        BODY_TIMEOUT,
+    );
     let (_buffering, body) = match buffered.await {
         Ok(b) => b,
         Err(BodyError::Closed) => {
