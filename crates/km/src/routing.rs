@@ -52,6 +52,9 @@ impl RoutePlan {
     }
 }
 
+/// One destination's plans by `(paths, threshold)`; `None`: unreachable.
+type PlansByPolicy = BTreeMap<(u8, u8), Option<Arc<RoutePlan>>>;
+
 /// This node's view of the network and its current routes.
 #[derive(Debug)]
 pub(crate) struct Routing {
@@ -65,7 +68,7 @@ pub(crate) struct Routing {
     /// Plans per destination and `(paths, threshold)`, computed on demand and dropped whenever
     /// routes change. Shared (`Arc`) and keyed by destination first, so the refill tick, which
     /// asks for every destination's plan, neither allocates nor copies paths.
-    plans: BTreeMap<NodeId, BTreeMap<(u8, u8), Option<Arc<RoutePlan>>>>,
+    plans: BTreeMap<NodeId, PlansByPolicy>,
     /// Every link of the topology, both ways round: node → its neighbours.
     adjacent: BTreeMap<NodeId, BTreeSet<NodeId>>,
     /// Plans meeting a route constraint (`kagi_route`), around the peers down now.
