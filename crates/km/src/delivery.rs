@@ -21,7 +21,7 @@ use crate::record::Record;
 use crate::time::Instant;
 
 /// When each slave's grace ends.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Delivery {
     /// `(end, key, slave)`, earliest first. Entries whose key or slave went otherwise (revoked,
     /// discarded) are skipped when they come due.
