@@ -13,6 +13,7 @@ pub mod config;
 mod demand;
 pub mod keybuf;
 mod links;
+mod liveness;
 mod manager;
 pub mod msgs;
 mod outbox;
@@ -29,7 +30,9 @@ mod supply;
 pub mod time;
 
 pub use app::{AppCall, AppReply, DeliveredKey, KeyPaths, Refusal, SaeId, StatusInfo};
-pub use config::{EncKeysShape, KmConfig, Limits, LimitsError, Policy, RoutePolicy};
+pub use config::{
+    EncKeysShape, KmConfig, Limits, LimitsError, LivenessPolicy, Policy, RoutePolicy,
+};
 pub use manager::{Action, Input, KeyManager, NodeStats, ReqId, WriteId};
 pub use msgs::{AbortReason, NodeId, PeerMsg, ShareInfo};
 pub use quota::{QuotaConfig, QuotaError, SaeLimit, SaeUsage};

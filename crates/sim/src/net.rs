@@ -104,6 +104,8 @@ pub struct FaultCounts {
     pub wipes: u64,
     /// Databases replaced by an earlier copy.
     pub rollbacks: u64,
+    /// Nodes frozen (as by SIGSTOP).
+    pub freezes: u64,
 }
 
 #[derive(Debug)]
@@ -148,6 +150,9 @@ struct SimNode {
     fail_when: Option<fn(&Record) -> bool>,
     /// Application requests waiting for an answer here.
     waiting: BTreeSet<u64>,
+    /// Frozen (as by SIGSTOP): its core runs nothing, messages and link key to it are lost,
+    /// requests to it are refused, and its peers are told nothing.
+    frozen: bool,
 }
 
 /// A copy of one node's store, from [`Sim::backup`].
@@ -263,6 +268,7 @@ impl Sim {
                     last_store_at: Instant::ZERO,
                     crash_after: None,
                     waiting: BTreeSet::new(),
+                    frozen: false,
                 },
             );
             if !hostile.contains(&n.id.as_str()) {
@@ -519,7 +525,7 @@ impl Sim {
         self.asked.insert(req, (node.to_string(), asked));
         let now = self.now;
         match self.nodes.get_mut(node) {
-            Some(n) if n.km.is_some() => {
+            Some(n) if n.km.is_some() && !n.frozen => {
                 n.waiting.insert(req);
                 n.km.as_mut()
                     .expect("running")
@@ -567,6 +573,9 @@ impl Sim {
                     if self.hostile_inbox.len() < 4096 {
                         self.hostile_inbox.push((to, from, msg));
                     }
+                } else if n.frozen {
+                    // What a frozen process does not read is lost to it (modelled as loss:
+                    // its connections' buffers are not replayed when it thaws).
                 } else if let Some(km) = n.km.as_mut() {
                     km.handle(now, Input::Peer { from, msg });
                     self.drain(&to);
@@ -579,7 +588,7 @@ impl Sim {
             } => self.store_done(&node, incarnation, write),
             Event::Timer { node, incarnation } => {
                 let n = self.nodes.get_mut(&node).expect("node");
-                if n.incarnation != incarnation || n.km.is_none() {
+                if n.incarnation != incarnation || n.km.is_none() || n.frozen {
                     return true;
                 }
                 if n.timer_at.is_some_and(|t| t <= now) {
@@ -593,7 +602,12 @@ impl Sim {
                 let l = self.topo.links[link].clone();
                 let bytes = self.link_block(link, block);
                 for (me, peer) in [(&l.a, &l.b), (&l.b, &l.a)] {
-                    if let Some(km) = self.nodes.get_mut(me.as_str()).and_then(|n| n.km.as_mut()) {
+                    if let Some(km) = self
+                        .nodes
+                        .get_mut(me.as_str())
+                        .filter(|n| !n.frozen)
+                        .and_then(|n| n.km.as_mut())
+                    {
                         km.handle(
                             now,
                             Input::LinkKeys {
@@ -627,6 +641,19 @@ impl Sim {
     }
 
     fn store_done(&mut self, node: &str, incarnation: u64, write: u64) {
+        if self.nodes[node].frozen {
+            // The write waits for the process to run again.
+            let inc = incarnation;
+            self.push(
+                self.now + Duration::from_millis(10),
+                Event::StoreDone {
+                    node: node.to_string(),
+                    incarnation: inc,
+                    write,
+                },
+            );
+            return;
+        }
         let fail = self.rng.gen_bool(self.faults.p_store_fail);
         let now = self.now;
         let delay = self.faults.restart_delay;
@@ -696,6 +723,7 @@ impl Sim {
         if n.km.take().is_none() {
             return;
         }
+        n.frozen = false;
         let mut keep = !n.write_failed;
         for ((_, batch), c) in std::mem::take(&mut n.in_flight).into_iter().zip(coins) {
             keep = keep && c;
@@ -726,6 +754,41 @@ impl Sim {
             );
         }
         self.tell_peers(id, false);
+    }
+
+    /// Freezes a running node, as SIGSTOP does: it keeps its connections open, so its peers
+    /// get no `PeerDown`; only its silence (heartbeats) can tell them. Messages and link key
+    /// sent to it while frozen are lost, and requests to it are refused.
+    pub fn freeze(&mut self, id: &str) {
+        if let Some(n) = self.nodes.get_mut(id) {
+            if n.km.is_some() && !n.frozen {
+                n.frozen = true;
+                self.counts.freezes += 1;
+                self.mix(0xf0);
+            }
+        }
+    }
+
+    /// Thaws a frozen node: its timer runs again at once.
+    pub fn thaw(&mut self, id: &str) {
+        let now = self.now;
+        let Some(n) = self.nodes.get_mut(id) else {
+            return;
+        };
+        if !std::mem::take(&mut n.frozen) {
+            return;
+        }
+        n.timer_at = None;
+        if let Some(km) = n.km.as_mut() {
+            km.handle_timeout(now);
+        }
+        self.mix(0xf1);
+        self.drain(id);
+    }
+
+    /// Whether a node is frozen.
+    pub fn is_frozen(&self, id: &str) -> bool {
+        self.nodes.get(id).is_some_and(|n| n.frozen)
     }
 
     /// Crashes a node: its core, timers and replies not yet given are gone; each in-flight batch
