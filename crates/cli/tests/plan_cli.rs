@@ -94,3 +94,46 @@ fn the_japan_example_plans_and_key_routing_lifts_the_weakest_pair() {
         min(&hops)
     );
 }
+
+#[test]
+fn plan_takes_the_demand_kagi_sim_runs() {
+    let topo = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/examples/japan24.toml"
+    );
+    let out = ok(kagi()
+        .args([
+            "plan",
+            "--json",
+            "--sim-demand",
+            "--seed",
+            "1",
+            "--topology",
+            topo,
+        ])
+        .args(["--requests-per-hour", "3600", "--keys-per-request", "2"])
+        .output()
+        .unwrap());
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // 24 nodes × 4 SAEs (kagi sim's default), each the master of one pair asking 512 b/s.
+    assert_eq!(v["saes"], 96);
+    let pairs = kagi_sim::study::sim_demand_pairs(
+        &kagi_control::Topology::from_toml(&std::fs::read_to_string(topo).unwrap()).unwrap(),
+        4,
+        1,
+    )
+    .unwrap();
+    let node_pairs: std::collections::BTreeSet<_> = pairs
+        .iter()
+        .map(|p| (p.2.clone().min(p.3.clone()), p.2.clone().max(p.3.clone())))
+        .collect();
+    assert_eq!(v["pairs"], node_pairs.len());
+    let delivered = v["delivered_bps"].as_f64().unwrap();
+    assert!((delivered - 96.0 * 512.0).abs() < 1e-6, "{delivered}");
+    // The sim's demand flags mean nothing without --sim-demand.
+    let e = err(&kagi()
+        .args(["plan", "--requests-per-hour", "10"])
+        .output()
+        .unwrap());
+    assert!(e.contains("--sim-demand"), "{e}");
+}

@@ -242,15 +242,8 @@ enum Happening {
 /// Runs the study.
 pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyError> {
     check(opt)?;
-    let mut topo = topo.clone();
-    if opt.saes_per_node > 0 {
-        for n in &mut topo.nodes {
-            n.saes = (0..opt.saes_per_node)
-                .map(|i| format!("sae-{}-{i}", n.id))
-                .collect();
-        }
-    }
-    let mut rng = ChaCha20Rng::seed_from_u64(opt.seed ^ 0x5717_d1e5);
+    let mut topo = with_saes(topo, opt.saes_per_node);
+    let mut rng = demand_rng(opt.seed);
     let pairs = demand_pairs(&topo, &mut rng)?;
     let far = if opt.far_pair_flood {
         let f = far_pair(&topo)?;
@@ -700,6 +693,41 @@ fn check(opt: &StudyOptions) -> Result<(), StudyError> {
         return bad("threshold must be between 1 and paths");
     }
     Ok(())
+}
+
+/// The SAE pairs a study with `seed` and `saes_per_node` (0: the topology's own SAEs) asks
+/// for key, as `(master, slave, master's node, slave's node)`: the demand `kagi plan
+/// --sim-demand` plans for, so that plan and sim can be compared on the same pairs.
+///
+/// # Errors
+/// No SAE pair across two nodes.
+pub fn sim_demand_pairs(
+    topo: &Topology,
+    saes_per_node: usize,
+    seed: u64,
+) -> Result<Vec<(String, String, String, String)>, StudyError> {
+    demand_pairs(&with_saes(topo, saes_per_node), &mut demand_rng(seed))
+}
+
+/// Mean key rate one SAE pair asks for under `opt`, bit/s.
+pub fn sae_pair_demand_bps(opt: &StudyOptions) -> f64 {
+    opt.requests_per_hour / 3600.0 * f64::from(opt.keys_per_request) * f64::from(opt.key_bits)
+}
+
+/// `topo` with `n` generated SAEs per node (`n` = 0: its own).
+fn with_saes(topo: &Topology, n: usize) -> Topology {
+    let mut topo = topo.clone();
+    if n > 0 {
+        for node in &mut topo.nodes {
+            node.saes = (0..n).map(|i| format!("sae-{}-{i}", node.id)).collect();
+        }
+    }
+    topo
+}
+
+/// The study's random stream: the demand pairs first, then arrivals and failures.
+fn demand_rng(seed: u64) -> ChaCha20Rng {
+    ChaCha20Rng::seed_from_u64(seed ^ 0x5717_d1e5)
 }
 
 /// Each SAE is the master of one pair, with a slave SAE at another node picked at random.

@@ -314,3 +314,58 @@ fn a_hopeless_extra_path_is_dropped_above_the_threshold() {
     assert_eq!(need_two.pair_rates[0].paths, 2);
     assert!(need_two.delivered_bps < keep_one.delivered_bps / 10.0);
 }
+
+#[test]
+fn a_directed_demand_draws_only_its_own_direction() {
+    // a - b - c; two SAE pairs with masters at a and slaves at c, none the other way: a → c
+    // gets the weakest link's half (net of MAC key), shared by its two SAE pairs; the c → a
+    // halves stay idle, and the link rate multiplier scales it all.
+    let mut t = topo(&["a", "b", "c"], &[("a", "b", 10.0), ("b", "c", 40.0)], 1);
+    t.nodes[1].saes.clear();
+    let half = t.link_mean_rate_bps(&t.links[1]) / 2.0 / (1.0 + 32.0 / 4096.0);
+    let directed = Some(vec![("a".to_string(), "c".to_string()); 2]);
+    for m in [1.0, 3.0] {
+        let r = plan(
+            &t,
+            &PlanOptions {
+                directed: directed.clone(),
+                rate_multiplier: m,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(r.pairs, 1);
+        let p = &r.pair_rates[0];
+        assert!((p.delivered_bps - m * half).abs() / half < 1e-9, "{p:?}");
+        assert!((p.per_sae_pair_bps - m * half / 2.0).abs() / half < 1e-9);
+        assert_eq!(p.sae_pairs, 2);
+        assert_eq!(p.limited_by, "b-c");
+        let bc = r.link_loads.iter().find(|l| l.a == "b").unwrap();
+        assert!((bc.utilisation - 0.5).abs() < 1e-9, "{bc:?}");
+    }
+    // A capped directed demand gets exactly its cap.
+    let r = plan(
+        &t,
+        &PlanOptions {
+            directed: directed.clone(),
+            demand_bps: Some(10.0),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!((r.delivered_bps - 20.0).abs() < 1e-9);
+    for (bad, says) in [
+        (("a", "x"), "unknown node x"),
+        (("a", "a"), "does not leave"),
+    ] {
+        let e = plan(
+            &t,
+            &PlanOptions {
+                directed: Some(vec![(bad.0.into(), bad.1.into())]),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains(says), "{e}");
+    }
+}

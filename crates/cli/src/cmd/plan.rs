@@ -40,9 +40,27 @@ pub struct Args {
     /// SAEs per node (default: the SAEs the topology lists).
     #[arg(long)]
     saes_per_node: Option<u32>,
-    /// Most key one SAE pair wants per direction, bit/s (default: all it can get).
+    /// Most key one SAE pair wants per direction, bit/s (default: all it can get; with
+    /// --sim-demand: what its requests ask for).
     #[arg(long)]
     demand_bps: Option<f64>,
+    /// Plan for the demand `kagi sim` runs with the same --seed and --saes-per-node (default
+    /// 4): each SAE the master of one pair with a random slave elsewhere, asking for
+    /// requests-per-hour × keys-per-request × key-bits.
+    #[arg(long)]
+    sim_demand: bool,
+    /// With --sim-demand: mean requests per hour of each SAE pair.
+    #[arg(long, default_value_t = 60.0, requires = "sim_demand")]
+    requests_per_hour: f64,
+    /// With --sim-demand: keys per request.
+    #[arg(long, default_value_t = 1, requires = "sim_demand")]
+    keys_per_request: u32,
+    /// With --sim-demand: bits per key.
+    #[arg(long, default_value_t = 256, requires = "sim_demand")]
+    key_bits: u32,
+    /// Multiplies every link's modelled key rate (as `kagi sim --rate-multiplier`).
+    #[arg(long, default_value_t = 1.0)]
+    rate_multiplier: f64,
     /// Node pairs sampled for the min-cut bound.
     #[arg(long, default_value_t = 50)]
     cut_samples: usize,
@@ -96,6 +114,26 @@ pub fn run(a: Args) -> Result<()> {
         3 => 2,
         p => p,
     });
+    let (directed, saes_per_node, demand_bps) = if a.sim_demand {
+        let study = kagi_sim::study::StudyOptions {
+            requests_per_hour: a.requests_per_hour,
+            keys_per_request: a.keys_per_request,
+            key_bits: a.key_bits,
+            ..Default::default()
+        };
+        let n = a.saes_per_node.unwrap_or(study.saes_per_node as u32);
+        let pairs = kagi_sim::study::sim_demand_pairs(&topo, n as usize, a.seed)?;
+        let demand = a
+            .demand_bps
+            .unwrap_or(kagi_sim::study::sae_pair_demand_bps(&study));
+        (
+            Some(pairs.into_iter().map(|p| (p.2, p.3)).collect()),
+            (n > 0).then_some(n),
+            Some(demand),
+        )
+    } else {
+        (None, a.saes_per_node, a.demand_bps)
+    };
     let opt = PlanOptions {
         paths: a.paths,
         threshold,
@@ -107,8 +145,10 @@ pub fn run(a: Args) -> Result<()> {
             SplitArg::Fixed => Split::Fixed,
             SplitArg::Adaptive => Split::Adaptive,
         },
-        saes_per_node: a.saes_per_node,
-        demand_bps: a.demand_bps,
+        saes_per_node,
+        demand_bps,
+        directed,
+        rate_multiplier: a.rate_multiplier,
         cut_samples: a.cut_samples,
         seed: a.seed,
         all_pairs: a.all_pairs,

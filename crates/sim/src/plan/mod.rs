@@ -59,6 +59,12 @@ pub struct PlanOptions {
     pub seed: u64,
     /// Include every pair in the report (large networks: millions of rows).
     pub all_pairs: bool,
+    /// A directed demand instead of every SAE pair both ways: one `(master's node, slave's
+    /// node)` entry per SAE pair, e.g. [`crate::study::sim_demand_pairs`] (what `kagi sim`
+    /// asks for). Each entry draws key from its master's node to its slave's node only.
+    pub directed: Option<Vec<(String, String)>>,
+    /// Multiplies every link's modelled rate (as `kagi sim --rate-multiplier`).
+    pub rate_multiplier: f64,
 }
 
 impl Default for PlanOptions {
@@ -76,6 +82,8 @@ impl Default for PlanOptions {
             cut_samples: 50,
             seed: 1,
             all_pairs: false,
+            directed: None,
+            rate_multiplier: 1.0,
         }
     }
 }
@@ -108,7 +116,7 @@ pub struct PairRate {
     pub a: String,
     /// The other.
     pub b: String,
-    /// SAE pairs between them (each direction).
+    /// SAE pairs between them (each direction; with a directed demand, the busier direction).
     pub sae_pairs: u64,
     /// Delivered end-to-end key, both directions, bit/s.
     pub delivered_bps: f64,
@@ -231,8 +239,17 @@ pub fn plan(topo: &Topology, opt: &PlanOptions) -> Result<PlanReport, PlanError>
     if opt.relay_chunk_bytes == 0 {
         return Err(PlanError::Value("relay chunk must be > 0 bytes".into()));
     }
+    if !(opt.rate_multiplier.is_finite() && opt.rate_multiplier > 0.0) {
+        return Err(PlanError::Value(format!(
+            "the rate multiplier must be finite and positive, not {}",
+            opt.rate_multiplier
+        )));
+    }
     topo.validate()?;
-    let g = Graph::new(topo);
+    let mut g = Graph::new(topo);
+    for l in &mut g.links {
+        l.rate_bps *= opt.rate_multiplier;
+    }
     let n = g.len();
     let saes: Vec<u64> = (0..n)
         .map(|i| u64::from(opt.saes_per_node.unwrap_or(g.listed_saes[i])))
@@ -244,10 +261,18 @@ pub fn plan(topo: &Topology, opt: &PlanOptions) -> Result<PlanReport, PlanError>
         .map(|l| l.cost)
         .collect();
     let costs = paths::link_costs(&g, &topo_costs, opt.cost);
-    let pairs: Vec<(u32, u32)> = (0..n as u32)
-        .flat_map(|a| ((a + 1)..n as u32).map(move |b| (a, b)))
-        .filter(|&(a, b)| saes[a as usize] * saes[b as usize] > 0)
-        .collect();
+    // Node pairs (a < b) and the SAE pairs behind each direction.
+    let (pairs, weights): (Vec<(u32, u32)>, Vec<[u64; 2]>) = match &opt.directed {
+        None => (0..n as u32)
+            .flat_map(|a| ((a + 1)..n as u32).map(move |b| (a, b)))
+            .filter(|&(a, b)| saes[a as usize] * saes[b as usize] > 0)
+            .map(|(a, b)| {
+                let w = saes[a as usize] * saes[b as usize];
+                ((a, b), [w, w])
+            })
+            .unzip(),
+        Some(list) => directed_pairs(&g, list)?.into_iter().unzip(),
+    };
     let mut path_sets = path_sets(&g, &costs, &pairs, opt.paths);
     for sets in &mut path_sets {
         for set in sets.iter_mut() {
@@ -260,7 +285,7 @@ pub fn plan(topo: &Topology, opt: &PlanOptions) -> Result<PlanReport, PlanError>
     let mut unreachable = 0;
     let mut fewer = 0;
     let mut below = 0;
-    for (pi, (&(a, b), sets)) in pairs.iter().zip(&path_sets).enumerate() {
+    for (pi, sets) in path_sets.iter().enumerate() {
         let [ab, ba] = sets;
         if ab.is_empty() || ba.is_empty() {
             unreachable += 1;
@@ -272,8 +297,11 @@ pub fn plan(topo: &Topology, opt: &PlanOptions) -> Result<PlanReport, PlanError>
         if ab.len() < opt.threshold {
             below += 1;
         }
-        let w = (saes[a as usize] * saes[b as usize]) as f64;
-        for set in [ab, ba] {
+        for (set, w) in [ab, ba].into_iter().zip(weights[pi]) {
+            if w == 0 {
+                continue;
+            }
+            let w = w as f64;
             demands.push(
                 set.iter().flat_map(|p| {
                     p.windows(2).map(|h| {
@@ -320,7 +348,7 @@ pub fn plan(topo: &Topology, opt: &PlanOptions) -> Result<PlanReport, PlanError>
         rates.push(PairRate {
             a: g.ids[a as usize].clone(),
             b: g.ids[b as usize].clone(),
-            sae_pairs: saes[a as usize] * saes[b as usize],
+            sae_pairs: weights[pi].into_iter().max().unwrap_or(0),
             delivered_bps: delivered[pi],
             per_sae_pair_bps: per_sae[pi],
             paths: ab.len(),
@@ -404,6 +432,37 @@ pub fn plan(topo: &Topology, opt: &PlanOptions) -> Result<PlanReport, PlanError>
         cut_samples,
         median_cut_gain: if no_samples { 1.0 } else { median_cut_gain },
     })
+}
+
+/// A node pair (a < b) and its SAE pairs a → b and b → a.
+type WeightedPair = ((u32, u32), [u64; 2]);
+
+/// The node pairs of a directed demand, with their SAE pairs each way.
+fn directed_pairs(g: &Graph, list: &[(String, String)]) -> Result<Vec<WeightedPair>, PlanError> {
+    let index: std::collections::HashMap<&str, u32> = g
+        .ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i as u32))
+        .collect();
+    let find = |id: &str| {
+        index
+            .get(id)
+            .copied()
+            .ok_or_else(|| PlanError::Value(format!("demand names unknown node {id}")))
+    };
+    let mut by_pair: std::collections::BTreeMap<(u32, u32), [u64; 2]> = Default::default();
+    for (from, to) in list {
+        let (x, y) = (find(from)?, find(to)?);
+        if x == y {
+            return Err(PlanError::Value(format!(
+                "demand {from} → {to} does not leave its node"
+            )));
+        }
+        let (key, dir) = if x < y { ((x, y), 0) } else { ((y, x), 1) };
+        by_pair.entry(key).or_default()[dir] += 1;
+    }
+    Ok(by_pair.into_iter().collect())
 }
 
 /// Drops the weakest paths of `set` (weakest link below `share` of the best path's) while more
