@@ -45,9 +45,6 @@ pub struct ChaosConfig {
     pub p_msg: f64,
     /// Length of the faulty phase.
     pub chaos: Duration,
-    /// Nodes send heartbeats (the core's default liveness policy). Regression seeds recorded
-    /// before heartbeats existed replay their runs with them off.
-    pub heartbeats: bool,
 }
 
 impl Default for ChaosConfig {
@@ -63,7 +60,6 @@ impl Default for ChaosConfig {
             p_rollback: 0.003,
             p_msg: 0.03,
             chaos: Duration::from_millis(2500),
-            heartbeats: true,
         }
     }
 }
@@ -161,7 +157,6 @@ pub fn run(seed: u64, cfg: &ChaosConfig) -> ChaosReport {
     let policy = Policy {
         pool_target_bytes: 4 * 1024,
         relay_chunk_bytes: 512,
-        liveness: cfg.heartbeats.then(kagi_km::LivenessPolicy::default),
         ..Policy::default()
     };
     let faults = Faults {

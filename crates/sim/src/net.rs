@@ -179,6 +179,9 @@ pub struct Sim {
     seq: u64,
     nodes: BTreeMap<String, SimNode>,
     rng: ChaCha20Rng,
+    /// Loss, duplication and latency of heartbeats: their own stream, so that a run with
+    /// heartbeats gives every other message the fate it has in the same run without them.
+    beat_rng: ChaCha20Rng,
     seed: u64,
     /// Fault model (may be changed between steps).
     pub faults: Faults,
@@ -237,6 +240,7 @@ impl Sim {
             seq: 0,
             nodes: BTreeMap::new(),
             rng: ChaCha20Rng::seed_from_u64(seed),
+            beat_rng: ChaCha20Rng::seed_from_u64(seed ^ 0x6865_6172_7462_6561),
             seed,
             faults,
             link_intervals: vec![supply.interval; topo.links.len()],
@@ -371,12 +375,7 @@ impl Sim {
     }
 
     fn latency(&mut self, range: (Duration, Duration)) -> Duration {
-        let (lo, hi) = (range.0.as_nanos() as u64, range.1.as_nanos() as u64);
-        Duration::from_nanos(if hi > lo {
-            self.rng.gen_range(lo..=hi)
-        } else {
-            lo
-        })
+        draw_latency(&mut self.rng, range)
     }
 
     fn mix(&mut self, x: u64) {
@@ -411,16 +410,27 @@ impl Sim {
                 Action::Send { to, msg } => {
                     self.mix(1);
                     self.mix_bytes(&msg.encode());
-                    if self.rng.gen_bool(self.faults.p_loss) {
+                    let beat = matches!(msg, PeerMsg::Heartbeat);
+                    let rng = if beat {
+                        &mut self.beat_rng
+                    } else {
+                        &mut self.rng
+                    };
+                    if rng.gen_bool(self.faults.p_loss) {
                         continue;
                     }
-                    let copies = if self.rng.gen_bool(self.faults.p_dup) {
+                    let copies = if rng.gen_bool(self.faults.p_dup) {
                         2
                     } else {
                         1
                     };
                     for _ in 0..copies {
-                        let at = self.now + self.latency(self.faults.latency);
+                        let lat = if beat {
+                            draw_latency(&mut self.beat_rng, self.faults.latency)
+                        } else {
+                            self.latency(self.faults.latency)
+                        };
+                        let at = self.now + lat;
                         self.push(
                             at,
                             Event::Deliver {
@@ -1000,4 +1010,10 @@ impl Sim {
     pub fn seed(&self) -> u64 {
         self.seed
     }
+}
+
+/// A latency drawn uniformly from `range`.
+fn draw_latency(rng: &mut ChaCha20Rng, range: (Duration, Duration)) -> Duration {
+    let (lo, hi) = (range.0.as_nanos() as u64, range.1.as_nanos() as u64);
+    Duration::from_nanos(if hi > lo { rng.gen_range(lo..=hi) } else { lo })
 }

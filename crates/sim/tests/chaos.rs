@@ -56,28 +56,21 @@ fn every_fault_at_once_keeps_every_key_invariant() {
 /// (The fix changed the run's messages, so this seed no longer reaches that state:
 /// `wiped_store.rs::a_restored_node_fenced_before_its_detection_is_durable_keeps_keys_applied_since`
 /// builds it deterministically.)
-///
-/// The seeds were recorded before nodes sent heartbeats, which change every run's messages:
-/// they replay with heartbeats off, so that they still reach the states they once failed in.
 #[test]
 fn seeds_that_once_failed_pass() {
-    let old = ChaosConfig {
-        heartbeats: false,
-        ..ChaosConfig::default()
-    };
-    let r = chaos::run(6642, &old);
+    let r = chaos::run(6642, &ChaosConfig::default());
     assert!(r.faults.rollbacks > 0 && r.fetched > 0, "{r:?}");
     // 2059 (found by the long run after the fix above): d's rollback showed only in link key
     // (its neighbour c saw d spend a block d's copy still held unspent), which the peer did not
     // judge yet, so no fork was reported and d discarded keys applied after the restore. `Hello`
     // now carries the sender's lowest transmit block for the same test.
-    let r = chaos::run(2059, &old);
+    let r = chaos::run(2059, &ChaosConfig::default());
     assert!(r.faults.rollbacks > 0 && r.fetched > 0, "{r:?}");
     // 6951: node b's first run after a restore met its peer down; the peer judged only the
     // second run, reported it as the fork, and the keys the first run had applied were
     // discarded though their master held them. Since main moved this seed no longer reaches
     // that state; `wiped_store.rs::a_restored_node_whose_first_run_missed_a_peer_keeps_keys_that_run_applied`
     // builds it deterministically.
-    let r = chaos::run(6951, &old);
+    let r = chaos::run(6951, &ChaosConfig::default());
     assert!(r.fetched > 0, "{r:?}");
 }

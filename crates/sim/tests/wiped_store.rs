@@ -259,7 +259,6 @@ fn assert_fetchable_by_sae_c(sim: &mut Sim, ids: &[Uuid], what: &str, seed: u64)
 #[test]
 fn a_restored_node_fenced_before_its_detection_is_durable_keeps_keys_applied_since() {
     let mut kept_total = 0;
-    let mut detected = 0;
     for seed in seeds(1, 5) {
         let Some((mut sim, since)) = restored_behind_b(seed) else {
             continue; // refused (allowed); nothing to check on this seed
@@ -269,10 +268,11 @@ fn a_restored_node_fenced_before_its_detection_is_durable_keeps_keys_applied_sin
         });
         sim.heal();
         sim.run_for(Duration::from_secs(3));
-        // Whether c's restarted run detected the rollback (again) depends on the order of
-        // messages, which heartbeats change; the keys must stay fetchable on every seed, and
-        // at least one seed must reach the state this test is about.
-        detected += usize::from(sim.node("c").expect("running").stats().rollbacks_detected >= 1);
+        let s = sim.node("c").expect("running").stats();
+        assert!(
+            s.rollbacks_detected >= 1,
+            "seed {seed}: c did not detect the rollback after its restart: {s:?}"
+        );
         assert!(
             sim.counts.fence_restarts >= 1,
             "seed {seed}: the identity write did not fail"
@@ -285,10 +285,6 @@ fn a_restored_node_fenced_before_its_detection_is_durable_keeps_keys_applied_sin
         );
         kept_total += since.len();
     }
-    assert!(
-        detected > 0,
-        "c never detected the rollback after its restart"
-    );
     assert!(kept_total > 0, "no seed got keys after the restore");
 }
 
