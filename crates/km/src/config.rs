@@ -187,6 +187,11 @@ pub struct Policy {
     pub assign_retry: Duration,
     /// A relay hop that arrives before its link key (or before key to forward it) waits this long.
     pub hop_wait: Duration,
+    /// How long a slave that fetched a key may fetch it again (same SAE, same key ID, same
+    /// bytes), in case its reply was lost; the key is erased when the grace of every slave that
+    /// fetched it has ended. Counted again from each start of the key manager. Zero: erased at
+    /// once (the reply is the only copy). At most [`MAX_SLAVE_GRACE`].
+    pub slave_grace: Duration,
     /// Most link key bytes held per link (both halves); further blocks are dropped until key is
     /// spent, which bounds memory and disk when demand is low.
     pub link_buffer_cap_bytes: u64,
@@ -246,6 +251,10 @@ impl Default for RoutePolicy {
     }
 }
 
+/// Longest [`Policy::slave_grace`] a configuration may set: a delivered key stays at rest at
+/// the slave's node no longer than this (and a restart counts it again).
+pub const MAX_SLAVE_GRACE: Duration = Duration::from_secs(3600);
+
 /// Most paths a relay may use.
 pub const MAX_PATHS: u8 = 8;
 
@@ -297,6 +306,7 @@ impl Default for Policy {
             assign_timeout: Duration::from_secs(5),
             assign_retry: Duration::from_millis(500),
             hop_wait: Duration::from_secs(3),
+            slave_grace: Duration::from_secs(60),
             link_buffer_cap_bytes: 8 << 20,
             routing: RoutePolicy::default(),
             quotas: crate::quota::QuotaConfig::default(),

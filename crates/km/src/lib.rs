@@ -10,6 +10,7 @@
 
 pub mod app;
 pub mod config;
+mod delivery;
 mod demand;
 pub mod keybuf;
 mod links;
@@ -32,6 +33,7 @@ pub mod time;
 pub use app::{AppCall, AppReply, DeliveredKey, KeyPaths, Refusal, SaeId, StatusInfo};
 pub use config::{
     EncKeysShape, KmConfig, Limits, LimitsError, LivenessPolicy, Policy, RoutePolicy,
+    MAX_SLAVE_GRACE,
 };
 pub use manager::{Action, Input, KeyManager, NodeStats, ReqId, WriteId};
 pub use msgs::{AbortReason, NodeId, PeerMsg, ShareInfo};

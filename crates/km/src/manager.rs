@@ -115,8 +115,13 @@ pub struct NodeStats {
     pub bad_tags: u64,
     /// Keys served to masters here.
     pub keys_served_master: u64,
-    /// Keys served to slaves here.
+    /// Keys served to slaves here (first deliveries).
     pub keys_served_slave: u64,
+    /// Keys served again to a slave that had fetched them, within its grace (its earlier reply
+    /// was lost, or it asked twice).
+    pub slave_refetches: u64,
+    /// Keys erased when the grace of the last slave that fetched them ended.
+    pub graces_ended: u64,
     /// Requests refused for lack of key.
     pub refused_no_key: u64,
     /// End-to-end key bytes ready in out-pools now.
@@ -189,6 +194,8 @@ pub struct KeyManager {
     pub(crate) stats: NodeStats,
     /// Store identity, epoch and what peers saw (see [`crate::reconcile`]).
     pub(crate) reconcile: Reconcile,
+    /// Graces of slaves that fetched keys here (see [`crate::delivery`]).
+    pub(crate) delivery: crate::delivery::Delivery,
 }
 
 impl KeyManager {
@@ -224,6 +231,7 @@ impl KeyManager {
             ),
             stats: NodeStats::default(),
             reconcile: Reconcile::new(0, 0, Default::default(), now),
+            delivery: Default::default(),
             cfg,
         };
         let mut stale_relays = Vec::new();
@@ -263,6 +271,16 @@ impl KeyManager {
                 Record::SlaveKey { id, key } => km.supply.restore_slave_key(id, key),
                 Record::TaggedSlaveKey { id, mut key, run } => {
                     key.run = run;
+                    km.supply.restore_slave_key(id, key)
+                }
+                Record::GracedSlaveKey {
+                    id,
+                    mut key,
+                    run,
+                    graced,
+                } => {
+                    key.run = run;
+                    key.graced = graced;
                     km.supply.restore_slave_key(id, key)
                 }
                 Record::Counter {
@@ -321,6 +339,7 @@ impl KeyManager {
             }
         }
         km.pools.recount();
+        km.restart_graces(now);
         if !stale_relays.is_empty() {
             km.stats.relays_abandoned += stale_relays.len() as u64;
             km.out.store(stale_relays, vec![]);
@@ -414,6 +433,7 @@ impl KeyManager {
         self.expire_relays(now);
         self.expire_assigns(now);
         self.expire_hops(now);
+        self.end_graces(now);
         self.retry_hellos(now);
         if now >= self.next_refill {
             self.next_refill = now + self.cfg.policy.refill_interval;
@@ -444,6 +464,9 @@ impl KeyManager {
         }
         if self.cfg.policy.liveness.is_some() {
             t = t.min(self.liveness.next_deadline());
+        }
+        if let Some(g) = self.delivery.next_deadline() {
+            t = t.min(g);
         }
         Some(t)
     }

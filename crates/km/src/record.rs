@@ -51,6 +51,11 @@ pub struct SlaveKey {
     /// 0 for keys of stores that did not record it.
     #[serde(skip)]
     pub run: u64,
+    /// Slaves here that fetched it and may fetch it again while their grace lasts (their reply
+    /// may have been lost: see `delivery`). Persisted by [`Record::GracedSlaveKey`]; the grace
+    /// itself is counted again from each start, since monotonic time is never persisted.
+    #[serde(skip)]
+    pub graced: Vec<SaeId>,
 }
 
 impl std::fmt::Debug for SlaveKey {
@@ -62,6 +67,7 @@ impl std::fmt::Debug for SlaveKey {
             .field("origin", &self.origin)
             .field("assign_seq", &self.assign_seq)
             .field("run", &self.run)
+            .field("graced", &self.graced)
             .field("key", &self.key)
             .finish()
     }
@@ -216,6 +222,18 @@ pub enum Record {
         /// The first forked run seen (0: none).
         fork_run: u64,
     },
+    /// A key held here with slaves in their grace after fetching it (upsert; same entity as
+    /// [`Record::TaggedSlaveKey`], written instead of it while some slave is in its grace).
+    GracedSlaveKey {
+        /// Key ID.
+        id: Uuid,
+        /// The key and who may fetch it.
+        key: SlaveKey,
+        /// [`SlaveKey::run`].
+        run: u64,
+        /// [`SlaveKey::graced`].
+        graced: Vec<SaeId>,
+    },
 }
 
 /// The node-disjoint paths one relay's shares travelled over: what a pool chunk records so that
@@ -290,6 +308,7 @@ impl Record {
             }
             Record::SlaveKey { id, .. }
             | Record::TaggedSlaveKey { id, .. }
+            | Record::GracedSlaveKey { id, .. }
             | Record::SlaveKeyGone { id } => ("slave_key", id.to_string()),
             Record::Counter { name, .. } => ("counter", format!("{name:?}")),
             Record::Identity { .. } => ("identity", String::new()),
@@ -311,10 +330,21 @@ impl Record {
         )
     }
 
-    /// The record that stores a key held for slaves, with its run.
+    /// The record that stores a key held for slaves, with its run (and the slaves in their
+    /// grace, if any).
     pub fn slave_key(id: Uuid, key: SlaveKey) -> Self {
         let run = key.run;
-        Record::TaggedSlaveKey { id, key, run }
+        if key.graced.is_empty() {
+            Record::TaggedSlaveKey { id, key, run }
+        } else {
+            let graced = key.graced.clone();
+            Record::GracedSlaveKey {
+                id,
+                key,
+                run,
+                graced,
+            }
+        }
     }
 
     /// Encodes for storage.
@@ -424,5 +454,44 @@ mod tests {
         };
         assert_eq!(routed.entity(), r.entity(), "an upsert of the same chunk");
         assert_eq!(Record::decode(&routed.encode()).unwrap(), routed);
+    }
+
+    /// A key with slaves in their grace is stored with them (and restores them); without any
+    /// it is stored as before, so stores written by earlier versions read the same.
+    #[test]
+    fn slaves_in_their_grace_are_stored_with_the_key() {
+        let mut k = SlaveKey {
+            master: "sae-a".into(),
+            slaves: vec!["sae-c".into(), "sae-c2".into()],
+            pending: vec!["sae-c2".into()],
+            origin: "a".into(),
+            assign_seq: 4,
+            key: Key::from_slice(&[7; 32]),
+            run: 2,
+            graced: vec![],
+        };
+        let id = Uuid::from_u128(9);
+        let plain = Record::slave_key(id, k.clone());
+        assert!(matches!(plain, Record::TaggedSlaveKey { .. }), "{plain:?}");
+        k.graced = vec!["sae-c".into()];
+        let graced = Record::slave_key(id, k.clone());
+        assert_eq!(graced.entity(), plain.entity(), "an upsert of the same key");
+        let back = Record::decode(&graced.encode()).unwrap();
+        let Record::GracedSlaveKey {
+            graced: g,
+            run,
+            key,
+            ..
+        } = back
+        else {
+            panic!("{back:?}")
+        };
+        assert_eq!((g, run), (vec!["sae-c".to_string()], 2));
+        assert_eq!(key.pending, vec!["sae-c2".to_string()]);
+        assert!(format!("{key:?}").contains("graced"));
+        assert!(
+            !format!("{key:?}").contains("7, 7"),
+            "no key bytes in Debug"
+        );
     }
 }

@@ -464,7 +464,10 @@ impl KeyManager {
                 Some((c, plan))
             });
             let (plan, ready) = match demand {
-                Some((c, plan)) => (plan, self.pools.out_free_where(dest, |r| c.admits(r))),
+                Some((c, plan)) => (
+                    std::sync::Arc::new(plan),
+                    self.pools.out_free_where(dest, |r| c.admits(r)),
+                ),
                 None => match self.routing.plan(dest, paths, threshold) {
                     Some(plan) => (plan, self.pools.out_free(dest)),
                     None => continue,

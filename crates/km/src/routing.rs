@@ -52,6 +52,9 @@ impl RoutePlan {
     }
 }
 
+/// One destination's plans by `(paths, threshold)`; `None`: unreachable.
+type PlansByPolicy = BTreeMap<(u8, u8), Option<Arc<RoutePlan>>>;
+
 /// This node's view of the network and its current routes.
 #[derive(Debug)]
 pub(crate) struct Routing {
@@ -64,11 +67,12 @@ pub(crate) struct Routing {
     silent: BTreeSet<NodeId>,
     /// Neighbours whose link an operator took out of service.
     out_of_service: BTreeSet<NodeId>,
-    /// Multi-path plans per `(destination, paths, threshold)`, computed on demand and dropped
-    /// whenever routes change.
-    plans: BTreeMap<(NodeId, u8, u8), Option<RoutePlan>>,
-    /// Every link of the topology, both ways round.
-    adjacent: BTreeSet<(NodeId, NodeId)>,
+    /// Plans per destination and `(paths, threshold)`, computed on demand and dropped whenever
+    /// routes change. Shared (`Arc`) and keyed by destination first, so the refill tick, which
+    /// asks for every destination's plan, neither allocates nor copies paths.
+    plans: BTreeMap<NodeId, PlansByPolicy>,
+    /// Every link of the topology, both ways round: node → its neighbours.
+    adjacent: BTreeMap<NodeId, BTreeSet<NodeId>>,
     /// Plans meeting a route constraint (`kagi_route`), around the peers down now.
     constrained: BTreeMap<(NodeId, RouteConstraint), Result<RoutePlan, String>>,
     /// Whether a constraint can be met at all, on the whole topology (every node up).
@@ -82,11 +86,11 @@ impl Routing {
     /// Routes over the whole topology, every peer assumed up.
     pub(crate) fn new(me: &str, topology: Arc<Topology>) -> Self {
         let routes = Routes::compute(&topology, me, &[]);
-        let adjacent = topology
-            .links
-            .iter()
-            .flat_map(|l| [(l.a.clone(), l.b.clone()), (l.b.clone(), l.a.clone())])
-            .collect();
+        let mut adjacent: BTreeMap<NodeId, BTreeSet<NodeId>> = BTreeMap::new();
+        for l in &topology.links {
+            adjacent.entry(l.a.clone()).or_default().insert(l.b.clone());
+            adjacent.entry(l.b.clone()).or_default().insert(l.a.clone());
+        }
         Self {
             adjacent,
             me: me.to_string(),
@@ -176,25 +180,35 @@ impl Routing {
     /// How relays to `dest` go under policy `(paths, threshold)`: up to `paths` node-disjoint
     /// paths around down peers and links out of service, threshold capped at the paths found.
     /// `None` when `dest` is unreachable.
-    pub(crate) fn plan(&mut self, dest: &str, paths: u8, threshold: u8) -> Option<RoutePlan> {
-        let key = (dest.to_string(), paths, threshold);
-        if let Some(p) = self.plans.get(&key) {
+    pub(crate) fn plan(&mut self, dest: &str, paths: u8, threshold: u8) -> Option<Arc<RoutePlan>> {
+        if let Some(p) = self
+            .plans
+            .get(dest)
+            .and_then(|m| m.get(&(paths, threshold)))
+        {
             return p.clone();
         }
-        let plan = self.compute_plan(dest, paths, threshold);
+        let plan = self.compute_plan(dest, paths, threshold).map(Arc::new);
         if let Some(p) = &plan {
             if let Some(why) = &p.shortfall {
                 tracing::info!(me = %self.me, %dest, "multi-path relay: {why}");
             }
         }
-        self.plans.insert(key, plan.clone());
+        self.plans
+            .entry(dest.to_string())
+            .or_default()
+            .insert((paths, threshold), plan.clone());
         plan
     }
 
     /// Like [`plan`](Self::plan), without caching (for read-only status).
     pub(crate) fn peek_plan(&self, dest: &str, paths: u8, threshold: u8) -> Option<RoutePlan> {
-        match self.plans.get(&(dest.to_string(), paths, threshold)) {
-            Some(p) => p.clone(),
+        match self
+            .plans
+            .get(dest)
+            .and_then(|m| m.get(&(paths, threshold)))
+        {
+            Some(p) => p.as_deref().cloned(),
             None => self.compute_plan(dest, paths, threshold),
         }
     }
@@ -246,7 +260,7 @@ impl Routing {
         path.iter().all(|n| seen.insert(n.as_str()))
             && path
                 .windows(2)
-                .all(|w| self.adjacent.contains(&(w[0].clone(), w[1].clone())))
+                .all(|w| self.adjacent.get(&w[0]).is_some_and(|n| n.contains(&w[1])))
     }
 
     /// The current path `[me, ..., dest]`, if `dest` is reachable.

@@ -149,7 +149,7 @@ impl KeyManager {
                 slave,
                 master,
                 key_ids,
-            } => match self.dec_keys(req, &slave, &master, key_ids) {
+            } => match self.dec_keys(now, req, &slave, &master, key_ids) {
                 Ok(()) => return,
                 Err(r) => Err(r),
             },
@@ -385,6 +385,7 @@ impl KeyManager {
                     assign_seq: seq,
                     key: k.key.clone(),
                     run: self.reconcile.run,
+                    graced: Vec::new(),
                 };
                 batch.push(Record::slave_key(k.id, sk.clone()));
                 self.supply.slave_keys.insert(k.id, sk);
@@ -475,6 +476,7 @@ impl KeyManager {
 
     fn dec_keys(
         &mut self,
+        now: Instant,
         req: ReqId,
         slave: &str,
         master: &str,
@@ -490,7 +492,7 @@ impl KeyManager {
             return Err(bad("a key ID is repeated in the request"));
         }
         // Unknown → 400; not a named slave of the key, or the wrong master → 401; a named slave
-        // that already fetched it → 400 (the key is gone for that slave).
+        // that already fetched it and whose grace ended → 400 (the key is gone for that slave).
         if ids
             .iter()
             .any(|id| !self.supply.slave_keys.contains_key(id))
@@ -506,38 +508,53 @@ impl KeyManager {
             ));
         }
         if ids.iter().any(|id| {
-            !self.supply.slave_keys[id]
-                .pending
-                .iter()
-                .any(|s| s == slave)
+            let k = &self.supply.slave_keys[id];
+            !k.pending.iter().any(|s| s == slave) && !k.graced.iter().any(|s| s == slave)
         }) {
             return Err(bad(Refusal::KEYS_NOT_FOUND));
         }
         let mut batch = Vec::new();
         let mut out = Vec::with_capacity(ids.len());
+        let mut first = 0;
         for id in ids {
-            let k = self.supply.slave_keys.get_mut(&id).expect("checked");
-            k.pending.retain(|s| s != slave);
+            let k = &self.supply.slave_keys[&id];
             out.push(DeliveredKey {
                 id,
                 key: k.key.clone(),
                 paths: None,
             });
-            if k.pending.is_empty() {
+            if !k.pending.iter().any(|s| s == slave) {
+                // Fetched before, within this slave's grace: the same bytes again, nothing
+                // changes.
+                continue;
+            }
+            first += 1;
+            let graced = self.start_grace(now, id, slave);
+            let k = self.supply.slave_keys.get_mut(&id).expect("checked");
+            k.pending.retain(|s| s != slave);
+            if graced {
+                k.graced.push(slave.to_string());
+            }
+            if k.pending.is_empty() && k.graced.is_empty() {
                 self.supply.slave_keys.remove(&id);
                 batch.push(Record::SlaveKeyGone { id });
             } else {
                 batch.push(Record::slave_key(id, k.clone()));
             }
         }
-        self.stats.keys_served_slave += out.len() as u64;
-        self.out.store(
-            batch,
-            vec![After::Act(Action::Answer {
-                req,
-                reply: Ok(AppReply::Keys(out)),
-            })],
-        );
+        self.stats.keys_served_slave += first;
+        self.stats.slave_refetches += out.len() as u64 - first;
+        let answer = After::Act(Action::Answer {
+            req,
+            reply: Ok(AppReply::Keys(out)),
+        });
+        if batch.is_empty() {
+            // Only keys fetched before: answer once the write that delivered them (or any
+            // earlier one still in flight) is durable, never ahead of it.
+            self.out.hold_after(self.out.peek_write() - 1, answer);
+        } else {
+            self.out.store(batch, vec![answer]);
+        }
         Ok(())
     }
 
@@ -646,6 +663,7 @@ impl KeyManager {
                 assign_seq: seq,
                 key,
                 run: self.reconcile.run,
+                graced: Vec::new(),
             };
             batch.push(Record::slave_key(id, sk.clone()));
             self.supply.slave_keys.insert(id, sk);

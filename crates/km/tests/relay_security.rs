@@ -501,36 +501,47 @@ fn keys_go_only_to_named_slaves_of_their_master() {
         net.answers.remove(&4),
         Some(Err(Refusal::Unauthorized(_)))
     ));
-    // The named slave gets the same key, once.
-    net.input(
-        "c",
-        Input::App {
-            req: 5,
-            call: AppCall::DecKeys {
-                slave: "sae-c".into(),
-                master: "sae-a".into(),
-                key_ids: vec![id],
+    // The named slave gets the same key.
+    let fetch = |net: &mut Net, req: u64, slave: &str| {
+        net.input(
+            "c",
+            Input::App {
+                req,
+                call: AppCall::DecKeys {
+                    slave: slave.into(),
+                    master: "sae-a".into(),
+                    key_ids: vec![id],
+                },
             },
-        },
-    );
-    let Some(Ok(AppReply::Keys(got))) = net.answers.remove(&5) else {
+        );
+        net.answers.remove(&req).expect("answered")
+    };
+    let Ok(AppReply::Keys(got)) = fetch(&mut net, 5, "sae-c") else {
         panic!()
     };
     assert!(got[0].key == keys[0].key);
-    net.input(
-        "c",
-        Input::App {
-            req: 6,
-            call: AppCall::DecKeys {
-                slave: "sae-c".into(),
-                master: "sae-a".into(),
-                key_ids: vec![id],
-            },
-        },
-    );
+    // Within its grace (its reply may have been lost) the same slave gets the same bytes again;
+    // another SAE still gets 401.
+    let Ok(AppReply::Keys(again)) = fetch(&mut net, 6, "sae-c") else {
+        panic!("the slave's fetch within its grace was refused")
+    };
+    assert!(again[0].key == keys[0].key);
+    assert!(matches!(
+        fetch(&mut net, 7, "sae-c2"),
+        Err(Refusal::Unauthorized(_))
+    ));
+    // Once the grace has ended the key is gone.
+    net.now = net.now + Policy::default().slave_grace;
+    net.tick();
     assert_eq!(
-        net.answers.remove(&6),
-        Some(Err(Refusal::BadRequest(Refusal::KEYS_NOT_FOUND.into())))
+        fetch(&mut net, 8, "sae-c"),
+        Err(Refusal::BadRequest(Refusal::KEYS_NOT_FOUND.into()))
+    );
+    assert!(
+        net.written["c"]
+            .iter()
+            .any(|r| matches!(r, Record::SlaveKeyGone { id: g } if *g == id)),
+        "the key's erasure was not persisted"
     );
 }
 

@@ -30,6 +30,9 @@ pub struct NodeConfig {
     /// Key store durability.
     #[serde(default)]
     pub store: StoreConfig,
+    /// What happens to keys delivered to slaves here (`[delivery]`: `grace_s`).
+    #[serde(default, skip_serializing_if = "DeliveryConfig::is_default")]
+    pub delivery: DeliveryConfig,
     /// Where Cisco SKIP is served (`127.0.0.1:PORT`, TLS 1.3 with client certificates); off
     /// when absent. See [`crate::skip`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -172,6 +175,40 @@ pub struct StoreConfig {
     pub synchronous: crate::store::Sync,
     /// Where the key-encryption key that unseals the store comes from (`[store.seal]`).
     pub seal: crate::seal::kek::SealConfig,
+}
+
+/// Keys delivered to slave SAEs at this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Seconds during which a slave SAE that fetched a key may fetch it again (same SAE, same
+    /// key ID, same bytes) in case its reply was lost; then the key is erased. 0: erased at
+    /// once, as ETSI GS QKD 014 reads literally. At most 3600. Counted again from a restart.
+    pub grace_s: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self { grace_s: 60 }
+    }
+}
+
+impl DeliveryConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Checks the bounds.
+    pub fn validate(&self) -> Result<(), String> {
+        let max = kagi_km::MAX_SLAVE_GRACE.as_secs();
+        if self.grace_s > max {
+            return Err(format!(
+                "grace_s = {} must be at most {max} (a delivered key stays at rest that long)",
+                self.grace_s
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Certificates and keys (PEM files).
@@ -318,6 +355,9 @@ impl NodeConfig {
         cfg.quotas
             .validate()
             .map_err(|e| anyhow::anyhow!("{}: [quotas]: {e}", path.display()))?;
+        cfg.delivery
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{}: [delivery]: {e}", path.display()))?;
         cfg.source = Some(path.to_path_buf());
         if let Some(p) = cfg.store.seal.key_file.as_mut() {
             if p.is_relative() {
@@ -356,6 +396,18 @@ mod tests {
             .unwrap()
             .synchronous
             .is_unsafe());
+    }
+
+    #[test]
+    fn the_delivery_grace_is_bounded_and_defaults_to_a_minute() {
+        assert_eq!(DeliveryConfig::default().grace_s, 60);
+        let d: DeliveryConfig = toml::from_str("grace_s = 0").unwrap();
+        d.validate().unwrap();
+        let d: DeliveryConfig = toml::from_str("grace_s = 3601").unwrap();
+        let err = d.validate().unwrap_err();
+        assert!(err.contains("grace_s = 3601"), "{err}");
+        assert!(toml::from_str::<DeliveryConfig>("grace_s = -1").is_err());
+        assert!(toml::from_str::<DeliveryConfig>("grace = 5").is_err());
     }
 
     #[test]

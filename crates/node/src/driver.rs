@@ -924,6 +924,7 @@ pub fn km_config(cfg: &crate::config::NodeConfig, topo: Arc<kagi_control::Topolo
             max_relays_in_flight: p.max_in_flight.max(1),
             routing: cfg.routing.to_policy(),
             quotas: cfg.quotas.clone(),
+            slave_grace: Duration::from_secs(cfg.delivery.grace_s).min(kagi_km::MAX_SLAVE_GRACE),
             ..kagi_km::Policy::default()
         },
     }

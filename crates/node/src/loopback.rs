@@ -105,6 +105,7 @@ pub fn prepare(
             pool: Default::default(),
             routing: Default::default(),
             store: Default::default(),
+            delivery: Default::default(),
             skip_addr: None,
             etsi004: None,
             management: None,

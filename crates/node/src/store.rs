@@ -517,6 +517,7 @@ pub(crate) mod tests {
                     assign_seq: 1,
                     key: Key::from_slice(&[0xA4; 32]),
                     run: 3,
+                    graced: vec![],
                 },
             ),
             Record::Counter {

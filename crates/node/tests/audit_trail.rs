@@ -100,8 +100,11 @@ async fn run_network(dir: &Path) -> (Topology, Vec<NodeConfig>, Vec<Vec<u8>>) {
     let keys = master.enc_keys("sae-c", &req).await.expect("enc_keys");
     let ids: Vec<_> = keys.iter().map(|k| k.id).collect();
     slave.dec_keys("sae-a", &ids).await.expect("dec_keys");
-    // A refusal is audited too.
-    assert!(slave.dec_keys("sae-a", &ids).await.is_err());
+    // A refusal is audited too (an unknown key ID).
+    assert!(slave
+        .dec_keys("sae-a", &[uuid::Uuid::from_u128(7)])
+        .await
+        .is_err());
     // Let a timed checkpoint (10 s) pass so that neighbours witness one mid-run.
     tokio::time::sleep(Duration::from_secs(11)).await;
     let _ = stop_tx.send(true);

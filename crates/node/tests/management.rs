@@ -548,6 +548,8 @@ fn check_metrics(text: &str) {
         "kagi_peer_stores_replaced_total",
         "kagi_rollbacks_detected_total",
         "kagi_slave_keys_discarded_total",
+        "kagi_slave_refetches_total",
+        "kagi_slave_graces_ended_total",
         "kagi_stale_dropped_total",
         "kagi_pool_chunks_missing_total",
         "kagi_link_key_discarded_bytes_total",

@@ -192,6 +192,10 @@ pub struct Sim {
     next_req: u64,
     answers: BTreeMap<u64, Answered>,
     asked: BTreeMap<u64, (String, Asked)>,
+    /// When each request in `asked` was made.
+    asked_at: BTreeMap<u64, Instant>,
+    /// Requests whose reply the application never reads (see [`Sim::call_losing_reply`]).
+    drop_replies: BTreeSet<u64>,
     /// `enc_keys` requests in progress when a slave's node lost its database: the keys they
     /// are answered with may be gone at that node (it may have confirmed them before).
     lost_slaves: BTreeMap<u64, BTreeSet<String>>,
@@ -231,6 +235,7 @@ impl Sim {
         policy: Policy,
     ) -> Self {
         let topo = Arc::new(topo);
+        let grace = policy.slave_grace;
         let mut sim = Sim {
             topo: topo.clone(),
             now: Instant(1_000_000),
@@ -249,8 +254,10 @@ impl Sim {
             next_req: 1,
             answers: BTreeMap::new(),
             asked: BTreeMap::new(),
+            asked_at: BTreeMap::new(),
+            drop_replies: BTreeSet::new(),
             lost_slaves: BTreeMap::new(),
-            oracle: Oracle::new(seed),
+            oracle: Oracle::new(seed).with_grace(grace),
             cut: BTreeSet::new(),
             hostile_inbox: Vec::new(),
             last_block: vec![None; topo.links.len()],
@@ -469,7 +476,12 @@ impl Sim {
                     }
                     self.nodes.get_mut(id).expect("node").waiting.remove(&req);
                     if let Some((_, asked)) = self.asked.get(&req) {
-                        self.oracle.answered(id, asked, &reply);
+                        if self.drop_replies.remove(&req) {
+                            let at = self.asked_at.get(&req).copied().unwrap_or(self.now);
+                            self.oracle.lost(asked, at);
+                        } else {
+                            self.oracle.answered(id, asked, &reply);
+                        }
                     }
                     if let (Some(nodes), Ok(AppReply::Keys(keys))) =
                         (self.lost_slaves.remove(&req), &reply)
@@ -533,6 +545,7 @@ impl Sim {
             AppCall::Status { .. } => Asked::Other,
         };
         self.asked.insert(req, (node.to_string(), asked));
+        self.asked_at.insert(req, self.now);
         let now = self.now;
         match self.nodes.get_mut(node) {
             Some(n) if n.km.is_some() && !n.frozen => {
@@ -543,6 +556,7 @@ impl Sim {
                 self.drain(node);
             }
             _ => {
+                self.drop_replies.remove(&req);
                 self.answers.insert(
                     req,
                     Answered {
@@ -560,8 +574,18 @@ impl Sim {
         let a = self.answers.remove(&req);
         if a.is_some() {
             self.asked.remove(&req);
+            self.asked_at.remove(&req);
         }
         a
+    }
+
+    /// Like [`call`](Self::call), but the application never reads the reply (its client gave
+    /// up, or the connection broke after the node answered): the oracle counts keys in it as
+    /// not received. The answer can still be read with [`answer`](Self::answer) (to compare
+    /// bytes in a test).
+    pub fn call_losing_reply(&mut self, node: &str, call: AppCall) -> u64 {
+        self.drop_replies.insert(self.next_req);
+        self.call(node, call)
     }
 
     /// Runs one event. Returns false when nothing is queued.
@@ -750,7 +774,8 @@ impl Sim {
             // nothing that was not acknowledged, and every acknowledged reply was given.
             if crash {
                 if let Some((_, asked)) = self.asked.get(&req) {
-                    self.oracle.lost(asked);
+                    let at = self.asked_at.get(&req).copied().unwrap_or(self.now);
+                    self.oracle.lost(asked, at);
                 }
             }
             self.answers.insert(
@@ -1004,6 +1029,11 @@ impl Sim {
     /// The oracle that checked every answer so far.
     pub fn oracle(&self) -> &Oracle {
         &self.oracle
+    }
+
+    /// The oracle, to rule on a refusal ([`Oracle::may_be_gone`]).
+    pub fn oracle_mut(&mut self) -> &mut Oracle {
+        &mut self.oracle
     }
 
     /// The seed of this run.

@@ -5,15 +5,20 @@
 //! * A key is served at most once to its master and at most once to each slave.
 //! * Two different key IDs never carry the same bytes (a one-time pad spent twice).
 //! * Every key answered to a master stays fetchable by each of its slaves until that slave
-//!   fetched it ([`Oracle::unfetched`], checked at the end of a run), except where a `dec_keys`
-//!   reply was lost with its node (the delivery window, counted in [`Oracle::window`]).
+//!   fetched it ([`Oracle::unfetched`], checked at the end of a run). A slave whose `dec_keys`
+//!   reply was lost (with its crashed node) may fetch the same keys again within the grace
+//!   ([`Policy::slave_grace`](kagi_km::Policy::slave_grace)); only once the grace may have
+//!   ended is "not found" allowed for it ([`Oracle::may_be_gone`], counted in
+//!   [`Oracle::grace_lost`]). Keys lost with a wiped or restored database are allowed and
+//!   counted too; any other refusal is a lost key.
 //!
 //! A violation panics with the seed, so the failing run can be replayed.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use kagi_keymat::Key;
-use kagi_km::{AppReply, NodeId, Refusal, SaeId};
+use kagi_km::{AppReply, Instant, NodeId, Refusal, SaeId};
 use uuid::Uuid;
 
 /// What an application asked, as far as the oracle cares.
@@ -51,8 +56,15 @@ pub struct Oracle {
     by_bytes: BTreeMap<u64, Vec<Uuid>>,
     /// Keys a master got, with the slaves that have not fetched them yet.
     owed: BTreeMap<Uuid, (SaeId, Vec<(SaeId, NodeId)>)>,
-    /// (key, slave) pairs whose `dec_keys` reply was lost in a crash: maybe consumed.
-    window: BTreeSet<(Uuid, SaeId)>,
+    /// (key, slave) pairs whose `dec_keys` reply was lost in a crash, with when the first such
+    /// request was made (its grace cannot have started earlier).
+    window: BTreeMap<(Uuid, SaeId), Instant>,
+    /// Every (key, slave) pair whose reply was ever lost (fetched again or not).
+    ever_lost: BTreeSet<(Uuid, SaeId)>,
+    /// Of those, pairs refused once their grace may have ended (allowed, counted).
+    grace_lost: BTreeSet<(Uuid, SaeId)>,
+    /// The slaves' grace after a fetch.
+    grace: Duration,
     /// (key, slave) pairs lost with their node's database (wiped or replaced by an old copy).
     store_lost: BTreeSet<(Uuid, SaeId)>,
 }
@@ -65,9 +77,18 @@ impl Oracle {
             served: BTreeMap::new(),
             by_bytes: BTreeMap::new(),
             owed: BTreeMap::new(),
-            window: BTreeSet::new(),
+            window: BTreeMap::new(),
+            ever_lost: BTreeSet::new(),
+            grace_lost: BTreeSet::new(),
+            grace: Duration::ZERO,
             store_lost: BTreeSet::new(),
         }
+    }
+
+    /// The nodes give each slave this grace to fetch a key again after a lost reply.
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
     }
 
     /// `node` lost its database (wiped or rolled back): keys its slaves had not fetched may be
@@ -157,6 +178,7 @@ impl Oracle {
                         owed.retain(|(s, _)| s != slave);
                     }
                     self.window.remove(&(k.id, slave.clone()));
+                    self.grace_lost.remove(&(k.id, slave.clone()));
                 }
                 Asked::Other => {}
             }
@@ -164,11 +186,13 @@ impl Oracle {
         self.owed.retain(|_, (_, s)| !s.is_empty());
     }
 
-    /// The reply to `asked` was lost with its node (a crash between commit and reply).
-    pub fn lost(&mut self, asked: &Asked) {
+    /// The reply to `asked`, made at `at`, never reached the application (a crash between
+    /// commit and reply, or a client gone).
+    pub fn lost(&mut self, asked: &Asked, at: Instant) {
         if let Asked::Dec { slave, ids } = asked {
             for id in ids {
-                self.window.insert((*id, slave.clone()));
+                self.window.entry((*id, slave.clone())).or_insert(at);
+                self.ever_lost.insert((*id, slave.clone()));
             }
         }
     }
@@ -213,14 +237,38 @@ impl Oracle {
         out
     }
 
-    /// Whether the reply of a `dec_keys` for `(id, slave)` was lost in a crash.
+    /// Whether the reply of a `dec_keys` for `(id, slave)` was lost.
     pub fn in_window(&self, id: &Uuid, slave: &str) -> bool {
-        self.window.contains(&(*id, slave.to_string()))
+        self.window.contains_key(&(*id, slave.to_string()))
     }
 
-    /// How many (key, slave) pairs sit in the delivery window.
+    /// Whether "not found" is allowed at `now` for `(id, slave)`: lost with its node's
+    /// database, or fetched by a request whose reply was lost and whose grace may have ended.
+    /// Anything else refused is a lost key. A grace allowance is counted in
+    /// [`grace_lost`](Self::grace_lost).
+    pub fn may_be_gone(&mut self, id: &Uuid, slave: &str, now: Instant) -> bool {
+        if self.in_lost_store(id, slave) {
+            return true;
+        }
+        let k = (*id, slave.to_string());
+        match self.window.get(&k) {
+            Some(at) if now >= *at + self.grace => {
+                self.grace_lost.insert(k);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// How many (key, slave) pairs had a `dec_keys` reply lost (fetched again since or not).
     pub fn window(&self) -> usize {
-        self.window.len()
+        self.ever_lost.len()
+    }
+
+    /// How many (key, slave) pairs were refused after a lost reply, once the grace may have
+    /// ended (allowed, counted).
+    pub fn grace_lost(&self) -> usize {
+        self.grace_lost.len()
     }
 
     /// Keys served to a master so far.

@@ -44,6 +44,21 @@ fn every_fault_at_once_keeps_every_key_invariant() {
     assert!(r.delivered > 0 && r.fetched > 0, "{r:?}");
     assert!(r.faults.crashes > 0 && r.faults.store_failures > 0, "{r:?}");
     assert!(r.faults.wipes > 0 && r.faults.rollbacks > 0, "{r:?}");
+    // Every slave whose reply was lost fetched its keys again within its grace.
+    assert!(r.window > 0 && r.window_lost == 0, "{r:?}");
+}
+
+/// Without a grace a lost `dec_keys` reply loses its keys for that slave: the oracle allows
+/// exactly those refusals (and counts them), and still fails any other.
+#[test]
+fn without_a_grace_lost_replies_are_counted_not_failed() {
+    let cfg = ChaosConfig {
+        grace: std::time::Duration::ZERO,
+        ..ChaosConfig::default()
+    };
+    let r = run_seeds(1, 40, &cfg);
+    eprintln!("chaos without grace: {r:?}");
+    assert!(r.window_lost > 0, "{r:?}");
 }
 
 /// Seeds that once failed, kept as regressions.

@@ -103,3 +103,47 @@ fn delivered_key_is_bounded_by_what_the_links_make() {
         "delivered {got} b/s, links make {made} b/s"
     );
 }
+
+/// The numbers two seeded studies report, pinned. Speed-ups of the simulator or the key
+/// manager must leave them exactly as they are (`docs/PERFORMANCE.md`, "kagi sim speed"); a
+/// deliberate change of the key manager's behaviour updates them in the same commit, saying
+/// why.
+#[test]
+fn pinned_studies_report_the_same_numbers() {
+    let japan24 =
+        kagi_control::Topology::from_toml(include_str!("../../../docs/examples/japan24.toml"))
+            .unwrap();
+    let single = StudyOptions {
+        hours: 0.02,
+        requests_per_hour: 3600.0,
+        seed: 1,
+        ..StudyOptions::default()
+    };
+    let mesh = kagi_sim::plan::synth::grid_mesh(48, 1);
+    let two_paths = StudyOptions {
+        hours: 0.01,
+        paths: 2,
+        seed: 1,
+        ..StudyOptions::default()
+    };
+    for (topo, opt, want) in [
+        (
+            &japan24,
+            &single,
+            [6891, 3428, 877_568, 130_213_632, 1459, 1036],
+        ),
+        (&mesh, &two_paths, [120, 51, 13_056, 561_027_328, 1936, 211]),
+    ] {
+        let r = study(topo, opt).unwrap();
+        let served: u64 = r.pairs.iter().map(|p| p.served).sum();
+        let got = [
+            r.requests,
+            served,
+            r.delivered_bits,
+            r.link_key_spent_bits,
+            r.relays_started,
+            r.relays_abandoned,
+        ];
+        assert_eq!(got, want, "{}: [requests, served, delivered bits, link key spent bits, relays started, abandoned]", topo.name);
+    }
+}

@@ -68,6 +68,9 @@ fn line(seed: u64) -> Sim {
     let policy = Policy {
         pool_target_bytes: 8 * 1024,
         relay_chunk_bytes: 1024,
+        // Short, so that a fetch of keys fetched before a rollback is made after the slave's
+        // grace (within it, the same slave may fetch them again by design).
+        slave_grace: Duration::from_secs(1),
         ..Policy::default()
     };
     let mut sim = Sim::new(t, seed, Faults::default(), LinkSupply::default(), policy);

@@ -375,6 +375,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             pool: PoolConfig::default(),
             routing: Default::default(),
             store: Default::default(),
+            delivery: Default::default(),
             skip_addr: None,
             etsi004: None,
             management: Some(kagi_node::config::ManagementConfig {
@@ -394,6 +395,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
                 pool: old.pool,
                 routing: old.routing,
                 store: old.store,
+                delivery: old.delivery,
                 ..cfg
             },
             None => cfg,

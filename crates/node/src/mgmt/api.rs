@@ -202,6 +202,8 @@ fn stats_json(s: &kagi_km::NodeStats) -> Value {
         "bad_tags": s.bad_tags,
         "keys_served_master": s.keys_served_master,
         "keys_served_slave": s.keys_served_slave,
+        "slave_refetches": s.slave_refetches,
+        "graces_ended": s.graces_ended,
         "refused_no_key": s.refused_no_key,
     })
 }

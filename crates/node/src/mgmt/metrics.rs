@@ -279,6 +279,16 @@ pub fn encode(ops: &Ops, km: Option<&KmStatus>) -> String {
                 s.slave_keys_discarded,
             ),
             (
+                "slave_refetches",
+                "Keys served again to a slave within its delivery grace (its reply may have been lost)",
+                s.slave_refetches,
+            ),
+            (
+                "slave_graces_ended",
+                "Keys erased when the delivery grace of their last slave ended",
+                s.graces_ended,
+            ),
+            (
                 "stale_dropped",
                 "Relays or assignments dropped as not of their origin's current run",
                 s.stale_dropped,

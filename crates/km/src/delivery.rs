@@ -1,0 +1,94 @@
+//! Delivery windows: a key held for slaves between the `dec_keys` that delivers it and its
+//! erasure.
+//!
+//! The core answers `dec_keys` only once the delivery is durable, so a reply that never reaches
+//! the slave (its client gave up, the connection broke, the node crashed between the commit and
+//! the reply) would otherwise leave the key delivered to nobody. Each slave that fetched a key
+//! keeps a grace ([`Policy::slave_grace`](crate::Policy::slave_grace)): within it, the same SAE
+//! may fetch the same key IDs again and gets the same bytes; any other SAE is refused as before.
+//! The key is erased once the grace of every slave that fetched it has ended. The slaves in
+//! their grace are persisted with the key ([`Record::GracedSlaveKey`]); monotonic time is not,
+//! so a restart counts each grace again from the start (a crash between commit and reply then
+//! still leaves the slave a whole grace after the node is back).
+
+use std::collections::BTreeSet;
+
+use uuid::Uuid;
+
+use crate::app::SaeId;
+use crate::manager::KeyManager;
+use crate::record::Record;
+use crate::time::Instant;
+
+/// When each slave's grace ends.
+#[derive(Debug, Default)]
+pub(crate) struct Delivery {
+    /// `(end, key, slave)`, earliest first. Entries whose key or slave went otherwise (revoked,
+    /// discarded) are skipped when they come due.
+    graces: BTreeSet<(Instant, Uuid, SaeId)>,
+}
+
+impl Delivery {
+    /// The earliest end of a grace, if any.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.graces.first().map(|(t, _, _)| *t)
+    }
+}
+
+impl KeyManager {
+    /// `slave` just fetched key `id` for the first time: it may fetch it again until its grace
+    /// ends. Returns false (nothing to keep) when the grace is zero.
+    pub(crate) fn start_grace(&mut self, now: Instant, id: Uuid, slave: &str) -> bool {
+        let grace = self.cfg.policy.slave_grace;
+        if grace.is_zero() {
+            return false;
+        }
+        self.delivery
+            .graces
+            .insert((now + grace, id, slave.to_string()));
+        true
+    }
+
+    /// At start: every slave restored in its grace gets a whole grace from now.
+    pub(crate) fn restart_graces(&mut self, now: Instant) {
+        let end = now + self.cfg.policy.slave_grace;
+        let graced: Vec<(Uuid, SaeId)> = self
+            .supply
+            .slave_keys
+            .iter()
+            .flat_map(|(id, k)| k.graced.iter().map(move |s| (*id, s.clone())))
+            .collect();
+        for (id, s) in graced {
+            self.delivery.graces.insert((end, id, s));
+        }
+    }
+
+    /// Ends the graces due by `now`; erases keys no slave may fetch any more.
+    pub(crate) fn end_graces(&mut self, now: Instant) {
+        let mut batch = Vec::new();
+        while let Some((t, _, _)) = self.delivery.graces.first() {
+            if *t > now {
+                break;
+            }
+            let (_, id, slave) = self.delivery.graces.pop_first().expect("present");
+            let Some(k) = self.supply.slave_keys.get_mut(&id) else {
+                continue;
+            };
+            let before = k.graced.len();
+            k.graced.retain(|s| *s != slave);
+            if k.graced.len() == before {
+                continue;
+            }
+            if k.pending.is_empty() && k.graced.is_empty() {
+                self.supply.slave_keys.remove(&id);
+                self.stats.graces_ended += 1;
+                batch.push(Record::SlaveKeyGone { id });
+            } else {
+                batch.push(Record::slave_key(id, k.clone()));
+            }
+        }
+        if !batch.is_empty() {
+            self.out.store(batch, vec![]);
+        }
+    }
+}

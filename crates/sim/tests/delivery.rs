@@ -1,0 +1,266 @@
+//! Delivery windows (issue 10, item 6): a `dec_keys` reply that never reaches its slave leaves
+//! the key fetchable again by that same slave, with the same bytes, until its grace ends; then
+//! the key is erased. Another SAE never gets it. The grace survives a restart of the slave's
+//! node. The oracle checks every answer the applications read (same ID → same bytes, at most
+//! once per side); replies dropped with [`Sim::call_losing_reply`] count as never received.
+
+use std::time::Duration;
+
+use kagi_control::Topology;
+use kagi_km::{AppCall, AppReply, DeliveredKey, Policy, Refusal};
+use kagi_sim::{Faults, LinkSupply, Sim};
+use uuid::Uuid;
+
+fn sim(grace: Duration) -> Sim {
+    let mut t = Topology::line("t", &["a", "b", "c", "d"], 20.0, |n| {
+        vec![format!("sae-{n}"), format!("sae-{n}2")]
+    });
+    t.seed = 3;
+    let policy = Policy {
+        pool_target_bytes: 4 * 1024,
+        relay_chunk_bytes: 512,
+        slave_grace: grace,
+        ..Policy::default()
+    };
+    let supply = LinkSupply {
+        interval: Duration::from_millis(20),
+        block_bytes: 8 * 1024,
+    };
+    let mut sim = Sim::new(t, 1, Faults::default(), supply, policy);
+    sim.run_for(Duration::from_millis(1500));
+    sim
+}
+
+/// Two keys at `a` for `sae-d` (and `extra` slaves).
+fn master_keys(sim: &mut Sim, extra: &[&str]) -> Vec<DeliveredKey> {
+    for _ in 0..50 {
+        let req = sim.call(
+            "a",
+            AppCall::EncKeys {
+                master: "sae-a".into(),
+                slave: "sae-d".into(),
+                number: Some(2),
+                size_bits: None,
+                additional_slaves: extra.iter().map(|s| s.to_string()).collect(),
+                route: None,
+            },
+        );
+        match sim
+            .run_until_answered(req, Duration::from_secs(10))
+            .map(|a| a.reply)
+        {
+            Some(Ok(AppReply::Keys(k))) => return k,
+            _ => sim.run_for(Duration::from_millis(200)),
+        }
+    }
+    panic!("a never served keys for sae-d");
+}
+
+fn dec(slave: &str, ids: &[Uuid]) -> AppCall {
+    AppCall::DecKeys {
+        slave: slave.into(),
+        master: "sae-a".into(),
+        key_ids: ids.to_vec(),
+    }
+}
+
+/// `dec_keys` at `node` whose reply the slave never reads; returns what the node answered.
+fn fetch_lost(sim: &mut Sim, node: &str, slave: &str, ids: &[Uuid]) -> Result<AppReply, Refusal> {
+    let req = sim.call_losing_reply(node, dec(slave, ids));
+    sim.run_until_answered(req, Duration::from_secs(5))
+        .expect("answered")
+        .reply
+}
+
+/// `dec_keys` at `node` whose reply the slave reads (the oracle checks it).
+fn fetch(sim: &mut Sim, node: &str, slave: &str, ids: &[Uuid]) -> Result<AppReply, Refusal> {
+    let req = sim.call(node, dec(slave, ids));
+    sim.run_until_answered(req, Duration::from_secs(5))
+        .expect("answered")
+        .reply
+}
+
+fn same_keys(got: Result<AppReply, Refusal>, want: &[DeliveredKey], what: &str) {
+    let Ok(AppReply::Keys(got)) = got else {
+        panic!("{what}: {got:?}")
+    };
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.id, w.id, "{what}");
+        assert!(g.key == w.key, "{what}: other bytes for key {}", g.id);
+    }
+}
+
+fn not_found(r: Result<AppReply, Refusal>, what: &str) {
+    assert_eq!(
+        r.err(),
+        Some(Refusal::BadRequest(Refusal::KEYS_NOT_FOUND.into())),
+        "{what}"
+    );
+}
+
+fn ids(k: &[DeliveredKey]) -> Vec<Uuid> {
+    k.iter().map(|k| k.id).collect()
+}
+
+#[test]
+fn a_slave_whose_reply_was_lost_fetches_the_same_keys_again_within_its_grace() {
+    let mut sim = sim(Duration::from_secs(60));
+    let keys = master_keys(&mut sim, &[]);
+    let ids = ids(&keys);
+    same_keys(
+        fetch_lost(&mut sim, "d", "sae-d", &ids),
+        &keys,
+        "first fetch",
+    );
+    sim.run_for(Duration::from_secs(30));
+    same_keys(fetch(&mut sim, "d", "sae-d", &ids), &keys, "fetch again");
+    let st = sim.node("d").unwrap().stats();
+    assert_eq!((st.keys_served_slave, st.slave_refetches), (2, 2));
+    // Once the grace ends the key is erased.
+    sim.run_for(Duration::from_secs(31));
+    not_found(
+        fetch_lost(&mut sim, "d", "sae-d", &ids),
+        "a fetch after the grace",
+    );
+    assert_eq!(sim.node("d").unwrap().stats().graces_ended, 2);
+}
+
+#[test]
+fn another_sae_never_gets_a_key_in_its_slaves_grace() {
+    let mut sim = sim(Duration::from_secs(60));
+    let keys = master_keys(&mut sim, &[]);
+    let ids = ids(&keys);
+    same_keys(
+        fetch_lost(&mut sim, "d", "sae-d", &ids),
+        &keys,
+        "first fetch",
+    );
+    let r = fetch(&mut sim, "d", "sae-d2", &ids);
+    assert!(
+        matches!(r, Err(Refusal::Unauthorized(_))),
+        "another SAE at the slave's node: {r:?}"
+    );
+    let r = fetch(&mut sim, "c", "sae-c", &ids);
+    assert!(
+        matches!(r, Err(Refusal::BadRequest(_))),
+        "an SAE at another node: {r:?}"
+    );
+    // The master cannot fetch it as a slave either.
+    let r = fetch(&mut sim, "a", "sae-a", &ids);
+    assert!(r.is_err(), "the master as slave: {r:?}");
+    same_keys(
+        fetch(&mut sim, "d", "sae-d", &ids),
+        &keys,
+        "the slave again",
+    );
+}
+
+#[test]
+fn the_grace_ends_and_the_key_is_erased_even_across_a_restart() {
+    let mut sim = sim(Duration::from_secs(2));
+    let keys = master_keys(&mut sim, &[]);
+    let ids = ids(&keys);
+    same_keys(
+        fetch_lost(&mut sim, "d", "sae-d", &ids),
+        &keys,
+        "first fetch",
+    );
+    sim.run_for(Duration::from_secs(3));
+    not_found(fetch_lost(&mut sim, "d", "sae-d", &ids), "after the grace");
+    assert_eq!(sim.node("d").unwrap().stats().graces_ended, 2);
+    // The erasure is durable.
+    sim.crash("d");
+    sim.restart("d");
+    sim.run_for(Duration::from_millis(500));
+    not_found(
+        fetch_lost(&mut sim, "d", "sae-d", &ids),
+        "after the grace and a restart",
+    );
+}
+
+#[test]
+fn a_slave_fetches_again_after_its_node_restarts() {
+    let mut sim = sim(Duration::from_secs(2));
+    let keys = master_keys(&mut sim, &[]);
+    let ids = ids(&keys);
+    same_keys(
+        fetch_lost(&mut sim, "d", "sae-d", &ids),
+        &keys,
+        "first fetch",
+    );
+    // The node was down longer than the grace: the grace counts again from its start.
+    sim.crash("d");
+    sim.run_for(Duration::from_secs(5));
+    sim.restart("d");
+    sim.run_for(Duration::from_secs(1));
+    same_keys(
+        fetch(&mut sim, "d", "sae-d", &ids),
+        &keys,
+        "fetch after the restart",
+    );
+    sim.run_for(Duration::from_secs(2));
+    not_found(
+        fetch_lost(&mut sim, "d", "sae-d", &ids),
+        "after the restarted grace",
+    );
+}
+
+#[test]
+fn a_crash_between_commit_and_reply_leaves_the_keys_fetchable() {
+    let mut sim = sim(Duration::from_secs(60));
+    let keys = master_keys(&mut sim, &[]);
+    let ids = ids(&keys);
+    // The node crashes at its next action: the answer released by the durable write (or,
+    // if something else comes first, before the commit). Either way the slave gets the keys.
+    let req = sim.call("d", dec("sae-d", &ids));
+    sim.crash_after_actions("d", 0);
+    let r = sim
+        .run_until_answered(req, Duration::from_secs(5))
+        .expect("answered")
+        .reply;
+    assert!(matches!(r, Err(Refusal::Unavailable(_))), "{r:?}");
+    sim.restart("d");
+    sim.run_for(Duration::from_secs(1));
+    same_keys(
+        fetch(&mut sim, "d", "sae-d", &ids),
+        &keys,
+        "fetch after the crash",
+    );
+}
+
+#[test]
+fn each_slave_of_a_multicast_key_has_its_own_grace() {
+    let mut sim = sim(Duration::from_secs(5));
+    let keys = master_keys(&mut sim, &["sae-d2"]);
+    let ids = ids(&keys);
+    same_keys(fetch_lost(&mut sim, "d", "sae-d", &ids), &keys, "sae-d");
+    sim.run_for(Duration::from_secs(3));
+    same_keys(fetch_lost(&mut sim, "d", "sae-d2", &ids), &keys, "sae-d2");
+    sim.run_for(Duration::from_secs(3));
+    // sae-d's grace ended, sae-d2's did not: the key is kept for sae-d2 only.
+    not_found(
+        fetch_lost(&mut sim, "d", "sae-d", &ids),
+        "sae-d after its grace",
+    );
+    same_keys(fetch(&mut sim, "d", "sae-d2", &ids), &keys, "sae-d2 again");
+    sim.run_for(Duration::from_secs(3));
+    not_found(
+        fetch_lost(&mut sim, "d", "sae-d2", &ids),
+        "sae-d2 after its grace",
+    );
+    assert_eq!(sim.node("d").unwrap().stats().graces_ended, 2);
+}
+
+#[test]
+fn with_no_grace_a_fetched_key_is_gone_at_once() {
+    let mut sim = sim(Duration::ZERO);
+    let keys = master_keys(&mut sim, &[]);
+    let ids = ids(&keys);
+    same_keys(
+        fetch_lost(&mut sim, "d", "sae-d", &ids),
+        &keys,
+        "first fetch",
+    );
+    not_found(fetch_lost(&mut sim, "d", "sae-d", &ids), "a second fetch");
+}
