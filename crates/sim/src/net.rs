@@ -402,15 +402,26 @@ impl Sim {
             let act = {
                 let n = self.nodes.get_mut(id).expect("node");
                 let Some(km) = n.km.as_mut() else { return };
-                if let Some(c) = n.crash_after.as_mut() {
+                let act = km.poll_action();
+                // Heartbeats do not count as action boundaries, so that a seeded crash point
+                // falls where it falls in the same run without heartbeats.
+                let beat = matches!(
+                    act,
+                    Some(Action::Send {
+                        msg: PeerMsg::Heartbeat,
+                        ..
+                    })
+                );
+                if let (Some(c), Some(_), false) = (n.crash_after.as_mut(), &act, beat) {
                     if *c == 0 {
-                        // A crash at this action boundary: what is still queued never happens.
+                        // A crash at this action boundary: this action and what is still
+                        // queued never happen.
                         self.crash(id);
                         return;
                     }
                     *c -= 1;
                 }
-                km.poll_action()
+                act
             };
             let Some(act) = act else { break };
             match act {
