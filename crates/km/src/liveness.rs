@@ -21,7 +21,7 @@ use crate::record::Record;
 use crate::time::Instant;
 
 /// When each other node was last heard from, and when the next heartbeat is due.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Liveness {
     last_heard: BTreeMap<NodeId, Instant>,
     next_beat: Instant,
