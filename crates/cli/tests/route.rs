@@ -2,7 +2,8 @@
 //! --topology docs/examples/three-paths.toml`: a and f are joined over exactly three
 //! node-disjoint paths. A key asked for with `min_disjoint_paths = 3` in `extension_mandatory`
 //! lists those three paths and is the same at both ends; constraints no paths can meet and
-//! malformed extensions get 400 with the reason; with node b frozen (SIGSTOP) delivery goes on.
+//! malformed extensions get 400 with the reason; with node b frozen (SIGSTOP) delivery goes on,
+//! and a's heartbeats show b down within seconds although its connections stay open.
 
 mod common;
 
@@ -197,16 +198,37 @@ async fn three_disjoint_paths_on_request_and_delivery_survives_a_frozen_node() {
         .unwrap();
     let stopped = Frozen::stop(pid);
     let t0 = Instant::now();
-    // Key split over the three paths keeps coming: two shares rebuild it without b's.
+    // Plain key keeps coming. Key split over the three paths keeps coming while a holds some
+    // (two shares rebuild it without b's); once a's heartbeats show b silent (about 2 s; b
+    // keeps its connections open, so nothing else tells), a relays no more key over b and
+    // says why it cannot serve three paths now.
     let mut rounds = 0;
-    while t0.elapsed() < Duration::from_secs(6) || rounds < 5 {
-        let c = served(&a, three.clone(), Duration::from_secs(10)).await;
-        assert_eq!(disjoint_paths(&c).len(), 3);
-        same_at_slave(&f, &c).await;
+    let mut detected = None;
+    while t0.elapsed() < Duration::from_secs(6) || rounds < 5 || detected.is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "a never saw b down while it was frozen"
+        );
         let plain = served(&a, json!({"number": 2}), Duration::from_secs(10)).await;
         same_at_slave(&f, &plain).await;
+        let (s, v) = post(&a, three.clone()).await;
+        match s {
+            200 => {
+                assert_eq!(disjoint_paths(&v).len(), 3);
+                same_at_slave(&f, &v).await;
+            }
+            503 if v.to_string().contains("while b is down") => {
+                detected.get_or_insert(t0.elapsed());
+            }
+            _ => panic!("three paths with b frozen: {s}: {v}"),
+        }
         rounds += 1;
     }
+    let detected = detected.unwrap();
+    assert!(
+        detected < Duration::from_secs(8),
+        "b seen down only {detected:?} after it froze"
+    );
     // Key relayed around b on request: the pool had none, refill relays it over c and d.
     let around = route(
         "extension_mandatory",

@@ -205,6 +205,29 @@ pub struct Policy {
     /// Key rate limits per master SAE (changeable at run time with
     /// [`KeyManager::set_quotas`](crate::KeyManager::set_quotas)).
     pub quotas: crate::quota::QuotaConfig,
+    /// Heartbeats and silence detection (`None`: a peer counts as down only when the driver
+    /// reports its channel down).
+    pub liveness: Option<LivenessPolicy>,
+}
+
+/// Heartbeats on the peer channel: a frozen node keeps its connections open, so only its
+/// silence shows that it stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LivenessPolicy {
+    /// How often this node sends a heartbeat to every other node.
+    pub heartbeat_interval: Duration,
+    /// A node not heard from (heartbeat or any other message) for this long counts as down
+    /// for routing until it speaks again.
+    pub silent_after: Duration,
+}
+
+impl Default for LivenessPolicy {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(500),
+            silent_after: Duration::from_secs(2),
+        }
+    }
 }
 
 /// How many node-disjoint paths a relay uses and how many of its shares rebuild the key.
@@ -296,6 +319,7 @@ impl Default for Policy {
             link_buffer_cap_bytes: 8 << 20,
             routing: RoutePolicy::default(),
             quotas: crate::quota::QuotaConfig::default(),
+            liveness: Some(LivenessPolicy::default()),
         }
     }
 }

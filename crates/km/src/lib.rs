@@ -14,6 +14,7 @@ mod delivery;
 mod demand;
 pub mod keybuf;
 mod links;
+mod liveness;
 mod manager;
 pub mod msgs;
 mod outbox;
@@ -31,8 +32,8 @@ pub mod time;
 
 pub use app::{AppCall, AppReply, DeliveredKey, KeyPaths, Refusal, SaeId, StatusInfo};
 pub use config::{
-    EncKeysShape, KmConfig, Limits, LimitsError, Policy, RoutePolicy, MAX_SLAVE_GRACE,
-    MAX_SLAVE_KEY_LIFETIME,
+    EncKeysShape, KmConfig, Limits, LimitsError, LivenessPolicy, Policy, RoutePolicy,
+    MAX_SLAVE_GRACE, MAX_SLAVE_KEY_LIFETIME,
 };
 pub use manager::{Action, Input, KeyManager, NodeStats, ReqId, WriteId};
 pub use msgs::{AbortReason, NodeId, PeerMsg, ShareInfo};

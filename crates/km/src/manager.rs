@@ -192,6 +192,8 @@ pub struct KeyManager {
     pub(crate) demand: crate::demand::Demand,
     /// Congestion windows per destination: how many relays may be in flight.
     pub(crate) pace: crate::pace::Pace,
+    /// Heartbeats and when each other node was last heard from.
+    pub(crate) liveness: crate::liveness::Liveness,
     pub(crate) stats: NodeStats,
     /// Store identity, epoch and what peers saw (see [`crate::reconcile`]).
     pub(crate) reconcile: Reconcile,
@@ -222,6 +224,14 @@ impl KeyManager {
             refilling: BTreeSet::new(),
             demand: Default::default(),
             pace: Default::default(),
+            liveness: crate::liveness::Liveness::new(
+                cfg.topology
+                    .nodes
+                    .iter()
+                    .filter(|n| n.id != cfg.node_id)
+                    .map(|n| n.id.clone()),
+                now,
+            ),
             stats: NodeStats::default(),
             reconcile: Reconcile::new(0, 0, Default::default(), now),
             delivery: Default::default(),
@@ -401,9 +411,15 @@ impl KeyManager {
                 }
             }
             Input::LinkKeys { peer, block, key } => self.on_link_keys(now, peer, block, key),
-            Input::Peer { from, msg } => self.on_peer(now, from, msg),
+            Input::Peer { from, msg } => {
+                self.note_heard(&from, now);
+                self.on_peer(now, from, msg)
+            }
             Input::App { req, call } => self.on_app(now, req, call),
-            Input::PeerUp { peer } => self.on_peer_up(peer),
+            Input::PeerUp { peer } => {
+                self.note_heard(&peer, now);
+                self.on_peer_up(peer)
+            }
             Input::PeerDown { peer } => {
                 self.routing.set_up(&peer, false);
                 self.abandon_relays_via(&peer, true);
@@ -416,6 +432,7 @@ impl KeyManager {
         if self.fenced {
             return;
         }
+        self.check_liveness(now);
         self.expire_relays(now);
         self.expire_assigns(now);
         self.expire_hops(now);
@@ -448,6 +465,9 @@ impl KeyManager {
         }
         if let Some(h) = self.hello_deadline() {
             t = t.min(h);
+        }
+        if self.cfg.policy.liveness.is_some() {
+            t = t.min(self.liveness.next_deadline());
         }
         if let Some(g) = self.delivery.next_deadline() {
             t = t.min(g);

@@ -289,6 +289,12 @@ pub enum PeerMsg {
         /// Chunk ids (relay counters of the sender).
         chunks: Vec<u64>,
     },
+    /// "Still here", sent to every other node every
+    /// [`heartbeat_interval`](crate::LivenessPolicy::heartbeat_interval): a node that stops
+    /// speaking (frozen, hung, cut off without its connection closing) is routed around once it
+    /// has been silent for [`silent_after`](crate::LivenessPolicy::silent_after). The transport
+    /// authenticates the sender; the message carries nothing else.
+    Heartbeat,
 }
 
 /// A peer message could not be decoded.
@@ -343,6 +349,12 @@ mod tests {
         assert_eq!(PeerMsg::decode(&m.encode()).unwrap(), m);
         assert!(PeerMsg::decode(&[0xff, 0xff, 0xff]).is_err());
         assert!(PeerMsg::decode(&[]).is_err());
+        // Heartbeats go to every node twice a second: one byte each.
+        assert_eq!(PeerMsg::Heartbeat.encode().len(), 1);
+        assert_eq!(
+            PeerMsg::decode(&PeerMsg::Heartbeat.encode()).unwrap(),
+            PeerMsg::Heartbeat
+        );
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub(crate) struct PendingRelay {
 impl PendingRelay {
     /// Link key this node spent on it (pad and MAC key on each first hop; shares are longer
     /// than the key by the manipulation check's overhead).
-    fn spent_here(&self) -> u64 {
+    pub(crate) fn spent_here(&self) -> u64 {
         let share = self.key.len()
             + if self.paths.len() > 1 {
                 AMD_OVERHEAD
@@ -206,6 +206,26 @@ impl Relays {
             .map(|(s, _)| *s)
             .collect();
         seqs.into_iter()
+            .filter_map(|s| self.pending.remove(&s).map(|p| (s, p)))
+            .collect()
+    }
+
+    /// Marks lost every share of a pending relay whose path runs through or to `node`, and
+    /// removes the relays left with fewer shares than their threshold (a single-path relay
+    /// through `node` among them).
+    pub(crate) fn lose_shares_via(&mut self, node: &str) -> Vec<(u64, PendingRelay)> {
+        let mut dead = Vec::new();
+        for (seq, p) in self.pending.iter_mut() {
+            for (i, path) in p.paths.iter().enumerate() {
+                if path.iter().skip(1).any(|n| n == node) {
+                    p.lost.insert(i as u8 + 1);
+                }
+            }
+            if p.paths.len() - p.lost.len().min(p.paths.len()) < usize::from(p.threshold.max(1)) {
+                dead.push(*seq);
+            }
+        }
+        dead.into_iter()
             .filter_map(|s| self.pending.remove(&s).map(|p| (s, p)))
             .collect()
     }
@@ -623,6 +643,8 @@ impl KeyManager {
             PeerMsg::AssignAck { seq, ok } => self.on_assign_ack(from, seq, ok),
             PeerMsg::Revoke { seq } => self.on_revoke(from, seq),
             PeerMsg::PoolMissing { chunks } => self.on_pool_missing(from, chunks),
+            // Liveness is noted for every message in `handle`; a heartbeat carries nothing else.
+            PeerMsg::Heartbeat => {}
             PeerMsg::Hello {
                 store,
                 epoch,

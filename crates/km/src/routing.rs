@@ -63,6 +63,8 @@ pub(crate) struct Routing {
     routes: Routes,
     /// Peers whose channel the driver reported down.
     down: BTreeSet<NodeId>,
+    /// Nodes silent for longer than the liveness policy allows (see [`crate::liveness`]).
+    silent: BTreeSet<NodeId>,
     /// Neighbours whose link an operator took out of service.
     out_of_service: BTreeSet<NodeId>,
     /// Plans per destination and `(paths, threshold)`, computed on demand and dropped whenever
@@ -95,6 +97,7 @@ impl Routing {
             topology,
             routes,
             down: BTreeSet::new(),
+            silent: BTreeSet::new(),
             out_of_service: BTreeSet::new(),
             plans: BTreeMap::new(),
             constrained: BTreeMap::new(),
@@ -132,7 +135,7 @@ impl Routing {
         if let Some(p) = self.constrained.get(&key) {
             return p.clone();
         }
-        let down: Vec<String> = self.down.iter().cloned().collect();
+        let down = self.avoided();
         let plan =
             find_paths(&self.usable_topology(), &self.me, dest, c, policy.0, &down).map(|paths| {
                 let n = paths.len() as u8;
@@ -215,7 +218,7 @@ impl Routing {
         if paths <= 1 {
             return Some(RoutePlan::new(&self.topology, vec![single], 1, None));
         }
-        let down: Vec<String> = self.down.iter().cloned().collect();
+        let down = self.avoided();
         let found = disjoint_paths(
             &self.usable_topology(),
             &self.me,
@@ -265,9 +268,33 @@ impl Routing {
         self.routes.path(dest)
     }
 
-    /// True when the driver reported `peer` down.
+    /// True when the driver reported `peer` down or it went silent.
     pub(crate) fn is_down(&self, peer: &str) -> bool {
+        self.down.contains(peer) || self.silent.contains(peer)
+    }
+
+    /// True when the driver reported `peer`'s channel down.
+    pub(crate) fn is_reported_down(&self, peer: &str) -> bool {
         self.down.contains(peer)
+    }
+
+    /// Marks `peer` silent (`true`) or heard from again; recomputes routes and returns `true`
+    /// on a change.
+    pub(crate) fn set_silent(&mut self, peer: &str, silent: bool) -> bool {
+        let changed = if silent {
+            self.silent.insert(peer.to_string())
+        } else {
+            self.silent.remove(peer)
+        };
+        if changed {
+            self.recompute();
+        }
+        changed
+    }
+
+    /// Nodes routes avoid now: reported down or silent.
+    fn avoided(&self) -> Vec<NodeId> {
+        self.down.union(&self.silent).cloned().collect()
     }
 
     /// True unless an operator took the link to `peer` out of service.
@@ -303,7 +330,7 @@ impl Routing {
     fn recompute(&mut self) {
         self.plans.clear();
         self.constrained.clear();
-        let down: Vec<String> = self.down.iter().cloned().collect();
+        let down = self.avoided();
         self.routes = Routes::compute(&self.usable_topology(), &self.me, &down);
     }
 

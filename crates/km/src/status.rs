@@ -31,7 +31,8 @@ pub struct KmStatus {
 pub struct LinkStatus {
     /// The neighbour at the other end.
     pub peer: NodeId,
-    /// The core sees the peer's channel as up (not reported down).
+    /// The core sees the peer as up: its channel not reported down, and heard from within
+    /// the liveness policy's `silent_after`.
     pub peer_up: bool,
     /// Not taken out of service by an operator.
     pub in_service: bool,

@@ -104,6 +104,8 @@ pub struct FaultCounts {
     pub wipes: u64,
     /// Databases replaced by an earlier copy.
     pub rollbacks: u64,
+    /// Nodes frozen (as by SIGSTOP).
+    pub freezes: u64,
 }
 
 #[derive(Debug)]
@@ -148,6 +150,9 @@ struct SimNode {
     fail_when: Option<fn(&Record) -> bool>,
     /// Application requests waiting for an answer here.
     waiting: BTreeSet<u64>,
+    /// Frozen (as by SIGSTOP): its core runs nothing, messages and link key to it are lost,
+    /// requests to it are refused, and its peers are told nothing.
+    frozen: bool,
 }
 
 /// A copy of one node's store, from [`Sim::backup`].
@@ -174,6 +179,9 @@ pub struct Sim {
     seq: u64,
     nodes: BTreeMap<String, SimNode>,
     rng: ChaCha20Rng,
+    /// Loss, duplication and latency of heartbeats: their own stream, so that a run with
+    /// heartbeats gives every other message the fate it has in the same run without them.
+    beat_rng: ChaCha20Rng,
     seed: u64,
     /// Fault model (may be changed between steps).
     pub faults: Faults,
@@ -237,6 +245,7 @@ impl Sim {
             seq: 0,
             nodes: BTreeMap::new(),
             rng: ChaCha20Rng::seed_from_u64(seed),
+            beat_rng: ChaCha20Rng::seed_from_u64(seed ^ 0x6865_6172_7462_6561),
             seed,
             faults,
             link_intervals: vec![supply.interval; topo.links.len()],
@@ -270,6 +279,7 @@ impl Sim {
                     last_store_at: Instant::ZERO,
                     crash_after: None,
                     waiting: BTreeSet::new(),
+                    frozen: false,
                 },
             );
             if !hostile.contains(&n.id.as_str()) {
@@ -372,12 +382,7 @@ impl Sim {
     }
 
     fn latency(&mut self, range: (Duration, Duration)) -> Duration {
-        let (lo, hi) = (range.0.as_nanos() as u64, range.1.as_nanos() as u64);
-        Duration::from_nanos(if hi > lo {
-            self.rng.gen_range(lo..=hi)
-        } else {
-            lo
-        })
+        draw_latency(&mut self.rng, range)
     }
 
     fn mix(&mut self, x: u64) {
@@ -397,31 +402,53 @@ impl Sim {
             let act = {
                 let n = self.nodes.get_mut(id).expect("node");
                 let Some(km) = n.km.as_mut() else { return };
-                if let Some(c) = n.crash_after.as_mut() {
+                let act = km.poll_action();
+                // Heartbeats do not count as action boundaries, so that a seeded crash point
+                // falls where it falls in the same run without heartbeats.
+                let beat = matches!(
+                    act,
+                    Some(Action::Send {
+                        msg: PeerMsg::Heartbeat,
+                        ..
+                    })
+                );
+                if let (Some(c), Some(_), false) = (n.crash_after.as_mut(), &act, beat) {
                     if *c == 0 {
-                        // A crash at this action boundary: what is still queued never happens.
+                        // A crash at this action boundary: this action and what is still
+                        // queued never happen.
                         self.crash(id);
                         return;
                     }
                     *c -= 1;
                 }
-                km.poll_action()
+                act
             };
             let Some(act) = act else { break };
             match act {
                 Action::Send { to, msg } => {
                     self.mix(1);
                     self.mix_bytes(&msg.encode());
-                    if self.rng.gen_bool(self.faults.p_loss) {
+                    let beat = matches!(msg, PeerMsg::Heartbeat);
+                    let rng = if beat {
+                        &mut self.beat_rng
+                    } else {
+                        &mut self.rng
+                    };
+                    if rng.gen_bool(self.faults.p_loss) {
                         continue;
                     }
-                    let copies = if self.rng.gen_bool(self.faults.p_dup) {
+                    let copies = if rng.gen_bool(self.faults.p_dup) {
                         2
                     } else {
                         1
                     };
                     for _ in 0..copies {
-                        let at = self.now + self.latency(self.faults.latency);
+                        let lat = if beat {
+                            draw_latency(&mut self.beat_rng, self.faults.latency)
+                        } else {
+                            self.latency(self.faults.latency)
+                        };
+                        let at = self.now + lat;
                         self.push(
                             at,
                             Event::Deliver {
@@ -532,7 +559,7 @@ impl Sim {
         self.asked_at.insert(req, self.now);
         let now = self.now;
         match self.nodes.get_mut(node) {
-            Some(n) if n.km.is_some() => {
+            Some(n) if n.km.is_some() && !n.frozen => {
                 n.waiting.insert(req);
                 n.km.as_mut()
                     .expect("running")
@@ -591,6 +618,9 @@ impl Sim {
                     if self.hostile_inbox.len() < 4096 {
                         self.hostile_inbox.push((to, from, msg));
                     }
+                } else if n.frozen {
+                    // What a frozen process does not read is lost to it (modelled as loss:
+                    // its connections' buffers are not replayed when it thaws).
                 } else if let Some(km) = n.km.as_mut() {
                     km.handle(now, Input::Peer { from, msg });
                     self.drain(&to);
@@ -603,7 +633,7 @@ impl Sim {
             } => self.store_done(&node, incarnation, write),
             Event::Timer { node, incarnation } => {
                 let n = self.nodes.get_mut(&node).expect("node");
-                if n.incarnation != incarnation || n.km.is_none() {
+                if n.incarnation != incarnation || n.km.is_none() || n.frozen {
                     return true;
                 }
                 if n.timer_at.is_some_and(|t| t <= now) {
@@ -617,7 +647,12 @@ impl Sim {
                 let l = self.topo.links[link].clone();
                 let bytes = self.link_block(link, block);
                 for (me, peer) in [(&l.a, &l.b), (&l.b, &l.a)] {
-                    if let Some(km) = self.nodes.get_mut(me.as_str()).and_then(|n| n.km.as_mut()) {
+                    if let Some(km) = self
+                        .nodes
+                        .get_mut(me.as_str())
+                        .filter(|n| !n.frozen)
+                        .and_then(|n| n.km.as_mut())
+                    {
                         km.handle(
                             now,
                             Input::LinkKeys {
@@ -651,6 +686,19 @@ impl Sim {
     }
 
     fn store_done(&mut self, node: &str, incarnation: u64, write: u64) {
+        if self.nodes[node].frozen {
+            // The write waits for the process to run again.
+            let inc = incarnation;
+            self.push(
+                self.now + Duration::from_millis(10),
+                Event::StoreDone {
+                    node: node.to_string(),
+                    incarnation: inc,
+                    write,
+                },
+            );
+            return;
+        }
         let fail = self.rng.gen_bool(self.faults.p_store_fail);
         let now = self.now;
         let delay = self.faults.restart_delay;
@@ -720,6 +768,7 @@ impl Sim {
         if n.km.take().is_none() {
             return;
         }
+        n.frozen = false;
         let mut keep = !n.write_failed;
         for ((_, batch), c) in std::mem::take(&mut n.in_flight).into_iter().zip(coins) {
             keep = keep && c;
@@ -751,6 +800,41 @@ impl Sim {
             );
         }
         self.tell_peers(id, false);
+    }
+
+    /// Freezes a running node, as SIGSTOP does: it keeps its connections open, so its peers
+    /// get no `PeerDown`; only its silence (heartbeats) can tell them. Messages and link key
+    /// sent to it while frozen are lost, and requests to it are refused.
+    pub fn freeze(&mut self, id: &str) {
+        if let Some(n) = self.nodes.get_mut(id) {
+            if n.km.is_some() && !n.frozen {
+                n.frozen = true;
+                self.counts.freezes += 1;
+                self.mix(0xf0);
+            }
+        }
+    }
+
+    /// Thaws a frozen node: its timer runs again at once.
+    pub fn thaw(&mut self, id: &str) {
+        let now = self.now;
+        let Some(n) = self.nodes.get_mut(id) else {
+            return;
+        };
+        if !std::mem::take(&mut n.frozen) {
+            return;
+        }
+        n.timer_at = None;
+        if let Some(km) = n.km.as_mut() {
+            km.handle_timeout(now);
+        }
+        self.mix(0xf1);
+        self.drain(id);
+    }
+
+    /// Whether a node is frozen.
+    pub fn is_frozen(&self, id: &str) -> bool {
+        self.nodes.get(id).is_some_and(|n| n.frozen)
     }
 
     /// Crashes a node: its core, timers and replies not yet given are gone; each in-flight batch
@@ -967,4 +1051,10 @@ impl Sim {
     pub fn seed(&self) -> u64 {
         self.seed
     }
+}
+
+/// A latency drawn uniformly from `range`.
+fn draw_latency(rng: &mut ChaCha20Rng, range: (Duration, Duration)) -> Duration {
+    let (lo, hi) = (range.0.as_nanos() as u64, range.1.as_nanos() as u64);
+    Duration::from_nanos(if hi > lo { rng.gen_range(lo..=hi) } else { lo })
 }

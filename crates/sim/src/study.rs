@@ -42,6 +42,15 @@ pub struct StudyOptions {
     pub node_mtbf_hours: Option<f64>,
     /// How long a failed node stays down, minutes.
     pub repair_minutes: f64,
+    /// How nodes fail: crash (peers see the connection drop at once) or freeze (as SIGSTOP:
+    /// connections stay open, only heartbeats show the silence).
+    pub failure_mode: FailureMode,
+    /// Only nodes without SAEs fail: the ends of every demand stay up, so what is measured is
+    /// how relays get past failed intermediate nodes.
+    pub fail_transit_only: bool,
+    /// Nodes send heartbeats and route around silent nodes (the core's liveness policy);
+    /// `false` switches it off, to measure what it brings.
+    pub heartbeats: bool,
     /// Seed of the demand, the failures and the network.
     pub seed: u64,
     /// Node-disjoint paths per relay (1: single-path relay, the core's default).
@@ -69,6 +78,9 @@ impl Default for StudyOptions {
             diurnal: false,
             node_mtbf_hours: None,
             repair_minutes: 10.0,
+            failure_mode: FailureMode::Crash,
+            fail_transit_only: false,
+            heartbeats: true,
             seed: 1,
             paths: 1,
             threshold: 1,
@@ -76,6 +88,19 @@ impl Default for StudyOptions {
             far_pair_flood: false,
         }
     }
+}
+
+/// How a node fails in a study.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// The process dies: its peers' connections drop and they route around it at once; it
+    /// restarts from its store after the repair time.
+    #[default]
+    Crash,
+    /// The process stops (SIGSTOP, a hang): connections stay open and peers are told nothing;
+    /// it resumes after the repair time.
+    Freeze,
 }
 
 /// Why a study could not run.
@@ -253,6 +278,9 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
         ..Faults::default()
     };
     let mut policy = Policy::default();
+    if !opt.heartbeats {
+        policy.liveness = None;
+    }
     policy.routing.paths = opt.paths;
     policy.routing.threshold = opt.threshold;
     // The key managers read link rates from the topology (for their congestion limits).
@@ -296,6 +324,9 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
     let mut node_failures = 0;
     if let Some(mtbf) = opt.node_mtbf_hours {
         for n in &topo.nodes {
+            if opt.fail_transit_only && !n.saes.is_empty() {
+                continue;
+            }
             let mut t = 0.0;
             loop {
                 t += exp(&mut rng, 1.0 / (mtbf * 3600.0));
@@ -360,7 +391,9 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
             Happening::Request => {
                 let i = rng.gen_range(0..pairs.len());
                 let (master, slave, node, slave_node) = &pairs[i];
-                let up = sim.is_up(node) && sim.is_up(slave_node);
+                let up = [node, slave_node]
+                    .iter()
+                    .all(|n| sim.is_up(n) && !sim.is_frozen(n));
                 let req = sim.call(
                     node,
                     AppCall::EncKeys {
@@ -418,8 +451,12 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
                     ));
                 }
             }
-            Happening::Down(n) => sim.crash(&n),
+            Happening::Down(n) => match opt.failure_mode {
+                FailureMode::Crash => sim.crash(&n),
+                FailureMode::Freeze => sim.freeze(&n),
+            },
             Happening::Up(n) => {
+                sim.thaw(&n);
                 if !sim.is_up(&n) {
                     sim.restart(&n);
                 }

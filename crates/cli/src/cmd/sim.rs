@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use kagi_control::Topology;
-use kagi_sim::study::{study, StudyOptions, StudyReport};
+use kagi_sim::study::{study, FailureMode, StudyOptions, StudyReport};
 
 use super::netmap::MapLink;
 
@@ -64,6 +64,17 @@ pub struct Args {
     /// How long a failed node stays down, minutes.
     #[arg(long, default_value_t = 10.0)]
     repair_minutes: f64,
+    /// How nodes fail: `crash` (peers see the connection drop) or `freeze` (as SIGSTOP:
+    /// connections stay open; only heartbeats tell).
+    #[arg(long, value_enum, default_value_t = FailureArg::Crash)]
+    failure_mode: FailureArg,
+    /// Only nodes without SAEs fail (with --saes-per-node 0 and a topology whose end nodes
+    /// list SAEs): failures hit intermediate nodes only.
+    #[arg(long)]
+    fail_transit_only: bool,
+    /// Switch heartbeats off (a silent node is then never routed around).
+    #[arg(long)]
+    no_heartbeats: bool,
     /// Seed of the demand, the failures and the network.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -73,6 +84,13 @@ pub struct Args {
     /// Also draw the network map (links by modelled key rate) into this SVG file.
     #[arg(long)]
     svg: Option<PathBuf>,
+}
+
+/// `--failure-mode`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum FailureArg {
+    Crash,
+    Freeze,
 }
 
 /// Runs the subcommand.
@@ -96,6 +114,12 @@ pub fn run(a: Args) -> Result<()> {
         diurnal: a.diurnal,
         node_mtbf_hours: a.node_mtbf_hours,
         repair_minutes: a.repair_minutes,
+        failure_mode: match a.failure_mode {
+            FailureArg::Crash => FailureMode::Crash,
+            FailureArg::Freeze => FailureMode::Freeze,
+        },
+        fail_transit_only: a.fail_transit_only,
+        heartbeats: !a.no_heartbeats,
         seed: a.seed,
         paths: a.paths,
         threshold: a.threshold,

@@ -1,0 +1,132 @@
+//! Liveness: heartbeats to every other node, and silence detection.
+//!
+//! A frozen node (SIGSTOP, a hung process, a path that drops packets without closing the
+//! connection) keeps its peer connections open, so the driver never reports it down. Every
+//! node therefore sends [`PeerMsg::Heartbeat`] to every other node every
+//! [`heartbeat_interval`](crate::LivenessPolicy::heartbeat_interval); a node not heard from for
+//! [`silent_after`](crate::LivenessPolicy::silent_after) counts as down for routing (routes
+//! and multi-path plans avoid it, relays through it are failed over) until any message from it
+//! arrives. Heartbeats go to every node, not only to neighbours, because the origin of a relay
+//! chooses its whole path: it must itself see that a node three hops away went silent.
+//!
+//! Time comes only from the driver's `now`: a node whose own timer did not run for longer than
+//! `silent_after` (it was the one frozen) starts counting afresh instead of blaming every peer.
+
+use std::collections::BTreeMap;
+
+use crate::manager::KeyManager;
+use crate::msgs::{NodeId, PeerMsg};
+use crate::outbox::Action;
+use crate::record::Record;
+use crate::time::Instant;
+
+/// When each other node was last heard from, and when the next heartbeat is due.
+#[derive(Debug)]
+pub(crate) struct Liveness {
+    last_heard: BTreeMap<NodeId, Instant>,
+    next_beat: Instant,
+    /// The last time the core's timer ran (to tell its own stall from its peers' silence).
+    last_tick: Instant,
+}
+
+impl Liveness {
+    /// Every node in `others` counts as heard from at `now`; the first heartbeat goes at once.
+    pub(crate) fn new(others: impl IntoIterator<Item = NodeId>, now: Instant) -> Self {
+        Self {
+            last_heard: others.into_iter().map(|n| (n, now)).collect(),
+            next_beat: now,
+            last_tick: now,
+        }
+    }
+
+    /// Notes that `peer` spoke at `now` (unknown senders are ignored: the map stays bounded by
+    /// the topology).
+    pub(crate) fn heard(&mut self, peer: &str, now: Instant) {
+        if let Some(t) = self.last_heard.get_mut(peer) {
+            *t = (*t).max(now);
+        }
+    }
+
+    /// Nodes not heard from since `now - silent_after`.
+    fn silent(&self, now: Instant, silent_after: std::time::Duration) -> Vec<NodeId> {
+        self.last_heard
+            .iter()
+            .filter(|(_, t)| now.saturating_since(**t) >= silent_after)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// When the core's timer must run next for liveness.
+    pub(crate) fn next_deadline(&self) -> Instant {
+        self.next_beat
+    }
+}
+
+impl KeyManager {
+    /// A message (or a channel coming up) from `peer`: it is alive; if it was silent, routes
+    /// may go through it again.
+    pub(crate) fn note_heard(&mut self, peer: &str, now: Instant) {
+        if self.cfg.policy.liveness.is_none() {
+            return;
+        }
+        self.liveness.heard(peer, now);
+        if self.routing.set_silent(peer, false) {
+            tracing::info!(me = %self.me(), %peer, "peer speaks again; routing through it");
+        }
+    }
+
+    /// Sends the heartbeats that are due and routes around nodes that went silent.
+    pub(crate) fn check_liveness(&mut self, now: Instant) {
+        let Some(lp) = self.cfg.policy.liveness else {
+            return;
+        };
+        // This core's own timer stalled (the process was frozen or starved): what it did not
+        // hear meanwhile says nothing about its peers.
+        if now.saturating_since(self.liveness.last_tick) >= lp.silent_after {
+            let others: Vec<NodeId> = self.liveness.last_heard.keys().cloned().collect();
+            self.liveness = Liveness::new(others, now);
+        }
+        self.liveness.last_tick = now;
+        if now >= self.liveness.next_beat {
+            self.liveness.next_beat = now + lp.heartbeat_interval;
+            let to: Vec<NodeId> = self
+                .liveness
+                .last_heard
+                .keys()
+                .filter(|n| !self.routing.is_reported_down(n))
+                .cloned()
+                .collect();
+            for to in to {
+                self.out.push(Action::Send {
+                    to,
+                    msg: PeerMsg::Heartbeat,
+                });
+            }
+        }
+        for peer in self.liveness.silent(now, lp.silent_after) {
+            if self.routing.is_reported_down(&peer) || !self.routing.set_silent(&peer, true) {
+                continue;
+            }
+            tracing::warn!(me = %self.me(), %peer, silent_ms = lp.silent_after.as_millis() as u64,
+                "peer silent; routing around it");
+            self.fail_over_relays_via(&peer);
+        }
+    }
+
+    /// Relays from here through or to a silent node: each share on a path through it is lost;
+    /// a relay left with fewer shares than its threshold is abandoned at once (rather than at
+    /// its timeout), which frees its slot for a relay on a route around the node.
+    fn fail_over_relays_via(&mut self, node: &str) {
+        let gone = self.relays.lose_shares_via(node);
+        if gone.is_empty() {
+            return;
+        }
+        let mut batch = Vec::with_capacity(gone.len());
+        for (seq, p) in gone {
+            self.stats.relays_abandoned += 1;
+            self.stats.abandoned_key_bytes += p.spent_here();
+            batch.push(Record::PendingRelayGone { seq });
+        }
+        self.out.store(batch, vec![]);
+    }
+}
