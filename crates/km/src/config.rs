@@ -192,6 +192,11 @@ pub struct Policy {
     /// fetched it has ended. Counted again from each start of the key manager. Zero: erased at
     /// once (the reply is the only copy). At most [`MAX_SLAVE_GRACE`].
     pub slave_grace: Duration,
+    /// A key held for slaves that some slave has not fetched by then is erased for it (an
+    /// orphan: its master's node crashed mid-assignment and its revoke never arrived, or the
+    /// slave application never came); counted as `slave_keys_expired`. Counted again from each
+    /// start of the key manager. Zero: never.
+    pub slave_key_lifetime: Duration,
     /// Most link key bytes held per link (both halves); further blocks are dropped until key is
     /// spent, which bounds memory and disk when demand is low.
     pub link_buffer_cap_bytes: u64,
@@ -255,6 +260,9 @@ impl Default for RoutePolicy {
 /// the slave's node no longer than this (and a restart counts it again).
 pub const MAX_SLAVE_GRACE: Duration = Duration::from_secs(3600);
 
+/// Longest [`Policy::slave_key_lifetime`] a configuration may set (30 days).
+pub const MAX_SLAVE_KEY_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+
 /// Most paths a relay may use.
 pub const MAX_PATHS: u8 = 8;
 
@@ -307,6 +315,7 @@ impl Default for Policy {
             assign_retry: Duration::from_millis(500),
             hop_wait: Duration::from_secs(3),
             slave_grace: Duration::from_secs(60),
+            slave_key_lifetime: Duration::from_secs(86_400),
             link_buffer_cap_bytes: 8 << 20,
             routing: RoutePolicy::default(),
             quotas: crate::quota::QuotaConfig::default(),

@@ -10,13 +10,19 @@
 //! their grace are persisted with the key ([`Record::GracedSlaveKey`]); monotonic time is not,
 //! so a restart counts each grace again from the start (a crash between commit and reply then
 //! still leaves the slave a whole grace after the node is back).
+//!
+//! A key that some slave never fetches (an orphan: its master's node crashed mid-assignment and
+//! its revoke never arrived, or the slave application never came) is erased for those slaves
+//! after [`Policy::slave_key_lifetime`](crate::Policy::slave_key_lifetime), counted per origin
+//! node; the lifetime too counts again from each start.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use uuid::Uuid;
 
 use crate::app::SaeId;
 use crate::manager::KeyManager;
+use crate::msgs::NodeId;
 use crate::record::Record;
 use crate::time::Instant;
 
@@ -26,12 +32,21 @@ pub(crate) struct Delivery {
     /// `(end, key, slave)`, earliest first. Entries whose key or slave went otherwise (revoked,
     /// discarded) are skipped when they come due.
     graces: BTreeSet<(Instant, Uuid, SaeId)>,
+    /// `(end, key)` of each key held for slaves, earliest first.
+    lifetimes: BTreeSet<(Instant, Uuid)>,
+    /// Keys expired unfetched, per node that assigned them (since the core started).
+    pub(crate) expired_from: BTreeMap<NodeId, u64>,
 }
 
 impl Delivery {
-    /// The earliest end of a grace, if any.
+    /// The earliest end of a grace or lifetime, if any.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.graces.first().map(|(t, _, _)| *t)
+        let g = self.graces.first().map(|(t, _, _)| *t);
+        let l = self.lifetimes.first().map(|(t, _)| *t);
+        match (g, l) {
+            (Some(g), Some(l)) => Some(g.min(l)),
+            (g, l) => g.or(l),
+        }
     }
 }
 
@@ -49,8 +64,28 @@ impl KeyManager {
         true
     }
 
-    /// At start: every slave restored in its grace gets a whole grace from now.
-    pub(crate) fn restart_graces(&mut self, now: Instant) {
+    /// A key for slaves here was just stored: it expires for the slaves that have not fetched
+    /// it by the end of its lifetime (if the lifetime is not zero).
+    pub(crate) fn start_lifetime(&mut self, now: Instant, id: Uuid) {
+        let life = self.cfg.policy.slave_key_lifetime;
+        if !life.is_zero() {
+            self.delivery.lifetimes.insert((now + life, id));
+        }
+    }
+
+    /// At start: every slave restored in its grace gets a whole grace from now, and every key
+    /// still owed to a slave a whole lifetime.
+    pub(crate) fn restart_windows(&mut self, now: Instant) {
+        let owed: Vec<Uuid> = self
+            .supply
+            .slave_keys
+            .iter()
+            .filter(|(_, k)| !k.pending.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in owed {
+            self.start_lifetime(now, id);
+        }
         let end = now + self.cfg.policy.slave_grace;
         let graced: Vec<(Uuid, SaeId)> = self
             .supply
@@ -82,6 +117,40 @@ impl KeyManager {
             if k.pending.is_empty() && k.graced.is_empty() {
                 self.supply.slave_keys.remove(&id);
                 self.stats.graces_ended += 1;
+                batch.push(Record::SlaveKeyGone { id });
+            } else {
+                batch.push(Record::slave_key(id, k.clone()));
+            }
+        }
+        if !batch.is_empty() {
+            self.out.store(batch, vec![]);
+        }
+    }
+
+    /// Erases, for the slaves that never fetched them, the keys whose lifetime ended by `now`.
+    pub(crate) fn expire_slave_keys(&mut self, now: Instant) {
+        let mut batch = Vec::new();
+        while let Some((t, _)) = self.delivery.lifetimes.first() {
+            if *t > now {
+                break;
+            }
+            let (_, id) = self.delivery.lifetimes.pop_first().expect("present");
+            let Some(k) = self.supply.slave_keys.get_mut(&id) else {
+                continue;
+            };
+            if k.pending.is_empty() {
+                continue;
+            }
+            k.pending.clear();
+            self.stats.slave_keys_expired += 1;
+            *self
+                .delivery
+                .expired_from
+                .entry(k.origin.clone())
+                .or_default() += 1;
+            tracing::debug!(origin = %k.origin, master = %k.master, "a key held for slaves expired unfetched");
+            if k.graced.is_empty() {
+                self.supply.slave_keys.remove(&id);
                 batch.push(Record::SlaveKeyGone { id });
             } else {
                 batch.push(Record::slave_key(id, k.clone()));

@@ -33,7 +33,7 @@ pub mod time;
 pub use app::{AppCall, AppReply, DeliveredKey, KeyPaths, Refusal, SaeId, StatusInfo};
 pub use config::{
     EncKeysShape, KmConfig, Limits, LimitsError, LivenessPolicy, Policy, RoutePolicy,
-    MAX_SLAVE_GRACE,
+    MAX_SLAVE_GRACE, MAX_SLAVE_KEY_LIFETIME,
 };
 pub use manager::{Action, Input, KeyManager, NodeStats, ReqId, WriteId};
 pub use msgs::{AbortReason, NodeId, PeerMsg, ShareInfo};

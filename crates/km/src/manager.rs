@@ -122,6 +122,9 @@ pub struct NodeStats {
     pub slave_refetches: u64,
     /// Keys erased when the grace of the last slave that fetched them ended.
     pub graces_ended: u64,
+    /// Keys held for slaves that some slave never fetched within their lifetime (orphans):
+    /// erased for those slaves.
+    pub slave_keys_expired: u64,
     /// Requests refused for lack of key.
     pub refused_no_key: u64,
     /// End-to-end key bytes ready in out-pools now.
@@ -343,7 +346,7 @@ impl KeyManager {
             }
         }
         km.pools.recount();
-        km.restart_graces(now);
+        km.restart_windows(now);
         if !stale_relays.is_empty() {
             km.stats.relays_abandoned += stale_relays.len() as u64;
             km.out.store(stale_relays, vec![]);
@@ -438,6 +441,7 @@ impl KeyManager {
         self.expire_assigns(now);
         self.expire_hops(now);
         self.end_graces(now);
+        self.expire_slave_keys(now);
         self.retry_hellos(now);
         if now >= self.next_refill {
             self.next_refill = now + self.cfg.policy.refill_interval;

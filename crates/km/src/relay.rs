@@ -639,7 +639,7 @@ impl KeyManager {
                 master,
                 slaves,
                 keys,
-            } => self.on_assign(from, epoch, seq, master, slaves, keys),
+            } => self.on_assign(now, from, epoch, seq, master, slaves, keys),
             PeerMsg::AssignAck { seq, ok } => self.on_assign_ack(from, seq, ok),
             PeerMsg::Revoke { seq } => self.on_revoke(from, seq),
             PeerMsg::PoolMissing { chunks } => self.on_pool_missing(from, chunks),

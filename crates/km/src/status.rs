@@ -63,6 +63,9 @@ pub struct PoolStatus {
     pub threshold: u8,
     /// Why relays to `peer` use fewer paths than the routing policy asks, if they do.
     pub route_note: Option<String>,
+    /// Keys `peer` assigned to slaves here that expired unfetched (orphans), since the core
+    /// started.
+    pub slave_keys_expired: u64,
 }
 
 impl KeyManager {
@@ -101,6 +104,7 @@ impl KeyManager {
                         .unwrap_or_default(),
                     threshold: plan.as_ref().map_or(0, |p| p.threshold),
                     route_note: plan.as_ref().and_then(|p| p.shortfall.clone()),
+                    slave_keys_expired: self.delivery.expired_from.get(&n.id).copied().unwrap_or(0),
                     paths: plan.map(|p| p.paths).unwrap_or_default(),
                 }
             })

@@ -390,6 +390,10 @@ impl KeyManager {
                 batch.push(Record::slave_key(k.id, sk.clone()));
                 self.supply.slave_keys.insert(k.id, sk);
             }
+            let ids: Vec<Uuid> = keys.iter().map(|k| k.id).collect();
+            for id in ids {
+                self.start_lifetime(now, id);
+            }
         }
         let remote: Vec<NodeId> = order.iter().filter(|n| **n != me).cloned().collect();
         if remote.is_empty() {
@@ -558,8 +562,10 @@ impl KeyManager {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_assign(
         &mut self,
+        now: Instant,
         origin: NodeId,
         epoch: u64,
         seq: u64,
@@ -667,6 +673,7 @@ impl KeyManager {
             };
             batch.push(Record::slave_key(id, sk.clone()));
             self.supply.slave_keys.insert(id, sk);
+            self.start_lifetime(now, id);
         }
         self.pools.flush_touched(&mut batch);
         self.saw_assign(&origin, seq, &mut batch);

@@ -185,11 +185,19 @@ pub struct DeliveryConfig {
     /// key ID, same bytes) in case its reply was lost; then the key is erased. 0: erased at
     /// once, as ETSI GS QKD 014 reads literally. At most 3600. Counted again from a restart.
     pub grace_s: u64,
+    /// Seconds after which a key held here for slaves is erased for the slaves that have not
+    /// fetched it (an orphan: its master's node crashed mid-assignment, or the slave never
+    /// came); counted in `kagi_slave_keys_expired_total`. 0: never. At most 30 days. Counted
+    /// again from a restart.
+    pub slave_key_lifetime_s: u64,
 }
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
-        Self { grace_s: 60 }
+        Self {
+            grace_s: 60,
+            slave_key_lifetime_s: 86_400,
+        }
     }
 }
 
@@ -205,6 +213,13 @@ impl DeliveryConfig {
             return Err(format!(
                 "grace_s = {} must be at most {max} (a delivered key stays at rest that long)",
                 self.grace_s
+            ));
+        }
+        let max = kagi_km::MAX_SLAVE_KEY_LIFETIME.as_secs();
+        if self.slave_key_lifetime_s > max {
+            return Err(format!(
+                "slave_key_lifetime_s = {} must be at most {max} (30 days)",
+                self.slave_key_lifetime_s
             ));
         }
         Ok(())
@@ -408,6 +423,10 @@ mod tests {
         assert!(err.contains("grace_s = 3601"), "{err}");
         assert!(toml::from_str::<DeliveryConfig>("grace_s = -1").is_err());
         assert!(toml::from_str::<DeliveryConfig>("grace = 5").is_err());
+        assert_eq!(DeliveryConfig::default().slave_key_lifetime_s, 86_400);
+        let d: DeliveryConfig = toml::from_str("slave_key_lifetime_s = 2592001").unwrap();
+        let err = d.validate().unwrap_err();
+        assert!(err.contains("slave_key_lifetime_s = 2592001"), "{err}");
     }
 
     #[test]

@@ -931,6 +931,8 @@ pub fn km_config(cfg: &crate::config::NodeConfig, topo: Arc<kagi_control::Topolo
             routing: cfg.routing.to_policy(),
             quotas: cfg.quotas.clone(),
             slave_grace: Duration::from_secs(cfg.delivery.grace_s).min(kagi_km::MAX_SLAVE_GRACE),
+            slave_key_lifetime: Duration::from_secs(cfg.delivery.slave_key_lifetime_s)
+                .min(kagi_km::MAX_SLAVE_KEY_LIFETIME),
             ..kagi_km::Policy::default()
         },
     }

@@ -550,6 +550,7 @@ fn check_metrics(text: &str) {
         "kagi_slave_keys_discarded_total",
         "kagi_slave_refetches_total",
         "kagi_slave_graces_ended_total",
+        "kagi_slave_keys_expired_total",
         "kagi_stale_dropped_total",
         "kagi_pool_chunks_missing_total",
         "kagi_link_key_discarded_bytes_total",

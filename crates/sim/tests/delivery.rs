@@ -264,3 +264,89 @@ fn with_no_grace_a_fetched_key_is_gone_at_once() {
     );
     not_found(fetch_lost(&mut sim, "d", "sae-d", &ids), "a second fetch");
 }
+
+fn sim_with_lifetime(life: Duration) -> Sim {
+    let mut t = Topology::line("t", &["a", "b", "c", "d"], 20.0, |n| {
+        vec![format!("sae-{n}"), format!("sae-{n}2")]
+    });
+    t.seed = 3;
+    let policy = Policy {
+        pool_target_bytes: 4 * 1024,
+        relay_chunk_bytes: 512,
+        slave_grace: Duration::from_secs(60),
+        slave_key_lifetime: life,
+        ..Policy::default()
+    };
+    let supply = LinkSupply {
+        interval: Duration::from_millis(20),
+        block_bytes: 8 * 1024,
+    };
+    let mut sim = Sim::new(t, 1, Faults::default(), supply, policy);
+    sim.run_for(Duration::from_millis(1500));
+    sim
+}
+
+#[test]
+fn a_key_no_slave_fetches_expires_counted_per_origin_even_across_a_restart() {
+    let mut sim = sim_with_lifetime(Duration::from_secs(4));
+    let keys = master_keys(&mut sim, &["sae-d2"]);
+    let ids = ids(&keys);
+    // sae-d fetches (its reply lost, so it is in its grace); sae-d2 never comes.
+    same_keys(fetch_lost(&mut sim, "d", "sae-d", &ids), &keys, "sae-d");
+    // A restart of d counts the lifetime again from its start.
+    sim.run_for(Duration::from_secs(2));
+    sim.crash("d");
+    sim.restart("d");
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(sim.node("d").unwrap().stats().slave_keys_expired, 0);
+    sim.run_for(Duration::from_secs(2));
+    let d = sim.node("d").unwrap().km_status();
+    assert_eq!(d.stats.slave_keys_expired, 2, "{:?}", d.stats);
+    let from_a = d.pools.iter().find(|p| p.peer == "a").unwrap();
+    assert_eq!(from_a.slave_keys_expired, 2);
+    assert!(d
+        .pools
+        .iter()
+        .filter(|p| p.peer != "a")
+        .all(|p| p.slave_keys_expired == 0));
+    not_found(
+        fetch_lost(&mut sim, "d", "sae-d2", &ids),
+        "sae-d2 after the lifetime",
+    );
+    // sae-d's grace outlives the lifetime: it may still fetch again.
+    same_keys(
+        fetch(&mut sim, "d", "sae-d", &ids),
+        &keys,
+        "sae-d in its grace",
+    );
+    // Expiry is durable.
+    sim.crash("d");
+    sim.restart("d");
+    sim.run_for(Duration::from_millis(500));
+    not_found(
+        fetch_lost(&mut sim, "d", "sae-d2", &ids),
+        "sae-d2 after a restart",
+    );
+}
+
+#[test]
+fn a_key_fetched_in_time_never_expires_for_its_slave() {
+    let mut sim = sim_with_lifetime(Duration::from_secs(3));
+    let keys = master_keys(&mut sim, &[]);
+    sim.run_for(Duration::from_secs(2));
+    same_keys(fetch(&mut sim, "d", "sae-d", &ids(&keys)), &keys, "in time");
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(sim.node("d").unwrap().stats().slave_keys_expired, 0);
+}
+
+#[test]
+fn a_key_no_slave_fetches_expires() {
+    let mut sim = sim_with_lifetime(Duration::from_secs(3));
+    let keys = master_keys(&mut sim, &[]);
+    sim.run_for(Duration::from_secs(4));
+    assert_eq!(sim.node("d").unwrap().stats().slave_keys_expired, 2);
+    not_found(
+        fetch_lost(&mut sim, "d", "sae-d", &ids(&keys)),
+        "after the lifetime",
+    );
+}

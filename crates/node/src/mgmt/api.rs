@@ -204,6 +204,7 @@ fn stats_json(s: &kagi_km::NodeStats) -> Value {
         "keys_served_slave": s.keys_served_slave,
         "slave_refetches": s.slave_refetches,
         "graces_ended": s.graces_ended,
+        "slave_keys_expired": s.slave_keys_expired,
         "refused_no_key": s.refused_no_key,
     })
 }
@@ -260,6 +261,7 @@ fn pools_json(km: &kagi_km::KmStatus) -> Value {
                     "paths": p.paths,
                     "threshold": p.threshold,
                     "route_note": p.route_note,
+                    "slave_keys_expired": p.slave_keys_expired,
                 })
             })
             .collect(),

@@ -289,6 +289,11 @@ pub fn encode(ops: &Ops, km: Option<&KmStatus>) -> String {
                 s.graces_ended,
             ),
             (
+                "slave_keys_expired",
+                "Keys held for slaves that a slave never fetched within their lifetime (orphans), erased for it",
+                s.slave_keys_expired,
+            ),
+            (
                 "stale_dropped",
                 "Relays or assignments dropped as not of their origin's current run",
                 s.stale_dropped,
