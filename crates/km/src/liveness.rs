@@ -17,7 +17,6 @@ use std::collections::BTreeMap;
 use crate::manager::KeyManager;
 use crate::msgs::{NodeId, PeerMsg};
 use crate::outbox::Action;
-use crate::record::Record;
 use crate::time::Instant;
 
 /// When each other node was last heard from, and when the next heartbeat is due.
@@ -118,15 +117,6 @@ impl KeyManager {
     /// its timeout), which frees its slot for a relay on a route around the node.
     fn fail_over_relays_via(&mut self, node: &str) {
         let gone = self.relays.lose_shares_via(node);
-        if gone.is_empty() {
-            return;
-        }
-        let mut batch = Vec::with_capacity(gone.len());
-        for (seq, p) in gone {
-            self.stats.relays_abandoned += 1;
-            self.stats.abandoned_key_bytes += p.spent_here();
-            batch.push(Record::PendingRelayGone { seq });
-        }
-        self.out.store(batch, vec![]);
+        self.record_abandoned(gone);
     }
 }

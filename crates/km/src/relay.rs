@@ -1094,6 +1094,12 @@ impl KeyManager {
     /// relay given up on that still arrives only leaves unused key at its destination.
     pub(crate) fn abandon_relays_via(&mut self, node: &str, first_hop_only: bool) {
         let gone = self.relays.drop_pending_via(node, first_hop_only);
+        self.record_abandoned(gone);
+    }
+
+    /// Counts relays given up on before their timeout, with the key they had spent here, and
+    /// deletes their durable records in one batch.
+    pub(crate) fn record_abandoned(&mut self, gone: Vec<(u64, PendingRelay)>) {
         if gone.is_empty() {
             return;
         }

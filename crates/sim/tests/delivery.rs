@@ -103,16 +103,19 @@ fn ids(k: &[DeliveredKey]) -> Vec<Uuid> {
     k.iter().map(|k| k.id).collect()
 }
 
+/// Two keys from `a` for `sae-d`, fetched once by `sae-d` at `d` with that reply lost (it must
+/// carry the master's bytes); returns the keys and their IDs.
+fn fetched_once_reply_lost(sim: &mut Sim) -> (Vec<DeliveredKey>, Vec<Uuid>) {
+    let keys = master_keys(sim, &[]);
+    let ids = ids(&keys);
+    same_keys(fetch_lost(sim, "d", "sae-d", &ids), &keys, "first fetch");
+    (keys, ids)
+}
+
 #[test]
 fn a_slave_whose_reply_was_lost_fetches_the_same_keys_again_within_its_grace() {
     let mut sim = sim(Duration::from_secs(60));
-    let keys = master_keys(&mut sim, &[]);
-    let ids = ids(&keys);
-    same_keys(
-        fetch_lost(&mut sim, "d", "sae-d", &ids),
-        &keys,
-        "first fetch",
-    );
+    let (keys, ids) = fetched_once_reply_lost(&mut sim);
     sim.run_for(Duration::from_secs(30));
     same_keys(fetch(&mut sim, "d", "sae-d", &ids), &keys, "fetch again");
     let st = sim.node("d").unwrap().stats();
@@ -129,13 +132,7 @@ fn a_slave_whose_reply_was_lost_fetches_the_same_keys_again_within_its_grace() {
 #[test]
 fn another_sae_never_gets_a_key_in_its_slaves_grace() {
     let mut sim = sim(Duration::from_secs(60));
-    let keys = master_keys(&mut sim, &[]);
-    let ids = ids(&keys);
-    same_keys(
-        fetch_lost(&mut sim, "d", "sae-d", &ids),
-        &keys,
-        "first fetch",
-    );
+    let (keys, ids) = fetched_once_reply_lost(&mut sim);
     let r = fetch(&mut sim, "d", "sae-d2", &ids);
     assert!(
         matches!(r, Err(Refusal::Unauthorized(_))),
@@ -159,13 +156,7 @@ fn another_sae_never_gets_a_key_in_its_slaves_grace() {
 #[test]
 fn the_grace_ends_and_the_key_is_erased_even_across_a_restart() {
     let mut sim = sim(Duration::from_secs(2));
-    let keys = master_keys(&mut sim, &[]);
-    let ids = ids(&keys);
-    same_keys(
-        fetch_lost(&mut sim, "d", "sae-d", &ids),
-        &keys,
-        "first fetch",
-    );
+    let (_, ids) = fetched_once_reply_lost(&mut sim);
     sim.run_for(Duration::from_secs(3));
     not_found(fetch_lost(&mut sim, "d", "sae-d", &ids), "after the grace");
     assert_eq!(sim.node("d").unwrap().stats().graces_ended, 2);
@@ -182,13 +173,7 @@ fn the_grace_ends_and_the_key_is_erased_even_across_a_restart() {
 #[test]
 fn a_slave_fetches_again_after_its_node_restarts() {
     let mut sim = sim(Duration::from_secs(2));
-    let keys = master_keys(&mut sim, &[]);
-    let ids = ids(&keys);
-    same_keys(
-        fetch_lost(&mut sim, "d", "sae-d", &ids),
-        &keys,
-        "first fetch",
-    );
+    let (keys, ids) = fetched_once_reply_lost(&mut sim);
     // The node was down longer than the grace: the grace counts again from its start.
     sim.crash("d");
     sim.run_for(Duration::from_secs(5));
@@ -255,13 +240,7 @@ fn each_slave_of_a_multicast_key_has_its_own_grace() {
 #[test]
 fn with_no_grace_a_fetched_key_is_gone_at_once() {
     let mut sim = sim(Duration::ZERO);
-    let keys = master_keys(&mut sim, &[]);
-    let ids = ids(&keys);
-    same_keys(
-        fetch_lost(&mut sim, "d", "sae-d", &ids),
-        &keys,
-        "first fetch",
-    );
+    let (_, ids) = fetched_once_reply_lost(&mut sim);
     not_found(fetch_lost(&mut sim, "d", "sae-d", &ids), "a second fetch");
 }
 
