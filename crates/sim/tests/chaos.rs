@@ -80,8 +80,11 @@ fn seeds_that_once_failed_pass() {
     // (its neighbour c saw d spend a block d's copy still held unspent), which the peer did not
     // judge yet, so no fork was reported and d discarded keys applied after the restore. `Hello`
     // now carries the sender's lowest transmit block for the same test.
+    // Since link-state routing moved the routes this seed no longer restores a store from an
+    // older copy (the 200-seed run above still restores many); it stays as a seed that must
+    // pass.
     let r = chaos::run(2059, &ChaosConfig::default());
-    assert!(r.faults.rollbacks > 0 && r.fetched > 0, "{r:?}");
+    assert!(r.fetched > 0, "{r:?}");
     // 6951: node b's first run after a restore met its peer down; the peer judged only the
     // second run, reported it as the fork, and the keys the first run had applied were
     // discarded though their master held them. Since main moved this seed no longer reaches
