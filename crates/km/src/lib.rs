@@ -25,6 +25,7 @@ pub mod quota;
 pub mod reconcile;
 pub mod record;
 mod relay;
+mod revoke;
 pub mod route;
 mod routing;
 pub mod status;
@@ -41,6 +42,7 @@ pub use msgs::{AbortReason, LinkAdvert, NodeId, PeerMsg, ShareInfo, MAX_ADVERT_L
 pub use quota::{QuotaConfig, QuotaError, SaeLimit, SaeUsage};
 pub use record::{Record, RelayRoute, Snapshot};
 pub use relay::RelayExposure;
+pub use revoke::{MAX_OPEN_REVOKES, MAX_REVOKE_BACKOFF};
 pub use route::{RouteConstraint, RouteRequest};
 pub use status::{KmStatus, LinkStatus, PoolStatus};
 pub use time::Instant;
