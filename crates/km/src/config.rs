@@ -211,6 +211,22 @@ pub struct Policy {
     /// Link-state advertisements and routing by key availability (`None`: no adverts; routes
     /// follow the topology's static link costs, hop count by default).
     pub link_state: Option<LinkStatePolicy>,
+    /// Which nodes this node keeps talking to without a reason: heartbeats go to them, and
+    /// only their silence routes around them.
+    pub peers: PeerScope,
+}
+
+/// Which nodes get heartbeats (and are watched for silence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PeerScope {
+    /// Every node of the topology: the origin of a relay sees for itself that a node anywhere
+    /// went silent (needs a connection to every node).
+    #[default]
+    All,
+    /// Neighbours only: a silent node far away is learnt from the link-state adverts of its
+    /// neighbours (which advertise their links to it down), so connections to other nodes are
+    /// needed only while there is something to send.
+    Neighbours,
 }
 
 /// Link-state advertisements ([`PeerMsg::LinkState`](crate::PeerMsg::LinkState)) and the
@@ -350,6 +366,7 @@ impl Default for Policy {
             quotas: crate::quota::QuotaConfig::default(),
             liveness: Some(LivenessPolicy::default()),
             link_state: Some(LinkStatePolicy::default()),
+            peers: PeerScope::All,
         }
     }
 }

@@ -360,8 +360,22 @@ impl KeyManager {
                 costs.insert(key, extra);
             }
         }
+        let newly_dead: BTreeSet<(NodeId, NodeId)> = dead
+            .difference(self.routing.dead_links())
+            .cloned()
+            .collect();
         if self.routing.set_link_costs(costs, dead) {
             tracing::debug!(me = %self.me(), "link state changed; routes recomputed");
+        }
+        if !newly_dead.is_empty() {
+            // A relay from here over a link now advertised down (a node far away froze or
+            // lost its neighbour) would only time out: its shares there are lost now, and a
+            // relay left below its threshold frees its slot for one around the link.
+            let gone = self.relays.lose_shares_where(|path| {
+                path.windows(2)
+                    .any(|w| newly_dead.contains(&link_key(&w[0], &w[1])))
+            });
+            self.record_abandoned(gone);
         }
     }
 

@@ -6,8 +6,11 @@
 //! [`heartbeat_interval`](crate::LivenessPolicy::heartbeat_interval); a node not heard from for
 //! [`silent_after`](crate::LivenessPolicy::silent_after) counts as down for routing (routes
 //! and multi-path plans avoid it, relays through it are failed over) until any message from it
-//! arrives. Heartbeats go to every node, not only to neighbours, because the origin of a relay
-//! chooses its whole path: it must itself see that a node three hops away went silent.
+//! arrives. With [`PeerScope::All`](crate::PeerScope) heartbeats go to every node, so the origin
+//! of a relay, which chooses its whole path, sees for itself that a node three hops away went
+//! silent; with [`PeerScope::Neighbours`](crate::PeerScope) they go to neighbours only, and a
+//! far node's silence arrives as link-state adverts of its neighbours marking their links to it
+//! down (see [`crate::linkstate`]).
 //!
 //! Time comes only from the driver's `now`: a node whose own timer did not run for longer than
 //! `silent_after` (it was the one frozen) starts counting afresh instead of blaming every peer.

@@ -250,6 +250,10 @@ impl KeyManager {
                     .nodes
                     .iter()
                     .filter(|n| n.id != cfg.node_id)
+                    .filter(|n| {
+                        cfg.policy.peers == crate::config::PeerScope::All
+                            || cfg.topology.link(&cfg.node_id, &n.id).is_some()
+                    })
                     .map(|n| n.id.clone()),
                 now,
             ),

@@ -214,10 +214,18 @@ impl Relays {
     /// removes the relays left with fewer shares than their threshold (a single-path relay
     /// through `node` among them).
     pub(crate) fn lose_shares_via(&mut self, node: &str) -> Vec<(u64, PendingRelay)> {
+        self.lose_shares_where(|path| path.iter().skip(1).any(|n| n == node))
+    }
+
+    /// Like [`lose_shares_via`](Self::lose_shares_via), for the shares whose path `lost` says.
+    pub(crate) fn lose_shares_where(
+        &mut self,
+        lost: impl Fn(&[NodeId]) -> bool,
+    ) -> Vec<(u64, PendingRelay)> {
         let mut dead = Vec::new();
         for (seq, p) in self.pending.iter_mut() {
             for (i, path) in p.paths.iter().enumerate() {
-                if path.iter().skip(1).any(|n| n == node) {
+                if lost(path) {
                     p.lost.insert(i as u8 + 1);
                 }
             }

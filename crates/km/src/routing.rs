@@ -391,6 +391,11 @@ impl Routing {
         Some(self.penalties.get(key).copied().unwrap_or(0.0))
     }
 
+    /// Links an end advertised down now.
+    pub(crate) fn dead_links(&self) -> &BTreeSet<(NodeId, NodeId)> {
+        &self.dead
+    }
+
     /// `node`'s neighbours in the topology, `None` for a node without links or not in it.
     pub(crate) fn adjacent(&self, node: &str) -> Option<&BTreeSet<NodeId>> {
         self.adjacent.get(node)

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use kagi_control::{LinkSpec, NodeSpec, Topology};
 use kagi_keymat::Key;
 use kagi_km::{
-    Action, AppCall, Input, Instant, KeyManager, KmConfig, Limits, LinkAdvert, PeerMsg, Policy,
-    Snapshot,
+    Action, AppCall, Input, Instant, KeyManager, KmConfig, Limits, LinkAdvert, PeerMsg, PeerScope,
+    Policy, Snapshot,
 };
 
 const LINKS: [(&str, &str); 4] = [("a", "b"), ("b", "z"), ("a", "c"), ("c", "z")];
@@ -383,4 +383,220 @@ fn without_link_state_relays_take_the_starved_link() {
     assert!(net.adverts.is_empty());
     assert_eq!(net.route("a", "z"), ["a", "b", "z"]);
     assert_eq!(net.kms["a"].pool_free("z"), 0);
+}
+
+/// Two routes of three hops from a to z: a-b1-b2-z and a-c1-c2-z (ties go to b1).
+fn two_routes() -> Arc<Topology> {
+    let links = [
+        ("a", "b1"),
+        ("b1", "b2"),
+        ("b2", "z"),
+        ("a", "c1"),
+        ("c1", "c2"),
+        ("c2", "z"),
+    ];
+    Arc::new(Topology {
+        name: "two-routes".into(),
+        seed: 1,
+        epoch_unix: 0,
+        rate_multiplier: 1.0,
+        insecure_demo_links: false,
+        nodes: ["a", "b1", "b2", "c1", "c2", "z"]
+            .iter()
+            .map(|n| NodeSpec {
+                id: n.to_string(),
+                saes: vec![format!("sae-{n}")],
+                ..Default::default()
+            })
+            .collect(),
+        links: links
+            .iter()
+            .map(|(a, b)| LinkSpec {
+                a: a.to_string(),
+                b: b.to_string(),
+                length_km: 10.0,
+                ..Default::default()
+            })
+            .collect(),
+    })
+}
+
+/// With heartbeats to neighbours only (`PeerScope::Neighbours`), a node two hops away that
+/// freezes is still routed around: its neighbours find it silent and advertise their links to
+/// it down, the flood reaches a, and a's relays through it are failed over at once.
+#[test]
+fn with_neighbour_heartbeats_a_far_frozen_node_is_routed_around_by_link_state() {
+    let t = two_routes();
+    let policy = Policy {
+        pool_target_bytes: 1024,
+        idle_floor_bytes: 1024,
+        relay_chunk_bytes: 128,
+        max_relays_in_flight: 2,
+        peers: PeerScope::Neighbours,
+        ..Policy::default()
+    };
+    let mut kms: BTreeMap<String, KeyManager> = t
+        .nodes
+        .iter()
+        .map(|n| {
+            let cfg = KmConfig {
+                node_id: n.id.clone(),
+                topology: t.clone(),
+                limits: Limits::default(),
+                policy: policy.clone(),
+            };
+            let km =
+                KeyManager::restore(cfg, Snapshot::default(), [n.id.len() as u8; 32], Instant(0));
+            (n.id.clone(), km)
+        })
+        .collect();
+    let frozen: std::cell::RefCell<BTreeSet<String>> = Default::default();
+    let mut sent: Vec<(Instant, String, String, PeerMsg)> = Vec::new();
+    let mut now = Instant(0);
+    // Delivers every message at once; frozen nodes neither receive nor send nor tick.
+    fn pump(
+        kms: &mut BTreeMap<String, KeyManager>,
+        frozen: &BTreeSet<String>,
+        sent: &mut Vec<(Instant, String, String, PeerMsg)>,
+        now: Instant,
+        node: &str,
+        input: Option<Input>,
+    ) {
+        if frozen.contains(node) {
+            return;
+        }
+        let mut queue = vec![(node.to_string(), input)];
+        while let Some((n, i)) = queue.pop() {
+            if frozen.contains(&n) {
+                continue;
+            }
+            let km = kms.get_mut(&n).unwrap();
+            if let Some(i) = i {
+                km.handle(now, i);
+            }
+            while let Some(a) = km.poll_action() {
+                match a {
+                    Action::Send { to, msg } => {
+                        sent.push((now, n.clone(), to.clone(), msg.clone()));
+                        queue.push((
+                            to,
+                            Some(Input::Peer {
+                                from: n.clone(),
+                                msg,
+                            }),
+                        ));
+                    }
+                    Action::Store { write, .. } => {
+                        km.handle(now, Input::Stored { write, ok: true })
+                    }
+                    Action::Answer { .. } => {}
+                }
+            }
+        }
+    }
+    let mut block = 0u64;
+    let mut step = |kms: &mut BTreeMap<String, KeyManager>,
+                    sent: &mut Vec<(Instant, String, String, PeerMsg)>,
+                    now: &mut Instant,
+                    ms: u64| {
+        for _ in 0..ms / 10 {
+            *now = Instant(now.0 + 10_000_000);
+            let fz = frozen.borrow().clone();
+            if now.0.is_multiple_of(1_000_000_000) || block == 0 {
+                for (i, l) in t.links.iter().enumerate() {
+                    let k = Key::from_vec(
+                        (0..16384u32)
+                            .map(|j| (j as u8) ^ (i as u8 * 37) ^ (block as u8))
+                            .collect(),
+                    );
+                    for (x, y) in [(&l.a, &l.b), (&l.b, &l.a)] {
+                        let inp = Input::LinkKeys {
+                            peer: y.clone(),
+                            block,
+                            key: k.clone(),
+                        };
+                        pump(kms, &fz, sent, *now, x, Some(inp));
+                    }
+                }
+                block += 1;
+            }
+            let names: Vec<String> = kms.keys().cloned().collect();
+            for n in names {
+                if fz.contains(&n) {
+                    continue;
+                }
+                let km = kms.get_mut(&n).unwrap();
+                if km.poll_timeout().is_some_and(|d| d <= *now) {
+                    km.handle_timeout(*now);
+                }
+                pump(kms, &fz, sent, *now, &n, None);
+            }
+        }
+    };
+    let route = |kms: &BTreeMap<String, KeyManager>| {
+        kms["a"]
+            .km_status()
+            .pools
+            .iter()
+            .find(|p| p.peer == "z")
+            .unwrap()
+            .route
+            .clone()
+    };
+    step(&mut kms, &mut sent, &mut now, 2000);
+    assert_eq!(route(&kms), ["a", "b1", "b2", "z"]);
+    assert!(kms["a"].pool_free("z") >= 512, "pool not warm");
+    // Heartbeats go to neighbours only.
+    for (_, from, to, msg) in &sent {
+        if matches!(msg, PeerMsg::Heartbeat) {
+            assert!(t.link(from, to).is_some(), "heartbeat {from}→{to}");
+        }
+    }
+    frozen.borrow_mut().insert("b2".into());
+    let frozen_at = now;
+    // Empty a's pool so that refill must relay again.
+    let mut req = 1;
+    while kms["a"].pool_free("z") >= 32 {
+        let n = (kms["a"].pool_free("z") / 32).min(64);
+        let call = AppCall::EncKeys {
+            master: "sae-a".into(),
+            slave: "sae-z".into(),
+            number: Some(n),
+            size_bits: Some(256),
+            additional_slaves: vec![],
+            route: None,
+        };
+        let fz = frozen.borrow().clone();
+        pump(
+            &mut kms,
+            &fz,
+            &mut sent,
+            now,
+            "a",
+            Some(Input::App { req, call }),
+        );
+        req += 1;
+    }
+    let mut refilled = None;
+    for _ in 0..600 {
+        step(&mut kms, &mut sent, &mut now, 10);
+        if kms["a"].pool_free("z") >= 128 {
+            refilled = Some(now.saturating_since(frozen_at));
+            break;
+        }
+    }
+    let t_refill = refilled.expect("a's pool to z never refilled while b2 was frozen");
+    // Silent for 2 s at b1 and z, advertised and flooded at once, routes recomputed within
+    // 250 ms, then a relay over the other three hops.
+    assert!(
+        t_refill <= std::time::Duration::from_millis(3000),
+        "refilled {t_refill:?} after b2 froze"
+    );
+    assert_eq!(route(&kms), ["a", "c1", "c2", "z"]);
+    let pen = kms["a"].link_penalties();
+    assert_eq!(pen[&key("b1", "b2")], None, "{pen:?}");
+    // a never sent anything to b2 or z directly except what relays need (no heartbeats).
+    assert!(!sent.iter().any(|(_, f, to, m)| f == "a"
+        && (to == "b2" || to == "z")
+        && matches!(m, PeerMsg::Heartbeat)));
 }

@@ -27,6 +27,9 @@ pub struct NodeConfig {
     /// Multi-path relay policy (`[routing]`).
     #[serde(default)]
     pub routing: RoutingConfig,
+    /// Which peers this node keeps connections to (`[peers]`: `connect`, `idle_close_s`).
+    #[serde(default, skip_serializing_if = "PeersConfig::is_default")]
+    pub peers: PeersConfig,
     /// Key store durability.
     #[serde(default)]
     pub store: StoreConfig,
@@ -307,6 +310,47 @@ impl RoutingConfig {
                 .map(|(d, p)| (d.clone(), (p.paths, p.threshold)))
                 .collect(),
         }
+    }
+}
+
+/// Which peers a node keeps connections to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeersConfig {
+    /// `"all"`: a connection to every node of the topology, always. `"neighbours"`: always to
+    /// the nodes this node shares a QKD link with; to any other node only while there is
+    /// something to send to it (relay acknowledgements, assignments, reconciliation),
+    /// closed after `idle_close_s` without a message. Heartbeats then go to neighbours only,
+    /// and a failed node far away is routed around through the link-state adverts of its
+    /// neighbours.
+    pub connect: PeerConnect,
+    /// Seconds without a message after which an on-demand connection closes (`"neighbours"`).
+    pub idle_close_s: u64,
+}
+
+/// `[peers] connect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerConnect {
+    /// Every node, always.
+    All,
+    /// Neighbours always; other nodes while needed.
+    Neighbours,
+}
+
+impl Default for PeersConfig {
+    fn default() -> Self {
+        Self {
+            connect: PeerConnect::All,
+            idle_close_s: 30,
+        }
+    }
+}
+
+impl PeersConfig {
+    /// True when nothing differs from the default (not written out).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
     }
 }
 

@@ -929,6 +929,10 @@ pub fn km_config(cfg: &crate::config::NodeConfig, topo: Arc<kagi_control::Topolo
             relay_chunk_bytes: p.relay_chunk_bytes.clamp(32, 1 << 20) as u32,
             max_relays_in_flight: p.max_in_flight.max(1),
             routing: cfg.routing.to_policy(),
+            peers: match cfg.peers.connect {
+                crate::config::PeerConnect::All => kagi_km::PeerScope::All,
+                crate::config::PeerConnect::Neighbours => kagi_km::PeerScope::Neighbours,
+            },
             quotas: cfg.quotas.clone(),
             slave_grace: Duration::from_secs(cfg.delivery.grace_s).min(kagi_km::MAX_SLAVE_GRACE),
             slave_key_lifetime: Duration::from_secs(cfg.delivery.slave_key_lifetime_s)

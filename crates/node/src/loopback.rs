@@ -104,6 +104,7 @@ pub fn prepare(
             etsi014: Default::default(),
             pool: Default::default(),
             routing: Default::default(),
+            peers: Default::default(),
             store: Default::default(),
             delivery: Default::default(),
             skip_addr: None,

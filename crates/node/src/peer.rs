@@ -87,15 +87,30 @@ impl Peers {
         client: Arc<rustls::ClientConfig>,
         inbox: mpsc::UnboundedSender<crate::driver::DriverMsg>,
     ) -> Self {
+        Self::start_with(peers, client, inbox, &Default::default(), Duration::MAX)
+    }
+
+    /// Like [`start`](Self::start), but the connection to each peer in `on_demand` is opened
+    /// only when there is something to send, and closed after `idle` without a message (not
+    /// reported down: the peer is not known to be down, only not needed now).
+    pub fn start_with(
+        peers: Vec<(String, String)>,
+        client: Arc<rustls::ClientConfig>,
+        inbox: mpsc::UnboundedSender<crate::driver::DriverMsg>,
+        on_demand: &std::collections::BTreeSet<String>,
+        idle: Duration,
+    ) -> Self {
         let mut out = BTreeMap::new();
         for (id, addr) in peers {
             let (tx, rx) = mpsc::channel(QUEUE);
+            let idle = on_demand.contains(&id).then_some(idle);
             tokio::spawn(outbound(
                 id.clone(),
                 addr,
                 client.clone(),
                 rx,
                 inbox.clone(),
+                idle,
             ));
             out.insert(id, tx);
         }
@@ -142,12 +157,20 @@ async fn outbound(
     client: Arc<rustls::ClientConfig>,
     mut rx: mpsc::Receiver<Outgoing>,
     inbox: mpsc::UnboundedSender<crate::driver::DriverMsg>,
+    idle: Option<Duration>,
 ) {
     let connector = TlsConnector::from(client);
     let mut backoff = Duration::from_millis(50);
     let mut was_up = false;
     let mut carry: Option<Outgoing> = None;
     loop {
+        if idle.is_some() && carry.is_none() {
+            // An on-demand peer: connect only once there is something to send.
+            match rx.recv().await {
+                Some(m) => carry = Some(m),
+                None => return,
+            }
+        }
         let conn = async {
             let tcp = TcpStream::connect(&addr).await?;
             tcp.set_nodelay(true)?;
@@ -188,6 +211,10 @@ async fn outbound(
                             },
                             _ = r.read(&mut probe) => {
                                 tracing::debug!(peer = %id, "peer closed the channel");
+                                break;
+                            }
+                            _ = tokio::time::sleep(idle.unwrap_or(Duration::MAX)), if idle.is_some() => {
+                                tracing::debug!(peer = %id, "no message for a while; closing the channel until one comes");
                                 break;
                             }
                         },

@@ -166,7 +166,22 @@ pub async fn run_node(
         .filter(|n| n.id != me.id)
         .filter_map(|n| n.peer_addr.clone().map(|a| (n.id.clone(), a)))
         .collect();
-    let peers = Peers::start(others, tls::peer_client_config(&cfg.tls)?, inbox.clone());
+    // With `[peers] connect = "neighbours"`, only neighbours are connected all the time.
+    let on_demand: std::collections::BTreeSet<String> = match cfg.peers.connect {
+        crate::config::PeerConnect::All => Default::default(),
+        crate::config::PeerConnect::Neighbours => others
+            .iter()
+            .map(|(n, _)| n.clone())
+            .filter(|n| topo.link(&me.id, n).is_none())
+            .collect(),
+    };
+    let peers = Peers::start_with(
+        others,
+        tls::peer_client_config(&cfg.tls)?,
+        inbox.clone(),
+        &on_demand,
+        Duration::from_secs(cfg.peers.idle_close_s.max(1)),
+    );
     // Every checkpoint goes to the neighbours, who witness it in their own trails.
     {
         let neighbours: Vec<String> = topo.neighbours(&me.id).map(|(n, _)| n.to_owned()).collect();

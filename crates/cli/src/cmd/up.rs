@@ -374,6 +374,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             etsi014: Etsi014Config::default(),
             pool: PoolConfig::default(),
             routing: Default::default(),
+            peers: Default::default(),
             store: Default::default(),
             delivery: Default::default(),
             skip_addr: None,
@@ -394,6 +395,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
                 etsi014: old.etsi014,
                 pool: old.pool,
                 routing: old.routing,
+                peers: old.peers,
                 store: old.store,
                 delivery: old.delivery,
                 ..cfg
