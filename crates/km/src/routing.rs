@@ -71,6 +71,8 @@ pub(crate) struct Routing {
     /// routes change. Shared (`Arc`) and keyed by destination first, so the refill tick, which
     /// asks for every destination's plan, neither allocates nor copies paths.
     plans: BTreeMap<NodeId, PlansByPolicy>,
+    /// Bumped whenever `plans` is dropped, so callers may keep plans while it stays the same.
+    generation: u64,
     /// Every link of the topology, both ways round: node → its neighbours.
     adjacent: BTreeMap<NodeId, BTreeSet<NodeId>>,
     /// Plans meeting a route constraint (`kagi_route`), around the peers down now.
@@ -100,6 +102,7 @@ impl Routing {
             silent: BTreeSet::new(),
             out_of_service: BTreeSet::new(),
             plans: BTreeMap::new(),
+            generation: 0,
             constrained: BTreeMap::new(),
             feasible: BTreeMap::new(),
             demand: BTreeMap::new(),
@@ -199,6 +202,12 @@ impl Routing {
             .or_default()
             .insert((paths, threshold), plan.clone());
         plan
+    }
+
+    /// Changes whenever the plans [`plan`](Self::plan) returns may change: until it does,
+    /// `plan` returns the same plan for the same arguments.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Like [`plan`](Self::plan), without caching (for read-only status).
@@ -329,6 +338,7 @@ impl Routing {
 
     fn recompute(&mut self) {
         self.plans.clear();
+        self.generation += 1;
         self.constrained.clear();
         let down = self.avoided();
         self.routes = Routes::compute(&self.usable_topology(), &self.me, &down);
