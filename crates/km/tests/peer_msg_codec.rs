@@ -181,6 +181,7 @@ fn msg() -> impl Strategy<Value = PeerMsg> {
         prop::collection::vec(any::<u64>(), 0..8)
             .prop_map(|chunks| PeerMsg::PoolMissing { chunks }),
         Just(PeerMsg::Heartbeat),
+        any::<u64>().prop_map(|seq| PeerMsg::RevokeAck { seq }),
     ]
 }
 

@@ -18,7 +18,7 @@ pub mod oracle;
 pub mod plan;
 pub mod study;
 
-pub use net::{Answered, FaultCounts, Faults, LinkSupply, Sim, StoreCopy};
+pub use net::{Answered, FaultCounts, Faults, LinkSupply, MsgFilter, Sim, StoreCopy};
 pub use oracle::Oracle;
 
 /// Seeds to run: `KAGI_SIM_SEED` (default `default`) and `KAGI_SIM_RUNS` consecutive ones
