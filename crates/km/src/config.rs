@@ -208,6 +208,27 @@ pub struct Policy {
     /// Heartbeats and silence detection (`None`: a peer counts as down only when the driver
     /// reports its channel down).
     pub liveness: Option<LivenessPolicy>,
+    /// Adaptive direction split of link key (`None`: each end spends only its fixed half).
+    pub link_grants: Option<LinkGrantPolicy>,
+}
+
+/// When the ends of a link give each other unspent link key (see `crate::grants`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkGrantPolicy {
+    /// Link key of its own half an end keeps for itself: it grants only beyond this, and asks
+    /// its neighbour for a grant when it holds less (its own half plus grants).
+    pub reserve_bytes: u64,
+    /// Least time between two asks to the same neighbour.
+    pub ask_every: Duration,
+}
+
+impl Default for LinkGrantPolicy {
+    fn default() -> Self {
+        Self {
+            reserve_bytes: 16 * 1024,
+            ask_every: Duration::from_millis(100),
+        }
+    }
 }
 
 /// Heartbeats on the peer channel: a frozen node keeps its connections open, so only its
@@ -320,6 +341,7 @@ impl Default for Policy {
             routing: RoutePolicy::default(),
             quotas: crate::quota::QuotaConfig::default(),
             liveness: Some(LivenessPolicy::default()),
+            link_grants: Some(LinkGrantPolicy::default()),
         }
     }
 }

@@ -250,7 +250,7 @@ impl Relays {
         self.waiting
             .iter()
             .filter(|h| h.from == from)
-            .filter_map(|h| hop_pad(&h.msg).iter().map(|s| s.id).min())
+            .filter_map(|h| own_blocks(hop_pad(&h.msg)).min())
             .min()
     }
 }
@@ -288,6 +288,13 @@ fn hop_pad(msg: &PeerMsg) -> &[Span] {
         PeerMsg::RelayHop { pad, .. } | PeerMsg::ShareHop { pad, .. } => pad,
         _ => &[],
     }
+}
+
+/// The blocks of the sender's own half that spans name (spans in bytes this node granted it
+/// say nothing about how far the sender spent its own half, which `gc_rx` and the `Seen` marks
+/// rely on).
+fn own_blocks(spans: &[Span]) -> impl Iterator<Item = u64> + '_ {
+    spans.iter().filter(|s| !s.is_granted()).map(|s| s.id)
 }
 
 /// The relay and share a relay or share hop belongs to.
@@ -355,7 +362,7 @@ impl KeyManager {
     /// reordering on a busy link into an abandoned relay).
     fn gc_rx(&mut self, peer: &str, spans: &[Span], batch: &mut Vec<Record>) {
         let waiting = self.relays.oldest_waiting_block(peer);
-        let Some(floor) = spans.iter().map(|s| s.id).chain(waiting).min() else {
+        let Some(floor) = own_blocks(spans).chain(waiting).min() else {
             return;
         };
         self.links
@@ -378,6 +385,7 @@ impl KeyManager {
         let n = MAC_KEY_LEN + key.len();
         let (pad_spans, material) = self.links.alloc_tx(next, n, batch)?;
         self.stats.link_key_spent += n as u64;
+        self.grants.spent_towards(next);
         if share.is_some() {
             self.stats.amd_key_bytes += AMD_OVERHEAD as u64;
         }
@@ -645,6 +653,10 @@ impl KeyManager {
             PeerMsg::PoolMissing { chunks } => self.on_pool_missing(from, chunks),
             // Liveness is noted for every message in `handle`; a heartbeat carries nothing else.
             PeerMsg::Heartbeat => {}
+            PeerMsg::LinkKeyWanted { bytes } => self.on_link_key_wanted(from, bytes),
+            PeerMsg::LinkKeyGranted { epoch, spans } => {
+                self.on_link_key_granted(now, from, epoch, &spans)
+            }
             PeerMsg::Hello {
                 store,
                 epoch,
@@ -812,7 +824,7 @@ impl KeyManager {
             return;
         }
         self.gc_rx(&from, pad, &mut batch);
-        if let Some(top) = pad.iter().map(|s| s.id).max() {
+        if let Some(top) = own_blocks(pad).max() {
             self.saw_link_spend(&from, top, &mut batch);
         }
         let mut key = Key::from_slice(ct);
@@ -1155,14 +1167,14 @@ impl KeyManager {
         self.retry_waiting_hops(now);
     }
 
-    fn retry_waiting_hops(&mut self, now: Instant) {
+    pub(crate) fn retry_waiting_hops(&mut self, now: Instant) {
         if self.relays.waiting.is_empty() {
             return;
         }
         let mut hops = std::mem::take(&mut self.relays.waiting);
         // Oldest link key first, so garbage collection of the neighbour's half (`gc_rx`) never
         // overtakes a hop that is still to be retried.
-        hops.sort_by_key(|h| hop_pad(&h.msg).iter().map(|s| s.id).min().unwrap_or(0));
+        hops.sort_by_key(|h| hop_pad(&h.msg).iter().map(|s| s.block()).min().unwrap_or(0));
         for h in hops {
             if h.deadline > now {
                 let before = self.relays.waiting.len();
