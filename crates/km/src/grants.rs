@@ -56,7 +56,9 @@ impl KeyManager {
         let Some(g) = self.cfg.policy.link_grants else {
             return;
         };
-        let want = (self.cfg.policy.link_buffer_cap_bytes / 2).max(g.reserve_bytes);
+        // Twice the reserve per ask: enough to keep a busy end going between asks, while the
+        // rest stays with the grantor for its own demand (granted bytes cannot go back).
+        let want = g.reserve_bytes.saturating_mul(2);
         let peers: Vec<NodeId> = self.grants.spent.iter().cloned().collect();
         for peer in peers {
             if !self.is_reconciled(&peer) || self.routing.is_down(&peer) {

@@ -11,7 +11,8 @@ use kagi_keymat::Key;
 use kagi_km::msgs::{Span, GRANTED};
 use kagi_km::record::Record;
 use kagi_km::{
-    Action, AppCall, Input, Instant, KeyManager, KmConfig, Limits, PeerMsg, Policy, Snapshot,
+    Action, AppCall, Input, Instant, KeyManager, KmConfig, Limits, LinkGrantPolicy, PeerMsg,
+    Policy, Snapshot,
 };
 
 const STEP_NS: u64 = 10_000_000;
@@ -57,11 +58,7 @@ impl Net {
         let base = Policy {
             relay_chunk_bytes: 1024,
             max_relays_in_flight: 8,
-            link_grants: if grants {
-                Policy::default().link_grants
-            } else {
-                None
-            },
+            link_grants: grants.then(LinkGrantPolicy::default),
             liveness: None,
             ..Policy::default()
         };

@@ -210,6 +210,9 @@ pub struct Sim {
     pub counts: FaultCounts,
     /// A hash of every event and message, for the determinism check.
     pub trace_hash: u64,
+    /// Link pad bytes honest nodes sent hops with (`None`: not checked; see
+    /// [`Sim::check_pads`]).
+    pads: Option<crate::pads::PadLedger>,
 }
 
 impl Sim {
@@ -263,6 +266,7 @@ impl Sim {
             last_block: vec![None; topo.links.len()],
             counts: FaultCounts::default(),
             trace_hash: 0xcbf2_9ce4_8422_2325,
+            pads: None,
         };
         for n in &topo.nodes {
             sim.nodes.insert(
@@ -428,6 +432,15 @@ impl Sim {
                 Action::Send { to, msg } => {
                     self.mix(1);
                     self.mix_bytes(&msg.encode());
+                    if let (
+                        Some(p),
+                        PeerMsg::RelayHop { pad, .. } | PeerMsg::ShareHop { pad, .. },
+                    ) = (self.pads.as_mut(), &msg)
+                    {
+                        if let Err(e) = p.spend(id, &to, pad) {
+                            panic!("seed {}: {e}", self.seed);
+                        }
+                    }
                     let beat = matches!(msg, PeerMsg::Heartbeat);
                     let rng = if beat {
                         &mut self.beat_rng
@@ -993,6 +1006,17 @@ impl Sim {
     /// Messages honest nodes sent to hostile ones since the last call: `(hostile, from, msg)`.
     pub fn take_hostile_inbox(&mut self) -> Vec<(String, String, PeerMsg)> {
         std::mem::take(&mut self.hostile_inbox)
+    }
+
+    /// From now on, panics (with the seed) when an honest node sends a relay hop with link pad
+    /// bytes that were sent with before, by either end of the link.
+    pub fn check_pads(&mut self) {
+        self.pads.get_or_insert_with(Default::default);
+    }
+
+    /// Link pad bytes recorded since [`check_pads`](Self::check_pads).
+    pub fn pad_bytes(&self) -> u64 {
+        self.pads.as_ref().map_or(0, |p| p.bytes)
     }
 
     /// The bytes of block `block` of link number `link` (both halves), as both ends get them.
