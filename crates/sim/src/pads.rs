@@ -3,6 +3,7 @@
 //! (by either end of the link, whatever grants moved between them) is a violation.
 //!
 //! Bytes count as spent when the hop is sent, lost or not: its ciphertext may have been seen.
+//! Links to hostile nodes are not checked: the hostile end holds the link key anyway.
 
 use std::collections::BTreeMap;
 
