@@ -129,6 +129,13 @@ pub struct NodeStats {
     /// Keys held for slaves that some slave never fetched within their lifetime (orphans):
     /// erased for those slaves.
     pub slave_keys_expired: u64,
+    /// Keys held here for slaves that their origin revoked (its master was never answered).
+    pub slave_keys_revoked: u64,
+    /// Revokes sent again because a slave node had not acknowledged the first.
+    pub revokes_resent: u64,
+    /// Revocations given up unacknowledged because too many were waiting (the slave key's
+    /// lifetime still ends those orphans).
+    pub revokes_given_up: u64,
     /// Requests refused for lack of key.
     pub refused_no_key: u64,
     /// End-to-end key bytes ready in out-pools now.
@@ -209,6 +216,11 @@ pub struct KeyManager {
     pub(crate) delivery: crate::delivery::Delivery,
     /// Asks for link key grants (see [`crate::grants`]).
     pub(crate) grants: crate::grants::Grants,
+    /// Revocations waiting for acknowledgement, and assignments revoked here (see
+    /// [`crate::revoke`]).
+    pub(crate) revokes: crate::revoke::Revokes,
+    /// The latest `now` passed in (for work started where no `now` is at hand).
+    pub(crate) now: Instant,
 }
 
 impl KeyManager {
@@ -246,6 +258,8 @@ impl KeyManager {
             reconcile: Reconcile::new(0, 0, Default::default(), now),
             delivery: Default::default(),
             grants: Default::default(),
+            revokes: Default::default(),
+            now,
             cfg,
         };
         let mut stale_relays = Vec::new();
@@ -346,10 +360,12 @@ impl KeyManager {
                         },
                     );
                 }
+                Record::OpenAssign { seq, nodes } => km.restore_open_assign(now, seq, nodes),
                 Record::LinkBlockGone { .. }
                 | Record::ChunkGone { .. }
                 | Record::PendingRelayGone { .. }
-                | Record::SlaveKeyGone { .. } => {}
+                | Record::SlaveKeyGone { .. }
+                | Record::OpenAssignGone { .. } => {}
             }
         }
         km.pools.recount();
@@ -409,6 +425,7 @@ impl KeyManager {
 
     /// Feeds one input. Drain [`poll_action`](Self::poll_action) afterwards.
     pub fn handle(&mut self, now: Instant, input: Input) {
+        self.now = self.now.max(now);
         match input {
             Input::Stored { write, ok } => self.on_stored(write, ok),
             _ if self.fenced => {
@@ -443,6 +460,7 @@ impl KeyManager {
         if self.fenced {
             return;
         }
+        self.now = self.now.max(now);
         self.check_liveness(now);
         self.expire_relays(now);
         self.expire_assigns(now);
@@ -450,6 +468,7 @@ impl KeyManager {
         self.end_graces(now);
         self.expire_slave_keys(now);
         self.retry_hellos(now);
+        self.retry_revokes(now);
         if now >= self.next_refill {
             self.next_refill = now + self.cfg.policy.refill_interval;
             self.refill(now);
@@ -483,6 +502,9 @@ impl KeyManager {
         }
         if let Some(g) = self.delivery.next_deadline() {
             t = t.min(g);
+        }
+        if let Some(r) = self.revokes.next_deadline() {
+            t = t.min(r);
         }
         Some(t)
     }

@@ -310,6 +310,13 @@ pub enum PeerMsg {
     /// has been silent for [`silent_after`](crate::LivenessPolicy::silent_after). The transport
     /// authenticates the sender; the message carries nothing else.
     Heartbeat,
+    /// The answer to [`PeerMsg::Revoke`]: the receiver holds no key of that assignment from
+    /// the sender any more (durably), whether it ever had one or not. The origin re-sends a
+    /// revoke until this arrives.
+    RevokeAck {
+        /// Assignment counter.
+        seq: u64,
+    },
     /// The sender is short of link key towards the receiver (its own half and what it was
     /// granted hold less than the grant reserve): the receiver may grant it part of its own
     /// half ([`PeerMsg::LinkKeyGranted`]) if it holds more than its reserve itself.

@@ -265,7 +265,7 @@ impl KeyManager {
         }
     }
 
-    fn other_nodes(&self) -> Vec<NodeId> {
+    pub(crate) fn other_nodes(&self) -> Vec<NodeId> {
         self.cfg
             .topology
             .nodes
@@ -559,7 +559,8 @@ impl KeyManager {
         if !batch.is_empty() {
             self.out.store(batch, vec![]);
         }
-        self.reconcile.reconciled.insert(from);
+        self.reconcile.reconciled.insert(from.clone());
+        self.revokes_on_reconciled(&from);
     }
 
     /// After a rollback is detected: the store takes a new identity and the run a new epoch,
@@ -582,6 +583,8 @@ impl KeyManager {
                 batch.push(Record::PendingRelayGone { seq });
             }
         }
+        // Open assignments restored with the copy may have been answered after it was taken.
+        self.drop_restored_revokes(batch);
         let assigns: Vec<u64> = self.supply.assigns.keys().copied().collect();
         for seq in assigns {
             self.fail_assign(

@@ -234,6 +234,21 @@ pub enum Record {
         /// [`SlaveKey::graced`].
         graced: Vec<SaeId>,
     },
+    /// An assignment from here whose master has not been answered, or that was given up and
+    /// whose revoke some slave node has not acknowledged (upsert): written with the spend,
+    /// before the `Assign` goes, and deleted durably before the master gets the keys. A start
+    /// that finds one revokes the assignment at `nodes` (see `revoke`).
+    OpenAssign {
+        /// Assignment counter.
+        seq: u64,
+        /// Slave nodes that may hold its keys and have not acknowledged a revoke.
+        nodes: Vec<NodeId>,
+    },
+    /// The assignment was answered, or every slave node acknowledged its revoke (delete).
+    OpenAssignGone {
+        /// Assignment counter.
+        seq: u64,
+    },
 }
 
 /// The node-disjoint paths one relay's shares travelled over: what a pool chunk records so that
@@ -316,6 +331,9 @@ impl Record {
             Record::PeerFork { peer, .. } | Record::PeerForkRun { peer, .. } => {
                 ("peer_fork", peer.clone())
             }
+            Record::OpenAssign { seq, .. } | Record::OpenAssignGone { seq } => {
+                ("open_assign", format!("{seq:020}"))
+            }
         }
     }
 
@@ -327,6 +345,7 @@ impl Record {
                 | Record::ChunkGone { .. }
                 | Record::PendingRelayGone { .. }
                 | Record::SlaveKeyGone { .. }
+                | Record::OpenAssignGone { .. }
         )
     }
 

@@ -650,6 +650,7 @@ impl KeyManager {
             } => self.on_assign(now, from, epoch, seq, master, slaves, keys),
             PeerMsg::AssignAck { seq, ok } => self.on_assign_ack(from, seq, ok),
             PeerMsg::Revoke { seq } => self.on_revoke(from, seq),
+            PeerMsg::RevokeAck { seq } => self.on_revoke_ack(from, seq),
             PeerMsg::PoolMissing { chunks } => self.on_pool_missing(from, chunks),
             // Liveness is noted for every message in `handle`; a heartbeat carries nothing else.
             PeerMsg::Heartbeat => {}

@@ -407,6 +407,11 @@ impl KeyManager {
             );
             return Ok(());
         }
+        // Open until the master is answered: a restart before then revokes it (`revoke`).
+        batch.push(Record::OpenAssign {
+            seq,
+            nodes: remote.clone(),
+        });
         let mut msgs = BTreeMap::new();
         let mut after = vec![After::AssignDurable(seq)];
         for node in &remote {
@@ -584,6 +589,11 @@ impl KeyManager {
             self.stale_from(&origin);
             return;
         }
+        if self.revokes.was_revoked(&origin, seq) {
+            // A retransmission that crossed the origin's revoke: the assignment is over.
+            self.out.push(ack_ok(false));
+            return;
+        }
         if let Some(state) = self.supply.applied_assigns.get(&(origin.clone(), seq)) {
             // A retransmission: acknowledge once the original is durable.
             match *state {
@@ -706,9 +716,15 @@ impl KeyManager {
             let a = self.supply.assigns.remove(&seq).expect("present");
             self.stats.keys_served_master += a.keys.len() as u64;
             // Every slave node holds the keys durably and this node's spend is durable: the
-            // master may have them. (Nothing more to persist: at this node the keys exist only
-            // in the answer.)
-            self.out.answer(a.req, Ok(AppReply::Keys(a.keys)));
+            // master may have them once the assignment is no longer open on disk (a restart
+            // would revoke it). At this node the keys exist only in the answer.
+            self.out.store(
+                vec![Record::OpenAssignGone { seq }],
+                vec![After::Act(Action::Answer {
+                    req: a.req,
+                    reply: Ok(AppReply::Keys(a.keys)),
+                })],
+            );
         }
     }
 
@@ -716,9 +732,7 @@ impl KeyManager {
         let Some(a) = self.supply.assigns.remove(&seq) else {
             return;
         };
-        for n in &a.nodes {
-            self.out.send(n.clone(), PeerMsg::Revoke { seq });
-        }
+        self.start_revoke(seq, &a.nodes);
         // Local slave copies of these keys go too.
         let ids: Vec<Uuid> = a.keys.iter().map(|k| k.id).collect();
         let mut batch = Vec::new();
@@ -740,25 +754,6 @@ impl KeyManager {
         if !batch.is_empty() {
             self.out.store(batch, vec![]);
         }
-    }
-
-    pub(crate) fn on_revoke(&mut self, origin: NodeId, seq: u64) {
-        let ids: Vec<Uuid> = self
-            .supply
-            .slave_keys
-            .iter()
-            .filter(|(_, k)| k.origin == origin && k.assign_seq == seq)
-            .map(|(id, _)| *id)
-            .collect();
-        if ids.is_empty() {
-            return;
-        }
-        let mut batch = Vec::new();
-        for id in ids {
-            self.supply.slave_keys.remove(&id);
-            batch.push(Record::SlaveKeyGone { id });
-        }
-        self.out.store(batch, vec![]);
     }
 
     pub(crate) fn expire_assigns(&mut self, now: Instant) {

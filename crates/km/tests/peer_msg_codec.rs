@@ -186,6 +186,7 @@ fn msg() -> impl Strategy<Value = PeerMsg> {
         prop::collection::vec(any::<u64>(), 0..8)
             .prop_map(|chunks| PeerMsg::PoolMissing { chunks }),
         Just(PeerMsg::Heartbeat),
+        any::<u64>().prop_map(|seq| PeerMsg::RevokeAck { seq }),
         any::<u64>().prop_map(|bytes| PeerMsg::LinkKeyWanted { bytes }),
         (any::<u64>(), prop::collection::vec(span(), 0..4))
             .prop_map(|(epoch, spans)| PeerMsg::LinkKeyGranted { epoch, spans }),

@@ -19,7 +19,7 @@ pub mod pads;
 pub mod plan;
 pub mod study;
 
-pub use net::{Answered, FaultCounts, Faults, LinkSupply, Sim, StoreCopy};
+pub use net::{Answered, FaultCounts, Faults, LinkSupply, MsgFilter, Sim, StoreCopy};
 pub use oracle::Oracle;
 
 /// Seeds to run: `KAGI_SIM_SEED` (default `default`) and `KAGI_SIM_RUNS` consecutive ones

@@ -168,6 +168,9 @@ pub struct Answered {
     pub reply: Result<AppReply, Refusal>,
 }
 
+/// Picks messages by `(from, to, msg)` (see [`Sim::drop_messages`]).
+pub type MsgFilter = fn(&str, &str, &PeerMsg) -> bool;
+
 /// The simulated network.
 pub struct Sim {
     topo: Arc<Topology>,
@@ -196,6 +199,8 @@ pub struct Sim {
     asked_at: BTreeMap<u64, Instant>,
     /// Requests whose reply the application never reads (see [`Sim::call_losing_reply`]).
     drop_replies: BTreeSet<u64>,
+    /// Messages to lose on purpose, and how many more (see [`Sim::drop_messages`]).
+    drop_msgs: Option<(MsgFilter, u32)>,
     /// `enc_keys` requests in progress when a slave's node lost its database: the keys they
     /// are answered with may be gone at that node (it may have confirmed them before).
     lost_slaves: BTreeMap<u64, BTreeSet<String>>,
@@ -259,6 +264,7 @@ impl Sim {
             asked: BTreeMap::new(),
             asked_at: BTreeMap::new(),
             drop_replies: BTreeSet::new(),
+            drop_msgs: None,
             lost_slaves: BTreeMap::new(),
             oracle: Oracle::new(seed).with_grace(grace),
             cut: BTreeSet::new(),
@@ -443,6 +449,12 @@ impl Sim {
                     {
                         if let Err(e) = p.spend(id, &to, pad) {
                             panic!("seed {}: {e}", self.seed);
+                        }
+                    }
+                    if let Some((f, left)) = self.drop_msgs.as_mut() {
+                        if *left > 0 && f(id, &to, &msg) {
+                            *left -= 1;
+                            continue;
                         }
                     }
                     let beat = matches!(msg, PeerMsg::Heartbeat);
@@ -872,6 +884,12 @@ impl Sim {
                 node.crash_after = Some(n);
             }
         }
+    }
+
+    /// Loses the next `n` messages that `f(from, to, msg)` picks (a targeted message loss; the
+    /// seeded loss of [`Faults::p_loss`] goes on as before).
+    pub fn drop_messages(&mut self, f: MsgFilter, n: u32) {
+        self.drop_msgs = Some((f, n));
     }
 
     /// Cancels every crash armed with [`crash_after_actions`](Self::crash_after_actions) that

@@ -98,9 +98,11 @@ fn seeds_that_once_failed_pass() {
     // 2059 (found by the long run after the fix above): d's rollback showed only in link key
     // (its neighbour c saw d spend a block d's copy still held unspent), which the peer did not
     // judge yet, so no fork was reported and d discarded keys applied after the restore. `Hello`
-    // now carries the sender's lowest transmit block for the same test.
+    // now carries the sender's lowest transmit block for the same test. Since open
+    // assignments are recorded (one more write per remote `enc_keys`) this seed no longer
+    // reaches a rollback at all; it runs on as a plain seed.
     let r = chaos::run(2059, &ChaosConfig::default());
-    assert!(r.faults.rollbacks > 0 && r.fetched > 0, "{r:?}");
+    assert!(r.fetched > 0, "{r:?}");
     // 6951: node b's first run after a restore met its peer down; the peer judged only the
     // second run, reported it as the fork, and the keys the first run had applied were
     // discarded though their master held them. Since main moved this seed no longer reaches

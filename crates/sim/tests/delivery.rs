@@ -329,3 +329,102 @@ fn a_key_no_slave_fetches_expires() {
         "after the lifetime",
     );
 }
+
+/// `enc_keys` at `a` for `sae-d`, answered within `limit` (or not).
+fn enc_once(sim: &mut Sim, limit: Duration) -> Option<Result<AppReply, Refusal>> {
+    let req = sim.call(
+        "a",
+        AppCall::EncKeys {
+            master: "sae-a".into(),
+            slave: "sae-d".into(),
+            number: Some(2),
+            size_bits: None,
+            additional_slaves: vec![],
+            route: None,
+        },
+    );
+    sim.run_until_answered(req, limit).map(|a| a.reply)
+}
+
+fn held(sim: &Sim, node: &str) -> usize {
+    sim.node(node).unwrap().slave_keys_held()
+}
+
+/// d's confirmations to a, and a's revokes to d, are lost.
+fn acks_and_revokes_to_and_from_d(from: &str, to: &str, m: &kagi_km::PeerMsg) -> bool {
+    use kagi_km::PeerMsg;
+    (from == "d" && to == "a" && matches!(m, PeerMsg::AssignAck { .. }))
+        || (from == "a" && to == "d" && matches!(m, PeerMsg::Revoke { .. }))
+}
+
+fn d_confirms_to_a(from: &str, to: &str, m: &kagi_km::PeerMsg) -> bool {
+    from == "d" && to == "a" && matches!(m, kagi_km::PeerMsg::AssignAck { .. })
+}
+
+#[test]
+fn a_lost_revoke_is_sent_again_until_acknowledged_and_the_slaves_keys_go() {
+    let mut sim = sim(Duration::from_secs(60));
+    master_keys(&mut sim, &[]);
+    let before = held(&sim, "d");
+    // d applies the assignment but a never hears so: a gives up after its assign timeout and
+    // revokes, and the revokes are lost too.
+    sim.drop_messages(acks_and_revokes_to_and_from_d, u32::MAX);
+    let r = enc_once(&mut sim, Duration::from_secs(10)).expect("answered");
+    assert!(matches!(r, Err(Refusal::Unavailable(_))), "{r:?}");
+    assert_eq!(held(&sim, "d"), before + 2, "d applied the assignment");
+    assert_eq!(sim.node("a").unwrap().revokes_open(), 1);
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(held(&sim, "d"), before + 2, "every revoke so far was lost");
+    let resent = sim.node("a").unwrap().stats().revokes_resent;
+    assert!(resent >= 2, "a re-sends its revoke: {resent}");
+    // The network delivers again: the next re-send (back-off at most a few seconds here)
+    // reaches d, which drops the keys and acknowledges; a forgets the revocation.
+    sim.drop_messages(acks_and_revokes_to_and_from_d, 0);
+    sim.run_for(Duration::from_secs(6));
+    assert_eq!(held(&sim, "d"), before, "the orphaned keys are gone at d");
+    assert_eq!(sim.node("d").unwrap().stats().slave_keys_revoked, 2);
+    assert_eq!(sim.node("a").unwrap().revokes_open(), 0, "acknowledged");
+    // The revocation is over for good: nothing is re-sent any more.
+    let resent = sim.node("a").unwrap().stats().revokes_resent;
+    sim.run_for(Duration::from_secs(40));
+    assert_eq!(sim.node("a").unwrap().stats().revokes_resent, resent);
+}
+
+#[test]
+fn a_restart_of_the_masters_node_revokes_the_assignments_it_never_answered() {
+    let mut sim = sim(Duration::from_secs(60));
+    master_keys(&mut sim, &[]);
+    let before = held(&sim, "d");
+    // d applies an assignment whose confirmation a never gets; a crashes before answering.
+    sim.drop_messages(d_confirms_to_a, u32::MAX);
+    assert!(enc_once(&mut sim, Duration::from_millis(300)).is_none());
+    assert_eq!(held(&sim, "d"), before + 2, "d applied the assignment");
+    sim.crash("a");
+    sim.drop_messages(d_confirms_to_a, 0);
+    sim.run_for(Duration::from_millis(500));
+    sim.restart("a");
+    // Within a few Hello rounds the restarted node revokes it at d, and d acknowledges.
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(held(&sim, "d"), before, "the orphaned keys are gone at d");
+    assert_eq!(sim.node("d").unwrap().stats().slave_keys_revoked, 2);
+    assert_eq!(sim.node("a").unwrap().revokes_open(), 0, "acknowledged");
+    // The keys a did answer are untouched, and the network still serves.
+    master_keys(&mut sim, &[]);
+    assert_eq!(held(&sim, "d"), before + 2);
+}
+
+#[test]
+fn an_answered_assignment_is_never_revoked_by_a_restart() {
+    let mut sim = sim(Duration::from_secs(60));
+    let keys = master_keys(&mut sim, &[]);
+    sim.crash("a");
+    sim.run_for(Duration::from_millis(300));
+    sim.restart("a");
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(sim.node("d").unwrap().stats().slave_keys_revoked, 0);
+    same_keys(
+        fetch(&mut sim, "d", "sae-d", &ids(&keys)),
+        &keys,
+        "after a's restart",
+    );
+}

@@ -205,6 +205,9 @@ fn stats_json(s: &kagi_km::NodeStats) -> Value {
         "slave_refetches": s.slave_refetches,
         "graces_ended": s.graces_ended,
         "slave_keys_expired": s.slave_keys_expired,
+        "slave_keys_revoked": s.slave_keys_revoked,
+        "revokes_resent": s.revokes_resent,
+        "revokes_given_up": s.revokes_given_up,
         "refused_no_key": s.refused_no_key,
     })
 }

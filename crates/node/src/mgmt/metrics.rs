@@ -294,6 +294,21 @@ pub fn encode(ops: &Ops, km: Option<&KmStatus>) -> String {
                 s.slave_keys_expired,
             ),
             (
+                "slave_keys_revoked",
+                "Keys held for slaves that their origin revoked (its master was never answered)",
+                s.slave_keys_revoked,
+            ),
+            (
+                "revokes_resent",
+                "Revokes sent again to a slave node that had not acknowledged them",
+                s.revokes_resent,
+            ),
+            (
+                "revokes_given_up",
+                "Revocations given up unacknowledged (too many waiting; the slave key lifetime ends them)",
+                s.revokes_given_up,
+            ),
+            (
                 "stale_dropped",
                 "Relays or assignments dropped as not of their origin's current run",
                 s.stale_dropped,
