@@ -48,26 +48,6 @@ fn every_fault_at_once_keeps_every_key_invariant() {
     assert!(r.window > 0 && r.window_lost == 0, "{r:?}");
 }
 
-/// With link key grants on (`Policy::link_grants`), every fault at once still keeps every
-/// key invariant, and no link pad byte is sent with twice by either end of its link (the
-/// simulator's pad ledger checks every hop sent; it fails 19 of 20 seeds when a grantor keeps
-/// spending what it granted). 200 seeds: `KAGI_CHAOS_GRANTS=1 cargo run --release -p kagi-sim
-/// --example chaos_seeds -- 1 200`.
-#[test]
-fn with_link_key_grants_no_pad_is_spent_twice() {
-    let cfg = ChaosConfig {
-        link_grants: true,
-        ..ChaosConfig::default()
-    };
-    let r = run_seeds(1, 30, &cfg);
-    eprintln!("chaos with grants: {r:?}");
-    assert!(r.link_key_granted > 0 && r.pad_bytes > 0, "{r:?}");
-    assert!(
-        r.faults.crashes > 0 && r.faults.wipes + r.faults.rollbacks > 0,
-        "{r:?}"
-    );
-}
-
 /// Without a grace a lost `dec_keys` reply loses its keys for that slave: the oracle allows
 /// exactly those refusals (and counts them), and still fails any other.
 #[test]
