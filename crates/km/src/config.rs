@@ -212,6 +212,35 @@ pub struct Policy {
     /// fixed half). Off by default: on the 48-node flood study it raised abandoned relays
     /// (the congestion windows' static limit assumes the fixed split; see PERFORMANCE.md).
     pub link_grants: Option<LinkGrantPolicy>,
+    /// Link-state advertisements and routing by key availability (`None`: no adverts; routes
+    /// follow the topology's static link costs, hop count by default).
+    pub link_state: Option<LinkStatePolicy>,
+}
+
+/// Link-state advertisements ([`PeerMsg::LinkState`](crate::PeerMsg::LinkState)) and the
+/// route costs that follow from them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkStatePolicy {
+    /// How often this node advertises its links (it also does when a link goes up or down).
+    pub advert_interval: Duration,
+    /// An origin's advert not refreshed for this long counts as unknown: its links cost like
+    /// links nobody advertised (more than a known good link).
+    pub stale_after: Duration,
+    /// Link key rates are moving averages over about this long.
+    pub rate_window: Duration,
+    /// Routes are recomputed from received adverts at most this often.
+    pub recompute_interval: Duration,
+}
+
+impl Default for LinkStatePolicy {
+    fn default() -> Self {
+        Self {
+            advert_interval: Duration::from_secs(1),
+            stale_after: Duration::from_secs(5),
+            rate_window: Duration::from_secs(5),
+            recompute_interval: Duration::from_millis(250),
+        }
+    }
 }
 
 /// When the ends of a link give each other unspent link key (see `crate::grants`).
@@ -344,6 +373,7 @@ impl Default for Policy {
             quotas: crate::quota::QuotaConfig::default(),
             liveness: Some(LivenessPolicy::default()),
             link_grants: None,
+            link_state: Some(LinkStatePolicy::default()),
         }
     }
 }

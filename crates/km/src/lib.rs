@@ -15,6 +15,7 @@ mod demand;
 mod grants;
 pub mod keybuf;
 mod links;
+mod linkstate;
 mod liveness;
 mod manager;
 pub mod msgs;
@@ -34,11 +35,11 @@ pub mod time;
 
 pub use app::{AppCall, AppReply, DeliveredKey, KeyPaths, Refusal, SaeId, StatusInfo};
 pub use config::{
-    EncKeysShape, KmConfig, Limits, LimitsError, LinkGrantPolicy, LivenessPolicy, Policy,
-    RoutePolicy, MAX_SLAVE_GRACE, MAX_SLAVE_KEY_LIFETIME,
+    EncKeysShape, KmConfig, Limits, LimitsError, LinkGrantPolicy, LinkStatePolicy, LivenessPolicy,
+    Policy, RoutePolicy, MAX_SLAVE_GRACE, MAX_SLAVE_KEY_LIFETIME,
 };
 pub use manager::{Action, Input, KeyManager, NodeStats, ReqId, WriteId};
-pub use msgs::{AbortReason, NodeId, PeerMsg, ShareInfo};
+pub use msgs::{AbortReason, LinkAdvert, NodeId, PeerMsg, ShareInfo, MAX_ADVERT_LINKS};
 pub use quota::{QuotaConfig, QuotaError, SaeLimit, SaeUsage};
 pub use record::{Record, RelayRoute, Snapshot};
 pub use relay::RelayExposure;

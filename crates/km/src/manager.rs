@@ -160,6 +160,9 @@ pub struct NodeStats {
     pub pool_chunks_missing: u64,
     /// Out-pool key bytes dropped because the slave's node reported it no longer held them.
     pub pool_key_discarded: u64,
+    /// Link-state adverts dropped as invalid: from a node outside the topology, or naming a
+    /// link their origin does not have.
+    pub link_adverts_rejected: u64,
 }
 
 /// The key manager of one trusted node, as a deterministic state machine without I/O.
@@ -209,6 +212,8 @@ pub struct KeyManager {
     pub(crate) pace: crate::pace::Pace,
     /// Heartbeats and when each other node was last heard from.
     pub(crate) liveness: crate::liveness::Liveness,
+    /// Link-state adverts: this node's and the newest of every other node.
+    pub(crate) linkstate: crate::linkstate::LinkState,
     pub(crate) stats: NodeStats,
     /// Store identity, epoch and what peers saw (see [`crate::reconcile`]).
     pub(crate) reconcile: Reconcile,
@@ -254,6 +259,7 @@ impl KeyManager {
                     .map(|n| n.id.clone()),
                 now,
             ),
+            linkstate: crate::linkstate::LinkState::new(now),
             stats: NodeStats::default(),
             reconcile: Reconcile::new(0, 0, Default::default(), now),
             delivery: Default::default(),
@@ -462,6 +468,7 @@ impl KeyManager {
         }
         self.now = self.now.max(now);
         self.check_liveness(now);
+        self.tick_link_state(now);
         self.expire_relays(now);
         self.expire_assigns(now);
         self.expire_hops(now);
@@ -499,6 +506,9 @@ impl KeyManager {
         }
         if self.cfg.policy.liveness.is_some() {
             t = t.min(self.liveness.next_deadline());
+        }
+        if self.cfg.policy.link_state.is_some() {
+            t = t.min(self.linkstate.next_deadline());
         }
         if let Some(g) = self.delivery.next_deadline() {
             t = t.min(g);

@@ -317,6 +317,24 @@ pub enum PeerMsg {
         /// Assignment counter.
         seq: u64,
     },
+    /// A link-state advertisement: the state of each QKD link of `origin` as `origin` sees it.
+    /// Each node sends its own every
+    /// [`advert_interval`](crate::LinkStatePolicy::advert_interval) and when a link goes up or
+    /// down; every node keeps the newest per origin and floods it on to its neighbours (not back
+    /// to the one it came from), so every node learns every link's key supply and routes by it
+    /// (see [`crate::LinkStatePolicy`]).
+    LinkState {
+        /// The node whose links these are (for a flooded copy, not the sender).
+        origin: NodeId,
+        /// The origin's run number on its store (every start adds one): a restarted origin's
+        /// adverts supersede its earlier run's.
+        run: u64,
+        /// Counter within the run; a receiver keeps only the newest `(run, seq)` per origin.
+        seq: u64,
+        /// One entry per link of the origin, at most [`MAX_ADVERT_LINKS`]; a link the origin
+        /// does not have in the topology makes the receiver drop the whole advertisement.
+        links: Vec<LinkAdvert>,
+    },
     /// The sender is short of link key towards the receiver (its own half and what it was
     /// granted hold less than the grant reserve): the receiver may grant it part of its own
     /// half ([`PeerMsg::LinkKeyGranted`]) if it holds more than its reserve itself.
@@ -335,6 +353,25 @@ pub enum PeerMsg {
         /// The spans given, in the sender's half (no [`GRANTED`] flag).
         spans: Vec<Span>,
     },
+}
+
+/// Most links one [`PeerMsg::LinkState`] may describe (a node of higher degree than this cannot
+/// advertise; receivers drop longer ones unread).
+pub const MAX_ADVERT_LINKS: usize = 64;
+
+/// The state of one QKD link as one of its ends (the advert's origin) sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkAdvert {
+    /// The neighbour at the other end.
+    pub peer: NodeId,
+    /// Usable: the neighbour is reachable and heard from, and the link is in service.
+    pub up: bool,
+    /// Link key arriving over the last seconds (both halves), bit/s (a moving average).
+    pub rate_bps: u64,
+    /// Unspent key of the origin's half (what it spends towards `peer`), bytes.
+    pub tx_bytes: u64,
+    /// Unspent key of the neighbour's half (what `peer` spends towards the origin), bytes.
+    pub rx_bytes: u64,
 }
 
 /// A peer message could not be decoded.

@@ -341,6 +341,7 @@ impl KeyManager {
             self.first_link_block(peer.clone());
         }
         self.stats.link_key_in += taken;
+        self.linkstate.arrived(&peer, taken);
         self.stats.link_blocks_dropped += dropped;
         self.out.store(batch, vec![]);
         self.retry_waiting_hops(now);
@@ -654,6 +655,12 @@ impl KeyManager {
             PeerMsg::PoolMissing { chunks } => self.on_pool_missing(from, chunks),
             // Liveness is noted for every message in `handle`; a heartbeat carries nothing else.
             PeerMsg::Heartbeat => {}
+            PeerMsg::LinkState {
+                origin,
+                run,
+                seq,
+                links,
+            } => self.on_link_state(now, from, origin, run, seq, links),
             PeerMsg::LinkKeyWanted { bytes } => self.on_link_key_wanted(from, bytes),
             PeerMsg::LinkKeyGranted { epoch, spans } => {
                 self.on_link_key_granted(now, from, epoch, &spans)

@@ -67,6 +67,14 @@ pub(crate) struct Routing {
     silent: BTreeSet<NodeId>,
     /// Neighbours whose link an operator took out of service.
     out_of_service: BTreeSet<NodeId>,
+    /// Route cost each link has beyond its static cost, from link state (see
+    /// [`crate::linkstate`]); links not listed add nothing. Keys are `(smaller id, larger id)`.
+    penalties: BTreeMap<(NodeId, NodeId), f64>,
+    /// Links an end advertised down: routes leave them out.
+    dead: BTreeSet<(NodeId, NodeId)>,
+    /// The topology routes are computed on: without links out of service or advertised down,
+    /// with link-state penalties added to the link costs. Rebuilt when any of those change.
+    usable: Arc<Topology>,
     /// Plans per destination and `(paths, threshold)`, computed on demand and dropped whenever
     /// routes change. Shared (`Arc`) and keyed by destination first, so the refill tick, which
     /// asks for every destination's plan, neither allocates nor copies paths.
@@ -94,11 +102,14 @@ impl Routing {
         Self {
             adjacent,
             me: me.to_string(),
+            usable: topology.clone(),
             topology,
             routes,
             down: BTreeSet::new(),
             silent: BTreeSet::new(),
             out_of_service: BTreeSet::new(),
+            penalties: BTreeMap::new(),
+            dead: BTreeSet::new(),
             plans: BTreeMap::new(),
             constrained: BTreeMap::new(),
             feasible: BTreeMap::new(),
@@ -136,18 +147,17 @@ impl Routing {
             return p.clone();
         }
         let down = self.avoided();
-        let plan =
-            find_paths(&self.usable_topology(), &self.me, dest, c, policy.0, &down).map(|paths| {
-                let n = paths.len() as u8;
-                let threshold = if n == 1 {
-                    1
-                } else if policy.0 >= 2 {
-                    policy.1.clamp(2, n)
-                } else {
-                    (n - 1).clamp(2, n)
-                };
-                RoutePlan::new(&self.topology, paths, threshold, None)
-            });
+        let plan = find_paths(&self.usable, &self.me, dest, c, policy.0, &down).map(|paths| {
+            let n = paths.len() as u8;
+            let threshold = if n == 1 {
+                1
+            } else if policy.0 >= 2 {
+                policy.1.clamp(2, n)
+            } else {
+                (n - 1).clamp(2, n)
+            };
+            RoutePlan::new(&self.topology, paths, threshold, None)
+        });
         if self.constrained.len() >= MAX_CACHED_CONSTRAINTS {
             self.constrained.clear();
         }
@@ -220,7 +230,7 @@ impl Routing {
         }
         let down = self.avoided();
         let found = disjoint_paths(
-            &self.usable_topology(),
+            &self.usable,
             &self.me,
             dest,
             &PathQuery {
@@ -330,20 +340,73 @@ impl Routing {
     fn recompute(&mut self) {
         self.plans.clear();
         self.constrained.clear();
+        self.usable = self.build_usable();
         let down = self.avoided();
-        self.routes = Routes::compute(&self.usable_topology(), &self.me, &down);
+        self.routes = Routes::compute(&self.usable, &self.me, &down);
     }
 
-    /// The topology without the links this node took out of service.
-    pub(crate) fn usable_topology(&self) -> std::borrow::Cow<'_, Topology> {
-        if self.out_of_service.is_empty() {
-            return std::borrow::Cow::Borrowed(&self.topology);
+    /// The topology without the links this node took out of service or an end advertised
+    /// down, link-state penalties added to the link costs.
+    fn build_usable(&self) -> Arc<Topology> {
+        if self.out_of_service.is_empty() && self.penalties.is_empty() && self.dead.is_empty() {
+            return self.topology.clone();
         }
         let me = self.me.as_str();
         let out = &self.out_of_service;
         let mut topo: Topology = (*self.topology).clone();
-        topo.links
-            .retain(|l| !((l.a == me && out.contains(&l.b)) || (l.b == me && out.contains(&l.a))));
-        std::borrow::Cow::Owned(topo)
+        topo.links.retain(|l| {
+            let taken_out = (l.a == me && out.contains(&l.b)) || (l.b == me && out.contains(&l.a));
+            !taken_out && !self.dead.contains(&link_key(&l.a, &l.b))
+        });
+        for l in &mut topo.links {
+            if let Some(p) = self.penalties.get(&link_key(&l.a, &l.b)) {
+                l.cost = Some(l.cost.unwrap_or(1.0) + p);
+            }
+        }
+        Arc::new(topo)
+    }
+
+    /// Sets the link-state penalties and the links advertised down; recomputes routes and
+    /// returns `true` when they changed.
+    pub(crate) fn set_link_costs(
+        &mut self,
+        penalties: BTreeMap<(NodeId, NodeId), f64>,
+        dead: BTreeSet<(NodeId, NodeId)>,
+    ) -> bool {
+        if penalties == self.penalties && dead == self.dead {
+            return false;
+        }
+        self.penalties = penalties;
+        self.dead = dead;
+        self.recompute();
+        true
+    }
+
+    /// The link-state penalty of a link (`(smaller id, larger id)`): `None` when advertised
+    /// down, 0 when it adds nothing.
+    pub(crate) fn link_penalty(&self, key: &(NodeId, NodeId)) -> Option<f64> {
+        if self.dead.contains(key) {
+            return None;
+        }
+        Some(self.penalties.get(key).copied().unwrap_or(0.0))
+    }
+
+    /// `node`'s neighbours in the topology, `None` for a node without links or not in it.
+    pub(crate) fn adjacent(&self, node: &str) -> Option<&BTreeSet<NodeId>> {
+        self.adjacent.get(node)
+    }
+
+    /// `node`'s neighbours in the topology.
+    pub(crate) fn neighbours<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a NodeId> + 'a {
+        self.adjacent.get(node).into_iter().flatten()
+    }
+}
+
+/// The key of a link in [`Routing`]'s maps: its ends, smaller ID first.
+pub(crate) fn link_key(a: &str, b: &str) -> (NodeId, NodeId) {
+    if a <= b {
+        (a.to_string(), b.to_string())
+    } else {
+        (b.to_string(), a.to_string())
     }
 }

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use kagi_control::Topology;
 use kagi_keymat::Tag;
 use kagi_km::msgs::{AbortReason, AssignedKey, KeySource, RelayId, ShareInfo, Span, GRANTED};
-use kagi_km::{Input, Instant, KeyManager, KmConfig, Limits, PeerMsg, Policy, Snapshot};
+use kagi_km::{
+    Input, Instant, KeyManager, KmConfig, Limits, LinkAdvert, PeerMsg, Policy, Snapshot,
+};
 use proptest::prelude::*;
 use uuid::Uuid;
 
@@ -187,10 +189,39 @@ fn msg() -> impl Strategy<Value = PeerMsg> {
             .prop_map(|chunks| PeerMsg::PoolMissing { chunks }),
         Just(PeerMsg::Heartbeat),
         any::<u64>().prop_map(|seq| PeerMsg::RevokeAck { seq }),
+        (
+            node(),
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec(link_advert(), 0..4)
+        )
+            .prop_map(|(origin, run, seq, links)| PeerMsg::LinkState {
+                origin,
+                run,
+                seq,
+                links,
+            }),
         any::<u64>().prop_map(|bytes| PeerMsg::LinkKeyWanted { bytes }),
         (any::<u64>(), prop::collection::vec(span(), 0..4))
             .prop_map(|(epoch, spans)| PeerMsg::LinkKeyGranted { epoch, spans }),
     ]
+}
+
+fn link_advert() -> impl Strategy<Value = LinkAdvert> {
+    (
+        node(),
+        any::<bool>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(|(peer, up, rate_bps, tx_bytes, rx_bytes)| LinkAdvert {
+            peer,
+            up,
+            rate_bps,
+            tx_bytes,
+            rx_bytes,
+        })
 }
 
 /// A change to a valid encoding.

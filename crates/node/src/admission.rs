@@ -22,6 +22,11 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
+/// First wait after a failed accept.
+pub const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(5);
+/// Longest wait between two accepts while they keep failing.
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 /// Shortest interval between two log lines about refusals of one kind on one listener.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -207,18 +212,30 @@ impl Admission {
     /// Accepts the next TCP connection, backing off (up to a second) while accept fails, e.g.
     /// when the process is out of file descriptors.
     pub async fn accept(&self, listener: &TcpListener) -> (TcpStream, std::net::SocketAddr) {
-        let mut backoff = Duration::from_millis(5);
+        let (tcp, remote) = self.accept_with(|| listener.accept()).await;
+        let _ = tcp.set_nodelay(true);
+        (tcp, remote)
+    }
+
+    /// The accept loop of [`Admission::accept`] over any source of connections: a failed
+    /// accept (out of descriptors, say) is retried after [`ACCEPT_BACKOFF_START`], doubling up
+    /// to [`ACCEPT_BACKOFF_MAX`], so a failing listener neither spins a core nor floods the log.
+    async fn accept_with<S, F, Fut>(&self, mut next: F) -> (S, std::net::SocketAddr)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::io::Result<(S, std::net::SocketAddr)>>,
+    {
+        let mut backoff = ACCEPT_BACKOFF_START;
         loop {
-            match listener.accept().await {
-                Ok((tcp, remote)) => {
+            match next().await {
+                Ok(x) => {
                     self.inner.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                    let _ = tcp.set_nodelay(true);
-                    return (tcp, remote);
+                    return x;
                 }
                 Err(e) => {
                     tracing::warn!(listener = self.inner.name, error = %e, ?backoff, "accept failed; backing off");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 }
             }
         }
@@ -464,5 +481,41 @@ mod tests {
         assert!(a.admit("sae-c").is_ok(), "a released slot is reusable");
         assert_eq!(a.stats().refused(Refused::Full), 1);
         assert_eq!(a.stats().refused(Refused::IdentityFull), 1);
+    }
+
+    /// A listener whose accept keeps failing (out of file descriptors) is retried with a
+    /// doubling back-off, not in a loop that spins a core and logs a line per attempt.
+    #[tokio::test]
+    async fn failing_accepts_back_off() {
+        let a = Admission::new("test", tiny());
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        // Each attempt yields once, so that without a back-off the timeout still ends the test.
+        let failing = || {
+            tries.fetch_add(1, Ordering::Relaxed);
+            async {
+                tokio::task::yield_now().await;
+                Err::<((), std::net::SocketAddr), _>(std::io::Error::from_raw_os_error(24))
+            }
+        };
+        let start = std::time::Instant::now();
+        let r = tokio::time::timeout(Duration::from_millis(1300), a.accept_with(failing)).await;
+        assert!(r.is_err(), "nothing was accepted");
+        let n = tries.load(Ordering::Relaxed);
+        // 5 + 10 + … + 640 ms = 1,275 ms: eight tries fit in 1.3 s (one more on a slow timer).
+        assert!((5..=10).contains(&n), "{n} accept attempts in 1.3 s");
+        // After failures it accepts again, and counts the connection.
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let flaky = || {
+            let n = tries.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(if n < 5 {
+                Err(std::io::Error::from_raw_os_error(24))
+            } else {
+                Ok(((), addr))
+            })
+        };
+        a.accept_with(flaky).await;
+        assert!(start.elapsed() >= Duration::from_millis(1300 + 150));
+        assert_eq!(a.stats().accepted(), 1);
     }
 }

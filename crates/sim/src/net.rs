@@ -413,12 +413,12 @@ impl Sim {
                 let n = self.nodes.get_mut(id).expect("node");
                 let Some(km) = n.km.as_mut() else { return };
                 let act = km.poll_action();
-                // Heartbeats do not count as action boundaries, so that a seeded crash point
-                // falls where it falls in the same run without heartbeats.
+                // Heartbeats and link-state adverts do not count as action boundaries, so that
+                // a seeded crash point falls where it falls in the same run without them.
                 let beat = matches!(
                     act,
                     Some(Action::Send {
-                        msg: PeerMsg::Heartbeat,
+                        msg: PeerMsg::Heartbeat | PeerMsg::LinkState { .. },
                         ..
                     })
                 );
@@ -457,7 +457,7 @@ impl Sim {
                             continue;
                         }
                     }
-                    let beat = matches!(msg, PeerMsg::Heartbeat);
+                    let beat = matches!(msg, PeerMsg::Heartbeat | PeerMsg::LinkState { .. });
                     let rng = if beat {
                         &mut self.beat_rng
                     } else {

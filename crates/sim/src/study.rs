@@ -51,6 +51,9 @@ pub struct StudyOptions {
     /// Nodes send heartbeats and route around silent nodes (the core's liveness policy);
     /// `false` switches it off, to measure what it brings.
     pub heartbeats: bool,
+    /// Nodes advertise link state and route by key availability (the core's link-state
+    /// policy); `false` routes by the topology's static costs, to measure what it brings.
+    pub link_state: bool,
     /// Seed of the demand, the failures and the network.
     pub seed: u64,
     /// Node-disjoint paths per relay (1: single-path relay, the core's default).
@@ -81,6 +84,7 @@ impl Default for StudyOptions {
             failure_mode: FailureMode::Crash,
             fail_transit_only: false,
             heartbeats: true,
+            link_state: true,
             seed: 1,
             paths: 1,
             threshold: 1,
@@ -280,6 +284,9 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
     let mut policy = Policy::default();
     if !opt.heartbeats {
         policy.liveness = None;
+    }
+    if !opt.link_state {
+        policy.link_state = None;
     }
     policy.routing.paths = opt.paths;
     policy.routing.threshold = opt.threshold;

@@ -70,11 +70,12 @@ fn without_a_grace_lost_replies_are_counted_not_failed() {
 /// keys with a persisted run number and by peers reporting the run at which the store forked.
 /// (The fix changed the run's messages, so this seed no longer reaches that state:
 /// `wiped_store.rs::a_restored_node_fenced_before_its_detection_is_durable_keeps_keys_applied_since`
-/// builds it deterministically.)
+/// builds it deterministically.) Since link-state adverts changed the routes, the seed no
+/// longer restores any store from an older copy at all; it stays as a seed that must pass.
 #[test]
 fn seeds_that_once_failed_pass() {
     let r = chaos::run(6642, &ChaosConfig::default());
-    assert!(r.faults.rollbacks > 0 && r.fetched > 0, "{r:?}");
+    assert!(r.fetched > 0, "{r:?}");
     // 2059 (found by the long run after the fix above): d's rollback showed only in link key
     // (its neighbour c saw d spend a block d's copy still held unspent), which the peer did not
     // judge yet, so no fork was reported and d discarded keys applied after the restore. `Hello`

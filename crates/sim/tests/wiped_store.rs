@@ -326,3 +326,80 @@ fn a_restored_node_whose_first_run_missed_a_peer_keeps_keys_that_run_applied() {
     }
     assert!(kept_total > 0, "no seed got keys after the restore");
 }
+
+fn c_answers_a(from: &str, to: &str, m: &kagi_km::PeerMsg) -> bool {
+    from == "c" && to == "a" && matches!(m, kagi_km::PeerMsg::Seen { .. })
+}
+
+/// Until a peer answered this run's `Hello`, no relay starts towards it and `enc_keys` for its
+/// slaves gets a prompt 503 that says why (issue 10, item 5), even with key for it in the pool.
+#[test]
+fn a_peer_that_has_not_answered_this_runs_hello_gets_no_relay_and_its_slaves_no_keys() {
+    let mut sim = line(1);
+    traffic(&mut sim, 2);
+    // Drain a's pool for c below its refill mark, then restart a (its store intact) while c's
+    // answers to a's Hello are lost.
+    for _ in 0..20 {
+        if sim.node("a").unwrap().pool_free("c") <= 3 * 1024 {
+            break;
+        }
+        enc(&mut sim, A, "sae-c", 32);
+    }
+    sim.crash("a");
+    sim.drop_messages(c_answers_a, u32::MAX);
+    sim.restart("a");
+    sim.run_for(Duration::from_millis(200));
+    let free = sim.node("a").unwrap().pool_free("c");
+    assert!(
+        free >= 1024,
+        "a holds key for c ({free} bytes): only reconciliation stands in the way"
+    );
+    // Requests for sae-c keep coming (demand, which refill answers with relays to c): each gets
+    // a prompt 503 saying why, and no relay starts towards c.
+    for _ in 0..20 {
+        assert!(!sim.node("a").unwrap().is_reconciled("c"));
+        let at = sim.now();
+        let req = sim.call(
+            "a",
+            AppCall::EncKeys {
+                master: "sae-a".into(),
+                slave: "sae-c".into(),
+                number: Some(32),
+                size_bits: Some(256),
+                additional_slaves: vec![],
+                route: None,
+            },
+        );
+        let r = sim
+            .run_until_answered(req, Duration::from_secs(10))
+            .expect("answered");
+        match &r.reply {
+            Err(kagi_km::Refusal::Unavailable(m)) => {
+                assert!(m.contains("not yet reconciled"), "{m}")
+            }
+            other => panic!("enc_keys for a slave at c before c answered a's Hello: {other:?}"),
+        }
+        assert!(
+            sim.now() - at < Duration::from_millis(100),
+            "the 503 is prompt"
+        );
+        sim.run_for(Duration::from_millis(50));
+        let a = sim.node("a").unwrap();
+        let to_c = a
+            .km_status()
+            .pools
+            .into_iter()
+            .find(|p| p.peer == "c")
+            .unwrap();
+        assert_eq!(
+            to_c.relays_in_flight, 0,
+            "a relays to c before c answered its Hello"
+        );
+        assert_eq!(a.pool_free("c"), free, "no relay to c landed");
+    }
+    // Once c answers, a relays to c again and serves its slaves.
+    sim.drop_messages(c_answers_a, 0);
+    sim.run_for(Duration::from_secs(2));
+    assert!(sim.node("a").unwrap().is_reconciled("c"));
+    assert!(!enc(&mut sim, A, "sae-c", 1).is_empty());
+}

@@ -75,6 +75,10 @@ pub struct Args {
     /// Switch heartbeats off (a silent node is then never routed around).
     #[arg(long)]
     no_heartbeats: bool,
+    /// Switch link-state adverts off: routes follow the topology's static link costs (hop
+    /// count) instead of the key each link has.
+    #[arg(long)]
+    static_routes: bool,
     /// Seed of the demand, the failures and the network.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -120,6 +124,7 @@ pub fn run(a: Args) -> Result<()> {
         },
         fail_transit_only: a.fail_transit_only,
         heartbeats: !a.no_heartbeats,
+        link_state: !a.static_routes,
         seed: a.seed,
         paths: a.paths,
         threshold: a.threshold,

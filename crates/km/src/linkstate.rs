@@ -1,0 +1,422 @@
+//! Link state: what each node advertises about its QKD links, the newest advertisement per
+//! origin, flooding, and the route costs that follow.
+//!
+//! Every [`advert_interval`](crate::LinkStatePolicy::advert_interval), and soon after one of its
+//! links goes up or down, a node sends [`PeerMsg::LinkState`] to its neighbours: per link, whether
+//! it is usable, the key rate measured from link key arrivals (a moving average), and the
+//! unspent key of each half. A receiver keeps the newest `(run, seq)` per origin and floods it on
+//! to its own neighbours (not back to the sender), so every node learns every link. Everything is
+//! bounded by the topology: adverts from nodes outside it, or naming a link their origin does
+//! not have, are dropped whole; an origin holds one advert of at most its degree.
+//!
+//! Route cost of a link = its static cost (1 per hop by default) plus a penalty for the expected
+//! wait for the key a hop needs: nothing while the buffer covers a window of relays, else the
+//! missing bytes over the direction's rate, in powers of two (so small changes do not move
+//! routes). A link either end advertises as down is left out of routes; a link nobody has a fresh
+//! advert of costs [`UNKNOWN_PENALTY`] more than a good one. The two ends' claims are combined
+//! pessimistically (least key, lowest rate, down if either says so): an advert is not signed by
+//! its origin, so a node forging another's advert can make a link look worse than its other end
+//! reports, never better.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::config::LinkStatePolicy;
+use crate::manager::KeyManager;
+use crate::msgs::{LinkAdvert, NodeId, PeerMsg, MAX_ADVERT_LINKS};
+use crate::outbox::Action;
+use crate::routing::link_key;
+use crate::time::Instant;
+
+/// Route cost added to a link nobody has a fresh advert of (a known good link adds 0).
+pub(crate) const UNKNOWN_PENALTY: f64 = 4.0;
+/// Route cost per second of expected wait for link key (a hop costs 1).
+const COST_PER_WAIT_S: f64 = 10.0;
+/// Largest penalty: a link with no key buffered and none arriving.
+pub(crate) const MAX_PENALTY: f64 = 1024.0;
+/// Earliest an advert triggered by a link going up or down follows the previous advert.
+const MIN_ADVERT_GAP: Duration = Duration::from_millis(100);
+
+/// An origin's newest advert and when it arrived.
+#[derive(Debug, Clone)]
+struct Held {
+    run: u64,
+    seq: u64,
+    at: Instant,
+    links: Vec<LinkAdvert>,
+}
+
+/// What this node knows of every link, and its own advertising state.
+#[derive(Debug, Clone)]
+pub(crate) struct LinkState {
+    /// Newest advert per origin (this node's own included), origins of the topology only.
+    adverts: BTreeMap<NodeId, Held>,
+    /// This node's advert counter (this run).
+    seq: u64,
+    next_advert: Instant,
+    last_advert: Option<Instant>,
+    /// When rates were last sampled, and link key bytes arrived per neighbour since.
+    last_sample: Instant,
+    arrived: BTreeMap<NodeId, u64>,
+    /// Moving average of link key arrivals per neighbour, bit/s.
+    rate_bps: BTreeMap<NodeId, f64>,
+    /// Whether each of this node's links was up in its last advert.
+    sent_up: BTreeMap<NodeId, bool>,
+    /// Adverts changed since costs were last computed.
+    dirty: bool,
+    next_recompute: Instant,
+}
+
+impl LinkState {
+    /// Nothing known; the first advert goes at once.
+    pub(crate) fn new(now: Instant) -> Self {
+        Self {
+            adverts: BTreeMap::new(),
+            seq: 0,
+            next_advert: now,
+            last_advert: None,
+            last_sample: now,
+            arrived: BTreeMap::new(),
+            rate_bps: BTreeMap::new(),
+            sent_up: BTreeMap::new(),
+            dirty: false,
+            next_recompute: now,
+        }
+    }
+
+    /// Notes `bytes` of link key from `peer` (a neighbour: the caller checked).
+    pub(crate) fn arrived(&mut self, peer: &str, bytes: u64) {
+        match self.arrived.get_mut(peer) {
+            Some(b) => *b += bytes,
+            None => {
+                self.arrived.insert(peer.to_string(), bytes);
+            }
+        }
+    }
+
+    /// When the core's timer must run next for link state.
+    pub(crate) fn next_deadline(&self) -> Instant {
+        if self.dirty {
+            self.next_advert.min(self.next_recompute)
+        } else {
+            self.next_advert
+        }
+    }
+
+    /// The fresh claims about the hop `u → v`: `(up, rate_bps, bytes buffered for it)` from
+    /// `u`'s advert (its transmit half) and from `v`'s (its receive half).
+    fn claims(&self, u: &str, v: &str, fresh: impl Fn(&Held) -> bool) -> Vec<(bool, u64, u64)> {
+        let mut out = Vec::with_capacity(2);
+        for (origin, peer, tx) in [(u, v, true), (v, u, false)] {
+            let Some(h) = self.adverts.get(origin).filter(|h| fresh(h)) else {
+                continue;
+            };
+            if let Some(l) = h.links.iter().find(|l| l.peer == peer) {
+                let bytes = if tx { l.tx_bytes } else { l.rx_bytes };
+                out.push((l.up, l.rate_bps, bytes));
+            }
+        }
+        out
+    }
+}
+
+/// What the adverts say about one direction of a link.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Hop {
+    /// No fresh advert of either end mentions it.
+    Unknown,
+    /// An end says it is down.
+    Down,
+    /// Seconds to wait for `demand` bytes of link key (0 while the buffer covers them).
+    Wait(f64),
+}
+
+fn hop(claims: &[(bool, u64, u64)], demand: u64) -> Hop {
+    if claims.is_empty() {
+        return Hop::Unknown;
+    }
+    if claims.iter().any(|c| !c.0) {
+        return Hop::Down;
+    }
+    // Pessimistic: the lower rate and the smaller buffer of the two ends' claims.
+    let rate = claims.iter().map(|c| c.1).min().unwrap_or(0);
+    let held = claims.iter().map(|c| c.2).min().unwrap_or(0);
+    if held >= demand {
+        return Hop::Wait(0.0);
+    }
+    // Each direction gets half of the link's key.
+    let dir_bps = rate as f64 / 2.0;
+    if dir_bps < 1.0 {
+        return Hop::Wait(f64::INFINITY);
+    }
+    Hop::Wait((demand - held) as f64 * 8.0 / dir_bps)
+}
+
+/// The route penalty for a wait, in powers of two up to [`MAX_PENALTY`] (0 under half a unit).
+fn penalty(wait_s: f64) -> f64 {
+    let p = (wait_s * COST_PER_WAIT_S).min(MAX_PENALTY);
+    if p.is_nan() || p < 0.5 {
+        return 0.0;
+    }
+    let p = p.round() as u64;
+    (1u64 << (63 - p.leading_zeros())) as f64
+}
+
+impl KeyManager {
+    /// Whether this node's link to `peer` is usable now (for its advert).
+    fn link_up(&self, peer: &str) -> bool {
+        !self.routing.is_down(peer) && self.routing.in_service(peer)
+    }
+
+    /// Sends this node's advert when due (periodically, or soon after a link went up or down)
+    /// and recomputes route costs from what arrived, at most every `recompute_interval`.
+    pub(crate) fn tick_link_state(&mut self, now: Instant) {
+        let Some(lp) = self.cfg.policy.link_state else {
+            return;
+        };
+        let flipped = self
+            .linkstate
+            .sent_up
+            .iter()
+            .any(|(p, up)| *up != self.link_up(p));
+        let gap_ok = self
+            .linkstate
+            .last_advert
+            .is_none_or(|t| now.saturating_since(t) >= MIN_ADVERT_GAP);
+        if now >= self.linkstate.next_advert || (flipped && gap_ok) {
+            self.advertise(now, &lp);
+        }
+        if self.linkstate.dirty && now >= self.linkstate.next_recompute {
+            self.update_link_costs(now, &lp);
+        }
+    }
+
+    /// Samples link key rates and sends this node's advert to its neighbours.
+    fn advertise(&mut self, now: Instant, lp: &LinkStatePolicy) {
+        let dt = now
+            .saturating_since(self.linkstate.last_sample)
+            .as_secs_f64();
+        let neighbours: Vec<NodeId> = self.links.held().map(|(p, _)| p.clone()).collect();
+        if dt > 0.0 {
+            let alpha = (dt / lp.rate_window.as_secs_f64().max(1e-3)).min(1.0);
+            for p in &neighbours {
+                let sample = self.linkstate.arrived.remove(p).unwrap_or(0) as f64 * 8.0 / dt;
+                self.linkstate
+                    .rate_bps
+                    .entry(p.clone())
+                    .and_modify(|r| *r += alpha * (sample - *r))
+                    .or_insert(sample);
+            }
+            self.linkstate.last_sample = now;
+        }
+        let links: Vec<LinkAdvert> = self
+            .links
+            .held()
+            .take(MAX_ADVERT_LINKS)
+            .map(|(p, h)| LinkAdvert {
+                peer: p.clone(),
+                up: self.link_up(p),
+                rate_bps: self.linkstate.rate_bps.get(p).map_or(0, |r| *r as u64),
+                tx_bytes: h.tx_bytes,
+                rx_bytes: h.rx_bytes,
+            })
+            .collect();
+        let ls = &mut self.linkstate;
+        ls.seq += 1;
+        ls.next_advert = now + lp.advert_interval;
+        ls.last_advert = Some(now);
+        // Own state changes (and others' adverts going stale) show at each advert.
+        ls.dirty = true;
+        ls.sent_up = links.iter().map(|l| (l.peer.clone(), l.up)).collect();
+        let run = self.reconcile.run;
+        let seq = ls.seq;
+        ls.adverts.insert(
+            self.cfg.node_id.clone(),
+            Held {
+                run,
+                seq,
+                at: now,
+                links: links.clone(),
+            },
+        );
+        let msg = PeerMsg::LinkState {
+            origin: self.cfg.node_id.clone(),
+            run,
+            seq,
+            links,
+        };
+        for to in neighbours {
+            if !self.routing.is_reported_down(&to) {
+                self.out.push(Action::Send {
+                    to,
+                    msg: msg.clone(),
+                });
+            }
+        }
+    }
+
+    /// An advert from `from` (its own or flooded): kept if it is valid and newer than the one
+    /// held for its origin (or that one is stale), then flooded on.
+    pub(crate) fn on_link_state(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        origin: NodeId,
+        run: u64,
+        seq: u64,
+        links: Vec<LinkAdvert>,
+    ) {
+        let Some(lp) = self.cfg.policy.link_state else {
+            return;
+        };
+        if origin == self.cfg.node_id {
+            return; // our own, flooded back round a cycle
+        }
+        if let Err(why) = self.check_advert(&origin, &links) {
+            self.stats.link_adverts_rejected += 1;
+            tracing::debug!(me = %self.me(), %from, %origin, "link-state advert dropped: {why}");
+            return;
+        }
+        if let Some(h) = self.linkstate.adverts.get(&origin) {
+            let fresh = now.saturating_since(h.at) < lp.stale_after;
+            if fresh && (run, seq) <= (h.run, h.seq) {
+                return; // seen already (flooding brings copies round every cycle)
+            }
+        }
+        let msg = PeerMsg::LinkState {
+            origin: origin.clone(),
+            run,
+            seq,
+            links: links.clone(),
+        };
+        self.linkstate.adverts.insert(
+            origin.clone(),
+            Held {
+                run,
+                seq,
+                at: now,
+                links,
+            },
+        );
+        self.linkstate.dirty = true;
+        let to: Vec<NodeId> = self
+            .routing
+            .neighbours(&self.cfg.node_id)
+            .filter(|n| **n != from && **n != origin && !self.routing.is_reported_down(n))
+            .cloned()
+            .collect();
+        for to in to {
+            self.out.push(Action::Send {
+                to,
+                msg: msg.clone(),
+            });
+        }
+    }
+
+    /// A node may advertise only its own links: the origin must be a node of the topology and
+    /// every link it names one of its links in the topology, each once.
+    fn check_advert(&self, origin: &str, links: &[LinkAdvert]) -> Result<(), &'static str> {
+        let Some(own) = self.routing.adjacent(origin) else {
+            return Err("origin is not a node of the topology with links");
+        };
+        if links.len() > MAX_ADVERT_LINKS || links.len() > own.len() {
+            return Err("more links than its origin has");
+        }
+        let mut seen = BTreeSet::new();
+        for l in links {
+            if !own.contains(&l.peer) {
+                return Err("names a link its origin does not have");
+            }
+            if !seen.insert(l.peer.as_str()) {
+                return Err("names a link twice");
+            }
+        }
+        Ok(())
+    }
+
+    /// Route costs from the adverts held now; routes are recomputed when they changed.
+    fn update_link_costs(&mut self, now: Instant, lp: &LinkStatePolicy) {
+        self.linkstate.dirty = false;
+        self.linkstate.next_recompute = now + lp.recompute_interval;
+        let p = &self.cfg.policy;
+        let demand = u64::from(p.relay_chunk_bytes + 32) * u64::from(p.max_relays_in_flight.max(1));
+        let fresh = |h: &Held| now.saturating_since(h.at) < lp.stale_after;
+        let mut costs = BTreeMap::new();
+        let mut dead = BTreeSet::new();
+        for l in &self.cfg.topology.links {
+            let ab = hop(&self.linkstate.claims(&l.a, &l.b, fresh), demand);
+            let ba = hop(&self.linkstate.claims(&l.b, &l.a, fresh), demand);
+            let key = link_key(&l.a, &l.b);
+            let extra = match (ab, ba) {
+                (Hop::Down, _) | (_, Hop::Down) => {
+                    dead.insert(key);
+                    continue;
+                }
+                (Hop::Unknown, Hop::Unknown) => UNKNOWN_PENALTY,
+                (Hop::Wait(x), Hop::Wait(y)) => penalty(x.max(y)),
+                (Hop::Wait(x), Hop::Unknown) | (Hop::Unknown, Hop::Wait(x)) => penalty(x),
+            };
+            if extra > 0.0 {
+                costs.insert(key, extra);
+            }
+        }
+        if self.routing.set_link_costs(costs, dead) {
+            tracing::debug!(me = %self.me(), "link state changed; routes recomputed");
+        }
+    }
+
+    /// Route cost each link of the topology has now beyond its static cost (0: key at hand,
+    /// `None`: advertised down), for status and tests.
+    pub fn link_penalties(&self) -> BTreeMap<(NodeId, NodeId), Option<f64>> {
+        self.cfg
+            .topology
+            .links
+            .iter()
+            .map(|l| {
+                let key = link_key(&l.a, &l.b);
+                let v = self.routing.link_penalty(&key);
+                (key, v)
+            })
+            .collect()
+    }
+
+    /// The newest `(run, seq)` held of each origin's advert (this node's own included).
+    pub fn link_adverts_held(&self) -> BTreeMap<NodeId, (u64, u64)> {
+        self.linkstate
+            .adverts
+            .iter()
+            .map(|(o, h)| (o.clone(), (h.run, h.seq)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn penalties_are_powers_of_two_and_capped() {
+        assert_eq!(penalty(0.0), 0.0);
+        assert_eq!(penalty(0.04), 0.0);
+        assert_eq!(penalty(0.1), 1.0);
+        assert_eq!(penalty(0.25), 2.0);
+        assert_eq!(penalty(1.0), 8.0);
+        assert_eq!(penalty(f64::INFINITY), MAX_PENALTY);
+    }
+
+    #[test]
+    fn claims_combine_pessimistically() {
+        assert_eq!(hop(&[], 100), Hop::Unknown);
+        assert_eq!(hop(&[(true, 1000, 200)], 100), Hop::Wait(0.0));
+        // One end says the buffer covers it, the other that it does not: the other wins.
+        assert_eq!(
+            hop(&[(true, 1000, 200), (true, 1000, 0)], 100),
+            Hop::Wait(1.6)
+        );
+        assert_eq!(
+            hop(&[(true, 1000, 200), (false, 1000, 200)], 100),
+            Hop::Down
+        );
+        assert_eq!(hop(&[(true, 0, 0)], 100), Hop::Wait(f64::INFINITY));
+    }
+}
