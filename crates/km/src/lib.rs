@@ -21,6 +21,8 @@ mod manager;
 pub mod msgs;
 mod outbox;
 mod pace;
+mod pending;
+mod plan_slots;
 mod pools;
 pub mod quota;
 pub mod reconcile;

@@ -432,6 +432,7 @@ impl KeyManager {
     /// Feeds one input. Drain [`poll_action`](Self::poll_action) afterwards.
     pub fn handle(&mut self, now: Instant, input: Input) {
         self.now = self.now.max(now);
+        self.relays.note_input();
         match input {
             Input::Stored { write, ok } => self.on_stored(write, ok),
             _ if self.fenced => {

@@ -15,6 +15,8 @@ use crate::links::HopFault;
 use crate::manager::KeyManager;
 use crate::msgs::{AbortReason, NodeId, PeerMsg, RelayId, ShareInfo, Span};
 use crate::outbox::{Action, After};
+use crate::pending::PendingRelays;
+use crate::plan_slots::PlanSlots;
 use crate::record::{Counter, Record, RelayRoute};
 use crate::routing::RoutePlan;
 use crate::time::Instant;
@@ -129,19 +131,29 @@ pub(crate) struct WaitingHop {
 /// relay counter.
 #[derive(Debug, Clone)]
 pub(crate) struct Relays {
-    pending: BTreeMap<u64, PendingRelay>,
+    pending: PendingRelays,
     waiting: Vec<WaitingHop>,
     partial: BTreeMap<RelayId, Partial>,
     pub(crate) next_seq: u64,
+    /// Refill's copy of the routing plans, by destination index.
+    plan_slots: PlanSlots,
+    /// Whether a waiting hop may have become able to go on since they were last retried.
+    /// Hops wait for link key, for key to forward them or for a neighbour to reconcile; only
+    /// an input (link key, a peer message, a store acknowledgement, ...), a hop that expired,
+    /// shares that were forgotten, or a retried hop that went on can change that. Timer ticks
+    /// in between leave every waiting hop waiting, so retrying them then is skipped.
+    retry_due: bool,
 }
 
 impl Default for Relays {
     fn default() -> Self {
         Self {
-            pending: BTreeMap::new(),
+            pending: PendingRelays::default(),
             waiting: Vec::new(),
             partial: BTreeMap::new(),
             next_seq: 1,
+            plan_slots: PlanSlots::default(),
+            retry_due: true,
         }
     }
 }
@@ -230,9 +242,14 @@ impl Relays {
             .collect()
     }
 
+    /// Something outside the timers happened: waiting hops are to be retried.
+    pub(crate) fn note_input(&mut self) {
+        self.retry_due = true;
+    }
+
     /// Relays towards `dest` started here and not yet acknowledged.
     pub(crate) fn in_flight(&self, dest: &str) -> u64 {
-        self.pending.values().filter(|r| r.dest == dest).count() as u64
+        self.pending.to_dest(dest)
     }
 
     /// The earliest relay or waiting-hop deadline.
@@ -425,8 +442,11 @@ impl KeyManager {
     pub(crate) fn refill(&mut self, now: Instant) {
         let topo = self.topology();
         let p = self.cfg.policy.clone();
-        let mut order: Vec<(bool, u64, &str, u64)> = Vec::new();
-        for node in &topo.nodes {
+        self.relays
+            .plan_slots
+            .validate(self.routing.generation(), &topo);
+        let mut order: Vec<(bool, u64, &str, u64, usize)> = Vec::new();
+        for (index, node) in topo.nodes.iter().enumerate() {
             let dest = node.id.as_str();
             if dest == self.me() || self.routing.is_down(dest) || !self.is_reconciled(dest) {
                 continue;
@@ -437,18 +457,19 @@ impl KeyManager {
             }
             let fill = self.pools.out_free(dest).saturating_mul(1000) / target;
             let idle = !self.demand.is_active(dest, now, &p);
-            order.push((idle, fill, dest, target));
+            order.push((idle, fill, dest, target, index));
         }
         order.sort_unstable();
         let chunk = u64::from(p.relay_chunk_bytes);
         let idle_cap = u64::from(p.idle_relays_in_flight);
-        let mut idle_in_flight = self
+        let mut idle_in_flight: u64 = self
             .relays
             .pending
-            .values()
-            .filter(|r| !self.demand.is_active(&r.dest, now, &p))
-            .count() as u64;
-        for (idle, _, dest, target) in order {
+            .per_dest()
+            .filter(|(dest, _)| !self.demand.is_active(dest, now, &p))
+            .map(|(_, n)| n)
+            .sum();
+        for (idle, _, dest, target, index) in order {
             let low = (target as f64 * p.pool_low_water) as u64;
             let constrained = self.routing.has_demand(dest, now);
             if !constrained {
@@ -472,17 +493,21 @@ impl KeyManager {
                     .ok()?;
                 Some((c, plan))
             });
-            let (plan, ready) = match demand {
-                Some((c, plan)) => (
-                    std::sync::Arc::new(plan),
-                    self.pools.out_free_where(dest, |r| c.admits(r)),
-                ),
-                None => match self.routing.plan(dest, paths, threshold) {
-                    Some(plan) => (plan, self.pools.out_free(dest)),
+            // `constrained_plan`: the plan when it is not the cached one for the policy.
+            let (constrained_plan, ready, cap) = match demand {
+                Some((c, plan)) => {
+                    let cap = self.relay_cap(&plan);
+                    (
+                        Some(std::sync::Arc::new(plan)),
+                        self.pools.out_free_where(dest, |r| c.admits(r)),
+                        cap,
+                    )
+                }
+                None => match self.cached_plan(index, dest, paths, threshold) {
+                    Some(cap) => (None, self.pools.out_free(dest), cap),
                     None => continue,
                 },
             };
-            let cap = self.relay_cap(&plan);
             let allowed = u64::from(self.pace.allowed(dest, now, cap));
             // Computed once per destination: the pool can hold thousands of chunks.
             let mut in_flight = self.relays.in_flight(dest);
@@ -499,6 +524,14 @@ impl KeyManager {
                     break;
                 }
                 self.refilling.insert(dest.to_string());
+                // Shared, not copied: only now, when a relay starts, is the plan itself read.
+                let plan = match &constrained_plan {
+                    Some(plan) => plan.clone(),
+                    None => match self.relays.plan_slots.get(index) {
+                        Some(Some((plan, _))) => plan.clone(),
+                        _ => break, // looked up just above
+                    },
+                };
                 if !self.start_relay(dest, &plan, now) {
                     break;
                 }
@@ -507,6 +540,22 @@ impl KeyManager {
                 have += chunk;
             }
         }
+    }
+
+    /// The relay cap to `dest` (topology node `index`) under the policy's `(paths,
+    /// threshold)` for it, from refill's copy of the routing plans (filled from routing on
+    /// first use); `None` when `dest` is unreachable.
+    fn cached_plan(&mut self, index: usize, dest: &str, paths: u8, threshold: u8) -> Option<u32> {
+        if let Some(slot) = self.relays.plan_slots.get(index) {
+            return slot.as_ref().map(|(_, cap)| *cap);
+        }
+        let slot = self.routing.plan(dest, paths, threshold).map(|plan| {
+            let cap = self.relay_cap(&plan);
+            (plan, cap)
+        });
+        let cap = slot.as_ref().map(|(_, cap)| *cap);
+        self.relays.plan_slots.set(index, slot);
+        cap
     }
 
     /// The most relays to one destination over `plan` that may be in flight: the policy's
@@ -1164,6 +1213,7 @@ impl KeyManager {
                 .into_iter()
                 .partition(|h| h.deadline <= now);
         self.relays.waiting = kept;
+        self.relays.retry_due |= !expired.is_empty();
         for h in expired {
             if let Some((relay, share)) = hop_relay(&h.msg) {
                 let relay = relay.clone();
@@ -1171,15 +1221,19 @@ impl KeyManager {
                 self.abort_to_origin(&relay, share, AbortReason::LinkKeyExhausted);
             }
         }
+        let partials = self.relays.partial.len();
         self.relays.partial.retain(|_, p| p.deadline > now);
+        self.relays.retry_due |= self.relays.partial.len() != partials;
         self.retry_waiting_hops(now);
     }
 
     pub(crate) fn retry_waiting_hops(&mut self, now: Instant) {
-        if self.relays.waiting.is_empty() {
+        if self.relays.waiting.is_empty() || !self.relays.retry_due {
             return;
         }
+        self.relays.retry_due = false;
         let mut hops = std::mem::take(&mut self.relays.waiting);
+        let retried = hops.iter().filter(|h| h.deadline > now).count();
         // Oldest link key first, so garbage collection of the neighbour's half (`gc_rx`) never
         // overtakes a hop that is still to be retried.
         hops.sort_by_key(|h| hop_pad(&h.msg).iter().map(|s| s.block()).min().unwrap_or(0));
@@ -1195,6 +1249,8 @@ impl KeyManager {
                 }
             }
         }
+        // A hop that went on changed link key, pools or shares: others may go on next time.
+        self.relays.retry_due |= self.relays.waiting.len() != retried;
     }
 }
 

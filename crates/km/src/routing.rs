@@ -79,6 +79,8 @@ pub(crate) struct Routing {
     /// routes change. Shared (`Arc`) and keyed by destination first, so the refill tick, which
     /// asks for every destination's plan, neither allocates nor copies paths.
     plans: BTreeMap<NodeId, PlansByPolicy>,
+    /// Bumped whenever `plans` is dropped, so callers may keep plans while it stays the same.
+    generation: u64,
     /// Every link of the topology, both ways round: node → its neighbours.
     adjacent: BTreeMap<NodeId, BTreeSet<NodeId>>,
     /// Plans meeting a route constraint (`kagi_route`), around the peers down now.
@@ -111,6 +113,7 @@ impl Routing {
             penalties: BTreeMap::new(),
             dead: BTreeSet::new(),
             plans: BTreeMap::new(),
+            generation: 0,
             constrained: BTreeMap::new(),
             feasible: BTreeMap::new(),
             demand: BTreeMap::new(),
@@ -209,6 +212,12 @@ impl Routing {
             .or_default()
             .insert((paths, threshold), plan.clone());
         plan
+    }
+
+    /// Changes whenever the plans [`plan`](Self::plan) returns may change: until it does,
+    /// `plan` returns the same plan for the same arguments.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Like [`plan`](Self::plan), without caching (for read-only status).
@@ -339,6 +348,7 @@ impl Routing {
 
     fn recompute(&mut self) {
         self.plans.clear();
+        self.generation += 1;
         self.constrained.clear();
         self.usable = self.build_usable();
         let down = self.avoided();
