@@ -208,6 +208,10 @@ pub struct Policy {
     /// Heartbeats and silence detection (`None`: a peer counts as down only when the driver
     /// reports its channel down).
     pub liveness: Option<LivenessPolicy>,
+    /// Adaptive direction split of link key (`None`, the default: each end spends only its
+    /// fixed half). Off by default: on the 48-node flood study it raised abandoned relays
+    /// (the congestion windows' static limit assumes the fixed split; see PERFORMANCE.md).
+    pub link_grants: Option<LinkGrantPolicy>,
     /// Link-state advertisements and routing by key availability (`None`: no adverts; routes
     /// follow the topology's static link costs, hop count by default).
     pub link_state: Option<LinkStatePolicy>,
@@ -251,6 +255,25 @@ impl Default for LinkStatePolicy {
             stale_after: Duration::from_secs(5),
             rate_window: Duration::from_secs(5),
             recompute_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// When the ends of a link give each other unspent link key (see `crate::grants`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkGrantPolicy {
+    /// Link key of its own half an end keeps for itself: it grants only beyond this, and asks
+    /// its neighbour for a grant when it holds less (its own half plus grants).
+    pub reserve_bytes: u64,
+    /// Least time between two asks to the same neighbour.
+    pub ask_every: Duration,
+}
+
+impl Default for LinkGrantPolicy {
+    fn default() -> Self {
+        Self {
+            reserve_bytes: 16 * 1024,
+            ask_every: Duration::from_millis(100),
         }
     }
 }
@@ -365,6 +388,7 @@ impl Default for Policy {
             routing: RoutePolicy::default(),
             quotas: crate::quota::QuotaConfig::default(),
             liveness: Some(LivenessPolicy::default()),
+            link_grants: None,
             link_state: Some(LinkStatePolicy::default()),
             peers: PeerScope::All,
         }

@@ -12,6 +12,7 @@ pub mod app;
 pub mod config;
 mod delivery;
 mod demand;
+mod grants;
 pub mod keybuf;
 mod links;
 mod linkstate;
@@ -36,8 +37,8 @@ pub mod time;
 
 pub use app::{AppCall, AppReply, DeliveredKey, KeyPaths, Refusal, SaeId, StatusInfo};
 pub use config::{
-    EncKeysShape, KmConfig, Limits, LimitsError, LinkStatePolicy, LivenessPolicy, PeerScope,
-    Policy, RoutePolicy, MAX_SLAVE_GRACE, MAX_SLAVE_KEY_LIFETIME,
+    EncKeysShape, KmConfig, Limits, LimitsError, LinkGrantPolicy, LinkStatePolicy, LivenessPolicy,
+    PeerScope, Policy, RoutePolicy, MAX_SLAVE_GRACE, MAX_SLAVE_KEY_LIFETIME,
 };
 pub use manager::{Action, Input, KeyManager, NodeStats, ReqId, WriteId};
 pub use msgs::{AbortReason, LinkAdvert, NodeId, PeerMsg, ShareInfo, MAX_ADVERT_LINKS};

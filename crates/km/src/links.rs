@@ -4,13 +4,21 @@
 //! Each link block is split in two halves: the node whose ID sorts first spends the first half
 //! for what it sends, the other node the second half, so the two ends never spend the same bits.
 //! Every change is written into the caller's store batch.
+//!
+//! Under one-way demand an end may give the unspent rest of its oldest blocks to the other end
+//! ([`Links::grant`], [`Links::accept_grant`]; protocol in `crate::grants`). The grantor gives
+//! the bytes up durably (its half's record shrinks) before the grant is sent; the grantee
+//! durably marks them spent in its copy of the grantor's half before it spends them, so neither
+//! end can spend them as its own again. The granted bytes themselves live in memory only at
+//! both ends (`granted_in`, `granted_out`): a restart of either end discards them, so no
+//! restored store can spend them twice.
 
 use std::collections::BTreeMap;
 
 use kagi_keymat::Key;
 
 use crate::keybuf::{take_sequential, KeyBuf, KeyBufParts, TakeError};
-use crate::msgs::{NodeId, Span};
+use crate::msgs::{NodeId, Span, GRANTED};
 use crate::record::{Half, Record};
 
 /// Why spans of the neighbour's half cannot be spent.
@@ -30,6 +38,33 @@ pub(crate) struct Link {
     tx: BTreeMap<u64, KeyBuf>,
     rx: BTreeMap<u64, KeyBuf>,
     high_water: Option<u64>,
+    /// Spans of the neighbour's half it granted to us: we spend them (memory only).
+    granted_in: BTreeMap<u64, KeyBuf>,
+    /// Spans of our half we granted to the neighbour: it spends them, we check (memory only).
+    granted_out: BTreeMap<u64, KeyBuf>,
+}
+
+/// Most spans one grant names.
+pub(crate) const MAX_GRANT_SPANS: usize = 256;
+
+/// A buffer holding granted bytes at their place in the block: `[0, start)` counts as spent, so
+/// the grantee spends sequentially from `start` and span offsets mean the same at both ends.
+fn grant_buf(start: u32, bytes: Key) -> KeyBuf {
+    if start == 0 {
+        return KeyBuf::new(bytes);
+    }
+    let mut data = Key::zeroed(start as usize);
+    data.extend_from(&bytes);
+    KeyBuf::from_parts(data, vec![(0, start)])
+}
+
+/// Drops the oldest entries of a memory-only map of granted bytes beyond `cap` free bytes.
+fn trim_granted(m: &mut BTreeMap<u64, KeyBuf>, cap: u64) {
+    let mut held: u64 = m.values().map(|b| u64::from(b.free())).sum();
+    while held > cap {
+        let Some((_, b)) = m.pop_first() else { break };
+        held -= u64::from(b.free());
+    }
 }
 
 /// What one link holds, for status (no key bytes).
@@ -79,11 +114,14 @@ impl Links {
     /// What each link holds, neighbour order.
     pub(crate) fn held(&self) -> impl Iterator<Item = (&NodeId, LinkHeld)> {
         self.map.iter().map(|(p, l)| {
+            let free = |m: &BTreeMap<u64, KeyBuf>| -> u64 {
+                m.values().map(|b| u64::from(b.free())).sum()
+            };
             (
                 p,
                 LinkHeld {
-                    tx_bytes: l.tx.values().map(|b| u64::from(b.free())).sum(),
-                    rx_bytes: l.rx.values().map(|b| u64::from(b.free())).sum(),
+                    tx_bytes: free(&l.tx) + free(&l.granted_in),
+                    rx_bytes: free(&l.rx) + free(&l.granted_out),
                     high_water: l.high_water,
                 },
             )
@@ -108,8 +146,8 @@ impl Links {
         batch: &mut Vec<Record>,
     ) -> Option<(u64, u64)> {
         let link = self.map.get_mut(peer)?;
-        if link.high_water.is_some_and(|hw| block <= hw) {
-            return None; // duplicate delivery
+        if link.high_water.is_some_and(|hw| block <= hw) || block & GRANTED != 0 {
+            return None; // duplicate delivery, or an id spans could not name
         }
         let mut key = key;
         let half = key.len() / 2;
@@ -132,6 +170,10 @@ impl Links {
             Half::Tx,
             batch,
         ) + evict_oldest(&mut link.rx, cap, rx.len() as u64, peer, Half::Rx, batch);
+        // Granted bytes are bounded like the halves they came from (a grantee that asks and
+        // never spends cannot make the grantor hold more).
+        trim_granted(&mut link.granted_in, cap / 2);
+        trim_granted(&mut link.granted_out, cap);
         for (half, buf, map) in [
             (Half::Tx, KeyBuf::new(tx), &mut link.tx),
             (Half::Rx, KeyBuf::new(rx), &mut link.rx),
@@ -152,14 +194,32 @@ impl Links {
         Some((taken, dropped))
     }
 
-    /// Free bytes of this node's half of the link to `peer`.
+    /// Free bytes this node may spend on the link to `peer`: its own half and what the
+    /// neighbour granted it.
     pub(crate) fn tx_free(&self, peer: &str) -> u64 {
+        self.own_tx_free(peer) + self.granted_in_free(peer)
+    }
+
+    /// Free bytes of this node's own half of the link to `peer`.
+    pub(crate) fn own_tx_free(&self, peer: &str) -> u64 {
         self.map
             .get(peer)
             .map_or(0, |l| l.tx.values().map(|b| u64::from(b.tail_free())).sum())
     }
 
-    /// Spends `n` bytes of this node's half of the link to `peer`, oldest blocks first.
+    /// Free bytes the neighbour `peer` granted this node.
+    fn granted_in_free(&self, peer: &str) -> u64 {
+        self.map.get(peer).map_or(0, |l| {
+            l.granted_in
+                .values()
+                .map(|b| u64::from(b.tail_free()))
+                .sum()
+        })
+    }
+
+    /// Spends `n` bytes on the link to `peer`: granted bytes first (a restart discards them),
+    /// then this node's own half, oldest blocks first. Spans in granted bytes carry
+    /// [`GRANTED`].
     pub(crate) fn alloc_tx(
         &mut self,
         peer: &str,
@@ -169,9 +229,17 @@ impl Links {
         if (self.tx_free(peer) as usize) < n {
             return None;
         }
+        let from_granted = (self.granted_in_free(peer) as usize).min(n) as u32;
         let link = self.map.get_mut(peer)?;
-        let (spans, out) = take_sequential(&mut link.tx, n as u32);
-        for s in &spans {
+        let (mut spans, mut out) = take_sequential(&mut link.granted_in, from_granted);
+        link.granted_in.retain(|_, b| b.tail_free() > 0);
+        for s in &mut spans {
+            s.id |= GRANTED;
+        }
+        let (own, rest) = take_sequential(&mut link.tx, n as u32 - from_granted);
+        out.extend_from(&rest);
+        spans.extend_from_slice(&own);
+        for s in &own {
             match link.tx.get(&s.id) {
                 Some(buf) if buf.tail_free() > 0 => batch.push(Record::LinkBlock {
                     peer: peer.to_string(),
@@ -192,7 +260,7 @@ impl Links {
         Some((spans, out))
     }
 
-    /// Checks that the neighbour's half holds every span, unspent.
+    /// Checks that the neighbour's half (or what we granted it) holds every span, unspent.
     pub(crate) fn check_rx(&self, peer: &str, spans: &[Span]) -> Result<(), HopFault> {
         let link = self.map.get(peer).ok_or(HopFault::Spent)?;
         // Spans must be non-empty and not overlap each other.
@@ -200,6 +268,14 @@ impl Links {
             return Err(HopFault::Spent);
         }
         for s in spans {
+            if s.is_granted() {
+                // Only what this node granted: a neighbour can name no other byte of our half.
+                match link.granted_out.get(&s.block()) {
+                    Some(buf) => buf.can_take(s.start, s.len).map_err(|_| HopFault::Spent)?,
+                    None => return Err(HopFault::Missing(s.id)),
+                }
+                continue;
+            }
             match link.rx.get(&s.id) {
                 Some(buf) => buf.can_take(s.start, s.len).map_err(|e| match e {
                     TakeError::OutOfBounds | TakeError::AlreadySpent => HopFault::Spent,
@@ -216,6 +292,9 @@ impl Links {
     /// neighbour spends oldest first, so after a gap (this end was down, or discarded a restored
     /// copy) it would otherwise learn of the missing blocks one failed hop at a time.
     pub(crate) fn missing_run(&self, peer: &str, block: u64, max: usize) -> Vec<u64> {
+        if block & GRANTED != 0 {
+            return vec![block]; // a grant this node does not hold (any more)
+        }
         let Some(l) = self.map.get(peer) else {
             return vec![block];
         };
@@ -242,6 +321,14 @@ impl Links {
         let link = self.map.get_mut(peer)?;
         let mut out = Key::zeroed(0);
         for s in spans {
+            if s.is_granted() {
+                let buf = link.granted_out.get_mut(&s.block())?;
+                out.extend_from(&buf.take(s.start, s.len).ok()?);
+                if buf.exhausted() {
+                    link.granted_out.remove(&s.block());
+                }
+                continue;
+            }
             let buf = link.rx.get_mut(&s.id)?;
             let k = buf.take(s.start, s.len).ok()?;
             out.extend_from(&k);
@@ -270,6 +357,10 @@ impl Links {
             return;
         };
         for &b in blocks {
+            if b & GRANTED != 0 {
+                link.granted_in.remove(&(b & !GRANTED));
+                continue;
+            }
             if link.tx.remove(&b).is_some() {
                 batch.push(Record::LinkBlockGone {
                     peer: peer.to_string(),
@@ -303,11 +394,16 @@ impl Links {
     /// after the high-water mark; `None` if nothing was ever received.
     pub(crate) fn lowest_block(&self, peer: &str) -> Option<u64> {
         let l = self.map.get(peer)?;
-        let low = [l.tx.keys().next(), l.rx.keys().next()]
-            .into_iter()
-            .flatten()
-            .min()
-            .copied();
+        let low = [
+            l.tx.keys().next(),
+            l.rx.keys().next(),
+            l.granted_in.keys().next(),
+            l.granted_out.keys().next(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .copied();
         low.or(l.high_water.map(|hw| hw + 1))
     }
 
@@ -317,6 +413,8 @@ impl Links {
         let Some(l) = self.map.get_mut(peer) else {
             return 0;
         };
+        l.granted_in.retain(|id, _| *id >= low);
+        l.granted_out.retain(|id, _| *id >= low);
         drop_where(&mut l.tx, peer, Half::Tx, |id| id < low, batch)
             + drop_where(&mut l.rx, peer, Half::Rx, |id| id < low, batch)
     }
@@ -326,6 +424,8 @@ impl Links {
         let Some(l) = self.map.get_mut(peer) else {
             return 0;
         };
+        l.granted_in.retain(|id, _| *id > hw);
+        l.granted_out.retain(|id, _| *id > hw);
         drop_where(&mut l.tx, peer, Half::Tx, |id| id <= hw, batch)
             + drop_where(&mut l.rx, peer, Half::Rx, |id| id <= hw, batch)
     }
@@ -353,6 +453,118 @@ impl Links {
             l.tx.range(..=seen)
                 .any(|(id, b)| *id < seen || b.tail() == 0)
         })
+    }
+}
+
+impl Links {
+    /// Gives the neighbour `peer` the unspent rest of this node's oldest blocks, up to about
+    /// `want` bytes, keeping at least `reserve` bytes of its own half. The bytes leave this
+    /// node's half in `batch` (durable before the grant is sent) and stay here, in memory
+    /// only, to check and decrypt what the neighbour sends with them. Returns the spans given.
+    pub(crate) fn grant(
+        &mut self,
+        peer: &str,
+        want: u64,
+        reserve: u64,
+        batch: &mut Vec<Record>,
+    ) -> Vec<Span> {
+        let mut left = self.own_tx_free(peer);
+        let Some(link) = self.map.get_mut(peer) else {
+            return Vec::new();
+        };
+        let mut spans = Vec::new();
+        let mut given = 0u64;
+        let ids: Vec<u64> = link.tx.keys().copied().collect();
+        for id in ids {
+            if given >= want || spans.len() >= MAX_GRANT_SPANS {
+                break;
+            }
+            let Some(buf) = link.tx.get_mut(&id) else {
+                continue;
+            };
+            let (start, len) = (buf.tail(), buf.tail_free());
+            if left.saturating_sub(u64::from(len)) < reserve {
+                break; // oldest first: the rest is this node's reserve
+            }
+            let Ok(bytes) = buf.take(start, len) else {
+                continue;
+            };
+            // Nothing of this block is left to this node's sequential spending: it goes.
+            link.tx.remove(&id);
+            batch.push(Record::LinkBlockGone {
+                peer: peer.to_string(),
+                half: Half::Tx,
+                block: id,
+            });
+            if len == 0 {
+                continue;
+            }
+            link.granted_out.insert(id, grant_buf(start, bytes));
+            spans.push(Span { id, start, len });
+            left -= u64::from(len);
+            given += u64::from(len);
+        }
+        spans
+    }
+
+    /// Takes a grant from the neighbour `peer`: spans of *its* half, each to the end of its
+    /// block. Each one is marked spent in our copy of that half (in `batch`, durable before
+    /// anything is spent with it) and becomes ours to spend. Spans that are not wholly unspent
+    /// there (a duplicate, a replay, a hostile or confused peer) are ignored. Returns the
+    /// highest block and the bytes taken, if any.
+    pub(crate) fn accept_grant(
+        &mut self,
+        peer: &str,
+        spans: &[Span],
+        batch: &mut Vec<Record>,
+    ) -> Option<(u64, u64)> {
+        let link = self.map.get_mut(peer)?;
+        if spans.len() > MAX_GRANT_SPANS {
+            return None;
+        }
+        let mut top = None;
+        let mut bytes = 0u64;
+        for s in spans {
+            if s.is_granted() || s.len == 0 || link.granted_in.contains_key(&s.id) {
+                continue;
+            }
+            let Some(buf) = link.rx.get_mut(&s.id) else {
+                continue;
+            };
+            if s.start.checked_add(s.len) != Some(buf.len()) {
+                continue; // a grant runs to the end of its block
+            }
+            let Ok(k) = buf.take(s.start, s.len) else {
+                continue;
+            };
+            if buf.exhausted() {
+                link.rx.remove(&s.id);
+                batch.push(Record::LinkBlockGone {
+                    peer: peer.to_string(),
+                    half: Half::Rx,
+                    block: s.id,
+                });
+            } else {
+                batch.push(Record::LinkBlock {
+                    peer: peer.to_string(),
+                    half: Half::Rx,
+                    block: s.id,
+                    buf: KeyBufParts::from(&*buf),
+                });
+            }
+            link.granted_in.insert(s.id, grant_buf(s.start, k));
+            top = top.max(Some(s.id));
+            bytes += u64::from(s.len);
+        }
+        top.map(|t| (t, bytes))
+    }
+
+    /// Forgets every grant either way with `peer` (a new run of it holds none of them).
+    pub(crate) fn drop_grants(&mut self, peer: &str) {
+        if let Some(l) = self.map.get_mut(peer) {
+            l.granted_in.clear();
+            l.granted_out.clear();
+        }
     }
 }
 

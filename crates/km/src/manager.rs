@@ -78,6 +78,10 @@ pub struct NodeStats {
     pub link_blocks_dropped: u64,
     /// Link key bytes spent on relay hops (pads and MAC keys).
     pub link_key_spent: u64,
+    /// Link key bytes of this node's half it granted to neighbours (adaptive direction split).
+    pub link_key_granted_out: u64,
+    /// Link key bytes of neighbours' halves they granted to this node.
+    pub link_key_granted_in: u64,
     /// Relays started here.
     pub relays_started: u64,
     /// Relays acknowledged by their destination.
@@ -215,6 +219,8 @@ pub struct KeyManager {
     pub(crate) reconcile: Reconcile,
     /// Graces of slaves that fetched keys here (see [`crate::delivery`]).
     pub(crate) delivery: crate::delivery::Delivery,
+    /// Asks for link key grants (see [`crate::grants`]).
+    pub(crate) grants: crate::grants::Grants,
     /// Revocations waiting for acknowledgement, and assignments revoked here (see
     /// [`crate::revoke`]).
     pub(crate) revokes: crate::revoke::Revokes,
@@ -261,6 +267,7 @@ impl KeyManager {
             stats: NodeStats::default(),
             reconcile: Reconcile::new(0, 0, Default::default(), now),
             delivery: Default::default(),
+            grants: Default::default(),
             revokes: Default::default(),
             now,
             cfg,
@@ -477,6 +484,7 @@ impl KeyManager {
         if now >= self.next_refill {
             self.next_refill = now + self.cfg.policy.refill_interval;
             self.refill(now);
+            self.ask_link_key(now);
         }
     }
 

@@ -27,7 +27,22 @@ pub struct Span {
 /// Most spans one message may name for one key (a pad crosses a handful of blocks or chunks).
 pub const MAX_SPANS: usize = 4096;
 
+/// Set in a link key [`Span::id`] when the span lies in the *receiver's* half of the block, which
+/// the receiver granted to the sender ([`PeerMsg::LinkKeyGranted`]); clear for the sender's own
+/// half. Block ids from QKD links never have it set (such blocks are refused at intake).
+pub const GRANTED: u64 = 1 << 63;
+
 impl Span {
+    /// The link key block this span lies in, without the [`GRANTED`] flag.
+    pub fn block(&self) -> u64 {
+        self.id & !GRANTED
+    }
+
+    /// Whether the span lies in a half the receiver granted to the sender.
+    pub fn is_granted(&self) -> bool {
+        self.id & GRANTED != 0
+    }
+
     /// Whether `spans` can be spent together: at most [`MAX_SPANS`], none empty, no two
     /// overlapping. Sorting makes this `O(n log n)`, so a hostile message cannot stall the core;
     /// an empty span would slip between the overlap checks of its neighbours.
@@ -319,6 +334,24 @@ pub enum PeerMsg {
         /// One entry per link of the origin, at most [`MAX_ADVERT_LINKS`]; a link the origin
         /// does not have in the topology makes the receiver drop the whole advertisement.
         links: Vec<LinkAdvert>,
+    },
+    /// The sender is short of link key towards the receiver (its own half and what it was
+    /// granted hold less than the grant reserve): the receiver may grant it part of its own
+    /// half ([`PeerMsg::LinkKeyGranted`]) if it holds more than its reserve itself.
+    LinkKeyWanted {
+        /// Bytes the sender would use.
+        bytes: u64,
+    },
+    /// The sender gives the receiver these spans of the *sender's* half of their link (each
+    /// running to the end of its block): the sender durably gave them up before sending, and
+    /// the receiver may spend them (flagged [`GRANTED`] in its spans) until either restarts.
+    /// A grant can only give away the sender's own bits.
+    LinkKeyGranted {
+        /// The sender's epoch: a grant from an earlier run is ignored (that run's store may
+        /// have been restored from a copy that still holds these spans).
+        epoch: u64,
+        /// The spans given, in the sender's half (no [`GRANTED`] flag).
+        spans: Vec<Span>,
     },
 }
 

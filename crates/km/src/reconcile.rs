@@ -366,8 +366,10 @@ impl KeyManager {
             msg: self.seen_msg(&from, epoch),
         })];
         if known != Some(epoch) {
-            // What that node held of our relays in flight may be gone with its previous run.
+            // What that node held of our relays in flight may be gone with its previous run,
+            // and so are the link key grants either way (it keeps them in memory only).
             self.abandon_relays_via(&from, false);
+            self.links.drop_grants(&from);
             // A new run of the peer does not know ours either, and until it answers our Hello
             // it drops our relays and assignments as not current: greet it, and keep greeting
             // (`retry_hellos`) until it answers, since this first Hello may be lost while our

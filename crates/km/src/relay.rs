@@ -275,7 +275,7 @@ impl Relays {
         self.waiting
             .iter()
             .filter(|h| h.from == from)
-            .filter_map(|h| hop_pad(&h.msg).iter().map(|s| s.id).min())
+            .filter_map(|h| own_blocks(hop_pad(&h.msg)).min())
             .min()
     }
 }
@@ -313,6 +313,13 @@ fn hop_pad(msg: &PeerMsg) -> &[Span] {
         PeerMsg::RelayHop { pad, .. } | PeerMsg::ShareHop { pad, .. } => pad,
         _ => &[],
     }
+}
+
+/// The blocks of the sender's own half that spans name (spans in bytes this node granted it
+/// say nothing about how far the sender spent its own half, which `gc_rx` and the `Seen` marks
+/// rely on).
+fn own_blocks(spans: &[Span]) -> impl Iterator<Item = u64> + '_ {
+    spans.iter().filter(|s| !s.is_granted()).map(|s| s.id)
 }
 
 /// The relay and share a relay or share hop belongs to.
@@ -381,7 +388,7 @@ impl KeyManager {
     /// reordering on a busy link into an abandoned relay).
     fn gc_rx(&mut self, peer: &str, spans: &[Span], batch: &mut Vec<Record>) {
         let waiting = self.relays.oldest_waiting_block(peer);
-        let Some(floor) = spans.iter().map(|s| s.id).chain(waiting).min() else {
+        let Some(floor) = own_blocks(spans).chain(waiting).min() else {
             return;
         };
         self.links
@@ -404,6 +411,7 @@ impl KeyManager {
         let n = MAC_KEY_LEN + key.len();
         let (pad_spans, material) = self.links.alloc_tx(next, n, batch)?;
         self.stats.link_key_spent += n as u64;
+        self.grants.spent_towards(next);
         if share.is_some() {
             self.stats.amd_key_bytes += AMD_OVERHEAD as u64;
         }
@@ -710,6 +718,10 @@ impl KeyManager {
                 seq,
                 links,
             } => self.on_link_state(now, from, origin, run, seq, links),
+            PeerMsg::LinkKeyWanted { bytes } => self.on_link_key_wanted(from, bytes),
+            PeerMsg::LinkKeyGranted { epoch, spans } => {
+                self.on_link_key_granted(now, from, epoch, &spans)
+            }
             PeerMsg::Hello {
                 store,
                 epoch,
@@ -877,7 +889,7 @@ impl KeyManager {
             return;
         }
         self.gc_rx(&from, pad, &mut batch);
-        if let Some(top) = pad.iter().map(|s| s.id).max() {
+        if let Some(top) = own_blocks(pad).max() {
             self.saw_link_spend(&from, top, &mut batch);
         }
         let mut key = Key::from_slice(ct);
@@ -1223,7 +1235,7 @@ impl KeyManager {
         self.retry_waiting_hops(now);
     }
 
-    fn retry_waiting_hops(&mut self, now: Instant) {
+    pub(crate) fn retry_waiting_hops(&mut self, now: Instant) {
         if self.relays.waiting.is_empty() || !self.relays.retry_due {
             return;
         }
@@ -1232,7 +1244,7 @@ impl KeyManager {
         let retried = hops.iter().filter(|h| h.deadline > now).count();
         // Oldest link key first, so garbage collection of the neighbour's half (`gc_rx`) never
         // overtakes a hop that is still to be retried.
-        hops.sort_by_key(|h| hop_pad(&h.msg).iter().map(|s| s.id).min().unwrap_or(0));
+        hops.sort_by_key(|h| hop_pad(&h.msg).iter().map(|s| s.block()).min().unwrap_or(0));
         for h in hops {
             if h.deadline > now {
                 let before = self.relays.waiting.len();

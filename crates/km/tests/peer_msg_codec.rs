@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use kagi_control::Topology;
 use kagi_keymat::Tag;
-use kagi_km::msgs::{AbortReason, AssignedKey, KeySource, RelayId, ShareInfo, Span};
+use kagi_km::msgs::{AbortReason, AssignedKey, KeySource, RelayId, ShareInfo, Span, GRANTED};
 use kagi_km::{
     Input, Instant, KeyManager, KmConfig, Limits, LinkAdvert, PeerMsg, Policy, Snapshot,
 };
@@ -25,7 +25,12 @@ fn node() -> impl Strategy<Value = String> {
 }
 
 fn span() -> impl Strategy<Value = Span> {
-    (0u64..8, 0u32..8192, 0u32..4096).prop_map(|(id, start, len)| Span { id, start, len })
+    // Some in bytes the receiver granted (flagged).
+    (0u64..8, any::<bool>(), 0u32..8192, 0u32..4096).prop_map(|(id, g, start, len)| Span {
+        id: if g { id | GRANTED } else { id },
+        start,
+        len,
+    })
 }
 
 fn relay_id() -> impl Strategy<Value = RelayId> {
@@ -196,6 +201,9 @@ fn msg() -> impl Strategy<Value = PeerMsg> {
                 seq,
                 links,
             }),
+        any::<u64>().prop_map(|bytes| PeerMsg::LinkKeyWanted { bytes }),
+        (any::<u64>(), prop::collection::vec(span(), 0..4))
+            .prop_map(|(epoch, spans)| PeerMsg::LinkKeyGranted { epoch, spans }),
     ]
 }
 

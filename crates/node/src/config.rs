@@ -366,7 +366,15 @@ pub struct PoolConfig {
     pub relay_chunk_bytes: u64,
     /// Relays in flight per destination.
     pub max_in_flight: u32,
+    /// Adaptive direction split of link key: an end short of link key asks its neighbour,
+    /// which grants the rest of its oldest blocks beyond its reserve (off by default).
+    pub link_grants: bool,
+    /// Link key of its own half each end keeps when granting (and below which it asks).
+    pub link_grant_reserve_bytes: u64,
 }
+
+/// Bounds of `[pool] link_grant_reserve_bytes`.
+pub const LINK_GRANT_RESERVE_RANGE: std::ops::RangeInclusive<u64> = 1024..=(1 << 30);
 
 impl Default for PoolConfig {
     fn default() -> Self {
@@ -375,7 +383,32 @@ impl Default for PoolConfig {
             low_water: 0.5,
             relay_chunk_bytes: 4096,
             max_in_flight: 4,
+            link_grants: false,
+            link_grant_reserve_bytes: kagi_km::LinkGrantPolicy::default().reserve_bytes,
         }
+    }
+}
+
+impl PoolConfig {
+    /// Checks the link grant reserve is within [`LINK_GRANT_RESERVE_RANGE`].
+    pub fn validate(&self) -> Result<(), String> {
+        let r = self.link_grant_reserve_bytes;
+        if !LINK_GRANT_RESERVE_RANGE.contains(&r) {
+            return Err(format!(
+                "link_grant_reserve_bytes = {r} must be between {} and {}",
+                LINK_GRANT_RESERVE_RANGE.start(),
+                LINK_GRANT_RESERVE_RANGE.end()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The core's grant policy (`None` when grants are off).
+    pub fn link_grant_policy(&self) -> Option<kagi_km::LinkGrantPolicy> {
+        self.link_grants.then(|| kagi_km::LinkGrantPolicy {
+            reserve_bytes: self.link_grant_reserve_bytes,
+            ..Default::default()
+        })
     }
 }
 
@@ -417,6 +450,9 @@ impl NodeConfig {
         cfg.delivery
             .validate()
             .map_err(|e| anyhow::anyhow!("{}: [delivery]: {e}", path.display()))?;
+        cfg.pool
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{}: [pool]: {e}", path.display()))?;
         cfg.source = Some(path.to_path_buf());
         if let Some(p) = cfg.store.seal.key_file.as_mut() {
             if p.is_relative() {
@@ -430,6 +466,23 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_grants_are_off_by_default_and_the_reserve_is_bounded() {
+        let p: PoolConfig = toml::from_str("").unwrap();
+        assert_eq!(p.link_grant_policy(), None);
+        p.validate().unwrap();
+        let p: PoolConfig =
+            toml::from_str("link_grants = true\nlink_grant_reserve_bytes = 65536").unwrap();
+        assert_eq!(p.link_grant_policy().unwrap().reserve_bytes, 65536);
+        for bad in ["0", "1023", "1073741825"] {
+            let p: PoolConfig =
+                toml::from_str(&format!("link_grant_reserve_bytes = {bad}")).unwrap();
+            let err = p.validate().unwrap_err();
+            assert!(err.contains("link_grant_reserve_bytes"), "{err}");
+        }
+        assert!(toml::from_str::<PoolConfig>("link_grant_reserve_bytes = -1").is_err());
+    }
 
     #[test]
     fn a_store_that_can_reserve_key_after_power_loss_is_refused_unless_named_unsafe() {

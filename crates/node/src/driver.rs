@@ -928,6 +928,7 @@ pub fn km_config(cfg: &crate::config::NodeConfig, topo: Arc<kagi_control::Topolo
             pool_low_water: p.low_water,
             relay_chunk_bytes: p.relay_chunk_bytes.clamp(32, 1 << 20) as u32,
             max_relays_in_flight: p.max_in_flight.max(1),
+            link_grants: p.link_grant_policy(),
             routing: cfg.routing.to_policy(),
             peers: match cfg.peers.connect {
                 crate::config::PeerConnect::All => kagi_km::PeerScope::All,

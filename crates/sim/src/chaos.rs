@@ -47,6 +47,9 @@ pub struct ChaosConfig {
     pub chaos: Duration,
     /// The slaves' grace to fetch again after a lost reply ([`Policy::slave_grace`]).
     pub grace: Duration,
+    /// Link key grants between the ends of each link ([`Policy::link_grants`]); off by default
+    /// like the core's, so the seeds replay as before.
+    pub link_grants: bool,
 }
 
 impl Default for ChaosConfig {
@@ -63,6 +66,7 @@ impl Default for ChaosConfig {
             p_msg: 0.03,
             chaos: Duration::from_millis(2500),
             grace: Policy::default().slave_grace,
+            link_grants: false,
         }
     }
 }
@@ -85,6 +89,11 @@ pub struct ChaosReport {
     pub lost_with_store: usize,
     /// Faults injected.
     pub faults: FaultCounts,
+    /// Link pad bytes honest nodes sent hops with, each checked spent once (`Sim::check_pads`).
+    pub pad_bytes: u64,
+    /// Link key bytes honest nodes granted their neighbours, as counted by the nodes' final
+    /// runs (counts restart with each run).
+    pub link_key_granted: u64,
 }
 
 impl ChaosReport {
@@ -96,6 +105,8 @@ impl ChaosReport {
         self.window += r.window;
         self.window_lost += r.window_lost;
         self.lost_with_store += r.lost_with_store;
+        self.pad_bytes += r.pad_bytes;
+        self.link_key_granted += r.link_key_granted;
         let (f, t) = (&r.faults, &mut self.faults);
         t.crashes += f.crashes;
         t.power_losses += f.power_losses;
@@ -162,6 +173,8 @@ pub fn run(seed: u64, cfg: &ChaosConfig) -> ChaosReport {
         pool_target_bytes: 4 * 1024,
         relay_chunk_bytes: 512,
         slave_grace: cfg.grace,
+        // Grants move link key between the ends under every fault; the pad ledger checks them.
+        link_grants: cfg.link_grants.then(Default::default),
         ..Policy::default()
     };
     let faults = Faults {
@@ -174,6 +187,7 @@ pub fn run(seed: u64, cfg: &ChaosConfig) -> ChaosReport {
     };
     let hostile: &[&str] = if cfg.hostile { &["x"] } else { &[] };
     let mut sim = Sim::with_hostile(topology(), hostile, seed, faults, supply, policy);
+    sim.check_pads();
     let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x00c4_a05c_4a05);
     let mut x = cfg.hostile.then(|| Hostile::new("x", seed));
     let mut report = ChaosReport::default();
@@ -338,6 +352,12 @@ pub fn run(seed: u64, cfg: &ChaosConfig) -> ChaosReport {
     report.window_lost = sim.oracle().grace_lost();
     report.lost_with_store = sim.oracle().lost_with_store();
     report.faults = sim.counts.clone();
+    report.pad_bytes = sim.pad_bytes();
+    report.link_key_granted = HONEST
+        .iter()
+        .filter_map(|n| sim.node(n))
+        .map(|km| km.stats().link_key_granted_out)
+        .sum();
     report
 }
 

@@ -15,6 +15,7 @@ pub mod chaos;
 pub mod hostile;
 mod net;
 pub mod oracle;
+pub mod pads;
 pub mod plan;
 pub mod study;
 

@@ -215,6 +215,9 @@ pub struct Sim {
     pub counts: FaultCounts,
     /// A hash of every event and message, for the determinism check.
     pub trace_hash: u64,
+    /// Link pad bytes honest nodes sent hops with (`None`: not checked; see
+    /// [`Sim::check_pads`]).
+    pads: Option<crate::pads::PadLedger>,
 }
 
 impl Sim {
@@ -269,6 +272,7 @@ impl Sim {
             last_block: vec![None; topo.links.len()],
             counts: FaultCounts::default(),
             trace_hash: 0xcbf2_9ce4_8422_2325,
+            pads: None,
         };
         for n in &topo.nodes {
             sim.nodes.insert(
@@ -434,6 +438,19 @@ impl Sim {
                 Action::Send { to, msg } => {
                     self.mix(1);
                     self.mix_bytes(&msg.encode());
+                    // Links to a hostile node: it holds the whole link key anyway (and sends no
+                    // honest `Seen` to protect a restored neighbour's half), so nothing is checked.
+                    let honest = self.nodes.get(&to).is_some_and(|n| !n.hostile);
+                    if let (
+                        Some(p),
+                        PeerMsg::RelayHop { pad, .. } | PeerMsg::ShareHop { pad, .. },
+                        true,
+                    ) = (self.pads.as_mut(), &msg, honest)
+                    {
+                        if let Err(e) = p.spend(id, &to, pad) {
+                            panic!("seed {}: {e}", self.seed);
+                        }
+                    }
                     if let Some((f, left)) = self.drop_msgs.as_mut() {
                         if *left > 0 && f(id, &to, &msg) {
                             *left -= 1;
@@ -1011,6 +1028,17 @@ impl Sim {
     /// Messages honest nodes sent to hostile ones since the last call: `(hostile, from, msg)`.
     pub fn take_hostile_inbox(&mut self) -> Vec<(String, String, PeerMsg)> {
         std::mem::take(&mut self.hostile_inbox)
+    }
+
+    /// From now on, panics (with the seed) when an honest node sends a relay hop with link pad
+    /// bytes that were sent with before, by either end of the link.
+    pub fn check_pads(&mut self) {
+        self.pads.get_or_insert_with(Default::default);
+    }
+
+    /// Link pad bytes recorded since [`check_pads`](Self::check_pads).
+    pub fn pad_bytes(&self) -> u64 {
+        self.pads.as_ref().map_or(0, |p| p.bytes)
     }
 
     /// The bytes of block `block` of link number `link` (both halves), as both ends get them.
