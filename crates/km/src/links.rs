@@ -47,6 +47,29 @@ pub(crate) struct Link {
 /// Most spans one grant names.
 pub(crate) const MAX_GRANT_SPANS: usize = 256;
 
+/// Records what is left of block `id` of the neighbour's half after a take: its new state, or
+/// its removal once every byte of it is spent.
+fn settle_rx(rx: &mut BTreeMap<u64, KeyBuf>, peer: &str, id: u64, batch: &mut Vec<Record>) {
+    let Some(buf) = rx.get(&id) else {
+        return;
+    };
+    if buf.exhausted() {
+        rx.remove(&id);
+        batch.push(Record::LinkBlockGone {
+            peer: peer.to_string(),
+            half: Half::Rx,
+            block: id,
+        });
+    } else {
+        batch.push(Record::LinkBlock {
+            peer: peer.to_string(),
+            half: Half::Rx,
+            block: id,
+            buf: KeyBufParts::from(buf),
+        });
+    }
+}
+
 /// A buffer holding granted bytes at their place in the block: `[0, start)` counts as spent, so
 /// the grantee spends sequentially from `start` and span offsets mean the same at both ends.
 fn grant_buf(start: u32, bytes: Key) -> KeyBuf {
@@ -329,24 +352,9 @@ impl Links {
                 }
                 continue;
             }
-            let buf = link.rx.get_mut(&s.id)?;
-            let k = buf.take(s.start, s.len).ok()?;
+            let k = link.rx.get_mut(&s.id)?.take(s.start, s.len).ok()?;
             out.extend_from(&k);
-            if buf.exhausted() {
-                link.rx.remove(&s.id);
-                batch.push(Record::LinkBlockGone {
-                    peer: peer.to_string(),
-                    half: Half::Rx,
-                    block: s.id,
-                });
-            } else {
-                batch.push(Record::LinkBlock {
-                    peer: peer.to_string(),
-                    half: Half::Rx,
-                    block: s.id,
-                    buf: KeyBufParts::from(&*buf),
-                });
-            }
+            settle_rx(&mut link.rx, peer, s.id, batch);
         }
         Some(out)
     }
@@ -537,21 +545,7 @@ impl Links {
             let Ok(k) = buf.take(s.start, s.len) else {
                 continue;
             };
-            if buf.exhausted() {
-                link.rx.remove(&s.id);
-                batch.push(Record::LinkBlockGone {
-                    peer: peer.to_string(),
-                    half: Half::Rx,
-                    block: s.id,
-                });
-            } else {
-                batch.push(Record::LinkBlock {
-                    peer: peer.to_string(),
-                    half: Half::Rx,
-                    block: s.id,
-                    buf: KeyBufParts::from(&*buf),
-                });
-            }
+            settle_rx(&mut link.rx, peer, s.id, batch);
             link.granted_in.insert(s.id, grant_buf(s.start, k));
             top = top.max(Some(s.id));
             bytes += u64::from(s.len);
