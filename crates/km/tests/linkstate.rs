@@ -17,13 +17,18 @@ use kagi_km::{
 const LINKS: [(&str, &str); 4] = [("a", "b"), ("b", "z"), ("a", "c"), ("c", "z")];
 
 fn topo() -> Arc<Topology> {
+    topology("diamond", &["a", "b", "c", "z"], &LINKS)
+}
+
+/// A topology of `nodes` (one SAE each, `sae-<node>`) and 10 km `links`.
+fn topology(name: &str, nodes: &[&str], links: &[(&str, &str)]) -> Arc<Topology> {
     Arc::new(Topology {
-        name: "diamond".into(),
+        name: name.into(),
         seed: 1,
         epoch_unix: 0,
         rate_multiplier: 1.0,
         insecure_demo_links: false,
-        nodes: ["a", "b", "c", "z"]
+        nodes: nodes
             .iter()
             .map(|n| NodeSpec {
                 id: n.to_string(),
@@ -31,7 +36,7 @@ fn topo() -> Arc<Topology> {
                 ..Default::default()
             })
             .collect(),
-        links: LINKS
+        links: links
             .iter()
             .map(|(a, b)| LinkSpec {
                 a: a.to_string(),
@@ -395,30 +400,7 @@ fn two_routes() -> Arc<Topology> {
         ("c1", "c2"),
         ("c2", "z"),
     ];
-    Arc::new(Topology {
-        name: "two-routes".into(),
-        seed: 1,
-        epoch_unix: 0,
-        rate_multiplier: 1.0,
-        insecure_demo_links: false,
-        nodes: ["a", "b1", "b2", "c1", "c2", "z"]
-            .iter()
-            .map(|n| NodeSpec {
-                id: n.to_string(),
-                saes: vec![format!("sae-{n}")],
-                ..Default::default()
-            })
-            .collect(),
-        links: links
-            .iter()
-            .map(|(a, b)| LinkSpec {
-                a: a.to_string(),
-                b: b.to_string(),
-                length_km: 10.0,
-                ..Default::default()
-            })
-            .collect(),
-    })
+    topology("two-routes", &["a", "b1", "b2", "c1", "c2", "z"], &links)
 }
 
 /// With heartbeats to neighbours only (`PeerScope::Neighbours`), a node two hops away that
