@@ -327,9 +327,20 @@ pub enum TopologyError {
 /// Largest demo speed-up of simulated links a topology may ask for (the demos use 4; far more
 /// would make every node generate link key faster than it can store it).
 pub const MAX_RATE_MULTIPLIER: f64 = 1000.0;
+/// Latest `epoch_unix` a topology may set (the end of year 9999): later would overflow the
+/// clock arithmetic of the link sources.
+pub const MAX_EPOCH_UNIX: u64 = 253_402_300_799;
 /// Longest link a topology may describe, km (a free-space link to a geostationary satellite is
 /// about 36,000 km; more is a typo).
 pub const MAX_LINK_KM: f64 = 100_000.0;
+
+/// `HOST:PORT` with a port other than 0.
+fn valid_addr(a: &str) -> bool {
+    a.rsplit_once(':')
+        .filter(|(host, _)| !host.is_empty())
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .is_some_and(|p| p > 0)
+}
 
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
@@ -403,11 +414,31 @@ impl Topology {
                 format!("{m} must be above 0 and at most {MAX_RATE_MULTIPLIER}"),
             ));
         }
+        if self.epoch_unix > MAX_EPOCH_UNIX {
+            return Err(TopologyError::BadSetting(
+                "epoch_unix".into(),
+                format!(
+                    "{} is after the year 9999 (at most {MAX_EPOCH_UNIX})",
+                    self.epoch_unix
+                ),
+            ));
+        }
         let mut ids = BTreeSet::new();
         let mut saes = BTreeSet::new();
         for n in &self.nodes {
             if !valid_id(&n.id) {
                 return Err(TopologyError::BadId(n.id.clone()));
+            }
+            for (field, addr) in [
+                ("peer_addr", &n.peer_addr),
+                ("etsi014_addr", &n.etsi014_addr),
+            ] {
+                if let Some(a) = addr.as_deref().filter(|a| !valid_addr(a)) {
+                    return Err(TopologyError::BadSetting(
+                        format!("nodes.{}.{field}", n.id),
+                        format!("{a:?} must be HOST:PORT with a port between 1 and 65535"),
+                    ));
+                }
             }
             if !ids.insert(n.id.as_str()) {
                 return Err(TopologyError::DuplicateNode(n.id.clone()));
@@ -839,5 +870,49 @@ mod tests {
             Topology::from_toml("nodes = 3"),
             Err(TopologyError::Parse(_))
         ));
+    }
+
+    /// Every number of a topology that can be negative, zero, NaN, infinite or absurdly large
+    /// is a clear error naming the field, never a panic or a silent wrap.
+    #[test]
+    fn bad_numbers_name_their_field() {
+        let node_a = "id = \"a\"\n        saes = [\"sa\"]";
+        let cases: &[(&str, &str, &str)] = &[
+            ("rate_multiplier = nan\n", "", "rate_multiplier"),
+            ("rate_multiplier = inf\n", "", "rate_multiplier"),
+            ("rate_multiplier = 0.0\n", "", "rate_multiplier"),
+            ("rate_multiplier = -2.0\n", "", "rate_multiplier"),
+            ("rate_multiplier = 1e9\n", "", "rate_multiplier"),
+            ("epoch_unix = 18446744073709551615\n", "", "epoch_unix"),
+            ("epoch_unix = -1\n", "", "epoch_unix"),
+            ("seed = -1\n", "", "seed"),
+            ("", "peer_addr = \"127.0.0.1:0\"", "nodes.a.peer_addr"),
+            ("", "peer_addr = \"127.0.0.1:70000\"", "nodes.a.peer_addr"),
+            ("", "etsi014_addr = \"127.0.0.1\"", "nodes.a.etsi014_addr"),
+            ("", "etsi014_addr = \":8000\"", "nodes.a.etsi014_addr"),
+            ("", "lat = 91.0\n        lon = 0.0", "lat"),
+            ("", "lat = nan\n        lon = 0.0", "lat"),
+        ];
+        for (top, node, field) in cases {
+            let text = format!(
+                "{top}{}",
+                T.replacen(node_a, &format!("{node_a}\n        {node}"), 1)
+            );
+            let err = Topology::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(field), "{top}{node}: {err}");
+        }
+        for (value, field) in [
+            ("length_km = nan", "length_km"),
+            ("length_km = inf", "length_km"),
+            ("length_km = -1.0", "length_km"),
+            ("length_km = 1e12", "length_km"),
+            ("length_km = 10.0\n        cost = -1.0", "cost"),
+            ("length_km = 10.0\n        cost = nan", "cost"),
+            ("length_km = 10.0\n        seed = -5", "seed"),
+        ] {
+            let text = T.replace("length_km = 10.0", value);
+            let err = Topology::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(field), "{value}: {err}");
+        }
     }
 }

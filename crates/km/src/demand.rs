@@ -39,12 +39,15 @@ impl Recent {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Demand {
     per_dest: BTreeMap<NodeId, Recent>,
+    /// Bumped on every [`note`](Demand::note) (see `crate::quiet`).
+    version: u64,
 }
 
 impl Demand {
     /// An application asked for `bytes` of key to `dest` (served or not: a refused request is
     /// demand too).
     pub(crate) fn note(&mut self, dest: &str, bytes: u64, now: Instant, p: &Policy) {
+        self.version += 1;
         let w = window_s(p);
         let e = self.per_dest.entry(dest.to_string()).or_insert(Recent {
             bytes: 0.0,
@@ -64,6 +67,46 @@ impl Demand {
         self.per_dest
             .get(dest)
             .is_some_and(|r| now.saturating_since(r.at) < p.demand_window)
+    }
+
+    /// Changes whenever demand is noted.
+    pub(crate) fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// A time, not after `now` when it is already so, by which [`target`](Self::target) for
+    /// `dest` may have decayed to `have` bytes or less if no demand is noted meanwhile; never
+    /// later than the first time it does. `None`: it never does (the floor is above `have`).
+    pub(crate) fn may_fall_to(
+        &self,
+        dest: &str,
+        have: u64,
+        now: Instant,
+        p: &Policy,
+    ) -> Option<Instant> {
+        let floor = p.idle_floor_bytes.min(p.pool_target_bytes);
+        if floor > have {
+            return None;
+        }
+        if have >= p.pool_target_bytes || have == 0 {
+            return Some(now);
+        }
+        let Some(r) = self.per_dest.get(dest) else {
+            return Some(now); // the floor, at most `have`
+        };
+        let w = window_s(p);
+        // target = ceil(A · exp(-age / w)) clamped, with A at age 0; it is at most `have` once
+        // A · exp(-age / w) ≤ have. A millisecond early covers rounding.
+        let a = r.bytes / w * p.pool_horizon.as_secs_f64() + r.peak;
+        if !(a.is_finite() && a > have as f64) {
+            return Some(now);
+        }
+        let age = w * (a / have as f64).ln() - 1e-3;
+        if !(age.is_finite() && age > 0.0) {
+            return Some(now);
+        }
+        let at = r.at + std::time::Duration::from_secs_f64(age);
+        Some(if at > now { at } else { now })
     }
 
     /// Bytes of key to keep ready for `dest` now.

@@ -64,7 +64,8 @@ impl KeyManager {
             if !self.is_reconciled(&peer) || self.routing.is_down(&peer) {
                 continue;
             }
-            if self.links.tx_free(&peer) >= g.reserve_bytes {
+            // Held, reserved or not: a reservation on its way is no reason to ask for a grant.
+            if self.links.tx_held(&peer) >= g.reserve_bytes {
                 continue;
             }
             if self

@@ -168,10 +168,19 @@ pub(crate) fn take_sequential(
     m: &mut std::collections::BTreeMap<u64, KeyBuf>,
     n: u32,
 ) -> (Vec<crate::msgs::Span>, Key) {
+    take_sequential_from(m.iter_mut(), n)
+}
+
+/// [`take_sequential`] over some of a map's buffers (e.g. a range of block ids), in the
+/// iterator's order.
+pub(crate) fn take_sequential_from<'a>(
+    bufs: impl Iterator<Item = (&'a u64, &'a mut KeyBuf)>,
+    n: u32,
+) -> (Vec<crate::msgs::Span>, Key) {
     let mut spans = Vec::new();
     let mut out = Key::zeroed(0);
     let mut need = n;
-    for (&id, buf) in m.iter_mut() {
+    for (&id, buf) in bufs {
         if need == 0 {
             break;
         }

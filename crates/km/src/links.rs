@@ -12,12 +12,17 @@
 //! end can spend them as its own again. The granted bytes themselves live in memory only at
 //! both ends (`granted_in`, `granted_out`): a restart of either end discards them, so no
 //! restored store can spend them twice.
+//!
+//! An end spends its own half only up to a block the neighbour has durably recorded as
+//! reserved ([`Links::reserve_wanted`], protocol in `crate::reserve`): a store restored from an
+//! older copy learns from the neighbour's `Seen` every block it may have spent since, even on
+//! hops the neighbour never received, and drops them.
 
 use std::collections::BTreeMap;
 
 use kagi_keymat::Key;
 
-use crate::keybuf::{take_sequential, KeyBuf, KeyBufParts, TakeError};
+use crate::keybuf::{take_sequential, take_sequential_from, KeyBuf, KeyBufParts, TakeError};
 use crate::msgs::{NodeId, Span, GRANTED};
 use crate::record::{Half, Record};
 
@@ -42,6 +47,13 @@ pub(crate) struct Link {
     granted_in: BTreeMap<u64, KeyBuf>,
     /// Spans of our half we granted to the neighbour: it spends them, we check (memory only).
     granted_out: BTreeMap<u64, KeyBuf>,
+    /// Highest block of our half the neighbour recorded as reserved for this run: we spend
+    /// nothing of our half beyond it (memory only: a new run learns it from `Seen`).
+    reserved: Option<u64>,
+    /// Highest block asked for in a reservation not yet answered.
+    asking: Option<u64>,
+    /// This run took the neighbour's reservation from a `Seen` and dropped what it covers.
+    synced: bool,
 }
 
 /// Most spans one grant names.
@@ -134,6 +146,11 @@ impl Links {
         self.map.contains_key(peer)
     }
 
+    /// Every neighbour.
+    pub(crate) fn peers(&self) -> impl Iterator<Item = &NodeId> {
+        self.map.keys()
+    }
+
     /// What each link holds, neighbour order.
     pub(crate) fn held(&self) -> impl Iterator<Item = (&NodeId, LinkHeld)> {
         self.map.iter().map(|(p, l)| {
@@ -223,11 +240,107 @@ impl Links {
         self.own_tx_free(peer) + self.granted_in_free(peer)
     }
 
-    /// Free bytes of this node's own half of the link to `peer`.
+    /// Free bytes of this node's own half of the link to `peer` that it may spend now: in
+    /// blocks the neighbour reserved for it.
     pub(crate) fn own_tx_free(&self, peer: &str) -> u64 {
+        self.map.get(peer).map_or(0, |l| {
+            l.reserved.map_or(0, |r| {
+                l.tx.range(..=r)
+                    .map(|(_, b)| u64::from(b.tail_free()))
+                    .sum()
+            })
+        })
+    }
+
+    /// Free bytes this node holds towards `peer`, reserved or not: its own half and what the
+    /// neighbour granted it.
+    pub(crate) fn tx_held(&self, peer: &str) -> u64 {
+        self.own_tx_held(peer) + self.granted_in_free(peer)
+    }
+
+    /// Free bytes of this node's own half of the link to `peer`, reserved or not.
+    fn own_tx_held(&self, peer: &str) -> u64 {
         self.map
             .get(peer)
             .map_or(0, |l| l.tx.values().map(|b| u64::from(b.tail_free())).sum())
+    }
+
+    /// The block to ask the neighbour `peer` to reserve next, if one is due: when less than
+    /// half of `ahead` bytes are left in reserved blocks and no request for as much is
+    /// outstanding, the block by which `ahead` free bytes are covered (or the newest one held).
+    /// A larger `ahead` hides the round trip better and costs more at a restart (reserved
+    /// bytes left unspent are dropped then).
+    pub(crate) fn reserve_wanted(&self, peer: &str, ahead: u64) -> Option<u64> {
+        let l = self.map.get(peer)?;
+        if self.own_tx_free(peer) >= ahead / 2 {
+            return None;
+        }
+        let mut free = 0u64;
+        let mut upto = None;
+        for (id, b) in &l.tx {
+            free += u64::from(b.tail_free());
+            upto = Some(*id);
+            if free >= ahead {
+                break;
+            }
+        }
+        let upto = upto?;
+        let known = l.reserved.max(l.asking);
+        known.is_none_or(|k| upto > k).then_some(upto)
+    }
+
+    /// A reservation up to `upto` was asked for (answer pending).
+    pub(crate) fn asking(&mut self, peer: &str, upto: u64) {
+        if let Some(l) = self.map.get_mut(peer) {
+            l.asking = l.asking.max(Some(upto));
+        }
+    }
+
+    /// The outstanding reservation request towards `peer`, if any.
+    pub(crate) fn asked(&self, peer: &str) -> Option<u64> {
+        self.map.get(peer).and_then(|l| l.asking)
+    }
+
+    /// The neighbour `peer` recorded our half as reserved up to `upto`: spend up to there.
+    pub(crate) fn reserved(&mut self, peer: &str, upto: u64) {
+        if let Some(l) = self.map.get_mut(peer) {
+            l.reserved = l.reserved.max(Some(upto));
+            if l.asking.is_some_and(|a| a <= upto) {
+                l.asking = None;
+            }
+        }
+    }
+
+    /// The first `Seen` of this run from `peer` says it reserved our half up to `reserved`:
+    /// every block an earlier run (of this store or of a copy of it) may have spent. Drops our
+    /// half up to there, once per run (later `Seen`s would only drop what this run reserved
+    /// and did not spend yet). Returns the unspent bytes dropped.
+    pub(crate) fn sync_reserved(
+        &mut self,
+        peer: &str,
+        reserved: Option<u64>,
+        batch: &mut Vec<Record>,
+    ) -> u64 {
+        let Some(l) = self.map.get_mut(peer) else {
+            return 0;
+        };
+        if std::mem::replace(&mut l.synced, true) {
+            return 0;
+        }
+        let Some(r) = reserved else {
+            return 0;
+        };
+        l.reserved = l.reserved.max(Some(r));
+        drop_where(&mut l.tx, peer, Half::Tx, |id| id <= r, batch)
+    }
+
+    /// Forgets the reservation of our half at `peer` (a new store of it holds none of ours,
+    /// or this run has not heard its `Seen` yet).
+    pub(crate) fn clear_reserved(&mut self, peer: &str) {
+        if let Some(l) = self.map.get_mut(peer) {
+            l.reserved = None;
+            l.asking = None;
+        }
     }
 
     /// Free bytes the neighbour `peer` granted this node.
@@ -259,7 +372,11 @@ impl Links {
         for s in &mut spans {
             s.id |= GRANTED;
         }
-        let (own, rest) = take_sequential(&mut link.tx, n as u32 - from_granted);
+        // Only reserved blocks: `tx_free` counted no others.
+        let (own, rest) = match link.reserved {
+            Some(r) => take_sequential_from(link.tx.range_mut(..=r), n as u32 - from_granted),
+            None => (Vec::new(), Key::zeroed(0)),
+        };
         out.extend_from(&rest);
         spans.extend_from_slice(&own);
         for s in &own {
@@ -476,7 +593,7 @@ impl Links {
         reserve: u64,
         batch: &mut Vec<Record>,
     ) -> Vec<Span> {
-        let mut left = self.own_tx_free(peer);
+        let mut left = self.own_tx_held(peer);
         let Some(link) = self.map.get_mut(peer) else {
             return Vec::new();
         };

@@ -69,6 +69,26 @@ pub enum Input {
     },
 }
 
+/// Inputs that change what refill reads only through the counters of its fingerprint (pools,
+/// relays in flight, demand, congestion windows, route generation): the frequent ones. Every
+/// other input may change which peers reconciled (`Hello`, `Seen`, a peer up or down) and lets
+/// the next refill tick run (see `crate::quiet`).
+fn keeps_refill_quiet(input: &Input) -> bool {
+    matches!(
+        input,
+        Input::LinkKeys { .. }
+            | Input::Stored { .. }
+            | Input::Peer {
+                msg: PeerMsg::Heartbeat
+                    | PeerMsg::LinkState { .. }
+                    | PeerMsg::RelayHop { .. }
+                    | PeerMsg::ShareHop { .. }
+                    | PeerMsg::RelayAck { .. },
+                ..
+            }
+    )
+}
+
 /// Counters for metrics and benchmarks (no key bytes).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeStats {
@@ -138,6 +158,9 @@ pub struct NodeStats {
     pub revokes_given_up: u64,
     /// Requests refused for lack of key.
     pub refused_no_key: u64,
+    /// Requests refused because their priority may not take a low pool below its reserve
+    /// (`[quotas.reserve]`).
+    pub refused_for_priority: u64,
     /// End-to-end key bytes ready in out-pools now.
     pub pool_bytes: u64,
     /// Link key bytes held now (both halves).
@@ -221,6 +244,7 @@ pub struct KeyManager {
     pub(crate) delivery: crate::delivery::Delivery,
     /// Asks for link key grants (see [`crate::grants`]).
     pub(crate) grants: crate::grants::Grants,
+    pub(crate) reserves: crate::reserve::Reserves,
     /// Revocations waiting for acknowledgement, and assignments revoked here (see
     /// [`crate::revoke`]).
     pub(crate) revokes: crate::revoke::Revokes,
@@ -268,6 +292,7 @@ impl KeyManager {
             reconcile: Reconcile::new(0, 0, Default::default(), now),
             delivery: Default::default(),
             grants: Default::default(),
+            reserves: Default::default(),
             revokes: Default::default(),
             now,
             cfg,
@@ -276,6 +301,7 @@ impl KeyManager {
         let mut store = None;
         let mut marks = std::collections::BTreeMap::new();
         let mut forks = std::collections::BTreeMap::new();
+        let mut reserved = std::collections::BTreeMap::new();
         let mut next_run = 1;
         for r in snap.records {
             match r {
@@ -371,6 +397,9 @@ impl KeyManager {
                     );
                 }
                 Record::OpenAssign { seq, nodes } => km.restore_open_assign(now, seq, nodes),
+                Record::PeerLinkReserved { peer, block } => {
+                    reserved.insert(peer, block);
+                }
                 Record::LinkBlockGone { .. }
                 | Record::ChunkGone { .. }
                 | Record::PendingRelayGone { .. }
@@ -386,6 +415,7 @@ impl KeyManager {
         }
         km.reconcile = Reconcile::new(0, 0, marks, now);
         km.reconcile.restore_forks(forks);
+        km.reconcile.restore_reserved(reserved);
         km.start_reconcile(store, next_run, now);
         km
     }
@@ -423,20 +453,37 @@ impl KeyManager {
         s
     }
 
+    /// Skips refill ticks that cannot change anything (`true`, the default) or runs every one
+    /// (`false`): the same behaviour, more CPU; for tests that check the skip event for event.
+    #[doc(hidden)]
+    pub fn skip_quiet_refills(&mut self, on: bool) {
+        self.relays.skip_quiet_refills(on);
+    }
+
+    /// Refill ticks skipped so far because they could not change anything.
+    #[doc(hidden)]
+    pub fn quiet_refills_skipped(&self) -> u64 {
+        self.relays.quiet_refills_skipped()
+    }
+
     /// Bytes of end-to-end key ready for masters here with slaves at `dest`.
     pub fn pool_free(&self, dest: &str) -> u64 {
         self.pools.out_free(dest)
     }
 
-    /// Free bytes of this node's half of the link to `peer`.
+    /// Free bytes this node holds towards `peer` (its half and what the neighbour granted it),
+    /// whether the neighbour has reserved them for spending yet or not.
     pub fn link_tx_free(&self, peer: &str) -> u64 {
-        self.links.tx_free(peer)
+        self.links.tx_held(peer)
     }
 
     /// Feeds one input. Drain [`poll_action`](Self::poll_action) afterwards.
     pub fn handle(&mut self, now: Instant, input: Input) {
         self.now = self.now.max(now);
         self.relays.note_input();
+        if !keeps_refill_quiet(&input) {
+            self.relays.wake_refill();
+        }
         match input {
             Input::Stored { write, ok } => self.on_stored(write, ok),
             _ if self.fenced => {
@@ -485,6 +532,7 @@ impl KeyManager {
             self.next_refill = now + self.cfg.policy.refill_interval;
             self.refill(now);
             self.ask_link_key(now);
+            self.retry_reserves(now);
         }
     }
 

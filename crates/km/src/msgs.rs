@@ -296,6 +296,11 @@ pub enum PeerMsg {
         /// back (0: none): the store forked from an older copy at or before that run, and slave
         /// keys of that run or later were applied after the restore.
         fork_run: u64,
+        /// Highest block of the sender's transmit half of their link that the sender reserved
+        /// here ([`PeerMsg::LinkReserve`]) and so may have spent, seen here or not: the sender
+        /// drops what is left of it and of older blocks (a copy of its store restored from
+        /// before those spends still holds them as unspent).
+        link_reserved: Option<u64>,
     },
     /// An assignment named chunks of the sender's pool for this node that this node does not
     /// hold (its store was lost or restored from an older copy since they were relayed): the
@@ -352,6 +357,24 @@ pub enum PeerMsg {
         epoch: u64,
         /// The spans given, in the sender's half (no [`GRANTED`] flag).
         spans: Vec<Span>,
+    },
+    /// The sender is about to spend its half of their link up to block `upto`: the receiver
+    /// records that durably, then answers [`PeerMsg::LinkReserved`]. A node spends no byte of
+    /// its half beyond an answered reservation, so the neighbour always knows, whatever copy of
+    /// the sender's store comes back, which of the sender's blocks may have been spent (on
+    /// hops it never received too) and reports it in `Seen`.
+    LinkReserve {
+        /// Highest block of the sender's half it wants to spend.
+        upto: u64,
+    },
+    /// The answer to [`PeerMsg::LinkReserve`]: the sender (the receiver's neighbour) durably
+    /// recorded that the receiver may spend its half up to block `upto`.
+    LinkReserved {
+        /// The sender's store identity (a reservation recorded by an earlier store of the
+        /// sender, lost with it, is ignored).
+        store: u64,
+        /// Highest block reserved.
+        upto: u64,
     },
 }
 

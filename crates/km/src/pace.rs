@@ -51,6 +51,8 @@ impl Default for Window {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Pace {
     per_dest: BTreeMap<NodeId, Window>,
+    /// Bumped on every acknowledgement and loss (see `crate::quiet`).
+    version: u64,
 }
 
 impl Pace {
@@ -63,8 +65,24 @@ impl Pace {
         (w.cwnd.min(f64::from(cap)).floor() as u32).clamp(1, cap.max(1))
     }
 
+    /// Changes on every acknowledgement and loss.
+    pub(crate) fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The first end of a hold after `now`, if any destination is held back: the only way
+    /// [`allowed`](Self::allowed) changes with time alone.
+    pub(crate) fn next_release(&self, now: Instant) -> Option<Instant> {
+        self.per_dest
+            .values()
+            .map(|w| w.hold_until)
+            .filter(|t| *t > now)
+            .min()
+    }
+
     /// A relay to `dest` was acknowledged: open the window (never beyond `cap`).
     pub(crate) fn on_ack(&mut self, dest: &str, cap: u32) {
+        self.version += 1;
         let w = self.per_dest.entry(dest.to_string()).or_default();
         w.strikes = 0;
         w.cwnd += if w.cwnd < w.ssthresh {
@@ -78,6 +96,7 @@ impl Pace {
     /// A relay to `dest` was abandoned for lack of key on its path (or timed out): halve the
     /// window (of at most `cap`) and hold new relays back.
     pub(crate) fn on_loss(&mut self, dest: &str, now: Instant, cap: u32) {
+        self.version += 1;
         let w = self.per_dest.entry(dest.to_string()).or_default();
         w.cwnd = (w.cwnd.min(f64::from(cap.max(1))) / 2.0).max(1.0);
         w.ssthresh = w.cwnd;

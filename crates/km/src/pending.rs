@@ -13,11 +13,14 @@ pub(crate) struct PendingRelays {
     by_seq: BTreeMap<u64, PendingRelay>,
     /// Invariant: for every destination, the number of `by_seq` entries to it (never zero).
     per_dest: BTreeMap<NodeId, u64>,
+    /// Bumped on every insert and removal (see `crate::quiet`).
+    version: u64,
 }
 
 impl PendingRelays {
     /// Adds relay `seq` (replacing one with the same counter, which never happens in practice).
     pub(crate) fn insert(&mut self, seq: u64, relay: PendingRelay) {
+        self.version += 1;
         *self.per_dest.entry(relay.dest.clone()).or_default() += 1;
         if let Some(old) = self.by_seq.insert(seq, relay) {
             self.uncount(&old.dest);
@@ -27,6 +30,7 @@ impl PendingRelays {
     /// Removes relay `seq`.
     pub(crate) fn remove(&mut self, seq: &u64) -> Option<PendingRelay> {
         let p = self.by_seq.remove(seq)?;
+        self.version += 1;
         self.uncount(&p.dest);
         Some(p)
     }
@@ -38,6 +42,11 @@ impl PendingRelays {
                 self.per_dest.remove(dest);
             }
         }
+    }
+
+    /// Changes when a relay is added or removed.
+    pub(crate) fn version(&self) -> u64 {
+        self.version
     }
 
     /// Relay `seq`.

@@ -19,6 +19,8 @@ pub(crate) struct Pools {
     /// Unspent bytes of each out-pool (kept in step with `out`; pools hold thousands of chunks
     /// and this is read on every request and refill tick).
     out_free: BTreeMap<NodeId, u64>,
+    /// Bumped by every change that may move out-pool byte counts (see `crate::quiet`).
+    version: u64,
     inp: BTreeMap<NodeId, BTreeMap<u64, KeyBuf>>,
     /// The paths each out-pool chunk was relayed over, where known (chunks stored before paths
     /// were recorded, or relayed by a run that lost them, have none: "paths unknown").
@@ -30,6 +32,7 @@ pub(crate) struct Pools {
 impl Pools {
     /// Restores a chunk from the store; call [`recount`](Self::recount) after the last one.
     pub(crate) fn restore_chunk(&mut self, pool: Pool, chunk: u64, buf: KeyBuf) {
+        self.version += 1;
         let m = match pool {
             Pool::Out(d) => self.out.entry(d).or_default(),
             Pool::In(o) => self.inp.entry(o).or_default(),
@@ -39,6 +42,7 @@ impl Pools {
 
     /// Restores the paths of an out-pool chunk.
     pub(crate) fn restore_route(&mut self, pool: &Pool, chunk: u64, route: RelayRoute) {
+        self.version += 1;
         if let Pool::Out(d) = pool {
             self.out_routes
                 .entry(d.clone())
@@ -71,6 +75,7 @@ impl Pools {
         n: usize,
         admit: impl Fn(&RelayRoute) -> bool,
     ) -> Option<(Vec<Span>, Key)> {
+        self.version += 1;
         if (self.out_free_where(dest, &admit) as usize) < n {
             return None;
         }
@@ -110,6 +115,7 @@ impl Pools {
 
     /// Recomputes the out-pool byte counts after a restore.
     pub(crate) fn recount(&mut self) {
+        self.version += 1;
         self.out_free = self
             .out
             .iter()
@@ -120,6 +126,11 @@ impl Pools {
                 )
             })
             .collect();
+    }
+
+    /// Changes whenever out-pool byte counts may have changed.
+    pub(crate) fn version(&self) -> u64 {
+        self.version
     }
 
     /// Bytes of end-to-end key ready for masters here with slaves at `dest`.
@@ -158,6 +169,7 @@ impl Pools {
         key: Key,
         route: Option<RelayRoute>,
     ) -> Record {
+        self.version += 1;
         let buf = KeyBuf::new(key);
         let pool = Pool::Out(dest.to_string());
         let parts = KeyBufParts::from(&buf);
@@ -205,6 +217,7 @@ impl Pools {
 
     /// Takes `n` bytes from the out-pool for `dest`, oldest chunks first.
     pub(crate) fn take_out(&mut self, dest: &str, n: usize) -> Option<(Vec<Span>, Key)> {
+        self.version += 1;
         if (self.out_free(dest) as usize) < n {
             return None;
         }
@@ -243,6 +256,7 @@ impl Pools {
         chunks: &[u64],
         batch: &mut Vec<Record>,
     ) -> u64 {
+        self.version += 1;
         let Some(p) = self.out.get_mut(dest) else {
             return 0;
         };
@@ -330,6 +344,7 @@ impl Pools {
 
     /// Drops these out-pool chunks (those still held).
     pub(crate) fn drop_out_chunks(&mut self, chunks: &[(NodeId, u64)], batch: &mut Vec<Record>) {
+        self.version += 1;
         for (d, c) in chunks {
             if let Some(p) = self.out.get_mut(d) {
                 if p.remove(c).is_some() {
@@ -348,6 +363,7 @@ impl Pools {
 
     /// Drops both pools shared with `peer` (it lost its copies).
     pub(crate) fn drop_pools_with(&mut self, peer: &str, batch: &mut Vec<Record>) {
+        self.version += 1;
         self.out_routes.remove(peer);
         for (pool, map) in [
             (Pool::Out(peer.to_string()), self.out.remove(peer)),

@@ -45,6 +45,7 @@ pub(crate) struct Seen {
     pub(crate) assign_floor: u64,
     pub(crate) link_rx_hw: Option<u64>,
     pub(crate) fork_run: u64,
+    pub(crate) link_reserved: Option<u64>,
 }
 
 /// The fields of a [`PeerMsg::Hello`].
@@ -99,6 +100,9 @@ pub(crate) struct Reconcile {
     marks: BTreeMap<NodeId, PeerMarks>,
     /// What this node judged of each peer's store (persisted).
     forks: BTreeMap<NodeId, Fork>,
+    /// Highest block of each neighbour's half it reserved here, i.e. may have spent
+    /// (persisted, only raised, kept across the neighbour's stores: dropping is always safe).
+    reserved: BTreeMap<NodeId, u64>,
     /// Each peer's current epoch, from its latest `Hello`.
     epochs: BTreeMap<NodeId, u64>,
     /// Each peer's current run number, from the same `Hello`.
@@ -124,6 +128,7 @@ impl Reconcile {
             run: 0,
             marks,
             forks: BTreeMap::new(),
+            reserved: BTreeMap::new(),
             epochs: BTreeMap::new(),
             runs: BTreeMap::new(),
             reconciled: BTreeSet::new(),
@@ -138,9 +143,39 @@ impl Reconcile {
         self.forks = forks;
     }
 
+    /// Restores the reservations neighbours made of their halves here.
+    pub(crate) fn restore_reserved(&mut self, reserved: BTreeMap<NodeId, u64>) {
+        self.reserved = reserved;
+    }
+
+    /// Raises `peer`'s reservation of its half to `upto`; returns the reservation now held and
+    /// the record to persist if it moved.
+    pub(crate) fn reserve(&mut self, peer: &str, upto: u64) -> (u64, Option<Record>) {
+        if let Some(&held) = self.reserved.get(peer).filter(|r| **r >= upto) {
+            return (held, None);
+        }
+        self.reserved.insert(peer.to_string(), upto);
+        let rec = Record::PeerLinkReserved {
+            peer: peer.to_string(),
+            block: upto,
+        };
+        (upto, Some(rec))
+    }
+
+    /// `peer`'s store identity as this node last heard it (0: never).
+    pub(crate) fn peer_store(&self, peer: &str) -> u64 {
+        self.marks.get(peer).map_or(0, |m| m.store)
+    }
+
     /// Whether `peer` answered this run's `Hello` (relays and assignments to it may go).
     pub(crate) fn is_reconciled(&self, peer: &str) -> bool {
         self.reconciled.contains(peer)
+    }
+
+    /// Marks `peer` reconciled without the exchange (unit tests of what follows it).
+    #[cfg(test)]
+    pub(crate) fn mark_reconciled(&mut self, peer: &str) {
+        self.reconciled.insert(peer.to_string());
     }
 
     /// Whether `epoch` is `peer`'s current run as announced to this run.
@@ -345,6 +380,8 @@ impl KeyManager {
                 tracing::warn!(peer = %from, "peer's store changed (database lost or replaced): discarding the key shared with it");
                 self.stats.peer_stores_replaced += 1;
                 self.forget_peer(&from, &mut batch);
+                // Our reservations were recorded by its lost store.
+                self.links.clear_reserved(&from);
             }
             // Marks of the old store only set floors for the new one: they prove nothing
             // about it.
@@ -442,6 +479,7 @@ impl KeyManager {
             assign_floor: m.assign_floor,
             link_rx_hw: m.link_rx_hw,
             fork_run: self.reconcile.fork_of(peer),
+            link_reserved: self.reconcile.reserved.get(peer).copied(),
         }
     }
 
@@ -488,6 +526,7 @@ impl KeyManager {
             assign_floor,
             link_rx_hw,
             fork_run,
+            link_reserved,
         } = seen;
         if epoch != self.reconcile.epoch {
             // An answer to an earlier run, or to a `Hello` of ours that arrived late (messages
@@ -550,6 +589,12 @@ impl KeyManager {
             // older one) might have been spent before a rollback; never use it again.
             self.stats.link_key_discarded += self.links.drop_tx_upto(&from, b, &mut batch);
         }
+        // Every block of our half up to the reservation may have been spent by an earlier
+        // run, on hops the neighbour never received too: a store restored from a copy taken
+        // before those spends holds them as unspent, and no counter the neighbour saw proves
+        // the copy older. Never use them again (a store that is not a copy loses only what it
+        // had reserved and not yet spent).
+        self.stats.link_key_discarded += self.links.sync_reserved(&from, link_reserved, &mut batch);
         if renewed {
             // Every node learns the new identity once it is durable (with `link_low` for the
             // link key discarded here), and answers it before anything goes to it again.
@@ -561,6 +606,7 @@ impl KeyManager {
         }
         self.reconcile.reconciled.insert(from.clone());
         self.revokes_on_reconciled(&from);
+        self.reserve_ahead(&from);
     }
 
     /// After a rollback is detected: the store takes a new identity and the run a new epoch,

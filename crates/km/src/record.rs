@@ -249,6 +249,16 @@ pub enum Record {
         /// Assignment counter.
         seq: u64,
     },
+    /// The neighbour `peer` may have spent its half of our link up to block `block` (upsert;
+    /// only ever raised): it asked before spending past its previous reservation
+    /// ([`PeerMsg::LinkReserve`](crate::PeerMsg::LinkReserve)), and every `Seen` to it reports
+    /// this, so a copy of its store restored from before those spends drops them.
+    PeerLinkReserved {
+        /// The neighbour.
+        peer: NodeId,
+        /// Highest block of its half it may have spent.
+        block: u64,
+    },
 }
 
 /// The node-disjoint paths one relay's shares travelled over: what a pool chunk records so that
@@ -334,6 +344,7 @@ impl Record {
             Record::OpenAssign { seq, .. } | Record::OpenAssignGone { seq } => {
                 ("open_assign", format!("{seq:020}"))
             }
+            Record::PeerLinkReserved { peer, .. } => ("peer_link_reserved", peer.clone()),
         }
     }
 

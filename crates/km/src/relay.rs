@@ -143,6 +143,8 @@ pub(crate) struct Relays {
     /// shares that were forgotten, or a retried hop that went on can change that. Timer ticks
     /// in between leave every waiting hop waiting, so retrying them then is skipped.
     retry_due: bool,
+    /// The last refill tick that changed nothing, to skip the next ones (see `crate::quiet`).
+    quiet: crate::quiet::QuietMark,
 }
 
 impl Default for Relays {
@@ -154,6 +156,7 @@ impl Default for Relays {
             next_seq: 1,
             plan_slots: PlanSlots::default(),
             retry_due: true,
+            quiet: Default::default(),
         }
     }
 }
@@ -253,6 +256,22 @@ impl Relays {
     /// Something outside the timers happened: waiting hops are to be retried.
     pub(crate) fn note_input(&mut self) {
         self.retry_due = true;
+    }
+
+    /// An input that may change what refill reads beyond the counters of its fingerprint
+    /// (which peers reconciled): the next refill tick runs.
+    pub(crate) fn wake_refill(&mut self) {
+        self.quiet.clear();
+    }
+
+    /// Skips quiet refill ticks (`true`, the default) or runs every one.
+    pub(crate) fn skip_quiet_refills(&mut self, on: bool) {
+        self.quiet.enable(on);
+    }
+
+    /// Refill ticks skipped as quiet so far.
+    pub(crate) fn quiet_refills_skipped(&self) -> u64 {
+        self.quiet.skipped()
     }
 
     /// Relays towards `dest` started here and not yet acknowledged.
@@ -369,6 +388,7 @@ impl KeyManager {
         self.linkstate.arrived(&peer, taken);
         self.stats.link_blocks_dropped += dropped;
         self.out.store(batch, vec![]);
+        self.reserve_ahead(&peer);
         self.retry_waiting_hops(now);
     }
 
@@ -410,6 +430,7 @@ impl KeyManager {
     ) -> Option<PeerMsg> {
         let n = MAC_KEY_LEN + key.len();
         let (pad_spans, material) = self.links.alloc_tx(next, n, batch)?;
+        self.reserve_ahead(next);
         self.stats.link_key_spent += n as u64;
         self.grants.spent_towards(next);
         if share.is_some() {
@@ -448,6 +469,15 @@ impl KeyManager {
     /// (`crate::pace`). Destinations with recent demand go first, then the emptiest pools, so
     /// scarce first-hop key goes where applications wait for it.
     pub(crate) fn refill(&mut self, now: Instant) {
+        // Route constraints expire with time alone: no tick is skipped while one is held.
+        let fingerprint = (!self.routing.has_any_demand()).then(|| self.refill_fingerprint());
+        if let Some(fp) = fingerprint {
+            if self.relays.quiet.skips(fp, now) {
+                return;
+            }
+        }
+        // Whether this tick tried to start a relay or changed which destinations refill.
+        let mut acted = false;
         let topo = self.topology();
         let p = self.cfg.policy.clone();
         self.relays
@@ -484,7 +514,7 @@ impl KeyManager {
                 // Most pools are full on most ticks: decide that before planning routes.
                 let have = self.pools.out_free(dest) + self.relays.in_flight(dest) * chunk;
                 if have >= target {
-                    self.refilling.remove(dest);
+                    acted |= self.refilling.remove(dest);
                     continue;
                 }
                 if !self.refilling.contains(dest) && have >= low {
@@ -522,7 +552,7 @@ impl KeyManager {
             let mut have = ready + in_flight * chunk;
             loop {
                 if have >= target {
-                    self.refilling.remove(dest);
+                    acted |= self.refilling.remove(dest);
                     break;
                 }
                 if !self.refilling.contains(dest) && have >= low {
@@ -531,6 +561,7 @@ impl KeyManager {
                 if in_flight >= allowed || (idle && idle_in_flight >= idle_cap) {
                     break;
                 }
+                acted = true;
                 self.refilling.insert(dest.to_string());
                 // Shared, not copied: only now, when a relay starts, is the plan itself read.
                 let plan = match &constrained_plan {
@@ -548,6 +579,35 @@ impl KeyManager {
                 have += chunk;
             }
         }
+        match fingerprint {
+            Some(fp) if !acted && fp == self.refill_fingerprint() => {
+                let wake = self.refill_wake(now, &p);
+                self.relays.quiet.set(fp, wake);
+            }
+            _ => self.relays.quiet.clear(),
+        }
+    }
+
+    /// Counters of change of what refill reads (see `crate::quiet`).
+    fn refill_fingerprint(&self) -> crate::quiet::Fingerprint {
+        crate::quiet::Fingerprint {
+            pools: self.pools.version(),
+            pending: self.relays.pending.version(),
+            demand: self.demand.version(),
+            pace: self.pace.version(),
+            routing: self.routing.generation(),
+        }
+    }
+
+    /// After a tick that changed nothing: the first time at which time alone may make the
+    /// next one act (a hold ending, a refilling destination's target falling to what it has).
+    fn refill_wake(&self, now: Instant, p: &crate::Policy) -> Option<Instant> {
+        let chunk = u64::from(p.relay_chunk_bytes);
+        let falls = self.refilling.iter().filter_map(|dest| {
+            let have = self.pools.out_free(dest) + self.relays.in_flight(dest) * chunk;
+            self.demand.may_fall_to(dest, have, now, p)
+        });
+        self.pace.next_release(now).into_iter().chain(falls).min()
     }
 
     /// The relay cap to `dest` (topology node `index`) under the policy's `(paths,
@@ -750,6 +810,7 @@ impl KeyManager {
                 assign_floor,
                 link_rx_hw,
                 fork_run,
+                link_reserved,
             } => self.on_seen(
                 from,
                 crate::reconcile::Seen {
@@ -760,8 +821,11 @@ impl KeyManager {
                     assign_floor,
                     link_rx_hw,
                     fork_run,
+                    link_reserved,
                 },
             ),
+            PeerMsg::LinkReserve { upto } => self.on_link_reserve(from, upto),
+            PeerMsg::LinkReserved { store, upto } => self.on_link_reserved(now, from, store, upto),
         }
     }
 

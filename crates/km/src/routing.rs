@@ -173,6 +173,12 @@ impl Routing {
         self.demand.insert(dest.to_string(), (c.clone(), until));
     }
 
+    /// Whether any route constraint is held for refill (expired ones included until refill
+    /// drops them).
+    pub(crate) fn has_any_demand(&self) -> bool {
+        !self.demand.is_empty()
+    }
+
     /// Whether relays to `dest` are asked to meet a constraint now (without cloning it).
     pub(crate) fn has_demand(&self, dest: &str, now: Instant) -> bool {
         self.demand.get(dest).is_some_and(|(_, until)| *until > now)

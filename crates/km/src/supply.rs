@@ -122,7 +122,9 @@ struct Routed {
 impl KeyManager {
     pub(crate) fn on_app(&mut self, now: Instant, req: ReqId, call: AppCall) {
         let reply = match call {
-            AppCall::Status { master, slave } => self.status(&master, &slave).map(AppReply::Status),
+            AppCall::Status { master, slave } => {
+                self.status(now, &master, &slave).map(AppReply::Status)
+            }
             AppCall::EncKeys {
                 master,
                 slave,
@@ -173,7 +175,22 @@ impl KeyManager {
         }
     }
 
-    fn status(&self, master: &str, slave: &str) -> Result<StatusInfo, Refusal> {
+    /// The priority of `master`'s requests for `slave`, and the bytes of the pool towards
+    /// `node` they may not take (its share of the pool's current target, `[quotas.reserve]`).
+    fn priority_reserve(
+        &self,
+        now: Instant,
+        master: &str,
+        slave: &str,
+        node: &str,
+    ) -> (crate::quota::Priority, u64) {
+        let q = self.quotas.config();
+        let p = q.priority_of(master, slave);
+        let target = self.demand.target(node, now, &self.cfg.policy);
+        (p, q.reserve_bytes(p, target))
+    }
+
+    fn status(&self, now: Instant, master: &str, slave: &str) -> Result<StatusInfo, Refusal> {
         self.require_local(master, "master")?;
         let target = self
             .sae_node(slave)
@@ -185,8 +202,10 @@ impl KeyManager {
             max_key_count
         } else {
             // A refill overshoots a target that is not a whole number of relay chunks; the
-            // standard's count of stored keys never exceeds its maximum.
-            (self.pools.out_free(&target) / unit).min(max_key_count)
+            // standard's count of stored keys never exceeds its maximum. Key held back from
+            // this master's priority is not counted: it could not be served to it.
+            let (_, reserve) = self.priority_reserve(now, master, slave, &target);
+            (self.pools.out_free(&target).saturating_sub(reserve) / unit).min(max_key_count)
         };
         Ok(StatusInfo {
             source_kme_id: self.me().to_string(),
@@ -298,6 +317,21 @@ impl KeyManager {
                     need
                 )));
             }
+            // Priorities: a request may not take the pool below its priority's reserve, so a
+            // flood from low-priority applications leaves key for high-priority ones.
+            let (priority, reserve) = self.priority_reserve(now, &master, &slave, node);
+            let free = self.pools.out_free(node);
+            if free.saturating_sub(need as u64) < reserve {
+                self.stats.refused_for_priority += 1;
+                let pct = self.quotas.config().reserve.percent(priority);
+                return Err(Refusal::Unavailable(format!(
+                    "the key pool for slave KME {node} is low ({free} bytes ready) and the \
+                     priority of SAE {master} for SAE {slave} ({priority}) may not take it \
+                     below {reserve} bytes ({pct} % of its current target, [quotas.reserve] \
+                     {priority}_percent): that key is kept for higher-priority applications; \
+                     retry shortly"
+                )));
+            }
             if !self.is_reconciled(node) {
                 return Err(Refusal::Unavailable(format!(
                     "this KME has not yet reconciled its state with slave KME {node} since one \
@@ -305,8 +339,10 @@ impl KeyManager {
                 )));
             }
         }
-        // The master's key rate limit, charged only for a request that is served.
-        self.quotas.charge(now, &master, (n * bytes) as u64)?;
+        // The master's and its pairs' key rate limits, charged only for a request that is
+        // served.
+        self.quotas
+            .charge(now, &master, &slaves, (n * bytes) as u64)?;
         let mut batch = Vec::new();
         let mut keys = Vec::with_capacity(n);
         let mut per_node: BTreeMap<NodeId, Vec<AssignedKey>> = BTreeMap::new();
@@ -783,5 +819,115 @@ impl KeyManager {
         for (to, msg) in resend {
             self.out.send(to, msg);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use kagi_control::Topology;
+    use kagi_keymat::Key;
+
+    use super::*;
+    use crate::config::{KmConfig, Limits, Policy};
+    use crate::quota::{Priority, QuotaConfig, SaeLimit};
+    use crate::record::Snapshot;
+
+    /// Node a (SAEs `hi`, `lo`, `plain`) with 4096 bytes of key ready for node b (`sae-b`),
+    /// whose pool target is 4096 bytes.
+    fn node_a() -> KeyManager {
+        let topo = Topology::line("prio", &["a", "b"], 10.0, |n| {
+            if n == "a" {
+                vec!["hi".into(), "lo".into(), "plain".into()]
+            } else {
+                vec!["sae-b".into()]
+            }
+        });
+        let mut quotas = QuotaConfig::default();
+        for (sae, p) in [("hi", Priority::High), ("lo", Priority::Low)] {
+            quotas.sae.insert(
+                sae.into(),
+                SaeLimit {
+                    priority: Some(p),
+                    ..SaeLimit::default()
+                },
+            );
+        }
+        let cfg = KmConfig {
+            node_id: "a".into(),
+            topology: Arc::new(topo),
+            limits: Limits::default(),
+            policy: Policy {
+                pool_target_bytes: 4096,
+                idle_floor_bytes: 4096,
+                quotas,
+                ..Policy::default()
+            },
+        };
+        let mut km = KeyManager::restore(cfg, Snapshot::default(), [7; 32], Instant(0));
+        km.pools.add_out("b", 1, Key::from_slice(&[9; 4096]), None);
+        km.reconcile.mark_reconciled("b");
+        km
+    }
+
+    /// Asks for 8 keys of 256 bits (256 bytes) as `master`.
+    fn ask(km: &mut KeyManager, req: ReqId, master: &str) -> Result<(), Refusal> {
+        let (m, s) = (master.to_string(), "sae-b".to_string());
+        km.enc_keys(Instant(1), req, m, s, Some(8), Some(256), vec![], None)
+    }
+
+    fn stored(km: &KeyManager, master: &str) -> u64 {
+        km.status(Instant(1), master, "sae-b")
+            .unwrap()
+            .stored_key_count
+    }
+
+    /// A low-priority flood stops at its reserve (a quarter of the pool's target by default),
+    /// which a high-priority SAE then gets; ETSI status shows each what it may take.
+    #[test]
+    fn a_low_priority_flood_leaves_the_reserve_to_high_priority() {
+        let mut km = node_a();
+        assert_eq!((stored(&km, "hi"), stored(&km, "lo")), (128, 96));
+        let mut lo_served = 0;
+        let refusal = loop {
+            match ask(&mut km, lo_served, "lo") {
+                Ok(()) => lo_served += 1,
+                Err(r) => break r,
+            }
+        };
+        assert_eq!(lo_served, 12, "lo may take 3072 of 4096 bytes");
+        assert_eq!(refusal.http_status(), 503);
+        let m = refusal.message();
+        assert!(
+            m.contains("SAE lo") && m.contains("(low)") && m.contains("1024 bytes"),
+            "{m}"
+        );
+        assert_eq!(km.pools.out_free("b"), 1024);
+        assert_eq!(km.stats.refused_for_priority, 1);
+        assert_eq!((stored(&km, "hi"), stored(&km, "lo")), (32, 0));
+        // The refusal charged nothing and spent nothing; high takes the reserve down to empty.
+        for req in 100..104 {
+            ask(&mut km, req, "hi").unwrap();
+        }
+        assert_eq!(km.pools.out_free("b"), 0);
+        let r = ask(&mut km, 200, "hi").unwrap_err();
+        assert!(r.message().contains("not enough key"), "{}", r.message());
+    }
+
+    /// `normal` (an SAE without an entry) keeps `normal_percent` back for `high`.
+    #[test]
+    fn normal_keeps_its_reserve_when_one_is_configured() {
+        let mut km = node_a();
+        let mut q = km.quotas.config().clone();
+        q.reserve.normal_percent = 50;
+        q.reserve.low_percent = 75;
+        km.set_quotas(q).unwrap();
+        let served = (0..100)
+            .take_while(|r| ask(&mut km, *r, "plain").is_ok())
+            .count();
+        assert_eq!(served, 8, "plain may take 2048 of 4096 bytes");
+        assert!(ask(&mut km, 300, "lo").is_err());
+        assert!(ask(&mut km, 301, "hi").is_ok());
     }
 }

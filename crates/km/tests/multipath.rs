@@ -6,212 +6,106 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use kagi_control::{LinkSpec, NodeSpec, Topology};
+use kagi_control::Topology;
 use kagi_keymat::its_mac::{Mac, MacKey, MAC_KEY_LEN};
 use kagi_keymat::Key;
 use kagi_km::config::RoutePolicy;
-use kagi_km::{
-    Action, AppCall, AppReply, Input, Instant, KeyManager, KmConfig, Limits, PeerMsg, Policy,
-    Refusal, RouteRequest, Snapshot,
-};
+use kagi_km::{AppCall, AppReply, Input, Instant, PeerMsg, Policy, Refusal, RouteRequest};
+
+mod common;
+use common::{topology, LinkKey, Net};
 
 /// a reaches z over three node-disjoint paths: a-b1-z, a-b2-z, a-c1-c2-z (plus a b1-b2 link).
 fn topo() -> Arc<Topology> {
-    let nodes = ["a", "b1", "b2", "c1", "c2", "z"];
-    let links = [
-        ("a", "b1"),
-        ("b1", "z"),
-        ("a", "b2"),
-        ("b2", "z"),
-        ("a", "c1"),
-        ("c1", "c2"),
-        ("c2", "z"),
-        ("b1", "b2"),
-    ];
-    Arc::new(Topology {
-        name: "three-paths".into(),
-        seed: 1,
-        epoch_unix: 0,
-        rate_multiplier: 1.0,
-        insecure_demo_links: false,
-        nodes: nodes
-            .iter()
-            .map(|n| NodeSpec {
-                id: n.to_string(),
-                saes: vec![format!("sae-{n}")],
-                peer_addr: None,
-                etsi014_addr: None,
-                ..Default::default()
-            })
-            .collect(),
-        links: links
-            .iter()
-            .map(|(a, b)| LinkSpec {
-                a: a.to_string(),
-                b: b.to_string(),
-                length_km: 10.0,
-                ..Default::default()
-            })
-            .collect(),
-    })
+    topology(
+        "three-paths",
+        &["a", "b1", "b2", "c1", "c2", "z"],
+        &[
+            ("a", "b1"),
+            ("b1", "z"),
+            ("a", "b2"),
+            ("b2", "z"),
+            ("a", "c1"),
+            ("c1", "c2"),
+            ("c2", "z"),
+            ("b1", "b2"),
+        ],
+    )
 }
+
+/// The test's link key: one block of 8 KiB on every link.
+const LINK_KEY: LinkKey = LinkKey {
+    len: 8192,
+    salt: 37,
+};
 
 /// Share indices a node received of one relay, whether it is the destination, the threshold.
 type Seen = (BTreeSet<u8>, bool, u8);
 
-struct Net {
-    kms: BTreeMap<String, KeyManager>,
-    now: Instant,
-    /// Every message sent (from, to, msg).
-    wire: Vec<(String, String, PeerMsg)>,
-    /// Nodes whose incoming messages are dropped (a failed node).
-    dead: BTreeSet<String>,
-    answers: BTreeMap<u64, Result<AppReply, Refusal>>,
-    /// A compromised node: shares it forwards to this next node get one bit flipped and a
-    /// fresh valid tag from its own link key (what a node on the path can do).
-    tamper: Option<(String, String)>,
-    /// The compromised node relabels the share as share 3 instead of altering its bytes.
-    relabel: bool,
+/// Every node with `paths`/`threshold` routing, one block of link key on every link but
+/// `without_link`. Failed nodes go in `frozen`.
+fn three_paths(paths: u8, threshold: u8, without_link: Option<(&str, &str)>) -> Net {
+    let policy = Policy {
+        pool_target_bytes: 256,
+        relay_chunk_bytes: 128,
+        max_relays_in_flight: 1,
+        // Every destination fills at once: these tests watch one among several.
+        idle_relays_in_flight: 64,
+        routing: RoutePolicy {
+            paths,
+            threshold,
+            ..RoutePolicy::default()
+        },
+        ..Policy::default()
+    };
+    let seed = |n: &str| [n.as_bytes()[0] ^ n.len() as u8; 32];
+    let mut net = Net::new(topo(), policy, seed, Instant(1), LINK_KEY);
+    net.starved = without_link
+        .map(|(x, y)| (x.to_string(), y.to_string()))
+        .into_iter()
+        .collect();
+    net.link_blocks();
+    net
 }
 
-impl Net {
-    fn new(paths: u8, threshold: u8, without_link: Option<(&str, &str)>) -> Self {
-        let t = topo();
-        let policy = Policy {
-            pool_target_bytes: 256,
-            relay_chunk_bytes: 128,
-            max_relays_in_flight: 1,
-            // Every destination fills at once: these tests watch one among several.
-            idle_relays_in_flight: 64,
-            routing: RoutePolicy {
-                paths,
-                threshold,
-                ..RoutePolicy::default()
-            },
-            ..Policy::default()
-        };
-        let kms = t
-            .nodes
-            .iter()
-            .map(|n| {
-                let cfg = KmConfig {
-                    node_id: n.id.clone(),
-                    topology: t.clone(),
-                    limits: Limits::default(),
-                    policy: policy.clone(),
-                };
-                let seed = [n.id.as_bytes()[0] ^ n.id.len() as u8; 32];
-                (
-                    n.id.clone(),
-                    KeyManager::restore(cfg, Snapshot::default(), seed, Instant(0)),
-                )
-            })
-            .collect();
-        let mut net = Net {
-            kms,
-            now: Instant(1),
-            wire: vec![],
-            dead: BTreeSet::new(),
-            answers: BTreeMap::new(),
-            tamper: None,
-            relabel: false,
-        };
-        for (i, l) in t.links.iter().enumerate() {
-            if without_link.is_some_and(|(x, y)| (l.a == x && l.b == y) || (l.a == y && l.b == x)) {
-                continue;
-            }
-            let k = Key::from_vec((0..8192u32).map(|j| (j as u8) ^ (i as u8 * 37)).collect());
-            for (x, y) in [(&l.a, &l.b), (&l.b, &l.a)] {
-                net.input(
-                    x,
-                    Input::LinkKeys {
-                        peer: y.clone(),
-                        block: 0,
-                        key: k.clone(),
-                    },
-                );
-            }
+/// A compromised node: shares it forwards to `to` get one bit flipped (or, `relabel`, are
+/// relabelled as share 3) and a fresh valid tag from its own link key (what a node on the path
+/// can do).
+fn tamper(net: &mut Net, from: &str, to: &str, relabel: bool) {
+    let (from, to) = (from.to_string(), to.to_string());
+    net.tamper = Some(Box::new(move |f, t, msg| {
+        if f == from && t == to {
+            flip_and_retag(msg, f, t, relabel);
         }
-        net
-    }
-
-    fn input(&mut self, node: &str, i: Input) {
-        if self.dead.contains(node) {
-            return;
-        }
-        let now = self.now;
-        self.kms.get_mut(node).unwrap().handle(now, i);
-        self.drain(node);
-    }
-
-    fn drain(&mut self, node: &str) {
-        let mut sends = Vec::new();
-        loop {
-            let km = self.kms.get_mut(node).unwrap();
-            let Some(a) = km.poll_action() else { break };
-            match a {
-                Action::Send { to, msg } => sends.push((node.to_string(), to, msg)),
-                Action::Store { write, .. } => {
-                    km.handle(self.now, Input::Stored { write, ok: true })
-                }
-                Action::Answer { req, reply } => {
-                    self.answers.insert(req, reply);
-                }
-            }
-        }
-        for (from, to, mut msg) in sends {
-            if self.tamper.as_ref() == Some(&(from.clone(), to.clone())) {
-                flip_and_retag(&mut msg, &from, &to, self.relabel);
-            }
-            self.wire.push((from.clone(), to.clone(), msg.clone()));
-            self.input(&to, Input::Peer { from, msg });
-        }
-    }
-
-    fn tick(&mut self, ms: u64) {
-        self.now = Instant(self.now.0 + ms * 1_000_000);
-        let names: Vec<String> = self.kms.keys().cloned().collect();
-        for n in names {
-            if self.dead.contains(&n) {
-                continue;
-            }
-            let now = self.now;
-            self.kms.get_mut(&n).unwrap().handle_timeout(now);
-            self.drain(&n);
-        }
-    }
-
-    fn km(&self, n: &str) -> &KeyManager {
-        &self.kms[n]
-    }
-
-    /// Per (receiving node, relay): the share indices it received, whether it is the relay's
-    /// destination, and the relay's threshold.
-    fn shares_received(&self) -> BTreeMap<(String, String, u64), Seen> {
-        let mut seen: BTreeMap<(String, String, u64), Seen> = BTreeMap::new();
-        for (_, to, m) in &self.wire {
-            if let PeerMsg::ShareHop {
-                relay, share, path, ..
-            } = m
-            {
-                let e = seen
-                    .entry((to.clone(), relay.origin.clone(), relay.seq))
-                    .or_insert_with(|| (BTreeSet::new(), path.last() == Some(to), share.threshold));
-                e.0.insert(share.index);
-            }
-        }
-        seen
-    }
+    }));
 }
 
-/// The test's link key block 0 of the link between `x` and `y` (as `Net::new` hands it out).
+/// Per (receiving node, relay): the share indices it received, whether it is the relay's
+/// destination, and the relay's threshold.
+fn shares_received(net: &Net) -> BTreeMap<(String, String, u64), Seen> {
+    let mut seen: BTreeMap<(String, String, u64), Seen> = BTreeMap::new();
+    for (_, to, m) in &net.wire {
+        if let PeerMsg::ShareHop {
+            relay, share, path, ..
+        } = m
+        {
+            let e = seen
+                .entry((to.clone(), relay.origin.clone(), relay.seq))
+                .or_insert_with(|| (BTreeSet::new(), path.last() == Some(to), share.threshold));
+            e.0.insert(share.index);
+        }
+    }
+    seen
+}
+
+/// The test's link key block 0 of the link between `x` and `y` (as `three_paths` hands it out).
 fn link_block(x: &str, y: &str) -> Vec<u8> {
     let i = topo()
         .links
         .iter()
         .position(|l| (l.a == x && l.b == y) || (l.a == y && l.b == x))
         .unwrap();
-    (0..8192u32).map(|j| (j as u8) ^ (i as u8 * 37)).collect()
+    LINK_KEY.block(i, 0)
 }
 
 /// What a compromised `from` can do to a share it forwards to `to`: flip a bit of the share
@@ -288,21 +182,21 @@ fn fetch_pair(net: &mut Net) -> (Key, Key) {
 
 #[test]
 fn three_paths_threshold_two_delivers_and_no_node_sees_two_shares() {
-    let mut net = Net::new(3, 2, None);
+    let mut net = three_paths(3, 2, None);
     for _ in 0..10 {
         net.tick(20);
     }
     assert!(
-        net.km("a").pool_free("z") >= 256,
+        net.kms["a"].pool_free("z") >= 256,
         "{:?}",
-        net.km("a").stats()
+        net.kms["a"].stats()
     );
-    let st = net.km("a").stats();
+    let st = net.kms["a"].stats();
     assert!(st.multipath_relays_started >= 2, "{st:?}");
     let (m, s) = fetch_pair(&mut net);
     assert_eq!(m, s, "master and slave keys differ");
     // What went over the wire: each intermediate node received at most one share of a relay.
-    let seen = net.shares_received();
+    let seen = shares_received(&net);
     assert!(!seen.is_empty());
     let mut rebuilt = 0;
     for ((node, origin, seq), (shares, is_dest, threshold)) in &seen {
@@ -317,28 +211,28 @@ fn three_paths_threshold_two_delivers_and_no_node_sees_two_shares() {
     }
     assert!(rebuilt > 0);
     // The origin's own record says the same for relays still in flight.
-    for e in net.km("a").relay_exposures() {
+    for e in net.kms["a"].relay_exposures() {
         if e.dest == "z" {
             assert_eq!(e.shares.len(), 3, "{e:?}");
         }
         assert!(e.max_seen_by_one_node() < usize::from(e.threshold), "{e:?}");
     }
     // z holds what a relayed to it, rebuilt from shares.
-    let st = net.km("z").km_status();
+    let st = net.kms["z"].km_status();
     assert!(st.pools.iter().find(|p| p.peer == "a").unwrap().in_bytes > 0);
 }
 
 #[test]
 fn a_failed_path_does_not_stop_delivery() {
-    let mut net = Net::new(3, 2, None);
-    net.dead.insert("b2".into());
+    let mut net = three_paths(3, 2, None);
+    net.frozen.insert("b2".into());
     for _ in 0..10 {
         net.tick(20);
     }
     assert!(
-        net.km("a").pool_free("z") >= 256,
+        net.kms["a"].pool_free("z") >= 256,
         "{:?}",
-        net.km("a").stats()
+        net.kms["a"].stats()
     );
     let (m, s) = fetch_pair(&mut net);
     assert_eq!(m, s);
@@ -347,14 +241,14 @@ fn a_failed_path_does_not_stop_delivery() {
 #[test]
 fn xor_over_all_paths_needs_every_share() {
     // 3-of-3: b2 dead means no relay completes; nothing reaches the pool.
-    let mut net = Net::new(3, 3, None);
-    net.dead.insert("b2".into());
+    let mut net = three_paths(3, 3, None);
+    net.frozen.insert("b2".into());
     for _ in 0..10 {
         net.tick(20);
     }
-    assert_eq!(net.km("a").pool_free("z"), 0);
+    assert_eq!(net.kms["a"].pool_free("z"), 0);
     // The relays wait for the lost share; the origin's record says who could see what.
-    let exposures = net.km("a").relay_exposures();
+    let exposures = net.kms["a"].relay_exposures();
     let to_z: Vec<_> = exposures.iter().filter(|e| e.dest == "z").collect();
     assert!(!to_z.is_empty());
     for e in to_z {
@@ -362,7 +256,7 @@ fn xor_over_all_paths_needs_every_share() {
         assert_eq!(e.shares_seen_by("b1"), vec![1]);
         assert_eq!(e.max_seen_by_one_node(), 1, "{e:?}");
     }
-    let st = net.km("z").km_status();
+    let st = net.kms["z"].km_status();
     assert_eq!(st.pools.iter().find(|p| p.peer == "a").unwrap().in_bytes, 0);
 }
 
@@ -371,12 +265,12 @@ fn a_stuck_share_is_aborted_back_to_the_origin_at_once() {
     // c2 has no link key towards z: the share on a-c1-c2-z waits at c2, which fails it back to a
     // after hop_wait. With threshold 3 the relay cannot complete, so a abandons it at once
     // (long before its own relay timeout) and counts the key it spent.
-    let mut net = Net::new(3, 3, Some(("c2", "z")));
+    let mut net = three_paths(3, 3, Some(("c2", "z")));
     net.tick(20);
-    let started = net.km("a").stats().relays_started;
+    let started = net.kms["a"].stats().relays_started;
     assert!(started >= 1);
     net.tick(3_100); // past hop_wait (3 s), well before relay_timeout (10 s)
-    let st = net.km("a").stats();
+    let st = net.kms["a"].stats();
     assert!(st.relays_aborted >= 1, "{st:?}");
     assert!(st.abandoned_key_bytes > 0, "{st:?}");
     let aborts = net
@@ -389,7 +283,7 @@ fn a_stuck_share_is_aborted_back_to_the_origin_at_once() {
 
 #[test]
 fn an_abort_from_a_node_off_the_path_is_ignored() {
-    let mut net = Net::new(3, 3, Some(("c2", "z")));
+    let mut net = three_paths(3, 3, Some(("c2", "z")));
     net.tick(20);
     let relay = net
         .wire
@@ -403,7 +297,7 @@ fn an_abort_from_a_node_off_the_path_is_ignored() {
             _ => None,
         })
         .unwrap();
-    let before = net.km("a").stats().relays_abandoned;
+    let before = net.kms["a"].stats().relays_abandoned;
     // b1 carries share 1, not share 3: claiming share 3 is lost must not abandon the relay.
     net.input(
         "a",
@@ -416,18 +310,18 @@ fn an_abort_from_a_node_off_the_path_is_ignored() {
             },
         },
     );
-    assert_eq!(net.km("a").stats().relays_abandoned, before);
+    assert_eq!(net.kms["a"].stats().relays_abandoned, before);
 }
 
 #[test]
 fn fewer_disjoint_paths_than_asked_falls_back_and_says_so() {
-    let mut net = Net::new(3, 2, None);
+    let mut net = three_paths(3, 2, None);
     net.tick(20);
-    let st = net.km("a").km_status();
+    let st = net.kms["a"].km_status();
     let to_z = st.pools.iter().find(|p| p.peer == "z").unwrap();
     assert_eq!((to_z.paths.len(), to_z.threshold), (3, 2), "{to_z:?}");
     assert_eq!(to_z.route_note, None);
-    let st = net.km("c2").km_status();
+    let st = net.kms["c2"].km_status();
     let to_z = st.pools.iter().find(|p| p.peer == "z").unwrap();
     // c2 has two links: at most two disjoint paths, so the plan says why it has fewer than 3.
     assert_eq!(to_z.paths.len(), 2, "{to_z:?}");
@@ -446,33 +340,33 @@ fn a_share_altered_on_its_path_is_caught_and_the_key_rebuilt_from_the_others() {
     // b1 flips a bit of every share it forwards to z. With 3 paths and threshold 2, z finds that
     // shares {1, 2} fail the manipulation check, waits for share 3, and rebuilds the origin's
     // key from {2, 3}: master and slave still hold the same key.
-    let mut net = Net::new(3, 2, None);
-    net.tamper = Some(("b1".into(), "z".into()));
+    let mut net = three_paths(3, 2, None);
+    tamper(&mut net, "b1", "z", false);
     for _ in 0..10 {
         net.tick(20);
     }
-    assert!(net.km("a").pool_free("z") >= 256);
+    assert!(net.kms["a"].pool_free("z") >= 256);
     let (m, s) = fetch_pair(&mut net);
     assert_eq!(m, s, "master and slave keys differ");
     // (z's counters also cover relays from b1, b2, c1 and c2, some with only two paths.)
-    let z = net.km("z").stats();
+    let z = net.kms["z"].stats();
     assert!(z.shares_manipulated >= 1, "{z:?}");
     assert_eq!(z.bad_tags, 0, "the retagged hop passed its link tag: {z:?}");
-    let a = net.km("a").stats();
+    let a = net.kms["a"].stats();
     assert!(a.amd_key_bytes >= 3 * 32, "{a:?}");
 }
 
 #[test]
 fn a_late_share_altered_on_its_path_is_counted() {
     // Shares 1 and 2 rebuild the key; c2 alters share 3, which arrives after: z counts it.
-    let mut net = Net::new(3, 2, None);
-    net.tamper = Some(("c2".into(), "z".into()));
+    let mut net = three_paths(3, 2, None);
+    tamper(&mut net, "c2", "z", false);
     for _ in 0..10 {
         net.tick(20);
     }
-    let z = net.km("z").stats();
+    let z = net.kms["z"].stats();
     assert!(z.late_shares_inconsistent >= 1, "{z:?}");
-    assert!(net.km("a").pool_free("z") >= 256);
+    assert!(net.kms["a"].pool_free("z") >= 256);
     let (m, s) = fetch_pair(&mut net);
     assert_eq!(m, s);
 }
@@ -481,17 +375,17 @@ fn a_late_share_altered_on_its_path_is_counted() {
 fn an_altered_xor_share_aborts_the_relay_and_no_key_is_delivered() {
     // 3-of-3 XOR: every share is needed, so an altered one leaves nothing to rebuild from. z
     // aborts the relay back to a, which abandons it: no key enters either pool.
-    let mut net = Net::new(3, 3, None);
-    net.tamper = Some(("b1".into(), "z".into()));
+    let mut net = three_paths(3, 3, None);
+    tamper(&mut net, "b1", "z", false);
     for _ in 0..10 {
         net.tick(20);
     }
-    let z = net.km("z").stats();
+    let z = net.kms["z"].stats();
     assert!(z.manipulation_aborts >= 1, "{z:?}");
-    let a = net.km("a").stats();
+    let a = net.kms["a"].stats();
     assert!(a.relays_aborted >= 1, "{a:?}");
-    assert_eq!(net.km("a").pool_free("z"), 0);
-    let st = net.km("z").km_status();
+    assert_eq!(net.kms["a"].pool_free("z"), 0);
+    let st = net.kms["z"].km_status();
     assert_eq!(st.pools.iter().find(|p| p.peer == "a").unwrap().in_bytes, 0);
     let aborts = net
         .wire
@@ -516,16 +410,15 @@ fn a_share_relabelled_on_its_path_is_refused() {
     // b1 passes share 1 off as share 3 (a relabelled share would shift the rebuilt key by more
     // than an offset, which the manipulation check is not built for). z knows share 3's path
     // from every share's list of paths and drops it; shares 2 and 3 still deliver.
-    let mut net = Net::new(3, 2, None);
-    net.tamper = Some(("b1".into(), "z".into()));
-    net.relabel = true;
+    let mut net = three_paths(3, 2, None);
+    tamper(&mut net, "b1", "z", true);
     for _ in 0..10 {
         net.tick(20);
     }
     assert!(
-        net.km("a").pool_free("z") >= 256,
+        net.kms["a"].pool_free("z") >= 256,
         "{:?}",
-        net.km("a").stats()
+        net.kms["a"].stats()
     );
     let (m, s) = fetch_pair(&mut net);
     assert_eq!(m, s);
@@ -601,7 +494,7 @@ fn assert_node_disjoint(paths: &[Vec<String>]) {
 
 #[test]
 fn kagi_route_mandatory_three_paths_lists_them_and_keys_match() {
-    let mut net = Net::new(3, 2, None);
+    let mut net = three_paths(3, 2, None);
     for _ in 0..10 {
         net.tick(20);
     }
@@ -622,7 +515,7 @@ fn kagi_route_mandatory_three_paths_lists_them_and_keys_match() {
 
 #[test]
 fn kagi_route_constraints_no_paths_can_meet_are_refused_with_why() {
-    let mut net = Net::new(3, 2, None);
+    let mut net = three_paths(3, 2, None);
     for _ in 0..10 {
         net.tick(20);
     }
@@ -660,17 +553,17 @@ fn kagi_route_constraints_no_paths_can_meet_are_refused_with_why() {
     // Optional constraints that cannot be met are honoured where possible: key is served.
     let p = fetch_routed(&mut net, 4, &[], None, false).unwrap();
     assert_eq!(p.relays.len(), 1);
-    assert_eq!(net.km("a").stats().keys_served_master, 1);
+    assert_eq!(net.kms["a"].stats().keys_served_master, 1);
 }
 
 #[test]
 fn kagi_route_demand_makes_refill_relay_under_the_constraint() {
     // Single-path policy: the pool holds key relayed over one path only.
-    let mut net = Net::new(1, 1, None);
+    let mut net = three_paths(1, 1, None);
     for _ in 0..10 {
         net.tick(20);
     }
-    assert!(net.km("a").pool_free("z") >= 256);
+    assert!(net.kms["a"].pool_free("z") >= 256);
     let first = fetch_routed(&mut net, 3, &[], None, true);
     assert!(
         matches!(first, Err(Refusal::Unavailable(ref m)) if m.contains("0 of 32 bytes")),
@@ -714,7 +607,7 @@ fn kagi_route_demand_makes_refill_relay_under_the_constraint() {
 
 #[test]
 fn a_mandatory_route_cannot_be_combined_with_slaves_at_other_kmes() {
-    let mut net = Net::new(3, 2, None);
+    let mut net = three_paths(3, 2, None);
     for _ in 0..10 {
         net.tick(20);
     }

@@ -166,13 +166,17 @@ fn msg() -> impl Strategy<Value = PeerMsg> {
         (
             (any::<u64>(), any::<u64>(), any::<u64>()),
             (any::<u64>(), any::<u64>()),
-            (proptest::option::of(0u64..16), any::<u64>())
+            (
+                proptest::option::of(0u64..16),
+                any::<u64>(),
+                proptest::option::of(0u64..16)
+            )
         )
             .prop_map(
                 |(
                     (epoch, relay_hw, assign_hw),
                     (relay_floor, assign_floor),
-                    (link_rx_hw, fork_run),
+                    (link_rx_hw, fork_run, link_reserved),
                 )| {
                     PeerMsg::Seen {
                         epoch,
@@ -182,6 +186,7 @@ fn msg() -> impl Strategy<Value = PeerMsg> {
                         assign_floor,
                         link_rx_hw,
                         fork_run,
+                        link_reserved,
                     }
                 }
             ),
@@ -204,6 +209,9 @@ fn msg() -> impl Strategy<Value = PeerMsg> {
         any::<u64>().prop_map(|bytes| PeerMsg::LinkKeyWanted { bytes }),
         (any::<u64>(), prop::collection::vec(span(), 0..4))
             .prop_map(|(epoch, spans)| PeerMsg::LinkKeyGranted { epoch, spans }),
+        any::<u64>().prop_map(|upto| PeerMsg::LinkReserve { upto }),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(store, upto)| PeerMsg::LinkReserved { store, upto }),
     ]
 }
 

@@ -2,7 +2,6 @@
 //! SReq.2): tampered hops are refused, replays have no effect, intermediate nodes keep no relayed
 //! key, keys go only to their named slaves.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kagi_control::Topology;
@@ -10,10 +9,10 @@ use kagi_keymat::its_mac::{Mac, MacKey, MAC_KEY_LEN};
 use kagi_keymat::Key;
 use kagi_km::msgs::Span;
 use kagi_km::record::Record;
-use kagi_km::{
-    Action, AppCall, AppReply, Input, Instant, KeyManager, KmConfig, Limits, PeerMsg, Policy,
-    Refusal, Snapshot,
-};
+use kagi_km::{Action, AppCall, AppReply, Input, Instant, PeerMsg, Policy, Refusal};
+
+mod common;
+use common::{LinkKey, Net};
 
 fn topo() -> Arc<Topology> {
     Arc::new(Topology::line("t", &["a", "b", "c"], 10.0, |n| {
@@ -21,117 +20,30 @@ fn topo() -> Arc<Topology> {
     }))
 }
 
-struct Net {
-    kms: BTreeMap<String, KeyManager>,
-    now: Instant,
-    /// Messages sent, in order (from, to, msg).
-    wire: Vec<(String, String, PeerMsg)>,
-    /// Records written, per node.
-    written: BTreeMap<String, Vec<Record>>,
-    answers: BTreeMap<u64, Result<AppReply, Refusal>>,
-    auto_deliver: bool,
-}
+/// The test's link key: one block of 4 KiB on each link.
+const LINK_KEY: LinkKey = LinkKey {
+    len: 4096,
+    salt: 77,
+};
 
-impl Net {
-    fn new() -> Self {
-        let t = topo();
-        let policy = Policy {
-            pool_target_bytes: 256,
-            relay_chunk_bytes: 128,
-            max_relays_in_flight: 1,
-            ..Policy::default()
-        };
-        let kms = ["a", "b", "c"]
-            .iter()
-            .map(|n| {
-                let cfg = KmConfig {
-                    node_id: n.to_string(),
-                    topology: t.clone(),
-                    limits: Limits::default(),
-                    policy: policy.clone(),
-                };
-                (
-                    n.to_string(),
-                    KeyManager::restore(
-                        cfg,
-                        Snapshot::default(),
-                        [n.as_bytes()[0]; 32],
-                        Instant(0),
-                    ),
-                )
-            })
-            .collect();
-        let mut net = Net {
-            kms,
-            now: Instant(1),
-            wire: vec![],
-            written: BTreeMap::new(),
-            answers: BTreeMap::new(),
-            auto_deliver: true,
-        };
-        for (i, (x, y)) in [("a", "b"), ("b", "c")].into_iter().enumerate() {
-            let k = Key::from_vec((0..4096u32).map(|j| (j as u8) ^ (i as u8 * 77)).collect());
-            net.input(
-                x,
-                Input::LinkKeys {
-                    peer: y.into(),
-                    block: 0,
-                    key: k.clone(),
-                },
-            );
-            net.input(
-                y,
-                Input::LinkKeys {
-                    peer: x.into(),
-                    block: 0,
-                    key: k,
-                },
-            );
-        }
-        net
-    }
-
-    fn input(&mut self, node: &str, i: Input) {
-        let now = self.now;
-        self.kms.get_mut(node).unwrap().handle(now, i);
-        self.drain(node);
-    }
-
-    fn drain(&mut self, node: &str) {
-        let mut sends = Vec::new();
-        loop {
-            let km = self.kms.get_mut(node).unwrap();
-            let Some(a) = km.poll_action() else { break };
-            match a {
-                Action::Send { to, msg } => sends.push((node.to_string(), to, msg)),
-                Action::Store { write, batch } => {
-                    self.written
-                        .entry(node.to_string())
-                        .or_default()
-                        .extend(batch);
-                    km.handle(self.now, Input::Stored { write, ok: true });
-                }
-                Action::Answer { req, reply } => {
-                    self.answers.insert(req, reply);
-                }
-            }
-        }
-        for (from, to, msg) in sends {
-            self.wire.push((from.clone(), to.clone(), msg.clone()));
-            if self.auto_deliver {
-                self.input(&to, Input::Peer { from, msg });
-            }
-        }
-    }
-
-    fn tick(&mut self) {
-        self.now = Instant(self.now.0 + 50_000_000);
-        for n in ["a", "b", "c"] {
-            let now = self.now;
-            self.kms.get_mut(n).unwrap().handle_timeout(now);
-            self.drain(n);
-        }
-    }
+/// The line a-b-c with one block of link key on each link, messages delivered at once unless
+/// the test turns `auto_deliver` off.
+fn line() -> Net {
+    let policy = Policy {
+        pool_target_bytes: 256,
+        relay_chunk_bytes: 128,
+        max_relays_in_flight: 1,
+        ..Policy::default()
+    };
+    let mut net = Net::new(
+        topo(),
+        policy,
+        |n| [n.as_bytes()[0]; 32],
+        Instant(1),
+        LINK_KEY,
+    );
+    net.link_blocks();
+    net
 }
 
 /// A relay hop on its way to c.
@@ -141,8 +53,8 @@ fn to_c(m: &PeerMsg) -> bool {
 
 #[test]
 fn replayed_relay_hop_has_no_effect() {
-    let mut net = Net::new();
-    net.tick();
+    let mut net = line();
+    net.tick(50);
     let hop = net
         .wire
         .iter()
@@ -167,9 +79,9 @@ fn replayed_relay_hop_has_no_effect() {
 
 #[test]
 fn tampered_relay_hop_is_refused() {
-    let mut net = Net::new();
+    let mut net = line();
     net.auto_deliver = false;
-    net.tick();
+    net.tick(50);
     let (from, _, msg) = net
         .wire
         .iter()
@@ -212,14 +124,14 @@ fn tampered_relay_hop_is_refused() {
 
 /// The b–c link's block 0 as `Net::new` feeds it (link 1).
 fn bc_block0() -> Vec<u8> {
-    (0..4096u32).map(|j| (j as u8) ^ 77).collect()
+    LINK_KEY.block(1, 0)
 }
 
 #[test]
 fn hop_claiming_another_sender_is_dropped() {
-    let mut net = Net::new();
+    let mut net = line();
     net.auto_deliver = false;
-    net.tick();
+    net.tick(50);
     let (_, _, msg) = net
         .wire
         .iter()
@@ -279,9 +191,9 @@ fn hop_claiming_another_sender_is_dropped() {
 
 #[test]
 fn relay_failed_from_a_node_off_the_path_is_ignored() {
-    let mut net = Net::new();
+    let mut net = line();
     net.auto_deliver = false;
-    net.tick();
+    net.tick(50);
     // a's relay to b travels a → b; c is not on it.
     let relay = net
         .wire
@@ -327,9 +239,9 @@ fn relay_failed_from_a_node_off_the_path_is_ignored() {
 
 #[test]
 fn hops_waiting_for_link_key_are_bounded_per_neighbour() {
-    let mut net = Net::new();
+    let mut net = line();
     net.auto_deliver = false;
-    net.tick();
+    net.tick(50);
     let (_, _, msg) = net
         .wire
         .iter()
@@ -378,9 +290,9 @@ fn hops_waiting_for_link_key_are_bounded_per_neighbour() {
 
 #[test]
 fn intermediate_node_keeps_no_relayed_key_and_ciphertext_differs_per_hop() {
-    let mut net = Net::new();
+    let mut net = line();
     for _ in 0..3 {
-        net.tick();
+        net.tick(50);
     }
     assert!(net.kms["b"].stats().hops_forwarded > 0);
     // b stores link-key bookkeeping only: never a chunk or pending relay of an a→c relay.
@@ -428,9 +340,9 @@ fn intermediate_node_keeps_no_relayed_key_and_ciphertext_differs_per_hop() {
 
 #[test]
 fn keys_go_only_to_named_slaves_of_their_master() {
-    let mut net = Net::new();
+    let mut net = line();
     for _ in 0..5 {
-        net.tick();
+        net.tick(50);
     }
     net.input(
         "a",
@@ -532,7 +444,7 @@ fn keys_go_only_to_named_slaves_of_their_master() {
     ));
     // Once the grace has ended the key is gone.
     net.now = net.now + Policy::default().slave_grace;
-    net.tick();
+    net.tick(50);
     assert_eq!(
         fetch(&mut net, 8, "sae-c"),
         Err(Refusal::BadRequest(Refusal::KEYS_NOT_FOUND.into()))
@@ -547,8 +459,8 @@ fn keys_go_only_to_named_slaves_of_their_master() {
 
 #[test]
 fn store_failure_fences_the_node() {
-    let mut net = Net::new();
-    net.tick();
+    let mut net = line();
+    net.tick(50);
     // Fail the next write a makes.
     let km = net.kms.get_mut("a").unwrap();
     km.handle(
@@ -629,12 +541,12 @@ fn next_run(hello: PeerMsg) -> PeerMsg {
 /// new run's relay for a duplicate of it.
 #[test]
 fn a_hop_from_an_earlier_run_of_its_origin_is_not_kept() {
-    let mut net = Net::new();
+    let mut net = line();
     assert!(net.kms["b"].is_reconciled("a"));
     net.auto_deliver = false;
     let mut hop = None;
     for _ in 0..5 {
-        net.tick();
+        net.tick(50);
         hop = net.wire.iter().find_map(|(f, t, m)| match m {
             PeerMsg::RelayHop { path, .. } if f == "a" && t == "b" && path.len() == 2 => {
                 Some(m.clone())
@@ -683,7 +595,7 @@ fn a_hop_from_an_earlier_run_of_its_origin_is_not_kept() {
 #[test]
 fn no_link_key_is_spent_towards_a_neighbour_before_it_answers_hello() {
     // Forwarding: c restarts and b's Hello to its new run is not answered yet.
-    let mut net = Net::new();
+    let mut net = line();
     net.auto_deliver = false;
     let hello_c = next_run(hello_on_wire(&net, "c", "b"));
     net.input(
@@ -697,8 +609,8 @@ fn no_link_key_is_spent_towards_a_neighbour_before_it_answers_hello() {
     let b_to_c = net.kms["b"].link_tx_free("c");
     let (mut delivered, mut forwarded) = (0, 0);
     for _ in 0..5 {
-        net.tick();
-        let wire: Vec<_> = net.wire.drain(..).collect();
+        net.tick(50);
+        let wire: Vec<_> = net.take_wire();
         forwarded += wire
             .iter()
             .filter(|(f, t, m)| f == "b" && t == "c" && to_c(m))
@@ -723,7 +635,7 @@ fn no_link_key_is_spent_towards_a_neighbour_before_it_answers_hello() {
     assert_eq!(net.kms["b"].link_tx_free("c"), b_to_c);
 
     // First hop: b restarts and a's Hello to b's new run is not answered; c is reconciled.
-    let mut net = Net::new();
+    let mut net = line();
     net.auto_deliver = false;
     let hello_b = next_run(hello_on_wire(&net, "b", "a"));
     net.input(
@@ -737,7 +649,7 @@ fn no_link_key_is_spent_towards_a_neighbour_before_it_answers_hello() {
     let a_to_b = net.kms["a"].link_tx_free("b");
     let sent = net.wire.len();
     for _ in 0..5 {
-        net.tick();
+        net.tick(50);
     }
     assert!(
         !net.wire[sent..]
@@ -752,9 +664,9 @@ fn no_link_key_is_spent_towards_a_neighbour_before_it_answers_hello() {
 /// never spent again (after a rollback this store may hold it as unspent though it was used).
 #[test]
 fn link_key_a_neighbour_saw_spent_is_never_spent_again() {
-    let mut net = Net::new();
+    let mut net = line();
     for _ in 0..3 {
-        net.tick();
+        net.tick(50);
     }
     let free = net.kms["a"].link_tx_free("b");
     assert!(
@@ -774,6 +686,7 @@ fn link_key_a_neighbour_saw_spent_is_never_spent_again() {
                 assign_floor: 0,
                 link_rx_hw: Some(0),
                 fork_run: 0,
+                link_reserved: None,
             },
         },
     );
@@ -785,13 +698,11 @@ fn link_key_a_neighbour_saw_spent_is_never_spent_again() {
     assert_eq!(net.kms["a"].stats().rollbacks_detected, 0);
 }
 
-/// The same for assignments: one still in flight from an earlier run of the master's node is
-/// neither applied nor acknowledged (its counter may be reused by the new run).
-#[test]
-fn an_assignment_from_an_earlier_run_of_its_origin_is_not_applied() {
-    let mut net = Net::new();
+/// Warms the line up, stops delivering messages and has sae-a ask a for one key for sae-c:
+/// the `Assign` a then sent to c, held on the wire.
+fn assignment_held_on_the_wire(net: &mut Net) -> PeerMsg {
     for _ in 0..5 {
-        net.tick();
+        net.tick(50);
     }
     net.auto_deliver = false;
     let sent = net.wire.len();
@@ -809,11 +720,19 @@ fn an_assignment_from_an_earlier_run_of_its_origin_is_not_applied() {
             },
         },
     );
-    let assign = net.wire[sent..]
+    net.wire[sent..]
         .iter()
         .find(|(f, t, m)| f == "a" && t == "c" && matches!(m, PeerMsg::Assign { .. }))
         .map(|(_, _, m)| m.clone())
-        .expect("a sent its assignment to c");
+        .expect("a sent its assignment to c")
+}
+
+/// The same for assignments: one still in flight from an earlier run of the master's node is
+/// neither applied nor acknowledged (its counter may be reused by the new run).
+#[test]
+fn an_assignment_from_an_earlier_run_of_its_origin_is_not_applied() {
+    let mut net = line();
+    let assign = assignment_held_on_the_wire(&mut net);
     let hello = next_run(hello_on_wire(&net, "a", "c"));
     net.input(
         "c",
@@ -841,5 +760,82 @@ fn an_assignment_from_an_earlier_run_of_its_origin_is_not_applied() {
             .iter()
             .any(|r| matches!(r, Record::TaggedSlaveKey { .. } | Record::SlaveKey { .. })),
         "c applied an assignment of a's earlier run"
+    );
+}
+
+/// An `Assign` held up on the wire until after the origin gave the assignment up and its
+/// revoke reached the slave's node (a retransmission that crossed the revoke) is refused there:
+/// its keys are never stored, and the slave can never fetch them (their master never got them).
+#[test]
+fn a_late_assign_arriving_after_its_revoke_is_refused() {
+    let mut net = line();
+    let assign = assignment_held_on_the_wire(&mut net);
+    let PeerMsg::Assign { keys, .. } = &assign else {
+        unreachable!("an Assign")
+    };
+    let ids: Vec<_> = keys.iter().map(|k| k.id).collect();
+    // c never hears of it in time: a gives the assignment up and revokes it at c.
+    let mut revoke = None;
+    for _ in 0..200 {
+        net.tick(50);
+        revoke = net
+            .wire
+            .iter()
+            .find(|(f, t, m)| f == "a" && t == "c" && matches!(m, PeerMsg::Revoke { .. }))
+            .map(|(_, _, m)| m.clone());
+        if revoke.is_some() {
+            break;
+        }
+    }
+    let revoke = revoke.expect("a revoked the assignment it gave up");
+    assert!(
+        matches!(net.answers.get(&1), Some(Err(_))),
+        "the master was refused: {:?}",
+        net.answers.get(&1)
+    );
+    net.input(
+        "c",
+        Input::Peer {
+            from: "a".into(),
+            msg: revoke,
+        },
+    );
+    // Then the assignment arrives.
+    let sent = net.wire.len();
+    let written = net.written.get("c").map_or(0, Vec::len);
+    net.input(
+        "c",
+        Input::Peer {
+            from: "a".into(),
+            msg: assign,
+        },
+    );
+    assert!(
+        net.wire[sent..].iter().any(|(f, t, m)| f == "c"
+            && t == "a"
+            && matches!(m, PeerMsg::AssignAck { ok: false, .. })),
+        "c did not refuse the late assignment"
+    );
+    assert!(
+        !net.written["c"][written..]
+            .iter()
+            .any(|r| matches!(r, Record::TaggedSlaveKey { .. } | Record::SlaveKey { .. })),
+        "c stored the keys of an assignment it had revoked"
+    );
+    net.input(
+        "c",
+        Input::App {
+            req: 2,
+            call: AppCall::DecKeys {
+                slave: "sae-c".into(),
+                master: "sae-a".into(),
+                key_ids: ids,
+            },
+        },
+    );
+    assert!(
+        matches!(net.answers.get(&2), Some(Err(_))),
+        "the slave fetched keys of a revoked assignment: {:?}",
+        net.answers.get(&2)
     );
 }

@@ -49,8 +49,10 @@ pub struct NodeConfig {
     /// Tamper signal sources (`[tamper]`).
     #[serde(default, skip_serializing_if = "TamperConfig::is_default")]
     pub tamper: TamperConfig,
-    /// Key rate limits per master SAE (`[quotas]`: `default` and `[quotas.sae."<id>"]` with
-    /// `bytes_per_second`, `burst_bytes`, `daily_bytes`); reloaded on SIGHUP.
+    /// Key rates and priorities (`[quotas]`: `default`, `[quotas.sae."<master>"]` and
+    /// `[quotas.pair."<master>"."<slave>"]` with `bytes_per_second`, `burst_bytes`,
+    /// `daily_bytes`, `priority`; `[quotas.reserve]` with `normal_percent`, `low_percent`);
+    /// reloaded on SIGHUP.
     #[serde(default, skip_serializing_if = "kagi_km::QuotaConfig::is_empty")]
     pub quotas: kagi_km::QuotaConfig,
     /// The file this config was loaded from (set by [`NodeConfig::load`]; SIGHUP re-reads its
@@ -317,7 +319,8 @@ impl RoutingConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PeersConfig {
-    /// `"all"`: a connection to every node of the topology, always. `"neighbours"`: always to
+    /// `"all"`: a connection to every node of the topology, always. `"neighbours"` (the
+    /// default): always to
     /// the nodes this node shares a QKD link with; to any other node only while there is
     /// something to send to it (relay acknowledgements, assignments, reconciliation),
     /// closed after `idle_close_s` without a message. Heartbeats then go to neighbours only,
@@ -339,9 +342,12 @@ pub enum PeerConnect {
 }
 
 impl Default for PeersConfig {
+    /// Neighbours always, other nodes while needed: on the 24-node example this cuts peer
+    /// connections per node from 47 to about 14 with keys still matching end to end
+    /// (docs/PERFORMANCE.md, `scripts/japan24-peers.sh`).
     fn default() -> Self {
         Self {
-            connect: PeerConnect::All,
+            connect: PeerConnect::Neighbours,
             idle_close_s: 30,
         }
     }
@@ -413,6 +419,27 @@ impl PoolConfig {
 }
 
 impl NodeConfig {
+    /// A pool is refilled only once it drops below `[pool] low_water` of its target; a
+    /// priority whose reserve is at or above that could wait forever on a pool that never
+    /// drops low enough to be refilled.
+    fn check_reserve_below_low_water(&self) -> Result<(), String> {
+        let r = &self.quotas.reserve;
+        for (field, pct) in [
+            ("low_percent", r.low_percent),
+            ("normal_percent", r.normal_percent),
+        ] {
+            if pct > 0 && f64::from(pct) >= self.pool.low_water * 100.0 {
+                return Err(format!(
+                    "[quotas.reserve] {field} = {pct} must be below [pool] low_water = {} (as a \
+                     percentage): a pool is refilled only below low_water, so requests held to \
+                     that reserve could wait forever",
+                    self.pool.low_water
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Reads a config file and resolves relative paths against its directory.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -447,6 +474,9 @@ impl NodeConfig {
         cfg.quotas
             .validate()
             .map_err(|e| anyhow::anyhow!("{}: [quotas]: {e}", path.display()))?;
+        crate::config_check::check(&cfg).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        cfg.check_reserve_below_low_water()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         cfg.delivery
             .validate()
             .map_err(|e| anyhow::anyhow!("{}: [delivery]: {e}", path.display()))?;

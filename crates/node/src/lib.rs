@@ -6,6 +6,7 @@ pub mod admission;
 pub mod audit;
 pub mod client;
 pub mod config;
+pub mod config_check;
 pub mod dash;
 pub mod device;
 pub mod device_link;

@@ -23,12 +23,15 @@ use crate::{etsi014, tls};
 
 /// Runs one key manager node until `shutdown` resolves.
 pub async fn run_node(
-    cfg: NodeConfig,
+    mut cfg: NodeConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&cfg.topology)
         .map_err(|e| anyhow::anyhow!("cannot read topology {}: {e}", cfg.topology.display()))?;
-    let topo = Arc::new(Topology::from_toml(&text)?);
+    let topo = Arc::new(
+        Topology::from_toml(&text)
+            .map_err(|e| anyhow::anyhow!("topology {}: {e}", cfg.topology.display()))?,
+    );
     let me = topo
         .node(&cfg.node_id)
         .ok_or_else(|| anyhow::anyhow!("node {} is not in the topology", cfg.node_id))?
@@ -78,6 +81,20 @@ pub async fn run_node(
     if admin.draining {
         tracing::warn!("node is draining (operator's choice, kept across restarts): new enc_keys refused until `kagi net drain {} --undo`", cfg.node_id);
     }
+    // Key rate limits set through the management API replace node.toml's for the same SAE or
+    // pair, now and after every SIGHUP, until the operator drops them (DELETE).
+    for sae in admin.limits.sae.keys() {
+        tracing::warn!(%sae, "key rate limit set through the management API (kept across restarts) replaces node.toml's");
+    }
+    for (master, slaves) in &admin.limits.pair {
+        for slave in slaves.keys() {
+            tracing::warn!(%master, %slave, "pair key rate limit set through the management API (kept across restarts) replaces node.toml's");
+        }
+    }
+    cfg.quotas = ops.set_file_quotas(cfg.quotas.clone());
+    cfg.quotas
+        .validate()
+        .map_err(|e| anyhow::anyhow!("[quotas] with the management API's overrides: {e}"))?;
     // The audit trail: an existing one that does not verify refuses the start (tampering).
     let trail = Arc::new(AuditTrail::open(
         &crate::audit::trail_path(&cfg.data_dir, &cfg.node_id),
@@ -111,10 +128,14 @@ pub async fn run_node(
     let handle = driver.handle();
     let inbox = handle.inbox();
     #[cfg(unix)]
-    let reload = cfg
-        .source
-        .clone()
-        .map(|path| tokio::spawn(reload_quotas_on_sighup(path, handle.clone(), trail.clone())));
+    let reload = cfg.source.clone().map(|path| {
+        tokio::spawn(reload_quotas_on_sighup(
+            path,
+            handle.clone(),
+            trail.clone(),
+            ops.clone(),
+        ))
+    });
 
     // Peers: listen, and one outbound channel per other node.
     let peer_addr = me
@@ -531,13 +552,15 @@ async fn feed_link(
     }
 }
 
-/// On every SIGHUP, re-reads `[quotas]` from the node's config file and applies it without a
-/// restart; a file that does not load or validate leaves the limits unchanged (and says why).
+/// On every SIGHUP, re-reads `[quotas]` from the node's config file and applies it, with the
+/// management API's overrides on top, without a restart; a file that does not load or validate
+/// leaves the limits unchanged (and says why).
 #[cfg(unix)]
 async fn reload_quotas_on_sighup(
     path: std::path::PathBuf,
     driver: crate::driver::DriverHandle,
     trail: Arc<AuditTrail>,
+    ops: Arc<crate::mgmt::Ops>,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -545,7 +568,7 @@ async fn reload_quotas_on_sighup(
         return;
     };
     while hup.recv().await.is_some() {
-        let quotas = match NodeConfig::load(&path) {
+        let file = match NodeConfig::load(&path) {
             Ok(c) => c.quotas,
             Err(e) => {
                 tracing::error!("SIGHUP: {e:#}; per-SAE limits unchanged");
@@ -553,10 +576,20 @@ async fn reload_quotas_on_sighup(
             }
         };
         let summary = format!(
-            "default={} saes={}",
-            quotas.default.is_some(),
-            quotas.sae.len()
+            "default={} saes={} pairs={} api_overrides={}",
+            file.default.is_some(),
+            file.sae.len(),
+            file.pair.values().map(|m| m.len()).sum::<usize>(),
+            {
+                let o = ops.limit_overrides();
+                o.sae.len() + o.pair.values().map(|m| m.len()).sum::<usize>()
+            }
         );
+        if let Err(e) = file.with_overrides(&ops.limit_overrides()).validate() {
+            tracing::error!("SIGHUP: {e}; per-SAE limits unchanged");
+            continue;
+        }
+        let quotas = ops.set_file_quotas(file);
         match driver.set_quotas(quotas).await {
             Some(Ok(())) => {
                 tracing::info!(%summary, "SIGHUP: per-SAE key rate limits reloaded");

@@ -260,6 +260,36 @@ async fn management_roles_actions_metrics_and_openapi() {
             json!({"bytes_per_second": 1, "burst_bytes": 0}),
             "at least 1",
         ),
+        (
+            "/api/v1/saes/sae-a/limits",
+            json!({"burst_bytes": 5}),
+            "needs bytes_per_second",
+        ),
+        (
+            "/api/v1/saes/sae-a/limits",
+            json!({"priority": "urgent"}),
+            "invalid JSON body",
+        ),
+        (
+            "/api/v1/saes/sae-a/pairs/nobody/limits",
+            json!({"bytes_per_second": 1}),
+            "unknown slave SAE",
+        ),
+        (
+            "/api/v1/saes/sae-a/pairs/sae-a/limits",
+            json!({"bytes_per_second": 1}),
+            "its own slave",
+        ),
+        (
+            "/api/v1/saes/sae-c/pairs/sae-a/limits",
+            json!({"bytes_per_second": 1}),
+            "attached to node c",
+        ),
+        (
+            "/api/v1/saes/sae-a/pairs/sae-c/limits",
+            json!({"bytes_per_second": 1u64 << 50}),
+            "at most",
+        ),
         ("/api/v1/drain", json!([1, 2]), "invalid JSON body"),
     ] {
         let r = call(&operator, "PUT", path, Some(body)).await;
@@ -317,6 +347,38 @@ async fn management_roles_actions_metrics_and_openapi() {
         message(&r).contains("attached to node c"),
         "{}",
         message(&r)
+    );
+    // A pair's limit and priority, shown under its master; DELETE drops it again.
+    let pair = "/api/v1/saes/sae-a/pairs/sae-c/limits";
+    let r = call(
+        &operator,
+        "PUT",
+        pair,
+        Some(json!({"bytes_per_second": 50, "priority": "high"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", message(&r));
+    let saes = call(&observer, "GET", "/api/v1/saes", None).await.json();
+    let a = saes["saes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["sae"] == "sae-a")
+        .unwrap()
+        .clone();
+    assert_eq!(a["pair_limits"]["sae-c"]["priority"], "high", "{a}");
+    assert_eq!(a["pair_limits"]["sae-c"]["bytes_per_second"], 50, "{a}");
+    let r = call(&operator, "DELETE", pair, None).await;
+    assert_eq!(r.status, 200, "{}", message(&r));
+    assert_eq!(r.json()["limit"], Value::Null, "{:?}", r.json());
+    let saes = call(&observer, "GET", "/api/v1/saes", None).await.json();
+    assert!(
+        saes["saes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["pair_limits"].is_null()),
+        "{saes}"
     );
     // Back to a limit the rest of this test never reaches.
     let r = call(

@@ -95,6 +95,7 @@ impl Hostile {
                     assign_floor: 0,
                     link_rx_hw: None,
                     fork_run: 0,
+                    link_reserved: None,
                 };
                 sim.inject(&self.me, &from, seen);
                 continue;

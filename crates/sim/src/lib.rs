@@ -17,6 +17,7 @@ mod net;
 pub mod oracle;
 pub mod pads;
 pub mod plan;
+pub mod series_svg;
 pub mod study;
 
 pub use net::{Answered, FaultCounts, Faults, LinkSupply, MsgFilter, Sim, StoreCopy};

@@ -218,6 +218,9 @@ pub struct Sim {
     /// Link pad bytes honest nodes sent hops with (`None`: not checked; see
     /// [`Sim::check_pads`]).
     pads: Option<crate::pads::PadLedger>,
+    /// Whether the nodes skip refill ticks that cannot change anything (see
+    /// [`Sim::skip_quiet_refills`]).
+    skip_quiet_refills: bool,
 }
 
 impl Sim {
@@ -273,6 +276,7 @@ impl Sim {
             counts: FaultCounts::default(),
             trace_hash: 0xcbf2_9ce4_8422_2325,
             pads: None,
+            skip_quiet_refills: true,
         };
         for n in &topo.nodes {
             sim.nodes.insert(
@@ -329,6 +333,7 @@ impl Sim {
         }
         seed[24..].copy_from_slice(&n.incarnation.to_le_bytes());
         let mut km = KeyManager::restore(cfg, snap, seed, self.now);
+        km.skip_quiet_refills(self.skip_quiet_refills);
         // The node's peer connections come up only to the nodes it can reach.
         let unreachable: Vec<String> = self
             .nodes
@@ -1048,6 +1053,27 @@ impl Sim {
         let mut bytes = vec![0u8; self.supply.block_bytes];
         r.fill_bytes(&mut bytes);
         bytes
+    }
+
+    /// Whether every node (now and after restarts) skips refill ticks that cannot change
+    /// anything (the default) or runs every one: a run is the same event for event either way,
+    /// which a test checks.
+    pub fn skip_quiet_refills(&mut self, on: bool) {
+        self.skip_quiet_refills = on;
+        for n in self.nodes.values_mut() {
+            if let Some(km) = n.km.as_mut() {
+                km.skip_quiet_refills(on);
+            }
+        }
+    }
+
+    /// Refill ticks the running nodes skipped as quiet.
+    pub fn quiet_refills_skipped(&self) -> u64 {
+        self.nodes
+            .values()
+            .filter_map(|n| n.km.as_ref())
+            .map(|km| km.quiet_refills_skipped())
+            .sum()
     }
 
     /// Sets the interval between blocks of each link (by link number), so that links of the

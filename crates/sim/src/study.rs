@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kagi_control::Topology;
-use kagi_km::{AppCall, AppReply, Policy, Refusal};
+use kagi_km::{AppCall, AppReply, PeerScope, Policy, Refusal};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
@@ -51,6 +51,10 @@ pub struct StudyOptions {
     /// Nodes send heartbeats and route around silent nodes (the core's liveness policy);
     /// `false` switches it off, to measure what it brings.
     pub heartbeats: bool,
+    /// Which nodes each node sends heartbeats to and watches for silence: every node (`All`,
+    /// a real node's `[peers] connect = "all"`) or its neighbours only (`Neighbours`: a far
+    /// node's silence is learnt from its neighbours' link-state adverts).
+    pub peers: PeerScope,
     /// Nodes advertise link state and route by key availability (the core's link-state
     /// policy); `false` routes by the topology's static costs, to measure what it brings.
     pub link_state: bool,
@@ -84,6 +88,7 @@ impl Default for StudyOptions {
             failure_mode: FailureMode::Crash,
             fail_transit_only: false,
             heartbeats: true,
+            peers: PeerScope::All,
             link_state: true,
             seed: 1,
             paths: 1,
@@ -210,6 +215,132 @@ pub struct StudyReport {
     pub relays_aborted: u64,
     /// The flooding farthest pair, when asked for.
     pub far_pair: Option<FarPairReport>,
+    /// The measured time sampled at a fixed interval (for plots; not in the JSON report).
+    #[serde(skip)]
+    pub series: Series,
+}
+
+/// The measured time of a study, sampled at a fixed simulated interval: what `kagi sim
+/// --svg-series` draws. Its memory is bounded: at most [`MAX_SAMPLES`] samples plus the last,
+/// however long the run.
+#[derive(Debug, Clone, Default)]
+pub struct Series {
+    /// Simulated seconds between samples (a round step: 1 s, 2 s, 5 s, … 1 h, …).
+    pub interval_s: f64,
+    /// The node pairs followed one by one: those with the most SAE pairs (ties: by name),
+    /// each as `(a, b)` with `a < b`.
+    pub node_pairs: Vec<(String, String)>,
+    /// Samples in time order. The first is taken when the measured time begins, the last after
+    /// the run's final answers are in, so its counts are the report's totals.
+    pub samples: Vec<Sample>,
+}
+
+/// One sample of a [`Series`]: counts since the measured time began (cumulative, as the report
+/// counts them) and the key the nodes held at that moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sample {
+    /// Simulated seconds since the measured time began (the end of the warm-up).
+    pub t_s: f64,
+    /// Requests made.
+    pub requests: u64,
+    /// Requests served.
+    pub served: u64,
+    /// Requests answered, served or refused (a request is counted as made when made and as
+    /// answered when its answer came).
+    pub answered: u64,
+    /// Key delivered to masters, bits.
+    pub delivered_bits: u64,
+    /// Per followed node pair (as [`Series::node_pairs`]): requests, served, delivered bits,
+    /// answered.
+    pub pairs: Vec<(u64, u64, u64, u64)>,
+    /// End-to-end key ready in the pools of the nodes up, bytes.
+    pub pool_bytes: u64,
+    /// Link key held by the nodes up, bytes (both halves of every link).
+    pub link_bytes: u64,
+}
+
+/// Most samples in a [`Series`] (the interval grows with the simulated time to stay under).
+pub const MAX_SAMPLES: usize = 720;
+/// Node pairs a [`Series`] follows one by one.
+pub const SERIES_NODE_PAIRS: usize = 3;
+
+/// The smallest round step that cuts `secs` into at most [`MAX_SAMPLES`] intervals.
+fn series_interval(secs: f64) -> f64 {
+    const STEPS: [f64; 16] = [
+        1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0,
+        21600.0, 86400.0,
+    ];
+    STEPS
+        .into_iter()
+        .find(|s| secs / s <= MAX_SAMPLES as f64)
+        .unwrap_or(secs / MAX_SAMPLES as f64)
+}
+
+/// The node pairs (unordered, `a < b`) with the most SAE pairs, most first, ties by name;
+/// and for each SAE pair, the index of its node pair among them.
+fn followed_pairs(
+    pairs: &[(String, String, String, String)],
+) -> (Vec<(String, String)>, Vec<Option<usize>>) {
+    let key = |p: &(String, String, String, String)| {
+        if p.2 <= p.3 {
+            (p.2.clone(), p.3.clone())
+        } else {
+            (p.3.clone(), p.2.clone())
+        }
+    };
+    let mut count: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for p in pairs {
+        *count.entry(key(p)).or_default() += 1;
+    }
+    let mut ranked: Vec<((String, String), usize)> = count.into_iter().collect();
+    // Stable: equal counts stay in name order.
+    ranked.sort_by_key(|x| std::cmp::Reverse(x.1));
+    let chosen: Vec<(String, String)> = ranked
+        .into_iter()
+        .take(SERIES_NODE_PAIRS)
+        .map(|(k, _)| k)
+        .collect();
+    let index = pairs
+        .iter()
+        .map(|p| {
+            let k = key(p);
+            chosen.iter().position(|c| *c == k)
+        })
+        .collect();
+    (chosen, index)
+}
+
+/// A sample of the tallies and of the key the nodes hold now.
+fn sample(
+    sim: &Sim,
+    topo: &Topology,
+    t_s: f64,
+    tally: &[(u64, u64, u64)],
+    answered: &[u64],
+    followed: &[Option<usize>],
+    n_followed: usize,
+) -> Sample {
+    let mut s = Sample {
+        t_s,
+        pairs: vec![(0, 0, 0, 0); n_followed],
+        ..Sample::default()
+    };
+    for ((t, a), f) in tally.iter().zip(answered).zip(followed) {
+        s.requests += t.0;
+        s.served += t.1;
+        s.delivered_bits += t.2;
+        s.answered += a;
+        if let Some(i) = f {
+            let p = &mut s.pairs[*i];
+            (p.0, p.1, p.2, p.3) = (p.0 + t.0, p.1 + t.1, p.2 + t.2, p.3 + a);
+        }
+    }
+    for km in topo.nodes.iter().filter_map(|n| sim.node(&n.id)) {
+        let st = km.stats();
+        s.pool_bytes += st.pool_bytes;
+        s.link_bytes += st.link_bytes;
+    }
+    s
 }
 
 /// What the farthest node pair got while asking for key as fast as it could, both ways.
@@ -239,6 +370,8 @@ enum Happening {
     Request,
     Warm,
     FloodTick,
+    /// Take a sample for the [`Series`].
+    Sample,
     Down(String),
     Up(String),
 }
@@ -288,6 +421,7 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
     if !opt.link_state {
         policy.link_state = None;
     }
+    policy.peers = opt.peers;
     policy.routing.paths = opt.paths;
     policy.routing.threshold = opt.threshold;
     // The key managers read link rates from the topology (for their congestion limits).
@@ -321,6 +455,17 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
         }
     }
     add(&mut agenda, warm, Happening::Warm);
+    // Samples: after everything else due at the same time (they only read).
+    let interval_s = series_interval((span - warm).as_secs_f64());
+    let mut k = 0u32;
+    loop {
+        let at = warm + Duration::from_secs_f64(interval_s * f64::from(k));
+        if at >= span {
+            break;
+        }
+        add(&mut agenda, at, Happening::Sample);
+        k += 1;
+    }
     if far.is_some() {
         let mut t = Duration::ZERO;
         while t < span {
@@ -357,18 +502,24 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
     }
 
     let mut tally = vec![(0u64, 0u64, 0u64); pairs.len()];
+    let (followed_names, followed) = followed_pairs(&pairs);
+    let mut samples: Vec<Sample> = Vec::new();
     let (mut unavailable, mut other) = (0u64, 0u64);
     // Requests made while both end nodes were up, and of those served.
     let (mut ends_up, mut ends_up_served) = (0u64, 0u64);
     // Request → (pair, counted: made after the warm-up, both end nodes up when made).
     let mut open: BTreeMap<u64, (usize, bool, bool)> = BTreeMap::new();
+    // Counted requests answered (served or refused), per SAE pair: the series' denominator.
+    let mut answered = vec![0u64; pairs.len()];
     let mut settle = |sim: &mut Sim,
                       open: &mut BTreeMap<u64, (usize, bool, bool)>,
-                      tally: &mut [(u64, u64, u64)]| {
+                      tally: &mut [(u64, u64, u64)],
+                      answered: &mut [u64]| {
         open.retain(|req, (pair, counted, up)| match sim.answer(*req) {
             None => true,
             Some(_) if !*counted => false,
             Some(a) => {
+                answered[*pair] += 1;
                 match a.reply {
                     Ok(AppReply::Keys(keys)) => {
                         ends_up_served += u64::from(*up);
@@ -393,7 +544,7 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
         if target > sim.now() {
             sim.run_for(Duration::from_nanos(target.0 - sim.now().0));
         }
-        settle(&mut sim, &mut open, &mut tally);
+        settle(&mut sim, &mut open, &mut tally, &mut answered);
         match h {
             Happening::Request => {
                 let i = rng.gen_range(0..pairs.len());
@@ -458,6 +609,15 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
                     ));
                 }
             }
+            Happening::Sample => samples.push(sample(
+                &sim,
+                &topo,
+                (at - warm).as_secs_f64(),
+                &tally,
+                &answered,
+                &followed,
+                followed_names.len(),
+            )),
             Happening::Down(n) => match opt.failure_mode {
                 FailureMode::Crash => sim.crash(&n),
                 FailureMode::Freeze => sim.freeze(&n),
@@ -476,8 +636,17 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
     }
     // Requests made just before the end get a moment to be answered.
     sim.run_for(Duration::from_secs(10));
-    settle(&mut sim, &mut open, &mut tally);
+    settle(&mut sim, &mut open, &mut tally, &mut answered);
     let unanswered = open.len() as u64;
+    samples.push(sample(
+        &sim,
+        &topo,
+        (span - warm).as_secs_f64() + 10.0,
+        &tally,
+        &answered,
+        &followed,
+        followed_names.len(),
+    ));
 
     let secs = (span - warm).as_secs_f64();
     let pair_reports: Vec<PairReport> = pairs
@@ -576,6 +745,11 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
                 bottleneck_bps,
             }
         }),
+        series: Series {
+            interval_s,
+            node_pairs: followed_names,
+            samples,
+        },
     })
 }
 

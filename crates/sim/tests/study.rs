@@ -131,7 +131,12 @@ fn pinned_studies_report_the_same_numbers() {
     // link state (the default) relays avoid starved links: japan24 serves 4756 requests
     // instead of 3485 and abandons 865 of 1441 relays instead of 1038 of 1460; the mesh with
     // two paths serves 63 instead of 52 and abandons 151 of 2340 instead of 219 of 1959 (more
-    // relays start because fewer sit on starved links until they time out).
+    // relays start because fewer sit on starved links until they time out). Link key
+    // reservations (`kagi_km::reserve`: new `LinkReserve`/`LinkReserved` messages, link key
+    // spendable only once reserved, a restart drops what was reserved and unspent) moved them
+    // again: japan24 static 3485 → 3451 served (−1.0 %), abandoned 1038 → 1035; mesh static
+    // 52 → 53; japan24 with link state 4756 → 4814, abandoned 865 → 851; mesh with link state
+    // 63 → 65, abandoned 151 → 152.
     let static_routes = |o: &StudyOptions| StudyOptions {
         link_state: false,
         ..o.clone()
@@ -141,19 +146,19 @@ fn pinned_studies_report_the_same_numbers() {
         (
             &japan24,
             &static_routes(&single),
-            [6891, 3485, 892_160, 130_180_608, 1460, 1038],
+            [6891, 3451, 883_456, 129_850_368, 1453, 1035],
         ),
         (
             &mesh,
             &static_routes(&two_paths),
-            [120, 52, 13_312, 565_290_496, 1959, 219],
+            [120, 53, 13_568, 559_734_784, 1924, 217],
         ),
         (
             &japan24,
             &single,
-            [6891, 4756, 1_217_536, 184_439_040, 1441, 865],
+            [6891, 4814, 1_232_384, 183_778_560, 1429, 851],
         ),
-        (&mesh, &two_paths, [120, 63, 16_128, 843_125_248, 2340, 151]),
+        (&mesh, &two_paths, [120, 65, 16_640, 841_964_800, 2352, 152]),
     ] {
         let r = study(topo, opt).unwrap();
         let served: u64 = r.pairs.iter().map(|p| p.served).sum();

@@ -63,6 +63,10 @@ const A: (&str, &str) = ("a", "sae-a");
 const C: (&str, &str) = ("c", "sae-c");
 
 fn line(seed: u64) -> Sim {
+    line_with(seed, LinkSupply::default())
+}
+
+fn line_with(seed: u64, supply: LinkSupply) -> Sim {
     let mut t = Topology::line("w", &["a", "b", "c"], 20.0, |n| vec![format!("sae-{n}")]);
     t.seed = 3;
     let policy = Policy {
@@ -73,7 +77,7 @@ fn line(seed: u64) -> Sim {
         slave_grace: Duration::from_secs(1),
         ..Policy::default()
     };
-    let mut sim = Sim::new(t, seed, Faults::default(), LinkSupply::default(), policy);
+    let mut sim = Sim::new(t, seed, Faults::default(), supply, policy);
     sim.run_for(Duration::from_secs(1));
     sim
 }
@@ -402,4 +406,74 @@ fn a_peer_that_has_not_answered_this_runs_hello_gets_no_relay_and_its_slaves_no_
     sim.run_for(Duration::from_secs(2));
     assert!(sim.node("a").unwrap().is_reconciled("c"));
     assert!(!enc(&mut sim, A, "sae-c", 1).is_empty());
+}
+
+fn a_sends_b_a_hop(from: &str, to: &str, m: &kagi_km::PeerMsg) -> bool {
+    from == "a"
+        && to == "b"
+        && matches!(
+            m,
+            kagi_km::PeerMsg::RelayHop { .. } | kagi_km::PeerMsg::ShareHop { .. }
+        )
+}
+
+/// One-time-pad reuse after a restore (chaos seed 2 with link grants, made deterministic): a
+/// spends link key towards b on hops that b never receives (so b's `Seen` mark of a's half does
+/// not cover them), then a is restored from a copy taken before those spends. Nothing a peer
+/// saw proves the copy older (no counter of a's moved at b or c since), and the copy holds
+/// those pad bytes as unspent. The pad ledger checks every hop a sends after the restore
+/// against every byte sent with before.
+#[test]
+fn a_node_restored_from_an_older_copy_never_spends_pad_bytes_it_sent_with_before() {
+    let mut spent_after = 0;
+    for seed in seeds(1, 3) {
+        // Slow link key (4 KiB per half every 200 ms, never evicted within the test), so a's
+        // spending, not eviction, moves its oldest block on: the relays lost after the copy
+        // run into blocks b never saw spent.
+        let supply = LinkSupply {
+            interval: Duration::from_millis(200),
+            block_bytes: 8 * 1024,
+        };
+        let mut sim = line_with(seed, supply);
+        sim.check_pads();
+        traffic(&mut sim, 3);
+        // From now on every hop a sends to b is lost. Drain a's pool for c: the relays that
+        // refill it are lost, before the copy.
+        sim.drop_messages(a_sends_b_a_hop, u32::MAX);
+        for _ in 0..20 {
+            if sim.node("a").unwrap().pool_free("c") < 1024 {
+                break;
+            }
+            enc(&mut sim, A, "sae-c", 32);
+        }
+        sim.run_for(Duration::from_millis(100));
+        let copy = sim.backup("a");
+        // Those relays time out and a starts new ones, lost too: pad bytes the copy holds as
+        // unspent. No assignment or relay of a reaches anyone after the copy.
+        let before = sim.node("a").unwrap().stats().link_key_spent;
+        sim.run_for(Duration::from_secs(12));
+        let lost = sim.node("a").unwrap().stats().link_key_spent - before;
+        assert!(lost > 0, "seed {seed}: a spent no link key after the copy");
+        sim.drop_messages(a_sends_b_a_hop, 0);
+        sim.restore_copy("a", &copy);
+        sim.run_for(Duration::from_millis(200));
+        sim.restart("a");
+        // a relays to c again over b: the ledger panics on any pad byte sent with twice.
+        let at_restart = sim.pad_bytes();
+        assert!(
+            traffic(&mut sim, 10) > 0,
+            "seed {seed}: no keys after a was restored"
+        );
+        let s = sim.node("a").unwrap().stats();
+        assert!(
+            s.link_key_spent > 0,
+            "seed {seed}: a spent nothing after the restore"
+        );
+        assert_eq!(
+            s.rollbacks_detected, 0,
+            "seed {seed}: a rollback was detected (the copy must look current to the peers)"
+        );
+        spent_after += sim.pad_bytes() - at_restart;
+    }
+    assert!(spent_after > 0, "no hop was sent after the restores");
 }

@@ -15,7 +15,8 @@ use super::netmap::MapLink;
 #[command(
     after_help = "Examples:\n  kagi sim --hours 1\n  kagi sim --topology docs/examples/japan24.toml --hours 0.5 --saes-per-node 4 --json\n  \
     kagi sim --hours 6 --diurnal --node-mtbf-hours 2 --repair-minutes 15\n  \
-    kagi sim --grid-mesh 48 --warmup-minutes 2 --hours 0.1 --far-pair-flood"
+    kagi sim --grid-mesh 48 --warmup-minutes 2 --hours 0.1 --far-pair-flood\n  \
+    kagi sim --hours 0.5 --svg map.svg --svg-series series.svg"
 )]
 pub struct Args {
     /// Topology file (default: the built-in Tokyo network).
@@ -75,6 +76,11 @@ pub struct Args {
     /// Switch heartbeats off (a silent node is then never routed around).
     #[arg(long)]
     no_heartbeats: bool,
+    /// Which nodes each node sends heartbeats to and watches for silence: `all` (every node,
+    /// as `[peers] connect = "all"`) or `neighbours` (a far node's silence is learnt from its
+    /// neighbours' link-state adverts, as `connect = "neighbours"`).
+    #[arg(long, value_enum, default_value_t = PeerScopeArg::All)]
+    peer_scope: PeerScopeArg,
     /// Switch link-state adverts off: routes follow the topology's static link costs (hop
     /// count) instead of the key each link has.
     #[arg(long)]
@@ -88,6 +94,18 @@ pub struct Args {
     /// Also draw the network map (links by modelled key rate) into this SVG file.
     #[arg(long)]
     svg: Option<PathBuf>,
+    /// Also draw time series into this SVG file: key delivered and requests served per
+    /// interval (all pairs and the node pairs with the most SAE pairs) and the key the nodes
+    /// hold, sampled at a fixed simulated interval (at most 720 samples).
+    #[arg(long)]
+    svg_series: Option<PathBuf>,
+}
+
+/// `--peer-scope`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum PeerScopeArg {
+    All,
+    Neighbours,
 }
 
 /// `--failure-mode`.
@@ -124,6 +142,10 @@ pub fn run(a: Args) -> Result<()> {
         },
         fail_transit_only: a.fail_transit_only,
         heartbeats: !a.no_heartbeats,
+        peers: match a.peer_scope {
+            PeerScopeArg::All => kagi_km::PeerScope::All,
+            PeerScopeArg::Neighbours => kagi_km::PeerScope::Neighbours,
+        },
         link_state: !a.static_routes,
         seed: a.seed,
         paths: a.paths,
@@ -160,6 +182,14 @@ pub fn run(a: Args) -> Result<()> {
                 / report.requests.max(1) as f64
         );
         std::fs::write(path, super::netmap::svg(&title, &topo, &links))
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    if let Some(path) = &a.svg_series {
+        let title = format!(
+            "{}: kagi sim, {} h measured, seed {}",
+            topo.name, a.hours, a.seed
+        );
+        std::fs::write(path, kagi_sim::series_svg::svg(&title, &report))
             .with_context(|| format!("write {}", path.display()))?;
     }
     if a.json {

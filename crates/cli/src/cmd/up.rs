@@ -69,6 +69,30 @@ pub struct Args {
     /// (implies --vault), create one key and list it in network.json as `xks`.
     #[arg(long)]
     pub xks: bool,
+    /// Which peers every node keeps connections to (`[peers] connect` in each node.toml):
+    /// `neighbours` (always to the nodes it shares a link with, to others while needed) or
+    /// `all`. Default: what each node.toml of an earlier run says, else the nodes' default.
+    #[arg(long, value_enum)]
+    pub peers: Option<PeersArg>,
+}
+
+/// `kagi up --peers`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeersArg {
+    /// `connect = "neighbours"`.
+    Neighbours,
+    /// `connect = "all"`.
+    All,
+}
+
+impl PeersArg {
+    /// The node config's value.
+    fn connect(self) -> kagi_node::config::PeerConnect {
+        match self {
+            PeersArg::Neighbours => kagi_node::config::PeerConnect::Neighbours,
+            PeersArg::All => kagi_node::config::PeerConnect::All,
+        }
+    }
 }
 
 /// `DIR/network.json`: what scripts and tests rely on. Paths are relative to DIR.
@@ -389,7 +413,7 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
         let cfg_path = node_dir.join("node.toml");
         // Keep a config the user edited (limits, pool policy, where the store lives), refreshing
         // only what kagi up owns.
-        let cfg = match old {
+        let mut cfg = match old {
             Some(old) => NodeConfig {
                 data_dir: written_data_dir(&cfg_path).unwrap_or(cfg.data_dir),
                 etsi014: old.etsi014,
@@ -402,6 +426,9 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             },
             None => cfg,
         };
+        if let Some(p) = args.peers {
+            cfg.peers.connect = p.connect();
+        }
         let cfg = super::skip_ports::with_skip_port(cfg, &cfg_path, &mut taken);
         let cfg = super::skip_ports::with_etsi004_port(cfg, &cfg_path, &mut taken);
         write_atomic(&cfg_path, &toml::to_string_pretty(&cfg)?)?;
@@ -1192,6 +1219,7 @@ mod tests {
             stop: false,
             vault: false,
             xks: false,
+            peers: None,
         }
     }
 

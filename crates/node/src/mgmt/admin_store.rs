@@ -1,9 +1,11 @@
-//! The operator's switches that must outlive a restart: links taken out of service and
-//! draining. A node restarted for maintenance comes back the way the operator left it, not
-//! routing over a link someone took out because its fibre is being repaired.
+//! The operator's switches that must outlive a restart: links taken out of service, draining,
+//! and key rate limits set through the management API. A node restarted for maintenance comes
+//! back the way the operator left it, not routing over a link someone took out because its
+//! fibre is being repaired, nor serving an application the limit someone lowered at run time.
 //!
 //! Kept in its own small SQLite database, `<data_dir>/<node>-admin.db`, apart from the sealed
-//! key store: the switches are not secret, and the key manager core does not own them.
+//! key store: the switches and limits are not secret, and the key manager core does not own
+//! them. Whoever can write this file can also write `node.toml`, which sets the same limits.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,10 @@ pub struct AdminState {
     /// Whether new `enc_keys` requests are refused for maintenance.
     #[serde(default)]
     pub draining: bool,
+    /// Key rate limits and priorities set through the management API; they replace
+    /// `node.toml`'s entries for the same SAE or pair.
+    #[serde(default, skip_serializing_if = "kagi_km::QuotaOverrides::is_empty")]
+    pub limits: kagi_km::QuotaOverrides,
 }
 
 /// Why the switches could not be read or saved.
@@ -101,13 +107,19 @@ impl AdminStore {
                 path: self.path.clone(),
                 source,
             })?;
-        match text {
-            None => Ok(AdminState::default()),
-            Some(t) => serde_json::from_str(&t).map_err(|e| AdminStoreError::Corrupt {
-                path: self.path.clone(),
-                why: e.to_string(),
-            }),
-        }
+        let corrupt = |why: String| AdminStoreError::Corrupt {
+            path: self.path.clone(),
+            why,
+        };
+        let state: AdminState = match text {
+            None => return Ok(AdminState::default()),
+            Some(t) => serde_json::from_str(&t).map_err(|e| corrupt(e.to_string()))?,
+        };
+        state
+            .limits
+            .validate()
+            .map_err(|e| corrupt(e.to_string()))?;
+        Ok(state)
     }
 
     /// Saves `state`, durably, before returning.
@@ -140,10 +152,14 @@ mod tests {
         let path = admin_db_path(dir.path(), "a");
         let s = AdminStore::open(&path).unwrap();
         assert_eq!(s.load().unwrap(), AdminState::default());
-        let want = AdminState {
+        let mut want = AdminState {
             links_out: ["b".to_owned()].into(),
             draining: true,
+            ..AdminState::default()
         };
+        want.limits
+            .sae
+            .insert("sae-a".into(), kagi_km::SaeLimit::rate(10, 20));
         s.save(&want).unwrap();
         drop(s);
         let s = AdminStore::open(&path).unwrap();
@@ -155,5 +171,19 @@ mod tests {
             .unwrap();
         let err = s.load().unwrap_err().to_string();
         assert!(err.contains("a-admin.db is not valid"), "{err}");
+        // A stored limit that cannot work is refused too, not applied.
+        s.conn
+            .lock()
+            .unwrap()
+            .execute(
+                "UPDATE admin_state SET value = '{\"limits\": {\"sae\": {\"x\": {\"bytes_per_second\": 0}}}}'",
+                [],
+            )
+            .unwrap();
+        let err = s.load().unwrap_err().to_string();
+        assert!(
+            err.contains("not valid") && err.contains("burst_bytes"),
+            "{err}"
+        );
     }
 }

@@ -44,6 +44,17 @@ pub const ROUTES: &[(&str, &str, Permission)] = &[
     ("GET", "/api/v1/relays", Permission::Read),
     ("GET", "/api/v1/saes", Permission::Read),
     ("PUT", "/api/v1/saes/{sae}/limits", Permission::Operate),
+    ("DELETE", "/api/v1/saes/{sae}/limits", Permission::Operate),
+    (
+        "PUT",
+        "/api/v1/saes/{sae}/pairs/{slave}/limits",
+        Permission::Operate,
+    ),
+    (
+        "DELETE",
+        "/api/v1/saes/{sae}/pairs/{slave}/limits",
+        Permission::Operate,
+    ),
     ("GET", "/api/v1/refusals", Permission::Read),
     ("GET", "/api/v1/audit", Permission::ReadAudit),
     ("GET", "/api/v1/audit/trail", Permission::ReadAudit),
@@ -137,7 +148,14 @@ pub fn router(ctx: Arc<MgmtCtx>) -> Router {
         .route("/api/v1/pools", get(pools))
         .route("/api/v1/relays", get(relays))
         .route("/api/v1/saes", get(saes))
-        .route("/api/v1/saes/{sae}/limits", put(sae_limits))
+        .route(
+            "/api/v1/saes/{sae}/limits",
+            put(sae_limits).delete(sae_limits),
+        )
+        .route(
+            "/api/v1/saes/{sae}/pairs/{slave}/limits",
+            put(pair_limits).delete(pair_limits),
+        )
         .route("/api/v1/refusals", get(refusals))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/audit/trail", get(audit_trail))
@@ -209,6 +227,7 @@ fn stats_json(s: &kagi_km::NodeStats) -> Value {
         "revokes_resent": s.revokes_resent,
         "revokes_given_up": s.revokes_given_up,
         "refused_no_key": s.refused_no_key,
+        "refused_for_priority": s.refused_for_priority,
     })
 }
 
@@ -393,6 +412,7 @@ async fn saes(State(ctx): Ctx, Extension(who): Who) -> Response {
                 "node": node,
                 "local": node == me,
                 "rate_limit": km.as_ref().filter(|_| node == me).and_then(|k| k.quotas.limit_of(&sae)),
+                "pair_limits": km.as_ref().filter(|_| node == me).and_then(|k| k.quotas.pair.get(&sae)),
                 "usage": km.as_ref().filter(|_| node == me).and_then(|k| k.sae_usage.get(&sae)),
             })
         })
@@ -592,19 +612,53 @@ async fn drain(State(ctx): Ctx, Extension(who): Who, body: Bytes) -> Response {
 async fn sae_limits(
     State(ctx): Ctx,
     Extension(who): Who,
+    method: Method,
     Path(sae): Path<String>,
+    body: Bytes,
+) -> Response {
+    set_limit(ctx, who, method, sae, None, body).await
+}
+
+async fn pair_limits(
+    State(ctx): Ctx,
+    Extension(who): Who,
+    method: Method,
+    Path((sae, slave)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    set_limit(ctx, who, method, sae, Some(slave), body).await
+}
+
+/// Sets (PUT) or drops (DELETE: back to `node.toml`) the key rate and priority of master `sae`,
+/// or of the pair (`sae`, `slave`): applied to the running core as a SIGHUP reload is, and
+/// saved so that it outlives restarts and reloads.
+async fn set_limit(
+    ctx: Arc<MgmtCtx>,
+    who: Arc<Caller>,
+    method: Method,
+    sae: String,
+    slave: Option<String>,
     body: Bytes,
 ) -> Response {
     if let Err(r) = need(&ctx, &who, Permission::Operate, "change SAE limits") {
         return r;
     }
-    // The core's own limit type: `bytes_per_second`, optional `burst_bytes` and `daily_bytes`.
-    let limit: kagi_km::SaeLimit = match parse(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
+    let target = match &slave {
+        Some(s) => format!("{sae}/{s}"),
+        None => sae.clone(),
+    };
+    // The core's own limit type: optional `bytes_per_second`, `burst_bytes`, `daily_bytes`,
+    // `priority`.
+    let limit: Option<kagi_km::SaeLimit> = if method == Method::DELETE {
+        None
+    } else {
+        match parse(&body) {
+            Ok(b) => Some(b),
+            Err(r) => return r,
+        }
     };
     let refuse = |why: String| {
-        audit_and(&ctx, &who, "sae.limits", &sae, "refused", &why);
+        audit_and(&ctx, &who, "sae.limits", &target, "refused", &why);
         error(StatusCode::BAD_REQUEST, why)
     };
     match ctx.topology.node_of_sae(&sae) {
@@ -617,28 +671,68 @@ async fn sae_limits(
         }
         Some(_) => {}
     }
-    if let Err(e) = limit.validate(&format!("SAE {sae}")) {
-        return refuse(e.to_string());
-    }
-    let Some(status) = ctx.driver.status().await else {
-        return unavailable();
-    };
-    let mut quotas = status.quotas;
-    quotas.sae.insert(sae.clone(), limit);
-    match ctx.driver.set_quotas(quotas).await {
-        Some(Ok(())) => {
-            let detail = format!(
-                "bytes_per_second={} burst_bytes={} daily_bytes={:?}",
-                limit.bytes_per_second,
-                limit.burst(),
-                limit.daily_bytes
-            );
-            audit_and(&ctx, &who, "sae.limits", &sae, "ok", &detail);
-            ok(json!({"sae": sae, "limit": limit, "burst_bytes": limit.burst()}))
+    if let Some(s) = &slave {
+        if ctx.topology.node_of_sae(s).is_none() {
+            return refuse(format!("unknown slave SAE {s:?}"));
         }
-        Some(Err(e)) => refuse(e.to_string()),
-        None => unavailable(),
+        if *s == sae {
+            return refuse(format!("SAE {sae:?} cannot be its own slave"));
+        }
     }
+    if let Some(l) = &limit {
+        if let Err(e) = l.validate(&format!("SAE {target}")) {
+            return refuse(e.to_string());
+        }
+    }
+    let quotas = match ctx.ops.set_limit_override(&sae, slave.as_deref(), limit) {
+        Ok(q) => q,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let detail = match &limit {
+        Some(l) => format!(
+            "bytes_per_second={:?} burst_bytes={:?} daily_bytes={:?} priority={:?}",
+            l.bytes_per_second,
+            l.burst(),
+            l.daily_bytes,
+            l.priority
+        ),
+        None => "override dropped: node.toml's limit applies".to_owned(),
+    };
+    match ctx.driver.set_quotas(quotas.clone()).await {
+        Some(Ok(())) => {}
+        Some(Err(e)) => return refuse(e.to_string()),
+        None => {
+            audit_and(
+                &ctx,
+                &who,
+                "sae.limits",
+                &target,
+                "error",
+                "key manager not answering",
+            );
+            return unavailable();
+        }
+    }
+    if let Err(e) = ctx.ops.save_admin() {
+        audit_and(&ctx, &who, "sae.limits", &target, "error", &e.to_string());
+        return not_saved(e);
+    }
+    audit_and(&ctx, &who, "sae.limits", &target, "ok", &detail);
+    // What now applies (after a DELETE: node.toml's entry, if any).
+    let applies = match &slave {
+        Some(s) => quotas.pair_limit(&sae, s).copied(),
+        None => quotas.limit_of(&sae).copied(),
+    };
+    let mut body = json!({
+        "sae": sae,
+        "limit": applies,
+        "burst_bytes": applies.and_then(|l| l.burst()),
+        "overridden": limit.is_some(),
+    });
+    if let Some(s) = slave {
+        body["slave"] = json!(s);
+    }
+    ok(body)
 }
 
 /// Body of `POST /api/v1/tamper`.

@@ -91,6 +91,10 @@ pub struct Ops {
     tamper: Mutex<Option<TamperState>>,
     tamper_tx: tokio::sync::watch::Sender<bool>,
     admin: std::sync::OnceLock<super::admin_store::AdminStore>,
+    /// `[quotas]` as `node.toml` has it (at start and at each SIGHUP).
+    file_quotas: Mutex<kagi_km::QuotaConfig>,
+    /// Limits set through the management API, on top of `file_quotas`.
+    limit_overrides: Mutex<kagi_km::QuotaOverrides>,
     /// Prometheus metrics maintained as events happen.
     pub metrics: Metrics,
 }
@@ -129,6 +133,8 @@ impl Ops {
             tamper: Mutex::new(None),
             tamper_tx: tokio::sync::watch::channel(false).0,
             admin: std::sync::OnceLock::new(),
+            file_quotas: Mutex::new(kagi_km::QuotaConfig::default()),
+            limit_overrides: Mutex::new(kagi_km::QuotaOverrides::default()),
             metrics: Metrics::new(),
         }
     }
@@ -165,6 +171,9 @@ impl Ops {
         if let Ok(mut s) = self.links_out.lock() {
             s.clone_from(&state.links_out);
         }
+        if let Ok(mut o) = self.limit_overrides.lock() {
+            o.clone_from(&state.limits);
+        }
         let _ = self.admin.set(store);
         Ok(state)
     }
@@ -178,7 +187,81 @@ impl Ops {
         store.save(&super::admin_store::AdminState {
             links_out: self.links_out(),
             draining: self.draining(),
+            limits: self.limit_overrides(),
         })
+    }
+
+    /// Records `[quotas]` as `node.toml` has it now; returns the limits that apply (it with the
+    /// management API's overrides on top).
+    pub fn set_file_quotas(&self, q: kagi_km::QuotaConfig) -> kagi_km::QuotaConfig {
+        if let Ok(mut f) = self.file_quotas.lock() {
+            *f = q;
+        }
+        self.quotas()
+    }
+
+    /// The limits that apply: `node.toml`'s `[quotas]` with the management API's overrides
+    /// replacing the entries they name.
+    pub fn quotas(&self) -> kagi_km::QuotaConfig {
+        let file = self
+            .file_quotas
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default();
+        file.with_overrides(&self.limit_overrides())
+    }
+
+    /// The limits set through the management API.
+    pub fn limit_overrides(&self) -> kagi_km::QuotaOverrides {
+        self.limit_overrides
+            .lock()
+            .map(|o| o.clone())
+            .unwrap_or_default()
+    }
+
+    /// Sets (`Some`) or drops (`None`, back to `node.toml`) the override of master `sae`, or of
+    /// the pair (`sae`, `slave`); returns the limits that now apply, or why they cannot.
+    pub fn set_limit_override(
+        &self,
+        sae: &str,
+        slave: Option<&str>,
+        limit: Option<kagi_km::SaeLimit>,
+    ) -> Result<kagi_km::QuotaConfig, kagi_km::QuotaError> {
+        let Ok(mut o) = self.limit_overrides.lock() else {
+            return Ok(self.quotas());
+        };
+        let mut next = o.clone();
+        match (slave, limit) {
+            (None, Some(l)) => {
+                next.sae.insert(sae.to_owned(), l);
+            }
+            (None, None) => {
+                next.sae.remove(sae);
+            }
+            (Some(s), Some(l)) => {
+                next.pair
+                    .entry(sae.to_owned())
+                    .or_default()
+                    .insert(s.to_owned(), l);
+            }
+            (Some(s), None) => {
+                if let Some(m) = next.pair.get_mut(sae) {
+                    m.remove(s);
+                    if m.is_empty() {
+                        next.pair.remove(sae);
+                    }
+                }
+            }
+        }
+        let file = self
+            .file_quotas
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default();
+        let effective = file.with_overrides(&next);
+        effective.validate()?;
+        *o = next;
+        Ok(effective)
     }
 
     /// Neighbours whose link the operator took out of service (re-applied when the core
