@@ -592,3 +592,64 @@ fn left_over_nodes_are_detected_and_stopped() {
     }
     assert!(!pids.iter().any(alive), "kagi up --stop stopped every node");
 }
+
+/// A node killed under `kagi up` (SIGKILL, as a crash or an OOM kill would) is started again by
+/// `kagi up`, and its application gets keys again that the slave three hops away reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_dies_is_restarted_by_kagi_up_and_serves_again() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let tmp = TempDir::new("restart");
+    let up = Up::start(&tmp.0, &[]);
+    let (master, _) = up.node_of("sae-koganei-a");
+    let pid_file = tmp
+        .0
+        .join("nodes")
+        .join(master["id"].as_str().unwrap())
+        .join("node.pid");
+    let pid_of = || -> Option<u32> { std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok() };
+    let old = pid_of().expect("kagi up wrote the node's pid");
+    let ka = up.client("sae-koganei-a");
+    let kh = up.client("sae-hakusan-a");
+    let before = enc(&ka, "sae-hakusan-a", &req(2, 256)).await;
+
+    assert!(Command::new("kill")
+        .args(["-KILL", &old.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let start = Instant::now();
+    let new = loop {
+        match pid_of() {
+            Some(p) if p != old && Path::new(&format!("/proc/{p}")).exists() => break p,
+            _ if start.elapsed() > Duration::from_secs(30) => panic!(
+                "kagi up did not restart the node; its log:\n{}",
+                std::fs::read_to_string(&up.log).unwrap_or_default()
+            ),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    assert_ne!(new, old);
+
+    // Served again once it listens and has reconciled with its peers (503 or no answer until
+    // then); the keys match at the slave, and the keys served before the crash still do.
+    let start = Instant::now();
+    let keys = loop {
+        match ka.enc_keys("sae-hakusan-a", &req(2, 256)).await {
+            Ok(k) => break k,
+            Err(e) if start.elapsed() < Duration::from_secs(90) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            Err(e) => panic!("the restarted node does not serve: {e}"),
+        }
+    };
+    for k in before.iter().chain(&keys) {
+        let got = kh.dec_keys("sae-koganei-a", &[k.id]).await.unwrap();
+        assert_eq!(got[0].key, k.key);
+    }
+    let log = std::fs::read_to_string(&up.log).unwrap();
+    assert!(
+        log.contains("exited unexpectedly") && log.contains("restarted (pid"),
+        "{log}"
+    );
+}

@@ -21,6 +21,7 @@ pub mod seal;
 pub mod sim;
 pub mod skip_ports;
 pub mod up;
+pub mod up_children;
 pub mod up_dash;
 pub mod up_mgmt;
 pub mod vault;

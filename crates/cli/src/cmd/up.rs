@@ -24,12 +24,13 @@
 //! Then it starts one `kagi node --config nodes/<id>/node.toml` child process per node, waits
 //! until each node's ETSI 014 endpoint answers, writes `network.json`, prints the endpoints and
 //! a copy-paste curl pair, and runs until Ctrl-C or SIGTERM, when it stops every node with
-//! SIGTERM (SIGKILL after a grace period). A re-run on the same directory keeps certificates,
+//! SIGTERM (SIGKILL after a grace period). A node or simulated device that exits on its own
+//! meanwhile is restarted with back-off, as sites are (`up_children`). A re-run on the same directory keeps certificates,
 //! ports (when still free), the link epoch and the stored keys.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -38,6 +39,8 @@ use kagi_node::client::{ClientError, Etsi014Client};
 use kagi_node::config::{Etsi014Config, NodeConfig, PoolConfig, TlsConfig};
 use kagi_node::pki::Pki;
 use serde::{Deserialize, Serialize};
+
+use super::up_children::{adopt, launch, signal, stop_all, supervise, Child, Kind};
 
 /// Arguments of `kagi up`.
 #[derive(clap::Args, Debug)]
@@ -587,49 +590,6 @@ fn stop_left_over(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Child {
-    id: String,
-    proc: tokio::process::Child,
-    pid_file: PathBuf,
-    log: PathBuf,
-    exited: bool,
-    /// For a storage site: restarted when it exits (its data is on disk; `kill -9` included).
-    site: bool,
-}
-
-fn signal(pid: u32, sig: &str) {
-    // No `unsafe` (libc::kill) in this workspace: the `kill` utility does it.
-    let _ = std::process::Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-async fn stop_all(children: &mut [Child]) {
-    for c in children.iter().filter(|c| !c.exited) {
-        if let Some(pid) = c.proc.id() {
-            signal(pid, "TERM");
-        }
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    for c in children.iter_mut() {
-        if !c.exited {
-            match tokio::time::timeout_at(deadline, c.proc.wait()).await {
-                Ok(_) => {}
-                Err(_) => {
-                    eprintln!("kagi up: node {} did not stop in time; killing it", c.id);
-                    let _ = c.proc.start_kill();
-                    let _ = c.proc.wait().await;
-                }
-            }
-            c.exited = true;
-        }
-        let _ = std::fs::remove_file(&c.pid_file);
-    }
-}
-
 async fn spawn_nodes(dir: &Path, prep: &Prepared) -> anyhow::Result<Vec<Child>> {
     let mut children = Vec::new();
     for (id, cfg) in &prep.configs {
@@ -643,26 +603,14 @@ async fn spawn_nodes(dir: &Path, prep: &Prepared) -> anyhow::Result<Vec<Child>> 
             );
         }
         let log = node_dir.join("node.log");
-        let mut cmd = super::child::kagi_child(&log)?;
-        cmd.arg("node").arg("--config").arg(cfg);
-        let proc = match cmd.spawn() {
-            Ok(p) => p,
+        let args = vec!["node".into(), "--config".into(), cfg.into()];
+        match launch(Kind::Node, id, args, &log, &pid_file) {
+            Ok(c) => children.push(c),
             Err(e) => {
                 stop_all(&mut children).await;
-                return Err(e).context(format!("cannot start node {id}"));
+                return Err(e);
             }
-        };
-        if let Some(pid) = proc.id() {
-            std::fs::write(&pid_file, format!("{pid}\n"))?;
         }
-        children.push(Child {
-            id: id.clone(),
-            proc,
-            pid_file,
-            log,
-            exited: false,
-            site: false,
-        });
     }
     Ok(children)
 }
@@ -679,27 +627,15 @@ fn spawn_devices(dir: &Path, prep: &Prepared) -> anyhow::Result<Vec<Child>> {
         let ddir = dir.join("devices");
         std::fs::create_dir_all(&ddir)?;
         let log = ddir.join(format!("{name}.log"));
-        let mut cmd = super::child::kagi_child(&log)?;
-        cmd.arg("device")
-            .arg("--data-dir")
-            .arg(dir)
-            .arg("--link")
-            .arg(&name);
-        let proc = cmd
-            .spawn()
-            .with_context(|| format!("cannot start the simulated device of link {name}"))?;
+        let args = vec![
+            "device".into(),
+            "--data-dir".into(),
+            dir.into(),
+            "--link".into(),
+            name.clone().into(),
+        ];
         let pid_file = ddir.join(format!("{name}.pid"));
-        if let Some(pid) = proc.id() {
-            std::fs::write(&pid_file, format!("{pid}\n"))?;
-        }
-        out.push(Child {
-            id: format!("device {name}"),
-            proc,
-            pid_file,
-            log,
-            exited: false,
-            site: false,
-        });
+        out.push(launch(Kind::Device, &name, args, &log, &pid_file)?);
     }
     Ok(out)
 }
@@ -853,39 +789,6 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-async fn supervise(children: &mut [Child]) -> anyhow::Result<()> {
-    let sig = shutdown_signal();
-    tokio::pin!(sig);
-    loop {
-        if children.iter().all(|c| c.exited || c.site) {
-            bail!("every node has exited");
-        }
-        tokio::select! {
-            s = &mut sig => {
-                eprintln!("kagi up: {s}, stopping {} nodes", children.iter().filter(|c| !c.exited).count());
-                return Ok(());
-            }
-            () = tokio::time::sleep(Duration::from_millis(250)) => {
-                for c in children.iter_mut().filter(|c| !c.exited) {
-                    if let Ok(Some(st)) = c.proc.try_wait() {
-                        if c.site {
-                            restart_site(c, st).await;
-                            continue;
-                        }
-                        c.exited = true;
-                        let _ = std::fs::remove_file(&c.pid_file);
-                        eprintln!(
-                            "kagi up: node {} exited unexpectedly ({st}); see {}. The other nodes keep running.",
-                            c.id,
-                            c.log.display()
-                        );
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// Runs `kagi up`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
@@ -941,14 +844,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     network.xks = Some(info);
                     children.insert(
                         0,
-                        Child {
-                            id: "xks-proxy".into(),
-                            proc: c.proc,
-                            pid_file: c.pid_file,
-                            log: c.log,
-                            exited: false,
-                            site: false,
-                        },
+                        adopt(Kind::Proxy, "xks-proxy", c.proc, c.pid_file, c.log),
                     );
                 }
                 Err(e) => {
@@ -971,7 +867,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         print_banner(&dir, &prep);
         print_vault_banner(&dir, &network);
         super::xks::print_banner(&dir, &network);
-        let result = supervise(&mut children).await;
+        let result = match supervise(&mut children, shutdown_signal()).await {
+            Ok(s) => {
+                let running = children.iter().filter(|c| !c.exited).count();
+                eprintln!("kagi up: {s}, stopping {running} processes");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
         stop_all(&mut children).await;
         let _ = std::fs::remove_file(dir.join("network.json"));
         println!("kagi up: all nodes stopped; keys stay in {}", dir.display());
@@ -1091,57 +994,19 @@ async fn start_vault_sites(dir: &Path, prep: &Prepared) -> anyhow::Result<Vec<(V
 }
 
 fn spawn_site(dir: &Path, sae: &str, log: &Path, pid_file: &Path) -> anyhow::Result<Child> {
-    let mut cmd = super::child::kagi_child(log)?;
-    cmd.args([
+    let args = [
         "vault",
         "site",
         "--exit-with-parent",
         "--id",
         sae,
         "--data-dir",
-    ])
-    .arg(dir);
-    let proc = cmd
-        .spawn()
-        .with_context(|| format!("cannot start vault site {sae}"))?;
-    if let Some(pid) = proc.id() {
-        std::fs::write(pid_file, format!("{pid}\n"))?;
-    }
-    Ok(Child {
-        id: sae.to_string(),
-        proc,
-        pid_file: pid_file.to_owned(),
-        log: log.to_owned(),
-        exited: false,
-        site: true,
-    })
-}
-
-/// A site exited (crash, `kill -9`): start it again on the same port and directory. Puts in
-/// flight at it fail and roll back; its committed shares are on disk.
-async fn restart_site(c: &mut Child, st: std::process::ExitStatus) {
-    eprintln!(
-        "kagi up: vault site {} exited ({st}); restarting it (log {})",
-        c.id,
-        c.log.display()
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let Some(dir) = c
-        .pid_file
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_owned)
-    else {
-        c.exited = true;
-        return;
-    };
-    match spawn_site(&dir, &c.id, &c.log, &c.pid_file) {
-        Ok(new) => *c = new,
-        Err(e) => {
-            eprintln!("kagi up: cannot restart vault site {}: {e:#}", c.id);
-            c.exited = true;
-        }
-    }
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .chain([dir.as_os_str().to_owned()])
+    .collect();
+    launch(Kind::Site, sae, args, log, pid_file)
 }
 
 fn print_vault_banner(dir: &Path, net: &NetworkFile) {
