@@ -316,11 +316,12 @@ fn dashboard_shows_the_live_network_in_chromium() {
     assert!(after.as_u64() > Some(before), "counter stayed at {before}");
     eprintln!("dashboard: key counter {before} -> {after} after {took:?}");
 
-    // A killed node turns red within a few seconds (map and table), without a reload.
+    // A failed node turns red within a few seconds (map and table), without a reload. It is
+    // frozen (SIGSTOP) rather than killed: `kagi up` restarts a killed node within a second.
     let victim = nodes.last().unwrap().clone();
     let pid = std::fs::read_to_string(dir.join("nodes").join(&victim).join("node.pid")).unwrap();
     Command::new("kill")
-        .args(["-9", pid.trim()])
+        .args(["-STOP", pid.trim()])
         .status()
         .unwrap();
     let red = format!(
@@ -329,7 +330,7 @@ fn dashboard_shows_the_live_network_in_chromium() {
     let (v, took) = cdp.wait(&red, Duration::from_secs(8), |v| v["row"] == "down");
     assert_eq!(v["row"], "down", "node {victim} not shown down: {v}");
     assert_eq!(v["color"], "rgb(211,47,47)", "node {victim} not red: {v}");
-    eprintln!("dashboard: {victim} red {took:?} after kill -9");
+    eprintln!("dashboard: {victim} red {took:?} after SIGSTOP");
 
     // Screenshot of the live network (with the failed node) in the test output directory.
     let shot = cdp.call("Page.captureScreenshot", json!({"format": "png"}));
@@ -341,6 +342,10 @@ fn dashboard_shows_the_live_network_in_chromium() {
     std::fs::write(&out, &png).unwrap();
     assert!(png.len() > 10_000, "screenshot is {} bytes", png.len());
     eprintln!("dashboard screenshot: {}", out.display());
+    Command::new("kill")
+        .args(["-CONT", pid.trim()])
+        .status()
+        .unwrap();
     drop(cdp);
     drop(up);
     let _ = std::fs::remove_dir_all(&dir);
