@@ -4,10 +4,12 @@
 //! shares of which any two rebuild the key survive any one frozen transit node. Each transit
 //! node is frozen in turn, so the claim does not depend on which route single path picked.
 
+mod common;
+
 use std::time::Duration;
 
 use kagi_control::Topology;
-use kagi_km::{AppCall, AppReply, Policy};
+use kagi_km::Policy;
 use kagi_sim::{Faults, LinkSupply, Sim};
 
 /// Keys `sae-a` got for `sae-f` out of `asked` requests made every 100 ms for 20 s while
@@ -39,29 +41,7 @@ fn served_while_frozen(paths: u8, threshold: u8, frozen: &str) -> (u32, u32) {
     let mut sim = Sim::new(topo, 7, Faults::default(), supply, policy);
     sim.run_for(Duration::from_secs(5));
     sim.freeze(frozen);
-    let (mut served, mut asked) = (0, 0);
-    for _ in 0..200 {
-        let req = sim.call(
-            "a",
-            AppCall::EncKeys {
-                master: "sae-a".into(),
-                slave: "sae-f".into(),
-                number: Some(2),
-                size_bits: None,
-                additional_slaves: Vec::new(),
-                route: None,
-            },
-        );
-        asked += 1;
-        if let Some(Ok(AppReply::Keys(_))) = sim
-            .run_until_answered(req, Duration::from_millis(100))
-            .map(|a| a.reply)
-        {
-            served += 1;
-        }
-        sim.run_for(Duration::from_millis(100));
-    }
-    (served, asked)
+    common::served_rounds(&mut sim, "a", "sae-a", "sae-f", 200)
 }
 
 #[test]

@@ -7,10 +7,12 @@
 //!
 //! Topology: a reaches z over a-b1-b2-z or a-c1-c2-z (ties go to b1); b2 freezes.
 
+mod common;
+
 use std::time::Duration;
 
 use kagi_control::Topology;
-use kagi_km::{AppCall, AppReply, PeerScope, Policy};
+use kagi_km::{PeerScope, Policy};
 use kagi_sim::{Faults, LinkSupply, Sim};
 
 fn two_routes() -> Topology {
@@ -51,29 +53,7 @@ fn served_while_b2_frozen(peers: PeerScope, link_state: bool) -> (u32, u32) {
     sim.run_for(Duration::from_secs(5));
     sim.freeze("b2");
     sim.run_for(Duration::from_secs(3));
-    let (mut served, mut asked) = (0, 0);
-    for _ in 0..100 {
-        let req = sim.call(
-            "a",
-            AppCall::EncKeys {
-                master: "sae-a".into(),
-                slave: "sae-z".into(),
-                number: Some(2),
-                size_bits: None,
-                additional_slaves: Vec::new(),
-                route: None,
-            },
-        );
-        asked += 1;
-        if let Some(Ok(AppReply::Keys(_))) = sim
-            .run_until_answered(req, Duration::from_millis(100))
-            .map(|a| a.reply)
-        {
-            served += 1;
-        }
-        sim.run_for(Duration::from_millis(100));
-    }
-    (served, asked)
+    common::served_rounds(&mut sim, "a", "sae-a", "sae-z", 100)
 }
 
 #[test]
