@@ -304,7 +304,9 @@ impl KeyManager {
                         Err(why) => format!("no relay can meet them now: {why}"),
                     };
                     return Err(Refusal::Unavailable(format!(
-                        "not enough key relayed under the kagi_route constraints ({}) for slave                          KME {node} right now ({have} of {need} bytes ready); {now_why}; retry                          shortly",
+                        "not enough key relayed under the kagi_route constraints ({}) for slave \
+                         KME {node} right now ({have} of {need} bytes ready); {now_why}; retry \
+                         shortly",
                         c.describe()
                     )));
                 }
@@ -505,7 +507,8 @@ impl KeyManager {
         }
         if r.mandatory && multicast {
             return Err(Refusal::unmet(
-                "kagi_route constrains the key's route to one slave KME; it cannot be combined                  with additional_slave_SAE_IDs on other KMEs",
+                "kagi_route constrains the key's route to one slave KME; it cannot be combined \
+                 with additional_slave_SAE_IDs on other KMEs",
             ));
         }
         match self.routing.feasible(dest, &c) {
@@ -864,6 +867,7 @@ mod tests {
                 quotas,
                 ..Policy::default()
             },
+            advert_auth: None,
         };
         let mut km = KeyManager::restore(cfg, Snapshot::default(), [7; 32], Instant(0));
         km.pools.add_out("b", 1, Key::from_slice(&[9; 4096]), None);
