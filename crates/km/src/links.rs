@@ -544,6 +544,18 @@ impl Links {
             + drop_where(&mut l.rx, peer, Half::Rx, |id| id < low, batch)
     }
 
+    /// Drops every block of the link to `peer` (both halves) and every grant either way: the
+    /// neighbour holds none of them. Returns the unspent bytes dropped.
+    pub(crate) fn drop_all(&mut self, peer: &str, batch: &mut Vec<Record>) -> u64 {
+        let Some(l) = self.map.get_mut(peer) else {
+            return 0;
+        };
+        l.granted_in.clear();
+        l.granted_out.clear();
+        drop_where(&mut l.tx, peer, Half::Tx, |_| true, batch)
+            + drop_where(&mut l.rx, peer, Half::Rx, |_| true, batch)
+    }
+
     /// Drops both halves of every block up to `hw`. Returns the unspent bytes dropped.
     pub(crate) fn drop_upto(&mut self, peer: &str, hw: u64, batch: &mut Vec<Record>) -> u64 {
         let Some(l) = self.map.get_mut(peer) else {

@@ -382,6 +382,14 @@ impl KeyManager {
                 self.forget_peer(&from, &mut batch);
                 // Our reservations were recorded by its lost store.
                 self.links.clear_reserved(&from);
+                if link_low.is_none() {
+                    // Its new store never received a block: it holds nothing of what we hold,
+                    // and none of its reservations covers what earlier runs of ours (or of a
+                    // copy of our store) spent of our half under the lost store's. A copy
+                    // restored here would spend those pad bytes again once the new store
+                    // reserved them (chaos seeds 8592 and 9247).
+                    self.stats.link_key_discarded += self.links.drop_all(&from, &mut batch);
+                }
             }
             // Marks of the old store only set floors for the new one: they prove nothing
             // about it.

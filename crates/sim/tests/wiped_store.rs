@@ -477,3 +477,55 @@ fn a_node_restored_from_an_older_copy_never_spends_pad_bytes_it_sent_with_before
     }
     assert!(spent_after > 0, "no hop was sent after the restores");
 }
+
+/// One-time-pad reuse when a neighbour's database is lost (chaos seeds 8592 and 9247, made
+/// deterministic): a relays keys to b, spending its half of their link, then b loses its whole
+/// database and a is restored from a copy taken before those spends. b was the only witness of
+/// them, so nothing proves the copy older, and b's new store holds no reservation of a's half:
+/// the copy's pad bytes look unspent and b's new store reserves them again. b's `Hello` says it
+/// never received a block (`link_low: None`), so a must drop everything it holds of that link.
+/// The pad ledger checks every hop a sends after the restore against every byte sent before.
+#[test]
+fn a_node_restored_from_an_older_copy_never_reuses_pad_bytes_towards_a_wiped_neighbour() {
+    let mut spent_after = 0;
+    for seed in seeds(1, 3) {
+        // Slow link key (one block every 200 ms): b's new store gets its first block, and tells
+        // a with a second `Hello`, only well after a could spend again.
+        let supply = LinkSupply {
+            interval: Duration::from_millis(200),
+            block_bytes: 8 * 1024,
+        };
+        let mut sim = line_with(seed, supply);
+        sim.check_pads();
+        traffic(&mut sim, 2);
+        let copy = sim.backup("a");
+        // Keys for sae-b only: relays a → b spend a's half towards b, seen by b alone.
+        let before = sim.node("a").unwrap().stats().link_key_spent;
+        for _ in 0..10 {
+            exchange(&mut sim, A, B, 4096);
+            sim.run_for(Duration::from_millis(100));
+        }
+        let spent = sim.node("a").unwrap().stats().link_key_spent - before;
+        assert!(spent > 0, "seed {seed}: a spent no link key after the copy");
+        sim.wipe("b");
+        sim.restore_copy("a", &copy);
+        sim.run_for(Duration::from_millis(300));
+        sim.restart("b");
+        sim.restart("a");
+        // a relays to b and c again: the ledger panics on any pad byte sent with twice.
+        let at_restart = sim.pad_bytes();
+        let mut fetched = 0;
+        for _ in 0..6 {
+            fetched += exchange(&mut sim, A, B, 4096).len();
+            fetched += traffic(&mut sim, 1);
+        }
+        assert!(fetched > 0, "seed {seed}: no keys after the restore");
+        let s = sim.node("a").unwrap().stats();
+        assert_eq!(
+            s.rollbacks_detected, 0,
+            "seed {seed}: a rollback was detected (the copy must look current to the peers)"
+        );
+        spent_after += sim.pad_bytes() - at_restart;
+    }
+    assert!(spent_after > 0, "no hop was sent after the restores");
+}
