@@ -51,6 +51,7 @@ fn prepared() -> KeyManager {
             relay_chunk_bytes: 256,
             ..Policy::default()
         },
+        advert_auth: None,
     };
     let now = Instant(0);
     let mut km = KeyManager::restore(cfg, Snapshot::default(), [9; 32], now);

@@ -406,4 +406,8 @@ pub struct KmConfig {
     pub limits: Limits,
     /// Pool policy and timers.
     pub policy: Policy,
+    /// Signs this node's link-state adverts and verifies other origins' (see
+    /// [`crate::advert_auth`]). `None`: adverts go unsigned and unsigned adverts are accepted,
+    /// so a transit node can forge another origin's advert; the node warns at start.
+    pub advert_auth: Option<Arc<dyn crate::advert_auth::AdvertAuth>>,
 }

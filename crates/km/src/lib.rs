@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod advert_auth;
 pub mod app;
 pub mod config;
 mod delivery;
@@ -37,6 +38,7 @@ pub mod status;
 mod supply;
 pub mod time;
 
+pub use advert_auth::{AdvertAuth, AdvertSignError};
 pub use app::{AppCall, AppReply, DeliveredKey, KeyPaths, Refusal, SaeId, StatusInfo};
 pub use config::{
     EncKeysShape, KmConfig, Limits, LimitsError, LinkGrantPolicy, LinkStatePolicy, LivenessPolicy,

@@ -14,13 +14,20 @@
 //! missing bytes over the direction's rate, in powers of two (so small changes do not move
 //! routes). A link either end advertises as down is left out of routes; a link nobody has a fresh
 //! advert of costs [`UNKNOWN_PENALTY`] more than a good one. The two ends' claims are combined
-//! pessimistically (least key, lowest rate, down if either says so): an advert is not signed by
-//! its origin, so a node forging another's advert can make a link look worse than its other end
-//! reports, never better.
+//! pessimistically (least key, lowest rate, down if either says so).
+//!
+//! With an [`AdvertAuth`](crate::AdvertAuth) configured, the origin signs each advert and a
+//! receiver verifies the signature before it keeps or floods the advert on; one with a missing
+//! or bad signature is dropped and counted (`NodeStats::link_adverts_unauthenticated`). The
+//! cheap checks come first (topology, then "not newer than the one held"), so the flood's many
+//! copies of one advert cost one verification per origin and advert. A transit node can still
+//! withhold or delay an origin's adverts, or replay an older one once the newest has gone stale;
+//! the pessimistic combination limits what those can do.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use crate::advert_auth::signed_bytes;
 use crate::config::LinkStatePolicy;
 use crate::manager::KeyManager;
 use crate::msgs::{LinkAdvert, NodeId, PeerMsg, MAX_ADVERT_LINKS};
@@ -230,6 +237,20 @@ impl KeyManager {
         ls.sent_up = links.iter().map(|l| (l.peer.clone(), l.up)).collect();
         let run = self.reconcile.run;
         let seq = ls.seq;
+        let me = self.cfg.node_id.clone();
+        let sig = match &self.cfg.advert_auth {
+            None => Vec::new(),
+            Some(auth) => match auth.sign(&signed_bytes(&me, run, seq, &links)) {
+                Ok(sig) => sig,
+                Err(e) => {
+                    // Unsigned, every receiver would drop it: send nothing this round.
+                    tracing::error!(me = %me, "link-state advert not sent: {e}");
+                    Vec::new()
+                }
+            },
+        };
+        let signed = self.cfg.advert_auth.is_none() || !sig.is_empty();
+        let ls = &mut self.linkstate;
         ls.adverts.insert(
             self.cfg.node_id.clone(),
             Held {
@@ -239,11 +260,15 @@ impl KeyManager {
                 links: links.clone(),
             },
         );
+        if !signed {
+            return;
+        }
         let msg = PeerMsg::LinkState {
-            origin: self.cfg.node_id.clone(),
+            origin: me,
             run,
             seq,
             links,
+            sig,
         };
         for to in neighbours {
             if !self.routing.is_reported_down(&to) {
@@ -255,8 +280,11 @@ impl KeyManager {
         }
     }
 
-    /// An advert from `from` (its own or flooded): kept if it is valid and newer than the one
-    /// held for its origin (or that one is stale), then flooded on.
+    /// An advert from `from` (its own or flooded): kept if it is valid, newer than the one
+    /// held for its origin (or that one is stale) and, with an [`AdvertAuth`](crate::AdvertAuth),
+    /// signed by its origin; then flooded on. The signature is checked last, so copies of an
+    /// advert already held cost no verification.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_link_state(
         &mut self,
         now: Instant,
@@ -265,6 +293,7 @@ impl KeyManager {
         run: u64,
         seq: u64,
         links: Vec<LinkAdvert>,
+        sig: Vec<u8>,
     ) {
         let Some(lp) = self.cfg.policy.link_state else {
             return;
@@ -283,11 +312,23 @@ impl KeyManager {
                 return; // seen already (flooding brings copies round every cycle)
             }
         }
+        if let Some(auth) = &self.cfg.advert_auth {
+            let bytes = signed_bytes(&origin, run, seq, &links);
+            if sig.is_empty() || !auth.verify(&origin, &bytes, &sig) {
+                self.stats.link_adverts_unauthenticated += 1;
+                tracing::debug!(
+                    me = %self.me(), %from, %origin,
+                    "link-state advert dropped: missing or bad origin signature"
+                );
+                return;
+            }
+        }
         let msg = PeerMsg::LinkState {
             origin: origin.clone(),
             run,
             seq,
             links: links.clone(),
+            sig,
         };
         self.linkstate.adverts.insert(
             origin.clone(),

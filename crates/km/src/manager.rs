@@ -186,6 +186,9 @@ pub struct NodeStats {
     /// Link-state adverts dropped as invalid: from a node outside the topology, or naming a
     /// link their origin does not have.
     pub link_adverts_rejected: u64,
+    /// Link-state adverts dropped because their origin's signature was missing or wrong (a
+    /// transit node forged or altered them), when this node verifies adverts.
+    pub link_adverts_unauthenticated: u64,
 }
 
 /// The key manager of one trusted node, as a deterministic state machine without I/O.

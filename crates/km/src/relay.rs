@@ -777,7 +777,8 @@ impl KeyManager {
                 run,
                 seq,
                 links,
-            } => self.on_link_state(now, from, origin, run, seq, links),
+                sig,
+            } => self.on_link_state(now, from, origin, run, seq, links, sig),
             PeerMsg::LinkKeyWanted { bytes } => self.on_link_key_wanted(from, bytes),
             PeerMsg::LinkKeyGranted { epoch, spans } => {
                 self.on_link_key_granted(now, from, epoch, &spans)

@@ -14,6 +14,10 @@ pub struct KmStatus {
     pub node_id: NodeId,
     /// True after a storage fault until the driver restarts the core.
     pub fenced: bool,
+    /// Whether this node signs its link-state adverts and accepts only adverts signed by their
+    /// origin (an [`AdvertAuth`](crate::AdvertAuth) is configured). False: any transit node can
+    /// forge or alter adverts.
+    pub adverts_signed: bool,
     /// One entry per QKD link of this node (neighbours in the topology).
     pub links: Vec<LinkStatus>,
     /// One entry per other node of the network: end-to-end pools and relays.
@@ -112,6 +116,7 @@ impl KeyManager {
         KmStatus {
             node_id: self.cfg.node_id.clone(),
             fenced: self.is_fenced(),
+            adverts_signed: self.cfg.advert_auth.is_some(),
             links,
             pools,
             stats: self.stats(),
@@ -167,6 +172,7 @@ mod tests {
             topology: Arc::new(topo),
             limits: Limits::default(),
             policy: Policy::default(),
+            advert_auth: None,
         };
         KeyManager::restore(cfg, Snapshot::default(), [7; 32], Instant(0))
     }

@@ -867,6 +867,7 @@ mod tests {
                 quotas,
                 ..Policy::default()
             },
+            advert_auth: None,
         };
         let mut km = KeyManager::restore(cfg, Snapshot::default(), [7; 32], Instant(0));
         km.pools.add_out("b", 1, Key::from_slice(&[9; 4096]), None);

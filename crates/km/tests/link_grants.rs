@@ -94,6 +94,7 @@ impl Net {
                 topology: t.clone(),
                 limits: Limits::default(),
                 policy,
+                advert_auth: None,
             };
             net.cfgs.insert(n, cfg.clone());
             net.stores.insert(n, Store::new());

@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kagi_control::Topology;
-use kagi_km::{Input, Instant, LinkAdvert, PeerMsg, PeerScope, Policy};
+use kagi_km::advert_auth::signed_bytes;
+use kagi_km::{AdvertAuth, Input, Instant, LinkAdvert, PeerMsg, PeerScope, Policy};
 
 mod common;
-use common::{small_pools, topology, LinkKey, Net};
+use common::{small_pools, test_tag, topology, LinkKey, Net, TestAuth};
 
 fn topo() -> Arc<Topology> {
     topology(
@@ -175,6 +176,7 @@ fn forged_adverts_cannot_make_a_starved_link_look_good() {
                     run: u64::MAX,
                     seq: u64::MAX,
                     links,
+                    sig: vec![],
                 },
             },
         );
@@ -202,6 +204,130 @@ fn forged_adverts_cannot_make_a_starved_link_look_good() {
     let after = net.relay_paths_since("a", "z", t0);
     assert!(!after.is_empty());
     assert!(after.iter().all(|p| !via(p, "b")), "{after:?}");
+}
+
+/// With signed adverts (every node signs its own and verifies every origin's), a transit node
+/// can no longer pass off an advert of another origin's links: c sends a adverts of b's links,
+/// newer than b's newest and rich on b's starved link to z, with no signature, under b's
+/// signature of its genuine advert, and under c's own signature. a drops each (counted), keeps
+/// b's genuine advert, floods none of them on, and keeps routing around the starved link.
+/// Genuine adverts still reach every node, and a copy of one already held is dropped before any
+/// verification.
+#[test]
+fn signed_adverts_forged_or_altered_by_a_transit_node_are_refused() {
+    let mut net = Net::with_auth(
+        topo(),
+        small_pools(),
+        |n| [n.as_bytes()[0]; 32],
+        Instant(0),
+        LINK_KEY,
+        |n| Some(Arc::new(TestAuth { me: n.into() }) as Arc<dyn AdvertAuth>),
+    );
+    net.starved.insert(key("b", "z"));
+    net.link_blocks();
+    net.run(1000);
+    for at in ["a", "b", "c", "z"] {
+        assert_eq!(net.kms[at].link_adverts_held().len(), 4, "{at}");
+        assert_eq!(net.kms[at].stats().link_adverts_unauthenticated, 0, "{at}");
+        assert!(net.kms[at].km_status().adverts_signed);
+    }
+    assert_eq!(net.route("a", "z"), ["a", "c", "z"]);
+    let held = net.kms["a"].link_adverts_held();
+    // b's newest advert as it went to a, signed.
+    let genuine = net
+        .wire
+        .iter()
+        .rev()
+        .find_map(|(_, to, m)| match m {
+            PeerMsg::LinkState { origin, .. } if origin == "b" && to == "a" => Some(m.clone()),
+            _ => None,
+        })
+        .expect("b advertised to a");
+    let PeerMsg::LinkState {
+        run,
+        seq,
+        links,
+        sig,
+        ..
+    } = genuine.clone()
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        sig,
+        test_tag("b", &signed_bytes(&"b".into(), run, seq, &links))
+    );
+    let rich = |peer: &str| LinkAdvert {
+        peer: peer.into(),
+        up: true,
+        rate_bps: 1 << 30,
+        tx_bytes: 1 << 30,
+        rx_bytes: 1 << 30,
+    };
+    let forged = vec![rich("a"), rich("z")];
+    let by_c = test_tag("c", &signed_bytes(&"b".into(), run, seq + 1, &forged));
+    let sent = net.wire.len();
+    for (links, sig) in [
+        (forged.clone(), vec![]),
+        (forged.clone(), sig.clone()),
+        (links.clone(), sig.clone()),
+        (forged.clone(), by_c),
+    ] {
+        net.input(
+            "a",
+            Input::Peer {
+                from: "c".into(),
+                msg: PeerMsg::LinkState {
+                    origin: "b".into(),
+                    run,
+                    seq: seq + 1,
+                    links,
+                    sig,
+                },
+            },
+        );
+    }
+    assert_eq!(net.kms["a"].stats().link_adverts_unauthenticated, 4);
+    assert_eq!(
+        net.kms["a"].link_adverts_held(),
+        held,
+        "a kept a forged advert"
+    );
+    assert!(
+        !net.wire[sent..]
+            .iter()
+            .any(|(_, _, m)| matches!(m, PeerMsg::LinkState { .. })),
+        "a flooded a forged advert on"
+    );
+    // The genuine advert again: a copy, not newer, dropped unverified and uncounted.
+    net.input(
+        "a",
+        Input::Peer {
+            from: "c".into(),
+            msg: genuine,
+        },
+    );
+    assert_eq!(net.kms["a"].stats().link_adverts_unauthenticated, 4);
+    // A forgery no newer than the advert held is dropped as a copy before any verification:
+    // a flood of stale forgeries costs no signature checks.
+    net.input(
+        "a",
+        Input::Peer {
+            from: "c".into(),
+            msg: PeerMsg::LinkState {
+                origin: "b".into(),
+                run,
+                seq,
+                links: forged.clone(),
+                sig: vec![],
+            },
+        },
+    );
+    assert_eq!(net.kms["a"].stats().link_adverts_unauthenticated, 4);
+    net.run(1000);
+    assert!(net.kms["a"].link_penalties()[&key("b", "z")].unwrap() >= 512.0);
+    assert_eq!(net.route("a", "z"), ["a", "c", "z"]);
+    assert_eq!(net.kms["a"].stats().link_adverts_unauthenticated, 4);
 }
 
 /// With link state off, routes follow hop count (ties to b), as before link state existed:

@@ -198,13 +198,15 @@ fn msg() -> impl Strategy<Value = PeerMsg> {
             node(),
             any::<u64>(),
             any::<u64>(),
-            prop::collection::vec(link_advert(), 0..4)
+            prop::collection::vec(link_advert(), 0..4),
+            prop::collection::vec(any::<u8>(), 0..64),
         )
-            .prop_map(|(origin, run, seq, links)| PeerMsg::LinkState {
+            .prop_map(|(origin, run, seq, links, sig)| PeerMsg::LinkState {
                 origin,
                 run,
                 seq,
                 links,
+                sig,
             }),
         any::<u64>().prop_map(|bytes| PeerMsg::LinkKeyWanted { bytes }),
         (any::<u64>(), prop::collection::vec(span(), 0..4))
@@ -276,6 +278,7 @@ fn core() -> KeyManager {
         topology: t,
         limits: Limits::default(),
         policy: Policy::default(),
+        advert_auth: None,
     };
     let mut km = KeyManager::restore(cfg, Snapshot::default(), [7; 32], Instant(0));
     for peer in ["a", "c"] {

@@ -30,6 +30,10 @@ pub struct NodeConfig {
     /// Which peers this node keeps connections to (`[peers]`: `connect`, `idle_close_s`).
     #[serde(default, skip_serializing_if = "PeersConfig::is_default")]
     pub peers: PeersConfig,
+    /// Origin signatures on link-state adverts (`[link_state]`: `signing_key`,
+    /// `public_keys`). Without them adverts go unsigned and the node warns at start.
+    #[serde(default, skip_serializing_if = "LinkStateConfig::is_default")]
+    pub link_state: LinkStateConfig,
     /// Key store durability.
     #[serde(default)]
     pub store: StoreConfig,
@@ -360,6 +364,36 @@ impl PeersConfig {
     }
 }
 
+/// Origin signatures on link-state adverts (see [`crate::advert_keys`]): both files or neither.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkStateConfig {
+    /// This node's ML-DSA-65 advert signing key (PKCS#8 PEM; `kagi pki advert-keys` and
+    /// `kagi up` write `pki/nodes/<node>-advert-key.pem`).
+    pub signing_key: Option<PathBuf>,
+    /// Every node's advert public key (`pki/advert-keys.toml`); adverts that do not verify
+    /// under their origin's key are dropped.
+    pub public_keys: Option<PathBuf>,
+}
+
+impl LinkStateConfig {
+    /// True when no key is configured (not written out).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Both files or neither.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.signing_key.is_some() != self.public_keys.is_some() {
+            return Err(
+                "set both signing_key and public_keys (adverts are signed and verified), or                  neither (unsigned adverts: any transit node can forge them)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// End-to-end key pool policy, per destination node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -458,11 +492,21 @@ impl NodeConfig {
                 *p = base.join(&*p);
             }
         }
-        if let Some(p) = cfg.tamper.watch_path.as_mut() {
+        for p in [
+            cfg.tamper.watch_path.as_mut(),
+            cfg.link_state.signing_key.as_mut(),
+            cfg.link_state.public_keys.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
+        cfg.link_state
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{}: [link_state]: {e}", path.display()))?;
         cfg.etsi014
             .limits
             .validate()
@@ -496,6 +540,22 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn advert_keys_are_both_or_neither() {
+        let l: LinkStateConfig = toml::from_str("").unwrap();
+        assert!(l.is_default());
+        l.validate().unwrap();
+        let l: LinkStateConfig =
+            toml::from_str("signing_key = \"k.pem\"\npublic_keys = \"keys.toml\"").unwrap();
+        l.validate().unwrap();
+        for half in ["signing_key = \"k.pem\"", "public_keys = \"keys.toml\""] {
+            let l: LinkStateConfig = toml::from_str(half).unwrap();
+            let err = l.validate().unwrap_err();
+            assert!(err.contains("both"), "{err}");
+        }
+        assert!(toml::from_str::<LinkStateConfig>("signing_keys = \"k.pem\"").is_err());
+    }
 
     #[test]
     fn link_grants_are_off_by_default_and_the_reserve_is_bounded() {

@@ -940,5 +940,7 @@ pub fn km_config(cfg: &crate::config::NodeConfig, topo: Arc<kagi_control::Topolo
                 .min(kagi_km::MAX_SLAVE_KEY_LIFETIME),
             ..kagi_km::Policy::default()
         },
+        // Loading the keys reads files: the caller sets it (`crate::advert_keys::from_config`).
+        advert_auth: None,
     }
 }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod advert_keys;
 pub mod audit;
 pub mod client;
 pub mod config;

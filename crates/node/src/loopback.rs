@@ -70,7 +70,7 @@ fn listener_port_range() -> Option<(u16, u16)> {
 }
 
 /// Gives every node of `topo` fresh loopback addresses, writes `dir/topology.toml`, issues the
-/// CA and every node and SAE certificate under `dir/pki`, seals a fresh secret per link into its
+/// CA, every node and SAE certificate and every node's advert signing key under `dir/pki`, seals a fresh secret per link into its
 /// two nodes' stores, and returns one config per node (stores under `dir/db`, default settings
 /// adjusted by `tune`).
 pub fn prepare(
@@ -86,6 +86,7 @@ pub fn prepare(
     let topo_path = dir.join("topology.toml");
     std::fs::write(&topo_path, topo.to_toml())?;
     let pki = Pki::open_or_create(&dir.join("pki"))?;
+    let advert_keys = pki.ensure_advert_keys(topo.nodes.iter().map(|n| n.id.as_str()))?;
     let mut cfgs = Vec::with_capacity(topo.nodes.len());
     for n in &topo.nodes {
         let p = pki.ensure_node(&n.id)?;
@@ -105,6 +106,10 @@ pub fn prepare(
             pool: Default::default(),
             routing: Default::default(),
             peers: Default::default(),
+            link_state: crate::config::LinkStateConfig {
+                signing_key: Some(pki.advert_key_path(&n.id)),
+                public_keys: Some(advert_keys.clone()),
+            },
             store: Default::default(),
             delivery: Default::default(),
             skip_addr: None,

@@ -344,6 +344,49 @@ impl Pki {
         self.ensure(self.node_paths(node_id), || self.issue_node(node_id))
     }
 
+    /// Path of a node's link-state advert signing key (whether or not it exists yet).
+    pub fn advert_key_path(&self, node_id: &str) -> PathBuf {
+        self.dir
+            .join("nodes")
+            .join(format!("{node_id}-advert-key.pem"))
+    }
+
+    /// Path of the file of every node's advert public key.
+    pub fn advert_keys_path(&self) -> PathBuf {
+        self.dir.join("advert-keys.toml")
+    }
+
+    /// Makes sure each of `nodes` has an ML-DSA-65 advert signing key (keeps existing ones,
+    /// writes new ones with mode 0600) and writes the file of all their public keys (see
+    /// [`crate::advert_keys`]); returns that file's path.
+    pub fn ensure_advert_keys<'a>(
+        &self,
+        nodes: impl IntoIterator<Item = &'a str>,
+    ) -> Result<PathBuf, PkiError> {
+        let mut public = std::collections::BTreeMap::new();
+        for n in nodes {
+            check_id(n)?;
+            let path = self.advert_key_path(n);
+            let other = |e: crate::advert_keys::AdvertKeyError| PkiError::Other(e.to_string());
+            let key = if path.exists() {
+                crate::advert_keys::public_key(
+                    &crate::advert_keys::read_signing_key(&path).map_err(other)?,
+                )
+            } else {
+                let (pem, key) = crate::advert_keys::generate().map_err(other)?;
+                write_file(&path, &pem, true)?;
+                key
+            };
+            public.insert(n.to_owned(), key);
+        }
+        let file = self.advert_keys_path();
+        write_public(
+            &file,
+            &crate::advert_keys::PublicKeys::new(&public).to_toml(),
+        )?;
+        Ok(file)
+    }
+
     /// Makes sure an SAE certificate exists on disk (keeps an existing one) and returns its paths.
     pub fn ensure_sae(&self, sae_id: &str) -> Result<CertPaths, PkiError> {
         check_id(sae_id)?;

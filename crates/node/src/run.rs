@@ -115,16 +115,20 @@ pub async fn run_node(
              outside test rigs"
         );
     }
-    let mut driver = Driver::new(
-        km_config(&cfg, topo.clone()),
-        &db,
-        cfg.store.synchronous,
-        seals.store.clone(),
-    )
-    .with_ops(ops.clone())
-    .with_audit(trail.clone())
-    .with_erase(crate::seal::erase::EraseTargets::for_node(&cfg))
-    .with_integrity_threshold(cfg.tamper.integrity_failures);
+    let mut km_cfg = km_config(&cfg, topo.clone());
+    km_cfg.advert_auth = crate::advert_keys::from_config(&cfg, &topo)?;
+    if km_cfg.advert_auth.is_none() {
+        tracing::warn!(
+            "link-state adverts are NOT signed ([link_state] signing_key and public_keys unset): \
+             any node on the way can forge or alter other nodes' adverts and steer routes; \
+             `kagi pki advert-keys` issues the keys (kagi up sets them)"
+        );
+    }
+    let mut driver = Driver::new(km_cfg, &db, cfg.store.synchronous, seals.store.clone())
+        .with_ops(ops.clone())
+        .with_audit(trail.clone())
+        .with_erase(crate::seal::erase::EraseTargets::for_node(&cfg))
+        .with_integrity_threshold(cfg.tamper.integrity_failures);
     let handle = driver.handle();
     let inbox = handle.inbox();
     #[cfg(unix)]

@@ -8,7 +8,9 @@
 //! * garbled copies (flipped ciphertext or tag bytes, moved or zero-length spans, changed ids);
 //! * validly tagged relay hops whose path claims another origin, or another sender before it;
 //! * control messages about other nodes' relays and assignments (`RelayAborted`, `RelayAck`,
-//!   `AssignAck`, `Revoke`), forged assignments, and `LinkMissing` for blocks it holds.
+//!   `AssignAck`, `Revoke`), forged assignments, and `LinkMissing` for blocks it holds;
+//! * other origins' link-state adverts altered (newer, every link rich) under their old
+//!   signature ([`Hostile::forge_advert`] makes one to order).
 
 use std::collections::BTreeMap;
 
@@ -64,6 +66,12 @@ impl Hostile {
 
     /// Reads what arrived and sends one hostile message.
     pub fn act(&mut self, sim: &mut Sim) {
+        self.listen(sim);
+        self.attack(sim);
+    }
+
+    /// Reads what honest nodes sent here (greeting back those that said hello).
+    pub fn listen(&mut self, sim: &mut Sim) {
         for (to, from, msg) in sim.take_hostile_inbox() {
             if to != self.me {
                 continue;
@@ -105,6 +113,10 @@ impl Hostile {
                 self.seen.remove(0);
             }
         }
+    }
+
+    /// Sends one hostile message.
+    fn attack(&mut self, sim: &mut Sim) {
         let honest: Vec<String> = sim
             .topology()
             .nodes
@@ -250,6 +262,37 @@ impl Hostile {
         }
     }
 
+    /// `origin`'s advert as a transit node would forge it: newer than anything `origin` sent
+    /// (`seq` = `u64::MAX`), every link named up and rich, with the signature of the newest
+    /// genuine advert of `origin` this node saw (empty if none). Verifying receivers drop it.
+    pub fn forge_advert(&self, origin: &str, links: &[&str]) -> PeerMsg {
+        let sig = self
+            .seen
+            .iter()
+            .rev()
+            .find_map(|(_, m)| match m {
+                PeerMsg::LinkState { origin: o, sig, .. } if o == origin => Some(sig.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        PeerMsg::LinkState {
+            origin: origin.to_string(),
+            run: u64::MAX,
+            seq: u64::MAX,
+            links: links
+                .iter()
+                .map(|p| kagi_km::LinkAdvert {
+                    peer: p.to_string(),
+                    up: true,
+                    rate_bps: 1 << 40,
+                    tx_bytes: 1 << 40,
+                    rx_bytes: 1 << 40,
+                })
+                .collect(),
+            sig,
+        }
+    }
+
     /// A relay counter `origin` has used or will use soon: a sweep over the next few.
     fn guess_seq(&mut self, origin: &str) -> u64 {
         let top = self.relay_seq.get(origin).copied().unwrap_or(0);
@@ -318,6 +361,31 @@ impl Hostile {
                 master,
                 slaves,
                 keys,
+            },
+            // Another origin's advert made newer and rich on every link, under the origin's
+            // old signature (no RNG draw, so runs keep their choices): dropped by every
+            // receiver, which verifies the origin's signature before it keeps or floods it.
+            PeerMsg::LinkState {
+                origin,
+                run,
+                seq,
+                links,
+                sig,
+            } => PeerMsg::LinkState {
+                origin,
+                run,
+                seq: seq + 1,
+                links: links
+                    .into_iter()
+                    .map(|l| kagi_km::LinkAdvert {
+                        up: true,
+                        rate_bps: 1 << 40,
+                        tx_bytes: 1 << 40,
+                        rx_bytes: 1 << 40,
+                        ..l
+                    })
+                    .collect(),
+                sig,
             },
             PeerMsg::RelayAck { relay } | PeerMsg::RelayAborted { relay, .. } => {
                 PeerMsg::RelayAborted {

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod advert_auth;
 pub mod chaos;
 pub mod hostile;
 mod net;

@@ -221,6 +221,13 @@ pub struct Sim {
     /// Whether the nodes skip refill ticks that cannot change anything (see
     /// [`Sim::skip_quiet_refills`]).
     skip_quiet_refills: bool,
+    /// Every node's advert secret: honest nodes sign their link-state adverts and verify
+    /// everyone's (see [`crate::advert_auth`]).
+    advert_secrets: crate::advert_auth::Secrets,
+    /// Link-state advert messages honest nodes sent, and their encoded bytes.
+    pub advert_msgs: u64,
+    /// Encoded bytes of the link-state adverts honest nodes sent.
+    pub advert_bytes: u64,
 }
 
 impl Sim {
@@ -277,6 +284,12 @@ impl Sim {
             trace_hash: 0xcbf2_9ce4_8422_2325,
             pads: None,
             skip_quiet_refills: true,
+            advert_secrets: crate::advert_auth::secrets(
+                seed,
+                topo.nodes.iter().map(|n| n.id.as_str()),
+            ),
+            advert_msgs: 0,
+            advert_bytes: 0,
         };
         for n in &topo.nodes {
             sim.nodes.insert(
@@ -313,6 +326,10 @@ impl Sim {
             topology: self.topo.clone(),
             limits: Limits::default(),
             policy: self.policy.clone(),
+            advert_auth: Some(Arc::new(crate::advert_auth::SimAdvertAuth::new(
+                node,
+                self.advert_secrets.clone(),
+            ))),
         }
     }
 
@@ -442,7 +459,12 @@ impl Sim {
             match act {
                 Action::Send { to, msg } => {
                     self.mix(1);
-                    self.mix_bytes(&msg.encode());
+                    let bytes = msg.encode();
+                    if matches!(msg, PeerMsg::LinkState { .. }) {
+                        self.advert_msgs += 1;
+                        self.advert_bytes += bytes.len() as u64;
+                    }
+                    self.mix_bytes(&bytes);
                     // Links to a hostile node: it holds the whole link key anyway (and sends no
                     // honest `Seen` to protect a restored neighbour's half), so nothing is checked.
                     let honest = self.nodes.get(&to).is_some_and(|n| !n.hostile);

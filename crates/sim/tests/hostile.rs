@@ -110,3 +110,54 @@ fn an_empty_span_in_a_tagged_hop_is_refused_without_a_panic() {
     );
     exchange_b_to_c(&mut sim, 2);
 }
+
+#[test]
+fn forged_link_state_adverts_are_dropped_for_their_origins_signature() {
+    // x is attached to c. It passes off adverts of b's, d's and a's links (newer than anything
+    // they sent, every link up and rich) to c: under the signature of each origin's genuine
+    // advert c flooded to x, and with none. c verifies each origin's signature and drops them
+    // all; no node comes to hold one, and routes do not move. Without the check c would keep
+    // them (and flood them on to every node).
+    let mut sim = sim(6);
+    let mut x = Hostile::new("x", 6);
+    sim.run_for(Duration::from_millis(2500));
+    x.listen(&mut sim);
+    let before: Vec<_> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|n| sim.node(n).unwrap().link_adverts_held())
+        .collect();
+    assert_eq!(before[2].len(), 5, "c holds every honest node's advert");
+    let forged = [
+        ("b", &["a", "c", "d"][..]),
+        ("d", &["c", "e", "b"][..]),
+        ("a", &["b"][..]),
+    ];
+    for (origin, links) in forged {
+        let m = x.forge_advert(origin, links);
+        assert!(
+            matches!(&m, kagi_km::PeerMsg::LinkState { sig, .. } if !sig.is_empty()),
+            "x saw {origin}'s signed advert"
+        );
+        sim.inject("x", "c", m);
+        let mut unsigned = x.forge_advert(origin, links);
+        if let kagi_km::PeerMsg::LinkState { sig, .. } = &mut unsigned {
+            sig.clear();
+        }
+        sim.inject("x", "c", unsigned);
+    }
+    sim.run_for(Duration::from_millis(300));
+    assert_eq!(
+        sim.node("c").unwrap().stats().link_adverts_unauthenticated,
+        6
+    );
+    for n in ["a", "b", "c", "d", "e"] {
+        let held = sim.node(n).unwrap().link_adverts_held();
+        for (origin, (run, seq)) in &held {
+            assert!(
+                *run != u64::MAX && *seq != u64::MAX,
+                "{n} holds a forged advert of {origin}"
+            );
+        }
+    }
+    exchange_b_to_c(&mut sim, 4);
+}

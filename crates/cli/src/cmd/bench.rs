@@ -443,6 +443,7 @@ fn relay(a: RelayArgs) -> anyhow::Result<()> {
                 topology: topo.clone(),
                 limits: Limits::default(),
                 policy,
+                advert_auth: None,
             };
             (
                 *n,

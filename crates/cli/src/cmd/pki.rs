@@ -1,4 +1,5 @@
-//! `kagi pki`: certificate revocation for a network's CA (the one `kagi up` creates).
+//! `kagi pki`: certificate revocation for a network's CA (the one `kagi up` creates), and the
+//! nodes' link-state advert signing keys.
 
 use std::path::PathBuf;
 
@@ -33,6 +34,14 @@ enum PkiCommand {
     },
     /// List revoked certificates.
     Revoked,
+    /// Issue each node of the topology a link-state advert signing key (ML-DSA-65; existing
+    /// keys are kept) and write the file of every node's public key. Point each node.toml's
+    /// `[link_state]` at its key and that file (`kagi up` does this itself).
+    AdvertKeys {
+        /// The topology (default: DATA_DIR/topology.toml).
+        #[arg(long)]
+        topology: Option<PathBuf>,
+    },
 }
 
 /// Runs `kagi pki`.
@@ -60,6 +69,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 r.subject,
                 r.serial,
                 revocation::crl_path(&pki.ca_cert_path()).display()
+            );
+        }
+        PkiCommand::AdvertKeys { topology } => {
+            let path = topology.unwrap_or_else(|| args.data_dir.join("topology.toml"));
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let topo = kagi_control::Topology::from_toml(&text)
+                .with_context(|| format!("topology {}", path.display()))?;
+            let file = pki.ensure_advert_keys(topo.nodes.iter().map(|n| n.id.as_str()))?;
+            for n in &topo.nodes {
+                println!("{}\t{}", n.id, pki.advert_key_path(&n.id).display());
+            }
+            println!(
+                "public keys of all {} nodes: {}",
+                topo.nodes.len(),
+                file.display()
             );
         }
         PkiCommand::Revoked => {

@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! pki/ca.pem, pki/nodes/*.pem, pki/saes/*.pem   local CA, node and SAE certificates
+//! pki/nodes/<id>-advert-key.pem, pki/advert-keys.toml  each node's link-state advert signing
+//!                                                key (ML-DSA-65) and every node's public key
 //! topology.toml                                  the topology every node reads, with addresses
 //! nodes/<id>/node.toml, node.log, node.pid      one node's config, log and process id
 //! nodes/<id>/<id>.db                             its SQLite store (kept across runs)
@@ -373,6 +375,8 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             }
         }
     }
+    // Every node signs its link-state adverts; every node verifies them with this file.
+    let advert_keys = pki.ensure_advert_keys(topo.nodes.iter().map(|n| n.id.as_str()))?;
     for (i, n) in topo.nodes.iter().enumerate() {
         let certs = pki.ensure_node(&n.id)?;
         let node_dir = dir.join("nodes").join(&n.id);
@@ -399,6 +403,10 @@ fn prepare(args: &Args, dir: &Path) -> anyhow::Result<Prepared> {
             pool: PoolConfig::default(),
             routing: Default::default(),
             peers: Default::default(),
+            link_state: kagi_node::config::LinkStateConfig {
+                signing_key: Some(up.join(rel(&pki.advert_key_path(&n.id), dir))),
+                public_keys: Some(up.join(rel(&advert_keys, dir))),
+            },
             store: Default::default(),
             delivery: Default::default(),
             skip_addr: None,

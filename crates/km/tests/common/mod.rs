@@ -12,9 +12,37 @@ use kagi_control::{LinkSpec, NodeSpec, Topology};
 use kagi_keymat::Key;
 use kagi_km::record::Record;
 use kagi_km::{
-    Action, AppCall, AppReply, Input, Instant, KeyManager, KmConfig, Limits, PeerMsg, Policy,
-    Refusal, Snapshot,
+    Action, AdvertAuth, AdvertSignError, AppCall, AppReply, Input, Instant, KeyManager, KmConfig,
+    Limits, PeerMsg, Policy, Refusal, Snapshot,
 };
+
+/// A test signer for link-state adverts: a keyed hash with a secret per node (derived from its
+/// name; every verifier can compute every secret, which a test simply does not do when it plays
+/// a forger).
+#[derive(Debug)]
+pub struct TestAuth {
+    pub me: String,
+}
+
+/// `origin`'s tag over `bytes`.
+pub fn test_tag(origin: &str, bytes: &[u8]) -> Vec<u8> {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut h = DefaultHasher::new();
+    h.write(b"test advert secret of ");
+    h.write(origin.as_bytes());
+    h.write(bytes);
+    h.finish().to_le_bytes().to_vec()
+}
+
+impl AdvertAuth for TestAuth {
+    fn sign(&self, bytes: &[u8]) -> Result<Vec<u8>, AdvertSignError> {
+        Ok(test_tag(&self.me, bytes))
+    }
+
+    fn verify(&self, origin: &str, bytes: &[u8], sig: &[u8]) -> bool {
+        test_tag(origin, bytes) == sig
+    }
+}
 
 /// A topology of `nodes` (one SAE each, `sae-<node>`) and 10 km `links`.
 pub fn topology(name: &str, nodes: &[&str], links: &[(&str, &str)]) -> Arc<Topology> {
@@ -107,6 +135,18 @@ impl Net {
         start: Instant,
         link_key: LinkKey,
     ) -> Self {
+        Self::with_auth(topo, policy, seed, start, link_key, |_| None)
+    }
+
+    /// Like [`Net::new`], each node's adverts signed and verified by `auth(node)`.
+    pub fn with_auth(
+        topo: Arc<Topology>,
+        policy: Policy,
+        seed: impl Fn(&str) -> [u8; 32],
+        start: Instant,
+        link_key: LinkKey,
+        auth: impl Fn(&str) -> Option<Arc<dyn AdvertAuth>>,
+    ) -> Self {
         let kms = topo
             .nodes
             .iter()
@@ -116,6 +156,7 @@ impl Net {
                     topology: topo.clone(),
                     limits: Limits::default(),
                     policy: policy.clone(),
+                    advert_auth: auth(&n.id),
                 };
                 let km = KeyManager::restore(cfg, Snapshot::default(), seed(&n.id), Instant(0));
                 (n.id.clone(), km)

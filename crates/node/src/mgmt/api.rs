@@ -228,6 +228,8 @@ fn stats_json(s: &kagi_km::NodeStats) -> Value {
         "revokes_given_up": s.revokes_given_up,
         "refused_no_key": s.refused_no_key,
         "refused_for_priority": s.refused_for_priority,
+        "link_adverts_rejected": s.link_adverts_rejected,
+        "link_adverts_unauthenticated": s.link_adverts_unauthenticated,
     })
 }
 
@@ -314,6 +316,7 @@ async fn status(State(ctx): Ctx, Extension(who): Who) -> Response {
         "uptime_seconds": ctx.ops.uptime().as_secs_f64(),
         "draining": ctx.ops.draining(),
         "fenced": km.fenced,
+        "link_adverts_signed": km.adverts_signed,
         "peers_up": up,
         "peers_total": ctx.topology.nodes.len().saturating_sub(1),
         "saes": ctx.topology.node(ctx.ops.node_id()).map(|n| n.saes.clone()).unwrap_or_default(),

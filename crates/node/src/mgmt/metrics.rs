@@ -190,6 +190,11 @@ pub fn encode(ops: &Ops, km: Option<&KmStatus>) -> String {
             "1 while the key manager is fenced after a storage fault",
             ConstGauge::new(i64::from(km.fenced)),
         );
+        r.register(
+            "link_adverts_signed",
+            "1 when link-state adverts are signed and only adverts signed by their origin are accepted; 0: any node on the way can forge them",
+            ConstGauge::new(i64::from(km.adverts_signed)),
+        );
         let buf = gauge_family();
         let rate = gauge_family();
         let up = gauge_family();
@@ -347,6 +352,16 @@ pub fn encode(ops: &Ops, km: Option<&KmStatus>) -> String {
                 "relay_shares_manipulated",
                 "Multi-path relays to here whose shares failed the manipulation check at least once",
                 s.shares_manipulated,
+            ),
+            (
+                "link_adverts_rejected",
+                "Link-state adverts dropped as invalid (origin outside the topology, or a link it does not have)",
+                s.link_adverts_rejected,
+            ),
+            (
+                "link_adverts_unauthenticated",
+                "Link-state adverts dropped for a missing or bad signature of their origin",
+                s.link_adverts_unauthenticated,
             ),
             (
                 "relay_manipulation_aborts",
