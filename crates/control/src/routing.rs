@@ -33,6 +33,24 @@ impl Ord for Item {
 impl Routes {
     /// Computes shortest paths from `src`, skipping nodes in `down`.
     pub fn compute(topo: &Topology, src: &str, down: &[String]) -> Self {
+        // Each node's neighbours with their link costs, in the topology's link order (as
+        // `Topology::neighbours` gives them), built once: asking the topology for every node
+        // the search visits scans every link each time, which made large networks' route
+        // recomputations quadratic.
+        let mut adjacent: BTreeMap<&str, Vec<(&str, f64)>> = BTreeMap::new();
+        for l in &topo.links {
+            let cost = l.cost.unwrap_or(1.0);
+            adjacent
+                .entry(l.a.as_str())
+                .or_default()
+                .push((l.b.as_str(), cost));
+            if l.b != l.a {
+                adjacent
+                    .entry(l.b.as_str())
+                    .or_default()
+                    .push((l.a.as_str(), cost));
+            }
+        }
         let mut dist: BTreeMap<String, f64> = BTreeMap::new();
         let mut prev: BTreeMap<String, String> = BTreeMap::new();
         let mut heap = BinaryHeap::new();
@@ -42,10 +60,12 @@ impl Routes {
             if d > dist[&u] {
                 continue;
             }
-            let mut next: Vec<(&str, f64)> = topo
-                .neighbours(&u)
+            let mut next: Vec<(&str, f64)> = adjacent
+                .get(u.as_str())
+                .into_iter()
+                .flatten()
                 .filter(|(v, _)| !down.iter().any(|x| x == v))
-                .map(|(v, l)| (v, l.cost.unwrap_or(1.0)))
+                .copied()
                 .collect();
             next.sort_by(|a, b| a.0.cmp(b.0));
             for (v, c) in next {
@@ -99,6 +119,94 @@ mod tests {
         assert_eq!(r.path("koganei").unwrap().len(), 1);
         for n in &t.nodes {
             assert!(r.path(&n.id).is_some(), "{} unreachable", n.id);
+        }
+    }
+
+    /// The search as it was before the neighbour lists: the topology asked for every node
+    /// it visits. The new one must find the same paths.
+    fn reference(topo: &Topology, src: &str, down: &[String]) -> BTreeMap<String, Vec<String>> {
+        let mut dist: BTreeMap<String, f64> = BTreeMap::new();
+        let mut prev: BTreeMap<String, String> = BTreeMap::new();
+        let mut heap = BinaryHeap::new();
+        dist.insert(src.to_string(), 0.0);
+        heap.push(Item(0.0, src.to_string()));
+        while let Some(Item(d, u)) = heap.pop() {
+            if d > dist[&u] {
+                continue;
+            }
+            let mut next: Vec<(&str, f64)> = topo
+                .neighbours(&u)
+                .filter(|(v, _)| !down.iter().any(|x| x == v))
+                .map(|(v, l)| (v, l.cost.unwrap_or(1.0)))
+                .collect();
+            next.sort_by(|a, b| a.0.cmp(b.0));
+            for (v, c) in next {
+                let nd = d + c;
+                let better = match dist.get(v) {
+                    None => true,
+                    Some(&old) => nd < old || (nd == old && prev.get(v).is_some_and(|p| u < *p)),
+                };
+                if better {
+                    dist.insert(v.to_string(), nd);
+                    prev.insert(v.to_string(), u.clone());
+                    heap.push(Item(nd, v.to_string()));
+                }
+            }
+        }
+        dist.keys()
+            .map(|dst| {
+                let mut p = vec![dst.clone()];
+                let mut cur = dst.clone();
+                while let Some(pr) = prev.get(&cur) {
+                    p.push(pr.clone());
+                    cur = pr.clone();
+                }
+                p.reverse();
+                (dst.clone(), p)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn neighbour_lists_find_the_paths_the_link_scan_found() {
+        // Random meshes with few distinct costs (many ties), parallel links with other costs,
+        // and nodes down: every path from every node is the same as the old search's.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for round in 0..40 {
+            let ids: Vec<String> = (0..12).map(|i| format!("n{i:02}")).collect();
+            let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let mut t = Topology::line("r", &names, 10.0, |_| vec![]);
+            let proto = t.links[0].clone();
+            t.links.clear();
+            for _ in 0..30 {
+                let (a, b) = (next(12) as usize, next(12) as usize);
+                if a == b {
+                    continue;
+                }
+                t.links.push(crate::LinkSpec {
+                    a: ids[a].clone(),
+                    b: ids[b].clone(),
+                    cost: (round % 2 == 1).then(|| [1.0, 2.0, 0.5][next(3) as usize]),
+                    ..proto.clone()
+                });
+            }
+            let down: Vec<String> = (0..next(3))
+                .map(|_| ids[next(12) as usize].clone())
+                .collect();
+            for src in &ids {
+                let r = Routes::compute(&t, src, &down);
+                assert_eq!(
+                    r.paths,
+                    reference(&t, src, &down),
+                    "round {round} from {src}"
+                );
+            }
         }
     }
 

@@ -130,7 +130,14 @@ impl KeyManager {
 
     /// Re-sends every revoke that is due, with doubling back-off.
     pub(crate) fn retry_revokes(&mut self, now: Instant) {
-        let ready = self.all_reconciled();
+        // Asked only when a restored revoke is due: it visits every node of the topology, and
+        // this runs on every timer tick.
+        let due_restored = self
+            .revokes
+            .open
+            .values()
+            .any(|r| r.restored && r.next <= now);
+        let ready = due_restored && self.all_reconciled();
         let mut sends = Vec::new();
         for (seq, r) in self.revokes.open.iter_mut() {
             if r.next > now {

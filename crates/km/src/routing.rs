@@ -30,7 +30,7 @@ pub(crate) struct RoutePlan {
 
 impl RoutePlan {
     fn new(
-        topo: &Topology,
+        rates: &LinkRates,
         paths: Vec<Vec<NodeId>>,
         threshold: u8,
         shortfall: Option<String>,
@@ -38,8 +38,7 @@ impl RoutePlan {
         let bottleneck_bps = paths
             .iter()
             .flat_map(|p| p.windows(2))
-            .filter_map(|w| topo.link(&w[0], &w[1]))
-            .map(|l| topo.link_mean_rate_bps(l) * topo.rate_multiplier)
+            .filter_map(|w| rates.get(&w[0]).and_then(|m| m.get(&w[1])).copied())
             .filter(|r| r.is_finite() && *r >= 1.0)
             .reduce(f64::min)
             .map(|r| r as u64);
@@ -50,6 +49,27 @@ impl RoutePlan {
             bottleneck_bps,
         }
     }
+}
+
+/// The modelled key rate (bit/s, the topology's rate multiplier applied) of the link between
+/// two nodes, both ways round; where several links join the same two nodes, the first the
+/// topology lists (the one [`Topology::link`] finds). Computed once: a link's rate runs its
+/// technology's model, and every plan reads the rates of the links on its paths.
+type LinkRates = BTreeMap<NodeId, BTreeMap<NodeId, f64>>;
+
+fn link_rates(topo: &Topology) -> LinkRates {
+    let mut rates = LinkRates::new();
+    for l in &topo.links {
+        let rate = topo.link_mean_rate_bps(l) * topo.rate_multiplier;
+        for (x, y) in [(&l.a, &l.b), (&l.b, &l.a)] {
+            rates
+                .entry(x.clone())
+                .or_default()
+                .entry(y.clone())
+                .or_insert(rate);
+        }
+    }
+    rates
 }
 
 /// One destination's plans by `(paths, threshold)`; `None`: unreachable.
@@ -75,6 +95,12 @@ pub(crate) struct Routing {
     /// The topology routes are computed on: without links out of service or advertised down,
     /// with link-state penalties added to the link costs. Rebuilt when any of those change.
     usable: Arc<Topology>,
+    /// The topology without its nodes' SAEs, which routes never read: the base `usable` is
+    /// copied from when links change (copying ten thousand SAE names on every link-state
+    /// recomputation was a large simulation's cost). Made on first use.
+    bare: Option<Arc<Topology>>,
+    /// Each link's modelled rate, for plans' bottlenecks.
+    rates: Arc<LinkRates>,
     /// Plans per destination and `(paths, threshold)`, computed on demand and dropped whenever
     /// routes change. Shared (`Arc`) and keyed by destination first, so the refill tick, which
     /// asks for every destination's plan, neither allocates nor copies paths.
@@ -105,6 +131,8 @@ impl Routing {
             adjacent,
             me: me.to_string(),
             usable: topology.clone(),
+            bare: None,
+            rates: Arc::new(link_rates(&topology)),
             topology,
             routes,
             down: BTreeSet::new(),
@@ -159,7 +187,7 @@ impl Routing {
             } else {
                 (n - 1).clamp(2, n)
             };
-            RoutePlan::new(&self.topology, paths, threshold, None)
+            RoutePlan::new(&self.rates, paths, threshold, None)
         });
         if self.constrained.len() >= MAX_CACHED_CONSTRAINTS {
             self.constrained.clear();
@@ -241,7 +269,7 @@ impl Routing {
     fn compute_plan(&self, dest: &str, paths: u8, threshold: u8) -> Option<RoutePlan> {
         let single = self.routes.path(dest)?.to_vec();
         if paths <= 1 {
-            return Some(RoutePlan::new(&self.topology, vec![single], 1, None));
+            return Some(RoutePlan::new(&self.rates, vec![single], 1, None));
         }
         let down = self.avoided();
         let found = disjoint_paths(
@@ -255,7 +283,7 @@ impl Routing {
         );
         if found.len() <= 1 {
             return Some(RoutePlan::new(
-                &self.topology,
+                &self.rates,
                 vec![single],
                 1,
                 Some(format!(
@@ -272,7 +300,7 @@ impl Routing {
                  threshold {t} of {n}"
             )
         });
-        Some(RoutePlan::new(&self.topology, found, t, shortfall))
+        Some(RoutePlan::new(&self.rates, found, t, shortfall))
     }
 
     /// Whether `path` is a simple path over links of the topology, checked in `O(n log n)` so
@@ -356,6 +384,13 @@ impl Routing {
         self.plans.clear();
         self.generation += 1;
         self.constrained.clear();
+        if self.bare.is_none() && !self.unchanged_links() {
+            let mut bare = (*self.topology).clone();
+            for n in &mut bare.nodes {
+                n.saes = Vec::new();
+            }
+            self.bare = Some(Arc::new(bare));
+        }
         self.usable = self.build_usable();
         let down = self.avoided();
         self.routes = Routes::compute(&self.usable, &self.me, &down);
@@ -364,12 +399,13 @@ impl Routing {
     /// The topology without the links this node took out of service or an end advertised
     /// down, link-state penalties added to the link costs.
     fn build_usable(&self) -> Arc<Topology> {
-        if self.out_of_service.is_empty() && self.penalties.is_empty() && self.dead.is_empty() {
+        if self.unchanged_links() {
             return self.topology.clone();
         }
         let me = self.me.as_str();
         let out = &self.out_of_service;
-        let mut topo: Topology = (*self.topology).clone();
+        let base: &Topology = self.bare.as_deref().unwrap_or(&self.topology);
+        let mut topo = base.clone();
         topo.links.retain(|l| {
             let taken_out = (l.a == me && out.contains(&l.b)) || (l.b == me && out.contains(&l.a));
             !taken_out && !self.dead.contains(&link_key(&l.a, &l.b))
@@ -380,6 +416,12 @@ impl Routing {
             }
         }
         Arc::new(topo)
+    }
+
+    /// Whether routes go over the topology's links as they are (none out of service, advertised
+    /// down or with a link-state penalty).
+    fn unchanged_links(&self) -> bool {
+        self.out_of_service.is_empty() && self.penalties.is_empty() && self.dead.is_empty()
     }
 
     /// Sets the link-state penalties and the links advertised down; recomputes routes and
@@ -429,5 +471,85 @@ pub(crate) fn link_key(a: &str, b: &str) -> (NodeId, NodeId) {
         (a.to_string(), b.to_string())
     } else {
         (b.to_string(), a.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tokyo with a rate multiplier and a second, longer link beside koganei–chofu (plans must
+    /// take the rate of the first one listed, as `Topology::link` does).
+    fn tokyo() -> Arc<Topology> {
+        let mut t = kagi_control::builtin::tokyo();
+        t.rate_multiplier = 4.0;
+        let mut twin = t.links[0].clone();
+        twin.length_km *= 5.0;
+        std::mem::swap(&mut twin.a, &mut twin.b);
+        t.links.push(twin);
+        Arc::new(t)
+    }
+
+    #[test]
+    fn plans_take_bottlenecks_from_the_links_the_topology_finds() {
+        let topo = tokyo();
+        let mut r = Routing::new("koganei", topo.clone());
+        let mut seen = BTreeSet::new();
+        for n in &topo.nodes {
+            for (paths, threshold) in [(1, 1), (3, 2)] {
+                let Some(plan) = r.plan(&n.id, paths, threshold) else {
+                    continue;
+                };
+                // As plans computed it before the rates were kept: each hop's link looked up
+                // in the topology and its technology's model run.
+                let expected = plan
+                    .paths
+                    .iter()
+                    .flat_map(|p| p.windows(2))
+                    .filter_map(|w| topo.link(&w[0], &w[1]))
+                    .map(|l| topo.link_mean_rate_bps(l) * topo.rate_multiplier)
+                    .filter(|r| r.is_finite() && *r >= 1.0)
+                    .reduce(f64::min)
+                    .map(|r| r as u64);
+                assert_eq!(plan.bottleneck_bps, expected, "to {}", n.id);
+                seen.insert(plan.bottleneck_bps);
+            }
+        }
+        assert!(seen.len() > 2, "bottlenecks differ between plans: {seen:?}");
+    }
+
+    #[test]
+    fn routes_over_penalised_links_are_those_of_the_whole_topology() {
+        let topo = tokyo();
+        let mut r = Routing::new("koganei", topo.clone());
+        let penalties: BTreeMap<_, _> = [
+            (link_key("koganei", "shinjuku"), 5.0),
+            (link_key("otemachi", "ueno"), 0.5),
+        ]
+        .into_iter()
+        .collect();
+        let dead: BTreeSet<_> = [link_key("chofu", "otemachi")].into_iter().collect();
+        assert!(r.set_link_costs(penalties.clone(), dead.clone()));
+        // As `usable` was built before: from a copy of the whole topology, SAEs included.
+        let mut whole = (*topo).clone();
+        whole
+            .links
+            .retain(|l| !dead.contains(&link_key(&l.a, &l.b)));
+        for l in &mut whole.links {
+            if let Some(p) = penalties.get(&link_key(&l.a, &l.b)) {
+                l.cost = Some(l.cost.unwrap_or(1.0) + p);
+            }
+        }
+        assert_eq!(r.usable.links, whole.links);
+        assert!(r.usable.nodes.iter().all(|n| n.saes.is_empty()));
+        let expected = Routes::compute(&whole, "koganei", &[]);
+        for n in &topo.nodes {
+            assert_eq!(r.path(&n.id), expected.path(&n.id), "to {}", n.id);
+        }
+        assert_eq!(
+            r.path("chofu").map(|p| p.len()),
+            Some(2),
+            "a direct link stays the route"
+        );
     }
 }
