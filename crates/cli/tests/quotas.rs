@@ -1,14 +1,15 @@
 //! Per-SAE and per-pair key rate limits (X.1712 AVL.2) with real `kagi node` processes: an SAE
 //! flooding `enc_keys` is held to its rate with 503s that name the limit, another SAE at the same
 //! node keeps being served; a limited (master, slave) pair is held to its rate while the same
-//! master's other pair keeps being served; and SIGHUP reloads the limits without a restart.
+//! master's other pair keeps being served; SIGHUP reloads the limits without a restart; and a
+//! low-priority flood stops at its reserve, which a high-priority SAE then draws on.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kagi_control::Topology;
-use kagi_km::{QuotaConfig, SaeLimit};
+use kagi_km::{Priority, QuotaConfig, SaeLimit};
 use kagi_node::client::{ClientError, Etsi014Client};
 use kagi_node::config::{ManagementConfig, NodeConfig, PoolConfig};
 use kagi_node::etsi014::wire::KeyRequest;
@@ -45,6 +46,17 @@ impl Net {
     /// Nodes a and b; a serves two SAEs, sae-a1 limited to 64 bytes/s with a 256-byte burst;
     /// b serves sae-b and sae-b2, and the pair sae-a2 → sae-b is limited the same way.
     fn start() -> Self {
+        let mut quotas = limit(64, 256);
+        quotas
+            .pair
+            .entry("sae-a2".into())
+            .or_default()
+            .insert("sae-b".into(), SaeLimit::rate(64, 256));
+        Self::start_with(quotas)
+    }
+
+    /// Nodes a (sae-a1, sae-a2) and b (sae-b, sae-b2), node a with `quotas`.
+    fn start_with(quotas: QuotaConfig) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "kagi-quotas-{}-{}",
             std::process::id(),
@@ -76,12 +88,7 @@ impl Net {
             if c.node_id == "a" {
                 let listen = format!("127.0.0.1:{}", kagi_node::loopback::free_port().unwrap());
                 c.management = Some(ManagementConfig { listen });
-                c.quotas = limit(64, 256);
-                c.quotas
-                    .pair
-                    .entry("sae-a2".into())
-                    .or_default()
-                    .insert("sae-b".into(), SaeLimit::rate(64, 256));
+                c.quotas = quotas.clone();
             }
         })
         .unwrap();
@@ -371,4 +378,65 @@ async fn a_flooding_sae_is_held_to_its_rate_and_does_not_starve_another() {
     net.procs.iter_mut().for_each(|c| {
         let _ = c.kill();
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_priority_flood_stops_at_its_reserve_and_a_high_priority_sae_is_served_from_it() {
+    let mut quotas = QuotaConfig::default();
+    let with = |p| SaeLimit {
+        priority: Some(p),
+        ..SaeLimit::default()
+    };
+    quotas.sae.insert("sae-a1".into(), with(Priority::Low));
+    quotas.sae.insert("sae-a2".into(), with(Priority::High));
+    // Low keeps back 25 % of the pool's target (8192 bytes): 2048 bytes, 64 keys of 256 bits.
+    let net = Net::start_with(quotas);
+    let low = net.client("sae-a1");
+    let high = net.client("sae-a2");
+    let b = net.client("sae-b");
+    wait_for_pool(&high, 128).await;
+
+    // sae-a1 floods for 2 s, far faster than the link refills the pool.
+    let t0 = Instant::now();
+    let (mut drawn, mut held_back) = (0u64, 0u64);
+    let mut message = String::new();
+    while t0.elapsed() < Duration::from_secs(2) {
+        match low.enc_keys("sae-b", &req(8)).await {
+            Ok(k) => drawn += k.len() as u64 * 32,
+            Err(ClientError::Refused { status, message: m }) if m.contains("priority") => {
+                assert_eq!(status, 503, "{m}");
+                held_back += 1;
+                message = m;
+            }
+            Err(ClientError::Refused { status: 503, .. }) => {}
+            Err(e) => panic!("unexpected answer to sae-a1: {e}"),
+        }
+    }
+    assert!(
+        held_back >= 5,
+        "the low-priority flood was held back only {held_back} times (drew {drawn} bytes)"
+    );
+    assert!(
+        message.contains("SAE sae-a1")
+            && message.contains("(low)")
+            && message.contains("low_percent"),
+        "{message}"
+    );
+    // What the pool holds now is the reserve: status shows the low-priority master (almost)
+    // nothing and the high-priority one the reserve.
+    let low_sees = low.status("sae-b").await.unwrap().stored_key_count;
+    let high_sees = high.status("sae-b").await.unwrap().stored_key_count;
+    assert!(
+        high_sees >= 32 && high_sees > low_sees,
+        "high sees {high_sees} keys, low {low_sees}"
+    );
+
+    // sae-a2 (high) is served at once from the reserve, and its keys match at the slave.
+    let keys = high
+        .enc_keys("sae-b", &req(32))
+        .await
+        .expect("the high-priority SAE was not served from the reserve");
+    let ids: Vec<_> = keys.iter().map(|k| k.id).collect();
+    let got = b.dec_keys("sae-a2", &ids).await.expect("dec_keys");
+    assert!(keys.iter().zip(&got).all(|(m, s)| m.key == s.key));
 }

@@ -304,7 +304,9 @@ impl KeyManager {
                         Err(why) => format!("no relay can meet them now: {why}"),
                     };
                     return Err(Refusal::Unavailable(format!(
-                        "not enough key relayed under the kagi_route constraints ({}) for slave                          KME {node} right now ({have} of {need} bytes ready); {now_why}; retry                          shortly",
+                        "not enough key relayed under the kagi_route constraints ({}) for slave \
+                         KME {node} right now ({have} of {need} bytes ready); {now_why}; retry \
+                         shortly",
                         c.describe()
                     )));
                 }
@@ -505,7 +507,8 @@ impl KeyManager {
         }
         if r.mandatory && multicast {
             return Err(Refusal::unmet(
-                "kagi_route constrains the key's route to one slave KME; it cannot be combined                  with additional_slave_SAE_IDs on other KMEs",
+                "kagi_route constrains the key's route to one slave KME; it cannot be combined \
+                 with additional_slave_SAE_IDs on other KMEs",
             ));
         }
         match self.routing.feasible(dest, &c) {
