@@ -208,9 +208,9 @@ pub struct Policy {
     /// Heartbeats and silence detection (`None`: a peer counts as down only when the driver
     /// reports its channel down).
     pub liveness: Option<LivenessPolicy>,
-    /// Adaptive direction split of link key (`None`, the default: each end spends only its
-    /// fixed half). Off by default: on the 48-node flood study it raised abandoned relays
-    /// (the congestion windows' static limit assumes the fixed split; see PERFORMANCE.md).
+    /// Adaptive direction split of link key: an end short of link key asks its neighbour for
+    /// the unspent rest of the neighbour's half (on by default; `None`: each end spends only
+    /// its fixed half). See `crate::grants` and PERFORMANCE.md "Link key grants".
     pub link_grants: Option<LinkGrantPolicy>,
     /// Link-state advertisements and routing by key availability (`None`: no adverts; routes
     /// follow the topology's static link costs, hop count by default).
@@ -388,7 +388,7 @@ impl Default for Policy {
             routing: RoutePolicy::default(),
             quotas: crate::quota::QuotaConfig::default(),
             liveness: Some(LivenessPolicy::default()),
-            link_grants: None,
+            link_grants: Some(LinkGrantPolicy::default()),
             link_state: Some(LinkStatePolicy::default()),
             peers: PeerScope::All,
         }

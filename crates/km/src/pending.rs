@@ -99,6 +99,7 @@ mod tests {
             paths: vec![],
             threshold: 1,
             lost: Default::default(),
+            sent: 1,
         }
     }
 

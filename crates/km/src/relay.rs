@@ -47,8 +47,11 @@ pub(crate) struct PendingRelay {
     pub(crate) paths: Vec<Vec<NodeId>>,
     /// Shares that rebuild the key.
     pub(crate) threshold: u8,
-    /// Shares a node on their path reported lost.
+    /// Shares a node on their path reported lost, and shares never sent (their first hop had
+    /// no link key when the relay started).
     pub(crate) lost: BTreeSet<u8>,
+    /// Shares sent (all but those never sent).
+    pub(crate) sent: usize,
 }
 
 impl PendingRelay {
@@ -61,7 +64,7 @@ impl PendingRelay {
             } else {
                 0
             };
-        (share + MAC_KEY_LEN) as u64 * self.paths.len().max(1) as u64
+        (share + MAC_KEY_LEN) as u64 * self.sent.max(1) as u64
     }
 }
 
@@ -657,7 +660,9 @@ impl KeyManager {
 
     /// Starts one relay to `dest`: a fresh key over the plan's single path, or an AMD codeword
     /// of it split into one share per node-disjoint path (so the destination detects a share
-    /// altered on its way). All first hops need link key, or nothing starts.
+    /// altered on its way). It starts once the first hops of at least `threshold` paths have
+    /// link key: the shares of the others are not sent and count as lost from the start (any
+    /// `threshold` shares rebuild the key, and no node sees more shares than before).
     fn start_relay(&mut self, dest: &str, plan: &RoutePlan, now: Instant) -> bool {
         let len = self.cfg.policy.relay_chunk_bytes as usize;
         let n = plan.paths.len();
@@ -665,10 +670,16 @@ impl KeyManager {
         // Link key goes only to a neighbour that told this run what it saw of our half
         // (`Seen`): before that, a store restored from an older copy would spend pad bytes it
         // already spent.
-        if plan.paths.iter().any(|p| {
-            !self.is_reconciled(&p[1])
-                || (self.links.tx_free(&p[1]) as usize) < share_len + MAC_KEY_LEN
-        }) {
+        let ready: Vec<bool> = plan
+            .paths
+            .iter()
+            .map(|p| {
+                self.is_reconciled(&p[1])
+                    && (self.links.tx_free(&p[1]) as usize) >= share_len + MAC_KEY_LEN
+            })
+            .collect();
+        let sendable = ready.iter().filter(|r| **r).count();
+        if sendable == 0 || sendable < usize::from(plan.threshold) {
             return false;
         }
         let seq = self.relays.next_seq;
@@ -706,8 +717,13 @@ impl KeyManager {
         };
         let mut batch = Vec::new();
         let mut sends = Vec::with_capacity(n);
+        let mut unsent = BTreeSet::new();
         let all_paths: &[Vec<NodeId>] = if n == 1 { &[] } else { &plan.paths };
-        for (path, (info, share)) in plan.paths.iter().zip(&shares) {
+        for (i, (path, (info, share))) in plan.paths.iter().zip(&shares).enumerate() {
+            if !ready[i] {
+                unsent.insert(i as u8 + 1);
+                continue;
+            }
             // Node-disjoint paths have distinct first hops, so each was checked on its own.
             let sealed = self.seal_hop(&relay, *info, path, all_paths, share, &path[1], &mut batch);
             let Some(msg) = sealed else {
@@ -738,7 +754,8 @@ impl KeyManager {
                 deadline: now + self.cfg.policy.relay_timeout,
                 paths: plan.paths.clone(),
                 threshold: t,
-                lost: BTreeSet::new(),
+                lost: unsent,
+                sent: sendable,
             },
         );
         self.stats.relays_started += 1;

@@ -239,6 +239,29 @@ fn a_failed_path_does_not_stop_delivery() {
 }
 
 #[test]
+fn a_relay_starts_when_threshold_first_hops_have_key() {
+    // a's link to b2 never gets key: the share for a-b2-z cannot go. Two of three first hops
+    // have key, which is enough for threshold 2, so relays start with two shares and z rebuilds
+    // each key from them (waiting for every first hop, nothing would ever start).
+    let mut net = three_paths(3, 2, Some(("a", "b2")));
+    for _ in 0..10 {
+        net.tick(20);
+    }
+    let st = net.kms["a"].stats();
+    assert!(st.multipath_relays_started >= 2, "{st:?}");
+    assert!(net.kms["a"].pool_free("z") >= 256, "{st:?}");
+    let (m, s) = fetch_pair(&mut net);
+    assert_eq!(m, s, "master and slave keys differ");
+    // No share went to b2 (its link has no key), so no relay waited for it.
+    let to_b2 = net
+        .wire
+        .iter()
+        .filter(|(f, t, m)| f == "a" && t == "b2" && matches!(m, PeerMsg::ShareHop { .. }))
+        .count();
+    assert_eq!(to_b2, 0);
+}
+
+#[test]
 fn xor_over_all_paths_needs_every_share() {
     // 3-of-3: b2 dead means no relay completes; nothing reaches the pool.
     let mut net = three_paths(3, 3, None);

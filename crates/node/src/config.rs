@@ -407,7 +407,8 @@ pub struct PoolConfig {
     /// Relays in flight per destination.
     pub max_in_flight: u32,
     /// Adaptive direction split of link key: an end short of link key asks its neighbour,
-    /// which grants the rest of its oldest blocks beyond its reserve (off by default).
+    /// which grants the rest of its oldest blocks beyond its reserve (on by default; `false`
+    /// keeps the fixed half-and-half split).
     pub link_grants: bool,
     /// Link key of its own half each end keeps when granting (and below which it asks).
     pub link_grant_reserve_bytes: u64,
@@ -423,7 +424,7 @@ impl Default for PoolConfig {
             low_water: 0.5,
             relay_chunk_bytes: 4096,
             max_in_flight: 4,
-            link_grants: false,
+            link_grants: true,
             link_grant_reserve_bytes: kagi_km::LinkGrantPolicy::default().reserve_bytes,
         }
     }
@@ -558,12 +559,17 @@ mod tests {
     }
 
     #[test]
-    fn link_grants_are_off_by_default_and_the_reserve_is_bounded() {
+    fn link_grants_are_on_by_default_can_be_switched_off_and_the_reserve_is_bounded() {
         let p: PoolConfig = toml::from_str("").unwrap();
-        assert_eq!(p.link_grant_policy(), None);
+        assert_eq!(
+            p.link_grant_policy(),
+            kagi_km::Policy::default().link_grants
+        );
+        assert!(p.link_grant_policy().is_some());
         p.validate().unwrap();
-        let p: PoolConfig =
-            toml::from_str("link_grants = true\nlink_grant_reserve_bytes = 65536").unwrap();
+        let p: PoolConfig = toml::from_str("link_grants = false").unwrap();
+        assert_eq!(p.link_grant_policy(), None);
+        let p: PoolConfig = toml::from_str("link_grant_reserve_bytes = 65536").unwrap();
         assert_eq!(p.link_grant_policy().unwrap().reserve_bytes, 65536);
         for bad in ["0", "1023", "1073741825"] {
             let p: PoolConfig =

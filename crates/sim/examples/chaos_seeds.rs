@@ -3,8 +3,9 @@
 //!
 //! `cargo run --release -p kagi-sim --example chaos_seeds -- FIRST RUNS [p_wipe p_rollback]`
 //! (defaults: 1, 10000, and the rates of `ChaosConfig::default`). Exits non-zero and prints
-//! the replay command of every failing seed. `KAGI_CHAOS_GRANTS=1` turns on link key grants
-//! (`Policy::link_grants`); every run checks that no link pad byte is sent with twice.
+//! the replay command of every failing seed. Link key grants (`Policy::link_grants`) follow
+//! the core's default (on); `KAGI_CHAOS_GRANTS=0` turns them off, `=1` on. Every run checks
+//! that no link pad byte is sent with twice.
 
 use std::time::Instant;
 
@@ -15,10 +16,14 @@ fn main() {
     let num = |i: usize, d: u64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
     let (first, runs) = (num(0, 1), num(1, 10_000));
     let mut cfg = ChaosConfig {
-        // KAGI_CHAOS_GRANTS=1: the ends of each link grant each other link key.
-        link_grants: std::env::var("KAGI_CHAOS_GRANTS").is_ok_and(|v| v == "1"),
         ..ChaosConfig::default()
     };
+    // KAGI_CHAOS_GRANTS=0 or 1: the ends of each link grant each other link key, or not.
+    match std::env::var("KAGI_CHAOS_GRANTS").as_deref() {
+        Ok("0") => cfg.link_grants = false,
+        Ok("1") => cfg.link_grants = true,
+        _ => {}
+    }
     if let Some(p) = args.get(2).and_then(|s| s.parse().ok()) {
         cfg.p_wipe = p;
     }

@@ -47,8 +47,8 @@ pub struct ChaosConfig {
     pub chaos: Duration,
     /// The slaves' grace to fetch again after a lost reply ([`Policy::slave_grace`]).
     pub grace: Duration,
-    /// Link key grants between the ends of each link ([`Policy::link_grants`]); off by default
-    /// like the core's, so the seeds replay as before.
+    /// Link key grants between the ends of each link ([`Policy::link_grants`]); on by default
+    /// like the core's, `false` for the fixed split.
     pub link_grants: bool,
     /// The nodes skip refill ticks that cannot change anything (the default); `false` runs
     /// every tick, to check that the run is the same event for event.
@@ -69,7 +69,7 @@ impl Default for ChaosConfig {
             p_msg: 0.03,
             chaos: Duration::from_millis(2500),
             grace: Policy::default().slave_grace,
-            link_grants: false,
+            link_grants: Policy::default().link_grants.is_some(),
             skip_quiet_refills: true,
         }
     }
@@ -184,7 +184,9 @@ pub fn run(seed: u64, cfg: &ChaosConfig) -> ChaosReport {
         relay_chunk_bytes: 512,
         slave_grace: cfg.grace,
         // Grants move link key between the ends under every fault; the pad ledger checks them.
-        link_grants: cfg.link_grants.then(Default::default),
+        link_grants: cfg
+            .link_grants
+            .then(|| Policy::default().link_grants.unwrap_or_default()),
         ..Policy::default()
     };
     let faults = Faults {

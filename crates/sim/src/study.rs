@@ -58,6 +58,10 @@ pub struct StudyOptions {
     /// Nodes advertise link state and route by key availability (the core's link-state
     /// policy); `false` routes by the topology's static costs, to measure what it brings.
     pub link_state: bool,
+    /// Adjacent nodes give each other unspent link key under one-way demand (the core's link
+    /// grant policy, [`Policy::link_grants`]); `false` keeps the fixed half-and-half split, to
+    /// measure what grants bring.
+    pub link_grants: bool,
     /// Seed of the demand, the failures and the network.
     pub seed: u64,
     /// Node-disjoint paths per relay (1: single-path relay, the core's default).
@@ -90,6 +94,7 @@ impl Default for StudyOptions {
             heartbeats: true,
             peers: PeerScope::All,
             link_state: true,
+            link_grants: Policy::default().link_grants.is_some(),
             seed: 1,
             paths: 1,
             threshold: 1,
@@ -421,6 +426,9 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
     if !opt.link_state {
         policy.link_state = None;
     }
+    policy.link_grants = opt
+        .link_grants
+        .then(|| policy.link_grants.unwrap_or_default());
     policy.peers = opt.peers;
     policy.routing.paths = opt.paths;
     policy.routing.threshold = opt.threshold;

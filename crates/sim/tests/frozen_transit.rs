@@ -22,14 +22,13 @@ fn served_while_frozen(paths: u8, threshold: u8, frozen: &str) -> (u32, u32) {
         relay_chunk_bytes: 512,
         // No heartbeats: a frozen node is seen only through the relays that die in it.
         liveness: None,
-        // Room for the whole run's link key (32 MiB per half, 80 s of supply), so no block is
-        // evicted. Why: a node spends its half only within what the neighbour reserved (about
-        // 64 KiB ahead, `kagi_km::reserve`); a frozen neighbour answers no new reservation, and
-        // once eviction of the oldest blocks has eaten the reserved window (15 s into the
-        // freeze with the default 8 MiB cap) the origin has no key towards it, and a
-        // multi-path relay starts only when every first hop has key: 176 of 200 requests were
-        // served. With heartbeats (the default) the frozen node is routed around in about 2 s.
-        link_buffer_cap_bytes: 64 << 20,
+        // The default 8 MiB link buffer: a node spends its half only within what the neighbour
+        // reserved (about 64 KiB ahead, `kagi_km::reserve`), and a frozen neighbour answers no
+        // new reservation, so once eviction of the oldest blocks has eaten the reserved window
+        // (15 s into the freeze) the origin has no key towards it. A multi-path relay starts
+        // when `threshold` first hops have key, so the other two paths carry on (when it
+        // waited for every first hop, 176 of 200 requests were served here). With heartbeats
+        // (the default) the frozen node is routed around in about 2 s.
         ..Policy::default()
     };
     policy.routing.paths = paths;

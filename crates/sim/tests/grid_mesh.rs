@@ -1,6 +1,8 @@
 //! Scale: a 48-node mesh of 10–80 km links on the real key managers (issue 9). Once pools are
 //! warm, relays that start finish (fewer than 1 % abandoned), and the farthest pair, asking for
 //! key as fast as it can, gets at least 80 % of what its best route's bottleneck allows.
+//! Link key grants are on (the core's default): with routing by key they abandon nothing here
+//! (docs/PERFORMANCE.md "Link key grants").
 
 use kagi_sim::plan::synth::grid_mesh;
 use kagi_sim::study::{study, StudyOptions};

@@ -85,6 +85,10 @@ pub struct Args {
     /// count) instead of the key each link has.
     #[arg(long)]
     static_routes: bool,
+    /// Switch link key grants off: each end of a link spends only its fixed half, however
+    /// one-sided the demand (grants are on by default, as in a node's `[pool] link_grants`).
+    #[arg(long)]
+    no_link_grants: bool,
     /// Seed of the demand, the failures and the network.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -147,6 +151,7 @@ pub fn run(a: Args) -> Result<()> {
             PeerScopeArg::Neighbours => kagi_km::PeerScope::Neighbours,
         },
         link_state: !a.static_routes,
+        link_grants: !a.no_link_grants,
         seed: a.seed,
         paths: a.paths,
         threshold: a.threshold,
