@@ -224,12 +224,14 @@ pub struct Policy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PeerScope {
     /// Every node of the topology: the origin of a relay sees for itself that a node anywhere
-    /// went silent (needs a connection to every node).
-    #[default]
+    /// went silent, also with link state off (needs a connection to every node; a node's
+    /// `[peers] connect = "all"`).
     All,
-    /// Neighbours only: a silent node far away is learnt from the link-state adverts of its
-    /// neighbours (which advertise their links to it down), so connections to other nodes are
-    /// needed only while there is something to send.
+    /// Neighbours only (the default, as a node's `[peers] connect`): a silent node far away is
+    /// learnt from the link-state adverts of its neighbours (which advertise their links to it
+    /// down), so connections to other nodes are needed only while there is something to send.
+    /// With link state off nothing tells a relay's origin that a far node went silent.
+    #[default]
     Neighbours,
 }
 
@@ -390,7 +392,7 @@ impl Default for Policy {
             liveness: Some(LivenessPolicy::default()),
             link_grants: Some(LinkGrantPolicy::default()),
             link_state: Some(LinkStatePolicy::default()),
-            peers: PeerScope::All,
+            peers: PeerScope::Neighbours,
         }
     }
 }

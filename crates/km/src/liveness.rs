@@ -1,14 +1,15 @@
-//! Liveness: heartbeats to every other node, and silence detection.
+//! Liveness: heartbeats to the nodes a node watches, and silence detection.
 //!
 //! A frozen node (SIGSTOP, a hung process, a path that drops packets without closing the
 //! connection) keeps its peer connections open, so the driver never reports it down. Every
-//! node therefore sends [`PeerMsg::Heartbeat`] to every other node every
+//! node therefore sends [`PeerMsg::Heartbeat`] to the nodes it watches every
 //! [`heartbeat_interval`](crate::LivenessPolicy::heartbeat_interval); a node not heard from for
 //! [`silent_after`](crate::LivenessPolicy::silent_after) counts as down for routing (routes
 //! and multi-path plans avoid it, relays through it are failed over) until any message from it
 //! arrives. With [`PeerScope::All`](crate::PeerScope) heartbeats go to every node, so the origin
 //! of a relay, which chooses its whole path, sees for itself that a node three hops away went
-//! silent; with [`PeerScope::Neighbours`](crate::PeerScope) they go to neighbours only, and a
+//! silent; with [`PeerScope::Neighbours`](crate::PeerScope) (the default) they go to neighbours
+//! only, and a
 //! far node's silence arrives as link-state adverts of its neighbours marking their links to it
 //! down (see [`crate::linkstate`]).
 //!

@@ -1,5 +1,5 @@
-//! Liveness at the core level: every node sends heartbeats to every other node about every
-//! 500 ms, a node silent for about 2 s (frozen: its connections stay open, so no `PeerDown`
+//! Liveness at the core level: with `PeerScope::All` every node sends heartbeats to every other
+//! node about every 500 ms (with the default, `Neighbours`, to its neighbours only), a node silent for about 2 s (frozen: its connections stay open, so no `PeerDown`
 //! ever comes) is routed around, and it counts as up again as soon as it speaks.
 //!
 //! Topology: a reaches z over a-b-z (shortest) or a-c1-c2-z.
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kagi_control::Topology;
-use kagi_km::{Instant, LivenessPolicy, PeerMsg, Policy};
+use kagi_km::{Instant, LivenessPolicy, PeerMsg, PeerScope, Policy};
 
 mod common;
 use common::{small_pools, topology, LinkKey, Net};
@@ -28,12 +28,16 @@ fn topo() -> Arc<Topology> {
 }
 
 /// Every node's core, messages delivered at once, link key once a second, `liveness` on every
-/// node.
+/// node, heartbeats to every node (`PeerScope::All`: the origin sees a frozen node itself).
 fn detour_net(liveness: Option<LivenessPolicy>) -> Net {
-    let policy = Policy {
+    net_with(Policy {
         liveness,
+        peers: PeerScope::All,
         ..small_pools()
-    };
+    })
+}
+
+fn net_with(policy: Policy) -> Net {
     let seed = |n: &str| [n.as_bytes()[0] ^ n.len() as u8; 32];
     let key = LinkKey {
         len: 16384,
@@ -88,6 +92,22 @@ fn heartbeats_go_to_every_other_node_about_every_500_ms() {
             // At 0, 0.5, 1, 1.5 and 2 s (the first one at once).
             assert!((4..=5).contains(&n), "{from}→{to}: {n} heartbeats in 2 s");
         }
+    }
+}
+
+/// The default scope (`PeerScope::Neighbours`, as a node's `[peers] connect`): heartbeats go to
+/// link neighbours only.
+#[test]
+fn by_default_heartbeats_go_to_neighbours_only() {
+    assert_eq!(Policy::default().peers, PeerScope::Neighbours);
+    let mut net = net_with(small_pools());
+    net.run(2000);
+    for (from, to) in [("a", "b"), ("a", "c1"), ("b", "z"), ("c1", "c2")] {
+        let n = beats(&net, from, to);
+        assert!((4..=5).contains(&n), "{from}→{to}: {n} heartbeats in 2 s");
+    }
+    for (from, to) in [("a", "z"), ("a", "c2"), ("b", "c1"), ("z", "a")] {
+        assert_eq!(beats(&net, from, to), 0, "{from}→{to}");
     }
 }
 

@@ -51,9 +51,10 @@ pub struct StudyOptions {
     /// Nodes send heartbeats and route around silent nodes (the core's liveness policy);
     /// `false` switches it off, to measure what it brings.
     pub heartbeats: bool,
-    /// Which nodes each node sends heartbeats to and watches for silence: every node (`All`,
-    /// a real node's `[peers] connect = "all"`) or its neighbours only (`Neighbours`: a far
-    /// node's silence is learnt from its neighbours' link-state adverts).
+    /// Which nodes each node sends heartbeats to and watches for silence: its neighbours only
+    /// (`Neighbours`, the default, as a real node's `[peers] connect`: a far node's silence is
+    /// learnt from its neighbours' link-state adverts) or every node (`All`, `connect =
+    /// "all"`).
     pub peers: PeerScope,
     /// Nodes advertise link state and route by key availability (the core's link-state
     /// policy); `false` routes by the topology's static costs, to measure what it brings.
@@ -92,7 +93,7 @@ impl Default for StudyOptions {
             failure_mode: FailureMode::Crash,
             fail_transit_only: false,
             heartbeats: true,
-            peers: PeerScope::All,
+            peers: Policy::default().peers,
             link_state: true,
             link_grants: Policy::default().link_grants.is_some(),
             seed: 1,

@@ -76,10 +76,10 @@ pub struct Args {
     /// Switch heartbeats off (a silent node is then never routed around).
     #[arg(long)]
     no_heartbeats: bool,
-    /// Which nodes each node sends heartbeats to and watches for silence: `all` (every node,
-    /// as `[peers] connect = "all"`) or `neighbours` (a far node's silence is learnt from its
-    /// neighbours' link-state adverts, as `connect = "neighbours"`).
-    #[arg(long, value_enum, default_value_t = PeerScopeArg::All)]
+    /// Which nodes each node sends heartbeats to and watches for silence: `neighbours` (the
+    /// default, as a node's `[peers] connect`: a far node's silence is learnt from its
+    /// neighbours' link-state adverts) or `all` (every node, as `connect = "all"`).
+    #[arg(long, value_enum, default_value_t = PeerScopeArg::Neighbours)]
     peer_scope: PeerScopeArg,
     /// Switch link-state adverts off: routes follow the topology's static link costs (hop
     /// count) instead of the key each link has.
