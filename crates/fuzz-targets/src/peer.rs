@@ -52,6 +52,7 @@ fn prepared() -> KeyManager {
             ..Policy::default()
         },
         advert_auth: None,
+        advert_run_base: 0,
     };
     let now = Instant(0);
     let mut km = KeyManager::restore(cfg, Snapshot::default(), [9; 32], now);

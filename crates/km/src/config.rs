@@ -410,4 +410,12 @@ pub struct KmConfig {
     /// [`crate::advert_auth`]). `None`: adverts go unsigned and unsigned adverts are accepted,
     /// so a transit node can forge another origin's advert; the node warns at start.
     pub advert_auth: Option<Arc<dyn crate::advert_auth::AdvertAuth>>,
+    /// Least run number of this node's link-state adverts (they carry the larger of it and the
+    /// store's run counter). A receiver that verifies adverts never accepts one older than the
+    /// newest it accepted from the origin, so this must grow with every start of the core, also
+    /// one from an older copy of the store or an empty one, which set the store's counter back.
+    /// The core reads no clock: `kagi-node` gives wall-clock milliseconds at each start (see
+    /// SECURITY.md AVL.1 for a clock set back), the simulator its virtual time. 0: the store's
+    /// run counter alone (a start from an older store is then not heard by such receivers).
+    pub advert_run_base: u64,
 }

@@ -20,9 +20,13 @@
 //! receiver verifies the signature before it keeps or floods the advert on; one with a missing
 //! or bad signature is dropped and counted (`NodeStats::link_adverts_unauthenticated`). The
 //! cheap checks come first (topology, then "not newer than the one held"), so the flood's many
-//! copies of one advert cost one verification per origin and advert. A transit node can still
-//! withhold or delay an origin's adverts, or replay an older one once the newest has gone stale;
-//! the pessimistic combination limits what those can do.
+//! copies of one advert cost one verification per origin and advert. A signed advert older than
+//! the newest accepted from its origin is refused for good, also once that one has gone stale
+//! (the origin is silent), so a transit node cannot replay an origin's old adverts; an origin
+//! that starts again numbers its adverts above all earlier ones from the driver's
+//! [`advert_run_base`](crate::KmConfig::advert_run_base) (wall-clock time in `kagi-node`),
+//! whatever its store says. A transit node can still withhold or delay an origin's adverts; the
+//! pessimistic combination limits what that can do.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -44,7 +48,8 @@ pub(crate) const MAX_PENALTY: f64 = 1024.0;
 /// Earliest an advert triggered by a link going up or down follows the previous advert.
 const MIN_ADVERT_GAP: Duration = Duration::from_millis(100);
 
-/// An origin's newest advert and when it arrived.
+/// An origin's newest advert and when it arrived (kept for good: its `(run, seq)` bounds the
+/// origin's later adverts; one per origin of the topology).
 #[derive(Debug, Clone)]
 struct Held {
     run: u64,
@@ -235,7 +240,8 @@ impl KeyManager {
         // Own state changes (and others' adverts going stale) show at each advert.
         ls.dirty = true;
         ls.sent_up = links.iter().map(|l| (l.peer.clone(), l.up)).collect();
-        let run = self.reconcile.run;
+        // The driver's base grows with every start, also from an older or empty store.
+        let run = self.reconcile.run.max(self.cfg.advert_run_base);
         let seq = ls.seq;
         let me = self.cfg.node_id.clone();
         let sig = match &self.cfg.advert_auth {
@@ -280,9 +286,10 @@ impl KeyManager {
         }
     }
 
-    /// An advert from `from` (its own or flooded): kept if it is valid, newer than the one
-    /// held for its origin (or that one is stale) and, with an [`AdvertAuth`](crate::AdvertAuth),
-    /// signed by its origin; then flooded on. The signature is checked last, so copies of an
+    /// An advert from `from` (its own or flooded): kept if it is valid, newer than the newest
+    /// accepted from its origin and, with an [`AdvertAuth`](crate::AdvertAuth), signed by its
+    /// origin (without one, an older advert is also kept once the held one is stale); then
+    /// flooded on. The signature is checked last, so copies of an
     /// advert already held cost no verification.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_link_state(
@@ -307,9 +314,24 @@ impl KeyManager {
             return;
         }
         if let Some(h) = self.linkstate.adverts.get(&origin) {
-            let fresh = now.saturating_since(h.at) < lp.stale_after;
-            if fresh && (run, seq) <= (h.run, h.seq) {
-                return; // seen already (flooding brings copies round every cycle)
+            if (run, seq) <= (h.run, h.seq) {
+                let fresh = now.saturating_since(h.at) < lp.stale_after;
+                // Signed, the newest accepted bounds every later one for good: an older
+                // genuine advert is a replay even once the origin fell silent (a restarted
+                // origin numbers its adverts above, `KmConfig::advert_run_base`). Unsigned,
+                // the numbers prove nothing and a forged (MAX, MAX) would silence the origin
+                // for good, so an older one is taken once the held one is stale.
+                if fresh || self.cfg.advert_auth.is_some() {
+                    if !fresh && (run, seq) < (h.run, h.seq) {
+                        self.stats.link_adverts_replayed += 1;
+                        tracing::debug!(
+                            me = %self.me(), %from, %origin, run, seq,
+                            held_run = h.run, held_seq = h.seq,
+                            "link-state advert dropped: older than the newest accepted"
+                        );
+                    }
+                    return; // seen already (flooding brings copies round every cycle)
+                }
             }
         }
         if let Some(auth) = &self.cfg.advert_auth {

@@ -189,6 +189,10 @@ pub struct NodeStats {
     /// Link-state adverts dropped because their origin's signature was missing or wrong (a
     /// transit node forged or altered them), when this node verifies adverts.
     pub link_adverts_unauthenticated: u64,
+    /// Signed link-state adverts dropped as older than the newest accepted from their origin
+    /// while that one is stale: a transit node replaying old adverts of a silent origin, or an
+    /// origin whose clock was set back before it started again (SECURITY.md AVL.1).
+    pub link_adverts_replayed: u64,
 }
 
 /// The key manager of one trusted node, as a deterministic state machine without I/O.

@@ -173,6 +173,7 @@ mod tests {
             limits: Limits::default(),
             policy: Policy::default(),
             advert_auth: None,
+            advert_run_base: 0,
         };
         KeyManager::restore(cfg, Snapshot::default(), [7; 32], Instant(0))
     }

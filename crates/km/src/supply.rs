@@ -860,6 +860,7 @@ mod tests {
                 ..Policy::default()
             },
             advert_auth: None,
+            advert_run_base: 0,
         };
         let mut km = KeyManager::restore(cfg, Snapshot::default(), [7; 32], Instant(0));
         km.pools.add_out("b", 1, Key::from_slice(&[9; 4096]), None);

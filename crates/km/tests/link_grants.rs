@@ -95,6 +95,7 @@ impl Net {
                 limits: Limits::default(),
                 policy,
                 advert_auth: None,
+                advert_run_base: 0,
             };
             net.cfgs.insert(n, cfg.clone());
             net.stores.insert(n, Store::new());

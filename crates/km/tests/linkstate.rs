@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 use kagi_control::Topology;
 use kagi_km::advert_auth::signed_bytes;
-use kagi_km::{AdvertAuth, Input, Instant, LinkAdvert, PeerMsg, PeerScope, Policy};
+use kagi_km::{
+    AdvertAuth, Input, Instant, KeyManager, KmConfig, Limits, LinkAdvert, PeerMsg, PeerScope,
+    Policy, Snapshot,
+};
 
 mod common;
 use common::{small_pools, test_tag, topology, LinkKey, Net, TestAuth};
@@ -204,6 +207,146 @@ fn forged_adverts_cannot_make_a_starved_link_look_good() {
     let after = net.relay_paths_since("a", "z", t0);
     assert!(!after.is_empty());
     assert!(after.iter().all(|p| !via(p, "b")), "{after:?}");
+    // Unsigned, the numbers prove nothing: once the forged advert is stale, b's genuine ones
+    // (numbered far below it) are taken again, so one forgery cannot silence b for good.
+    net.run(3000);
+    let (run, _) = net.kms["a"].link_adverts_held()["b"];
+    assert!(run < u64::MAX, "a still holds the forged advert of b");
+}
+
+/// A signed network, b–z starved.
+fn signed_diamond() -> Net {
+    let mut net = Net::with_auth(
+        topo(),
+        small_pools(),
+        |n| [n.as_bytes()[0]; 32],
+        Instant(0),
+        LINK_KEY,
+        |n| Some(Arc::new(TestAuth { me: n.into() }) as Arc<dyn AdvertAuth>),
+    );
+    net.starved.insert(key("b", "z"));
+    net.link_blocks();
+    net
+}
+
+/// b's first advert that went to a.
+fn first_advert_of_b_to_a(net: &Net) -> PeerMsg {
+    net.wire
+        .iter()
+        .find_map(|(_, to, m)| match m {
+            PeerMsg::LinkState { origin, .. } if origin == "b" && to == "a" => Some(m.clone()),
+            _ => None,
+        })
+        .expect("b advertised to a")
+}
+
+/// A transit node replays b's old genuine (signed) advert once b has fallen silent and its
+/// newest advert at a has gone stale: a refuses it (it is older than the newest a accepted
+/// from b), counts it, keeps b's newest and floods nothing on. A copy of the newest is not
+/// counted.
+#[test]
+fn an_old_signed_advert_replayed_after_its_origin_fell_silent_is_refused() {
+    let mut net = signed_diamond();
+    net.run(3000);
+    let old = first_advert_of_b_to_a(&net);
+    let newest = net
+        .wire
+        .iter()
+        .rev()
+        .find_map(|(_, to, m)| match m {
+            PeerMsg::LinkState { origin, .. } if origin == "b" && to == "a" => Some(m.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let PeerMsg::LinkState {
+        run,
+        seq,
+        ref links,
+        ref sig,
+        ..
+    } = old
+    else {
+        unreachable!()
+    };
+    // Genuine: b's own signature over it.
+    assert_eq!(
+        *sig,
+        test_tag("b", &signed_bytes(&"b".into(), run, seq, links))
+    );
+    let held = net.kms["a"].link_adverts_held()["b"];
+    assert!(
+        held > (run, seq),
+        "a holds {held:?}, the old one is {run}/{seq}"
+    );
+    // b falls silent; 6 s later its newest advert at a is stale.
+    net.frozen.insert("b".into());
+    net.run(6000);
+    assert_eq!(net.kms["a"].link_adverts_held()["b"], held);
+    let sent = net.wire.len();
+    for msg in [old, newest] {
+        net.input(
+            "a",
+            Input::Peer {
+                from: "c".into(),
+                msg,
+            },
+        );
+    }
+    let st = net.kms["a"].stats();
+    assert_eq!(st.link_adverts_replayed, 1);
+    assert_eq!(st.link_adverts_unauthenticated, 0);
+    assert_eq!(
+        net.kms["a"].link_adverts_held()["b"],
+        held,
+        "a took b's replayed advert"
+    );
+    assert!(
+        !net.wire[sent..]
+            .iter()
+            .any(|(_, _, m)| matches!(m, PeerMsg::LinkState { .. })),
+        "a flooded the replayed advert on"
+    );
+}
+
+/// b starts again from an empty store (wiped, or restored from an older copy: its store's run
+/// counter goes back). Numbered by the store alone, its new adverts are below what a accepted
+/// and a refuses them (counted once b's old advert is stale), as it would those of a node whose
+/// clock was set back; numbered from a base above every earlier start (the node's wall clock),
+/// they are heard at once.
+#[test]
+fn an_origin_started_again_from_an_empty_store_is_heard_at_once() {
+    let mut net = signed_diamond();
+    net.run(10_000);
+    let before = net.kms["a"].link_adverts_held()["b"];
+    assert!(before.1 >= 9, "{before:?}");
+    let start_b = |net: &mut Net, base: u64| {
+        let cfg = KmConfig {
+            node_id: "b".into(),
+            topology: topo(),
+            limits: Limits::default(),
+            policy: small_pools(),
+            advert_auth: Some(Arc::new(TestAuth { me: "b".into() })),
+            advert_run_base: base,
+        };
+        let km = KeyManager::restore(cfg, Snapshot::default(), [base as u8 ^ 0x5a; 32], net.now);
+        net.kms.insert("b".into(), km);
+    };
+    start_b(&mut net, 0);
+    net.run(6500);
+    assert_eq!(
+        net.kms["a"].link_adverts_held()["b"],
+        before,
+        "a took an advert numbered below b's newest"
+    );
+    let refused = net.kms["a"].stats().link_adverts_replayed;
+    assert!(refused >= 1, "a did not count b's refused adverts");
+    // Started again with a base above its earlier starts: heard within one advert interval.
+    start_b(&mut net, 1_000_000);
+    net.run(1500);
+    let (run, _) = net.kms["a"].link_adverts_held()["b"];
+    assert_eq!(run, 1_000_000);
+    assert_eq!(net.kms["a"].stats().link_adverts_replayed, refused);
+    assert_eq!(net.kms["a"].stats().link_adverts_unauthenticated, 0);
 }
 
 /// With signed adverts (every node signs its own and verifies every origin's), a transit node

@@ -279,6 +279,7 @@ fn core() -> KeyManager {
         limits: Limits::default(),
         policy: Policy::default(),
         advert_auth: None,
+        advert_run_base: 0,
     };
     let mut km = KeyManager::restore(cfg, Snapshot::default(), [7; 32], Instant(0));
     for peer in ["a", "c"] {

@@ -373,6 +373,25 @@ impl Driver {
         Ok((tx, writer))
     }
 
+    /// The core's configuration for one start: its link-state adverts numbered from the wall
+    /// clock in milliseconds, so they outrank every advert of an earlier start even when the
+    /// store was restored from an older copy or wiped (which sets the store's run counter
+    /// back), and above `last` (the previous start of this process) if the clock went back.
+    fn start_cfg(&self, last: &mut u64) -> KmConfig {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        *last = next_advert_run(*last, wall);
+        tracing::info!(
+            advert_run = *last,
+            "link-state adverts of this start numbered from the wall clock"
+        );
+        KmConfig {
+            advert_run_base: *last,
+            ..self.cfg.clone()
+        }
+    }
+
     /// Runs the core until `shutdown` resolves.
     pub async fn run(
         mut self,
@@ -399,7 +418,8 @@ impl Driver {
             audit: self.audit.clone(),
             quotas: None,
         };
-        let mut km = KeyManager::restore(self.cfg.clone(), snap, os_seed(), now());
+        let mut advert_run = 0;
+        let mut km = KeyManager::restore(self.start_cfg(&mut advert_run), snap, os_seed(), now());
         hooks.reapply(&mut km);
         let mut waiting: BTreeMap<ReqId, Waiting> = BTreeMap::new();
         let mut next_req: ReqId = 1;
@@ -463,7 +483,7 @@ impl Driver {
                 (store_tx, writer) = self.spawn_writer(store, generation)?;
                 self.audit_relays(&mut relay_summary, &km);
                 relay_summary.restarted();
-                km = KeyManager::restore(self.cfg.clone(), snap, os_seed(), now());
+                km = KeyManager::restore(self.start_cfg(&mut advert_run), snap, os_seed(), now());
                 hooks.stores.clear();
                 hooks.reapply(&mut km);
                 tamper = self.note_quarantined(found);
@@ -915,6 +935,12 @@ fn os_seed() -> [u8; 32] {
     s
 }
 
+/// The advert run base of a start at wall-clock `wall_ms` after one at `last` in this process:
+/// the clock, or just above `last` if the clock went back (or did not move).
+fn next_advert_run(last: u64, wall_ms: u64) -> u64 {
+    wall_ms.max(last.saturating_add(1))
+}
+
 /// The core's configuration from a node config and topology.
 pub fn km_config(cfg: &crate::config::NodeConfig, topo: Arc<kagi_control::Topology>) -> KmConfig {
     let e = &cfg.etsi014;
@@ -942,5 +968,28 @@ pub fn km_config(cfg: &crate::config::NodeConfig, topo: Arc<kagi_control::Topolo
         },
         // Loading the keys reads files: the caller sets it (`crate::advert_keys::from_config`).
         advert_auth: None,
+        // Set at each start of the core (`advert_run_base`).
+        advert_run_base: 0,
+    }
+}
+
+#[cfg(test)]
+mod advert_run_tests {
+    use super::next_advert_run;
+
+    /// Each start of the core in one process numbers its adverts above the one before, even
+    /// when the wall clock went back or two starts fall in one millisecond.
+    #[test]
+    fn advert_runs_grow_with_every_start() {
+        assert_eq!(next_advert_run(0, 1_700_000_000_000), 1_700_000_000_000);
+        assert_eq!(
+            next_advert_run(1_700_000_000_000, 1_700_000_000_000),
+            1_700_000_000_001
+        );
+        assert_eq!(
+            next_advert_run(1_700_000_000_000, 1_600_000_000_000),
+            1_700_000_000_001
+        );
+        assert_eq!(next_advert_run(u64::MAX, 5), u64::MAX);
     }
 }

@@ -330,6 +330,9 @@ impl Sim {
                 node,
                 self.advert_secrets.clone(),
             ))),
+            // Grows with every start, also from an older or empty store (as the node's
+            // wall clock does).
+            advert_run_base: self.now.0,
         }
     }
 

@@ -444,6 +444,7 @@ fn relay(a: RelayArgs) -> anyhow::Result<()> {
                 limits: Limits::default(),
                 policy,
                 advert_auth: None,
+                advert_run_base: 0,
             };
             (
                 *n,

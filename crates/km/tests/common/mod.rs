@@ -157,6 +157,7 @@ impl Net {
                     limits: Limits::default(),
                     policy: policy.clone(),
                     advert_auth: auth(&n.id),
+                    advert_run_base: 0,
                 };
                 let km = KeyManager::restore(cfg, Snapshot::default(), seed(&n.id), Instant(0));
                 (n.id.clone(), km)

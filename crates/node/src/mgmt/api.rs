@@ -230,6 +230,7 @@ fn stats_json(s: &kagi_km::NodeStats) -> Value {
         "refused_for_priority": s.refused_for_priority,
         "link_adverts_rejected": s.link_adverts_rejected,
         "link_adverts_unauthenticated": s.link_adverts_unauthenticated,
+        "link_adverts_replayed": s.link_adverts_replayed,
     })
 }
 

@@ -364,6 +364,11 @@ pub fn encode(ops: &Ops, km: Option<&KmStatus>) -> String {
                 s.link_adverts_unauthenticated,
             ),
             (
+                "link_adverts_replayed",
+                "Signed link-state adverts dropped as older than the newest accepted from their silent origin (replayed, or the origin's clock set back)",
+                s.link_adverts_replayed,
+            ),
+            (
                 "relay_manipulation_aborts",
                 "Multi-path relays to here aborted because no set of shares passed the manipulation check",
                 s.manipulation_aborts,
