@@ -637,8 +637,6 @@ impl KeyManager {
                 batch.push(Record::PendingRelayGone { seq });
             }
         }
-        // Open assignments restored with the copy may have been answered after it was taken.
-        self.drop_restored_revokes(batch);
         let assigns: Vec<u64> = self.supply.assigns.keys().copied().collect();
         for seq in assigns {
             self.fail_assign(

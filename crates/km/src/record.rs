@@ -234,17 +234,16 @@ pub enum Record {
         /// [`SlaveKey::graced`].
         graced: Vec<SaeId>,
     },
-    /// An assignment from here whose master has not been answered, or that was given up and
-    /// whose revoke some slave node has not acknowledged (upsert): written with the spend,
-    /// before the `Assign` goes, and deleted durably before the master gets the keys. A start
-    /// that finds one revokes the assignment at `nodes` (see `revoke`).
+    /// An assignment from here that was given up (its master answered with a refusal) and whose
+    /// revoke some slave node has not acknowledged (upsert): written before the first `Revoke`
+    /// goes. A start that finds one goes on revoking the assignment at `nodes` (see `revoke`).
     OpenAssign {
         /// Assignment counter.
         seq: u64,
         /// Slave nodes that may hold its keys and have not acknowledged a revoke.
         nodes: Vec<NodeId>,
     },
-    /// The assignment was answered, or every slave node acknowledged its revoke (delete).
+    /// Every slave node acknowledged the assignment's revoke (delete).
     OpenAssignGone {
         /// Assignment counter.
         seq: u64,
