@@ -309,6 +309,7 @@ impl KeyManager {
         let mut marks = std::collections::BTreeMap::new();
         let mut forks = std::collections::BTreeMap::new();
         let mut reserved = std::collections::BTreeMap::new();
+        let mut run_epochs = Vec::new();
         let mut next_run = 1;
         for r in snap.records {
             match r {
@@ -407,6 +408,7 @@ impl KeyManager {
                 Record::PeerLinkReserved { peer, block } => {
                     reserved.insert(peer, block);
                 }
+                Record::RunEpochs { runs } => run_epochs = runs,
                 Record::LinkBlockGone { .. }
                 | Record::ChunkGone { .. }
                 | Record::PendingRelayGone { .. }
@@ -423,6 +425,7 @@ impl KeyManager {
         km.reconcile = Reconcile::new(0, 0, marks, now);
         km.reconcile.restore_forks(forks);
         km.reconcile.restore_reserved(reserved);
+        km.reconcile.restore_run_epochs(run_epochs);
         km.start_reconcile(store, next_run, now);
         km
     }

@@ -301,6 +301,13 @@ pub enum PeerMsg {
         /// drops what is left of it and of older blocks (a copy of its store restored from
         /// before those spends still holds them as unspent).
         link_reserved: Option<u64>,
+        /// The run number of the sender's run (of its current store) whose messages last raised
+        /// the marks above here (0: unknown). A rolled-back sender whose own run of that number
+        /// had another epoch than `marks_epoch` was copied before that run began: keys it
+        /// applied in that run came after the restore.
+        marks_run: u64,
+        /// That run's epoch (0: unknown).
+        marks_epoch: u64,
     },
     /// An assignment named chunks of the sender's pool for this node that this node does not
     /// hold (its store was lost or restored from an older copy since they were relayed): the

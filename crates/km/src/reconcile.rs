@@ -32,7 +32,7 @@ use uuid::Uuid;
 use crate::manager::KeyManager;
 use crate::msgs::{NodeId, PeerMsg};
 use crate::outbox::{Action, After};
-use crate::record::{Counter, PeerMarks, Record};
+use crate::record::{Counter, PeerMarks, Record, RUN_EPOCHS_KEPT};
 use crate::time::Instant;
 
 /// The fields of a [`PeerMsg::Seen`].
@@ -46,6 +46,8 @@ pub(crate) struct Seen {
     pub(crate) link_rx_hw: Option<u64>,
     pub(crate) fork_run: u64,
     pub(crate) link_reserved: Option<u64>,
+    pub(crate) marks_run: u64,
+    pub(crate) marks_epoch: u64,
 }
 
 /// The fields of a [`PeerMsg::Hello`].
@@ -96,6 +98,9 @@ pub(crate) struct Reconcile {
     pub(crate) epoch: u64,
     /// This run's number on its store (`Counter::Run`).
     pub(crate) run: u64,
+    /// The epochs of this store's latest runs, this one included (persisted as
+    /// [`Record::RunEpochs`]).
+    run_epochs: BTreeMap<u64, u64>,
     /// What this node saw of each peer (persisted).
     marks: BTreeMap<NodeId, PeerMarks>,
     /// What this node judged of each peer's store (persisted).
@@ -126,6 +131,7 @@ impl Reconcile {
             store,
             epoch,
             run: 0,
+            run_epochs: BTreeMap::new(),
             marks,
             forks: BTreeMap::new(),
             reserved: BTreeMap::new(),
@@ -141,6 +147,35 @@ impl Reconcile {
     /// Restores what this node judged of its peers' stores.
     pub(crate) fn restore_forks(&mut self, forks: BTreeMap<NodeId, Fork>) {
         self.forks = forks;
+    }
+
+    /// Restores the epochs of this store's latest runs.
+    pub(crate) fn restore_run_epochs(&mut self, runs: Vec<(u64, u64)>) {
+        self.run_epochs = runs.into_iter().collect();
+    }
+
+    /// Sets this run's epoch in the runs kept; returns the record that persists them.
+    fn record_run_epoch(&mut self) -> Record {
+        self.run_epochs.insert(self.run, self.epoch);
+        while self.run_epochs.len() > RUN_EPOCHS_KEPT {
+            self.run_epochs.pop_first();
+        }
+        Record::RunEpochs {
+            runs: self.run_epochs.iter().map(|(r, e)| (*r, *e)).collect(),
+        }
+    }
+
+    /// The fork to discard before, given a rolled-back store's own bound `fork` and the run
+    /// (and its epoch) that last raised the peer's marks: when this store's run of that number
+    /// had another epoch, the copy was taken before that run began (a restored run reused the
+    /// number), so keys of that run were applied after the restore and stay (chaos seed 1230:
+    /// the bound `marks_run + 1` discarded them). A run whose epoch is no longer kept proves
+    /// nothing.
+    fn fork_before_marks(&self, fork: u64, marks_run: u64, marks_epoch: u64) -> u64 {
+        match self.run_epochs.get(&marks_run) {
+            Some(&e) if marks_run > 0 && marks_run < fork && e != marks_epoch => marks_run,
+            _ => fork,
+        }
     }
 
     /// Restores the reservations neighbours made of their halves here.
@@ -220,13 +255,14 @@ impl Reconcile {
         })
     }
 
-    /// The fork run to report to `peer` (of its current store), 0 if none.
-    fn fork_of(&self, peer: &str) -> u64 {
+    /// What this node judged of `peer`'s current store (default if nothing).
+    fn fork_of(&self, peer: &str) -> Fork {
         let store = self.marks.get(peer).map_or(0, |m| m.store);
         self.forks
             .get(peer)
             .filter(|f| f.store == store && store != 0)
-            .map_or(0, |f| f.fork_run)
+            .copied()
+            .unwrap_or_default()
     }
 }
 
@@ -269,10 +305,13 @@ impl KeyManager {
         r.out_chunks = self.pools.out_chunks();
         // The run number is durable before any peer hears of it and before any key is applied
         // under it (batches commit in order).
-        let mut batch = vec![Record::Counter {
-            name: Counter::Run,
-            next: run.saturating_add(1),
-        }];
+        let mut batch = vec![
+            Record::Counter {
+                name: Counter::Run,
+                next: run.saturating_add(1),
+            },
+            self.reconcile.record_run_epoch(),
+        ];
         if fresh {
             // A new database: nothing restored can be stale, and the identity is durable
             // before any peer hears of it.
@@ -479,6 +518,7 @@ impl KeyManager {
     /// The `Seen` answering `peer`'s run `epoch`: what this node saw of its store.
     fn seen_msg(&self, peer: &str, epoch: u64) -> PeerMsg {
         let m = self.reconcile.marks.get(peer).copied().unwrap_or_default();
+        let f = self.reconcile.fork_of(peer);
         PeerMsg::Seen {
             epoch,
             relay_hw: m.relay_hw,
@@ -486,8 +526,10 @@ impl KeyManager {
             relay_floor: m.relay_floor,
             assign_floor: m.assign_floor,
             link_rx_hw: m.link_rx_hw,
-            fork_run: self.reconcile.fork_of(peer),
+            fork_run: f.fork_run,
             link_reserved: self.reconcile.reserved.get(peer).copied(),
+            marks_run: f.marks_run,
+            marks_epoch: f.marks_epoch,
         }
     }
 
@@ -535,6 +577,8 @@ impl KeyManager {
             link_rx_hw,
             fork_run,
             link_reserved,
+            marks_run,
+            marks_epoch,
         } = seen;
         if epoch != self.reconcile.epoch {
             // An answer to an earlier run, or to a `Hello` of ours that arrived late (messages
@@ -563,6 +607,9 @@ impl KeyManager {
                 0 => self.reconcile.run,
                 r => r.min(self.reconcile.run),
             };
+            let fork = self
+                .reconcile
+                .fork_before_marks(fork, marks_run, marks_epoch);
             let (keys, link) = (
                 self.stats.slave_keys_discarded,
                 self.stats.link_key_discarded,
@@ -630,6 +677,7 @@ impl KeyManager {
         self.reconcile.epoch = self.nonzero_u64();
         self.reconcile.reconciled.clear();
         batch.push(Record::Identity { store });
+        batch.push(self.reconcile.record_run_epoch());
         for peer in self.other_nodes() {
             self.pools.drop_pools_with(&peer, batch);
             for seq in self.relays.drop_pending_to(&peer) {

@@ -258,7 +258,20 @@ pub enum Record {
         /// Highest block of its half it may have spent.
         block: u64,
     },
+    /// The epochs of this store's latest runs, `(run, epoch)`, at most
+    /// [`RUN_EPOCHS_KEPT`] (upsert; written with `Counter::Run` at every start, so a copy holds
+    /// the epoch of every run it was taken during). A peer's `Seen` names the run (and its
+    /// epoch) that last raised its marks of this store: if this store's run of that number had
+    /// another epoch, the copy was taken before that run began and a restored run reused the
+    /// number.
+    RunEpochs {
+        /// `(run, epoch)`, oldest first.
+        runs: Vec<(u64, u64)>,
+    },
 }
+
+/// How many runs' epochs [`Record::RunEpochs`] keeps.
+pub const RUN_EPOCHS_KEPT: usize = 32;
 
 /// The node-disjoint paths one relay's shares travelled over: what a pool chunk records so that
 /// `enc_keys` can serve key relayed under path constraints (the `kagi_route` extension) and say
@@ -344,6 +357,7 @@ impl Record {
                 ("open_assign", format!("{seq:020}"))
             }
             Record::PeerLinkReserved { peer, .. } => ("peer_link_reserved", peer.clone()),
+            Record::RunEpochs { .. } => ("run_epochs", String::new()),
         }
     }
 

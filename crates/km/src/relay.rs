@@ -829,6 +829,8 @@ impl KeyManager {
                 link_rx_hw,
                 fork_run,
                 link_reserved,
+                marks_run,
+                marks_epoch,
             } => self.on_seen(
                 from,
                 crate::reconcile::Seen {
@@ -840,6 +842,8 @@ impl KeyManager {
                     link_rx_hw,
                     fork_run,
                     link_reserved,
+                    marks_run,
+                    marks_epoch,
                 },
             ),
             PeerMsg::LinkReserve { upto } => self.on_link_reserve(from, upto),

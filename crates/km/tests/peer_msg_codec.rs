@@ -170,13 +170,15 @@ fn msg() -> impl Strategy<Value = PeerMsg> {
                 proptest::option::of(0u64..16),
                 any::<u64>(),
                 proptest::option::of(0u64..16)
-            )
+            ),
+            (any::<u64>(), any::<u64>())
         )
             .prop_map(
                 |(
                     (epoch, relay_hw, assign_hw),
                     (relay_floor, assign_floor),
                     (link_rx_hw, fork_run, link_reserved),
+                    (marks_run, marks_epoch),
                 )| {
                     PeerMsg::Seen {
                         epoch,
@@ -187,6 +189,8 @@ fn msg() -> impl Strategy<Value = PeerMsg> {
                         link_rx_hw,
                         fork_run,
                         link_reserved,
+                        marks_run,
+                        marks_epoch,
                     }
                 }
             ),

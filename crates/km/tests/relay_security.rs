@@ -687,6 +687,8 @@ fn link_key_a_neighbour_saw_spent_is_never_spent_again() {
                 link_rx_hw: Some(0),
                 fork_run: 0,
                 link_reserved: None,
+                marks_run: 0,
+                marks_epoch: 0,
             },
         },
     );

@@ -104,6 +104,8 @@ impl Hostile {
                     link_rx_hw: None,
                     fork_run: 0,
                     link_reserved: None,
+                    marks_run: 0,
+                    marks_epoch: 0,
                 };
                 sim.inject(&self.me, &from, seen);
                 continue;
