@@ -503,7 +503,11 @@ async fn check_streams(net: &Net) {
     let mut open_c = open.clone();
     open_c["key_stream_id"] = json!(ksid);
     let r = call(&dst, "POST", "/etsi004/v2/open_connect", Some(open_c)).await;
-    assert_eq!(r.json()["status"], 0, "{:?}", r.json());
+    // 0 once c has the source's `Joined`; 1 ("peer not connected") while it is still on its way
+    // (a and c are not neighbours, so their peer connection opens on demand). Either way both
+    // ends must show ON below.
+    let status = r.json()["status"].clone();
+    assert!(status == 0 || status == 1, "{:?}", r.json());
     let start = Instant::now();
     loop {
         let a = view(&a_obs).await;
