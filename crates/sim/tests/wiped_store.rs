@@ -308,19 +308,7 @@ fn a_restored_node_whose_first_run_missed_a_peer_keeps_keys_that_run_applied() {
         let Some((mut sim, since)) = restored_behind_b(seed) else {
             continue; // refused (allowed); nothing to check on this seed
         };
-        sim.run_for(Duration::from_millis(200));
-        sim.crash("c");
-        sim.run_for(Duration::from_millis(200));
-        sim.restart("c");
-        sim.run_for(Duration::from_millis(500));
-        sim.heal();
-        sim.run_for(Duration::from_secs(3));
-        let s = sim.node("c").expect("running").stats();
-        assert!(
-            s.rollbacks_detected >= 1,
-            "seed {seed}: c did not detect the rollback after the heal: {s:?}"
-        );
-        assert_fetchable_by_sae_c(
+        restart_c_heal_and_check(
             &mut sim,
             &since,
             "keys applied by the first run after the restore were discarded",
@@ -365,19 +353,7 @@ fn a_copy_taken_between_runs_keeps_keys_its_restored_run_applied_under_a_reused_
             continue; // refused (allowed); nothing to check on this seed
         }
         // b hears only the run after the restored one.
-        sim.run_for(Duration::from_millis(200));
-        sim.crash("c");
-        sim.run_for(Duration::from_millis(200));
-        sim.restart("c");
-        sim.run_for(Duration::from_millis(500));
-        sim.heal();
-        sim.run_for(Duration::from_secs(3));
-        let s = sim.node("c").expect("running").stats();
-        assert!(
-            s.rollbacks_detected >= 1,
-            "seed {seed}: c did not detect the rollback after the heal: {s:?}"
-        );
-        assert_fetchable_by_sae_c(
+        restart_c_heal_and_check(
             &mut sim,
             &since,
             "keys the restored run applied under the reused run number were discarded",
@@ -386,6 +362,24 @@ fn a_copy_taken_between_runs_keeps_keys_its_restored_run_applied_under_a_reused_
         kept_total += since.len();
     }
     assert!(kept_total > 0, "no seed got keys after the restore");
+}
+
+/// c crashes and starts again while b is still cut off, then the partition heals: c must find
+/// its rollback and keep the keys `since` fetchable by sae-c.
+fn restart_c_heal_and_check(sim: &mut Sim, since: &[Uuid], what: &str, seed: u64) {
+    sim.run_for(Duration::from_millis(200));
+    sim.crash("c");
+    sim.run_for(Duration::from_millis(200));
+    sim.restart("c");
+    sim.run_for(Duration::from_millis(500));
+    sim.heal();
+    sim.run_for(Duration::from_secs(3));
+    let s = sim.node("c").expect("running").stats();
+    assert!(
+        s.rollbacks_detected >= 1,
+        "seed {seed}: c did not detect the rollback after the heal: {s:?}"
+    );
+    assert_fetchable_by_sae_c(sim, since, what, seed);
 }
 
 fn c_answers_a(from: &str, to: &str, m: &kagi_km::PeerMsg) -> bool {
