@@ -358,16 +358,7 @@ fn an_origin_started_again_from_an_empty_store_is_heard_at_once() {
 /// verification.
 #[test]
 fn signed_adverts_forged_or_altered_by_a_transit_node_are_refused() {
-    let mut net = Net::with_auth(
-        topo(),
-        small_pools(),
-        |n| [n.as_bytes()[0]; 32],
-        Instant(0),
-        LINK_KEY,
-        |n| Some(Arc::new(TestAuth { me: n.into() }) as Arc<dyn AdvertAuth>),
-    );
-    net.starved.insert(key("b", "z"));
-    net.link_blocks();
+    let mut net = signed_diamond();
     net.run(1000);
     for at in ["a", "b", "c", "z"] {
         assert_eq!(net.kms[at].link_adverts_held().len(), 4, "{at}");

@@ -332,7 +332,13 @@ fn a_key_no_slave_fetches_expires() {
 
 /// `enc_keys` at `a` for `sae-d`, answered within `limit` (or not).
 fn enc_once(sim: &mut Sim, limit: Duration) -> Option<Result<AppReply, Refusal>> {
-    let req = sim.call(
+    let req = enc_request(sim);
+    sim.run_until_answered(req, limit).map(|a| a.reply)
+}
+
+/// Sends `enc_keys` for 2 keys at `a` for `sae-d` and returns the request to wait on.
+fn enc_request(sim: &mut Sim) -> u64 {
+    sim.call(
         "a",
         AppCall::EncKeys {
             master: "sae-a".into(),
@@ -342,8 +348,7 @@ fn enc_once(sim: &mut Sim, limit: Duration) -> Option<Result<AppReply, Refusal>>
             additional_slaves: vec![],
             route: None,
         },
-    );
-    sim.run_until_answered(req, limit).map(|a| a.reply)
+    )
 }
 
 fn held(sim: &Sim, node: &str) -> usize {
@@ -432,17 +437,7 @@ fn a_store_restored_from_before_an_answer_never_revokes_the_answered_keys() {
     let before = held(&sim, "d");
     // d's first confirmation is lost: d holds the keys, a waits and sends the assignment again.
     sim.drop_messages(d_confirms_to_a, 1);
-    let req = sim.call(
-        "a",
-        AppCall::EncKeys {
-            master: "sae-a".into(),
-            slave: "sae-d".into(),
-            number: Some(2),
-            size_bits: None,
-            additional_slaves: vec![],
-            route: None,
-        },
-    );
+    let req = enc_request(&mut sim);
     sim.run_for(Duration::from_millis(200));
     assert_eq!(held(&sim, "d"), before + 2, "d applied the assignment");
     let copy = sim.backup("a");
