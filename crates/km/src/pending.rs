@@ -11,8 +11,9 @@ use crate::relay::PendingRelay;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PendingRelays {
     by_seq: BTreeMap<u64, PendingRelay>,
-    /// Invariant: for every destination, the number of `by_seq` entries to it (never zero).
-    per_dest: BTreeMap<NodeId, u64>,
+    /// Invariant: for every destination, the number of `by_seq` entries to it (never zero)
+    /// and the bytes of key they carry.
+    per_dest: BTreeMap<NodeId, (u64, u64)>,
     /// Bumped on every insert and removal (see `crate::quiet`).
     version: u64,
 }
@@ -21,9 +22,11 @@ impl PendingRelays {
     /// Adds relay `seq` (replacing one with the same counter, which never happens in practice).
     pub(crate) fn insert(&mut self, seq: u64, relay: PendingRelay) {
         self.version += 1;
-        *self.per_dest.entry(relay.dest.clone()).or_default() += 1;
+        let e = self.per_dest.entry(relay.dest.clone()).or_default();
+        e.0 += 1;
+        e.1 += relay.key.len() as u64;
         if let Some(old) = self.by_seq.insert(seq, relay) {
-            self.uncount(&old.dest);
+            self.uncount(&old);
         }
     }
 
@@ -31,15 +34,16 @@ impl PendingRelays {
     pub(crate) fn remove(&mut self, seq: &u64) -> Option<PendingRelay> {
         let p = self.by_seq.remove(seq)?;
         self.version += 1;
-        self.uncount(&p.dest);
+        self.uncount(&p);
         Some(p)
     }
 
-    fn uncount(&mut self, dest: &str) {
-        if let Some(n) = self.per_dest.get_mut(dest) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_dest.remove(dest);
+    fn uncount(&mut self, p: &PendingRelay) {
+        if let Some(e) = self.per_dest.get_mut(&p.dest) {
+            e.0 -= 1;
+            e.1 -= p.key.len() as u64;
+            if e.0 == 0 {
+                self.per_dest.remove(&p.dest);
             }
         }
     }
@@ -76,12 +80,18 @@ impl PendingRelays {
 
     /// Relays in flight to `dest`.
     pub(crate) fn to_dest(&self, dest: &str) -> u64 {
-        self.per_dest.get(dest).copied().unwrap_or(0)
+        self.per_dest.get(dest).map_or(0, |e| e.0)
+    }
+
+    /// Bytes of key the relays in flight to `dest` carry (relays to one destination need not
+    /// all be of one size: each is sized by its path when it starts).
+    pub(crate) fn bytes_to(&self, dest: &str) -> u64 {
+        self.per_dest.get(dest).map_or(0, |e| e.1)
     }
 
     /// Each destination with relays in flight, and how many.
     pub(crate) fn per_dest(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.per_dest.iter().map(|(d, n)| (d.as_str(), *n))
+        self.per_dest.iter().map(|(d, e)| (d.as_str(), e.0))
     }
 }
 
@@ -92,9 +102,13 @@ mod tests {
     use kagi_keymat::Key;
 
     fn relay(dest: &str) -> PendingRelay {
+        sized(dest, 32)
+    }
+
+    fn sized(dest: &str, len: usize) -> PendingRelay {
         PendingRelay {
             dest: dest.into(),
-            key: Key::from_vec(vec![0; 32]),
+            key: Key::from_vec(vec![0; len]),
             deadline: Instant::ZERO,
             paths: vec![],
             threshold: 1,
@@ -124,5 +138,24 @@ mod tests {
         for d in ["b", "c", "d"] {
             assert_eq!(p.to_dest(d), scanned(&p, d));
         }
+    }
+
+    #[test]
+    fn bytes_in_flight_follow_each_relays_own_size() {
+        let mut p = PendingRelays::default();
+        p.insert(1, sized("b", 4096));
+        p.insert(2, sized("b", 256));
+        p.insert(3, sized("c", 448));
+        assert_eq!(
+            (p.bytes_to("b"), p.bytes_to("c"), p.bytes_to("d")),
+            (4352, 448, 0)
+        );
+        p.insert(3, sized("b", 512));
+        assert_eq!((p.bytes_to("b"), p.bytes_to("c")), (4864, 0));
+        p.remove(&1);
+        assert_eq!(p.bytes_to("b"), 768);
+        p.remove(&2);
+        p.remove(&3);
+        assert_eq!(p.bytes_to("b"), 0);
     }
 }

@@ -282,6 +282,11 @@ impl Relays {
         self.pending.to_dest(dest)
     }
 
+    /// Bytes of key in the relays towards `dest` started here and not yet acknowledged.
+    pub(crate) fn in_flight_bytes(&self, dest: &str) -> u64 {
+        self.pending.bytes_to(dest)
+    }
+
     /// The earliest relay or waiting-hop deadline.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.pending
@@ -501,7 +506,6 @@ impl KeyManager {
             order.push((idle, fill, dest, target, index));
         }
         order.sort_unstable();
-        let chunk = u64::from(p.relay_chunk_bytes);
         let idle_cap = u64::from(p.idle_relays_in_flight);
         let mut idle_in_flight: u64 = self
             .relays
@@ -515,7 +519,7 @@ impl KeyManager {
             let constrained = self.routing.has_demand(dest, now);
             if !constrained {
                 // Most pools are full on most ticks: decide that before planning routes.
-                let have = self.pools.out_free(dest) + self.relays.in_flight(dest) * chunk;
+                let have = self.pools.out_free(dest) + self.relays.in_flight_bytes(dest);
                 if have >= target {
                     acted |= self.refilling.remove(dest);
                     continue;
@@ -549,10 +553,23 @@ impl KeyManager {
                     None => continue,
                 },
             };
+            let (target, low) = if idle {
+                let len = match &constrained_plan {
+                    Some(plan) => self.relay_len(plan),
+                    None => match self.relays.plan_slots.get(index) {
+                        Some(Some((plan, _))) => self.relay_len(plan),
+                        _ => continue, // looked up just above
+                    },
+                };
+                let t = idle_target(target, len, p.relay_chunk_bytes);
+                (t, (t as f64 * p.pool_low_water) as u64)
+            } else {
+                (target, low)
+            };
             let allowed = u64::from(self.pace.allowed(dest, now, cap));
             // Computed once per destination: the pool can hold thousands of chunks.
             let mut in_flight = self.relays.in_flight(dest);
-            let mut have = ready + in_flight * chunk;
+            let mut have = ready + self.relays.in_flight_bytes(dest);
             loop {
                 if have >= target {
                     acted |= self.refilling.remove(dest);
@@ -574,12 +591,12 @@ impl KeyManager {
                         _ => break, // looked up just above
                     },
                 };
-                if !self.start_relay(dest, &plan, now) {
+                let Some(len) = self.start_relay(dest, &plan, now) else {
                     break;
-                }
+                };
                 in_flight += 1;
                 idle_in_flight += u64::from(idle);
-                have += chunk;
+                have += len as u64;
             }
         }
         match fingerprint {
@@ -605,9 +622,8 @@ impl KeyManager {
     /// After a tick that changed nothing: the first time at which time alone may make the
     /// next one act (a hold ending, a refilling destination's target falling to what it has).
     fn refill_wake(&self, now: Instant, p: &crate::Policy) -> Option<Instant> {
-        let chunk = u64::from(p.relay_chunk_bytes);
         let falls = self.refilling.iter().filter_map(|dest| {
-            let have = self.pools.out_free(dest) + self.relays.in_flight(dest) * chunk;
+            let have = self.pools.out_free(dest) + self.relays.in_flight_bytes(dest);
             self.demand.may_fall_to(dest, have, now, p)
         });
         self.pace.next_release(now).into_iter().chain(falls).min()
@@ -634,7 +650,7 @@ impl KeyManager {
     /// wait (a relay queued behind more would wait longer than its hops may).
     fn relay_cap(&self, plan: &RoutePlan) -> u32 {
         let p = &self.cfg.policy;
-        let share = p.relay_chunk_bytes as usize
+        let share = self.relay_len(plan)
             + MAC_KEY_LEN
             + if plan.paths.len() > 1 {
                 AMD_OVERHEAD
@@ -647,6 +663,14 @@ impl KeyManager {
             p.hop_wait / 4,
             p.max_relays_in_flight,
         )
+    }
+
+    /// Bytes of key one relay over `plan` carries: the policy's chunk, or less when the plan's
+    /// weakest link makes less than that for one direction in a quarter of a hop wait (see
+    /// [`crate::pace::relay_bytes`]).
+    fn relay_len(&self, plan: &RoutePlan) -> usize {
+        let p = &self.cfg.policy;
+        crate::pace::relay_bytes(plan.bottleneck_bps, p.hop_wait / 4, p.relay_chunk_bytes) as usize
     }
 
     /// The congestion window's cap for `dest` under the current plan.
@@ -663,8 +687,8 @@ impl KeyManager {
     /// altered on its way). It starts once the first hops of at least `threshold` paths have
     /// link key: the shares of the others are not sent and count as lost from the start (any
     /// `threshold` shares rebuild the key, and no node sees more shares than before).
-    fn start_relay(&mut self, dest: &str, plan: &RoutePlan, now: Instant) -> bool {
-        let len = self.cfg.policy.relay_chunk_bytes as usize;
+    fn start_relay(&mut self, dest: &str, plan: &RoutePlan, now: Instant) -> Option<usize> {
+        let len = self.relay_len(plan);
         let n = plan.paths.len();
         let share_len = if n == 1 { len } else { len + AMD_OVERHEAD };
         // Link key goes only to a neighbour that told this run what it saw of our half
@@ -680,11 +704,11 @@ impl KeyManager {
             .collect();
         let sendable = ready.iter().filter(|r| **r).count();
         if sendable == 0 || sendable < usize::from(plan.threshold) {
-            return false;
+            return None;
         }
         let seq = self.relays.next_seq;
         if seq == u64::MAX {
-            return false; // counters exhausted (only a lying peer could push them there)
+            return None; // counters exhausted (only a lying peer could push them there)
         }
         let relay = RelayId {
             origin: self.me().to_string(),
@@ -697,10 +721,10 @@ impl KeyManager {
             vec![(None, key.clone())]
         } else {
             let Ok(codeword) = amd::encode(key.expose(), &mut self.key_rng) else {
-                return false;
+                return None;
             };
             let Ok(parts) = split_key(&codeword, t, n as u8, &mut self.key_rng) else {
-                return false;
+                return None;
             };
             parts
                 .into_iter()
@@ -729,7 +753,7 @@ impl KeyManager {
             let Some(msg) = sealed else {
                 // Unreachable after the check above; what was spent stays spent.
                 self.out.store(batch, vec![]);
-                return false;
+                return None;
             };
             sends.push(After::Act(Action::Send {
                 to: path[1].clone(),
@@ -763,7 +787,7 @@ impl KeyManager {
             self.stats.multipath_relays_started += 1;
         }
         self.out.store(batch, sends);
-        true
+        Some(len)
     }
 
     pub(crate) fn on_peer(&mut self, now: Instant, from: NodeId, msg: PeerMsg) {
@@ -1392,4 +1416,16 @@ fn combine_shares(p: &Partial, set: &[u8]) -> Result<Key, kagi_sharing::SharingE
         .map(|i| kagi_sharing::Share::new(usize::from(*i), params, pick(i)?))
         .collect::<Result<Vec<_>, _>>()?;
     kagi_sharing::recover(&shares)
+}
+
+/// The idle floor towards a destination nobody asked for lately, on a path whose relays carry
+/// `len` of the policy's `chunk` bytes: the floor shrinks with the path as the relays do (at least
+/// one relay). Filling a full floor towards every node over slow links crowds out the relays
+/// applications wait for: on a 50-node mesh of 5–50 kb/s links those fills kept more than half of
+/// all relays failing for lack of link key, minutes after the start.
+fn idle_target(floor: u64, len: usize, chunk: u32) -> u64 {
+    if chunk == 0 || len as u64 >= u64::from(chunk) {
+        return floor;
+    }
+    (floor.saturating_mul(len as u64) / u64::from(chunk)).max(len as u64)
 }

@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod advert_auth;
+pub mod arrivals;
 pub mod chaos;
 pub mod hostile;
 mod net;

@@ -2,7 +2,7 @@
 //!
 //! Every node runs the real [`kagi_km::KeyManager`] inside [`Sim`]; each link produces key at its
 //! technology's long-run mean rate ([`Topology::link_mean_rate_bps`], times a multiplier); a demand
-//! model has SAE pairs ask for keys (Poisson arrivals, optionally following a diurnal profile); and
+//! model has SAE pairs ask for keys (Poisson or periodic arrivals, optionally following a diurnal profile); and
 //! nodes fail and come back from a seed. The report says what the applications got: delivered key
 //! rate and served share per SAE pair and per node pair, and the availability of the network,
 //! with the link key the nodes spent per delivered bit.
@@ -19,6 +19,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 
+pub use crate::arrivals::Arrivals;
+use crate::arrivals::{exp, periodic, profile};
 use crate::net::{Faults, LinkSupply, Sim};
 
 /// What to simulate.
@@ -38,6 +40,9 @@ pub struct StudyOptions {
     pub rate_multiplier: f64,
     /// Demand follows a day: 0.5× at 04:00, 1.5× at 16:00, mean 1×.
     pub diurnal: bool,
+    /// How each SAE pair's requests are spread in time: a Poisson stream, or one request per
+    /// period at a random phase (devices that rekey on a timer).
+    pub arrivals: Arrivals,
     /// Mean time between failures of each node, hours (`None`: nodes never fail).
     pub node_mtbf_hours: Option<f64>,
     /// How long a failed node stays down, minutes.
@@ -88,6 +93,7 @@ impl Default for StudyOptions {
             key_bits: 256,
             rate_multiplier: 1.0,
             diurnal: false,
+            arrivals: Arrivals::Poisson,
             node_mtbf_hours: None,
             repair_minutes: 10.0,
             failure_mode: FailureMode::Crash,
@@ -373,7 +379,8 @@ pub struct FarPairReport {
 
 /// One thing that happens at a virtual time.
 enum Happening {
-    Request,
+    /// A request of this SAE pair, or (`None`) of a pair drawn when it is due.
+    Request(Option<usize>),
     Warm,
     FloodTick,
     /// Take a sample for the [`Series`].
@@ -448,10 +455,27 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
         seq += 1;
         agenda.insert((at, seq), h);
     };
-    // Arrivals of all pairs merged: one Poisson stream at the peak rate, thinned by the profile.
+    // Poisson: the arrivals of all pairs merged into one stream at the peak rate, thinned by
+    // the profile, each request's pair drawn when it is due.
     let total_per_s = opt.requests_per_hour / 3600.0 * pairs.len() as f64;
     let peak = if opt.diurnal { 1.5 } else { 1.0 };
-    if total_per_s > 0.0 {
+    if opt.arrivals == Arrivals::Periodic {
+        let mut due = periodic(
+            &mut rng,
+            pairs.len(),
+            opt.requests_per_hour,
+            span.as_secs_f64(),
+            opt.diurnal,
+        );
+        due.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        for (t, pair) in due {
+            add(
+                &mut agenda,
+                Duration::from_secs_f64(t),
+                Happening::Request(Some(pair)),
+            );
+        }
+    } else if total_per_s > 0.0 {
         let mut t = 0.0;
         loop {
             t += exp(&mut rng, total_per_s * peak);
@@ -459,7 +483,11 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
                 break;
             }
             if rng.gen::<f64>() * peak <= profile(opt.diurnal, t) {
-                add(&mut agenda, Duration::from_secs_f64(t), Happening::Request);
+                add(
+                    &mut agenda,
+                    Duration::from_secs_f64(t),
+                    Happening::Request(None),
+                );
             }
         }
     }
@@ -555,8 +583,8 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
         }
         settle(&mut sim, &mut open, &mut tally, &mut answered);
         match h {
-            Happening::Request => {
-                let i = rng.gen_range(0..pairs.len());
+            Happening::Request(pair) => {
+                let i = pair.unwrap_or_else(|| rng.gen_range(0..pairs.len()));
                 let (master, slave, node, slave_node) = &pairs[i];
                 let up = [node, slave_node]
                     .iter()
@@ -953,20 +981,6 @@ fn demand_pairs(
     Ok(pairs)
 }
 
-/// Demand relative to the mean at `t` seconds from the start (a day starting at midnight).
-fn profile(diurnal: bool, t: f64) -> f64 {
-    if !diurnal {
-        return 1.0;
-    }
-    let hour = (t / 3600.0) % 24.0;
-    // Peak at 16:00, trough at 04:00.
-    1.0 + 0.5 * ((hour - 10.0) / 24.0 * std::f64::consts::TAU).sin()
-}
-
-fn exp(rng: &mut ChaCha20Rng, rate: f64) -> f64 {
-    -(1.0 - rng.gen::<f64>()).ln() / rate
-}
-
 fn fraction(a: u64, b: u64) -> f64 {
     if b == 0 {
         0.0
@@ -978,16 +992,6 @@ fn fraction(a: u64, b: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn diurnal_profile_has_mean_one_and_its_extremes_at_4_and_16() {
-        let n = 24 * 60;
-        let mean: f64 = (0..n).map(|m| profile(true, m as f64 * 60.0)).sum::<f64>() / n as f64;
-        assert!((mean - 1.0).abs() < 1e-9, "{mean}");
-        assert!((profile(true, 16.0 * 3600.0) - 1.5).abs() < 1e-9);
-        assert!((profile(true, 4.0 * 3600.0) - 0.5).abs() < 1e-9);
-        assert_eq!(profile(false, 16.0 * 3600.0), 1.0);
-    }
 
     #[test]
     fn bad_options_are_refused() {

@@ -59,6 +59,10 @@ pub struct Args {
     /// Demand follows a day (0.5× at 04:00, 1.5× at 16:00).
     #[arg(long)]
     diurnal: bool,
+    /// How each SAE pair's requests are spread in time: `poisson` (independent users) or
+    /// `periodic` (one request per period at a random phase, as devices that rekey on a timer).
+    #[arg(long, value_enum, default_value_t = ArrivalsArg::Poisson)]
+    arrivals: ArrivalsArg,
     /// Mean time between failures of each node, hours (default: no failures).
     #[arg(long)]
     node_mtbf_hours: Option<f64>,
@@ -112,6 +116,13 @@ enum PeerScopeArg {
     Neighbours,
 }
 
+/// `--arrivals`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ArrivalsArg {
+    Poisson,
+    Periodic,
+}
+
 /// `--failure-mode`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum FailureArg {
@@ -138,6 +149,10 @@ pub fn run(a: Args) -> Result<()> {
         key_bits: a.key_bits,
         rate_multiplier: a.rate_multiplier,
         diurnal: a.diurnal,
+        arrivals: match a.arrivals {
+            ArrivalsArg::Poisson => kagi_sim::study::Arrivals::Poisson,
+            ArrivalsArg::Periodic => kagi_sim::study::Arrivals::Periodic,
+        },
         node_mtbf_hours: a.node_mtbf_hours,
         repair_minutes: a.repair_minutes,
         failure_mode: match a.failure_mode {
