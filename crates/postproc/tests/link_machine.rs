@@ -227,9 +227,8 @@ impl Net {
     }
 
     fn records(&self, i: usize, block: u64) -> Raw {
-        let (a, _) = channel().generate(PULSES, block);
         if i == 0 {
-            return Raw::Alice(a);
+            return Raw::Alice(channel().generate(PULSES, block).0);
         }
         let seed = if self.spoil { block + 1_000_000 } else { block };
         Raw::Bob(channel().generate(PULSES, seed).1)
