@@ -10,6 +10,7 @@
 
 pub mod advert_auth;
 pub mod app;
+mod blocks;
 pub mod config;
 mod delivery;
 mod demand;

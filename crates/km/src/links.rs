@@ -22,7 +22,8 @@ use std::collections::BTreeMap;
 
 use kagi_keymat::Key;
 
-use crate::keybuf::{take_sequential, take_sequential_from, KeyBuf, KeyBufParts, TakeError};
+use crate::blocks::Blocks;
+use crate::keybuf::{KeyBuf, KeyBufParts, TakeError};
 use crate::msgs::{NodeId, Span, GRANTED};
 use crate::record::{Half, Record};
 
@@ -40,15 +41,17 @@ pub(crate) enum HopFault {
 /// The two halves of one link's key.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Link {
-    tx: BTreeMap<u64, KeyBuf>,
-    rx: BTreeMap<u64, KeyBuf>,
+    /// Our half; its reservation sum (`Blocks::tail_free_upto`) follows `reserved`.
+    tx: Blocks,
+    rx: Blocks,
     high_water: Option<u64>,
     /// Spans of the neighbour's half it granted to us: we spend them (memory only).
-    granted_in: BTreeMap<u64, KeyBuf>,
+    granted_in: Blocks,
     /// Spans of our half we granted to the neighbour: it spends them, we check (memory only).
-    granted_out: BTreeMap<u64, KeyBuf>,
+    granted_out: Blocks,
     /// Highest block of our half the neighbour recorded as reserved for this run: we spend
-    /// nothing of our half beyond it (memory only: a new run learns it from `Seen`).
+    /// nothing of our half beyond it (memory only: a new run learns it from `Seen`). Set only
+    /// through [`Link::set_reserved`], which keeps `tx`'s sum of it.
     reserved: Option<u64>,
     /// Highest block asked for in a reservation not yet answered.
     asking: Option<u64>,
@@ -56,12 +59,20 @@ pub(crate) struct Link {
     synced: bool,
 }
 
+impl Link {
+    /// Sets the reservation of our half, and the block up to which `tx` sums it.
+    fn set_reserved(&mut self, reserved: Option<u64>) {
+        self.reserved = reserved;
+        self.tx.set_upto(reserved);
+    }
+}
+
 /// Most spans one grant names.
 pub(crate) const MAX_GRANT_SPANS: usize = 256;
 
 /// Records what is left of block `id` of the neighbour's half after a take: its new state, or
 /// its removal once every byte of it is spent.
-fn settle_rx(rx: &mut BTreeMap<u64, KeyBuf>, peer: &str, id: u64, batch: &mut Vec<Record>) {
+fn settle_rx(rx: &mut Blocks, peer: &str, id: u64, batch: &mut Vec<Record>) {
     let Some(buf) = rx.get(&id) else {
         return;
     };
@@ -94,11 +105,11 @@ fn grant_buf(start: u32, bytes: Key) -> KeyBuf {
 }
 
 /// Drops the oldest entries of a memory-only map of granted bytes beyond `cap` free bytes.
-fn trim_granted(m: &mut BTreeMap<u64, KeyBuf>, cap: u64) {
-    let mut held: u64 = m.values().map(|b| u64::from(b.free())).sum();
-    while held > cap {
-        let Some((_, b)) = m.pop_first() else { break };
-        held -= u64::from(b.free());
+fn trim_granted(m: &mut Blocks, cap: u64) {
+    while m.free() > cap {
+        if m.pop_first().is_none() {
+            break;
+        }
     }
 }
 
@@ -154,14 +165,11 @@ impl Links {
     /// What each link holds, neighbour order.
     pub(crate) fn held(&self) -> impl Iterator<Item = (&NodeId, LinkHeld)> {
         self.map.iter().map(|(p, l)| {
-            let free = |m: &BTreeMap<u64, KeyBuf>| -> u64 {
-                m.values().map(|b| u64::from(b.free())).sum()
-            };
             (
                 p,
                 LinkHeld {
-                    tx_bytes: free(&l.tx) + free(&l.granted_in),
-                    rx_bytes: free(&l.rx) + free(&l.granted_out),
+                    tx_bytes: l.tx.free() + l.granted_in.free(),
+                    rx_bytes: l.rx.free() + l.granted_out.free(),
                     high_water: l.high_water,
                 },
             )
@@ -243,13 +251,7 @@ impl Links {
     /// Free bytes of this node's own half of the link to `peer` that it may spend now: in
     /// blocks the neighbour reserved for it.
     pub(crate) fn own_tx_free(&self, peer: &str) -> u64 {
-        self.map.get(peer).map_or(0, |l| {
-            l.reserved.map_or(0, |r| {
-                l.tx.range(..=r)
-                    .map(|(_, b)| u64::from(b.tail_free()))
-                    .sum()
-            })
-        })
+        self.map.get(peer).map_or(0, |l| l.tx.tail_free_upto())
     }
 
     /// Free bytes this node holds towards `peer`, reserved or not: its own half and what the
@@ -260,9 +262,7 @@ impl Links {
 
     /// Free bytes of this node's own half of the link to `peer`, reserved or not.
     fn own_tx_held(&self, peer: &str) -> u64 {
-        self.map
-            .get(peer)
-            .map_or(0, |l| l.tx.values().map(|b| u64::from(b.tail_free())).sum())
+        self.map.get(peer).map_or(0, |l| l.tx.tail_free())
     }
 
     /// The block to ask the neighbour `peer` to reserve next, if one is due: when less than
@@ -277,7 +277,7 @@ impl Links {
         }
         let mut free = 0u64;
         let mut upto = None;
-        for (id, b) in &l.tx {
+        for (id, b) in l.tx.iter() {
             free += u64::from(b.tail_free());
             upto = Some(*id);
             if free >= ahead {
@@ -304,7 +304,7 @@ impl Links {
     /// The neighbour `peer` recorded our half as reserved up to `upto`: spend up to there.
     pub(crate) fn reserved(&mut self, peer: &str, upto: u64) {
         if let Some(l) = self.map.get_mut(peer) {
-            l.reserved = l.reserved.max(Some(upto));
+            l.set_reserved(l.reserved.max(Some(upto)));
             if l.asking.is_some_and(|a| a <= upto) {
                 l.asking = None;
             }
@@ -330,7 +330,7 @@ impl Links {
         let Some(r) = reserved else {
             return 0;
         };
-        l.reserved = l.reserved.max(Some(r));
+        l.set_reserved(l.reserved.max(Some(r)));
         drop_where(&mut l.tx, peer, Half::Tx, |id| id <= r, batch)
     }
 
@@ -338,19 +338,14 @@ impl Links {
     /// or this run has not heard its `Seen` yet).
     pub(crate) fn clear_reserved(&mut self, peer: &str) {
         if let Some(l) = self.map.get_mut(peer) {
-            l.reserved = None;
+            l.set_reserved(None);
             l.asking = None;
         }
     }
 
     /// Free bytes the neighbour `peer` granted this node.
     fn granted_in_free(&self, peer: &str) -> u64 {
-        self.map.get(peer).map_or(0, |l| {
-            l.granted_in
-                .values()
-                .map(|b| u64::from(b.tail_free()))
-                .sum()
-        })
+        self.map.get(peer).map_or(0, |l| l.granted_in.tail_free())
     }
 
     /// Spends `n` bytes on the link to `peer`: granted bytes first (a restart discards them),
@@ -367,14 +362,14 @@ impl Links {
         }
         let from_granted = (self.granted_in_free(peer) as usize).min(n) as u32;
         let link = self.map.get_mut(peer)?;
-        let (mut spans, mut out) = take_sequential(&mut link.granted_in, from_granted);
+        let (mut spans, mut out) = link.granted_in.take_sequential(None, from_granted);
         link.granted_in.retain(|_, b| b.tail_free() > 0);
         for s in &mut spans {
             s.id |= GRANTED;
         }
         // Only reserved blocks: `tx_free` counted no others.
         let (own, rest) = match link.reserved {
-            Some(r) => take_sequential_from(link.tx.range_mut(..=r), n as u32 - from_granted),
+            Some(r) => link.tx.take_sequential(Some(r), n as u32 - from_granted),
             None => (Vec::new(), Key::zeroed(0)),
         };
         out.extend_from(&rest);
@@ -462,14 +457,18 @@ impl Links {
         let mut out = Key::zeroed(0);
         for s in spans {
             if s.is_granted() {
-                let buf = link.granted_out.get_mut(&s.block())?;
-                out.extend_from(&buf.take(s.start, s.len).ok()?);
-                if buf.exhausted() {
+                let (k, exhausted) = link.granted_out.update(s.block(), |buf| {
+                    buf.take(s.start, s.len).ok().map(|k| (k, buf.exhausted()))
+                })??;
+                out.extend_from(&k);
+                if exhausted {
                     link.granted_out.remove(&s.block());
                 }
                 continue;
             }
-            let k = link.rx.get_mut(&s.id)?.take(s.start, s.len).ok()?;
+            let k = link
+                .rx
+                .update(s.id, |buf| buf.take(s.start, s.len).ok())??;
             out.extend_from(&k);
             settle_rx(&mut link.rx, peer, s.id, batch);
         }
@@ -538,8 +537,8 @@ impl Links {
         let Some(l) = self.map.get_mut(peer) else {
             return 0;
         };
-        l.granted_in.retain(|id, _| *id >= low);
-        l.granted_out.retain(|id, _| *id >= low);
+        l.granted_in.retain(|id, _| id >= low);
+        l.granted_out.retain(|id, _| id >= low);
         drop_where(&mut l.tx, peer, Half::Tx, |id| id < low, batch)
             + drop_where(&mut l.rx, peer, Half::Rx, |id| id < low, batch)
     }
@@ -561,8 +560,8 @@ impl Links {
         let Some(l) = self.map.get_mut(peer) else {
             return 0;
         };
-        l.granted_in.retain(|id, _| *id > hw);
-        l.granted_out.retain(|id, _| *id > hw);
+        l.granted_in.retain(|id, _| id > hw);
+        l.granted_out.retain(|id, _| id > hw);
         drop_where(&mut l.tx, peer, Half::Tx, |id| id <= hw, batch)
             + drop_where(&mut l.rx, peer, Half::Rx, |id| id <= hw, batch)
     }
@@ -616,14 +615,14 @@ impl Links {
             if given >= want || spans.len() >= MAX_GRANT_SPANS {
                 break;
             }
-            let Some(buf) = link.tx.get_mut(&id) else {
+            let Some(buf) = link.tx.get(&id) else {
                 continue;
             };
             let (start, len) = (buf.tail(), buf.tail_free());
             if left.saturating_sub(u64::from(len)) < reserve {
                 break; // oldest first: the rest is this node's reserve
             }
-            let Ok(bytes) = buf.take(start, len) else {
+            let Some(Ok(bytes)) = link.tx.update(id, |buf| buf.take(start, len)) else {
                 continue;
             };
             // Nothing of this block is left to this node's sequential spending: it goes.
@@ -665,13 +664,13 @@ impl Links {
             if s.is_granted() || s.len == 0 || link.granted_in.contains_key(&s.id) {
                 continue;
             }
-            let Some(buf) = link.rx.get_mut(&s.id) else {
+            let Some(buf) = link.rx.get(&s.id) else {
                 continue;
             };
             if s.start.checked_add(s.len) != Some(buf.len()) {
                 continue; // a grant runs to the end of its block
             }
-            let Ok(k) = buf.take(s.start, s.len) else {
+            let Some(Ok(k)) = link.rx.update(s.id, |buf| buf.take(s.start, s.len)) else {
                 continue;
             };
             settle_rx(&mut link.rx, peer, s.id, batch);
@@ -693,7 +692,7 @@ impl Links {
 
 /// Drops the blocks of one half whose id matches; returns their unspent bytes.
 fn drop_where(
-    m: &mut BTreeMap<u64, KeyBuf>,
+    m: &mut Blocks,
     peer: &str,
     half: Half,
     drop: impl Fn(u64) -> bool,
@@ -716,7 +715,7 @@ fn drop_where(
 
 /// Evicts the oldest blocks of `m` until `incoming` more bytes fit under `cap`; returns how many.
 fn evict_oldest(
-    m: &mut BTreeMap<u64, KeyBuf>,
+    m: &mut Blocks,
     cap: u64,
     incoming: u64,
     peer: &str,
@@ -727,13 +726,11 @@ fn evict_oldest(
     if (m.len() as u64 + 1).saturating_mul(incoming.max(1)) <= cap {
         return 0;
     }
-    let mut held: u64 = m.values().map(|b| u64::from(b.free())).sum();
     let mut n = 0;
-    while held + incoming > cap {
-        let Some((id, buf)) = m.pop_first() else {
+    while m.free() + incoming > cap {
+        let Some((id, _)) = m.pop_first() else {
             break;
         };
-        held -= u64::from(buf.free());
         batch.push(Record::LinkBlockGone {
             peer: peer.to_string(),
             half,

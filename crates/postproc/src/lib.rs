@@ -33,6 +33,7 @@ pub mod gpu {
 }
 pub mod ldpc;
 mod ldpc_simd_unsafe;
+pub mod link_machine;
 pub mod ntt;
 pub mod photon_records;
 pub mod protocol;

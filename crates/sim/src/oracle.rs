@@ -159,7 +159,10 @@ impl Oracle {
                         "seed {seed}: key {} served twice to its master (at {node})",
                         k.id
                     );
-                    self.owed.insert(k.id, (master.clone(), slaves.clone()));
+                    // A key for no slave owes nothing (kept out rather than swept later).
+                    if !slaves.is_empty() {
+                        self.owed.insert(k.id, (master.clone(), slaves.clone()));
+                    }
                 }
                 Asked::Dec { slave, ids } => {
                     assert!(
@@ -174,8 +177,13 @@ impl Oracle {
                         "seed {seed}: key {} served twice to slave {slave} (at {node})",
                         k.id
                     );
+                    // Only this key's entry can have emptied: drop it here, not by a sweep
+                    // of every key owed (that sweep made each answer cost O(keys owed)).
                     if let Some((_, owed)) = self.owed.get_mut(&k.id) {
                         owed.retain(|(s, _)| s != slave);
+                        if owed.is_empty() {
+                            self.owed.remove(&k.id);
+                        }
                     }
                     self.window.remove(&(k.id, slave.clone()));
                     self.grace_lost.remove(&(k.id, slave.clone()));
@@ -183,7 +191,6 @@ impl Oracle {
                 Asked::Other => {}
             }
         }
-        self.owed.retain(|_, (_, s)| !s.is_empty());
     }
 
     /// The reply to `asked`, made at `at`, never reached the application (a crash between

@@ -8,9 +8,13 @@
 //! Why this is safe when messages are lost or a node crashes mid-block: a pad must never tag two
 //! different messages. Each end refuses a reservation that starts below its *watermark* for the
 //! segment, and moves the watermark past the whole reservation, on disk, before any pad of it is
-//! used. Only when the block ends with key at this end — both ends then consumed exactly the same
-//! pads, in lock step — is the unused tail handed back. A reservation naming a block at or below
-//! the last one this end saw is refused too, so a block's key can never be produced twice.
+//! used. When the block ends with key at this end (both ends then consumed exactly the same pads,
+//! in lock step) its unused pads become a new segment; when it fails, the tail past what either
+//! end may have tagged is handed back
+//! ([`kagi_postproc::link_machine::FAILED_BLOCK_SLACK_PADS`]). A reservation naming a block at or
+//! below the last one this end saw is refused too, so a block's key can never be produced twice.
+//! The rules of the exchange live in [`kagi_postproc::link_machine`]; this is its SQLite
+//! [`PadLedger`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,6 +22,8 @@ use std::sync::Arc;
 
 use kagi_keymat::Key;
 use rusqlite::{params, Connection, OptionalExtension};
+
+use kagi_postproc::link_machine::ledger::{check_reservation, PadLedger};
 
 use crate::seal::Sealer;
 
@@ -135,58 +141,7 @@ pub fn seal_legacy_rows(
     Ok(links.len() + segs.len())
 }
 
-/// Why this end refuses a block's reservation. Sent back to the other end, which catches up.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Refusal {
-    /// The block number is not above the last block this end saw.
-    StaleBlock {
-        /// The last block this end saw.
-        last_block: u64,
-    },
-    /// This end does not hold the segment (its block did not end with key here).
-    NoSegment {
-        /// The segment asked for.
-        segment: u64,
-    },
-    /// The range starts below pads this end may already have used.
-    StalePads {
-        /// The segment.
-        segment: u64,
-        /// This end's watermark in it.
-        watermark: u64,
-    },
-    /// The range runs past the end of the segment.
-    OutOfRange {
-        /// The segment.
-        segment: u64,
-    },
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Refusal::StaleBlock { last_block } => write!(f, "block not above {last_block}"),
-            Refusal::NoSegment { segment } => write!(f, "no authentication segment {segment}"),
-            Refusal::StalePads { segment, watermark } => {
-                write!(f, "segment {segment} used up to {watermark}")
-            }
-            Refusal::OutOfRange { segment } => write!(f, "range past the end of segment {segment}"),
-        }
-    }
-}
-
-/// A reservation: which pads a block uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Reservation {
-    /// Block number.
-    pub block: u64,
-    /// Segment.
-    pub segment: u64,
-    /// First byte.
-    pub offset: u64,
-    /// Bytes.
-    pub len: u64,
-}
+pub use kagi_postproc::link_machine::ledger::{Refusal, Reservation};
 
 struct Segment {
     bytes: Key,
@@ -421,25 +376,14 @@ impl AuthLedger {
     /// # Errors
     /// Storage failures.
     pub fn reserve(&mut self, r: Reservation) -> Result<Result<Key, Refusal>, LedgerError> {
-        if r.block <= self.last_block {
-            return Ok(Err(Refusal::StaleBlock {
-                last_block: self.last_block,
-            }));
-        }
-        let Some(s) = self.segments.get(&r.segment) else {
-            return Ok(Err(Refusal::NoSegment { segment: r.segment }));
+        let seg = self
+            .segments
+            .get(&r.segment)
+            .map(|s| (s.bytes.len() as u64, s.watermark));
+        let end = match check_reservation(&r, self.last_block, seg) {
+            Ok(end) => end,
+            Err(refusal) => return Ok(Err(refusal)),
         };
-        if r.offset < s.watermark {
-            return Ok(Err(Refusal::StalePads {
-                segment: r.segment,
-                watermark: s.watermark,
-            }));
-        }
-        let end = r.offset.checked_add(r.len);
-        if end.is_none_or(|e| e > s.bytes.len() as u64) {
-            return Ok(Err(Refusal::OutOfRange { segment: r.segment }));
-        }
-        let end = end.unwrap_or_default();
         let tx = self.conn.unchecked_transaction()?;
         self.put_watermark(&tx, r.segment, end)?;
         self.put_last_block(&tx, r.block)?;
@@ -551,6 +495,34 @@ impl AuthLedger {
             Refusal::StaleBlock { .. } => {}
         }
         Ok(())
+    }
+}
+
+impl PadLedger for AuthLedger {
+    type Error = LedgerError;
+
+    fn last_block(&self) -> u64 {
+        AuthLedger::last_block(self)
+    }
+
+    fn available(&self) -> u64 {
+        AuthLedger::available(self)
+    }
+
+    fn propose(&self, len: u64, floor: u64) -> Option<Reservation> {
+        AuthLedger::propose(self, len, floor)
+    }
+
+    fn reserve(&mut self, r: Reservation) -> Result<Result<Key, Refusal>, LedgerError> {
+        AuthLedger::reserve(self, r)
+    }
+
+    fn settle(&mut self, r: Reservation, used: u64, replenish: Key) -> Result<(), LedgerError> {
+        AuthLedger::settle(self, r, used, replenish)
+    }
+
+    fn learn(&mut self, refusal: &Refusal) -> Result<(), LedgerError> {
+        AuthLedger::learn(self, refusal)
     }
 }
 

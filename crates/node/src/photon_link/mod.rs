@@ -14,7 +14,7 @@ pub mod ledger;
 pub mod records;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kagi_control::{LinkSpec, Topology};
 use kagi_keymat::Key;
@@ -22,21 +22,24 @@ use kagi_km::Input;
 use kagi_postproc::cascade::CascadeParams;
 use kagi_postproc::finite_key::DecoySettings;
 use kagi_postproc::ldpc::LdpcParams;
-use kagi_postproc::protocol::{Alice, AuthKeyPool, Bob, Outcome, ProtocolConfig, Reconciliation};
+use kagi_postproc::link_machine::{
+    Action, ControlKey, LinkError, LinkMachine, LinkSettings, Note, Raw,
+};
+use kagi_postproc::protocol::{ProtocolConfig, Reconciliation};
 use kagi_quantum::photon::{Intensity, PhotonParams};
 use kagi_quantum::DecoyBb84Params;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::driver::DriverMsg;
 use crate::link_secret::LinkSecret;
 use crate::peer::Peers;
-use ledger::{AuthLedger, Refusal, Reservation};
+use ledger::{AuthLedger, LedgerError};
 
 /// Pads one block reserves: room for 1024 authenticated messages (Cascade uses 300–550, LDPC
-/// about 15). A block that fails burns its whole reservation, so this is kept tight.
+/// about 15). A block that fails hands back what it did not use
+/// ([`kagi_postproc::link_machine::FAILED_BLOCK_SLACK_PADS`]).
 pub const RESERVE_BYTES: u64 = 1024 * kagi_postproc::protocol::PAD_LEN as u64;
 /// Pre-shared authentication key of a link (simulated: derived from the link secret).
 pub const BOOTSTRAP_BYTES: usize = 16 + 128 * RESERVE_BYTES as usize;
@@ -46,6 +49,13 @@ pub const BLOCK_TIMEOUT: Duration = Duration::from_secs(600);
 /// the block (Alice simulates it too before her first answer). A message lost while a
 /// connection was re-established thus costs one block, not the link.
 pub const REPLY_GRACE: Duration = Duration::from_secs(20);
+/// How often a restarted Alice repeats her `Hello` until Bob's next `Start` reaches her (the
+/// first may be sent before the peer connection is up again).
+pub const HELLO_EVERY: Duration = Duration::from_secs(2);
+/// Bob's first wait (at least twice his simulation time of the block, doubled after each copy)
+/// before he sends his last message of a block again: an answer lost while a restarted peer's
+/// connection is re-established then costs a copy, not the block.
+pub const RESEND_EVERY: Duration = Duration::from_secs(2);
 /// Default sifted key bits per block.
 pub const DEFAULT_BLOCK_BITS: f64 = 4e6;
 
@@ -173,6 +183,27 @@ impl PhotonLinkConfig {
         k
     }
 
+    /// The state machine's settings; block numbers stay above `floor`.
+    pub fn settings(&self, floor: u64) -> LinkSettings {
+        LinkSettings {
+            alice: self.alice,
+            protocol: self.protocol,
+            reserve_bytes: RESERVE_BYTES,
+            min_block_time: self.min_block_time,
+            block_timeout: BLOCK_TIMEOUT,
+            reply_grace: REPLY_GRACE,
+            hello_every: HELLO_EVERY,
+            resend_every: RESEND_EVERY,
+            floor,
+        }
+    }
+
+    /// The key that authenticates the link's Start, Refuse and Hello frames, from the link
+    /// secret that only the two ends hold.
+    pub fn control_key(&self) -> ControlKey {
+        ControlKey::new(self.secret.derive(b"photon-control-mac", 0))
+    }
+
     /// Seed of the photon simulator for block `block`, from the link secret. The simulator takes
     /// 64 bits; a fresh value per block means recovering one block's seed by search (2^64
     /// simulations of the whole block) gives no other block.
@@ -184,38 +215,32 @@ impl PhotonLinkConfig {
     }
 }
 
-/// What the two ends of a photon link say to each other (around the protocol's own frames,
-/// which carry their authentication).
-#[derive(Debug, Serialize, Deserialize)]
-enum LinkFrame {
-    /// Bob starts a block with these pads; `frame` is the protocol's first message.
-    Start { res: Reservation, frame: Vec<u8> },
-    /// A protocol message of block `block`.
-    Proto { block: u64, frame: Vec<u8> },
-    /// Alice refuses Bob's reservation.
-    Refuse { block: u64, refusal: Refusal },
+/// A photon link end's simulation of its device for one block, off the async threads.
+type SimTask = tokio::task::JoinHandle<Result<(u64, Raw), kagi_quantum::ModelError>>;
+
+/// What woke a photon link's driver loop.
+enum Wake {
+    Stop,
+    Frame(Option<Vec<u8>>),
+    Records(Result<Result<(u64, Raw), kagi_quantum::ModelError>, tokio::task::JoinError>),
+    Timer,
 }
 
-impl LinkFrame {
-    fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).expect("link frames serialize")
-    }
-}
-
-/// Everything a running photon link end needs.
+/// Everything a running photon link end needs: the state machine
+/// ([`kagi_postproc::link_machine::LinkMachine`]) over this end's SQLite ledger, and the
+/// channels it is driven from.
 pub struct PhotonLink {
     cfg: PhotonLinkConfig,
-    ledger: AuthLedger,
+    /// `None` only while a step runs on a blocking thread.
+    machine: Option<LinkMachine<AuthLedger>>,
     peers: Peers,
     inbox: mpsc::UnboundedSender<DriverMsg>,
     frames: mpsc::Receiver<Vec<u8>>,
-    /// Block numbers must stay above what the key store already holds for this link.
-    floor: u64,
 }
 
 impl PhotonLink {
     /// Opens the link's ledger in `db` (shared by the node's photon links), sealed with
-    /// `sealer`.
+    /// `sealer`. Block numbers stay above `high_water` (what the key store already holds).
     ///
     /// # Errors
     /// Ledger storage failures.
@@ -230,10 +255,17 @@ impl PhotonLink {
         frames: mpsc::Receiver<Vec<u8>>,
     ) -> Result<Self, PhotonLinkError> {
         let ledger = AuthLedger::open(db, sealer, &cfg.peer, || cfg.bootstrap_key())?;
-        Ok(Self {
-            floor: high_water.unwrap_or(0),
-            cfg,
+        let mut seed = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut seed);
+        let machine = LinkMachine::new(
+            cfg.settings(high_water.unwrap_or(0)),
             ledger,
+            cfg.control_key(),
+            seed,
+        );
+        Ok(Self {
+            cfg,
+            machine: Some(machine),
             peers,
             inbox,
             frames,
@@ -246,254 +278,162 @@ impl PhotonLink {
             peer = %self.cfg.peer,
             role = if self.cfg.alice { "alice" } else { "bob" },
             pulses_per_block = self.cfg.pulses,
-            auth_pads = self.ledger.available(),
+            auth_pads = self.machine.as_ref().map_or(0, |m| m.ledger().available()),
             "photon QKD link"
         );
-        let res = if self.cfg.alice {
-            self.run_alice(&mut stop).await
-        } else {
-            self.run_bob(&mut stop).await
-        };
-        if let Err(e) = res {
+        if let Err(e) = self.drive(&mut stop).await {
             tracing::error!(peer = %self.cfg.peer, error = %e, "photon link stopped");
         }
     }
 
-    fn send(&self, f: &LinkFrame) {
-        self.peers.send_link(&self.cfg.peer, f.encode());
+    fn broken(&self, why: impl std::fmt::Display) -> PhotonLinkError {
+        PhotonLinkError::Settings(self.cfg.peer.clone(), why.to_string())
     }
 
-    async fn run_bob(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), PhotonLinkError> {
+    /// The driver loop: frames, simulated records and the machine's deadlines in; its actions
+    /// out. Every step of the machine (which may run a block's error correction or privacy
+    /// amplification) runs on a blocking thread.
+    async fn drive(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), PhotonLinkError> {
+        let origin = tokio::time::Instant::now();
+        let now = move || origin.elapsed();
+        let t = now();
+        let no_machine = self.broken("no state machine");
+        self.machine.as_mut().ok_or(no_machine)?.start(t);
+        let mut sim: Option<SimTask> = None;
         loop {
-            if *stop.borrow() {
-                return Ok(());
-            }
-            let t0 = Instant::now();
-            let Some(res) = self.ledger.propose(RESERVE_BYTES, self.floor) else {
-                tracing::error!(peer = %self.cfg.peer, "photon link: authentication key exhausted; no more blocks");
-                let _ = stop.wait_for(|v| *v).await;
-                return Ok(());
-            };
-            let pads = match self.ledger.reserve(res)? {
-                Ok(p) => p,
-                Err(r) => {
-                    tracing::warn!(peer = %self.cfg.peer, refusal = %r, "own reservation refused");
-                    continue;
-                }
-            };
-            let (params, seed, pulses, block) = (
-                self.cfg.params,
-                self.cfg.sim_seed(res.block),
-                self.cfg.pulses,
-                res.block,
-            );
-            let t_sim = Instant::now();
-            let raw = tokio::task::spawn_blocking(move || {
-                records::bob_block(params, seed, block, pulses)
-            })
-            .await
-            .map_err(|e| PhotonLinkError::Settings(self.cfg.peer.clone(), e.to_string()))?
-            .map_err(|e| PhotonLinkError::Settings(self.cfg.peer.clone(), e.to_string()))?;
-            let mut pool = AuthKeyPool::new(pads)
-                .map_err(|e| PhotonLinkError::Settings(self.cfg.peer.clone(), e.to_string()))?;
-            let mut bob = match Bob::new(self.cfg.protocol, block, raw) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(peer = %self.cfg.peer, block, error = %e, "block not started");
-                    continue;
-                }
-            };
-            let reply_timeout = REPLY_GRACE + t_sim.elapsed() * 4;
-            let first = bob.start(&mut pool);
-            if let Some(frame) = first {
-                self.send(&LinkFrame::Start { res, frame });
-            }
-            let mut refused = None;
-            while bob.outcome().is_none() {
-                let frame = tokio::select! {
-                    _ = stop.wait_for(|v| *v) => return Ok(()),
-                    f = tokio::time::timeout(reply_timeout, self.frames.recv()) => f,
-                };
-                let bytes = match frame {
-                    Ok(Some(b)) => b,
-                    Ok(None) => return Ok(()),
-                    Err(_) => break, // timed out
-                };
-                match postcard::from_bytes::<LinkFrame>(&bytes) {
-                    Ok(LinkFrame::Proto { block: b, frame }) if b == block => {
-                        let (b2, p2, reply) = tokio::task::spawn_blocking(move || {
-                            let reply = bob.handle(&mut pool, &frame);
-                            (bob, pool, reply)
-                        })
-                        .await
-                        .map_err(|e| {
-                            PhotonLinkError::Settings(self.cfg.peer.clone(), e.to_string())
-                        })?;
-                        (bob, pool) = (b2, p2);
-                        if let Some(r) = reply {
-                            self.send(&LinkFrame::Proto { block, frame: r });
-                        }
-                    }
-                    Ok(LinkFrame::Refuse { block: b, refusal }) if b == block => {
-                        self.ledger.learn(&refusal)?;
-                        refused = Some(refusal);
-                        break;
-                    }
-                    Ok(_) => {} // a stale block's message
-                    Err(e) => {
-                        tracing::warn!(peer = %self.cfg.peer, error = %e, "malformed photon link frame")
-                    }
-                }
-            }
-            match (bob.take_outcome(), refused) {
-                (_, Some(r)) => {
-                    tracing::info!(peer = %self.cfg.peer, block, refusal = %r, "reservation refused; catching up");
-                    continue; // retry at once with what was learnt
-                }
-                (Some(o), None) => self.finish(res, pool, o, t0)?,
-                (None, None) => {
-                    tracing::warn!(peer = %self.cfg.peer, block, "block timed out");
-                }
-            }
-            let pause = self.cfg.min_block_time.saturating_sub(t0.elapsed());
-            tokio::select! {
-                _ = stop.wait_for(|v| *v) => return Ok(()),
-                _ = tokio::time::sleep(pause) => {}
-            }
-        }
-    }
-
-    async fn run_alice(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), PhotonLinkError> {
-        let mut current: Option<(Reservation, Alice, AuthKeyPool, Instant)> = None;
-        loop {
-            let bytes = tokio::select! {
-                _ = stop.wait_for(|v| *v) => return Ok(()),
-                f = self.frames.recv() => match f { Some(b) => b, None => return Ok(()) },
-            };
-            if current
+            self.flush(&mut sim);
+            let deadline = self
+                .machine
                 .as_ref()
-                .is_some_and(|(_, _, _, at)| at.elapsed() > BLOCK_TIMEOUT)
-            {
-                current = None;
-            }
-            let (res, frame, t0) = match postcard::from_bytes::<LinkFrame>(&bytes) {
-                Ok(LinkFrame::Start { res, frame }) => {
-                    // A new block supersedes one in progress (Bob gave it up).
-                    current = None;
-                    let pads = match self.ledger.reserve(res)? {
-                        Ok(p) => p,
-                        Err(refusal) => {
-                            tracing::info!(peer = %self.cfg.peer, block = res.block, %refusal, "refusing reservation");
-                            self.send(&LinkFrame::Refuse {
-                                block: res.block,
-                                refusal,
-                            });
-                            continue;
-                        }
-                    };
-                    let t0 = Instant::now();
-                    let (params, seed, pulses, block) = (
-                        self.cfg.params,
-                        self.cfg.sim_seed(res.block),
-                        self.cfg.pulses,
-                        res.block,
-                    );
-                    let raw = tokio::task::spawn_blocking(move || {
-                        records::alice_block(params, seed, block, pulses)
-                    })
-                    .await
-                    .map_err(|e| PhotonLinkError::Settings(self.cfg.peer.clone(), e.to_string()))?
-                    .map_err(|e| PhotonLinkError::Settings(self.cfg.peer.clone(), e.to_string()))?;
-                    let pool = AuthKeyPool::new(pads).map_err(|e| {
-                        PhotonLinkError::Settings(self.cfg.peer.clone(), e.to_string())
-                    })?;
-                    let mut rs = [0u8; 32];
-                    rand::rngs::OsRng.fill_bytes(&mut rs);
-                    match Alice::new(self.cfg.protocol, block, raw, rs) {
-                        Ok(a) => current = Some((res, a, pool, t0)),
-                        Err(e) => {
-                            tracing::warn!(peer = %self.cfg.peer, block, error = %e, "block not started");
-                            continue;
-                        }
-                    }
-                    (res, frame, t0)
-                }
-                Ok(LinkFrame::Proto { block, frame }) => match &current {
-                    Some((res, _, _, t0)) if res.block == block => (*res, frame, *t0),
-                    _ => continue, // stale
-                },
-                Ok(LinkFrame::Refuse { .. }) => continue,
-                Err(e) => {
-                    tracing::warn!(peer = %self.cfg.peer, error = %e, "malformed photon link frame");
-                    continue;
-                }
+                .and_then(|m| m.poll_timeout())
+                .map(|d| origin + d);
+            // What woke the loop, taken out of `select!` so that its futures (and the watch
+            // guard) are gone before the step awaits.
+            let wake = tokio::select! {
+                _ = stop.wait_for(|v| *v) => Wake::Stop,
+                f = self.frames.recv() => Wake::Frame(f),
+                r = async { sim.as_mut().expect("guarded by the branch condition").await }, if sim.is_some() => Wake::Records(r),
+                _ = tokio::time::sleep_until(deadline.unwrap_or(origin)), if deadline.is_some() => Wake::Timer,
             };
-            let Some((_, mut alice, mut pool, _)) = current.take() else {
-                continue;
-            };
-            let (a2, p2, reply) = tokio::task::spawn_blocking(move || {
-                let reply = alice.handle(&mut pool, &frame);
-                (alice, pool, reply)
-            })
-            .await
-            .map_err(|e| PhotonLinkError::Settings(self.cfg.peer.clone(), e.to_string()))?;
-            (alice, pool) = (a2, p2);
-            if let Some(r) = reply {
-                self.send(&LinkFrame::Proto {
-                    block: res.block,
-                    frame: r,
-                });
-            }
-            match alice.take_outcome() {
-                Some(o) => self.finish(res, pool, o, t0)?,
-                None => current = Some((res, alice, pool, t0)),
+            match wake {
+                Wake::Stop | Wake::Frame(None) => return Ok(()),
+                Wake::Frame(Some(bytes)) => {
+                    self.step(now(), move |m, t| m.handle_frame(t, &bytes))
+                        .await?
+                }
+                Wake::Records(r) => {
+                    sim = None;
+                    let (block, raw) =
+                        r.map_err(|e| self.broken(e))?.map_err(|e| self.broken(e))?;
+                    self.step(now(), move |m, t| m.handle_records(t, block, raw))
+                        .await?;
+                }
+                Wake::Timer => self.step(now(), |m, t| m.handle_timeout(t)).await?,
             }
         }
     }
 
-    /// A block ended at this end: keep the pads for later blocks and hand the key to the core.
-    fn finish(
-        &mut self,
-        res: Reservation,
-        pool: AuthKeyPool,
-        outcome: Outcome,
-        t0: Instant,
-    ) -> Result<(), PhotonLinkError> {
-        match outcome {
-            Outcome::Key { mut key, stats } => {
-                let mut segment = pool.into_pads();
-                // While the pre-shared key is being used, also set aside fresh key, so later
-                // blocks (and failed ones) never run the link dry.
-                if res.segment == 0 {
-                    let extra = (RESERVE_BYTES as usize).min(key.len() / 4);
-                    segment.extend_from(&key.take_front(extra));
+    /// Runs `f` on the machine on a blocking thread.
+    async fn step<F>(&mut self, now: Duration, f: F) -> Result<(), PhotonLinkError>
+    where
+        F: FnOnce(&mut LinkMachine<AuthLedger>, Duration) -> Result<(), LinkError<LedgerError>>
+            + Send
+            + 'static,
+    {
+        let Some(mut m) = self.machine.take() else {
+            return Err(self.broken("no state machine"));
+        };
+        let (m, r) = tokio::task::spawn_blocking(move || {
+            let r = f(&mut m, now);
+            (m, r)
+        })
+        .await
+        .map_err(|e| self.broken(e))?;
+        self.machine = Some(m);
+        match r {
+            Ok(()) => Ok(()),
+            Err(LinkError::Ledger(e)) => Err(e.into()),
+            Err(e) => Err(self.broken(e)),
+        }
+    }
+
+    /// Carries out the machine's actions.
+    fn flush(&mut self, sim: &mut Option<SimTask>) {
+        let Some(m) = self.machine.as_mut() else {
+            return;
+        };
+        let peer = self.cfg.peer.clone();
+        while let Some(a) = m.poll_action() {
+            match a {
+                Action::Send(bytes) => self.peers.send_link(&peer, bytes),
+                Action::Simulate { block } => {
+                    let (params, seed, pulses, alice) = (
+                        self.cfg.params,
+                        self.cfg.sim_seed(block),
+                        self.cfg.pulses,
+                        self.cfg.alice,
+                    );
+                    // A simulation of a block given up meanwhile still runs to its end; the
+                    // machine ignores its records.
+                    *sim = Some(tokio::task::spawn_blocking(move || {
+                        Ok((
+                            block,
+                            if alice {
+                                Raw::Alice(records::alice_block(params, seed, block, pulses)?)
+                            } else {
+                                Raw::Bob(records::bob_block(params, seed, block, pulses)?)
+                            },
+                        ))
+                    }));
                 }
-                self.ledger.settle(res, res.len, segment)?;
-                tracing::info!(
-                    peer = %self.cfg.peer,
-                    block = res.block,
-                    sifted = stats.sifted_bits,
-                    qber = stats.qber_key.unwrap_or(stats.qber_test),
-                    f = stats.ec_efficiency.unwrap_or(f64::NAN),
-                    key_bytes = key.len(),
-                    messages = stats.messages,
-                    auth_bytes = stats.auth_key_bits / 8,
-                    secs = t0.elapsed().as_secs_f64(),
-                    "photon link block"
-                );
-                if !key.is_empty() {
+                Action::Key { block, key } => {
                     let _ = self.inbox.send(DriverMsg::Input(Input::LinkKeys {
-                        peer: self.cfg.peer.clone(),
-                        block: res.block,
+                        peer: peer.clone(),
+                        block,
                         key,
                     }));
                 }
-            }
-            Outcome::Aborted(e) => {
-                tracing::warn!(peer = %self.cfg.peer, block = res.block, error = %e, "photon link block gave no key");
+                Action::Note(n) => log_note(&peer, n),
             }
         }
-        Ok(())
+    }
+}
+
+/// Logs what the machine noted.
+fn log_note(peer: &str, n: Note) {
+    match n {
+        Note::BlockKey {
+            block,
+            stats,
+            key_bytes,
+            took,
+        } => tracing::info!(
+            peer,
+            block,
+            sifted = stats.sifted_bits,
+            qber = stats.qber_key.unwrap_or(stats.qber_test),
+            f = stats.ec_efficiency.unwrap_or(f64::NAN),
+            key_bytes,
+            messages = stats.messages,
+            auth_bytes = stats.auth_key_bits / 8,
+            secs = took.as_secs_f64(),
+            "photon link block"
+        ),
+        Note::BlockFailed {
+            block,
+            why,
+            handed_back,
+        } => {
+            tracing::warn!(peer, block, reason = %why, handed_back, "photon link block gave no key")
+        }
+        Note::Refusing { block, refusal } => {
+            tracing::info!(peer, block, %refusal, "refusing reservation")
+        }
+        Note::Exhausted => tracing::error!(
+            peer,
+            "photon link: authentication key exhausted; no more blocks"
+        ),
+        Note::Rejected(e) => tracing::warn!(peer, error = %e, "photon link frame dropped"),
     }
 }
 
