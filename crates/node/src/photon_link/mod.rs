@@ -52,6 +52,10 @@ pub const REPLY_GRACE: Duration = Duration::from_secs(20);
 /// How often a restarted Alice repeats her `Hello` until Bob's next `Start` reaches her (the
 /// first may be sent before the peer connection is up again).
 pub const HELLO_EVERY: Duration = Duration::from_secs(2);
+/// Bob's first wait (at least twice his simulation time of the block, doubled after each copy)
+/// before he sends his last message of a block again: an answer lost while a restarted peer's
+/// connection is re-established then costs a copy, not the block.
+pub const RESEND_EVERY: Duration = Duration::from_secs(2);
 /// Default sifted key bits per block.
 pub const DEFAULT_BLOCK_BITS: f64 = 4e6;
 
@@ -189,6 +193,7 @@ impl PhotonLinkConfig {
             block_timeout: BLOCK_TIMEOUT,
             reply_grace: REPLY_GRACE,
             hello_every: HELLO_EVERY,
+            resend_every: RESEND_EVERY,
             floor,
         }
     }

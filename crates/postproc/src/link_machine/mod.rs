@@ -70,6 +70,10 @@ pub struct LinkSettings {
     pub reply_grace: Duration,
     /// How often a restarted Alice repeats `Hello` until she hears a `Start`.
     pub hello_every: Duration,
+    /// Bob's first wait before he sends his last message again (at least twice his simulation
+    /// time; doubled after each copy): a reply lost while a connection was re-established
+    /// then costs a copy, not the block.
+    pub resend_every: Duration,
     /// Block numbers stay above this (what the key store already holds for the link).
     pub floor: u64,
 }
@@ -181,6 +185,12 @@ pub enum LinkError<E: std::error::Error + 'static> {
     WrongRecords,
 }
 
+/// A protocol frame's identity (to recognise copies).
+fn frame_hash(frame: &[u8]) -> [u8; 32] {
+    use blake2::Digest;
+    blake2::Blake2b::<blake2::digest::consts::U32>::digest(frame).into()
+}
+
 /// The protocol object of a block in progress.
 enum End {
     Alice(Box<Alice>),
@@ -202,6 +212,14 @@ enum Stage {
         wait: Duration,
         /// Bob's encoded `Start`, to send again when a restarted Alice never got it.
         start: Option<Vec<u8>>,
+        /// Hashes of the protocol frames received in this block (copies are not fed again).
+        seen: Vec<[u8; 32]>,
+        /// This end's last link frame of the block, to send again byte for byte.
+        last_out: Option<Vec<u8>>,
+        /// Bob: when he sends `last_out` again, and the first wait before that.
+        resend_at: Option<Duration>,
+        resend_base: Duration,
+        resend_wait: Duration,
     },
 }
 
@@ -288,9 +306,14 @@ impl<L: PadLedger> LinkMachine<L> {
     pub fn poll_timeout(&self) -> Option<Duration> {
         let block = match &self.cur {
             Some(Current {
-                stage: Stage::Running { deadline, .. },
+                stage:
+                    Stage::Running {
+                        deadline,
+                        resend_at,
+                        ..
+                    },
                 ..
-            }) => Some(*deadline),
+            }) => Some(resend_at.map_or(*deadline, |r| r.min(*deadline))),
             Some(_) => None,
             None => self.next_block_at,
         };
@@ -312,6 +335,23 @@ impl<L: PadLedger> LinkMachine<L> {
         {
             if now >= *deadline {
                 self.fail(now, Failure::TimedOut)?;
+            }
+        }
+        if let Some(Current {
+            stage:
+                Stage::Running {
+                    resend_at: Some(at),
+                    resend_wait,
+                    last_out: Some(out),
+                    ..
+                },
+            ..
+        }) = &mut self.cur
+        {
+            if now >= *at {
+                self.actions.push_back(Action::Send(out.clone()));
+                *resend_wait *= 2;
+                *at = now + *resend_wait;
             }
         }
         if self.hello_due.is_some_and(|t| now >= t) {
@@ -388,7 +428,9 @@ impl<L: PadLedger> LinkMachine<L> {
                     Ok(b) => b,
                     Err(e) => return self.fail_block(now, res, t0, 0, Failure::NotStarted(e)),
                 };
-                let wait = self.s.reply_grace + now.saturating_sub(asked) * 4;
+                let sim = now.saturating_sub(asked);
+                let wait = self.s.reply_grace + sim * 4;
+                let resend_base = self.s.resend_every.max(sim * 2);
                 let start = bob.start(&mut pool).map(|frame| {
                     let bytes = LinkFrame::Start { res, frame }.encode(&self.key);
                     self.actions.push_back(Action::Send(bytes.clone()));
@@ -402,7 +444,12 @@ impl<L: PadLedger> LinkMachine<L> {
                         pool,
                         deadline: now + wait,
                         wait,
+                        resend_at: start.as_ref().map(|_| now + resend_base),
+                        last_out: start.clone(),
                         start,
+                        seen: Vec::new(),
+                        resend_base,
+                        resend_wait: resend_base,
                     },
                 });
                 self.after_step(now)
@@ -424,6 +471,11 @@ impl<L: PadLedger> LinkMachine<L> {
                         deadline: now + wait,
                         wait,
                         start: None,
+                        seen: Vec::new(),
+                        last_out: None,
+                        resend_at: None,
+                        resend_base: Duration::ZERO,
+                        resend_wait: Duration::ZERO,
                     },
                 });
                 self.step(now, &first)
@@ -487,7 +539,9 @@ impl<L: PadLedger> LinkMachine<L> {
         self.hello_due = None;
         if let Some(c) = &self.cur {
             if c.res == res {
-                return Ok(()); // Bob sent it again; this block is under way
+                // Bob sent it again: this block is under way (a copy of the latest frame gets
+                // the latest answer again).
+                return self.step(now, &first);
             }
             if res.block > c.res.block {
                 // Bob gave up the block in progress (he starts a later one only then).
@@ -561,6 +615,11 @@ impl<L: PadLedger> LinkMachine<L> {
                     pool,
                     deadline,
                     wait,
+                    seen,
+                    last_out,
+                    resend_at,
+                    resend_base,
+                    resend_wait,
                     ..
                 },
             ..
@@ -568,14 +627,34 @@ impl<L: PadLedger> LinkMachine<L> {
         else {
             return Ok(());
         };
+        let h = frame_hash(frame);
+        if let Some(i) = seen.iter().position(|x| *x == h) {
+            // A copy (sent again, or duplicated on the way): never fed to the protocol twice,
+            // which would abort the block. Alice answers a copy of the latest frame with her
+            // latest answer again, byte for byte: Bob sent it again because that was lost.
+            if matches!(end, End::Alice(_)) && i + 1 == seen.len() {
+                if let Some(out) = last_out.clone() {
+                    self.actions.push_back(Action::Send(out));
+                }
+            }
+            return Ok(());
+        }
+        seen.push(h);
         let reply = match end {
             End::Alice(a) => a.handle(pool, frame),
             End::Bob(b) => b.handle(pool, frame),
         };
         *deadline = now + *wait;
         let block = res.block;
+        *resend_at = None;
         if let Some(frame) = reply {
-            self.send(&LinkFrame::Proto { block, frame });
+            let bytes = LinkFrame::Proto { block, frame }.encode(&self.key);
+            if matches!(end, End::Bob(_)) {
+                *resend_wait = *resend_base;
+                *resend_at = Some(now + *resend_base);
+            }
+            *last_out = Some(bytes.clone());
+            self.actions.push_back(Action::Send(bytes));
         }
         self.after_step(now)
     }
