@@ -12,15 +12,17 @@ pub struct Routes {
     paths: BTreeMap<String, Vec<String>>,
 }
 
+/// A heap entry: a node (by any string type: the search borrows the topology's IDs) and its
+/// distance.
 #[derive(PartialEq)]
-struct Item(f64, String);
-impl Eq for Item {}
-impl PartialOrd for Item {
+struct Item<S>(f64, S);
+impl<S: Ord> Eq for Item<S> {}
+impl<S: Ord> PartialOrd for Item<S> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Item {
+impl<S: Ord> Ord for Item<S> {
     fn cmp(&self, other: &Self) -> Ordering {
         // Min-heap on (cost, id).
         other
@@ -51,17 +53,19 @@ impl Routes {
                     .push((l.a.as_str(), cost));
             }
         }
-        let mut dist: BTreeMap<String, f64> = BTreeMap::new();
-        let mut prev: BTreeMap<String, String> = BTreeMap::new();
+        // The search borrows the IDs (an owned copy per visit was most of its cost); only the
+        // paths it returns own theirs.
+        let mut dist: BTreeMap<&str, f64> = BTreeMap::new();
+        let mut prev: BTreeMap<&str, &str> = BTreeMap::new();
         let mut heap = BinaryHeap::new();
-        dist.insert(src.to_string(), 0.0);
-        heap.push(Item(0.0, src.to_string()));
+        dist.insert(src, 0.0);
+        heap.push(Item(0.0, src));
         while let Some(Item(d, u)) = heap.pop() {
-            if d > dist[&u] {
+            if d > dist[u] {
                 continue;
             }
             let mut next: Vec<(&str, f64)> = adjacent
-                .get(u.as_str())
+                .get(u)
                 .into_iter()
                 .flatten()
                 .filter(|(v, _)| !down.iter().any(|x| x == v))
@@ -75,22 +79,22 @@ impl Routes {
                     Some(&old) => nd < old || (nd == old && prev.get(v).is_some_and(|p| u < *p)),
                 };
                 if better {
-                    dist.insert(v.to_string(), nd);
-                    prev.insert(v.to_string(), u.clone());
-                    heap.push(Item(nd, v.to_string()));
+                    dist.insert(v, nd);
+                    prev.insert(v, u);
+                    heap.push(Item(nd, v));
                 }
             }
         }
         let mut paths = BTreeMap::new();
-        for dst in dist.keys() {
-            let mut p = vec![dst.clone()];
-            let mut cur = dst.clone();
-            while let Some(pr) = prev.get(&cur) {
-                p.push(pr.clone());
-                cur = pr.clone();
+        for &dst in dist.keys() {
+            let mut p = vec![dst.to_string()];
+            let mut cur = dst;
+            while let Some(&pr) = prev.get(cur) {
+                p.push(pr.to_string());
+                cur = pr;
             }
             p.reverse();
-            paths.insert(dst.clone(), p);
+            paths.insert(dst.to_string(), p);
         }
         Self { paths }
     }
