@@ -23,7 +23,7 @@ use std::sync::Arc;
 use kagi_keymat::Key;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use kagi_postproc::link_machine::ledger::{check_reservation, PadLedger};
+use kagi_postproc::link_machine::ledger::{check_reservation, handed_back, PadLedger};
 
 use crate::seal::Sealer;
 
@@ -409,13 +409,11 @@ impl AuthLedger {
     /// Storage failures.
     pub fn settle(&mut self, r: Reservation, used: u64, replenish: Key) -> Result<(), LedgerError> {
         let tx = self.conn.unchecked_transaction()?;
-        let handed_back = self
+        let back = self
             .segments
             .get(&r.segment)
-            // Only if nothing moved the watermark since (it is exactly the reservation's end).
-            .filter(|s| s.watermark == r.offset + r.len && used <= r.len)
-            .map(|_| r.offset + used);
-        if let Some(w) = handed_back {
+            .and_then(|s| handed_back(s.watermark, &r, used));
+        if let Some(w) = back {
             self.put_watermark(&tx, r.segment, w)?;
         }
         if !replenish.is_empty() {
@@ -430,7 +428,7 @@ impl AuthLedger {
                 ],
             )?;
         }
-        if let (Some(w), Some(s)) = (handed_back, self.segments.get_mut(&r.segment)) {
+        if let (Some(w), Some(s)) = (back, self.segments.get_mut(&r.segment)) {
             s.watermark = w;
         }
         let spent: Vec<u64> = self

@@ -145,6 +145,14 @@ pub fn check_reservation(
     }
 }
 
+/// Pure settling rule shared by every [`PadLedger`]: the watermark a settled block leaves on its
+/// segment, when it hands back the unused tail of its reservation (`used` bytes were consumed).
+/// Only if nothing moved the watermark since the reservation (it is exactly the reservation's
+/// end); `None`: the watermark stays.
+pub fn handed_back(watermark: u64, r: &Reservation, used: u64) -> Option<u64> {
+    (r.offset.checked_add(r.len) == Some(watermark) && used <= r.len).then_some(r.offset + used)
+}
+
 /// An in-memory [`PadLedger`] (its "durable" storage is the value itself: a simulated crash
 /// keeps the ledger and drops the state machine). For tests and simulations.
 #[derive(Debug)]
@@ -245,8 +253,8 @@ impl PadLedger for MemLedger {
 
     fn settle(&mut self, r: Reservation, used: u64, replenish: Key) -> Result<(), Infallible> {
         if let Some(s) = self.segments.get_mut(&r.segment) {
-            if s.watermark == r.offset + r.len && used <= r.len {
-                s.watermark = r.offset + used;
+            if let Some(w) = handed_back(s.watermark, &r, used) {
+                s.watermark = w;
             }
         }
         self.segments
