@@ -239,10 +239,15 @@ pub enum PeerScope {
 /// route costs that follow from them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinkStatePolicy {
-    /// How often this node advertises its links (it also does when a link goes up or down).
+    /// How often this node samples its link key rates and checks whether its links changed
+    /// enough to advertise (a route-cost class of a link moved): also the least time between
+    /// two such adverts. A link going up or down is advertised sooner.
     pub advert_interval: Duration,
+    /// An advert goes at least this often, changed or not, so that receivers can tell a live
+    /// origin from a silent one.
+    pub refresh_interval: Duration,
     /// An origin's advert not refreshed for this long counts as unknown: its links cost like
-    /// links nobody advertised (more than a known good link).
+    /// links nobody advertised (more than a known good link). Longer than `refresh_interval`.
     pub stale_after: Duration,
     /// Link key rates are moving averages over about this long.
     pub rate_window: Duration,
@@ -254,7 +259,8 @@ impl Default for LinkStatePolicy {
     fn default() -> Self {
         Self {
             advert_interval: Duration::from_secs(1),
-            stale_after: Duration::from_secs(5),
+            refresh_interval: Duration::from_secs(10),
+            stale_after: Duration::from_secs(30),
             rate_window: Duration::from_secs(5),
             recompute_interval: Duration::from_millis(250),
         }

@@ -424,20 +424,39 @@ impl Routing {
         self.out_of_service.is_empty() && self.penalties.is_empty() && self.dead.is_empty()
     }
 
-    /// Sets the link-state penalties and the links advertised down; recomputes routes and
-    /// returns `true` when they changed.
-    pub(crate) fn set_link_costs(
+    /// Sets the link-state cost of some links (`None`: advertised down, else the penalty; 0
+    /// adds nothing); recomputes routes when any moved. Returns whether they did, and the links
+    /// newly advertised down.
+    pub(crate) fn update_link_costs(
         &mut self,
-        penalties: BTreeMap<(NodeId, NodeId), f64>,
-        dead: BTreeSet<(NodeId, NodeId)>,
-    ) -> bool {
-        if penalties == self.penalties && dead == self.dead {
-            return false;
+        costs: Vec<((NodeId, NodeId), Option<f64>)>,
+    ) -> (bool, BTreeSet<(NodeId, NodeId)>) {
+        let mut moved = false;
+        let mut newly_dead = BTreeSet::new();
+        for (key, cost) in costs {
+            match cost {
+                None => {
+                    moved |= self.penalties.remove(&key).is_some();
+                    if !self.dead.contains(&key) {
+                        self.dead.insert(key.clone());
+                        newly_dead.insert(key);
+                        moved = true;
+                    }
+                }
+                Some(extra) => {
+                    moved |= self.dead.remove(&key);
+                    if extra > 0.0 {
+                        moved |= self.penalties.insert(key, extra) != Some(extra);
+                    } else {
+                        moved |= self.penalties.remove(&key).is_some();
+                    }
+                }
+            }
         }
-        self.penalties = penalties;
-        self.dead = dead;
-        self.recompute();
-        true
+        if moved {
+            self.recompute();
+        }
+        (moved, newly_dead)
     }
 
     /// The link-state penalty of a link (`(smaller id, larger id)`): `None` when advertised
@@ -447,11 +466,6 @@ impl Routing {
             return None;
         }
         Some(self.penalties.get(key).copied().unwrap_or(0.0))
-    }
-
-    /// Links an end advertised down now.
-    pub(crate) fn dead_links(&self) -> &BTreeSet<(NodeId, NodeId)> {
-        &self.dead
     }
 
     /// `node`'s neighbours in the topology, `None` for a node without links or not in it.
@@ -529,7 +543,19 @@ mod tests {
         .into_iter()
         .collect();
         let dead: BTreeSet<_> = [link_key("chofu", "otemachi")].into_iter().collect();
-        assert!(r.set_link_costs(penalties.clone(), dead.clone()));
+        let costs = penalties
+            .iter()
+            .map(|(k, p)| (k.clone(), Some(*p)))
+            .chain(dead.iter().map(|k| (k.clone(), None)))
+            .collect();
+        assert_eq!(r.update_link_costs(costs), (true, dead.clone()));
+        // The same costs again, and a link set to cost nothing: routes do not move.
+        let again = vec![
+            (link_key("chofu", "otemachi"), None),
+            (link_key("koganei", "shinjuku"), Some(5.0)),
+            (link_key("ueno", "shinjuku"), Some(0.0)),
+        ];
+        assert_eq!(r.update_link_costs(again), (false, BTreeSet::new()));
         // As `usable` was built before: from a copy of the whole topology, SAEs included.
         let mut whole = (*topo).clone();
         whole

@@ -6,12 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kagi_control::Topology;
 use kagi_km::advert_auth::signed_bytes;
 use kagi_km::{
-    AdvertAuth, Input, Instant, KeyManager, KmConfig, Limits, LinkAdvert, PeerMsg, PeerScope,
-    Policy, Snapshot,
+    AdvertAuth, Input, Instant, KeyManager, KmConfig, Limits, LinkAdvert, LinkStatePolicy, PeerMsg,
+    PeerScope, Policy, Snapshot,
 };
 
 mod common;
@@ -32,9 +33,38 @@ const LINK_KEY: LinkKey = LinkKey {
 };
 
 /// The diamond, messages delivered at once, link key once a second on every link but the
-/// `starved` ones.
+/// `starved` ones; adverts with the default timing (sent when a link's cost class moves).
 fn diamond(starved: &[(&str, &str)]) -> Net {
     diamond_with(starved, true)
+}
+
+/// Every node advertises every second whatever changed, and adverts go stale after 5 s: for
+/// the tests of flooding, forgery and replay, which count on each origin's adverts.
+fn chatty(mut policy: Policy) -> Policy {
+    policy.link_state = Some(LinkStatePolicy {
+        advert_interval: Duration::from_secs(1),
+        refresh_interval: Duration::from_secs(1),
+        stale_after: Duration::from_secs(5),
+        ..LinkStatePolicy::default()
+    });
+    policy
+}
+
+/// The diamond with [`chatty`] adverts.
+fn chatty_diamond(starved: &[(&str, &str)]) -> Net {
+    let mut net = Net::new(
+        topo(),
+        chatty(small_pools()),
+        |n| [n.as_bytes()[0]; 32],
+        Instant(0),
+        LINK_KEY,
+    );
+    net.starved = starved
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    net.link_blocks();
+    net
 }
 
 fn diamond_with(starved: &[(&str, &str)], link_state: bool) -> Net {
@@ -129,7 +159,7 @@ fn relays_avoid_a_starved_link_and_return_when_it_refills() {
 /// Adverts go to neighbours only, once a second, and every origin's reaches every node.
 #[test]
 fn adverts_flood_to_every_node_over_neighbours_only() {
-    let mut net = diamond(&[]);
+    let mut net = chatty_diamond(&[]);
     net.run(3000);
     let sent = adverts(&net);
     for (from, to, _) in sent.keys() {
@@ -152,13 +182,54 @@ fn adverts_flood_to_every_node_over_neighbours_only() {
     assert!(!sent.contains_key(&("b".to_string(), "a".to_string(), "a".to_string())));
 }
 
+/// With the default timing, a node whose links' cost classes stay put (every buffer covers a
+/// window of relays) sends its advert once per refresh interval, not once per check; the
+/// flood carries nothing else. (The starved-link test above shows a class that moves is
+/// advertised within a check.)
+#[test]
+fn a_node_whose_links_do_not_change_advertises_once_per_refresh_interval() {
+    let lp = LinkStatePolicy::default();
+    assert!(lp.refresh_interval >= 5 * lp.advert_interval);
+    let mut net = diamond(&[]);
+    // Buffers fill (16 KiB a second per link) until they cover the relay window.
+    net.run(30_000);
+    let before = adverts(&net);
+    let secs = 40;
+    net.run(secs * 1000);
+    let after = adverts(&net);
+    let own = |m: &BTreeMap<(String, String, String), u32>| {
+        m.get(&("a".to_string(), "b".to_string(), "a".to_string()))
+            .copied()
+            .unwrap_or(0)
+    };
+    let n = own(&after) - own(&before);
+    let refreshes = (secs as f64 / lp.refresh_interval.as_secs_f64()) as u32;
+    assert!(
+        (refreshes..=refreshes + 1).contains(&n),
+        "a sent {n} adverts to b in {secs} s; a refresh every {:?} makes {refreshes}",
+        lp.refresh_interval
+    );
+    // Every origin is still held fresh everywhere, so no link counts as unknown.
+    for at in ["a", "b", "c", "z"] {
+        assert_eq!(net.kms[at].link_adverts_held().len(), 4, "{at}");
+        assert!(
+            net.kms[at]
+                .link_penalties()
+                .values()
+                .all(|p| *p == Some(0.0)),
+            "{at}: {:?}",
+            net.kms[at].link_penalties()
+        );
+    }
+}
+
 /// A node may advertise only its own links: adverts naming a link their origin does not have,
 /// or from a node outside the topology, are dropped whole. A forged advert of b's links (which
 /// no receiver can tell from a flooded copy) cannot make b's starved link look good, because
 /// z, its other end, says otherwise.
 #[test]
 fn forged_adverts_cannot_make_a_starved_link_look_good() {
-    let mut net = diamond(&[("b", "z")]);
+    let mut net = chatty_diamond(&[("b", "z")]);
     net.run(1000);
     assert_eq!(net.route("a", "z"), ["a", "c", "z"]);
     let held = net.kms["a"].link_adverts_held();
@@ -218,7 +289,7 @@ fn forged_adverts_cannot_make_a_starved_link_look_good() {
 fn signed_diamond() -> Net {
     let mut net = Net::with_auth(
         topo(),
-        small_pools(),
+        chatty(small_pools()),
         |n| [n.as_bytes()[0]; 32],
         Instant(0),
         LINK_KEY,
@@ -324,7 +395,7 @@ fn an_origin_started_again_from_an_empty_store_is_heard_at_once() {
             node_id: "b".into(),
             topology: topo(),
             limits: Limits::default(),
-            policy: small_pools(),
+            policy: chatty(small_pools()),
             advert_auth: Some(Arc::new(TestAuth { me: "b".into() })),
             advert_run_base: base,
         };
