@@ -22,7 +22,9 @@ pub mod plan;
 pub mod series_svg;
 pub mod study;
 
-pub use net::{Answered, FaultCounts, Faults, LinkSupply, MsgFilter, Sim, StoreCopy};
+pub use net::{
+    Answered, FaultCounts, Faults, LinkSupply, MsgFilter, PhotonLinkStats, Sim, StoreCopy,
+};
 pub use oracle::Oracle;
 
 /// Seeds to run: `KAGI_SIM_SEED` (default `default`) and `KAGI_SIM_RUNS` consecutive ones

@@ -35,6 +35,9 @@ use rand_chacha::ChaCha20Rng;
 
 use crate::oracle::{Asked, Oracle};
 
+mod photon;
+pub use photon::PhotonLinkStats;
+
 /// Network and storage fault model.
 #[derive(Debug, Clone)]
 pub struct Faults {
@@ -132,6 +135,8 @@ enum Event {
         node: String,
         incarnation: u64,
     },
+    /// A photon link's frame, records or deadline.
+    Photon(photon::PhotonEvent),
 }
 
 struct SimNode {
@@ -228,6 +233,8 @@ pub struct Sim {
     pub advert_msgs: u64,
     /// Encoded bytes of the link-state adverts honest nodes sent.
     pub advert_bytes: u64,
+    /// Links run at photon level (see [`Sim::run_photon_links`]).
+    photon: photon::PhotonLinks,
 }
 
 impl Sim {
@@ -290,6 +297,7 @@ impl Sim {
             ),
             advert_msgs: 0,
             advert_bytes: 0,
+            photon: photon::PhotonLinks::new(seed),
         };
         for n in &topo.nodes {
             sim.nodes.insert(
@@ -369,6 +377,7 @@ impl Sim {
         n.timer_at = None;
         self.drain(id);
         self.tell_peers(id, true);
+        self.photon_node_up(id);
     }
 
     /// Whether `to` is running and not cut off from `from`.
@@ -701,6 +710,9 @@ impl Sim {
                 }
                 self.drain(&node);
             }
+            // A photon link's key comes from its machines, not as rate-level blocks.
+            Event::LinkBlock { link, .. } if self.photon.is_photon(link) => {}
+            Event::Photon(ev) => self.photon_step(ev),
             Event::LinkBlock { link, block } => {
                 self.last_block[link] = Some(block);
                 let l = self.topo.links[link].clone();
@@ -837,7 +849,9 @@ impl Sim {
         }
         n.timer_at = None;
         n.crash_after = None;
-        for req in std::mem::take(&mut n.waiting) {
+        let waiting = std::mem::take(&mut n.waiting);
+        self.photon_node_down(id);
+        for req in waiting {
             self.counts.lost_replies += 1;
             // After a crash the commit behind a lost reply may be on disk (a `dec_keys` spent
             // without its reply: the delivery window). Power loss and a failed write keep
@@ -889,6 +903,7 @@ impl Sim {
         }
         self.mix(0xf1);
         self.drain(id);
+        self.photon_thawed(id);
     }
 
     /// Whether a node is frozen.

@@ -7,6 +7,10 @@
 //! rate and served share per SAE pair and per node pair, and the availability of the network,
 //! with the link key the nodes spent per delivered bit.
 //!
+//! Links with `source = "photon"` run at photon level instead: the photon link's state machine at
+//! both ends, the photon simulator's records, the full post-processing protocol (see
+//! [`Sim::run_photon_links`]); the report counts their blocks and checks their keys.
+//!
 //! Link key is materialised (each block's bytes are generated), so a study's cost grows with the
 //! key the links produce in the simulated time; see `docs/PERFORMANCE.md`.
 
@@ -21,7 +25,7 @@ use serde::Serialize;
 
 pub use crate::arrivals::Arrivals;
 use crate::arrivals::{exp, periodic, profile};
-use crate::net::{Faults, LinkSupply, Sim};
+use crate::net::{Faults, LinkSupply, PhotonLinkStats, Sim};
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -227,6 +231,13 @@ pub struct StudyReport {
     pub relays_aborted: u64,
     /// The flooding farthest pair, when asked for.
     pub far_pair: Option<FarPairReport>,
+    /// Per photon-level link (`source = "photon"`): blocks delivered and failed, key bits, and
+    /// the checks (keys identical at both ends, no block delivered twice).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub photon_links: Vec<PhotonLinkStats>,
+    /// What the photon link checks found wrong (empty in a correct run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub photon_violations: Vec<String>,
     /// The measured time sampled at a fixed interval (for plots; not in the JSON report).
     #[serde(skip)]
     pub series: Series,
@@ -445,6 +456,8 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
     sim_topo.rate_multiplier = opt.rate_multiplier;
     let mut sim = Sim::new(sim_topo, opt.seed, faults, supply, policy);
     sim.set_link_intervals(intervals);
+    // `source = "photon"` links run the photon link's state machines and simulator.
+    sim.run_photon_links().map_err(StudyError::Topology)?;
 
     let start = sim.now();
     let warm = Duration::from_secs_f64(opt.warmup_minutes * 60.0);
@@ -782,6 +795,8 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
                 bottleneck_bps,
             }
         }),
+        photon_links: sim.photon_stats(),
+        photon_violations: sim.photon_violations().to_vec(),
         series: Series {
             interval_s,
             node_pairs: followed_names,

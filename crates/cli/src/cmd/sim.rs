@@ -284,6 +284,23 @@ fn text(topo: &Topology, r: &StudyReport, secs: f64) -> String {
             f.bottleneck_bps
         );
     }
+    for p in &r.photon_links {
+        println!(
+            "photon link {}–{}: {} blocks delivered at both ends ({} key bits), {} failed, {} at \
+             one end only; {} with different keys, {} delivered twice",
+            p.a,
+            p.b,
+            p.blocks_delivered,
+            p.key_bits,
+            p.blocks_failed,
+            p.blocks_one_end,
+            p.mismatched_blocks,
+            p.duplicate_blocks
+        );
+    }
+    for v in &r.photon_violations {
+        println!("photon link check failed: {v}");
+    }
     println!();
     println!(
         "{:<14} {:<14} {:>9} {:>8} {:>14}",

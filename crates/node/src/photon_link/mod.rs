@@ -19,15 +19,12 @@ use std::time::Duration;
 use kagi_control::{LinkSpec, Topology};
 use kagi_keymat::Key;
 use kagi_km::Input;
-use kagi_postproc::cascade::CascadeParams;
-use kagi_postproc::finite_key::DecoySettings;
-use kagi_postproc::ldpc::LdpcParams;
+use kagi_postproc::link_machine::model::{ModelInput, PhotonModel};
 use kagi_postproc::link_machine::{
     Action, ControlKey, LinkError, LinkMachine, LinkSettings, Note, Raw,
 };
-use kagi_postproc::protocol::{ProtocolConfig, Reconciliation};
-use kagi_quantum::photon::{Intensity, PhotonParams};
-use kagi_quantum::DecoyBb84Params;
+use kagi_postproc::protocol::ProtocolConfig;
+use kagi_quantum::photon::PhotonParams;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use tokio::sync::{mpsc, watch};
@@ -37,27 +34,10 @@ use crate::link_secret::LinkSecret;
 use crate::peer::Peers;
 use ledger::{AuthLedger, LedgerError};
 
-/// Pads one block reserves: room for 1024 authenticated messages (Cascade uses 300–550, LDPC
-/// about 15). A block that fails hands back what it did not use
-/// ([`kagi_postproc::link_machine::FAILED_BLOCK_SLACK_PADS`]).
-pub const RESERVE_BYTES: u64 = 1024 * kagi_postproc::protocol::PAD_LEN as u64;
-/// Pre-shared authentication key of a link (simulated: derived from the link secret).
-pub const BOOTSTRAP_BYTES: usize = 16 + 128 * RESERVE_BYTES as usize;
-/// How long Alice keeps a block in progress without hearing from Bob.
-pub const BLOCK_TIMEOUT: Duration = Duration::from_secs(600);
-/// Bob's wait for the next message of a block, beyond four times his own simulation time of
-/// the block (Alice simulates it too before her first answer). A message lost while a
-/// connection was re-established thus costs one block, not the link.
-pub const REPLY_GRACE: Duration = Duration::from_secs(20);
-/// How often a restarted Alice repeats her `Hello` until Bob's next `Start` reaches her (the
-/// first may be sent before the peer connection is up again).
-pub const HELLO_EVERY: Duration = Duration::from_secs(2);
-/// Bob's first wait (at least twice his simulation time of the block, doubled after each copy)
-/// before he sends his last message of a block again: an answer lost while a restarted peer's
-/// connection is re-established then costs a copy, not the block.
-pub const RESEND_EVERY: Duration = Duration::from_secs(2);
-/// Default sifted key bits per block.
-pub const DEFAULT_BLOCK_BITS: f64 = 4e6;
+pub use kagi_postproc::link_machine::model::{
+    BLOCK_TIMEOUT, BOOTSTRAP_BYTES, DEFAULT_BLOCK_BITS, HELLO_EVERY, REPLY_GRACE, RESEND_EVERY,
+    RESERVE_BYTES,
+};
 
 /// A photon link's settings, identical at both ends (both read the same topology).
 #[derive(Debug, Clone)]
@@ -105,72 +85,26 @@ impl PhotonLinkConfig {
         let name = format!("{}-{}", spec.a, spec.b);
         let bad = |why: String| PhotonLinkError::Settings(name.clone(), why);
         let ps = spec.photon.clone().unwrap_or_default();
-        let mut link = DecoyBb84Params::default();
-        if let Some(e) = ps.e_d {
-            link.e_d = e;
-        }
-        if let Some(e) = ps.eta_bob {
-            link.eta_bob = e;
-        }
-        let p_z = ps.p_key_basis.unwrap_or(0.7);
-        let (p_signal, p_decoy) = (0.6, 0.25);
-        let params = PhotonParams {
-            link,
+        // The model both drivers share (`kagi sim` runs the same), so that what the simulator
+        // runs is what the node runs.
+        let model = PhotonModel::new(&ModelInput {
             length_km: spec.length_km,
-            p_signal,
-            p_decoy,
-            p_z,
-            threads: 1,
-        };
-        params.validate().map_err(|e| bad(e.to_string()))?;
-        let reconciliation = match ps.reconciliation.as_deref() {
-            None | Some("cascade") => Reconciliation::Cascade(CascadeParams::default()),
-            Some("ldpc") => Reconciliation::Ldpc(LdpcParams::default()),
-            Some(other) => {
-                return Err(bad(format!("reconciliation {other:?} is not available")));
-            }
-        };
-        let protocol = ProtocolConfig {
-            decoy: DecoySettings {
-                mu: [link.mu, link.nu, 0.0],
-                p: [p_signal, p_decoy, 1.0 - p_signal - p_decoy],
-                eps_sec: 1e-10,
-                eps_cor: 1e-15,
-            },
-            reconciliation,
-            threads: 1,
-        };
-        protocol.decoy.validate().map_err(|e| bad(e.to_string()))?;
-        // Pulses for the wanted sifted key-basis bits, from the expected detection rates.
-        let per_pulse: f64 = [
-            (Intensity::Signal, p_signal),
-            (Intensity::Decoy, p_decoy),
-            (Intensity::Vacuum, 1.0 - p_signal - p_decoy),
-        ]
-        .iter()
-        .map(|&(c, p)| p * params.expected_gain_qber(c).0)
-        .sum::<f64>()
-            * p_z
-            * p_z;
-        let block_bits = ps.block_bits.unwrap_or(DEFAULT_BLOCK_BITS);
-        let pulses = block_bits / per_pulse.max(1e-300);
-        if !(pulses.is_finite() && pulses <= 1e11) {
-            return Err(bad(format!(
-                "{block_bits} sifted bits need {pulses:.3e} pulses per block at {} km; shorten the \
-                 link or the block",
-                spec.length_km
-            )));
-        }
-        let pulses = (pulses.ceil() as usize).div_ceil(64) * 64;
-        let rate = link.rep_rate_hz * topo.rate_multiplier.max(1e-9);
+            block_bits: ps.block_bits,
+            e_d: ps.e_d,
+            eta_bob: ps.eta_bob,
+            p_key_basis: ps.p_key_basis,
+            reconciliation: ps.reconciliation.as_deref(),
+            rate_multiplier: topo.rate_multiplier,
+        })
+        .map_err(bad)?;
         Ok(Self {
             alice: me < peer.as_str(),
             peer,
-            params,
+            params: model.params,
             secret,
-            pulses,
-            min_block_time: Duration::from_secs_f64((pulses as f64 / rate).min(3600.0)),
-            protocol,
+            pulses: model.pulses,
+            min_block_time: model.min_block_time,
+            protocol: model.protocol,
         })
     }
 
@@ -185,17 +119,13 @@ impl PhotonLinkConfig {
 
     /// The state machine's settings; block numbers stay above `floor`.
     pub fn settings(&self, floor: u64) -> LinkSettings {
-        LinkSettings {
-            alice: self.alice,
+        PhotonModel {
+            params: self.params,
             protocol: self.protocol,
-            reserve_bytes: RESERVE_BYTES,
+            pulses: self.pulses,
             min_block_time: self.min_block_time,
-            block_timeout: BLOCK_TIMEOUT,
-            reply_grace: REPLY_GRACE,
-            hello_every: HELLO_EVERY,
-            resend_every: RESEND_EVERY,
-            floor,
         }
+        .settings(self.alice, floor)
     }
 
     /// The key that authenticates the link's Start, Refuse and Hello frames, from the link
@@ -441,6 +371,7 @@ fn log_note(peer: &str, n: Note) {
 mod tests {
     use super::*;
     use kagi_control::PhotonLinkSpec;
+    use kagi_postproc::protocol::Reconciliation;
 
     #[test]
     fn both_ends_derive_the_same_settings_with_opposite_roles() {

@@ -3,50 +3,13 @@
 //! at Alice, the detector's (which pulses clicked, basis, bit) at Bob. Everything after this is
 //! the real post-processing protocol between the two nodes.
 //!
-//! Both ends keep only the detected pulses: Alice learns which those are from Bob's first
-//! message in any case, and a block of 10^9 pulses would not fit in memory otherwise.
+//! The simulation itself is [`kagi_postproc::link_machine::model::block_records`], which
+//! `kagi sim` runs too.
 
-use kagi_postproc::photon_records::{RecordBuilder, Side};
+use kagi_postproc::link_machine::model::block_records;
+use kagi_postproc::photon_records::Side;
 use kagi_postproc::protocol::{AliceRaw, BobRaw};
-use kagi_quantum::photon::{Detections, PhotonParams, PhotonSim};
-
-/// Pulses simulated per call (bounded memory).
-const CHUNK: usize = 1 << 22;
-
-/// A block's pulses: the simulator seeded from the link seed and the block number.
-fn simulate(
-    params: PhotonParams,
-    link_seed: u64,
-    block: u64,
-    pulses: usize,
-    mut take: impl FnMut(&Detections),
-) -> Result<(), kagi_quantum::ModelError> {
-    let seed = link_seed ^ block.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let mut sim = PhotonSim::new(params, seed)?;
-    let mut det = Detections::default();
-    let mut done = 0;
-    while done < pulses {
-        let n = CHUNK.min(pulses - done);
-        sim.run_into(n, &mut det);
-        take(&det);
-        done += n;
-    }
-    Ok(())
-}
-
-/// One end's records of block `block` (the shared builder of `kagi_postproc::photon_records`).
-fn records(
-    params: PhotonParams,
-    link_seed: u64,
-    block: u64,
-    pulses: usize,
-    side: Side,
-) -> Result<(AliceRaw, BobRaw), kagi_quantum::ModelError> {
-    let mut b = RecordBuilder::new(side);
-    simulate(params, link_seed, block, pulses, |d| b.push(d))?;
-    let (alice, bob, _) = b.finish();
-    Ok((alice, bob))
-}
+use kagi_quantum::photon::PhotonParams;
 
 /// Alice's (transmitter's) records of block `block`.
 ///
@@ -58,7 +21,7 @@ pub fn alice_block(
     block: u64,
     pulses: usize,
 ) -> Result<AliceRaw, kagi_quantum::ModelError> {
-    records(params, link_seed, block, pulses, Side::Alice).map(|(a, _)| a)
+    block_records(params, link_seed, block, pulses, Side::Alice).map(|(a, _)| a)
 }
 
 /// Bob's (detector's) records of block `block`.
@@ -71,7 +34,7 @@ pub fn bob_block(
     block: u64,
     pulses: usize,
 ) -> Result<BobRaw, kagi_quantum::ModelError> {
-    records(params, link_seed, block, pulses, Side::Bob).map(|(_, b)| b)
+    block_records(params, link_seed, block, pulses, Side::Bob).map(|(_, b)| b)
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@
 
 pub mod frame;
 pub mod ledger;
+pub mod model;
 
 use std::collections::VecDeque;
 use std::time::Duration;
