@@ -197,10 +197,11 @@ impl Links {
         if link.high_water.is_some_and(|hw| block <= hw) || block & GRANTED != 0 {
             return None; // duplicate delivery, or an id spans could not name
         }
-        let mut key = key;
+        // Each half is copied once into its own buffer (an odd last byte is dropped); the block
+        // itself is wiped when its last holder drops it.
         let half = key.len() / 2;
-        let first = key.take_front(half);
-        let second = key.take_front(half); // an odd last byte is dropped
+        let first = key.copy_range(0..half);
+        let second = key.copy_range(half..2 * half);
         let (tx, rx) = if me_first {
             (first, second)
         } else {

@@ -716,7 +716,8 @@ impl Sim {
             Event::LinkBlock { link, block } => {
                 self.last_block[link] = Some(block);
                 let l = self.topo.links[link].clone();
-                let bytes = self.link_block(link, block);
+                // Both ends share the block's one allocation (`Key` clones copy on write).
+                let key = Key::from_vec(self.link_block(link, block));
                 for (me, peer) in [(&l.a, &l.b), (&l.b, &l.a)] {
                     if let Some(km) = self
                         .nodes
@@ -729,7 +730,7 @@ impl Sim {
                             Input::LinkKeys {
                                 peer: peer.clone(),
                                 block,
-                                key: Key::from_slice(&bytes),
+                                key: key.clone(),
                             },
                         );
                         self.drain(me);
