@@ -412,12 +412,21 @@ pub struct Snapshot {
 impl Snapshot {
     /// Applies a batch the way a key-value store would (used by the simulator's virtual store).
     pub fn apply(map: &mut BTreeMap<(&'static str, String), Record>, batch: &[Record]) {
+        Self::apply_owned(map, batch.iter().cloned());
+    }
+
+    /// [`Snapshot::apply`] for a batch the caller no longer needs: its records move into the map
+    /// instead of being cloned.
+    pub fn apply_owned(
+        map: &mut BTreeMap<(&'static str, String), Record>,
+        batch: impl IntoIterator<Item = Record>,
+    ) {
         for r in batch {
             let k = r.entity();
             if r.is_delete() {
                 map.remove(&k);
             } else {
-                map.insert(k, r.clone());
+                map.insert(k, r);
             }
         }
     }
@@ -470,6 +479,51 @@ pub mod key_serde {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The simulator's store: upserts replace, deletes remove, and a batch moved in leaves the
+    /// same map as the same batch applied by reference.
+    #[test]
+    fn store_batches_upsert_and_delete_whether_moved_or_cloned() {
+        let block = |b: u8| Record::LinkBlock {
+            peer: "p".into(),
+            half: Half::Tx,
+            block: 1,
+            buf: KeyBufParts {
+                data: Key::from_slice(&[b; 4]),
+                spent: vec![],
+            },
+        };
+        let hw = Record::LinkHighWater {
+            peer: "p".into(),
+            block: 1,
+        };
+        let gone = Record::LinkBlockGone {
+            peer: "p".into(),
+            half: Half::Tx,
+            block: 1,
+        };
+        for batches in [
+            vec![vec![block(1), hw.clone()], vec![block(2)]],
+            vec![vec![block(1), hw.clone(), block(2)], vec![gone.clone()]],
+        ] {
+            let (mut moved, mut cloned) = (BTreeMap::new(), BTreeMap::new());
+            for b in &batches {
+                Snapshot::apply(&mut cloned, b);
+                Snapshot::apply_owned(&mut moved, b.clone());
+            }
+            assert_eq!(moved, cloned);
+            let expect: Vec<Record> = if batches[1] == vec![gone.clone()] {
+                vec![hw.clone()]
+            } else {
+                vec![block(2), hw.clone()]
+            };
+            let mut got: Vec<Record> = moved.into_values().collect();
+            got.sort_by_key(|r| r.entity());
+            let mut expect = expect;
+            expect.sort_by_key(|r| r.entity());
+            assert_eq!(got, expect);
+        }
+    }
 
     /// A pool chunk as stores written before paths were recorded hold it (postcard, variant
     /// index 3). It must keep decoding to a chunk, read as "paths unknown": new variants go last.

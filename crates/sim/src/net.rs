@@ -788,7 +788,7 @@ impl Sim {
         // After a failed write the writer writes nothing more for this core.
         let ok = !fail && !targeted && !n.write_failed;
         if ok {
-            Snapshot::apply(&mut n.durable, &batch);
+            Snapshot::apply_owned(&mut n.durable, batch);
         } else if !n.write_failed {
             n.write_failed = true;
             self.counts.store_failures += 1;
@@ -845,7 +845,7 @@ impl Sim {
         for ((_, batch), c) in std::mem::take(&mut n.in_flight).into_iter().zip(coins) {
             keep = keep && c;
             if keep {
-                Snapshot::apply(&mut n.durable, &batch);
+                Snapshot::apply_owned(&mut n.durable, batch);
             }
         }
         n.timer_at = None;
