@@ -11,6 +11,6 @@ pub mod topology;
 pub use disjoint::{disjoint_paths, PathQuery};
 pub use routing::Routes;
 pub use topology::{
-    check_https_url, DeviceLinkSpec, KeySource, LinkSpec, NodeSpec, PhotonLinkSpec, Topology,
-    TopologyError,
+    check_https_url, DeviceLinkSpec, KeySource, LinkSpec, NodeSpec, PhotonLinkSpec, SaeIndex,
+    Topology, TopologyError,
 };

@@ -279,6 +279,24 @@ pub struct Topology {
     pub links: Vec<LinkSpec>,
 }
 
+/// Where each SAE of a topology is attached, as [`Topology::node_of_sae`] answers, built once by
+/// [`Topology::sae_index`]. It describes the topology it was built from: keep it beside an
+/// `Arc<Topology>` that no longer changes.
+#[derive(Debug, Clone, Default)]
+pub struct SaeIndex {
+    /// SAE ID to position in `ids`.
+    at: std::collections::HashMap<String, usize>,
+    /// Node IDs, in topology order.
+    ids: Vec<String>,
+}
+
+impl SaeIndex {
+    /// The ID of the node `sae` is attached to, if the topology lists it.
+    pub fn node_id(&self, sae: &str) -> Option<&str> {
+        self.at.get(sae).map(|&i| self.ids[i].as_str())
+    }
+}
+
 fn default_name() -> String {
     "kagi".into()
 }
@@ -571,6 +589,23 @@ impl Topology {
         self.nodes.iter().find(|n| n.saes.iter().any(|s| s == sae))
     }
 
+    /// An index of where each SAE is attached, for callers that look SAEs up often in a
+    /// topology that no longer changes (a lookup in it is a hash probe, where
+    /// [`Topology::node_of_sae`] scans every node's SAE list).
+    pub fn sae_index(&self) -> SaeIndex {
+        let mut at = std::collections::HashMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            for s in &n.saes {
+                // First node wins, as `node_of_sae` finds it (`validate` refuses an SAE twice).
+                at.entry(s.clone()).or_insert(i);
+            }
+        }
+        SaeIndex {
+            at,
+            ids: self.nodes.iter().map(|n| n.id.clone()).collect(),
+        }
+    }
+
     /// Map from SAE ID to node ID.
     pub fn sae_map(&self) -> BTreeMap<String, String> {
         self.nodes
@@ -652,6 +687,35 @@ impl Topology {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The index answers as the scan does: every SAE, an unknown name, and an SAE listed by two
+    /// nodes (the first wins).
+    #[test]
+    fn sae_index_answers_as_node_of_sae() {
+        let mut t = crate::builtin::tokyo();
+        let (first, second) = (t.nodes[0].saes[0].clone(), t.nodes[2].saes[0].clone());
+        t.nodes[3].saes.push(first);
+        t.nodes[1].saes.push(second);
+        let idx = t.sae_index();
+        let mut checked = 0;
+        for n in &t.nodes {
+            for s in &n.saes {
+                let scan = t.node_of_sae(s).map(|n| n.id.as_str());
+                assert_eq!(idx.node_id(s), scan, "{s}");
+                checked += 1;
+            }
+        }
+        assert!(checked > t.nodes.len());
+        assert_eq!(
+            idx.node_id(&t.nodes[0].saes[0]),
+            Some(t.nodes[0].id.as_str())
+        );
+        assert_eq!(
+            idx.node_id(&t.nodes[2].saes[0]),
+            Some(t.nodes[1].id.as_str())
+        );
+        assert_eq!(idx.node_id("no-such-sae"), None);
+    }
 
     const T: &str = r#"
         [[nodes]]

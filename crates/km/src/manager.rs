@@ -217,6 +217,8 @@ pub struct NodeStats {
 #[derive(Clone)]
 pub struct KeyManager {
     pub(crate) cfg: KmConfig,
+    /// Where each SAE of `cfg.topology` is attached (the topology never changes in a core).
+    pub(crate) sae_index: kagi_control::SaeIndex,
     /// Topology, peer liveness, links in service, and the routes that follow.
     pub(crate) routing: Routing,
     /// Link key buffers per neighbour.
@@ -268,6 +270,7 @@ impl KeyManager {
         let routing = Routing::new(&cfg.node_id, cfg.topology.clone());
         let links = Links::new(cfg.topology.neighbours(&cfg.node_id).map(|(n, _)| n));
         let mut km = KeyManager {
+            sae_index: cfg.topology.sae_index(),
             routing,
             links,
             pools: Pools::default(),

@@ -160,7 +160,7 @@ impl KeyManager {
     }
 
     fn sae_node(&self, sae: &str) -> Option<String> {
-        self.cfg.topology.node_of_sae(sae).map(|n| n.id.clone())
+        self.sae_index.node_id(sae).map(str::to_owned)
     }
 
     fn require_local(&self, sae: &str, role: &str) -> Result<(), Refusal> {

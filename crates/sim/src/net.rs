@@ -179,6 +179,8 @@ pub type MsgFilter = fn(&str, &str, &PeerMsg) -> bool;
 /// The simulated network.
 pub struct Sim {
     topo: Arc<Topology>,
+    /// Where each SAE of `topo` is attached (`topo` never changes in a run).
+    sae_index: kagi_control::SaeIndex,
     /// The current virtual time.
     pub now: Instant,
     queue: BinaryHeap<Reverse<(Instant, u64, usize)>>,
@@ -262,6 +264,7 @@ impl Sim {
         let topo = Arc::new(topo);
         let grace = policy.slave_grace;
         let mut sim = Sim {
+            sae_index: topo.sae_index(),
             topo: topo.clone(),
             now: Instant(1_000_000),
             queue: BinaryHeap::new(),
@@ -612,7 +615,7 @@ impl Sim {
                 slaves: std::iter::once(slave)
                     .chain(additional_slaves)
                     .map(|s| {
-                        let n = self.topo.node_of_sae(s).map(|n| n.id.clone());
+                        let n = self.sae_index.node_id(s).map(str::to_owned);
                         (s.clone(), n.unwrap_or_default())
                     })
                     .collect(),
