@@ -258,6 +258,26 @@ fn advert_classes(links: &[LinkAdvert], demand: u64) -> Vec<(NodeId, u64, u64)> 
         .collect()
 }
 
+/// The cost a link `a`–`b` adds to routes from what both ends' fresh adverts claim about both
+/// directions: `None` when an end says it is down, else the penalty of the slower direction
+/// ([`UNKNOWN_PENALTY`] when nobody has a fresh advert of it).
+fn link_cost(
+    ls: &LinkState,
+    a: &str,
+    b: &str,
+    fresh: impl Fn(&Held) -> bool + Copy,
+    demand: u64,
+) -> Option<f64> {
+    let ab = hop(&ls.claims(a, b, fresh), demand);
+    let ba = hop(&ls.claims(b, a, fresh), demand);
+    match (ab, ba) {
+        (Hop::Down, _) | (_, Hop::Down) => None,
+        (Hop::Unknown, Hop::Unknown) => Some(UNKNOWN_PENALTY),
+        (Hop::Wait(x), Hop::Wait(y)) => Some(penalty(x.max(y))),
+        (Hop::Wait(x), Hop::Unknown) | (Hop::Unknown, Hop::Wait(x)) => Some(penalty(x)),
+    }
+}
+
 /// The route penalty for a wait, in powers of two up to [`MAX_PENALTY`] (0 under half a unit).
 fn penalty(wait_s: f64) -> f64 {
     let p = (wait_s * COST_PER_WAIT_S).min(MAX_PENALTY);
@@ -553,15 +573,8 @@ impl KeyManager {
         let costs: Vec<((NodeId, NodeId), Option<f64>)> = links
             .into_iter()
             .map(|(a, b)| {
-                let ab = hop(&self.linkstate.claims(&a, &b, fresh), demand);
-                let ba = hop(&self.linkstate.claims(&b, &a, fresh), demand);
-                let extra = match (ab, ba) {
-                    (Hop::Down, _) | (_, Hop::Down) => None,
-                    (Hop::Unknown, Hop::Unknown) => Some(UNKNOWN_PENALTY),
-                    (Hop::Wait(x), Hop::Wait(y)) => Some(penalty(x.max(y))),
-                    (Hop::Wait(x), Hop::Unknown) | (Hop::Unknown, Hop::Wait(x)) => Some(penalty(x)),
-                };
-                ((a, b), extra)
+                let cost = link_cost(&self.linkstate, &a, &b, fresh, demand);
+                ((a, b), cost)
             })
             .collect();
         let (moved, newly_dead) = self.routing.update_link_costs(costs);
@@ -661,19 +674,15 @@ mod tests {
         let lp = k.cfg.policy.link_state.unwrap();
         let demand = hop_demand(&k.cfg.policy);
         let fresh = |h: &Held| now.saturating_since(h.at) < lp.stale_after;
-        let mut out = BTreeMap::new();
-        for l in &k.cfg.topology.links {
-            let ab = hop(&k.linkstate.claims(&l.a, &l.b, fresh), demand);
-            let ba = hop(&k.linkstate.claims(&l.b, &l.a, fresh), demand);
-            let cost = match (ab, ba) {
-                (Hop::Down, _) | (_, Hop::Down) => None,
-                (Hop::Unknown, Hop::Unknown) => Some(UNKNOWN_PENALTY),
-                (Hop::Wait(x), Hop::Wait(y)) => Some(penalty(x.max(y))),
-                (Hop::Wait(x), Hop::Unknown) | (Hop::Unknown, Hop::Wait(x)) => Some(penalty(x)),
-            };
-            out.insert(link_key(&l.a, &l.b), cost);
-        }
-        out
+        k.cfg
+            .topology
+            .links
+            .iter()
+            .map(|l| {
+                let cost = link_cost(&k.linkstate, &l.a, &l.b, fresh, demand);
+                (link_key(&l.a, &l.b), cost)
+            })
+            .collect()
     }
 
     /// Adverts of random content from random origins at random times (gaps past `stale_after`

@@ -52,19 +52,7 @@ fn chatty(mut policy: Policy) -> Policy {
 
 /// The diamond with [`chatty`] adverts.
 fn chatty_diamond(starved: &[(&str, &str)]) -> Net {
-    let mut net = Net::new(
-        topo(),
-        chatty(small_pools()),
-        |n| [n.as_bytes()[0]; 32],
-        Instant(0),
-        LINK_KEY,
-    );
-    net.starved = starved
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
-    net.link_blocks();
-    net
+    diamond_with_policy(starved, chatty(small_pools()))
 }
 
 fn diamond_with(starved: &[(&str, &str)], link_state: bool) -> Net {
@@ -73,6 +61,10 @@ fn diamond_with(starved: &[(&str, &str)], link_state: bool) -> Net {
     if !link_state {
         policy.link_state = None;
     }
+    diamond_with_policy(starved, policy)
+}
+
+fn diamond_with_policy(starved: &[(&str, &str)], policy: Policy) -> Net {
     let mut net = Net::new(
         topo(),
         policy,
