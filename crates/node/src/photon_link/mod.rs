@@ -19,7 +19,7 @@ use std::time::Duration;
 use kagi_control::{LinkSpec, Topology};
 use kagi_keymat::Key;
 use kagi_km::Input;
-use kagi_postproc::link_machine::model::{ModelInput, PhotonModel};
+use kagi_postproc::link_machine::model::PhotonModel;
 use kagi_postproc::link_machine::{
     Action, ControlKey, LinkError, LinkMachine, LinkSettings, Note, Raw,
 };
@@ -84,19 +84,9 @@ impl PhotonLinkConfig {
         let peer = if spec.a == me { &spec.b } else { &spec.a }.clone();
         let name = format!("{}-{}", spec.a, spec.b);
         let bad = |why: String| PhotonLinkError::Settings(name.clone(), why);
-        let ps = spec.photon.clone().unwrap_or_default();
         // The model both drivers share (`kagi sim` runs the same), so that what the simulator
         // runs is what the node runs.
-        let model = PhotonModel::new(&ModelInput {
-            length_km: spec.length_km,
-            block_bits: ps.block_bits,
-            e_d: ps.e_d,
-            eta_bob: ps.eta_bob,
-            p_key_basis: ps.p_key_basis,
-            reconciliation: ps.reconciliation.as_deref(),
-            rate_multiplier: topo.rate_multiplier,
-        })
-        .map_err(bad)?;
+        let model = PhotonModel::for_link(spec, topo.rate_multiplier).map_err(bad)?;
         Ok(Self {
             alice: me < peer.as_str(),
             peer,

@@ -73,6 +73,24 @@ pub struct PhotonModel {
 }
 
 impl PhotonModel {
+    /// The model of a topology link from its `[links.photon]` settings (defaults when absent)
+    /// and the topology's rate multiplier: what the node and `kagi sim` both run.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn for_link(link: &kagi_control::LinkSpec, rate_multiplier: f64) -> Result<Self, String> {
+        let ps = link.photon.clone().unwrap_or_default();
+        Self::new(&ModelInput {
+            length_km: link.length_km,
+            block_bits: ps.block_bits,
+            e_d: ps.e_d,
+            eta_bob: ps.eta_bob,
+            p_key_basis: ps.p_key_basis,
+            reconciliation: ps.reconciliation.as_deref(),
+            rate_multiplier,
+        })
+    }
+
     /// The model of a link with settings `m`.
     ///
     /// # Errors

@@ -26,7 +26,7 @@ use kagi_control::KeySource;
 use kagi_keymat::its_mac::{self, MacKey, Tag, TAG_LEN};
 use kagi_keymat::Key;
 use kagi_km::Input;
-use kagi_postproc::link_machine::model::{block_records, ModelInput, PhotonModel, BOOTSTRAP_BYTES};
+use kagi_postproc::link_machine::model::{block_records, PhotonModel, BOOTSTRAP_BYTES};
 use kagi_postproc::link_machine::{
     Action, ControlKey, LinkFrame, LinkMachine, MemLedger, Note, Raw,
 };
@@ -205,17 +205,8 @@ impl Sim {
             if l.key_source() != Ok(KeySource::Photon) || self.photon.is_photon(i) {
                 continue;
             }
-            let ps = l.photon.clone().unwrap_or_default();
-            let model = PhotonModel::new(&ModelInput {
-                length_km: l.length_km,
-                block_bits: ps.block_bits,
-                e_d: ps.e_d,
-                eta_bob: ps.eta_bob,
-                p_key_basis: ps.p_key_basis,
-                reconciliation: ps.reconciliation.as_deref(),
-                rate_multiplier: topo.rate_multiplier,
-            })
-            .map_err(|e| format!("link {}–{}: [links.photon]: {e}", l.a, l.b))?;
+            let model = PhotonModel::for_link(l, topo.rate_multiplier)
+                .map_err(|e| format!("link {}–{}: [links.photon]: {e}", l.a, l.b))?;
             // The link's secrets (a node provisions them out of band), from the run's seed.
             let mut rng =
                 ChaCha20Rng::seed_from_u64(self.seed ^ topo.link_seed(l) ^ 0x7365_6372_6574);
