@@ -41,6 +41,8 @@ pub(crate) struct Demand {
     per_dest: BTreeMap<NodeId, Recent>,
     /// Bumped on every [`note`](Demand::note) (see `crate::quiet`).
     version: u64,
+    /// Destinations noted since refill last looked (see `crate::quiet`).
+    touched: crate::quiet::Touched,
 }
 
 impl Demand {
@@ -48,6 +50,7 @@ impl Demand {
     /// demand too).
     pub(crate) fn note(&mut self, dest: &str, bytes: u64, now: Instant, p: &Policy) {
         self.version += 1;
+        self.touched.dest(dest);
         let w = window_s(p);
         let e = self.per_dest.entry(dest.to_string()).or_insert(Recent {
             bytes: 0.0,
@@ -72,6 +75,11 @@ impl Demand {
     /// Changes whenever demand is noted.
     pub(crate) fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The destinations noted since the last call.
+    pub(crate) fn take_touched(&mut self) -> std::collections::BTreeSet<NodeId> {
+        self.touched.take().unwrap_or_default()
     }
 
     /// A time, not after `now` when it is already so, by which [`target`](Self::target) for

@@ -70,20 +70,25 @@ pub enum Input {
 }
 
 /// Inputs that change what refill reads only through the counters of its fingerprint (pools,
-/// relays in flight, demand, congestion windows, route generation): the frequent ones. Every
-/// other input may change which peers reconciled (`Hello`, `Seen`, a peer up or down) and lets
-/// the next refill tick run (see `crate::quiet`).
+/// relays in flight, demand, congestion windows, route generation): the frequent ones,
+/// applications' requests and the assignments that serve them included (a request with a route
+/// constraint makes refill run every tick while the constraint is held). Every other input may
+/// change which peers reconciled (`Hello`, `Seen`, a peer up or down) and lets the next refill
+/// tick run (see `crate::quiet`).
 fn keeps_refill_quiet(input: &Input) -> bool {
     matches!(
         input,
         Input::LinkKeys { .. }
             | Input::Stored { .. }
+            | Input::App { .. }
             | Input::Peer {
                 msg: PeerMsg::Heartbeat
                     | PeerMsg::LinkState { .. }
                     | PeerMsg::RelayHop { .. }
                     | PeerMsg::ShareHop { .. }
-                    | PeerMsg::RelayAck { .. },
+                    | PeerMsg::RelayAck { .. }
+                    | PeerMsg::Assign { .. }
+                    | PeerMsg::AssignAck { .. },
                 ..
             }
     )
@@ -477,6 +482,12 @@ impl KeyManager {
     #[doc(hidden)]
     pub fn quiet_refills_skipped(&self) -> u64 {
         self.relays.quiet_refills_skipped()
+    }
+
+    /// Of those, ticks skipped after a look at the destinations whose pool or demand moved.
+    #[doc(hidden)]
+    pub fn quiet_refills_looked(&self) -> u64 {
+        self.relays.quiet_refills_looked()
     }
 
     /// Bytes of end-to-end key ready for masters here with slaves at `dest`.

@@ -27,12 +27,15 @@ pub(crate) struct Pools {
     out_routes: BTreeMap<NodeId, BTreeMap<u64, RelayRoute>>,
     /// Chunks cut since the last [`flush_touched`](Self::flush_touched).
     touched: BTreeSet<(Pool, u64)>,
+    /// Out-pools whose bytes changed since refill last looked (see `crate::quiet`).
+    refill_touched: crate::quiet::Touched,
 }
 
 impl Pools {
     /// Restores a chunk from the store; call [`recount`](Self::recount) after the last one.
     pub(crate) fn restore_chunk(&mut self, pool: Pool, chunk: u64, buf: KeyBuf) {
         self.version += 1;
+        self.refill_touched.all();
         let m = match pool {
             Pool::Out(d) => self.out.entry(d).or_default(),
             Pool::In(o) => self.inp.entry(o).or_default(),
@@ -43,6 +46,7 @@ impl Pools {
     /// Restores the paths of an out-pool chunk.
     pub(crate) fn restore_route(&mut self, pool: &Pool, chunk: u64, route: RelayRoute) {
         self.version += 1;
+        self.refill_touched.all();
         if let Pool::Out(d) = pool {
             self.out_routes
                 .entry(d.clone())
@@ -76,6 +80,7 @@ impl Pools {
         admit: impl Fn(&RelayRoute) -> bool,
     ) -> Option<(Vec<Span>, Key)> {
         self.version += 1;
+        self.refill_touched.dest(dest);
         if (self.out_free_where(dest, &admit) as usize) < n {
             return None;
         }
@@ -116,6 +121,7 @@ impl Pools {
     /// Recomputes the out-pool byte counts after a restore.
     pub(crate) fn recount(&mut self) {
         self.version += 1;
+        self.refill_touched.all();
         self.out_free = self
             .out
             .iter()
@@ -131,6 +137,11 @@ impl Pools {
     /// Changes whenever out-pool byte counts may have changed.
     pub(crate) fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The out-pools whose bytes changed since the last call (`None`: possibly all).
+    pub(crate) fn take_refill_touched(&mut self) -> Option<BTreeSet<NodeId>> {
+        self.refill_touched.take()
     }
 
     /// Bytes of end-to-end key ready for masters here with slaves at `dest`.
@@ -170,6 +181,7 @@ impl Pools {
         route: Option<RelayRoute>,
     ) -> Record {
         self.version += 1;
+        self.refill_touched.dest(dest);
         let buf = KeyBuf::new(key);
         let pool = Pool::Out(dest.to_string());
         let parts = KeyBufParts::from(&buf);
@@ -218,6 +230,7 @@ impl Pools {
     /// Takes `n` bytes from the out-pool for `dest`, oldest chunks first.
     pub(crate) fn take_out(&mut self, dest: &str, n: usize) -> Option<(Vec<Span>, Key)> {
         self.version += 1;
+        self.refill_touched.dest(dest);
         if (self.out_free(dest) as usize) < n {
             return None;
         }
@@ -257,6 +270,7 @@ impl Pools {
         batch: &mut Vec<Record>,
     ) -> u64 {
         self.version += 1;
+        self.refill_touched.dest(dest);
         let Some(p) = self.out.get_mut(dest) else {
             return 0;
         };
@@ -345,6 +359,7 @@ impl Pools {
     /// Drops these out-pool chunks (those still held).
     pub(crate) fn drop_out_chunks(&mut self, chunks: &[(NodeId, u64)], batch: &mut Vec<Record>) {
         self.version += 1;
+        self.refill_touched.all();
         for (d, c) in chunks {
             if let Some(p) = self.out.get_mut(d) {
                 if p.remove(c).is_some() {
@@ -364,6 +379,7 @@ impl Pools {
     /// Drops both pools shared with `peer` (it lost its copies).
     pub(crate) fn drop_pools_with(&mut self, peer: &str, batch: &mut Vec<Record>) {
         self.version += 1;
+        self.refill_touched.dest(peer);
         self.out_routes.remove(peer);
         for (pool, map) in [
             (Pool::Out(peer.to_string()), self.out.remove(peer)),

@@ -21,7 +21,17 @@
 //!
 //! A tick that tried to start a relay (link key decides whether it can, and is not in the
 //! fingerprint) or changed which destinations are refilling is never "quiet".
+//!
+//! Most changes of a busy node's fingerprint are requests: each takes key from one out-pool and
+//! notes demand for one destination, and the pool stays above its low-water mark. When only the
+//! pool and demand counters moved since a quiet tick, the next tick looks at the destinations
+//! they moved for ([`Touched`]) and stays quiet when each of those would be passed over (as
+//! refill passes over a destination that is not refilling and holds at least its low-water
+//! mark); the others read what they read at the quiet tick. Any other case runs the full tick.
 
+use std::collections::BTreeSet;
+
+use crate::msgs::NodeId;
 use crate::time::Instant;
 
 /// What refill reads, as counters of change.
@@ -42,6 +52,8 @@ pub(crate) struct QuietMark {
     off: bool,
     /// Ticks skipped so far.
     skipped: u64,
+    /// Of those, ticks skipped after a look at the destinations whose counters moved.
+    looked: u64,
 }
 
 impl QuietMark {
@@ -55,6 +67,29 @@ impl QuietMark {
         skip
     }
 
+    /// Whether a tick at `now` with `fp` differs from a quiet tick's only in the pool and demand
+    /// counters, before the wake-up time: then the destinations those moved for decide
+    /// ([`skip_with`](Self::skip_with)).
+    pub(crate) fn only_pools_or_demand_moved(&self, fp: Fingerprint, now: Instant) -> bool {
+        !self.off
+            && self.mark.is_some_and(|(f, wake)| {
+                f.pending == fp.pending
+                    && f.pace == fp.pace
+                    && f.routing == fp.routing
+                    && wake.is_none_or(|w| now < w)
+            })
+    }
+
+    /// The destinations whose pools or demand moved would all be passed over: the tick is
+    /// skipped and the mark takes `fp` (its wake-up time stays: nothing it depends on moved).
+    pub(crate) fn skip_with(&mut self, fp: Fingerprint) {
+        if let Some((f, _)) = &mut self.mark {
+            *f = fp;
+            self.skipped += 1;
+            self.looked += 1;
+        }
+    }
+
     /// Turns skipping off (`false`) or on.
     pub(crate) fn enable(&mut self, on: bool) {
         self.off = !on;
@@ -63,6 +98,11 @@ impl QuietMark {
     /// Ticks skipped so far.
     pub(crate) fn skipped(&self) -> u64 {
         self.skipped
+    }
+
+    /// Ticks skipped after a look at the destinations whose counters moved.
+    pub(crate) fn looked(&self) -> u64 {
+        self.looked
     }
 
     /// A tick changed nothing and saw `fp`; nothing changes by time alone before `wake`
@@ -74,6 +114,35 @@ impl QuietMark {
     /// Something refill reads may have changed: the next tick runs.
     pub(crate) fn clear(&mut self) {
         self.mark = None;
+    }
+}
+
+/// Destinations whose refill inputs (out-pool bytes, demand) changed since refill last looked.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Touched {
+    dests: BTreeSet<NodeId>,
+    /// A change not tied to one destination (a restore, a recount).
+    all: bool,
+}
+
+impl Touched {
+    /// `dest`'s pool or demand changed.
+    pub(crate) fn dest(&mut self, dest: &str) {
+        if !self.all && !self.dests.contains(dest) {
+            self.dests.insert(dest.to_string());
+        }
+    }
+
+    /// Something changed for destinations not named.
+    pub(crate) fn all(&mut self) {
+        self.all = true;
+        self.dests.clear();
+    }
+
+    /// The destinations touched since the last call (`None`: possibly all), forgetting them.
+    pub(crate) fn take(&mut self) -> Option<BTreeSet<NodeId>> {
+        let dests = std::mem::take(&mut self.dests);
+        (!std::mem::take(&mut self.all)).then_some(dests)
     }
 }
 
@@ -109,5 +178,52 @@ mod tests {
         q.enable(false);
         assert!(!q.skips(fp(1), t), "switched off");
         assert_eq!(q.skipped(), 2);
+    }
+
+    #[test]
+    fn only_pool_and_demand_counters_may_have_moved_for_a_partial_look() {
+        let t = Instant::ZERO + Duration::from_secs(1);
+        let mut q = QuietMark::default();
+        assert!(!q.only_pools_or_demand_moved(fp(1), t), "no mark");
+        q.set(fp(1), Some(t + Duration::from_secs(1)));
+        let moved = Fingerprint { demand: 5, ..fp(2) };
+        assert!(q.only_pools_or_demand_moved(moved, t));
+        for other in [
+            Fingerprint {
+                pending: 1,
+                ..moved
+            },
+            Fingerprint { pace: 1, ..moved },
+            Fingerprint {
+                routing: 1,
+                ..moved
+            },
+        ] {
+            assert!(!q.only_pools_or_demand_moved(other, t), "{other:?}");
+        }
+        assert!(
+            !q.only_pools_or_demand_moved(moved, t + Duration::from_secs(1)),
+            "woken"
+        );
+        q.skip_with(moved);
+        assert!(q.skips(moved, t), "the mark took the new counters");
+        assert_eq!(q.skipped(), 2);
+        q.enable(false);
+        assert!(!q.only_pools_or_demand_moved(moved, t), "switched off");
+    }
+
+    #[test]
+    fn touched_destinations_are_forgotten_once_taken() {
+        let mut t = Touched::default();
+        t.dest("b");
+        t.dest("c");
+        t.dest("b");
+        assert_eq!(t.take(), Some(["b".to_string(), "c".to_string()].into()));
+        assert_eq!(t.take(), Some(BTreeSet::new()));
+        t.dest("b");
+        t.all();
+        t.dest("c");
+        assert_eq!(t.take(), None, "possibly all");
+        assert_eq!(t.take(), Some(BTreeSet::new()));
     }
 }

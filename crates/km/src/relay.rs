@@ -277,6 +277,11 @@ impl Relays {
         self.quiet.skipped()
     }
 
+    /// Of those, ticks skipped after a look at the destinations whose counters moved.
+    pub(crate) fn quiet_refills_looked(&self) -> u64 {
+        self.quiet.looked()
+    }
+
     /// Relays towards `dest` started here and not yet acknowledged.
     pub(crate) fn in_flight(&self, dest: &str) -> u64 {
         self.pending.to_dest(dest)
@@ -479,15 +484,24 @@ impl KeyManager {
     pub(crate) fn refill(&mut self, now: Instant) {
         // Route constraints expire with time alone: no tick is skipped while one is held.
         let fingerprint = (!self.routing.has_any_demand()).then(|| self.refill_fingerprint());
+        let touched = self.take_refill_touched();
+        let p = self.cfg.policy.clone();
         if let Some(fp) = fingerprint {
             if self.relays.quiet.skips(fp, now) {
                 return;
+            }
+            if let Some(dests) = touched {
+                if self.relays.quiet.only_pools_or_demand_moved(fp, now)
+                    && dests.iter().all(|d| self.refill_passes_over(d, now, &p))
+                {
+                    self.relays.quiet.skip_with(fp);
+                    return;
+                }
             }
         }
         // Whether this tick tried to start a relay or changed which destinations refill.
         let mut acted = false;
         let topo = self.topology();
-        let p = self.cfg.policy.clone();
         self.relays
             .plan_slots
             .validate(self.routing.generation(), &topo);
@@ -606,6 +620,40 @@ impl KeyManager {
             }
             _ => self.relays.quiet.clear(),
         }
+    }
+
+    /// The destinations whose out-pool or demand changed since refill last looked (`None`:
+    /// possibly all).
+    fn take_refill_touched(&mut self) -> Option<std::collections::BTreeSet<NodeId>> {
+        let mut dests = self.pools.take_refill_touched()?;
+        dests.extend(self.demand.take_touched());
+        Some(dests)
+    }
+
+    /// Whether refill at `now` passes over `dest` without a look at routes or link key: as
+    /// the first checks of [`refill`](Self::refill) do for a destination that is not refilling
+    /// and holds at least its low-water mark (`false` when unsure: the full tick then runs).
+    fn refill_passes_over(&self, dest: &str, now: Instant, p: &crate::Policy) -> bool {
+        if dest == self.me() || self.routing.is_down(dest) || !self.is_reconciled(dest) {
+            return true;
+        }
+        if !self.cfg.topology.nodes.iter().any(|n| n.id == dest) {
+            return false;
+        }
+        let target = self.demand.target(dest, now, p);
+        if target == 0 {
+            return true;
+        }
+        // Relays in flight to it: its demand turning it active or idle moves the count of idle
+        // relays in flight, which caps other destinations.
+        if self.routing.has_demand(dest, now)
+            || self.refilling.contains(dest)
+            || self.relays.in_flight(dest) > 0
+        {
+            return false;
+        }
+        let have = self.pools.out_free(dest) + self.relays.in_flight_bytes(dest);
+        have >= (target as f64 * p.pool_low_water) as u64
     }
 
     /// Counters of change of what refill reads (see `crate::quiet`).

@@ -1120,6 +1120,15 @@ impl Sim {
             .sum()
     }
 
+    /// Of those, ticks skipped after a look at the destinations whose pool or demand moved.
+    pub fn quiet_refills_looked(&self) -> u64 {
+        self.nodes
+            .values()
+            .filter_map(|n| n.km.as_ref())
+            .map(|km| km.quiet_refills_looked())
+            .sum()
+    }
+
     /// Sets the interval between blocks of each link (by link number), so that links of the
     /// same network produce key at their own rates. Takes effect from each link's next block.
     pub fn set_link_intervals(&mut self, intervals: Vec<Duration>) {

@@ -31,8 +31,9 @@ fn under_every_fault_skipping_quiet_ticks_changes_no_event() {
 }
 
 /// A 16-node mesh, four SAEs per node asking for keys to random other nodes, with two nodes
-/// crashing and coming back: returns the trace hash, the keys served and the ticks skipped.
-fn mesh_run(skip: bool) -> (u64, u64, u64) {
+/// crashing and coming back: returns the trace hash, the keys served, the ticks skipped and,
+/// of those, the ticks skipped after a look at the destinations whose pool or demand moved.
+fn mesh_run(skip: bool) -> (u64, u64, u64, u64) {
     let mut topo = kagi_sim::plan::synth::grid_mesh(16, 3);
     for n in &mut topo.nodes {
         n.saes = (0..4).map(|i| format!("sae-{}-{i}", n.id)).collect();
@@ -87,16 +88,25 @@ fn mesh_run(skip: bool) -> (u64, u64, u64) {
             }
         });
     }
-    (sim.trace_hash, served, sim.quiet_refills_skipped())
+    (
+        sim.trace_hash,
+        served,
+        sim.quiet_refills_skipped(),
+        sim.quiet_refills_looked(),
+    )
 }
 
 #[test]
 fn on_a_mesh_with_demand_and_crashes_skipping_quiet_ticks_changes_no_event() {
-    let (hash_on, served_on, skipped) = mesh_run(true);
-    let (hash_off, served_off, none) = mesh_run(false);
+    let (hash_on, served_on, skipped, looked) = mesh_run(true);
+    let (hash_off, served_off, none, _) = mesh_run(false);
     assert_eq!(hash_on, hash_off);
     assert_eq!(served_on, served_off);
     assert!(served_on > 20, "{served_on} requests served");
     assert_eq!(none, 0);
     assert!(skipped > 1000, "{skipped} ticks skipped");
+    // Requests move pool and demand counters: most of those ticks are skipped after a look
+    // at the destinations they moved for.
+    assert!(looked > 100, "{looked} of {skipped} skipped after a look");
+    eprintln!("{skipped} ticks skipped, {looked} after a look");
 }
