@@ -72,9 +72,10 @@ pub enum Input {
 /// Inputs that change what refill reads only through the counters of its fingerprint (pools,
 /// relays in flight, demand, congestion windows, route generation): the frequent ones,
 /// applications' requests and the assignments that serve them included (a request with a route
-/// constraint makes refill run every tick while the constraint is held). Every other input may
-/// change which peers reconciled (`Hello`, `Seen`, a peer up or down) and lets the next refill
-/// tick run (see `crate::quiet`).
+/// constraint makes refill run every tick while the constraint is held). Link key grants and
+/// reservations change only link key, which refill reads when it starts a relay, and a tick that
+/// tries to start one is never quiet. Every other input may change which peers reconciled
+/// (`Hello`, `Seen`, a peer up or down) and lets the next refill tick run (see `crate::quiet`).
 fn keeps_refill_quiet(input: &Input) -> bool {
     matches!(
         input,
@@ -88,7 +89,11 @@ fn keeps_refill_quiet(input: &Input) -> bool {
                     | PeerMsg::ShareHop { .. }
                     | PeerMsg::RelayAck { .. }
                     | PeerMsg::Assign { .. }
-                    | PeerMsg::AssignAck { .. },
+                    | PeerMsg::AssignAck { .. }
+                    | PeerMsg::LinkKeyWanted { .. }
+                    | PeerMsg::LinkKeyGranted { .. }
+                    | PeerMsg::LinkReserve { .. }
+                    | PeerMsg::LinkReserved { .. },
                 ..
             }
     )

@@ -30,10 +30,31 @@ fn under_every_fault_skipping_quiet_ticks_changes_no_event() {
     assert!(skipped > 0, "no tick was skipped");
 }
 
+/// How busy a mesh run is.
+struct Load {
+    /// Between link key blocks.
+    block_interval: Duration,
+    /// Chance of a request every 25 ms.
+    request: f64,
+}
+
+/// Link key in plenty, a request every 62 ms on average.
+const MODEST: Load = Load {
+    block_interval: Duration::from_millis(50),
+    request: 0.4,
+};
+
+/// Link key short of what the requests want: pools run low, relays wait on key and on the
+/// caps on relays in flight.
+const SCARCE: Load = Load {
+    block_interval: Duration::from_millis(400),
+    request: 0.95,
+};
+
 /// A 16-node mesh, four SAEs per node asking for keys to random other nodes, with two nodes
 /// crashing and coming back: returns the trace hash, the keys served, the ticks skipped and,
 /// of those, the ticks skipped after a look at the destinations whose pool or demand moved.
-fn mesh_run(skip: bool) -> (u64, u64, u64, u64) {
+fn mesh_run(skip: bool, load: &Load) -> (u64, u64, u64, u64) {
     let mut topo = kagi_sim::plan::synth::grid_mesh(16, 3);
     for n in &mut topo.nodes {
         n.saes = (0..4).map(|i| format!("sae-{}-{i}", n.id)).collect();
@@ -44,7 +65,7 @@ fn mesh_run(skip: bool) -> (u64, u64, u64, u64) {
         ..Faults::default()
     };
     let supply = LinkSupply {
-        interval: Duration::from_millis(50),
+        interval: load.block_interval,
         block_bytes: 8 * 1024,
     };
     let mut sim = Sim::new(topo, 5, faults, supply, Policy::default());
@@ -64,7 +85,7 @@ fn mesh_run(skip: bool) -> (u64, u64, u64, u64) {
         if step == 300 {
             sim.restart(&nodes[9]);
         }
-        if rng.gen_bool(0.4) {
+        if rng.gen_bool(load.request) {
             let a = rng.gen_range(0..nodes.len());
             let b = (a + rng.gen_range(1..nodes.len())) % nodes.len();
             let req = sim.call(
@@ -98,8 +119,8 @@ fn mesh_run(skip: bool) -> (u64, u64, u64, u64) {
 
 #[test]
 fn on_a_mesh_with_demand_and_crashes_skipping_quiet_ticks_changes_no_event() {
-    let (hash_on, served_on, skipped, looked) = mesh_run(true);
-    let (hash_off, served_off, none, _) = mesh_run(false);
+    let (hash_on, served_on, skipped, looked) = mesh_run(true, &MODEST);
+    let (hash_off, served_off, none, _) = mesh_run(false, &MODEST);
     assert_eq!(hash_on, hash_off);
     assert_eq!(served_on, served_off);
     assert!(served_on > 20, "{served_on} requests served");
@@ -109,4 +130,14 @@ fn on_a_mesh_with_demand_and_crashes_skipping_quiet_ticks_changes_no_event() {
     // at the destinations they moved for.
     assert!(looked > 100, "{looked} of {skipped} skipped after a look");
     eprintln!("{skipped} ticks skipped, {looked} after a look");
+}
+
+#[test]
+fn on_a_mesh_short_of_link_key_skipping_quiet_ticks_changes_no_event() {
+    let (hash_on, served_on, skipped, looked) = mesh_run(true, &SCARCE);
+    let (hash_off, served_off, _, _) = mesh_run(false, &SCARCE);
+    assert_eq!(hash_on, hash_off);
+    assert_eq!(served_on, served_off);
+    eprintln!("{served_on} served, {skipped} ticks skipped, {looked} after a look");
+    assert!(looked > 100, "{looked} of {skipped} skipped after a look");
 }
