@@ -53,6 +53,9 @@ pub struct ChaosConfig {
     /// The nodes skip refill ticks that cannot change anything (the default); `false` runs
     /// every tick, to check that the run is the same event for event.
     pub skip_quiet_refills: bool,
+    /// Link blocks reach the nodes as lazy keys (the default); `false` produces their bytes at
+    /// delivery, to check that the run is the same event for event.
+    pub lazy_link_key: bool,
 }
 
 impl Default for ChaosConfig {
@@ -71,6 +74,7 @@ impl Default for ChaosConfig {
             grace: Policy::default().slave_grace,
             link_grants: Policy::default().link_grants.is_some(),
             skip_quiet_refills: true,
+            lazy_link_key: true,
         }
     }
 }
@@ -101,6 +105,9 @@ pub struct ChaosReport {
     /// The run's trace hash (every event and message; see [`Sim::trace_hash`]). Not added up
     /// by [`add`](Self::add).
     pub trace_hash: u64,
+    /// A hash of the bytes of every key answered to an SAE ([`Sim::key_digest`]). Not added
+    /// up by [`add`](Self::add).
+    pub key_digest: u64,
     /// Refill ticks the nodes running at the end skipped as quiet.
     pub quiet_refills_skipped: u64,
 }
@@ -201,6 +208,7 @@ pub fn run(seed: u64, cfg: &ChaosConfig) -> ChaosReport {
     let relay_timeout = policy.relay_timeout;
     let mut sim = Sim::with_hostile(topology(), hostile, seed, faults, supply, policy);
     sim.skip_quiet_refills(cfg.skip_quiet_refills);
+    sim.lazy_link_key(cfg.lazy_link_key);
     sim.check_pads();
     let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x00c4_a05c_4a05);
     let mut x = cfg.hostile.then(|| Hostile::new("x", seed));
@@ -376,6 +384,7 @@ pub fn run(seed: u64, cfg: &ChaosConfig) -> ChaosReport {
         .map(|km| km.stats().link_key_granted_out)
         .sum();
     report.trace_hash = sim.trace_hash;
+    report.key_digest = sim.key_digest();
     report.quiet_refills_skipped = sim.quiet_refills_skipped();
     report
 }

@@ -24,17 +24,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kagi_control::Topology;
-use kagi_keymat::Key;
 use kagi_km::record::Snapshot;
 use kagi_km::{
     Action, AppCall, AppReply, Input, Instant, KeyManager, KmConfig, Limits, PeerMsg, Policy,
     Record, Refusal,
 };
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::oracle::{Asked, Oracle};
 
+mod link_key;
 mod photon;
 pub use photon::PhotonLinkStats;
 
@@ -228,6 +228,12 @@ pub struct Sim {
     /// Whether the nodes skip refill ticks that cannot change anything (see
     /// [`Sim::skip_quiet_refills`]).
     skip_quiet_refills: bool,
+    /// Whether link blocks are delivered as lazy keys (see [`Sim::lazy_link_key`]).
+    lazy_link_key: bool,
+    /// A hash of the bytes of every key answered to an SAE (see [`Sim::key_digest`]).
+    key_digest: u64,
+    /// Link key bytes produced (see [`Sim::link_key_produced`]).
+    link_key_produced: Arc<std::sync::atomic::AtomicU64>,
     /// Every node's advert secret: honest nodes sign their link-state adverts and verify
     /// everyone's (see [`crate::advert_auth`]).
     advert_secrets: crate::advert_auth::Secrets,
@@ -294,6 +300,9 @@ impl Sim {
             trace_hash: 0xcbf2_9ce4_8422_2325,
             pads: None,
             skip_quiet_refills: true,
+            lazy_link_key: true,
+            key_digest: 0xcbf2_9ce4_8422_2325,
+            link_key_produced: Arc::default(),
             advert_secrets: crate::advert_auth::secrets(
                 seed,
                 topo.nodes.iter().map(|n| n.id.as_str()),
@@ -554,6 +563,10 @@ impl Sim {
                     if let Ok(AppReply::Keys(k)) = &reply {
                         for k in k {
                             self.mix_bytes(k.id.as_bytes());
+                            for b in k.key.expose() {
+                                self.key_digest = (self.key_digest ^ u64::from(*b))
+                                    .wrapping_mul(0x0100_0000_01b3);
+                            }
                         }
                     }
                     self.nodes.get_mut(id).expect("node").waiting.remove(&req);
@@ -719,8 +732,11 @@ impl Sim {
             Event::LinkBlock { link, block } => {
                 self.last_block[link] = Some(block);
                 let l = self.topo.links[link].clone();
-                // Both ends share the block's one allocation (`Key` clones copy on write).
-                let key = Key::from_vec(self.link_block(link, block));
+                // Both ends share the block's one allocation (`Key` clones copy on write), or
+                // one lazy key whose bytes are produced only where a node reads them.
+                let key = self
+                    .block_source(link, block)
+                    .key(self.supply.block_bytes, self.lazy_link_key);
                 for (me, peer) in [(&l.a, &l.b), (&l.b, &l.a)] {
                     if let Some(km) = self
                         .nodes
@@ -1092,11 +1108,25 @@ impl Sim {
 
     /// The bytes of block `block` of link number `link` (both halves), as both ends get them.
     pub fn link_block(&self, link: usize, block: u64) -> Vec<u8> {
-        let seed = self.topo.link_seed(&self.topo.links[link]);
-        let mut r = ChaCha20Rng::seed_from_u64(seed ^ block.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let mut bytes = vec![0u8; self.supply.block_bytes];
-        r.fill_bytes(&mut bytes);
-        bytes
+        self.block_source(link, block)
+            .bytes(self.supply.block_bytes)
+    }
+
+    /// The key stream of block `block` of link number `link`.
+    fn block_source(&self, link: usize, block: u64) -> link_key::BlockSource {
+        link_key::BlockSource::new(
+            self.topo.link_seed(&self.topo.links[link]),
+            block,
+            self.link_key_produced.clone(),
+        )
+    }
+
+    /// Whether link blocks reach the nodes as lazy keys, produced only where a node reads them
+    /// (the default), or as bytes produced at delivery. A run is the same event for event
+    /// either way (the `lazy_link_key` test checks it): lazy keys only save the time and memory
+    /// of producing key nobody reads.
+    pub fn lazy_link_key(&mut self, on: bool) {
+        self.lazy_link_key = on;
     }
 
     /// Whether every node (now and after restarts) skips refill ticks that cannot change
@@ -1109,6 +1139,19 @@ impl Sim {
                 km.skip_quiet_refills(on);
             }
         }
+    }
+
+    /// A hash of the bytes of every key answered to an SAE so far, in order (the trace hash
+    /// covers their IDs but not their bytes).
+    pub fn key_digest(&self) -> u64 {
+        self.key_digest
+    }
+
+    /// Link key bytes produced so far: every block's bytes at delivery, or with lazy link key
+    /// only those a node (or [`link_block`](Self::link_block)) read.
+    pub fn link_key_produced(&self) -> u64 {
+        self.link_key_produced
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Refill ticks the running nodes skipped as quiet.

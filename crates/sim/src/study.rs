@@ -85,6 +85,10 @@ pub struct StudyOptions {
     /// as its node has it, both ways, and report what the pair got against the bottleneck of
     /// its best route.
     pub far_pair_flood: bool,
+    /// Link blocks reach the nodes as lazy keys, produced only where a node reads them
+    /// ([`Sim::lazy_link_key`]; the default): the same run as with bytes, minus the time and
+    /// memory of producing key nobody reads.
+    pub lazy_link_key: bool,
 }
 
 impl Default for StudyOptions {
@@ -111,6 +115,7 @@ impl Default for StudyOptions {
             threshold: 1,
             warmup_minutes: 0.0,
             far_pair_flood: false,
+            lazy_link_key: true,
         }
     }
 }
@@ -456,6 +461,7 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
     sim_topo.rate_multiplier = opt.rate_multiplier;
     let mut sim = Sim::new(sim_topo, opt.seed, faults, supply, policy);
     sim.set_link_intervals(intervals);
+    sim.lazy_link_key(opt.lazy_link_key);
     // `source = "photon"` links run the photon link's state machines and simulator.
     sim.run_photon_links().map_err(StudyError::Topology)?;
 

@@ -96,6 +96,10 @@ pub struct Args {
     /// Seed of the demand, the failures and the network.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Produce every link block's key bytes at delivery instead of only where a node reads
+    /// them (the same run, slower: for checking and measuring).
+    #[arg(long)]
+    materialise_link_key: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -172,6 +176,7 @@ pub fn run(a: Args) -> Result<()> {
         threshold: a.threshold,
         warmup_minutes: a.warmup_minutes,
         far_pair_flood: a.far_pair_flood,
+        lazy_link_key: !a.materialise_link_key,
     };
     let spin = super::progress::spinner(&format!(
         "simulating {} h of {} nodes",
