@@ -59,23 +59,27 @@ impl KeyManager {
         // Twice the reserve per ask: enough to keep a busy end going between asks, while the
         // rest stays with the grantor for its own demand (granted bytes cannot go back).
         let want = g.reserve_bytes.saturating_mul(2);
-        let peers: Vec<NodeId> = self.grants.spent.iter().cloned().collect();
+        // This runs every refill tick and seldom asks: look first, copy names only to ask.
+        let due = |peer: &NodeId| {
+            self.is_reconciled(peer)
+                && !self.routing.is_down(peer)
+                // Held, reserved or not: a reservation on its way is no reason to ask for a
+                // grant.
+                && self.links.tx_held(peer) < g.reserve_bytes
+                && self
+                    .grants
+                    .asked
+                    .get(peer)
+                    .is_none_or(|t| now >= *t + g.ask_every)
+        };
+        let peers: Vec<NodeId> = self
+            .grants
+            .spent
+            .iter()
+            .filter(|p| due(p))
+            .cloned()
+            .collect();
         for peer in peers {
-            if !self.is_reconciled(&peer) || self.routing.is_down(&peer) {
-                continue;
-            }
-            // Held, reserved or not: a reservation on its way is no reason to ask for a grant.
-            if self.links.tx_held(&peer) >= g.reserve_bytes {
-                continue;
-            }
-            if self
-                .grants
-                .asked
-                .get(&peer)
-                .is_some_and(|t| now < *t + g.ask_every)
-            {
-                continue;
-            }
             self.grants.asked.insert(peer.clone(), now);
             self.grants.spent.remove(&peer);
             self.out.send(peer, PeerMsg::LinkKeyWanted { bytes: want });

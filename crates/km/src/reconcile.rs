@@ -386,6 +386,14 @@ impl KeyManager {
             return;
         }
         self.reconcile.next_hello = now + HELLO_RETRY;
+        // Every other node answered (the usual case): nothing to retry, and no list to build.
+        if self
+            .reconcile
+            .next_deadline(self.cfg.topology.nodes.len().saturating_sub(1))
+            .is_none()
+        {
+            return;
+        }
         for to in self.other_nodes() {
             if !self.reconcile.is_reconciled(&to) && !self.routing.is_down(&to) {
                 let hello = self.hello_to(to);

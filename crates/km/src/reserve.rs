@@ -56,11 +56,21 @@ impl KeyManager {
     /// Re-sends reservation requests left unanswered for [`HELLO_RETRY`] (lost, or answered
     /// by a store we no longer take for the neighbour's), and asks where more is due.
     pub(crate) fn retry_reserves(&mut self, now: Instant) {
-        let neighbours: Vec<NodeId> = self.links.peers().cloned().collect();
+        // This runs every refill tick and seldom sends: look first, copy names only to act.
+        // Each neighbour's step reads and writes only that neighbour's state.
+        let due = |peer: &NodeId| {
+            self.is_reconciled(peer)
+                && match (self.links.asked(peer), self.reserves.sent.get(peer)) {
+                    (Some(_), Some(at)) => now >= *at + HELLO_RETRY,
+                    (Some(_), None) => false,
+                    (None, _) => self
+                        .links
+                        .reserve_wanted(peer, RESERVE_AHEAD_BYTES)
+                        .is_some(),
+                }
+        };
+        let neighbours: Vec<NodeId> = self.links.peers().filter(|p| due(p)).cloned().collect();
         for peer in neighbours {
-            if !self.is_reconciled(&peer) {
-                continue;
-            }
             match (self.links.asked(&peer), self.reserves.sent.get(&peer)) {
                 (Some(upto), Some(at)) if now >= *at + HELLO_RETRY => {
                     self.reserves.sent.insert(peer.clone(), now);
