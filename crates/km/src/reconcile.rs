@@ -24,7 +24,7 @@
 //!   refuses `enc_keys` for slaves there (503). Relays and assignments carry the origin's epoch;
 //!   a destination keeps only those of the origin's current run.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -34,6 +34,15 @@ use crate::msgs::{NodeId, PeerMsg};
 use crate::outbox::{Action, After};
 use crate::record::{Counter, PeerMarks, Record, RUN_EPOCHS_KEPT};
 use crate::time::Instant;
+
+/// A set of node names asked on every refill tick for every destination: hashed (one string
+/// compare per look) rather than ordered (a compare per tree level). Never iterated, so its
+/// order cannot leak into behaviour; the hasher has fixed keys (no OS entropy in the core), and
+/// the set holds topology names only.
+type NodeSet = std::collections::HashSet<
+    NodeId,
+    std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>,
+>;
 
 /// The fields of a [`PeerMsg::Seen`].
 #[derive(Debug, Clone, Copy)]
@@ -113,7 +122,7 @@ pub(crate) struct Reconcile {
     /// Each peer's current run number, from the same `Hello`.
     runs: BTreeMap<NodeId, u64>,
     /// Peers that answered this run's `Hello`.
-    reconciled: BTreeSet<NodeId>,
+    reconciled: NodeSet,
     next_hello: Instant,
     restored: Restored,
     rolled_back: bool,
@@ -137,7 +146,7 @@ impl Reconcile {
             reserved: BTreeMap::new(),
             epochs: BTreeMap::new(),
             runs: BTreeMap::new(),
-            reconciled: BTreeSet::new(),
+            reconciled: NodeSet::default(),
             next_hello: now + HELLO_RETRY,
             restored: Restored::default(),
             rolled_back: false,

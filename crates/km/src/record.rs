@@ -409,24 +409,51 @@ pub struct Snapshot {
     pub records: Vec<Record>,
 }
 
+/// A record's entity key ([`Record::entity`]).
+pub type EntityKey = (&'static str, String);
+
+/// An in-memory key-value store of records: the latest record of each entity (the simulator's
+/// virtual store, and tests' stores).
+pub trait EntityMap {
+    /// Puts `r` as the latest record of entity `k`.
+    fn upsert(&mut self, k: EntityKey, r: Record);
+    /// Forgets entity `k`.
+    fn delete(&mut self, k: &EntityKey);
+}
+
+impl EntityMap for BTreeMap<EntityKey, Record> {
+    fn upsert(&mut self, k: EntityKey, r: Record) {
+        self.insert(k, r);
+    }
+    fn delete(&mut self, k: &EntityKey) {
+        self.remove(k);
+    }
+}
+
+impl<S: std::hash::BuildHasher> EntityMap for std::collections::HashMap<EntityKey, Record, S> {
+    fn upsert(&mut self, k: EntityKey, r: Record) {
+        self.insert(k, r);
+    }
+    fn delete(&mut self, k: &EntityKey) {
+        self.remove(k);
+    }
+}
+
 impl Snapshot {
     /// Applies a batch the way a key-value store would (used by the simulator's virtual store).
-    pub fn apply(map: &mut BTreeMap<(&'static str, String), Record>, batch: &[Record]) {
+    pub fn apply(map: &mut impl EntityMap, batch: &[Record]) {
         Self::apply_owned(map, batch.iter().cloned());
     }
 
     /// [`Snapshot::apply`] for a batch the caller no longer needs: its records move into the map
     /// instead of being cloned.
-    pub fn apply_owned(
-        map: &mut BTreeMap<(&'static str, String), Record>,
-        batch: impl IntoIterator<Item = Record>,
-    ) {
+    pub fn apply_owned(map: &mut impl EntityMap, batch: impl IntoIterator<Item = Record>) {
         for r in batch {
             let k = r.entity();
             if r.is_delete() {
-                map.remove(&k);
+                map.delete(&k);
             } else {
-                map.insert(k, r);
+                map.upsert(k, r);
             }
         }
     }

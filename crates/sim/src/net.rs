@@ -143,7 +143,7 @@ struct SimNode {
     km: Option<KeyManager>,
     hostile: bool,
     incarnation: u64,
-    durable: BTreeMap<(&'static str, String), Record>,
+    durable: Durable,
     in_flight: BTreeMap<u64, Vec<Record>>,
     /// A write of this incarnation failed: the writer writes nothing more for it.
     write_failed: bool,
@@ -162,7 +162,23 @@ struct SimNode {
 
 /// A copy of one node's store, from [`Sim::backup`].
 #[derive(Clone)]
-pub struct StoreCopy(BTreeMap<(&'static str, String), Record>);
+pub struct StoreCopy(Durable);
+
+/// A node's virtual store: the latest record of each entity. Hashed, since every batch of every
+/// node is applied to one (an ordered map spent most of its time comparing entity keys); a
+/// restart reads it sorted by key ([`sorted_records`]), so runs do not depend on the hasher.
+type Durable = std::collections::HashMap<
+    kagi_km::record::EntityKey,
+    Record,
+    std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>,
+>;
+
+/// The records of a store in entity-key order, as an ordered map would give them.
+fn sorted_records(d: &Durable) -> Vec<Record> {
+    let mut entries: Vec<_> = d.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    entries.into_iter().map(|(_, r)| r.clone()).collect()
+}
 
 /// An answer an application got.
 #[derive(Debug)]
@@ -318,7 +334,7 @@ impl Sim {
                     km: None,
                     hostile: hostile.contains(&n.id.as_str()),
                     incarnation: 0,
-                    durable: BTreeMap::new(),
+                    durable: Durable::default(),
                     in_flight: BTreeMap::new(),
                     write_failed: false,
                     fail_when: None,
@@ -364,7 +380,7 @@ impl Sim {
         n.crash_after = None;
         n.in_flight.clear();
         let snap = Snapshot {
-            records: n.durable.values().cloned().collect(),
+            records: sorted_records(&n.durable),
         };
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(&self.seed.to_le_bytes());
