@@ -5,12 +5,9 @@
 
 use std::time::Duration;
 
-use kagi_km::{AppCall, Policy};
 use kagi_sim::chaos::{self, ChaosConfig};
+use kagi_sim::seeds;
 use kagi_sim::study::{study, StudyOptions};
-use kagi_sim::{seeds, Faults, LinkSupply, Sim};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha20Rng;
 
 #[test]
 fn under_every_fault_lazy_link_key_changes_no_event_and_no_key() {
@@ -36,63 +33,20 @@ fn under_every_fault_lazy_link_key_changes_no_event_and_no_key() {
     assert!(delivered > 0, "no key was delivered");
 }
 
-/// A 16-node mesh, four SAEs per node asking for keys to random other nodes, with two nodes
-/// crashing and coming back: returns the trace hash, the key digest and the keys served.
+mod mesh_demand;
+
+use mesh_demand::{MeshRun, SecondFault};
+
+/// The mesh run with link key lazy or not: returns the trace hash, the key digest and the keys
+/// served. Blocks of an odd length: intake drops the last byte.
 fn mesh_run(lazy: bool) -> (u64, u64, u64) {
-    let mut topo = kagi_sim::plan::synth::grid_mesh(16, 3);
-    for n in &mut topo.nodes {
-        n.saes = (0..4).map(|i| format!("sae-{}-{i}", n.id)).collect();
-    }
-    let nodes: Vec<String> = topo.nodes.iter().map(|n| n.id.clone()).collect();
-    let faults = Faults {
-        latency: (Duration::from_millis(1), Duration::from_millis(5)),
-        ..Faults::default()
-    };
-    let supply = LinkSupply {
-        interval: Duration::from_millis(100),
+    let m = MeshRun {
+        block_interval: Duration::from_millis(100),
         block_bytes: 4 * 1024 + 1,
+        request: 0.6,
+        second_fault: SecondFault::PowerLoss,
     };
-    let mut sim = Sim::new(topo, 5, faults, supply, Policy::default());
-    sim.lazy_link_key(lazy);
-    let mut rng = ChaCha20Rng::seed_from_u64(11);
-    let mut served = 0;
-    let mut open = Vec::new();
-    for step in 0..400u32 {
-        sim.run_for(Duration::from_millis(25));
-        if step == 120 {
-            sim.crash(&nodes[5]);
-        }
-        if step == 200 {
-            sim.restart(&nodes[5]);
-            sim.power_loss(&nodes[9]);
-        }
-        if step == 300 {
-            sim.restart(&nodes[9]);
-        }
-        if rng.gen_bool(0.6) {
-            let a = rng.gen_range(0..nodes.len());
-            let b = (a + rng.gen_range(1..nodes.len())) % nodes.len();
-            let req = sim.call(
-                &nodes[a],
-                AppCall::EncKeys {
-                    master: format!("sae-{}-{}", nodes[a], rng.gen_range(0..4)),
-                    slave: format!("sae-{}-{}", nodes[b], rng.gen_range(0..4)),
-                    number: Some(rng.gen_range(1..4)),
-                    size_bits: Some(256),
-                    additional_slaves: vec![],
-                    route: None,
-                },
-            );
-            open.push(req);
-        }
-        open.retain(|req| match sim.answer(*req) {
-            None => true,
-            Some(a) => {
-                served += u64::from(a.reply.is_ok());
-                false
-            }
-        });
-    }
+    let (sim, served) = mesh_demand::run(&m, |sim| sim.lazy_link_key(lazy));
     (sim.trace_hash, sim.key_digest(), served)
 }
 
