@@ -247,8 +247,6 @@ pub struct KeyManager {
     pub(crate) key_rng: ChaCha20Rng,
     pub(crate) sched_rng: ChaCha20Rng,
     pub(crate) next_refill: Instant,
-    /// prototype: asleep until an input
-    pub(crate) dozing: bool,
     pub(crate) refilling: BTreeSet<NodeId>,
     /// Recent demand per destination: how much key each pool holds.
     pub(crate) demand: crate::demand::Demand,
@@ -294,7 +292,6 @@ impl KeyManager {
             key_rng: ChaCha20Rng::from_seed(seed),
             sched_rng: ChaCha20Rng::from_seed(sched_seed),
             next_refill: now,
-            dozing: false,
             refilling: BTreeSet::new(),
             demand: Default::default(),
             pace: Default::default(),
@@ -512,7 +509,6 @@ impl KeyManager {
     /// Feeds one input. Drain [`poll_action`](Self::poll_action) afterwards.
     pub fn handle(&mut self, now: Instant, input: Input) {
         self.now = self.now.max(now);
-        self.dozing = false;
         self.relays.note_input();
         if !keeps_refill_quiet(&input) {
             self.relays.wake_refill();
@@ -561,17 +557,11 @@ impl KeyManager {
         self.expire_slave_keys(now);
         self.retry_hellos(now);
         self.retry_revokes(now);
-        self.dozing = false;
         if now >= self.next_refill {
-            let before = (self.out.queued(), self.out.peek_write(), self.relays.quiet_refills_skipped());
             self.next_refill = now + self.cfg.policy.refill_interval;
             self.refill(now);
             self.ask_link_key(now);
             self.retry_reserves(now);
-            let after = (self.out.queued(), self.out.peek_write(), self.relays.quiet_refills_skipped());
-            if after.0 == before.0 && after.1 == before.1 && after.2 > before.2 {
-                self.dozing = true;
-            }
         }
     }
 
@@ -586,7 +576,7 @@ impl KeyManager {
         if self.fenced {
             return None;
         }
-        let mut t = if self.dozing { self.next_refill + std::time::Duration::from_millis(500) } else { self.next_refill };
+        let mut t = self.next_refill;
         if let Some(r) = self.relays.next_deadline() {
             t = t.min(r);
         }

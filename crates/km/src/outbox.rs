@@ -117,10 +117,6 @@ impl Outbox {
     }
 
     /// The id the next store batch will get.
-    pub(crate) fn queued(&self) -> usize {
-        self.actions.len()
-    }
-
     pub(crate) fn peek_write(&self) -> WriteId {
         self.next_write
     }
