@@ -485,14 +485,15 @@ impl KeyManager {
         // Route constraints expire with time alone: no tick is skipped while one is held.
         let fingerprint = (!self.routing.has_any_demand()).then(|| self.refill_fingerprint());
         let touched = self.take_refill_touched();
-        let p = self.cfg.policy.clone();
         if let Some(fp) = fingerprint {
             if self.relays.quiet.skips(fp, now) {
                 return;
             }
             if let Some(dests) = touched {
                 if self.relays.quiet.only_pools_or_demand_moved(fp, now)
-                    && dests.iter().all(|d| self.refill_passes_over(d, now, &p))
+                    && dests
+                        .iter()
+                        .all(|d| self.refill_passes_over(d, now, &self.cfg.policy))
                 {
                     self.relays.quiet.skip_with(fp);
                     return;
@@ -502,6 +503,7 @@ impl KeyManager {
         // Whether this tick tried to start a relay or changed which destinations refill.
         let mut acted = false;
         let topo = self.topology();
+        let p = self.cfg.policy.clone();
         self.relays
             .plan_slots
             .validate(self.routing.generation(), &topo);

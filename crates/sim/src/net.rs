@@ -173,6 +173,11 @@ type Durable = std::collections::HashMap<
     std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>,
 >;
 
+/// One FNV-1a step: the trace hash and the key digest fold values in with it.
+fn fnv_step(h: u64, x: u64) -> u64 {
+    (h ^ x).wrapping_mul(0x0100_0000_01b3)
+}
+
 /// The records of a store in entity-key order, as an ordered map would give them.
 fn sorted_records(d: &Durable) -> Vec<Record> {
     let mut entries: Vec<_> = d.iter().collect();
@@ -458,8 +463,7 @@ impl Sim {
     }
 
     fn mix(&mut self, x: u64) {
-        self.trace_hash ^= x;
-        self.trace_hash = self.trace_hash.wrapping_mul(0x0100_0000_01b3);
+        self.trace_hash = fnv_step(self.trace_hash, x);
     }
 
     fn mix_bytes(&mut self, b: &[u8]) {
@@ -580,8 +584,7 @@ impl Sim {
                         for k in k {
                             self.mix_bytes(k.id.as_bytes());
                             for b in k.key.expose() {
-                                self.key_digest = (self.key_digest ^ u64::from(*b))
-                                    .wrapping_mul(0x0100_0000_01b3);
+                                self.key_digest = fnv_step(self.key_digest, u64::from(*b));
                             }
                         }
                     }
