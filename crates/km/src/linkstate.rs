@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use crate::advert_auth::signed_bytes;
 use crate::config::LinkStatePolicy;
+use crate::fixed_hash::FixedMap;
 use crate::manager::KeyManager;
 use crate::msgs::{LinkAdvert, NodeId, PeerMsg, MAX_ADVERT_LINKS};
 use crate::outbox::Action;
@@ -64,7 +65,8 @@ struct Held {
 #[derive(Debug, Clone)]
 pub(crate) struct LinkState {
     /// Newest advert per origin (this node's own included), origins of the topology only.
-    adverts: BTreeMap<NodeId, Held>,
+    /// Hashed: every copy of every flooded advert and every link cost looks an origin up.
+    adverts: FixedMap<NodeId, Held>,
     /// This node's advert counter (this run).
     seq: u64,
     /// Next time rates are sampled and this node's links checked for a change worth an advert.
@@ -89,6 +91,9 @@ pub(crate) struct LinkState {
     /// moved. All links are computed on the first pass (`all_changed`).
     changed: BTreeSet<NodeId>,
     all_changed: bool,
+    /// The cost last handed to routing per topology link (by index; `Some(0.0)`, what routing
+    /// starts from, until computed): a link whose cost did not move is not handed again.
+    costs: Vec<Option<f64>>,
     next_recompute: Instant,
 }
 
@@ -96,7 +101,7 @@ impl LinkState {
     /// Nothing known; the first advert goes at once.
     pub(crate) fn new(now: Instant) -> Self {
         Self {
-            adverts: BTreeMap::new(),
+            adverts: FixedMap::default(),
             seq: 0,
             next_check: now,
             last_advert: None,
@@ -110,6 +115,7 @@ impl LinkState {
             dirty: false,
             changed: BTreeSet::new(),
             all_changed: true,
+            costs: Vec::new(),
             next_recompute: now,
         }
     }
@@ -535,12 +541,13 @@ impl KeyManager {
         if links.len() > MAX_ADVERT_LINKS || links.len() > own.len() {
             return Err("more links than its origin has");
         }
-        let mut seen = BTreeSet::new();
-        for l in links {
+        // At most a node's degree of links: a pairwise look allocates nothing, and every
+        // copy of every flooded advert is checked.
+        for (i, l) in links.iter().enumerate() {
             if !own.contains(&l.peer) {
                 return Err("names a link its origin does not have");
             }
-            if !seen.insert(l.peer.as_str()) {
+            if links[..i].iter().any(|e| e.peer == l.peer) {
                 return Err("names a link twice");
             }
         }
@@ -551,32 +558,35 @@ impl KeyManager {
     /// changed (a link's cost reads only its two ends' adverts); routes are recomputed when
     /// they changed.
     fn update_link_costs(&mut self, now: Instant, lp: &LinkStatePolicy) {
+        let topology = self.cfg.topology.clone();
         let ls = &mut self.linkstate;
         ls.dirty = false;
         ls.next_recompute = now + lp.recompute_interval;
         let changed = std::mem::take(&mut ls.changed);
-        let links: BTreeSet<(NodeId, NodeId)> = if std::mem::take(&mut ls.all_changed) {
-            self.cfg
-                .topology
-                .links
-                .iter()
-                .map(|l| link_key(&l.a, &l.b))
-                .collect()
+        ls.costs.resize(topology.links.len(), Some(0.0));
+        let mut links: Vec<usize> = if std::mem::take(&mut ls.all_changed) {
+            (0..topology.links.len()).collect()
         } else {
             changed
                 .iter()
-                .flat_map(|o| self.routing.neighbours(o).map(|p| link_key(o, p)))
+                .flat_map(|o| self.routing.links_of(o).iter().copied())
                 .collect()
         };
+        links.sort_unstable();
+        links.dedup();
         let demand = hop_demand(&self.cfg.policy);
         let fresh = |h: &Held| now.saturating_since(h.at) < lp.stale_after;
-        let costs: Vec<((NodeId, NodeId), Option<f64>)> = links
-            .into_iter()
-            .map(|(a, b)| {
-                let cost = link_cost(&self.linkstate, &a, &b, fresh, demand);
-                ((a, b), cost)
-            })
-            .collect();
+        // Only links whose cost moved go to routing: handing it an unchanged cost is a no-op,
+        // and building the owned keys was most of this pass.
+        let mut costs: Vec<((NodeId, NodeId), Option<f64>)> = Vec::new();
+        for i in links {
+            let l = &topology.links[i];
+            let cost = link_cost(&self.linkstate, &l.a, &l.b, fresh, demand);
+            if self.linkstate.costs[i] != cost {
+                self.linkstate.costs[i] = cost;
+                costs.push((link_key(&l.a, &l.b), cost));
+            }
+        }
         let (moved, newly_dead) = self.routing.update_link_costs(costs);
         if moved {
             tracing::debug!(me = %self.me(), "link state changed; routes recomputed");

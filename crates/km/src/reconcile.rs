@@ -39,10 +39,7 @@ use crate::time::Instant;
 /// compare per look) rather than ordered (a compare per tree level). Never iterated, so its
 /// order cannot leak into behaviour; the hasher has fixed keys (no OS entropy in the core), and
 /// the set holds topology names only.
-type NodeSet = std::collections::HashSet<
-    NodeId,
-    std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>,
->;
+type NodeSet = crate::fixed_hash::FixedSet<NodeId>;
 
 /// The fields of a [`PeerMsg::Seen`].
 #[derive(Debug, Clone, Copy)]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use kagi_control::{disjoint_paths, PathQuery, Routes, Topology};
 
+use crate::fixed_hash::FixedMap;
 use crate::msgs::NodeId;
 use crate::route::{find_paths, RouteConstraint};
 use crate::time::Instant;
@@ -109,6 +110,8 @@ pub(crate) struct Routing {
     generation: u64,
     /// Every link of the topology, both ways round: node → its neighbours.
     adjacent: BTreeMap<NodeId, BTreeSet<NodeId>>,
+    /// Each node's links: indices into the topology's links.
+    node_links: FixedMap<NodeId, Vec<usize>>,
     /// Plans meeting a route constraint (`kagi_route`), around the peers down now.
     constrained: BTreeMap<(NodeId, RouteConstraint), Result<RoutePlan, String>>,
     /// Whether a constraint can be met at all, on the whole topology (every node up).
@@ -123,12 +126,16 @@ impl Routing {
     pub(crate) fn new(me: &str, topology: Arc<Topology>) -> Self {
         let routes = Routes::compute(&topology, me, &[]);
         let mut adjacent: BTreeMap<NodeId, BTreeSet<NodeId>> = BTreeMap::new();
-        for l in &topology.links {
+        let mut node_links: FixedMap<NodeId, Vec<usize>> = FixedMap::default();
+        for (i, l) in topology.links.iter().enumerate() {
             adjacent.entry(l.a.clone()).or_default().insert(l.b.clone());
             adjacent.entry(l.b.clone()).or_default().insert(l.a.clone());
+            node_links.entry(l.a.clone()).or_default().push(i);
+            node_links.entry(l.b.clone()).or_default().push(i);
         }
         Self {
             adjacent,
+            node_links,
             me: me.to_string(),
             usable: topology.clone(),
             bare: None,
@@ -471,6 +478,11 @@ impl Routing {
     /// `node`'s neighbours in the topology, `None` for a node without links or not in it.
     pub(crate) fn adjacent(&self, node: &str) -> Option<&BTreeSet<NodeId>> {
         self.adjacent.get(node)
+    }
+
+    /// `node`'s links: indices into the topology's links (none for a node not in it).
+    pub(crate) fn links_of(&self, node: &str) -> &[usize] {
+        self.node_links.get(node).map_or(&[], Vec::as_slice)
     }
 
     /// `node`'s neighbours in the topology.

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kagi_control::Topology;
+use kagi_km::fixed_hash::FixedMap;
 use kagi_km::record::Snapshot;
 use kagi_km::{
     Action, AppCall, AppReply, Input, Instant, KeyManager, KmConfig, Limits, PeerMsg, Policy,
@@ -167,15 +168,38 @@ pub struct StoreCopy(Durable);
 /// A node's virtual store: the latest record of each entity. Hashed, since every batch of every
 /// node is applied to one (an ordered map spent most of its time comparing entity keys); a
 /// restart reads it sorted by key ([`sorted_records`]), so runs do not depend on the hasher.
-type Durable = std::collections::HashMap<
-    kagi_km::record::EntityKey,
-    Record,
-    std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>,
->;
+type Durable = kagi_km::fixed_hash::FixedMap<kagi_km::record::EntityKey, Record>;
 
 /// One FNV-1a step: the trace hash and the key digest fold values in with it.
 fn fnv_step(h: u64, x: u64) -> u64 {
     (h ^ x).wrapping_mul(0x0100_0000_01b3)
+}
+
+/// Folds a message's wire encoding into hash `h` byte by byte, as hashing
+/// [`PeerMsg::encode`]'s bytes would, without building them; returns the hash and the length.
+fn hash_encoding(h: u64, msg: &PeerMsg) -> (u64, u64) {
+    postcard::serialize_with_flavor(msg, HashFlavor { h, len: 0 })
+        .expect("peer messages always encode")
+}
+
+/// A postcard output that hashes the bytes it is given and counts them.
+struct HashFlavor {
+    h: u64,
+    len: u64,
+}
+
+impl postcard::ser_flavors::Flavor for HashFlavor {
+    type Output = (u64, u64);
+
+    fn try_push(&mut self, b: u8) -> postcard::Result<()> {
+        self.h = fnv_step(self.h, u64::from(b));
+        self.len += 1;
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<(u64, u64)> {
+        Ok((self.h, self.len))
+    }
 }
 
 /// The records of a store in entity-key order, as an ordered map would give them.
@@ -205,10 +229,15 @@ pub struct Sim {
     /// The current virtual time.
     pub now: Instant,
     queue: BinaryHeap<Reverse<(Instant, u64, usize)>>,
-    events: BTreeMap<usize, Event>,
+    /// Events by id (the queue orders the ids): hashed, never iterated.
+    events: FixedMap<usize, Event>,
     next_ev: usize,
     seq: u64,
-    nodes: BTreeMap<String, SimNode>,
+    /// Hashed: looked up for every event. Never iterated where order matters: `ids` is.
+    nodes: FixedMap<String, SimNode>,
+    /// The node IDs, sorted: the order every walk over the nodes takes, so that a run does not
+    /// depend on the hasher.
+    ids: Vec<String>,
     rng: ChaCha20Rng,
     /// Loss, duplication and latency of heartbeats: their own stream, so that a run with
     /// heartbeats gives every other message the fate it has in the same run without them.
@@ -295,10 +324,11 @@ impl Sim {
             topo: topo.clone(),
             now: Instant(1_000_000),
             queue: BinaryHeap::new(),
-            events: BTreeMap::new(),
+            events: FixedMap::default(),
             next_ev: 0,
             seq: 0,
-            nodes: BTreeMap::new(),
+            nodes: FixedMap::default(),
+            ids: Vec::new(),
             rng: ChaCha20Rng::seed_from_u64(seed),
             beat_rng: ChaCha20Rng::seed_from_u64(seed ^ 0x6865_6172_7462_6561),
             seed,
@@ -333,6 +363,9 @@ impl Sim {
             photon: photon::PhotonLinks::new(seed),
         };
         for n in &topo.nodes {
+            // Nodes join one by one (each starts seeing those before it), in `ids` sorted.
+            let at = sim.ids.partition_point(|id| *id < n.id);
+            sim.ids.insert(at, n.id.clone());
             sim.nodes.insert(
                 n.id.clone(),
                 SimNode {
@@ -397,8 +430,8 @@ impl Sim {
         km.skip_quiet_refills(self.skip_quiet_refills);
         // The node's peer connections come up only to the nodes it can reach.
         let unreachable: Vec<String> = self
-            .nodes
-            .keys()
+            .ids
+            .iter()
             .filter(|p| p.as_str() != id && !self.reachable(id, p))
             .cloned()
             .collect();
@@ -422,10 +455,10 @@ impl Sim {
     /// Reports `node` up or down to every running node that can reach it.
     fn tell_peers(&mut self, node: &str, up: bool) {
         let others: Vec<String> = self
-            .nodes
+            .ids
             .iter()
-            .filter(|(id, n)| id.as_str() != node && n.km.is_some())
-            .map(|(id, _)| id.clone())
+            .filter(|id| id.as_str() != node && self.nodes[id.as_str()].km.is_some())
+            .cloned()
             .filter(|id| !self.cut.contains(&(id.clone(), node.to_string())))
             .collect();
         for o in others {
@@ -503,12 +536,12 @@ impl Sim {
             match act {
                 Action::Send { to, msg } => {
                     self.mix(1);
-                    let bytes = msg.encode();
+                    let (hash, len) = hash_encoding(self.trace_hash, &msg);
+                    self.trace_hash = hash;
                     if matches!(msg, PeerMsg::LinkState { .. }) {
                         self.advert_msgs += 1;
-                        self.advert_bytes += bytes.len() as u64;
+                        self.advert_bytes += len;
                     }
-                    self.mix_bytes(&bytes);
                     // Links to a hostile node: it holds the whole link key anyway (and sends no
                     // honest `Seen` to protect a restored neighbour's half), so nothing is checked.
                     let honest = self.nodes.get(&to).is_some_and(|n| !n.hostile);
@@ -542,19 +575,26 @@ impl Sim {
                     } else {
                         1
                     };
-                    for _ in 0..copies {
+                    let mut msg = Some(msg);
+                    for copy in 1..=copies {
                         let lat = if beat {
                             draw_latency(&mut self.beat_rng, self.faults.latency)
                         } else {
                             self.latency(self.faults.latency)
                         };
                         let at = self.now + lat;
+                        // The last copy takes the message itself.
+                        let msg = if copy == copies {
+                            msg.take().expect("one message per copy")
+                        } else {
+                            msg.clone().expect("one message per copy")
+                        };
                         self.push(
                             at,
                             Event::Deliver {
                                 to: to.clone(),
                                 from: id.to_string(),
-                                msg: msg.clone(),
+                                msg,
                             },
                         );
                     }
@@ -713,7 +753,8 @@ impl Sim {
         let now = self.now;
         match ev {
             Event::Deliver { to, from, msg } => {
-                if self.cut.contains(&(from.clone(), to.clone())) {
+                // (Partitions are rare: no pair of names is built for every message.)
+                if !self.cut.is_empty() && self.cut.contains(&(from.clone(), to.clone())) {
                     return true;
                 }
                 let n = self.nodes.get_mut(&to).expect("node");
@@ -1070,7 +1111,7 @@ impl Sim {
     /// cut pair see the other go down.
     pub fn partition(&mut self, side: &[&str]) {
         self.counts.partitions += 1;
-        let ids: Vec<String> = self.nodes.keys().cloned().collect();
+        let ids = self.ids.clone();
         let (left, right): (Vec<&String>, Vec<&String>) =
             ids.iter().partition(|n| side.contains(&n.as_str()));
         for l in &left {
@@ -1244,4 +1285,43 @@ impl Sim {
 fn draw_latency(rng: &mut ChaCha20Rng, range: (Duration, Duration)) -> Duration {
     let (lo, hi) = (range.0.as_nanos() as u64, range.1.as_nanos() as u64);
     Duration::from_nanos(if hi > lo { rng.gen_range(lo..=hi) } else { lo })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kagi_km::LinkAdvert;
+
+    /// The trace hash folds in each message's encoding without building it: the same hash and
+    /// length as folding in `PeerMsg::encode`'s bytes.
+    #[test]
+    fn hashing_an_encoding_equals_hashing_its_bytes() {
+        let msgs = [
+            PeerMsg::Heartbeat,
+            PeerMsg::LinkState {
+                origin: "n-07".into(),
+                run: 3,
+                seq: 1 << 40,
+                links: vec![LinkAdvert {
+                    peer: "n-08".into(),
+                    up: true,
+                    rate_bps: 123_456,
+                    tx_bytes: 7,
+                    rx_bytes: u64::MAX,
+                }],
+                sig: vec![9; 70],
+            },
+            PeerMsg::LinkKeyWanted { bytes: 300 },
+        ];
+        for m in &msgs {
+            let bytes = m.encode();
+            let want = bytes
+                .iter()
+                .fold(0xcbf2_9ce4_8422_2325, |h, b| fnv_step(h, u64::from(*b)));
+            assert_eq!(
+                hash_encoding(0xcbf2_9ce4_8422_2325, m),
+                (want, bytes.len() as u64)
+            );
+        }
+    }
 }

@@ -248,10 +248,10 @@ impl Sim {
             });
         }
         let up: Vec<String> = self
-            .nodes
+            .ids
             .iter()
-            .filter(|(_, n)| n.km.is_some())
-            .map(|(id, _)| id.clone())
+            .filter(|id| self.nodes[id.as_str()].km.is_some())
+            .cloned()
             .collect();
         for id in up {
             self.photon_node_up(&id);
