@@ -462,6 +462,8 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
     let mut sim = Sim::new(sim_topo, opt.seed, faults, supply, policy);
     sim.set_link_intervals(intervals);
     sim.lazy_link_key(opt.lazy_link_key);
+    // Without node failures no node stops, so nothing reads a store back.
+    sim.keep_stores(opt.node_mtbf_hours.is_some());
     // `source = "photon"` links run the photon link's state machines and simulator.
     sim.run_photon_links().map_err(StudyError::Topology)?;
 

@@ -1,0 +1,84 @@
+//! A run in which no node stops may skip keeping the nodes' virtual stores
+//! (`Sim::keep_stores(false)`, what `kagi sim` does without node failures): the nodes still
+//! make, wait for and order every write, so the run must be the same event for event.
+
+use std::time::Duration;
+
+use kagi_km::{AppCall, Policy};
+use kagi_sim::{Faults, LinkSupply, Sim};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+/// Ten simulated seconds of a 9-node mesh with demand; returns the trace hash, the key digest
+/// and the keys served.
+fn mesh_run(keep: bool) -> (u64, u64, u64) {
+    let mut topo = kagi_sim::plan::synth::grid_mesh(9, 3);
+    for n in &mut topo.nodes {
+        n.saes = (0..3).map(|i| format!("sae-{}-{i}", n.id)).collect();
+    }
+    let nodes: Vec<String> = topo.nodes.iter().map(|n| n.id.clone()).collect();
+    let faults = Faults {
+        latency: (Duration::from_millis(1), Duration::from_millis(5)),
+        ..Faults::default()
+    };
+    let supply = LinkSupply {
+        interval: Duration::from_millis(50),
+        block_bytes: 4096,
+    };
+    let mut sim = Sim::new(topo, 3, faults, supply, Policy::default());
+    sim.keep_stores(keep);
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let mut served = 0;
+    let mut open = Vec::new();
+    for _ in 0..400u32 {
+        sim.run_for(Duration::from_millis(25));
+        if rng.gen_bool(0.5) {
+            let a = rng.gen_range(0..nodes.len());
+            let b = (a + rng.gen_range(1..nodes.len())) % nodes.len();
+            open.push(sim.call(
+                &nodes[a],
+                AppCall::EncKeys {
+                    master: format!("sae-{}-{}", nodes[a], rng.gen_range(0..3)),
+                    slave: format!("sae-{}-{}", nodes[b], rng.gen_range(0..3)),
+                    number: Some(rng.gen_range(1..4)),
+                    size_bits: Some(256),
+                    additional_slaves: vec![],
+                    route: None,
+                },
+            ));
+        }
+        open.retain(|req| match sim.answer(*req) {
+            None => true,
+            Some(a) => {
+                served += u64::from(a.reply.is_ok());
+                false
+            }
+        });
+    }
+    (sim.trace_hash, sim.key_digest(), served)
+}
+
+#[test]
+fn a_run_without_kept_stores_is_the_same_event_for_event() {
+    let kept = mesh_run(true);
+    let unkept = mesh_run(false);
+    assert!(kept.2 > 50, "too little served to compare: {}", kept.2);
+    assert_eq!(kept, unkept);
+}
+
+#[test]
+#[should_panic(expected = "keeps no stores")]
+fn stopping_a_node_when_stores_are_not_kept_panics() {
+    let topo = kagi_sim::plan::synth::grid_mesh(4, 2);
+    let id = topo.nodes[0].id.clone();
+    let mut sim = Sim::new(
+        topo,
+        1,
+        Faults::default(),
+        LinkSupply::default(),
+        Policy::default(),
+    );
+    sim.keep_stores(false);
+    sim.run_for(Duration::from_secs(1));
+    sim.crash(&id);
+}
