@@ -24,7 +24,9 @@
 //! that link again, and drops its half up to the granted blocks (they were its oldest). Lost
 //! grants waste key; duplicated or replayed ones find their bytes spent and change nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+
+use crate::fixed_hash::FixedMap;
 
 use crate::manager::KeyManager;
 use crate::msgs::{NodeId, PeerMsg, Span};
@@ -35,7 +37,7 @@ use crate::time::Instant;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Grants {
     /// When each neighbour was last asked.
-    asked: BTreeMap<NodeId, Instant>,
+    asked: FixedMap<NodeId, Instant>,
     /// Neighbours this node spent link key towards since it last asked them.
     spent: BTreeSet<NodeId>,
 }

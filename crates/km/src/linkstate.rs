@@ -524,11 +524,18 @@ impl KeyManager {
             .filter(|n| **n != from && **n != origin && !self.routing.is_reported_down(n))
             .cloned()
             .collect();
-        for to in to {
-            self.out.push(Action::Send {
-                to,
-                msg: msg.clone(),
-            });
+        // The last neighbour takes the message itself.
+        let mut msg = Some(msg);
+        let last = to.len();
+        for (i, to) in to.into_iter().enumerate() {
+            let msg = if i + 1 == last {
+                msg.take()
+            } else {
+                msg.clone()
+            };
+            if let Some(msg) = msg {
+                self.out.push(Action::Send { to, msg });
+            }
         }
     }
 

@@ -20,7 +20,7 @@
 //! The cost: a restart loses what was reserved and not yet spent, at most about
 //! [`RESERVE_AHEAD_BYTES`] per link.
 
-use std::collections::BTreeMap;
+use crate::fixed_hash::FixedMap;
 
 use crate::manager::KeyManager;
 use crate::msgs::{NodeId, PeerMsg};
@@ -35,7 +35,7 @@ pub(crate) const RESERVE_AHEAD_BYTES: u64 = 64 * 1024;
 /// Reservation requests not yet answered, by neighbour: when each was last sent.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Reserves {
-    sent: BTreeMap<NodeId, Instant>,
+    sent: FixedMap<NodeId, Instant>,
 }
 
 impl KeyManager {

@@ -108,8 +108,9 @@ pub(crate) struct Routing {
     plans: BTreeMap<NodeId, PlansByPolicy>,
     /// Bumped whenever `plans` is dropped, so callers may keep plans while it stays the same.
     generation: u64,
-    /// Every link of the topology, both ways round: node → its neighbours.
-    adjacent: BTreeMap<NodeId, BTreeSet<NodeId>>,
+    /// Every link of the topology, both ways round: node → its neighbours (in order). Hashed by
+    /// node: every copy of every flooded advert looks its origin up.
+    adjacent: FixedMap<NodeId, BTreeSet<NodeId>>,
     /// Each node's links: indices into the topology's links.
     node_links: FixedMap<NodeId, Vec<usize>>,
     /// Plans meeting a route constraint (`kagi_route`), around the peers down now.
@@ -125,7 +126,7 @@ impl Routing {
     /// Routes over the whole topology, every peer assumed up.
     pub(crate) fn new(me: &str, topology: Arc<Topology>) -> Self {
         let routes = Routes::compute(&topology, me, &[]);
-        let mut adjacent: BTreeMap<NodeId, BTreeSet<NodeId>> = BTreeMap::new();
+        let mut adjacent: FixedMap<NodeId, BTreeSet<NodeId>> = FixedMap::default();
         let mut node_links: FixedMap<NodeId, Vec<usize>> = FixedMap::default();
         for (i, l) in topology.links.iter().enumerate() {
             adjacent.entry(l.a.clone()).or_default().insert(l.b.clone());
