@@ -89,6 +89,9 @@ pub struct StudyOptions {
     /// ([`Sim::lazy_link_key`]; the default): the same run as with bytes, minus the time and
     /// memory of producing key nobody reads.
     pub lazy_link_key: bool,
+    /// The safety oracle checks every key answered ([`Sim::check_keys`]; the default). It
+    /// holds every key served until the run ends: `false` for long planning runs.
+    pub check_keys: bool,
 }
 
 impl Default for StudyOptions {
@@ -116,6 +119,7 @@ impl Default for StudyOptions {
             warmup_minutes: 0.0,
             far_pair_flood: false,
             lazy_link_key: true,
+            check_keys: true,
         }
     }
 }
@@ -462,6 +466,7 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
     let mut sim = Sim::new(sim_topo, opt.seed, faults, supply, policy);
     sim.set_link_intervals(intervals);
     sim.lazy_link_key(opt.lazy_link_key);
+    sim.check_keys(opt.check_keys);
     // Without node failures no node stops, so nothing reads a store back.
     sim.keep_stores(opt.node_mtbf_hours.is_some());
     // `source = "photon"` links run the photon link's state machines and simulator.

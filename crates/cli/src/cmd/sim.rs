@@ -100,6 +100,11 @@ pub struct Args {
     /// them (the same run, slower: for checking and measuring).
     #[arg(long)]
     materialise_link_key: bool,
+    /// Check every key answered against the safety invariants (one ID, one set of bytes;
+    /// served once to each end; no pad spent twice). It holds every key served until the run
+    /// ends: gigabytes over a simulated day of a large network, so it is off unless asked.
+    #[arg(long)]
+    check_keys: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -177,6 +182,7 @@ pub fn run(a: Args) -> Result<()> {
         warmup_minutes: a.warmup_minutes,
         far_pair_flood: a.far_pair_flood,
         lazy_link_key: !a.materialise_link_key,
+        check_keys: a.check_keys,
     };
     let spin = super::progress::spinner(&format!(
         "simulating {} h of {} nodes",

@@ -1,6 +1,10 @@
-//! A run in which no node stops may skip keeping the nodes' virtual stores
-//! (`Sim::keep_stores(false)`, what `kagi sim` does without node failures): the nodes still
-//! make, wait for and order every write, so the run must be the same event for event.
+//! What long planning runs leave out, and that it changes nothing in the run:
+//! - the nodes' virtual stores, where no node stops (`Sim::keep_stores(false)`, what `kagi sim`
+//!   does without node failures): the nodes still make, wait for and order every write;
+//! - the safety oracle (`Sim::check_keys(false)`, `kagi sim` without `--check-keys`), which
+//!   would hold every key served for the whole run.
+//!
+//! Either way the run must be the same event for event.
 
 use std::time::Duration;
 
@@ -9,9 +13,9 @@ use kagi_sim::{Faults, LinkSupply, Sim};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-/// Ten simulated seconds of a 9-node mesh with demand; returns the trace hash, the key digest
-/// and the keys served.
-fn mesh_run(keep: bool) -> (u64, u64, u64) {
+/// Ten simulated seconds of a 9-node mesh with demand; returns the trace hash, the key digest,
+/// the requests served and the keys the oracle saw delivered.
+fn mesh_run(keep: bool, check: bool) -> (u64, u64, u64, usize) {
     let mut topo = kagi_sim::plan::synth::grid_mesh(9, 3);
     for n in &mut topo.nodes {
         n.saes = (0..3).map(|i| format!("sae-{}-{i}", n.id)).collect();
@@ -27,6 +31,7 @@ fn mesh_run(keep: bool) -> (u64, u64, u64) {
     };
     let mut sim = Sim::new(topo, 3, faults, supply, Policy::default());
     sim.keep_stores(keep);
+    sim.check_keys(check);
     let mut rng = ChaCha20Rng::seed_from_u64(7);
     let mut served = 0;
     let mut open = Vec::new();
@@ -55,15 +60,32 @@ fn mesh_run(keep: bool) -> (u64, u64, u64) {
             }
         });
     }
-    (sim.trace_hash, sim.key_digest(), served)
+    (
+        sim.trace_hash,
+        sim.key_digest(),
+        served,
+        sim.oracle().delivered(),
+    )
 }
 
 #[test]
 fn a_run_without_kept_stores_is_the_same_event_for_event() {
-    let kept = mesh_run(true);
-    let unkept = mesh_run(false);
+    let kept = mesh_run(true, true);
+    let unkept = mesh_run(false, true);
     assert!(kept.2 > 50, "too little served to compare: {}", kept.2);
     assert_eq!(kept, unkept);
+}
+
+#[test]
+fn a_run_without_the_oracle_is_the_same_event_for_event_and_holds_no_keys() {
+    let checked = mesh_run(true, true);
+    let unchecked = mesh_run(true, false);
+    assert!(checked.3 > 50, "the oracle saw too little: {}", checked.3);
+    assert_eq!(unchecked.3, 0, "the oracle held keys it was not to check");
+    assert_eq!(
+        (checked.0, checked.1, checked.2),
+        (unchecked.0, unchecked.1, unchecked.2)
+    );
 }
 
 #[test]
