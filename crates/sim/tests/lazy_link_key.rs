@@ -35,7 +35,7 @@ fn under_every_fault_lazy_link_key_changes_no_event_and_no_key() {
 
 mod mesh_demand;
 
-use mesh_demand::{MeshRun, SecondFault};
+use mesh_demand::{Failures, MeshRun};
 
 /// The mesh run with link key lazy or not: returns the trace hash, the key digest and the keys
 /// served. Blocks of an odd length: intake drops the last byte.
@@ -44,7 +44,7 @@ fn mesh_run(lazy: bool) -> (u64, u64, u64) {
         block_interval: Duration::from_millis(100),
         block_bytes: 4 * 1024 + 1,
         request: 0.6,
-        second_fault: SecondFault::PowerLoss,
+        failures: Failures::CrashThenPowerLoss,
     };
     let (sim, served) = mesh_demand::run(&m, |sim| sim.lazy_link_key(lazy));
     (sim.trace_hash, sim.key_digest(), served)

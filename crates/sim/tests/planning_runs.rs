@@ -6,60 +6,27 @@
 //!
 //! Either way the run must be the same event for event.
 
+mod mesh_demand;
+
 use std::time::Duration;
 
-use kagi_km::{AppCall, Policy};
+use kagi_km::Policy;
 use kagi_sim::{Faults, LinkSupply, Sim};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha20Rng;
+use mesh_demand::{Failures, MeshRun};
 
-/// Ten simulated seconds of a 9-node mesh with demand; returns the trace hash, the key digest,
-/// the requests served and the keys the oracle saw delivered.
+/// The mesh with demand and no failing node; returns the trace hash, the key digest, the
+/// requests served and the keys the oracle saw delivered.
 fn mesh_run(keep: bool, check: bool) -> (u64, u64, u64, usize) {
-    let mut topo = kagi_sim::plan::synth::grid_mesh(9, 3);
-    for n in &mut topo.nodes {
-        n.saes = (0..3).map(|i| format!("sae-{}-{i}", n.id)).collect();
-    }
-    let nodes: Vec<String> = topo.nodes.iter().map(|n| n.id.clone()).collect();
-    let faults = Faults {
-        latency: (Duration::from_millis(1), Duration::from_millis(5)),
-        ..Faults::default()
-    };
-    let supply = LinkSupply {
-        interval: Duration::from_millis(50),
+    let m = MeshRun {
+        block_interval: Duration::from_millis(50),
         block_bytes: 4096,
+        request: 0.5,
+        failures: Failures::None,
     };
-    let mut sim = Sim::new(topo, 3, faults, supply, Policy::default());
-    sim.keep_stores(keep);
-    sim.check_keys(check);
-    let mut rng = ChaCha20Rng::seed_from_u64(7);
-    let mut served = 0;
-    let mut open = Vec::new();
-    for _ in 0..400u32 {
-        sim.run_for(Duration::from_millis(25));
-        if rng.gen_bool(0.5) {
-            let a = rng.gen_range(0..nodes.len());
-            let b = (a + rng.gen_range(1..nodes.len())) % nodes.len();
-            open.push(sim.call(
-                &nodes[a],
-                AppCall::EncKeys {
-                    master: format!("sae-{}-{}", nodes[a], rng.gen_range(0..3)),
-                    slave: format!("sae-{}-{}", nodes[b], rng.gen_range(0..3)),
-                    number: Some(rng.gen_range(1..4)),
-                    size_bits: Some(256),
-                    additional_slaves: vec![],
-                    route: None,
-                },
-            ));
-        }
-        open.retain(|req| match sim.answer(*req) {
-            None => true,
-            Some(a) => {
-                served += u64::from(a.reply.is_ok());
-                false
-            }
-        });
-    }
+    let (sim, served) = mesh_demand::run(&m, |sim| {
+        sim.keep_stores(keep);
+        sim.check_keys(check);
+    });
     (
         sim.trace_hash,
         sim.key_digest(),

@@ -29,14 +29,14 @@ fn under_every_fault_skipping_quiet_ticks_changes_no_event() {
 
 mod mesh_demand;
 
-use mesh_demand::{MeshRun, SecondFault};
+use mesh_demand::{Failures, MeshRun};
 
 /// Link key in plenty, a request every 62 ms on average.
 const MODEST: MeshRun = MeshRun {
     block_interval: Duration::from_millis(50),
     block_bytes: 8 * 1024,
     request: 0.4,
-    second_fault: SecondFault::Crash,
+    failures: Failures::Crashes,
 };
 
 /// Link key short of what the requests want: pools run low, relays wait on key and on the
@@ -45,7 +45,7 @@ const SCARCE: MeshRun = MeshRun {
     block_interval: Duration::from_millis(400),
     block_bytes: 8 * 1024,
     request: 0.95,
-    second_fault: SecondFault::Crash,
+    failures: Failures::Crashes,
 };
 
 /// The mesh run with quiet ticks skipped or not: returns the trace hash, the keys served, the

@@ -1,6 +1,6 @@
 //! A 16-node mesh, four SAEs per node asking for keys to random other nodes, while two nodes
-//! fail and come back: the run that tests of pure speed-ups repeat with the speed-up on and off
-//! and compare event for event.
+//! fail and come back (or none fails): the run that tests of pure speed-ups repeat with the
+//! speed-up on and off and compare event for event.
 
 use std::time::Duration;
 
@@ -9,13 +9,17 @@ use kagi_sim::{Faults, LinkSupply, Sim};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-/// How the second failing node fails.
+/// Which nodes fail during the run.
 #[allow(dead_code)] // each test binary that includes this module picks its own
-pub enum SecondFault {
-    /// Its process stops; the store keeps every acknowledged write.
-    Crash,
-    /// Its machine loses power; writes not yet acknowledged may be lost.
-    PowerLoss,
+pub enum Failures {
+    /// One node crashes and restarts, then a second crashes (its store keeps every
+    /// acknowledged write) and restarts.
+    Crashes,
+    /// As `Crashes`, but the second node's machine loses power (writes not yet acknowledged
+    /// may be lost).
+    CrashThenPowerLoss,
+    /// No node fails.
+    None,
 }
 
 /// What a mesh run varies.
@@ -26,8 +30,8 @@ pub struct MeshRun {
     pub block_bytes: usize,
     /// Chance of a request every 25 ms.
     pub request: f64,
-    /// How the second node fails.
-    pub second_fault: SecondFault,
+    /// Which nodes fail.
+    pub failures: Failures,
 }
 
 /// Runs 10 simulated seconds on a `Sim` that `setup` configured first; returns the sim and the
@@ -53,17 +57,18 @@ pub fn run(m: &MeshRun, setup: impl FnOnce(&mut Sim)) -> (Sim, u64) {
     let mut open = Vec::new();
     for step in 0..400u32 {
         sim.run_for(Duration::from_millis(25));
-        if step == 120 {
+        let fails = !matches!(m.failures, Failures::None);
+        if fails && step == 120 {
             sim.crash(&nodes[5]);
         }
-        if step == 200 {
+        if fails && step == 200 {
             sim.restart(&nodes[5]);
-            match m.second_fault {
-                SecondFault::Crash => sim.crash(&nodes[9]),
-                SecondFault::PowerLoss => sim.power_loss(&nodes[9]),
+            match m.failures {
+                Failures::CrashThenPowerLoss => sim.power_loss(&nodes[9]),
+                _ => sim.crash(&nodes[9]),
             }
         }
-        if step == 300 {
+        if fails && step == 300 {
             sim.restart(&nodes[9]);
         }
         if rng.gen_bool(m.request) {
