@@ -62,23 +62,11 @@ impl KeyManager {
         // rest stays with the grantor for its own demand (granted bytes cannot go back).
         let want = g.reserve_bytes.saturating_mul(2);
         // This runs every refill tick and seldom asks: look first, copy names only to ask.
-        let due = |peer: &NodeId| {
-            self.is_reconciled(peer)
-                && !self.routing.is_down(peer)
-                // Held, reserved or not: a reservation on its way is no reason to ask for a
-                // grant.
-                && self.links.tx_held(peer) < g.reserve_bytes
-                && self
-                    .grants
-                    .asked
-                    .get(peer)
-                    .is_none_or(|t| now >= *t + g.ask_every)
-        };
         let peers: Vec<NodeId> = self
             .grants
             .spent
             .iter()
-            .filter(|p| due(p))
+            .filter(|p| self.grant_ask_due(p, &g).is_some_and(|t| now >= t))
             .cloned()
             .collect();
         for peer in peers {
@@ -86,6 +74,33 @@ impl KeyManager {
             self.grants.spent.remove(&peer);
             self.out.send(peer, PeerMsg::LinkKeyWanted { bytes: want });
         }
+    }
+
+    /// From when `peer`, spent towards since the last ask, is to be asked for a grant (`None`:
+    /// not before an input changes what this reads).
+    fn grant_ask_due(&self, peer: &NodeId, g: &crate::LinkGrantPolicy) -> Option<Instant> {
+        // Held, reserved or not: a reservation on its way is no reason to ask for a grant.
+        // (The most selective test first: this runs whenever the node says when to wake it.)
+        let short = self.links.tx_held(peer) < g.reserve_bytes
+            && self.is_reconciled(peer)
+            && !self.routing.is_down(peer);
+        short.then(|| {
+            self.grants
+                .asked
+                .get(peer)
+                .map_or(Instant::ZERO, |t| *t + g.ask_every)
+        })
+    }
+
+    /// The first time [`ask_link_key`](Self::ask_link_key) would ask a neighbour for a grant,
+    /// unless an input comes first (`None`: never before one).
+    pub(crate) fn next_grant_ask(&self) -> Option<Instant> {
+        let g = self.cfg.policy.link_grants?;
+        self.grants
+            .spent
+            .iter()
+            .filter_map(|p| self.grant_ask_due(p, &g))
+            .min()
     }
 
     /// A neighbour is short of link key towards us: give it the rest of our oldest blocks

@@ -310,15 +310,22 @@ impl KeyManager {
     /// hundred nodes, a flood per node and second was most of the control traffic (a 3.3 kB
     /// ML-DSA-65 signature per copy) and of a node's CPU. Traffic-engineering link state does
     /// the same (OSPF-TE floods bandwidth changes past a threshold, RFC 3630/7471).
+    /// Whether a link went up or down since this node's last advert (it advertises at its next
+    /// tick).
+    pub(crate) fn link_flip_pending(&self) -> bool {
+        self.cfg.policy.link_state.is_some()
+            && self
+                .linkstate
+                .sent_up
+                .iter()
+                .any(|(p, up)| *up != self.link_up(p))
+    }
+
     pub(crate) fn tick_link_state(&mut self, now: Instant) {
         let Some(lp) = self.cfg.policy.link_state else {
             return;
         };
-        let flipped = self
-            .linkstate
-            .sent_up
-            .iter()
-            .any(|(p, up)| *up != self.link_up(p));
+        let flipped = self.link_flip_pending();
         let gap_ok = self
             .linkstate
             .last_advert
@@ -463,11 +470,8 @@ impl KeyManager {
         if origin == self.cfg.node_id {
             return; // our own, flooded back round a cycle
         }
-        if let Err(why) = self.check_advert(&origin, &links) {
-            self.stats.link_adverts_rejected += 1;
-            tracing::debug!(me = %self.me(), %from, %origin, "link-state advert dropped: {why}");
-            return;
-        }
+        // Copies of what is held already come round every cycle of the flood: most adverts
+        // are dropped here, before their content is checked.
         if let Some(h) = self.linkstate.adverts.get(&origin) {
             if (run, seq) <= (h.run, h.seq) {
                 let fresh = now.saturating_since(h.at) < lp.stale_after;
@@ -488,6 +492,11 @@ impl KeyManager {
                     return; // seen already (flooding brings copies round every cycle)
                 }
             }
+        }
+        if let Err(why) = self.check_advert(&origin, &links) {
+            self.stats.link_adverts_rejected += 1;
+            tracing::debug!(me = %self.me(), %from, %origin, "link-state advert dropped: {why}");
+            return;
         }
         if let Some(auth) = &self.cfg.advert_auth {
             let bytes = signed_bytes(&origin, run, seq, &links);

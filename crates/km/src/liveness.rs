@@ -60,8 +60,16 @@ impl Liveness {
     }
 
     /// When the core's timer must run next for liveness.
-    pub(crate) fn next_deadline(&self) -> Instant {
-        self.next_beat
+    pub(crate) fn next_deadline(&self, silent_after: std::time::Duration) -> Instant {
+        // The next peer to go silent, if it stays so (those that went silent before the last
+        // check were handled then): noticed when it happens, however seldom the timer runs.
+        let falls_silent = self
+            .last_heard
+            .values()
+            .map(|t| *t + silent_after)
+            .filter(|s| *s > self.last_tick)
+            .min();
+        falls_silent.map_or(self.next_beat, |s| s.min(self.next_beat))
     }
 }
 

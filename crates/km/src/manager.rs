@@ -246,6 +246,7 @@ pub struct KeyManager {
     fenced: bool,
     pub(crate) key_rng: ChaCha20Rng,
     pub(crate) sched_rng: ChaCha20Rng,
+    /// The next tick of the refill grid not yet run or slept through (see `refill_due`).
     pub(crate) next_refill: Instant,
     pub(crate) refilling: BTreeSet<NodeId>,
     /// Recent demand per destination: how much key each pool holds.
@@ -508,6 +509,7 @@ impl KeyManager {
 
     /// Feeds one input. Drain [`poll_action`](Self::poll_action) afterwards.
     pub fn handle(&mut self, now: Instant, input: Input) {
+        self.skip_slept_refills(now);
         self.now = self.now.max(now);
         self.relays.note_input();
         if !keeps_refill_quiet(&input) {
@@ -548,6 +550,7 @@ impl KeyManager {
             return;
         }
         self.now = self.now.max(now);
+        self.skip_slept_refills_before(now);
         self.check_liveness(now);
         self.tick_link_state(now);
         self.expire_relays(now);
@@ -557,12 +560,7 @@ impl KeyManager {
         self.expire_slave_keys(now);
         self.retry_hellos(now);
         self.retry_revokes(now);
-        if now >= self.next_refill {
-            self.next_refill = now + self.cfg.policy.refill_interval;
-            self.refill(now);
-            self.ask_link_key(now);
-            self.retry_reserves(now);
-        }
+        self.refill_tick(now);
     }
 
     /// The next action, if any. Call until `None` after every `handle*`.
@@ -576,7 +574,7 @@ impl KeyManager {
         if self.fenced {
             return None;
         }
-        let mut t = self.next_refill;
+        let mut t = self.refill_due().unwrap_or(Instant(u64::MAX));
         if let Some(r) = self.relays.next_deadline() {
             t = t.min(r);
         }
@@ -586,8 +584,8 @@ impl KeyManager {
         if let Some(h) = self.hello_deadline() {
             t = t.min(h);
         }
-        if self.cfg.policy.liveness.is_some() {
-            t = t.min(self.liveness.next_deadline());
+        if let Some(lp) = self.cfg.policy.liveness {
+            t = t.min(self.liveness.next_deadline(lp.silent_after));
         }
         if self.cfg.policy.link_state.is_some() {
             t = t.min(self.linkstate.next_deadline());
@@ -598,7 +596,7 @@ impl KeyManager {
         if let Some(r) = self.revokes.next_deadline() {
             t = t.min(r);
         }
-        Some(t)
+        (t != Instant(u64::MAX)).then_some(t)
     }
 
     fn on_stored(&mut self, write: WriteId, ok: bool) {

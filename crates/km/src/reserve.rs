@@ -58,18 +58,12 @@ impl KeyManager {
     pub(crate) fn retry_reserves(&mut self, now: Instant) {
         // This runs every refill tick and seldom sends: look first, copy names only to act.
         // Each neighbour's step reads and writes only that neighbour's state.
-        let due = |peer: &NodeId| {
-            self.is_reconciled(peer)
-                && match (self.links.asked(peer), self.reserves.sent.get(peer)) {
-                    (Some(_), Some(at)) => now >= *at + HELLO_RETRY,
-                    (Some(_), None) => false,
-                    (None, _) => self
-                        .links
-                        .reserve_wanted(peer, RESERVE_AHEAD_BYTES)
-                        .is_some(),
-                }
-        };
-        let neighbours: Vec<NodeId> = self.links.peers().filter(|p| due(p)).cloned().collect();
+        let neighbours: Vec<NodeId> = self
+            .links
+            .peers()
+            .filter(|p| self.reserve_due(p).is_some_and(|t| now >= t))
+            .cloned()
+            .collect();
         for peer in neighbours {
             match (self.links.asked(&peer), self.reserves.sent.get(&peer)) {
                 (Some(upto), Some(at)) if now >= *at + HELLO_RETRY => {
@@ -80,6 +74,27 @@ impl KeyManager {
                 (None, _) => self.reserve_ahead(&peer),
             }
         }
+    }
+
+    /// From when [`retry_reserves`](Self::retry_reserves) acts for `peer`: a reservation
+    /// request left unanswered is re-sent, or one is due (`None`: not before an input changes
+    /// what this reads).
+    fn reserve_due(&self, peer: &NodeId) -> Option<Instant> {
+        let due = match (self.links.asked(peer), self.reserves.sent.get(peer)) {
+            (Some(_), Some(at)) => Some(*at + HELLO_RETRY),
+            (Some(_), None) => None,
+            (None, _) => self
+                .links
+                .reserve_wanted(peer, RESERVE_AHEAD_BYTES)
+                .map(|_| Instant::ZERO),
+        };
+        due.filter(|_| self.is_reconciled(peer))
+    }
+
+    /// The first time [`retry_reserves`](Self::retry_reserves) would act, unless an input
+    /// comes first (`None`: never before one).
+    pub(crate) fn next_reserve_retry(&self) -> Option<Instant> {
+        self.links.peers().filter_map(|p| self.reserve_due(p)).min()
     }
 
     /// A neighbour will spend its half up to block `upto`: record it durably, then answer.

@@ -149,6 +149,13 @@ struct SimNode {
     /// A write of this incarnation failed: the writer writes nothing more for it.
     write_failed: bool,
     timer_at: Option<Instant>,
+    /// When its core last said it wants [`KeyManager::handle_timeout`] (its `poll_timeout`):
+    /// a timer event finding it later than now is stale and calls nothing.
+    due_at: Option<Instant>,
+    /// Its place in the topology: timers due at the same instant run in this order, before
+    /// every other event of that instant, so when a node is woken does not depend on when its
+    /// timer was set.
+    order: u64,
     last_store_at: Instant,
     /// Crash after this many more actions.
     crash_after: Option<u32>,
@@ -169,6 +176,11 @@ pub struct StoreCopy(Durable);
 /// node is applied to one (an ordered map spent most of its time comparing entity keys); a
 /// restart reads it sorted by key ([`sorted_records`]), so runs do not depend on the hasher.
 type Durable = kagi_km::fixed_hash::FixedMap<kagi_km::record::EntityKey, Record>;
+
+/// Where events other than timers sort among those of one instant: after the timers (whose
+/// `seq` is their node's place), in the order they were queued. A node's timer at an instant
+/// thus runs before anything else reaches it then, as it would in a run that ticks always.
+const EVENT_SEQ: u64 = 1 << 62;
 
 /// One FNV-1a step: the trace hash and the key digest fold values in with it.
 fn fnv_step(h: u64, x: u64) -> u64 {
@@ -270,8 +282,15 @@ pub struct Sim {
     last_block: Vec<Option<u64>>,
     /// Faults injected so far.
     pub counts: FaultCounts,
-    /// A hash of every event and message, for the determinism check.
+    /// A hash of everything the nodes did (every action: each message with its bytes, store
+    /// write and answer) and when, for the determinism check. Events that made no node act
+    /// (a timer with nothing due, a message a node ignored) leave it alone, so a node that
+    /// sleeps through ticks that would do nothing leaves the same trace.
     pub trace_hash: u64,
+    /// The simulated time last folded into [`trace_hash`](Self::trace_hash).
+    hashed_at: Option<Instant>,
+    /// Times a node's timer woke its core (`handle_timeout`), all nodes together.
+    pub timer_wakeups: u64,
     /// Link pad bytes honest nodes sent hops with (`None`: not checked; see
     /// [`Sim::check_pads`]).
     pads: Option<crate::pads::PadLedger>,
@@ -354,6 +373,8 @@ impl Sim {
             last_block: vec![None; topo.links.len()],
             counts: FaultCounts::default(),
             trace_hash: 0xcbf2_9ce4_8422_2325,
+            hashed_at: None,
+            timer_wakeups: 0,
             pads: None,
             skip_quiet_refills: true,
             lazy_link_key: true,
@@ -369,7 +390,7 @@ impl Sim {
             advert_bytes: 0,
             photon: photon::PhotonLinks::new(seed),
         };
-        for n in &topo.nodes {
+        for (order, n) in topo.nodes.iter().enumerate() {
             // Nodes join one by one (each starts seeing those before it), in `ids` sorted.
             let at = sim.ids.partition_point(|id| *id < n.id);
             sim.ids.insert(at, n.id.clone());
@@ -384,6 +405,8 @@ impl Sim {
                     write_failed: false,
                     fail_when: None,
                     timer_at: None,
+                    due_at: None,
+                    order: order as u64,
                     last_store_at: Instant::ZERO,
                     crash_after: None,
                     waiting: BTreeSet::new(),
@@ -491,11 +514,17 @@ impl Sim {
     }
 
     fn push(&mut self, at: Instant, ev: Event) {
+        self.seq += 1;
+        let seq = EVENT_SEQ + self.seq;
+        self.push_ordered(at, seq, ev);
+    }
+
+    /// Events at one instant run in `seq` order.
+    fn push_ordered(&mut self, at: Instant, seq: u64, ev: Event) {
         let id = self.next_ev;
         self.next_ev += 1;
-        self.seq += 1;
         self.events.insert(id, ev);
-        self.queue.push(Reverse((at, self.seq, id)));
+        self.queue.push(Reverse((at, seq, id)));
     }
 
     fn latency(&mut self, range: (Duration, Duration)) -> Duration {
@@ -503,6 +532,11 @@ impl Sim {
     }
 
     fn mix(&mut self, x: u64) {
+        // Each time at which something happened, once.
+        if self.hashed_at != Some(self.now) {
+            self.hashed_at = Some(self.now);
+            self.trace_hash = fnv_step(self.trace_hash, self.now.0);
+        }
         self.trace_hash = fnv_step(self.trace_hash, x);
     }
 
@@ -664,12 +698,14 @@ impl Sim {
         }
         let n = self.nodes.get_mut(id).expect("node");
         let t = n.km.as_ref().and_then(|k| k.poll_timeout());
+        n.due_at = t;
         if let Some(t) = t {
             if n.timer_at.is_none_or(|old| t < old || old <= self.now) {
                 n.timer_at = Some(t);
-                let inc = n.incarnation;
-                self.push(
+                let (inc, order) = (n.incarnation, n.order);
+                self.push_ordered(
                     t.max(self.now),
+                    order,
                     Event::Timer {
                         node: id.to_string(),
                         incarnation: inc,
@@ -755,7 +791,6 @@ impl Sim {
             return false;
         };
         self.now = self.now.max(at);
-        self.mix(self.now.0);
         let ev = self.events.remove(&id).expect("event");
         let now = self.now;
         match ev {
@@ -789,7 +824,12 @@ impl Sim {
                 }
                 if n.timer_at.is_some_and(|t| t <= now) {
                     n.timer_at = None;
+                }
+                // Only when something is due: a core is never woken for nothing, however
+                // often its timer was set and moved.
+                if n.due_at.is_some_and(|t| t <= now) {
                     n.km.as_mut().expect("running").handle_timeout(now);
+                    self.timer_wakeups += 1;
                 }
                 self.drain(&node);
             }

@@ -25,6 +25,8 @@ use serde::Serialize;
 
 pub use crate::arrivals::Arrivals;
 use crate::arrivals::{exp, periodic, profile};
+use kagi_km::fixed_hash::FixedMap;
+
 use crate::net::{Faults, LinkSupply, PhotonLinkStats, Sim};
 
 /// What to simulate.
@@ -223,6 +225,12 @@ pub struct StudyReport {
     pub refused_other: u64,
     /// Requests with no answer by the end.
     pub unanswered: u64,
+    /// Keys the slaves fetched (`dec_keys` at the slave's node, once the master has its keys;
+    /// counted after the warm-up).
+    pub slave_keys_fetched: u64,
+    /// Keys a slave asked for and did not get (its node was down, or the key was gone): a
+    /// master holds a key its slave cannot read.
+    pub slave_keys_missed: u64,
     /// Key delivered to masters, bits.
     pub delivered_bits: u64,
     /// Link key the nodes counted as spent (OTP and authentication), bits, from the nodes'
@@ -574,14 +582,50 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
     let mut open: BTreeMap<u64, (usize, bool, bool)> = BTreeMap::new();
     // Counted requests answered (served or refused), per SAE pair: the series' denominator.
     let mut answered = vec![0u64; pairs.len()];
+    // Slave fetches in flight: request → (keys asked, counted).
+    let mut fetching: FixedMap<u64, (u64, bool)> = FixedMap::default();
+    let (mut fetched, mut missed) = (0u64, 0u64);
     let mut settle = |sim: &mut Sim,
                       open: &mut BTreeMap<u64, (usize, bool, bool)>,
+                      fetching: &mut FixedMap<u64, (u64, bool)>,
                       tally: &mut [(u64, u64, u64)],
                       answered: &mut [u64]| {
+        fetching.retain(|req, (asked, counted)| match sim.answer(*req) {
+            None => true,
+            Some(a) => {
+                if *counted {
+                    let got = match a.reply {
+                        Ok(AppReply::Keys(keys)) => keys.len() as u64,
+                        _ => 0,
+                    };
+                    fetched += got;
+                    missed += asked.saturating_sub(got);
+                }
+                false
+            }
+        });
         open.retain(|req, (pair, counted, up)| match sim.answer(*req) {
             None => true,
-            Some(_) if !*counted => false,
             Some(a) => {
+                if let Ok(AppReply::Keys(keys)) = &a.reply {
+                    // The slave learns the key IDs from its master and fetches them at once,
+                    // so its node holds each key only until then.
+                    let (master, slave, _, slave_node) = &pairs[*pair];
+                    let ids: Vec<_> = keys.iter().map(|k| k.id).collect();
+                    let n = ids.len() as u64;
+                    let f = sim.call(
+                        slave_node,
+                        AppCall::DecKeys {
+                            slave: slave.clone(),
+                            master: master.clone(),
+                            key_ids: ids,
+                        },
+                    );
+                    fetching.insert(f, (n, *counted));
+                }
+                if !*counted {
+                    return false;
+                }
                 answered[*pair] += 1;
                 match a.reply {
                     Ok(AppReply::Keys(keys)) => {
@@ -607,7 +651,13 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
         if target > sim.now() {
             sim.run_for(Duration::from_nanos(target.0 - sim.now().0));
         }
-        settle(&mut sim, &mut open, &mut tally, &mut answered);
+        settle(
+            &mut sim,
+            &mut open,
+            &mut fetching,
+            &mut tally,
+            &mut answered,
+        );
         match h {
             Happening::Request(pair) => {
                 let i = pair.unwrap_or_else(|| rng.gen_range(0..pairs.len()));
@@ -645,8 +695,21 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
                         match sim.answer(req) {
                             None => continue,
                             Some(a) => {
-                                if let (Ok(AppReply::Keys(keys)), true) = (a.reply, warmed) {
-                                    flood[d].1 += keys.len() as u64 * u64::from(opt.key_bits);
+                                if let Ok(AppReply::Keys(keys)) = a.reply {
+                                    if warmed {
+                                        flood[d].1 += keys.len() as u64 * u64::from(opt.key_bits);
+                                    }
+                                    let ids: Vec<_> = keys.iter().map(|k| k.id).collect();
+                                    let n = ids.len() as u64;
+                                    let f = sim.call(
+                                        dest,
+                                        AppCall::DecKeys {
+                                            slave: slave.into(),
+                                            master: master.into(),
+                                            key_ids: ids,
+                                        },
+                                    );
+                                    fetching.insert(f, (n, warmed));
                                 }
                                 flood[d].0 = None;
                             }
@@ -699,7 +762,27 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
     }
     // Requests made just before the end get a moment to be answered.
     sim.run_for(Duration::from_secs(10));
-    settle(&mut sim, &mut open, &mut tally, &mut answered);
+    settle(
+        &mut sim,
+        &mut open,
+        &mut fetching,
+        &mut tally,
+        &mut answered,
+    );
+    // And the slaves' last fetches (each answer settled may start one).
+    for _ in 0..10 {
+        if fetching.is_empty() {
+            break;
+        }
+        sim.run_for(Duration::from_secs(1));
+        settle(
+            &mut sim,
+            &mut open,
+            &mut fetching,
+            &mut tally,
+            &mut answered,
+        );
+    }
     let unanswered = open.len() as u64;
     samples.push(sample(
         &sim,
@@ -781,6 +864,8 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
         refused_unavailable: unavailable,
         refused_other: other,
         unanswered,
+        slave_keys_fetched: fetched,
+        slave_keys_missed: missed,
         delivered_bits,
         link_key_spent_bits,
         key_spent_per_delivered_bit: if delivered_bits > 0 {

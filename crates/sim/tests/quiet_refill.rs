@@ -52,13 +52,35 @@ const SCARCE: MeshRun = MeshRun {
 /// ticks skipped and, of those, the ticks skipped after a look at the destinations whose pool
 /// or demand moved.
 fn mesh_run(skip: bool, load: &MeshRun) -> (u64, u64, u64, u64) {
+    mesh_run_woken(skip, load).0
+}
+
+/// [`mesh_run`], and the times the nodes' timers woke their cores.
+fn mesh_run_woken(skip: bool, load: &MeshRun) -> ((u64, u64, u64, u64), u64) {
     let (sim, served) = mesh_demand::run(load, |sim| sim.skip_quiet_refills(skip));
     (
-        sim.trace_hash,
-        served,
-        sim.quiet_refills_skipped(),
-        sim.quiet_refills_looked(),
+        (
+            sim.trace_hash,
+            served,
+            sim.quiet_refills_skipped(),
+            sim.quiet_refills_looked(),
+        ),
+        sim.timer_wakeups,
     )
+}
+
+#[test]
+fn quiet_ticks_do_not_wake_the_node_at_all() {
+    // The same run (the tests above), with far fewer wake-ups: a node sleeps through the
+    // ticks it would skip.
+    let ((hash_on, ..), woken_on) = mesh_run_woken(true, &MODEST);
+    let ((hash_off, ..), woken_off) = mesh_run_woken(false, &MODEST);
+    assert_eq!(hash_on, hash_off);
+    assert!(
+        woken_on * 2 < woken_off,
+        "{woken_on} wake-ups sleeping through quiet ticks, {woken_off} ticking always"
+    );
+    eprintln!("{woken_on} wake-ups against {woken_off}");
 }
 
 #[test]
