@@ -60,6 +60,25 @@ pub(crate) struct Link {
 }
 
 impl Link {
+    /// See [`Links::reserve_wanted`].
+    fn reserve_wanted(&self, ahead: u64) -> Option<u64> {
+        if self.tx.tail_free_upto() >= ahead / 2 {
+            return None;
+        }
+        let mut free = 0u64;
+        let mut upto = None;
+        for (id, b) in self.tx.iter() {
+            free += u64::from(b.tail_free());
+            upto = Some(*id);
+            if free >= ahead {
+                break;
+            }
+        }
+        let upto = upto?;
+        let known = self.reserved.max(self.asking);
+        known.is_none_or(|k| upto > k).then_some(upto)
+    }
+
     /// Sets the reservation of our half, and the block up to which `tx` sums it.
     fn set_reserved(&mut self, reserved: Option<u64>) {
         self.reserved = reserved;
@@ -155,11 +174,6 @@ impl Links {
     /// True when `peer` is a neighbour.
     pub(crate) fn contains(&self, peer: &str) -> bool {
         self.map.contains_key(peer)
-    }
-
-    /// Every neighbour.
-    pub(crate) fn peers(&self) -> impl Iterator<Item = &NodeId> {
-        self.map.keys()
     }
 
     /// What each link holds, neighbour order.
@@ -258,12 +272,9 @@ impl Links {
     /// Free bytes this node holds towards `peer`, reserved or not: its own half and what the
     /// neighbour granted it.
     pub(crate) fn tx_held(&self, peer: &str) -> u64 {
-        self.own_tx_held(peer) + self.granted_in_free(peer)
-    }
-
-    /// Free bytes of this node's own half of the link to `peer`, reserved or not.
-    fn own_tx_held(&self, peer: &str) -> u64 {
-        self.map.get(peer).map_or(0, |l| l.tx.tail_free())
+        self.map
+            .get(peer)
+            .map_or(0, |l| l.tx.tail_free() + l.granted_in.tail_free())
     }
 
     /// The block to ask the neighbour `peer` to reserve next, if one is due: when less than
@@ -272,22 +283,18 @@ impl Links {
     /// A larger `ahead` hides the round trip better and costs more at a restart (reserved
     /// bytes left unspent are dropped then).
     pub(crate) fn reserve_wanted(&self, peer: &str, ahead: u64) -> Option<u64> {
-        let l = self.map.get(peer)?;
-        if self.own_tx_free(peer) >= ahead / 2 {
-            return None;
-        }
-        let mut free = 0u64;
-        let mut upto = None;
-        for (id, b) in l.tx.iter() {
-            free += u64::from(b.tail_free());
-            upto = Some(*id);
-            if free >= ahead {
-                break;
-            }
-        }
-        let upto = upto?;
-        let known = l.reserved.max(l.asking);
-        known.is_none_or(|k| upto > k).then_some(upto)
+        self.map.get(peer).and_then(|l| l.reserve_wanted(ahead))
+    }
+
+    /// Per neighbour, in one pass over the links: the reservation asked for and not yet
+    /// answered, and whether one is due ([`reserve_wanted`](Self::reserve_wanted)).
+    pub(crate) fn reserve_states(
+        &self,
+        ahead: u64,
+    ) -> impl Iterator<Item = (&NodeId, Option<u64>, bool)> {
+        self.map
+            .iter()
+            .map(move |(p, l)| (p, l.asking, l.reserve_wanted(ahead).is_some()))
     }
 
     /// A reservation up to `upto` was asked for (answer pending).
@@ -605,7 +612,7 @@ impl Links {
         reserve: u64,
         batch: &mut Vec<Record>,
     ) -> Vec<Span> {
-        let mut left = self.own_tx_held(peer);
+        let mut left = self.map.get(peer).map_or(0, |l| l.tx.tail_free());
         let Some(link) = self.map.get_mut(peer) else {
             return Vec::new();
         };

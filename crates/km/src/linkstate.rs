@@ -31,6 +31,7 @@
 //! pessimistic combination limits what that can do.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::advert_auth::signed_bytes;
@@ -58,7 +59,7 @@ struct Held {
     run: u64,
     seq: u64,
     at: Instant,
-    links: Vec<LinkAdvert>,
+    links: Arc<[LinkAdvert]>,
 }
 
 /// What this node knows of every link, and its own advertising state.
@@ -418,6 +419,7 @@ impl KeyManager {
             },
         };
         let signed = self.cfg.advert_auth.is_none() || !sig.is_empty();
+        let links: Arc<[LinkAdvert]> = links.into();
         let ls = &mut self.linkstate;
         ls.adverts.insert(
             self.cfg.node_id.clone(),
@@ -436,7 +438,7 @@ impl KeyManager {
             run,
             seq,
             links,
-            sig,
+            sig: sig.into(),
         };
         for to in neighbours {
             if !self.routing.is_reported_down(&to) {
@@ -461,8 +463,8 @@ impl KeyManager {
         origin: NodeId,
         run: u64,
         seq: u64,
-        links: Vec<LinkAdvert>,
-        sig: Vec<u8>,
+        links: Arc<[LinkAdvert]>,
+        sig: Arc<[u8]>,
     ) {
         let Some(lp) = self.cfg.policy.link_state else {
             return;
@@ -669,7 +671,7 @@ mod tests {
             run: 1,
             seq: 1,
             at,
-            links: Vec::new(),
+            links: Vec::new().into(),
         };
         ls.adverts.insert("x".into(), held(t0));
         ls.note_arrival(t0, stale);
@@ -771,7 +773,15 @@ mod tests {
                     });
                 }
                 seq += 1;
-                k.on_link_state(now, "b".into(), origin.into(), 1, seq, links, Vec::new());
+                k.on_link_state(
+                    now,
+                    "b".into(),
+                    origin.into(),
+                    1,
+                    seq,
+                    links.into(),
+                    Vec::new().into(),
+                );
             }
             k.tick_link_state(now);
             if !k.linkstate.dirty {

@@ -4,6 +4,8 @@
 //! ciphertext plus a Wegman–Carter tag; everything else (acknowledgements, assignments) carries
 //! metadata only and may travel over any authenticated node-to-node channel.
 
+use std::sync::Arc;
+
 use kagi_keymat::Tag;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -345,12 +347,13 @@ pub enum PeerMsg {
         seq: u64,
         /// One entry per link of the origin, at most [`MAX_ADVERT_LINKS`]; a link the origin
         /// does not have in the topology makes the receiver drop the whole advertisement.
-        links: Vec<LinkAdvert>,
+        /// Shared: a flooded advert is copied to every neighbour and held by every node.
+        links: Arc<[LinkAdvert]>,
         /// The origin's signature over [`crate::advert_auth::signed_bytes`] of the fields above
         /// (ML-DSA-65 in `kagi-node`); empty when the origin signs no adverts. A receiver that
         /// verifies adverts drops one whose signature is missing or wrong before it keeps or
         /// floods it, so a transit node cannot forge or alter another origin's advert.
-        sig: Vec<u8>,
+        sig: Arc<[u8]>,
     },
     /// The sender is short of link key towards the receiver (its own half and what it was
     /// granted hold less than the grant reserve): the receiver may grant it part of its own

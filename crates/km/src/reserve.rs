@@ -59,10 +59,9 @@ impl KeyManager {
         // This runs every refill tick and seldom sends: look first, copy names only to act.
         // Each neighbour's step reads and writes only that neighbour's state.
         let neighbours: Vec<NodeId> = self
-            .links
-            .peers()
-            .filter(|p| self.reserve_due(p).is_some_and(|t| now >= t))
-            .cloned()
+            .reserve_dues()
+            .filter(|(_, t)| now >= *t)
+            .map(|(p, _)| p.clone())
             .collect();
         for peer in neighbours {
             match (self.links.asked(&peer), self.reserves.sent.get(&peer)) {
@@ -76,25 +75,25 @@ impl KeyManager {
         }
     }
 
-    /// From when [`retry_reserves`](Self::retry_reserves) acts for `peer`: a reservation
-    /// request left unanswered is re-sent, or one is due (`None`: not before an input changes
-    /// what this reads).
-    fn reserve_due(&self, peer: &NodeId) -> Option<Instant> {
-        let due = match (self.links.asked(peer), self.reserves.sent.get(peer)) {
-            (Some(_), Some(at)) => Some(*at + HELLO_RETRY),
-            (Some(_), None) => None,
-            (None, _) => self
-                .links
-                .reserve_wanted(peer, RESERVE_AHEAD_BYTES)
-                .map(|_| Instant::ZERO),
-        };
-        due.filter(|_| self.is_reconciled(peer))
+    /// The neighbours for which [`retry_reserves`](Self::retry_reserves) acts from some time
+    /// on, with that time: a reservation request left unanswered is re-sent, or one is due.
+    /// The others wait for an input that changes what this reads.
+    fn reserve_dues(&self) -> impl Iterator<Item = (&NodeId, Instant)> {
+        self.links
+            .reserve_states(RESERVE_AHEAD_BYTES)
+            .filter_map(|(peer, asked, wanted)| {
+                let due = match asked {
+                    Some(_) => self.reserves.sent.get(peer).map(|at| *at + HELLO_RETRY),
+                    None => wanted.then_some(Instant::ZERO),
+                };
+                due.filter(|_| self.is_reconciled(peer)).map(|t| (peer, t))
+            })
     }
 
     /// The first time [`retry_reserves`](Self::retry_reserves) would act, unless an input
     /// comes first (`None`: never before one).
     pub(crate) fn next_reserve_retry(&self) -> Option<Instant> {
-        self.links.peers().filter_map(|p| self.reserve_due(p)).min()
+        self.reserve_dues().map(|(_, t)| t).min()
     }
 
     /// A neighbour will spend its half up to block `upto`: record it durably, then answer.

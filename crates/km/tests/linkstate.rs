@@ -241,8 +241,8 @@ fn forged_adverts_cannot_make_a_starved_link_look_good() {
                     origin: origin.into(),
                     run: u64::MAX,
                     seq: u64::MAX,
-                    links,
-                    sig: vec![],
+                    links: links.into(),
+                    sig: vec![].into(),
                 },
             },
         );
@@ -334,7 +334,7 @@ fn an_old_signed_advert_replayed_after_its_origin_fell_silent_is_refused() {
     // Genuine: b's own signature over it.
     assert_eq!(
         *sig,
-        test_tag("b", &signed_bytes(&"b".into(), run, seq, links))
+        test_tag("b", &signed_bytes(&"b".into(), run, seq, links)).into()
     );
     let held = net.kms["a"].link_adverts_held()["b"];
     assert!(
@@ -452,7 +452,7 @@ fn signed_adverts_forged_or_altered_by_a_transit_node_are_refused() {
     };
     assert_eq!(
         sig,
-        test_tag("b", &signed_bytes(&"b".into(), run, seq, &links))
+        test_tag("b", &signed_bytes(&"b".into(), run, seq, &links)).into()
     );
     let rich = |peer: &str| LinkAdvert {
         peer: peer.into(),
@@ -466,8 +466,8 @@ fn signed_adverts_forged_or_altered_by_a_transit_node_are_refused() {
     let sent = net.wire.len();
     for (links, sig) in [
         (forged.clone(), vec![]),
-        (forged.clone(), sig.clone()),
-        (links.clone(), sig.clone()),
+        (forged.clone(), sig.to_vec()),
+        (links.to_vec(), sig.to_vec()),
         (forged.clone(), by_c),
     ] {
         net.input(
@@ -478,8 +478,8 @@ fn signed_adverts_forged_or_altered_by_a_transit_node_are_refused() {
                     origin: "b".into(),
                     run,
                     seq: seq + 1,
-                    links,
-                    sig,
+                    links: links.into(),
+                    sig: sig.into(),
                 },
             },
         );
@@ -515,8 +515,8 @@ fn signed_adverts_forged_or_altered_by_a_transit_node_are_refused() {
                 origin: "b".into(),
                 run,
                 seq,
-                links: forged.clone(),
-                sig: vec![],
+                links: forged.clone().into(),
+                sig: vec![].into(),
             },
         },
     );

@@ -209,8 +209,8 @@ fn msg() -> impl Strategy<Value = PeerMsg> {
                 origin,
                 run,
                 seq,
-                links,
-                sig,
+                links: links.into(),
+                sig: sig.into(),
             }),
         any::<u64>().prop_map(|bytes| PeerMsg::LinkKeyWanted { bytes }),
         (any::<u64>(), prop::collection::vec(span(), 0..4))

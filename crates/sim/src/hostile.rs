@@ -378,13 +378,13 @@ impl Hostile {
                 run,
                 seq: seq + 1,
                 links: links
-                    .into_iter()
+                    .iter()
                     .map(|l| kagi_km::LinkAdvert {
                         up: true,
                         rate_bps: 1 << 40,
                         tx_bytes: 1 << 40,
                         rx_bytes: 1 << 40,
-                        ..l
+                        ..l.clone()
                     })
                     .collect(),
                 sig,

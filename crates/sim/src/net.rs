@@ -1380,8 +1380,9 @@ mod tests {
                     rate_bps: 123_456,
                     tx_bytes: 7,
                     rx_bytes: u64::MAX,
-                }],
-                sig: vec![9; 70],
+                }]
+                .into(),
+                sig: vec![9; 70].into(),
             },
             PeerMsg::LinkKeyWanted { bytes: 300 },
         ];

@@ -141,7 +141,7 @@ fn forged_link_state_adverts_are_dropped_for_their_origins_signature() {
         sim.inject("x", "c", m);
         let mut unsigned = x.forge_advert(origin, links);
         if let kagi_km::PeerMsg::LinkState { sig, .. } = &mut unsigned {
-            sig.clear();
+            *sig = Vec::new().into();
         }
         sim.inject("x", "c", unsigned);
     }
