@@ -509,7 +509,7 @@ impl KeyManager {
 
     /// Feeds one input. Drain [`poll_action`](Self::poll_action) afterwards.
     pub fn handle(&mut self, now: Instant, input: Input) {
-        self.skip_slept_refills(now);
+        self.skip_slept_refills(now, true);
         self.now = self.now.max(now);
         self.relays.note_input();
         if !keeps_refill_quiet(&input) {
@@ -550,7 +550,7 @@ impl KeyManager {
             return;
         }
         self.now = self.now.max(now);
-        self.skip_slept_refills_before(now);
+        self.skip_slept_refills(now, false);
         self.check_liveness(now);
         self.tick_link_state(now);
         self.expire_relays(now);

@@ -40,6 +40,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::manager::KeyManager;
 use crate::msgs::NodeId;
 use crate::time::Instant;
 
@@ -166,6 +167,100 @@ impl Touched {
     pub(crate) fn take(&mut self) -> Option<BTreeSet<NodeId>> {
         let dests = std::mem::take(&mut self.dests);
         (!std::mem::take(&mut self.all)).then_some(dests)
+    }
+}
+
+/// When refill ticks run: on a grid of [`Policy::refill_interval`](crate::Policy::refill_interval),
+/// sleeping through those that would change nothing.
+impl KeyManager {
+    /// While refill ticks can change nothing and nothing else a tick does is due (grant asks,
+    /// reservation retries, waiting hops to retry, an advert after a link flip): the first time
+    /// one may (`Some(None)`: not before an input). `None`: the next tick may act.
+    fn refill_sleeps_until(&self) -> Option<Option<Instant>> {
+        if self.routing.has_any_demand() || self.relays.hop_retry_due() || self.link_flip_pending()
+        {
+            return None;
+        }
+        let wake = self.relays.quiet.sleeps(self.refill_fingerprint())?;
+        Some(
+            [wake, self.next_grant_ask(), self.next_reserve_retry()]
+                .into_iter()
+                .flatten()
+                .min(),
+        )
+    }
+
+    /// When the next refill tick runs (`None`: not before an input): the grid's next tick, or
+    /// while ticks would change nothing, the first at or after the time one may.
+    pub(crate) fn refill_due(&self) -> Option<Instant> {
+        match self.refill_sleeps_until() {
+            None => Some(self.next_refill),
+            Some(until) => until.map(|u| self.refill_grid_from(u)),
+        }
+    }
+
+    /// The first tick of the refill grid at or after `t` (and not before the next one owed).
+    fn refill_grid_from(&self, t: Instant) -> Instant {
+        let base = self.next_refill;
+        if t <= base {
+            return base;
+        }
+        let k = (t.0 - base.0).div_ceil(self.refill_step());
+        Instant(base.0.saturating_add(k.saturating_mul(self.refill_step())))
+    }
+
+    fn refill_step(&self) -> u64 {
+        u64::try_from(self.cfg.policy.refill_interval.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Grid ticks that refill slept through (they would have changed nothing) are not owed:
+    /// those up to `now` when an input arrives at `now` (a tick due at an instant runs before
+    /// anything else does then), those before `now` when a timeout runs at `now` (one at `now`
+    /// itself runs after the timeout's other work, as in a node that ticks always). Called
+    /// before anything at `now` changes what the ticks read.
+    pub(crate) fn skip_slept_refills(&mut self, now: Instant, for_input: bool) {
+        let past = if for_input {
+            self.next_refill <= now
+        } else {
+            self.next_refill < now
+        };
+        if !past {
+            return;
+        }
+        let Some(until) = self.refill_sleeps_until() else {
+            return;
+        };
+        if until.is_none_or(|u| self.refill_grid_from(u) > now) {
+            let from = if for_input {
+                Instant(now.0.saturating_add(1))
+            } else {
+                now
+            };
+            let next = self.refill_grid_from(from);
+            self.relays
+                .quiet
+                .slept((next.0 - self.next_refill.0) / self.refill_step());
+            self.next_refill = next;
+        }
+    }
+
+    /// Runs the refill tick if one is due at `now`: refill, grant asks, reservation retries.
+    pub(crate) fn refill_tick(&mut self, now: Instant) {
+        if self.next_refill > now {
+            return;
+        }
+        if self.refill_due().is_none_or(|t| now < t) {
+            self.skip_slept_refills(now, true);
+            return;
+        }
+        let slept = now.0.saturating_sub(self.next_refill.0) / self.refill_step();
+        self.relays.quiet.slept(slept);
+        self.next_refill = self.refill_grid_from(Instant(now.0.saturating_add(1)));
+        self.refill(now);
+        self.ask_link_key(now);
+        self.retry_reserves(now);
     }
 }
 

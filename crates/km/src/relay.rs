@@ -147,7 +147,7 @@ pub(crate) struct Relays {
     /// in between leave every waiting hop waiting, so retrying them then is skipped.
     retry_due: bool,
     /// The last refill tick that changed nothing, to skip the next ones (see `crate::quiet`).
-    quiet: crate::quiet::QuietMark,
+    pub(crate) quiet: crate::quiet::QuietMark,
 }
 
 impl Default for Relays {
@@ -254,6 +254,12 @@ impl Relays {
         dead.into_iter()
             .filter_map(|s| self.pending.remove(&s).map(|p| (s, p)))
             .collect()
+    }
+
+    /// Hops wait for link key and an input since their last try may let them go on: the next
+    /// timeout retries them.
+    pub(crate) fn hop_retry_due(&self) -> bool {
+        self.retry_due && !self.waiting.is_empty()
     }
 
     /// Something outside the timers happened: waiting hops are to be retried.
@@ -624,107 +630,6 @@ impl KeyManager {
         }
     }
 
-    /// While refill ticks can change nothing and nothing else a tick does is due (grant asks,
-    /// reservation retries, waiting hops to retry): the first time one may (`Some(None)`: not
-    /// before an input). `None`: the next tick may act.
-    fn refill_sleeps_until(&self) -> Option<Option<Instant>> {
-        if self.routing.has_any_demand()
-            || (self.relays.retry_due && !self.relays.waiting.is_empty())
-            || self.link_flip_pending()
-        {
-            return None;
-        }
-        let wake = self.relays.quiet.sleeps(self.refill_fingerprint())?;
-        Some(
-            [wake, self.next_grant_ask(), self.next_reserve_retry()]
-                .into_iter()
-                .flatten()
-                .min(),
-        )
-    }
-
-    /// When the next refill tick runs (`None`: not before an input). Ticks run on a grid of
-    /// [`Policy::refill_interval`](crate::Policy::refill_interval); one that would change
-    /// nothing does not run at all, so an idle node is not woken fifty times a second.
-    pub(crate) fn refill_due(&self) -> Option<Instant> {
-        match self.refill_sleeps_until() {
-            None => Some(self.next_refill),
-            Some(until) => until.map(|u| self.refill_grid_from(u)),
-        }
-    }
-
-    /// The first tick of the refill grid at or after `t` (and not before the next one owed).
-    fn refill_grid_from(&self, t: Instant) -> Instant {
-        let base = self.next_refill;
-        if t <= base {
-            return base;
-        }
-        let k = (t.0 - base.0).div_ceil(self.refill_step());
-        Instant(base.0.saturating_add(k.saturating_mul(self.refill_step())))
-    }
-
-    fn refill_step(&self) -> u64 {
-        u64::try_from(self.cfg.policy.refill_interval.as_nanos())
-            .unwrap_or(u64::MAX)
-            .max(1)
-    }
-
-    /// Ticks up to `now` that refill slept through (they would have changed nothing) are not
-    /// owed: the next one is the grid's first after `now`. Called before anything at `now`
-    /// changes what the ticks read (a tick due at an instant runs before anything else does
-    /// then).
-    pub(crate) fn skip_slept_refills(&mut self, now: Instant) {
-        if self.next_refill > now {
-            return;
-        }
-        let Some(until) = self.refill_sleeps_until() else {
-            return;
-        };
-        if until.is_none_or(|u| self.refill_grid_from(u) > now) {
-            let next = self.refill_grid_from(Instant(now.0.saturating_add(1)));
-            self.relays
-                .quiet
-                .slept((next.0 - self.next_refill.0) / self.refill_step());
-            self.next_refill = next;
-        }
-    }
-
-    /// Before a timeout's other work at `now`: grid ticks before `now` that refill slept
-    /// through are not owed (one at `now` itself runs after that work, as in a node that ticks
-    /// always).
-    pub(crate) fn skip_slept_refills_before(&mut self, now: Instant) {
-        if self.next_refill >= now {
-            return;
-        }
-        let Some(until) = self.refill_sleeps_until() else {
-            return;
-        };
-        if until.is_none_or(|u| self.refill_grid_from(u) > now) {
-            let next = self.refill_grid_from(now);
-            self.relays
-                .quiet
-                .slept((next.0 - self.next_refill.0) / self.refill_step());
-            self.next_refill = next;
-        }
-    }
-
-    /// Runs the refill tick if one is due at `now`: refill, grant asks, reservation retries.
-    pub(crate) fn refill_tick(&mut self, now: Instant) {
-        if self.next_refill > now {
-            return;
-        }
-        if self.refill_due().is_none_or(|t| now < t) {
-            self.skip_slept_refills(now);
-            return;
-        }
-        let slept = now.0.saturating_sub(self.next_refill.0) / self.refill_step();
-        self.relays.quiet.slept(slept);
-        self.next_refill = self.refill_grid_from(Instant(now.0.saturating_add(1)));
-        self.refill(now);
-        self.ask_link_key(now);
-        self.retry_reserves(now);
-    }
-
     /// The destinations whose out-pool or demand changed since refill last looked (`None`:
     /// possibly all).
     fn take_refill_touched(&mut self) -> Option<std::collections::BTreeSet<NodeId>> {
@@ -760,7 +665,7 @@ impl KeyManager {
     }
 
     /// Counters of change of what refill reads (see `crate::quiet`).
-    fn refill_fingerprint(&self) -> crate::quiet::Fingerprint {
+    pub(crate) fn refill_fingerprint(&self) -> crate::quiet::Fingerprint {
         crate::quiet::Fingerprint {
             pools: self.pools.version(),
             pending: self.relays.pending.version(),
