@@ -304,6 +304,28 @@ pub const MAX_SAMPLES: usize = 720;
 /// Node pairs a [`Series`] follows one by one.
 pub const SERIES_NODE_PAIRS: usize = 3;
 
+/// The slave learns the key IDs from its master and fetches them at once (`dec_keys` at its
+/// node), so its node holds each key only until then. Returns the request and the keys asked.
+fn slave_fetch(
+    sim: &mut Sim,
+    slave_node: &str,
+    slave: &str,
+    master: &str,
+    keys: &[kagi_km::DeliveredKey],
+) -> (u64, u64) {
+    let key_ids: Vec<_> = keys.iter().map(|k| k.id).collect();
+    let n = key_ids.len() as u64;
+    let req = sim.call(
+        slave_node,
+        AppCall::DecKeys {
+            slave: slave.into(),
+            master: master.into(),
+            key_ids,
+        },
+    );
+    (req, n)
+}
+
 /// The smallest round step that cuts `secs` into at most [`MAX_SAMPLES`] intervals.
 fn series_interval(secs: f64) -> f64 {
     const STEPS: [f64; 16] = [
@@ -608,19 +630,8 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
             None => true,
             Some(a) => {
                 if let Ok(AppReply::Keys(keys)) = &a.reply {
-                    // The slave learns the key IDs from its master and fetches them at once,
-                    // so its node holds each key only until then.
                     let (master, slave, _, slave_node) = &pairs[*pair];
-                    let ids: Vec<_> = keys.iter().map(|k| k.id).collect();
-                    let n = ids.len() as u64;
-                    let f = sim.call(
-                        slave_node,
-                        AppCall::DecKeys {
-                            slave: slave.clone(),
-                            master: master.clone(),
-                            key_ids: ids,
-                        },
-                    );
+                    let (f, n) = slave_fetch(sim, slave_node, slave, master, keys);
                     fetching.insert(f, (n, *counted));
                 }
                 if !*counted {
@@ -699,16 +710,7 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
                                     if warmed {
                                         flood[d].1 += keys.len() as u64 * u64::from(opt.key_bits);
                                     }
-                                    let ids: Vec<_> = keys.iter().map(|k| k.id).collect();
-                                    let n = ids.len() as u64;
-                                    let f = sim.call(
-                                        dest,
-                                        AppCall::DecKeys {
-                                            slave: slave.into(),
-                                            master: master.into(),
-                                            key_ids: ids,
-                                        },
-                                    );
+                                    let (f, n) = slave_fetch(&mut sim, dest, slave, master, &keys);
                                     fetching.insert(f, (n, warmed));
                                 }
                                 flood[d].0 = None;
