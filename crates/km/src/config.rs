@@ -244,7 +244,9 @@ pub struct LinkStatePolicy {
     /// two such adverts. A link going up or down is advertised sooner.
     pub advert_interval: Duration,
     /// An advert goes at least this often, changed or not, so that receivers can tell a live
-    /// origin from a silent one.
+    /// origin from a silent one. The default, 30 s, is long beside the heartbeats (a dead or
+    /// frozen node's neighbours advertise their links to it down within `silent_after`) and
+    /// short beside OSPF's 30 min: refreshes are most of the flood's messages in a quiet mesh.
     pub refresh_interval: Duration,
     /// An origin's advert not refreshed for this long counts as unknown: its links cost like
     /// links nobody advertised (more than a known good link). Longer than `refresh_interval`.
@@ -259,8 +261,8 @@ impl Default for LinkStatePolicy {
     fn default() -> Self {
         Self {
             advert_interval: Duration::from_secs(1),
-            refresh_interval: Duration::from_secs(10),
-            stale_after: Duration::from_secs(30),
+            refresh_interval: Duration::from_secs(30),
+            stale_after: Duration::from_secs(90),
             rate_window: Duration::from_secs(5),
             recompute_interval: Duration::from_millis(250),
         }

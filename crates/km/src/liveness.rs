@@ -13,6 +13,12 @@
 //! far node's silence arrives as link-state adverts of its neighbours marking their links to it
 //! down (see [`crate::linkstate`]).
 //!
+//! A heartbeat carries nothing but "I am alive", so none goes to a peer that was sent any
+//! other message in the last half [`heartbeat_interval`](crate::LivenessPolicy::heartbeat_interval):
+//! that message says the same, and the peer still hears from this node at least every one and a
+//! half intervals. In a busy mesh, where link-state floods cross every link several times a
+//! second, almost no heartbeat goes.
+//!
 //! Time comes only from the driver's `now`: a node whose own timer did not run for longer than
 //! `silent_after` (it was the one frozen) starts counting afresh instead of blaming every peer.
 
@@ -23,10 +29,19 @@ use crate::msgs::{NodeId, PeerMsg};
 use crate::outbox::Action;
 use crate::time::Instant;
 
-/// When each other node was last heard from, and when the next heartbeat is due.
+/// What a node knows of one node it watches.
+#[derive(Debug, Clone, Copy)]
+struct Watched {
+    /// When it was last heard from.
+    heard: Instant,
+    /// When a message last left for it (`None`: not since this count started).
+    sent: Option<Instant>,
+}
+
+/// When each other node was last heard from and sent to, and when the next heartbeat is due.
 #[derive(Debug, Clone)]
 pub(crate) struct Liveness {
-    last_heard: BTreeMap<NodeId, Instant>,
+    watched: BTreeMap<NodeId, Watched>,
     next_beat: Instant,
     /// The last time the core's timer ran (to tell its own stall from its peers' silence).
     last_tick: Instant,
@@ -36,7 +51,16 @@ impl Liveness {
     /// Every node in `others` counts as heard from at `now`; the first heartbeat goes at once.
     pub(crate) fn new(others: impl IntoIterator<Item = NodeId>, now: Instant) -> Self {
         Self {
-            last_heard: others.into_iter().map(|n| (n, now)).collect(),
+            watched: others
+                .into_iter()
+                .map(|n| {
+                    let w = Watched {
+                        heard: now,
+                        sent: None,
+                    };
+                    (n, w)
+                })
+                .collect(),
             next_beat: now,
             last_tick: now,
         }
@@ -45,16 +69,33 @@ impl Liveness {
     /// Notes that `peer` spoke at `now` (unknown senders are ignored: the map stays bounded by
     /// the topology).
     pub(crate) fn heard(&mut self, peer: &str, now: Instant) {
-        if let Some(t) = self.last_heard.get_mut(peer) {
-            *t = (*t).max(now);
+        if let Some(w) = self.watched.get_mut(peer) {
+            w.heard = w.heard.max(now);
         }
+    }
+
+    /// Notes that a message left for `peer` at `now` (only watched nodes are tracked).
+    pub(crate) fn sent(&mut self, peer: &str, now: Instant) {
+        if let Some(w) = self.watched.get_mut(peer) {
+            w.sent = Some(now);
+        }
+    }
+
+    /// Watched nodes that need a heartbeat at `now`: none left for them in the last half
+    /// `interval`.
+    fn beat_due(&self, now: Instant, interval: std::time::Duration) -> Vec<NodeId> {
+        self.watched
+            .iter()
+            .filter(|(_, w)| w.sent.is_none_or(|s| now.saturating_since(s) >= interval / 2))
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// Nodes not heard from since `now - silent_after`.
     fn silent(&self, now: Instant, silent_after: std::time::Duration) -> Vec<NodeId> {
-        self.last_heard
+        self.watched
             .iter()
-            .filter(|(_, t)| now.saturating_since(**t) >= silent_after)
+            .filter(|(_, w)| now.saturating_since(w.heard) >= silent_after)
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -64,9 +105,9 @@ impl Liveness {
         // The next peer to go silent, if it stays so (those that went silent before the last
         // check were handled then): noticed when it happens, however seldom the timer runs.
         let falls_silent = self
-            .last_heard
+            .watched
             .values()
-            .map(|t| *t + silent_after)
+            .map(|w| w.heard + silent_after)
             .filter(|s| *s > self.last_tick)
             .min();
         falls_silent.map_or(self.next_beat, |s| s.min(self.next_beat))
@@ -94,20 +135,17 @@ impl KeyManager {
         // This core's own timer stalled (the process was frozen or starved): what it did not
         // hear meanwhile says nothing about its peers.
         if now.saturating_since(self.liveness.last_tick) >= lp.silent_after {
-            let others: Vec<NodeId> = self.liveness.last_heard.keys().cloned().collect();
+            let others: Vec<NodeId> = self.liveness.watched.keys().cloned().collect();
             self.liveness = Liveness::new(others, now);
         }
         self.liveness.last_tick = now;
         if now >= self.liveness.next_beat {
             self.liveness.next_beat = now + lp.heartbeat_interval;
-            let to: Vec<NodeId> = self
-                .liveness
-                .last_heard
-                .keys()
-                .filter(|n| !self.routing.is_reported_down(n))
-                .cloned()
-                .collect();
+            let to = self.liveness.beat_due(now, lp.heartbeat_interval);
             for to in to {
+                if self.routing.is_reported_down(&to) {
+                    continue;
+                }
                 self.out.push(Action::Send {
                     to,
                     msg: PeerMsg::Heartbeat,

@@ -565,7 +565,12 @@ impl KeyManager {
 
     /// The next action, if any. Call until `None` after every `handle*`.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.out.pop()
+        let act = self.out.pop()?;
+        // What leaves for a watched peer tells it this node is alive (see `crate::liveness`).
+        if let (Action::Send { to, .. }, Some(_)) = (&act, self.cfg.policy.liveness) {
+            self.liveness.sent(to, self.now);
+        }
+        Some(act)
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should be called next. Changes after any
