@@ -276,10 +276,12 @@ pub struct Sim {
     sae_index: kagi_control::SaeIndex,
     /// The current virtual time.
     pub now: Instant,
-    queue: BinaryHeap<Reverse<(Instant, u64, usize)>>,
-    /// Events by id (the queue orders the ids): hashed, never iterated.
-    events: FixedMap<usize, Event>,
-    next_ev: usize,
+    /// `(at, seq, serial, slot)`: events run by time, then `seq`, then in the order queued.
+    queue: BinaryHeap<Reverse<(Instant, u64, u64, usize)>>,
+    /// Queued events by slot (the queue orders the slots); a slot is reused once its event ran.
+    events: Vec<Option<Event>>,
+    free_slots: Vec<usize>,
+    next_ev: u64,
     seq: u64,
     /// Hashed: looked up for every event. Never iterated where order matters: `ids` is.
     nodes: FixedMap<String, SimNode>,
@@ -384,7 +386,8 @@ impl Sim {
             topo: topo.clone(),
             now: Instant(1_000_000),
             queue: BinaryHeap::new(),
-            events: FixedMap::default(),
+            events: Vec::new(),
+            free_slots: Vec::new(),
             next_ev: 0,
             seq: 0,
             nodes: FixedMap::default(),
@@ -557,10 +560,19 @@ impl Sim {
 
     /// Events at one instant run in `seq` order.
     fn push_ordered(&mut self, at: Instant, seq: u64, ev: Event) {
-        let id = self.next_ev;
+        let serial = self.next_ev;
         self.next_ev += 1;
-        self.events.insert(id, ev);
-        self.queue.push(Reverse((at, seq, id)));
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                self.events[slot] = Some(ev);
+                slot
+            }
+            None => {
+                self.events.push(Some(ev));
+                self.events.len() - 1
+            }
+        };
+        self.queue.push(Reverse((at, seq, serial, slot)));
     }
 
     fn latency(&mut self, range: (Duration, Duration)) -> Duration {
@@ -823,11 +835,12 @@ impl Sim {
 
     /// Runs one event. Returns false when nothing is queued.
     pub fn step(&mut self) -> bool {
-        let Some(Reverse((at, _, id))) = self.queue.pop() else {
+        let Some(Reverse((at, _, _, slot))) = self.queue.pop() else {
             return false;
         };
         self.now = self.now.max(at);
-        let ev = self.events.remove(&id).expect("event");
+        let ev = self.events[slot].take().expect("event");
+        self.free_slots.push(slot);
         let now = self.now;
         match ev {
             Event::Deliver { to, from, msg } => {
@@ -974,7 +987,7 @@ impl Sim {
     /// Runs events until virtual time passes `d` from now.
     pub fn run_for(&mut self, d: Duration) {
         let end = self.now + d;
-        while let Some(Reverse((at, _, _))) = self.queue.peek() {
+        while let Some(Reverse((at, ..))) = self.queue.peek() {
             if *at > end {
                 break;
             }
