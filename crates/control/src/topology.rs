@@ -284,8 +284,10 @@ pub struct Topology {
 /// `Arc<Topology>` that no longer changes.
 #[derive(Debug, Clone, Default)]
 pub struct SaeIndex {
-    /// SAE ID to position in `ids`.
-    at: std::collections::HashMap<String, usize>,
+    /// SAE ID to position in `ids`. Fixed-key foldhash: a key manager looks SAEs up for every
+    /// request, and SipHash was a twentieth of a simulated day's CPU. The keys come from the
+    /// topology only (a lookup cannot add one), so a fixed key is no flooding risk.
+    at: std::collections::HashMap<String, usize, foldhash::fast::FixedState>,
     /// Node IDs, in topology order.
     ids: Vec<String>,
 }
@@ -593,7 +595,7 @@ impl Topology {
     /// topology that no longer changes (a lookup in it is a hash probe, where
     /// [`Topology::node_of_sae`] scans every node's SAE list).
     pub fn sae_index(&self) -> SaeIndex {
-        let mut at = std::collections::HashMap::new();
+        let mut at = std::collections::HashMap::with_hasher(foldhash::fast::FixedState::default());
         for (i, n) in self.nodes.iter().enumerate() {
             for s in &n.saes {
                 // First node wins, as `node_of_sae` finds it (`validate` refuses an SAE twice).

@@ -745,9 +745,15 @@ impl Sim {
             }
         }
         let n = self.nodes.get_mut(id).expect("node");
-        let t = n.km.as_ref().and_then(|k| k.poll_timeout());
-        n.due_at = t;
-        if let Some(t) = t {
+        n.due_at = n.km.as_ref().and_then(|k| k.poll_timeout());
+        self.arm_timer(id);
+    }
+
+    /// Queues a timer event for when `id`'s core is next due, unless one at or before then
+    /// is queued already.
+    fn arm_timer(&mut self, id: &str) {
+        let n = self.nodes.get_mut(id).expect("node");
+        if let Some(t) = n.due_at {
             if n.timer_at.is_none_or(|old| t < old || old <= self.now) {
                 n.timer_at = Some(t);
                 let (inc, order) = (n.incarnation, n.order);
@@ -879,8 +885,13 @@ impl Sim {
                 if n.due_at.is_some_and(|t| t <= now) {
                     n.km.as_mut().expect("running").handle_timeout(now);
                     self.timer_wakeups += 1;
+                    self.drain(&node);
+                } else {
+                    // Not woken, the core is as it was when it last said when it is due
+                    // (`poll_timeout` reads only its state): its outbox is empty and its due
+                    // time stands.
+                    self.arm_timer(&node);
                 }
-                self.drain(&node);
             }
             // A photon link's key comes from its machines, not as rate-level blocks.
             Event::LinkBlock { link, .. } if self.photon.is_photon(link) => {}
