@@ -354,10 +354,10 @@ impl KeyManager {
                     // destination's in-flight slots until it times out.
                     stale_relays.push(Record::PendingRelayGone { seq });
                 }
-                Record::SlaveKey { id, key } => km.supply.restore_slave_key(id, key),
+                Record::SlaveKey { id, key } => km.supply.restore_slave_key(id, key, now),
                 Record::TaggedSlaveKey { id, mut key, run } => {
                     key.run = run;
-                    km.supply.restore_slave_key(id, key)
+                    km.supply.restore_slave_key(id, key, now)
                 }
                 Record::GracedSlaveKey {
                     id,
@@ -367,7 +367,7 @@ impl KeyManager {
                 } => {
                     key.run = run;
                     key.graced = graced;
-                    km.supply.restore_slave_key(id, key)
+                    km.supply.restore_slave_key(id, key, now)
                 }
                 Record::Counter {
                     name: Counter::Run,

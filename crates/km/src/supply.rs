@@ -6,7 +6,7 @@
 //! before acknowledging — and only then answers the master. A key is served once to its master
 //! and once to each slave, then erased.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use kagi_keymat::its_mac::MAC_KEY_LEN;
 use kagi_keymat::Key;
@@ -39,10 +39,20 @@ pub(crate) struct MasterAssign {
 pub(crate) struct Supply {
     pub(crate) slave_keys: BTreeMap<Uuid, SlaveKey>,
     pub(crate) assigns: BTreeMap<u64, MasterAssign>,
-    /// Assignments applied here as a slave node; `Some(write)` while not yet durable.
+    /// Assignments applied here as a slave node; `Some(write)` while not yet durable. Kept for
+    /// [`APPLIED_KEPT_ASSIGN_TIMEOUTS`] assignment timeouts, to tell a retransmission from a new
+    /// assignment: the origin retransmits only until its timeout.
     pub(crate) applied_assigns: BTreeMap<(NodeId, u64), Option<WriteId>>,
+    /// `applied_assigns` in the order they were applied, with when (for forgetting them).
+    applied_order: VecDeque<(Instant, NodeId, u64)>,
     pub(crate) next_assign: u64,
 }
+
+/// How many assignment timeouts a slave node remembers an applied assignment. The origin
+/// retransmits an assignment only until its timeout, so a copy arriving later still was
+/// delayed that many times over. Without a bound the memory grew by one entry per assignment
+/// for as long as a node ran (1.1 GB over a simulated day of a 100-node mesh).
+pub(crate) const APPLIED_KEPT_ASSIGN_TIMEOUTS: u32 = 12;
 
 impl Default for Supply {
     fn default() -> Self {
@@ -50,17 +60,55 @@ impl Default for Supply {
             slave_keys: BTreeMap::new(),
             assigns: BTreeMap::new(),
             applied_assigns: BTreeMap::new(),
+            applied_order: VecDeque::new(),
             next_assign: 1,
         }
     }
 }
 
 impl Supply {
-    /// Restores a key held for slaves (and marks its assignment applied and durable).
-    pub(crate) fn restore_slave_key(&mut self, id: Uuid, key: SlaveKey) {
-        self.applied_assigns
-            .insert((key.origin.clone(), key.assign_seq), None);
+    /// Restores a key held for slaves (and marks its assignment applied and durable, as of
+    /// `now`).
+    pub(crate) fn restore_slave_key(&mut self, id: Uuid, key: SlaveKey, now: Instant) {
+        self.note_applied(now, key.origin.clone(), key.assign_seq, None);
         self.slave_keys.insert(id, key);
+    }
+
+    /// Notes the slave-side assignment `(origin, seq)` applied at `now` (`write`: the store
+    /// write that makes it durable, `None` if it is).
+    pub(crate) fn note_applied(
+        &mut self,
+        now: Instant,
+        origin: NodeId,
+        seq: u64,
+        write: Option<WriteId>,
+    ) {
+        if self
+            .applied_assigns
+            .insert((origin.clone(), seq), write)
+            .is_none()
+        {
+            self.applied_order.push_back((now, origin, seq));
+        }
+    }
+
+    /// Forgets durable applied assignments older than `kept` (oldest first; one not yet
+    /// durable stops the walk, and with it every later one is kept).
+    pub(crate) fn forget_applied(&mut self, now: Instant, kept: std::time::Duration) {
+        while let Some((at, origin, seq)) = self.applied_order.front() {
+            if now.saturating_since(*at) < kept {
+                break;
+            }
+            let key = (origin.clone(), *seq);
+            match self.applied_assigns.get(&key) {
+                Some(Some(_)) => break,
+                Some(None) => {
+                    self.applied_assigns.remove(&key);
+                }
+                None => {}
+            }
+            self.applied_order.pop_front();
+        }
     }
 
     /// Restores the assignment counter (it only moves forward).
@@ -722,9 +770,10 @@ impl KeyManager {
         self.pools.flush_touched(&mut batch);
         self.saw_assign(&origin, seq, &mut batch);
         let next_w = self.out.peek_write();
+        let kept = self.cfg.policy.assign_timeout * APPLIED_KEPT_ASSIGN_TIMEOUTS;
+        self.supply.forget_applied(now, kept);
         self.supply
-            .applied_assigns
-            .insert((origin.clone(), seq), Some(next_w));
+            .note_applied(now, origin.clone(), seq, Some(next_w));
         self.out.store(
             batch,
             vec![
@@ -828,6 +877,34 @@ mod tests {
     use crate::config::{KmConfig, Limits, Policy};
     use crate::quota::{Priority, QuotaConfig, SaeLimit};
     use crate::record::Snapshot;
+
+    /// A slave node forgets applied assignments once they are durable and older than the
+    /// window, oldest first; one not yet durable holds back every later one.
+    #[test]
+    fn applied_assignments_are_forgotten_after_the_window() {
+        let kept = std::time::Duration::from_secs(60);
+        let at = |s: u64| Instant(s * 1_000_000_000);
+        let mut sup = Supply::default();
+        sup.note_applied(at(0), "a".into(), 1, None);
+        sup.note_applied(at(10), "a".into(), 2, Some(7));
+        sup.note_applied(at(20), "b".into(), 1, None);
+        sup.forget_applied(at(59), kept);
+        assert_eq!(sup.applied_assigns.len(), 3, "nothing is old enough");
+        sup.forget_applied(at(85), kept);
+        // ("a", 1) went; ("a", 2) is not durable yet and keeps ("b", 1) with it.
+        assert_eq!(sup.applied_assigns.len(), 2);
+        assert!(!sup.applied_assigns.contains_key(&("a".to_string(), 1)));
+        sup.slave_assign_durable("a".into(), 2);
+        sup.forget_applied(at(85), kept);
+        assert!(sup.applied_assigns.is_empty());
+        assert!(sup.applied_order.is_empty());
+        // A long run keeps only the last window's worth.
+        for s in 0..10_000u64 {
+            sup.forget_applied(at(s), kept);
+            sup.note_applied(at(s), "c".into(), s, None);
+        }
+        assert_eq!(sup.applied_assigns.len(), 60);
+    }
 
     /// Node a (SAEs `hi`, `lo`, `plain`) with 4096 bytes of key ready for node b (`sae-b`),
     /// whose pool target is 4096 bytes.
