@@ -86,7 +86,10 @@ impl Liveness {
     fn beat_due(&self, now: Instant, interval: std::time::Duration) -> Vec<NodeId> {
         self.watched
             .iter()
-            .filter(|(_, w)| w.sent.is_none_or(|s| now.saturating_since(s) >= interval / 2))
+            .filter(|(_, w)| {
+                w.sent
+                    .is_none_or(|s| now.saturating_since(s) >= interval / 2)
+            })
             .map(|(n, _)| n.clone())
             .collect()
     }

@@ -191,15 +191,8 @@ fn fnv_step(h: u64, x: u64) -> u64 {
 /// is folded in last, so trailing zeros count), without building the bytes; returns the hash
 /// and the length.
 fn hash_encoding(h: u64, msg: &PeerMsg) -> (u64, u64) {
-    postcard::serialize_with_flavor(
-        msg,
-        HashFlavor {
-            h,
-            len: 0,
-            word: 0,
-        },
-    )
-    .expect("peer messages always encode")
+    postcard::serialize_with_flavor(msg, HashFlavor { h, len: 0, word: 0 })
+        .expect("peer messages always encode")
 }
 
 /// A postcard output that hashes the bytes it is given, a little-endian word at a time, and
@@ -217,7 +210,7 @@ impl postcard::ser_flavors::Flavor for HashFlavor {
     fn try_push(&mut self, b: u8) -> postcard::Result<()> {
         self.word |= u64::from(b) << (8 * (self.len % 8));
         self.len += 1;
-        if self.len % 8 == 0 {
+        if self.len.is_multiple_of(8) {
             self.h = fnv_step(self.h, self.word);
             self.word = 0;
         }
@@ -226,7 +219,7 @@ impl postcard::ser_flavors::Flavor for HashFlavor {
 
     fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
         let mut rest = bytes;
-        while self.len % 8 != 0 {
+        while !self.len.is_multiple_of(8) {
             let Some((b, r)) = rest.split_first() else {
                 return Ok(());
             };
