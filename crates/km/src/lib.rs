@@ -14,6 +14,7 @@ mod blocks;
 pub mod config;
 mod delivery;
 mod demand;
+mod echo;
 pub mod fixed_hash;
 mod grants;
 pub mod keybuf;

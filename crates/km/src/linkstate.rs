@@ -450,6 +450,52 @@ impl KeyManager {
         }
     }
 
+    /// Whether an advert of `origin` numbered `(run, seq)` is dropped unread, an echo (see
+    /// [`crate::echo`]): no link state here, this node's own flooded back round a cycle, or not
+    /// newer than the one held. `Some(true)`: dropped as a replay of an older one, to be
+    /// counted. `None`: it is read.
+    pub(crate) fn advert_echo(
+        &self,
+        now: Instant,
+        origin: &str,
+        run: u64,
+        seq: u64,
+    ) -> Option<bool> {
+        let Some(lp) = self.cfg.policy.link_state else {
+            return Some(false);
+        };
+        if origin == self.cfg.node_id {
+            return Some(false);
+        }
+        // Copies of what is held already come round every cycle of the flood: most adverts
+        // are dropped here, before their content is checked.
+        let h = self.linkstate.adverts.get(origin)?;
+        if (run, seq) > (h.run, h.seq) {
+            return None;
+        }
+        let fresh = now.saturating_since(h.at) < lp.stale_after;
+        // Signed, the newest accepted bounds every later one for good: an older genuine
+        // advert is a replay even once the origin fell silent (a restarted origin numbers its
+        // adverts above, `KmConfig::advert_run_base`). Unsigned, the numbers prove nothing and a
+        // forged (MAX, MAX) would silence the origin for good, so an older one is taken once the
+        // held one is stale.
+        (fresh || self.cfg.advert_auth.is_some()).then_some(!fresh && (run, seq) < (h.run, h.seq))
+    }
+
+    /// Counts an advert dropped as older than the newest accepted from its origin.
+    pub(crate) fn note_advert_replayed(&mut self, from: &str, origin: &str, run: u64, seq: u64) {
+        self.stats.link_adverts_replayed += 1;
+        let (held_run, held_seq) = self
+            .linkstate
+            .adverts
+            .get(origin)
+            .map_or((0, 0), |h| (h.run, h.seq));
+        tracing::debug!(
+            me = %self.me(), %from, %origin, run, seq, held_run, held_seq,
+            "link-state advert dropped: older than the newest accepted"
+        );
+    }
+
     /// An advert from `from` (its own or flooded): kept if it is valid, newer than the newest
     /// accepted from its origin and, with an [`AdvertAuth`](crate::AdvertAuth), signed by its
     /// origin (without one, an older advert is also kept once the held one is stale); then
@@ -469,31 +515,11 @@ impl KeyManager {
         let Some(lp) = self.cfg.policy.link_state else {
             return;
         };
-        if origin == self.cfg.node_id {
-            return; // our own, flooded back round a cycle
-        }
-        // Copies of what is held already come round every cycle of the flood: most adverts
-        // are dropped here, before their content is checked.
-        if let Some(h) = self.linkstate.adverts.get(&origin) {
-            if (run, seq) <= (h.run, h.seq) {
-                let fresh = now.saturating_since(h.at) < lp.stale_after;
-                // Signed, the newest accepted bounds every later one for good: an older
-                // genuine advert is a replay even once the origin fell silent (a restarted
-                // origin numbers its adverts above, `KmConfig::advert_run_base`). Unsigned,
-                // the numbers prove nothing and a forged (MAX, MAX) would silence the origin
-                // for good, so an older one is taken once the held one is stale.
-                if fresh || self.cfg.advert_auth.is_some() {
-                    if !fresh && (run, seq) < (h.run, h.seq) {
-                        self.stats.link_adverts_replayed += 1;
-                        tracing::debug!(
-                            me = %self.me(), %from, %origin, run, seq,
-                            held_run = h.run, held_seq = h.seq,
-                            "link-state advert dropped: older than the newest accepted"
-                        );
-                    }
-                    return; // seen already (flooding brings copies round every cycle)
-                }
+        if let Some(replayed) = self.advert_echo(now, &origin, run, seq) {
+            if replayed {
+                self.note_advert_replayed(&from, &origin, run, seq);
             }
+            return;
         }
         if let Err(why) = self.check_advert(&origin, &links) {
             self.stats.link_adverts_rejected += 1;

@@ -120,14 +120,17 @@ impl Liveness {
 impl KeyManager {
     /// A message (or a channel coming up) from `peer`: it is alive; if it was silent, routes
     /// may go through it again.
-    pub(crate) fn note_heard(&mut self, peer: &str, now: Instant) {
+    /// Returns whether `peer` counted as silent until now.
+    pub(crate) fn note_heard(&mut self, peer: &str, now: Instant) -> bool {
         if self.cfg.policy.liveness.is_none() {
-            return;
+            return false;
         }
         self.liveness.heard(peer, now);
-        if self.routing.set_silent(peer, false) {
+        let spoke_again = self.routing.set_silent(peer, false);
+        if spoke_again {
             tracing::info!(me = %self.me(), %peer, "peer speaks again; routing through it");
         }
+        spoke_again
     }
 
     /// Sends the heartbeats that are due and routes around nodes that went silent.

@@ -243,7 +243,7 @@ pub struct KeyManager {
     pub(crate) out: Outbox,
     /// Key rate limits and usage per master SAE.
     pub(crate) quotas: crate::quota::Quotas,
-    fenced: bool,
+    pub(crate) fenced: bool,
     pub(crate) key_rng: ChaCha20Rng,
     pub(crate) sched_rng: ChaCha20Rng,
     /// The next tick of the refill grid not yet run or slept through (see `refill_due`).
@@ -270,6 +270,8 @@ pub struct KeyManager {
     pub(crate) revokes: crate::revoke::Revokes,
     /// The latest `now` passed in (for work started where no `now` is at hand).
     pub(crate) now: Instant,
+    /// `poll_timeout`'s deadlines, kept while only echoes come (see [`crate::echo`]).
+    pub(crate) deadline_memo: crate::echo::DeadlineMemo,
 }
 
 impl KeyManager {
@@ -316,6 +318,7 @@ impl KeyManager {
             reserves: Default::default(),
             revokes: Default::default(),
             now,
+            deadline_memo: Default::default(),
             cfg,
         };
         let mut stale_relays = Vec::new();
@@ -441,6 +444,8 @@ impl KeyManager {
         km.reconcile.restore_reserved(reserved);
         km.reconcile.restore_run_epochs(run_epochs);
         km.start_reconcile(store, next_run, now);
+        // Built step by step above: nothing kept from before the last step.
+        km.deadline_memo.forget();
         km
     }
 
@@ -481,7 +486,21 @@ impl KeyManager {
     /// (`false`): the same behaviour, more CPU; for tests that check the skip event for event.
     #[doc(hidden)]
     pub fn skip_quiet_refills(&mut self, on: bool) {
+        self.deadline_memo.forget();
         self.relays.skip_quiet_refills(on);
+    }
+
+    /// Keeps `poll_timeout`'s deadlines across echoes (`true`, the default) or handles every
+    /// echo in full (`false`): the same behaviour, more CPU; for tests that compare.
+    #[doc(hidden)]
+    pub fn keep_echo_deadlines(&mut self, on: bool) {
+        self.deadline_memo.enable(on);
+    }
+
+    /// Echoes (heartbeats, copies of held adverts) handled without recomputing deadlines.
+    #[doc(hidden)]
+    pub fn echoes_handled(&self) -> u64 {
+        self.deadline_memo.echoes()
     }
 
     /// Refill ticks skipped so far because they could not change anything.
@@ -509,6 +528,10 @@ impl KeyManager {
 
     /// Feeds one input. Drain [`poll_action`](Self::poll_action) afterwards.
     pub fn handle(&mut self, now: Instant, input: Input) {
+        if self.handle_echo(now, &input) {
+            return;
+        }
+        self.deadline_memo.forget();
         self.skip_slept_refills(now, true);
         self.now = self.now.max(now);
         self.relays.note_input();
@@ -549,6 +572,7 @@ impl KeyManager {
         if self.fenced {
             return;
         }
+        self.deadline_memo.forget();
         self.now = self.now.max(now);
         self.skip_slept_refills(now, false);
         self.check_liveness(now);
@@ -579,27 +603,13 @@ impl KeyManager {
         if self.fenced {
             return None;
         }
-        let mut t = self.refill_due().unwrap_or(Instant(u64::MAX));
-        if let Some(r) = self.relays.next_deadline() {
-            t = t.min(r);
-        }
-        if let Some(a) = self.supply.next_deadline() {
-            t = t.min(a);
-        }
-        if let Some(h) = self.hello_deadline() {
-            t = t.min(h);
+        let d = self.deadlines();
+        let mut t = self.refill_due_given(d.sleeps).unwrap_or(Instant(u64::MAX));
+        if let Some(o) = d.others {
+            t = t.min(o);
         }
         if let Some(lp) = self.cfg.policy.liveness {
             t = t.min(self.liveness.next_deadline(lp.silent_after));
-        }
-        if self.cfg.policy.link_state.is_some() {
-            t = t.min(self.linkstate.next_deadline());
-        }
-        if let Some(g) = self.delivery.next_deadline() {
-            t = t.min(g);
-        }
-        if let Some(r) = self.revokes.next_deadline() {
-            t = t.min(r);
         }
         (t != Instant(u64::MAX)).then_some(t)
     }

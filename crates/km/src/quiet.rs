@@ -176,7 +176,7 @@ impl KeyManager {
     /// While refill ticks can change nothing and nothing else a tick does is due (grant asks,
     /// reservation retries, waiting hops to retry, an advert after a link flip): the first time
     /// one may (`Some(None)`: not before an input). `None`: the next tick may act.
-    fn refill_sleeps_until(&self) -> Option<Option<Instant>> {
+    pub(crate) fn refill_sleeps_until(&self) -> Option<Option<Instant>> {
         if self.routing.has_any_demand() || self.relays.hop_retry_due() || self.link_flip_pending()
         {
             return None;
@@ -193,7 +193,12 @@ impl KeyManager {
     /// When the next refill tick runs (`None`: not before an input): the grid's next tick, or
     /// while ticks would change nothing, the first at or after the time one may.
     pub(crate) fn refill_due(&self) -> Option<Instant> {
-        match self.refill_sleeps_until() {
+        self.refill_due_given(self.refill_sleeps_until())
+    }
+
+    /// [`refill_due`](Self::refill_due) with `refill_sleeps_until`'s answer at hand.
+    pub(crate) fn refill_due_given(&self, sleeps: Option<Option<Instant>>) -> Option<Instant> {
+        match sleeps {
             None => Some(self.next_refill),
             Some(until) => until.map(|u| self.refill_grid_from(u)),
         }
@@ -221,15 +226,31 @@ impl KeyManager {
     /// itself runs after the timeout's other work, as in a node that ticks always). Called
     /// before anything at `now` changes what the ticks read.
     pub(crate) fn skip_slept_refills(&mut self, now: Instant, for_input: bool) {
-        let past = if for_input {
+        if self.refill_owed_before(now, for_input) {
+            self.skip_slept_refills_given(now, for_input, self.refill_sleeps_until());
+        }
+    }
+
+    fn refill_owed_before(&self, now: Instant, for_input: bool) -> bool {
+        if for_input {
             self.next_refill <= now
         } else {
             self.next_refill < now
-        };
-        if !past {
+        }
+    }
+
+    /// [`skip_slept_refills`](Self::skip_slept_refills) with `refill_sleeps_until`'s answer at
+    /// hand.
+    pub(crate) fn skip_slept_refills_given(
+        &mut self,
+        now: Instant,
+        for_input: bool,
+        sleeps: Option<Option<Instant>>,
+    ) {
+        if !self.refill_owed_before(now, for_input) {
             return;
         }
-        let Some(until) = self.refill_sleeps_until() else {
+        let Some(until) = sleeps else {
             return;
         };
         if until.is_none_or(|u| self.refill_grid_from(u) > now) {

@@ -263,8 +263,11 @@ impl Relays {
     }
 
     /// Something outside the timers happened: waiting hops are to be retried.
-    pub(crate) fn note_input(&mut self) {
+    /// Returns whether that made a hop retry due that was not.
+    pub(crate) fn note_input(&mut self) -> bool {
+        let was = self.hop_retry_due();
         self.retry_due = true;
+        !was && self.hop_retry_due()
     }
 
     /// An input that may change what refill reads beyond the counters of its fingerprint

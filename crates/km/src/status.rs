@@ -138,6 +138,7 @@ impl KeyManager {
         if !self.links.contains(peer) {
             return false;
         }
+        self.deadline_memo.forget();
         self.routing.set_in_service(peer, in_service);
         true
     }

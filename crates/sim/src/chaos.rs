@@ -53,6 +53,8 @@ pub struct ChaosConfig {
     /// The nodes skip refill ticks that cannot change anything (the default); `false` runs
     /// every tick, to check that the run is the same event for event.
     pub skip_quiet_refills: bool,
+    /// Whether nodes keep their deadlines across echoes (see [`Sim::keep_echo_deadlines`]).
+    pub keep_echo_deadlines: bool,
     /// Link blocks reach the nodes as lazy keys (the default); `false` produces their bytes at
     /// delivery, to check that the run is the same event for event.
     pub lazy_link_key: bool,
@@ -74,6 +76,7 @@ impl Default for ChaosConfig {
             grace: Policy::default().slave_grace,
             link_grants: Policy::default().link_grants.is_some(),
             skip_quiet_refills: true,
+            keep_echo_deadlines: true,
             lazy_link_key: true,
         }
     }
@@ -208,6 +211,7 @@ pub fn run(seed: u64, cfg: &ChaosConfig) -> ChaosReport {
     let relay_timeout = policy.relay_timeout;
     let mut sim = Sim::with_hostile(topology(), hostile, seed, faults, supply, policy);
     sim.skip_quiet_refills(cfg.skip_quiet_refills);
+    sim.keep_echo_deadlines(cfg.keep_echo_deadlines);
     sim.lazy_link_key(cfg.lazy_link_key);
     sim.check_pads();
     let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x00c4_a05c_4a05);

@@ -328,6 +328,9 @@ pub struct Sim {
     /// Whether the nodes skip refill ticks that cannot change anything (see
     /// [`Sim::skip_quiet_refills`]).
     skip_quiet_refills: bool,
+    /// Whether the nodes keep their deadlines across echoes (see
+    /// [`Sim::keep_echo_deadlines`]).
+    keep_echo_deadlines: bool,
     /// Whether link blocks are delivered as lazy keys (see [`Sim::lazy_link_key`]).
     lazy_link_key: bool,
     /// A hash of the bytes of every key answered to an SAE (see [`Sim::key_digest`]).
@@ -409,6 +412,7 @@ impl Sim {
             timer_wakeups: 0,
             pads: None,
             skip_quiet_refills: true,
+            keep_echo_deadlines: true,
             lazy_link_key: true,
             key_digest: 0xcbf2_9ce4_8422_2325,
             link_key_produced: Arc::default(),
@@ -490,6 +494,7 @@ impl Sim {
         seed[24..].copy_from_slice(&n.incarnation.to_le_bytes());
         let mut km = KeyManager::restore(cfg, snap, seed, self.now);
         km.skip_quiet_refills(self.skip_quiet_refills);
+        km.keep_echo_deadlines(self.keep_echo_deadlines);
         // The node's peer connections come up only to the nodes it can reach.
         let unreachable: Vec<String> = self
             .ids
@@ -1324,6 +1329,27 @@ impl Sim {
                 km.skip_quiet_refills(on);
             }
         }
+    }
+
+    /// Whether the nodes keep `poll_timeout`'s deadlines across echoes (heartbeats, copies of
+    /// held adverts; `true`, the default) or handle every echo in full: the same run either
+    /// way, as a test checks.
+    pub fn keep_echo_deadlines(&mut self, on: bool) {
+        self.keep_echo_deadlines = on;
+        for n in self.nodes.values_mut() {
+            if let Some(km) = n.km.as_mut() {
+                km.keep_echo_deadlines(on);
+            }
+        }
+    }
+
+    /// Echoes the nodes handled without recomputing their deadlines (their current runs).
+    pub fn echoes_handled(&self) -> u64 {
+        self.nodes
+            .values()
+            .filter_map(|n| n.km.as_ref())
+            .map(|km| km.echoes_handled())
+            .sum()
     }
 
     /// A hash of the bytes of every key answered to an SAE so far, in order (the trace hash
