@@ -6,14 +6,14 @@
 //! After every input the driver asks [`KeyManager::poll_timeout`], whose refill, grant and
 //! reservation deadlines walk every link. Those deadlines depend only on state an echo does not
 //! touch, so they are kept ([`DeadlineMemo`]) from the last time they were computed while only
-//! echoes came, and `poll_timeout` recomputes just the liveness part.
+//! echoes came, and `poll_timeout` recomputes just the liveness part. They are computed and kept
+//! when the driver has drained the actions (`poll_action` answers `None`, as it must after every
+//! input), so the core stays `Sync` and `poll_timeout` takes `&self`.
 //!
 //! Every other input and every timeout forgets the kept deadlines first, and nothing inside
 //! `handle` or `handle_timeout` reads them: only `poll_timeout` and the echo path do. An echo
 //! that could move them (it wakes waiting hops for the next refill tick, or it is the first word
 //! from a peer that counted as silent) forgets them too.
-
-use std::cell::Cell;
 
 use crate::manager::{Input, KeyManager};
 use crate::msgs::PeerMsg;
@@ -31,7 +31,7 @@ pub(crate) struct Deadlines {
 /// The deadlines last computed, while still valid.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DeadlineMemo {
-    kept: Cell<Option<Deadlines>>,
+    kept: Option<Deadlines>,
     /// Never keep them: every echo is handled in full (for tests that compare).
     off: bool,
     /// Echoes handled without recomputing the deadlines.
@@ -40,8 +40,8 @@ pub(crate) struct DeadlineMemo {
 
 impl DeadlineMemo {
     /// Forgets the kept deadlines (state they read may change).
-    pub(crate) fn forget(&self) {
-        self.kept.set(None);
+    pub(crate) fn forget(&mut self) {
+        self.kept = None;
     }
 
     /// Keeps deadlines across echoes (`true`, the default) or never.
@@ -57,12 +57,22 @@ impl DeadlineMemo {
 }
 
 impl KeyManager {
-    /// The deadlines as the state stands: kept ones if valid, else computed and kept.
+    /// The deadlines as the state stands: kept ones if valid, else computed.
     pub(crate) fn deadlines(&self) -> Deadlines {
-        if let Some(d) = self.deadline_memo.kept.get() {
-            return d;
+        self.deadline_memo
+            .kept
+            .unwrap_or_else(|| self.compute_deadlines())
+    }
+
+    /// Keeps the deadlines as the state stands (unless keeping is off or they are kept).
+    pub(crate) fn remember_deadlines(&mut self) {
+        if !self.deadline_memo.off && self.deadline_memo.kept.is_none() {
+            self.deadline_memo.kept = Some(self.compute_deadlines());
         }
-        let d = Deadlines {
+    }
+
+    fn compute_deadlines(&self) -> Deadlines {
+        Deadlines {
             sleeps: self.refill_sleeps_until(),
             others: [
                 self.relays.next_deadline(),
@@ -78,11 +88,7 @@ impl KeyManager {
             .into_iter()
             .flatten()
             .min(),
-        };
-        if !self.deadline_memo.off {
-            self.deadline_memo.kept.set(Some(d));
         }
-        d
     }
 
     /// Handles `input` if it is an echo and deadlines are kept; returns false, having done
@@ -106,7 +112,7 @@ impl KeyManager {
             },
             _ => return false,
         };
-        let Some(kept) = self.deadline_memo.kept.get() else {
+        let Some(kept) = self.deadline_memo.kept else {
             return false;
         };
         self.deadline_memo.echoes += 1;

@@ -589,7 +589,11 @@ impl KeyManager {
 
     /// The next action, if any. Call until `None` after every `handle*`.
     pub fn poll_action(&mut self) -> Option<Action> {
-        let act = self.out.pop()?;
+        let Some(act) = self.out.pop() else {
+            // Drained: the state stands until the next input (see `crate::echo`).
+            self.remember_deadlines();
+            return None;
+        };
         // What leaves for a watched peer tells it this node is alive (see `crate::liveness`).
         if let (Action::Send { to, .. }, Some(_)) = (&act, self.cfg.policy.liveness) {
             self.liveness.sent(to, self.now);

@@ -19,6 +19,57 @@ pub enum Arrivals {
     Periodic,
 }
 
+/// The times (seconds from the start) of a Poisson stream at `rate` per second, thinned by the
+/// profile, up to `span` seconds, drawn from `rng` as they are asked for: a day of a large
+/// network is millions of requests, and a study reads them in order.
+#[derive(Debug, Clone)]
+pub struct PoissonTimes {
+    /// Where the draws come from (after the last time given: the stream's state).
+    pub rng: ChaCha20Rng,
+    t: f64,
+    /// Peak rate: the stream is drawn at this rate and thinned to the profile.
+    rate: f64,
+    peak: f64,
+    span: f64,
+    diurnal: bool,
+}
+
+impl PoissonTimes {
+    /// The stream of `rate_per_s` requests per second on average over `span` seconds.
+    pub fn new(rng: ChaCha20Rng, rate_per_s: f64, diurnal: bool, span: f64) -> Self {
+        let peak = if diurnal { 1.5 } else { 1.0 };
+        Self {
+            rng,
+            t: 0.0,
+            rate: rate_per_s * peak,
+            peak,
+            span,
+            diurnal,
+        }
+    }
+}
+
+impl Iterator for PoissonTimes {
+    type Item = f64;
+
+    fn next(&mut self) -> Option<f64> {
+        if self.rate <= 0.0 {
+            return None;
+        }
+        loop {
+            self.t += exp(&mut self.rng, self.rate);
+            if self.t >= self.span {
+                // Past the end for good (every later call would only draw again).
+                self.rate = 0.0;
+                return None;
+            }
+            if self.rng.gen::<f64>() * self.peak <= profile(self.diurnal, self.t) {
+                return Some(self.t);
+            }
+        }
+    }
+}
+
 /// Demand relative to the mean at `t` seconds from the start (a day starting at midnight):
 /// 0.5× at 04:00, 1.5× at 16:00, mean 1× over a day.
 pub fn profile(diurnal: bool, t: f64) -> f64 {
