@@ -1343,13 +1343,18 @@ impl Sim {
         }
     }
 
-    /// Echoes the nodes handled without recomputing their deadlines (their current runs).
-    pub fn echoes_handled(&self) -> u64 {
+    /// A count summed over the running nodes' cores.
+    fn sum_over_cores(&self, count: fn(&KeyManager) -> u64) -> u64 {
         self.nodes
             .values()
             .filter_map(|n| n.km.as_ref())
-            .map(|km| km.echoes_handled())
+            .map(count)
             .sum()
+    }
+
+    /// Echoes the nodes handled without recomputing their deadlines (their current runs).
+    pub fn echoes_handled(&self) -> u64 {
+        self.sum_over_cores(KeyManager::echoes_handled)
     }
 
     /// A hash of the bytes of every key answered to an SAE so far, in order (the trace hash
@@ -1367,20 +1372,12 @@ impl Sim {
 
     /// Refill ticks the running nodes skipped as quiet.
     pub fn quiet_refills_skipped(&self) -> u64 {
-        self.nodes
-            .values()
-            .filter_map(|n| n.km.as_ref())
-            .map(|km| km.quiet_refills_skipped())
-            .sum()
+        self.sum_over_cores(KeyManager::quiet_refills_skipped)
     }
 
     /// Of those, ticks skipped after a look at the destinations whose pool or demand moved.
     pub fn quiet_refills_looked(&self) -> u64 {
-        self.nodes
-            .values()
-            .filter_map(|n| n.km.as_ref())
-            .map(|km| km.quiet_refills_looked())
-            .sum()
+        self.sum_over_cores(KeyManager::quiet_refills_looked)
     }
 
     /// Sets the interval between blocks of each link (by link number), so that links of the
