@@ -116,9 +116,7 @@ impl KeyManager {
             return false;
         };
         self.deadline_memo.echoes += 1;
-        self.skip_slept_refills_given(now, true, kept.sleeps);
-        self.now = self.now.max(now);
-        let hops_woken = self.relays.note_input();
+        let hops_woken = self.begin_input(now, Some(kept.sleeps));
         let unsilenced = self.note_heard(from, now);
         if hops_woken || unsilenced {
             self.deadline_memo.forget();

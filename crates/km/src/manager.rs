@@ -532,9 +532,7 @@ impl KeyManager {
             return;
         }
         self.deadline_memo.forget();
-        self.skip_slept_refills(now, true);
-        self.now = self.now.max(now);
-        self.relays.note_input();
+        self.begin_input(now, None);
         if !keeps_refill_quiet(&input) {
             self.relays.wake_refill();
         }
@@ -565,6 +563,23 @@ impl KeyManager {
                 self.abandon_relays_via(&peer, true);
             }
         }
+    }
+
+    /// What every input does first, an echo's short path (`crate::echo`) included: refill ticks
+    /// slept through are no longer owed, time moves on, and waiting hops retry at the next
+    /// tick. `sleeps`: `refill_sleeps_until`'s answer, when it is at hand. Returns whether that
+    /// made a hop retry due.
+    pub(crate) fn begin_input(
+        &mut self,
+        now: Instant,
+        sleeps: Option<Option<Option<Instant>>>,
+    ) -> bool {
+        match sleeps {
+            Some(sleeps) => self.skip_slept_refills_given(now, true, sleeps),
+            None => self.skip_slept_refills(now, true),
+        }
+        self.now = self.now.max(now);
+        self.relays.note_input()
     }
 
     /// Handles timers whose deadline has passed. A spurious call does nothing harmful.
