@@ -104,6 +104,11 @@ impl Routes {
         self.paths.get(dst).map(|v| v.as_slice())
     }
 
+    /// Every reachable destination and its path `[src, ..., dst]`.
+    pub fn paths(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.paths.iter().map(|(d, p)| (d.as_str(), p.as_slice()))
+    }
+
     /// Number of hops to `dst`.
     pub fn hops(&self, dst: &str) -> Option<usize> {
         self.path(dst).map(|p| p.len() - 1)

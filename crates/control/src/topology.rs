@@ -7,6 +7,8 @@ use kagi_quantum::supply::{BlockSchedule, KeySupply};
 use kagi_quantum::tech::{LinkTech, ParamValue, TechError};
 use serde::{Deserialize, Serialize};
 
+use crate::node_id::NodeId;
+
 /// A trusted node.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -289,13 +291,13 @@ pub struct SaeIndex {
     /// topology only (a lookup cannot add one), so a fixed key is no flooding risk.
     at: std::collections::HashMap<String, usize, foldhash::fast::FixedState>,
     /// Node IDs, in topology order.
-    ids: Vec<String>,
+    ids: Vec<NodeId>,
 }
 
 impl SaeIndex {
     /// The ID of the node `sae` is attached to, if the topology lists it.
-    pub fn node_id(&self, sae: &str) -> Option<&str> {
-        self.at.get(sae).map(|&i| self.ids[i].as_str())
+    pub fn node_id(&self, sae: &str) -> Option<&NodeId> {
+        self.at.get(sae).map(|&i| &self.ids[i])
     }
 }
 
@@ -604,7 +606,7 @@ impl Topology {
         }
         SaeIndex {
             at,
-            ids: self.nodes.iter().map(|n| n.id.clone()).collect(),
+            ids: self.nodes.iter().map(|n| NodeId::from(&n.id)).collect(),
         }
     }
 
@@ -703,17 +705,17 @@ mod tests {
         for n in &t.nodes {
             for s in &n.saes {
                 let scan = t.node_of_sae(s).map(|n| n.id.as_str());
-                assert_eq!(idx.node_id(s), scan, "{s}");
+                assert_eq!(idx.node_id(s).map(NodeId::as_str), scan, "{s}");
                 checked += 1;
             }
         }
         assert!(checked > t.nodes.len());
         assert_eq!(
-            idx.node_id(&t.nodes[0].saes[0]),
+            idx.node_id(&t.nodes[0].saes[0]).map(NodeId::as_str),
             Some(t.nodes[0].id.as_str())
         );
         assert_eq!(
-            idx.node_id(&t.nodes[2].saes[0]),
+            idx.node_id(&t.nodes[2].saes[0]).map(NodeId::as_str),
             Some(t.nodes[1].id.as_str())
         );
         assert_eq!(idx.node_id("no-such-sae"), None);

@@ -4,6 +4,7 @@ use std::sync::{Arc, OnceLock};
 
 use kagi_control::Topology;
 use kagi_keymat::Key;
+use kagi_km::NodeId;
 use kagi_km::{Action, Input, Instant, KeyManager, KmConfig, Limits, PeerMsg, Policy, Snapshot};
 
 /// Most actions drained after one input; a core that emits more is looping.
@@ -28,7 +29,13 @@ pub fn peer_messages(data: &[u8]) {
         rest = next;
         let from = ["a", "c", "d", "b"][*who as usize % 4].to_string();
         if let Ok(msg) = PeerMsg::decode(frame) {
-            km.handle(now, Input::Peer { from, msg });
+            km.handle(
+                now,
+                Input::Peer {
+                    from: NodeId::from(from),
+                    msg,
+                },
+            );
             drain(&mut km, now);
         }
         now = Instant(now.0 + u64::from(*who) * 1_000_000);
@@ -60,7 +67,7 @@ fn prepared() -> KeyManager {
         km.handle(
             now,
             Input::LinkKeys {
-                peer: peer.to_string(),
+                peer: NodeId::from(*peer),
                 block: 0,
                 key: Key::from_slice(&[i as u8 + 1; 4096]),
             },

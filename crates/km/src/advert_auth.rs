@@ -53,16 +53,16 @@ mod tests {
             rx_bytes: 3,
         };
         let o = "a".to_string();
-        let base = signed_bytes(&o, 1, 2, &[l("b", true)]);
+        let base = signed_bytes(&NodeId::from(&o), 1, 2, &[l("b", true)]);
         assert!(base.starts_with(&postcard::to_allocvec(&ADVERT_DOMAIN).unwrap()));
         for other in [
-            signed_bytes(&"b".to_string(), 1, 2, &[l("b", true)]),
-            signed_bytes(&o, 2, 2, &[l("b", true)]),
-            signed_bytes(&o, 1, 3, &[l("b", true)]),
-            signed_bytes(&o, 1, 2, &[l("b", false)]),
-            signed_bytes(&o, 1, 2, &[l("c", true)]),
-            signed_bytes(&o, 1, 2, &[l("b", true), l("c", true)]),
-            signed_bytes(&o, 1, 2, &[]),
+            signed_bytes(&NodeId::from("b".to_string()), 1, 2, &[l("b", true)]),
+            signed_bytes(&NodeId::from(&o), 2, 2, &[l("b", true)]),
+            signed_bytes(&NodeId::from(&o), 1, 3, &[l("b", true)]),
+            signed_bytes(&NodeId::from(&o), 1, 2, &[l("b", false)]),
+            signed_bytes(&NodeId::from(&o), 1, 2, &[l("c", true)]),
+            signed_bytes(&NodeId::from(&o), 1, 2, &[l("b", true), l("c", true)]),
+            signed_bytes(&NodeId::from(&o), 1, 2, &[]),
         ] {
             assert_ne!(other, base);
         }

@@ -7,6 +7,7 @@ use kagi_control::Topology;
 use serde::{Deserialize, Serialize};
 
 use crate::app::Refusal;
+use crate::msgs::NodeId;
 
 /// ETSI GS QKD 014 limits the core enforces. The node's config file embeds this struct (its
 /// `[etsi014]` table), so the limits are defined and checked in one place.
@@ -409,7 +410,7 @@ impl Default for Policy {
 #[derive(Debug, Clone)]
 pub struct KmConfig {
     /// This node's ID.
-    pub node_id: String,
+    pub node_id: NodeId,
     /// The network.
     pub topology: Arc<Topology>,
     /// ETSI 014 limits.

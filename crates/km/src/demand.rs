@@ -48,11 +48,11 @@ pub(crate) struct Demand {
 impl Demand {
     /// An application asked for `bytes` of key to `dest` (served or not: a refused request is
     /// demand too).
-    pub(crate) fn note(&mut self, dest: &str, bytes: u64, now: Instant, p: &Policy) {
+    pub(crate) fn note(&mut self, dest: &NodeId, bytes: u64, now: Instant, p: &Policy) {
         self.version += 1;
         self.touched.dest(dest);
         let w = window_s(p);
-        let e = self.per_dest.entry(dest.to_string()).or_insert(Recent {
+        let e = self.per_dest.entry(dest.clone()).or_insert(Recent {
             bytes: 0.0,
             peak: 0.0,
             at: now,
@@ -66,7 +66,7 @@ impl Demand {
     }
 
     /// Whether applications asked for key to `dest` within about one demand window.
-    pub(crate) fn is_active(&self, dest: &str, now: Instant, p: &Policy) -> bool {
+    pub(crate) fn is_active(&self, dest: &NodeId, now: Instant, p: &Policy) -> bool {
         self.per_dest
             .get(dest)
             .is_some_and(|r| now.saturating_since(r.at) < p.demand_window)
@@ -87,7 +87,7 @@ impl Demand {
     /// later than the first time it does. `None`: it never does (the floor is above `have`).
     pub(crate) fn may_fall_to(
         &self,
-        dest: &str,
+        dest: &NodeId,
         have: u64,
         now: Instant,
         p: &Policy,
@@ -118,7 +118,7 @@ impl Demand {
     }
 
     /// Bytes of key to keep ready for `dest` now.
-    pub(crate) fn target(&self, dest: &str, now: Instant, p: &Policy) -> u64 {
+    pub(crate) fn target(&self, dest: &NodeId, now: Instant, p: &Policy) -> u64 {
         let floor = p.idle_floor_bytes.min(p.pool_target_bytes);
         let Some(r) = self.per_dest.get(dest) else {
             return floor;
@@ -147,8 +147,8 @@ mod tests {
     fn a_destination_nobody_asked_for_keeps_only_the_floor() {
         let p = Policy::default();
         let d = Demand::default();
-        assert_eq!(d.target("x", at(5), &p), p.idle_floor_bytes);
-        assert!(!d.is_active("x", at(5), &p));
+        assert_eq!(d.target(&NodeId::from("x"), at(5), &p), p.idle_floor_bytes);
+        assert!(!d.is_active(&NodeId::from("x"), at(5), &p));
     }
 
     #[test]
@@ -157,21 +157,24 @@ mod tests {
         let mut d = Demand::default();
         // 2 KiB/s for a minute: about 2 KiB/s × the horizon, more than the floor.
         for s in 0..60 {
-            d.note("x", 2048, at(s), &p);
+            d.note(&NodeId::from("x"), 2048, at(s), &p);
         }
-        let busy = d.target("x", at(60), &p);
+        let busy = d.target(&NodeId::from("x"), at(60), &p);
         assert!(busy > p.idle_floor_bytes * 4, "{busy}");
         assert!(busy <= p.pool_target_bytes);
-        assert!(d.is_active("x", at(60), &p));
+        assert!(d.is_active(&NodeId::from("x"), at(60), &p));
         // A flood is capped at the policy's target.
         for s in 60..120 {
-            d.note("x", 1 << 20, at(s), &p);
+            d.note(&NodeId::from("x"), 1 << 20, at(s), &p);
         }
-        assert_eq!(d.target("x", at(120), &p), p.pool_target_bytes);
+        assert_eq!(
+            d.target(&NodeId::from("x"), at(120), &p),
+            p.pool_target_bytes
+        );
         // Ten windows later the demand has faded to the floor.
         let later = at(120) + p.demand_window * 10;
-        assert_eq!(d.target("x", later, &p), p.idle_floor_bytes);
-        assert!(!d.is_active("x", later, &p));
+        assert_eq!(d.target(&NodeId::from("x"), later, &p), p.idle_floor_bytes);
+        assert!(!d.is_active(&NodeId::from("x"), later, &p));
     }
 
     #[test]
@@ -180,6 +183,6 @@ mod tests {
             pool_target_bytes: 256,
             ..Policy::default()
         };
-        assert_eq!(Demand::default().target("x", at(0), &p), 256);
+        assert_eq!(Demand::default().target(&NodeId::from("x"), at(0), &p), 256);
     }
 }

@@ -44,9 +44,9 @@ pub(crate) struct Grants {
 
 impl Grants {
     /// This node spent link key towards `peer`.
-    pub(crate) fn spent_towards(&mut self, peer: &str) {
+    pub(crate) fn spent_towards(&mut self, peer: &NodeId) {
         if !self.spent.contains(peer) {
-            self.spent.insert(peer.to_string());
+            self.spent.insert(peer.clone());
         }
     }
 }

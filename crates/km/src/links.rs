@@ -91,20 +91,20 @@ pub(crate) const MAX_GRANT_SPANS: usize = 256;
 
 /// Records what is left of block `id` of the neighbour's half after a take: its new state, or
 /// its removal once every byte of it is spent.
-fn settle_rx(rx: &mut Blocks, peer: &str, id: u64, batch: &mut Vec<Record>) {
+fn settle_rx(rx: &mut Blocks, peer: &NodeId, id: u64, batch: &mut Vec<Record>) {
     let Some(buf) = rx.get(&id) else {
         return;
     };
     if buf.exhausted() {
         rx.remove(&id);
         batch.push(Record::LinkBlockGone {
-            peer: peer.to_string(),
+            peer: peer.clone(),
             half: Half::Rx,
             block: id,
         });
     } else {
         batch.push(Record::LinkBlock {
-            peer: peer.to_string(),
+            peer: peer.clone(),
             half: Half::Rx,
             block: id,
             buf: KeyBufParts::from(buf),
@@ -152,7 +152,7 @@ impl Links {
         Self {
             map: neighbours
                 .into_iter()
-                .map(|n| (n.to_string(), Link::default()))
+                .map(|n| (NodeId::from(n), Link::default()))
                 .collect(),
         }
     }
@@ -172,7 +172,7 @@ impl Links {
     }
 
     /// True when `peer` is a neighbour.
-    pub(crate) fn contains(&self, peer: &str) -> bool {
+    pub(crate) fn contains(&self, peer: &NodeId) -> bool {
         self.map.contains_key(peer)
     }
 
@@ -201,7 +201,7 @@ impl Links {
     pub(crate) fn intake(
         &mut self,
         me_first: bool,
-        peer: &str,
+        peer: &NodeId,
         block: u64,
         key: Key,
         cap: u64,
@@ -242,7 +242,7 @@ impl Links {
             (Half::Rx, KeyBuf::new(rx), &mut link.rx),
         ] {
             batch.push(Record::LinkBlock {
-                peer: peer.to_string(),
+                peer: peer.clone(),
                 half,
                 block,
                 buf: KeyBufParts::from(&buf),
@@ -250,7 +250,7 @@ impl Links {
             map.insert(block, buf);
         }
         batch.push(Record::LinkHighWater {
-            peer: peer.to_string(),
+            peer: peer.clone(),
             block,
         });
         link.high_water = Some(block);
@@ -259,19 +259,19 @@ impl Links {
 
     /// Free bytes this node may spend on the link to `peer`: its own half and what the
     /// neighbour granted it.
-    pub(crate) fn tx_free(&self, peer: &str) -> u64 {
+    pub(crate) fn tx_free(&self, peer: &NodeId) -> u64 {
         self.own_tx_free(peer) + self.granted_in_free(peer)
     }
 
     /// Free bytes of this node's own half of the link to `peer` that it may spend now: in
     /// blocks the neighbour reserved for it.
-    pub(crate) fn own_tx_free(&self, peer: &str) -> u64 {
+    pub(crate) fn own_tx_free(&self, peer: &NodeId) -> u64 {
         self.map.get(peer).map_or(0, |l| l.tx.tail_free_upto())
     }
 
     /// Free bytes this node holds towards `peer`, reserved or not: its own half and what the
     /// neighbour granted it.
-    pub(crate) fn tx_held(&self, peer: &str) -> u64 {
+    pub(crate) fn tx_held(&self, peer: &NodeId) -> u64 {
         self.map
             .get(peer)
             .map_or(0, |l| l.tx.tail_free() + l.granted_in.tail_free())
@@ -282,7 +282,7 @@ impl Links {
     /// outstanding, the block by which `ahead` free bytes are covered (or the newest one held).
     /// A larger `ahead` hides the round trip better and costs more at a restart (reserved
     /// bytes left unspent are dropped then).
-    pub(crate) fn reserve_wanted(&self, peer: &str, ahead: u64) -> Option<u64> {
+    pub(crate) fn reserve_wanted(&self, peer: &NodeId, ahead: u64) -> Option<u64> {
         self.map.get(peer).and_then(|l| l.reserve_wanted(ahead))
     }
 
@@ -298,19 +298,19 @@ impl Links {
     }
 
     /// A reservation up to `upto` was asked for (answer pending).
-    pub(crate) fn asking(&mut self, peer: &str, upto: u64) {
+    pub(crate) fn asking(&mut self, peer: &NodeId, upto: u64) {
         if let Some(l) = self.map.get_mut(peer) {
             l.asking = l.asking.max(Some(upto));
         }
     }
 
     /// The outstanding reservation request towards `peer`, if any.
-    pub(crate) fn asked(&self, peer: &str) -> Option<u64> {
+    pub(crate) fn asked(&self, peer: &NodeId) -> Option<u64> {
         self.map.get(peer).and_then(|l| l.asking)
     }
 
     /// The neighbour `peer` recorded our half as reserved up to `upto`: spend up to there.
-    pub(crate) fn reserved(&mut self, peer: &str, upto: u64) {
+    pub(crate) fn reserved(&mut self, peer: &NodeId, upto: u64) {
         if let Some(l) = self.map.get_mut(peer) {
             l.set_reserved(l.reserved.max(Some(upto)));
             if l.asking.is_some_and(|a| a <= upto) {
@@ -325,7 +325,7 @@ impl Links {
     /// and did not spend yet). Returns the unspent bytes dropped.
     pub(crate) fn sync_reserved(
         &mut self,
-        peer: &str,
+        peer: &NodeId,
         reserved: Option<u64>,
         batch: &mut Vec<Record>,
     ) -> u64 {
@@ -344,7 +344,7 @@ impl Links {
 
     /// Forgets the reservation of our half at `peer` (a new store of it holds none of ours,
     /// or this run has not heard its `Seen` yet).
-    pub(crate) fn clear_reserved(&mut self, peer: &str) {
+    pub(crate) fn clear_reserved(&mut self, peer: &NodeId) {
         if let Some(l) = self.map.get_mut(peer) {
             l.set_reserved(None);
             l.asking = None;
@@ -352,7 +352,7 @@ impl Links {
     }
 
     /// Free bytes the neighbour `peer` granted this node.
-    fn granted_in_free(&self, peer: &str) -> u64 {
+    fn granted_in_free(&self, peer: &NodeId) -> u64 {
         self.map.get(peer).map_or(0, |l| l.granted_in.tail_free())
     }
 
@@ -361,7 +361,7 @@ impl Links {
     /// [`GRANTED`].
     pub(crate) fn alloc_tx(
         &mut self,
-        peer: &str,
+        peer: &NodeId,
         n: usize,
         batch: &mut Vec<Record>,
     ) -> Option<(Vec<Span>, Key)> {
@@ -385,7 +385,7 @@ impl Links {
         for s in &own {
             match link.tx.get(&s.id) {
                 Some(buf) if buf.tail_free() > 0 => batch.push(Record::LinkBlock {
-                    peer: peer.to_string(),
+                    peer: peer.clone(),
                     half: Half::Tx,
                     block: s.id,
                     buf: KeyBufParts::from(buf),
@@ -393,7 +393,7 @@ impl Links {
                 _ => {
                     link.tx.remove(&s.id);
                     batch.push(Record::LinkBlockGone {
-                        peer: peer.to_string(),
+                        peer: peer.clone(),
                         half: Half::Tx,
                         block: s.id,
                     });
@@ -404,7 +404,7 @@ impl Links {
     }
 
     /// Checks that the neighbour's half (or what we granted it) holds every span, unspent.
-    pub(crate) fn check_rx(&self, peer: &str, spans: &[Span]) -> Result<(), HopFault> {
+    pub(crate) fn check_rx(&self, peer: &NodeId, spans: &[Span]) -> Result<(), HopFault> {
         let link = self.map.get(peer).ok_or(HopFault::Spent)?;
         // Spans must be non-empty and not overlap each other.
         if !Span::disjoint(spans) {
@@ -434,7 +434,7 @@ impl Links {
     /// the run of ids up to the next block held (or the high-water mark), at most `max`. The
     /// neighbour spends oldest first, so after a gap (this end was down, or discarded a restored
     /// copy) it would otherwise learn of the missing blocks one failed hop at a time.
-    pub(crate) fn missing_run(&self, peer: &str, block: u64, max: usize) -> Vec<u64> {
+    pub(crate) fn missing_run(&self, peer: &NodeId, block: u64, max: usize) -> Vec<u64> {
         if block & GRANTED != 0 {
             return vec![block]; // a grant this node does not hold (any more)
         }
@@ -456,7 +456,7 @@ impl Links {
     /// passes for them.
     pub(crate) fn take_rx(
         &mut self,
-        peer: &str,
+        peer: &NodeId,
         spans: &[Span],
         batch: &mut Vec<Record>,
     ) -> Option<Key> {
@@ -484,7 +484,7 @@ impl Links {
     }
 
     /// The neighbour lacks these blocks of our half: stop spending them.
-    pub(crate) fn forget_tx(&mut self, peer: &str, blocks: &[u64], batch: &mut Vec<Record>) {
+    pub(crate) fn forget_tx(&mut self, peer: &NodeId, blocks: &[u64], batch: &mut Vec<Record>) {
         let Some(link) = self.map.get_mut(peer) else {
             return;
         };
@@ -495,7 +495,7 @@ impl Links {
             }
             if link.tx.remove(&b).is_some() {
                 batch.push(Record::LinkBlockGone {
-                    peer: peer.to_string(),
+                    peer: peer.clone(),
                     half: Half::Tx,
                     block: b,
                 });
@@ -505,7 +505,7 @@ impl Links {
 
     /// Drops the neighbour's half below block `floor` (it spends oldest first, so once it
     /// references `floor` it holds nothing older).
-    pub(crate) fn gc_rx(&mut self, peer: &str, floor: u64, batch: &mut Vec<Record>) {
+    pub(crate) fn gc_rx(&mut self, peer: &NodeId, floor: u64, batch: &mut Vec<Record>) {
         let Some(link) = self.map.get_mut(peer) else {
             return;
         };
@@ -513,7 +513,7 @@ impl Links {
         for id in old {
             link.rx.remove(&id);
             batch.push(Record::LinkBlockGone {
-                peer: peer.to_string(),
+                peer: peer.clone(),
                 half: Half::Rx,
                 block: id,
             });
@@ -524,7 +524,7 @@ impl Links {
 impl Links {
     /// The lowest block held of the link to `peer` (either half), or, holding none, the one
     /// after the high-water mark; `None` if nothing was ever received.
-    pub(crate) fn lowest_block(&self, peer: &str) -> Option<u64> {
+    pub(crate) fn lowest_block(&self, peer: &NodeId) -> Option<u64> {
         let l = self.map.get(peer)?;
         let low = [
             l.tx.keys().next(),
@@ -541,7 +541,7 @@ impl Links {
 
     /// Drops both halves of every block below `low`: the neighbour holds none of them. Returns
     /// the unspent bytes dropped.
-    pub(crate) fn drop_below(&mut self, peer: &str, low: u64, batch: &mut Vec<Record>) -> u64 {
+    pub(crate) fn drop_below(&mut self, peer: &NodeId, low: u64, batch: &mut Vec<Record>) -> u64 {
         let Some(l) = self.map.get_mut(peer) else {
             return 0;
         };
@@ -553,7 +553,7 @@ impl Links {
 
     /// Drops every block of the link to `peer` (both halves) and every grant either way: the
     /// neighbour holds none of them. Returns the unspent bytes dropped.
-    pub(crate) fn drop_all(&mut self, peer: &str, batch: &mut Vec<Record>) -> u64 {
+    pub(crate) fn drop_all(&mut self, peer: &NodeId, batch: &mut Vec<Record>) -> u64 {
         let Some(l) = self.map.get_mut(peer) else {
             return 0;
         };
@@ -564,7 +564,7 @@ impl Links {
     }
 
     /// Drops both halves of every block up to `hw`. Returns the unspent bytes dropped.
-    pub(crate) fn drop_upto(&mut self, peer: &str, hw: u64, batch: &mut Vec<Record>) -> u64 {
+    pub(crate) fn drop_upto(&mut self, peer: &NodeId, hw: u64, batch: &mut Vec<Record>) -> u64 {
         let Some(l) = self.map.get_mut(peer) else {
             return 0;
         };
@@ -575,7 +575,7 @@ impl Links {
     }
 
     /// Drops this node's half of every block up to `hw`. Returns the unspent bytes dropped.
-    pub(crate) fn drop_tx_upto(&mut self, peer: &str, hw: u64, batch: &mut Vec<Record>) -> u64 {
+    pub(crate) fn drop_tx_upto(&mut self, peer: &NodeId, hw: u64, batch: &mut Vec<Record>) -> u64 {
         let Some(l) = self.map.get_mut(peer) else {
             return 0;
         };
@@ -584,7 +584,7 @@ impl Links {
 
     /// The lowest block of our half of the link to `peer`, and whether none of it is spent yet
     /// (sent in `Hello`, so the neighbour can make the test of [`tx_behind`](Self::tx_behind)).
-    pub(crate) fn tx_low(&self, peer: &str) -> Option<(u64, bool)> {
+    pub(crate) fn tx_low(&self, peer: &NodeId) -> Option<(u64, bool)> {
         let (id, b) = self.map.get(peer)?.tx.iter().next()?;
         Some((*id, b.tail() == 0))
     }
@@ -592,7 +592,7 @@ impl Links {
     /// True when the neighbour saw block `seen` of our half spent while this store holds an
     /// older block of that half, or that very block unspent: we spend oldest first and persist
     /// before we send, so only an older copy of the store can look like that.
-    pub(crate) fn tx_behind(&self, peer: &str, seen: u64) -> bool {
+    pub(crate) fn tx_behind(&self, peer: &NodeId, seen: u64) -> bool {
         self.map.get(peer).is_some_and(|l| {
             l.tx.range(..=seen)
                 .any(|(id, b)| *id < seen || b.tail() == 0)
@@ -607,7 +607,7 @@ impl Links {
     /// only, to check and decrypt what the neighbour sends with them. Returns the spans given.
     pub(crate) fn grant(
         &mut self,
-        peer: &str,
+        peer: &NodeId,
         want: u64,
         reserve: u64,
         batch: &mut Vec<Record>,
@@ -636,7 +636,7 @@ impl Links {
             // Nothing of this block is left to this node's sequential spending: it goes.
             link.tx.remove(&id);
             batch.push(Record::LinkBlockGone {
-                peer: peer.to_string(),
+                peer: peer.clone(),
                 half: Half::Tx,
                 block: id,
             });
@@ -658,7 +658,7 @@ impl Links {
     /// highest block and the bytes taken, if any.
     pub(crate) fn accept_grant(
         &mut self,
-        peer: &str,
+        peer: &NodeId,
         spans: &[Span],
         batch: &mut Vec<Record>,
     ) -> Option<(u64, u64)> {
@@ -690,7 +690,7 @@ impl Links {
     }
 
     /// Forgets every grant either way with `peer` (a new run of it holds none of them).
-    pub(crate) fn drop_grants(&mut self, peer: &str) {
+    pub(crate) fn drop_grants(&mut self, peer: &NodeId) {
         if let Some(l) = self.map.get_mut(peer) {
             l.granted_in.clear();
             l.granted_out.clear();
@@ -701,7 +701,7 @@ impl Links {
 /// Drops the blocks of one half whose id matches; returns their unspent bytes.
 fn drop_where(
     m: &mut Blocks,
-    peer: &str,
+    peer: &NodeId,
     half: Half,
     drop: impl Fn(u64) -> bool,
     batch: &mut Vec<Record>,
@@ -713,7 +713,7 @@ fn drop_where(
             bytes += u64::from(b.free());
         }
         batch.push(Record::LinkBlockGone {
-            peer: peer.to_string(),
+            peer: peer.clone(),
             half,
             block: id,
         });
@@ -726,7 +726,7 @@ fn evict_oldest(
     m: &mut Blocks,
     cap: u64,
     incoming: u64,
-    peer: &str,
+    peer: &NodeId,
     half: Half,
     batch: &mut Vec<Record>,
 ) -> u64 {
@@ -740,7 +740,7 @@ fn evict_oldest(
             break;
         };
         batch.push(Record::LinkBlockGone {
-            peer: peer.to_string(),
+            peer: peer.clone(),
             half,
             block: id,
         });

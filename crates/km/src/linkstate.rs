@@ -122,11 +122,11 @@ impl LinkState {
     }
 
     /// Notes `bytes` of link key from `peer` (a neighbour: the caller checked).
-    pub(crate) fn arrived(&mut self, peer: &str, bytes: u64) {
+    pub(crate) fn arrived(&mut self, peer: &NodeId, bytes: u64) {
         match self.arrived.get_mut(peer) {
             Some(b) => *b += bytes,
             None => {
-                self.arrived.insert(peer.to_string(), bytes);
+                self.arrived.insert(peer.clone(), bytes);
             }
         }
     }
@@ -187,13 +187,18 @@ impl LinkState {
 
     /// The fresh claims about the hop `u → v`: `(up, rate_bps, bytes buffered for it)` from
     /// `u`'s advert (its transmit half) and from `v`'s (its receive half).
-    fn claims(&self, u: &str, v: &str, fresh: impl Fn(&Held) -> bool) -> Vec<(bool, u64, u64)> {
+    fn claims(
+        &self,
+        u: &NodeId,
+        v: &NodeId,
+        fresh: impl Fn(&Held) -> bool,
+    ) -> Vec<(bool, u64, u64)> {
         let mut out = Vec::with_capacity(2);
         for (origin, peer, tx) in [(u, v, true), (v, u, false)] {
             let Some(h) = self.adverts.get(origin).filter(|h| fresh(h)) else {
                 continue;
             };
-            if let Some(l) = h.links.iter().find(|l| l.peer == peer) {
+            if let Some(l) = h.links.iter().find(|l| l.peer == *peer) {
                 let bytes = if tx { l.tx_bytes } else { l.rx_bytes };
                 out.push((l.up, l.rate_bps, bytes));
             }
@@ -270,8 +275,8 @@ fn advert_classes(links: &[LinkAdvert], demand: u64) -> Vec<(NodeId, u64, u64)> 
 /// ([`UNKNOWN_PENALTY`] when nobody has a fresh advert of it).
 fn link_cost(
     ls: &LinkState,
-    a: &str,
-    b: &str,
+    a: &NodeId,
+    b: &NodeId,
     fresh: impl Fn(&Held) -> bool + Copy,
     demand: u64,
 ) -> Option<f64> {
@@ -297,7 +302,7 @@ fn penalty(wait_s: f64) -> f64 {
 
 impl KeyManager {
     /// Whether this node's link to `peer` is usable now (for its advert).
-    fn link_up(&self, peer: &str) -> bool {
+    fn link_up(&self, peer: &NodeId) -> bool {
         !self.routing.is_down(peer) && self.routing.in_service(peer)
     }
 
@@ -457,14 +462,14 @@ impl KeyManager {
     pub(crate) fn advert_echo(
         &self,
         now: Instant,
-        origin: &str,
+        origin: &NodeId,
         run: u64,
         seq: u64,
     ) -> Option<bool> {
         let Some(lp) = self.cfg.policy.link_state else {
             return Some(false);
         };
-        if origin == self.cfg.node_id {
+        if *origin == self.cfg.node_id {
             return Some(false);
         }
         // Copies of what is held already come round every cycle of the flood: most adverts
@@ -483,7 +488,13 @@ impl KeyManager {
     }
 
     /// Counts an advert dropped as older than the newest accepted from its origin.
-    pub(crate) fn note_advert_replayed(&mut self, from: &str, origin: &str, run: u64, seq: u64) {
+    pub(crate) fn note_advert_replayed(
+        &mut self,
+        from: &NodeId,
+        origin: &NodeId,
+        run: u64,
+        seq: u64,
+    ) {
         self.stats.link_adverts_replayed += 1;
         let (held_run, held_seq) = self
             .linkstate
@@ -578,7 +589,7 @@ impl KeyManager {
 
     /// A node may advertise only its own links: the origin must be a node of the topology and
     /// every link it names one of its links in the topology, each once.
-    fn check_advert(&self, origin: &str, links: &[LinkAdvert]) -> Result<(), &'static str> {
+    fn check_advert(&self, origin: &NodeId, links: &[LinkAdvert]) -> Result<(), &'static str> {
         let Some(own) = self.routing.adjacent(origin) else {
             return Err("origin is not a node of the topology with links");
         };
@@ -625,7 +636,13 @@ impl KeyManager {
         let mut costs: Vec<((NodeId, NodeId), Option<f64>)> = Vec::new();
         for i in links {
             let l = &topology.links[i];
-            let cost = link_cost(&self.linkstate, &l.a, &l.b, fresh, demand);
+            let cost = link_cost(
+                &self.linkstate,
+                &NodeId::from(&l.a),
+                &NodeId::from(&l.b),
+                fresh,
+                demand,
+            );
             if self.linkstate.costs[i] != cost {
                 self.linkstate.costs[i] = cost;
                 costs.push((link_key(&l.a, &l.b), cost));
@@ -733,7 +750,13 @@ mod tests {
             .links
             .iter()
             .map(|l| {
-                let cost = link_cost(&k.linkstate, &l.a, &l.b, fresh, demand);
+                let cost = link_cost(
+                    &k.linkstate,
+                    &NodeId::from(&l.a),
+                    &NodeId::from(&l.b),
+                    fresh,
+                    demand,
+                );
                 (link_key(&l.a, &l.b), cost)
             })
             .collect()
@@ -784,7 +807,11 @@ mod tests {
             now = now + Duration::from_millis(rnd(8) * rnd(8) * rnd(8) * 100);
             if rnd(3) > 0 {
                 let origin = ids[1 + rnd(5) as usize];
-                let peers: Vec<NodeId> = k.routing.neighbours(origin).cloned().collect();
+                let peers: Vec<NodeId> = k
+                    .routing
+                    .neighbours(&NodeId::from(origin))
+                    .cloned()
+                    .collect();
                 let mut links = Vec::new();
                 for p in peers {
                     if rnd(5) == 0 {

@@ -68,14 +68,14 @@ impl Liveness {
 
     /// Notes that `peer` spoke at `now` (unknown senders are ignored: the map stays bounded by
     /// the topology).
-    pub(crate) fn heard(&mut self, peer: &str, now: Instant) {
+    pub(crate) fn heard(&mut self, peer: &NodeId, now: Instant) {
         if let Some(w) = self.watched.get_mut(peer) {
             w.heard = w.heard.max(now);
         }
     }
 
     /// Notes that a message left for `peer` at `now` (only watched nodes are tracked).
-    pub(crate) fn sent(&mut self, peer: &str, now: Instant) {
+    pub(crate) fn sent(&mut self, peer: &NodeId, now: Instant) {
         if let Some(w) = self.watched.get_mut(peer) {
             w.sent = Some(now);
         }
@@ -121,7 +121,7 @@ impl KeyManager {
     /// A message (or a channel coming up) from `peer`: it is alive; if it was silent, routes
     /// may go through it again.
     /// Returns whether `peer` counted as silent until now.
-    pub(crate) fn note_heard(&mut self, peer: &str, now: Instant) -> bool {
+    pub(crate) fn note_heard(&mut self, peer: &NodeId, now: Instant) -> bool {
         if self.cfg.policy.liveness.is_none() {
             return false;
         }
@@ -171,7 +171,7 @@ impl KeyManager {
     /// Relays from here through or to a silent node: each share on a path through it is lost;
     /// a relay left with fewer shares than its threshold is abandoned at once (rather than at
     /// its timeout), which frees its slot for a relay on a route around the node.
-    fn fail_over_relays_via(&mut self, node: &str) {
+    fn fail_over_relays_via(&mut self, node: &NodeId) {
         let gone = self.relays.lose_shares_via(node);
         self.record_abandoned(gone);
     }

@@ -302,12 +302,12 @@ impl KeyManager {
                 cfg.topology
                     .nodes
                     .iter()
-                    .filter(|n| n.id != cfg.node_id)
+                    .filter(|n| cfg.node_id != n.id)
                     .filter(|n| {
                         cfg.policy.peers == crate::config::PeerScope::All
                             || cfg.topology.link(&cfg.node_id, &n.id).is_some()
                     })
-                    .map(|n| n.id.clone()),
+                    .map(|n| NodeId::from(&n.id)),
                 now,
             ),
             linkstate: crate::linkstate::LinkState::new(now),
@@ -461,11 +461,11 @@ impl KeyManager {
 
     /// Whether `peer` answered this run's `Hello` (relays and `enc_keys` towards it may go).
     pub fn is_reconciled(&self, peer: &str) -> bool {
-        self.reconcile.is_reconciled(peer)
+        self.reconcile.is_reconciled(&NodeId::from(peer))
     }
 
     /// This node's ID.
-    pub fn node_id(&self) -> &str {
+    pub fn node_id(&self) -> &NodeId {
         &self.cfg.node_id
     }
 
@@ -517,13 +517,13 @@ impl KeyManager {
 
     /// Bytes of end-to-end key ready for masters here with slaves at `dest`.
     pub fn pool_free(&self, dest: &str) -> u64 {
-        self.pools.out_free(dest)
+        self.pools.out_free(&NodeId::from(dest))
     }
 
     /// Free bytes this node holds towards `peer` (its half and what the neighbour granted it),
     /// whether the neighbour has reserved them for spending yet or not.
     pub fn link_tx_free(&self, peer: &str) -> u64 {
-        self.links.tx_held(peer)
+        self.links.tx_held(&NodeId::from(peer))
     }
 
     /// Feeds one input. Drain [`poll_action`](Self::poll_action) afterwards.
@@ -682,7 +682,7 @@ impl KeyManager {
         k
     }
 
-    pub(crate) fn me(&self) -> &str {
+    pub(crate) fn me(&self) -> &NodeId {
         &self.cfg.node_id
     }
 

@@ -12,8 +12,7 @@ use uuid::Uuid;
 
 use crate::app::SaeId;
 
-/// A node ID.
-pub type NodeId = String;
+pub use kagi_control::NodeId;
 
 /// A byte range of one link key block half (or pool chunk): `(block or chunk id, start, len)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -57,7 +57,7 @@ pub(crate) struct Pace {
 
 impl Pace {
     /// Relays to `dest` that may be in flight now, at most `cap` (0 while held back).
-    pub(crate) fn allowed(&self, dest: &str, now: Instant, cap: u32) -> u32 {
+    pub(crate) fn allowed(&self, dest: &NodeId, now: Instant, cap: u32) -> u32 {
         let w = self.per_dest.get(dest).copied().unwrap_or_default();
         if now < w.hold_until {
             return 0;
@@ -81,9 +81,9 @@ impl Pace {
     }
 
     /// A relay to `dest` was acknowledged: open the window (never beyond `cap`).
-    pub(crate) fn on_ack(&mut self, dest: &str, cap: u32) {
+    pub(crate) fn on_ack(&mut self, dest: &NodeId, cap: u32) {
         self.version += 1;
-        let w = self.per_dest.entry(dest.to_string()).or_default();
+        let w = self.per_dest.entry(dest.clone()).or_default();
         w.strikes = 0;
         w.cwnd += if w.cwnd < w.ssthresh {
             1.0
@@ -95,9 +95,9 @@ impl Pace {
 
     /// A relay to `dest` was abandoned for lack of key on its path (or timed out): halve the
     /// window (of at most `cap`) and hold new relays back.
-    pub(crate) fn on_loss(&mut self, dest: &str, now: Instant, cap: u32) {
+    pub(crate) fn on_loss(&mut self, dest: &NodeId, now: Instant, cap: u32) {
         self.version += 1;
-        let w = self.per_dest.entry(dest.to_string()).or_default();
+        let w = self.per_dest.entry(dest.clone()).or_default();
         w.cwnd = (w.cwnd.min(f64::from(cap.max(1))) / 2.0).max(1.0);
         w.ssthresh = w.cwnd;
         w.strikes = w.strikes.saturating_add(1);
@@ -171,33 +171,37 @@ mod tests {
         let mut p = Pace::default();
         let t0 = Instant::ZERO;
         // Until a loss, the static limit.
-        assert_eq!(p.allowed("x", t0, 4), 4);
-        p.on_ack("x", 4);
-        assert_eq!(p.allowed("x", t0, 4), 4);
-        p.on_loss("x", t0, 4);
-        assert_eq!(p.allowed("x", t0, 8), 0, "held back right after a loss");
-        assert_eq!(p.allowed("x", t0 + HOLD_BASE, 8), 2);
+        assert_eq!(p.allowed(&NodeId::from("x"), t0, 4), 4);
+        p.on_ack(&NodeId::from("x"), 4);
+        assert_eq!(p.allowed(&NodeId::from("x"), t0, 4), 4);
+        p.on_loss(&NodeId::from("x"), t0, 4);
+        assert_eq!(
+            p.allowed(&NodeId::from("x"), t0, 8),
+            0,
+            "held back right after a loss"
+        );
+        assert_eq!(p.allowed(&NodeId::from("x"), t0 + HOLD_BASE, 8), 2);
         // Congestion avoidance: one more relay per window of acknowledgements.
-        p.on_ack("x", 8);
-        assert_eq!(p.allowed("x", t0 + HOLD_BASE, 8), 2);
-        p.on_ack("x", 8);
-        p.on_ack("x", 8);
-        assert_eq!(p.allowed("x", t0 + HOLD_BASE, 8), 3);
+        p.on_ack(&NodeId::from("x"), 8);
+        assert_eq!(p.allowed(&NodeId::from("x"), t0 + HOLD_BASE, 8), 2);
+        p.on_ack(&NodeId::from("x"), 8);
+        p.on_ack(&NodeId::from("x"), 8);
+        assert_eq!(p.allowed(&NodeId::from("x"), t0 + HOLD_BASE, 8), 3);
         // Losses in a row double the hold, up to its cap.
         let t1 = t0 + Duration::from_secs(1);
-        p.on_loss("x", t1, 8);
-        p.on_loss("x", t1, 8);
-        assert_eq!(p.allowed("x", t1 + HOLD_BASE, 8), 0);
-        assert_eq!(p.allowed("x", t1 + HOLD_BASE * 2, 8), 1);
+        p.on_loss(&NodeId::from("x"), t1, 8);
+        p.on_loss(&NodeId::from("x"), t1, 8);
+        assert_eq!(p.allowed(&NodeId::from("x"), t1 + HOLD_BASE, 8), 0);
+        assert_eq!(p.allowed(&NodeId::from("x"), t1 + HOLD_BASE * 2, 8), 1);
         for _ in 0..20 {
-            p.on_loss("x", t1, 8);
+            p.on_loss(&NodeId::from("x"), t1, 8);
         }
-        assert_eq!(p.allowed("x", t1 + HOLD_MAX, 8), 1);
+        assert_eq!(p.allowed(&NodeId::from("x"), t1 + HOLD_MAX, 8), 1);
         // Other destinations are not affected, and the cap holds.
         for _ in 0..20 {
-            p.on_ack("y", 3);
+            p.on_ack(&NodeId::from("y"), 3);
         }
-        assert_eq!(p.allowed("y", t0, 3), 3);
+        assert_eq!(p.allowed(&NodeId::from("y"), t0, 3), 3);
     }
 
     #[test]

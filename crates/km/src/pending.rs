@@ -79,19 +79,19 @@ impl PendingRelays {
     }
 
     /// Relays in flight to `dest`.
-    pub(crate) fn to_dest(&self, dest: &str) -> u64 {
+    pub(crate) fn to_dest(&self, dest: &NodeId) -> u64 {
         self.per_dest.get(dest).map_or(0, |e| e.0)
     }
 
     /// Bytes of key the relays in flight to `dest` carry (relays to one destination need not
     /// all be of one size: each is sized by its path when it starts).
-    pub(crate) fn bytes_to(&self, dest: &str) -> u64 {
+    pub(crate) fn bytes_to(&self, dest: &NodeId) -> u64 {
         self.per_dest.get(dest).map_or(0, |e| e.1)
     }
 
     /// Each destination with relays in flight, and how many.
-    pub(crate) fn per_dest(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.per_dest.iter().map(|(d, e)| (d.as_str(), e.0))
+    pub(crate) fn per_dest(&self) -> impl Iterator<Item = (&NodeId, u64)> {
+        self.per_dest.iter().map(|(d, e)| (d, e.0))
     }
 }
 
@@ -101,11 +101,11 @@ mod tests {
     use crate::time::Instant;
     use kagi_keymat::Key;
 
-    fn relay(dest: &str) -> PendingRelay {
+    fn relay(dest: &NodeId) -> PendingRelay {
         sized(dest, 32)
     }
 
-    fn sized(dest: &str, len: usize) -> PendingRelay {
+    fn sized(dest: &NodeId, len: usize) -> PendingRelay {
         PendingRelay {
             dest: dest.into(),
             key: Key::from_vec(vec![0; len]),
@@ -117,45 +117,68 @@ mod tests {
         }
     }
 
-    fn scanned(p: &PendingRelays, dest: &str) -> u64 {
-        p.values().filter(|r| r.dest == dest).count() as u64
+    fn scanned(p: &PendingRelays, dest: &NodeId) -> u64 {
+        p.values().filter(|r| r.dest == *dest).count() as u64
     }
 
     #[test]
     fn counts_follow_inserts_and_removes() {
         let mut p = PendingRelays::default();
-        p.insert(1, relay("b"));
-        p.insert(2, relay("b"));
-        p.insert(3, relay("c"));
-        assert_eq!((p.to_dest("b"), p.to_dest("c"), p.to_dest("d")), (2, 1, 0));
+        p.insert(1, relay(&NodeId::from("b")));
+        p.insert(2, relay(&NodeId::from("b")));
+        p.insert(3, relay(&NodeId::from("c")));
+        assert_eq!(
+            (
+                p.to_dest(&NodeId::from("b")),
+                p.to_dest(&NodeId::from("c")),
+                p.to_dest(&NodeId::from("d"))
+            ),
+            (2, 1, 0)
+        );
         // The same counter again replaces the relay, and its count moves with it.
-        p.insert(2, relay("c"));
-        assert_eq!((p.to_dest("b"), p.to_dest("c")), (1, 2));
+        p.insert(2, relay(&NodeId::from("c")));
+        assert_eq!(
+            (p.to_dest(&NodeId::from("b")), p.to_dest(&NodeId::from("c"))),
+            (1, 2)
+        );
         assert!(p.remove(&1).is_some());
         assert!(p.remove(&1).is_none());
-        assert_eq!(p.to_dest("b"), 0);
-        assert_eq!(p.per_dest().collect::<Vec<_>>(), vec![("c", 2)]);
+        assert_eq!(p.to_dest(&NodeId::from("b")), 0);
+        assert_eq!(
+            p.per_dest().collect::<Vec<_>>(),
+            vec![(&NodeId::from("c"), 2)]
+        );
         for d in ["b", "c", "d"] {
-            assert_eq!(p.to_dest(d), scanned(&p, d));
+            assert_eq!(p.to_dest(&NodeId::from(d)), scanned(&p, &NodeId::from(d)));
         }
     }
 
     #[test]
     fn bytes_in_flight_follow_each_relays_own_size() {
         let mut p = PendingRelays::default();
-        p.insert(1, sized("b", 4096));
-        p.insert(2, sized("b", 256));
-        p.insert(3, sized("c", 448));
+        p.insert(1, sized(&NodeId::from("b"), 4096));
+        p.insert(2, sized(&NodeId::from("b"), 256));
+        p.insert(3, sized(&NodeId::from("c"), 448));
         assert_eq!(
-            (p.bytes_to("b"), p.bytes_to("c"), p.bytes_to("d")),
+            (
+                p.bytes_to(&NodeId::from("b")),
+                p.bytes_to(&NodeId::from("c")),
+                p.bytes_to(&NodeId::from("d"))
+            ),
             (4352, 448, 0)
         );
-        p.insert(3, sized("b", 512));
-        assert_eq!((p.bytes_to("b"), p.bytes_to("c")), (4864, 0));
+        p.insert(3, sized(&NodeId::from("b"), 512));
+        assert_eq!(
+            (
+                p.bytes_to(&NodeId::from("b")),
+                p.bytes_to(&NodeId::from("c"))
+            ),
+            (4864, 0)
+        );
         p.remove(&1);
-        assert_eq!(p.bytes_to("b"), 768);
+        assert_eq!(p.bytes_to(&NodeId::from("b")), 768);
         p.remove(&2);
         p.remove(&3);
-        assert_eq!(p.bytes_to("b"), 0);
+        assert_eq!(p.bytes_to(&NodeId::from("b")), 0);
     }
 }

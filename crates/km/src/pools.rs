@@ -56,12 +56,12 @@ impl Pools {
     }
 
     /// The paths out-pool chunk `chunk` for `dest` was relayed over, if known.
-    pub(crate) fn route_of(&self, dest: &str, chunk: u64) -> Option<&RelayRoute> {
+    pub(crate) fn route_of(&self, dest: &NodeId, chunk: u64) -> Option<&RelayRoute> {
         self.out_routes.get(dest)?.get(&chunk)
     }
 
     /// Unspent bytes for `dest` in chunks whose known paths pass `admit`.
-    pub(crate) fn out_free_where(&self, dest: &str, admit: impl Fn(&RelayRoute) -> bool) -> u64 {
+    pub(crate) fn out_free_where(&self, dest: &NodeId, admit: impl Fn(&RelayRoute) -> bool) -> u64 {
         let (Some(pool), Some(routes)) = (self.out.get(dest), self.out_routes.get(dest)) else {
             return 0;
         };
@@ -75,7 +75,7 @@ impl Pools {
     /// `None` (nothing taken) when they hold too little.
     pub(crate) fn take_out_where(
         &mut self,
-        dest: &str,
+        dest: &NodeId,
         n: usize,
         admit: impl Fn(&RelayRoute) -> bool,
     ) -> Option<(Vec<Span>, Key)> {
@@ -110,7 +110,7 @@ impl Pools {
             need -= take;
         }
         for s in &spans {
-            self.touched.insert((Pool::Out(dest.to_string()), s.id));
+            self.touched.insert((Pool::Out(dest.clone()), s.id));
         }
         if let Some(f) = self.out_free.get_mut(dest) {
             *f -= n as u64;
@@ -145,7 +145,7 @@ impl Pools {
     }
 
     /// Bytes of end-to-end key ready for masters here with slaves at `dest`.
-    pub(crate) fn out_free(&self, dest: &str) -> u64 {
+    pub(crate) fn out_free(&self, dest: &NodeId) -> u64 {
         self.out_free.get(dest).copied().unwrap_or(0)
     }
 
@@ -159,7 +159,7 @@ impl Pools {
     }
 
     /// Unspent bytes relayed here by `origin`.
-    pub(crate) fn in_bytes(&self, origin: &str) -> u64 {
+    pub(crate) fn in_bytes(&self, origin: &NodeId) -> u64 {
         self.inp
             .get(origin)
             .map(|p| p.values().map(|b| u64::from(b.free())).sum())
@@ -167,7 +167,7 @@ impl Pools {
     }
 
     /// True when the in-pool from `origin` holds chunk `seq` (a relay already received).
-    pub(crate) fn has_in(&self, origin: &str, seq: u64) -> bool {
+    pub(crate) fn has_in(&self, origin: &NodeId, seq: u64) -> bool {
         self.inp.get(origin).is_some_and(|p| p.contains_key(&seq))
     }
 
@@ -175,7 +175,7 @@ impl Pools {
     /// known; returns its record.
     pub(crate) fn add_out(
         &mut self,
-        dest: &str,
+        dest: &NodeId,
         seq: u64,
         key: Key,
         route: Option<RelayRoute>,
@@ -183,12 +183,12 @@ impl Pools {
         self.version += 1;
         self.refill_touched.dest(dest);
         let buf = KeyBuf::new(key);
-        let pool = Pool::Out(dest.to_string());
+        let pool = Pool::Out(dest.clone());
         let parts = KeyBufParts::from(&buf);
         let rec = match route {
             Some(route) => {
                 self.out_routes
-                    .entry(dest.to_string())
+                    .entry(dest.clone())
                     .or_default()
                     .insert(seq, route.clone());
                 Record::RoutedChunk {
@@ -204,31 +204,25 @@ impl Pools {
                 buf: parts,
             },
         };
-        *self.out_free.entry(dest.to_string()).or_default() += u64::from(buf.tail_free());
-        self.out
-            .entry(dest.to_string())
-            .or_default()
-            .insert(seq, buf);
+        *self.out_free.entry(dest.clone()).or_default() += u64::from(buf.tail_free());
+        self.out.entry(dest.clone()).or_default().insert(seq, buf);
         rec
     }
 
     /// Adds a key relayed by `origin` to the in-pool; returns its record.
-    pub(crate) fn add_in(&mut self, origin: &str, seq: u64, key: Key) -> Record {
+    pub(crate) fn add_in(&mut self, origin: &NodeId, seq: u64, key: Key) -> Record {
         let buf = KeyBuf::new(key);
         let rec = Record::Chunk {
-            pool: Pool::In(origin.to_string()),
+            pool: Pool::In(origin.clone()),
             chunk: seq,
             buf: KeyBufParts::from(&buf),
         };
-        self.inp
-            .entry(origin.to_string())
-            .or_default()
-            .insert(seq, buf);
+        self.inp.entry(origin.clone()).or_default().insert(seq, buf);
         rec
     }
 
     /// Takes `n` bytes from the out-pool for `dest`, oldest chunks first.
-    pub(crate) fn take_out(&mut self, dest: &str, n: usize) -> Option<(Vec<Span>, Key)> {
+    pub(crate) fn take_out(&mut self, dest: &NodeId, n: usize) -> Option<(Vec<Span>, Key)> {
         self.version += 1;
         self.refill_touched.dest(dest);
         if (self.out_free(dest) as usize) < n {
@@ -237,7 +231,7 @@ impl Pools {
         let pool = self.out.get_mut(dest)?;
         let (spans, out) = take_sequential(pool, n as u32);
         for s in &spans {
-            self.touched.insert((Pool::Out(dest.to_string()), s.id));
+            self.touched.insert((Pool::Out(dest.clone()), s.id));
         }
         if let Some(f) = self.out_free.get_mut(dest) {
             *f -= n as u64;
@@ -249,7 +243,7 @@ impl Pools {
     /// [`crate::msgs::MAX_SPANS`], each once).
     pub(crate) fn in_missing<'a>(
         &self,
-        origin: &str,
+        origin: &NodeId,
         spans: impl Iterator<Item = &'a Span>,
     ) -> Vec<u64> {
         let pool = self.inp.get(origin);
@@ -265,7 +259,7 @@ impl Pools {
     /// unspent bytes dropped.
     pub(crate) fn drop_missing_out(
         &mut self,
-        dest: &str,
+        dest: &NodeId,
         chunks: &[u64],
         batch: &mut Vec<Record>,
     ) -> u64 {
@@ -279,7 +273,7 @@ impl Pools {
             if let Some(buf) = p.remove(c) {
                 bytes += u64::from(buf.tail_free());
                 batch.push(Record::ChunkGone {
-                    pool: Pool::Out(dest.to_string()),
+                    pool: Pool::Out(dest.clone()),
                     chunk: *c,
                 });
             }
@@ -291,7 +285,7 @@ impl Pools {
     }
 
     /// Takes spans from the in-pool relayed by `origin`; all or nothing.
-    pub(crate) fn take_in(&mut self, origin: &str, spans: &[Span]) -> Option<Key> {
+    pub(crate) fn take_in(&mut self, origin: &NodeId, spans: &[Span]) -> Option<Key> {
         if !Span::disjoint(spans) {
             return None;
         }
@@ -303,7 +297,7 @@ impl Pools {
         for s in spans {
             let buf = pool.get_mut(&s.id)?;
             out.extend_from(&buf.take(s.start, s.len).ok()?);
-            self.touched.insert((Pool::In(origin.to_string()), s.id));
+            self.touched.insert((Pool::In(origin.clone()), s.id));
         }
         Some(out)
     }
@@ -377,13 +371,13 @@ impl Pools {
     }
 
     /// Drops both pools shared with `peer` (it lost its copies).
-    pub(crate) fn drop_pools_with(&mut self, peer: &str, batch: &mut Vec<Record>) {
+    pub(crate) fn drop_pools_with(&mut self, peer: &NodeId, batch: &mut Vec<Record>) {
         self.version += 1;
         self.refill_touched.dest(peer);
         self.out_routes.remove(peer);
         for (pool, map) in [
-            (Pool::Out(peer.to_string()), self.out.remove(peer)),
-            (Pool::In(peer.to_string()), self.inp.remove(peer)),
+            (Pool::Out(peer.clone()), self.out.remove(peer)),
+            (Pool::In(peer.clone()), self.inp.remove(peer)),
         ] {
             for chunk in map.into_iter().flat_map(|m| m.into_keys()) {
                 batch.push(Record::ChunkGone {
@@ -417,19 +411,26 @@ mod tests {
             KeyBuf::new(Key::from_slice(&[1; 8])),
         );
         p.recount();
-        let rec = p.add_out("z", 2, Key::from_slice(&[2; 8]), Some(route.clone()));
+        let rec = p.add_out(
+            &NodeId::from("z"),
+            2,
+            Key::from_slice(&[2; 8]),
+            Some(route.clone()),
+        );
         assert!(matches!(rec, Record::RoutedChunk { chunk: 2, .. }));
-        assert_eq!(p.out_free("z"), 16);
-        assert_eq!(p.out_free_where("z", |_| true), 8);
-        let (spans, k) = p.take_out_where("z", 6, |r| r == &route).unwrap();
+        assert_eq!(p.out_free(&NodeId::from("z")), 16);
+        assert_eq!(p.out_free_where(&NodeId::from("z"), |_| true), 8);
+        let (spans, k) = p
+            .take_out_where(&NodeId::from("z"), 6, |r| r == &route)
+            .unwrap();
         assert_eq!((spans[0].id, k.expose()), (2, &[2u8; 6][..]));
         assert!(
-            p.take_out_where("z", 3, |_| true).is_none(),
+            p.take_out_where(&NodeId::from("z"), 3, |_| true).is_none(),
             "only 2 routed bytes are left"
         );
-        assert_eq!(p.out_free("z"), 10);
+        assert_eq!(p.out_free(&NodeId::from("z")), 10);
         // Rewritten chunks keep their paths; the unknown one stays unknown.
-        let (_, k) = p.take_out("z", 5).unwrap();
+        let (_, k) = p.take_out(&NodeId::from("z"), 5).unwrap();
         assert_eq!(k.expose(), &[1; 5]);
         let mut batch = Vec::new();
         p.flush_touched(&mut batch);

@@ -151,9 +151,9 @@ pub(crate) struct Touched {
 
 impl Touched {
     /// `dest`'s pool or demand changed.
-    pub(crate) fn dest(&mut self, dest: &str) {
+    pub(crate) fn dest(&mut self, dest: &NodeId) {
         if !self.all && !self.dests.contains(dest) {
-            self.dests.insert(dest.to_string());
+            self.dests.insert(dest.clone());
         }
     }
 
@@ -354,14 +354,14 @@ mod tests {
     #[test]
     fn touched_destinations_are_forgotten_once_taken() {
         let mut t = Touched::default();
-        t.dest("b");
-        t.dest("c");
-        t.dest("b");
-        assert_eq!(t.take(), Some(["b".to_string(), "c".to_string()].into()));
+        t.dest(&NodeId::from("b"));
+        t.dest(&NodeId::from("c"));
+        t.dest(&NodeId::from("b"));
+        assert_eq!(t.take(), Some(["b".into(), "c".into()].into()));
         assert_eq!(t.take(), Some(BTreeSet::new()));
-        t.dest("b");
+        t.dest(&NodeId::from("b"));
         t.all();
-        t.dest("c");
+        t.dest(&NodeId::from("c"));
         assert_eq!(t.take(), None, "possibly all");
         assert_eq!(t.take(), Some(BTreeSet::new()));
     }

@@ -191,36 +191,36 @@ impl Reconcile {
 
     /// Raises `peer`'s reservation of its half to `upto`; returns the reservation now held and
     /// the record to persist if it moved.
-    pub(crate) fn reserve(&mut self, peer: &str, upto: u64) -> (u64, Option<Record>) {
+    pub(crate) fn reserve(&mut self, peer: &NodeId, upto: u64) -> (u64, Option<Record>) {
         if let Some(&held) = self.reserved.get(peer).filter(|r| **r >= upto) {
             return (held, None);
         }
-        self.reserved.insert(peer.to_string(), upto);
+        self.reserved.insert(peer.clone(), upto);
         let rec = Record::PeerLinkReserved {
-            peer: peer.to_string(),
+            peer: peer.clone(),
             block: upto,
         };
         (upto, Some(rec))
     }
 
     /// `peer`'s store identity as this node last heard it (0: never).
-    pub(crate) fn peer_store(&self, peer: &str) -> u64 {
+    pub(crate) fn peer_store(&self, peer: &NodeId) -> u64 {
         self.marks.get(peer).map_or(0, |m| m.store)
     }
 
     /// Whether `peer` answered this run's `Hello` (relays and assignments to it may go).
-    pub(crate) fn is_reconciled(&self, peer: &str) -> bool {
+    pub(crate) fn is_reconciled(&self, peer: &NodeId) -> bool {
         self.reconciled.contains(peer)
     }
 
     /// Marks `peer` reconciled without the exchange (unit tests of what follows it).
     #[cfg(test)]
-    pub(crate) fn mark_reconciled(&mut self, peer: &str) {
-        self.reconciled.insert(peer.to_string());
+    pub(crate) fn mark_reconciled(&mut self, peer: &NodeId) {
+        self.reconciled.insert(peer.clone());
     }
 
     /// Whether `epoch` is `peer`'s current run as announced to this run.
-    pub(crate) fn is_current(&self, peer: &str, epoch: u64) -> bool {
+    pub(crate) fn is_current(&self, peer: &NodeId, epoch: u64) -> bool {
         self.epochs.get(peer) == Some(&epoch)
     }
 
@@ -230,12 +230,12 @@ impl Reconcile {
     }
 
     /// Raises one mark of `peer`; returns the record to persist if it moved.
-    fn raise(&mut self, peer: &str, f: impl FnOnce(&mut PeerMarks)) -> Option<Record> {
-        let m = self.marks.entry(peer.to_string()).or_default();
+    fn raise(&mut self, peer: &NodeId, f: impl FnOnce(&mut PeerMarks)) -> Option<Record> {
+        let m = self.marks.entry(peer.clone()).or_default();
         let before = *m;
         f(m);
         (*m != before).then(|| Record::PeerSeen {
-            peer: peer.to_string(),
+            peer: peer.clone(),
             seen: *m,
         })
     }
@@ -243,10 +243,10 @@ impl Reconcile {
     /// `peer`'s current run raised our relay or assignment marks of it: remember which run, so
     /// that a `Hello` of that same run (late, or repeated after we restarted) is never judged
     /// rolled back against marks it raised itself.
-    fn marks_raised(&mut self, peer: &str) -> Option<Record> {
+    fn marks_raised(&mut self, peer: &NodeId) -> Option<Record> {
         let epoch = *self.epochs.get(peer)?;
         let store = self.marks.get(peer).map_or(0, |m| m.store);
-        let f = self.forks.entry(peer.to_string()).or_default();
+        let f = self.forks.entry(peer.clone()).or_default();
         if f.store != store {
             *f = Fork {
                 store,
@@ -262,7 +262,7 @@ impl Reconcile {
     }
 
     /// What this node judged of `peer`'s current store (default if nothing).
-    fn fork_of(&self, peer: &str) -> Fork {
+    fn fork_of(&self, peer: &NodeId) -> Fork {
         let store = self.marks.get(peer).map_or(0, |m| m.store);
         self.forks
             .get(peer)
@@ -272,9 +272,9 @@ impl Reconcile {
     }
 }
 
-fn fork_record(peer: &str, f: &Fork) -> Record {
+fn fork_record(peer: &NodeId, f: &Fork) -> Record {
     Record::PeerForkRun {
-        peer: peer.to_string(),
+        peer: peer.clone(),
         store: f.store,
         marks_epoch: f.marks_epoch,
         marks_run: f.marks_run,
@@ -350,7 +350,7 @@ impl KeyManager {
             .topology
             .nodes
             .iter()
-            .map(|n| n.id.clone())
+            .map(|n| NodeId::from(&n.id))
             .filter(|n| n != self.me())
             .collect()
     }
@@ -490,7 +490,7 @@ impl KeyManager {
     /// its counters (or higher ones) from an earlier run, the store was restored from an older
     /// copy at or before this run. Returns the record of the fork run if it moved; it is
     /// durable before the `Seen` that reports it goes.
-    fn judge_fork(&mut self, peer: &str, hello: &Hello) -> Option<Record> {
+    fn judge_fork(&mut self, peer: &NodeId, hello: &Hello) -> Option<Record> {
         let m = self.reconcile.marks.get(peer).copied().unwrap_or_default();
         // The same tests as `on_seen` makes with our marks (`Links::tx_behind` for link key).
         let link_behind = match (m.link_rx_hw, hello.tx_low) {
@@ -499,7 +499,7 @@ impl KeyManager {
         };
         let behind = hello.store != 0
             && (m.relay_hw >= hello.next_relay || m.assign_hw >= hello.next_assign || link_behind);
-        let f = self.reconcile.forks.entry(peer.to_string()).or_default();
+        let f = self.reconcile.forks.entry(peer.clone()).or_default();
         if f.store != hello.store {
             *f = Fork {
                 store: hello.store,
@@ -530,7 +530,7 @@ impl KeyManager {
     }
 
     /// The `Seen` answering `peer`'s run `epoch`: what this node saw of its store.
-    fn seen_msg(&self, peer: &str, epoch: u64) -> PeerMsg {
+    fn seen_msg(&self, peer: &NodeId, epoch: u64) -> PeerMsg {
         let m = self.reconcile.marks.get(peer).copied().unwrap_or_default();
         let f = self.reconcile.fork_of(peer);
         PeerMsg::Seen {
@@ -551,11 +551,11 @@ impl KeyManager {
     /// which run this node takes for current (a `Seen` for that epoch). If that is not its
     /// current run (a `Hello` of an earlier one arrived late, or ours was lost), the origin
     /// greets again; otherwise this only repeats what it knows.
-    pub(crate) fn stale_from(&mut self, origin: &str) {
+    pub(crate) fn stale_from(&mut self, origin: &NodeId) {
         self.stats.stale_dropped += 1;
         if let Some(&epoch) = self.reconcile.epochs.get(origin) {
             let seen = self.seen_msg(origin, epoch);
-            self.out.send(origin.to_string(), seen);
+            self.out.send(origin.clone(), seen);
         }
     }
 
@@ -563,7 +563,7 @@ impl KeyManager {
     /// assignments that name it will never be confirmed, or were confirmed by the lost store
     /// (the keys are gone there): both fail rather than answer the master with keys a slave
     /// cannot fetch.
-    fn forget_peer(&mut self, peer: &str, batch: &mut Vec<Record>) {
+    fn forget_peer(&mut self, peer: &NodeId, batch: &mut Vec<Record>) {
         self.pools.drop_pools_with(peer, batch);
         for seq in self.relays.drop_pending_to(peer) {
             self.stats.relays_abandoned += 1;
@@ -728,7 +728,7 @@ impl KeyManager {
     }
 
     /// A relay from `origin` was stored here: remember its counter.
-    pub(crate) fn saw_relay(&mut self, origin: &str, seq: u64, batch: &mut Vec<Record>) {
+    pub(crate) fn saw_relay(&mut self, origin: &NodeId, seq: u64, batch: &mut Vec<Record>) {
         batch.extend(
             self.reconcile
                 .raise(origin, |m| m.relay_hw = m.relay_hw.max(seq)),
@@ -737,7 +737,7 @@ impl KeyManager {
     }
 
     /// An assignment from `origin` was applied here: remember its counter.
-    pub(crate) fn saw_assign(&mut self, origin: &str, seq: u64, batch: &mut Vec<Record>) {
+    pub(crate) fn saw_assign(&mut self, origin: &NodeId, seq: u64, batch: &mut Vec<Record>) {
         batch.extend(
             self.reconcile
                 .raise(origin, |m| m.assign_hw = m.assign_hw.max(seq)),
@@ -746,7 +746,7 @@ impl KeyManager {
     }
 
     /// `peer` spent its half of our link up to `block`: remember it.
-    pub(crate) fn saw_link_spend(&mut self, peer: &str, block: u64, batch: &mut Vec<Record>) {
+    pub(crate) fn saw_link_spend(&mut self, peer: &NodeId, block: u64, batch: &mut Vec<Record>) {
         batch.extend(self.reconcile.raise(peer, |m| {
             m.link_rx_hw = Some(m.link_rx_hw.map_or(block, |b| b.max(block)))
         }));

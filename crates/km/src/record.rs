@@ -336,7 +336,7 @@ impl Record {
             | Record::LinkBlockGone { peer, half, block } => {
                 ("link_block", format!("{peer}/{}/{block:020}", hk(half)))
             }
-            Record::LinkHighWater { peer, .. } => ("link_hw", peer.clone()),
+            Record::LinkHighWater { peer, .. } => ("link_hw", peer.to_string()),
             Record::Chunk { pool, chunk, .. }
             | Record::RoutedChunk { pool, chunk, .. }
             | Record::ChunkGone { pool, chunk } => ("chunk", format!("{}/{chunk:020}", pk(pool))),
@@ -349,14 +349,14 @@ impl Record {
             | Record::SlaveKeyGone { id } => ("slave_key", id.to_string()),
             Record::Counter { name, .. } => ("counter", format!("{name:?}")),
             Record::Identity { .. } => ("identity", String::new()),
-            Record::PeerSeen { peer, .. } => ("peer_seen", peer.clone()),
+            Record::PeerSeen { peer, .. } => ("peer_seen", peer.to_string()),
             Record::PeerFork { peer, .. } | Record::PeerForkRun { peer, .. } => {
-                ("peer_fork", peer.clone())
+                ("peer_fork", peer.to_string())
             }
             Record::OpenAssign { seq, .. } | Record::OpenAssignGone { seq } => {
                 ("open_assign", format!("{seq:020}"))
             }
-            Record::PeerLinkReserved { peer, .. } => ("peer_link_reserved", peer.clone()),
+            Record::PeerLinkReserved { peer, .. } => ("peer_link_reserved", peer.to_string()),
             Record::RunEpochs { .. } => ("run_epochs", String::new()),
         }
     }

@@ -189,11 +189,11 @@ impl Relays {
     }
 
     /// Forgets every relay in flight to `dest`; returns their counters.
-    pub(crate) fn drop_pending_to(&mut self, dest: &str) -> Vec<u64> {
+    pub(crate) fn drop_pending_to(&mut self, dest: &NodeId) -> Vec<u64> {
         let seqs: Vec<u64> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.dest == dest)
+            .filter(|(_, p)| p.dest == *dest)
             .map(|(s, _)| *s)
             .collect();
         for s in &seqs {
@@ -206,7 +206,7 @@ impl Relays {
     /// `node`, or, with `first_hop_only`, whose first hop is `node`; returns them.
     pub(crate) fn drop_pending_via(
         &mut self,
-        node: &str,
+        node: &NodeId,
         first_hop_only: bool,
     ) -> Vec<(u64, PendingRelay)> {
         let seqs: Vec<u64> = self
@@ -231,7 +231,7 @@ impl Relays {
     /// Marks lost every share of a pending relay whose path runs through or to `node`, and
     /// removes the relays left with fewer shares than their threshold (a single-path relay
     /// through `node` among them).
-    pub(crate) fn lose_shares_via(&mut self, node: &str) -> Vec<(u64, PendingRelay)> {
+    pub(crate) fn lose_shares_via(&mut self, node: &NodeId) -> Vec<(u64, PendingRelay)> {
         self.lose_shares_where(|path| path.iter().skip(1).any(|n| n == node))
     }
 
@@ -292,12 +292,12 @@ impl Relays {
     }
 
     /// Relays towards `dest` started here and not yet acknowledged.
-    pub(crate) fn in_flight(&self, dest: &str) -> u64 {
+    pub(crate) fn in_flight(&self, dest: &NodeId) -> u64 {
         self.pending.to_dest(dest)
     }
 
     /// Bytes of key in the relays towards `dest` started here and not yet acknowledged.
-    pub(crate) fn in_flight_bytes(&self, dest: &str) -> u64 {
+    pub(crate) fn in_flight_bytes(&self, dest: &NodeId) -> u64 {
         self.pending.bytes_to(dest)
     }
 
@@ -312,10 +312,10 @@ impl Relays {
     }
 
     /// The oldest block of `from`'s link half that a waiting hop still references.
-    fn oldest_waiting_block(&self, from: &str) -> Option<u64> {
+    fn oldest_waiting_block(&self, from: &NodeId) -> Option<u64> {
         self.waiting
             .iter()
-            .filter(|h| h.from == from)
+            .filter(|h| h.from == *from)
             .filter_map(|h| own_blocks(hop_pad(&h.msg)).min())
             .min()
     }
@@ -393,7 +393,7 @@ impl KeyManager {
             tracing::warn!(%peer, "link keys for a node that is not a neighbour; ignored");
             return;
         }
-        let me_first = self.me() < peer.as_str();
+        let me_first = *self.me() < peer;
         let cap = self.cfg.policy.link_buffer_cap_bytes;
         let mut batch = Vec::with_capacity(4);
         let first = self.links.lowest_block(&peer).is_none();
@@ -428,7 +428,7 @@ impl KeyManager {
     /// still waiting here reference, and the [`GC_LAG_BLOCKS`] blocks before, which hops the
     /// network delivered out of order may still reference (dropping them turned every
     /// reordering on a busy link into an abandoned relay).
-    fn gc_rx(&mut self, peer: &str, spans: &[Span], batch: &mut Vec<Record>) {
+    fn gc_rx(&mut self, peer: &NodeId, spans: &[Span], batch: &mut Vec<Record>) {
         let waiting = self.relays.oldest_waiting_block(peer);
         let Some(floor) = own_blocks(spans).chain(waiting).min() else {
             return;
@@ -447,7 +447,7 @@ impl KeyManager {
         path: &[NodeId],
         paths: &[Vec<NodeId>],
         key: &Key,
-        next: &str,
+        next: &NodeId,
         batch: &mut Vec<Record>,
     ) -> Option<PeerMsg> {
         let n = MAC_KEY_LEN + key.len();
@@ -516,18 +516,18 @@ impl KeyManager {
         self.relays
             .plan_slots
             .validate(self.routing.generation(), &topo);
-        let mut order: Vec<(bool, u64, &str, u64, usize)> = Vec::new();
+        let mut order: Vec<(bool, u64, NodeId, u64, usize)> = Vec::new();
         for (index, node) in topo.nodes.iter().enumerate() {
-            let dest = node.id.as_str();
-            if dest == self.me() || self.routing.is_down(dest) || !self.is_reconciled(dest) {
+            let dest = NodeId::from(&node.id);
+            if dest == *self.me() || self.routing.is_down(&dest) || !self.is_reconciled(&dest) {
                 continue;
             }
-            let target = self.demand.target(dest, now, &p);
+            let target = self.demand.target(&dest, now, &p);
             if target == 0 {
                 continue;
             }
-            let fill = self.pools.out_free(dest).saturating_mul(1000) / target;
-            let idle = !self.demand.is_active(dest, now, &p);
+            let fill = self.pools.out_free(&dest).saturating_mul(1000) / target;
+            let idle = !self.demand.is_active(&dest, now, &p);
             order.push((idle, fill, dest, target, index));
         }
         order.sort_unstable();
@@ -540,6 +540,7 @@ impl KeyManager {
             .map(|(_, n)| n)
             .sum();
         for (idle, _, dest, target, index) in order {
+            let dest = &dest;
             let low = (target as f64 * p.pool_low_water) as u64;
             let constrained = self.routing.has_demand(dest, now);
             if !constrained {
@@ -607,7 +608,7 @@ impl KeyManager {
                     break;
                 }
                 acted = true;
-                self.refilling.insert(dest.to_string());
+                self.refilling.insert(dest.clone());
                 // Shared, not copied: only now, when a relay starts, is the plan itself read.
                 let plan = match &constrained_plan {
                     Some(plan) => plan.clone(),
@@ -644,11 +645,11 @@ impl KeyManager {
     /// Whether refill at `now` passes over `dest` without a look at routes or link key: as
     /// the first checks of [`refill`](Self::refill) do for a destination that is not refilling
     /// and holds at least its low-water mark (`false` when unsure: the full tick then runs).
-    fn refill_passes_over(&self, dest: &str, now: Instant, p: &crate::Policy) -> bool {
+    fn refill_passes_over(&self, dest: &NodeId, now: Instant, p: &crate::Policy) -> bool {
         if dest == self.me() || self.routing.is_down(dest) || !self.is_reconciled(dest) {
             return true;
         }
-        if !self.cfg.topology.nodes.iter().any(|n| n.id == dest) {
+        if !self.cfg.topology.nodes.iter().any(|n| *dest == n.id) {
             return false;
         }
         let target = self.demand.target(dest, now, p);
@@ -691,7 +692,13 @@ impl KeyManager {
     /// The relay cap to `dest` (topology node `index`) under the policy's `(paths,
     /// threshold)` for it, from refill's copy of the routing plans (filled from routing on
     /// first use); `None` when `dest` is unreachable.
-    fn cached_plan(&mut self, index: usize, dest: &str, paths: u8, threshold: u8) -> Option<u32> {
+    fn cached_plan(
+        &mut self,
+        index: usize,
+        dest: &NodeId,
+        paths: u8,
+        threshold: u8,
+    ) -> Option<u32> {
         if let Some(slot) = self.relays.plan_slots.get(index) {
             return slot.as_ref().map(|(_, cap)| *cap);
         }
@@ -733,7 +740,7 @@ impl KeyManager {
     }
 
     /// The congestion window's cap for `dest` under the current plan.
-    fn dest_cap(&mut self, dest: &str) -> u32 {
+    fn dest_cap(&mut self, dest: &NodeId) -> u32 {
         let (paths, threshold) = self.cfg.policy.routing.for_dest(dest);
         match self.routing.plan(dest, paths, threshold) {
             Some(plan) => self.relay_cap(&plan),
@@ -746,7 +753,7 @@ impl KeyManager {
     /// altered on its way). It starts once the first hops of at least `threshold` paths have
     /// link key: the shares of the others are not sent and count as lost from the start (any
     /// `threshold` shares rebuild the key, and no node sees more shares than before).
-    fn start_relay(&mut self, dest: &str, plan: &RoutePlan, now: Instant) -> Option<usize> {
+    fn start_relay(&mut self, dest: &NodeId, plan: &RoutePlan, now: Instant) -> Option<usize> {
         let len = self.relay_len(plan);
         let n = plan.paths.len();
         let share_len = if n == 1 { len } else { len + AMD_OVERHEAD };
@@ -770,7 +777,7 @@ impl KeyManager {
             return None; // counters exhausted (only a lying peer could push them there)
         }
         let relay = RelayId {
-            origin: self.me().to_string(),
+            origin: self.me().clone(),
             epoch: self.reconcile.epoch,
             seq,
         };
@@ -826,13 +833,13 @@ impl KeyManager {
         });
         batch.push(Record::PendingRelay {
             seq,
-            dest: dest.to_string(),
+            dest: dest.clone(),
             key: key.clone(),
         });
         self.relays.pending.insert(
             seq,
             PendingRelay {
-                dest: dest.to_string(),
+                dest: dest.clone(),
                 key,
                 deadline: now + self.cfg.policy.relay_timeout,
                 paths: plan.paths.clone(),
@@ -1229,7 +1236,7 @@ impl KeyManager {
 
     /// Tells a relay's origin that this node gave up on it (or on one of its shares).
     fn abort_to_origin(&mut self, relay: &RelayId, share: Option<u8>, reason: AbortReason) {
-        if relay.origin == self.me() {
+        if relay.origin == *self.me() {
             return;
         }
         self.out.send(
@@ -1247,12 +1254,12 @@ impl KeyManager {
     fn on_relay_aborted(
         &mut self,
         now: Instant,
-        from: &str,
+        from: &NodeId,
         relay: &RelayId,
         share: Option<u8>,
         reason: AbortReason,
     ) {
-        if relay.origin != self.me() || relay.epoch != self.reconcile.epoch {
+        if relay.origin != *self.me() || relay.epoch != self.reconcile.epoch {
             return;
         }
         let Some(p) = self.relays.pending.get_mut(&relay.seq) else {
@@ -1307,7 +1314,7 @@ impl KeyManager {
     }
 
     fn on_relay_ack(&mut self, from: NodeId, relay: RelayId) {
-        if relay.origin != self.me() || relay.epoch != self.reconcile.epoch {
+        if relay.origin != *self.me() || relay.epoch != self.reconcile.epoch {
             return;
         }
         match self.relays.pending.get(&relay.seq) {
@@ -1338,7 +1345,7 @@ impl KeyManager {
     /// first hop it is when its channel goes down (what was queued to it is gone). Waiting for
     /// their timeout would hold the destination's in-flight slots and leave its pool dry. A
     /// relay given up on that still arrives only leaves unused key at its destination.
-    pub(crate) fn abandon_relays_via(&mut self, node: &str, first_hop_only: bool) {
+    pub(crate) fn abandon_relays_via(&mut self, node: &NodeId, first_hop_only: bool) {
         let gone = self.relays.drop_pending_via(node, first_hop_only);
         self.record_abandoned(gone);
     }

@@ -41,15 +41,14 @@ pub(crate) struct Reserves {
 impl KeyManager {
     /// Asks `peer` to reserve more of our half when the reserved rest runs low. Only once the
     /// neighbour answered this run's `Hello` (its `Seen` drops what earlier runs reserved).
-    pub(crate) fn reserve_ahead(&mut self, peer: &str) {
+    pub(crate) fn reserve_ahead(&mut self, peer: &NodeId) {
         if !self.is_reconciled(peer) {
             return;
         }
         if let Some(upto) = self.links.reserve_wanted(peer, RESERVE_AHEAD_BYTES) {
             self.links.asking(peer, upto);
-            self.reserves.sent.insert(peer.to_string(), self.now);
-            self.out
-                .send(peer.to_string(), PeerMsg::LinkReserve { upto });
+            self.reserves.sent.insert(peer.clone(), self.now);
+            self.out.send(peer.clone(), PeerMsg::LinkReserve { upto });
         }
     }
 

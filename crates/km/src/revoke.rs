@@ -71,8 +71,8 @@ impl Revokes {
     }
 
     /// Whether the assignment `(origin, seq)` was revoked here.
-    pub(crate) fn was_revoked(&self, origin: &str, seq: u64) -> bool {
-        self.revoked_here.contains(&(origin.to_string(), seq))
+    pub(crate) fn was_revoked(&self, origin: &NodeId, seq: u64) -> bool {
+        self.revoked_here.contains(&(origin.clone(), seq))
     }
 
     /// Assignments being revoked (for status and tests).
@@ -153,7 +153,7 @@ impl KeyManager {
 
     /// `peer` answered this run's `Hello` (it started, or its channel came back): send it every
     /// revoke it owes an answer to at once.
-    pub(crate) fn revokes_on_reconciled(&mut self, peer: &str) {
+    pub(crate) fn revokes_on_reconciled(&mut self, peer: &NodeId) {
         let seqs: Vec<u64> = self
             .revokes
             .open
@@ -162,7 +162,7 @@ impl KeyManager {
             .map(|(s, _)| *s)
             .collect();
         for seq in seqs {
-            self.out.send(peer.to_string(), PeerMsg::Revoke { seq });
+            self.out.send(peer.clone(), PeerMsg::Revoke { seq });
         }
     }
 

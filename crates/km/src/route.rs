@@ -45,7 +45,12 @@ pub struct RouteConstraint {
 impl RouteRequest {
     /// Judges the request for key from `me` to `dest`: numbers in range, every avoided node
     /// known and not an end. The message says what is wrong (an ETSI 014 400).
-    pub fn check(&self, topo: &Topology, me: &str, dest: &str) -> Result<RouteConstraint, String> {
+    pub fn check(
+        &self,
+        topo: &Topology,
+        me: &str,
+        dest: &NodeId,
+    ) -> Result<RouteConstraint, String> {
         let max = u64::from(MAX_PATHS);
         if self.min_disjoint_paths == 0 || self.min_disjoint_paths > max {
             return Err(format!(
@@ -129,7 +134,7 @@ impl RouteConstraint {
             s += &format!(" of at most {h} hops");
         }
         if !self.avoid.is_empty() {
-            let v: Vec<&str> = self.avoid.iter().map(String::as_str).collect();
+            let v: Vec<&str> = self.avoid.iter().map(NodeId::as_str).collect();
             s += &format!(" avoiding {}", v.join(", "));
         }
         s
@@ -143,13 +148,17 @@ impl RouteConstraint {
 pub fn find_paths(
     topo: &Topology,
     me: &str,
-    dest: &str,
+    dest: &NodeId,
     c: &RouteConstraint,
     want: u8,
     down: &[NodeId],
 ) -> Result<Vec<Vec<NodeId>>, String> {
-    let mut avoid: Vec<String> = c.avoid.iter().cloned().collect();
-    avoid.extend(down.iter().filter(|n| *n != me && *n != dest).cloned());
+    let mut avoid: Vec<String> = c.avoid.iter().map(NodeId::to_string).collect();
+    avoid.extend(
+        down.iter()
+            .filter(|n| *n != me && *n != dest)
+            .map(NodeId::to_string),
+    );
     let fits = |p: &Vec<NodeId>| c.max_hops.is_none_or(|h| p.len() - 1 <= h as usize);
     let mut best = 0;
     let top = want.max(c.min_paths);
@@ -164,6 +173,7 @@ pub fn find_paths(
             },
         )
         .into_iter()
+        .map(|p| p.into_iter().map(NodeId::from).collect())
         .filter(fits)
         .collect();
         best = best.max(found.len());
@@ -177,6 +187,7 @@ pub fn find_paths(
     }
     if !down.is_empty() {
         why += " while ";
+        let down: Vec<&str> = down.iter().map(NodeId::as_str).collect();
         why += &down.join(", ");
         why += if down.len() == 1 {
             " is down"
@@ -223,7 +234,7 @@ mod tests {
     fn req(min: u64, avoid: &[&str], max_hops: Option<u64>) -> RouteRequest {
         RouteRequest {
             min_disjoint_paths: min,
-            avoid_nodes: avoid.iter().map(|s| s.to_string()).collect(),
+            avoid_nodes: avoid.iter().map(|s| NodeId::from(*s)).collect(),
             max_hops,
             mandatory: true,
         }
@@ -241,45 +252,62 @@ mod tests {
             (req(2, &["a"], None), "an end of the key's route"),
             (req(2, &["f"], None), "an end of the key's route"),
         ] {
-            let e = r.check(&t, "a", "f").unwrap_err();
+            let e = r.check(&t, "a", &NodeId::from("f")).unwrap_err();
             assert!(e.contains(want), "{e}");
         }
-        let c = req(3, &["b", "b"], Some(4)).check(&t, "a", "f").unwrap();
+        let c = req(3, &["b", "b"], Some(4))
+            .check(&t, "a", &NodeId::from("f"))
+            .unwrap();
         assert_eq!(c.avoid.len(), 1);
     }
 
     #[test]
     fn paths_meeting_the_constraint_are_found_or_the_shortfall_named() {
         let t = mesh();
-        let c = req(3, &[], Some(2)).check(&t, "a", "f").unwrap();
-        let p = find_paths(&t, "a", "f", &c, 3, &[]).unwrap();
+        let c = req(3, &[], Some(2))
+            .check(&t, "a", &NodeId::from("f"))
+            .unwrap();
+        let p = find_paths(&t, "a", &NodeId::from("f"), &c, 3, &[]).unwrap();
         assert_eq!(p.len(), 3);
         assert!(p.iter().all(|p| p.len() == 3));
         // Four paths exist, but only three of at most two hops.
-        let c4 = req(4, &[], Some(2)).check(&t, "a", "f").unwrap();
-        let e = find_paths(&t, "a", "f", &c4, 4, &[]).unwrap_err();
+        let c4 = req(4, &[], Some(2))
+            .check(&t, "a", &NodeId::from("f"))
+            .unwrap();
+        let e = find_paths(&t, "a", &NodeId::from("f"), &c4, 4, &[]).unwrap_err();
         assert!(
             e.contains("only 3 node-disjoint path(s) exist between a and f"),
             "{e}"
         );
-        let c4 = req(4, &[], None).check(&t, "a", "f").unwrap();
-        assert_eq!(find_paths(&t, "a", "f", &c4, 4, &[]).unwrap().len(), 4);
+        let c4 = req(4, &[], None)
+            .check(&t, "a", &NodeId::from("f"))
+            .unwrap();
+        assert_eq!(
+            find_paths(&t, "a", &NodeId::from("f"), &c4, 4, &[])
+                .unwrap()
+                .len(),
+            4
+        );
         // Avoiding b, and with c down, two remain (d and e–g).
-        let cb = req(2, &["b"], None).check(&t, "a", "f").unwrap();
-        let p = find_paths(&t, "a", "f", &cb, 3, &["c".into()]).unwrap();
+        let cb = req(2, &["b"], None)
+            .check(&t, "a", &NodeId::from("f"))
+            .unwrap();
+        let p = find_paths(&t, "a", &NodeId::from("f"), &cb, 3, &["c".into()]).unwrap();
         assert_eq!(p.len(), 2);
         assert!(p
             .iter()
             .all(|p| !p.contains(&"b".into()) && !p.contains(&"c".into())));
-        let cb3 = req(3, &["b"], None).check(&t, "a", "f").unwrap();
-        let e = find_paths(&t, "a", "f", &cb3, 3, &["c".into()]).unwrap_err();
+        let cb3 = req(3, &["b"], None)
+            .check(&t, "a", &NodeId::from("f"))
+            .unwrap();
+        let e = find_paths(&t, "a", &NodeId::from("f"), &cb3, 3, &["c".into()]).unwrap_err();
         assert!(e.contains("while c is down"), "{e}");
     }
 
     #[test]
     fn a_route_is_admitted_only_when_it_meets_every_constraint() {
         let t = mesh();
-        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let p = |v: &[&str]| v.iter().map(|s| NodeId::from(*s)).collect::<Vec<_>>();
         let three = RelayRoute {
             paths: vec![
                 p(&["a", "b", "f"]),
@@ -288,7 +316,7 @@ mod tests {
             ],
             threshold: 2,
         };
-        let c = |r: RouteRequest| r.check(&t, "a", "f").unwrap();
+        let c = |r: RouteRequest| r.check(&t, "a", &NodeId::from("f")).unwrap();
         assert!(c(req(3, &[], None)).admits(&three));
         assert!(c(req(2, &["e"], Some(2))).admits(&three));
         assert!(!c(req(4, &[], None)).admits(&three));

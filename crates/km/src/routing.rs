@@ -56,6 +56,30 @@ impl RoutePlan {
 /// two nodes, both ways round; where several links join the same two nodes, the first the
 /// topology lists (the one [`Topology::link`] finds). Computed once: a link's rate runs its
 /// technology's model, and every plan reads the rates of the links on its paths.
+/// Shortest paths from this node, by node ID: relays look a destination's path up on every
+/// start.
+#[derive(Debug, Clone)]
+struct NodeRoutes(FixedMap<NodeId, Vec<NodeId>>);
+
+impl NodeRoutes {
+    /// Shortest paths from `me` over `topo`, around the `down` nodes.
+    fn compute(topo: &Topology, me: &NodeId, down: &[NodeId]) -> Self {
+        let down: Vec<String> = down.iter().map(NodeId::to_string).collect();
+        let routes = Routes::compute(topo, me, &down);
+        NodeRoutes(
+            routes
+                .paths()
+                .map(|(d, p)| (NodeId::from(d), p.iter().map(NodeId::from).collect()))
+                .collect(),
+        )
+    }
+
+    /// The path `[me, ..., dest]`, if `dest` is reachable.
+    fn path(&self, dest: &NodeId) -> Option<&[NodeId]> {
+        self.0.get(dest).map(Vec::as_slice)
+    }
+}
+
 type LinkRates = BTreeMap<NodeId, BTreeMap<NodeId, f64>>;
 
 fn link_rates(topo: &Topology) -> LinkRates {
@@ -64,9 +88,9 @@ fn link_rates(topo: &Topology) -> LinkRates {
         let rate = topo.link_mean_rate_bps(l) * topo.rate_multiplier;
         for (x, y) in [(&l.a, &l.b), (&l.b, &l.a)] {
             rates
-                .entry(x.clone())
+                .entry(NodeId::from(x))
                 .or_default()
-                .entry(y.clone())
+                .entry(NodeId::from(y))
                 .or_insert(rate);
         }
     }
@@ -81,7 +105,7 @@ type PlansByPolicy = BTreeMap<(u8, u8), Option<Arc<RoutePlan>>>;
 pub(crate) struct Routing {
     me: NodeId,
     topology: Arc<Topology>,
-    routes: Routes,
+    routes: NodeRoutes,
     /// Peers whose channel the driver reported down.
     down: BTreeSet<NodeId>,
     /// Nodes silent for longer than the liveness policy allows (see [`crate::liveness`]).
@@ -124,20 +148,21 @@ pub(crate) struct Routing {
 
 impl Routing {
     /// Routes over the whole topology, every peer assumed up.
-    pub(crate) fn new(me: &str, topology: Arc<Topology>) -> Self {
-        let routes = Routes::compute(&topology, me, &[]);
+    pub(crate) fn new(me: &NodeId, topology: Arc<Topology>) -> Self {
+        let routes = NodeRoutes::compute(&topology, me, &[]);
         let mut adjacent: FixedMap<NodeId, BTreeSet<NodeId>> = FixedMap::default();
         let mut node_links: FixedMap<NodeId, Vec<usize>> = FixedMap::default();
         for (i, l) in topology.links.iter().enumerate() {
-            adjacent.entry(l.a.clone()).or_default().insert(l.b.clone());
-            adjacent.entry(l.b.clone()).or_default().insert(l.a.clone());
-            node_links.entry(l.a.clone()).or_default().push(i);
-            node_links.entry(l.b.clone()).or_default().push(i);
+            let (a, b) = (NodeId::from(&l.a), NodeId::from(&l.b));
+            adjacent.entry(a.clone()).or_default().insert(b.clone());
+            adjacent.entry(b.clone()).or_default().insert(a.clone());
+            node_links.entry(a).or_default().push(i);
+            node_links.entry(b).or_default().push(i);
         }
         Self {
             adjacent,
             node_links,
-            me: me.to_string(),
+            me: me.clone(),
             usable: topology.clone(),
             bare: None,
             rates: Arc::new(link_rates(&topology)),
@@ -158,8 +183,8 @@ impl Routing {
 
     /// Whether any set of paths on the whole topology (every node up) meets `c` from here to
     /// `dest`; the error says how many paths exist. Cached.
-    pub(crate) fn feasible(&mut self, dest: &str, c: &RouteConstraint) -> Result<(), String> {
-        let key = (dest.to_string(), c.clone());
+    pub(crate) fn feasible(&mut self, dest: &NodeId, c: &RouteConstraint) -> Result<(), String> {
+        let key = (dest.clone(), c.clone());
         if let Some(r) = self.feasible.get(&key) {
             return r.clone();
         }
@@ -177,11 +202,11 @@ impl Routing {
     /// routes change.
     pub(crate) fn constrained_plan(
         &mut self,
-        dest: &str,
+        dest: &NodeId,
         c: &RouteConstraint,
         policy: (u8, u8),
     ) -> Result<RoutePlan, String> {
-        let key = (dest.to_string(), c.clone());
+        let key = (dest.clone(), c.clone());
         if let Some(p) = self.constrained.get(&key) {
             return p.clone();
         }
@@ -205,8 +230,8 @@ impl Routing {
     }
 
     /// Refill relays to `dest` under `c` until `until` (replacing an earlier constraint).
-    pub(crate) fn note_demand(&mut self, dest: &str, c: &RouteConstraint, until: Instant) {
-        self.demand.insert(dest.to_string(), (c.clone(), until));
+    pub(crate) fn note_demand(&mut self, dest: &NodeId, c: &RouteConstraint, until: Instant) {
+        self.demand.insert(dest.clone(), (c.clone(), until));
     }
 
     /// Whether any route constraint is held for refill (expired ones included until refill
@@ -216,12 +241,12 @@ impl Routing {
     }
 
     /// Whether relays to `dest` are asked to meet a constraint now (without cloning it).
-    pub(crate) fn has_demand(&self, dest: &str, now: Instant) -> bool {
+    pub(crate) fn has_demand(&self, dest: &NodeId, now: Instant) -> bool {
         self.demand.get(dest).is_some_and(|(_, until)| *until > now)
     }
 
     /// The constraint relays to `dest` are asked to meet now, if any (expired ones go).
-    pub(crate) fn demand(&mut self, dest: &str, now: Instant) -> Option<RouteConstraint> {
+    pub(crate) fn demand(&mut self, dest: &NodeId, now: Instant) -> Option<RouteConstraint> {
         match self.demand.get(dest) {
             Some((c, until)) if *until > now => Some(c.clone()),
             Some(_) => {
@@ -235,7 +260,12 @@ impl Routing {
     /// How relays to `dest` go under policy `(paths, threshold)`: up to `paths` node-disjoint
     /// paths around down peers and links out of service, threshold capped at the paths found.
     /// `None` when `dest` is unreachable.
-    pub(crate) fn plan(&mut self, dest: &str, paths: u8, threshold: u8) -> Option<Arc<RoutePlan>> {
+    pub(crate) fn plan(
+        &mut self,
+        dest: &NodeId,
+        paths: u8,
+        threshold: u8,
+    ) -> Option<Arc<RoutePlan>> {
         if let Some(p) = self
             .plans
             .get(dest)
@@ -250,7 +280,7 @@ impl Routing {
             }
         }
         self.plans
-            .entry(dest.to_string())
+            .entry(dest.clone())
             .or_default()
             .insert((paths, threshold), plan.clone());
         plan
@@ -263,7 +293,7 @@ impl Routing {
     }
 
     /// Like [`plan`](Self::plan), without caching (for read-only status).
-    pub(crate) fn peek_plan(&self, dest: &str, paths: u8, threshold: u8) -> Option<RoutePlan> {
+    pub(crate) fn peek_plan(&self, dest: &NodeId, paths: u8, threshold: u8) -> Option<RoutePlan> {
         match self
             .plans
             .get(dest)
@@ -274,13 +304,13 @@ impl Routing {
         }
     }
 
-    fn compute_plan(&self, dest: &str, paths: u8, threshold: u8) -> Option<RoutePlan> {
+    fn compute_plan(&self, dest: &NodeId, paths: u8, threshold: u8) -> Option<RoutePlan> {
         let single = self.routes.path(dest)?.to_vec();
         if paths <= 1 {
             return Some(RoutePlan::new(&self.rates, vec![single], 1, None));
         }
-        let down = self.avoided();
-        let found = disjoint_paths(
+        let down: Vec<String> = self.avoided().iter().map(NodeId::to_string).collect();
+        let found: Vec<Vec<NodeId>> = disjoint_paths(
             &self.usable,
             &self.me,
             dest,
@@ -288,7 +318,10 @@ impl Routing {
                 max_paths: usize::from(paths),
                 avoid: &down,
             },
-        );
+        )
+        .into_iter()
+        .map(|p| p.into_iter().map(NodeId::from).collect())
+        .collect();
         if found.len() <= 1 {
             return Some(RoutePlan::new(
                 &self.rates,
@@ -325,25 +358,25 @@ impl Routing {
     }
 
     /// The current path `[me, ..., dest]`, if `dest` is reachable.
-    pub(crate) fn path(&self, dest: &str) -> Option<&[NodeId]> {
+    pub(crate) fn path(&self, dest: &NodeId) -> Option<&[NodeId]> {
         self.routes.path(dest)
     }
 
     /// True when the driver reported `peer` down or it went silent.
-    pub(crate) fn is_down(&self, peer: &str) -> bool {
+    pub(crate) fn is_down(&self, peer: &NodeId) -> bool {
         self.down.contains(peer) || self.silent.contains(peer)
     }
 
     /// True when the driver reported `peer`'s channel down.
-    pub(crate) fn is_reported_down(&self, peer: &str) -> bool {
+    pub(crate) fn is_reported_down(&self, peer: &NodeId) -> bool {
         self.down.contains(peer)
     }
 
     /// Marks `peer` silent (`true`) or heard from again; recomputes routes and returns `true`
     /// on a change.
-    pub(crate) fn set_silent(&mut self, peer: &str, silent: bool) -> bool {
+    pub(crate) fn set_silent(&mut self, peer: &NodeId, silent: bool) -> bool {
         let changed = if silent {
-            self.silent.insert(peer.to_string())
+            self.silent.insert(peer.clone())
         } else {
             self.silent.remove(peer)
         };
@@ -359,16 +392,16 @@ impl Routing {
     }
 
     /// True unless an operator took the link to `peer` out of service.
-    pub(crate) fn in_service(&self, peer: &str) -> bool {
+    pub(crate) fn in_service(&self, peer: &NodeId) -> bool {
         !self.out_of_service.contains(peer)
     }
 
     /// Marks `peer` up (`true`) or down; recomputes routes on a change.
-    pub(crate) fn set_up(&mut self, peer: &str, up: bool) {
+    pub(crate) fn set_up(&mut self, peer: &NodeId, up: bool) {
         let changed = if up {
             self.down.remove(peer)
         } else {
-            self.down.insert(peer.to_string())
+            self.down.insert(peer.clone())
         };
         if changed {
             self.recompute();
@@ -377,11 +410,11 @@ impl Routing {
 
     /// Takes the link to neighbour `peer` out of service (`false`) or back; recomputes routes on
     /// a change.
-    pub(crate) fn set_in_service(&mut self, peer: &str, in_service: bool) {
+    pub(crate) fn set_in_service(&mut self, peer: &NodeId, in_service: bool) {
         let changed = if in_service {
             self.out_of_service.remove(peer)
         } else {
-            self.out_of_service.insert(peer.to_string())
+            self.out_of_service.insert(peer.clone())
         };
         if changed {
             self.recompute();
@@ -401,7 +434,7 @@ impl Routing {
         }
         self.usable = self.build_usable();
         let down = self.avoided();
-        self.routes = Routes::compute(&self.usable, &self.me, &down);
+        self.routes = NodeRoutes::compute(&self.usable, &self.me, &down);
     }
 
     /// The topology without the links this node took out of service or an end advertised
@@ -410,12 +443,13 @@ impl Routing {
         if self.unchanged_links() {
             return self.topology.clone();
         }
-        let me = self.me.as_str();
+        let me = &self.me;
         let out = &self.out_of_service;
         let base: &Topology = self.bare.as_deref().unwrap_or(&self.topology);
         let mut topo = base.clone();
         topo.links.retain(|l| {
-            let taken_out = (l.a == me && out.contains(&l.b)) || (l.b == me && out.contains(&l.a));
+            let (a, b) = (NodeId::from(&l.a), NodeId::from(&l.b));
+            let taken_out = (a == *me && out.contains(&b)) || (b == *me && out.contains(&a));
             !taken_out && !self.dead.contains(&link_key(&l.a, &l.b))
         });
         for l in &mut topo.links {
@@ -477,27 +511,28 @@ impl Routing {
     }
 
     /// `node`'s neighbours in the topology, `None` for a node without links or not in it.
-    pub(crate) fn adjacent(&self, node: &str) -> Option<&BTreeSet<NodeId>> {
+    pub(crate) fn adjacent(&self, node: &NodeId) -> Option<&BTreeSet<NodeId>> {
         self.adjacent.get(node)
     }
 
     /// `node`'s links: indices into the topology's links (none for a node not in it).
-    pub(crate) fn links_of(&self, node: &str) -> &[usize] {
+    pub(crate) fn links_of(&self, node: &NodeId) -> &[usize] {
         self.node_links.get(node).map_or(&[], Vec::as_slice)
     }
 
     /// `node`'s neighbours in the topology.
-    pub(crate) fn neighbours<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a NodeId> + 'a {
+    pub(crate) fn neighbours<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a NodeId> + 'a {
         self.adjacent.get(node).into_iter().flatten()
     }
 }
 
 /// The key of a link in [`Routing`]'s maps: its ends, smaller ID first.
 pub(crate) fn link_key(a: &str, b: &str) -> (NodeId, NodeId) {
+    let (a, b) = (NodeId::from(a), NodeId::from(b));
     if a <= b {
-        (a.to_string(), b.to_string())
+        (a, b)
     } else {
-        (b.to_string(), a.to_string())
+        (b, a)
     }
 }
 
@@ -520,11 +555,11 @@ mod tests {
     #[test]
     fn plans_take_bottlenecks_from_the_links_the_topology_finds() {
         let topo = tokyo();
-        let mut r = Routing::new("koganei", topo.clone());
+        let mut r = Routing::new(&NodeId::from("koganei"), topo.clone());
         let mut seen = BTreeSet::new();
         for n in &topo.nodes {
             for (paths, threshold) in [(1, 1), (3, 2)] {
-                let Some(plan) = r.plan(&n.id, paths, threshold) else {
+                let Some(plan) = r.plan(&NodeId::from(&n.id), paths, threshold) else {
                     continue;
                 };
                 // As plans computed it before the rates were kept: each hop's link looked up
@@ -548,7 +583,7 @@ mod tests {
     #[test]
     fn routes_over_penalised_links_are_those_of_the_whole_topology() {
         let topo = tokyo();
-        let mut r = Routing::new("koganei", topo.clone());
+        let mut r = Routing::new(&NodeId::from("koganei"), topo.clone());
         let penalties: BTreeMap<_, _> = [
             (link_key("koganei", "shinjuku"), 5.0),
             (link_key("otemachi", "ueno"), 0.5),
@@ -583,10 +618,18 @@ mod tests {
         assert!(r.usable.nodes.iter().all(|n| n.saes.is_empty()));
         let expected = Routes::compute(&whole, "koganei", &[]);
         for n in &topo.nodes {
-            assert_eq!(r.path(&n.id), expected.path(&n.id), "to {}", n.id);
+            let expected: Option<Vec<NodeId>> = expected
+                .path(&n.id)
+                .map(|p| p.iter().map(NodeId::from).collect());
+            assert_eq!(
+                r.path(&NodeId::from(&n.id)),
+                expected.as_deref(),
+                "to {}",
+                n.id
+            );
         }
         assert_eq!(
-            r.path("chofu").map(|p| p.len()),
+            r.path(&NodeId::from("chofu")).map(|p| p.len()),
             Some(2),
             "a direct link stays the route"
         );

@@ -94,21 +94,19 @@ impl KeyManager {
             .iter()
             .filter(|n| n.id != self.cfg.node_id)
             .map(|n| {
-                let (p, t) = self.cfg.policy.routing.for_dest(&n.id);
-                let plan = self.routing.peek_plan(&n.id, p, t);
+                let id = NodeId::from(&n.id);
+                let n = &id;
+                let (p, t) = self.cfg.policy.routing.for_dest(n);
+                let plan = self.routing.peek_plan(n, p, t);
                 PoolStatus {
-                    peer: n.id.clone(),
-                    out_bytes: self.pools.out_free(&n.id),
-                    in_bytes: self.pools.in_bytes(&n.id),
-                    relays_in_flight: self.relays.in_flight(&n.id),
-                    route: self
-                        .routing
-                        .path(&n.id)
-                        .map(<[_]>::to_vec)
-                        .unwrap_or_default(),
+                    peer: n.clone(),
+                    out_bytes: self.pools.out_free(n),
+                    in_bytes: self.pools.in_bytes(n),
+                    relays_in_flight: self.relays.in_flight(n),
+                    route: self.routing.path(n).map(<[_]>::to_vec).unwrap_or_default(),
                     threshold: plan.as_ref().map_or(0, |p| p.threshold),
                     route_note: plan.as_ref().and_then(|p| p.shortfall.clone()),
-                    slave_keys_expired: self.delivery.expired_from.get(&n.id).copied().unwrap_or(0),
+                    slave_keys_expired: self.delivery.expired_from.get(n).copied().unwrap_or(0),
                     paths: plan.map(|p| p.paths).unwrap_or_default(),
                 }
             })
@@ -135,6 +133,7 @@ impl KeyManager {
     /// this node stop or resume using it. Returns whether `peer` is a neighbour. Each end of a
     /// link decides for itself; an operator takes a link out at both ends.
     pub fn set_link_in_service(&mut self, peer: &str, in_service: bool) -> bool {
+        let peer = &NodeId::from(peer);
         if !self.links.contains(peer) {
             return false;
         }

@@ -207,13 +207,13 @@ impl KeyManager {
         self.out.answer(req, reply);
     }
 
-    fn sae_node(&self, sae: &str) -> Option<String> {
-        self.sae_index.node_id(sae).map(str::to_owned)
+    fn sae_node(&self, sae: &str) -> Option<NodeId> {
+        self.sae_index.node_id(sae).cloned()
     }
 
     fn require_local(&self, sae: &str, role: &str) -> Result<(), Refusal> {
         match self.sae_node(sae) {
-            Some(n) if n == self.me() => Ok(()),
+            Some(n) if n == *self.me() => Ok(()),
             Some(n) => Err(Refusal::Unauthorized(format!(
                 "{role} SAE {sae} is attached to KME {n}, not to this KME"
             ))),
@@ -230,7 +230,7 @@ impl KeyManager {
         now: Instant,
         master: &str,
         slave: &str,
-        node: &str,
+        node: &NodeId,
     ) -> (crate::quota::Priority, u64) {
         let q = self.quotas.config();
         let p = q.priority_of(master, slave);
@@ -246,7 +246,7 @@ impl KeyManager {
         let l = &self.cfg.limits;
         let unit = (l.key_size / 8).max(1);
         let max_key_count = self.cfg.policy.pool_target_bytes / unit;
-        let stored = if target == self.me() {
+        let stored = if target == *self.me() {
             max_key_count
         } else {
             // A refill overshoots a target that is not a whole number of relay chunks; the
@@ -257,7 +257,7 @@ impl KeyManager {
         };
         Ok(StatusInfo {
             source_kme_id: self.me().to_string(),
-            target_kme_id: target,
+            target_kme_id: target.to_string(),
             master_sae_id: master.to_string(),
             slave_sae_id: slave.to_string(),
             key_size: l.key_size,
@@ -313,7 +313,7 @@ impl KeyManager {
         let bytes = (size / 8) as usize;
         let n = number as usize;
         let primary = order[0].clone();
-        let me = self.me().to_string();
+        let me = self.me().clone();
         // Demand sizes the pools (served or not: a refused request is demand too).
         for (i, node) in order.iter().enumerate() {
             if *node != me {
@@ -535,7 +535,7 @@ impl KeyManager {
         &mut self,
         now: Instant,
         r: &RouteRequest,
-        dest: &str,
+        dest: &NodeId,
         multicast: bool,
     ) -> Result<Routed, Refusal> {
         let c = r
@@ -684,7 +684,7 @@ impl KeyManager {
             }
             return;
         }
-        let me = self.me().to_string();
+        let me = self.me().clone();
         let valid = !keys.is_empty()
             && !slaves.is_empty()
             && self.sae_node(&master).is_some_and(|n| n == origin)
@@ -893,7 +893,9 @@ mod tests {
         sup.forget_applied(at(85), kept);
         // ("a", 1) went; ("a", 2) is not durable yet and keeps ("b", 1) with it.
         assert_eq!(sup.applied_assigns.len(), 2);
-        assert!(!sup.applied_assigns.contains_key(&("a".to_string(), 1)));
+        assert!(!sup
+            .applied_assigns
+            .contains_key(&(NodeId::from("a".to_string()), 1)));
         sup.slave_assign_durable("a".into(), 2);
         sup.forget_applied(at(85), kept);
         assert!(sup.applied_assigns.is_empty());
@@ -940,8 +942,9 @@ mod tests {
             advert_run_base: 0,
         };
         let mut km = KeyManager::restore(cfg, Snapshot::default(), [7; 32], Instant(0));
-        km.pools.add_out("b", 1, Key::from_slice(&[9; 4096]), None);
-        km.reconcile.mark_reconciled("b");
+        km.pools
+            .add_out(&NodeId::from("b"), 1, Key::from_slice(&[9; 4096]), None);
+        km.reconcile.mark_reconciled(&NodeId::from("b"));
         km
     }
 
@@ -977,14 +980,14 @@ mod tests {
             m.contains("SAE lo") && m.contains("(low)") && m.contains("1024 bytes"),
             "{m}"
         );
-        assert_eq!(km.pools.out_free("b"), 1024);
+        assert_eq!(km.pools.out_free(&NodeId::from("b")), 1024);
         assert_eq!(km.stats.refused_for_priority, 1);
         assert_eq!((stored(&km, "hi"), stored(&km, "lo")), (32, 0));
         // The refusal charged nothing and spent nothing; high takes the reserve down to empty.
         for req in 100..104 {
             ask(&mut km, req, "hi").unwrap();
         }
-        assert_eq!(km.pools.out_free("b"), 0);
+        assert_eq!(km.pools.out_free(&NodeId::from("b")), 0);
         let r = ask(&mut km, 200, "hi").unwrap_err();
         assert!(r.message().contains("not enough key"), "{}", r.message());
     }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use kagi_control::Topology;
 use kagi_km::advert_auth::signed_bytes;
 use kagi_km::{
-    AdvertAuth, Input, Instant, KeyManager, KmConfig, Limits, LinkAdvert, LinkStatePolicy, PeerMsg,
-    PeerScope, Policy, Snapshot,
+    AdvertAuth, Input, Instant, KeyManager, KmConfig, Limits, LinkAdvert, LinkStatePolicy, NodeId,
+    PeerMsg, PeerScope, Policy, Snapshot,
 };
 
 mod common;
@@ -74,7 +74,7 @@ fn diamond_with_policy(starved: &[(&str, &str)], policy: Policy) -> Net {
     );
     net.starved = starved
         .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .map(|(a, b)| (NodeId::from(*a), NodeId::from(*b)))
         .collect();
     net.link_blocks();
     net
@@ -85,7 +85,7 @@ fn adverts(net: &Net) -> BTreeMap<(String, String, String), u32> {
     let mut n = BTreeMap::new();
     for (from, to, m) in &net.wire {
         if let PeerMsg::LinkState { origin, .. } = m {
-            *n.entry((from.clone(), to.clone(), origin.clone()))
+            *n.entry((from.clone(), to.clone(), origin.to_string()))
                 .or_default() += 1;
         }
     }
@@ -96,8 +96,8 @@ fn via(path: &[String], n: &str) -> bool {
     path.iter().any(|x| x == n)
 }
 
-fn key(a: &str, b: &str) -> (String, String) {
-    (a.to_string(), b.to_string())
+fn key(a: &str, b: &str) -> (NodeId, NodeId) {
+    (a.into(), b.into())
 }
 
 /// b's link to z gets no key: once the adverts have spread, a routes to z over c, and a's pool
@@ -109,7 +109,7 @@ fn relays_avoid_a_starved_link_and_return_when_it_refills() {
     // a is no neighbour of z: it learnt z's advert (and b's view of b–z) by flooding.
     let held = net.kms["a"].link_adverts_held();
     assert_eq!(
-        held.keys().map(String::as_str).collect::<Vec<_>>(),
+        held.keys().map(NodeId::as_str).collect::<Vec<_>>(),
         ["a", "b", "c", "z"]
     );
     let pen = net.kms["a"].link_penalties();

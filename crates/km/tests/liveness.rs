@@ -95,8 +95,8 @@ fn needless_beats(net: &Net, from: &str, to: &str, gap: Duration) -> usize {
         .count()
 }
 
-fn via_b(path: &[String]) -> bool {
-    path.iter().any(|n| n == "b")
+fn via_b<N: AsRef<str>>(path: &[N]) -> bool {
+    path.iter().any(|n| n.as_ref() == "b")
 }
 
 /// Freezes b once a's pool to z is full, empties that pool, and returns how long after the

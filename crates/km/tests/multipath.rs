@@ -10,7 +10,7 @@ use kagi_control::Topology;
 use kagi_keymat::its_mac::{Mac, MacKey, MAC_KEY_LEN};
 use kagi_keymat::Key;
 use kagi_km::config::RoutePolicy;
-use kagi_km::{AppCall, AppReply, Input, Instant, PeerMsg, Policy, Refusal, RouteRequest};
+use kagi_km::{AppCall, AppReply, Input, Instant, NodeId, PeerMsg, Policy, Refusal, RouteRequest};
 
 mod common;
 use common::{topology, LinkKey, Net};
@@ -61,7 +61,7 @@ fn three_paths(paths: u8, threshold: u8, without_link: Option<(&str, &str)>) -> 
     let seed = |n: &str| [n.as_bytes()[0] ^ n.len() as u8; 32];
     let mut net = Net::new(topo(), policy, seed, Instant(1), LINK_KEY);
     net.starved = without_link
-        .map(|(x, y)| (x.to_string(), y.to_string()))
+        .map(|(x, y)| (x.into(), y.into()))
         .into_iter()
         .collect();
     net.link_blocks();
@@ -90,8 +90,14 @@ fn shares_received(net: &Net) -> BTreeMap<(String, String, u64), Seen> {
         } = m
         {
             let e = seen
-                .entry((to.clone(), relay.origin.clone(), relay.seq))
-                .or_insert_with(|| (BTreeSet::new(), path.last() == Some(to), share.threshold));
+                .entry((to.clone(), relay.origin.to_string(), relay.seq))
+                .or_insert_with(|| {
+                    (
+                        BTreeSet::new(),
+                        path.last().is_some_and(|l| l == to),
+                        share.threshold,
+                    )
+                });
             e.0.insert(share.index);
         }
     }
@@ -313,7 +319,7 @@ fn an_abort_from_a_node_off_the_path_is_ignored() {
         .iter()
         .find_map(|(_, _, m)| match m {
             PeerMsg::ShareHop { relay, path, .. }
-                if relay.origin == "a" && path.last().map(String::as_str) == Some("z") =>
+                if relay.origin == "a" && path.last().map(NodeId::as_str) == Some("z") =>
             {
                 Some(relay.clone())
             }
@@ -468,7 +474,7 @@ fn fetch_routed(
                 additional_slaves: vec![],
                 route: Some(RouteRequest {
                     min_disjoint_paths: min,
-                    avoid_nodes: avoid.iter().map(|s| s.to_string()).collect(),
+                    avoid_nodes: avoid.iter().map(|s| NodeId::from(*s)).collect(),
                     max_hops,
                     mandatory,
                 }),
@@ -502,7 +508,7 @@ fn fetch_routed(
 }
 
 /// The intermediate nodes of every path, checked pairwise disjoint.
-fn assert_node_disjoint(paths: &[Vec<String>]) {
+fn assert_node_disjoint(paths: &[Vec<NodeId>]) {
     let mut seen = BTreeSet::new();
     for p in paths {
         assert_eq!(
@@ -622,7 +628,7 @@ fn kagi_route_demand_makes_refill_relay_under_the_constraint() {
         panic!("{p:?}")
     };
     assert!(
-        route.paths.iter().all(|p| !p.contains(&"b1".to_string())),
+        route.paths.iter().all(|p| !p.contains(&NodeId::from("b1"))),
         "{route:?}"
     );
     assert_eq!(route.paths.len(), 2);

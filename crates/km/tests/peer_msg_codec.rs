@@ -10,18 +10,21 @@ use kagi_control::Topology;
 use kagi_keymat::Tag;
 use kagi_km::msgs::{AbortReason, AssignedKey, KeySource, RelayId, ShareInfo, Span, GRANTED};
 use kagi_km::{
-    Input, Instant, KeyManager, KmConfig, Limits, LinkAdvert, PeerMsg, Policy, Snapshot,
+    Input, Instant, KeyManager, KmConfig, Limits, LinkAdvert, NodeId, PeerMsg, Policy, Snapshot,
 };
 use proptest::prelude::*;
 use uuid::Uuid;
 
-fn node() -> impl Strategy<Value = String> {
+fn node() -> impl Strategy<Value = NodeId> {
+    // Past 24 bytes an ID is kept on the heap rather than inline.
     prop_oneof![
         Just("a".to_string()),
         Just("b".to_string()),
         Just("c".to_string()),
         "[a-z]{0,6}",
+        "[a-z]{20,40}",
     ]
+    .prop_map(NodeId::from)
 }
 
 fn span() -> impl Strategy<Value = Span> {
@@ -67,7 +70,7 @@ fn reason() -> impl Strategy<Value = AbortReason> {
     ]
 }
 
-fn path() -> impl Strategy<Value = Vec<String>> {
+fn path() -> impl Strategy<Value = Vec<NodeId>> {
     prop::collection::vec(node(), 0..5)
 }
 
@@ -137,8 +140,8 @@ fn msg() -> impl Strategy<Value = PeerMsg> {
             .prop_map(|(epoch, seq, master, slaves, keys)| PeerMsg::Assign {
                 epoch,
                 seq,
-                master,
-                slaves,
+                master: master.to_string(),
+                slaves: slaves.iter().map(NodeId::to_string).collect(),
                 keys
             }),
         (any::<u64>(), any::<bool>()).prop_map(|(seq, ok)| PeerMsg::AssignAck { seq, ok }),

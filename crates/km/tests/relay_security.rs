@@ -48,7 +48,7 @@ fn line() -> Net {
 
 /// A relay hop on its way to c.
 fn to_c(m: &PeerMsg) -> bool {
-    matches!(m, PeerMsg::RelayHop { path, .. } if path.last().map(String::as_str) == Some("c"))
+    matches!(m, PeerMsg::RelayHop { path, .. } if path.last().map(|n| n.as_str()) == Some("c"))
 }
 
 #[test]
@@ -65,7 +65,7 @@ fn replayed_relay_hop_has_no_effect() {
     net.input(
         "b",
         Input::Peer {
-            from: hop.0.clone(),
+            from: hop.0.clone().into(),
             msg: hop.2.clone(),
         },
     );
@@ -102,7 +102,7 @@ fn tampered_relay_hop_is_refused() {
     net.input(
         "b",
         Input::Peer {
-            from,
+            from: from.into(),
             msg: PeerMsg::RelayHop {
                 relay,
                 path,
@@ -324,7 +324,7 @@ fn intermediate_node_keeps_no_relayed_key_and_ciphertext_differs_per_hop() {
         .filter_map(|(f, _, m)| match m {
             PeerMsg::RelayHop {
                 relay, ct, path, ..
-            } if relay.origin == "a" && path.last().map(String::as_str) == Some("c") => {
+            } if relay.origin == "a" && path.last().map(|n| n.as_str()) == Some("c") => {
                 Some((f.clone(), relay.seq, ct.clone()))
             }
             _ => None,
@@ -618,7 +618,13 @@ fn no_link_key_is_spent_towards_a_neighbour_before_it_answers_hello() {
         for (from, to, msg) in wire {
             if from == "a" && to == "b" && to_c(&msg) {
                 delivered += 1;
-                net.input("b", Input::Peer { from, msg });
+                net.input(
+                    "b",
+                    Input::Peer {
+                        from: from.into(),
+                        msg,
+                    },
+                );
             }
         }
     }

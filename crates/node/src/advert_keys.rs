@@ -239,7 +239,7 @@ pub fn from_config(
 mod tests {
     use super::*;
     use kagi_km::advert_auth::signed_bytes;
-    use kagi_km::LinkAdvert;
+    use kagi_km::{LinkAdvert, NodeId};
 
     fn pair_from(pem: &str) -> PqdsaKeyPair {
         let der = PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()).unwrap();
@@ -263,7 +263,7 @@ mod tests {
             tx_bytes: 4096,
             rx_bytes: 4096,
         }];
-        let bytes = signed_bytes(&"a".to_string(), 3, 7, &links);
+        let bytes = signed_bytes(&NodeId::from(&"a".to_string()), 3, 7, &links);
         let sig = a.sign(&bytes).unwrap();
         assert_eq!(sig.len(), 3309, "ML-DSA-65 signatures are 3309 bytes");
         assert!(b.verify("a", &bytes, &sig));
@@ -275,8 +275,16 @@ mod tests {
         // Altered: a link claimed better, another seq.
         let mut rich = links.clone();
         rich[0].rx_bytes = 1 << 30;
-        assert!(!b.verify("a", &signed_bytes(&"a".to_string(), 3, 7, &rich), &sig));
-        assert!(!b.verify("a", &signed_bytes(&"a".to_string(), 3, 8, &links), &sig));
+        assert!(!b.verify(
+            "a",
+            &signed_bytes(&NodeId::from(&"a".to_string()), 3, 7, &rich),
+            &sig
+        ));
+        assert!(!b.verify(
+            "a",
+            &signed_bytes(&NodeId::from(&"a".to_string()), 3, 8, &links),
+            &sig
+        ));
         let mut flipped = sig.clone();
         flipped[100] ^= 1;
         assert!(!b.verify("a", &bytes, &flipped));
@@ -298,7 +306,7 @@ mod tests {
         let links: Vec<LinkAdvert> = ["b", "c", "d", "e"]
             .iter()
             .map(|p| LinkAdvert {
-                peer: p.to_string(),
+                peer: NodeId::from(*p),
                 up: true,
                 rate_bps: 50_000,
                 tx_bytes: 1 << 20,
@@ -309,7 +317,7 @@ mod tests {
         let t = std::time::Instant::now();
         let mut sigs = Vec::with_capacity(n);
         for seq in 0..n as u64 {
-            let bytes = signed_bytes(&"a".to_string(), 1, seq, &links);
+            let bytes = signed_bytes(&NodeId::from(&"a".to_string()), 1, seq, &links);
             sigs.push((bytes.clone(), a.sign(&bytes).unwrap()));
         }
         let sign = t.elapsed() / n as u32;

@@ -29,6 +29,7 @@ use uuid::Uuid;
 use crate::client::{ClientError, Etsi014Client};
 use crate::driver::DriverMsg;
 use crate::peer::Peers;
+use kagi_km::NodeId;
 
 /// Time allowed for one call to the device.
 pub const DEVICE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -276,7 +277,7 @@ impl DeviceLink {
         self.high_water = Some(block);
         self.inbox
             .send(DriverMsg::Input(Input::LinkKeys {
-                peer: self.cfg.peer.clone(),
+                peer: NodeId::from(&self.cfg.peer),
                 block,
                 key,
             }))

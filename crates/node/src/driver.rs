@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::peer::Peers;
 use crate::service::KeyService;
 use crate::store::{writer_loop, Quarantined, SqliteStore, StoreError};
+use kagi_km::NodeId;
 
 /// Wait before restarting the core after a storage fault, doubled on each fault in a row.
 const FIRST_RESTART_DELAY: Duration = Duration::from_millis(200);
@@ -541,7 +542,7 @@ impl Driver {
                         else {
                             break;
                         };
-                        deliver(&mut km, t, DriverMsg::Input(Input::Peer { from, msg: m }), &mut ctx);
+                        deliver(&mut km, t, DriverMsg::Input(Input::Peer { from: NodeId::from(from), msg: m }), &mut ctx);
                     }
                 }
                 _ = sleep => {}
@@ -946,7 +947,7 @@ pub fn km_config(cfg: &crate::config::NodeConfig, topo: Arc<kagi_control::Topolo
     let e = &cfg.etsi014;
     let p = &cfg.pool;
     KmConfig {
-        node_id: cfg.node_id.clone(),
+        node_id: NodeId::from(&cfg.node_id),
         topology: topo,
         limits: e.limits.clone(),
         policy: kagi_km::Policy {

@@ -20,6 +20,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::admission::{Admission, Refused};
 use crate::tls;
+use kagi_km::NodeId;
 
 /// Messages queued per peer while its connection is (re)established; beyond this they are
 /// dropped (the core treats that as loss and times out).
@@ -193,7 +194,7 @@ async fn outbound(
                 if !was_up {
                     was_up = true;
                     let _ = inbox.send(crate::driver::DriverMsg::Input(Input::PeerUp {
-                        peer: id.clone(),
+                        peer: NodeId::from(&id),
                     }));
                 }
                 // The peer never writes on this connection; a read that returns means it
@@ -239,7 +240,7 @@ async fn outbound(
                 if was_up {
                     was_up = false;
                     let _ = inbox.send(crate::driver::DriverMsg::Input(Input::PeerDown {
-                        peer: id.clone(),
+                        peer: NodeId::from(&id),
                     }));
                 }
                 // Drop what is queued: the core times out and retries on its own terms.

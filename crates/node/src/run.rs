@@ -20,6 +20,7 @@ use crate::link_source::SimulatedLink;
 use crate::peer::{accept_loop, Peers};
 use crate::photon_link::{PhotonLink, PhotonLinkConfig};
 use crate::{etsi014, tls};
+use kagi_km::NodeId;
 
 /// Runs one key manager node until `shutdown` resolves.
 pub async fn run_node(
@@ -545,7 +546,7 @@ async fn feed_link(
             _ = stop.changed() => return,
         }
         let msg = DriverMsg::Input(Input::LinkKeys {
-            peer: link.peer.clone(),
+            peer: NodeId::from(&link.peer),
             block: n,
             key: link.block(n),
         });

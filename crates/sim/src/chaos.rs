@@ -310,7 +310,10 @@ pub fn run(seed: u64, cfg: &ChaosConfig) -> ChaosReport {
     let unfetched = sim.oracle().unfetched();
     let mut by_call: BTreeMap<(String, String, String), Vec<Uuid>> = BTreeMap::new();
     for (id, master, slave, node) in unfetched {
-        by_call.entry((node, slave, master)).or_default().push(id);
+        by_call
+            .entry((node.to_string(), slave, master))
+            .or_default()
+            .push(id);
     }
     for ((node, slave, master), ids) in by_call {
         for id in ids {
@@ -485,7 +488,7 @@ fn workload(sim: &mut Sim, rng: &mut ChaCha20Rng, reqs: &mut BTreeMap<u64, Req>)
             reqs.insert(
                 req,
                 Req {
-                    node,
+                    node: node.to_string(),
                     asked: Asked::Dec { slave, ids },
                 },
             );

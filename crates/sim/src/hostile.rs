@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use kagi_keymat::its_mac::{Mac, MacKey, MAC_KEY_LEN};
 use kagi_keymat::Tag;
 use kagi_km::msgs::{AssignedKey, KeySource, RelayId, Span};
-use kagi_km::PeerMsg;
+use kagi_km::{NodeId, PeerMsg};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -77,7 +77,7 @@ impl Hostile {
                 continue;
             }
             if let PeerMsg::RelayHop { relay, .. } = &msg {
-                let s = self.relay_seq.entry(relay.origin.clone()).or_default();
+                let s = self.relay_seq.entry(relay.origin.to_string()).or_default();
                 *s = (*s).max(relay.seq);
             }
             if let PeerMsg::Hello { epoch, .. } = &msg {
@@ -188,8 +188,16 @@ impl Hostile {
                     32 * self.rng.gen_range(1..=32)
                 };
                 let zero_span = self.rng.gen_bool(0.15);
-                if let Some(msg) = self.forge_hop(sim, link, &n, origin, seq, path, len, zero_span)
-                {
+                if let Some(msg) = self.forge_hop(
+                    sim,
+                    link,
+                    &n,
+                    origin,
+                    seq,
+                    path.iter().map(NodeId::from).collect(),
+                    len,
+                    zero_span,
+                ) {
                     sim.inject(&self.me, &n, msg);
                 }
             }
@@ -197,7 +205,11 @@ impl Hostile {
                 &self.me,
                 &origin.clone(),
                 PeerMsg::RelayAborted {
-                    relay: RelayId { origin, epoch, seq },
+                    relay: RelayId {
+                        origin: NodeId::from(origin),
+                        epoch,
+                        seq,
+                    },
                     share: None,
                     reason: kagi_km::AbortReason::LinkKeyExhausted,
                 },
@@ -206,7 +218,11 @@ impl Hostile {
                 &self.me,
                 &origin.clone(),
                 PeerMsg::RelayAck {
-                    relay: RelayId { origin, epoch, seq },
+                    relay: RelayId {
+                        origin: NodeId::from(origin),
+                        epoch,
+                        seq,
+                    },
                 },
             ),
             11 => {
@@ -278,13 +294,13 @@ impl Hostile {
             })
             .unwrap_or_default();
         PeerMsg::LinkState {
-            origin: origin.to_string(),
+            origin: NodeId::from(origin),
             run: u64::MAX,
             seq: u64::MAX,
             links: links
                 .iter()
                 .map(|p| kagi_km::LinkAdvert {
-                    peer: p.to_string(),
+                    peer: NodeId::from(*p),
                     up: true,
                     rate_bps: 1 << 40,
                     tx_bytes: 1 << 40,
@@ -423,7 +439,7 @@ impl Hostile {
             .links
             .iter()
             .position(|l| (l.a == self.me && l.b == n) || (l.b == self.me && l.a == n))?;
-        let path = path.iter().map(|p| p.to_string()).collect();
+        let path = path.iter().map(|p| NodeId::from(*p)).collect();
         self.forge_hop(sim, link, n, origin.to_string(), seq, path, len, empty_span)
     }
 
@@ -436,7 +452,7 @@ impl Hostile {
         n: &str,
         origin: String,
         seq: u64,
-        path: Vec<String>,
+        path: Vec<NodeId>,
         len: usize,
         zero_span: bool,
     ) -> Option<PeerMsg> {
@@ -475,7 +491,11 @@ impl Hostile {
             .map(|(k, p)| k ^ p)
             .collect();
         let epoch = self.epoch_of(sim, &origin);
-        let relay = RelayId { origin, epoch, seq };
+        let relay = RelayId {
+            origin: NodeId::from(origin),
+            epoch,
+            seq,
+        };
         let header = PeerMsg::relay_header(&relay, &path, &pad, ct.len());
         let mut mac = Mac::new(MacKey::from_bytes(&material[..MAC_KEY_LEN]).ok()?);
         mac.update(&header);

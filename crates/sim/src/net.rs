@@ -27,8 +27,8 @@ use kagi_control::Topology;
 use kagi_km::fixed_hash::FixedMap;
 use kagi_km::record::Snapshot;
 use kagi_km::{
-    Action, AppCall, AppReply, Input, Instant, KeyManager, KmConfig, Limits, PeerMsg, Policy,
-    Record, Refusal,
+    Action, AppCall, AppReply, Input, Instant, KeyManager, KmConfig, Limits, NodeId, PeerMsg,
+    Policy, Record, Refusal,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -115,17 +115,17 @@ pub struct FaultCounts {
 #[derive(Debug)]
 enum Event {
     Deliver {
-        to: String,
-        from: String,
+        to: NodeId,
+        from: NodeId,
         msg: PeerMsg,
     },
     StoreDone {
-        node: String,
+        node: NodeId,
         incarnation: u64,
         write: u64,
     },
     Timer {
-        node: String,
+        node: NodeId,
         incarnation: u64,
     },
     LinkBlock {
@@ -133,7 +133,7 @@ enum Event {
         block: u64,
     },
     Restart {
-        node: String,
+        node: NodeId,
         incarnation: u64,
     },
     /// A photon link's frame, records or deadline.
@@ -277,10 +277,10 @@ pub struct Sim {
     next_ev: u64,
     seq: u64,
     /// Hashed: looked up for every event. Never iterated where order matters: `ids` is.
-    nodes: FixedMap<String, SimNode>,
+    nodes: FixedMap<NodeId, SimNode>,
     /// The node IDs, sorted: the order every walk over the nodes takes, so that a run does not
     /// depend on the hasher.
-    ids: Vec<String>,
+    ids: Vec<NodeId>,
     rng: ChaCha20Rng,
     /// Loss, duplication and latency of heartbeats: their own stream, so that a run with
     /// heartbeats gives every other message the fate it has in the same run without them.
@@ -306,7 +306,7 @@ pub struct Sim {
     lost_slaves: BTreeMap<u64, BTreeSet<String>>,
     oracle: Oracle,
     /// Node pairs that cannot reach each other (both orders).
-    cut: BTreeSet<(String, String)>,
+    cut: BTreeSet<(NodeId, NodeId)>,
     /// Messages honest nodes sent to hostile ones: `(hostile, from, msg)`.
     hostile_inbox: Vec<(String, String, PeerMsg)>,
     /// Newest block produced on each link.
@@ -428,10 +428,10 @@ impl Sim {
         };
         for (order, n) in topo.nodes.iter().enumerate() {
             // Nodes join one by one (each starts seeing those before it), in `ids` sorted.
-            let at = sim.ids.partition_point(|id| *id < n.id);
-            sim.ids.insert(at, n.id.clone());
+            let at = sim.ids.partition_point(|id| *id < NodeId::from(&n.id));
+            sim.ids.insert(at, NodeId::from(&n.id));
             sim.nodes.insert(
-                n.id.clone(),
+                NodeId::from(&n.id),
                 SimNode {
                     km: None,
                     hostile: hostile.contains(&n.id.as_str()),
@@ -462,7 +462,7 @@ impl Sim {
 
     fn km_config(&self, node: &str) -> KmConfig {
         KmConfig {
-            node_id: node.to_string(),
+            node_id: NodeId::from(node),
             topology: self.topo.clone(),
             limits: Limits::default(),
             policy: self.policy.clone(),
@@ -496,7 +496,7 @@ impl Sim {
         km.skip_quiet_refills(self.skip_quiet_refills);
         km.keep_echo_deadlines(self.keep_echo_deadlines);
         // The node's peer connections come up only to the nodes it can reach.
-        let unreachable: Vec<String> = self
+        let unreachable: Vec<NodeId> = self
             .ids
             .iter()
             .filter(|p| p.as_str() != id && !self.reachable(id, p))
@@ -516,16 +516,16 @@ impl Sim {
     /// Whether `to` is running and not cut off from `from`.
     fn reachable(&self, from: &str, to: &str) -> bool {
         let n = &self.nodes[to];
-        (n.km.is_some() || n.hostile) && !self.cut.contains(&(from.to_string(), to.to_string()))
+        (n.km.is_some() || n.hostile) && !self.cut.contains(&(NodeId::from(from), NodeId::from(to)))
     }
 
     /// Reports `node` up or down to every running node that can reach it.
     fn tell_peers(&mut self, node: &str, up: bool) {
-        let others: Vec<String> = self
+        let others: Vec<NodeId> = self
             .ids
             .iter()
             .filter(|id| id.as_str() != node && self.nodes[id.as_str()].km.is_some())
-            .filter(|id| !self.cut.contains(&((*id).clone(), node.to_string())))
+            .filter(|id| !self.cut.contains(&((*id).clone(), NodeId::from(node))))
             .cloned()
             .collect();
         for o in others {
@@ -538,7 +538,7 @@ impl Sim {
         let Some(km) = self.nodes.get_mut(at).and_then(|n| n.km.as_mut()) else {
             return;
         };
-        let peer = peer.to_string();
+        let peer = NodeId::from(peer);
         km.handle(
             now,
             if up {
@@ -680,7 +680,7 @@ impl Sim {
                             at,
                             Event::Deliver {
                                 to: to.clone(),
-                                from: id.to_string(),
+                                from: NodeId::from(id),
                                 msg,
                             },
                         );
@@ -699,7 +699,7 @@ impl Sim {
                     self.push(
                         at,
                         Event::StoreDone {
-                            node: id.to_string(),
+                            node: NodeId::from(id),
                             incarnation: inc,
                             write,
                         },
@@ -759,7 +759,7 @@ impl Sim {
                     t.max(self.now),
                     order,
                     Event::Timer {
-                        node: id.to_string(),
+                        node: NodeId::from(id),
                         incarnation: inc,
                     },
                 );
@@ -782,7 +782,7 @@ impl Sim {
                 slaves: std::iter::once(slave)
                     .chain(additional_slaves)
                     .map(|s| {
-                        let n = self.sae_index.node_id(s).map(str::to_owned);
+                        let n = self.sae_index.node_id(s).cloned();
                         (s.clone(), n.unwrap_or_default())
                     })
                     .collect(),
@@ -855,7 +855,8 @@ impl Sim {
                 let n = self.nodes.get_mut(&to).expect("node");
                 if n.hostile {
                     if self.hostile_inbox.len() < 4096 {
-                        self.hostile_inbox.push((to, from, msg));
+                        self.hostile_inbox
+                            .push((to.to_string(), from.to_string(), msg));
                     }
                 } else if n.frozen {
                     // What a frozen process does not read is lost to it (modelled as loss:
@@ -912,7 +913,7 @@ impl Sim {
                         km.handle(
                             now,
                             Input::LinkKeys {
-                                peer: peer.clone(),
+                                peer: NodeId::from(peer),
                                 block,
                                 key: key.clone(),
                             },
@@ -948,7 +949,7 @@ impl Sim {
             self.push(
                 self.now + Duration::from_millis(10),
                 Event::StoreDone {
-                    node: node.to_string(),
+                    node: NodeId::from(node),
                     incarnation: inc,
                     write,
                 },
@@ -981,7 +982,7 @@ impl Sim {
             self.push(
                 now + delay,
                 Event::Restart {
-                    node: node.to_string(),
+                    node: NodeId::from(node),
                     incarnation,
                 },
             );
@@ -1225,7 +1226,7 @@ impl Sim {
     pub fn partition(&mut self, side: &[&str]) {
         self.counts.partitions += 1;
         let ids = self.ids.clone();
-        let (left, right): (Vec<&String>, Vec<&String>) =
+        let (left, right): (Vec<&NodeId>, Vec<&NodeId>) =
             ids.iter().partition(|n| side.contains(&n.as_str()));
         for l in &left {
             for r in &right {
@@ -1242,7 +1243,7 @@ impl Sim {
     pub fn heal(&mut self) {
         let cut = std::mem::take(&mut self.cut);
         for (a, b) in cut {
-            if self.is_up(&b) || self.nodes[&b].hostile {
+            if self.is_up(&b) || self.nodes[&*b].hostile {
                 self.peer_event(&a, &b, true);
             }
         }
@@ -1256,8 +1257,8 @@ impl Sim {
         self.push(
             at,
             Event::Deliver {
-                to: to.to_string(),
-                from: from.to_string(),
+                to: NodeId::from(to),
+                from: NodeId::from(from),
                 msg,
             },
         );

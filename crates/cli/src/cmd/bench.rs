@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use kagi_control::Topology;
 use kagi_keymat::Key;
+use kagi_km::NodeId;
 use kagi_km::{Action, Input, KeyManager, KmConfig, Limits, Policy, Snapshot};
 use kagi_node::client::Etsi014Client;
 use kagi_node::config::PoolConfig;
@@ -439,7 +440,7 @@ fn relay(a: RelayArgs) -> anyhow::Result<()> {
                 }
             };
             let cfg = KmConfig {
-                node_id: n.to_string(),
+                node_id: NodeId::from(*n),
                 topology: topo.clone(),
                 limits: Limits::default(),
                 policy,
@@ -502,7 +503,9 @@ fn relay(a: RelayArgs) -> anyhow::Result<()> {
                 while let Some(act) = km.poll_action() {
                     progressed = true;
                     match act {
-                        Action::Send { to, msg } => queue.push((id.to_string(), to, msg)),
+                        Action::Send { to, msg } => {
+                            queue.push((id.to_string(), to.to_string(), msg))
+                        }
                         Action::Store { write, .. } => {
                             km.handle(now, Input::Stored { write, ok: true })
                         }
@@ -520,9 +523,13 @@ fn relay(a: RelayArgs) -> anyhow::Result<()> {
                 }
                 let t = Instant::now();
                 let is_b = to == "b";
-                kms.get_mut(to.as_str())
-                    .expect("node")
-                    .handle(now, Input::Peer { from, msg });
+                kms.get_mut(to.as_str()).expect("node").handle(
+                    now,
+                    Input::Peer {
+                        from: NodeId::from(from),
+                        msg,
+                    },
+                );
                 if is_b {
                     b_time += t.elapsed();
                 }

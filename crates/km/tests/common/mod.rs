@@ -13,7 +13,7 @@ use kagi_keymat::Key;
 use kagi_km::record::Record;
 use kagi_km::{
     Action, AdvertAuth, AdvertSignError, AppCall, AppReply, Input, Instant, KeyManager, KmConfig,
-    Limits, PeerMsg, Policy, Refusal, Snapshot,
+    Limits, NodeId, PeerMsg, Policy, Refusal, Snapshot,
 };
 
 /// A test signer for link-state adverts: a keyed hash with a secret per node (derived from its
@@ -120,7 +120,7 @@ pub struct Net {
     pub auto_deliver: bool,
     pub tamper: Option<Tamper>,
     /// Links (either orientation) that get no link key now.
-    pub starved: BTreeSet<(String, String)>,
+    pub starved: BTreeSet<(NodeId, NodeId)>,
     pub link_key: LinkKey,
     next_block: u64,
 }
@@ -152,7 +152,7 @@ impl Net {
             .iter()
             .map(|n| {
                 let cfg = KmConfig {
-                    node_id: n.id.clone(),
+                    node_id: NodeId::from(n.id.clone()),
                     topology: topo.clone(),
                     limits: Limits::default(),
                     policy: policy.clone(),
@@ -181,8 +181,7 @@ impl Net {
     }
 
     fn is_starved(&self, a: &str, b: &str) -> bool {
-        self.starved.contains(&(a.to_string(), b.to_string()))
-            || self.starved.contains(&(b.to_string(), a.to_string()))
+        self.starved.contains(&(a.into(), b.into())) || self.starved.contains(&(b.into(), a.into()))
     }
 
     /// The next block of link key on every link that is not starved, to both ends.
@@ -204,7 +203,7 @@ impl Net {
                 self.input(
                     x,
                     Input::LinkKeys {
-                        peer: y.clone(),
+                        peer: NodeId::from(y.clone()),
                         block,
                         key: k.clone(),
                     },
@@ -246,10 +245,16 @@ impl Net {
             if let Some(t) = self.tamper.as_mut() {
                 t(&from, &to, &mut msg);
             }
-            self.wire.push((from.clone(), to.clone(), msg.clone()));
+            self.wire.push((from.clone(), to.to_string(), msg.clone()));
             self.wire_at.push(self.now);
             if self.auto_deliver {
-                self.input(&to, Input::Peer { from, msg });
+                self.input(
+                    &to,
+                    Input::Peer {
+                        from: NodeId::from(from),
+                        msg,
+                    },
+                );
             }
         }
     }
@@ -310,7 +315,9 @@ impl Net {
             .find(|p| p.peer == to)
             .unwrap()
             .route
-            .clone()
+            .iter()
+            .map(NodeId::to_string)
+            .collect()
     }
 
     /// Whether `at` counts `peer` as up.
@@ -354,7 +361,7 @@ impl Net {
                 PeerMsg::RelayHop { path, .. }
                     if f == from && path.last().is_some_and(|d| d == to) =>
                 {
-                    Some(path.clone())
+                    Some(path.iter().map(NodeId::to_string).collect())
                 }
                 _ => None,
             })

@@ -9,6 +9,7 @@
 //! each key's `key_extension.kagi_route` its own.
 
 use kagi_km::app::{DeliveredKey, KeyPaths, Refusal};
+use kagi_km::NodeId;
 use kagi_km::{RelayRoute, RouteRequest};
 use serde_json::{json, Map, Value};
 
@@ -76,7 +77,7 @@ fn parse_one(v: &Value, mandatory: bool) -> Result<RouteRequest, String> {
                     let Some(n) = i.as_str() else {
                         return bad("avoid_nodes must be an array of node IDs (strings)");
                     };
-                    r.avoid_nodes.push(n.to_string());
+                    r.avoid_nodes.push(NodeId::from(n));
                 }
             }
             other => {
@@ -162,7 +163,7 @@ mod tests {
                 r.max_hops,
                 r.mandatory
             ),
-            (3, vec!["b".to_string()], Some(4), true)
+            (3, vec!["b".into()], Some(4), true)
         );
         let o = obj(json!([{"abc_x": 1}, {"kagi_route": {}}]));
         let r = parse(None, Some(&o)).unwrap().unwrap();
@@ -240,7 +241,7 @@ mod tests {
 
     #[test]
     fn the_report_lists_the_paths_of_every_key() {
-        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let p = |v: &[&str]| v.iter().map(|s| NodeId::from(*s)).collect::<Vec<_>>();
         let r = RelayRoute {
             paths: vec![p(&["a", "b", "f"]), p(&["a", "c", "f"])],
             threshold: 2,

@@ -243,7 +243,7 @@ fn links_json(ctx: &MgmtCtx, km: &kagi_km::KmStatus) -> Value {
         .iter()
         .map(|l| {
             let spec = ctx.topology.link(me, &l.peer);
-            let connected = up.contains(&l.peer);
+            let connected = up.contains(l.peer.as_str());
             let (key_in, rate) = ctx.ops.link_intake(&l.peer);
             let state = if !l.in_service {
                 "out_of_service"
@@ -264,7 +264,7 @@ fn links_json(ctx: &MgmtCtx, km: &kagi_km::KmStatus) -> Value {
                 "rx_bytes": l.rx_bytes,
                 "key_in_bytes": key_in,
                 "key_rate_bytes_per_second": rate,
-                "model_rate_bps": ctx.model_rates.get(&l.peer),
+                "model_rate_bps": ctx.model_rates.get(l.peer.as_str()),
                 "high_water_block": l.high_water,
             })
         })

@@ -224,7 +224,7 @@ pub fn view(ctx: &MgmtCtx, km: &kagi_km::KmStatus, streams: &[StreamInfo]) -> Va
     for l in &km.links {
         let spec = ctx.topology.link(me, &l.peer);
         let protocol = spec.map(|s| s.protocol_name()).unwrap_or("unknown");
-        let reachable = up.contains(&l.peer);
+        let reachable = up.contains(l.peer.as_str());
         let making_key = l.in_service && reachable;
         let Some(qkdi) = qkdi_id(&ctx.topology, me, &l.peer) else {
             continue;
@@ -256,7 +256,7 @@ pub fn view(ctx: &MgmtCtx, km: &kagi_km::KmStatus, streams: &[StreamInfo]) -> Va
             "expected_consumption".into(),
             json!(u32_leaf(consumption as f64)),
         );
-        if let Some(skr) = ctx.model_rates.get(&l.peer) {
+        if let Some(skr) = ctx.model_rates.get(l.peer.as_str()) {
             perf.insert("skr".into(), json!(u32_leaf(*skr)));
         }
         perf.insert("eskr".into(), json!(u32_leaf(rate * 8.0)));

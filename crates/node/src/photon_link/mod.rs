@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, watch};
 use crate::driver::DriverMsg;
 use crate::link_secret::LinkSecret;
 use crate::peer::Peers;
+use kagi_km::NodeId;
 use ledger::{AuthLedger, LedgerError};
 
 pub use kagi_postproc::link_machine::model::{
@@ -308,7 +309,7 @@ impl PhotonLink {
                 }
                 Action::Key { block, key } => {
                     let _ = self.inbox.send(DriverMsg::Input(Input::LinkKeys {
-                        peer: peer.clone(),
+                        peer: NodeId::from(&peer),
                         block,
                         key,
                     }));

@@ -25,7 +25,7 @@ use std::time::Duration;
 use kagi_control::KeySource;
 use kagi_keymat::its_mac::{self, MacKey, Tag, TAG_LEN};
 use kagi_keymat::Key;
-use kagi_km::Input;
+use kagi_km::{Input, NodeId};
 use kagi_postproc::link_machine::model::{block_records, PhotonModel, BOOTSTRAP_BYTES};
 use kagi_postproc::link_machine::{
     Action, ControlKey, LinkFrame, LinkMachine, MemLedger, Note, Raw,
@@ -247,7 +247,7 @@ impl Sim {
                 rng,
             });
         }
-        let up: Vec<String> = self
+        let up: Vec<NodeId> = self
             .ids
             .iter()
             .filter(|id| self.nodes[id.as_str()].km.is_some())
@@ -345,7 +345,7 @@ impl Sim {
     /// Whether end `ei` of photon link `li` is running and can be reached now.
     fn photon_end_runs(&self, li: usize, ei: usize, epoch: u64) -> bool {
         let e = &self.photon.links[li].ends[ei];
-        e.epoch == epoch && e.machine.is_some() && !self.nodes[&e.node].frozen
+        e.epoch == epoch && e.machine.is_some() && !self.nodes[e.node.as_str()].frozen
     }
 
     pub(super) fn photon_step(&mut self, ev: PhotonEvent) {
@@ -359,7 +359,9 @@ impl Sim {
             } => {
                 let e = &self.photon.links[link].ends[end];
                 if !self.photon_end_runs(link, end, epoch)
-                    || self.cut.contains(&(e.peer.clone(), e.node.clone()))
+                    || self
+                        .cut
+                        .contains(&(NodeId::from(&e.peer), NodeId::from(&e.node)))
                 {
                     return;
                 }
@@ -379,7 +381,7 @@ impl Sim {
                 if e.epoch != epoch || e.machine.is_none() {
                     return;
                 }
-                if self.nodes[&e.node].frozen {
+                if self.nodes[e.node.as_str()].frozen {
                     let retry = self.now + FROZEN_RETRY;
                     self.push(
                         retry,
@@ -509,7 +511,10 @@ impl Sim {
         }
         let to = 1 - ei;
         let l = &self.photon.links[li];
-        let (from_node, to_node) = (l.ends[ei].node.clone(), l.ends[to].node.clone());
+        let (from_node, to_node) = (
+            NodeId::from(&l.ends[ei].node),
+            NodeId::from(&l.ends[to].node),
+        );
         // A peer that is down has no connection to send on.
         if l.ends[to].machine.is_none() || self.cut.contains(&(from_node, to_node)) {
             return;
@@ -577,11 +582,18 @@ impl Sim {
         let now = self.now;
         if let Some(km) = self
             .nodes
-            .get_mut(&node)
+            .get_mut(node.as_str())
             .filter(|n| !n.frozen)
             .and_then(|n| n.km.as_mut())
         {
-            km.handle(now, Input::LinkKeys { peer, block, key });
+            km.handle(
+                now,
+                Input::LinkKeys {
+                    peer: NodeId::from(peer),
+                    block,
+                    key,
+                },
+            );
             self.drain(&node);
         }
     }
