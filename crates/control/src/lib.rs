@@ -5,12 +5,12 @@
 pub mod builtin;
 pub mod disjoint;
 mod link_fields;
-pub mod node_id;
+pub mod name;
 pub mod routing;
 pub mod topology;
 
 pub use disjoint::{disjoint_paths, PathQuery};
-pub use node_id::NodeId;
+pub use name::{Name, NodeId};
 pub use routing::Routes;
 pub use topology::{
     check_https_url, DeviceLinkSpec, KeySource, LinkSpec, NodeSpec, PhotonLinkSpec, SaeIndex,

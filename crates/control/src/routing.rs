@@ -4,12 +4,12 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
 
-use crate::Topology;
+use crate::{NodeId, Topology};
 
 /// Paths from one node to every reachable node.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
-    paths: BTreeMap<String, Vec<String>>,
+    paths: BTreeMap<NodeId, Vec<NodeId>>,
 }
 
 /// A heap entry: a node (by any string type: the search borrows the topology's IDs) and its
@@ -87,26 +87,26 @@ impl Routes {
         }
         let mut paths = BTreeMap::new();
         for &dst in dist.keys() {
-            let mut p = vec![dst.to_string()];
+            let mut p = vec![NodeId::from(dst)];
             let mut cur = dst;
             while let Some(&pr) = prev.get(cur) {
-                p.push(pr.to_string());
+                p.push(NodeId::from(pr));
                 cur = pr;
             }
             p.reverse();
-            paths.insert(dst.to_string(), p);
+            paths.insert(NodeId::from(dst), p);
         }
         Self { paths }
     }
 
     /// The full path `[src, ..., dst]`, if `dst` is reachable.
-    pub fn path(&self, dst: &str) -> Option<&[String]> {
-        self.paths.get(dst).map(|v| v.as_slice())
+    pub fn path(&self, dst: &str) -> Option<&[NodeId]> {
+        self.path_to(&NodeId::from(dst))
     }
 
-    /// Every reachable destination and its path `[src, ..., dst]`.
-    pub fn paths(&self) -> impl Iterator<Item = (&str, &[String])> {
-        self.paths.iter().map(|(d, p)| (d.as_str(), p.as_slice()))
+    /// [`path`](Self::path) for an ID at hand (no conversion; the key manager asks per relay).
+    pub fn path_to(&self, dst: &NodeId) -> Option<&[NodeId]> {
+        self.paths.get(dst).map(|v| v.as_slice())
     }
 
     /// Number of hops to `dst`.
@@ -210,11 +210,12 @@ mod tests {
                 .collect();
             for src in &ids {
                 let r = Routes::compute(&t, src, &down);
-                assert_eq!(
-                    r.paths,
-                    reference(&t, src, &down),
-                    "round {round} from {src}"
-                );
+                let paths: BTreeMap<String, Vec<String>> = r
+                    .paths
+                    .iter()
+                    .map(|(d, p)| (d.to_string(), p.iter().map(NodeId::to_string).collect()))
+                    .collect();
+                assert_eq!(paths, reference(&t, src, &down), "round {round} from {src}");
             }
         }
     }

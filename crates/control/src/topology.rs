@@ -7,7 +7,7 @@ use kagi_quantum::supply::{BlockSchedule, KeySupply};
 use kagi_quantum::tech::{LinkTech, ParamValue, TechError};
 use serde::{Deserialize, Serialize};
 
-use crate::node_id::NodeId;
+use crate::name::{Name, NodeId};
 
 /// A trusted node.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -289,7 +289,8 @@ pub struct SaeIndex {
     /// SAE ID to position in `ids`. Fixed-key foldhash: a key manager looks SAEs up for every
     /// request, and SipHash was a twentieth of a simulated day's CPU. The keys come from the
     /// topology only (a lookup cannot add one), so a fixed key is no flooding risk.
-    at: std::collections::HashMap<String, usize, foldhash::fast::FixedState>,
+    /// Inline names: a probe compares in place instead of following a pointer per key.
+    at: std::collections::HashMap<Name, usize, foldhash::fast::FixedState>,
     /// Node IDs, in topology order.
     ids: Vec<NodeId>,
 }
@@ -601,7 +602,7 @@ impl Topology {
         for (i, n) in self.nodes.iter().enumerate() {
             for s in &n.saes {
                 // First node wins, as `node_of_sae` finds it (`validate` refuses an SAE twice).
-                at.entry(s.clone()).or_insert(i);
+                at.entry(Name::from(s)).or_insert(i);
             }
         }
         SaeIndex {

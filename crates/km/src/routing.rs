@@ -56,30 +56,6 @@ impl RoutePlan {
 /// two nodes, both ways round; where several links join the same two nodes, the first the
 /// topology lists (the one [`Topology::link`] finds). Computed once: a link's rate runs its
 /// technology's model, and every plan reads the rates of the links on its paths.
-/// Shortest paths from this node, by node ID: relays look a destination's path up on every
-/// start.
-#[derive(Debug, Clone)]
-struct NodeRoutes(FixedMap<NodeId, Vec<NodeId>>);
-
-impl NodeRoutes {
-    /// Shortest paths from `me` over `topo`, around the `down` nodes.
-    fn compute(topo: &Topology, me: &NodeId, down: &[NodeId]) -> Self {
-        let down: Vec<String> = down.iter().map(NodeId::to_string).collect();
-        let routes = Routes::compute(topo, me, &down);
-        NodeRoutes(
-            routes
-                .paths()
-                .map(|(d, p)| (NodeId::from(d), p.iter().map(NodeId::from).collect()))
-                .collect(),
-        )
-    }
-
-    /// The path `[me, ..., dest]`, if `dest` is reachable.
-    fn path(&self, dest: &NodeId) -> Option<&[NodeId]> {
-        self.0.get(dest).map(Vec::as_slice)
-    }
-}
-
 type LinkRates = BTreeMap<NodeId, BTreeMap<NodeId, f64>>;
 
 fn link_rates(topo: &Topology) -> LinkRates {
@@ -105,7 +81,7 @@ type PlansByPolicy = BTreeMap<(u8, u8), Option<Arc<RoutePlan>>>;
 pub(crate) struct Routing {
     me: NodeId,
     topology: Arc<Topology>,
-    routes: NodeRoutes,
+    routes: Routes,
     /// Peers whose channel the driver reported down.
     down: BTreeSet<NodeId>,
     /// Nodes silent for longer than the liveness policy allows (see [`crate::liveness`]).
@@ -149,7 +125,7 @@ pub(crate) struct Routing {
 impl Routing {
     /// Routes over the whole topology, every peer assumed up.
     pub(crate) fn new(me: &NodeId, topology: Arc<Topology>) -> Self {
-        let routes = NodeRoutes::compute(&topology, me, &[]);
+        let routes = Routes::compute(&topology, me, &[]);
         let mut adjacent: FixedMap<NodeId, BTreeSet<NodeId>> = FixedMap::default();
         let mut node_links: FixedMap<NodeId, Vec<usize>> = FixedMap::default();
         for (i, l) in topology.links.iter().enumerate() {
@@ -305,7 +281,7 @@ impl Routing {
     }
 
     fn compute_plan(&self, dest: &NodeId, paths: u8, threshold: u8) -> Option<RoutePlan> {
-        let single = self.routes.path(dest)?.to_vec();
+        let single = self.routes.path_to(dest)?.to_vec();
         if paths <= 1 {
             return Some(RoutePlan::new(&self.rates, vec![single], 1, None));
         }
@@ -359,7 +335,7 @@ impl Routing {
 
     /// The current path `[me, ..., dest]`, if `dest` is reachable.
     pub(crate) fn path(&self, dest: &NodeId) -> Option<&[NodeId]> {
-        self.routes.path(dest)
+        self.routes.path_to(dest)
     }
 
     /// True when the driver reported `peer` down or it went silent.
@@ -434,7 +410,8 @@ impl Routing {
         }
         self.usable = self.build_usable();
         let down = self.avoided();
-        self.routes = NodeRoutes::compute(&self.usable, &self.me, &down);
+        let down: Vec<String> = down.iter().map(NodeId::to_string).collect();
+        self.routes = Routes::compute(&self.usable, &self.me, &down);
     }
 
     /// The topology without the links this node took out of service or an end advertised

@@ -57,7 +57,9 @@ fn single_paths_are_the_nodes_own_routes() {
                     continue;
                 }
                 let mine = paths::path_in_tree(&tree, si as u32, di as u32).map(|p| ids(&g, &p));
-                let node = routes.path(&d.id).map(<[String]>::to_vec);
+                let node = routes
+                    .path(&d.id)
+                    .map(|p| p.iter().map(|n| n.to_string()).collect::<Vec<_>>());
                 assert_eq!(mine, node, "{} → {}", s.id, d.id);
             }
         }

@@ -1,12 +1,12 @@
-//! Node IDs, stored inline when short.
+//! Names of nodes and SAEs, stored inline when short.
 //!
-//! The core keys a dozen maps by node (links, pools, liveness, adverts, reconciliation), and a
-//! simulated network looks names up millions of times a second. A name of at most
-//! [`INLINE_LEN`] bytes (every name in the shipped topologies) lives inside the value: comparing
-//! two is three word comparisons and cloning one is a copy, with no heap pointer to follow and no
-//! allocation. Longer names (topologies allow up to 128 bytes) fall back to a shared heap string.
+//! The core keys a dozen maps by node (links, pools, liveness, adverts, reconciliation) and
+//! looks an SAE's node up on every request, and a simulated network does so millions of times
+//! a second. A name of at most [`INLINE_LEN`] bytes (every name in the shipped topologies)
+//! lives inside the value: comparing two is three word comparisons and cloning one is a copy,
+//! with no heap pointer to follow (a cache miss per probe of a large map) and no allocation. Longer names (topologies allow up to 128 bytes) fall back to a shared heap string.
 //! Either way the order is exactly the order of the names as strings, so maps iterate as they
-//! did when IDs were `String`s, and the wire form is the plain string.
+//! would with `String` keys, and the wire form is the plain string.
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
@@ -21,9 +21,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Longest name kept inline.
 pub const INLINE_LEN: usize = 24;
 
-/// A node ID: the node's name in the topology.
+/// A node's or an SAE's name, as the topology spells it.
 #[derive(Clone)]
-pub struct NodeId(Repr);
+pub struct Name(Repr);
+
+/// A node ID: the node's name in the topology.
+pub type NodeId = Name;
 
 /// Names of at most [`INLINE_LEN`] bytes are always inline and longer ones always on the heap,
 /// so equal names have equal representations.
@@ -35,7 +38,7 @@ enum Repr {
     Heap(Arc<str>),
 }
 
-impl NodeId {
+impl Name {
     /// The ID named `name`.
     pub fn new(name: &str) -> Self {
         if name.len() <= INLINE_LEN {
@@ -43,9 +46,9 @@ impl NodeId {
             bytes[..name.len()].copy_from_slice(name.as_bytes());
             // The length fits: it is at most INLINE_LEN.
             let len = name.len() as u8;
-            NodeId(Repr::Inline { bytes, len })
+            Name(Repr::Inline { bytes, len })
         } else {
-            NodeId(Repr::Heap(Arc::from(name)))
+            Name(Repr::Heap(Arc::from(name)))
         }
     }
 
@@ -72,13 +75,13 @@ fn words(bytes: &[u8; INLINE_LEN]) -> [u64; INLINE_LEN / 8] {
     out
 }
 
-impl Default for NodeId {
+impl Default for Name {
     fn default() -> Self {
-        NodeId::new("")
+        Name::new("")
     }
 }
 
-impl PartialEq for NodeId {
+impl PartialEq for Name {
     fn eq(&self, other: &Self) -> bool {
         match (&self.0, &other.0) {
             (Repr::Inline { bytes: a, len: la }, Repr::Inline { bytes: b, len: lb }) => {
@@ -91,9 +94,9 @@ impl PartialEq for NodeId {
     }
 }
 
-impl Eq for NodeId {}
+impl Eq for Name {}
 
-impl Ord for NodeId {
+impl Ord for Name {
     fn cmp(&self, other: &Self) -> Ordering {
         match (&self.0, &other.0) {
             // Zero padding sorts a prefix first, and the lengths break the tie of a name and
@@ -106,27 +109,27 @@ impl Ord for NodeId {
     }
 }
 
-impl PartialOrd for NodeId {
+impl PartialOrd for Name {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
 /// Hashes as the name's `str` does, so that maps keyed by ID can be looked up by `&str`.
-impl Hash for NodeId {
+impl Hash for Name {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.as_str().hash(state);
     }
 }
 
-/// Lookups by `&str` work, but compare as strings: the core's hot paths look up by `&NodeId`.
-impl Borrow<str> for NodeId {
+/// Lookups by `&str` work, but compare as strings: the core's hot paths look up by `&Name`.
+impl Borrow<str> for Name {
     fn borrow(&self) -> &str {
         self.as_str()
     }
 }
 
-impl Deref for NodeId {
+impl Deref for Name {
     type Target = str;
 
     fn deref(&self) -> &str {
@@ -134,109 +137,109 @@ impl Deref for NodeId {
     }
 }
 
-impl AsRef<str> for NodeId {
+impl AsRef<str> for Name {
     fn as_ref(&self) -> &str {
         self.as_str()
     }
 }
 
-impl fmt::Debug for NodeId {
+impl fmt::Debug for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
-impl fmt::Display for NodeId {
+impl fmt::Display for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl From<&str> for NodeId {
+impl From<&str> for Name {
     fn from(name: &str) -> Self {
-        NodeId::new(name)
+        Name::new(name)
     }
 }
 
-impl From<&String> for NodeId {
+impl From<&String> for Name {
     fn from(name: &String) -> Self {
-        NodeId::new(name)
+        Name::new(name)
     }
 }
 
-impl From<String> for NodeId {
+impl From<String> for Name {
     fn from(name: String) -> Self {
-        NodeId::new(&name)
+        Name::new(&name)
     }
 }
 
-impl From<&NodeId> for NodeId {
-    fn from(id: &NodeId) -> Self {
+impl From<&Name> for Name {
+    fn from(id: &Name) -> Self {
         id.clone()
     }
 }
 
-impl From<NodeId> for String {
-    fn from(id: NodeId) -> Self {
+impl From<Name> for String {
+    fn from(id: Name) -> Self {
         id.as_str().to_owned()
     }
 }
 
-impl PartialEq<str> for NodeId {
+impl PartialEq<str> for Name {
     fn eq(&self, other: &str) -> bool {
         self.as_str() == other
     }
 }
 
-impl PartialEq<&str> for NodeId {
+impl PartialEq<&str> for Name {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == *other
     }
 }
 
-impl PartialEq<String> for NodeId {
+impl PartialEq<String> for Name {
     fn eq(&self, other: &String) -> bool {
         self.as_str() == other
     }
 }
 
-impl PartialEq<NodeId> for str {
-    fn eq(&self, other: &NodeId) -> bool {
+impl PartialEq<Name> for str {
+    fn eq(&self, other: &Name) -> bool {
         self == other.as_str()
     }
 }
 
-impl PartialEq<NodeId> for &str {
-    fn eq(&self, other: &NodeId) -> bool {
+impl PartialEq<Name> for &str {
+    fn eq(&self, other: &Name) -> bool {
         *self == other.as_str()
     }
 }
 
-impl PartialEq<NodeId> for String {
-    fn eq(&self, other: &NodeId) -> bool {
+impl PartialEq<Name> for String {
+    fn eq(&self, other: &Name) -> bool {
         self == other.as_str()
     }
 }
 
-impl Serialize for NodeId {
+impl Serialize for Name {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())
     }
 }
 
-impl<'de> Deserialize<'de> for NodeId {
+impl<'de> Deserialize<'de> for Name {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct NameVisitor;
 
         impl Visitor<'_> for NameVisitor {
-            type Value = NodeId;
+            type Value = Name;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a node ID string")
             }
 
-            fn visit_str<E: de::Error>(self, name: &str) -> Result<NodeId, E> {
-                Ok(NodeId::new(name))
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<Name, E> {
+                Ok(Name::new(name))
             }
         }
 
@@ -250,7 +253,7 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::hash_map::DefaultHasher;
 
-    fn hash_of(id: &NodeId) -> u64 {
+    fn hash_of(id: &Name) -> u64 {
         let mut h = DefaultHasher::new();
         id.hash(&mut h);
         h.finish()
@@ -265,20 +268,20 @@ mod tests {
             "tokyo-otemachi-backbone1",
             &"x".repeat(128),
         ] {
-            let id = NodeId::from(name);
+            let id = Name::from(name);
             assert_eq!(id.as_str(), name);
             assert_eq!(id, name);
             let wire = postcard::to_allocvec(&id).unwrap();
             assert_eq!(wire, postcard::to_allocvec(name).unwrap());
-            let back: NodeId = postcard::from_bytes(&wire).unwrap();
+            let back: Name = postcard::from_bytes(&wire).unwrap();
             assert_eq!(back, id);
         }
     }
 
     #[test]
     fn order_breaks_ties_of_trailing_nuls_by_length() {
-        let a = NodeId::from("a");
-        let b = NodeId::from("a\0");
+        let a = Name::from("a");
+        let b = Name::from("a\0");
         assert_eq!(a.cmp(&b), Ordering::Less);
         assert_ne!(a, b);
     }
@@ -289,7 +292,7 @@ mod tests {
             a in "[a-c\\x00]{0,30}",
             b in "[a-c\\x00]{0,30}",
         ) {
-            let (x, y) = (NodeId::from(a.as_str()), NodeId::from(b.as_str()));
+            let (x, y) = (Name::from(a.as_str()), Name::from(b.as_str()));
             prop_assert_eq!(x.cmp(&y), a.cmp(&b));
             prop_assert_eq!(x == y, a == b);
             if a == b {
