@@ -6,8 +6,8 @@
 //! [`Blocks`] keeps the sums up to date on each change instead, so the questions are O(1). Every
 //! change goes through its methods; none hands out a `&mut KeyBuf` whose change it would miss.
 
-use std::collections::BTreeMap;
-use std::ops::RangeBounds;
+use std::collections::VecDeque;
+use std::ops::{Bound, RangeBounds};
 
 use kagi_keymat::Key;
 
@@ -17,7 +17,7 @@ use crate::msgs::Span;
 /// Block id → buffer, plus running sums of its unspent bytes.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Blocks {
-    map: BTreeMap<u64, KeyBuf>,
+    map: ById,
     /// Sum of [`KeyBuf::free`] over every block.
     free: u64,
     /// Sum of [`KeyBuf::tail_free`] over every block.
@@ -52,7 +52,8 @@ impl Blocks {
         // A reservation only grows (or is cleared): add the blocks it now covers.
         match (self.upto, upto) {
             (Some(old), Some(new)) if new > old => {
-                self.tail_free_upto += sum_tail(self.map.range(old + 1..=new));
+                self.tail_free_upto +=
+                    sum_tail(self.map.range((Bound::Excluded(old), Bound::Included(new))));
             }
             (_, Some(new)) => self.tail_free_upto = sum_tail(self.map.range(..=new)),
             (_, None) => self.tail_free_upto = 0,
@@ -82,22 +83,22 @@ impl Blocks {
 
     /// The block `id`.
     pub(crate) fn get(&self, id: &u64) -> Option<&KeyBuf> {
-        self.map.get(id)
+        self.map.get(*id)
     }
 
     /// True when block `id` is held.
     pub(crate) fn contains_key(&self, id: &u64) -> bool {
-        self.map.contains_key(id)
+        self.map.get(*id).is_some()
     }
 
     /// Every block, oldest first.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&u64, &KeyBuf)> {
-        self.map.iter()
+        self.map.range(..)
     }
 
     /// Every block id, oldest first.
     pub(crate) fn keys(&self) -> impl Iterator<Item = &u64> {
-        self.map.keys()
+        self.map.range(..).map(|(id, _)| id)
     }
 
     /// The blocks with ids in `r`, oldest first.
@@ -120,7 +121,7 @@ impl Blocks {
 
     /// Removes block `id`.
     pub(crate) fn remove(&mut self, id: &u64) -> Option<KeyBuf> {
-        let buf = self.map.remove(id)?;
+        let buf = self.map.remove(*id)?;
         self.uncount(*id, &buf);
         Some(buf)
     }
@@ -136,7 +137,7 @@ impl Blocks {
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(u64, &KeyBuf) -> bool) {
         let gone: Vec<u64> = self
             .map
-            .iter()
+            .range(..)
             .filter(|(id, b)| !keep(**id, b))
             .map(|(id, _)| *id)
             .collect();
@@ -155,11 +156,16 @@ impl Blocks {
 
     /// Changes block `id` with `f` (e.g. takes bytes from it), keeping the sums right.
     pub(crate) fn update<R>(&mut self, id: u64, f: impl FnOnce(&mut KeyBuf) -> R) -> Option<R> {
-        let mut buf = self.map.remove(&id)?;
-        self.uncount(id, &buf);
-        let r = f(&mut buf);
-        self.count(id, &buf);
-        self.map.insert(id, buf);
+        let covered = self.covered(id);
+        let buf = self.map.get_mut(id)?;
+        let (free, tail) = (buf.free(), buf.tail_free());
+        let r = f(buf);
+        let (new_free, new_tail) = (buf.free(), buf.tail_free());
+        self.free = self.free - u64::from(free) + u64::from(new_free);
+        self.tail_free = self.tail_free - u64::from(tail) + u64::from(new_tail);
+        if covered {
+            self.tail_free_upto = self.tail_free_upto - u64::from(tail) + u64::from(new_tail);
+        }
         Some(r)
     }
 
@@ -168,7 +174,7 @@ impl Blocks {
     pub(crate) fn take_sequential(&mut self, upto: Option<u64>, n: u32) -> (Vec<Span>, Key) {
         let taken = match upto {
             Some(u) => take_sequential_from(self.map.range_mut(..=u), n),
-            None => take_sequential_from(self.map.iter_mut(), n),
+            None => take_sequential_from(self.map.range_mut(..), n),
         };
         // Each span was taken from its block's tail: the sums fall by exactly its length.
         for s in &taken.0 {
@@ -183,6 +189,84 @@ impl Blocks {
     }
 }
 
+/// Blocks sorted by id in a ring buffer. Ids arrive in increasing order and the oldest leave
+/// first, so inserting and evicting are O(1) at the ends and a lookup is a binary search over
+/// contiguous memory: a B-tree of thousands of blocks walked several nodes for each, and
+/// `update` took a block out and put it back.
+#[derive(Debug, Clone, Default)]
+struct ById(VecDeque<(u64, KeyBuf)>);
+
+impl ById {
+    fn find(&self, id: u64) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&id, |(i, _)| *i)
+    }
+
+    fn get(&self, id: u64) -> Option<&KeyBuf> {
+        self.find(id).ok().map(|i| &self.0[i].1)
+    }
+
+    fn get_mut(&mut self, id: u64) -> Option<&mut KeyBuf> {
+        let i = self.find(id).ok()?;
+        Some(&mut self.0[i].1)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Stores `buf` as block `id`; returns the block it replaced.
+    fn insert(&mut self, id: u64, buf: KeyBuf) -> Option<KeyBuf> {
+        if self.0.back().is_none_or(|(last, _)| *last < id) {
+            self.0.push_back((id, buf));
+            return None;
+        }
+        match self.find(id) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, buf)),
+            Err(i) => {
+                self.0.insert(i, (id, buf));
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<KeyBuf> {
+        let i = self.find(id).ok()?;
+        self.0.remove(i).map(|(_, b)| b)
+    }
+
+    fn pop_first(&mut self) -> Option<(u64, KeyBuf)> {
+        self.0.pop_front()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    /// The positions of the blocks with ids in `r`.
+    fn positions(&self, r: &impl RangeBounds<u64>) -> std::ops::Range<usize> {
+        let start = match r.start_bound() {
+            Bound::Included(s) => self.0.partition_point(|(i, _)| i < s),
+            Bound::Excluded(s) => self.0.partition_point(|(i, _)| i <= s),
+            Bound::Unbounded => 0,
+        };
+        let end = match r.end_bound() {
+            Bound::Included(e) => self.0.partition_point(|(i, _)| i <= e),
+            Bound::Excluded(e) => self.0.partition_point(|(i, _)| i < e),
+            Bound::Unbounded => self.0.len(),
+        };
+        start..end.max(start)
+    }
+
+    fn range(&self, r: impl RangeBounds<u64>) -> impl Iterator<Item = (&u64, &KeyBuf)> {
+        self.0.range(self.positions(&r)).map(|(i, b)| (i, b))
+    }
+
+    fn range_mut(&mut self, r: impl RangeBounds<u64>) -> impl Iterator<Item = (&u64, &mut KeyBuf)> {
+        let p = self.positions(&r);
+        self.0.range_mut(p).map(|(i, b)| (&*i, b))
+    }
+}
+
 fn sum_tail<'a>(it: impl Iterator<Item = (&'a u64, &'a KeyBuf)>) -> u64 {
     it.map(|(_, b)| u64::from(b.tail_free())).sum()
 }
@@ -194,8 +278,8 @@ mod tests {
 
     /// The sums, recomputed from every block.
     fn recount(b: &Blocks) -> (u64, u64, u64) {
-        let free = b.map.values().map(|x| u64::from(x.free())).sum();
-        let tail = sum_tail(b.map.iter());
+        let free = b.map.range(..).map(|(_, x)| u64::from(x.free())).sum();
+        let tail = sum_tail(b.map.range(..));
         let upto = b.upto.map_or(0, |u| sum_tail(b.map.range(..=u)));
         (free, tail, upto)
     }
@@ -258,6 +342,57 @@ mod tests {
                     }
                 }
                 prop_assert_eq!((b.free(), b.tail_free(), b.tail_free_upto()), recount(&b));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod by_id_tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    proptest! {
+        /// The ring buffer answers as an ordered map would, whatever order ids come in.
+        #[test]
+        fn by_id_agrees_with_an_ordered_map(
+            ops in proptest::collection::vec((0..4u8, 0..40u64, 0..40u64), 1..120),
+        ) {
+            let mut b = ById::default();
+            let mut m: BTreeMap<u64, u32> = BTreeMap::new();
+            for (op, x, y) in ops {
+                match op {
+                    0 => {
+                        let len = (x + y) as usize % 7 + 1;
+                        let old = b.insert(x, KeyBuf::new(Key::zeroed(len))).map(|k| k.free());
+                        prop_assert_eq!(old, m.insert(x, len as u32));
+                    }
+                    1 => prop_assert_eq!(b.remove(x).map(|k| k.free()), m.remove(&x)),
+                    2 => prop_assert_eq!(
+                        b.pop_first().map(|(i, k)| (i, k.free())),
+                        m.pop_first()
+                    ),
+                    _ => {
+                        let (lo, hi) = (x.min(y), x.max(y));
+                        let got: Vec<(u64, u32)> =
+                            b.range(lo..=hi).map(|(i, k)| (*i, k.free())).collect();
+                        let want: Vec<(u64, u32)> = m.range(lo..=hi).map(|(i, n)| (*i, *n)).collect();
+                        prop_assert_eq!(got, want);
+                        let got: Vec<u64> = b
+                            .range((Bound::Excluded(lo), Bound::Excluded(hi)))
+                            .map(|(i, _)| *i)
+                            .collect();
+                        let want: Vec<u64> = m
+                            .range((Bound::Excluded(lo), Bound::Unbounded))
+                            .map(|(i, _)| *i)
+                            .filter(|i| *i < hi)
+                            .collect();
+                        prop_assert_eq!(got, want);
+                    }
+                }
+                prop_assert_eq!(b.len(), m.len());
+                prop_assert_eq!(b.get(x).map(KeyBuf::free), m.get(&x).copied());
             }
         }
     }
