@@ -118,7 +118,14 @@ impl PartialOrd for Name {
 /// Hashes as the name's `str` does, so that maps keyed by ID can be looked up by `&str`.
 impl Hash for Name {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
+        match &self.0 {
+            // What `str`'s hash writes (its bytes, then 0xff), without re-checking the UTF-8.
+            Repr::Inline { bytes, len } => {
+                state.write(&bytes[..usize::from(*len)]);
+                state.write_u8(0xff);
+            }
+            Repr::Heap(name) => name.hash(state),
+        }
     }
 }
 

@@ -298,7 +298,13 @@ pub struct SaeIndex {
 impl SaeIndex {
     /// The ID of the node `sae` is attached to, if the topology lists it.
     pub fn node_id(&self, sae: &str) -> Option<&NodeId> {
-        self.at.get(sae).map(|&i| &self.ids[i])
+        // A short ID is looked up as a `Name`, so that the probe compares inline bytes.
+        let at = if sae.len() <= crate::name::INLINE_LEN {
+            self.at.get(&Name::from(sae))
+        } else {
+            self.at.get(sae)
+        };
+        at.map(|&i| &self.ids[i])
     }
 }
 
@@ -701,6 +707,10 @@ mod tests {
         let (first, second) = (t.nodes[0].saes[0].clone(), t.nodes[2].saes[0].clone());
         t.nodes[3].saes.push(first);
         t.nodes[1].saes.push(second);
+        // Longer than an inline name: kept and looked up on the heap.
+        t.nodes[4]
+            .saes
+            .push("an-sae-whose-id-is-longer-than-24-bytes".into());
         let idx = t.sae_index();
         let mut checked = 0;
         for n in &t.nodes {
@@ -720,6 +730,12 @@ mod tests {
             Some(t.nodes[1].id.as_str())
         );
         assert_eq!(idx.node_id("no-such-sae"), None);
+        assert_eq!(
+            idx.node_id("an-sae-whose-id-is-longer-than-24-bytes")
+                .map(NodeId::as_str),
+            Some(t.nodes[4].id.as_str())
+        );
+        assert_eq!(idx.node_id("an-sae-whose-id-is-longer-than-24-bytez"), None);
     }
 
     const T: &str = r#"
