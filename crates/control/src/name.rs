@@ -286,6 +286,12 @@ mod tests {
     }
 
     #[test]
+    fn a_name_is_four_words() {
+        // What a clone copies and what every map key of the core costs.
+        assert_eq!(std::mem::size_of::<Name>(), 32);
+    }
+
+    #[test]
     fn order_breaks_ties_of_trailing_nuls_by_length() {
         let a = Name::from("a");
         let b = Name::from("a\0");

@@ -594,9 +594,11 @@ impl Sim {
 
     /// Drains a node's actions and re-arms its timer.
     fn drain(&mut self, id: &str) {
+        // Looked up by ID, not by `&str`: hashed and compared inline, once per action.
+        let key = NodeId::from(id);
         loop {
             let act = {
-                let n = self.nodes.get_mut(id).expect("node");
+                let n = self.nodes.get_mut(&key).expect("node");
                 let Some(km) = n.km.as_mut() else { return };
                 let act = km.poll_action();
                 // Heartbeats and link-state adverts do not count as action boundaries, so that
@@ -680,7 +682,7 @@ impl Sim {
                             at,
                             Event::Deliver {
                                 to: to.clone(),
-                                from: NodeId::from(id),
+                                from: key.clone(),
                                 msg,
                             },
                         );
@@ -690,7 +692,7 @@ impl Sim {
                     self.mix(2 ^ write);
                     self.mix(batch.len() as u64);
                     let lat = self.latency(self.faults.store_latency);
-                    let n = self.nodes.get_mut(id).expect("node");
+                    let n = self.nodes.get_mut(&key).expect("node");
                     let inc = n.incarnation;
                     n.in_flight.insert(write, batch);
                     // Writes complete in order: never before the previous one.
@@ -699,7 +701,7 @@ impl Sim {
                     self.push(
                         at,
                         Event::StoreDone {
-                            node: NodeId::from(id),
+                            node: key.clone(),
                             incarnation: inc,
                             write,
                         },
@@ -715,7 +717,7 @@ impl Sim {
                             }
                         }
                     }
-                    self.nodes.get_mut(id).expect("node").waiting.remove(&req);
+                    self.nodes.get_mut(&key).expect("node").waiting.remove(&req);
                     if let Some((_, asked)) = self.asked.get(&req).filter(|_| self.check_keys) {
                         if self.drop_replies.remove(&req) {
                             let at = self.asked_at.get(&req).copied().unwrap_or(self.now);
@@ -742,15 +744,20 @@ impl Sim {
                 }
             }
         }
-        let n = self.nodes.get_mut(id).expect("node");
+        let n = self.nodes.get_mut(&key).expect("node");
         n.due_at = n.km.as_ref().and_then(|k| k.poll_timeout());
-        self.arm_timer(id);
+        self.arm_timer_at(key);
     }
 
     /// Queues a timer event for when `id`'s core is next due, unless one at or before then
     /// is queued already.
     fn arm_timer(&mut self, id: &str) {
-        let n = self.nodes.get_mut(id).expect("node");
+        self.arm_timer_at(NodeId::from(id));
+    }
+
+    /// [`arm_timer`](Self::arm_timer) for an ID at hand.
+    fn arm_timer_at(&mut self, id: NodeId) {
+        let n = self.nodes.get_mut(&id).expect("node");
         if let Some(t) = n.due_at {
             if n.timer_at.is_none_or(|old| t < old || old <= self.now) {
                 n.timer_at = Some(t);
@@ -759,7 +766,7 @@ impl Sim {
                     t.max(self.now),
                     order,
                     Event::Timer {
-                        node: NodeId::from(id),
+                        node: id,
                         incarnation: inc,
                     },
                 );
