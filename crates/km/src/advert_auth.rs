@@ -56,7 +56,7 @@ mod tests {
         let base = signed_bytes(&NodeId::from(&o), 1, 2, &[l("b", true)]);
         assert!(base.starts_with(&postcard::to_allocvec(&ADVERT_DOMAIN).unwrap()));
         for other in [
-            signed_bytes(&NodeId::from("b".to_string()), 1, 2, &[l("b", true)]),
+            signed_bytes(&NodeId::from("b"), 1, 2, &[l("b", true)]),
             signed_bytes(&NodeId::from(&o), 2, 2, &[l("b", true)]),
             signed_bytes(&NodeId::from(&o), 1, 3, &[l("b", true)]),
             signed_bytes(&NodeId::from(&o), 1, 2, &[l("b", false)]),

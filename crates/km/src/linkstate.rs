@@ -275,11 +275,12 @@ fn advert_classes(links: &[LinkAdvert], demand: u64) -> Vec<(NodeId, u64, u64)> 
 /// ([`UNKNOWN_PENALTY`] when nobody has a fresh advert of it).
 fn link_cost(
     ls: &LinkState,
-    a: &NodeId,
-    b: &NodeId,
+    a: &str,
+    b: &str,
     fresh: impl Fn(&Held) -> bool + Copy,
     demand: u64,
 ) -> Option<f64> {
+    let (a, b) = (&NodeId::from(a), &NodeId::from(b));
     let ab = hop(&ls.claims(a, b, fresh), demand);
     let ba = hop(&ls.claims(b, a, fresh), demand);
     match (ab, ba) {
@@ -636,13 +637,7 @@ impl KeyManager {
         let mut costs: Vec<((NodeId, NodeId), Option<f64>)> = Vec::new();
         for i in links {
             let l = &topology.links[i];
-            let cost = link_cost(
-                &self.linkstate,
-                &NodeId::from(&l.a),
-                &NodeId::from(&l.b),
-                fresh,
-                demand,
-            );
+            let cost = link_cost(&self.linkstate, &l.a, &l.b, fresh, demand);
             if self.linkstate.costs[i] != cost {
                 self.linkstate.costs[i] = cost;
                 costs.push((link_key(&l.a, &l.b), cost));
@@ -750,13 +745,7 @@ mod tests {
             .links
             .iter()
             .map(|l| {
-                let cost = link_cost(
-                    &k.linkstate,
-                    &NodeId::from(&l.a),
-                    &NodeId::from(&l.b),
-                    fresh,
-                    demand,
-                );
+                let cost = link_cost(&k.linkstate, &l.a, &l.b, fresh, demand);
                 (link_key(&l.a, &l.b), cost)
             })
             .collect()

@@ -93,20 +93,23 @@ impl KeyManager {
             .nodes
             .iter()
             .filter(|n| n.id != self.cfg.node_id)
-            .map(|n| {
-                let id = NodeId::from(&n.id);
-                let n = &id;
-                let (p, t) = self.cfg.policy.routing.for_dest(n);
-                let plan = self.routing.peek_plan(n, p, t);
+            .map(|n| NodeId::from(&n.id))
+            .map(|id| {
+                let (p, t) = self.cfg.policy.routing.for_dest(&id);
+                let plan = self.routing.peek_plan(&id, p, t);
                 PoolStatus {
-                    peer: n.clone(),
-                    out_bytes: self.pools.out_free(n),
-                    in_bytes: self.pools.in_bytes(n),
-                    relays_in_flight: self.relays.in_flight(n),
-                    route: self.routing.path(n).map(<[_]>::to_vec).unwrap_or_default(),
+                    peer: id.clone(),
+                    out_bytes: self.pools.out_free(&id),
+                    in_bytes: self.pools.in_bytes(&id),
+                    relays_in_flight: self.relays.in_flight(&id),
+                    route: self
+                        .routing
+                        .path(&id)
+                        .map(<[_]>::to_vec)
+                        .unwrap_or_default(),
                     threshold: plan.as_ref().map_or(0, |p| p.threshold),
                     route_note: plan.as_ref().and_then(|p| p.shortfall.clone()),
-                    slave_keys_expired: self.delivery.expired_from.get(n).copied().unwrap_or(0),
+                    slave_keys_expired: self.delivery.expired_from.get(&id).copied().unwrap_or(0),
                     paths: plan.map(|p| p.paths).unwrap_or_default(),
                 }
             })

@@ -893,9 +893,7 @@ mod tests {
         sup.forget_applied(at(85), kept);
         // ("a", 1) went; ("a", 2) is not durable yet and keeps ("b", 1) with it.
         assert_eq!(sup.applied_assigns.len(), 2);
-        assert!(!sup
-            .applied_assigns
-            .contains_key(&(NodeId::from("a".to_string()), 1)));
+        assert!(!sup.applied_assigns.contains_key(&(NodeId::from("a"), 1)));
         sup.slave_assign_durable("a".into(), 2);
         sup.forget_applied(at(85), kept);
         assert!(sup.applied_assigns.is_empty());

@@ -428,10 +428,11 @@ impl Sim {
         };
         for (order, n) in topo.nodes.iter().enumerate() {
             // Nodes join one by one (each starts seeing those before it), in `ids` sorted.
-            let at = sim.ids.partition_point(|id| *id < NodeId::from(&n.id));
-            sim.ids.insert(at, NodeId::from(&n.id));
+            let id = NodeId::from(&n.id);
+            let at = sim.ids.partition_point(|x| *x < id);
+            sim.ids.insert(at, id.clone());
             sim.nodes.insert(
-                NodeId::from(&n.id),
+                id,
                 SimNode {
                     km: None,
                     hostile: hostile.contains(&n.id.as_str()),
