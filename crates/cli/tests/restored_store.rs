@@ -142,7 +142,11 @@ async fn a_node_restored_from_an_older_copy_serves_nothing_twice_and_says_what_i
     let mut net = Nodes::line("restored", &["a", "b", "c", "d"]);
     let (a, d) = (net.client("a"), net.client("d"));
     let mut l = Ledger::default();
-    assert!(traffic(&mut l, &a, &d, 2).await >= 3, "no keys before");
+    assert!(
+        traffic(&mut l, &a, &d, 2).await >= 3,
+        "no keys before: {}",
+        net.exited()
+    );
     // Keys for sae-d that are still unfetched in the copy.
     let pending = enc(&mut l, &a, "sae-d", 2)
         .await
@@ -161,7 +165,11 @@ async fn a_node_restored_from_an_older_copy_serves_nothing_twice_and_says_what_i
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(fetched, "keys held before the restart were not served");
-    assert!(traffic(&mut l, &a, &d, 3).await >= 4, "no keys after copy");
+    assert!(
+        traffic(&mut l, &a, &d, 3).await >= 4,
+        "no keys after copy: {}",
+        net.exited()
+    );
 
     // Put the older copy in place of d's database.
     net.kill9("d");
@@ -188,7 +196,8 @@ async fn a_node_restored_from_an_older_copy_serves_nothing_twice_and_says_what_i
     }
     assert!(
         traffic(&mut l, &a, &d, 3).await >= 4,
-        "no keys after the restore"
+        "no keys after the restore: {}",
+        net.exited()
     );
     let m = net.metrics("d").await;
     assert!(
@@ -220,7 +229,11 @@ async fn a_node_whose_database_is_deleted_serves_nothing_twice_and_its_peers_say
     let mut net = Nodes::line("wiped", &["a", "b", "c", "d"]);
     let (a, d) = (net.client("a"), net.client("d"));
     let mut l = Ledger::default();
-    assert!(traffic(&mut l, &a, &d, 2).await >= 3, "no keys before");
+    assert!(
+        traffic(&mut l, &a, &d, 2).await >= 3,
+        "no keys before: {}",
+        net.exited()
+    );
     // Owed to sae-d when the disk goes: lost (allowed), never served with other bytes.
     let pending = enc(&mut l, &a, "sae-d", 2)
         .await
@@ -242,7 +255,8 @@ async fn a_node_whose_database_is_deleted_serves_nothing_twice_and_its_peers_say
     );
     assert!(
         traffic(&mut l, &a, &d, 3).await >= 4,
-        "no keys after the wipe"
+        "no keys after the wipe: {}",
+        net.exited()
     );
     let m = net.metrics("a").await;
     assert!(

@@ -168,6 +168,9 @@ pub struct NodeStats {
     pub revokes_given_up: u64,
     /// Requests refused for lack of key.
     pub refused_no_key: u64,
+    /// `dec_keys` refused because the keys were restored at start and this run has not yet
+    /// reconciled with every other node (a copy's keys may have been fetched already).
+    pub refused_unreconciled: u64,
     /// Requests refused because their priority may not take a low pool below its reserve
     /// (`[quotas.reserve]`).
     pub refused_for_priority: u64,

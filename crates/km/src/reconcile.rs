@@ -219,6 +219,17 @@ impl Reconcile {
         self.reconciled.insert(peer.clone());
     }
 
+    /// Whether slave key `id` was restored from the store at start and may not be served yet:
+    /// until every other node (`peers` of them) has answered this run's `Hello`, none has yet
+    /// had the chance to prove the store an old copy, and a copy's key may have been fetched
+    /// after the copy was taken. Fetching leaves no trace at any peer, so any of them may be
+    /// the one whose counters prove it.
+    pub(crate) fn is_unproven(&self, id: &Uuid, peers: usize) -> bool {
+        !self.rolled_back
+            && self.reconciled.len() < peers
+            && self.restored.slave_keys.contains_key(id)
+    }
+
     /// Whether `epoch` is `peer`'s current run as announced to this run.
     pub(crate) fn is_current(&self, peer: &NodeId, epoch: u64) -> bool {
         self.epochs.get(peer) == Some(&epoch)

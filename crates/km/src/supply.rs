@@ -604,6 +604,15 @@ impl KeyManager {
         }) {
             return Err(bad(Refusal::KEYS_NOT_FOUND));
         }
+        let peers = self.cfg.topology.nodes.len().saturating_sub(1);
+        if ids.iter().any(|id| self.reconcile.is_unproven(id, peers)) {
+            self.stats.refused_unreconciled += 1;
+            return Err(Refusal::Unavailable(
+                "this KME restarted and has not yet reconciled its state with every other KME: \
+                 keys it held from before the restart are served once it has; retry shortly"
+                    .into(),
+            ));
+        }
         let mut batch = Vec::new();
         let mut out = Vec::with_capacity(ids.len());
         let mut first = 0;

@@ -31,17 +31,32 @@ pub fn port_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// A port for a listener that starts a moment later: free now, not in `taken`, and, where the
-/// system says which ports it hands to outgoing connections, outside that range. A port from
-/// `bind(0)` comes from the same ephemeral range as the source ports of outgoing connections, so
-/// a node that connects to its neighbours while another starts could take the port meant for
-/// that one's listener ("address in use" at start-up). A random pick also keeps networks started
-/// at the same moment by different processes apart.
+/// Every port this process handed out: a port is free until its listener starts, so two
+/// networks prepared at once in one process (tests run in parallel) could otherwise both pick
+/// it, and one node would fail to start with "address in use".
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Records `p` as handed out; false if this process handed it out before.
+fn hand_out(p: u16) -> bool {
+    HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(p)
+}
+
+/// A port for a listener that starts a moment later: free now, not in `taken`, never handed out
+/// before by this process, and, where the system says which ports it hands to outgoing
+/// connections, outside that range. A port from `bind(0)` comes from the same ephemeral range as
+/// the source ports of outgoing connections, so a node that connects to its neighbours while
+/// another starts could take the port meant for that one's listener ("address in use" at
+/// start-up). A random pick also keeps networks started at the same moment by different
+/// processes apart.
 pub fn free_port_except(taken: &[u16]) -> std::io::Result<u16> {
     if let Some((lo, hi)) = listener_port_range() {
         for _ in 0..256 {
             let p = rand::Rng::gen_range(&mut rand::thread_rng(), lo..=hi);
-            if !taken.contains(&p) && port_free(p) {
+            if !taken.contains(&p) && port_free(p) && hand_out(p) {
                 return Ok(p);
             }
         }
@@ -50,7 +65,7 @@ pub fn free_port_except(taken: &[u16]) -> std::io::Result<u16> {
         let p = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        if !taken.contains(&p) {
+        if !taken.contains(&p) && hand_out(p) {
             return Ok(p);
         }
     }
@@ -168,4 +183,24 @@ pub fn sae_client(dir: &Path, topo: &Topology, sae: &str) -> anyhow::Result<Etsi
         &p.cert,
         &p.key,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two networks prepared at once in one process (parallel tests) must not get the same
+    /// port: 2,000 picks from a range of ~20,000 would repeat some ~90 times by chance.
+    #[test]
+    fn a_process_never_hands_out_a_port_twice() {
+        let picks: Vec<u16> = std::thread::scope(|s| {
+            let a = s.spawn(|| (0..1000).map(|_| free_port().unwrap()).collect::<Vec<_>>());
+            let b = s.spawn(|| (0..1000).map(|_| free_port().unwrap()).collect::<Vec<_>>());
+            let mut v = a.join().unwrap();
+            v.extend(b.join().unwrap());
+            v
+        });
+        let distinct: std::collections::BTreeSet<u16> = picks.iter().copied().collect();
+        assert_eq!(distinct.len(), picks.len(), "a port was handed out twice");
+    }
 }

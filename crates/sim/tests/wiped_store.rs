@@ -196,6 +196,71 @@ fn a_node_restored_from_an_older_copy_never_serves_a_key_again() {
     }
 }
 
+fn seen_to_c(_from: &str, to: &str, m: &kagi_km::PeerMsg) -> bool {
+    to == "c" && matches!(m, kagi_km::PeerMsg::Seen { .. })
+}
+
+/// A restored node's slave asks for its keys before any peer has answered the node's `Hello`
+/// (real processes under load did this: the SAE's request beat the peers' answers). Fetching
+/// leaves no trace at any peer, so until every peer answered, nothing has yet proven the store
+/// an old copy: keys it restored get a 503 that says why, and once the peers answer and prove
+/// the rollback, they are gone.
+#[test]
+fn a_restored_node_serves_no_restored_key_before_every_peer_answered_its_hello() {
+    for seed in seeds(1, 5) {
+        let mut sim = line(seed);
+        traffic(&mut sim, 3);
+        let ids = enc(&mut sim, A, "sae-c", 4);
+        assert!(
+            !ids.is_empty(),
+            "seed {seed}: enc_keys refused before the copy"
+        );
+        let copy = sim.backup("c");
+        let dec = |sim: &mut Sim, ids: &[Uuid]| {
+            let req = sim.call(
+                "c",
+                AppCall::DecKeys {
+                    slave: "sae-c".into(),
+                    master: "sae-a".into(),
+                    key_ids: ids.to_vec(),
+                },
+            );
+            sim.run_until_answered(req, Duration::from_secs(5))
+                .map(|a| a.reply)
+        };
+        assert!(
+            matches!(dec(&mut sim, &ids), Some(Ok(_))),
+            "seed {seed}: keys not fetched after the copy"
+        );
+        assert!(
+            traffic(&mut sim, 5) > 0,
+            "seed {seed}: no keys after the copy"
+        );
+        sim.restore_copy("c", &copy);
+        sim.drop_messages(seen_to_c, u32::MAX);
+        sim.run_for(Duration::from_millis(200));
+        sim.restart("c");
+        sim.run_for(Duration::from_millis(300));
+        match dec(&mut sim, &ids) {
+            Some(Err(kagi_km::Refusal::Unavailable(m))) => {
+                assert!(m.contains("not yet reconciled"), "seed {seed}: {m}")
+            }
+            other => panic!("seed {seed}: a restored key before any peer answered: {other:?}"),
+        }
+        let s = sim.node("c").expect("running").stats();
+        assert_eq!(s.refused_unreconciled, 1, "seed {seed}: {s:?}");
+        assert_eq!(s.rollbacks_detected, 0, "seed {seed}: no peer answered yet");
+        sim.drop_messages(seen_to_c, 0);
+        sim.run_for(Duration::from_secs(2));
+        assert!(
+            !matches!(dec(&mut sim, &ids), Some(Ok(_))),
+            "seed {seed}: keys fetched before the restore were served again"
+        );
+        let s = sim.node("c").expect("running").stats();
+        assert_eq!(s.rollbacks_detected, 1, "seed {seed}: {s:?}");
+    }
+}
+
 const B: (&str, &str) = ("b", "sae-b");
 
 /// `enc_keys` at the master's node only; returns the IDs (empty when refused).

@@ -385,6 +385,26 @@ impl Nodes {
         panic!("{id}: /metrics never answered");
     }
 
+    /// Which started nodes have exited, each with the end of its log (for failure messages:
+    /// a node that could not start explains a network that delivers nothing).
+    pub fn exited(&mut self) -> String {
+        let mut out = String::new();
+        let ids: Vec<String> = self.procs.keys().cloned().collect();
+        for id in ids {
+            if let Ok(Some(st)) = self.procs.get_mut(&id).expect("listed").try_wait() {
+                let log = self.log(&id);
+                let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+                out.push_str(&format!(
+                    "node {id} exited ({st}); its log, newest first:\n{tail}\n"
+                ));
+            }
+        }
+        if out.is_empty() {
+            out.push_str("every node is still running");
+        }
+        out
+    }
+
     /// The log of node `id` so far.
     pub fn log(&self, id: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{id}.log"))).unwrap_or_default()

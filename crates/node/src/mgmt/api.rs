@@ -228,6 +228,7 @@ fn stats_json(s: &kagi_km::NodeStats) -> Value {
         "revokes_given_up": s.revokes_given_up,
         "refused_no_key": s.refused_no_key,
         "refused_for_priority": s.refused_for_priority,
+        "refused_unreconciled": s.refused_unreconciled,
         "link_adverts_rejected": s.link_adverts_rejected,
         "link_adverts_unauthenticated": s.link_adverts_unauthenticated,
         "link_adverts_replayed": s.link_adverts_replayed,

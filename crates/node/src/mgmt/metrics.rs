@@ -279,6 +279,11 @@ pub fn encode(ops: &Ops, km: Option<&KmStatus>) -> String {
                 s.rollbacks_detected,
             ),
             (
+                "dec_keys_refused_unreconciled",
+                "Slave key requests refused until a restarted node has reconciled with every other node",
+                s.refused_unreconciled,
+            ),
+            (
                 "slave_keys_discarded",
                 "Keys held for slaves discarded because the store was found rolled back",
                 s.slave_keys_discarded,
