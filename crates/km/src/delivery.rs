@@ -16,11 +16,12 @@
 //! after [`Policy::slave_key_lifetime`](crate::Policy::slave_key_lifetime), counted per origin
 //! node; the lifetime too counts again from each start.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
 use crate::app::SaeId;
+use crate::deadline_queue::DeadlineQueue;
 use crate::manager::KeyManager;
 use crate::msgs::NodeId;
 use crate::record::Record;
@@ -31,9 +32,9 @@ use crate::time::Instant;
 pub(crate) struct Delivery {
     /// `(end, key, slave)`, earliest first. Entries whose key or slave went otherwise (revoked,
     /// discarded) are skipped when they come due.
-    graces: BTreeSet<(Instant, Uuid, SaeId)>,
+    graces: DeadlineQueue<(Instant, Uuid, SaeId)>,
     /// `(end, key)` of each key held for slaves, earliest first.
-    lifetimes: BTreeSet<(Instant, Uuid)>,
+    lifetimes: DeadlineQueue<(Instant, Uuid)>,
     /// Keys expired unfetched, per node that assigned them (since the core started).
     pub(crate) expired_from: BTreeMap<NodeId, u64>,
 }

@@ -12,6 +12,7 @@ pub mod advert_auth;
 pub mod app;
 mod blocks;
 pub mod config;
+mod deadline_queue;
 mod delivery;
 mod demand;
 mod echo;

@@ -187,23 +187,26 @@ impl LinkState {
 
     /// The fresh claims about the hop `u → v`: `(up, rate_bps, bytes buffered for it)` from
     /// `u`'s advert (its transmit half) and from `v`'s (its receive half).
+    /// At most two claims, in place: this runs for every link on every route recompute.
     fn claims(
         &self,
         u: &NodeId,
         v: &NodeId,
         fresh: impl Fn(&Held) -> bool,
-    ) -> Vec<(bool, u64, u64)> {
-        let mut out = Vec::with_capacity(2);
+    ) -> ([(bool, u64, u64); 2], usize) {
+        let mut out = [(false, 0, 0); 2];
+        let mut n = 0;
         for (origin, peer, tx) in [(u, v, true), (v, u, false)] {
             let Some(h) = self.adverts.get(origin).filter(|h| fresh(h)) else {
                 continue;
             };
             if let Some(l) = h.links.iter().find(|l| l.peer == *peer) {
                 let bytes = if tx { l.tx_bytes } else { l.rx_bytes };
-                out.push((l.up, l.rate_bps, bytes));
+                out[n] = (l.up, l.rate_bps, bytes);
+                n += 1;
             }
         }
-        out
+        (out, n)
     }
 }
 
@@ -281,8 +284,10 @@ fn link_cost(
     demand: u64,
 ) -> Option<f64> {
     let (a, b) = (&NodeId::from(a), &NodeId::from(b));
-    let ab = hop(&ls.claims(a, b, fresh), demand);
-    let ba = hop(&ls.claims(b, a, fresh), demand);
+    let (ab, n) = ls.claims(a, b, fresh);
+    let ab = hop(&ab[..n], demand);
+    let (ba, n) = ls.claims(b, a, fresh);
+    let ba = hop(&ba[..n], demand);
     match (ab, ba) {
         (Hop::Down, _) | (_, Hop::Down) => None,
         (Hop::Unknown, Hop::Unknown) => Some(UNKNOWN_PENALTY),

@@ -509,7 +509,7 @@ impl Sim {
         let n = self.nodes.get_mut(id).expect("node");
         n.km = Some(km);
         n.timer_at = None;
-        self.drain(id);
+        self.drain(&NodeId::from(id));
         self.tell_peers(id, true);
         self.photon_node_up(id);
     }
@@ -548,7 +548,7 @@ impl Sim {
                 Input::PeerDown { peer }
             },
         );
-        self.drain(at);
+        self.drain(&NodeId::from(at));
     }
 
     fn push(&mut self, at: Instant, ev: Event) {
@@ -594,9 +594,10 @@ impl Sim {
     }
 
     /// Drains a node's actions and re-arms its timer.
-    fn drain(&mut self, id: &str) {
+    fn drain(&mut self, key: &NodeId) {
         // Looked up by ID, not by `&str`: hashed and compared inline, once per action.
-        let key = NodeId::from(id);
+        let key = key.clone();
+        let id: &str = &key;
         loop {
             let act = {
                 let n = self.nodes.get_mut(&key).expect("node");
@@ -810,7 +811,7 @@ impl Sim {
                 n.km.as_mut()
                     .expect("running")
                     .handle(now, Input::App { req, call });
-                self.drain(node);
+                self.drain(&NodeId::from(node));
             }
             _ => {
                 self.drop_replies.remove(&req);
@@ -926,7 +927,7 @@ impl Sim {
                                 key: key.clone(),
                             },
                         );
-                        self.drain(me);
+                        self.drain(&NodeId::from(me.as_str()));
                     }
                 }
                 let at = now + self.link_intervals[link];
@@ -950,14 +951,14 @@ impl Sim {
         true
     }
 
-    fn store_done(&mut self, node: &str, incarnation: u64, write: u64) {
+    fn store_done(&mut self, node: &NodeId, incarnation: u64, write: u64) {
         if self.nodes[node].frozen {
             // The write waits for the process to run again.
             let inc = incarnation;
             self.push(
                 self.now + Duration::from_millis(10),
                 Event::StoreDone {
-                    node: NodeId::from(node),
+                    node: node.clone(),
                     incarnation: inc,
                     write,
                 },
@@ -990,7 +991,7 @@ impl Sim {
             self.push(
                 now + delay,
                 Event::Restart {
-                    node: NodeId::from(node),
+                    node: node.clone(),
                     incarnation,
                 },
             );
@@ -1102,7 +1103,7 @@ impl Sim {
             km.handle_timeout(now);
         }
         self.mix(0xf1);
-        self.drain(id);
+        self.drain(&NodeId::from(id));
         self.photon_thawed(id);
     }
 

@@ -594,7 +594,7 @@ impl Sim {
                     key,
                 },
             );
-            self.drain(&node);
+            self.drain(&NodeId::from(node.as_str()));
         }
     }
 
