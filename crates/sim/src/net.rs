@@ -827,6 +827,16 @@ impl Sim {
         req
     }
 
+    /// Whether some answer waits to be read with [`answer`](Self::answer).
+    pub fn has_answers(&self) -> bool {
+        !self.answers.is_empty()
+    }
+
+    /// The requests whose answers wait to be read, in the order they were made.
+    pub fn answered_requests(&self) -> Vec<u64> {
+        self.answers.keys().copied().collect()
+    }
+
     /// The answer to a request, once given.
     pub fn answer(&mut self, req: u64) -> Option<Answered> {
         let a = self.answers.remove(&req);
