@@ -231,7 +231,7 @@ pub struct NodeStats {
 pub struct KeyManager {
     pub(crate) cfg: KmConfig,
     /// Where each SAE of `cfg.topology` is attached (the topology never changes in a core).
-    pub(crate) sae_index: kagi_control::SaeIndex,
+    pub(crate) sae_index: Arc<kagi_control::SaeIndex>,
     /// Topology, peer liveness, links in service, and the routes that follow.
     pub(crate) routing: Routing,
     /// Link key buffers per neighbour.
@@ -286,7 +286,7 @@ impl KeyManager {
         let routing = Routing::new(&cfg.node_id, cfg.topology.clone());
         let links = Links::new(cfg.topology.neighbours(&cfg.node_id).map(|(n, _)| n));
         let mut km = KeyManager {
-            sae_index: cfg.topology.sae_index(),
+            sae_index: Arc::new(cfg.topology.sae_index()),
             routing,
             links,
             pools: Pools::default(),
@@ -491,6 +491,14 @@ impl KeyManager {
     pub fn skip_quiet_refills(&mut self, on: bool) {
         self.deadline_memo.forget();
         self.relays.skip_quiet_refills(on);
+    }
+
+    /// Looks SAEs up in `index` instead of this core's own copy. `index` must be built from
+    /// this core's topology (`cfg.topology.sae_index()`): a simulator running a hundred cores
+    /// of one topology then keeps one index of every SAE in cache instead of a hundred (a
+    /// lookup per request side was a cache miss).
+    pub fn share_sae_index(&mut self, index: Arc<kagi_control::SaeIndex>) {
+        self.sae_index = index;
     }
 
     /// Keeps `poll_timeout`'s deadlines across echoes (`true`, the default) or handles every

@@ -404,6 +404,14 @@ impl Quotas {
         });
     }
 
+    /// `master`'s usage entry, made on its first request.
+    fn usage_of(&mut self, master: &str) -> &mut SaeUsage {
+        if !self.usage.contains_key(master) {
+            self.usage.insert(master.to_string(), SaeUsage::default());
+        }
+        self.usage.get_mut(master).expect("just made")
+    }
+
     pub(crate) fn config(&self) -> &QuotaConfig {
         &self.cfg
     }
@@ -422,6 +430,12 @@ impl Quotas {
         slaves: &[SaeId],
         bytes: u64,
     ) -> Result<(), Refusal> {
+        if self.cfg.default.is_none() && self.cfg.sae.is_empty() && self.cfg.pair.is_empty() {
+            // No limit applies to anyone (the usual case): only the accounting, and no names
+            // copied for it once the master has an entry.
+            self.usage_of(master).granted_bytes += bytes;
+            return Ok(());
+        }
         let mut holders = vec![Holder::Sae(master.to_string())];
         holders.extend(
             slaves
@@ -446,7 +460,7 @@ impl Quotas {
             };
             self.buckets.get(h)?.refusal(bytes, l, &who)
         });
-        let u = self.usage.entry(master.to_string()).or_default();
+        let u = self.usage_of(master);
         if let Some(r) = refused {
             u.refused_bytes += bytes;
             u.refused_requests += 1;

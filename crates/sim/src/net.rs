@@ -265,8 +265,13 @@ pub type MsgFilter = fn(&str, &str, &PeerMsg) -> bool;
 /// The simulated network.
 pub struct Sim {
     topo: Arc<Topology>,
+    /// Each topology link's two ends, as IDs (a link block reaches both, millions of times a
+    /// simulated day).
+    link_ends: Vec<(NodeId, NodeId)>,
     /// Where each SAE of `topo` is attached (`topo` never changes in a run).
-    sae_index: kagi_control::SaeIndex,
+    /// Where each SAE is attached, shared with every core (one table in cache, not one per
+    /// node).
+    sae_index: Arc<kagi_control::SaeIndex>,
     /// The current virtual time.
     pub now: Instant,
     /// `(at, seq, serial, slot)`: events run by time, then `seq`, then in the order queued.
@@ -378,7 +383,12 @@ impl Sim {
         let topo = Arc::new(topo);
         let grace = policy.slave_grace;
         let mut sim = Sim {
-            sae_index: topo.sae_index(),
+            sae_index: Arc::new(topo.sae_index()),
+            link_ends: topo
+                .links
+                .iter()
+                .map(|l| (NodeId::from(&l.a), NodeId::from(&l.b)))
+                .collect(),
             topo: topo.clone(),
             now: Instant(1_000_000),
             queue: BinaryHeap::new(),
@@ -494,6 +504,8 @@ impl Sim {
         }
         seed[24..].copy_from_slice(&n.incarnation.to_le_bytes());
         let mut km = KeyManager::restore(cfg, snap, seed, self.now);
+        // Built from `self.topo`, which every core's configuration carries.
+        km.share_sae_index(self.sae_index.clone());
         km.skip_quiet_refills(self.skip_quiet_refills);
         km.keep_echo_deadlines(self.keep_echo_deadlines);
         // The node's peer connections come up only to the nodes it can reach.
@@ -753,11 +765,6 @@ impl Sim {
 
     /// Queues a timer event for when `id`'s core is next due, unless one at or before then
     /// is queued already.
-    fn arm_timer(&mut self, id: &str) {
-        self.arm_timer_at(NodeId::from(id));
-    }
-
-    /// [`arm_timer`](Self::arm_timer) for an ID at hand.
     fn arm_timer_at(&mut self, id: NodeId) {
         let n = self.nodes.get_mut(&id).expect("node");
         if let Some(t) = n.due_at {
@@ -908,7 +915,7 @@ impl Sim {
                     // Not woken, the core is as it was when it last said when it is due
                     // (`poll_timeout` reads only its state): its outbox is empty and its due
                     // time stands.
-                    self.arm_timer(&node);
+                    self.arm_timer_at(node);
                 }
             }
             // A photon link's key comes from its machines, not as rate-level blocks.
@@ -916,28 +923,28 @@ impl Sim {
             Event::Photon(ev) => self.photon_step(ev),
             Event::LinkBlock { link, block } => {
                 self.last_block[link] = Some(block);
-                let l = self.topo.links[link].clone();
+                let (a, b) = self.link_ends[link].clone();
                 // Both ends share the block's one allocation (`Key` clones copy on write), or
                 // one lazy key whose bytes are produced only where a node reads them.
                 let key = self
                     .block_source(link, block)
                     .key(self.supply.block_bytes, self.lazy_link_key);
-                for (me, peer) in [(&l.a, &l.b), (&l.b, &l.a)] {
+                for (me, peer) in [(&a, &b), (&b, &a)] {
                     if let Some(km) = self
                         .nodes
-                        .get_mut(me.as_str())
+                        .get_mut(me)
                         .filter(|n| !n.frozen)
                         .and_then(|n| n.km.as_mut())
                     {
                         km.handle(
                             now,
                             Input::LinkKeys {
-                                peer: NodeId::from(peer),
+                                peer: peer.clone(),
                                 block,
                                 key: key.clone(),
                             },
                         );
-                        self.drain(&NodeId::from(me.as_str()));
+                        self.drain(me);
                     }
                 }
                 let at = now + self.link_intervals[link];
