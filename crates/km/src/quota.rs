@@ -433,7 +433,10 @@ impl Quotas {
         if self.cfg.default.is_none() && self.cfg.sae.is_empty() && self.cfg.pair.is_empty() {
             // No limit applies to anyone (the usual case): only the accounting, and no names
             // copied for it once the master has an entry.
-            self.usage_of(master).granted_bytes += bytes;
+            match self.usage.get_mut(master) {
+                Some(u) => u.granted_bytes += bytes,
+                None => self.usage_of(master).granted_bytes += bytes,
+            }
             return Ok(());
         }
         let mut holders = vec![Holder::Sae(master.to_string())];

@@ -1,19 +1,21 @@
-//! The bytes of the simulated QKD links' key blocks: ChaCha20 seeded per link and block, handed
+//! The bytes of the simulated QKD links' key blocks: ChaCha8 seeded per link and block, handed
 //! to both ends either as bytes or as a lazy key ([`Key::lazy`]) that produces them only if a
 //! node reads them. A day of 1 Mb/s links is terabytes of key, almost none of which is ever
 //! read (blocks are split, stored and evicted unread), so `kagi sim` runs lazy; both ways give
-//! the same bytes, which the `lazy_link_key` test checks event for event.
+//! the same bytes, which the `lazy_link_key` test checks event for event. ChaCha8, not ChaCha20:
+//! this is simulated key, it only has to look random, and producing the pads that relay hops
+//! read was a thirtieth of a simulated day.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use kagi_keymat::{Key, LazyKeySource};
 use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaCha20Rng;
+use rand_chacha::ChaCha8Rng;
 
 /// One link block's key stream (secret: it generates the block's key; simulator only).
 pub(super) struct BlockSource {
-    /// The block's ChaCha20 seed.
+    /// The block's ChaCha8 seed.
     seed: u64,
     /// Link key bytes produced so far by every block of the run (see
     /// [`Sim::link_key_produced`](crate::Sim::link_key_produced)).
@@ -50,7 +52,7 @@ impl BlockSource {
 impl LazyKeySource for BlockSource {
     fn fill(&self, offset: u64, out: &mut [u8]) {
         self.produced.fetch_add(out.len() as u64, Ordering::Relaxed);
-        let mut r = ChaCha20Rng::seed_from_u64(self.seed);
+        let mut r = ChaCha8Rng::seed_from_u64(self.seed);
         // The stream is read in 32-bit words: start at the word holding `offset` and skip the
         // bytes before it.
         let skip = (offset % 4) as usize;
@@ -72,13 +74,13 @@ mod tests {
     use super::*;
 
     /// Any range of a block, at any offset, is the same slice of the whole block as one
-    /// ChaCha20 stream from its seed (what the materialised path delivered before lazy keys).
+    /// ChaCha8 stream from its seed (what the materialised path delivered before lazy keys).
     #[test]
     fn any_range_is_that_slice_of_the_block() {
         let produced = Arc::new(AtomicU64::new(0));
         let src = BlockSource::new(0x1234_5678, 9, produced.clone());
         let mut whole = vec![0u8; 300];
-        ChaCha20Rng::seed_from_u64(src.seed).fill_bytes(&mut whole);
+        ChaCha8Rng::seed_from_u64(src.seed).fill_bytes(&mut whole);
         assert_eq!(src.bytes(300), whole);
         for start in [0usize, 1, 2, 3, 4, 5, 63, 64, 65, 127, 130] {
             for len in [0usize, 1, 2, 3, 5, 64, 100] {
