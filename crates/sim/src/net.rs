@@ -268,9 +268,8 @@ pub struct Sim {
     /// Each topology link's two ends, as IDs (a link block reaches both, millions of times a
     /// simulated day).
     link_ends: Vec<(NodeId, NodeId)>,
-    /// Where each SAE of `topo` is attached (`topo` never changes in a run).
-    /// Where each SAE is attached, shared with every core (one table in cache, not one per
-    /// node).
+    /// Where each SAE of `topo` is attached (`topo` never changes in a run), shared with every
+    /// core: one table in cache, not one per node.
     sae_index: Arc<kagi_control::SaeIndex>,
     /// The current virtual time.
     pub now: Instant,
