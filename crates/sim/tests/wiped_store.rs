@@ -216,20 +216,8 @@ fn a_restored_node_serves_no_restored_key_before_every_peer_answered_its_hello()
             "seed {seed}: enc_keys refused before the copy"
         );
         let copy = sim.backup("c");
-        let dec = |sim: &mut Sim, ids: &[Uuid]| {
-            let req = sim.call(
-                "c",
-                AppCall::DecKeys {
-                    slave: "sae-c".into(),
-                    master: "sae-a".into(),
-                    key_ids: ids.to_vec(),
-                },
-            );
-            sim.run_until_answered(req, Duration::from_secs(5))
-                .map(|a| a.reply)
-        };
         assert!(
-            matches!(dec(&mut sim, &ids), Some(Ok(_))),
+            matches!(dec_at_c(&mut sim, &ids), Some(Ok(_))),
             "seed {seed}: keys not fetched after the copy"
         );
         assert!(
@@ -241,7 +229,7 @@ fn a_restored_node_serves_no_restored_key_before_every_peer_answered_its_hello()
         sim.run_for(Duration::from_millis(200));
         sim.restart("c");
         sim.run_for(Duration::from_millis(300));
-        match dec(&mut sim, &ids) {
+        match dec_at_c(&mut sim, &ids) {
             Some(Err(kagi_km::Refusal::Unavailable(m))) => {
                 assert!(m.contains("not yet reconciled"), "seed {seed}: {m}")
             }
@@ -253,7 +241,7 @@ fn a_restored_node_serves_no_restored_key_before_every_peer_answered_its_hello()
         sim.drop_messages(seen_to_c, 0);
         sim.run_for(Duration::from_secs(2));
         assert!(
-            !matches!(dec(&mut sim, &ids), Some(Ok(_))),
+            !matches!(dec_at_c(&mut sim, &ids), Some(Ok(_))),
             "seed {seed}: keys fetched before the restore were served again"
         );
         let s = sim.node("c").expect("running").stats();
@@ -305,8 +293,8 @@ fn restored_behind_b(seed: u64) -> Option<(Sim, Vec<Uuid>)> {
     (!since.is_empty()).then_some((sim, since))
 }
 
-/// The slave side of keys sae-a holds must still be served to sae-c by c.
-fn assert_fetchable_by_sae_c(sim: &mut Sim, ids: &[Uuid], what: &str, seed: u64) {
+/// `dec_keys` at c: sae-c fetches keys of sae-a (`None`: no answer within 5 s).
+fn dec_at_c(sim: &mut Sim, ids: &[Uuid]) -> Option<Result<AppReply, kagi_km::Refusal>> {
     let req = sim.call(
         "c",
         AppCall::DecKeys {
@@ -315,11 +303,16 @@ fn assert_fetchable_by_sae_c(sim: &mut Sim, ids: &[Uuid], what: &str, seed: u64)
             key_ids: ids.to_vec(),
         },
     );
-    let got = sim.run_until_answered(req, Duration::from_secs(5));
+    sim.run_until_answered(req, Duration::from_secs(5))
+        .map(|a| a.reply)
+}
+
+/// The slave side of keys sae-a holds must still be served to sae-c by c.
+fn assert_fetchable_by_sae_c(sim: &mut Sim, ids: &[Uuid], what: &str, seed: u64) {
+    let got = dec_at_c(sim, ids);
     assert!(
-        matches!(got.as_ref().map(|a| &a.reply), Some(Ok(AppReply::Keys(_)))),
-        "seed {seed}: {what}: {:?}",
-        got.map(|a| a.reply)
+        matches!(got, Some(Ok(AppReply::Keys(_)))),
+        "seed {seed}: {what}: {got:?}"
     );
 }
 
