@@ -77,23 +77,26 @@ impl KeyManager {
     /// At start: every slave restored in its grace gets a whole grace from now, and every key
     /// still owed to a slave a whole lifetime.
     pub(crate) fn restart_windows(&mut self, now: Instant) {
-        let owed: Vec<Uuid> = self
+        let mut owed: Vec<Uuid> = self
             .supply
             .slave_keys
             .iter()
             .filter(|(_, k)| !k.pending.is_empty())
             .map(|(id, _)| *id)
             .collect();
+        // In order, so that each goes to the back of the deadline queue.
+        owed.sort_unstable();
         for id in owed {
             self.start_lifetime(now, id);
         }
         let end = now + self.cfg.policy.slave_grace;
-        let graced: Vec<(Uuid, SaeId)> = self
+        let mut graced: Vec<(Uuid, SaeId)> = self
             .supply
             .slave_keys
             .iter()
             .flat_map(|(id, k)| k.graced.iter().map(move |s| (*id, s.clone())))
             .collect();
+        graced.sort_unstable();
         for (id, s) in graced {
             self.delivery.graces.insert((end, id, s));
         }

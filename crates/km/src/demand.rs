@@ -9,8 +9,6 @@
 //! largest recent request, between [`Policy::idle_floor_bytes`] (what a destination nobody asked
 //! for lately keeps, so a first request is served at once) and [`Policy::pool_target_bytes`].
 
-use std::collections::BTreeMap;
-
 use crate::config::Policy;
 use crate::msgs::NodeId;
 use crate::time::Instant;
@@ -38,7 +36,8 @@ impl Recent {
 /// the topology are noted).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Demand {
-    per_dest: BTreeMap<NodeId, Recent>,
+    /// Noted on every request, never walked: hashed.
+    per_dest: crate::fixed_hash::FixedMap<NodeId, Recent>,
     /// Bumped on every [`note`](Demand::note) (see `crate::quiet`).
     version: u64,
     /// Destinations noted since refill last looked (see `crate::quiet`).
@@ -52,11 +51,15 @@ impl Demand {
         self.version += 1;
         self.touched.dest(dest);
         let w = window_s(p);
-        let e = self.per_dest.entry(dest.clone()).or_insert(Recent {
-            bytes: 0.0,
-            peak: 0.0,
-            at: now,
-        });
+        if !self.per_dest.contains_key(dest) {
+            let fresh = Recent {
+                bytes: 0.0,
+                peak: 0.0,
+                at: now,
+            };
+            self.per_dest.insert(dest.clone(), fresh);
+        }
+        let e = self.per_dest.get_mut(dest).expect("just made");
         let (b, peak) = e.decayed(now, w);
         *e = Recent {
             bytes: b + bytes as f64,

@@ -38,6 +38,7 @@ mod reserve;
 mod revoke;
 pub mod route;
 mod routing;
+mod sorted_vec_map;
 pub mod status;
 mod supply;
 pub mod time;

@@ -18,14 +18,13 @@
 //! older copy learns from the neighbour's `Seen` every block it may have spent since, even on
 //! hops the neighbour never received, and drops them.
 
-use std::collections::BTreeMap;
-
 use kagi_keymat::Key;
 
 use crate::blocks::Blocks;
 use crate::keybuf::{KeyBuf, KeyBufParts, TakeError};
 use crate::msgs::{NodeId, Span, GRANTED};
 use crate::record::{Half, Record};
+use crate::sorted_vec_map::SortedVecMap;
 
 /// Why spans of the neighbour's half cannot be spent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +142,8 @@ pub(crate) struct LinkHeld {
 /// The link key buffers of every link of this node.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Links {
-    map: BTreeMap<NodeId, Link>,
+    /// Few entries (one per neighbour), looked up on every relay hop and link block.
+    map: SortedVecMap<NodeId, Link>,
 }
 
 impl Links {
@@ -159,7 +159,7 @@ impl Links {
 
     /// Restores one block half from the store.
     pub(crate) fn restore_block(&mut self, peer: NodeId, half: Half, block: u64, buf: KeyBuf) {
-        let link = self.map.entry(peer).or_default();
+        let link = self.map.get_or_insert_default(peer);
         match half {
             Half::Tx => link.tx.insert(block, buf),
             Half::Rx => link.rx.insert(block, buf),
@@ -168,7 +168,7 @@ impl Links {
 
     /// Restores a link's high-water mark from the store.
     pub(crate) fn restore_high_water(&mut self, peer: NodeId, block: u64) {
-        self.map.entry(peer).or_default().high_water = Some(block);
+        self.map.get_or_insert_default(peer).high_water = Some(block);
     }
 
     /// True when `peer` is a neighbour.

@@ -12,19 +12,23 @@ use crate::keybuf::{take_sequential, KeyBuf, KeyBufParts};
 use crate::msgs::{NodeId, Span};
 use crate::record::{Pool, Record, RelayRoute};
 
+/// Per-node maps of the pools: looked up on every request, assignment and refill, and iterated
+/// only to sum or to list (sorted), so hashed.
+type PerNode<V> = crate::fixed_hash::FixedMap<NodeId, V>;
+
 /// Both directions of end-to-end key of this node.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Pools {
-    out: BTreeMap<NodeId, BTreeMap<u64, KeyBuf>>,
+    out: PerNode<BTreeMap<u64, KeyBuf>>,
     /// Unspent bytes of each out-pool (kept in step with `out`; pools hold thousands of chunks
     /// and this is read on every request and refill tick).
-    out_free: BTreeMap<NodeId, u64>,
+    out_free: PerNode<u64>,
     /// Bumped by every change that may move out-pool byte counts (see `crate::quiet`).
     version: u64,
-    inp: BTreeMap<NodeId, BTreeMap<u64, KeyBuf>>,
+    inp: PerNode<BTreeMap<u64, KeyBuf>>,
     /// The paths each out-pool chunk was relayed over, where known (chunks stored before paths
     /// were recorded, or relayed by a run that lost them, have none: "paths unknown").
-    out_routes: BTreeMap<NodeId, BTreeMap<u64, RelayRoute>>,
+    out_routes: PerNode<BTreeMap<u64, RelayRoute>>,
     /// Chunks cut since the last [`flush_touched`](Self::flush_touched).
     touched: BTreeSet<(Pool, u64)>,
     /// Out-pools whose bytes changed since refill last looked (see `crate::quiet`).
@@ -344,10 +348,14 @@ impl Pools {
 
     /// Every out-pool chunk held now: `(dest, chunk)`.
     pub(crate) fn out_chunks(&self) -> Vec<(NodeId, u64)> {
-        self.out
+        let mut chunks: Vec<(NodeId, u64)> = self
+            .out
             .iter()
             .flat_map(|(d, p)| p.keys().map(move |c| (d.clone(), *c)))
-            .collect()
+            .collect();
+        // In order of destination: the records that drop them are written in this order.
+        chunks.sort_unstable();
+        chunks
     }
 
     /// Drops these out-pool chunks (those still held).

@@ -373,7 +373,8 @@ enum Holder {
 pub(crate) struct Quotas {
     cfg: QuotaConfig,
     buckets: BTreeMap<Holder, Bucket>,
-    usage: BTreeMap<SaeId, SaeUsage>,
+    /// Charged on every request and listed only in a status (sorted there), so hashed.
+    usage: crate::fixed_hash::FixedMap<SaeId, SaeUsage>,
 }
 
 impl Quotas {
@@ -416,8 +417,12 @@ impl Quotas {
         &self.cfg
     }
 
-    pub(crate) fn usage(&self) -> &BTreeMap<SaeId, SaeUsage> {
-        &self.usage
+    /// Every master's usage, in order of name.
+    pub(crate) fn usage(&self) -> BTreeMap<SaeId, SaeUsage> {
+        self.usage
+            .iter()
+            .map(|(s, u)| (s.clone(), u.clone()))
+            .collect()
     }
 
     /// Charges `bytes` to `master` and to each pair (`master`, slave) for `slaves` if every
@@ -522,7 +527,8 @@ mod tests {
         assert!(charge(&mut q, 500, "a", 1).is_err());
         // Others are not limited.
         assert!(charge(&mut q, 500, "b", 1 << 30).is_ok());
-        let u = &q.usage()["a"];
+        let usage = q.usage();
+        let u = &usage["a"];
         assert_eq!(
             (u.granted_bytes, u.refused_bytes, u.refused_requests),
             (2500, 33, 2)

@@ -41,6 +41,10 @@ use crate::time::Instant;
 /// the set holds topology names only.
 type NodeSet = crate::fixed_hash::FixedSet<NodeId>;
 
+/// Per-peer state: looked up on every relay and assignment, never iterated (order cannot
+/// reach behaviour), so hashed.
+type PerPeer<V> = crate::fixed_hash::FixedMap<NodeId, V>;
+
 /// The fields of a [`PeerMsg::Seen`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Seen {
@@ -108,16 +112,16 @@ pub(crate) struct Reconcile {
     /// [`Record::RunEpochs`]).
     run_epochs: BTreeMap<u64, u64>,
     /// What this node saw of each peer (persisted).
-    marks: BTreeMap<NodeId, PeerMarks>,
+    marks: PerPeer<PeerMarks>,
     /// What this node judged of each peer's store (persisted).
-    forks: BTreeMap<NodeId, Fork>,
+    forks: PerPeer<Fork>,
     /// Highest block of each neighbour's half it reserved here, i.e. may have spent
     /// (persisted, only raised, kept across the neighbour's stores: dropping is always safe).
-    reserved: BTreeMap<NodeId, u64>,
+    reserved: PerPeer<u64>,
     /// Each peer's current epoch, from its latest `Hello`.
-    epochs: BTreeMap<NodeId, u64>,
+    epochs: PerPeer<u64>,
     /// Each peer's current run number, from the same `Hello`.
-    runs: BTreeMap<NodeId, u64>,
+    runs: PerPeer<u64>,
     /// Peers that answered this run's `Hello`.
     reconciled: NodeSet,
     next_hello: Instant,
@@ -138,11 +142,11 @@ impl Reconcile {
             epoch,
             run: 0,
             run_epochs: BTreeMap::new(),
-            marks,
-            forks: BTreeMap::new(),
-            reserved: BTreeMap::new(),
-            epochs: BTreeMap::new(),
-            runs: BTreeMap::new(),
+            marks: marks.into_iter().collect(),
+            forks: PerPeer::default(),
+            reserved: PerPeer::default(),
+            epochs: PerPeer::default(),
+            runs: PerPeer::default(),
             reconciled: NodeSet::default(),
             next_hello: now + HELLO_RETRY,
             restored: Restored::default(),
@@ -152,7 +156,7 @@ impl Reconcile {
 
     /// Restores what this node judged of its peers' stores.
     pub(crate) fn restore_forks(&mut self, forks: BTreeMap<NodeId, Fork>) {
-        self.forks = forks;
+        self.forks = forks.into_iter().collect();
     }
 
     /// Restores the epochs of this store's latest runs.
@@ -186,7 +190,7 @@ impl Reconcile {
 
     /// Restores the reservations neighbours made of their halves here.
     pub(crate) fn restore_reserved(&mut self, reserved: BTreeMap<NodeId, u64>) {
-        self.reserved = reserved;
+        self.reserved = reserved.into_iter().collect();
     }
 
     /// Raises `peer`'s reservation of its half to `upto`; returns the reservation now held and

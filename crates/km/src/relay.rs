@@ -649,7 +649,7 @@ impl KeyManager {
         if dest == self.me() || self.routing.is_down(dest) || !self.is_reconciled(dest) {
             return true;
         }
-        if !self.cfg.topology.nodes.iter().any(|n| *dest == n.id) {
+        if !self.routing.is_node(dest) {
             return false;
         }
         let target = self.demand.target(dest, now, p);

@@ -190,13 +190,15 @@ impl KeyManager {
                 }
             }
         }
-        let ids: Vec<Uuid> = self
+        let mut ids: Vec<Uuid> = self
             .supply
             .slave_keys
             .iter()
             .filter(|(_, k)| k.origin == origin && k.assign_seq == seq)
             .map(|(id, _)| *id)
             .collect();
+        // The records that erase them are written in order of ID.
+        ids.sort_unstable();
         let ack = After::Act(Action::Send {
             to: origin,
             msg: PeerMsg::RevokeAck { seq },

@@ -111,7 +111,8 @@ pub(crate) struct Routing {
     /// Every link of the topology, both ways round: node → its neighbours (in order). Hashed by
     /// node: every copy of every flooded advert looks its origin up.
     adjacent: FixedMap<NodeId, BTreeSet<NodeId>>,
-    /// Each node's links: indices into the topology's links.
+    /// Each node's links: indices into the topology's links (every node of the topology has
+    /// an entry, so this is also the set of its nodes).
     node_links: FixedMap<NodeId, Vec<usize>>,
     /// Plans meeting a route constraint (`kagi_route`), around the peers down now.
     constrained: BTreeMap<(NodeId, RouteConstraint), Result<RoutePlan, String>>,
@@ -127,7 +128,11 @@ impl Routing {
     pub(crate) fn new(me: &NodeId, topology: Arc<Topology>) -> Self {
         let routes = Routes::compute(&topology, me, &[]);
         let mut adjacent: FixedMap<NodeId, BTreeSet<NodeId>> = FixedMap::default();
-        let mut node_links: FixedMap<NodeId, Vec<usize>> = FixedMap::default();
+        let mut node_links: FixedMap<NodeId, Vec<usize>> = topology
+            .nodes
+            .iter()
+            .map(|n| (NodeId::from(&n.id), Vec::new()))
+            .collect();
         for (i, l) in topology.links.iter().enumerate() {
             let (a, b) = (NodeId::from(&l.a), NodeId::from(&l.b));
             adjacent.entry(a.clone()).or_default().insert(b.clone());
@@ -495,6 +500,11 @@ impl Routing {
     /// `node`'s links: indices into the topology's links (none for a node not in it).
     pub(crate) fn links_of(&self, node: &NodeId) -> &[usize] {
         self.node_links.get(node).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether `node` is a node of the topology.
+    pub(crate) fn is_node(&self, node: &NodeId) -> bool {
+        self.node_links.contains_key(node)
     }
 
     /// `node`'s neighbours in the topology.

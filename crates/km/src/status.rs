@@ -122,7 +122,7 @@ impl KeyManager {
             pools,
             stats: self.stats(),
             quotas: self.quotas.config().clone(),
-            sae_usage: self.quotas.usage().clone(),
+            sae_usage: self.quotas.usage(),
         }
     }
 

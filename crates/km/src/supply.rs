@@ -8,6 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use crate::fixed_hash::FixedMap;
+
 use kagi_keymat::its_mac::MAC_KEY_LEN;
 use kagi_keymat::Key;
 use uuid::Uuid;
@@ -37,12 +39,14 @@ pub(crate) struct MasterAssign {
 /// Supply state: assignments in progress here as master node, keys held here for slaves.
 #[derive(Debug, Clone)]
 pub(crate) struct Supply {
-    pub(crate) slave_keys: BTreeMap<Uuid, SlaveKey>,
+    /// Keys held here for slaves. Hashed: looked up on every assignment and fetch, and walked
+    /// only where the walk's order cannot matter (or is sorted first).
+    pub(crate) slave_keys: FixedMap<Uuid, SlaveKey>,
     pub(crate) assigns: BTreeMap<u64, MasterAssign>,
     /// Assignments applied here as a slave node; `Some(write)` while not yet durable. Kept for
     /// [`APPLIED_KEPT_ASSIGN_TIMEOUTS`] assignment timeouts, to tell a retransmission from a new
     /// assignment: the origin retransmits only until its timeout.
-    pub(crate) applied_assigns: BTreeMap<(NodeId, u64), Option<WriteId>>,
+    pub(crate) applied_assigns: FixedMap<(NodeId, u64), Option<WriteId>>,
     /// `applied_assigns` in the order they were applied, with when (for forgetting them).
     applied_order: VecDeque<(Instant, NodeId, u64)>,
     pub(crate) next_assign: u64,
@@ -57,9 +61,9 @@ pub(crate) const APPLIED_KEPT_ASSIGN_TIMEOUTS: u32 = 12;
 impl Default for Supply {
     fn default() -> Self {
         Self {
-            slave_keys: BTreeMap::new(),
+            slave_keys: FixedMap::default(),
             assigns: BTreeMap::new(),
-            applied_assigns: BTreeMap::new(),
+            applied_assigns: FixedMap::default(),
             applied_order: VecDeque::new(),
             next_assign: 1,
         }

@@ -278,6 +278,8 @@ pub struct Sim {
     /// Queued events by slot (the queue orders the slots); a slot is reused once its event ran.
     events: Vec<Option<Event>>,
     free_slots: Vec<usize>,
+    /// A node's actions being handled (kept to reuse its allocation).
+    drained: Vec<Action>,
     next_ev: u64,
     seq: u64,
     /// Hashed: looked up for every event. Never iterated where order matters: `ids` is.
@@ -324,6 +326,8 @@ pub struct Sim {
     pub trace_hash: u64,
     /// The simulated time last folded into [`trace_hash`](Self::trace_hash).
     hashed_at: Option<Instant>,
+    /// Whether [`trace_hash`](Self::trace_hash) is kept (see [`Sim::keep_trace`]).
+    tracing: bool,
     /// Times a node's timer woke its core (`handle_timeout`), all nodes together.
     pub timer_wakeups: u64,
     /// Link pad bytes honest nodes sent hops with (`None`: not checked; see
@@ -393,6 +397,7 @@ impl Sim {
             queue: BinaryHeap::new(),
             events: Vec::new(),
             free_slots: Vec::new(),
+            drained: Vec::new(),
             next_ev: 0,
             seq: 0,
             nodes: FixedMap::default(),
@@ -417,6 +422,7 @@ impl Sim {
             last_block: vec![None; topo.links.len()],
             counts: FaultCounts::default(),
             trace_hash: 0xcbf2_9ce4_8422_2325,
+            tracing: true,
             hashed_at: None,
             timer_wakeups: 0,
             pads: None,
@@ -590,6 +596,9 @@ impl Sim {
     }
 
     fn mix(&mut self, x: u64) {
+        if !self.tracing {
+            return;
+        }
         // Each time at which something happened, once.
         if self.hashed_at != Some(self.now) {
             self.hashed_at = Some(self.now);
@@ -606,55 +615,68 @@ impl Sim {
 
     /// Drains a node's actions and re-arms its timer.
     fn drain(&mut self, key: &NodeId) {
-        // Looked up by ID, not by `&str`: hashed and compared inline, once per action.
+        // Looked up by ID, not by `&str`: hashed and compared inline, once per drain.
         let key = key.clone();
         let id: &str = &key;
-        loop {
-            let act = {
-                let n = self.nodes.get_mut(&key).expect("node");
-                let Some(km) = n.km.as_mut() else { return };
-                let act = km.poll_action();
-                // Heartbeats and link-state adverts do not count as action boundaries, so that
-                // a seeded crash point falls where it falls in the same run without them.
-                let beat = matches!(
-                    act,
-                    Some(Action::Send {
-                        msg: PeerMsg::Heartbeat | PeerMsg::LinkState { .. },
-                        ..
-                    })
-                );
-                if let (Some(c), Some(_), false) = (n.crash_after.as_mut(), &act, beat) {
+        // Every action the core has now, taken at once: handling one never reaches back into
+        // the core, so this is the order and the outcome of taking them one by one.
+        let mut acts = std::mem::take(&mut self.drained);
+        let crash_at = {
+            let n = self.nodes.get_mut(&key).expect("node");
+            let Some(km) = n.km.as_mut() else { return };
+            while let Some(act) = km.poll_action() {
+                acts.push(act);
+            }
+            // Heartbeats and link-state adverts do not count as action boundaries, so that a
+            // seeded crash point falls where it falls in the same run without them.
+            n.crash_after.as_mut().and_then(|c| {
+                acts.iter().position(|act| {
+                    let beat = matches!(
+                        act,
+                        Action::Send {
+                            msg: PeerMsg::Heartbeat | PeerMsg::LinkState { .. },
+                            ..
+                        }
+                    );
+                    if beat {
+                        return false;
+                    }
                     if *c == 0 {
-                        // A crash at this action boundary: this action and what is still
-                        // queued never happen.
-                        self.crash(id);
-                        return;
+                        return true;
                     }
                     *c -= 1;
-                }
-                act
-            };
-            let Some(act) = act else { break };
+                    false
+                })
+            })
+        };
+        // A crash at that action boundary: that action and the ones after it never happen.
+        let taken = crash_at.unwrap_or(acts.len());
+        for act in acts.drain(..).take(taken) {
             match act {
                 Action::Send { to, msg } => {
                     self.mix(1);
-                    let (hash, len) = hash_encoding(self.trace_hash, &msg);
-                    self.trace_hash = hash;
-                    if matches!(msg, PeerMsg::LinkState { .. }) {
-                        self.advert_msgs += 1;
-                        self.advert_bytes += len;
+                    let advert = matches!(msg, PeerMsg::LinkState { .. });
+                    if self.tracing || advert {
+                        let (hash, len) = hash_encoding(self.trace_hash, &msg);
+                        if self.tracing {
+                            self.trace_hash = hash;
+                        }
+                        if advert {
+                            self.advert_msgs += 1;
+                            self.advert_bytes += len;
+                        }
                     }
                     // Links to a hostile node: it holds the whole link key anyway (and sends no
                     // honest `Seen` to protect a restored neighbour's half), so nothing is checked.
-                    let honest = self.nodes.get(&to).is_some_and(|n| !n.hostile);
                     if let (
                         Some(p),
                         PeerMsg::RelayHop { pad, .. } | PeerMsg::ShareHop { pad, .. },
-                        true,
-                    ) = (self.pads.as_mut(), &msg, honest)
+                    ) = (self.pads.as_mut(), &msg)
                     {
-                        if let Err(e) = p.spend(id, &to, pad) {
-                            panic!("seed {}: {e}", self.seed);
+                        if self.nodes.get(&to).is_some_and(|n| !n.hostile) {
+                            if let Err(e) = p.spend(id, &to, pad) {
+                                panic!("seed {}: {e}", self.seed);
+                            }
                         }
                     }
                     if let Some((f, left)) = self.drop_msgs.as_mut() {
@@ -677,7 +699,7 @@ impl Sim {
                     } else {
                         1
                     };
-                    let mut msg = Some(msg);
+                    let mut parcel = Some((to, msg));
                     for copy in 1..=copies {
                         let lat = if beat {
                             draw_latency(&mut self.beat_rng, self.faults.latency)
@@ -686,15 +708,16 @@ impl Sim {
                         };
                         let at = self.now + lat;
                         // The last copy takes the message itself.
-                        let msg = if copy == copies {
-                            msg.take().expect("one message per copy")
+                        let (to, msg) = if copy == copies {
+                            parcel.take()
                         } else {
-                            msg.clone().expect("one message per copy")
-                        };
+                            parcel.clone()
+                        }
+                        .expect("one message per copy");
                         self.push(
                             at,
                             Event::Deliver {
-                                to: to.clone(),
+                                to,
                                 from: key.clone(),
                                 msg,
                             },
@@ -756,6 +779,11 @@ impl Sim {
                     );
                 }
             }
+        }
+        self.drained = acts;
+        if crash_at.is_some() {
+            self.crash(id);
+            return;
         }
         let n = self.nodes.get_mut(&key).expect("node");
         n.due_at = n.km.as_ref().and_then(|k| k.poll_timeout());
@@ -1343,6 +1371,13 @@ impl Sim {
     /// restart) in such a run panics: it would start again from a store that was not kept.
     pub fn keep_stores(&mut self, on: bool) {
         self.keep_stores = on;
+    }
+
+    /// Whether [`trace_hash`](Self::trace_hash) is kept (the default). Folding every message's
+    /// encoding into it costs a planning run that never reads it a few percent; without it the
+    /// hash stays at its initial value and the run is otherwise the same event for event.
+    pub fn keep_trace(&mut self, on: bool) {
+        self.tracing = on;
     }
 
     /// Whether every node (now and after restarts) skips refill ticks that cannot change

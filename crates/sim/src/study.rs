@@ -499,6 +499,8 @@ pub fn study(topo: &Topology, opt: &StudyOptions) -> Result<StudyReport, StudyEr
     sim.check_keys(opt.check_keys);
     // Without node failures no node stops, so nothing reads a store back.
     sim.keep_stores(opt.node_mtbf_hours.is_some());
+    // No study reads the trace hash (determinism is checked on `Sim` runs themselves).
+    sim.keep_trace(false);
     // `source = "photon"` links run the photon link's state machines and simulator.
     sim.run_photon_links().map_err(StudyError::Topology)?;
 

@@ -2,7 +2,8 @@
 //! - the nodes' virtual stores, where no node stops (`Sim::keep_stores(false)`, what `kagi sim`
 //!   does without node failures): the nodes still make, wait for and order every write;
 //! - the safety oracle (`Sim::check_keys(false)`, `kagi sim` without `--check-keys`), which
-//!   would hold every key served for the whole run.
+//!   would hold every key served for the whole run;
+//! - the trace hash (`Sim::keep_trace(false)`, what every `kagi sim` study does).
 //!
 //! Either way the run must be the same event for event.
 
@@ -17,6 +18,12 @@ use mesh_demand::{Failures, MeshRun};
 /// The mesh with demand and no failing node; returns the trace hash, the key digest, the
 /// requests served and the keys the oracle saw delivered.
 fn mesh_run(keep: bool, check: bool) -> (u64, u64, u64, usize) {
+    mesh_run_traced(keep, check, true).0
+}
+
+/// [`mesh_run`], with or without the trace; also returns the trace hash as the run began.
+fn mesh_run_traced(keep: bool, check: bool, trace: bool) -> ((u64, u64, u64, usize), u64) {
+    let mut began = 0;
     let m = MeshRun {
         block_interval: Duration::from_millis(50),
         block_bytes: 4096,
@@ -26,12 +33,17 @@ fn mesh_run(keep: bool, check: bool) -> (u64, u64, u64, usize) {
     let (sim, served) = mesh_demand::run(&m, |sim| {
         sim.keep_stores(keep);
         sim.check_keys(check);
+        sim.keep_trace(trace);
+        began = sim.trace_hash;
     });
     (
-        sim.trace_hash,
-        sim.key_digest(),
-        served,
-        sim.oracle().delivered(),
+        (
+            sim.trace_hash,
+            sim.key_digest(),
+            served,
+            sim.oracle().delivered(),
+        ),
+        began,
     )
 }
 
@@ -52,6 +64,22 @@ fn a_run_without_the_oracle_is_the_same_event_for_event_and_holds_no_keys() {
     assert_eq!(
         (checked.0, checked.1, checked.2),
         (unchecked.0, unchecked.1, unchecked.2)
+    );
+}
+
+#[test]
+fn a_run_without_the_trace_serves_the_same_keys_and_leaves_the_hash_untouched() {
+    let (traced, traced_began) = mesh_run_traced(true, true, true);
+    let (untraced, untraced_began) = mesh_run_traced(true, true, false);
+    assert!(traced.2 > 50, "too little served to compare: {}", traced.2);
+    assert_eq!(
+        (traced.1, traced.2, traced.3),
+        (untraced.1, untraced.2, untraced.3)
+    );
+    assert_ne!(traced.0, traced_began, "the traced run folded nothing in");
+    assert_eq!(
+        untraced.0, untraced_began,
+        "an untraced run hashed something"
     );
 }
 
