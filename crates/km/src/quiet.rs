@@ -365,4 +365,49 @@ mod tests {
         assert_eq!(t.take(), None, "possibly all");
         assert_eq!(t.take(), Some(BTreeSet::new()));
     }
+
+    /// Refill goes on relaying to a destination it is refilling until the target, however far
+    /// above low water the pool is: such a destination is never passed over, or a tick that
+    /// would start its next relay could be skipped as quiet.
+    #[test]
+    fn a_destination_still_refilling_is_never_passed_over() {
+        use std::sync::Arc;
+
+        use kagi_control::Topology;
+        use kagi_keymat::Key;
+
+        use crate::config::{KmConfig, Limits, Policy};
+        use crate::record::Snapshot;
+
+        let topo = Topology::line("refill", &["a", "b"], 10.0, |n| vec![format!("sae-{n}")]);
+        let policy = Policy {
+            pool_target_bytes: 4096,
+            idle_floor_bytes: 4096,
+            pool_low_water: 0.5,
+            ..Policy::default()
+        };
+        let cfg = KmConfig {
+            node_id: "a".into(),
+            topology: Arc::new(topo),
+            limits: Limits::default(),
+            policy: policy.clone(),
+            advert_auth: None,
+            advert_run_base: 0,
+        };
+        let now = Instant(0);
+        let b = NodeId::from("b");
+        let mut km = KeyManager::restore(cfg, Snapshot::default(), [7; 32], now);
+        km.reconcile.mark_reconciled(&b);
+        // 3000 of the 4096 bytes wanted: above low water (2048), below the target.
+        km.pools.add_out(&b, 1, Key::from_slice(&[9; 3000]), None);
+        assert!(
+            km.refill_passes_over(&b, now, &policy),
+            "a pool above low water that is not refilling waits"
+        );
+        km.refilling.insert(b.clone());
+        assert!(
+            !km.refill_passes_over(&b, now, &policy),
+            "a refilling destination below its target was passed over"
+        );
+    }
 }

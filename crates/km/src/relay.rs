@@ -645,7 +645,12 @@ impl KeyManager {
     /// Whether refill at `now` passes over `dest` without a look at routes or link key: as
     /// the first checks of [`refill`](Self::refill) do for a destination that is not refilling
     /// and holds at least its low-water mark (`false` when unsure: the full tick then runs).
-    fn refill_passes_over(&self, dest: &NodeId, now: Instant, p: &crate::Policy) -> bool {
+    pub(crate) fn refill_passes_over(
+        &self,
+        dest: &NodeId,
+        now: Instant,
+        p: &crate::Policy,
+    ) -> bool {
         if dest == self.me() || self.routing.is_down(dest) || !self.is_reconciled(dest) {
             return true;
         }
