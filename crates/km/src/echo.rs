@@ -127,3 +127,114 @@ impl KeyManager {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use kagi_control::Topology;
+    use kagi_keymat::Key;
+
+    use super::*;
+    use crate::config::{KmConfig, Limits, Policy};
+    use crate::msgs::NodeId;
+    use crate::record::Snapshot;
+
+    /// Node a of the line a–b–c with full pools, its timer run (actions drained after each wake) until `until`.
+    fn node_a_until(until: Instant) -> KeyManager {
+        let topo = Topology::line("echo", &["a", "b", "c"], 10.0, |n| vec![format!("sae-{n}")]);
+        let cfg = KmConfig {
+            node_id: "a".into(),
+            topology: Arc::new(topo),
+            limits: Limits::default(),
+            policy: Policy {
+                pool_target_bytes: 4096,
+                idle_floor_bytes: 4096,
+                ..Policy::default()
+            },
+            advert_auth: None,
+            advert_run_base: 0,
+        };
+        let mut km = KeyManager::restore(cfg, Snapshot::default(), [7; 32], Instant(0));
+        // Full pools: refill has nothing to do, and its ticks go quiet.
+        for peer in ["b", "c"] {
+            let peer = NodeId::from(peer);
+            km.reconcile.mark_reconciled(&peer);
+            km.pools
+                .add_out(&peer, 1, Key::from_slice(&[9; 4096]), None);
+        }
+        run_until(&mut km, until);
+        km
+    }
+
+    /// Runs `km`'s timer (actions drained after each wake) until `until`.
+    fn run_until(km: &mut KeyManager, until: Instant) {
+        while km.poll_action().is_some() {}
+        while let Some(t) = km.poll_timeout().filter(|t| *t <= until) {
+            km.handle_timeout(t);
+            while km.poll_action().is_some() {}
+        }
+    }
+
+    /// The first word from a peer that counted as silent routes through it again, which moves
+    /// refill's deadlines: the echo that carries it must not leave the old ones kept.
+    #[test]
+    fn an_echo_from_a_silent_peer_forgets_the_kept_deadlines() {
+        let until = Instant(Duration::from_secs(5).as_nanos() as u64);
+        let mut km = node_a_until(until);
+        let b = NodeId::from("b");
+        assert!(km.routing.is_down(&b), "b never spoke: it counts as silent");
+        assert!(km.deadline_memo.kept.is_some(), "drained: deadlines kept");
+        km.handle(
+            until,
+            Input::Peer {
+                from: b.clone(),
+                msg: PeerMsg::Heartbeat,
+            },
+        );
+        assert_eq!(km.deadline_memo.echoes(), 1, "the heartbeat was an echo");
+        assert!(!km.routing.is_down(&b), "b speaks again");
+        assert_eq!(km.deadlines(), km.compute_deadlines());
+    }
+
+    /// An echo is an input: a hop waiting for link key is retried at the next refill tick,
+    /// which moves refill's deadlines, so the echo that wakes it must not leave the old ones kept.
+    #[test]
+    fn an_echo_that_wakes_waiting_hops_forgets_the_kept_deadlines() {
+        let until = Instant(Duration::from_secs(5).as_nanos() as u64);
+        let mut km = node_a_until(until);
+        let b = NodeId::from("b");
+        let beat = || Input::Peer {
+            from: NodeId::from("b"),
+            msg: PeerMsg::Heartbeat,
+        };
+        // b speaks again first, so that the echo below moves nothing but the hop, and refill
+        // settles (its ticks go quiet) before b's next word.
+        km.handle(until, beat());
+        let later = until + Duration::from_secs(1);
+        run_until(&mut km, later);
+        km.relays.park_hop(crate::relay::WaitingHop {
+            deadline: later + Duration::from_secs(60),
+            from: b.clone(),
+            msg: PeerMsg::Heartbeat,
+        });
+        km.deadline_memo.forget();
+        assert!(km.poll_action().is_none());
+        let kept = km.deadlines();
+        assert_eq!(kept, km.compute_deadlines(), "kept as the state stands");
+        let echoes = km.deadline_memo.echoes();
+        km.handle(later, beat());
+        assert_eq!(
+            km.deadline_memo.echoes(),
+            echoes + 1,
+            "the heartbeat was an echo"
+        );
+        assert_ne!(
+            km.compute_deadlines(),
+            kept,
+            "waking the hop moved the deadlines"
+        );
+        assert_eq!(km.deadlines(), km.compute_deadlines());
+    }
+}

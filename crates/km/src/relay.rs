@@ -262,6 +262,14 @@ impl Relays {
         self.retry_due && !self.waiting.is_empty()
     }
 
+    /// Parks `hop` as waiting for link key, its retry not yet due (as right after a timeout
+    /// retried it), for tests of what wakes it.
+    #[cfg(test)]
+    pub(crate) fn park_hop(&mut self, hop: WaitingHop) {
+        self.waiting.push(hop);
+        self.retry_due = false;
+    }
+
     /// Something outside the timers happened: waiting hops are to be retried.
     /// Returns whether that made a hop retry due that was not.
     pub(crate) fn note_input(&mut self) -> bool {
