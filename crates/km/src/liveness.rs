@@ -176,3 +176,37 @@ impl KeyManager {
         self.record_abandoned(gone);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn at(ms: u64) -> Instant {
+        Instant(ms * 1_000_000)
+    }
+
+    /// The timer runs when a peer falls silent, not only at the next heartbeat: routes leave a
+    /// silent peer `silent_after` after its last word, however far off the next beat is.
+    #[test]
+    fn the_timer_runs_when_each_peer_falls_silent() {
+        let silent_after = Duration::from_millis(1500);
+        let (b, c) = (NodeId::from("b"), NodeId::from("c"));
+        let mut l = Liveness::new([b.clone(), c.clone()], at(0));
+        l.next_beat = at(5000);
+        l.heard(&b, at(200));
+        l.heard(&c, at(900));
+        l.last_tick = at(1000);
+        assert_eq!(
+            l.next_deadline(silent_after),
+            at(1700),
+            "b falls silent first"
+        );
+        // A check at b's silence handled it: c's is next, then the beat.
+        l.last_tick = at(1700);
+        assert_eq!(l.next_deadline(silent_after), at(2400), "then c");
+        l.last_tick = at(2400);
+        assert_eq!(l.next_deadline(silent_after), at(5000), "then the beat");
+    }
+}
