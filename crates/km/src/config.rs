@@ -430,3 +430,19 @@ pub struct KmConfig {
     /// run counter alone (a start from an older store is then not heard by such receivers).
     pub advert_run_base: u64,
 }
+
+#[cfg(test)]
+impl KmConfig {
+    /// Node `node` of `topology` under `policy`, with default limits and unsigned adverts (for
+    /// unit tests of the core).
+    pub(crate) fn for_test(node: &str, topology: Topology, policy: Policy) -> Self {
+        Self {
+            node_id: node.into(),
+            topology: Arc::new(topology),
+            limits: Limits::default(),
+            policy,
+            advert_auth: None,
+            advert_run_base: 0,
+        }
+    }
+}

@@ -130,32 +130,29 @@ impl KeyManager {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use kagi_control::Topology;
     use kagi_keymat::Key;
 
     use super::*;
-    use crate::config::{KmConfig, Limits, Policy};
+    use crate::config::{KmConfig, Policy};
     use crate::msgs::NodeId;
     use crate::record::Snapshot;
 
-    /// Node a of the line a–b–c with full pools, its timer run (actions drained after each wake) until `until`.
+    /// Node a of the line a–b–c with full pools, its timer run (actions drained after each
+    /// wake) until `until`.
     fn node_a_until(until: Instant) -> KeyManager {
         let topo = Topology::line("echo", &["a", "b", "c"], 10.0, |n| vec![format!("sae-{n}")]);
-        let cfg = KmConfig {
-            node_id: "a".into(),
-            topology: Arc::new(topo),
-            limits: Limits::default(),
-            policy: Policy {
+        let cfg = KmConfig::for_test(
+            "a",
+            topo,
+            Policy {
                 pool_target_bytes: 4096,
                 idle_floor_bytes: 4096,
                 ..Policy::default()
             },
-            advert_auth: None,
-            advert_run_base: 0,
-        };
+        );
         let mut km = KeyManager::restore(cfg, Snapshot::default(), [7; 32], Instant(0));
         // Full pools: refill has nothing to do, and its ticks go quiet.
         for peer in ["b", "c"] {

@@ -761,11 +761,9 @@ mod tests {
     /// costs of every link computed from scratch.
     #[test]
     fn costs_updated_per_origin_equal_costs_computed_from_scratch() {
-        use std::sync::Arc;
-
         use kagi_control::Topology;
 
-        use crate::config::{KmConfig, Limits, Policy};
+        use crate::config::{KmConfig, Policy};
         use crate::record::Snapshot;
 
         let ids = ["a", "b", "c", "d", "e", "f"];
@@ -776,14 +774,7 @@ mod tests {
             l.b = y.into();
             topo.links.push(l);
         }
-        let cfg = KmConfig {
-            node_id: "a".into(),
-            topology: Arc::new(topo.clone()),
-            limits: Limits::default(),
-            policy: Policy::default(),
-            advert_auth: None,
-            advert_run_base: 0,
-        };
+        let cfg = KmConfig::for_test("a", topo.clone(), Policy::default());
         let mut now = Instant(1_000_000_000);
         let mut k = KeyManager::restore(cfg, Snapshot::default(), [7; 32], now);
         let lp = k.cfg.policy.link_state.unwrap();

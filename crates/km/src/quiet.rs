@@ -371,12 +371,10 @@ mod tests {
     /// would start its next relay could be skipped as quiet.
     #[test]
     fn a_destination_still_refilling_is_never_passed_over() {
-        use std::sync::Arc;
-
         use kagi_control::Topology;
         use kagi_keymat::Key;
 
-        use crate::config::{KmConfig, Limits, Policy};
+        use crate::config::{KmConfig, Policy};
         use crate::record::Snapshot;
 
         let topo = Topology::line("refill", &["a", "b"], 10.0, |n| vec![format!("sae-{n}")]);
@@ -386,14 +384,7 @@ mod tests {
             pool_low_water: 0.5,
             ..Policy::default()
         };
-        let cfg = KmConfig {
-            node_id: "a".into(),
-            topology: Arc::new(topo),
-            limits: Limits::default(),
-            policy: policy.clone(),
-            advert_auth: None,
-            advert_run_base: 0,
-        };
+        let cfg = KmConfig::for_test("a", topo, policy.clone());
         let now = Instant(0);
         let b = NodeId::from("b");
         let mut km = KeyManager::restore(cfg, Snapshot::default(), [7; 32], now);

@@ -160,24 +160,16 @@ impl KeyManager {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use kagi_control::Topology;
 
-    use crate::config::{KmConfig, Limits, Policy};
+    use crate::config::{KmConfig, Policy};
     use crate::manager::KeyManager;
     use crate::record::Snapshot;
     use crate::time::Instant;
 
     fn km(topo: Topology, me: &str) -> KeyManager {
-        let cfg = KmConfig {
-            node_id: me.into(),
-            topology: Arc::new(topo),
-            limits: Limits::default(),
-            policy: Policy::default(),
-            advert_auth: None,
-            advert_run_base: 0,
-        };
+        let cfg = KmConfig::for_test(me, topo, Policy::default());
         KeyManager::restore(cfg, Snapshot::default(), [7; 32], Instant(0))
     }
 

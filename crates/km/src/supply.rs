@@ -881,13 +881,12 @@ impl KeyManager {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use kagi_control::Topology;
     use kagi_keymat::Key;
 
     use super::*;
-    use crate::config::{KmConfig, Limits, Policy};
+    use crate::config::{KmConfig, Policy};
     use crate::quota::{Priority, QuotaConfig, SaeLimit};
     use crate::record::Snapshot;
 
@@ -939,19 +938,16 @@ mod tests {
                 },
             );
         }
-        let cfg = KmConfig {
-            node_id: "a".into(),
-            topology: Arc::new(topo),
-            limits: Limits::default(),
-            policy: Policy {
+        let cfg = KmConfig::for_test(
+            "a",
+            topo,
+            Policy {
                 pool_target_bytes: 4096,
                 idle_floor_bytes: 4096,
                 quotas,
                 ..Policy::default()
             },
-            advert_auth: None,
-            advert_run_base: 0,
-        };
+        );
         let mut km = KeyManager::restore(cfg, Snapshot::default(), [7; 32], Instant(0));
         km.pools
             .add_out(&NodeId::from("b"), 1, Key::from_slice(&[9; 4096]), None);
