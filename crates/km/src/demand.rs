@@ -51,15 +51,11 @@ impl Demand {
         self.version += 1;
         self.touched.dest(dest);
         let w = window_s(p);
-        if !self.per_dest.contains_key(dest) {
-            let fresh = Recent {
-                bytes: 0.0,
-                peak: 0.0,
-                at: now,
-            };
-            self.per_dest.insert(dest.clone(), fresh);
-        }
-        let e = self.per_dest.get_mut(dest).expect("just made");
+        let e = self.per_dest.entry(dest.clone()).or_insert(Recent {
+            bytes: 0.0,
+            peak: 0.0,
+            at: now,
+        });
         let (b, peak) = e.decayed(now, w);
         *e = Recent {
             bytes: b + bytes as f64,

@@ -616,13 +616,12 @@ impl Sim {
     /// Drains a node's actions and re-arms its timer.
     fn drain(&mut self, key: &NodeId) {
         // Looked up by ID, not by `&str`: hashed and compared inline, once per drain.
-        let key = key.clone();
-        let id: &str = &key;
+        let id: &str = key;
         // Every action the core has now, taken at once: handling one never reaches back into
         // the core, so this is the order and the outcome of taking them one by one.
         let mut acts = std::mem::take(&mut self.drained);
         let crash_at = {
-            let n = self.nodes.get_mut(&key).expect("node");
+            let n = self.nodes.get_mut(key).expect("node");
             let Some(km) = n.km.as_mut() else { return };
             while let Some(act) = km.poll_action() {
                 acts.push(act);
@@ -728,7 +727,7 @@ impl Sim {
                     self.mix(2 ^ write);
                     self.mix(batch.len() as u64);
                     let lat = self.latency(self.faults.store_latency);
-                    let n = self.nodes.get_mut(&key).expect("node");
+                    let n = self.nodes.get_mut(key).expect("node");
                     let inc = n.incarnation;
                     n.in_flight.insert(write, batch);
                     // Writes complete in order: never before the previous one.
@@ -753,7 +752,7 @@ impl Sim {
                             }
                         }
                     }
-                    self.nodes.get_mut(&key).expect("node").waiting.remove(&req);
+                    self.nodes.get_mut(key).expect("node").waiting.remove(&req);
                     if let Some((_, asked)) = self.asked.get(&req).filter(|_| self.check_keys) {
                         if self.drop_replies.remove(&req) {
                             let at = self.asked_at.get(&req).copied().unwrap_or(self.now);
@@ -785,9 +784,9 @@ impl Sim {
             self.crash(id);
             return;
         }
-        let n = self.nodes.get_mut(&key).expect("node");
+        let n = self.nodes.get_mut(key).expect("node");
         n.due_at = n.km.as_ref().and_then(|k| k.poll_timeout());
-        self.arm_timer_at(key);
+        self.arm_timer_at(key.clone());
     }
 
     /// Queues a timer event for when `id`'s core is next due, unless one at or before then
